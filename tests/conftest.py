@@ -1,0 +1,24 @@
+"""Shared test configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # "No tests collected" must fail the run, not pass quietly as exit code 5.
+    if session.testscollected == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real annotation files in ``../shared/data`` (never copied into the repository)."""
+    if not SHARED_DATA.is_dir():
+        raise FileNotFoundError(f"expected the shared annotation files at {SHARED_DATA}")
+    return SHARED_DATA
