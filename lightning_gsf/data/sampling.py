@@ -1,0 +1,71 @@
+"""Which frames of a segment a clip is made of: TSN segment sampling as pure, seeded functions.
+
+A segment is the half-open range ``[start, stop)`` of 0-based frame indices. It is split into
+``num_segments`` (T) equal parts and one frame is taken from each part (Wang et al., "Temporal
+Segment Networks", ECCV 2016):
+
+- ``train_indices``: a uniformly random frame inside each part (drawn from the passed
+  ``torch.Generator``, never from the global RNG);
+- ``eval_indices``: the frame at the centre of each part;
+- ``multi_clip_indices``: ``num_clips`` clips whose frames sit at evenly spaced offsets inside
+  each part (``num_clips=1`` gives ``eval_indices``), for multi-clip testing.
+
+The parts are measured exactly, not in whole frames: part ``i`` covers the continuous range
+``[i * n / T, (i + 1) * n / T)`` of the ``n = stop - start`` frames, and a position ``x`` in it
+maps to frame ``start + floor(x)``. Integer arithmetic on ``T``-ths of a frame keeps this exact.
+Unlike TSN's ``n // T``-frame parts, every frame of the segment can be sampled, and segments
+shorter than T frames (down to a single frame) simply repeat frames instead of needing a
+special case. Indices are therefore always sorted and inside ``[start, stop)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["eval_indices", "multi_clip_indices", "train_indices"]
+
+
+def _check_range(start: int, stop: int, num_segments: int) -> int:
+    """Validate the arguments and return the number of frames ``stop - start``."""
+    if start < 0:
+        raise ValueError(f"segment start must be >= 0, got start={start}")
+    if stop <= start:
+        raise ValueError(f"segment [start, stop) must hold at least one frame, got [{start}, {stop})")
+    if num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    return stop - start
+
+
+def train_indices(start: int, stop: int, num_segments: int, generator: torch.Generator) -> list[int]:
+    """One uniformly random frame in each of ``num_segments`` equal parts of ``[start, stop)``.
+
+    Frame ``i`` of the clip is ``start + floor((i + u_i) * n / T)`` with ``u_i`` uniform on a grid
+    of ``n`` steps in ``[0, 1)``, i.e. ``start + (i * n + r_i) // T`` with integer ``r_i`` in
+    ``[0, n)``.
+    """
+    num_frames = _check_range(start, stop, num_segments)
+    offsets = torch.randint(0, num_frames, (num_segments,), generator=generator).tolist()
+    return [start + (i * num_frames + r) // num_segments for i, r in enumerate(offsets)]
+
+
+def eval_indices(start: int, stop: int, num_segments: int) -> list[int]:
+    """The centre frame of each of ``num_segments`` equal parts of ``[start, stop)``."""
+    return multi_clip_indices(start, stop, num_segments, num_clips=1)[0]
+
+
+def multi_clip_indices(start: int, stop: int, num_segments: int, num_clips: int) -> list[list[int]]:
+    """``num_clips`` clips of ``num_segments`` frames each, at evenly spaced offsets.
+
+    Clip ``k`` takes, in part ``i``, the frame at relative position ``(k + 0.5) / num_clips``:
+    ``start + floor((i + (k + 0.5) / K) * n / T)``. The clips interleave, so together they cover
+    the segment as evenly as ``K * T`` frames can, and ``K = 1`` is the centre frame of each part.
+    """
+    num_frames = _check_range(start, stop, num_segments)
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    # (i + (k + 0.5) / K) * n / T == (2 * (i * K + k) + 1) * n / (2 * T * K), exactly in integers.
+    denominator = 2 * num_segments * num_clips
+    return [
+        [start + (2 * (i * num_clips + k) + 1) * num_frames // denominator for i in range(num_segments)]
+        for k in range(num_clips)
+    ]

@@ -1,0 +1,148 @@
+"""Clip-level spatial transforms, shared by every dataset.
+
+A clip is a uint8 ``(T, C, H, W)`` tensor and every frame of a clip gets the *same* crop, flip
+and augmentation: the model must see motion, not jitter between frames. The transforms call
+``torchvision.transforms.v2.functional`` on the whole clip (v2 treats the leading ``T`` as a
+batch dimension), so one call transforms all frames.
+
+Randomness is explicit: ``TrainClipTransform`` draws every parameter from the
+``torch.Generator`` it is given, in a fixed order (scale pair, crop position, flip, RandAugment
+seed), so a sample's augmentation depends only on the generator's seed. ``v2.RandAugment`` only
+knows the global RNG, so it runs inside ``torch.random.fork_rng`` seeded from the generator,
+which leaves the caller's global RNG untouched.
+
+Normalisation is deliberately absent: clips stay uint8 up to the model
+(``lightning_gsf.normalization``), which normalises on the accelerator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ["EvalClipTransform", "TrainClipTransform", "multi_scale_crop_sizes"]
+
+# TSN snaps a crop size within this many pixels of the input size to the input size, which
+# avoids resizing a crop by a pixel or two.
+_SNAP_PIXELS = 3
+
+
+def _check_clip(clip: torch.Tensor) -> None:
+    if clip.ndim != 4:
+        raise ValueError(f"expected a clip of shape (T, C, H, W), got shape {tuple(clip.shape)}")
+
+
+def multi_scale_crop_sizes(
+    height: int, width: int, input_size: int, scales: Sequence[float], max_distort: int = 1
+) -> list[tuple[int, int]]:
+    """The ``(crop_height, crop_width)`` pairs TSN's multi-scale crop chooses from.
+
+    Each side is a scale of the frame's short side, and the two scales of a pair are at most
+    ``max_distort`` steps apart in ``scales``, which bounds the aspect-ratio distortion.
+    """
+    short_side = min(height, width)
+    sizes = [int(short_side * scale) for scale in scales]
+    sizes = [input_size if abs(size - input_size) < _SNAP_PIXELS else size for size in sizes]
+    return [
+        (crop_height, crop_width)
+        for i, crop_height in enumerate(sizes)
+        for j, crop_width in enumerate(sizes)
+        if abs(i - j) <= max_distort
+    ]
+
+
+def _crop_positions(height: int, width: int, crop_height: int, crop_width: int) -> list[tuple[int, int]]:
+    """``(top, left)`` of the centre and the four corners (TSN's fixed crop positions)."""
+    bottom, right = height - crop_height, width - crop_width
+    return [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
+
+
+def _draw(upper: int, generator: torch.Generator) -> int:
+    """A uniform integer in ``[0, upper)`` from ``generator``."""
+    return int(torch.randint(0, upper, (1,), generator=generator))
+
+
+class TrainClipTransform:
+    """TSN multi-scale crop, horizontal flip and optional RandAugment, the same for every frame.
+
+    Args:
+        input_size: side of the square crop fed to the model.
+        scales: crop sides as fractions of the frame's short side (TSN's defaults).
+        flip: flip horizontally with probability 0.5. Datasets whose labels depend on left and
+            right (Something-Something) either disable it or swap the labels, using the
+            ``flipped`` flag returned with the clip.
+        randaugment: apply ``v2.RandAugment`` (default parameters) after the crop.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 224,
+        scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
+        flip: bool = True,
+        randaugment: bool = False,
+    ) -> None:
+        if input_size < 1 or not scales or not all(0 < scale <= 1 for scale in scales):
+            raise ValueError(f"expected input_size >= 1 and scales in (0, 1], got {input_size} and {tuple(scales)}")
+        self.input_size = input_size
+        self.scales = tuple(scales)
+        self.flip = flip
+        self.randaugment = v2.RandAugment() if randaugment else None
+
+    def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
+        _check_clip(clip)
+        height, width = clip.shape[-2:]
+        crop_sizes = multi_scale_crop_sizes(height, width, self.input_size, self.scales)
+        crop_height, crop_width = crop_sizes[_draw(len(crop_sizes), generator)]
+        # A size snapped up to input_size may exceed a frame barely larger than input_size.
+        crop_height, crop_width = min(crop_height, height), min(crop_width, width)
+        positions = _crop_positions(height, width, crop_height, crop_width)
+        top, left = positions[_draw(len(positions), generator)]
+        clip = F.resized_crop(
+            clip, top, left, crop_height, crop_width, [self.input_size, self.input_size], antialias=True
+        )
+        # Draw the flip even when flipping is off, so that turning it off leaves the other draws alone.
+        heads = _draw(2, generator) == 1
+        flipped = self.flip and heads
+        if flipped:
+            clip = F.horizontal_flip(clip)
+        if self.randaugment is not None:
+            seed = _draw(2**62, generator)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                clip = self.randaugment(clip)
+        return clip, flipped
+
+
+class EvalClipTransform:
+    """Deterministic evaluation crops: ``(num_crops, T, C, input_size, input_size)``.
+
+    - 1 crop: resize the short side to ``resize_size``, then take the centre crop.
+    - 3 crops: resize the short side to ``input_size``, then take three full crops along the
+      long side (left, centre, right; top, centre, bottom for portrait frames).
+    """
+
+    def __init__(self, input_size: int = 224, resize_size: int = 256, num_crops: int = 1) -> None:
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+        if resize_size < input_size:
+            raise ValueError(f"resize_size ({resize_size}) must be >= input_size ({input_size})")
+        self.input_size = input_size
+        self.resize_size = resize_size
+        self.num_crops = num_crops
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        _check_clip(clip)
+        size = self.input_size
+        if self.num_crops == 1:
+            clip = F.resize(clip, [self.resize_size], antialias=True)
+            return F.center_crop(clip, [size, size]).unsqueeze(0)
+        clip = F.resize(clip, [size], antialias=True)
+        height, width = clip.shape[-2:]
+        if width >= height:
+            positions = [(0, left) for left in (0, (width - size) // 2, width - size)]
+        else:
+            positions = [(top, 0) for top in (0, (height - size) // 2, height - size)]
+        return torch.stack([F.crop(clip, top, left, size, size) for top, left in positions])

@@ -1,0 +1,232 @@
+"""Readers that turn a sample's source (a folder of JPEG frames or a video file) into a clip.
+
+Both readers share one interface, ``read(source, indices) -> uint8 (T, 3, H, W)`` RGB, with
+0-based frame indices. Repeated indices are allowed (short segments repeat frames) and the
+output follows the order of ``indices``; each distinct frame is decoded only once.
+
+Choices, and why:
+
+- Frame folders are decoded with ``torchvision.io.decode_jpeg`` on the bytes of
+  ``torchvision.io.read_file``: libjpeg-turbo straight into a CHW uint8 tensor, with no PIL
+  image and no HWC -> CHW copy.
+- Videos are decoded with PyAV. A clip needs a handful of frames spread over a segment that may
+  sit minutes into a long video, so the reader seeks (by timestamp) to the key frame at or
+  before the first frame it needs, and decodes only up to the last one. Decoding from the
+  start would cost time proportional to the segment's position in the video.
+- A decoded frame's index is computed from its timestamp, ``round((pts - start_pts) *
+  time_base * fps)``, not by counting frames, because counting is impossible after a seek and
+  because many videos do not start at ``pts = 0``. If a seek lands after the first needed frame
+  (a container with a sparse or inexact index), the reader decodes again from the start.
+- Frame-level threading in the decoder (``thread_type="AUTO"``) lets FFmpeg decode several
+  frames at once; it pays off even with one DataLoader worker per core, see ``VideoFileReader``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+import av
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+from lightning_gsf.data.errors import SampleReadError
+
+__all__ = ["ClipReader", "FrameFolderReader", "VideoFileReader", "count_video_frames"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClipReader(Protocol):
+    """What a dataset needs from a reader."""
+
+    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+        """Return the frames ``indices`` of ``source`` as a uint8 ``(T, 3, H, W)`` RGB tensor."""
+        ...
+
+
+def _distinct_sorted(indices: Sequence[int], source: Path) -> list[int]:
+    if len(indices) == 0:
+        raise ValueError(f"no frame indices requested from {source}")
+    if min(indices) < 0:
+        raise ValueError(f"frame indices must be >= 0, got {min(indices)} for {source}")
+    return sorted(set(indices))
+
+
+def _gather(frames: dict[int, torch.Tensor], indices: Sequence[int], source: Path) -> torch.Tensor:
+    """Stack the decoded frames in the order of ``indices``, checking that their sizes agree."""
+    shapes = {tuple(frame.shape) for frame in frames.values()}
+    if len(shapes) > 1:
+        raise SampleReadError(f"{source}: frames differ in size {sorted(shapes)}; expected one size (3, H, W)")
+    return torch.stack([frames[i] for i in indices])
+
+
+class FrameFolderReader:
+    """Reads JPEG frames from a folder, frame ``i`` being the file ``template.format(i + first_index)``.
+
+    Args:
+        template: file name of a frame, formatted with its (offset) number.
+        first_index: number of the file holding frame 0 (EPIC-KITCHENS and the original
+            release's extracted frames count from 1).
+    """
+
+    def __init__(self, template: str = "frame_{:010d}.jpg", first_index: int = 1) -> None:
+        self.template = template
+        self.first_index = first_index
+
+    def frame_path(self, source: Path, index: int) -> Path:
+        return Path(source) / self.template.format(index + self.first_index)
+
+    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+        source = Path(source)
+        if not source.is_dir():
+            raise SampleReadError(f"frame folder {source} does not exist or is not a directory")
+        frames = {index: self._read_frame(source, index) for index in _distinct_sorted(indices, source)}
+        return _gather(frames, indices, source)
+
+    def _read_frame(self, source: Path, index: int) -> torch.Tensor:
+        path = self.frame_path(source, index)
+        if not path.is_file():
+            raise SampleReadError(f"frame {index} of {source}: missing file {path}")
+        try:
+            frame = decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+        except RuntimeError as error:
+            raise SampleReadError(f"frame {index} of {source}: cannot decode {path} as a JPEG ({error})") from error
+        return frame
+
+
+class VideoFileReader:
+    """Reads frames from a video file with PyAV, seeking near the first needed frame.
+
+    Args:
+        threads: decoder threads; 0 lets FFmpeg choose (one per core). Use 1 to decode in the
+            calling thread only.
+        thread_type: FFmpeg's threading mode, ``"AUTO"`` (frame and slice threading where the
+            codec supports them), ``"FRAME"``, ``"SLICE"`` or ``"NONE"``.
+    """
+
+    def __init__(self, threads: int = 0, thread_type: str = "AUTO", seek: bool = True) -> None:
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        self.threads = threads
+        self.thread_type = thread_type
+        self.seek = seek
+
+    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+        source = Path(source)
+        wanted = _distinct_sorted(indices, source)
+        if not source.is_file():
+            raise SampleReadError(f"video file {source} does not exist")
+        try:
+            with av.open(str(source)) as container:
+                frames = self._decode(container, source, wanted)
+        except av.FFmpegError as error:
+            raise SampleReadError(f"{source}: cannot decode the video ({error})") from error
+        return _gather(frames, indices, source)
+
+    def _video_stream(self, container: av.container.InputContainer, source: Path) -> av.video.stream.VideoStream:
+        if not container.streams.video:
+            raise SampleReadError(f"{source}: no video stream; expected a video file")
+        stream = container.streams.video[0]
+        stream.thread_type = self.thread_type
+        stream.thread_count = self.threads
+        return stream
+
+    def _decode(self, container: av.container.InputContainer, source: Path, wanted: list[int]) -> dict[int, torch.Tensor]:
+        stream = self._video_stream(container, source)
+        timing = _StreamTiming.of(stream, source)
+        if self.seek and wanted[0] > 0:
+            container.seek(timing.pts_of(wanted[0]), stream=stream, backward=True, any_frame=False)
+            frames, first_seen = self._decode_until(container, stream, timing, wanted)
+            if first_seen is not None and first_seen <= wanted[0]:
+                return self._check_complete(frames, wanted, source, first_seen)
+            logger.debug("%s: seek to frame %d landed on frame %s; decoding from the start", source, wanted[0], first_seen)
+            container.seek(timing.start_pts, stream=stream, backward=True, any_frame=False)
+        frames, first_seen = self._decode_until(container, stream, timing, wanted)
+        return self._check_complete(frames, wanted, source, first_seen)
+
+    @staticmethod
+    def _decode_until(
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        timing: _StreamTiming,
+        wanted: list[int],
+    ) -> tuple[dict[int, torch.Tensor], int | None]:
+        """Decode from the current position to the last wanted frame; return it and the first index seen."""
+        wanted_set = set(wanted)
+        frames: dict[int, torch.Tensor] = {}
+        first_seen: int | None = None
+        for frame in container.decode(stream):
+            index = timing.index_of(frame)
+            if first_seen is None:
+                first_seen = index
+                if index > wanted[0]:
+                    break  # the seek overshot; the caller decodes again from the start
+            if index in wanted_set and index not in frames:
+                frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+            if index >= wanted[-1]:
+                break
+        return frames, first_seen
+
+    @staticmethod
+    def _check_complete(
+        frames: dict[int, torch.Tensor], wanted: list[int], source: Path, first_seen: int | None
+    ) -> dict[int, torch.Tensor]:
+        missing = [index for index in wanted if index not in frames]
+        if first_seen is None:
+            raise SampleReadError(f"{source}: no frame could be decoded; expected frames {wanted[0]}..{wanted[-1]}")
+        if missing:
+            raise SampleReadError(
+                f"{source}: frame {missing[0]} could not be decoded ({len(missing)} of {len(wanted)} requested "
+                f"frames missing); the video is shorter than expected or truncated"
+            )
+        return frames
+
+
+class _StreamTiming:
+    """Conversions between frame indices and a stream's timestamps."""
+
+    def __init__(self, time_base: Fraction, fps: Fraction, start_pts: int, source: Path) -> None:
+        self.time_base = time_base
+        self.fps = fps
+        self.start_pts = start_pts
+        self.source = source
+
+    @classmethod
+    def of(cls, stream: av.video.stream.VideoStream, source: Path) -> _StreamTiming:
+        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not fps or stream.time_base is None:
+            raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
+        start_pts = stream.start_time if stream.start_time is not None else 0
+        return cls(Fraction(stream.time_base), Fraction(fps), start_pts, source)
+
+    def pts_of(self, index: int) -> int:
+        """Timestamp of frame ``index`` (rounded down, so a backward seek lands at or before it)."""
+        return self.start_pts + math.floor(index / (self.fps * self.time_base))
+
+    def index_of(self, frame: av.VideoFrame) -> int:
+        if frame.pts is None:
+            raise SampleReadError(f"{self.source}: a decoded frame has no timestamp; expected timestamped frames")
+        return round((frame.pts - self.start_pts) * self.time_base * self.fps)
+
+
+def count_video_frames(source: Path, exact: bool = False) -> int:
+    """Number of frames of a video: from the container's header, or by demuxing when ``exact``
+    (or when the header does not say). Demuxing reads packets without decoding them."""
+    source = Path(source)
+    if not source.is_file():
+        raise SampleReadError(f"video file {source} does not exist")
+    try:
+        with av.open(str(source)) as container:
+            if not container.streams.video:
+                raise SampleReadError(f"{source}: no video stream; expected a video file")
+            stream = container.streams.video[0]
+            if stream.frames > 0 and not exact:
+                return stream.frames
+            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except av.FFmpegError as error:
+        raise SampleReadError(f"{source}: cannot read the video ({error})") from error
