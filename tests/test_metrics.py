@@ -1,0 +1,182 @@
+"""Accuracy metrics: hand-computed examples, a brute-force action ranking, DDP de-duplication."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_gsf.metrics import (
+    HEADLINE_METRIC,
+    ClassificationScores,
+    action_topk_hits,
+    compute_accuracies,
+    first_per_index,
+    top_actions,
+    topk_hits,
+)
+
+
+def _logits(probs: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(probs).log()
+
+
+def test_top_actions_ranks_by_product_of_probabilities():
+    # p(verb) = (.5, .3, .2), p(noun) = (.6, .4): pair products are
+    # (0,0) .30, (0,1) .20, (1,0) .18, (1,1) .12, (2,0) .12, (2,1) .08.
+    verb, noun = _logits([[0.5, 0.3, 0.2]]), _logits([[0.6, 0.4]])
+    assert top_actions(verb, noun, 3).tolist() == [[0, 1, 2]]  # flat id = verb * 2 + noun
+    assert top_actions(verb, noun, 1).tolist() == [[0]]
+    # The product, not the sum of probabilities: (0,1) beats (1,0) by .20 vs .18.
+    hits = action_topk_hits(verb, noun, torch.tensor([1]), torch.tensor([0]), 2)
+    assert hits.tolist() == [False]
+
+
+@pytest.mark.parametrize("num_verbs,num_nouns,k", [(7, 11, 5), (97, 300, 5), (3, 2, 5), (4, 9, 1)])
+def test_top_actions_matches_the_full_pair_matrix(num_verbs, num_nouns, k):
+    generator = torch.Generator().manual_seed(num_verbs * num_nouns + k)
+    verb = torch.randn(16, num_verbs, generator=generator) * 3
+    noun = torch.randn(16, num_nouns, generator=generator) * 3
+    full = verb.log_softmax(-1).unsqueeze(-1) + noun.log_softmax(-1).unsqueeze(-2)
+    expected = full.flatten(1).topk(min(k, num_verbs * num_nouns), dim=-1).indices
+    assert torch.equal(top_actions(verb, noun, k), expected)
+
+
+@pytest.mark.parametrize("k,expected", [(1, [True, False, False]), (2, [True, True, False]), (5, [True, True, True])])
+def test_topk_hits(k, expected):
+    scores = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    assert topk_hits(scores, torch.tensor([0, 1, 2]), k).tolist() == expected
+
+
+def _epic_example() -> tuple[dict, dict, dict]:
+    """Four samples, 3 verbs x 2 nouns, with hand-checked hits.
+
+    sample  verb ok@1  noun ok@1  action ok@1   tail_verb  tail_noun  unseen
+    0       yes        yes        yes           no         no         no
+    1       yes        no         no            yes        no         yes
+    2       no         yes        no            no         yes        yes
+    3       no         no         no            yes        yes        no
+    """
+    verb = _logits([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
+    noun = _logits([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    labels = {"verb": torch.tensor([0, 1, 1, 2]), "noun": torch.tensor([0, 1, 1, 1])}
+    subsets = {
+        "tail_verb": torch.tensor([False, True, False, True]),
+        "tail_noun": torch.tensor([False, False, True, True]),
+        "unseen": torch.tensor([False, True, True, False]),
+    }
+    return {"verb": verb, "noun": noun}, labels, subsets
+
+
+def test_epic_accuracies_hand_computed():
+    scores, labels, subsets = _epic_example()
+    result = compute_accuracies(scores, labels, subsets)
+    expected = {
+        "all_verb_accuracy_at_1": 50.0,
+        "all_noun_accuracy_at_1": 50.0,
+        "all_action_accuracy_at_1": 25.0,
+        # Top-5 of 3 verbs and 2 nouns is everything; of 6 actions, sample 3's (2, 1) has
+        # the smallest product (.1 * .4) and ranks last.
+        "all_verb_accuracy_at_5": 100.0,
+        "all_noun_accuracy_at_5": 100.0,
+        "all_action_accuracy_at_5": 75.0,
+        # tail: verb on samples 1, 3; noun on samples 2, 3; action on 1, 2, 3.
+        "tail_verb_accuracy_at_1": 50.0,
+        "tail_noun_accuracy_at_1": 50.0,
+        "tail_action_accuracy_at_1": 0.0,
+        # unseen: samples 1, 2.
+        "unseen_verb_accuracy_at_1": 50.0,
+        "unseen_noun_accuracy_at_1": 50.0,
+        "unseen_action_accuracy_at_1": 0.0,
+        HEADLINE_METRIC: 25.0,
+    }
+    assert result == pytest.approx(expected)
+
+
+def test_single_head_accuracies_and_headline():
+    scores = {"class": torch.tensor([[2.0, 1.0], [2.0, 1.0]])}
+    result = compute_accuracies(scores, {"class": torch.tensor([0, 1])})
+    assert result == {"all_class_accuracy_at_1": 50.0, "all_class_accuracy_at_5": 100.0, HEADLINE_METRIC: 50.0}
+
+
+def test_empty_subset_is_omitted():
+    scores, labels, subsets = _epic_example()
+    subsets["unseen"] = torch.zeros(4, dtype=torch.bool)
+    result = compute_accuracies(scores, labels, subsets)
+    assert not any(key.startswith("unseen_") for key in result)
+    assert "tail_action_accuracy_at_1" in result
+
+
+@pytest.mark.parametrize(
+    "scores,labels,message",
+    [
+        ({"verb": torch.zeros(2, 3)}, {"noun": torch.zeros(2, dtype=torch.long)}, "heads"),
+        ({"verb": torch.zeros(2, 3)}, {"verb": torch.zeros(3, dtype=torch.long)}, "number of samples"),
+        ({"verb": torch.zeros(0, 3)}, {"verb": torch.zeros(0, dtype=torch.long)}, "at least one"),
+    ],
+)
+def test_compute_accuracies_rejects_inconsistent_inputs(scores, labels, message):
+    with pytest.raises(ValueError, match=message):
+        compute_accuracies(scores, labels)
+
+
+@pytest.mark.parametrize(
+    "index,expected",
+    [([3, 1, 2, 0], [3, 1, 2, 0]), ([0, 1, 2, 0], [0, 1, 2]), ([4, 4, 4], [0]), ([2, 0, 2, 1, 0], [1, 3, 0])],
+)
+def test_first_per_index(index, expected):
+    assert first_per_index(torch.tensor(index)).tolist() == expected
+
+
+def _split_like_distributed_sampler(num_samples: int, world_size: int) -> list[list[int]]:
+    """Indices each rank sees: padded with repeats from the start, then strided by rank."""
+    total = math.ceil(num_samples / world_size) * world_size
+    padded = list(range(num_samples)) + list(range(total - num_samples))
+    return [padded[rank::world_size] for rank in range(world_size)]
+
+
+@pytest.mark.parametrize("world_size", [3, 5, 8])
+def test_gathered_duplicates_give_one_process_numbers(world_size):
+    """Concatenating every rank's states (what ``dist_reduce_fx="cat"`` does) with the
+    sampler's padding must give exactly the single-process accuracies."""
+    scores, labels, subsets = _epic_example()
+    num_classes = {"verb": 3, "noun": 2}
+
+    single = ClassificationScores(num_classes)
+    single.update(scores, labels, torch.arange(4), subsets)
+
+    gathered = ClassificationScores(num_classes)
+    for rank_indices in _split_like_distributed_sampler(4, world_size):
+        idx = torch.tensor(rank_indices)
+        gathered.update(
+            {h: s[idx] for h, s in scores.items()},
+            {h: lab[idx] for h, lab in labels.items()},
+            idx,
+            {n: f[idx] for n, f in subsets.items()},
+        )
+    assert sum(i.numel() for i in gathered.index) > 4  # the padding did add duplicates
+    assert gathered.compute() == single.compute()
+
+
+def test_padded_duplicates_are_removed():
+    scores, labels, subsets = _epic_example()
+    num_classes = {"verb": 3, "noun": 2}
+    duplicated = ClassificationScores(num_classes)
+    # Sample 0 is a hit on everything; counted three times it would lift every accuracy.
+    order = torch.tensor([0, 1, 2, 3, 0, 0])
+    duplicated.update(
+        {h: s[order] for h, s in scores.items()},
+        {h: lab[order] for h, lab in labels.items()},
+        order,
+        {n: f[order] for n, f in subsets.items()},
+    )
+    assert duplicated.compute() == compute_accuracies(scores, labels, subsets)
+
+
+def test_metric_without_subsets_reports_only_all():
+    metric = ClassificationScores({"class": 3})
+    metric.update({"class": torch.eye(3)}, {"class": torch.tensor([0, 1, 0])}, torch.arange(3))
+    result = metric.compute()
+    assert result["all_class_accuracy_at_1"] == pytest.approx(200 / 3)
+    assert set(result) == {"all_class_accuracy_at_1", "all_class_accuracy_at_5", HEADLINE_METRIC}
