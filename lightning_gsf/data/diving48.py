@@ -1,0 +1,88 @@
+"""Diving48 (V2 annotations): 48 dive classes told apart by motion, not by scene.
+
+Layout::
+
+    <root>/<vid_name>/frame000001.jpg ...   extracted frames (template configurable), or
+    <root>/<vid_name>.mp4                   the videos
+    Diving48_vocab.json                     48 lists [takeoff, somersault, twist, flight position];
+                                            the class index is the position in the list
+    Diving48_V2_{train,test}.json           [{"vid_name", "label", "start_frame", "end_frame"}, ...]
+
+``start_frame`` is 0 throughout V2 and ``end_frame`` is the number of frames, so an entry is the
+half-open 0-based range ``[start_frame, end_frame)`` as it stands. Label 30 is used by no V2
+video; the model still has 48 outputs so its indices match the vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning_gsf.data.errors import AnnotationError
+
+DIVING48_NUM_CLASSES = 48
+
+
+@dataclass(frozen=True)
+class DivingEntry:
+    """One entry of a Diving48 split list, frames as the half-open 0-based range [start, stop)."""
+
+    vid_name: str
+    label: int
+    start: int
+    stop: int
+
+
+def _load_json_list(path: Path) -> list[Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: expected a JSON list at the top level, got {type(data).__name__}")
+    return data
+
+
+def read_vocabulary(path: Path) -> list[str]:
+    """Class names from ``Diving48_vocab.json``, e.g. ``"Back 15som 05Twis FREE"``, in index order."""
+    names: list[str] = []
+    for position, entry in enumerate(_load_json_list(path)):
+        if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(part, str) for part in entry)):
+            raise AnnotationError(
+                f"{path}, entry {position}: expected [takeoff, somersault, twist, flight position] strings, "
+                f"got {entry!r}"
+            )
+        names.append(" ".join(entry))
+    if len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: the vocabulary lists a class twice")
+    return names
+
+
+def _int_field(entry: dict[str, Any], key: str, where: str) -> int:
+    value = entry.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AnnotationError(f"{where}: expected an integer {key!r}, got {value!r}")
+    return value
+
+
+def read_split(path: Path, num_classes: int = DIVING48_NUM_CLASSES) -> list[DivingEntry]:
+    """Entries of ``Diving48_V2_{train,test}.json``, checked: known label, non-empty frame range."""
+    entries: list[DivingEntry] = []
+    for position, entry in enumerate(_load_json_list(path)):
+        where = f"{path}, entry {position}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("vid_name"), str) or not entry["vid_name"]:
+            raise AnnotationError(f"{where}: expected an object with a 'vid_name' string, got {entry!r}")
+        where = f"{where} ({entry['vid_name']})"
+        label = _int_field(entry, "label", where)
+        start = _int_field(entry, "start_frame", where)
+        stop = _int_field(entry, "end_frame", where)
+        if not 0 <= label < num_classes:
+            raise AnnotationError(f"{where}: label {label} is outside the {num_classes} vocabulary classes")
+        if not 0 <= start < stop:
+            raise AnnotationError(
+                f"{where}: expected 0 <= start_frame < end_frame, got start_frame={start}, end_frame={stop}"
+            )
+        entries.append(DivingEntry(vid_name=entry["vid_name"], label=label, start=start, stop=stop))
+    return entries

@@ -1,0 +1,123 @@
+"""Kinetics-400: 400 human action classes, 10-second YouTube clips.
+
+Layout (the video path is a template, so other arrangements need only a config change)::
+
+    <root>/<split>/<label>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4   (default), or
+    <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4            (flat), or
+    <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>/img_00001.jpg  (extracted frames)
+    kinetics-400_{train,val,test}.csv    label,youtube_id,time_start,time_end,split[,is_cc]
+                                         (the test CSV has no label column)
+
+Labels contain spaces, parentheses and apostrophes ("passing American football (in game)"), and
+the CSVs quote them, so the files are read with the ``csv`` module. Class ``k`` is the k-th
+label in alphabetical order (the label-map file, or the train CSV's labels sorted).
+
+Many YouTube videos have disappeared since the lists were published, so every copy of Kinetics
+misses some. Missing videos are never dropped silently: the default stops with an error that
+lists them, and ``missing_videos="drop"`` drops them, logs the count and writes the list to a file.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_gsf.data.errors import AnnotationError
+
+KINETICS400_NUM_CLASSES = 400
+
+VIDEO_TEMPLATE_BY_CLASS = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+VIDEO_TEMPLATE_FLAT = "{split}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+
+_REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end", "split")
+
+
+@dataclass(frozen=True)
+class KineticsClip:
+    """One row of a Kinetics CSV; ``label`` is None for the test list."""
+
+    youtube_id: str
+    time_start: int
+    time_end: int
+    split: str
+    label: str | None
+
+    @property
+    def clip_id(self) -> str:
+        """``<youtube_id>_<start:06d>_<end:06d>``, the name the standard download scripts give the file."""
+        return f"{self.youtube_id}_{self.time_start:06d}_{self.time_end:06d}"
+
+    def relative_path(self, template: str) -> Path:
+        """Path of this clip's video (or frame folder) under the dataset root, from ``template``.
+
+        Fields: ``split``, ``label``, ``label_underscored`` (spaces -> ``_``, as some copies name
+        their class folders), ``youtube_id``, ``time_start``, ``time_end``, ``clip_id``.
+        """
+        label = self.label or ""
+        return Path(
+            template.format(
+                split=self.split,
+                label=label,
+                label_underscored=label.replace(" ", "_"),
+                youtube_id=self.youtube_id,
+                time_start=self.time_start,
+                time_end=self.time_end,
+                clip_id=self.clip_id,
+            )
+        )
+
+
+def read_label_map(path: Path) -> list[str]:
+    """Class names one per line (``label_map_k400.txt``), checked to be unique."""
+    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise AnnotationError(f"{path}: expected one class name per line, found none")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise AnnotationError(f"{path}: class names listed more than once: {duplicates}")
+    return names
+
+
+def _parse_second(value: str, column: str, where: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        # Some copies write whole seconds as floats ("17.0").
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not seconds.is_integer():
+            raise AnnotationError(f"{where}: expected a whole number of seconds in {column!r}, got {value!r}") from None
+        return int(seconds)
+
+
+def read_csv(path: Path, labelled: bool = True) -> list[KineticsClip]:
+    """Rows of an official Kinetics CSV (header ``label,youtube_id,time_start,time_end,split[,is_cc]``)."""
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        required = (("label",) if labelled else ()) + _REQUIRED_COLUMNS
+        missing = [column for column in required if column not in header]
+        if missing:
+            raise AnnotationError(
+                f"{path}, line 1: header {header} lacks the columns {missing}; expected "
+                f"{'label,' if labelled else ''}youtube_id,time_start,time_end,split"
+            )
+        clips: list[KineticsClip] = []
+        for row in reader:
+            where = f"{path}, line {reader.line_num}"
+            if None in row or any(row[column] is None for column in header):
+                raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {row}")
+            youtube_id = row["youtube_id"].strip()
+            label = row["label"].strip() if labelled else None
+            if not youtube_id or (labelled and not label):
+                raise AnnotationError(f"{where}: empty youtube_id or label in {row}")
+            start = _parse_second(row["time_start"], "time_start", where)
+            end = _parse_second(row["time_end"], "time_end", where)
+            if not 0 <= start < end:
+                raise AnnotationError(f"{where}: expected 0 <= time_start < time_end, got {start}, {end}")
+            clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label))
+    return clips
