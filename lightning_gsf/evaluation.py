@@ -1,0 +1,304 @@
+"""EPIC-KITCHENS-100 submissions and ``gsf evaluate``.
+
+Submission format (action recognition challenge, as produced by the official
+``epic-kitchens/C1-Action-Recognition`` tooling)::
+
+    {"version": "0.2", "challenge": "action_recognition",
+     "sls_pt": 1, "sls_tl": 3, "sls_td": 3,
+     "results": {"P01_101_0": {"verb": {"0": 1.22, ..., "96": 0.02},
+                               "noun": {"0": 0.80, ..., "299": 0.02}}, ...}}
+
+Scores are the raw model outputs (logits averaged over views), not softmaxed; every class
+of every head is present, keyed by its class number as a string. The official format has
+no "action" entry (the server derives actions from verb and noun), so none is written.
+The file is uploaded as a zip holding it under the name ``test.json``.
+
+The SLS (supervision levels scale) fields describe the training: ``sls_pt`` pre-training
+(1 = public image dataset, i.e. ImageNet), ``sls_tl`` training labels (3 = temporal
+boundaries used), ``sls_td`` training data (3 = the training split; 4 = train + val).
+
+``gsf evaluate`` scores a submission against a labelled annotation CSV with the same
+functions as the epoch metrics (:func:`lightning_gsf.metrics.compute_accuracies`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_gsf.metrics import HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, UNSEEN, compute_accuracies
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_VERSION = "0.2"
+CHALLENGE = "action_recognition"
+SUBMISSION_MEMBER = "test.json"  # the name the challenge server reads inside the zip
+EPIC_HEADS = ("verb", "noun")
+
+# The official side files, looked up beside the annotation CSV when not given.
+TAIL_VERBS_CSV = "EPIC_100_tail_verbs.csv"
+TAIL_NOUNS_CSV = "EPIC_100_tail_nouns.csv"
+UNSEEN_PARTICIPANTS_CSV = "EPIC_100_unseen_participant_ids_{split}.csv"
+
+
+# --------------------------------------------------------------------------- submission
+
+
+def make_submission(
+    scores: Mapping[str, Tensor],
+    ids: Sequence[str],
+    *,
+    sls_pt: int = 1,
+    sls_tl: int = 3,
+    sls_td: int = 3,
+    challenge: str = CHALLENGE,
+) -> dict[str, Any]:
+    """The submission dict for ``scores`` ``{head: (N, K)}`` of the samples ``ids``."""
+    for head, head_scores in scores.items():
+        if head_scores.ndim != 2 or head_scores.shape[0] != len(ids):
+            raise ValueError(
+                f"expected {head} scores of shape ({len(ids)}, num_classes), got {tuple(head_scores.shape)}"
+            )
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids are not unique; de-duplicate the predictions first")
+    as_lists = {head: head_scores.float().cpu().tolist() for head, head_scores in scores.items()}
+    results = {
+        str(sample_id): {
+            head: {str(cls): float(value) for cls, value in enumerate(rows[i])} for head, rows in as_lists.items()
+        }
+        for i, sample_id in enumerate(ids)
+    }
+    return {
+        "version": SUBMISSION_VERSION,
+        "challenge": challenge,
+        "sls_pt": sls_pt,
+        "sls_tl": sls_tl,
+        "sls_td": sls_td,
+        "results": results,
+    }
+
+
+def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(submission)
+    if path.suffix == ".json":
+        path.write_text(text)
+    else:
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(SUBMISSION_MEMBER, text)
+    log.info("wrote %d predictions to %s", len(submission["results"]), path)
+    return path
+
+
+def read_submission(path: str | Path) -> dict[str, Any]:
+    """Read a submission written by :func:`write_submission` (zip or JSON)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if SUBMISSION_MEMBER not in archive.namelist():
+                raise ValueError(f"{path}: expected a member named {SUBMISSION_MEMBER}, found {archive.namelist()}")
+            submission = json.loads(archive.read(SUBMISSION_MEMBER))
+    else:
+        submission = json.loads(path.read_text())
+    if not isinstance(submission, dict) or not isinstance(submission.get("results"), dict):
+        raise ValueError(f"{path}: expected a JSON object with a 'results' object")
+    return submission
+
+
+def submission_scores(
+    submission: Mapping[str, Any], heads: Sequence[str] = EPIC_HEADS, source: str = "submission"
+) -> tuple[list[str], dict[str, Tensor]]:
+    """Sample ids and ``{head: (N, K)}`` scores, checking every class key ``"0".."K-1"``."""
+    results = submission["results"]
+    if not results:
+        raise ValueError(f"{source}: 'results' is empty")
+    ids = list(results)
+    first = results[ids[0]]
+    num_classes = {}
+    for head in heads:
+        if head not in first:
+            raise ValueError(f"{source}: entry {ids[0]!r} has no {head!r} scores")
+        num_classes[head] = len(first[head])
+    rows: dict[str, list[list[float]]] = {head: [] for head in heads}
+    for sample_id in ids:
+        for head in heads:
+            head_scores = results[sample_id].get(head)
+            expected = [str(c) for c in range(num_classes[head])]
+            if not isinstance(head_scores, dict) or sorted(head_scores, key=int) != expected:
+                raise ValueError(
+                    f"{source}: entry {sample_id!r} must score {head} classes '0'..'{num_classes[head] - 1}'"
+                )
+            rows[head].append([float(head_scores[c]) for c in expected])
+    return ids, {head: torch.tensor(values) for head, values in rows.items()}
+
+
+# --------------------------------------------------------------------------- annotations
+
+
+def _read_csv_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """``(line number, row)`` pairs of a CSV file, checking its header has ``required``."""
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: expected columns {list(required)}, missing {missing}")
+        return [(reader.line_num, row) for row in reader]
+
+
+def _read_int(path: Path, line: int, row: Mapping[str, str], column: str) -> int:
+    try:
+        return int(row[column])
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}, line {line}: expected an integer {column}, got {row[column]!r}") from None
+
+
+def read_class_set(path: str | Path, column: str) -> set[int]:
+    """Class numbers listed in the column ``column`` of an official tail-class CSV."""
+    path = Path(path)
+    return {_read_int(path, line, row, column) for line, row in _read_csv_rows(path, [column])}
+
+
+def read_participants(path: str | Path) -> set[str]:
+    """Participant ids of an official ``EPIC_100_unseen_participant_ids_*.csv``."""
+    path = Path(path)
+    return {row["participant_id"] for _, row in _read_csv_rows(path, ["participant_id"])}
+
+
+def read_labelled_annotations(path: str | Path) -> dict[str, tuple[str, int, int]]:
+    """``narration_id -> (participant_id, verb_class, noun_class)`` of a labelled EPIC CSV."""
+    path = Path(path)
+    columns = ["narration_id", "participant_id", "verb_class", "noun_class"]
+    annotations = {}
+    for line, row in _read_csv_rows(path, columns):
+        annotations[row["narration_id"]] = (
+            row["participant_id"],
+            _read_int(path, line, row, "verb_class"),
+            _read_int(path, line, row, "noun_class"),
+        )
+    return annotations
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_submission(
+    submission: Mapping[str, Any],
+    annotations: Mapping[str, tuple[str, int, int]],
+    *,
+    tail_verbs: set[int] | None = None,
+    tail_nouns: set[int] | None = None,
+    unseen_participants: set[str] | None = None,
+    source: str = "submission",
+) -> dict[str, float]:
+    """Accuracies (percent, official flat keys) of a submission on labelled annotations.
+
+    Like the official evaluator, only the predicted samples are scored; a prediction for a
+    sample the annotations lack is an error, annotated samples without a prediction a warning.
+    """
+    ids, scores = submission_scores(submission, EPIC_HEADS, source)
+    unknown = [sample_id for sample_id in ids if sample_id not in annotations]
+    if unknown:
+        raise ValueError(f"{source}: {len(unknown)} predicted ids are not in the annotations, e.g. {unknown[:3]}")
+    if len(ids) < len(annotations):
+        log.warning("%s: %d of %d annotated samples have no prediction", source, len(annotations) - len(ids), len(annotations))
+    participants = [annotations[i][0] for i in ids]
+    labels = {
+        "verb": torch.tensor([annotations[i][1] for i in ids]),
+        "noun": torch.tensor([annotations[i][2] for i in ids]),
+    }
+    subsets = {}
+    if tail_verbs is not None:
+        subsets[TAIL_VERB] = torch.tensor([v in tail_verbs for v in labels["verb"].tolist()])
+    if tail_nouns is not None:
+        subsets[TAIL_NOUN] = torch.tensor([n in tail_nouns for n in labels["noun"].tolist()])
+    if unseen_participants is not None:
+        subsets[UNSEEN] = torch.tensor([p in unseen_participants for p in participants])
+    results = compute_accuracies(scores, labels, subsets)
+    results.pop(HEADLINE_METRIC)
+    return results
+
+
+def results_table(results: Mapping[str, float], title: str = "accuracy (%)"):
+    """A rich table: one row per subset, one column per task and k."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("subset")
+    tasks = [t for t in ("verb", "noun", "action") if any(f"_{t}_accuracy" in key for key in results)]
+    heads = tasks or sorted({key.split("_")[1] for key in results if key.startswith("all_")})
+    columns = [(task, k) for k in (1, 5) for task in heads]
+    for task, k in columns:
+        table.add_column(f"{task}@{k}", justify="right")
+    for subset in ("all", "tail", "unseen"):
+        cells = [results.get(f"{subset}_{task}_accuracy_at_{k}") for task, k in columns]
+        if any(cell is not None for cell in cells):
+            table.add_row(subset, *("" if cell is None else f"{cell:.2f}" for cell in cells))
+    return table
+
+
+def _side_file(explicit: Path | None, default: Path, what: str) -> Path | None:
+    """An explicitly given side file must exist; a default one is used when present."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise FileNotFoundError(f"{what} file {explicit} does not exist")
+        return explicit
+    if default.is_file():
+        return default
+    log.warning("no %s file at %s; skipping that subset", what, default)
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gsf evaluate",
+        description="Score an EPIC-KITCHENS-100 submission (zip or JSON) against labelled annotations.",
+    )
+    parser.add_argument("predictions", type=Path, help="submission zip (holding test.json) or JSON")
+    parser.add_argument("annotations", type=Path, help="labelled annotation CSV, e.g. EPIC_100_validation.csv")
+    parser.add_argument("--tail-verbs", type=Path, help=f"default: {TAIL_VERBS_CSV} beside the annotations")
+    parser.add_argument("--tail-nouns", type=Path, help=f"default: {TAIL_NOUNS_CSV} beside the annotations")
+    parser.add_argument(
+        "--unseen-participants",
+        type=Path,
+        help=UNSEEN_PARTICIPANTS_CSV.format(split="validation") + " (or _test) beside the annotations",
+    )
+    parser.add_argument("--json", type=Path, help="also write the accuracies to this JSON file")
+    return parser
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """``gsf evaluate``: print the accuracy table, optionally write the flat keys as JSON."""
+    from rich.console import Console
+
+    args = build_parser().parse_args(argv)
+    folder = args.annotations.parent
+    split = "test" if "test" in args.annotations.name else "validation"
+    tail_verbs_csv = _side_file(args.tail_verbs, folder / TAIL_VERBS_CSV, "tail verbs")
+    tail_nouns_csv = _side_file(args.tail_nouns, folder / TAIL_NOUNS_CSV, "tail nouns")
+    unseen_csv = _side_file(
+        args.unseen_participants, folder / UNSEEN_PARTICIPANTS_CSV.format(split=split), "unseen participants"
+    )
+    results = evaluate_submission(
+        read_submission(args.predictions),
+        read_labelled_annotations(args.annotations),
+        tail_verbs=read_class_set(tail_verbs_csv, "verb") if tail_verbs_csv else None,
+        tail_nouns=read_class_set(tail_nouns_csv, "noun") if tail_nouns_csv else None,
+        unseen_participants=read_participants(unseen_csv) if unseen_csv else None,
+        source=str(args.predictions),
+    )
+    Console().print(results_table(results, title=f"{args.predictions.name} on {args.annotations.name} (%)"))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    return results

@@ -1,0 +1,159 @@
+"""Submission writing (official schema) and its round trip through ``gsf evaluate``."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+import torch
+
+from lightning_gsf.evaluation import (
+    evaluate_main,
+    make_submission,
+    read_class_set,
+    read_labelled_annotations,
+    read_participants,
+    read_submission,
+    results_table,
+    submission_scores,
+    write_submission,
+)
+from lightning_gsf.metrics import compute_accuracies
+
+NUM_VERBS, NUM_NOUNS = 97, 300
+
+
+@pytest.fixture(scope="module")
+def validation(shared_data):
+    return read_labelled_annotations(shared_data / "epic100" / "EPIC_100_validation.csv")
+
+
+def _scores_for(annotations, ids, seed=0):
+    """Random logits with the true class boosted on every other sample."""
+    generator = torch.Generator().manual_seed(seed)
+    verb = torch.randn(len(ids), NUM_VERBS, generator=generator)
+    noun = torch.randn(len(ids), NUM_NOUNS, generator=generator)
+    for row, sample_id in enumerate(ids):
+        if row % 2 == 0:
+            verb[row, annotations[sample_id][1]] += 5
+        if row % 3 == 0:
+            noun[row, annotations[sample_id][2]] += 5
+    return {"verb": verb, "noun": noun}
+
+
+def test_submission_schema(tmp_path):
+    scores = {"verb": torch.randn(2, NUM_VERBS), "noun": torch.randn(2, NUM_NOUNS)}
+    path = write_submission(make_submission(scores, ["P01_11_0", "P01_11_1"]), tmp_path / "submission.zip")
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["test.json"]
+        submission = json.loads(archive.read("test.json"))
+    assert submission["version"] == "0.2"
+    assert submission["challenge"] == "action_recognition"
+    assert {key: submission[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 1, "sls_tl": 3, "sls_td": 3}
+    entry = submission["results"]["P01_11_1"]
+    assert set(entry) == {"verb", "noun"}
+    assert list(entry["verb"]) == [str(c) for c in range(NUM_VERBS)]
+    assert list(entry["noun"]) == [str(c) for c in range(NUM_NOUNS)]
+    # Raw scores, not probabilities.
+    assert entry["noun"]["299"] == pytest.approx(scores["noun"][1, 299].item())
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".json"])
+def test_submission_round_trip(tmp_path, suffix):
+    scores = {"verb": torch.randn(3, NUM_VERBS), "noun": torch.randn(3, NUM_NOUNS)}
+    ids = ["a", "b", "c"]
+    path = write_submission(make_submission(scores, ids), tmp_path / f"out{suffix}")
+    read_ids, read_scores = submission_scores(read_submission(path))
+    assert read_ids == ids
+    for head in scores:
+        torch.testing.assert_close(read_scores[head], scores[head])
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda s: s["results"]["a"].pop("noun"), "no 'noun'"),
+        (lambda s: s["results"]["b"]["verb"].pop("96"), "verb classes"),
+        (lambda s: s["results"].clear(), "empty"),
+    ],
+)
+def test_malformed_submission_is_rejected(mutate, message):
+    submission = make_submission({"verb": torch.zeros(2, NUM_VERBS), "noun": torch.zeros(2, NUM_NOUNS)}, ["a", "b"])
+    mutate(submission)
+    with pytest.raises(ValueError, match=message):
+        submission_scores(submission)
+
+
+def test_duplicate_ids_are_rejected():
+    with pytest.raises(ValueError, match="unique"):
+        make_submission({"verb": torch.zeros(2, 3)}, ["a", "a"])
+
+
+def test_official_side_files(shared_data):
+    folder = shared_data / "epic100"
+    tail_verbs = read_class_set(folder / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_class_set(folder / "EPIC_100_tail_nouns.csv", "noun")
+    assert len(tail_verbs) == 86 and max(tail_verbs) < NUM_VERBS
+    assert len(tail_nouns) == 228 and max(tail_nouns) < NUM_NOUNS
+    assert read_participants(folder / "EPIC_100_unseen_participant_ids_validation.csv") == {"P18", "P32"}
+
+
+def test_gsf_evaluate_round_trip_on_the_validation_csv(tmp_path, shared_data, validation):
+    """Scores written as a submission and scored by ``gsf evaluate`` equal the direct metrics."""
+    folder = shared_data / "epic100"
+    # A spread of validation samples, unseen participants (P18, P32) included.
+    ids = list(validation)[::40]
+    scores = _scores_for(validation, ids)
+    zip_path = write_submission(make_submission(scores, ids), tmp_path / "submission.zip")
+
+    out = tmp_path / "metrics.json"
+    results = evaluate_main([str(zip_path), str(folder / "EPIC_100_validation.csv"), "--json", str(out)])
+    assert json.loads(out.read_text()) == pytest.approx(results)
+
+    tail_verbs = read_class_set(folder / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_class_set(folder / "EPIC_100_tail_nouns.csv", "noun")
+    labels = {
+        "verb": torch.tensor([validation[i][1] for i in ids]),
+        "noun": torch.tensor([validation[i][2] for i in ids]),
+    }
+    subsets = {
+        "tail_verb": torch.tensor([v in tail_verbs for v in labels["verb"].tolist()]),
+        "tail_noun": torch.tensor([n in tail_nouns for n in labels["noun"].tolist()]),
+        "unseen": torch.tensor([validation[i][0] in {"P18", "P32"} for i in ids]),
+    }
+    assert subsets["unseen"].any() and subsets["tail_verb"].any() and subsets["tail_noun"].any()
+    expected = compute_accuracies(scores, labels, subsets)
+    expected.pop("accuracy_at_1")
+    assert results == pytest.approx(expected)
+    assert set(results) == {
+        *(f"{s}_{t}_accuracy_at_1" for s in ("all", "tail", "unseen") for t in ("verb", "noun", "action")),
+        *(f"all_{t}_accuracy_at_5" for t in ("verb", "noun", "action")),
+    }
+    # Every other verb and every third noun was boosted to the top.
+    assert results["all_verb_accuracy_at_1"] >= 50.0
+
+
+def test_evaluate_rejects_unknown_ids(tmp_path, shared_data):
+    zip_path = write_submission(
+        make_submission({"verb": torch.zeros(1, NUM_VERBS), "noun": torch.zeros(1, NUM_NOUNS)}, ["P99_99_9"]),
+        tmp_path / "submission.zip",
+    )
+    with pytest.raises(ValueError, match="not in the annotations"):
+        evaluate_main([str(zip_path), str(shared_data / "epic100" / "EPIC_100_validation.csv")])
+
+
+def test_annotation_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("narration_id,participant_id,verb_class,noun_class\nP01_1_0,P01,3,4\nP01_1_1,P01,x,4\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 3: expected an integer verb_class"):
+        read_labelled_annotations(path)
+    path.write_text("narration_id,verb_class\n")
+    with pytest.raises(ValueError, match=r"bad.csv: expected columns .*missing \['participant_id', 'noun_class'\]"):
+        read_labelled_annotations(path)
+
+
+def test_results_table_has_a_row_per_subset():
+    table = results_table({"all_verb_accuracy_at_1": 1.0, "all_verb_accuracy_at_5": 2.0, "tail_verb_accuracy_at_1": 3.0})
+    assert [column.header for column in table.columns] == ["subset", "verb@1", "verb@5"]
+    assert table.row_count == 2
