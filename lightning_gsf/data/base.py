@@ -1,0 +1,517 @@
+"""What every dataset shares: the sample record, the clip dataset and the base DataModule.
+
+A dataset's own file (``epic.py``, ``ssv2.py``, ...) only turns its annotation files into a list
+of :class:`ClipSample` and picks a reader; everything from frame indices to batches happens
+here, identically for every dataset:
+
+- training item: ``train_indices`` -> reader -> ``TrainClipTransform`` ->
+  ``clip`` uint8 ``(T, 3, H, W)``;
+- evaluation item (val / test / predict): ``multi_clip_indices`` -> reader ->
+  ``EvalClipTransform`` -> ``clip`` uint8 ``(V, T, 3, S, S)`` with ``V = clips x crops`` views,
+  clip-major (view ``k * crops + c`` is clip ``k``, crop ``c``); always 5 dimensions, ``V = 1``
+  included.
+
+Every item also carries ``labels`` (``{head: int}``, absent for unlabelled splits), ``index``
+(its position in the split, which the metrics use to drop the duplicates a distributed sampler
+pads with), ``id`` and ``subsets`` (``{name: bool}``).
+
+Reproducible augmentation. Each training item draws its frames and its augmentation from a
+``torch.Generator`` seeded with ``(seed, epoch, index)``. The clip therefore does not depend on
+which worker loads it, changes from epoch to epoch, and a run resumed at epoch ``e`` sees the
+clips an uninterrupted run would. The epoch reaches the workers through
+:class:`EpochSeededSampler`: Lightning calls its ``set_epoch`` at the start of every epoch
+(before the loader's workers are asked for the epoch's first batch), and the sampler writes
+the epoch into a one-element shared-memory tensor of the dataset, which persistent workers
+see as well. The same sampler shuffles with ``(seed, epoch)`` and, being a
+``DistributedSampler``, also shards the training set under DDP (Lightning leaves a
+``DistributedSampler`` in place instead of wrapping it).
+
+Unreadable samples. By default a sample whose frames cannot be read raises
+:class:`~lightning_gsf.data.errors.SampleReadError` naming the sample and its file. With
+``skip_unreadable=True`` the dataset instead logs a warning naming the sample, its file and the
+reason, and returns the next readable sample of the split in its place (the substitute keeps its
+own ``index``, ``id`` and labels). Substituting rather than dropping keeps every batch full (a
+batch of one or zero clips would upset batch norm, or crash), and at evaluation the metrics'
+de-duplication by ``index`` removes the substitute's second copy, so nothing is counted twice.
+The skipped samples are counted in shared memory, one slot per worker (no lock needed), and
+the DataModule logs the counts when a stage ends; ``VideoDataModule.skipped_samples`` reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.sampling import multi_clip_indices, train_indices
+from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
+from lightning_gsf.data.video import ClipReader
+
+__all__ = [
+    "ClipDataset",
+    "ClipSample",
+    "EpochSeededSampler",
+    "LabelTransform",
+    "SPLITS",
+    "VideoDataModule",
+    "sample_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The split names a DataModule knows; ``parse_split`` receives one of them.
+SPLITS = ("train", "val", "test")
+
+#: ``(labels, flipped) -> labels``: how a horizontal flip changes a training sample's labels.
+LabelTransform = Callable[[dict[str, int], bool], dict[str, int]]
+
+# How many consecutive unreadable samples ``skip_unreadable`` tolerates before concluding that
+# the data, not a sample, is broken (a wrong root, a missing mount) and raising after all.
+_MAX_CONSECUTIVE_SKIPS = 16
+
+
+@dataclass(frozen=True)
+class ClipSample:
+    """One labelled (or unlabelled) segment of a video.
+
+    Attributes:
+        id: the sample's name in the dataset (EPIC's ``narration_id``, a video id), used in
+            submissions and error messages.
+        source: the frame folder or the video file holding the segment.
+        start: first frame of the segment, 0-based.
+        stop: one past the last frame (the segment is the half-open range ``[start, stop)``).
+        labels: ``{head: class index}``, or ``None`` for an unlabelled split.
+        subsets: evaluation subsets the sample belongs to (EPIC: ``tail_verb``, ``tail_noun``,
+            ``unseen``); empty when the dataset defines none.
+        fps: frame rate of ``source`` when known (videos), for readers and tools that need it.
+        metadata: anything else a dataset wants to keep with the sample (participant, video id).
+    """
+
+    id: str
+    source: Path
+    start: int
+    stop: int
+    labels: Mapping[str, int] | None = None
+    subsets: Mapping[str, bool] = field(default_factory=dict)
+    fps: float | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A safety net: parsers check their rows and raise AnnotationError naming the file and line.
+        if self.start < 0 or self.stop <= self.start:
+            raise ValueError(
+                f"sample {self.id!r}: expected 0 <= start < stop, got the frame range [{self.start}, {self.stop})"
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return self.stop - self.start
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` at ``epoch``, well mixed (NumPy's ``SeedSequence``).
+
+    Mixing, rather than e.g. ``seed + epoch * n + index``, keeps neighbouring samples and epochs
+    from getting correlated generator streams.
+    """
+    if min(seed, epoch, index) < 0:
+        raise ValueError(f"seed, epoch and index must be >= 0, got {seed}, {epoch}, {index}")
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+class ClipDataset(Dataset[dict[str, Any]]):
+    """Turns :class:`ClipSample` records into training or evaluation items (see the module doc).
+
+    Args:
+        samples: the split's samples; an item's ``index`` is its position in this list.
+        reader: reads the frames of a sample's ``source``.
+        num_segments: frames per clip (T).
+        train_transform: makes a training dataset (random frames, augmentation).
+        eval_transform: makes an evaluation dataset (fixed frames, ``num_clips`` x crops views).
+            Give exactly one of the two transforms.
+        num_clips: clips per evaluation item (multi-clip testing); 1 for training.
+        seed: base seed of the per-sample generators.
+        label_transform: applied to a training sample's labels with the flip flag (see
+            ``VideoDataModule.transform_labels``); ``None`` keeps the labels.
+        skip_unreadable: substitute the next readable sample for an unreadable one (logged and
+            counted) instead of raising.
+        max_workers: DataLoader workers that will load from this dataset, to size the skip
+            counters (one slot each, plus one for the main process).
+        name: the split's name, for log messages.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[ClipSample],
+        reader: ClipReader,
+        *,
+        num_segments: int,
+        train_transform: TrainClipTransform | None = None,
+        eval_transform: EvalClipTransform | None = None,
+        num_clips: int = 1,
+        seed: int = 0,
+        label_transform: LabelTransform | None = None,
+        skip_unreadable: bool = False,
+        max_workers: int = 0,
+        name: str = "",
+    ) -> None:
+        if (train_transform is None) == (eval_transform is None):
+            raise ValueError("give exactly one of train_transform (training) and eval_transform (evaluation)")
+        if num_segments < 1 or num_clips < 1:
+            raise ValueError(f"num_segments and num_clips must be >= 1, got {num_segments} and {num_clips}")
+        if train_transform is not None and num_clips != 1:
+            raise ValueError(f"training items hold one clip, got num_clips={num_clips}")
+        self.samples = list(samples)
+        self.reader = reader
+        self.num_segments = num_segments
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.num_clips = num_clips
+        self.seed = seed
+        self.label_transform = label_transform
+        self.skip_unreadable = skip_unreadable
+        self.name = name
+        # Shared memory, so that DataLoader workers (forked or spawned, persistent or not) see
+        # the epoch the main process sets, and the main process sees the workers' skip counts.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._skipped = torch.zeros(max_workers + 1, dtype=torch.int64).share_memory_()
+
+    @property
+    def training(self) -> bool:
+        return self.train_transform is not None
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose augmentations ``__getitem__`` draws (main process or worker)."""
+        self._epoch[0] = epoch
+
+    @property
+    def num_skipped(self) -> int:
+        """Unreadable samples skipped so far, summed over the main process and all workers."""
+        return int(self._skipped.sum())
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.skip_unreadable:
+            return self.load(index)
+        for attempt in range(min(_MAX_CONSECUTIVE_SKIPS, len(self))):
+            candidate = (index + attempt) % len(self)
+            try:
+                return self.load(candidate)
+            except SampleReadError as error:
+                self._count_skip(candidate, error)
+        raise SampleReadError(
+            f"{self.name or 'dataset'}: {min(_MAX_CONSECUTIVE_SKIPS, len(self))} consecutive samples from index "
+            f"{index} are unreadable (see the warnings above); expected readable data, check the dataset root"
+        )
+
+    def load(self, index: int) -> dict[str, Any]:
+        """The item of sample ``index``; raises ``SampleReadError`` naming the sample if unreadable."""
+        sample = self.samples[index]
+        try:
+            if self.training:
+                clip, labels = self._training_clip(sample, index)
+            else:
+                clip, labels = self._evaluation_views(sample), sample.labels
+        except SampleReadError as error:
+            raise SampleReadError(
+                f"sample {sample.id!r} (index {index} of {self.name or 'the split'}, frames "
+                f"[{sample.start}, {sample.stop}) of {sample.source}): {error}"
+            ) from error
+        item: dict[str, Any] = {"clip": clip, "index": index, "id": sample.id, "subsets": dict(sample.subsets)}
+        if labels is not None:
+            item["labels"] = dict(labels)
+        return item
+
+    def generator(self, index: int) -> torch.Generator:
+        """The generator of sample ``index`` at the current epoch."""
+        return torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+
+    def _training_clip(self, sample: ClipSample, index: int) -> tuple[torch.Tensor, Mapping[str, int] | None]:
+        assert self.train_transform is not None
+        generator = self.generator(index)
+        indices = train_indices(sample.start, sample.stop, self.num_segments, generator)
+        clip, flipped = self.train_transform(self.reader.read(sample.source, indices), generator)
+        labels = sample.labels
+        if labels is not None and self.label_transform is not None:
+            labels = self.label_transform(dict(labels), flipped)
+        return clip, labels
+
+    def _evaluation_views(self, sample: ClipSample) -> torch.Tensor:
+        assert self.eval_transform is not None
+        clips = multi_clip_indices(sample.start, sample.stop, self.num_segments, self.num_clips)
+        # One read for all clips: the reader decodes each distinct frame once.
+        frames = self.reader.read(sample.source, [i for clip in clips for i in clip])
+        crops = self.eval_transform(frames)  # (crops, clips * T, 3, S, S), the same crop on every frame
+        views = crops.unflatten(1, (self.num_clips, self.num_segments)).transpose(0, 1)
+        return views.reshape(-1, *views.shape[2:])  # (clips * crops, T, 3, S, S), clip-major
+
+    def _count_skip(self, index: int, error: SampleReadError) -> None:
+        worker = get_worker_info()
+        slot = 0 if worker is None else (worker.id + 1) % len(self._skipped)
+        self._skipped[slot] += 1
+        where = "main process" if worker is None else f"worker {worker.id}"
+        logger.warning(
+            "skip_unreadable: skipping %s sample %r (index %d, %s): %s [%d skipped so far by the %s]",
+            self.name,
+            self.samples[index].id,
+            index,
+            self.samples[index].source,
+            error,
+            int(self._skipped[slot]),
+            where,
+        )
+
+
+class EpochSeededSampler(DistributedSampler):
+    """Shuffles with ``(seed, epoch)`` and passes the epoch on to its :class:`ClipDataset`.
+
+    Lightning calls ``set_epoch`` on a loader's sampler at the start of every epoch, resumed runs
+    included, which makes both the order and the augmentations a function of the epoch. With
+    ``num_replicas=1`` (no DDP) it is a seeded random sampler over the whole dataset.
+    """
+
+    def __init__(
+        self, dataset: ClipDataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.clip_dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.clip_dataset.set_epoch(epoch)
+
+
+class VideoDataModule(pl.LightningDataModule, ABC):
+    """The DataModule every dataset shares; its typed ``__init__`` is the ``data:`` config schema.
+
+    Subclasses implement :meth:`parse_split`, :meth:`build_reader` and :attr:`num_classes`, and may
+    override :meth:`transform_labels` and :meth:`class_counts`.
+
+    Args:
+        num_segments: frames per clip (T), linked into the model.
+        batch_size: clips per training batch.
+        eval_batch_size: items per evaluation batch (each holds clips x crops views);
+            defaults to ``batch_size``.
+        num_workers: DataLoader worker processes.
+        input_size: side of the square crops the model sees.
+        resize_size: short side before the single centre crop at evaluation.
+        scales: multi-scale crop sizes, as fractions of the short side (TSN).
+        flip: random horizontal flip in training.
+        randaugment: RandAugment in training.
+        val_clips: clips per validation sample.
+        val_crops: crops per validation clip (1: centre; 3: left, centre, right).
+        test_clips: clips per test / predict sample.
+        test_crops: crops per test / predict clip.
+        test_split: the split ``trainer.test`` evaluates.
+        predict_split: the split ``trainer.predict`` runs on.
+        seed: seed of the shuffling and of every augmentation.
+        skip_unreadable: replace an unreadable sample by the next readable one, logging each
+            skip and the count, instead of stopping with an error.
+        pin_memory: pin batches in page-locked memory for faster copies to a CUDA device
+            (ignored when there is none).
+        persistent_workers: keep the workers alive between epochs.
+        drop_last: drop the last, incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        num_segments: int = 8,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        input_size: int = 224,
+        resize_size: int = 256,
+        scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66),
+        flip: bool = True,
+        randaugment: bool = False,
+        val_clips: int = 1,
+        val_crops: int = 1,
+        test_clips: int = 1,
+        test_crops: int = 1,
+        test_split: str = "test",
+        predict_split: str = "test",
+        seed: int = 0,
+        skip_unreadable: bool = False,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_segments", num_segments), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        for name, value in (("test_split", test_split), ("predict_split", predict_split)):
+            if value not in SPLITS:
+                raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
+        self.num_segments = num_segments
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.input_size = input_size
+        self.resize_size = resize_size
+        self.scales = tuple(scales)
+        self.flip = flip
+        self.randaugment = randaugment
+        self.val_clips, self.val_crops = val_clips, val_crops
+        self.test_clips, self.test_crops = test_clips, test_crops
+        self.test_split = test_split
+        self.predict_split = predict_split
+        self.seed = seed
+        self.skip_unreadable = skip_unreadable
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.drop_last = drop_last
+        self._samples: dict[str, list[ClipSample]] = {}
+        self._datasets: dict[str, ClipDataset] = {}
+        # Check the transform arguments now rather than when the first loader is built.
+        self.train_transform()
+        self.eval_transform(max(val_crops, test_crops))
+
+    # --- what a dataset's subclass provides -------------------------------------------------
+
+    @abstractmethod
+    def parse_split(self, split: str) -> list[ClipSample]:
+        """The samples of ``split`` (one of :data:`SPLITS`), in the order of the annotation file."""
+
+    @abstractmethod
+    def build_reader(self) -> ClipReader:
+        """The reader of this dataset's sources (frame folders or video files)."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> dict[str, int]:
+        """``{head: number of classes}``, e.g. ``{"verb": 97, "noun": 300}``."""
+
+    def transform_labels(self, labels: dict[str, int], flipped: bool) -> dict[str, int]:
+        """The labels of a training clip after augmentation; ``flipped`` says it was mirrored.
+
+        Identity here. Datasets whose classes name a direction override it (Something-Something
+        swaps "left to right" and "right to left"). An override runs in the loader's workers,
+        so it should depend only on the class lists.
+        """
+        return labels
+
+    def class_counts(self) -> dict[str, torch.Tensor]:
+        """Training samples per class, ``{head: int64 tensor of num_classes[head]}``."""
+        counts = {head: torch.zeros(size, dtype=torch.int64) for head, size in self.num_classes.items()}
+        for sample in self.samples("train"):
+            for head, label in (sample.labels or {}).items():
+                counts[head][label] += 1
+        return counts
+
+    # --- samples, datasets, transforms ------------------------------------------------------
+
+    def samples(self, split: str) -> list[ClipSample]:
+        """The parsed samples of ``split``, parsed once and kept."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if split not in self._samples:
+            self._samples[split] = self.parse_split(split)
+            logger.info("%s: %d %s samples", type(self).__name__, len(self._samples[split]), split)
+        return self._samples[split]
+
+    def train_transform(self) -> TrainClipTransform:
+        return TrainClipTransform(self.input_size, self.scales, self.flip, self.randaugment)
+
+    def eval_transform(self, num_crops: int) -> EvalClipTransform:
+        return EvalClipTransform(self.input_size, self.resize_size, num_crops)
+
+    def dataset(self, split: str, *, training: bool, num_clips: int = 1, num_crops: int = 1) -> ClipDataset:
+        """A dataset of ``split`` as the loaders build it (also handy for tools and tests)."""
+        overridden = type(self).transform_labels is not VideoDataModule.transform_labels
+        return ClipDataset(
+            self.samples(split),
+            self.build_reader(),
+            num_segments=self.num_segments,
+            train_transform=self.train_transform() if training else None,
+            eval_transform=None if training else self.eval_transform(num_crops),
+            num_clips=num_clips,
+            seed=self.seed,
+            label_transform=self.transform_labels if training and overridden else None,
+            skip_unreadable=self.skip_unreadable,
+            max_workers=self.num_workers,
+            name=split,
+        )
+
+    # --- LightningDataModule ----------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets the stage needs (``fit``, ``validate``, ``test``, ``predict``)."""
+        wanted: dict[str, tuple[str, bool, int, int]] = {}
+        if stage in (None, "fit"):
+            wanted["train"] = ("train", True, 1, 1)
+        if stage in (None, "fit", "validate"):
+            wanted["val"] = ("val", False, self.val_clips, self.val_crops)
+        if stage in (None, "test"):
+            wanted["test"] = (self.test_split, False, self.test_clips, self.test_crops)
+        if stage in (None, "predict"):
+            wanted["predict"] = (self.predict_split, False, self.test_clips, self.test_crops)
+        for role, (split, training, clips, crops) in wanted.items():
+            if role not in self._datasets:
+                self._datasets[role] = self.dataset(split, training=training, num_clips=clips, num_crops=crops)
+
+    def teardown(self, stage: str | None = None) -> None:
+        for role, count in self.skipped_samples.items():
+            if count:
+                logger.warning("skip_unreadable: %d unreadable %s samples were skipped in total", count, role)
+
+    @property
+    def skipped_samples(self) -> dict[str, int]:
+        """Unreadable samples skipped so far, per loader role (``train``, ``val``, ``test``, ``predict``)."""
+        return {role: dataset.num_skipped for role, dataset in self._datasets.items()}
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._built("train")
+        num_replicas, rank = self._replicas()
+        sampler = EpochSeededSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=self.seed)
+        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._built("val"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._built("test"), self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self._built("predict"), self.eval_batch_size)
+
+    def _built(self, role: str) -> ClipDataset:
+        if role not in self._datasets:
+            raise RuntimeError(f"the {role} dataset is not built; call setup() before asking for its loader")
+        return self._datasets[role]
+
+    def _replicas(self) -> tuple[int, int]:
+        """``(world size, rank)`` of the trainer, or ``(1, 0)`` outside a (distributed) trainer."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: ClipDataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            # Page-locked memory only speeds up copies to a CUDA device; without one it is waste.
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            **kwargs,
+        )
