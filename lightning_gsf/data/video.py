@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -141,50 +142,58 @@ class VideoFileReader:
         timing = _StreamTiming.of(stream, source)
         if self.seek and wanted[0] > 0:
             container.seek(timing.pts_of(wanted[0]), stream=stream, backward=True, any_frame=False)
-            frames, first_seen = self._decode_until(container, stream, timing, wanted)
-            if first_seen is not None and first_seen <= wanted[0]:
-                return self._check_complete(frames, wanted, source, first_seen)
-            logger.debug("%s: seek to frame %d landed on frame %s; decoding from the start", source, wanted[0], first_seen)
+            decoded = _decode_until(container, stream, timing, wanted)
+            if decoded.first_seen is not None and decoded.first_seen <= wanted[0]:
+                return decoded.check_complete(wanted, source)
+            logger.debug(
+                "%s: seek to frame %d landed on frame %s; decoding from the start", source, wanted[0], decoded.first_seen
+            )
             container.seek(timing.start_pts, stream=stream, backward=True, any_frame=False)
-        frames, first_seen = self._decode_until(container, stream, timing, wanted)
-        return self._check_complete(frames, wanted, source, first_seen)
+        return _decode_until(container, stream, timing, wanted).check_complete(wanted, source)
 
-    @staticmethod
-    def _decode_until(
-        container: av.container.InputContainer,
-        stream: av.video.stream.VideoStream,
-        timing: _StreamTiming,
-        wanted: list[int],
-    ) -> tuple[dict[int, torch.Tensor], int | None]:
-        """Decode from the current position to the last wanted frame; return it and the first index seen."""
-        wanted_set = set(wanted)
-        frames: dict[int, torch.Tensor] = {}
-        first_seen: int | None = None
-        for frame in container.decode(stream):
-            index = timing.index_of(frame)
-            if first_seen is None:
-                first_seen = index
-                if index > wanted[0]:
-                    break  # the seek overshot; the caller decodes again from the start
-            if index in wanted_set and index not in frames:
-                frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-            if index >= wanted[-1]:
-                break
-        return frames, first_seen
 
-    @staticmethod
-    def _check_complete(
-        frames: dict[int, torch.Tensor], wanted: list[int], source: Path, first_seen: int | None
-    ) -> dict[int, torch.Tensor]:
-        missing = [index for index in wanted if index not in frames]
-        if first_seen is None:
+@dataclass
+class _Decoded:
+    """The wanted frames found by one decoding pass, and the first and last frame it saw."""
+
+    frames: dict[int, torch.Tensor] = field(default_factory=dict)
+    first_seen: int | None = None
+    last_seen: int | None = None
+
+    def check_complete(self, wanted: list[int], source: Path) -> dict[int, torch.Tensor]:
+        if self.first_seen is None:
             raise SampleReadError(f"{source}: no frame could be decoded; expected frames {wanted[0]}..{wanted[-1]}")
+        missing = [index for index in wanted if index not in self.frames]
         if missing:
             raise SampleReadError(
-                f"{source}: frame {missing[0]} could not be decoded ({len(missing)} of {len(wanted)} requested "
-                f"frames missing); the video is shorter than expected or truncated"
+                f"{source}: frame {missing[-1]} requested but decoding ended at frame {self.last_seen} "
+                f"({len(missing)} of {len(wanted)} requested frames missing); the video is shorter than "
+                f"expected or truncated"
             )
-        return frames
+        return self.frames
+
+
+def _decode_until(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    timing: _StreamTiming,
+    wanted: list[int],
+) -> _Decoded:
+    """Decode from the container's current position up to the last of the (sorted) ``wanted`` frames."""
+    wanted_set = set(wanted)
+    decoded = _Decoded()
+    for frame in container.decode(stream):
+        index = timing.index_of(frame)
+        if decoded.first_seen is None:
+            decoded.first_seen = index
+            if index > wanted[0]:
+                break  # the seek overshot; the caller decodes again from the start
+        decoded.last_seen = index
+        if index in wanted_set and index not in decoded.frames:
+            decoded.frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+        if index >= wanted[-1]:
+            break
+    return decoded
 
 
 class _StreamTiming:

@@ -1,0 +1,252 @@
+"""Frame-folder and PyAV readers on tiny videos whose frames encode their own index in colour.
+
+Lossy codecs change pixel values a little, so a frame is identified by its colour (steps of 32
+levels, far above the codec's error) rather than compared to the original exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from torchvision.io import encode_jpeg, write_file
+
+from lightning_gsf.data import video
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.video import FrameFolderReader, VideoFileReader, count_video_frames
+
+NUM_FRAMES = 40
+HEIGHT, WIDTH = 48, 64
+FPS = 25
+KEYFRAME_INTERVAL = 10  # short GOPs, so that seeking skips whole GOPs even in a 40-frame video
+TEMPLATE = "frame_{:010d}.jpg"
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec, warning on every call.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+
+
+def frame_pixels(index: int) -> np.ndarray:
+    """An (H, W, 3) RGB frame whose red and green levels spell ``index`` in base 8."""
+    frame = np.full((HEIGHT, WIDTH, 3), 128, dtype=np.uint8)
+    frame[..., 0] = (index % 8) * 32 + 16
+    frame[..., 1] = (index // 8) * 32 + 16
+    return frame
+
+
+def identify(clip: torch.Tensor) -> list[int]:
+    """The index each frame of a ``(T, 3, H, W)`` clip was made from (see ``frame_pixels``)."""
+    means = clip[:, :2].double().mean(dim=(2, 3))
+    digits = ((means - 16) / 32).round().long()
+    return (digits[:, 0] + 8 * digits[:, 1]).tolist()
+
+
+def write_video(path: Path, codec: str, first_pts: int = 0, num_frames: int = NUM_FRAMES) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.time_base = Fraction(1, FPS)
+        stream.options = {"g": str(KEYFRAME_INTERVAL)}
+        container.start_encoding()  # write the header even when no frame follows
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(frame_pixels(index), format="rgb24")
+            frame.pts, frame.time_base = first_pts + index, Fraction(1, FPS)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_frame_folder(folder: Path, first_index: int = 1) -> Path:
+    folder.mkdir()
+    for index in range(NUM_FRAMES):
+        chw = torch.from_numpy(frame_pixels(index)).permute(2, 0, 1).contiguous()
+        write_file(str(folder / TEMPLATE.format(index + first_index)), encode_jpeg(chw, quality=90))
+    return folder
+
+
+# (codec, container suffix, pts of the first frame): H.264 has B-frames (decode order differs
+# from display order); Matroska and MP4 keep a non-zero first timestamp.
+VIDEO_FORMATS = [("libx264", "mp4", 0), ("mpeg4", "avi", 0), ("libx264", "mp4", 50), ("mpeg4", "mkv", 7)]
+VIDEO_IDS = [f"{codec}-{suffix}-pts{first_pts}" for codec, suffix, first_pts in VIDEO_FORMATS]
+
+
+@pytest.fixture(scope="module", params=VIDEO_FORMATS, ids=VIDEO_IDS)
+def video_path(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    codec, suffix, first_pts = request.param
+    return write_video(tmp_path_factory.mktemp("video") / f"clip.{suffix}", codec, first_pts)
+
+
+@pytest.fixture(scope="module")
+def frame_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_frame_folder(tmp_path_factory.mktemp("frames") / "video_01")
+
+
+INDEX_SETS = [
+    [0, 3, 3, 17, 39, 25],  # unsorted, repeated, first and last frame
+    [21, 22, 23],  # the middle of the video, right after a key frame
+    [19],  # the frame just before a key frame
+    [39, 39, 39],
+    list(range(NUM_FRAMES)),
+]
+
+
+@pytest.mark.parametrize("indices", INDEX_SETS)
+def test_video_and_frames_give_the_same_frames(video_path: Path, frame_folder: Path, indices: list[int]) -> None:
+    from_video = VideoFileReader().read(video_path, indices)
+    from_frames = FrameFolderReader(TEMPLATE, first_index=1).read(frame_folder, indices)
+    assert from_video.shape == from_frames.shape == (len(indices), 3, HEIGHT, WIDTH)
+    assert from_video.dtype == from_frames.dtype == torch.uint8
+    assert identify(from_video) == identify(from_frames) == indices
+
+
+@pytest.mark.parametrize("indices", INDEX_SETS)
+def test_seeking_decodes_the_same_frames_as_decoding_from_the_start(video_path: Path, indices: list[int]) -> None:
+    seeking = VideoFileReader(seek=True).read(video_path, indices)
+    from_start = VideoFileReader(seek=False).read(video_path, indices)
+    assert torch.equal(seeking, from_start)
+
+
+@pytest.mark.parametrize(("threads", "thread_type"), [(1, "NONE"), (2, "FRAME"), (2, "SLICE"), (0, "AUTO")])
+def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int, thread_type: str) -> None:
+    indices = [2, 13, 14, 30]
+    reference = VideoFileReader(threads=1, thread_type="NONE").read(video_path, indices)
+    assert torch.equal(VideoFileReader(threads=threads, thread_type=thread_type).read(video_path, indices), reference)
+
+
+def test_seek_overshoot_falls_back_to_decoding_from_the_start(video_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pretend the container's index is wrong: every seek asks for a timestamp 30 frames too late.
+    original = video._StreamTiming.pts_of
+    monkeypatch.setattr(video._StreamTiming, "pts_of", lambda self, index: original(self, index + 30))
+    assert identify(VideoFileReader().read(video_path, [5, 8])) == [5, 8]
+
+
+def test_count_video_frames(video_path: Path) -> None:
+    assert count_video_frames(video_path, exact=True) == NUM_FRAMES
+
+
+def test_frame_folder_decodes_each_distinct_frame_once(frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[int] = []
+    original = video.decode_jpeg
+
+    def counting_decode(data: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        frame = original(data, **kwargs)
+        decoded.extend(identify(frame[None]))
+        return frame
+
+    monkeypatch.setattr(video, "decode_jpeg", counting_decode)
+    FrameFolderReader(TEMPLATE).read(frame_folder, [4, 4, 1, 4, 1])
+    assert sorted(decoded) == [1, 4]
+
+
+def test_frame_folder_first_index_zero(tmp_path: Path) -> None:
+    folder = write_frame_folder(tmp_path / "zero_based", first_index=0)
+    assert identify(FrameFolderReader("frame_{:010d}.jpg", first_index=0).read(folder, [0, 39])) == [0, 39]
+
+
+# --- unreadable samples -------------------------------------------------------------------
+
+
+def _raises_naming(path: Path, *fragments: str) -> pytest.RaisesContext:
+    return pytest.raises(SampleReadError, match=".*".join([str(path).replace("\\", "\\\\"), *fragments]))
+
+
+def test_missing_frame_folder(tmp_path: Path) -> None:
+    with _raises_naming(tmp_path / "absent", "does not exist"):
+        FrameFolderReader(TEMPLATE).read(tmp_path / "absent", [0])
+
+
+def test_missing_frame_file_names_the_index_and_path(frame_folder: Path) -> None:
+    with pytest.raises(SampleReadError, match=r"frame 40 of .*video_01: missing file .*frame_0000000041\.jpg"):
+        FrameFolderReader(TEMPLATE).read(frame_folder, [3, 40])
+
+
+@pytest.mark.parametrize("content", [b"", b"not a jpeg at all"], ids=["empty", "garbage"])
+def test_undecodable_frame(tmp_path: Path, content: bytes) -> None:
+    folder = write_frame_folder(tmp_path / "video")
+    (folder / TEMPLATE.format(6)).write_bytes(content)
+    with pytest.raises(SampleReadError, match=r"frame 5 of .*cannot decode .*frame_0000000006\.jpg"):
+        FrameFolderReader(TEMPLATE).read(folder, [0, 5])
+
+
+def test_frames_of_different_sizes(tmp_path: Path) -> None:
+    folder = write_frame_folder(tmp_path / "video")
+    small = torch.zeros(3, HEIGHT // 2, WIDTH // 2, dtype=torch.uint8)
+    write_file(str(folder / TEMPLATE.format(3)), encode_jpeg(small))
+    with _raises_naming(folder, "differ in size"):
+        FrameFolderReader(TEMPLATE).read(folder, [0, 2])
+
+
+def test_missing_video(tmp_path: Path) -> None:
+    with _raises_naming(tmp_path / "absent.mp4", "does not exist"):
+        VideoFileReader().read(tmp_path / "absent.mp4", [0])
+
+
+def _corrupt(path: Path, source: Path, kind: str) -> Path:
+    content = source.read_bytes()
+    path.write_bytes({"empty": b"", "garbage": bytes(range(256)) * 16, "truncated": content[: len(content) // 2]}[kind])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "truncated"])
+@pytest.mark.parametrize(
+    "codec_suffix", [("libx264", "mp4"), ("mpeg4", "avi"), ("mpeg4", "mkv")], ids=["h264-mp4", "mpeg4-avi", "mpeg4-mkv"]
+)
+def test_unreadable_video(tmp_path: Path, codec_suffix: tuple[str, str], kind: str) -> None:
+    codec, suffix = codec_suffix
+    good = write_video(tmp_path / f"good.{suffix}", codec)
+    bad = _corrupt(tmp_path / f"bad.{suffix}", good, kind)
+    with _raises_naming(bad):
+        VideoFileReader().read(bad, [0, 10, NUM_FRAMES - 1])
+
+
+@pytest.mark.parametrize("codec_suffix", [("libx264", "mp4"), ("mpeg4", "mkv")], ids=["h264-mp4", "mpeg4-mkv"])
+def test_video_without_frames(tmp_path: Path, codec_suffix: tuple[str, str]) -> None:
+    codec, suffix = codec_suffix
+    empty = write_video(tmp_path / f"no_frames.{suffix}", codec, num_frames=0)
+    assert empty.stat().st_size > 0  # a valid header with a video stream, but no frame
+    with _raises_naming(empty):
+        VideoFileReader().read(empty, [0])
+
+
+@pytest.mark.parametrize("indices", [[NUM_FRAMES], [3, NUM_FRAMES + 100]])
+def test_index_past_the_end(video_path: Path, indices: Sequence[int]) -> None:
+    with _raises_naming(video_path, f"frame {indices[-1]}", f"ended at frame {NUM_FRAMES - 1}", "shorter than"):
+        VideoFileReader().read(video_path, indices)
+
+
+@pytest.mark.parametrize("reader", [FrameFolderReader(TEMPLATE), VideoFileReader()], ids=["frames", "video"])
+@pytest.mark.parametrize("indices", [[], [-1, 2]], ids=["none", "negative"])
+def test_invalid_indices(frame_folder: Path, tmp_path: Path, reader: object, indices: list[int]) -> None:
+    source = frame_folder if isinstance(reader, FrameFolderReader) else write_video(tmp_path / "v.mp4", "libx264")
+    with pytest.raises(ValueError, match="indices|no frame"):
+        reader.read(source, indices)
+
+
+def test_seeking_skips_the_frames_before_the_previous_key_frame(video_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[video._Decoded] = []
+    original = video._decode_until
+
+    def recording_decode_until(*args: object) -> video._Decoded:
+        passes.append(original(*args))
+        return passes[-1]
+
+    monkeypatch.setattr(video, "_decode_until", recording_decode_until)
+    assert identify(VideoFileReader().read(video_path, [25, 26])) == [25, 26]
+    # One pass, starting at the last key frame at or before frame 25 and stopping at frame 26.
+    assert [(p.first_seen, p.last_seen) for p in passes] == [(max(k for k in key_frames(video_path) if k <= 25), 26)]
+
+
+def key_frames(path: Path) -> list[int]:
+    """Indices of the key frames (the encoders add some at scene cuts, on top of every 10th)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        return sorted(
+            round((packet.pts - start) * stream.time_base * FPS)
+            for packet in container.demux(stream)
+            if packet.is_keyframe and packet.pts is not None
+        )
