@@ -1,0 +1,245 @@
+"""Samplers and a data loader that make training resumable mid-epoch and exact under DDP.
+
+Lightning (2.x) saves a training data loader's position in a checkpoint only if the
+*loader itself* has ``state_dict``/``load_state_dict`` (``CombinedLoader._state_dicts``);
+the sampler is never asked. Only the loader knows how many batches it has handed to the
+training loop: the sampler's own iterator runs ahead of that by the worker prefetch. Hence
+three pieces:
+
+- :class:`ResumableDistributedSampler`: the training order. The same permutation and padding
+  as :class:`torch.utils.data.DistributedSampler` (seeded by ``seed + epoch``), but it can
+  start part-way through an epoch. Its position is a *global* position in the epoch's
+  order, so a run may resume on a different number of processes.
+- :class:`ResumableDataLoader`: a ``DataLoader`` that counts the batches it has handed out
+  and saves ``(epoch, position)`` through its sampler. Lightning then restores it before
+  the first batch of the resumed epoch.
+- :class:`UnpaddedDistributedSampler`: evaluation. Each process takes every
+  ``num_replicas``-th sample, with no padding, so no sample is scored twice and the
+  metrics of N processes equal those of one.
+
+Both samplers subclass ``DistributedSampler`` on purpose: Lightning then keeps them instead
+of injecting its own (``use_distributed_sampler`` leaves a ``DistributedSampler`` alone) and
+calls ``set_epoch`` on them at the start of every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sized
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ResumableDataLoader",
+    "ResumableDistributedSampler",
+    "UnpaddedDistributedSampler",
+    "process_group_layout",
+]
+
+
+def process_group_layout(num_replicas: int | None = None, rank: int | None = None) -> tuple[int, int]:
+    """``(num_replicas, rank)``: the given values, else those of the default process group, else ``(1, 0)``.
+
+    Lightning creates the process group before it asks the DataModule for loaders, so a
+    sampler built in ``train_dataloader()`` sees the right world size without being told.
+    """
+    initialised = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialised else 1
+    if rank is None:
+        rank = dist.get_rank() if initialised else 0
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"invalid process layout: rank {rank} of {num_replicas} replicas")
+    return num_replicas, rank
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """Seeded, epoch-aware, DDP-aware training sampler that can resume mid-epoch.
+
+    The order of epoch ``e`` is ``torch.randperm(len(dataset))`` drawn from a generator
+    seeded with ``seed + e`` (or ``range(len(dataset))`` without shuffling), padded by
+    repeating its head until every process gets the same number of samples (or truncated
+    with ``drop_last``); process ``rank`` takes positions ``rank, rank + num_replicas, ...``.
+    From a fresh epoch this is exactly ``DistributedSampler``'s order.
+
+    ``position`` counts samples of the epoch's order already used by *all* processes
+    together. :meth:`load_state_dict` sets it; the next iteration yields only this process's
+    share of the remaining order and then starts the following epoch from zero. ``len()``
+    stays the full-epoch count, because Lightning sizes the epoch from it and counts the
+    batches it already ran.
+
+    Args:
+        dataset: anything with a length (only ``len(dataset)`` is used).
+        shuffle: draw a new permutation every epoch.
+        seed: base seed; the same on every process.
+        drop_last: drop the tail instead of padding it.
+        num_replicas: number of processes; default: from ``torch.distributed``, else 1.
+        rank: this process's rank; default: from ``torch.distributed``, else 0.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        num_replicas, rank = process_group_layout(num_replicas, rank)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+        self.position = 0
+        # Where the current iteration started; ``None`` until one starts in this epoch.
+        self._iteration_start: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's order; a *new* epoch starts from its beginning.
+
+        Lightning calls this again with the restored epoch after :meth:`load_state_dict`;
+        that call keeps the restored position.
+        """
+        if epoch != self.epoch:
+            self.position = 0
+            self._iteration_start = None
+        self.epoch = epoch
+
+    def epoch_order(self) -> list[int]:
+        """The dataset indices of the whole epoch, in the order all processes share."""
+        size = len(self.dataset)
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            return torch.randperm(size, generator=generator).tolist()
+        return list(range(size))
+
+    def _remaining_global(self, start: int) -> list[int]:
+        """The epoch's order from global position ``start``, padded or truncated for the replicas."""
+        order = self.epoch_order()
+        remaining = order[start:]
+        surplus = len(remaining) % self.num_replicas
+        if self.drop_last:
+            return remaining[: len(remaining) - surplus]
+        if surplus:
+            # Pad with the head of the epoch's order, as DistributedSampler does; from a
+            # position that is a multiple of num_replicas this is the very same padding.
+            padding = self.num_replicas - surplus
+            repeats = math.ceil(padding / len(order))
+            remaining += (order * repeats)[:padding]
+        return remaining
+
+    def __iter__(self) -> Iterator[int]:
+        start = self.position
+        self._iteration_start = start
+        # The restored position applies once: the next iteration is a whole epoch.
+        self.position = 0
+        return iter(self._remaining_global(start)[self.rank :: self.num_replicas])
+
+    def state_dict(self, consumed: int = 0) -> dict[str, Any]:
+        """The position to resume from, given that ``consumed`` of this process's samples were used.
+
+        Only the consumer knows ``consumed`` (DataLoader workers fetch indices ahead of the
+        batches the training loop has received); :class:`ResumableDataLoader` passes it.
+        """
+        if self._iteration_start is None:
+            position = self.position
+        else:
+            position = self._iteration_start + consumed * self.num_replicas
+        return {
+            "epoch": self.epoch,
+            "position": min(position, len(self.dataset)),
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "dataset_size": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`; raises ``ValueError`` naming what no longer matches."""
+        expected = {"seed": self.seed, "shuffle": self.shuffle, "dataset_size": len(self.dataset)}
+        differences = [
+            f"{key}: checkpoint {state.get(key)!r}, this run {value!r}"
+            for key, value in expected.items()
+            if state.get(key) != value
+        ]
+        if differences:
+            raise ValueError(
+                "cannot resume the training order mid-epoch, the sampler differs from the checkpoint's ("
+                + "; ".join(differences)
+                + "); resume from an end-of-epoch checkpoint or restore the original data settings"
+            )
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._iteration_start = None
+        log.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler: process ``rank`` takes indices ``rank, rank + num_replicas, ...``, in order.
+
+    Unlike ``DistributedSampler`` it never pads, so processes may get one sample more or
+    less than each other and every sample is scored exactly once. That is safe in
+    evaluation (no gradient synchronisation per batch); metrics that synchronise at epoch
+    end (torchmetrics) then equal the single-process numbers.
+    """
+
+    def __init__(self, dataset: Sized, *, num_replicas: int | None = None, rank: int | None = None) -> None:
+        num_replicas, rank = process_group_layout(num_replicas, rank)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.total_size = len(dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ResumableDistributedSampler` whose position survives a checkpoint.
+
+    It counts the batches it has handed out in the current iteration; :meth:`state_dict`
+    turns that into the sampler's resume position. Lightning saves it under
+    ``loops.fit_loop.state_dict.combined_loader`` and calls :meth:`load_state_dict` before
+    the resumed epoch's first batch. Iteration is lazy (nothing is read before the first
+    ``next``), so a state loaded after ``iter()`` but before the first batch still applies.
+
+    Worker seeds come from the loader's own generator (seeded from the sampler's seed)
+    instead of the global RNG, so iterating does not shift the global random stream that a
+    resumed run restores.
+    """
+
+    def __init__(self, dataset: Any, *, sampler: ResumableDistributedSampler, **kwargs: Any) -> None:
+        if not isinstance(sampler, ResumableDistributedSampler):
+            raise TypeError(f"ResumableDataLoader needs a ResumableDistributedSampler, got {type(sampler).__name__}")
+        if kwargs.get("generator") is None:
+            generator = torch.Generator()
+            generator.manual_seed(sampler.seed)
+            kwargs["generator"] = generator
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._batches_handed_out = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._counting_iterator()
+
+    def _counting_iterator(self) -> Iterator[Any]:
+        self._batches_handed_out = 0
+        for batch in super().__iter__():
+            # Counted before the hand-over: once the loop holds the batch, it is consumed.
+            self._batches_handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's resume state, counting the samples of the batches handed out so far."""
+        assert self.batch_size is not None  # a sampler-driven loader always batches
+        return {"sampler": self.sampler.state_dict(consumed=self._batches_handed_out * self.batch_size)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the sampler; the next iteration yields the rest of the saved epoch."""
+        self.sampler.load_state_dict(state["sampler"])
+        self._batches_handed_out = 0

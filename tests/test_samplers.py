@@ -1,0 +1,171 @@
+"""Training/evaluation samplers: DistributedSampler-equivalent order, exact mid-epoch resume."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
+
+
+class Indices(torch.utils.data.Dataset):
+    """A dataset whose item is its own index."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+@pytest.mark.parametrize("size", [1, 7, 10, 13])
+@pytest.mark.parametrize("num_replicas", [1, 2, 3, 8])
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_fresh_epoch_order_equals_distributed_sampler(size, num_replicas, shuffle, drop_last):
+    if drop_last and size < num_replicas:
+        return  # DistributedSampler itself yields nothing; covered by the non-drop_last cases
+    for rank in range(num_replicas):
+        ours = ResumableDistributedSampler(
+            Indices(size), shuffle=shuffle, seed=5, drop_last=drop_last, num_replicas=num_replicas, rank=rank
+        )
+        reference = DistributedSampler(
+            Indices(size), shuffle=shuffle, seed=5, drop_last=drop_last, num_replicas=num_replicas, rank=rank
+        )
+        for epoch in (0, 3):
+            ours.set_epoch(epoch)
+            reference.set_epoch(epoch)
+            assert list(ours) == list(reference)
+            assert len(ours) == len(reference)
+
+
+def test_epochs_and_seeds_change_the_order():
+    sampler = ResumableDistributedSampler(Indices(50), seed=0, num_replicas=1, rank=0)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(ResumableDistributedSampler(Indices(50), seed=1, num_replicas=1, rank=0)) != first
+
+
+def _consume(loaders, num_batches):
+    """Take ``num_batches`` batches from each rank's loader; returns the items per rank and the iterators."""
+    iterators = [iter(loader) for loader in loaders]
+    taken = [[int(i) for _ in range(num_batches) for i in next(it)] for it in iterators]
+    return taken, iterators
+
+
+def _loaders(size, num_replicas, batch_size, num_workers=0, seed=3):
+    return [
+        ResumableDataLoader(
+            Indices(size),
+            sampler=ResumableDistributedSampler(Indices(size), seed=seed, num_replicas=num_replicas, rank=rank),
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        for rank in range(num_replicas)
+    ]
+
+
+@pytest.mark.parametrize(("size", "num_replicas", "batch_size"), [(13, 1, 2), (13, 2, 2), (20, 4, 1), (17, 3, 2)])
+def test_mid_epoch_resume_yields_exactly_the_rest_of_the_epoch(size, num_replicas, batch_size):
+    epoch = 2
+    uninterrupted = _loaders(size, num_replicas, batch_size)
+    for loader in uninterrupted:
+        loader.sampler.set_epoch(epoch)
+    full = [[int(i) for batch in loader for i in batch] for loader in uninterrupted]
+
+    interrupted = _loaders(size, num_replicas, batch_size)
+    for loader in interrupted:
+        loader.sampler.set_epoch(epoch)
+    before, _ = _consume(interrupted, num_batches=2)
+    states = [loader.state_dict() for loader in interrupted]
+
+    resumed = _loaders(size, num_replicas, batch_size)
+    for loader, state in zip(resumed, states):
+        loader.load_state_dict(state)
+        loader.sampler.set_epoch(epoch)  # what Lightning does at the start of the resumed epoch
+    after = [[int(i) for batch in loader for i in batch] for loader in resumed]
+    assert [b + a for b, a in zip(before, after)] == full
+    # The following epoch is a whole, fresh one again.
+    for loader, reference in zip(resumed, uninterrupted):
+        loader.sampler.set_epoch(epoch + 1)
+        reference.sampler.set_epoch(epoch + 1)
+        assert [int(i) for b in loader for i in b] == [int(i) for b in reference for i in b]
+
+
+def test_resume_counts_batches_handed_out_not_indices_prefetched_by_workers():
+    (loader,) = _loaders(24, num_replicas=1, batch_size=2, num_workers=2)
+    full = [int(i) for batch in _loaders(24, 1, 2)[0] for i in batch]
+    iterator = iter(loader)
+    seen = [int(i) for _ in range(3) for i in next(iterator)]
+    state = loader.state_dict()
+    assert state["sampler"]["position"] == 6
+    del iterator
+    (resumed,) = _loaders(24, num_replicas=1, batch_size=2, num_workers=2)
+    resumed.load_state_dict(state)
+    assert seen + [int(i) for batch in resumed for i in batch] == full
+
+
+def test_repeated_resumes_within_one_epoch_stay_aligned():
+    full = [int(i) for batch in _loaders(30, 1, 3)[0] for i in batch]
+    seen: list[int] = []
+    state = None
+    for _ in range(3):
+        (loader,) = _loaders(30, 1, 3)
+        if state is not None:
+            loader.load_state_dict(state)
+        taken, _ = _consume([loader], num_batches=2)
+        seen += taken[0]
+        state = loader.state_dict()
+    (loader,) = _loaders(30, 1, 3)
+    loader.load_state_dict(state)
+    assert seen + [int(i) for batch in loader for i in batch] == full
+
+
+def test_resume_on_a_different_number_of_processes_covers_the_rest_once():
+    size = 40
+    assert _loaders(size, 4, 2)[0].state_dict()["sampler"]["position"] == 0  # nothing handed out yet
+    loaders = _loaders(size, num_replicas=4, batch_size=2)
+    taken, _ = _consume(loaders, num_batches=3)
+    state = loaders[0].state_dict()
+    assert state["sampler"]["position"] == 24
+    resumed = _loaders(size, num_replicas=2, batch_size=2)
+    for loader in resumed:
+        loader.load_state_dict(state)
+    rest = [int(i) for loader in resumed for batch in loader for i in batch]
+    assert sorted(list(itertools.chain(*taken)) + rest) == list(range(size))
+
+
+@pytest.mark.parametrize(("key", "value"), [("seed", 99), ("dataset_size", 11), ("shuffle", False)])
+def test_resume_with_changed_sampler_settings_names_the_difference(key, value):
+    (loader,) = _loaders(12, 1, 2)
+    state = loader.state_dict()
+    state["sampler"][key] = value
+    with pytest.raises(ValueError, match=key):
+        _loaders(12, 1, 2)[0].load_state_dict(state)
+
+
+@pytest.mark.parametrize(("size", "num_replicas"), [(7, 2), (5, 3), (2, 4), (9, 1)])
+def test_unpadded_sampler_scores_every_sample_exactly_once(size, num_replicas):
+    shares = [list(UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)) for r in range(num_replicas)]
+    assert sorted(itertools.chain(*shares)) == list(range(size))
+    assert [len(UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)) for r in range(num_replicas)] == [len(s) for s in shares]
+
+
+def test_samplers_default_to_one_process_without_a_process_group():
+    assert (ResumableDistributedSampler(Indices(4)).num_replicas, UnpaddedDistributedSampler(Indices(4)).rank) == (1, 0)
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        ResumableDistributedSampler(Indices(4), num_replicas=2, rank=2)
+
+
+def test_iterating_the_loader_leaves_the_global_rng_alone():
+    (loader,) = _loaders(8, 1, 2)
+    before = torch.get_rng_state()
+    list(loader)
+    assert torch.equal(torch.get_rng_state(), before)
