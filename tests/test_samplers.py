@@ -169,3 +169,18 @@ def test_iterating_the_loader_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     list(loader)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_epoch_reaches_a_dataset_that_seeds_by_epoch():
+    class EpochAware(Indices):
+        epoch = -1
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+    dataset = EpochAware(6)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
+    sampler.set_epoch(4)
+    assert dataset.epoch == 4
+    sampler.load_state_dict({**sampler.state_dict(), "epoch": 7})
+    assert dataset.epoch == 7

@@ -72,7 +72,8 @@ class ResumableDistributedSampler(DistributedSampler):
     together. :meth:`load_state_dict` sets it; the next iteration yields only this process's
     share of the remaining order and then starts the following epoch from zero. ``len()``
     stays the full-epoch count, because Lightning sizes the epoch from it and counts the
-    batches it already ran.
+    batches it already ran. ``set_epoch`` is passed on to the dataset if it has one, so a
+    dataset that seeds augmentations with ``(seed, epoch, index)`` follows the sampler.
 
     Args:
         dataset: anything with a length (only ``len(dataset)`` is used).
@@ -111,6 +112,13 @@ class ResumableDistributedSampler(DistributedSampler):
             self.position = 0
             self._iteration_start = None
         self.epoch = epoch
+        self._tell_dataset(epoch)
+
+    def _tell_dataset(self, epoch: int) -> None:
+        """Pass the epoch on to a dataset that seeds its augmentations with it (``ClipDataset``)."""
+        set_dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(set_dataset_epoch):
+            set_dataset_epoch(epoch)
 
     def epoch_order(self) -> list[int]:
         """The dataset indices of the whole epoch, in the order all processes share."""
@@ -178,6 +186,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._iteration_start = None
+        self._tell_dataset(self.epoch)
         log.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
 
 
