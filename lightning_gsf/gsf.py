@@ -29,6 +29,11 @@ def gsf_channels(channels: int, ratio: float) -> int:
     processed = int(channels * ratio)
     if processed % 2:
         processed += 1
+    if processed < 4:
+        raise ValueError(
+            f"GSF cannot split {channels} channels at ratio {ratio}: it would process {processed} "
+            "channels, and needs at least 4 (two groups whose halves interleave)"
+        )
     if processed % 4 or processed > channels:
         raise ValueError(
             f"GSF cannot split {channels} channels at ratio {ratio}: it processes {processed} "
@@ -82,7 +87,71 @@ class GSF(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_reference(x)
+        """The fast path: the same numbers as :meth:`forward_reference`, computed in the
+        ``(N*T, C, H, W)`` layout with no permutes, and saving for backward only a copy of
+        the ``P`` processed channels (plus a few per-frame maps), so GSF adds little
+        activation memory to a training step."""
+        self._check_input(x)
+        nt, c, h, w = x.shape
+        t, p = self.num_segments, self.processed
+        n, half = nt // t, p // 2
+        v = x[:, :p]
+        if p < c and torch.is_grad_enabled():
+            # Own storage for the saved input, so the whole of x need not outlive the forward.
+            v = v.clone(memory_format=torch.preserve_format)
+
+        mean, var = self._batch_norm_statistics(v)
+        # The gate's 3x3x3 conv as one grouped 2D conv giving each group's three temporal taps
+        # (output channel 3*k + tap), then summed over neighbouring frames below.
+        taps_weight = self.conv3D.weight.transpose(1, 2).reshape(6, half, 3, 3)
+        taps = _NormReluTaps.apply(
+            v, mean, var, self.bn.weight, self.bn.bias, taps_weight, self.bn.eps, self._uses_batch_statistics()
+        )
+        gate = _sum_temporal_taps(taps.reshape(n, t, 2, 3, h, w), self.conv3D.bias)
+        gate = torch.tanh(gate)  # (N, T, 2, H, W)
+
+        # Fusion weights from spatial means: mean(shift(y)) = shift(mean(y)) and
+        # mean(v - y) = mean(v) - mean(y), so the shifted maps are never pooled themselves.
+        v_groups = v.view(n, t, 2, half, h, w)
+        v_mean = v_groups.mean(dim=(-2, -1))  # (N, T, 2, P/2)
+        y_mean = (v_groups * gate.unsqueeze(3).to(v.dtype)).mean(dim=(-2, -1))
+        s_mean = torch.stack(
+            [F.pad(y_mean[:, 1:, 0], (0, 0, 0, 1)), F.pad(y_mean[:, :-1, 1], (0, 0, 1, 0))], dim=2
+        )
+        descriptors = torch.stack([s_mean, v_mean - y_mean], dim=3)  # (N, T, 2, 2, P/2)
+        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)
+        # Both groups' fusion convs in one grouped conv: group k reads channels (2k, 2k + 1).
+        fuse_weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
+        fuse_bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
+        blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight, fuse_bias, padding=1, groups=2))
+        blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
+
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        return _GateShiftFuse.apply(v, gate, blend, x[:, p:], t, channels_last)
+
+    def _uses_batch_statistics(self) -> bool:
+        return self.training or not self.bn.track_running_stats
+
+    def _batch_norm_statistics(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and biased variance that ``bn`` normalises with, updating its running
+        statistics exactly as ``BatchNorm3d`` would (the (N*T) layout has the same statistics)."""
+        bn = self.bn
+        if not self._uses_batch_statistics():
+            return bn.running_mean, bn.running_var
+        count = v.numel() // v.shape[1]
+        if count < 2:
+            raise ValueError(
+                f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(v.shape)}"
+            )
+        with torch.no_grad():
+            stats_input = v if v.dtype in (torch.float32, torch.float64) else v.float()
+            var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=0)
+            if self.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+                bn.running_mean.mul_(1 - factor).add_(mean * factor)
+                bn.running_var.mul_(1 - factor).add_(var * (factor * count / (count - 1)))
+        return mean, var
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The computation of ``shared/spec/gsf.md``, written for reading, not for speed."""
@@ -112,3 +181,130 @@ class GSF(nn.Module):
 
         out = torch.cat(fused, dim=1).permute(0, 2, 1, 3, 4).reshape(nt, p, h, w)
         return torch.cat([out, x[:, p:]], dim=1)
+
+
+def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Gate pre-activation from per-frame taps ``(N, T, 2, 3, H, W)``: a 3-tap temporal conv
+    with zero padding is ``tap1[t] + tap0[t - 1] + tap2[t + 1]``."""
+    gate = taps[:, :, :, 1] + bias.view(1, 1, 2, 1, 1)
+    if taps.shape[1] > 1:
+        gate = gate + F.pad(taps[:, :-1, :, 0], (0, 0, 0, 0, 0, 0, 1, 0))
+        gate = gate + F.pad(taps[:, 1:, :, 2], (0, 0, 0, 0, 0, 0, 0, 1))
+    return gate
+
+
+def _norm_relu(v: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``relu(bn(v))`` with given statistics, as one scale-and-shift; also returns 1/std."""
+    invstd = torch.rsqrt(var + eps)
+    scale = weight * invstd
+    shift = bias - mean * scale
+    activated = torch.relu(torch.addcmul(shift.view(1, -1, 1, 1), v, scale.view(1, -1, 1, 1)))
+    return activated.to(v.dtype), invstd
+
+
+class _NormReluTaps(torch.autograd.Function):
+    """``conv2d(relu(bn(v)), taps_weight, groups=2)``, saving only ``v`` for backward.
+
+    The normalised activation is recomputed in backward (one cheap elementwise pass) instead of
+    being kept from forward: that is ``P`` channels of activation memory per GSF. ``mean`` and
+    ``var`` are the statistics used in forward (batch statistics while training, whose gradient
+    ``native_batch_norm_backward`` accounts for; running statistics in eval).
+    """
+
+    @staticmethod
+    def forward(ctx, v, mean, var, weight, bias, taps_weight, eps, batch_statistics):  # noqa: D102
+        activated, invstd = _norm_relu(v, mean, var, weight, bias, eps)
+        taps = F.conv2d(activated, taps_weight, padding=1, groups=2)
+        ctx.save_for_backward(v, mean, var, invstd, weight, bias, taps_weight)
+        ctx.eps = eps
+        ctx.batch_statistics = batch_statistics
+        return taps
+
+    @staticmethod
+    def backward(ctx, grad_taps):  # noqa: D102
+        v, mean, var, invstd, weight, bias, taps_weight = ctx.saved_tensors
+        activated, _ = _norm_relu(v, mean, var, weight, bias, ctx.eps)
+        dtype = activated.dtype
+        grad_activated, grad_taps_weight, _ = torch.ops.aten.convolution_backward(
+            grad_taps.to(dtype), activated, taps_weight.to(dtype), None,
+            [1, 1], [1, 1], [1, 1], False, [0, 0], 2, [True, True, False],
+        )
+        grad_normed = torch.ops.aten.threshold_backward(grad_activated, activated, 0)
+        grad_v, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad_normed, v, weight, mean, var, mean, invstd, ctx.batch_statistics, ctx.eps,
+            [True, True, True],
+        )
+        return (grad_v, None, None, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
+                grad_taps_weight.to(taps_weight.dtype), None, None)
+
+
+class _GateShiftFuse(torch.autograd.Function):
+    """Gate, shift, blend and interleave, written straight into the output ``(N*T, C, H, W)``.
+
+    Forward: with ``y = gate * v`` and ``r = v - y`` per group, ``f = r * (1 - w) + s * w``
+    where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards), and ``f``
+    lands interleaved in the first ``P`` output channels; ``rest`` fills the others.
+    Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
+    backward, which recomputes ``y``, ``r`` and ``s``.
+    """
+
+    @staticmethod
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last):  # noqa: D102
+        nt, p, h, w = v.shape
+        n, half, quarter = nt // num_segments, p // 2, p // 4
+        v_groups = v.view(n, num_segments, 2, half, h, w)
+        g = gate.to(v.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
+        b = blend.to(v.dtype)[..., None, None]  # (N, T, 2, P/2, 1, 1)
+        y = v_groups * g
+        fused = (v_groups - y) * (1 - b)
+        fused[:, :-1, 0].addcmul_(b[:, :-1, 0], y[:, 1:, 0])  # group 1: s[t] = y[t + 1]
+        fused[:, 1:, 1].addcmul_(b[:, 1:, 1], y[:, :-1, 1])  # group 2: s[t] = y[t - 1]
+
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
+                          memory_format=memory_format)
+        # Interleave: the group's channel j*Q + i goes to 2*i + j.
+        _interleaved_view(out[:, :p], n, num_segments).copy_(
+            fused.view(n, num_segments, 2, 2, quarter, h, w)
+        )
+        out[:, p:].copy_(rest)
+        ctx.save_for_backward(v, gate, blend)
+        ctx.num_segments = num_segments
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        v, gate, blend = ctx.saved_tensors
+        t = ctx.num_segments
+        nt, p, h, w = v.shape
+        n, half = nt // t, p // 2
+        v_groups = v.view(n, t, 2, half, h, w)
+        g = gate.to(v.dtype).unsqueeze(3)
+        b = blend.to(v.dtype)[..., None, None]
+        grad_fused = _interleaved_view(grad_out[:, :p], n, t).reshape(n, t, 2, half, h, w)
+
+        y = v_groups * g
+        shifted = torch.zeros_like(y)
+        shifted[:, :-1, 0] = y[:, 1:, 0]
+        shifted[:, 1:, 1] = y[:, :-1, 1]
+        # f = r + w * (s - r), r = v - y
+        grad_blend = (grad_fused * (shifted - (v_groups - y))).sum(dim=(-2, -1))
+        grad_residual = grad_fused * (1 - b)
+        grad_shifted = grad_fused * b
+        grad_y = torch.zeros_like(grad_shifted)  # the shift's adjoint moves the other way
+        grad_y[:, 1:, 0] = grad_shifted[:, :-1, 0]
+        grad_y[:, :-1, 1] = grad_shifted[:, 1:, 1]
+        # y = g * v and r = v - y:  dv = dr + g * (dy - dr),  dg = sum_c v * (dy - dr)
+        grad_y -= grad_residual
+        grad_v = torch.addcmul(grad_residual, g, grad_y)
+        grad_gate = (v_groups * grad_y).sum(dim=3)
+        return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
+                grad_out[:, p:], None, None)
+
+
+def _interleaved_view(processed: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    """View ``(N*T, P, H, W)`` output channels ``k*P/2 + 2*i + j`` as ``(N, T, k, j, i, H, W)``,
+    i.e. in the order of the un-interleaved source channel ``k*P/2 + j*Q + i``."""
+    nt, p, h, w = processed.shape
+    return processed.view(n, t, 2, p // 4, 2, h, w).permute(0, 1, 2, 4, 3, 5, 6)

@@ -1,0 +1,367 @@
+"""GSF against a literal, loop-based reading of ``shared/spec/gsf.md``.
+
+``naive_gsf`` below is written from the spec alone, with explicit loops over channels, groups
+and time for the batch norm, the gate's temporal taps, the shift, the fusion conv and the
+interleave, so it shares no code (and no tensor trick) with ``lightning_gsf.gsf``. Both
+``GSF.forward`` (the fast path) and ``GSF.forward_reference`` must match it in values,
+gradients and batch-norm running statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_gsf.gsf import GSF, gsf_channels
+
+EPS = 1e-5
+MOMENTUM = 0.1
+
+
+@dataclass
+class NaiveResult:
+    output: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
+
+def naive_gsf(x: torch.Tensor, module: GSF, training: bool) -> NaiveResult:
+    """The spec, step by step, one channel / group / frame at a time (float64 inside)."""
+    num_frames, channels, height, width = x.shape
+    t_len = module.num_segments
+    n_clips = num_frames // t_len
+    p = module.processed
+    half, quarter = p // 2, p // 4
+    bn_w, bn_b = module.bn.weight, module.bn.bias
+    gate_w, gate_b = module.conv3D.weight, module.conv3D.bias  # (2, P/2, 3, 3, 3), (2,)
+    fuse = [(module.channel_conv1.weight, module.channel_conv1.bias),
+            (module.channel_conv2.weight, module.channel_conv2.bias)]
+
+    def frame(n: int, t: int) -> torch.Tensor:  # (C, H, W) of clip n, frame t
+        return x[n * t_len + t]
+
+    # Step 3a: batch norm over (N, T, H, W) per processed channel, then ReLU.
+    new_mean, new_var = module.bn.running_mean.clone(), module.bn.running_var.clone()
+    normed = {}  # (n, t, c) -> (H, W)
+    for c in range(p):
+        values = torch.stack([frame(n, t)[c] for n in range(n_clips) for t in range(t_len)])
+        if training:
+            mean = values.mean()
+            var = ((values - mean) ** 2).mean()
+            count = values.numel()
+            new_mean[c] = (1 - MOMENTUM) * new_mean[c] + MOMENTUM * mean.detach()
+            new_var[c] = (1 - MOMENTUM) * new_var[c] + MOMENTUM * var.detach() * count / (count - 1)
+        else:
+            mean, var = module.bn.running_mean[c], module.bn.running_var[c]
+        for n in range(n_clips):
+            for t in range(t_len):
+                value = (frame(n, t)[c] - mean) / torch.sqrt(var + EPS) * bn_w[c] + bn_b[c]
+                normed[n, t, c] = torch.relu(value)
+
+    # Step 3b: the gate, a 3x3x3 conv per group written as a sum over its three temporal taps.
+    gate = {}  # (n, k, t) -> (H, W)
+    for n in range(n_clips):
+        for k in range(2):
+            for t in range(t_len):
+                total = gate_b[k] * torch.ones(height, width, dtype=x.dtype)
+                for tap in range(3):
+                    source_t = t + tap - 1
+                    if not 0 <= source_t < t_len:
+                        continue  # zero padding in time
+                    group_input = torch.stack(
+                        [normed[n, source_t, k * half + c] for c in range(half)]
+                    )
+                    total = total + F.conv2d(
+                        group_input[None], gate_w[k:k + 1, :, tap], padding=1
+                    )[0, 0]
+                gate[n, k, t] = torch.tanh(total)
+
+    result = {}  # (n, t, output channel) -> (H, W)
+    for n in range(n_clips):
+        for k in range(2):
+            # Steps 4-5: gate, residual, and the shift of the gated part.
+            gated, residual, shifted = {}, {}, {}
+            for c in range(half):
+                for t in range(t_len):
+                    v = frame(n, t)[k * half + c]
+                    gated[c, t] = gate[n, k, t] * v
+                    residual[c, t] = v - gated[c, t]
+            for c in range(half):
+                for t in range(t_len):
+                    source_t = t + 1 if k == 0 else t - 1  # group 1 backwards, group 2 forwards
+                    if 0 <= source_t < t_len:
+                        shifted[c, t] = gated[c, source_t]
+                    else:
+                        shifted[c, t] = torch.zeros(height, width, dtype=x.dtype)
+            # Step 6: pooled descriptors and the 3x3 fusion conv over (channel, time).
+            pooled = {(0, c, t): shifted[c, t].mean() for c in range(half) for t in range(t_len)}
+            pooled.update({(1, c, t): residual[c, t].mean()
+                           for c in range(half) for t in range(t_len)})
+            weight, bias = fuse[k]
+            for c in range(half):
+                for t in range(t_len):
+                    z = bias[0]
+                    for i in range(2):
+                        for dc in (-1, 0, 1):
+                            for dt in (-1, 0, 1):
+                                if 0 <= c + dc < half and 0 <= t + dt < t_len:
+                                    z = z + weight[0, i, dc + 1, dt + 1] * pooled[i, c + dc, t + dt]
+                    w = torch.sigmoid(z)
+                    fused = shifted[c, t] * w + residual[c, t] * (1 - w)
+                    # Step 7: channel j*Q + i of the group goes to 2*i + j.
+                    j, i = divmod(c, quarter)
+                    result[n, t, k * half + 2 * i + j] = fused
+
+    frames = []
+    for n in range(n_clips):
+        for t in range(t_len):
+            processed = torch.stack([result[n, t, c] for c in range(p)])
+            frames.append(torch.cat([processed, frame(n, t)[p:]]))
+    return NaiveResult(torch.stack(frames), new_mean, new_var)
+
+
+def make_gsf(channels: int, num_segments: int, ratio: float, seed: int) -> GSF:
+    """A GSF with non-trivial parameters and running statistics (all seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    module = GSF(channels, num_segments, ratio)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+        module.bn.running_mean.copy_(torch.randn(module.processed, generator=generator) * 0.1)
+        module.bn.running_var.copy_(torch.rand(module.processed, generator=generator) + 0.5)
+    return module
+
+
+def make_input(batch: int, num_segments: int, channels: int, size: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch * num_segments, channels, size, size, generator=generator)
+
+
+CASES = [
+    # (channels, num_segments, ratio, batch, size)
+    (16, 4, 0.25, 2, 5),
+    (16, 3, 0.5, 1, 4),
+    (8, 4, 1.0, 2, 3),
+    (24, 2, 0.5, 3, 4),
+    (12, 5, 1.0, 1, 3),
+    (32, 1, 0.25, 2, 3),
+]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("path", ["forward", "forward_reference"])
+@pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
+def test_matches_naive_spec(channels, num_segments, ratio, batch, size, path, training):
+    module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double()
+    module.train(training)
+    x = make_input(batch, num_segments, channels, size, seed=batch).double().requires_grad_()
+    x_naive = x.detach().clone().requires_grad_()
+    naive_module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double()
+
+    expected = naive_gsf(x_naive, naive_module, training)
+    output = getattr(module, path)(x)
+    torch.testing.assert_close(output, expected.output, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(module.bn.running_mean, expected.running_mean)
+    torch.testing.assert_close(module.bn.running_var, expected.running_var)
+    assert int(module.bn.num_batches_tracked) == (1 if training else 0)
+
+    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(7), dtype=output.dtype)
+    (output * upstream).sum().backward()
+    (expected.output * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_naive.grad, rtol=1e-8, atol=1e-10)
+    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
+        torch.testing.assert_close(param.grad, naive_param.grad, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
+def test_fast_equals_reference_float32(channels, num_segments, ratio, batch, size, training):
+    """The acceptance criterion: max abs difference < 1e-5 in float32, forward and backward."""
+    fast = make_gsf(channels, num_segments, ratio, seed=3).train(training)
+    reference = make_gsf(channels, num_segments, ratio, seed=3).train(training)
+    x = make_input(batch, num_segments, channels, size + 4, seed=11).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fast(x), reference.forward_reference(x_ref)
+    assert (out - out_ref).abs().max() < 1e-5
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * upstream).sum().backward()
+    (out_ref * upstream).sum().backward()
+    assert (x.grad - x_ref.grad).abs().max() < 1e-5
+    for (name, param), param_ref in zip(fast.named_parameters(), reference.parameters()):
+        assert (param.grad - param_ref.grad).abs().max() < 1e-5 * max(1.0, param_ref.grad.abs().max()), name
+    for name, buffer in fast.named_buffers():
+        assert (buffer - dict(reference.named_buffers())[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("path", ["forward", "forward_reference"])
+def test_gradients_reach_every_parameter_and_the_input(path):
+    module = make_gsf(16, 4, 0.5, seed=0)
+    x = make_input(2, 4, 16, 6, seed=0).requires_grad_()
+    getattr(module, path)(x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, param in module.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_unprocessed_channels_pass_through_unchanged_with_identity_gradient():
+    module = make_gsf(16, 4, 0.25, seed=0)
+    x = make_input(1, 4, 16, 4, seed=0).requires_grad_()
+    out = module(x)
+    assert torch.equal(out[:, module.processed:], x[:, module.processed:])
+    out[:, module.processed:].sum().backward()
+    assert torch.equal(x.grad[:, module.processed:], torch.ones_like(x[:, module.processed:]))
+    assert torch.equal(x.grad[:, :module.processed], torch.zeros_like(x[:, :module.processed]))
+
+
+def test_temporal_receptive_field_stays_inside_the_clip():
+    """Frame t sees frames t-3..t+3 (gate conv: +-1, shift: +-1, fusion conv over the pooled
+    shifted maps: +-1 more) and nothing from other clips."""
+    module = make_gsf(8, 8, 1.0, seed=0).eval()
+    x = make_input(2, 8, 8, 4, seed=0).requires_grad_()
+    out = module(x)
+    out[4].sum().backward()  # clip 0, frame 4
+    touched = (x.grad.abs().sum(dim=(1, 2, 3)) > 0).tolist()
+    assert touched == [False] + [True] * 7 + [False] * 8
+
+
+@pytest.mark.parametrize(
+    "channels,ratio,message",
+    [(24, 0.25, "multiple of 4"), (6, 1.0, "multiple of 4"), (2, 0.25, "at least 4"),
+     (16, 0.1, "at least 4"),
+     (16, 0.0, r"\(0, 1\]"), (16, 1.5, r"\(0, 1\]")],
+)
+def test_rejects_channel_counts_that_cannot_be_split(channels, ratio, message):
+    with pytest.raises(ValueError, match=message):
+        GSF(channels, 4, ratio)
+
+
+@pytest.mark.parametrize("path", ["forward", "forward_reference"])
+def test_rejects_frame_counts_that_are_not_whole_clips(path):
+    module = GSF(16, 4, 0.25)
+    with pytest.raises(ValueError, match="num_segments=4"):
+        getattr(module, path)(torch.zeros(6, 16, 3, 3))
+
+
+@pytest.mark.parametrize("path", ["forward", "forward_reference"])
+def test_rejects_wrong_channel_count(path):
+    module = GSF(16, 4, 0.25)
+    with pytest.raises(ValueError, match=r"\(N\*T, 16, H, W\)"):
+        getattr(module, path)(torch.zeros(4, 8, 3, 3))
+
+
+def test_rejects_bad_num_segments():
+    with pytest.raises(ValueError, match="num_segments"):
+        GSF(16, 0, 0.25)
+
+
+def test_parameter_names_and_shapes_match_the_original_release():
+    module = GSF(64, 8, 0.25)  # P = 16
+    shapes = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    assert shapes == {
+        "bn.weight": (16,), "bn.bias": (16,), "bn.running_mean": (16,), "bn.running_var": (16,),
+        "bn.num_batches_tracked": (),
+        "conv3D.weight": (2, 8, 3, 3, 3), "conv3D.bias": (2,),
+        "channel_conv1.weight": (1, 2, 3, 3), "channel_conv1.bias": (1,),
+        "channel_conv2.weight": (1, 2, 3, 3), "channel_conv2.bias": (1,),
+    }
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    channels=st.integers(min_value=1, max_value=512),
+    ratio=st.sampled_from([0.125, 0.25, 0.5, 0.75, 1.0]),
+)
+def test_gsf_channels_property(channels, ratio):
+    """P is int(C*r) rounded up to even, a positive multiple of 4, at most C; else ValueError."""
+    expected = int(channels * ratio)
+    expected += expected % 2
+    if expected % 4 == 0 and 0 < expected <= channels:
+        assert gsf_channels(channels, ratio) == expected
+    else:
+        with pytest.raises(ValueError):
+            gsf_channels(channels, ratio)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    quarter=st.integers(min_value=1, max_value=4),
+    extra=st.integers(min_value=0, max_value=6),
+    num_segments=st.integers(min_value=1, max_value=5),
+    batch=st.integers(min_value=1, max_value=3),
+    size=st.integers(min_value=1, max_value=5),
+    training=st.booleans(),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_fast_equals_reference_property(quarter, extra, num_segments, batch, size, training, seed):
+    channels = 4 * quarter + extra
+    ratio = 4 * quarter / channels
+    if gsf_channels(channels, ratio) != 4 * quarter:  # float rounding of C * r
+        ratio = 1.0 if extra == 0 else ratio + 1e-9
+    fast = make_gsf(channels, num_segments, ratio, seed).double().train(training)
+    reference = make_gsf(channels, num_segments, ratio, seed).double().train(training)
+    x = make_input(batch, num_segments, channels, size, seed).double().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out, out_ref = fast(x), reference.forward_reference(x_ref)
+    torch.testing.assert_close(out, out_ref)
+    out.sum().backward()
+    out_ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(fast.bn.running_var, reference.bn.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_channels_last_input_gives_the_same_result(training):
+    fast = make_gsf(16, 4, 0.25, seed=0).train(training)
+    reference = make_gsf(16, 4, 0.25, seed=0).train(training)
+    x = make_input(2, 4, 16, 6, seed=0)
+    x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
+    x = x.requires_grad_()
+    out_cl, out = fast(x_cl), reference.forward_reference(x)
+    torch.testing.assert_close(out_cl, out, rtol=1e-5, atol=1e-6)
+    out_cl.square().sum().backward()
+    out.square().sum().backward()
+    torch.testing.assert_close(x_cl.grad, x.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_bf16_autocast_stays_close_to_float32(training):
+    fast = make_gsf(16, 4, 0.5, seed=0).train(training)
+    reference = make_gsf(16, 4, 0.5, seed=0).train(training)
+    x = make_input(2, 4, 16, 6, seed=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.bfloat16())
+    expected = reference.forward_reference(x.bfloat16().float())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(fast.bn.running_mean, reference.bn.running_mean, rtol=1e-2, atol=1e-3)
+
+
+def test_compiles_without_graph_breaks():
+    module = make_gsf(8, 2, 1.0, seed=0)
+    x = make_input(1, 2, 8, 3, seed=0).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    reference = make_gsf(8, 2, 1.0, seed=0)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out_ref = reference.forward_reference(x_ref)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    out_ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.bn.running_var, reference.bn.running_var)
+
+
+@pytest.mark.slow
+def test_compiles_with_inductor():
+    module = make_gsf(8, 2, 1.0, seed=0)
+    reference = make_gsf(8, 2, 1.0, seed=0)
+    x = make_input(1, 2, 8, 3, seed=0)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True)
+    torch.testing.assert_close(compiled(x), reference.forward_reference(x), rtol=1e-5, atol=1e-5)
