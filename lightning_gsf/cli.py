@@ -1,17 +1,142 @@
-"""The ``gsf`` command (placeholder until the training issue lands its LightningCLI)."""
+"""The ``gsf`` command: LightningCLI for training, plus four small tools.
+
+::
+
+    gsf fit      --config configs/epic100/gsf_resnet50.yaml [--ckpt_path last]
+    gsf validate --config ... --ckpt_path runs/.../checkpoints/best.ckpt
+    gsf test     --config ... --ckpt_path ...
+    gsf predict  --config ... --ckpt_path ...    # writes the submission zip
+    gsf synth    ...                              # write the synthetic dataset
+    gsf import-original ...                       # original release checkpoint -> Lightning
+    gsf evaluate PREDICTIONS ANNOTATIONS_CSV      # score a submission
+    gsf benchmark ...                             # GSF speed
+
+The four tools have their own argument parsers and are dispatched before LightningCLI
+parses anything. For the Lightning subcommands the config is the interface: the model's and
+the data module's typed ``__init__`` are the ``model:`` and ``data:`` sections, and the data
+module's ``num_classes`` and ``num_segments`` are linked into the model so a config states
+them once. ``gsf fit --print_config`` prints a complete, runnable config.
+
+Defaults that every run gets (each can be changed from a config):
+
+- ``checkpoint``: ``ModelCheckpoint`` keeping the best epoch by ``val/accuracy_at_1`` (action
+  top-1 for EPIC, top-1 otherwise) and ``last.ckpt``, in ``<trainer.default_root_dir>/checkpoints``,
+  a fixed folder, so that ``--ckpt_path last`` finds the last run's checkpoint to resume.
+- ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip``.
+- loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
+  ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
+"""
 
 from __future__ import annotations
 
-import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_gsf import __version__
+from lightning_gsf.data.base import VideoDataModule
+from lightning_gsf.evaluation import SubmissionWriter
+from lightning_gsf.metrics import HEADLINE_METRIC
+from lightning_gsf.module import VideoClassificationModule
+
+CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
 
 
-def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gsf", description="Gate-Shift-Fuse video recognition")
-    parser.add_argument("--version", action="version", version=f"lightning-gsf {__version__}")
-    parser.parse_args(args)
-    parser.print_help()
+def _synth(argv: Sequence[str]) -> Any:
+    from lightning_gsf.data.synthetic import main
+
+    return main(list(argv))
+
+
+def _import_original(argv: Sequence[str]) -> Any:
+    from lightning_gsf.convert import import_original
+
+    return import_original(list(argv))
+
+
+def _evaluate(argv: Sequence[str]) -> Any:
+    from lightning_gsf.evaluation import evaluate_main
+
+    return evaluate_main(list(argv))
+
+
+def _benchmark(argv: Sequence[str]) -> Any:
+    from lightning_gsf.benchmark import main
+
+    return main(list(argv))
+
+
+#: Subcommands outside LightningCLI: name -> handler of the remaining arguments.
+TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
+    "synth": _synth,
+    "import-original": _import_original,
+    "evaluate": _evaluate,
+    "benchmark": _benchmark,
+}
+
+DESCRIPTION = (
+    f"Gate-Shift-Fuse video recognition (lightning-gsf {__version__}). "
+    "Lightning subcommands: fit, validate, test, predict. "
+    "Tools (each with its own --help): synth, import-original, evaluate, benchmark."
+)
+
+
+def checkpoint_dir(default_root_dir: str | Path | None) -> str:
+    """Where checkpoints go: a fixed folder per run directory, so ``--ckpt_path last`` resumes."""
+    return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+class GSFCLI(LightningCLI):
+    """LightningCLI with the project's links, checkpointing, loggers and prediction writer."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.init_args.num_segments", "model.num_segments")
+
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": CHECKPOINT_MONITOR,
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-acc{" + CHECKPOINT_MONITOR + ":.2f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        parser.add_lightning_class_args(SubmissionWriter, "submission")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            root = trainer_config.get("default_root_dir") or "."
+            kwargs["logger"] = [
+                TensorBoardLogger(root, name="tensorboard"),
+                CSVLogger(root, name="csv"),
+            ]
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: Sequence[str] | None = None) -> GSFCLI | Any:
+    """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
+        return TOOLS[argv[0]](argv[1:])
+    return GSFCLI(
+        VideoClassificationModule,
+        VideoDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step")]},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION},
+        args=argv,
+    )
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lightning_gsf.metrics import HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, UNSEEN, compute_accuracies
+from lightning_gsf.metrics import HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, UNSEEN, compute_accuracies, first_per_index
 
 log = logging.getLogger(__name__)
 
@@ -302,3 +303,54 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
+
+
+# --------------------------------------------------------------------------- prediction writer
+
+
+def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Tensor]]:
+    """Join ``predict_step`` outputs, keeping one row per dataset index, in index order.
+
+    A distributed sampler repeats samples to even out the processes; the gathered
+    predictions therefore hold duplicates, removed here by their ``index``.
+    """
+    if not batches:
+        raise ValueError("no predictions to merge")
+    ids = [sample_id for batch in batches for sample_id in batch["id"]]
+    index = torch.cat([torch.as_tensor(batch["index"]).cpu() for batch in batches])
+    scores = {head: torch.cat([batch["scores"][head].cpu() for batch in batches]) for head in batches[0]["scores"]}
+    keep = first_per_index(index)
+    return [ids[i] for i in keep.tolist()], {head: head_scores[keep] for head, head_scores in scores.items()}
+
+
+class SubmissionWriter(BasePredictionWriter):
+    """Writes ``gsf predict`` outputs as a submission zip (the EPIC-KITCHENS-100 format).
+
+    Every process hands its predictions to process 0, which de-duplicates them by dataset
+    index and writes one file. Works for any heads; for EPIC (verb, noun) the zip is the
+    challenge's upload.
+
+    Args:
+        output: the zip (or ``.json``) to write; default ``<trainer.default_root_dir>/submission.zip``.
+        sls_pt, sls_tl, sls_td: the supervision levels declared in the submission.
+    """
+
+    def __init__(self, output: str | None = None, sls_pt: int = 1, sls_tl: int = 3, sls_td: int = 3) -> None:
+        super().__init__(write_interval="epoch")
+        self.output = output
+        self.sls = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
+        self.written: Path | None = None
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # noqa: ANN001
+        batches = list(predictions)
+        if batches and isinstance(batches[0], list):  # several predict dataloaders
+            batches = [batch for loader in batches for batch in loader]
+        if trainer.world_size > 1:
+            gathered: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, batches)
+            batches = [batch for rank_batches in gathered for batch in rank_batches]
+        if not trainer.is_global_zero:
+            return
+        ids, scores = merge_predictions(batches)
+        output = Path(self.output) if self.output else Path(trainer.default_root_dir) / "submission.zip"
+        self.written = write_submission(make_submission(scores, ids, **self.sls), output)

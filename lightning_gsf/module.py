@@ -1,0 +1,225 @@
+"""The LightningModule: losses, epoch metrics, and the optimiser policy of the paper's code.
+
+Its typed ``__init__`` is the ``model:`` section of a config. ``num_classes`` and
+``num_segments`` come from the data module (``gsf`` links them), so a config states them once.
+
+Training policy (the GSF release, inherited from TSN/TSM):
+
+- SGD, momentum 0.9, weight decay 5e-4 on convolution and linear *weights* only; biases
+  and normalisation parameters (every parameter with fewer than two dimensions) get none.
+- ``lr`` is explicit: 0.01 is the paper's value for a batch of 32. Scale it linearly with the
+  global batch (``batch_size x devices x accumulate_grad_batches``), e.g. 0.02 for 64;
+  each config states the value it was tuned for.
+- Learning rate updated every optimiser step: linear warm-up from ``lr / warmup_steps`` to
+  ``lr`` over ``warmup_epochs``, then a cosine decay to zero at the trainer's last step
+  (``max_epochs``, 60 in the paper's EPIC recipe).
+- ``freeze_bn`` ("partial BN", as the TSN/TSM EPIC baselines): every BatchNorm of the
+  backbone but the first keeps its pre-trained statistics and affine parameters. The BN
+  inside GSF modules is new (no pre-trained statistics), so it always trains.
+- Gradient clipping (norm 20) is the Trainer's ``gradient_clip_val``, set in the configs.
+
+Evaluation batches hold ``V = clips x crops`` views per sample, ``(B, V, T, 3, H, W)``: each
+view is scored and the logits averaged over views. Metrics are computed once per epoch over
+all samples (see ``metrics.py``), de-duplicated by dataset index under DDP.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from lightning_gsf.gsf import GSF
+from lightning_gsf.metrics import ClassificationScores
+from lightning_gsf.model import VideoClassifier
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based).
+
+    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then
+    ``0.5 * (1 + cos(pi * progress))`` with ``progress`` going from 0 to 1 over the rest.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def partial_batchnorms(backbone: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The backbone's BatchNorms that "partial BN" freezes: all but the first, skipping GSF's own."""
+    inside_gsf = {id(m) for gsf in backbone.modules() if isinstance(gsf, GSF) for m in gsf.modules()}
+    norms = [
+        m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside_gsf
+    ]
+    return norms[1:]
+
+
+class VideoClassificationModule(pl.LightningModule):
+    """GSF / TSM / TSN video classifier with one classification head per label.
+
+    Args:
+        num_classes: head name -> number of classes (linked from ``data.num_classes``).
+        num_segments: frames per clip ``T`` (linked from ``data.num_segments``).
+        backbone: ``resnet18|34|50|101|152``, ``bninception`` or ``inception_v3``.
+        temporal_module: ``"gsf"``, ``"tsm"`` or ``"none"`` (TSN).
+        gsf_ratio: fraction of each GSF layer's channels that GSF processes.
+        dropout: dropout before the heads (0.5 in the paper).
+        pretrained: start the backbone from ImageNet weights.
+        normalization: input normalisation name (``"imagenet"``, ``"bgr255"``); ``None``
+            takes the backbone's own.
+        label_smoothing: cross-entropy label smoothing.
+        loss_weights: head -> weight of its loss in the sum (default 1 for every head).
+        lr: peak learning rate (0.01 for a global batch of 32; scale linearly).
+        momentum: SGD momentum.
+        weight_decay: L2 on weights (not on biases and normalisation parameters).
+        warmup_epochs: epochs of linear warm-up before the cosine decay.
+        freeze_bn: partial BN: freeze all backbone BatchNorms but the first.
+    """
+
+    def __init__(
+        self,
+        num_classes: dict[str, int],
+        num_segments: int = 8,
+        backbone: str = "resnet50",
+        temporal_module: Literal["gsf", "tsm", "none"] = "gsf",
+        gsf_ratio: float = 0.25,
+        dropout: float = 0.5,
+        pretrained: bool = True,
+        normalization: str | None = None,
+        label_smoothing: float = 0.0,
+        loss_weights: dict[str, float] | None = None,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        warmup_epochs: float = 10.0,
+        freeze_bn: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = set(loss_weights or {}) - set(num_classes)
+        if unknown:
+            raise ValueError(f"loss_weights names heads {sorted(unknown)} that num_classes {dict(num_classes)} lacks")
+        self.loss_weights = {head: float((loss_weights or {}).get(head, 1.0)) for head in num_classes}
+        self.model = VideoClassifier(
+            backbone=backbone,
+            temporal_module=temporal_module,
+            num_segments=num_segments,
+            num_classes=dict(num_classes),
+            gsf_ratio=gsf_ratio,
+            dropout=dropout,
+            pretrained=pretrained,
+            normalization=normalization,
+        )
+        self.frozen_norms = partial_batchnorms(self.model.base_model) if freeze_bn else []
+        for norm in self.frozen_norms:
+            for parameter in norm.parameters():
+                parameter.requires_grad_(False)
+        self.val_scores = ClassificationScores(num_classes)
+        self.test_scores = ClassificationScores(num_classes)
+
+    # ------------------------------------------------------------------ forward and loss
+
+    def forward(self, clip: Tensor) -> dict[str, Tensor]:
+        """Logits per head for ``(B, T, 3, H, W)`` clips or ``(B, V, T, 3, H, W)`` views."""
+        if clip.ndim == 5:
+            return self.model(clip)
+        if clip.ndim != 6:
+            raise ValueError(f"expected clips (B, T, 3, H, W) or views (B, V, T, 3, H, W), got {tuple(clip.shape)}")
+        batch, views = clip.shape[:2]
+        logits = self.model(clip.flatten(0, 1))
+        return {head: head_logits.view(batch, views, -1).mean(dim=1) for head, head_logits in logits.items()}
+
+    def compute_loss(self, logits: Mapping[str, Tensor], labels: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Weighted sum of the heads' cross-entropies, and each head's own loss."""
+        per_head = {
+            head: F.cross_entropy(logits[head], labels[head], label_smoothing=self.hparams.label_smoothing)
+            for head in self.loss_weights
+        }
+        total = sum(self.loss_weights[head] * loss for head, loss in per_head.items())
+        return total, per_head
+
+    def train(self, mode: bool = True) -> VideoClassificationModule:
+        super().train(mode)
+        # Lightning switches to train mode at every epoch start; keep partial BN in eval.
+        if mode:
+            for norm in self.frozen_norms:
+                norm.eval()
+        return self
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        logits = self(batch["clip"])
+        loss, per_head = self.compute_loss(logits, batch["labels"])
+        batch_size = batch["clip"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for head, head_loss in per_head.items():
+            self.log(f"train/loss_{head}", head_loss, batch_size=batch_size)
+        return loss
+
+    def _evaluation_step(self, batch: Mapping[str, Any], stage: str, scores: ClassificationScores) -> None:
+        logits = self(batch["clip"])
+        labels = batch.get("labels")
+        if labels is None:  # an unlabelled split (EPIC test): nothing to measure
+            return
+        loss, _ = self.compute_loss(logits, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch["clip"].shape[0], sync_dist=True)
+        scores.update(logits, labels, batch["index"], batch.get("subsets"))
+
+    def _log_epoch_metrics(self, stage: str, scores: ClassificationScores) -> None:
+        if not scores.update_called:
+            return
+        results = scores.compute()  # already gathered and de-duplicated across processes
+        scores.reset()
+        self.log_dict({f"{stage}/{key}": value for key, value in results.items()}, sync_dist=False)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val", self.val_scores)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val", self.val_scores)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test", self.test_scores)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test", self.test_scores)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Per sample: its id, dataset index and raw (view-averaged) logits per head."""
+        logits = self(batch["clip"])
+        return {"id": list(batch["id"]), "index": batch["index"], "scores": {h: v.float() for h, v in logits.items()}}
+
+    # ------------------------------------------------------------------ optimiser
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Weights with weight decay; biases and normalisation parameters without."""
+        decay, no_decay = [], []
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                (decay if parameter.ndim > 1 else no_decay).append(parameter)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.SGD(self.parameter_groups(), lr=self.hparams.lr, momentum=self.hparams.momentum)
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        # estimated_stepping_batches has loaded the train loader, so this is known now.
+        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
+        log.info("lr schedule: %d warm-up steps, cosine to step %d", warmup_steps, total_steps)
+        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,159 @@
+"""VideoClassificationModule: view averaging, loss, optimiser policy, schedule, partial BN."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_gsf.gsf import GSF
+from lightning_gsf.module import VideoClassificationModule, partial_batchnorms, warmup_cosine_factor
+
+NUM_CLASSES = {"verb": 3, "noun": 4}
+NUM_SEGMENTS = 2
+
+
+def _module(**overrides) -> VideoClassificationModule:
+    kwargs = dict(
+        num_classes=NUM_CLASSES,
+        num_segments=NUM_SEGMENTS,
+        backbone="resnet18",
+        temporal_module="gsf",
+        pretrained=False,
+        dropout=0.0,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)  # the network's own initialisation (nn.init uses the global RNG)
+    return VideoClassificationModule(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def module() -> VideoClassificationModule:
+    return _module()
+
+
+def _clips(*shape: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (*shape, NUM_SEGMENTS, 3, 32, 32), generator=generator, dtype=torch.uint8)
+
+
+def test_views_are_scored_separately_and_averaged(module):
+    module.eval()
+    views = _clips(2, 3)  # (B=2, V=3, T, 3, H, W)
+    with torch.no_grad():
+        averaged = module(views)
+        per_view = [module(views[:, v]) for v in range(3)]
+    for head, classes in NUM_CLASSES.items():
+        assert averaged[head].shape == (2, classes)
+        expected = torch.stack([logits[head] for logits in per_view]).mean(0)
+        torch.testing.assert_close(averaged[head], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_rejects_other_shapes(module):
+    with pytest.raises(ValueError, match=r"\(B, V, T, 3, H, W\)"):
+        module(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_loss_is_the_weighted_sum_of_head_losses():
+    weighted = _module(loss_weights={"noun": 0.5}, label_smoothing=0.1)
+    logits = {"verb": torch.randn(4, 3), "noun": torch.randn(4, 4)}
+    labels = {"verb": torch.tensor([0, 1, 2, 0]), "noun": torch.tensor([3, 2, 1, 0])}
+    total, per_head = weighted.compute_loss(logits, labels)
+    for head in NUM_CLASSES:
+        expected = nn.functional.cross_entropy(logits[head], labels[head], label_smoothing=0.1)
+        torch.testing.assert_close(per_head[head], expected)
+    torch.testing.assert_close(total, per_head["verb"] + 0.5 * per_head["noun"])
+
+
+def test_loss_weights_must_name_known_heads():
+    with pytest.raises(ValueError, match="action"):
+        _module(loss_weights={"action": 1.0})
+
+
+def test_no_weight_decay_on_biases_and_norms(module):
+    decay, no_decay = module.parameter_groups()
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in module.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    assert not decayed & not_decayed
+    assert decayed | not_decayed == {n for n, p in module.named_parameters() if p.requires_grad}
+    norm_params = {
+        f"{name}.{pname}"
+        for name, m in module.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for pname, _ in m.named_parameters(recurse=False)
+    }
+    assert norm_params and norm_params <= not_decayed
+    assert all(not n.endswith(".bias") for n in decayed)
+    assert "model.heads.verb.weight" in decayed
+
+
+@pytest.mark.parametrize(
+    "step,expected",
+    [(0, 0.25), (3, 1.0), (4, 1.0), (7, 0.5), (10, 0.0), (12, 0.0)],
+)
+def test_warmup_cosine_factor(step, expected):
+    # 4 warm-up steps, then cosine over steps 4..10.
+    assert warmup_cosine_factor(step, warmup_steps=4, total_steps=10) == pytest.approx(expected, abs=1e-9)
+
+
+def test_scheduler_warms_up_per_step_over_warmup_epochs():
+    policy = _module(lr=0.04, warmup_epochs=2)
+    # The few trainer attributes configure_optimizers reads: 5 epochs of 6 batches, accumulating 2.
+    policy._trainer = SimpleNamespace(estimated_stepping_batches=15, num_training_batches=6, accumulate_grad_batches=2)
+    config = policy.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
+    lrs = []
+    for _ in range(15):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    warmup = 2 * 3  # 2 epochs of 3 optimiser steps
+    assert lrs[:warmup] == pytest.approx([0.04 * (s + 1) / warmup for s in range(warmup)])
+    decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (15 - warmup))) for s in range(15 - warmup)]
+    assert lrs[warmup:] == pytest.approx(decay)
+
+
+def test_partial_bn_freezes_all_backbone_norms_but_the_first():
+    frozen = _module(freeze_bn=True)
+    backbone = frozen.model.base_model
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    gsf_norms = [m.bn for m in backbone.modules() if isinstance(m, GSF)]
+    assert gsf_norms, "expected GSF modules in the backbone"
+    assert partial_batchnorms(backbone) == [m for m in norms[1:] if all(m is not g for g in gsf_norms)]
+
+    frozen.train()
+    assert norms[0].training and all(g.training for g in gsf_norms)
+    assert all(not m.training for m in frozen.frozen_norms)
+    assert all(not p.requires_grad for m in frozen.frozen_norms for p in m.parameters())
+    trainable = {id(p) for group in frozen.parameter_groups() for p in group["params"]}
+    assert all(id(p) not in trainable for m in frozen.frozen_norms for p in m.parameters())
+
+    before = [m.running_mean.clone() for m in frozen.frozen_norms]
+    first_before = norms[0].running_mean.clone()
+    frozen(_clips(2))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, frozen.frozen_norms))
+    assert not torch.equal(first_before, norms[0].running_mean)
+
+
+def test_without_freeze_bn_every_norm_trains(module):
+    module.train()
+    assert module.frozen_norms == []
+    assert all(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
+def test_training_step_backpropagates(temporal_module):
+    model = _module(temporal_module=temporal_module)
+    model.log = lambda *args, **kwargs: None  # no trainer to log to
+    batch = {"clip": _clips(2), "labels": {"verb": torch.tensor([0, 2]), "noun": torch.tensor([1, 3])}}
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.model.heads["noun"].weight.grad is not None
