@@ -18,13 +18,15 @@ pads with), ``id`` and ``subsets`` (``{name: bool}``).
 Reproducible augmentation. Each training item draws its frames and its augmentation from a
 ``torch.Generator`` seeded with ``(seed, epoch, index)``. The clip therefore does not depend on
 which worker loads it, changes from epoch to epoch, and a run resumed at epoch ``e`` sees the
-clips an uninterrupted run would. The epoch reaches the workers through
-:class:`EpochSeededSampler`: Lightning calls its ``set_epoch`` at the start of every epoch
-(before the loader's workers are asked for the epoch's first batch), and the sampler writes
-the epoch into a one-element shared-memory tensor of the dataset, which persistent workers
-see as well. The same sampler shuffles with ``(seed, epoch)`` and, being a
-``DistributedSampler``, also shards the training set under DDP (Lightning leaves a
-``DistributedSampler`` in place instead of wrapping it).
+clips an uninterrupted run would. The epoch reaches the workers through the training sampler
+(:class:`~lightning_gsf.data.samplers.ResumableDistributedSampler`): Lightning calls its
+``set_epoch`` at the start of every epoch, before the loader's workers are asked for the
+epoch's first batch, and the sampler passes it to :meth:`ClipDataset.set_epoch`, which writes it
+into a one-element shared-memory tensor that the workers, persistent ones included, read.
+The same sampler shuffles with ``(seed, epoch)``, shards the set under DDP and resumes
+mid-epoch; evaluation loaders use
+:class:`~lightning_gsf.data.samplers.UnpaddedDistributedSampler`, so that under DDP every
+sample is scored exactly once.
 
 Unreadable samples. By default a sample whose frames cannot be read raises
 :class:`~lightning_gsf.data.errors.SampleReadError` naming the sample and its file. With
@@ -49,9 +51,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
 from lightning_gsf.data.sampling import multi_clip_indices, train_indices
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 from lightning_gsf.data.video import ClipReader
@@ -59,7 +62,6 @@ from lightning_gsf.data.video import ClipReader
 __all__ = [
     "ClipDataset",
     "ClipSample",
-    "EpochSeededSampler",
     "LabelTransform",
     "SPLITS",
     "VideoDataModule",
@@ -278,25 +280,6 @@ class ClipDataset(Dataset[dict[str, Any]]):
         )
 
 
-class EpochSeededSampler(DistributedSampler):
-    """Shuffles with ``(seed, epoch)`` and passes the epoch on to its :class:`ClipDataset`.
-
-    Lightning calls ``set_epoch`` on a loader's sampler at the start of every epoch, resumed runs
-    included, which makes both the order and the augmentations a function of the epoch. With
-    ``num_replicas=1`` (no DDP) it is a seeded random sampler over the whole dataset.
-    """
-
-    def __init__(
-        self, dataset: ClipDataset, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0
-    ) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.clip_dataset = dataset
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        self.clip_dataset.set_epoch(epoch)
-
-
 class VideoDataModule(pl.LightningDataModule, ABC):
     """The DataModule every dataset shares; its typed ``__init__`` is the ``data:`` config schema.
 
@@ -480,38 +463,34 @@ class VideoDataModule(pl.LightningDataModule, ABC):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._built("train")
-        num_replicas, rank = self._replicas()
-        sampler = EpochSeededSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=self.seed)
-        return self._loader(dataset, self.batch_size, sampler=sampler, drop_last=self.drop_last)
+        # The process group (if any) exists by now: the sampler reads the world size from it.
+        sampler = ResumableDistributedSampler(dataset, shuffle=True, seed=self.seed)
+        return ResumableDataLoader(
+            dataset, sampler=sampler, batch_size=self.batch_size, drop_last=self.drop_last, **self._loader_options()
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._built("val"), self.eval_batch_size)
+        return self._evaluation_loader(self._built("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._built("test"), self.eval_batch_size)
+        return self._evaluation_loader(self._built("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self._built("predict"), self.eval_batch_size)
+        return self._evaluation_loader(self._built("predict"))
 
     def _built(self, role: str) -> ClipDataset:
         if role not in self._datasets:
             raise RuntimeError(f"the {role} dataset is not built; call setup() before asking for its loader")
         return self._datasets[role]
 
-    def _replicas(self) -> tuple[int, int]:
-        """``(world size, rank)`` of the trainer, or ``(1, 0)`` outside a (distributed) trainer."""
-        trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return 1, 0
-        return trainer.world_size, trainer.global_rank
+    def _evaluation_loader(self, dataset: ClipDataset) -> DataLoader:
+        sampler = UnpaddedDistributedSampler(dataset)
+        return DataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
 
-    def _loader(self, dataset: ClipDataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
             # Page-locked memory only speeds up copies to a CUDA device; without one it is waste.
-            pin_memory=self.pin_memory and torch.cuda.is_available(),
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            **kwargs,
-        )
+            "pin_memory": self.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": self.persistent_workers and self.num_workers > 0,
+        }
