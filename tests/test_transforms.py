@@ -1,0 +1,210 @@
+"""Clip transforms: exact crops for fixed seeds, one transform for all frames, explicit randomness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from lightning_gsf.data import transforms
+from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform, multi_scale_crop_sizes
+
+TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_clip(num_frames: int = 3, height: int = 60, width: int = 80, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (num_frames, 3, height, width), dtype=torch.uint8, generator=_generator(seed))
+
+
+def coordinate_clip(num_frames: int, height: int, width: int) -> torch.Tensor:
+    """A clip whose channels hold each pixel's row, column and frame, so a crop shows where it came from."""
+    rows = torch.arange(height).view(1, height, 1).expand(num_frames, height, width)
+    cols = torch.arange(width).view(1, 1, width).expand(num_frames, height, width)
+    frames = torch.arange(num_frames).view(num_frames, 1, 1).expand(num_frames, height, width)
+    return torch.stack([rows, cols, frames], dim=1).to(torch.uint8)
+
+
+def test_multi_scale_crop_sizes_pinned() -> None:
+    # Short side 240: sides 240, 210, 180, 158, paired with at most one step of distortion.
+    assert multi_scale_crop_sizes(240, 320, 224, TSN_SCALES) == [
+        (240, 240), (240, 210), (210, 240), (210, 210), (210, 180),
+        (180, 210), (180, 180), (180, 158), (158, 180), (158, 158),
+    ]  # fmt: skip
+
+
+def test_multi_scale_crop_sizes_snap_to_the_input_size() -> None:
+    # int(226 * 1.0) = 226 is within 3 pixels of 224, so the crop is taken at 224 directly.
+    assert multi_scale_crop_sizes(226, 300, 224, (1.0,)) == [(224, 224)]
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected_top", "expected_left", "expected_flip"),
+    [(0, 0, 16, True), (1, 0, 16, False), (3, 0, 0, True), (10, 0, 8, False), (17, 0, 8, True)],
+)
+def test_train_crop_and_flip_pinned(seed: int, expected_top: int, expected_left: int, expected_flip: bool) -> None:
+    # One scale whose crop equals the input size, so no resize blurs the coordinates.
+    clip = coordinate_clip(2, 64, 80)
+    out, flipped = TrainClipTransform(input_size=64, scales=(1.0,))(clip, _generator(seed))
+    expected = clip[..., expected_top : expected_top + 64, expected_left : expected_left + 64]
+    assert flipped == expected_flip
+    assert torch.equal(out, F.horizontal_flip(expected) if expected_flip else expected)
+
+
+def _record_crops(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, int]]:
+    crops: list[tuple[int, int, int, int]] = []
+    original = transforms.F.resized_crop
+
+    def recording_resized_crop(clip: torch.Tensor, top: int, left: int, height: int, width: int, *args, **kwargs):
+        crops.append((top, left, height, width))
+        return original(clip, top, left, height, width, *args, **kwargs)
+
+    monkeypatch.setattr(transforms.F, "resized_crop", recording_resized_crop)
+    return crops
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected_crop", "expected_flip"),
+    [(0, (16, 48, 48, 32), True), (1, (0, 16, 64, 64), False), (2, (0, 16, 48, 64), True), (3, (32, 0, 32, 48), True)],
+)
+def test_multi_scale_crop_pinned(
+    monkeypatch: pytest.MonkeyPatch, seed: int, expected_crop: tuple[int, int, int, int], expected_flip: bool
+) -> None:
+    # 64 x 80 frames, sides 64, 48 and 32: (top, left, height, width) of the crop before resizing.
+    crops = _record_crops(monkeypatch)
+    out, flipped = TrainClipTransform(input_size=48, scales=(1.0, 0.75, 0.5))(random_clip(1, 64, 80), _generator(seed))
+    assert crops == [expected_crop] and flipped == expected_flip and out.shape == (1, 3, 48, 48)
+
+
+def test_train_crops_cover_every_size_and_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    crops = _record_crops(monkeypatch)
+    transform = TrainClipTransform(input_size=32, scales=TSN_SCALES)
+    clip = random_clip(num_frames=1, height=40, width=60)
+    for seed in range(300):
+        transform(clip, _generator(seed))
+    sizes = {(height, width) for _, _, height, width in crops}
+    assert sizes == set(multi_scale_crop_sizes(40, 60, 32, TSN_SCALES))
+    for height, width in sizes:
+        bottom, right = 40 - height, 60 - width
+        allowed = {(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)}
+        assert {(t, l) for t, l, h, w in crops if (h, w) == (height, width)} == allowed
+
+
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+@pytest.mark.parametrize("seed", range(8))
+def test_flip_happens_exactly_when_reported(seed: int, randaugment: bool) -> None:
+    clip = random_clip()
+    flipping = TrainClipTransform(input_size=32, flip=True, randaugment=randaugment)
+    not_flipping = TrainClipTransform(input_size=32, flip=False, randaugment=randaugment)
+    out, flipped = flipping(clip, _generator(seed))
+    reference, never_flipped = not_flipping(clip, _generator(seed))
+    assert not never_flipped
+    if randaugment:
+        # RandAugment runs after the flip and some of its operations (shear, translate) are not
+        # mirror-symmetric, so compare the crops only through which flag came back.
+        assert flipped == TrainClipTransform(input_size=32)(clip, _generator(seed))[1]
+    else:
+        assert torch.equal(out, F.horizontal_flip(reference) if flipped else reference)
+
+
+def test_both_flip_outcomes_occur() -> None:
+    flags = {TrainClipTransform(input_size=32)(random_clip(), _generator(seed))[1] for seed in range(16)}
+    assert flags == {False, True}
+
+
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+@pytest.mark.parametrize("seed", range(4))
+def test_train_transform_is_the_same_for_every_frame(seed: int, randaugment: bool) -> None:
+    clip = random_clip(num_frames=1).expand(4, -1, -1, -1).contiguous()
+    out, _ = TrainClipTransform(input_size=32, randaugment=randaugment)(clip, _generator(seed))
+    assert all(torch.equal(frame, out[0]) for frame in out)
+
+
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+def test_train_transform_is_deterministic_and_leaves_the_global_rng_alone(randaugment: bool) -> None:
+    transform = TrainClipTransform(input_size=32, randaugment=randaugment)
+    clip = random_clip()
+    state = torch.random.get_rng_state()
+    first, first_flip = transform(clip, _generator(5))
+    second, second_flip = transform(clip, _generator(5))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first, second) and first_flip == second_flip
+
+
+def test_randaugment_changes_clips() -> None:
+    clip = random_clip()
+    plain = TrainClipTransform(input_size=32)
+    augmented = TrainClipTransform(input_size=32, randaugment=True)
+    # The crop and flip draws come first, so with the same seed the clips differ only by RandAugment.
+    differs = [not torch.equal(plain(clip, _generator(s))[0], augmented(clip, _generator(s))[0]) for s in range(4)]
+    assert any(differs)
+
+
+@pytest.mark.parametrize(("height", "width"), [(60, 80), (80, 60), (50, 50), (34, 200)])
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+def test_train_output_shape(height: int, width: int, randaugment: bool) -> None:
+    out, _ = TrainClipTransform(input_size=32, randaugment=randaugment)(random_clip(5, height, width), _generator(0))
+    assert out.shape == (5, 3, 32, 32) and out.dtype == torch.uint8
+
+
+def test_one_eval_crop_is_the_centre_after_resizing() -> None:
+    # The short side is already resize_size, so the resize keeps the pixels and the crop is exact.
+    clip = coordinate_clip(3, 48, 70)
+    out = EvalClipTransform(input_size=40, resize_size=48, num_crops=1)(clip)
+    assert out.shape == (1, 3, 3, 40, 40) and out.dtype == torch.uint8
+    assert torch.equal(out[0], clip[..., 4:44, 15:55])
+
+
+def test_one_eval_crop_resizes_the_short_side() -> None:
+    out = EvalClipTransform(input_size=40, resize_size=48, num_crops=1)(random_clip(2, 96, 140))
+    reference = F.center_crop(F.resize(random_clip(2, 96, 140), [48, 70], antialias=True), [40, 40])
+    assert torch.equal(out[0], reference)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected_slices"),
+    [
+        (40, 70, [(slice(0, 40), slice(0, 40)), (slice(0, 40), slice(15, 55)), (slice(0, 40), slice(30, 70))]),
+        (70, 40, [(slice(0, 40), slice(0, 40)), (slice(15, 55), slice(0, 40)), (slice(30, 70), slice(0, 40))]),
+        (40, 40, [(slice(0, 40), slice(0, 40))] * 3),
+    ],
+    ids=["landscape", "portrait", "square"],
+)
+def test_three_eval_crops_positions(height: int, width: int, expected_slices: list[tuple[slice, slice]]) -> None:
+    clip = coordinate_clip(2, height, width)
+    out = EvalClipTransform(input_size=40, resize_size=48, num_crops=3)(clip)
+    assert out.shape == (3, 2, 3, 40, 40)
+    for crop, (rows, cols) in zip(out, expected_slices):
+        assert torch.equal(crop, clip[..., rows, cols])
+
+
+@pytest.mark.parametrize("num_crops", [1, 3])
+@pytest.mark.parametrize(("height", "width"), [(60, 80), (80, 60), (256, 341)])
+def test_eval_output_shape(num_crops: int, height: int, width: int) -> None:
+    out = EvalClipTransform(input_size=32, resize_size=36, num_crops=num_crops)(random_clip(4, height, width))
+    assert out.shape == (num_crops, 4, 3, 32, 32) and out.dtype == torch.uint8
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EvalClipTransform(num_crops=2),
+        lambda: EvalClipTransform(input_size=224, resize_size=200),
+        lambda: TrainClipTransform(scales=()),
+        lambda: TrainClipTransform(scales=(1.0, 1.5)),
+    ],
+    ids=["two-crops", "resize-below-crop", "no-scales", "scale-above-one"],
+)
+def test_invalid_arguments(make) -> None:
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_clip_must_have_four_dims() -> None:
+    with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
+        EvalClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
+        TrainClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8), _generator(0))
