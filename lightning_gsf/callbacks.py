@@ -1,0 +1,308 @@
+"""Reliability on clusters: atomic checkpoints, a checkpoint on preemption, exact resumption.
+
+- :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the *same directory*
+  and renames it over the target, so a job killed while saving leaves the previous
+  ``last.ckpt`` intact. (Lightning's own writer stages the file in the system temporary
+  directory and moves it; across file systems, node-local ``/tmp`` to a shared checkpoint
+  directory, that move is a copy, and a kill during it truncates the target.)
+- :class:`PreemptionCheckpoint` saves a checkpoint when the job is told to stop. SLURM (and
+  most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
+  already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks and
+  raises ``SIGTERMException``; this callback only adds the save, at that clean batch boundary.
+- :class:`RandomStateCheckpoint` saves every rank's global random state (dropout draws from
+  it) and restores it before the first batch after a resume, so a resumed run takes the
+  same random draws as an uninterrupted one. Together with the loader position saved by
+  :class:`~lightning_gsf.data.samplers.ResumableDataLoader`, a deterministic run resumed
+  mid-epoch ends with the same weights.
+- :func:`check_checkpoint_matches` explains, by name, why a checkpoint does not fit a model
+  (which hyper-parameters differ, which parameters are missing or have another shape). The
+  LightningModule calls it from ``on_load_checkpoint``, before Lightning's strict
+  ``load_state_dict`` would fail with a list of tensor names and no reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointMismatchError",
+    "PreemptionCheckpoint",
+    "RandomStateCheckpoint",
+    "check_checkpoint_matches",
+]
+
+
+# --- atomic writes ---------------------------------------------------------------------------
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that never leaves a partly written checkpoint at the target path.
+
+    The checkpoint goes to a hidden temporary file next to the target, is flushed to disk,
+    and replaces the target with ``os.replace`` (atomic within one file system). A failure
+    at any point removes the temporary file and leaves the old checkpoint as it was. Remote
+    paths (``s3://`` and the like) are left to Lightning's writer.
+
+    Use it with ``trainer.plugins``: ``Trainer(plugins=[AtomicCheckpointIO()])``, or in a
+    config ``trainer: {plugins: [{class_path: lightning_gsf.callbacks.AtomicCheckpointIO}]}``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        temporary = Path(temporary_name)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            # Interrupted or failed (disk full, a kill turned into an exception): the target
+            # still holds the previous checkpoint; only our partial file goes.
+            temporary.unlink(missing_ok=True)
+            raise
+        _fsync_directory(target.parent)
+
+
+# --- saving on preemption ----------------------------------------------------------------------
+
+
+class PreemptionCheckpoint(Checkpoint):
+    """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
+
+    Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
+    all DDP ranks at once); this callback then saves ``<dirpath>/<filename>.ckpt`` with the
+    full training state (model, optimiser, loops, the data loader's position) and lets the
+    process exit. The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
+    the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
+
+    Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
+    and a checkpoint of that state would resume something no uninterrupted run ever saw.
+
+    Args:
+        dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
+            ``<default_root_dir>/checkpoints``.
+        filename: file name without ``.ckpt``.
+    """
+
+    FILE_EXTENSION = ".ckpt"
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
+        if not filename:
+            raise ValueError("PreemptionCheckpoint needs a non-empty filename")
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.filename = filename
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """Where the preemption checkpoint of ``trainer`` goes."""
+        if self.dirpath is not None:
+            directory = self.dirpath
+        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
+            directory = Path(trainer.checkpoint_callback.dirpath)
+        else:
+            directory = Path(trainer.default_root_dir) / "checkpoints"
+        return directory / f"{self.filename}{self.FILE_EXTENSION}"
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException):
+            return
+        path = self.checkpoint_path(trainer)
+        # Every rank gets here together (Lightning broadcasts the signal), as save_checkpoint's
+        # collectives need; only rank 0 writes.
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            log.warning(
+                "SIGTERM: saved a checkpoint at epoch %d, step %d to %s; resume with --ckpt_path %s",
+                trainer.current_epoch,
+                trainer.global_step,
+                path,
+                path,
+            )
+
+
+# --- random state ------------------------------------------------------------------------------
+
+
+def _random_state() -> dict[str, Any]:
+    """This process's global random state, as tensors and plain values (``weights_only``-loadable)."""
+    numpy_kind, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    python_version, python_state, python_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [numpy_kind, torch.from_numpy(numpy_keys.astype(np.int64)), numpy_pos, numpy_has_gauss, numpy_gauss],
+        "python": [python_version, list(python_state), python_gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_random_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, python_state, python_gauss = state["python"]
+    random.setstate((version, tuple(python_state), python_gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class RandomStateCheckpoint(pl.Callback):
+    """Save every rank's global random state in checkpoints and restore it on resume.
+
+    Lightning saves no random state. Dropout (and anything else drawing from the global
+    generators) would then take different draws after a resume than in an uninterrupted
+    run. The states of all ranks are gathered into the checkpoint (rank ``r`` gets its own
+    back); a run resumed on a different number of processes keeps its fresh states and says
+    so. The restore waits for the first training batch after the resume, because loading
+    the checkpoint, the sanity check and building the loaders all happen in between and
+    must not consume the restored stream.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "RandomStateCheckpoint"
+
+    def state_dict(self) -> dict[str, Any]:
+        # Called on every rank while a checkpoint is assembled, so gathering is safe here.
+        local = _random_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(states, local)
+        else:
+            states = [local]
+        return {"per_rank": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending is None:
+            return
+        states = self._pending["per_rank"]
+        self._pending = None
+        if len(states) != trainer.world_size:
+            log.warning(
+                "the checkpoint holds the random state of %d processes, this run has %d: "
+                "keeping fresh random states, so dropout draws will differ from an uninterrupted run",
+                len(states),
+                trainer.world_size,
+            )
+            return
+        _set_random_state(states[trainer.global_rank])
+
+
+# --- configuration mismatches ----------------------------------------------------------------
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not fit the model built from this run's configuration."""
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], source: str | Path | None = None) -> None:
+    """Raise :class:`CheckpointMismatchError` if ``checkpoint``'s weights do not fit ``model``.
+
+    The message names the hyper-parameters that differ between the checkpoint and the model
+    (``checkpoint["hyper_parameters"]`` against ``model.hparams``), the parameters missing on
+    either side and those whose shape differs. Hyper-parameters that differ while every
+    tensor still fits (a new learning rate, more segments at test time) are only logged.
+
+    Call it from ``LightningModule.on_load_checkpoint(checkpoint)``; ``source`` (e.g.
+    ``self.trainer.ckpt_path``) names the file in the message.
+    """
+    where = f"checkpoint {source}" if source else "the checkpoint"
+    saved_hparams = _flatten(checkpoint.get("hyper_parameters") or {})
+    current_hparams = _flatten(getattr(model, "hparams", {}) or {})
+    hparam_differences = [
+        f"{key}: checkpoint {saved_hparams.get(key, '<absent>')!r}, this run {current_hparams.get(key, '<absent>')!r}"
+        for key in sorted(saved_hparams.keys() | current_hparams.keys())
+        if saved_hparams.get(key, "<absent>") != current_hparams.get(key, "<absent>")
+    ]
+
+    saved = checkpoint.get("state_dict")
+    if saved is None:
+        raise CheckpointMismatchError(f"{where} has no 'state_dict' (keys: {sorted(checkpoint)}); is it a Lightning checkpoint?")
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - expected.keys())
+    reshaped = [
+        f"{name} {tuple(saved[name].shape)} vs {tuple(expected[name].shape)}"
+        for name in sorted(expected.keys() & saved.keys())
+        if hasattr(saved[name], "shape") and tuple(saved[name].shape) != tuple(expected[name].shape)
+    ]
+
+    if not (missing or unexpected or reshaped):
+        if hparam_differences:
+            log.warning("%s was saved with other hyper-parameters (%s); its weights fit, loading it", where, "; ".join(hparam_differences))
+        return
+    problems = []
+    if hparam_differences:
+        problems.append("hyper-parameters differ: " + "; ".join(hparam_differences))
+    if missing:
+        problems.append(f"{len(missing)} tensors of the model are not in the checkpoint: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensors of the checkpoint are not in the model: {_listing(unexpected)}")
+    if reshaped:
+        problems.append(f"{len(reshaped)} tensors have another shape (checkpoint vs model): {_listing(reshaped)}")
+    raise CheckpointMismatchError(
+        f"{where} was saved from a different model configuration; " + ". ".join(problems)
+        + ". Use the configuration the checkpoint was trained with (its hyper_parameters)."
+    )

@@ -1,0 +1,146 @@
+"""Atomic checkpoint writes and the explained configuration-mismatch error."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.demos.boring_classes import BoringModel
+from torch import nn
+
+from lightning_gsf.callbacks import AtomicCheckpointIO, CheckpointMismatchError, check_checkpoint_matches
+
+OLD = {"state_dict": {"weight": torch.ones(3)}, "epoch": 1}
+NEW = {"state_dict": {"weight": torch.zeros(300_000)}, "epoch": 2}
+
+
+class CrashMidWrite(Exception):
+    """Stands for whatever stops a save part-way (a bug, a full disk turned into an error)."""
+
+
+def test_atomic_save_round_trips(tmp_path):
+    AtomicCheckpointIO().save_checkpoint(NEW, tmp_path / "sub" / "last.ckpt")
+    loaded = AtomicCheckpointIO().load_checkpoint(tmp_path / "sub" / "last.ckpt")
+    assert torch.equal(loaded["state_dict"]["weight"], NEW["state_dict"]["weight"])
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("failure", [CrashMidWrite, KeyboardInterrupt, OSError])
+def test_failure_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint(OLD, target)
+
+    def fail(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise failure("stopped mid-write")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(failure):
+        io.save_checkpoint(NEW, target)
+    monkeypatch.undo()
+    assert io.load_checkpoint(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+CRASHING_WRITER = """
+import os, sys, torch
+from lightning_gsf.callbacks import AtomicCheckpointIO
+def die_half_way(obj, file, *args, **kwargs):
+    file.write(b"PK half a checkpoint")
+    file.flush()
+    os._exit(9)  # no cleanup at all, as after SIGKILL
+torch.save = die_half_way
+AtomicCheckpointIO().save_checkpoint({"epoch": 2}, sys.argv[1])
+"""
+
+
+def test_process_killed_mid_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    target = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(OLD, target)
+    result = subprocess.run([sys.executable, "-c", CRASHING_WRITER, str(target)], capture_output=True, text=True)
+    assert result.returncode == 9, result.stderr
+    assert AtomicCheckpointIO().load_checkpoint(target)["epoch"] == 1
+    # What a hard kill leaves is a hidden temporary file, never a truncated last.ckpt.
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".last.ckpt.") and leftovers[0].endswith(".tmp")
+
+
+def test_trainer_uses_the_plugin_for_its_checkpoints(tmp_path, monkeypatch):
+    calls: list[str] = []
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None):
+        calls.append(Path(path).name)
+        original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", spy)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, plugins=[AtomicCheckpointIO()], max_steps=1, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(BoringModel())
+    trainer.save_checkpoint(tmp_path / "manual.ckpt")
+    assert "manual.ckpt" in calls and len(calls) == 2  # ModelCheckpoint's and ours
+
+
+class Tiny(pl.LightningModule):
+    """A model whose tensor shapes depend on one hyper-parameter (``width``) and not the other (``lr``)."""
+
+    def __init__(self, width: int = 4, lr: float = 0.1, head: str = "linear") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.body = nn.Linear(3, width)
+        self.head = nn.Linear(width, 2) if head == "linear" else nn.Sequential(nn.Linear(width, 2))
+
+
+def _checkpoint(model: pl.LightningModule) -> dict:
+    return {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+
+
+def test_matching_checkpoint_passes():
+    check_checkpoint_matches(Tiny(), _checkpoint(Tiny()))
+
+
+def test_other_shapes_name_the_hyper_parameter_and_the_tensors():
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_checkpoint_matches(Tiny(width=8), _checkpoint(Tiny(width=4)), source="runs/a/last.ckpt")
+    message = str(error.value)
+    assert "runs/a/last.ckpt" in message
+    assert "width: checkpoint 4, this run 8" in message
+    assert "body.weight (4, 3) vs (8, 3)" in message and "head.weight (2, 4) vs (2, 8)" in message
+    assert "lr" not in message
+
+
+def test_other_structure_names_missing_and_unexpected_tensors():
+    with pytest.raises(CheckpointMismatchError, match=r"head: checkpoint 'linear', this run 'seq'") as error:
+        check_checkpoint_matches(Tiny(head="seq"), _checkpoint(Tiny()))
+    assert "not in the checkpoint: head.0.bias, head.0.weight" in str(error.value)
+    assert "not in the model: head.bias, head.weight" in str(error.value)
+
+
+def test_hyper_parameters_that_leave_shapes_alone_only_warn(caplog):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(lr=0.01), _checkpoint(Tiny(lr=0.1)))
+    assert "lr: checkpoint 0.1, this run 0.01" in caplog.text
+
+
+def test_a_file_that_is_not_a_lightning_checkpoint_is_named():
+    with pytest.raises(CheckpointMismatchError, match="no 'state_dict'"):
+        check_checkpoint_matches(Tiny(), {"model": {}}, source="weights.pth")
+
+
+def test_nested_hyper_parameters_are_compared_by_dotted_key():
+    class Nested(Tiny):
+        def __init__(self, optimizer: dict | None = None, width: int = 4) -> None:
+            super().__init__(width=width)
+            self.save_hyperparameters()
+
+    saved = _checkpoint(Nested(optimizer={"name": "sgd", "momentum": 0.9}, width=4))
+    with pytest.raises(CheckpointMismatchError, match=r"optimizer\.momentum: checkpoint 0\.9, this run 0\.0"):
+        check_checkpoint_matches(Nested(optimizer={"name": "sgd", "momentum": 0.0}, width=5), saved)
