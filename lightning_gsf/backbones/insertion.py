@@ -1,0 +1,153 @@
+"""The one place that inserts a temporal module (GSF or TSM) into a built 2D backbone.
+
+Where each module goes (``shared/spec/gsf.md``):
+
+==================  ======================================  ==================================
+backbone            GSF (on a conv's output, before its BN)  TSM (on a conv's input)
+==================  ======================================  ==================================
+ResNet Bottleneck   after ``conv3``                          before ``conv1``; the identity
+ResNet BasicBlock   after ``conv2``                          path keeps the unshifted input
+Inception blocks    after the block's temporal-site conv     before that same conv
+==================  ======================================  ==================================
+
+TSM in the Inception backbones is our choice (TSM was defined for residual networks): it
+shifts the input of the convolution that carries GSF in each block (the 1x1 branch, or the
+first convolution of a reduction block), so the block's other branches still see the
+unshifted input and play the part of TSM's identity path, and TSM and GSF sit in the same
+blocks. Insertion never renames a backbone's own parameters: GSF modules become
+``<block>.gsf`` in torchvision networks (``layer1.0.gsf.conv3D.weight``) and
+``gsf_<conv>`` in the Caffe-named ones (``gsf_inception_3a_1x1``), as in the original
+release; TSM has no parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.inception import BasicConv2d, Inception3
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from lightning_gsf.backbones.inception_net import InceptionNet
+from lightning_gsf.backbones.inception_v3 import TORCHVISION_TEMPORAL_SITES
+from lightning_gsf.gsf import GSF
+from lightning_gsf.temporal import TemporalShift
+
+TEMPORAL_MODULES = ("gsf", "tsm", "none")
+
+
+class TemporalBottleneck(nn.Module):
+    """A built torchvision ``Bottleneck`` (same layers, same names) with TSM and/or GSF."""
+
+    def __init__(self, block: Bottleneck, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
+        super().__init__()
+        for name, child in block.named_children():
+            self.add_module(name, child)
+        self.downsample = block.downsample
+        self.shift = shift
+        self.gsf = gsf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x if self.shift is None else self.shift(x)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.conv3(out)
+        if self.gsf is not None:
+            out = self.gsf(out)
+        out = self.bn3(out)
+        return self.relu(out + identity)
+
+
+class TemporalBasicBlock(nn.Module):
+    """A built torchvision ``BasicBlock`` with TSM before ``conv1`` and/or GSF after ``conv2``."""
+
+    def __init__(self, block: BasicBlock, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
+        super().__init__()
+        for name, child in block.named_children():
+            self.add_module(name, child)
+        self.downsample = block.downsample
+        self.shift = shift
+        self.gsf = gsf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = x if self.shift is None else self.shift(x)
+        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.conv2(out)
+        if self.gsf is not None:
+            out = self.gsf(out)
+        out = self.bn2(out)
+        return self.relu(out + identity)
+
+
+class TemporalBasicConv2d(nn.Module):
+    """A built torchvision Inception ``BasicConv2d`` (conv, BN, ReLU) with TSM and/or GSF."""
+
+    def __init__(self, unit: BasicConv2d, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv = unit.conv
+        self.bn = unit.bn
+        self.shift = shift
+        self.gsf = gsf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shift is not None:
+            x = self.shift(x)
+        x = self.conv(x)
+        if self.gsf is not None:
+            x = self.gsf(x)
+        return torch.relu(self.bn(x))
+
+
+def _temporal_pair(
+    kind: str, channels: int, num_segments: int, gsf_ratio: float, site: str
+) -> tuple[nn.Module | None, nn.Module | None]:
+    """``(shift, gsf)`` modules for one site; the GSF acts on ``channels`` output channels."""
+    if kind == "tsm":
+        return TemporalShift(num_segments), None
+    try:
+        return None, GSF(channels, num_segments, gsf_ratio)
+    except ValueError as err:
+        raise ValueError(f"cannot insert GSF after {site}: {err}") from err
+
+
+def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int, gsf_ratio: float) -> nn.Module:
+    """Insert ``kind`` (``"gsf"``, ``"tsm"`` or ``"none"``) into ``backbone`` in place; return it."""
+    if kind not in TEMPORAL_MODULES:
+        raise ValueError(f"unknown temporal module {kind!r}; expected one of {TEMPORAL_MODULES}")
+    if kind == "none":
+        return backbone
+
+    def pair(channels: int, site: str) -> tuple[nn.Module | None, nn.Module | None]:
+        return _temporal_pair(kind, channels, num_segments, gsf_ratio, site)
+
+    if isinstance(backbone, ResNet):
+        for layer_name in ("layer1", "layer2", "layer3", "layer4"):
+            layer: nn.Sequential = getattr(backbone, layer_name)
+            for index, block in enumerate(layer):
+                site = f"{layer_name}.{index}"
+                if isinstance(block, Bottleneck):
+                    layer[index] = TemporalBottleneck(block, *pair(block.conv3.out_channels, site + ".conv3"))
+                elif isinstance(block, BasicBlock):
+                    layer[index] = TemporalBasicBlock(block, *pair(block.conv2.out_channels, site + ".conv2"))
+                else:
+                    raise TypeError(f"{site}: no temporal insertion rule for {type(block).__name__}")
+    elif isinstance(backbone, Inception3):
+        for site in TORCHVISION_TEMPORAL_SITES:
+            parent_name, child_name = site.rsplit(".", 1)
+            parent = backbone.get_submodule(parent_name)
+            unit: BasicConv2d = getattr(parent, child_name)
+            setattr(parent, child_name, TemporalBasicConv2d(unit, *pair(unit.conv.out_channels, site + ".conv")))
+    elif isinstance(backbone, InceptionNet):
+        for block in backbone.blocks:
+            if block.temporal_site is None:
+                continue
+            conv = backbone.conv_layer(block.temporal_site)
+            shift, gsf = pair(conv.out_channels, block.temporal_site)
+            if shift is not None:
+                backbone.attach(block.temporal_site, "before_conv", shift)
+            if gsf is not None:
+                backbone.attach(block.temporal_site, "after_conv", gsf)
+    else:
+        raise TypeError(f"no temporal insertion rule for a {type(backbone).__name__} backbone")
+    return backbone

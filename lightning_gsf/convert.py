@@ -1,0 +1,259 @@
+"""Import of the original GSF release's checkpoints (ResNet-50, BNInception, InceptionV3).
+
+The release saves ``torch.save({..., "model_state_dict": state})`` (older files:
+``"state_dict"``), where ``state`` comes from a ``DataParallel`` model: every name starts with
+``module.``; the backbone's tensors follow as ``module.base_model.<layer>`` and the single
+classifier as ``module.new_fc.{weight,bias}``. Our backbones keep the release's layer names
+(torchvision names for ResNets, the Caffe / TensorFlow-converted names for BNInception and
+``inception_v3_tf``), so ``base_model.*`` maps one to one and ``new_fc`` becomes the model's
+only head. The import is strict: every tensor of the file must be used, every tensor of the
+model covered, every shape equal; otherwise the error lists what is missing, unexpected or
+mis-shaped. The release does not record the GSF channel ratio: it is read off the gate
+convolutions, whose second dimension is half the number of processed channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Union
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_gsf.backbones import DEFAULT_NORMALIZATION
+from lightning_gsf.backbones.weights import describe_key_problems
+from lightning_gsf.gsf import GSF, gsf_channels
+from lightning_gsf.model import VideoClassifier
+
+log = logging.getLogger(__name__)
+
+StateDict = dict[str, torch.Tensor]
+CheckpointSource = Union[str, Path, Mapping[str, Any]]
+
+GATE_SUFFIX = ".conv3D.weight"
+# Bottleneck / BasicBlock counts of layer3, which tell the ResNets apart.
+RESNET_BY_LAYER3 = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
+                    (True, 23): "resnet101", (True, 36): "resnet152"}
+
+
+@dataclass(frozen=True)
+class OriginalCheckpointInfo:
+    """What an original checkpoint holds, beyond its tensors."""
+
+    source: str  # the file, or "<state dict>"
+    backbone: str  # detected from the layer names
+    gsf_ratio: float | None  # None: no GSF modules
+    num_gsf_modules: int
+    num_classes: int
+    normalization: str  # the input normalisation its weights expect
+
+
+def read_original_state_dict(source: CheckpointSource, *, trust_pickle: bool = False) -> tuple[StateDict, str]:
+    """The model state of an original checkpoint, without ``module.`` prefixes.
+
+    ``source`` is a file, a loaded checkpoint dict or a bare state dict. Files are read with
+    ``weights_only=True``; ``trust_pickle=True`` allows arbitrary pickled objects in the file
+    (only for files from a source you trust).
+    """
+    if isinstance(source, Mapping):
+        loaded, name = source, "<state dict>"
+    else:
+        name = str(source)
+        try:
+            loaded = torch.load(source, map_location="cpu", weights_only=not trust_pickle)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{name}: holds Python objects besides tensors; if you trust the file, pass "
+                f"trust_pickle=True ({err})"
+            ) from err
+    for entry in ("model_state_dict", "state_dict"):
+        if isinstance(loaded, Mapping) and entry in loaded:
+            loaded = loaded[entry]
+            break
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise ValueError(f"{name}: expected a 'model_state_dict' or 'state_dict' entry mapping names to tensors")
+    state = {key.removeprefix("module."): value for key, value in loaded.items()}
+    return state, name
+
+
+def detect_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The backbone whose layer names ``state`` uses, or ``None`` if it is none of ours."""
+    if "base_model.inception_3a_1x1.weight" in state:
+        return "bninception"
+    if "base_model.mixed_conv_Conv2D.weight" in state:
+        return "inception_v3_tf"
+    if "base_model.layer1.0.conv1.weight" in state:
+        bottleneck = "base_model.layer1.0.conv3.weight" in state
+        blocks = {int(k.split(".")[2]) for k in state if k.startswith("base_model.layer3.")}
+        return RESNET_BY_LAYER3.get((bottleneck, len(blocks)))
+    return None
+
+
+def _gsf_input_channels(state: Mapping[str, torch.Tensor], module: str) -> int:
+    """Channels of the convolution a GSF module follows, from the layer names around it."""
+    parent, _, leaf = module.rpartition(".")
+    if leaf == "gsf":  # ResNet: <block>.gsf follows conv3 (Bottleneck) or conv2 (BasicBlock)
+        conv = f"{parent}.conv3.weight" if f"{parent}.conv3.weight" in state else f"{parent}.conv2.weight"
+    else:  # Caffe-style names: gsf_<conv> follows <conv>
+        conv = f"{parent}.{leaf.removeprefix('gsf_')}.weight"
+    if conv not in state:
+        raise ValueError(f"cannot tell the channels of GSF module {module}: no {conv}")
+    return state[conv].shape[0]
+
+
+def infer_gsf_ratio(state: Mapping[str, torch.Tensor]) -> tuple[float | None, int]:
+    """``(ratio, number of GSF modules)``; the ratio reproduces every module's gate width."""
+    processed = {
+        key.removesuffix(GATE_SUFFIX): 2 * value.shape[1] for key, value in state.items() if key.endswith(GATE_SUFFIX)
+    }
+    if not processed:
+        return None, 0
+    channels = {module: _gsf_input_channels(state, module) for module in processed}
+    for module in sorted(processed, key=lambda m: channels[m]):
+        candidate = processed[module] / channels[module]
+        try:
+            if all(gsf_channels(channels[m], candidate) == processed[m] for m in processed):
+                return candidate, len(processed)
+        except ValueError:
+            continue
+    widths = ", ".join(f"{m}: {processed[m]}/{channels[m]}" for m in sorted(processed))
+    raise ValueError(f"no single GSF ratio explains the gate widths (processed/channels) {widths}")
+
+
+def _check_gsf_ratio(model: VideoClassifier, ratio: float | None, count: int, source: str) -> None:
+    modules = {name: m for name, m in model.base_model.named_modules() if isinstance(m, GSF)}
+    if ratio is None and modules:
+        raise ValueError(
+            f"{source} has no GSF modules, but the model was built with temporal_module="
+            f"{model.base_model.temporal_module!r}; build it with temporal_module='none'"
+        )
+    if ratio is not None and not modules:
+        raise ValueError(
+            f"{source} has {count} GSF modules (ratio {ratio:g}), but the model was built with "
+            f"temporal_module={model.base_model.temporal_module!r}; build it with temporal_module='gsf'"
+        )
+    if ratio is not None and any(gsf_channels(m.channels, ratio) != m.processed for m in modules.values()):
+        raise ValueError(
+            f"{source} was trained with GSF ratio {ratio:g} (read off its gate convolutions), but the "
+            f"model was built with gsf_ratio={model.base_model.gsf_ratio:g}; build it with gsf_ratio={ratio:g}"
+        )
+
+
+def _map_to_model(state: Mapping[str, torch.Tensor], model: VideoClassifier) -> StateDict:
+    """Rename the release's keys to ours: ``base_model.*`` as is, ``new_fc.*`` -> the head."""
+    if len(model.heads) != 1:
+        raise ValueError(f"the original release has one classifier; the model has heads {list(model.heads)}")
+    head = next(iter(model.heads))
+    return {
+        (f"heads.{head}." + key.removeprefix("new_fc.") if key.startswith("new_fc.") else key): value
+        for key, value in state.items()
+    }
+
+
+def load_original_checkpoint(
+    model: VideoClassifier, path_or_state: CheckpointSource, *, trust_pickle: bool = False
+) -> OriginalCheckpointInfo:
+    """Load an original GSF checkpoint into ``model`` (strictly); set its normalisation.
+
+    The model must be built like the checkpoint's: same backbone, ``temporal_module="gsf"``
+    with the checkpoint's ratio (or ``"none"`` for a checkpoint without GSF) and one head.
+    """
+    state, source = read_original_state_dict(path_or_state, trust_pickle=trust_pickle)
+    backbone = model.base_model.name
+    detected = detect_backbone(state)
+    if detected is not None and detected != backbone:
+        raise ValueError(f"{source} holds a {detected} model, but the model's backbone is {backbone}")
+    ratio, count = infer_gsf_ratio(state)
+    _check_gsf_ratio(model, ratio, count, source)
+
+    mapped = _map_to_model(state, model)
+    own = model.state_dict()
+    # BatchNorm's batch counter is absent from files saved before PyTorch 0.4.1; it does not
+    # affect the outputs (momentum is set), so it alone may be missing.
+    missing = sorted(k for k in set(own) - set(mapped) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(mapped) - set(own))
+    mis_shaped = sorted(
+        f"{k}: checkpoint {tuple(mapped[k].shape)}, model {tuple(own[k].shape)}"
+        for k in set(mapped) & set(own)
+        if mapped[k].shape != own[k].shape
+    )
+    if missing or unexpected or mis_shaped:
+        raise ValueError(
+            f"{source} does not fit the {backbone} model (names as in the model, 'heads.<head>' for "
+            "'new_fc'): " + describe_key_problems(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
+        )
+    model.load_state_dict(mapped, strict=False)
+    model.normalization = DEFAULT_NORMALIZATION[backbone]
+    info = OriginalCheckpointInfo(
+        source=source,
+        backbone=backbone,
+        gsf_ratio=ratio,
+        num_gsf_modules=count,
+        num_classes=state["new_fc.weight"].shape[0],
+        normalization=model.normalization,
+    )
+    log.info("loaded original checkpoint: %s", info)
+    return info
+
+
+def import_original(
+    in_path: str | Path,
+    out_path: str | Path,
+    *,
+    num_segments: int,
+    backbone: str | None = None,
+    num_classes: int | None = None,
+    head: str = "class",
+    dropout: float = 0.5,
+    trust_pickle: bool = False,
+) -> OriginalCheckpointInfo:
+    """Convert an original checkpoint into a Lightning checkpoint of ``VideoClassifier``.
+
+    The output holds ``state_dict`` (the classifier's tensors under ``model.``, as in
+    ``VideoClassificationModule``), ``hyper_parameters`` (the ``VideoClassifier`` arguments,
+    normalisation included) and ``pytorch-lightning_version``, so ``gsf validate --ckpt_path``
+    can use it. ``num_segments`` is not recorded by the release (the released models use 16);
+    ``backbone`` and ``num_classes``, if given, are checked against the file.
+    """
+    state, source = read_original_state_dict(in_path, trust_pickle=trust_pickle)
+    detected = detect_backbone(state)
+    if detected is None:
+        raise ValueError(f"{source}: layer names match none of the released backbones (ResNet, BNInception, InceptionV3)")
+    if backbone is not None and backbone != detected:
+        raise ValueError(f"{source} holds a {detected} model, not {backbone}")
+    if "new_fc.weight" not in state:
+        raise ValueError(f"{source}: no classifier 'module.new_fc.weight'")
+    classes = state["new_fc.weight"].shape[0]
+    if num_classes is not None and num_classes != classes:
+        raise ValueError(f"{source} classifies {classes} classes, not num_classes={num_classes}")
+    ratio, _ = infer_gsf_ratio(state)
+    hyper_parameters: dict[str, Any] = {
+        "backbone": detected,
+        "temporal_module": "gsf" if ratio is not None else "none",
+        "num_segments": num_segments,
+        "num_classes": {head: classes},
+        "gsf_ratio": ratio,
+        "dropout": dropout,
+        "pretrained": None,
+        "normalization": None,
+    }
+    model = VideoClassifier(**hyper_parameters)
+    info = load_original_checkpoint(model, state)
+    hyper_parameters["normalization"] = model.normalization
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": {f"model.{key}": value for key, value in model.state_dict().items()},
+            "hyper_parameters": hyper_parameters,
+            "pytorch-lightning_version": pl.__version__,
+        },
+        out_path,
+    )
+    info = replace(info, source=source)
+    log.info("wrote %s from %s", out_path, source)
+    return info
