@@ -12,17 +12,28 @@ from torch import nn
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> torch.Tensor:
-    """Shift ``(N*T, C, H, W)`` features by one frame along time, TSM style."""
+    """Shift ``(N*T, C, H, W)`` features by one frame along time, TSM style.
+
+    Channels ``[0, C/fold_div)`` take frame ``t + 1``, the next ``C/fold_div`` frame ``t - 1``,
+    zero at the clip ends; the rest are copied. The output is written once into a tensor
+    allocated uninitialised (no zero fill, no concatenation), keeping ``x``'s memory format.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"temporal_shift expects (N*T, C, H, W), got shape {tuple(x.shape)}")
     nt, c, h, w = x.shape
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
-    x = x.reshape(nt // num_segments, num_segments, c, h, w)
     fold = c // fold_div
-    out = torch.zeros_like(x)
-    out[:, :-1, :fold] = x[:, 1:, :fold]  # t <- t + 1
-    out[:, 1:, fold:2 * fold] = x[:, :-1, fold:2 * fold]  # t <- t - 1
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
-    return out.reshape(nt, c, h, w)
+    out = torch.empty_like(x)
+    # Splitting the frame dimension is a view for any strides (channels_last included).
+    src = x.view(nt // num_segments, num_segments, c, h, w)
+    dst = out.view(nt // num_segments, num_segments, c, h, w)
+    dst[:, :-1, :fold] = src[:, 1:, :fold]  # t <- t + 1
+    dst[:, -1:, :fold] = 0
+    dst[:, 1:, fold:2 * fold] = src[:, :-1, fold:2 * fold]  # t <- t - 1
+    dst[:, :1, fold:2 * fold] = 0
+    dst[:, :, 2 * fold:] = src[:, :, 2 * fold:]
+    return out
 
 
 class TemporalShift(nn.Module):

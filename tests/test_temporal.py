@@ -1,0 +1,111 @@
+"""TSM's temporal shift against a frame-by-frame reading of its definition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_gsf.temporal import TemporalShift, temporal_shift
+
+
+def naive_shift(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.Tensor:
+    """One frame and one channel at a time: the first C/fold_div channels take frame t+1,
+    the next C/fold_div frame t-1 (zero beyond the clip), the rest stay."""
+    nt, c = x.shape[:2]
+    fold = c // fold_div
+    frames = []
+    for index in range(nt):
+        clip_start = index - index % num_segments
+        t = index - clip_start
+        channels = []
+        for ch in range(c):
+            if ch < fold:
+                source_t = t + 1
+            elif ch < 2 * fold:
+                source_t = t - 1
+            else:
+                source_t = t
+            if 0 <= source_t < num_segments:
+                channels.append(x[clip_start + source_t, ch])
+            else:
+                channels.append(torch.zeros_like(x[index, ch]))
+        frames.append(torch.stack(channels))
+    return torch.stack(frames)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize(
+    "batch,num_segments,channels,fold_div",
+    [(2, 4, 16, 8), (1, 8, 8, 8), (3, 3, 17, 8), (2, 5, 12, 4), (1, 1, 16, 8), (2, 3, 4, 8)],
+)
+def test_matches_naive_shift_values_and_gradients(batch, num_segments, channels, fold_div, channels_last):
+    generator = torch.Generator().manual_seed(channels)
+    x = torch.randn(batch * num_segments, channels, 3, 4, generator=generator)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    x_naive = x.detach().clone().requires_grad_()
+    out = temporal_shift(x, num_segments, fold_div)
+    expected = naive_shift(x_naive, num_segments, fold_div)
+    assert torch.equal(out, expected)
+    upstream = torch.randn(out.shape, generator=generator)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.equal(x.grad, x_naive.grad)
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_moves_exactly_one_eighth_of_the_channels_each_way():
+    num_segments, channels = 4, 32
+    # Frame t of the clip holds the value t + 1 everywhere.
+    x = torch.arange(1.0, num_segments + 1).view(num_segments, 1, 1, 1).expand(num_segments, channels, 2, 2)
+    out = temporal_shift(x.contiguous(), num_segments)
+    per_channel = out[:, :, 0, 0]  # (T, C)
+    frame_values = torch.arange(1.0, num_segments + 1)
+    backwards = (per_channel == (frame_values + 1).where(frame_values < num_segments, 0)[:, None]).all(dim=0)
+    forwards = (per_channel == (frame_values - 1)[:, None]).all(dim=0)
+    unchanged = (per_channel == frame_values[:, None]).all(dim=0)
+    assert backwards.nonzero().flatten().tolist() == list(range(4))
+    assert forwards.nonzero().flatten().tolist() == list(range(4, 8))
+    assert unchanged.nonzero().flatten().tolist() == list(range(8, 32))
+    # zero padding: the last frame of the backward-shifted and the first of the forward-shifted
+    assert (per_channel[-1, :4] == 0).all() and (per_channel[0, 4:8] == 0).all()
+
+
+def test_never_mixes_clips():
+    x = torch.randn(2 * 3, 8, 2, 2).requires_grad_()
+    temporal_shift(x, 3)[3:].sum().backward()  # only the second clip's outputs
+    assert (x.grad[:3] == 0).all() and (x.grad[3:].abs().sum() > 0)
+
+
+def test_module_matches_function_and_rejects_partial_clips():
+    module = TemporalShift(num_segments=4)
+    x = torch.randn(8, 16, 3, 3)
+    assert torch.equal(module(x), temporal_shift(x, 4))
+    with pytest.raises(ValueError, match="num_segments=4"):
+        module(torch.randn(6, 16, 3, 3))
+    with pytest.raises(ValueError, match=r"\(N\*T, C, H, W\)"):
+        module(torch.randn(4, 16, 3))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    batch=st.integers(1, 3), num_segments=st.integers(1, 6), channels=st.integers(1, 24),
+    fold_div=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16),
+)
+def test_shift_property(batch, num_segments, channels, fold_div, seed):
+    x = torch.randn(batch * num_segments, channels, 2, 1, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(temporal_shift(x, num_segments, fold_div), naive_shift(x, num_segments, fold_div))
+
+
+def test_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    compiled = torch.compile(TemporalShift(num_segments=2), fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 16, 2, 2, requires_grad=True)
+    out = compiled(x)
+    assert torch.equal(out, naive_shift(x.detach(), 2, 8))
+    out.sum().backward()
+    assert x.grad is not None
