@@ -66,5 +66,5 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, content: str, message: str)
     path = tmp_path / "kinetics-400_train.csv"
     path.write_text(content)
     with pytest.raises(AnnotationError, match=message) as error:
-        kinetics.read_csv(path)
+        kinetics.read_csv(path, labelled=True)
     assert str(path) in str(error.value)

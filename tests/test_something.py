@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_gsf.data import ssv2
-from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.something import (
     SOMETHING_SOMETHING_NUM_CLASSES,
     class_name_from_template,
@@ -134,3 +134,133 @@ def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
     path.write_text(json.dumps({"Holding something": "0", "Closing something": "2"}))
     with pytest.raises(AnnotationError, match="indices 0..1"):
         ssv2.read_label_map(path)
+
+
+# ---------------------------------------------------------------- DataModules on tiny real-layout datasets
+
+from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule  # noqa: E402
+from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule  # noqa: E402
+from media_writers import TINY_DATA_SETTINGS, check_loaders, is_flipped, write_frame_folder, write_video  # noqa: E402
+
+# Real entries of the validation excerpt: four for training (two of them with a left/right
+# mirror class: 151151 -> 166, 183708 -> 94), two for validation; two real test ids.
+SSV2_TRAIN_POSITIONS, SSV2_VAL_POSITIONS, SSV2_TEST_IDS = (0, 4, 115, 3), (1, 2), ("1420", "166429")
+
+
+def _build_ssv2(tmp_path: Path, ssv2_dir: Path, media: str) -> tuple[dict, dict, dict[str, int]]:
+    """Write a tiny SSv2 in its real layout; return its data arguments, labels and video numbers."""
+    entries = json.loads((ssv2_dir / "something-something-v2-validation.excerpt.json").read_text())
+    classes = ssv2.read_label_map(ssv2_dir / "something-something-v2-labels.json")
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    splits = {
+        "train": [entries[i] for i in SSV2_TRAIN_POSITIONS],
+        "validation": [entries[i] for i in SSV2_VAL_POSITIONS],
+        "test": [{"id": video_id} for video_id in SSV2_TEST_IDS],
+    }
+    expected: dict[str, dict[str, int] | None] = {}
+    numbers: dict[str, int] = {}
+    for split, split_entries in splits.items():
+        (annotations / f"something-something-v2-{split}.json").write_text(json.dumps(split_entries))
+        for entry in split_entries:
+            number = len(numbers) + 1
+            numbers[entry["id"]] = number
+            template = entry.get("template")
+            expected[entry["id"]] = None if template is None else {"class": classes[class_name_from_template(template)]}
+            if media == "video":
+                write_video(tmp_path / "videos" / f"{entry['id']}.webm", number, 10 + number, codec="libvpx")
+            else:
+                write_frame_folder(tmp_path / "videos" / entry["id"], number, 10 + number, "{:06d}.jpg")
+    arguments = dict(
+        root=tmp_path / "videos",
+        annotation_dir=annotations,
+        labels_file=str(ssv2_dir / "something-something-v2-labels.json"),  # an absolute path is kept as is
+        media=media,
+        missing_report_dir=tmp_path / "logs",
+        **TINY_DATA_SETTINGS,
+    )
+    return arguments, expected, numbers
+
+
+@pytest.mark.parametrize("media", ["video", "frames"])
+def test_ssv2_datamodule_yields_labelled_batches(tmp_path: Path, ssv2_dir: Path, media: str) -> None:
+    arguments, expected, numbers = _build_ssv2(tmp_path, ssv2_dir, media)
+    datamodule = SomethingSomethingV2DataModule(**arguments)
+    assert datamodule.num_classes == {"class": 174}
+    check_loaders(datamodule, expected, numbers)
+    assert [sample.num_frames for sample in datamodule.samples("train")] == [11, 12, 13, 14]
+
+
+def test_ssv2_test_answers_label_the_test_split(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, expected, numbers = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    (arguments["annotation_dir"] / "answers.csv").write_text("1420;Holding something\n166429;Closing something\n")
+    datamodule = SomethingSomethingV2DataModule(**arguments, test_answers_file="answers.csv")
+    expected.update({"1420": {"class": 16}, "166429": {"class": 5}})
+    check_loaders(datamodule, expected, numbers)
+
+
+def test_ssv1_datamodule_yields_labelled_batches(tmp_path: Path, shared_data: Path) -> None:
+    """SSv1 in its layout: ``<root>/<id>/00001.jpg`` and ``id;class`` CSVs (ids here are made up,
+    as no real v1 list is public; the class names are the real ones)."""
+    names = read_class_names(shared_data / "ssv1" / "mmaction2_sthv1_label_map.txt")
+    index = sorted_class_index(names, "labels")
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "something-something-v1-labels.csv").write_text("\n".join(names) + "\n")
+    rows = {
+        "train": [("1", "Pushing something from left to right"), ("2", "Holding something"), ("3", "Closing something")],
+        "validation": [("4", "Pulling something from right to left"), ("5", "Opening something")],
+        "test": [("6", None), ("7", None)],
+    }
+    expected: dict[str, dict[str, int] | None] = {}
+    for split, split_rows in rows.items():
+        lines = [video_id if name is None else f"{video_id};{name}" for video_id, name in split_rows]
+        (annotations / f"something-something-v1-{split}.csv").write_text("\n".join(lines) + "\n")
+        for video_id, name in split_rows:
+            write_frame_folder(tmp_path / "frames" / video_id, int(video_id), 9, "{:05d}.jpg")
+            expected[video_id] = None if name is None else {"class": index[name]}
+    datamodule = SomethingSomethingV1DataModule(
+        root=tmp_path / "frames", annotation_dir=annotations, missing_report_dir=tmp_path, **TINY_DATA_SETTINGS
+    )
+    assert expected["1"] == {"class": 93} and expected["4"] == {"class": 87}  # the v2 indices
+    check_loaders(datamodule, expected, {video_id: int(video_id) for video_id in expected})
+
+
+def test_flip_swaps_left_right_labels_exactly_when_the_clip_is_flipped(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, expected, _ = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    datamodule = SomethingSomethingV2DataModule(**arguments)
+    dataset = datamodule.dataset("train", training=True)
+    mirrored = {166: 167, 94: 93}
+    outcomes: set[tuple[bool, bool]] = set()
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        for index in range(len(dataset)):
+            item = dataset[index]
+            flipped = is_flipped(item["clip"])
+            original = expected[item["id"]]["class"]
+            swapped = item["labels"]["class"] != original
+            assert swapped == (flipped and original in mirrored)
+            if swapped:
+                assert item["labels"]["class"] == mirrored[original]
+            outcomes.add((original in mirrored, flipped))
+    assert outcomes == {(True, True), (True, False), (False, True), (False, False)}
+
+
+def test_no_swap_when_flip_is_disabled(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, expected, _ = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    datamodule = SomethingSomethingV2DataModule(**{**arguments, "flip": False})
+    dataset = datamodule.dataset("train", training=True)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert not is_flipped(item["clip"])
+        assert item["labels"] == expected[item["id"]]
+
+
+def test_missing_video_is_an_error_naming_the_annotation(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "video")
+    (tmp_path / "videos" / "151151.webm").unlink()
+    datamodule = SomethingSomethingV2DataModule(**arguments)
+    with pytest.raises(SampleReadError, match=r"1 of 4 annotated videos are missing.*something-something-v2-train.json, id 151151"):
+        datamodule.samples("train")
+    report = (tmp_path / "logs" / "missing_ssv2_train.tsv").read_text().splitlines()
+    assert len(report) == 2 and report[1].startswith("151151\t")

@@ -20,10 +20,22 @@ lists them, and ``missing_videos="drop"`` drops them, logs the count and writes 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
+
+__all__ = [
+    "VIDEO_TEMPLATE_BY_CLASS",
+    "VIDEO_TEMPLATE_FLAT",
+    "Kinetics400DataModule",
+    "KineticsClip",
+    "read_csv",
+    "read_label_map",
+]
 
 KINETICS400_NUM_CLASSES = 400
 
@@ -42,6 +54,8 @@ class KineticsClip:
     time_end: int
     split: str
     label: str | None
+    #: line of the CSV file the row was read from (not part of equality)
+    line: int = field(default=0, compare=False)
 
     @property
     def clip_id(self) -> str:
@@ -93,12 +107,18 @@ def _parse_second(value: str, column: str, where: str) -> int:
         return int(seconds)
 
 
-def read_csv(path: Path, labelled: bool = True) -> list[KineticsClip]:
-    """Rows of an official Kinetics CSV (header ``label,youtube_id,time_start,time_end,split[,is_cc]``)."""
+def read_csv(path: Path, labelled: bool | None = None) -> list[KineticsClip]:
+    """Rows of an official Kinetics CSV (header ``label,youtube_id,time_start,time_end,split[,is_cc]``).
+
+    ``labelled=None`` reads labels when the header has a ``label`` column (the original test
+    list has none); True requires one, False ignores it.
+    """
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
+        if labelled is None:
+            labelled = "label" in header
         required = (("label",) if labelled else ()) + _REQUIRED_COLUMNS
         missing = [column for column in required if column not in header]
         if missing:
@@ -119,5 +139,87 @@ def read_csv(path: Path, labelled: bool = True) -> list[KineticsClip]:
             end = _parse_second(row["time_end"], "time_end", where)
             if not 0 <= start < end:
                 raise AnnotationError(f"{where}: expected 0 <= time_start < time_end, got {start}, {end}")
-            clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label))
+            clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label, line=reader.line_num))
     return clips
+
+
+class Kinetics400DataModule(WholeVideoDataModule):
+    """Kinetics-400 from its videos (or extracted frames, with ``media="frames"``).
+
+    Args:
+        root: the dataset folder the ``path_template`` is relative to.
+        annotation_dir: folder of the CSV files.
+        train_file, val_file, test_file: the CSV files' names in ``annotation_dir``.
+        class_names_file: class names one per line in index order (``label_map_k400.txt``);
+            default: the train CSV's labels, sorted.
+        path_template: where a clip's video (or frame folder) is under ``root``, with the
+            fields of :meth:`KineticsClip.relative_path`. Default
+            ``VIDEO_TEMPLATE_BY_CLASS``; ``VIDEO_TEMPLATE_FLAT`` for one folder per split.
+        media, frame_template, first_frame_index, missing_videos, missing_report_dir,
+            **kwargs: see ``WholeVideoDataModule`` and ``VideoDataModule``. Kinetics copies
+            always miss some videos: ``missing_videos="drop"`` trains on the rest and writes
+            the list of the missing ones.
+    """
+
+    dataset_name = "kinetics400"
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotation_dir: str | Path,
+        *,
+        train_file: str = "kinetics-400_train.csv",
+        val_file: str = "kinetics-400_val.csv",
+        test_file: str = "kinetics-400_test.csv",
+        class_names_file: str | None = None,
+        path_template: str = VIDEO_TEMPLATE_BY_CLASS,
+        media: MediaKind = "video",
+        frame_template: str = "img_{:05d}.jpg",
+        first_frame_index: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+        )
+        self.split_files = {"train": train_file, "val": val_file, "test": test_file}
+        self.class_names_file = class_names_file
+        self.path_template = path_template
+
+    @cached_property
+    def class_names(self) -> list[str]:
+        """Class names in index order."""
+        if self.class_names_file is not None:
+            return read_label_map(self.annotation_dir / self.class_names_file)
+        train_path = self.annotation_dir / self.split_files["train"]
+        return sorted({clip.label for clip in read_csv(train_path, labelled=True) if clip.label is not None})
+
+    @cached_property
+    def class_to_index(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.class_names)}
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {"class": len(self.class_names)}
+
+    def candidates(self, split: str) -> list[SampleCandidate]:
+        path = self.annotation_dir / self.split_files[split]
+        candidates = []
+        for clip in read_csv(path, labelled=None if split == "test" else True):
+            where = f"{path}, line {clip.line}"
+            labels = None
+            if clip.label is not None:
+                if clip.label not in self.class_to_index:
+                    raise AnnotationError(
+                        f"{where}: unknown label {clip.label!r} (not among the {len(self.class_names)} classes)"
+                    )
+                labels = {"class": self.class_to_index[clip.label]}
+            candidates.append(
+                SampleCandidate(
+                    id=clip.clip_id,
+                    source=self.source(clip.relative_path(self.path_template)),
+                    where=where,
+                    labels=labels,
+                    metadata={"youtube_id": clip.youtube_id, "time_start": clip.time_start, "time_end": clip.time_end},
+                )
+            )
+        return candidates

@@ -13,10 +13,13 @@ hard-coding indices.
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from pathlib import Path
 
 from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.sources import WholeVideoDataModule
 
 SOMETHING_SOMETHING_NUM_CLASSES = 174
 
@@ -103,3 +106,30 @@ def read_id_class_csv(
             )
         rows.append((video_id, class_to_index[class_name]))
     return rows
+
+
+class SomethingSomethingDataModule(WholeVideoDataModule):
+    """What both Something-Something DataModules share: 174 classes and the left/right swap.
+
+    Subclasses provide :attr:`class_to_index` (read from their label file).
+    """
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {"class": SOMETHING_SOMETHING_NUM_CLASSES}
+
+    @property
+    @abstractmethod
+    def class_to_index(self) -> dict[str, int]:
+        """``{class name: index}`` of this dataset version."""
+
+    @cached_property
+    def flip_pairs(self) -> dict[int, int]:
+        """Class index -> its mirror class (86 <-> 87, 93 <-> 94, 166 <-> 167)."""
+        return left_right_flip_pairs(self.class_to_index)
+
+    def transform_labels(self, labels: dict[str, int], flipped: bool) -> dict[str, int]:
+        """A flipped clip of "... from left to right" shows "... from right to left"."""
+        if not flipped:
+            return labels
+        return {head: self.flip_pairs.get(label, label) for head, label in labels.items()}

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from lightning_gsf.data.errors import AnnotationError
-from lightning_gsf.data.something import class_name_from_template
+from lightning_gsf.data.something import (
+    SomethingSomethingDataModule,
+    class_name_from_template,
+    read_id_class_csv,
+)
+from lightning_gsf.data.sources import MediaKind, SampleCandidate
+
+__all__ = ["SomethingSomethingV2DataModule", "read_label_map", "read_split"]
 
 
 def _load_json(path: Path, expected: type) -> Any:
@@ -73,3 +81,75 @@ def read_split(path: Path, class_to_index: Mapping[str, int] | None) -> list[tup
             )
         rows.append((video_id, class_to_index[class_name]))
     return rows
+
+
+class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
+    """Something-Something v2 from its WebM videos (or extracted frames, with ``media="frames"``).
+
+    Args:
+        root: folder of the videos (``20bn-something-something-v2``) or of the frame folders.
+        annotation_dir: folder of the JSON files.
+        labels_file, train_file, val_file, test_file: the annotation files' names in
+            ``annotation_dir`` (the official names by default).
+        test_answers_file: optional ``<id>;<class name>`` file (``test-answers.csv``) that
+            labels the test split, so that ``trainer.test`` can score it.
+        video_suffix: the video files are ``<root>/<id><suffix>``.
+        media, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
+            ``VideoDataModule``.
+    """
+
+    dataset_name = "ssv2"
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotation_dir: str | Path,
+        *,
+        labels_file: str = "something-something-v2-labels.json",
+        train_file: str = "something-something-v2-train.json",
+        val_file: str = "something-something-v2-validation.json",
+        test_file: str = "something-something-v2-test.json",
+        test_answers_file: str | None = None,
+        media: MediaKind = "video",
+        frame_template: str = "{:06d}.jpg",
+        first_frame_index: int = 1,
+        video_suffix: str = ".webm",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+        )
+        self.labels_file = labels_file
+        self.split_files = {"train": train_file, "val": val_file, "test": test_file}
+        self.test_answers_file = test_answers_file
+        self.video_suffix = video_suffix
+
+    @cached_property
+    def class_to_index(self) -> dict[str, int]:
+        return read_label_map(self.annotation_dir / self.labels_file)
+
+    def candidates(self, split: str) -> list[SampleCandidate]:
+        path = self.annotation_dir / self.split_files[split]
+        rows = read_split(path, None if split == "test" else self.class_to_index)
+        if split == "test" and self.test_answers_file is not None:
+            rows = self._with_test_answers(path, rows)
+        suffix = self.video_suffix if self.layout.kind == "video" else ""
+        return [
+            SampleCandidate(
+                id=video_id,
+                source=self.source(video_id + suffix),
+                where=f"{path}, id {video_id}",
+                labels=None if label is None else {"class": label},
+            )
+            for video_id, label in rows
+        ]
+
+    def _with_test_answers(self, test_path: Path, rows: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
+        answers_path = self.annotation_dir / str(self.test_answers_file)
+        answers = dict(read_id_class_csv(answers_path, self.class_to_index))
+        unanswered = [video_id for video_id, _ in rows if video_id not in answers]
+        if unanswered:
+            raise AnnotationError(
+                f"{answers_path}: no answer for {len(unanswered)} test videos of {test_path}, e.g. id {unanswered[0]}"
+            )
+        return [(video_id, answers[video_id]) for video_id, _ in rows]

@@ -1,0 +1,310 @@
+"""Finding each annotated video on disk: its source, its frame count, and what is missing.
+
+The datasets served here (Something-Something v1/v2, Kinetics-400, Diving48) annotate whole
+videos, so a sample's frame range is ``[0, number of frames)``. Only Diving48's annotations give
+that number; for the others it comes from the media: the run of consecutively numbered frame
+files in a folder, or the frames of a video file (read from its header, or by demuxing its
+packets when the header does not say, as for WebM). Counting a large dataset's videos takes a
+while, so the counts can be kept in a cache file (``id,num_frames`` lines) and reused.
+
+Missing media are never dropped silently. Every missing (or empty) source is collected and
+written, with the annotation row that asked for it, to a report file; then, depending on
+``missing="error" | "drop"``, parsing stops with an error giving the count, the first few and
+the report's path, or the samples are dropped and the count and the report's path are logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from lightning_gsf.data.base import ClipSample, VideoDataModule
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader, count_video_frames
+
+__all__ = [
+    "MediaKind",
+    "MediaLayout",
+    "MissingPolicy",
+    "SampleCandidate",
+    "WholeVideoDataModule",
+    "count_frame_files",
+    "locate_samples",
+]
+
+logger = logging.getLogger(__name__)
+
+MediaKind = Literal["video", "frames"]
+MissingPolicy = Literal["error", "drop"]
+
+# How many missing sources an error message lists before pointing to the report file.
+_LISTED_IN_ERROR = 5
+_PROGRESS_EVERY = 10_000
+
+
+@dataclass(frozen=True)
+class MediaLayout:
+    """How a dataset stores its videos: one video file, or one folder of frame files, per video.
+
+    Attributes:
+        kind: ``"video"`` (decoded with PyAV) or ``"frames"`` (a folder of JPEG files).
+        frame_template: file name of a frame, formatted with its number (``"{:05d}.jpg"``,
+            ``"img_{:05d}.jpg"``, ``"frame{:06d}.jpg"``).
+        first_index: the number of the first frame file (1 for the original release's frames).
+        video_threads: decoder threads per video (0: FFmpeg chooses).
+    """
+
+    kind: MediaKind = "video"
+    frame_template: str = "{:05d}.jpg"
+    first_index: int = 1
+    video_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("video", "frames"):
+            raise ValueError(f"media kind must be 'video' or 'frames', got {self.kind!r}")
+        try:
+            self.frame_template.format(self.first_index)
+        except (IndexError, KeyError, ValueError) as error:
+            raise ValueError(
+                f"frame_template {self.frame_template!r} must format one frame number, e.g. '{{:05d}}.jpg' ({error})"
+            ) from error
+
+    def reader(self) -> ClipReader:
+        if self.kind == "frames":
+            return FrameFolderReader(self.frame_template, self.first_index)
+        return VideoFileReader(threads=self.video_threads)
+
+    def exists(self, source: Path) -> bool:
+        return source.is_dir() if self.kind == "frames" else source.is_file()
+
+    def count_frames(self, source: Path) -> int:
+        if self.kind == "frames":
+            return count_frame_files(source, self.frame_template, self.first_index)
+        return count_video_frames(source)
+
+
+def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
+    """Length of the run of frame files ``template.format(first_index), ...`` in ``folder``.
+
+    The run stops at the first gap, so a folder with a missing frame counts only the frames
+    before it (the reader could not read past the gap anyway). One directory listing, no stat
+    per file.
+    """
+    names = set(os.listdir(folder))
+    count = 0
+    while template.format(first_index + count) in names:
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class SampleCandidate:
+    """An annotated video before it is found on disk.
+
+    Attributes:
+        id: the sample id (a video id, a clip name).
+        source: where its frame folder or video file should be.
+        where: the annotation row that names it (``"<file>, line 12"``), for messages.
+        labels: ``{head: class}`` or None (unlabelled split).
+        start: first frame of the annotated range (0-based).
+        stop: one past its last frame when the annotation says, else None: the whole video,
+            whose frames are counted.
+        metadata: passed on to the ClipSample.
+    """
+
+    id: str
+    source: Path
+    where: str
+    labels: Mapping[str, int] | None = None
+    start: int = 0
+    stop: int | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def read_frame_count_cache(path: Path) -> dict[str, int]:
+    """``{sample id: frames}`` from a cache written by :func:`write_frame_count_cache`."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ["id", "num_frames"]:
+            raise ValueError(f"{path}: expected the header 'id,num_frames', got {reader.fieldnames}")
+        counts = {}
+        for row in reader:
+            try:
+                counts[row["id"]] = int(row["num_frames"])
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}, line {reader.line_num}: expected '<id>,<frames>', got {row}") from error
+        return counts
+
+
+def write_frame_count_cache(path: Path, counts: Mapping[str, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "num_frames"])
+        writer.writerows(sorted(counts.items()))
+
+
+def _write_missing_report(path: Path, missing: Sequence[tuple[SampleCandidate, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["id", "source", "problem", "annotation"])
+        for candidate, problem in missing:
+            writer.writerow([candidate.id, str(candidate.source), problem, candidate.where])
+
+
+def locate_samples(
+    candidates: Sequence[SampleCandidate],
+    layout: MediaLayout,
+    *,
+    missing: MissingPolicy,
+    report_path: Path,
+    frame_count_cache: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ClipSample]:
+    """Turn candidates into samples (by default spanning their whole video), handling missing media.
+
+    Args:
+        candidates: the split's annotated videos, in annotation order.
+        layout: how the media are stored.
+        missing: ``"error"`` stops on the first parse that finds missing or empty media;
+            ``"drop"`` leaves those samples out. Either way the report is written.
+        report_path: the file listing the missing media (tab-separated: id, source, problem,
+            annotation row); written only when something is missing.
+        frame_count_cache: a CSV of known frame counts; read if it exists, and (re)written
+            when new counts were made.
+        progress: called with ``(done, total)`` while counting, for long parses.
+    """
+    if missing not in ("error", "drop"):
+        raise ValueError(f"missing must be 'error' or 'drop', got {missing!r}")
+    cached = read_frame_count_cache(frame_count_cache) if frame_count_cache and frame_count_cache.is_file() else {}
+    counted: dict[str, int] = {}
+    samples: list[ClipSample] = []
+    absent: list[tuple[SampleCandidate, str]] = []
+    for position, candidate in enumerate(candidates):
+        if progress is not None and position and position % _PROGRESS_EVERY == 0:
+            progress(position, len(candidates))
+        stop = candidate.stop if candidate.stop is not None else cached.get(candidate.id)
+        if not layout.exists(candidate.source):
+            absent.append((candidate, f"no such {'folder' if layout.kind == 'frames' else 'file'}"))
+            continue
+        if stop is None:
+            try:
+                stop = layout.count_frames(candidate.source)
+            except SampleReadError as error:
+                absent.append((candidate, f"unreadable: {error}"))
+                continue
+            counted[candidate.id] = stop
+        if stop <= candidate.start:
+            absent.append((candidate, f"no frames in [{candidate.start}, {stop})"))
+            continue
+        samples.append(
+            ClipSample(
+                id=candidate.id,
+                source=candidate.source,
+                start=candidate.start,
+                stop=stop,
+                labels=candidate.labels,
+                metadata=candidate.metadata,
+            )
+        )
+    if counted and frame_count_cache is not None:
+        write_frame_count_cache(frame_count_cache, {**cached, **counted})
+        logger.info("wrote %d frame counts to %s", len(cached) + len(counted), frame_count_cache)
+    if absent:
+        _write_missing_report(report_path, absent)
+        listed = "; ".join(f"{c.where}: {c.source} ({problem})" for c, problem in absent[:_LISTED_IN_ERROR])
+        summary = f"{len(absent)} of {len(candidates)} annotated videos are missing or unreadable"
+        if missing == "error":
+            raise SampleReadError(
+                f"{summary}, e.g. {listed}. Full list: {report_path}. Fix the dataset root or layout, or set "
+                f"missing_videos='drop' to train without them"
+            )
+        logger.warning("%s; dropped them (missing_videos='drop'). Full list: %s", summary, report_path)
+    return samples
+
+
+class WholeVideoDataModule(VideoDataModule):
+    """A DataModule whose samples are whole videos stored under one root (see the module doc).
+
+    Subclasses turn a split's annotation file into :class:`SampleCandidate` records
+    (:meth:`candidates`); this class finds them on disk, counts their frames and applies the
+    missing-media policy.
+
+    Args:
+        root: the folder holding the videos (or the frame folders).
+        annotation_dir: the folder holding the annotation files.
+        media: ``"video"`` (video files) or ``"frames"`` (a folder of JPEG frames per video).
+        frame_template: file name of a frame, formatted with its number.
+        first_frame_index: the number in the name of a video's first frame file.
+        video_threads: decoder threads per video file (0: FFmpeg chooses).
+        missing_videos: ``"error"`` (default) stops when annotated videos are missing or
+            unreadable; ``"drop"`` leaves them out. Both write the list of them to a report.
+        missing_report_dir: where the report ``missing_<dataset>_<split>.tsv`` goes; default
+            the trainer's log directory, or the working directory outside a trainer.
+        frame_count_cache: a CSV file (``id,num_frames``) of frame counts, read when it exists
+            and updated after counting, so that a large dataset is counted once.
+        **kwargs: the shared DataModule settings (:class:`VideoDataModule`).
+    """
+
+    #: Short name used in report file names.
+    dataset_name: ClassVar[str] = "dataset"
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotation_dir: str | Path,
+        *,
+        media: MediaKind = "video",
+        frame_template: str = "{:05d}.jpg",
+        first_frame_index: int = 1,
+        video_threads: int = 0,
+        missing_videos: MissingPolicy = "error",
+        missing_report_dir: str | Path | None = None,
+        frame_count_cache: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if missing_videos not in ("error", "drop"):
+            raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
+        self.root = Path(root)
+        self.annotation_dir = Path(annotation_dir)
+        self.layout = MediaLayout(media, frame_template, first_frame_index, video_threads)
+        self.missing_videos: MissingPolicy = missing_videos
+        self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
+        self.frame_count_cache = Path(frame_count_cache) if frame_count_cache is not None else None
+
+    @abstractmethod
+    def candidates(self, split: str) -> list[SampleCandidate]:
+        """The annotated videos of ``split``, in annotation order."""
+
+    def source(self, name: str | Path) -> Path:
+        """Where the video (file or frame folder) called ``name`` lives under ``root``."""
+        return self.root / name
+
+    def parse_split(self, split: str) -> list[ClipSample]:
+        return locate_samples(
+            self.candidates(split),
+            self.layout,
+            missing=self.missing_videos,
+            report_path=self.missing_report_path(split),
+            frame_count_cache=self.frame_count_cache,
+            progress=lambda done, total: logger.info("%s %s: %d / %d videos found", self.dataset_name, split, done, total),
+        )
+
+    def build_reader(self) -> ClipReader:
+        return self.layout.reader()
+
+    def missing_report_path(self, split: str) -> Path:
+        directory = self.missing_report_dir
+        if directory is None:
+            trainer = self.trainer
+            log_dir = trainer.log_dir if trainer is not None else None
+            directory = Path(log_dir) if log_dir else Path.cwd()
+        return directory / f"missing_{self.dataset_name}_{split}.tsv"

@@ -1,0 +1,87 @@
+"""Something-Something v1: 174 classes of hand-object interactions, 108,499 videos as JPEG frames.
+
+Layout::
+
+    <root>/<video id>/00001.jpg ...              the frames, numbered from 1 (template configurable)
+    something-something-v1-labels.csv            one class name per line
+    something-something-v1-{train,validation}.csv   "<video id>;<class name>" lines, no header
+    something-something-v1-test.csv              "<video id>" lines
+
+The class index is the position of the name in alphabetical order, as in the original code;
+this equals Something-Something v2's numbering, so the two versions share class indices (and
+the left/right pairs 86/87, 93/94, 166/167).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from lightning_gsf.data.sources import MediaKind, SampleCandidate
+from lightning_gsf.data.something import (
+    SomethingSomethingDataModule,
+    read_class_names,
+    read_id_class_csv,
+    sorted_class_index,
+)
+
+__all__ = ["SomethingSomethingV1DataModule"]
+
+
+class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
+    """Something-Something v1 from its extracted frames (or from videos, with ``media="video"``).
+
+    Args:
+        root: folder of the per-video frame folders (``20bn-something-something-v1``).
+        annotation_dir: folder of the CSV files.
+        labels_file, train_file, val_file, test_file: the annotation files' names in
+            ``annotation_dir`` (the official names by default).
+        video_suffix: with ``media="video"``, the video files are ``<root>/<id><suffix>``.
+        media, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
+            ``VideoDataModule``.
+    """
+
+    dataset_name = "ssv1"
+
+    def __init__(
+        self,
+        root: str | Path,
+        annotation_dir: str | Path,
+        *,
+        labels_file: str = "something-something-v1-labels.csv",
+        train_file: str = "something-something-v1-train.csv",
+        val_file: str = "something-something-v1-validation.csv",
+        test_file: str = "something-something-v1-test.csv",
+        media: MediaKind = "frames",
+        frame_template: str = "{:05d}.jpg",
+        first_frame_index: int = 1,
+        video_suffix: str = ".mp4",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+        )
+        self.labels_file = labels_file
+        self.split_files = {"train": train_file, "val": val_file, "test": test_file}
+        self.video_suffix = video_suffix
+
+    @cached_property
+    def class_to_index(self) -> dict[str, int]:
+        path = self.annotation_dir / self.labels_file
+        return sorted_class_index(read_class_names(path), path)
+
+    def candidates(self, split: str) -> list[SampleCandidate]:
+        path = self.annotation_dir / self.split_files[split]
+        labelled = split != "test"
+        rows = read_id_class_csv(path, self.class_to_index if labelled else None)
+        suffix = self.video_suffix if self.layout.kind == "video" else ""
+        return [
+            SampleCandidate(
+                id=video_id,
+                source=self.source(video_id + suffix),
+                where=f"{path}, id {video_id}",
+                labels=None if label is None else {"class": label},
+            )
+            for video_id, label in rows
+        ]
