@@ -55,3 +55,59 @@ def test_bad_entries_name_file_and_entry(tmp_path: Path, entry: dict, message: s
     with pytest.raises(AnnotationError, match=message) as error:
         diving48.read_split(path)
     assert str(path) in str(error.value)
+
+
+# ---------------------------------------------------------------- DataModule on a tiny real-layout dataset
+
+from lightning_gsf.data.diving48 import Diving48DataModule  # noqa: E402
+from lightning_gsf.data.errors import SampleReadError  # noqa: E402
+from media_writers import TINY_DATA_SETTINGS, check_loaders, write_frame_folder, write_video  # noqa: E402
+
+
+def _build_diving48(tmp_path: Path, diving_dir: Path, media: str) -> tuple[dict, dict, dict]:
+    """Real entries (names, labels) with their frame counts cut to 10..15 to keep the media tiny."""
+    train = json.loads((diving_dir / "Diving48_V2_train.excerpt.json").read_text())[::60][:3]
+    test = json.loads((diving_dir / "Diving48_V2_test.excerpt.json").read_text())[::40][:3]
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    expected, numbers = {}, {}
+    for name, entries in (("train", train), ("test", test)):
+        for entry in entries:
+            numbers[entry["vid_name"]] = number = len(numbers) + 1
+            expected[entry["vid_name"]] = {"class": entry["label"]}
+            entry["end_frame"] = 9 + number
+            if media == "video":
+                write_video(tmp_path / "rgb" / f"{entry['vid_name']}.mp4", number, entry["end_frame"])
+            else:
+                write_frame_folder(tmp_path / "rgb" / entry["vid_name"], number, entry["end_frame"], "frame{:06d}.jpg")
+        (annotations / f"Diving48_V2_{name}.json").write_text(json.dumps(entries, indent=2))
+    arguments = dict(
+        root=tmp_path / "rgb",
+        annotation_dir=annotations,
+        vocab_file=str(diving_dir / "Diving48_vocab.json"),
+        media=media,
+        missing_report_dir=tmp_path / "logs",
+        **TINY_DATA_SETTINGS,
+    )
+    return arguments, expected, numbers
+
+
+@pytest.mark.parametrize("media", ["frames", "video"])
+def test_datamodule_yields_labelled_batches(tmp_path: Path, diving_dir: Path, media: str) -> None:
+    arguments, expected, numbers = _build_diving48(tmp_path, diving_dir, media)
+    datamodule = Diving48DataModule(**arguments)
+    assert datamodule.num_classes == {"class": 48}
+    check_loaders(datamodule, expected, numbers)
+    # The annotation gives each video's frame range: [start_frame, end_frame).
+    assert [(sample.start, sample.stop) for sample in datamodule.samples("train")] == [(0, 10), (0, 11), (0, 12)]
+    assert [sample.id for sample in datamodule.samples("val")] == [sample.id for sample in datamodule.samples("test")]
+
+
+def test_missing_frame_folder_is_an_error_naming_the_entry(tmp_path: Path, diving_dir: Path) -> None:
+    arguments, expected, _ = _build_diving48(tmp_path, diving_dir, "frames")
+    first = next(iter(expected))
+    for frame in (tmp_path / "rgb" / first).iterdir():
+        frame.unlink()
+    (tmp_path / "rgb" / first).rmdir()
+    with pytest.raises(SampleReadError, match=rf"Diving48_V2_train.json, entry 0 \({first}\): .*no such folder"):
+        Diving48DataModule(**arguments).samples("train")

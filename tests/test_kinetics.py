@@ -68,3 +68,114 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, content: str, message: str)
     with pytest.raises(AnnotationError, match=message) as error:
         kinetics.read_csv(path, labelled=True)
     assert str(path) in str(error.value)
+
+
+# ---------------------------------------------------------------- DataModule on a tiny real-layout dataset
+
+import csv  # noqa: E402
+
+from lightning_gsf.data.errors import SampleReadError  # noqa: E402
+from lightning_gsf.data.kinetics import Kinetics400DataModule  # noqa: E402
+from media_writers import TINY_DATA_SETTINGS, check_loaders, write_frame_folder, write_video  # noqa: E402
+
+# Real rows (quoted labels with spaces and parentheses among them), re-split into a tiny dataset.
+TRAIN_ROWS, VAL_ROWS = (0, 1, 161, 196), (2, 208)
+
+
+def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, media: str = "video") -> tuple[dict, dict, dict]:
+    with (k400_dir / "kinetics-400_val.excerpt.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    test_rows = list(csv.DictReader((k400_dir / "kinetics-400_test.excerpt.csv").open(newline="")))[:2]
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    names = kinetics.read_label_map(k400_dir / "label_map_k400.txt")
+    expected: dict[str, dict[str, int] | None] = {}
+    numbers: dict[str, int] = {}
+    for split, split_rows in (("train", [rows[i] for i in TRAIN_ROWS]), ("val", [rows[i] for i in VAL_ROWS]),
+                              ("test", test_rows)):
+        split_rows = [{**row, "split": split} for row in split_rows]
+        with (annotations / f"kinetics-400_{split}.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(split_rows[0]))
+            writer.writeheader()
+            writer.writerows(split_rows)
+        for row in split_rows:
+            clip = kinetics.KineticsClip(row["youtube_id"], int(row["time_start"]), int(row["time_end"]), split,
+                                         row.get("label"))
+            numbers[clip.clip_id] = len(numbers) + 1
+            expected[clip.clip_id] = None if clip.label is None else {"class": names.index(clip.label)}
+            path = tmp_path / "kinetics400" / clip.relative_path(template)
+            if media == "video":
+                write_video(path, numbers[clip.clip_id], 12)
+            else:
+                write_frame_folder(path, numbers[clip.clip_id], 12, "img_{:05d}.jpg")
+    arguments = dict(
+        root=tmp_path / "kinetics400",
+        annotation_dir=annotations,
+        class_names_file=str(k400_dir / "label_map_k400.txt"),
+        path_template=template,
+        media=media,
+        missing_report_dir=tmp_path / "logs",
+        **TINY_DATA_SETTINGS,
+    )
+    return arguments, expected, numbers
+
+
+@pytest.mark.parametrize(
+    ("template", "media"),
+    [
+        (kinetics.VIDEO_TEMPLATE_BY_CLASS, "video"),
+        (kinetics.VIDEO_TEMPLATE_FLAT, "video"),
+        ("{split}/{label_underscored}/{clip_id}", "frames"),
+    ],
+)
+def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, template: str, media: str) -> None:
+    arguments, expected, numbers = _build_kinetics(tmp_path, k400_dir, template, media)
+    datamodule = Kinetics400DataModule(**arguments)
+    assert datamodule.num_classes == {"class": 400}
+    check_loaders(datamodule, expected, numbers)
+    assert not (tmp_path / "logs").exists()  # nothing missing, no report
+
+
+def test_classes_default_to_the_sorted_train_labels(tmp_path: Path, k400_dir: Path) -> None:
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    datamodule = Kinetics400DataModule(**{**arguments, "class_names_file": None})
+    assert datamodule.class_names == ["abseiling", "air drumming", "hurling (sport)", "massaging person's head"]
+
+
+def _remove_one_train_video(tmp_path: Path) -> str:
+    missing = tmp_path / "kinetics400" / "train" / "air drumming" / "--nQbRBEz2s_000104_000114.mp4"
+    missing.unlink()
+    return str(missing)
+
+
+def test_missing_videos_stop_with_an_error_and_a_report(tmp_path: Path, k400_dir: Path) -> None:
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    missing = _remove_one_train_video(tmp_path)
+    datamodule = Kinetics400DataModule(**arguments)
+    with pytest.raises(SampleReadError, match=r"1 of 4 annotated videos are missing.*kinetics-400_train.csv, line 3") as error:
+        datamodule.samples("train")
+    report = tmp_path / "logs" / "missing_kinetics400_train.tsv"
+    assert str(report) in str(error.value)
+    assert report.read_text().splitlines()[1].split("\t")[:3] == ["--nQbRBEz2s_000104_000114", missing, "no such file"]
+
+
+def test_missing_videos_can_be_dropped_with_a_report(tmp_path: Path, k400_dir: Path, caplog) -> None:
+    arguments, expected, numbers = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    _remove_one_train_video(tmp_path)
+    datamodule = Kinetics400DataModule(**arguments, missing_videos="drop")
+    with caplog.at_level("WARNING"):
+        samples = datamodule.samples("train")
+    assert [sample.id for sample in samples] == [
+        "0wR5jVB-WPk_000417_000427", "034KeIezQZ8_000000_000010", "-huT_p-r_zA_001989_001999"
+    ]
+    assert "1 of 4 annotated videos are missing" in caplog.text
+    assert (tmp_path / "logs" / "missing_kinetics400_train.tsv").is_file()
+    check_loaders(datamodule, expected, numbers)
+
+
+def test_unknown_label_names_file_and_line(tmp_path: Path, k400_dir: Path) -> None:
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    train_csv = arguments["annotation_dir"] / "kinetics-400_train.csv"
+    train_csv.write_text(train_csv.read_text() + "\"flying carpets\",abcdefghijk,1,11,train,0\n")
+    with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv, line 6: unknown label 'flying carpets'"):
+        Kinetics400DataModule(**arguments).samples("train")
