@@ -9,11 +9,11 @@
   most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
   already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks and
   raises ``SIGTERMException``; this callback only adds the save, at that clean batch boundary.
-- :class:`RandomStateCheckpoint` saves every rank's global random state (dropout draws from
+- :class:`ExactResume` saves every rank's global random state (dropout draws from
   it) and restores it before the first batch after a resume, so a resumed run takes the
-  same random draws as an uninterrupted one. Together with the loader position saved by
-  :class:`~lightning_gsf.data.samplers.ResumableDataLoader`, a deterministic run resumed
-  mid-epoch ends with the same weights.
+  same random draws as an uninterrupted one, and makes sure the position of the
+  :class:`~lightning_gsf.data.samplers.ResumableDataLoader` is restored. A deterministic run
+  resumed mid-epoch then ends with the same weights.
 - :func:`check_checkpoint_matches` explains, by name, why a checkpoint does not fit a model
   (which hyper-parameters differ, which parameters are missing or have another shape). The
   LightningModule calls it from ``on_load_checkpoint``, before Lightning's strict
@@ -37,9 +37,11 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
-from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
+
+from lightning_gsf.data.samplers import ResumableDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
     "PreemptionCheckpoint",
-    "RandomStateCheckpoint",
+    "ExactResume",
     "check_checkpoint_matches",
 ]
 
@@ -106,7 +108,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # --- saving on preemption ----------------------------------------------------------------------
 
 
-class PreemptionCheckpoint(Checkpoint):
+class PreemptionCheckpoint(pl.Callback):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
@@ -114,6 +116,10 @@ class PreemptionCheckpoint(Checkpoint):
     full training state (model, optimiser, loops, the data loader's position) and lets the
     process exit. The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
     the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
+
+    It is a plain ``Callback``, not a Lightning ``Checkpoint``: those count as the run's
+    checkpoint callback, and ``trainer.checkpoint_callback`` (``ckpt_path="best"``) must stay
+    the ``ModelCheckpoint``.
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
@@ -136,8 +142,8 @@ class PreemptionCheckpoint(Checkpoint):
         """Where the preemption checkpoint of ``trainer`` goes."""
         if self.dirpath is not None:
             directory = self.dirpath
-        elif isinstance(trainer.checkpoint_callback, ModelCheckpoint) and trainer.checkpoint_callback.dirpath:
-            directory = Path(trainer.checkpoint_callback.dirpath)
+        elif model_checkpoints := [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]:
+            directory = Path(model_checkpoints[0].dirpath)
         else:
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}{self.FILE_EXTENSION}"
@@ -186,43 +192,61 @@ def _set_random_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-class RandomStateCheckpoint(pl.Callback):
-    """Save every rank's global random state in checkpoints and restore it on resume.
+class ExactResume(pl.Callback):
+    """Save what a mid-epoch resume needs beyond Lightning's own state, and restore it.
 
-    Lightning saves no random state. Dropout (and anything else drawing from the global
-    generators) would then take different draws after a resume than in an uninterrupted
-    run. The states of all ranks are gathered into the checkpoint (rank ``r`` gets its own
-    back); a run resumed on a different number of processes keeps its fresh states and says
-    so. The restore waits for the first training batch after the resume, because loading
-    the checkpoint, the sanity check and building the loaders all happen in between and
-    must not consume the restored stream.
+    - **Every rank's global random state.** Lightning saves none, so dropout (and anything
+      else drawing from the global generators) would take other draws after a resume than
+      in an uninterrupted run. The states of all ranks are gathered into the checkpoint and
+      rank ``r`` gets its own back. They are restored at the first training batch after the
+      resume: loading the checkpoint and building the loaders happen in between and must
+      not consume the restored stream. A run resumed on another number of processes keeps
+      fresh states and says so.
+    - **The training loader's position** (:class:`~lightning_gsf.data.samplers.ResumableDataLoader`).
+      Lightning saves it too, but drops it on resume when ``configure_optimizers`` reads
+      ``trainer.estimated_stepping_batches`` (it builds the loader before the checkpoint is
+      restored and never loads the saved state; Lightning-AI/pytorch-lightning#20550), which a
+      per-step schedule does. This callback applies it at ``on_train_start``, before the first
+      batch is drawn; where Lightning did restore it, loading the same state again changes nothing.
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
-
-    @property
-    def state_key(self) -> str:
-        return "RandomStateCheckpoint"
+        self._pending_random_states: list[dict[str, Any]] | None = None
+        self._pending_loader_state: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         # Called on every rank while a checkpoint is assembled, so gathering is safe here.
         local = _random_state()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            states: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(states, local)
+            random_states: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(random_states, local)
         else:
-            states = [local]
-        return {"per_rank": states}
+            random_states = [local]
+        return {"random_state_per_rank": random_states, "train_loader": self._loader_state}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._pending = state_dict
+        self._pending_random_states = state_dict.get("random_state_per_rank")
+        self._pending_loader_state = state_dict.get("train_loader")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # state_dict() gets no trainer, but must read the loader's position.
+        self._trainer = trainer
+
+    @property
+    def _loader_state(self) -> dict[str, Any] | None:
+        trainer = getattr(self, "_trainer", None)
+        loader = None if trainer is None else trainer.train_dataloader
+        return loader.state_dict() if isinstance(loader, ResumableDataLoader) else None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state, self._pending_loader_state = self._pending_loader_state, None
+        if state is not None and isinstance(trainer.train_dataloader, ResumableDataLoader):
+            trainer.train_dataloader.load_state_dict(state)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._pending is None:
+        states, self._pending_random_states = self._pending_random_states, None
+        if states is None:
             return
-        states = self._pending["per_rank"]
-        self._pending = None
         if len(states) != trainer.world_size:
             log.warning(
                 "the checkpoint holds the random state of %d processes, this run has %d: "

@@ -1,0 +1,193 @@
+"""Preemption and exact resumption with real processes.
+
+A training process is stopped with a real SIGTERM in the middle of an epoch. It must save a
+checkpoint (``PreemptionCheckpoint``), and training resumed from it must end with the same
+weights as an uninterrupted run of the same length: the loader continues with exactly the
+remaining samples (``ResumableDataLoader``), dropout draws the same numbers (``ExactResume``),
+and the optimiser, the schedule and the loops continue where they were (Lightning).
+
+This file is also the training script the tests run (``python tests/test_resume.py ...``): a
+small model with dropout, batch norm, momentum SGD and a per-step schedule computed from
+``trainer.estimated_stepping_batches`` (the case in which Lightning drops a loader's saved
+state, Lightning-AI/pytorch-lightning#20550).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler
+
+SCRIPT = Path(__file__).resolve()
+DATASET_SIZE, BATCH_SIZE = 23, 4
+STEPS_PER_EPOCH = 6  # the sixth batch is short (3 samples): odd sizes are where off-by-ones hide
+
+
+class FixedVectors(Dataset):
+    """Item ``i`` is a fixed random vector and a label, both a function of ``i`` only."""
+
+    def __init__(self, size: int = DATASET_SIZE) -> None:
+        generator = torch.Generator().manual_seed(1234)
+        self.inputs = torch.randn(size, 6, generator=generator)
+        self.labels = (self.inputs.sum(dim=1) > 0).long()
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.inputs[index], self.labels[index], index
+
+
+class DropoutNet(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
+        self.seen: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        inputs, labels, indices = batch
+        self.seen += indices.tolist()
+        return nn.functional.cross_entropy(self.net(inputs), labels)
+
+    def train_dataloader(self):
+        dataset = FixedVectors()
+        return ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7), batch_size=BATCH_SIZE)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / (total + 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class WaitForSignalAt(pl.Callback):
+    """At ``step``, announce it in ``ready_file`` and wait for the parent's SIGTERM."""
+
+    def __init__(self, step: int, ready_file: Path) -> None:
+        self.step, self.ready_file = step, ready_file
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        self.ready_file.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def train(args: argparse.Namespace) -> None:
+    pl.seed_everything(0, workers=True)
+    callbacks: list[pl.Callback] = [PreemptionCheckpoint(), ExactResume()]
+    if args.wait_at_step is not None:
+        callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file)))
+    trainer = pl.Trainer(
+        default_root_dir=args.root,
+        max_epochs=args.max_epochs,
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        deterministic=True,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    model = DropoutNet()
+    trainer.fit(model, ckpt_path=args.ckpt_path)
+    if trainer.is_global_zero:
+        torch.save({"state_dict": model.state_dict(), "seen": model.seen, "step": trainer.global_step}, args.out)
+
+
+def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
+    command = [sys.executable, str(SCRIPT), "--root", str(tmp_path / name), "--out", str(tmp_path / f"{name}.pt"), *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+@pytest.mark.parametrize(
+    "stop_at_step", [8, pytest.param(2, marks=pytest.mark.slow)]  # mid second epoch (after a whole one); mid first
+)
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_at_step):
+    epochs = "2"
+    reference = _run(tmp_path, "reference", "--max-epochs", epochs)
+
+    ready = tmp_path / "ready"
+    preempted = _run(tmp_path, "preempted", "--max-epochs", epochs, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready))
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert preempted.poll() is None, preempted.communicate()[0]
+        assert time.monotonic() < deadline, "the training process never reached the step"
+        time.sleep(0.05)
+    preempted.send_signal(signal.SIGTERM)
+    output = _finish(preempted)
+    checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert checkpoint_path.is_file(), output
+    assert not (tmp_path / "preempted.pt").exists(), "the preempted run must stop, not finish"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["global_step"] == stop_at_step
+    loader_state = checkpoint["callbacks"]["ExactResume"]["train_loader"]["sampler"]
+    epoch, steps_into_epoch = divmod(stop_at_step, STEPS_PER_EPOCH)
+    assert (loader_state["epoch"], loader_state["position"]) == (epoch, BATCH_SIZE * steps_into_epoch)
+
+    resumed = _run(tmp_path, "preempted", "--max-epochs", epochs, "--ckpt-path", str(checkpoint_path))
+    _finish(resumed)
+    _finish(reference)
+
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
+    assert actual["step"] == expected["step"] == 2 * STEPS_PER_EPOCH
+    # The resumed process saw exactly the samples the reference saw after the stop.
+    seen_before_stop = DATASET_SIZE * epoch + BATCH_SIZE * steps_into_epoch
+    assert actual["seen"] == expected["seen"][seen_before_stop:]
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_sigterm_checkpoint_is_not_written_on_other_errors(tmp_path):
+    class Boom(pl.Callback):
+        def on_train_batch_end(self, *args):
+            raise RuntimeError("boom")
+
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_steps=3, callbacks=[PreemptionCheckpoint(), Boom()], logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(DropoutNet())
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--max-epochs", type=int, default=2)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--ckpt-path")
+    parser.add_argument("--wait-at-step", type=int)
+    parser.add_argument("--ready-file")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    train(_arguments())
