@@ -17,8 +17,16 @@ Choices, and why:
   time_base * fps)``, not by counting frames, because counting is impossible after a seek and
   because many videos do not start at ``pts = 0``. If a seek lands after the first needed frame
   (a container with a sparse or inexact index), the reader decodes again from the start.
-- Frame-level threading in the decoder (``thread_type="AUTO"``) lets FFmpeg decode several
-  frames at once; it pays off even with one DataLoader worker per core, see ``VideoFileReader``.
+- Measured on a 256 x 456 H.264 video with the default 250-frame GOP (8 frames per clip from
+  segments of 30 to 200 frames, shared 2-core CPU): seeking cut the time per clip from about
+  300 to 120-135 ms, and the CPU time from about 200 to 100-115 ms. The decoder's threading
+  modes (``AUTO``, ``FRAME``, ``SLICE``, none) were within the noise of that machine; threading
+  helps a single process on a many-core machine, while a DataLoader with one worker per core
+  already keeps the cores busy (use ``threads=1`` there to avoid oversubscription).
+- JPEG frames: ``decode_jpeg`` took 0.4-0.6 ms per 256 x 456 frame against 0.65-0.8 ms for
+  PIL + NumPy, with identical pixels. torchvision 0.29 deprecates its image codecs in favour of
+  TorchCodec (a ``DeprecationWarning`` per call); moving to ``torchcodec.decoders.decode_jpeg``
+  is a one-line change once that package is a dependency.
 """
 
 from __future__ import annotations
@@ -214,8 +222,13 @@ class _StreamTiming:
         return cls(Fraction(stream.time_base), Fraction(fps), start_pts, source)
 
     def pts_of(self, index: int) -> int:
-        """Timestamp of frame ``index`` (rounded down, so a backward seek lands at or before it)."""
-        return self.start_pts + math.floor(index / (self.fps * self.time_base))
+        """The last timestamp that still rounds to frame ``index``, the target of a backward seek.
+
+        A backward seek lands on the last key frame at or before the target. Aiming half a frame
+        late (rather than at the frame's exact time) keeps a key frame at ``index`` itself in
+        reach even when its stored timestamp was rounded up, and cannot reach a later frame.
+        """
+        return self.start_pts + math.ceil((index + Fraction(1, 2)) / (self.fps * self.time_base)) - 1
 
     def index_of(self, frame: av.VideoFrame) -> int:
         if frame.pts is None:
