@@ -111,11 +111,20 @@ class FrameFolderReader:
 class VideoFileReader:
     """Reads frames from a video file with PyAV, seeking near the first needed frame.
 
+    Frame ``i`` is the frame shown at ``i / fps`` seconds after the stream's first timestamp,
+    with ``fps`` the stream's average rate. For constant-frame-rate videos (what the datasets'
+    preprocessing produces) this is the i-th frame; a variable-frame-rate video should be
+    re-encoded at a constant rate first, or an index may fall between two frames and be
+    reported missing.
+
     Args:
         threads: decoder threads; 0 lets FFmpeg choose (one per core). Use 1 to decode in the
-            calling thread only.
+            calling thread only, e.g. with one DataLoader worker per core.
         thread_type: FFmpeg's threading mode, ``"AUTO"`` (frame and slice threading where the
             codec supports them), ``"FRAME"``, ``"SLICE"`` or ``"NONE"``.
+        seek: seek to the key frame before the first needed frame. ``False`` decodes from the
+            start of the video every time; it exists as the reference the seeking path is
+            tested against.
     """
 
     def __init__(self, threads: int = 0, thread_type: str = "AUTO", seek: bool = True) -> None:
