@@ -25,10 +25,15 @@ Defaults that every run gets (each can be changed from a config):
 - ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip``.
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
   ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
+- reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
+  left unset), a ``last.ckpt`` saved on SIGTERM, and the random state and loader position
+  saved so a resumed run continues exactly.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,10 +44,13 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_gsf import __version__
+from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.module import VideoClassificationModule
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
 
@@ -56,7 +64,34 @@ def _synth(argv: Sequence[str]) -> Any:
 def _import_original(argv: Sequence[str]) -> Any:
     from lightning_gsf.convert import import_original
 
-    return import_original(list(argv))
+    parser = argparse.ArgumentParser(
+        prog="gsf import-original",
+        description="Convert a checkpoint of the original GSF release into a Lightning checkpoint "
+        "that `gsf validate/test/predict --ckpt_path` load.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="the original release's .pth.tar / .pth file")
+    parser.add_argument("output", type=Path, help="the Lightning checkpoint to write (.ckpt)")
+    parser.add_argument("--num-segments", type=int, required=True, help="frames per clip (16 for the released models)")
+    parser.add_argument("--backbone", help="check that the file holds this backbone")
+    parser.add_argument("--num-classes", type=int, help="check the classifier's number of classes")
+    parser.add_argument("--head", default="class", help="name of the classification head (default: class)")
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
+    )
+    args = parser.parse_args(list(argv))
+    info = import_original(
+        args.checkpoint,
+        args.output,
+        num_segments=args.num_segments,
+        backbone=args.backbone,
+        num_classes=args.num_classes,
+        head=args.head,
+        dropout=args.dropout,
+        trust_pickle=args.trust_pickle,
+    )
+    log.info("wrote %s: %s", args.output, info)
+    return info
 
 
 def _evaluate(argv: Sequence[str]) -> Any:
@@ -113,12 +148,11 @@ class GSFCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        root = trainer_config.get("default_root_dir") or "."
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            root = trainer_config.get("default_root_dir") or "."
-            kwargs["logger"] = [
-                TensorBoardLogger(root, name="tensorboard"),
-                CSVLogger(root, name="csv"),
-            ]
+            kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
+        if trainer_config.get("plugins") is None and "plugins" not in kwargs:
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -132,7 +166,14 @@ def main(args: Sequence[str] | None = None) -> GSFCLI | Any:
         VideoDataModule,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [RichProgressBar(), LearningRateMonitor(logging_interval="step")]},
+        trainer_defaults={
+            "callbacks": [
+                RichProgressBar(),
+                LearningRateMonitor(logging_interval="step"),
+                PreemptionCheckpoint(),
+                ExactResume(),
+            ]
+        },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
         args=argv,

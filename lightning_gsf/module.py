@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lightning_gsf.callbacks import check_checkpoint_matches
 from lightning_gsf.gsf import GSF
 from lightning_gsf.metrics import ClassificationScores
 from lightning_gsf.model import VideoClassifier
@@ -73,9 +74,12 @@ class VideoClassificationModule(pl.LightningModule):
         num_segments: frames per clip ``T`` (linked from ``data.num_segments``).
         backbone: ``resnet18|34|50|101|152``, ``bninception`` or ``inception_v3``.
         temporal_module: ``"gsf"``, ``"tsm"`` or ``"none"`` (TSN).
-        gsf_ratio: fraction of each GSF layer's channels that GSF processes.
+        gsf_ratio: fraction of each GSF layer's channels that GSF processes; ``None``: the
+            paper's value for the backbone (0.25 for ResNets, 1.0 for the Inceptions).
         dropout: dropout before the heads (0.5 in the paper).
-        pretrained: start the backbone from ImageNet weights.
+        pretrained: the backbone's ImageNet weights: a torchvision weights name
+            (``"IMAGENET1K_V1"``, the weights the paper's ResNet-50 started from) or a
+            state-dict file; ``None`` trains from scratch.
         normalization: input normalisation name (``"imagenet"``, ``"bgr255"``); ``None``
             takes the backbone's own.
         label_smoothing: cross-entropy label smoothing.
@@ -93,9 +97,9 @@ class VideoClassificationModule(pl.LightningModule):
         num_segments: int = 8,
         backbone: str = "resnet50",
         temporal_module: Literal["gsf", "tsm", "none"] = "gsf",
-        gsf_ratio: float = 0.25,
+        gsf_ratio: float | None = None,
         dropout: float = 0.5,
-        pretrained: bool = True,
+        pretrained: str | None = None,
         normalization: str | None = None,
         label_smoothing: float = 0.0,
         loss_weights: dict[str, float] | None = None,
@@ -148,6 +152,10 @@ class VideoClassificationModule(pl.LightningModule):
         }
         total = sum(self.loss_weights[head] * loss for head, loss in per_head.items())
         return total, per_head
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Say which setting differs before Lightning's strict load lists tensor names.
+        check_checkpoint_matches(self, checkpoint, getattr(self._trainer, "ckpt_path", None))
 
     def train(self, mode: bool = True) -> VideoClassificationModule:
         super().train(mode)

@@ -22,7 +22,7 @@ def _module(**overrides) -> VideoClassificationModule:
         num_segments=NUM_SEGMENTS,
         backbone="resnet18",
         temporal_module="gsf",
-        pretrained=False,
+        pretrained=None,
         dropout=0.0,
     )
     kwargs.update(overrides)
