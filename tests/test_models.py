@@ -1,0 +1,381 @@
+"""Backbones, temporal-module insertion and VideoClassifier, across every backbone x module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lightning_gsf.backbones import BACKBONES, build_backbone
+from lightning_gsf.backbones import weights as weights_module
+from lightning_gsf.backbones.insertion import TEMPORAL_MODULES
+from lightning_gsf.gsf import GSF
+from lightning_gsf.model import VideoClassifier
+from lightning_gsf.normalization import normalize
+from lightning_gsf.temporal import TemporalShift
+
+# Parameters of a VideoClassifier with one 1000-way head; TSM adds none.
+# ResNet-50: torchvision's 25,557,032; GSF at ratio 0.25 adds 16 modules, 110,144 parameters.
+PARAMETERS = {
+    ("resnet18", "none"): 11_689_512, ("resnet18", "gsf"): 11_703_752,
+    ("resnet34", "none"): 21_797_672, ("resnet34", "gsf"): 21_825_688,
+    ("resnet50", "none"): 25_557_032, ("resnet50", "gsf"): 25_667_176,
+    ("resnet101", "none"): 44_549_160, ("resnet101", "gsf"): 44_786_192,
+    ("resnet152", "none"): 60_192_808, ("resnet152", "gsf"): 60_541_880,
+    ("bninception", "none"): 11_295_240, ("bninception", "gsf"): 11_346_680,
+    ("inception_v3", "none"): 23_834_568, ("inception_v3", "gsf"): 23_898_112,
+    ("inception_v3_tf", "none"): 23_851_784, ("inception_v3_tf", "gsf"): 23_915_328,
+}
+for _backbone in BACKBONES:
+    PARAMETERS[(_backbone, "tsm")] = PARAMETERS[(_backbone, "none")]
+
+# Where GSF sits (module name -> channels of the conv it follows), as in shared/spec/gsf.md.
+RESNET_WIDTHS = {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+GSF_SITES = {
+    "resnet18": {f"layer{i}.{j}.gsf": 64 * 2 ** (i - 1) for i in range(1, 5) for j in range(2)},
+    "resnet50": {
+        f"{layer}.{j}.gsf": width
+        for (layer, width), blocks in zip(RESNET_WIDTHS.items(), (3, 4, 6, 3))
+        for j in range(blocks)
+    },
+    "bninception": {
+        f"gsf_inception_{name}": channels
+        for name, channels in [
+            ("3a_1x1", 64), ("3b_1x1", 64), ("3c_3x3_reduce", 128), ("4a_1x1", 224), ("4b_1x1", 192),
+            ("4c_1x1", 160), ("4d_1x1", 96), ("4e_3x3_reduce", 128), ("5a_1x1", 352), ("5b_1x1", 352),
+        ]
+    },
+    "inception_v3": {
+        **{f"Mixed_5{b}.branch1x1.gsf": 64 for b in "bcd"},
+        "Mixed_6a.branch3x3.gsf": 384,
+        **{f"Mixed_6{b}.branch1x1.gsf": 192 for b in "bcde"},
+        "Mixed_7a.branch3x3_1.gsf": 192,
+        **{f"Mixed_7{b}.branch1x1.gsf": 320 for b in "bc"},
+    },
+    "inception_v3_tf": {
+        **{f"gsf_mixed{s}_conv_Conv2D": 64 for s in ("", "_1", "_2")},
+        "gsf_mixed_3_conv_Conv2D": 384,
+        **{f"gsf_mixed_{i}_conv_Conv2D": 192 for i in range(4, 8)},
+        "gsf_mixed_8_tower_conv_Conv2D": 192,
+        **{f"gsf_mixed_{i}_conv_Conv2D": 320 for i in (9, 10)},
+    },
+}
+
+# Smallest convenient frame size per backbone (InceptionV3 needs 75 pixels).
+FRAME_SIZE = {name: 75 if name.startswith("inception_v3") else 32 for name in BACKBONES}
+# Forward + backward on CPU takes seconds per model: by default run every temporal module on
+# resnet18 and GSF on one network of each family; the rest are marked slow.
+FAST_FORWARD_BACKWARD = {
+    ("resnet18", "none"), ("resnet18", "tsm"), ("resnet18", "gsf"),
+    ("resnet50", "gsf"), ("bninception", "gsf"), ("inception_v3_tf", "gsf"),
+}
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _clip(backbone: str, batch: int = 2, frames: int = 2, seed: int = 0) -> torch.Tensor:
+    size = FRAME_SIZE[backbone]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+@pytest.mark.parametrize("temporal_module", TEMPORAL_MODULES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_parameter_count(backbone: str, temporal_module: str) -> None:
+    with torch.device("meta"):  # shapes only: building is instant and allocates nothing
+        model = VideoClassifier(backbone, temporal_module, num_segments=8, num_classes=1000)
+    assert _count(model) == PARAMETERS[(backbone, temporal_module)]
+
+
+@pytest.mark.parametrize("backbone", sorted(GSF_SITES))
+def test_gsf_sites_and_channels(backbone: str) -> None:
+    with torch.device("meta"):
+        net = build_backbone(backbone, temporal_module="gsf", num_segments=4)
+    sites = {name: m.channels for name, m in net.named_modules() if isinstance(m, GSF)}
+    assert sites == GSF_SITES[backbone]
+    ratio = 0.25 if backbone.startswith("resnet") else 1.0
+    assert all(m.ratio == ratio and m.num_segments == 4 for m in net.modules() if isinstance(m, GSF))
+
+
+@pytest.mark.parametrize(
+    ("backbone", "expected"),
+    [
+        ("resnet50", {f"{layer}.{j}.shift" for layer, n in zip(RESNET_WIDTHS, (3, 4, 6, 3)) for j in range(n)}),
+        ("bninception", {name.replace("gsf_", "shift_") for name in GSF_SITES["bninception"]}),
+        ("inception_v3", {name.replace(".gsf", ".shift") for name in GSF_SITES["inception_v3"]}),
+    ],
+)
+def test_tsm_sites(backbone: str, expected: set[str]) -> None:
+    with torch.device("meta"):
+        net = build_backbone(backbone, temporal_module="tsm", num_segments=4)
+    assert {name for name, m in net.named_modules() if isinstance(m, TemporalShift)} == expected
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "bninception", "inception_v3", "inception_v3_tf"])
+def test_insertion_keeps_the_backbones_own_parameter_names(backbone: str) -> None:
+    with torch.device("meta"):
+        plain = build_backbone(backbone, temporal_module="none").state_dict()
+        tsm = build_backbone(backbone, temporal_module="tsm").state_dict()
+        gsf = build_backbone(backbone, temporal_module="gsf").state_dict()
+    assert list(tsm) == list(plain)
+    gsf_keys = {k for k in gsf if k not in plain}
+    assert set(gsf) - gsf_keys == set(plain)
+    assert gsf_keys and all(".gsf." in k or k.startswith("gsf_") for k in gsf_keys)
+    if backbone == "resnet50":
+        assert "layer1.0.gsf.conv3D.weight" in gsf_keys
+
+
+def _io_of(net: nn.Module, module_name: str, x: torch.Tensor, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input of ``net.<module_name>`` and output of ``net.<target>`` during one forward."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def record_input(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen["in"] = inputs[0]
+
+    def record_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen["target"] = output
+
+    hooks = [
+        net.get_submodule(module_name).register_forward_hook(record_input),
+        net.get_submodule(target).register_forward_hook(record_output),
+    ]
+    with torch.no_grad():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    return seen["in"], seen["target"]
+
+
+@pytest.mark.parametrize(
+    ("backbone", "gsf", "conv", "size"),
+    [
+        ("resnet50", "layer2.1.gsf", "layer2.1.conv3", 32),
+        ("resnet18", "layer3.0.gsf", "layer3.0.conv2", 32),
+        ("bninception", "gsf_inception_3c_3x3_reduce", "inception_3c_3x3_reduce", 64),
+        ("inception_v3", "Mixed_7a.branch3x3_1.gsf", "Mixed_7a.branch3x3_1.conv", 75),
+    ],
+)
+def test_gsf_takes_the_output_of_its_conv(backbone: str, gsf: str, conv: str, size: int) -> None:
+    net = build_backbone(backbone, temporal_module="gsf", num_segments=2).eval()
+    gsf_input, conv_output = _io_of(net, gsf, torch.randn(2, 3, size, size), conv)
+    torch.testing.assert_close(gsf_input, conv_output, rtol=0, atol=0)
+
+
+def test_tsm_shifts_the_block_input_but_not_the_identity() -> None:
+    net = build_backbone("resnet18", temporal_module="tsm", num_segments=2).eval()
+    block = net.layer1[1]
+    x = torch.randn(4, 64, 8, 8)
+    with torch.no_grad():
+        shifted = block.shift(x)
+        expected = torch.relu(block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(shifted))))) + x)
+        torch.testing.assert_close(block(x), expected)
+    assert not torch.equal(shifted, x)
+
+
+@pytest.mark.parametrize(("backbone", "size", "final"), [("bninception", 224, 7), ("inception_v3_tf", 229, 6)])
+def test_caffe_pooling_gives_the_released_feature_map_sizes(backbone: str, size: int, final: int) -> None:
+    # The release's graphs end in 7x7 (BNInception, 224 px) and 6x6 (InceptionV3, 229 px)
+    # maps; floor-mode pooling would give 6x6 and 5x5.
+    with torch.device("meta"):
+        net = build_backbone(backbone, temporal_module="gsf", num_segments=1)
+        seen = {}
+
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            seen["map"] = inputs[0].shape
+
+        net.global_pool.register_forward_hook(record)
+        net(torch.empty(1, 3, size, size))
+    assert seen["map"] == (1, net.feature_dim, final, final)
+
+
+def _forward_backward_cases() -> list:
+    cases = []
+    for backbone in BACKBONES:
+        for temporal_module in TEMPORAL_MODULES:
+            marks = [] if (backbone, temporal_module) in FAST_FORWARD_BACKWARD else [pytest.mark.slow]
+            cases.append(pytest.param(backbone, temporal_module, marks=marks, id=f"{backbone}-{temporal_module}"))
+    return cases
+
+
+@pytest.mark.parametrize(("backbone", "temporal_module"), _forward_backward_cases())
+def test_forward_backward(backbone: str, temporal_module: str) -> None:
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone, temporal_module, num_segments=2, num_classes={"verb": 3, "noun": 5})
+    logits = model(_clip(backbone))
+    assert {k: tuple(v.shape) for k, v in logits.items()} == {"verb": (2, 3), "noun": (2, 5)}
+    (logits["verb"].sum() + logits["noun"].sum()).backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    if temporal_module == "gsf":
+        gates = [g for name, g in grads.items() if name.endswith("conv3D.weight")]
+        assert gates and all(g.abs().sum() > 0 for g in gates)
+
+
+def test_logits_are_the_average_of_per_frame_logits() -> None:
+    model = VideoClassifier("resnet18", "none", num_segments=3, num_classes=4).eval()
+    clip = _clip("resnet18", frames=3)
+    with torch.no_grad():
+        logits = model(clip)["class"]
+        frames = normalize(clip, "imagenet").flatten(0, 1)
+        per_frame = model.heads["class"](model.base_model(frames)).view(2, 3, 4)
+    torch.testing.assert_close(logits, per_frame.mean(dim=1))
+
+
+def test_uint8_clips_are_normalised_and_float_clips_are_not() -> None:
+    model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes=4).eval()
+    clip = _clip("resnet18")
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip)["class"], model(normalize(clip, "imagenet"))["class"])
+        assert not torch.allclose(model(clip)["class"], model(clip.float())["class"])
+
+
+def test_temporal_modules_see_time_and_tsn_does_not() -> None:
+    torch.manual_seed(0)
+    clip = _clip("resnet18", frames=4)
+    reversed_clip = clip.flip(1)
+    for temporal_module, order_matters in [("none", False), ("tsm", True), ("gsf", True)]:
+        model = VideoClassifier("resnet18", temporal_module, num_segments=4, num_classes=4, dropout=0.0).eval()
+        with torch.no_grad():
+            same = torch.allclose(model(clip)["class"], model(reversed_clip)["class"], atol=1e-6)
+        assert same != order_matters, temporal_module
+
+
+def test_heads_are_initialised_small() -> None:
+    model = VideoClassifier("resnet18", "none", num_segments=2, num_classes={"verb": 97, "noun": 300})
+    assert isinstance(model.heads, nn.ModuleDict) and list(model.heads) == ["verb", "noun"]
+    assert model.num_classes == {"verb": 97, "noun": 300}
+    for head in model.heads.values():
+        assert isinstance(head, nn.Linear) and head.in_features == 512
+        assert 0.0008 < head.weight.std().item() < 0.0012
+        assert torch.count_nonzero(head.bias) == 0
+
+
+@pytest.mark.parametrize(
+    ("backbone", "ratio", "normalization"),
+    [("resnet50", 0.25, "imagenet"), ("bninception", 1.0, "bgr255"),
+     ("inception_v3", 1.0, "imagenet"), ("inception_v3_tf", 1.0, "bgr255")],
+)
+def test_defaults_per_backbone(backbone: str, ratio: float, normalization: str) -> None:
+    with torch.device("meta"):
+        model = VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2)
+    assert model.base_model.gsf_ratio == ratio
+    assert model.normalization == normalization == model.base_model.normalization
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "shape", "dtype", "message"),
+    [
+        ({}, (2, 3, 3, 32, 32), torch.uint8, "num_segments=2 frames, got 3"),
+        ({}, (2, 3, 32, 32), torch.uint8, r"expected clips \(B, T, 3, H, W\)"),
+        ({}, (2, 2, 4, 32, 32), torch.uint8, r"expected clips \(B, T, 3, H, W\)"),
+        ({}, (2, 2, 3, 32, 32), torch.int64, "uint8 .* or float"),
+    ],
+)
+def test_bad_clips_are_rejected(kwargs: dict, shape: tuple, dtype: torch.dtype, message: str) -> None:
+    model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes=2, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        model(torch.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "vgg16"}, "unknown backbone 'vgg16'"),
+        ({"temporal_module": "nonlocal"}, "unknown temporal module 'nonlocal'"),
+        ({"gsf_ratio": 0.1}, r"cannot insert GSF after layer1.0.conv2: GSF cannot split 64 channels"),
+        ({"gsf_ratio": 1.5}, r"GSF ratio must be in \(0, 1\]"),
+        ({"num_classes": {"verb": 0}}, "positive class counts"),
+        ({"normalization": "caffe"}, "unknown normalization 'caffe'"),
+        ({"num_segments": 0}, "num_segments must be >= 1"),
+    ],
+)
+def test_bad_configurations_are_rejected(kwargs: dict, message: str) -> None:
+    config = {"backbone": "resnet18", "temporal_module": "gsf", "num_segments": 2, "num_classes": 2, **kwargs}
+    with torch.device("meta"), pytest.raises(ValueError, match=message):
+        VideoClassifier(**config)
+
+
+# -- ImageNet weights ------------------------------------------------------------------------
+
+
+def test_pretrained_file_loads_into_the_backbone_layers(tmp_path) -> None:
+    source = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes=2, pretrained=path)
+    own = model.base_model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(own[key], value, rtol=0, atol=0)
+
+
+def test_imagenet_weights_load_after_insertion_too() -> None:
+    # Insertion does not rename the backbone's layers, so a torchvision state dict fits a
+    # backbone that already carries GSF, with only the GSF tensors left over.
+    net = build_backbone("resnet18", temporal_module="gsf", num_segments=2)
+    result = net.load_state_dict(torchvision.models.resnet18(weights=None).state_dict(), strict=False)
+    assert set(result.unexpected_keys) == {"fc.weight", "fc.bias"}
+    assert result.missing_keys and all(".gsf." in key for key in result.missing_keys)
+
+
+def test_caffe_converted_bninception_weights_load(tmp_path) -> None:
+    # The widely shared BNInception file stores BN vectors as (1, C) and keeps its classifier.
+    source = build_backbone("bninception", temporal_module="none")
+    state = {k: (v.unsqueeze(0) if "_bn." in k and v.dim() == 1 else v) for k, v in source.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 1024), torch.zeros(1000)
+    path = tmp_path / "bn_inception.pth"
+    torch.save(state, path)
+    net = build_backbone("bninception", temporal_module="gsf", num_segments=2, weights=path)
+    torch.testing.assert_close(net.inception_5b_1x1_bn.running_var, source.inception_5b_1x1_bn.running_var)
+
+
+def test_a_wrong_pretrained_file_is_rejected_with_the_keys(tmp_path) -> None:
+    path = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(ValueError, match=rf"{path} does not fit the backbone: .*unexpected key\(s\): layer1.2"):
+        build_backbone("resnet18", temporal_module="none", weights=path)
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        build_backbone("resnet18", temporal_module="none", weights=tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name", "expected"),
+    [
+        ("resnet50", "IMAGENET1K_V1", torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+        ("resnet50", "DEFAULT", torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+        ("resnet18", "ResNet18_Weights.IMAGENET1K_V1", torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+        ("inception_v3", "DEFAULT", torchvision.models.Inception_V3_Weights.IMAGENET1K_V1),
+    ],
+)
+def test_torchvision_weight_names_resolve(backbone: str, name: str, expected) -> None:
+    assert weights_module.resolve_torchvision_weights(backbone, name) is expected
+
+
+@pytest.mark.parametrize(
+    ("backbone", "name", "message"),
+    [
+        ("resnet50", "IMAGENET22K", "unknown resnet50 weights 'IMAGENET22K'"),
+        ("resnet50", "ResNet18_Weights.IMAGENET1K_V1", "are not resnet50 weights"),
+        ("bninception", "DEFAULT", "has no torchvision weights"),
+    ],
+)
+def test_bad_torchvision_weight_names_are_rejected(backbone: str, name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        weights_module.resolve_torchvision_weights(backbone, name)
+
+
+def test_torchvision_weights_by_name_without_download(monkeypatch) -> None:
+    source = torchvision.models.resnet18(weights=None)
+    fetched = []
+
+    def fake_fetch(weights):
+        fetched.append(weights)
+        return source.state_dict()
+
+    monkeypatch.setattr(weights_module, "fetch_torchvision_weights", fake_fetch)
+    model = VideoClassifier("resnet18", "tsm", num_segments=2, num_classes=2, pretrained="DEFAULT")
+    assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
+    torch.testing.assert_close(model.base_model.conv1.weight, source.conv1.weight, rtol=0, atol=0)
