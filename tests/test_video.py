@@ -125,15 +125,26 @@ def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int
     assert torch.equal(VideoFileReader(threads=threads, thread_type=thread_type).read(video_path, indices), reference)
 
 
-def test_seek_overshoot_falls_back_to_decoding_from_the_start(video_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seek_overshoot_falls_back_to_decoding_from_the_start(
+    video_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Pretend the container's index is wrong: every seek asks for a timestamp 30 frames too late.
     original = video._StreamTiming.pts_of
     monkeypatch.setattr(video._StreamTiming, "pts_of", lambda self, index: original(self, index + 30))
     assert identify(VideoFileReader().read(video_path, [5, 8])) == [5, 8]
 
 
-def test_count_video_frames(video_path: Path) -> None:
-    assert count_video_frames(video_path, exact=True) == NUM_FRAMES
+@pytest.mark.parametrize("exact", [False, True], ids=["header", "demuxed"])
+def test_count_video_frames(video_path: Path, exact: bool) -> None:
+    assert count_video_frames(video_path, exact=exact) == NUM_FRAMES
+
+
+def test_count_video_frames_of_a_missing_or_corrupt_video(tmp_path: Path) -> None:
+    with _raises_naming(tmp_path / "absent.mp4", "does not exist"):
+        count_video_frames(tmp_path / "absent.mp4")
+    (tmp_path / "garbage.mp4").write_bytes(b"not a video")
+    with _raises_naming(tmp_path / "garbage.mp4", "cannot read"):
+        count_video_frames(tmp_path / "garbage.mp4")
 
 
 def test_frame_folder_decodes_each_distinct_frame_once(frame_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -154,7 +154,9 @@ class VideoFileReader:
         stream.thread_count = self.threads
         return stream
 
-    def _decode(self, container: av.container.InputContainer, source: Path, wanted: list[int]) -> dict[int, torch.Tensor]:
+    def _decode(
+        self, container: av.container.InputContainer, source: Path, wanted: list[int]
+    ) -> dict[int, torch.Tensor]:
         stream = self._video_stream(container, source)
         timing = _StreamTiming.of(stream, source)
         if self.seek and wanted[0] > 0:
@@ -163,7 +165,10 @@ class VideoFileReader:
             if decoded.first_seen is not None and decoded.first_seen <= wanted[0]:
                 return decoded.check_complete(wanted, source)
             logger.debug(
-                "%s: seek to frame %d landed on frame %s; decoding from the start", source, wanted[0], decoded.first_seen
+                "%s: seek to frame %d landed on frame %s; decoding from the start",
+                source,
+                wanted[0],
+                decoded.first_seen,
             )
             container.seek(timing.start_pts, stream=stream, backward=True, any_frame=False)
         return _decode_until(container, stream, timing, wanted).check_complete(wanted, source)
