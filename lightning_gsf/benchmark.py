@@ -1,0 +1,356 @@
+"""What a temporal module costs: GSF and TSM next to TSN on the same backbone and input.
+
+``python -m lightning_gsf.benchmark`` (or ``gsf benchmark``) builds one ``VideoClassifier``
+per (backbone, temporal module) and reports, per variant,
+
+- parameters and GFLOPs per clip (``torch.utils.flop_counter.FlopCounterMode``, which counts
+  a multiply-add as 2 FLOPs; papers' "FLOPs" are usually multiply-adds, i.e. half of it),
+- activation memory of a training step: the bytes of the tensors autograd saves for
+  backward, counted once per storage (``saved_tensors_hooks``), parameters excluded; on CUDA
+  also the peak allocated memory of the step,
+- training-step (forward, loss, backward, SGD step) and inference clips per second,
+
+and each as a ratio to TSN (``temporal_module="none"``, always measured) with the same
+backbone. Timings are taken round-robin over the variants, ``--repeats`` rounds, and
+summarised by medians (time ratios: the median of the per-round ratios), so that a busy,
+shared machine slows all variants alike instead of whichever ran last.
+
+The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
+(``GSF.forward_reference``), to show what the fast path saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_gsf.gsf import GSF
+from lightning_gsf.model import VideoClassifier
+
+logger = logging.getLogger(__name__)
+
+BASELINE = "none"
+REFERENCE_GSF = "gsf_reference"
+VARIANTS = ("none", "tsm", "gsf", REFERENCE_GSF)
+NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
+
+COLUMNS = (
+    "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
+    "channels_last", "compile", "device", "params_m", "gflops_per_clip", "activation_mb",
+    "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
+    "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "infer_time_vs_tsn",
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    backbones: tuple[str, ...] = ("resnet50",)
+    temporal_modules: tuple[str, ...] = ("none", "tsm", "gsf")
+    num_segments: int = 8
+    input_size: int = 160
+    batch_size: int = 2
+    dtype: str = "float32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "cpu"
+    repeats: int = 5
+    warmup: int = 1
+    gsf_ratio: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.temporal_modules) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown temporal modules {sorted(unknown)}; expected some of {VARIANTS}")
+        if self.dtype not in ("float32", "bf16"):
+            raise ValueError(f"dtype must be float32 or bf16, got {self.dtype!r}")
+        if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
+            raise ValueError("num_segments, input_size, batch_size and repeats must be >= 1")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The requested temporal modules, TSN first (it is every ratio's denominator)."""
+        return (BASELINE, *(m for m in self.temporal_modules if m != BASELINE))
+
+
+def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Module:
+    """A randomly initialised ``VideoClassifier`` for one variant, on the benchmark's device."""
+    temporal_module = "gsf" if variant == REFERENCE_GSF else variant
+    model = VideoClassifier(
+        backbone=backbone,
+        temporal_module=temporal_module,
+        num_segments=config.num_segments,
+        num_classes={"class": NUM_CLASSES},
+        gsf_ratio=config.gsf_ratio,
+        pretrained=None,
+    )
+    if variant == REFERENCE_GSF:
+        for module in model.modules():
+            if isinstance(module, GSF):
+                module.forward = module.forward_reference  # instance override: this model only
+    model = model.to(config.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_batch(config: BenchmarkConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float (already normalised) clip batch and labels, seeded."""
+    generator = torch.Generator().manual_seed(config.seed)
+    shape = (config.batch_size, config.num_segments, 3, config.input_size, config.input_size)
+    clips = torch.randn(shape, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (config.batch_size,), generator=generator)
+    return clips.to(config.device), labels.to(config.device)
+
+
+def autocast_context(config: BenchmarkConfig) -> contextlib.AbstractContextManager:
+    if config.dtype == "bf16":
+        return torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, clips: torch.Tensor, config: BenchmarkConfig) -> int:
+    """FLOPs of one inference forward over ``clips`` (a multiply-add counts 2)."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), autocast_context(config), counter:
+        model(clips)
+    return counter.get_total_flops()
+
+
+def loss_of(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(clips)["class"].float(), labels)
+
+
+def saved_activation_bytes(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor,
+                           config: BenchmarkConfig) -> int:
+    """Bytes of the tensors autograd keeps for backward in one training step, each storage
+    counted once (views and tensors saved by several ops share it); parameters and buffers
+    (which exist with or without training) are left out."""
+    model.train()
+    state_storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in state_storages:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast_context(config):
+        loss = loss_of(model, clips, labels)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(saved.values())
+
+
+def cuda_peak_bytes(step: Callable[[], None], device: str) -> int | None:
+    """Peak CUDA memory allocated during ``step`` beyond what was allocated before it."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+@dataclass
+class Steps:
+    """The two timed closures of one variant."""
+
+    train: Callable[[], None]
+    infer: Callable[[], None]
+
+
+def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, config: BenchmarkConfig) -> Steps:
+    runner = torch.compile(model) if config.compile else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+
+    def train() -> None:
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(config):
+            loss = loss_of(runner, clips, labels)
+        loss.backward()
+        optimizer.step()
+
+    def infer() -> None:
+        model.eval()
+        with torch.inference_mode(), autocast_context(config):
+            runner(clips)
+
+    return Steps(train, infer)
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_round_robin(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                     device: str) -> dict[str, list[float]]:
+    """Seconds per call of each step, ``repeats`` rounds of one call per step in turn."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(repeats):
+        for key, step in steps.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            step()
+            _synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def _median_ratio(times: list[float], baseline: list[float]) -> float:
+    return statistics.median(t / b for t, b in zip(times, baseline))
+
+
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    return None if value is None or not baseline else value / baseline
+
+
+def benchmark_backbone(backbone: str, config: BenchmarkConfig) -> list[dict[str, object]]:
+    """All variants of one backbone: one row each."""
+    clips, labels = make_batch(config)
+    rows: dict[str, dict[str, object]] = {}
+    steps: dict[str, Steps] = {}
+    for variant in config.variants:
+        torch.manual_seed(config.seed)  # same initial weights for the layers variants share
+        model = build_model(backbone, variant, config)
+        logger.info("measuring %s + %s", backbone, variant)
+        peak = None
+        steps[variant] = make_steps(model, clips, labels, config)
+        if torch.device(config.device).type == "cuda":
+            steps[variant].train()  # allocate gradients and optimiser state first
+            peak = cuda_peak_bytes(steps[variant].train, config.device)
+        rows[variant] = {
+            "backbone": backbone, "temporal_module": variant,
+            "num_segments": config.num_segments, "input_size": config.input_size,
+            "batch_size": config.batch_size, "dtype": config.dtype,
+            "channels_last": config.channels_last, "compile": config.compile, "device": config.device,
+            "params_m": count_parameters(model) / 1e6,
+            "gflops_per_clip": count_flops(model, clips, config) / 1e9 / config.batch_size,
+            "activation_mb": saved_activation_bytes(model, clips, labels, config) / 2**20,
+            "cuda_peak_mb": None if peak is None else peak / 2**20,
+        }
+    train_times = time_round_robin({v: s.train for v, s in steps.items()}, config.repeats,
+                                   config.warmup, config.device)
+    infer_times = time_round_robin({v: s.infer for v, s in steps.items()}, config.repeats,
+                                   config.warmup, config.device)
+    base = rows[BASELINE]
+    for variant, row in rows.items():
+        row["train_clips_s"] = config.batch_size / statistics.median(train_times[variant])
+        row["infer_clips_s"] = config.batch_size / statistics.median(infer_times[variant])
+        for column in ("params", "gflops", "activation", "cuda_peak"):
+            unit = {"params": "params_m", "gflops": "gflops_per_clip"}.get(column, f"{column}_mb")
+            row[f"{column}_vs_tsn"] = _ratio(row[unit], base[unit])  # type: ignore[arg-type]
+        row["train_time_vs_tsn"] = _median_ratio(train_times[variant], train_times[BASELINE])
+        row["infer_time_vs_tsn"] = _median_ratio(infer_times[variant], infer_times[BASELINE])
+    return [rows[v] for v in config.variants]
+
+
+def run_benchmark(config: BenchmarkConfig) -> list[dict[str, object]]:
+    return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config)]
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    """The rows as an aligned text table (the configuration columns shown once above it)."""
+    shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
+                                              "channels_last", "compile", "device")]
+    header = ""
+    if rows:
+        first = rows[0]
+        header = (f"T={first['num_segments']} size={first['input_size']} batch={first['batch_size']} "
+                  f"dtype={first['dtype']} channels_last={first['channels_last']} "
+                  f"compile={first['compile']} device={first['device']}\n")
+    cells = [list(shown)] + [[_format(row[c]) for c in shown] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
+    return header + "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict[str, object]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: "" if row[c] is None else row[c] for c in COLUMNS})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gsf benchmark",
+        description="Parameters, FLOPs, activation memory and speed of GSF / TSM next to TSN.",
+    )
+    defaults = BenchmarkConfig()
+    parser.add_argument("--backbones", nargs="+", default=list(defaults.backbones))
+    parser.add_argument("--temporal-modules", nargs="+", default=list(defaults.temporal_modules),
+                        choices=VARIANTS, help="TSN ('none') is always measured, as the baseline")
+    parser.add_argument("--num-segments", type=int, default=defaults.num_segments)
+    parser.add_argument("--input-size", type=int, default=defaults.input_size)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--dtype", choices=("float32", "bf16"), default=defaults.dtype,
+                        help="bf16: autocast to bfloat16 (weights stay float32)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--repeats", type=int, default=defaults.repeats)
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--gsf-ratio", type=float, default=None,
+                        help="fraction of channels GSF processes (default: the paper's, per backbone)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
+    """Run the benchmark from command-line arguments, print the table, return the rows."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = BenchmarkConfig(
+        backbones=tuple(args.backbones), temporal_modules=tuple(args.temporal_modules),
+        num_segments=args.num_segments, input_size=args.input_size, batch_size=args.batch_size,
+        dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        device=args.device, repeats=args.repeats, warmup=args.warmup, gsf_ratio=args.gsf_ratio,
+        seed=args.seed,
+    )
+    rows = run_benchmark(config)
+    print(format_table(rows))  # the tool's output, not a log message
+    if args.csv is not None:
+        write_csv(rows, args.csv)
+        logger.info("wrote %s", args.csv)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

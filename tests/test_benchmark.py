@@ -1,0 +1,103 @@
+"""The benchmark tool on a tiny configuration: columns, CSV, ratios (no timing assertions)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_gsf.benchmark import (
+    COLUMNS,
+    BenchmarkConfig,
+    build_model,
+    main,
+    make_batch,
+    saved_activation_bytes,
+)
+from lightning_gsf.gsf import GSF
+
+TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", "--batch-size", "1",
+        "--repeats", "1", "--warmup", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("benchmark") / "result.csv"
+    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "--csv", str(path)])
+    return rows, path
+
+
+def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
+    rows, _ = tiny_run
+    assert [row["temporal_module"] for row in rows] == ["none", "gsf", "tsm", "gsf_reference"]
+    for row in rows:
+        assert set(row) == set(COLUMNS)
+        assert row["backbone"] == "resnet18" and row["num_segments"] == 2 and row["input_size"] == 32
+        assert row["train_clips_s"] > 0 and row["infer_clips_s"] > 0
+        assert row["activation_mb"] > 0 and row["gflops_per_clip"] > 0
+        assert row["cuda_peak_mb"] is None  # CPU run
+    tsn = rows[0]
+    assert tsn["params_vs_tsn"] == tsn["gflops_vs_tsn"] == tsn["activation_vs_tsn"] == 1.0
+    assert tsn["train_time_vs_tsn"] == tsn["infer_time_vs_tsn"] == 1.0
+
+
+def test_costs_relative_to_tsn_are_what_the_modules_imply(tiny_run):
+    by_module = {row["temporal_module"]: row for row in tiny_run[0]}
+    assert by_module["tsm"]["params_vs_tsn"] == 1.0  # TSM has no parameters
+    assert by_module["gsf"]["params_vs_tsn"] > 1.0
+    assert by_module["gsf"]["params_m"] == by_module["gsf_reference"]["params_m"]
+    assert by_module["gsf"]["gflops_vs_tsn"] > 1.0
+    # The fast path saves less for backward than the literal one.
+    assert by_module["gsf"]["activation_mb"] < by_module["gsf_reference"]["activation_mb"]
+
+
+def test_csv_holds_the_same_rows(tiny_run):
+    rows, path = tiny_run
+    with path.open() as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        written = list(reader)
+    assert [r["temporal_module"] for r in written] == [r["temporal_module"] for r in rows]
+    for row, original in zip(written, rows):
+        assert float(row["activation_mb"]) == pytest.approx(original["activation_mb"])
+        assert row["cuda_peak_mb"] == ""
+
+
+def test_reference_variant_runs_the_literal_gsf_with_the_same_results():
+    config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)
+    torch.manual_seed(0)
+    fast = build_model("resnet18", "gsf", config).eval()
+    torch.manual_seed(0)
+    reference = build_model("resnet18", "gsf_reference", config).eval()
+    gsf_modules = [m for m in reference.modules() if isinstance(m, GSF)]
+    assert gsf_modules and all(m.forward == m.forward_reference for m in gsf_modules)
+    clips, _ = make_batch(config)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(clips)["class"], reference(clips)["class"], rtol=1e-4, atol=1e-5)
+
+
+class _SavesTheSameTensorTwice(nn.Module):
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = clips.flatten(1) * 2  # a new storage, saved twice by x * x
+        return {"class": (x * x).sum(1, keepdim=True)}
+
+
+def test_activation_bytes_count_each_storage_once():
+    config = BenchmarkConfig(num_segments=1, input_size=4, batch_size=2)
+    clips = torch.randn(2, 1, 3, 4, 4, requires_grad=True)
+    labels = torch.zeros(2, dtype=torch.long)
+    counted = saved_activation_bytes(_SavesTheSameTensorTwice(), clips, labels, config)
+    x_bytes = 2 * 48 * 4
+    assert x_bytes <= counted < 2 * x_bytes  # x once, plus the loss's few bytes
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
+     ("repeats", 0, ">= 1")],
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(**{field: value})
