@@ -71,8 +71,10 @@ def write_frame_folder(folder: Path, first_index: int = 1) -> Path:
 
 
 # (codec, container suffix, pts of the first frame): H.264 has B-frames (decode order differs
-# from display order); Matroska and MP4 keep a non-zero first timestamp.
+# from display order); Matroska and MP4 keep a non-zero first timestamp; Something-Something v2
+# ships VP9 in WebM.
 VIDEO_FORMATS = [
+    ("libvpx-vp9", "webm", 0),
     ("libx264", "mp4", 0),
     ("mpeg4", "avi", 0),
     ("libx264", "mp4", 50),
