@@ -7,7 +7,12 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from lightning_gsf.data import transforms
-from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform, multi_scale_crop_sizes
+from lightning_gsf.data.transforms import (
+    EvalClipTransform,
+    TrainClipTransform,
+    crop_positions,
+    multi_scale_crop_sizes,
+)
 
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 
@@ -41,14 +46,35 @@ def test_multi_scale_crop_sizes_snap_to_the_input_size() -> None:
     assert multi_scale_crop_sizes(226, 300, 224, (1.0,)) == [(224, 224)]
 
 
+def test_crop_positions_pinned() -> None:
+    # A 26 x 26 crop in a 40 x 60 frame: row slack 14, column slack 34, in quarters.
+    assert crop_positions(40, 60, 26, 26, more_positions=False) == [(7, 17), (0, 0), (0, 34), (14, 0), (14, 34)]
+    assert crop_positions(40, 60, 26, 26) == [
+        (7, 17), (0, 0), (0, 34), (14, 0), (14, 34),  # centre, corners
+        (7, 0), (7, 34), (0, 17), (14, 17),  # middles of the edges
+        (3, 8), (3, 25), (10, 8), (10, 25),  # quarter points
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("seed", "expected_top", "expected_left", "expected_flip"),
-    [(0, 0, 16, True), (1, 0, 16, False), (3, 0, 0, True), (10, 0, 8, False), (17, 0, 8, True)],
+    ("more_positions", "seed", "expected_top", "expected_left", "expected_flip"),
+    [
+        (True, 0, 0, 16, True),
+        (True, 1, 0, 4, False),
+        (True, 7, 0, 12, True),
+        (True, 9, 0, 0, False),
+        (False, 1, 0, 16, False),
+        (False, 3, 0, 0, True),
+        (False, 10, 0, 8, False),
+    ],
 )
-def test_train_crop_and_flip_pinned(seed: int, expected_top: int, expected_left: int, expected_flip: bool) -> None:
+def test_train_crop_and_flip_pinned(
+    more_positions: bool, seed: int, expected_top: int, expected_left: int, expected_flip: bool
+) -> None:
     # One scale whose crop equals the input size, so no resize blurs the coordinates.
     clip = coordinate_clip(2, 64, 80)
-    out, flipped = TrainClipTransform(input_size=64, scales=(1.0,))(clip, _generator(seed))
+    transform = TrainClipTransform(input_size=64, scales=(1.0,), more_positions=more_positions)
+    out, flipped = transform(clip, _generator(seed))
     expected = clip[..., expected_top : expected_top + 64, expected_left : expected_left + 64]
     assert flipped == expected_flip
     assert torch.equal(out, F.horizontal_flip(expected) if expected_flip else expected)
@@ -68,7 +94,7 @@ def _record_crops(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, 
 
 @pytest.mark.parametrize(
     ("seed", "expected_crop", "expected_flip"),
-    [(0, (16, 48, 48, 32), True), (1, (0, 16, 64, 64), False), (2, (0, 16, 48, 64), True), (3, (32, 0, 32, 48), True)],
+    [(0, (0, 48, 48, 32), True), (1, (0, 4, 64, 64), False), (2, (4, 4, 48, 64), True), (3, (16, 32, 32, 48), True)],
 )
 def test_multi_scale_crop_pinned(
     monkeypatch: pytest.MonkeyPatch, seed: int, expected_crop: tuple[int, int, int, int], expected_flip: bool
@@ -79,18 +105,18 @@ def test_multi_scale_crop_pinned(
     assert crops == [expected_crop] and flipped == expected_flip and out.shape == (1, 3, 48, 48)
 
 
-def test_train_crops_cover_every_size_and_position(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("more_positions", [True, False], ids=["13-positions", "5-positions"])
+def test_train_crops_cover_every_size_and_position(monkeypatch: pytest.MonkeyPatch, more_positions: bool) -> None:
     crops = _record_crops(monkeypatch)
-    transform = TrainClipTransform(input_size=32, scales=TSN_SCALES)
+    transform = TrainClipTransform(input_size=32, scales=TSN_SCALES, more_positions=more_positions)
     clip = random_clip(num_frames=1, height=40, width=60)
-    for seed in range(300):
+    for seed in range(1500):  # 130 (size, position) pairs, each drawn about 11 times
         transform(clip, _generator(seed))
     sizes = {(height, width) for _, _, height, width in crops}
     assert sizes == set(multi_scale_crop_sizes(40, 60, 32, TSN_SCALES))
     for height, width in sizes:
-        bottom, right = 40 - height, 60 - width
-        allowed = {(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)}
-        assert {(t, l) for t, l, h, w in crops if (h, w) == (height, width)} == allowed
+        seen = {(top, left) for top, left, h, w in crops if (h, w) == (height, width)}
+        assert seen == set(crop_positions(40, 60, height, width, more_positions))
 
 
 @pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])

@@ -23,7 +23,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["EvalClipTransform", "TrainClipTransform", "multi_scale_crop_sizes"]
+__all__ = ["EvalClipTransform", "TrainClipTransform", "crop_positions", "multi_scale_crop_sizes"]
 
 # TSN snaps a crop size within this many pixels of the input size to the input size, which
 # avoids resizing a crop by a pixel or two.
@@ -54,10 +54,20 @@ def multi_scale_crop_sizes(
     ]
 
 
-def _crop_positions(height: int, width: int, crop_height: int, crop_width: int) -> list[tuple[int, int]]:
-    """``(top, left)`` of the centre and the four corners (TSN's fixed crop positions)."""
+# Crop positions as quarters of the slack (frame side minus crop side), (row, column): the
+# centre and the four corners, then TSN's "more fixed crops": the middles of the four edges and
+# the four quarter points. Quarters of the exact slack put the corners exactly at the edges.
+_CENTRE_AND_CORNERS = ((2, 2), (0, 0), (0, 4), (4, 0), (4, 4))
+_EDGES_AND_QUARTERS = ((2, 0), (2, 4), (0, 2), (4, 2), (1, 1), (1, 3), (3, 1), (3, 3))
+
+
+def crop_positions(
+    height: int, width: int, crop_height: int, crop_width: int, more_positions: bool = True
+) -> list[tuple[int, int]]:
+    """``(top, left)`` of the fixed positions TSN's multi-scale crop chooses from (5 or 13)."""
+    quarters = _CENTRE_AND_CORNERS + (_EDGES_AND_QUARTERS if more_positions else ())
     bottom, right = height - crop_height, width - crop_width
-    return [(bottom // 2, right // 2), (0, 0), (0, right), (bottom, 0), (bottom, right)]
+    return [(bottom * row // 4, right * col // 4) for row, col in quarters]
 
 
 def _draw(upper: int, generator: torch.Generator) -> int:
@@ -75,6 +85,9 @@ class TrainClipTransform:
             right (Something-Something) either disable it or swap the labels, using the
             ``flipped`` flag returned with the clip.
         randaugment: apply ``v2.RandAugment`` (default parameters) after the crop.
+        more_positions: choose the crop among 13 fixed positions (centre, corners, edge middles
+            and quarter points; the default of TSN, TSM and the original GSF release) rather
+            than among the centre and the four corners only.
     """
 
     def __init__(
@@ -83,12 +96,14 @@ class TrainClipTransform:
         scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
         flip: bool = True,
         randaugment: bool = False,
+        more_positions: bool = True,
     ) -> None:
         if input_size < 1 or not scales or not all(0 < scale <= 1 for scale in scales):
             raise ValueError(f"expected input_size >= 1 and scales in (0, 1], got {input_size} and {tuple(scales)}")
         self.input_size = input_size
         self.scales = tuple(scales)
         self.flip = flip
+        self.more_positions = more_positions
         self.randaugment = v2.RandAugment() if randaugment else None
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
@@ -98,7 +113,7 @@ class TrainClipTransform:
         crop_height, crop_width = crop_sizes[_draw(len(crop_sizes), generator)]
         # A size snapped up to input_size may exceed a frame barely larger than input_size.
         crop_height, crop_width = min(crop_height, height), min(crop_width, width)
-        positions = _crop_positions(height, width, crop_height, crop_width)
+        positions = crop_positions(height, width, crop_height, crop_width, self.more_positions)
         top, left = positions[_draw(len(positions), generator)]
         clip = F.resized_crop(
             clip, top, left, crop_height, crop_width, [self.input_size, self.input_size], antialias=True
