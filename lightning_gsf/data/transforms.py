@@ -5,6 +5,12 @@ and augmentation: the model must see motion, not jitter between frames. The tran
 ``torchvision.transforms.v2.functional`` on the whole clip (v2 treats the leading ``T`` as a
 batch dimension), so one call transforms all frames.
 
+Training follows TSN (and so TSM and the original GSF release): a multi-scale crop whose sides
+are scales of the frame's short side, placed at one of a few fixed positions rather than
+anywhere (the fixed positions favour the borders, which a uniformly random crop rarely reaches),
+resized to the input size, then a horizontal flip. Evaluation resizes and centre-crops, or takes
+three crops along the long side.
+
 Randomness is explicit: ``TrainClipTransform`` draws every parameter from the
 ``torch.Generator`` it is given, in a fixed order (scale pair, crop position, flip, RandAugment
 seed), so a sample's augmentation depends only on the generator's seed. ``v2.RandAugment`` only
