@@ -1,0 +1,281 @@
+"""Import of the original release's checkpoints: layout, strictness, ratio inference, CLI route."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from lightning_gsf.convert import (
+    OriginalCheckpointInfo,
+    detect_backbone,
+    import_original,
+    infer_gsf_ratio,
+    load_original_checkpoint,
+)
+from lightning_gsf.gsf import GSF
+from lightning_gsf.model import VideoClassifier
+from lightning_gsf.normalization import normalize
+
+T = 2
+CLASSES = 7
+FRAME_SIZE = {"resnet18": 32, "resnet50": 32, "bninception": 64, "inception_v3_tf": 75}
+
+
+def _randomise_statistics(module: nn.Module, seed: int) -> None:
+    """Non-trivial BN statistics and GSF gates, so that a mis-mapped tensor changes outputs
+    (BN gains stay below 1, so that float rounding is not amplified through the layers)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 1.0)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=generator) - 0.5)
+            if isinstance(m, GSF):
+                m.conv3D.weight.copy_(torch.randn(m.conv3D.weight.shape, generator=generator) * 0.3)
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * 0.05)
+
+
+def _original_layout(backbone_state: dict, new_fc: nn.Linear) -> dict:
+    """What the release's ``torch.save`` wrote: DataParallel names, ``new_fc`` classifier."""
+    state = {f"module.base_model.{k}": v for k, v in backbone_state.items()}
+    state.update({f"module.new_fc.{k}": v for k, v in new_fc.state_dict().items()})
+    return {"epoch": 60, "best_prec1": torch.tensor(51.5), "model_state_dict": state}
+
+
+class SpecResNet50(nn.Module):
+    """ResNet-50 GSF as the spec describes it, independent of ``lightning_gsf.backbones``:
+    torchvision's ResNet-50 and a GSF on every Bottleneck's ``conv3`` output, before ``bn3``."""
+
+    def __init__(self, ratio: float = 0.25) -> None:
+        super().__init__()
+        self.net = torchvision.models.resnet50(weights=None)
+        self.net.fc = nn.Identity()
+        self.gsf = nn.ModuleDict()
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(self.net, layer)):
+                self.gsf[f"{layer}_{index}"] = GSF(block.conv3.out_channels, T, ratio)
+        self.new_fc = nn.Linear(2048, CLASSES)
+
+    def original_state(self) -> dict:
+        backbone = {k: v for k, v in self.net.state_dict().items()}
+        for key, module in self.gsf.items():
+            layer, index = key.split("_")
+            backbone.update({f"{layer}.{index}.gsf.{k}": v for k, v in module.state_dict().items()})
+        return _original_layout(backbone, self.new_fc)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = normalize(clip, "imagenet").flatten(0, 1)
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for layer in ("layer1", "layer2", "layer3", "layer4"):
+            for index, block in enumerate(getattr(net, layer)):
+                out = block.relu(block.bn1(block.conv1(x)))
+                out = block.relu(block.bn2(block.conv2(out)))
+                out = block.bn3(self.gsf[f"{layer}_{index}"](block.conv3(out)))
+                identity = x if block.downsample is None else block.downsample(x)
+                x = block.relu(out + identity)
+        logits = self.new_fc(net.avgpool(x).flatten(1))
+        return logits.view(clip.shape[0], T, -1).mean(dim=1)
+
+
+def _clip(backbone: str, seed: int = 0) -> torch.Tensor:
+    size = FRAME_SIZE[backbone]
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (2, T, 3, size, size), dtype=torch.uint8, generator=generator)
+
+
+def _source_video_model(backbone: str, ratio: float | None = None, seed: int = 1) -> VideoClassifier:
+    torch.manual_seed(seed)
+    model = VideoClassifier(backbone, "gsf", num_segments=T, num_classes=CLASSES, gsf_ratio=ratio).eval()
+    _randomise_statistics(model, seed)
+    return model
+
+
+def _original_checkpoint_of(model: VideoClassifier) -> dict:
+    return _original_layout(model.base_model.state_dict(), model.heads["class"])
+
+
+@pytest.fixture(scope="module")
+def resnet18_checkpoint() -> tuple[VideoClassifier, dict]:
+    model = _source_video_model("resnet18")
+    return model, _original_checkpoint_of(model)
+
+
+def test_resnet50_import_matches_the_spec_network(tmp_path: Path) -> None:
+    source = SpecResNet50().eval()
+    _randomise_statistics(source, seed=3)
+    path = tmp_path / "gsf_resnet50_something_v1.pth.tar"
+    torch.save(source.original_state(), path)
+
+    model = VideoClassifier("resnet50", "gsf", num_segments=T, num_classes=CLASSES).eval()
+    info = load_original_checkpoint(model, path, trust_pickle=False)
+
+    assert info == OriginalCheckpointInfo(
+        source=str(path), backbone="resnet50", gsf_ratio=0.25, num_gsf_modules=16,
+        num_classes=CLASSES, normalization="imagenet",
+    )
+    clip = _clip("resnet50")
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip)["class"], source(clip), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "keys"),
+    [
+        (
+            "bninception",
+            {
+                "module.base_model.conv1_7x7_s2.bias": (64,),
+                "module.base_model.inception_5b_pool_proj_bn.running_var": (128,),
+                "module.base_model.gsf_inception_4d_1x1.conv3D.weight": (2, 48, 3, 3, 3),
+                "module.base_model.gsf_inception_3c_3x3_reduce.channel_conv2.weight": (1, 2, 3, 3),
+                "module.new_fc.weight": (CLASSES, 1024),
+            },
+        ),
+        (
+            "inception_v3_tf",
+            {
+                "module.base_model.conv_Conv2D.weight": (32, 3, 3, 3),
+                "module.base_model.mixed_4_tower_conv_1_Conv2D.weight": (128, 128, 7, 1),
+                "module.base_model.mixed_10_tower_1_mixed_conv_1_batchnorm.running_mean": (384,),
+                "module.base_model.gsf_mixed_8_tower_conv_Conv2D.conv3D.weight": (2, 96, 3, 3, 3),
+                "module.new_fc.weight": (CLASSES, 2048),
+            },
+        ),
+    ],
+)
+def test_inception_checkpoints_round_trip(tmp_path: Path, backbone: str, keys: dict) -> None:
+    source = _source_video_model(backbone)
+    checkpoint = _original_checkpoint_of(source)
+    state = checkpoint["model_state_dict"]
+    # the release's names (checked against its layer tables) and shapes
+    assert {k: tuple(state[k].shape) for k in keys} == keys
+    path = tmp_path / f"{backbone}.pth.tar"
+    torch.save(checkpoint, path)
+
+    model = VideoClassifier(backbone, "gsf", num_segments=T, num_classes=CLASSES, normalization="imagenet").eval()
+    info = load_original_checkpoint(model, path)
+
+    assert (info.backbone, info.gsf_ratio, info.num_classes, info.normalization) == (backbone, 1.0, CLASSES, "bgr255")
+    assert model.normalization == "bgr255"
+    clip = _clip(backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip)["class"], source(clip)["class"], rtol=1e-4, atol=1e-5)
+
+
+def test_import_original_writes_a_lightning_checkpoint(tmp_path: Path, resnet18_checkpoint) -> None:
+    source, checkpoint = resnet18_checkpoint
+    in_path, out_path = tmp_path / "original.pth.tar", tmp_path / "out" / "imported.ckpt"
+    torch.save(checkpoint, in_path)
+
+    info = import_original(in_path, out_path, num_segments=T)
+
+    assert info.source == str(in_path) and info.gsf_ratio == 0.25
+    saved = torch.load(out_path, map_location="cpu", weights_only=True)
+    assert saved["hyper_parameters"] == {
+        "backbone": "resnet18", "temporal_module": "gsf", "num_segments": T, "num_classes": {"class": CLASSES},
+        "gsf_ratio": 0.25, "dropout": 0.5, "pretrained": None, "normalization": "imagenet",
+    }
+    import pytorch_lightning as pl
+
+    assert saved["pytorch-lightning_version"] == pl.__version__
+    assert all(key.startswith("model.") for key in saved["state_dict"])
+    rebuilt = VideoClassifier(**saved["hyper_parameters"]).eval()
+    rebuilt.load_state_dict({k.removeprefix("model."): v for k, v in saved["state_dict"].items()}, strict=True)
+    clip = _clip("resnet18")
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(clip)["class"], source(clip)["class"])
+
+
+def test_import_original_checks_what_it_is_told(tmp_path: Path, resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    in_path = tmp_path / "original.pth.tar"
+    torch.save(checkpoint, in_path)
+    with pytest.raises(ValueError, match="holds a resnet18 model, not resnet50"):
+        import_original(in_path, tmp_path / "x.ckpt", num_segments=T, backbone="resnet50")
+    with pytest.raises(ValueError, match=f"classifies {CLASSES} classes, not num_classes=174"):
+        import_original(in_path, tmp_path / "x.ckpt", num_segments=T, num_classes=174)
+
+
+def test_wrong_ratio_names_both_ratios(resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    model = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes=CLASSES, gsf_ratio=0.5)
+    with pytest.raises(ValueError, match=r"trained with GSF ratio 0.25 .* built with gsf_ratio=0.5"):
+        load_original_checkpoint(model, checkpoint)
+
+
+def test_gsf_checkpoint_into_a_model_without_gsf(resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    model = VideoClassifier("resnet18", "tsm", num_segments=T, num_classes=CLASSES)
+    with pytest.raises(ValueError, match="has 8 GSF modules .* build it with temporal_module='gsf'"):
+        load_original_checkpoint(model, checkpoint)
+
+
+def test_checkpoint_of_another_backbone(resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    with torch.device("meta"):
+        model = VideoClassifier("resnet34", "gsf", num_segments=T, num_classes=CLASSES)
+    with pytest.raises(ValueError, match="holds a resnet18 model, but the model's backbone is resnet34"):
+        load_original_checkpoint(model, checkpoint)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("module.base_model.layer2.1.bn1.running_var"),
+         r"1 missing key\(s\): base_model.layer2.1.bn1.running_var"),
+        (lambda s: s.__setitem__("module.base_model.layer5.0.conv1.weight", torch.zeros(1)),
+         r"1 unexpected key\(s\): base_model.layer5.0.conv1.weight"),
+        (lambda s: s.__setitem__("module.new_fc.bias", torch.zeros(CLASSES + 1)),
+         r"1 mis-shaped key\(s\): heads.class.bias: checkpoint \(8,\), model \(7,\)"),
+    ],
+    ids=["missing", "unexpected", "mis-shaped"],
+)
+def test_key_problems_are_listed(resnet18_checkpoint, edit, message: str) -> None:
+    _, checkpoint = resnet18_checkpoint
+    state = dict(checkpoint["model_state_dict"])
+    edit(state)
+    model = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes=CLASSES)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        load_original_checkpoint(model, {"state_dict": state})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # left untouched
+
+
+def test_batch_counters_may_be_missing(resnet18_checkpoint) -> None:
+    # Files written before PyTorch 0.4.1 have no BatchNorm num_batches_tracked.
+    source, checkpoint = resnet18_checkpoint
+    state = {k: v for k, v in checkpoint["model_state_dict"].items() if not k.endswith("num_batches_tracked")}
+    model = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes=CLASSES).eval()
+    load_original_checkpoint(model, state)
+    clip = _clip("resnet18")
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip)["class"], source(clip)["class"])
+
+
+def test_pickled_objects_need_trust(tmp_path: Path, resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    path = tmp_path / "with_args.pth.tar"
+    torch.save({**checkpoint, "args": argparse.Namespace(arch="resnet18")}, path)
+    model = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes=CLASSES)
+    with pytest.raises(ValueError, match="trust_pickle=True"):
+        load_original_checkpoint(model, path)
+    assert load_original_checkpoint(model, path, trust_pickle=True).num_gsf_modules == 8
+
+
+@pytest.mark.parametrize(("backbone", "ratio"), [("resnet18", 0.5), ("resnet50", 0.125), ("bninception", 1.0)])
+def test_ratio_and_backbone_are_read_off_the_tensors(backbone: str, ratio: float) -> None:
+    with torch.device("meta"):
+        model = VideoClassifier(backbone, "gsf", num_segments=T, num_classes=CLASSES, gsf_ratio=ratio)
+    state = {k: v for k, v in _original_checkpoint_of(model)["model_state_dict"].items()}
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    assert detect_backbone(state) == backbone
+    assert infer_gsf_ratio(state)[0] == ratio
