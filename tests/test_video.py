@@ -194,6 +194,15 @@ def test_frame_folder_decodes_each_distinct_frame_once(frame_folder: Path, monke
     assert sorted(decoded) == [1, 4]
 
 
+def test_grayscale_frames_are_read_as_rgb(tmp_path: Path) -> None:
+    folder = tmp_path / "gray"
+    folder.mkdir()
+    write_file(str(folder / TEMPLATE.format(1)), encode_jpeg(torch.full((1, HEIGHT, WIDTH), 200, dtype=torch.uint8)))
+    clip = FrameFolderReader(TEMPLATE).read(folder, [0, 0])
+    assert clip.shape == (2, 3, HEIGHT, WIDTH)
+    assert (clip.int() - 200).abs().max() <= 2
+
+
 def test_frame_folder_first_index_zero(tmp_path: Path) -> None:
     folder = write_frame_folder(tmp_path / "zero_based", first_index=0)
     assert identify(FrameFolderReader("frame_{:010d}.jpg", first_index=0).read(folder, [0, 39])) == [0, 39]
