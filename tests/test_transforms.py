@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchvision.transforms.v2 import functional as F
 
 from lightning_gsf.data import transforms
@@ -234,3 +236,21 @@ def test_clip_must_have_four_dims() -> None:
         EvalClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
         TrainClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8), _generator(0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(8, 96),
+    width=st.integers(8, 96),
+    input_size=st.integers(8, 48),
+    seed=st.integers(0, 2**32 - 1),
+    more_positions=st.booleans(),
+)
+def test_train_transform_properties(height: int, width: int, input_size: int, seed: int, more_positions: bool) -> None:
+    # Any frame size, including frames smaller than the crop (the crop is then upsampled).
+    transform = TrainClipTransform(input_size=input_size, more_positions=more_positions)
+    clip = random_clip(2, height, width, seed=seed % 100)
+    out, flipped = transform(clip, _generator(seed))
+    assert out.shape == (2, 3, input_size, input_size) and out.dtype == torch.uint8
+    again, flipped_again = transform(clip, _generator(seed))
+    assert torch.equal(out, again) and flipped == flipped_again
