@@ -84,8 +84,6 @@ def check_loaders(datamodule, expected: dict[str, dict[str, int] | None], video_
     id -> the video number its frames encode. Training labels are checked up to the dataset's
     ``transform_labels`` (the flip swap), which the clip's pixels say whether to apply.
     """
-    import pytorch_lightning  # noqa: F401  (keeps the helper's dependencies visible)
-
     datamodule.setup("fit")
     datamodule.setup("test")
     size, frames = datamodule.input_size, datamodule.num_segments

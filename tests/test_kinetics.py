@@ -179,3 +179,16 @@ def test_unknown_label_names_file_and_line(tmp_path: Path, k400_dir: Path) -> No
     train_csv.write_text(train_csv.read_text() + "\"flying carpets\",abcdefghijk,1,11,train,0\n")
     with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv, line 6: unknown label 'flying carpets'"):
         Kinetics400DataModule(**arguments).samples("train")
+
+
+def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) -> None:
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", media="frames")
+    cache = tmp_path / "frame_counts.csv"
+    first = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    assert [sample.num_frames for sample in first] == [12, 12]
+    assert cache.read_text().splitlines()[0] == "id,num_frames"
+    # A cached count wins over the folder, which is then no longer listed.
+    rows = cache.read_text().replace(",12\n", ",7\n")
+    cache.write_text(rows)
+    second = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    assert [sample.num_frames for sample in second] == [7, 7]

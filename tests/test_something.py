@@ -140,6 +140,7 @@ def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
 
 from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule  # noqa: E402
 from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule  # noqa: E402
+from lightning_gsf.data.sources import count_frame_files  # noqa: E402
 from media_writers import TINY_DATA_SETTINGS, check_loaders, is_flipped, write_frame_folder, write_video  # noqa: E402
 
 # Real entries of the validation excerpt: four for training (two of them with a left/right
@@ -264,3 +265,23 @@ def test_missing_video_is_an_error_naming_the_annotation(tmp_path: Path, ssv2_di
         datamodule.samples("train")
     report = (tmp_path / "logs" / "missing_ssv2_train.tsv").read_text().splitlines()
     assert len(report) == 2 and report[1].startswith("151151\t")
+
+
+@pytest.mark.parametrize(
+    ("present", "count"), [(range(1, 8), 7), ([1, 2, 3, 5, 6], 3), ([2, 3], 0), ([], 0)]
+)
+def test_frame_count_is_the_run_of_consecutive_files(tmp_path: Path, present, count: int) -> None:
+    for number in present:
+        (tmp_path / f"{number:05d}.jpg").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a frame")
+    assert count_frame_files(tmp_path, "{:05d}.jpg", first_index=1) == count
+
+
+def test_empty_frame_folder_is_reported(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    for frame in (tmp_path / "videos" / "74225").iterdir():
+        frame.unlink()
+    datamodule = SomethingSomethingV2DataModule(**arguments, missing_videos="drop")
+    assert [sample.id for sample in datamodule.samples("train")] == ["151151", "183708", "137878"]
+    report = (tmp_path / "logs" / "missing_ssv2_train.tsv").read_text().splitlines()
+    assert report[1].split("\t")[:3] == ["74225", str(tmp_path / "videos" / "74225"), "no frames in [0, 0)"]
