@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -117,3 +119,14 @@ def test_multi_clip_indices_properties(segment: tuple[int, int, int], num_clips:
     # Later clips sit later in every part.
     for earlier, later in zip(clips, clips[1:]):
         assert all(a <= b for a, b in zip(earlier, later))
+
+
+@settings(max_examples=300, deadline=None)
+@given(segment=segments)
+def test_eval_indices_match_tsn_centre_formula(segment: tuple[int, int, int]) -> None:
+    # TSN's test-time sampling, int(tick / 2 + tick * i) with tick = n / T, in exact arithmetic.
+    # (TSN computes it in floating point, which can land just below an integer, e.g. n=6, T=27.)
+    start, num_frames, num_segments = segment
+    tick = Fraction(num_frames, num_segments)
+    expected = [start + int(tick / 2 + tick * i) for i in range(num_segments)]
+    assert eval_indices(start, start + num_frames, num_segments) == expected
