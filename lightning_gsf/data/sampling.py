@@ -6,14 +6,16 @@ Segment Networks", ECCV 2016):
 
 - ``train_indices``: a uniformly random frame inside each part (drawn from the passed
   ``torch.Generator``, never from the global RNG);
-- ``eval_indices``: the frame at the centre of each part;
+- ``eval_indices``: the frame at the centre of each part (TSN's test-time formula, computed
+  exactly rather than in floating point);
 - ``multi_clip_indices``: ``num_clips`` clips whose frames sit at evenly spaced offsets inside
   each part (``num_clips=1`` gives ``eval_indices``), for multi-clip testing.
 
 The parts are measured exactly, not in whole frames: part ``i`` covers the continuous range
 ``[i * n / T, (i + 1) * n / T)`` of the ``n = stop - start`` frames, and a position ``x`` in it
 maps to frame ``start + floor(x)``. Integer arithmetic on ``T``-ths of a frame keeps this exact.
-Unlike TSN's ``n // T``-frame parts, every frame of the segment can be sampled, and segments
+Unlike TSN's training sampler, whose parts are ``n // T`` whole frames (so the last
+``n mod T`` frames are never sampled), every frame of the segment can be sampled, and segments
 shorter than T frames (down to a single frame) simply repeat frames instead of needing a
 special case. Indices are therefore always sorted and inside ``[start, stop)``.
 """
