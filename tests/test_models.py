@@ -155,7 +155,9 @@ def _io_of(net: nn.Module, module_name: str, x: torch.Tensor, target: str) -> tu
         ("resnet50", "layer2.1.gsf", "layer2.1.conv3", 32),
         ("resnet18", "layer3.0.gsf", "layer3.0.conv2", 32),
         ("bninception", "gsf_inception_3c_3x3_reduce", "inception_3c_3x3_reduce", 64),
-        ("inception_v3", "Mixed_7a.branch3x3_1.gsf", "Mixed_7a.branch3x3_1.conv", 75),
+        pytest.param(
+            "inception_v3", "Mixed_7a.branch3x3_1.gsf", "Mixed_7a.branch3x3_1.conv", 75, marks=pytest.mark.slow
+        ),
     ],
 )
 def test_gsf_takes_the_output_of_its_conv(backbone: str, gsf: str, conv: str, size: int) -> None:
