@@ -110,3 +110,22 @@ def check_loaders(datamodule, expected: dict[str, dict[str, int] | None], video_
         split = {"train": "train", "val": "val", "test": datamodule.test_split}[role]
         expected_count = len(datamodule.samples(split))
         assert seen == (expected_count // loader.batch_size * loader.batch_size if role == "train" else expected_count)
+
+
+def fit_one_epoch_with_config(config: str, data_arguments: dict, run_dir: Path) -> None:
+    """``gsf fit --config <config>`` for one epoch on CPU, with the tiny dataset and a small, random
+    ResNet-18 in place of the recipe's data paths and ImageNet backbone (no download needed)."""
+    from lightning_gsf.cli import main
+
+    data_keys = ("root", "annotation_dir", "labels_file", "vocab_file", "class_names_file", "path_template", "media",
+                 "num_segments", "batch_size", "num_workers", "input_size", "resize_size", "missing_report_dir")
+    overrides = [
+        f"--data.init_args.{key}={value}" for key, value in data_arguments.items() if key in data_keys
+    ]
+    main([
+        "fit", "--config", config, *overrides,
+        f"--data.init_args.frame_count_cache={run_dir / 'frame_counts.csv'}",
+        "--model.backbone=resnet18", "--model.pretrained=null",
+        "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.precision=32",
+        f"--trainer.default_root_dir={run_dir}",
+    ])

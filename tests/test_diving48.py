@@ -61,7 +61,13 @@ def test_bad_entries_name_file_and_entry(tmp_path: Path, entry: dict, message: s
 
 from lightning_gsf.data.diving48 import Diving48DataModule  # noqa: E402
 from lightning_gsf.data.errors import SampleReadError  # noqa: E402
-from media_writers import TINY_DATA_SETTINGS, check_loaders, write_frame_folder, write_video  # noqa: E402
+from media_writers import (  # noqa: E402
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    write_frame_folder,
+    write_video,
+)
 
 
 def _build_diving48(tmp_path: Path, diving_dir: Path, media: str) -> tuple[dict, dict, dict]:
@@ -111,3 +117,10 @@ def test_missing_frame_folder_is_an_error_naming_the_entry(tmp_path: Path, divin
     (tmp_path / "rgb" / first).rmdir()
     with pytest.raises(SampleReadError, match=rf"Diving48_V2_train.json, entry 0 \({first}\): .*no such folder"):
         Diving48DataModule(**arguments).samples("train")
+
+
+@pytest.mark.slow
+def test_config_trains_one_epoch(tmp_path: Path, diving_dir: Path) -> None:
+    arguments, _, _ = _build_diving48(tmp_path, diving_dir, "frames")
+    fit_one_epoch_with_config("configs/diving48/gsf_resnet50_8f.yaml", arguments, tmp_path / "runs")
+    assert list((tmp_path / "runs").rglob("*.ckpt"))

@@ -76,7 +76,13 @@ import csv  # noqa: E402
 
 from lightning_gsf.data.errors import SampleReadError  # noqa: E402
 from lightning_gsf.data.kinetics import Kinetics400DataModule  # noqa: E402
-from media_writers import TINY_DATA_SETTINGS, check_loaders, write_frame_folder, write_video  # noqa: E402
+from media_writers import (  # noqa: E402
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    write_frame_folder,
+    write_video,
+)
 
 # Real rows (quoted labels with spaces and parentheses among them), re-split into a tiny dataset.
 TRAIN_ROWS, VAL_ROWS = (0, 1, 161, 196), (2, 208)
@@ -192,3 +198,10 @@ def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) 
     cache.write_text(rows)
     second = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in second] == [7, 7]
+
+
+@pytest.mark.slow
+def test_config_trains_one_epoch(tmp_path: Path, k400_dir: Path) -> None:
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    fit_one_epoch_with_config("configs/kinetics400/gsf_resnet50_8f.yaml", arguments, tmp_path / "runs")
+    assert list((tmp_path / "runs").rglob("*.ckpt"))

@@ -141,7 +141,14 @@ def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
 from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule  # noqa: E402
 from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule  # noqa: E402
 from lightning_gsf.data.sources import count_frame_files  # noqa: E402
-from media_writers import TINY_DATA_SETTINGS, check_loaders, is_flipped, write_frame_folder, write_video  # noqa: E402
+from media_writers import (  # noqa: E402
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    is_flipped,
+    write_frame_folder,
+    write_video,
+)
 
 # Real entries of the validation excerpt: four for training (two of them with a left/right
 # mirror class: 151151 -> 166, 183708 -> 94), two for validation; two real test ids.
@@ -285,3 +292,11 @@ def test_empty_frame_folder_is_reported(tmp_path: Path, ssv2_dir: Path) -> None:
     assert [sample.id for sample in datamodule.samples("train")] == ["151151", "183708", "137878"]
     report = (tmp_path / "logs" / "missing_ssv2_train.tsv").read_text().splitlines()
     assert report[1].split("\t")[:3] == ["74225", str(tmp_path / "videos" / "74225"), "no frames in [0, 0)"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["configs/ssv2/gsf_resnet50_8f.yaml", "configs/ssv2/tsm_resnet50_8f.yaml"])
+def test_ssv2_config_trains_one_epoch(tmp_path: Path, ssv2_dir: Path, config: str) -> None:
+    arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "video")
+    fit_one_epoch_with_config(config, arguments, tmp_path / "runs")
+    assert list((tmp_path / "runs").rglob("*.ckpt"))
