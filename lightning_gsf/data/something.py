@@ -21,6 +21,17 @@ from pathlib import Path
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import WholeVideoDataModule
 
+__all__ = [
+    "SOMETHING_SOMETHING_NUM_CLASSES",
+    "SomethingSomethingDataModule",
+    "class_name_from_template",
+    "left_right_flip_pairs",
+    "mirror_class_name",
+    "read_class_names",
+    "read_id_class_csv",
+    "sorted_class_index",
+]
+
 SOMETHING_SOMETHING_NUM_CLASSES = 174
 
 _LEFT_OR_RIGHT = re.compile(r"\b(left|right)\b")
@@ -86,7 +97,7 @@ def read_id_class_csv(
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.rstrip("\r").split(";")
+        fields = line.split(";")
         if class_to_index is None:
             if len(fields) != 1 or not fields[0].strip():
                 raise AnnotationError(

@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import tempfile
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -142,21 +143,23 @@ def read_frame_count_cache(path: Path) -> dict[str, int]:
         return counts
 
 
-def write_frame_count_cache(path: Path, counts: Mapping[str, int]) -> None:
+def _write_rows_atomically(path: Path, rows: Iterable[Sequence[str | int]], delimiter: str) -> None:
+    """Write a CSV file through a temporary file and a rename, so that processes parsing the same
+    split at once (one per DDP rank) never see, or leave, a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "num_frames"])
-        writer.writerows(sorted(counts.items()))
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="") as handle:
+        csv.writer(handle, delimiter=delimiter).writerows(rows)
+    os.replace(handle.name, path)
+
+
+def write_frame_count_cache(path: Path, counts: Mapping[str, int]) -> None:
+    _write_rows_atomically(path, [("id", "num_frames"), *sorted(counts.items())], delimiter=",")
 
 
 def _write_missing_report(path: Path, missing: Sequence[tuple[SampleCandidate, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["id", "source", "problem", "annotation"])
-        for candidate, problem in missing:
-            writer.writerow([candidate.id, str(candidate.source), problem, candidate.where])
+    header = ("id", "source", "problem", "annotation")
+    rows = [(candidate.id, str(candidate.source), problem, candidate.where) for candidate, problem in missing]
+    _write_rows_atomically(path, [header, *rows], delimiter="\t")
 
 
 def locate_samples(
