@@ -1,0 +1,321 @@
+"""The shared dataset / DataModule: item layout, per-sample seeding, epochs, skip_unreadable.
+
+A fake reader stands in for the frame readers: frame ``i`` of every source is a uniform image
+of grey level ``i`` with a left-to-right ramp in the red channel, so a batch shows exactly which
+frames were read and whether the clip was flipped, whatever the crop and resize.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_gsf.data.base import ClipDataset, ClipSample, VideoDataModule, sample_seed
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
+
+HEIGHT, WIDTH = 40, 52
+
+
+class IndexFrames:
+    """Frame ``i``: green and blue = ``i``, red = a ramp from 0 (left) to 250 (right)."""
+
+    def __init__(self, unreadable: Sequence[str] = ()) -> None:
+        self.unreadable = set(unreadable)
+
+    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+        if Path(source).name in self.unreadable:
+            raise SampleReadError(f"{source}: cannot decode (a test's unreadable source)")
+        frames = torch.empty(len(indices), 3, HEIGHT, WIDTH, dtype=torch.uint8)
+        frames[:, 1:] = torch.tensor(indices, dtype=torch.uint8).view(-1, 1, 1, 1)
+        frames[:, 0] = torch.linspace(0, 250, WIDTH).round().to(torch.uint8)
+        return frames
+
+
+def frame_indices(clip: torch.Tensor) -> list[int]:
+    """The frame indices of a ``(T, 3, H, W)`` clip made by :class:`IndexFrames`."""
+    return clip[:, 1, 0, 0].tolist()
+
+
+def is_flipped(clip: torch.Tensor) -> bool:
+    return bool(clip[0, 0, 0, 0] > clip[0, 0, 0, -1])
+
+
+def make_samples(count: int = 10, split: str = "train", unreadable: Sequence[int] = ()) -> list[ClipSample]:
+    return [
+        ClipSample(
+            id=f"{split}_{i}",
+            source=Path(f"/videos/{'bad' if i in unreadable else 'ok'}_{i}"),
+            start=3 * i,
+            stop=3 * i + 12 + i,
+            labels={"verb": i % 4, "noun": i % 3},
+            subsets={"tail_verb": i % 2 == 0},
+        )
+        for i in range(count)
+    ]
+
+
+class ToyDataModule(VideoDataModule):
+    """A dataset of ten samples per split, read by :class:`IndexFrames`."""
+
+    def __init__(self, unreadable: Sequence[int] = (), swap_on_flip: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.unreadable = tuple(unreadable)
+        self.swap_on_flip = swap_on_flip
+
+    def parse_split(self, split: str) -> list[ClipSample]:
+        samples = make_samples(10, split, self.unreadable)
+        if split == "test":  # an unlabelled split
+            samples = [ClipSample(s.id, s.source, s.start, s.stop, None, {}) for s in samples]
+        return samples
+
+    def build_reader(self) -> IndexFrames:
+        return IndexFrames(unreadable=[f"bad_{i}" for i in self.unreadable])
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {"verb": 4, "noun": 3}
+
+    def transform_labels(self, labels: dict[str, int], flipped: bool) -> dict[str, int]:
+        if self.swap_on_flip and flipped:
+            return {**labels, "verb": labels["verb"] ^ 1}
+        return labels
+
+
+def toy(**kwargs) -> ToyDataModule:
+    options = dict(num_segments=4, batch_size=4, num_workers=0, input_size=32, resize_size=36, seed=7)
+    options.update(kwargs)
+    return ToyDataModule(**options)
+
+
+def train_dataset(**kwargs) -> ClipDataset:
+    datamodule = toy(**kwargs)
+    return datamodule.dataset("train", training=True)
+
+
+# --- items -------------------------------------------------------------------------------
+
+
+def test_training_item_layout():
+    dataset = train_dataset()
+    item = dataset[3]
+    assert set(item) == {"clip", "labels", "index", "id", "subsets"}
+    assert item["clip"].shape == (4, 3, 32, 32) and item["clip"].dtype == torch.uint8
+    assert item["labels"] == {"verb": 3, "noun": 0}
+    assert (item["index"], item["id"], item["subsets"]) == (3, "train_3", {"tail_verb": False})
+    sample = dataset.samples[3]
+    indices = frame_indices(item["clip"])
+    assert indices == sorted(indices) and all(sample.start <= i < sample.stop for i in indices)
+
+
+@pytest.mark.parametrize(("clips", "crops"), [(1, 1), (1, 3), (2, 1), (3, 3)])
+def test_evaluation_item_has_clips_times_crops_views_clip_major(clips, crops):
+    datamodule = toy()
+    dataset = datamodule.dataset("val", training=False, num_clips=clips, num_crops=crops)
+    item = dataset[5]
+    assert item["clip"].shape == (clips * crops, 4, 3, 32, 32)
+    from lightning_gsf.data.sampling import multi_clip_indices
+
+    expected = multi_clip_indices(dataset.samples[5].start, dataset.samples[5].stop, 4, clips)
+    for view in range(clips * crops):
+        assert frame_indices(item["clip"][view]) == expected[view // crops]
+    if crops == 3:  # left, centre and right crops of a left-to-right ramp get brighter
+        red = item["clip"][:crops, 0, 0].float().mean(dim=(1, 2))
+        assert red[0] < red[1] < red[2]
+
+
+def test_unlabelled_split_items_have_no_labels_key():
+    datamodule = toy()
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    assert "labels" not in batch
+    assert batch["clip"].shape == (4, 1, 4, 3, 32, 32)
+
+
+def test_collated_training_batch():
+    datamodule = toy()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["clip"].shape == (4, 4, 3, 32, 32)
+    assert batch["labels"]["verb"].dtype == torch.int64 and batch["labels"]["verb"].shape == (4,)
+    assert batch["subsets"]["tail_verb"].dtype == torch.bool
+    assert len(batch["id"]) == 4
+    for index, verb in zip(batch["index"].tolist(), batch["labels"]["verb"].tolist()):
+        assert verb == index % 4
+
+
+def test_loaders_cover_each_split_once_and_predict_follows_its_split():
+    datamodule = toy(predict_split="val", eval_batch_size=3)
+    datamodule.setup()
+    for loader in (datamodule.val_dataloader(), datamodule.predict_dataloader()):
+        batches = list(loader)
+        assert [i for b in batches for i in b["index"].tolist()] == list(range(10))
+        assert all(i.startswith("val_") for b in batches for i in b["id"])
+    assert len(list(datamodule.train_dataloader())) == 10 // 4  # drop_last
+
+
+def test_num_classes_and_class_counts():
+    datamodule = toy()
+    counts = datamodule.class_counts()
+    assert counts["verb"].tolist() == [3, 3, 2, 2] and counts["noun"].tolist() == [4, 3, 3]
+
+
+@pytest.mark.parametrize(("start", "stop"), [(-1, 4), (5, 5), (6, 2)])
+def test_clip_sample_rejects_empty_or_negative_ranges(start, stop):
+    with pytest.raises(ValueError, match="sample 'x'"):
+        ClipSample("x", Path("v"), start, stop)
+
+
+def test_datamodule_rejects_unknown_splits():
+    with pytest.raises(ValueError, match="predict_split"):
+        toy(predict_split="holdout")
+
+
+# --- seeding and epochs ------------------------------------------------------------------
+
+
+def test_sample_seed_mixes_its_inputs():
+    seeds = {sample_seed(s, e, i) for s in range(3) for e in range(3) for i in range(50)}
+    assert len(seeds) == 450 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_training_clip_is_a_function_of_seed_epoch_and_index():
+    first, second = train_dataset(), train_dataset()
+    assert torch.equal(first[2]["clip"], second[2]["clip"])
+    epoch0 = [first[i]["clip"] for i in range(10)]
+    first.set_epoch(1)
+    epoch1 = [first[i]["clip"] for i in range(10)]
+    assert sum(not torch.equal(a, b) for a, b in zip(epoch0, epoch1)) >= 8
+    second.set_epoch(1)
+    assert all(torch.equal(a, second[i]["clip"]) for i, a in enumerate(epoch1))
+    other_seed = train_dataset(seed=8)
+    assert sum(not torch.equal(a, other_seed[i]["clip"]) for i, a in enumerate(epoch0)) >= 8
+
+
+def test_the_epoch_reaches_persistent_workers_through_the_sampler():
+    datamodule = toy(num_workers=2, persistent_workers=True, drop_last=False)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    reference = train_dataset()  # computes the same items in this process
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        for batch in loader:
+            for index, clip in zip(batch["index"].tolist(), batch["clip"]):
+                assert torch.equal(clip, reference[index]["clip"]), (epoch, index)
+
+
+def test_flipped_clips_get_their_labels_transformed():
+    dataset = toy(swap_on_flip=True).dataset("train", training=True)
+    flips = 0
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        for index in range(10):
+            item = dataset[index]
+            flipped = is_flipped(item["clip"])
+            flips += flipped
+            assert item["labels"]["verb"] == (index % 4) ^ int(flipped)
+    assert 5 < flips < 25
+
+
+class RecordClips(pl.LightningModule):
+    """Records, per epoch, a fingerprint of every training clip it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[int, dict[int, list[int]]] = {}
+
+    def training_step(self, batch, batch_index):
+        record = self.seen.setdefault(self.current_epoch, {})
+        for index, clip in zip(batch["index"].tolist(), batch["clip"]):
+            record[index] = frame_indices(clip) + [int(is_flipped(clip))]
+        return (self.weight * batch["clip"].float().mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def fit_and_record(tmp_path: Path) -> dict[int, dict[int, list[int]]]:
+    module = RecordClips()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=toy(drop_last=False))
+    return module.seen
+
+
+def test_lightning_sets_the_epoch_and_runs_are_reproducible(tmp_path):
+    first = fit_and_record(tmp_path)
+    assert set(first) == {0, 1} and all(len(epoch) == 10 for epoch in first.values())
+    assert first[0] != first[1]  # new frames and crops every epoch
+    assert fit_and_record(tmp_path) == first
+
+
+# --- unreadable samples ------------------------------------------------------------------
+
+
+def test_unreadable_sample_raises_naming_the_sample_by_default():
+    dataset = toy(unreadable=[4]).dataset("val", training=False)
+    with pytest.raises(SampleReadError, match=r"sample 'val_4' \(index 4 of val, frames \[12, 28\) of /videos/bad_4\)"):
+        dataset[4]
+
+
+def test_skip_unreadable_substitutes_the_next_sample_logs_and_counts(caplog):
+    dataset = toy(unreadable=[4, 5], skip_unreadable=True).dataset("val", training=False)
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.base"):
+        item = dataset[4]
+    assert item["index"] == 6 and item["id"] == "val_6"  # the substitute keeps its own identity
+    assert dataset.num_skipped == 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2
+    assert "'val_4'" in messages[0] and "/videos/bad_4" in messages[0] and "1 skipped so far" in messages[0]
+    assert "'val_5'" in messages[1] and "2 skipped so far" in messages[1]
+
+
+def test_skip_unreadable_keeps_batches_full_and_counts_across_workers():
+    datamodule = toy(unreadable=[1, 8], skip_unreadable=True, num_workers=2, eval_batch_size=5)
+    datamodule.setup("validate")
+    batches = list(datamodule.val_dataloader())
+    assert [len(b["id"]) for b in batches] == [5, 5]
+    assert [i for b in batches for i in b["index"].tolist()] == [0, 2, 2, 3, 4, 5, 6, 7, 9, 9]
+    assert datamodule.skipped_samples == {"val": 2}
+
+
+def test_skip_unreadable_gives_up_when_everything_is_unreadable():
+    dataset = toy(unreadable=range(10), skip_unreadable=True).dataset("train", training=True)
+    with pytest.raises(SampleReadError, match="10 consecutive samples"):
+        dataset[0]
+
+
+def test_dataset_requires_exactly_one_transform():
+    with pytest.raises(ValueError, match="exactly one"):
+        ClipDataset(make_samples(), IndexFrames(), num_segments=4)
+    with pytest.raises(ValueError, match="exactly one"):
+        ClipDataset(
+            make_samples(),
+            IndexFrames(),
+            num_segments=4,
+            train_transform=TrainClipTransform(32),
+            eval_transform=EvalClipTransform(32, 36),
+        )
+
+
+def test_plain_dataloader_uses_epoch_zero():
+    dataset = train_dataset()
+    batch = next(iter(DataLoader(dataset, batch_size=10)))
+    reference = train_dataset()
+    assert all(torch.equal(batch["clip"][i], reference[i]["clip"]) for i in range(10))
