@@ -255,12 +255,14 @@ def _fill_action(track: _Track, action: _Action, rng: np.random.Generator, width
     x = np.full(length, rng.uniform(margin(radius[0]), width - margin(radius[0])))
     y = np.full(length, rng.uniform(margin(radius[0]), height - margin(radius[0])))
     if forward_verb == 0:  # move right
-        distance = rng.uniform(0.35, 0.5) * width
+        room = width - 2 * margin(radius[0])  # how far the object can travel and stay in view
+        distance = min(rng.uniform(0.35, 0.5) * width, 0.95 * room)
         x0 = rng.uniform(margin(radius[0]), width - margin(radius[0]) - distance)
         x = x0 + distance * p
     elif forward_verb == 2:  # move down
         radius[:] = rng.uniform(0.16, 0.2) * height
-        distance = rng.uniform(0.3, 0.4) * height
+        room = height - 2 * margin(radius[0])
+        distance = min(rng.uniform(0.3, 0.4) * height, 0.95 * room)
         y0 = rng.uniform(margin(radius[0]), height - margin(radius[0]) - distance)
         x = np.full(length, rng.uniform(margin(radius[0]), width - margin(radius[0])))
         y = y0 + distance * p
@@ -598,7 +600,8 @@ def generate_synthetic_dataset(
         num_train: action segments of the train split.
         num_val: action segments of the validation split.
         num_test: action segments of the test split.
-        size: frame height in pixels; the width is 4/3 of it, rounded to an even number.
+        size: frame height in pixels, even and at least 32; the width is 4/3 of it, rounded to
+            an even number.
         fps: frame rate of the videos and of the extracted frames (at most 50, so that the
             0.01 s timestamps name exact frames).
         seed: the dataset's seed.
@@ -614,9 +617,9 @@ def generate_synthetic_dataset(
     """
     start_time = time.perf_counter()
     out = Path(out_dir)
-    if min(num_train, num_val, num_test) < 1 or size < 16 or size % 2 or not 1 <= fps <= 50:
+    if min(num_train, num_val, num_test) < 1 or size < 32 or size % 2 or not 1 <= fps <= 50:
         raise ValueError(
-            f"expected >= 1 action per split, an even size >= 16 and 1 <= fps <= 50; got {num_train}/{num_val}/"
+            f"expected >= 1 action per split, an even size >= 32 and 1 <= fps <= 50; got {num_train}/{num_val}/"
             f"{num_test} actions, size {size}, fps {fps}"
         )
     if not 1 <= min_frames <= max_frames or not 1 <= actions_per_video[0] <= actions_per_video[1]:
@@ -650,14 +653,15 @@ def generate_synthetic_dataset(
                 break
             actions, num_frames = _draw_actions(video_id, rng, remaining, settings)
             remaining -= len(actions)
-            track = _Track(num_frames)
-            for action in actions:
-                _fill_action(track, action, rng, width, size)
-            pixels = _render(track, kitchens[participant], rng, width, size)
-            if frames:
-                _write_frames(out / participant / "rgb_frames" / video_id, pixels)
-            if videos:
-                _write_video(out / participant / "videos" / f"{video_id}.MP4", pixels, fps, settings.codec)
+            if frames or videos:  # otherwise only the annotations are wanted
+                track = _Track(num_frames)
+                for action in actions:
+                    _fill_action(track, action, rng, width, size)
+                pixels = _render(track, kitchens[participant], rng, width, size)
+                if frames:
+                    _write_frames(out / participant / "rgb_frames" / video_id, pixels)
+                if videos:
+                    _write_video(out / participant / "videos" / f"{video_id}.MP4", pixels, fps, settings.codec)
             all_videos[split].append(_Video(video_id, participant, num_frames, actions))
             total_frames += num_frames
     annotations = out / "annotations"
@@ -690,7 +694,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--num-train", type=int, default=384, help="train action segments (default: 384)")
     parser.add_argument("--num-val", type=int, default=96, help="validation action segments (default: 96)")
     parser.add_argument("--num-test", type=int, default=96, help="test action segments (default: 96)")
-    parser.add_argument("--size", type=int, default=72, help="frame height in pixels, even (default: 72)")
+    parser.add_argument("--size", type=int, default=72, help="frame height in pixels, even, >= 32 (default: 72)")
     parser.add_argument("--fps", type=int, default=30, help="frames per second, <= 50 (default: 30)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--min-frames", type=int, default=16, help="shortest segment in frames (default: 16)")
