@@ -222,7 +222,9 @@ def import_original(
     state, source = read_original_state_dict(in_path, trust_pickle=trust_pickle)
     detected = detect_backbone(state)
     if detected is None:
-        raise ValueError(f"{source}: layer names match none of the released backbones (ResNet, BNInception, InceptionV3)")
+        raise ValueError(
+            f"{source}: its layer names match none of the released backbones (ResNet, BNInception, InceptionV3)"
+        )
     if backbone is not None and backbone != detected:
         raise ValueError(f"{source} holds a {detected} model, not {backbone}")
     if "new_fc.weight" not in state:

@@ -99,7 +99,7 @@ class VideoClassifier(nn.Module):
         self._check_clip(clip)
         if clip.dtype == torch.uint8:
             # Match the weights' dtype, so "16-true"/"bf16-true" precision works too.
-            clip = normalize(clip, self.normalization, dtype=self.heads[next(iter(self.heads))].weight.dtype)
+            clip = normalize(clip, self.normalization, dtype=next(self.heads.parameters()).dtype)
         b, t = clip.shape[:2]
         features = self.dropout(self.base_model(clip.flatten(0, 1)))
         return {name: head(features).view(b, t, -1).mean(dim=1) for name, head in self.heads.items()}

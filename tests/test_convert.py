@@ -196,6 +196,19 @@ def test_import_original_writes_a_lightning_checkpoint(tmp_path: Path, resnet18_
         torch.testing.assert_close(rebuilt(clip)["class"], source(clip)["class"])
 
 
+def test_imported_checkpoint_loads_into_the_lightning_module(tmp_path: Path, resnet18_checkpoint) -> None:
+    from lightning_gsf.module import VideoClassificationModule
+
+    source, checkpoint = resnet18_checkpoint
+    in_path, out_path = tmp_path / "original.pth.tar", tmp_path / "imported.ckpt"
+    torch.save(checkpoint, in_path)
+    import_original(in_path, out_path, num_segments=T)
+    module = VideoClassificationModule.load_from_checkpoint(out_path, map_location="cpu").eval()
+    clip = _clip("resnet18")
+    with torch.no_grad():
+        torch.testing.assert_close(module(clip)["class"], source(clip)["class"])
+
+
 def test_import_original_checks_what_it_is_told(tmp_path: Path, resnet18_checkpoint) -> None:
     _, checkpoint = resnet18_checkpoint
     in_path = tmp_path / "original.pth.tar"
@@ -204,6 +217,28 @@ def test_import_original_checks_what_it_is_told(tmp_path: Path, resnet18_checkpo
         import_original(in_path, tmp_path / "x.ckpt", num_segments=T, backbone="resnet50")
     with pytest.raises(ValueError, match=f"classifies {CLASSES} classes, not num_classes=174"):
         import_original(in_path, tmp_path / "x.ckpt", num_segments=T, num_classes=174)
+
+
+def test_a_checkpoint_without_gsf_imports_as_tsn(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = VideoClassifier("resnet18", "none", num_segments=T, num_classes=CLASSES).eval()
+    _randomise_statistics(source, seed=5)
+    in_path = tmp_path / "tsn.pth.tar"
+    torch.save(_original_checkpoint_of(source), in_path)
+    info = import_original(in_path, tmp_path / "tsn.ckpt", num_segments=T)
+    saved = torch.load(tmp_path / "tsn.ckpt", map_location="cpu", weights_only=True)
+    assert (info.gsf_ratio, info.num_gsf_modules) == (None, 0)
+    assert saved["hyper_parameters"]["temporal_module"] == "none"
+
+
+def test_unknown_layouts_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "vgg.pth"
+    torch.save({"state_dict": {"module.base_model.features.0.weight": torch.zeros(64, 3, 3, 3)}}, path)
+    with pytest.raises(ValueError, match="match none of the released backbones"):
+        import_original(path, tmp_path / "x.ckpt", num_segments=T)
+    torch.save({"optimizer": {}}, path)
+    with pytest.raises(ValueError, match="expected a 'model_state_dict' or 'state_dict' entry"):
+        import_original(path, tmp_path / "x.ckpt", num_segments=T)
 
 
 def test_wrong_ratio_names_both_ratios(resnet18_checkpoint) -> None:

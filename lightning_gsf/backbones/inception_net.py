@@ -156,7 +156,7 @@ class InceptionNet(nn.Module):
         if after is not None:
             x = getattr(self, after)(x)
         x = getattr(self, self.names.bn(conv.name))(x)
-        return torch.relu(x)
+        return nn.functional.relu(x, inplace=True)
 
     def _layer(self, layer: Layer, x: torch.Tensor) -> torch.Tensor:
         if isinstance(layer, Conv):

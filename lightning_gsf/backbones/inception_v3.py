@@ -48,11 +48,12 @@ def torchvision_inception_v3() -> Inception3:
     """torchvision's InceptionV3 as a feature extractor: ``(N, 3, 299, 299) -> (N, 2048)``.
 
     Built without weights (they are loaded afterwards, see ``backbones.weights``), without the
-    auxiliary classifier, without torchvision's own input transform (the model normalises its
-    inputs itself) and with its dropout and classifier replaced by identities: the video
-    model adds its own dropout and heads.
+    auxiliary classifier, and with its dropout and classifier replaced by identities: the video
+    model adds its own dropout and heads. Its input transform stays on, as torchvision sets it
+    for its ImageNet weights: those were ported from TensorFlow and expect inputs scaled to
+    [-1, 1], which the transform computes from ImageNet-normalised inputs (``"imagenet"``).
     """
-    net = Inception3(aux_logits=False, transform_input=False, init_weights=True, dropout=0.0)
+    net = Inception3(aux_logits=False, transform_input=True, init_weights=True, dropout=0.0)
     net.dropout = nn.Identity()
     net.fc = nn.Identity()
     net.feature_dim = 2048

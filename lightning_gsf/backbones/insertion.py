@@ -96,7 +96,7 @@ class TemporalBasicConv2d(nn.Module):
         x = self.conv(x)
         if self.gsf is not None:
             x = self.gsf(x)
-        return torch.relu(self.bn(x))
+        return nn.functional.relu(self.bn(x), inplace=True)
 
 
 def _temporal_pair(

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import get_model_weights, get_weight
-from torchvision.models._api import WeightsEnum
+from torchvision.models import WeightsEnum, get_model_weights, get_weight
 
 from lightning_gsf.gsf import GSF
 from lightning_gsf.temporal import TemporalShift
