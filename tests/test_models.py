@@ -314,6 +314,16 @@ def test_pretrained_file_loads_into_the_backbone_layers(tmp_path) -> None:
             torch.testing.assert_close(own[key], value, rtol=0, atol=0)
 
 
+def test_torchvision_inception_v3_file_loads_without_its_classifiers(tmp_path) -> None:
+    # torchvision's InceptionV3 weights carry the auxiliary classifier and the 1000-way fc.
+    source = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception_v3.pth"
+    torch.save(source.state_dict(), path)
+    net = build_backbone("inception_v3", temporal_module="gsf", num_segments=2, weights=path)
+    torch.testing.assert_close(net.Mixed_7c.branch1x1.conv.weight, source.Mixed_7c.branch1x1.conv.weight)
+    assert net.transform_input  # the weights expect [-1, 1] inputs, as in torchvision
+
+
 def test_imagenet_weights_load_after_insertion_too() -> None:
     # Insertion does not rename the backbone's layers, so a torchvision state dict fits a
     # backbone that already carries GSF, with only the GSF tensors left over.

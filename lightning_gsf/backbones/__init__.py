@@ -5,14 +5,14 @@ carries the attributes ``name``, ``feature_dim``, ``normalization`` (the input n
 weights expect, see ``lightning_gsf.normalization``), ``temporal_module``, ``num_segments``
 and ``gsf_ratio``.
 
-=================  =============================================  ===========  =============
-name               network                                        GSF ratio    normalisation
-=================  =============================================  ===========  =============
-resnet18 ... 152   torchvision ResNet                             0.25         imagenet
-bninception        BN-Inception, Caffe-converted layer names      1.0          bgr255
-inception_v3       torchvision InceptionV3                        1.0          imagenet
-inception_v3_tf    the original release's TF-converted InceptionV3 1.0          bgr255
-=================  =============================================  ===========  =============
+================  ==================================================  =========  =============
+name              network                                             GSF ratio  normalisation
+================  ==================================================  =========  =============
+resnet18 ... 152  torchvision ResNet                                  0.25       imagenet
+bninception       BN-Inception, Caffe-converted layer names           1.0        bgr255
+inception_v3      torchvision InceptionV3                             1.0        imagenet
+inception_v3_tf   the original release's TF-converted InceptionV3     1.0        bgr255
+================  ==================================================  =========  =============
 """
 
 from __future__ import annotations

@@ -2,15 +2,16 @@
 
 Where each module goes (``shared/spec/gsf.md``):
 
-==================  ======================================  ==================================
-backbone            GSF (on a conv's output, before its BN)  TSM (on a conv's input)
-==================  ======================================  ==================================
-ResNet Bottleneck   after ``conv3``                          before ``conv1``; the identity
-ResNet BasicBlock   after ``conv2``                          path keeps the unshifted input
-Inception blocks    after the block's temporal-site conv     before that same conv
-==================  ======================================  ==================================
+=================  =========================================  ===============================
+backbone           GSF (on a conv's output, before its BN)    TSM (on a conv's input)
+=================  =========================================  ===============================
+ResNet Bottleneck  after ``conv3``                            before ``conv1``
+ResNet BasicBlock  after ``conv2``                            before ``conv1``
+Inception blocks   after the block's ``temporal_site`` conv   before that same conv
+=================  =========================================  ===============================
 
-TSM in the Inception backbones is our choice (TSM was defined for residual networks): it
+In ResNets the identity path keeps the unshifted input (TSM's "residual shift"). TSM in the
+Inception backbones is our choice (TSM was defined for residual networks): it
 shifts the input of the convolution that carries GSF in each block (the 1x1 branch, or the
 first convolution of a reduction block), so the block's other branches still see the
 unshifted input and play the part of TSM's identity path, and TSM and GSF sit in the same
