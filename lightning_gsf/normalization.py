@@ -14,7 +14,10 @@ import torch
 
 @dataclass(frozen=True)
 class Normalization:
-    """``out = (in * scale - mean) / std`` per channel, after an optional RGB -> BGR flip."""
+    """``out = (in * scale - mean) / std`` per channel, after an optional RGB -> BGR flip.
+
+    ``mean`` and ``std`` are given in the channel order the weights expect (BGR when ``bgr``).
+    """
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -44,11 +47,8 @@ def normalize(clip: torch.Tensor, name: str, dtype: torch.dtype = torch.float32)
     norm = get_normalization(name)
     x = clip.to(dtype)
     if norm.bgr:
-        x = x.flip(-3)
-        mean, std = norm.mean[::-1], norm.std[::-1]
-    else:
-        mean, std = norm.mean, norm.std
+        x = x.flip(-3)  # RGB -> BGR; mean and std are already in BGR order
     shape = (3, 1, 1)
-    mean_t = torch.tensor(mean, dtype=dtype, device=x.device).view(shape) / norm.scale
-    std_t = torch.tensor(std, dtype=dtype, device=x.device).view(shape) / norm.scale
+    mean_t = torch.tensor(norm.mean, dtype=dtype, device=x.device).view(shape) / norm.scale
+    std_t = torch.tensor(norm.std, dtype=dtype, device=x.device).view(shape) / norm.scale
     return (x - mean_t) / std_t
