@@ -144,3 +144,27 @@ def test_nested_hyper_parameters_are_compared_by_dotted_key():
     saved = _checkpoint(Nested(optimizer={"name": "sgd", "momentum": 0.9}, width=4))
     with pytest.raises(CheckpointMismatchError, match=r"optimizer\.momentum: checkpoint 0\.9, this run 0\.0"):
         check_checkpoint_matches(Nested(optimizer={"name": "sgd", "momentum": 0.0}, width=5), saved)
+
+
+def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path):
+    """``--ckpt_path last`` (and the SLURM requeue) must resume from the latest epoch, not the best one.
+
+    Lightning >= 2.6 writes ``save_last`` only when a top-k checkpoint is written in the same step,
+    so with a monitored metric that stops improving ``last.ckpt`` silently stays at the best epoch.
+    With ``lr=0`` the metric cannot improve after the first epoch.
+    """
+    from lightning_gsf.cli import main
+    from lightning_gsf.data.synthetic import generate_synthetic_dataset
+
+    data = tmp_path / "data"
+    generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
+    main([
+        "fit", "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data}",
+        "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
+        "--data.init_args.input_size=32", "--data.init_args.resize_size=32",
+        "--model.backbone=resnet18", "--model.pretrained=null", "--model.lr=0", "--model.warmup_epochs=0",
+        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+    ])  # fmt: skip
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 2)  # end of the second epoch

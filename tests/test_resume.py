@@ -88,6 +88,17 @@ class WaitForSignalAt(pl.Callback):
             time.sleep(0.01)
 
 
+class SaveFinalWeights(pl.Callback):
+    """Write the weights at the end of training to ``path`` (independent of any checkpoint policy)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            torch.save({"state_dict": pl_module.state_dict(), "step": trainer.global_step}, self.path)
+
+
 def train(args: argparse.Namespace) -> None:
     pl.seed_everything(0, workers=True)
     callbacks: list[pl.Callback] = [PreemptionCheckpoint(), ExactResume()]
@@ -161,6 +172,55 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     assert actual["seen"] == expected["seen"][seen_before_stop:]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def _gsf_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """``gsf fit`` on the tiny synthetic set (ResNet-18 GSF, 2 segments of 32 px, CPU), two epochs."""
+    command = [
+        sys.executable, "-m", "lightning_gsf.cli", "fit",
+        "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data_root}",
+        "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
+        "--data.init_args.input_size=32", "--data.init_args.resize_size=32",
+        "--model.backbone=resnet18", "--model.pretrained=null", "--model.warmup_epochs=0.5",
+        f"--trainer.default_root_dir={run_dir}", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.max_epochs=2", "--trainer.deterministic=true", "--seed_everything=0", *extra,
+    ]  # fmt: skip
+    command += ["--trainer.callbacks+=test_resume.SaveFinalWeights", f"--trainer.callbacks.path={run_dir}.pt"]
+    environment = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+
+
+@pytest.mark.slow
+def test_gsf_fit_preempted_by_sigterm_resumes_to_the_same_weights(tmp_path):
+    """The same check through ``gsf fit``: its default callbacks save on SIGTERM and resume exactly."""
+    from lightning_gsf.data.synthetic import generate_synthetic_dataset
+
+    data = tmp_path / "data"
+    generate_synthetic_dataset(data, num_train=8, num_val=3, num_test=1, size=32, videos=False)
+    stop_at_step = 5  # 4 steps per epoch: in the middle of the second epoch
+    reference = _gsf_fit(data, tmp_path / "reference")
+    ready = tmp_path / "ready"
+    preempted = _gsf_fit(
+        data, tmp_path / "preempted", "--trainer.callbacks+=test_resume.WaitForSignalAt",
+        f"--trainer.callbacks.step={stop_at_step}", f"--trainer.callbacks.ready_file={ready}",
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ready.exists():
+        assert preempted.poll() is None, preempted.communicate()[0]
+        assert time.monotonic() < deadline, "gsf fit never reached the step"
+        time.sleep(0.1)
+    preempted.send_signal(signal.SIGTERM)
+    _finish(preempted, timeout=300)
+    last = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == stop_at_step
+
+    _finish(_gsf_fit(data, tmp_path / "preempted", "--ckpt_path=last"), timeout=300)
+    _finish(reference, timeout=300)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
+    assert actual["step"] == expected["step"] == 8
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
 def test_sigterm_checkpoint_is_not_written_on_other_errors(tmp_path):
