@@ -280,10 +280,13 @@ def test_skip_unreadable_substitutes_the_next_sample_logs_and_counts(caplog):
         item = dataset[4]
     assert item["index"] == 6 and item["id"] == "val_6"  # the substitute keeps its own identity
     assert dataset.num_skipped == 2
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.base"):
+        assert dataset[5]["index"] == 6  # known unreadable: neither read nor logged again
+    assert dataset.num_skipped == 2
     messages = [record.getMessage() for record in caplog.records]
     assert len(messages) == 2
-    assert "'val_4'" in messages[0] and "/videos/bad_4" in messages[0] and "1 skipped so far" in messages[0]
-    assert "'val_5'" in messages[1] and "2 skipped so far" in messages[1]
+    assert "'val_4'" in messages[0] and "/videos/bad_4" in messages[0] and "1 unreadable so far in val" in messages[0]
+    assert "'val_5'" in messages[1] and "2 unreadable so far in val" in messages[1]
 
 
 def test_skip_unreadable_keeps_batches_full_and_counts_across_workers():

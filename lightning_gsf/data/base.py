@@ -35,8 +35,9 @@ reason, and returns the next readable sample of the split in its place (the subs
 own ``index``, ``id`` and labels). Substituting rather than dropping keeps every batch full (a
 batch of one or zero clips would upset batch norm, or crash), and at evaluation the metrics'
 de-duplication by ``index`` removes the substitute's second copy, so nothing is counted twice.
-The skipped samples are counted in shared memory, one slot per worker (no lock needed), and
-the DataModule logs the counts when a stage ends; ``VideoDataModule.skipped_samples`` reads them.
+Unreadable samples are flagged in a shared-memory array (one flag per sample, so workers need
+no lock and a sample found by two workers counts once); a flagged sample is not read again, and
+the DataModule logs the count when a stage ends. ``VideoDataModule.skipped_samples`` reads it.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
@@ -147,8 +148,6 @@ class ClipDataset(Dataset[dict[str, Any]]):
             ``VideoDataModule.transform_labels``); ``None`` keeps the labels.
         skip_unreadable: substitute the next readable sample for an unreadable one (logged and
             counted) instead of raising.
-        max_workers: DataLoader workers that will load from this dataset, to size the skip
-            counters (one slot each, plus one for the main process).
         name: the split's name, for log messages.
     """
 
@@ -164,7 +163,6 @@ class ClipDataset(Dataset[dict[str, Any]]):
         seed: int = 0,
         label_transform: LabelTransform | None = None,
         skip_unreadable: bool = False,
-        max_workers: int = 0,
         name: str = "",
     ) -> None:
         if (train_transform is None) == (eval_transform is None):
@@ -186,7 +184,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         # Shared memory, so that DataLoader workers (forked or spawned, persistent or not) see
         # the epoch the main process sets, and the main process sees the workers' skip counts.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-        self._skipped = torch.zeros(max_workers + 1, dtype=torch.int64).share_memory_()
+        self._unreadable = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     @property
     def training(self) -> bool:
@@ -202,8 +200,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
 
     @property
     def num_skipped(self) -> int:
-        """Unreadable samples skipped so far, summed over the main process and all workers."""
-        return int(self._skipped.sum())
+        """Distinct unreadable samples found so far, by the main process and all workers."""
+        return int(self._unreadable.sum())
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -213,10 +211,12 @@ class ClipDataset(Dataset[dict[str, Any]]):
             return self.load(index)
         for attempt in range(min(_MAX_CONSECUTIVE_SKIPS, len(self))):
             candidate = (index + attempt) % len(self)
+            if self._unreadable[candidate]:
+                continue  # found unreadable before, and logged then
             try:
                 return self.load(candidate)
             except SampleReadError as error:
-                self._count_skip(candidate, error)
+                self._flag_unreadable(candidate, error)
         raise SampleReadError(
             f"{self.name or 'dataset'}: {min(_MAX_CONSECUTIVE_SKIPS, len(self))} consecutive samples from index "
             f"{index} are unreadable (see the warnings above); expected readable data, check the dataset root"
@@ -263,20 +263,17 @@ class ClipDataset(Dataset[dict[str, Any]]):
         views = crops.unflatten(1, (self.num_clips, self.num_segments)).transpose(0, 1)
         return views.reshape(-1, *views.shape[2:])  # (clips * crops, T, 3, S, S), clip-major
 
-    def _count_skip(self, index: int, error: SampleReadError) -> None:
-        worker = get_worker_info()
-        slot = 0 if worker is None else (worker.id + 1) % len(self._skipped)
-        self._skipped[slot] += 1
-        where = "main process" if worker is None else f"worker {worker.id}"
+    def _flag_unreadable(self, index: int, error: SampleReadError) -> None:
+        self._unreadable[index] = True
         logger.warning(
-            "skip_unreadable: skipping %s sample %r (index %d, %s): %s [%d skipped so far by the %s]",
+            "skip_unreadable: skipping %s sample %r (index %d, %s): %s [%d unreadable so far in %s]",
             self.name,
             self.samples[index].id,
             index,
             self.samples[index].source,
             error,
-            int(self._skipped[slot]),
-            where,
+            self.num_skipped,
+            self.name or "the split",
         )
 
 
@@ -430,7 +427,6 @@ class VideoDataModule(pl.LightningDataModule, ABC):
             seed=self.seed,
             label_transform=self.transform_labels if training and overridden else None,
             skip_unreadable=self.skip_unreadable,
-            max_workers=self.num_workers,
             name=split,
         )
 
@@ -454,11 +450,11 @@ class VideoDataModule(pl.LightningDataModule, ABC):
     def teardown(self, stage: str | None = None) -> None:
         for role, count in self.skipped_samples.items():
             if count:
-                logger.warning("skip_unreadable: %d unreadable %s samples were skipped in total", count, role)
+                logger.warning("skip_unreadable: %d unreadable %s samples were skipped", count, role)
 
     @property
     def skipped_samples(self) -> dict[str, int]:
-        """Unreadable samples skipped so far, per loader role (``train``, ``val``, ``test``, ``predict``)."""
+        """Unreadable samples found so far, per loader role (``train``, ``val``, ``test``, ``predict``)."""
         return {role: dataset.num_skipped for role, dataset in self._datasets.items()}
 
     def train_dataloader(self) -> DataLoader:

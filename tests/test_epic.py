@@ -1,0 +1,317 @@
+"""EPIC-KITCHENS-100: the parsers on the real annotation files, bad input, and the DataModule
+on a generated dataset in both storage layouts."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gsf.data.epic import (
+    EPIC_ACTION_COLUMNS,
+    EpicAction,
+    EpicKitchensDataModule,
+    format_timestamp,
+    parse_timestamp,
+    read_actions,
+    read_classes,
+    read_participant_ids,
+    read_tail_classes,
+    read_video_info,
+)
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data.synthetic import generate_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def epic(shared_data) -> Path:
+    return shared_data / "epic100"
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("epic") / "synthetic"
+    generate_synthetic_dataset(
+        root, num_train=10, num_val=6, num_test=4, size=32, fps=25, min_frames=8, max_frames=14,
+        actions_per_video=(2, 4), seed=1,
+    )  # fmt: skip
+    return root
+
+
+def datamodule(root: Path, **kwargs) -> EpicKitchensDataModule:
+    options = dict(num_segments=4, batch_size=2, num_workers=0, input_size=32, resize_size=32, seed=0)
+    options.update(kwargs)
+    return EpicKitchensDataModule(root, **options)
+
+
+# --- the real annotation files -----------------------------------------------------------
+
+
+def test_validation_file(epic):
+    actions = read_actions(epic / "EPIC_100_validation.csv")
+    assert len(actions) == 9668 and all(action.labelled for action in actions)
+    assert actions[0] == EpicAction(
+        narration_id="P01_11_0", participant_id="P01", video_id="P01_11", narration_timestamp=0.56,
+        start_timestamp=0.0, stop_timestamp=1.89, start_frame=1, stop_frame=113, narration="take plate",
+        verb="take", verb_class=0, noun="plate", noun_class=2, all_nouns=("plate",), all_noun_classes=(2,), line=2,
+    )  # fmt: skip
+    last = actions[-1]
+    assert (last.narration_id, last.line, last.noun_class, last.start_frame) == ("P32_10_9", 9669, 46, 7798)
+    # The official README's "no narration timestamp" rows are empty in the CSV.
+    assert sum(action.narration_timestamp is None for action in actions) == 70
+    assert sum(len(action.all_nouns) > 1 for action in actions) == 1602
+
+
+def test_test_timestamps_file(epic):
+    actions = read_actions(epic / "EPIC_100_test_timestamps.csv")
+    assert len(actions) == 13092 and not any(action.labelled for action in actions)
+    first = actions[0]
+    assert (first.narration_id, first.video_id, first.start_frame, first.stop_frame) == ("P01_101_0", "P01_101", 143, 193)
+    assert (first.narration_timestamp, first.start_timestamp, first.stop_timestamp) == (2.851, 2.86, 3.87)
+    assert first.verb_class is None and first.all_nouns == ()
+
+
+def test_class_tail_unseen_and_video_info_files(epic):
+    verbs, nouns = read_classes(epic / "EPIC_100_verb_classes.csv"), read_classes(epic / "EPIC_100_noun_classes.csv")
+    assert (len(verbs), len(nouns)) == (97, 300)
+    assert (verbs[0].key, verbs[0].category, "grab" in verbs[0].instances) == ("take", "retrieve", True)
+    assert (verbs[96].key, verbs[96].instances) == ("unfreeze", ("unfreeze",))
+    assert (nouns[0].key, nouns[0].instances[:2], nouns[0].category) == ("tap", ("tap", "tap:water"), "appliances")
+    tail_verbs = read_tail_classes(epic / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_tail_classes(epic / "EPIC_100_tail_nouns.csv", "noun")
+    assert (len(tail_verbs), len(tail_nouns), 10 in tail_verbs, 56 in tail_nouns) == (86, 228, True, True)
+    assert read_participant_ids(epic / "EPIC_100_unseen_participant_ids_validation.csv") == {"P18", "P32"}
+    assert read_participant_ids(epic / "EPIC_100_unseen_participant_ids_test.csv") == {"P33", "P34", "P36"}
+    videos = read_video_info(epic / "EPIC_100_video_info.csv")
+    assert len(videos) == 700
+    p01 = videos["P01_01"]
+    assert (p01.width, p01.height, round(p01.fps, 2), round(p01.duration, 3)) == (1920, 1080, 59.94, 1652.153)
+
+
+def test_datamodule_samples_from_the_real_validation_file(epic, tmp_path):
+    frames = datamodule(tmp_path, annotations_dir=epic)
+    assert frames.num_classes == {"verb": 97, "noun": 300}
+    samples = frames.samples("val")
+    first = samples[0]
+    assert (first.id, first.start, first.stop, dict(first.labels)) == ("P01_11_0", 0, 113, {"verb": 0, "noun": 2})
+    assert first.source == tmp_path / "P01" / "rgb_frames" / "P01_11"
+    assert first.metadata == {"participant_id": "P01", "video_id": "P01_11"}
+    tail_verbs = read_tail_classes(epic / "EPIC_100_tail_verbs.csv", "verb")
+    for sample in samples:
+        assert sample.subsets["unseen"] == (sample.metadata["participant_id"] in {"P18", "P32"})
+        assert sample.subsets["tail_verb"] == (sample.labels["verb"] in tail_verbs)
+    assert sum(sample.subsets["unseen"] for sample in samples) == 1065
+    test = frames.samples("test")
+    assert test[0].labels is None and set(test[0].subsets) == {"unseen"}
+    assert (test[0].start, test[0].stop) == (142, 193)
+
+
+def test_video_layout_indexes_the_video_by_its_own_frame_rate(epic, tmp_path):
+    """The CSV frame numbers count frames extracted at 60 fps; a 29.97 fps video has half as many."""
+    video = {s.id: s for s in datamodule(tmp_path, annotations_dir=epic, layout="video").samples("val")}
+    frames = {s.id: s for s in datamodule(tmp_path, annotations_dir=epic).samples("val")}
+    slow = video["P09_07_0"]  # P09_07 is a 29.97 fps video
+    assert (slow.start, slow.stop, slow.source.name) == (33, 58, "P09_07.MP4")
+    assert (frames["P09_07_0"].start, frames["P09_07_0"].stop) == (64, 116)
+    # P29_05_563 ends 0.013 s after the video: clipped to the last frame rather than refused.
+    clipped = video["P29_05_563"]
+    assert clipped.stop == round(1821.736567 * 59.9400599400599)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("00:00:01.89", 1.89), ("01:02:03.5", 3723.5), ("00:11:16.158", 676.158)])
+def test_timestamps_round_trip(text, seconds):
+    assert parse_timestamp(text) == pytest.approx(seconds)
+    assert parse_timestamp(format_timestamp(seconds, decimals=3)) == pytest.approx(seconds)
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+GOOD_ROWS = [
+    ["P01_01_0", "P01", "P01_01", "00:00:00.500", "00:00:00.20", "00:00:00.80", "6", "20", "take cup", "take", "0", "cup", "1", "['cup']", "[1]"],
+    ["P01_01_1", "P01", "P01_01", "00:00:01.500", "00:00:01.00", "00:00:01.60", "26", "40", "put cup", "put", "1", "cup", "1", "['cup']", "[1]"],
+]  # fmt: skip
+
+
+def write_annotations(root: Path, rows: list[list[str]], columns=EPIC_ACTION_COLUMNS) -> Path:
+    """A complete, valid ``<root>/annotations`` folder whose validation file holds ``rows``."""
+    folder = root / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {
+        "EPIC_100_validation.csv": [list(columns), *rows],
+        "EPIC_100_verb_classes.csv": [["id", "key", "instances", "category"], [0, "take", "['take']", "retrieve"], [1, "put", "['put']", "leave"]],
+        "EPIC_100_noun_classes.csv": [["id", "key", "instances", "category"], [0, "tap", "['tap']", "appliances"], [1, "cup", "['cup']", "crockery"]],
+        "EPIC_100_tail_verbs.csv": [["verb"], [1]],
+        "EPIC_100_tail_nouns.csv": [["noun"], [0]],
+        "EPIC_100_unseen_participant_ids_validation.csv": [["participant_id"], ["P02"]],
+        "EPIC_100_video_info.csv": [["video_id", "duration", "fps", "resolution"], ["P01_01", "2.0", "25.0", "32x24"]],
+    }  # fmt: skip
+    for name, table in tables.items():
+        with (folder / name).open("w", newline="") as file:
+            csv.writer(file, lineterminator="\n").writerows(table)
+    return folder / "EPIC_100_validation.csv"
+
+
+def with_field(row_index: int, column: str, value: str) -> list[list[str]]:
+    rows = [list(row) for row in GOOD_ROWS]
+    rows[row_index][EPIC_ACTION_COLUMNS.index(column)] = value
+    return rows
+
+
+def test_the_valid_example_parses(tmp_path):
+    path = write_annotations(tmp_path, GOOD_ROWS)
+    samples = datamodule(tmp_path, layout="video").samples("val")
+    assert [(s.start, s.stop, s.fps) for s in samples] == [(5, 20, 25.0), (25, 40, 25.0)]
+    assert samples[1].subsets == {"tail_verb": True, "tail_noun": False, "unseen": False}
+    assert len(read_actions(path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "message"),
+    [
+        (GOOD_ROWS, EPIC_ACTION_COLUMNS[:7] + EPIC_ACTION_COLUMNS[8:], r"line 1: missing column\(s\) \['stop_frame'\]"),
+        ([GOOD_ROWS[0], GOOD_ROWS[1][:12]], EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): 12 fields; expected the header's 15"),
+        ([GOOD_ROWS[0] + ["extra"]], EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): 16 fields"),
+        (with_field(1, "start_timestamp", "00:00:1.0"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): column 'start_timestamp' is '00:00:1.0'; expected a timestamp"),
+        (with_field(0, "stop_timestamp", ""), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): column 'stop_timestamp' is empty"),
+        (with_field(0, "start_frame", "6a"), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): column 'start_frame' is '6a'; expected an integer"),
+        (with_field(1, "stop_frame", "12"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): frames 26..12; expected 1 <= start_frame <= stop_frame"),
+        (with_field(0, "start_frame", "0"), EPIC_ACTION_COLUMNS, r"line 2 .*frames 0..20"),
+        (with_field(0, "verb_class", "take"), EPIC_ACTION_COLUMNS, r"column 'verb_class' is 'take'; expected an integer"),
+        (with_field(0, "all_noun_classes", "[1"), EPIC_ACTION_COLUMNS, r"column 'all_noun_classes' is '\[1'; expected a list of int"),
+        (with_field(0, "all_nouns", "['cup', 'tap']"), EPIC_ACTION_COLUMNS, r"expected two lists of the same, non-zero length"),
+        (with_field(1, "narration_id", "P01_01_0"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_0\): narration_id repeats line 2"),
+    ],
+    ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
+         "frame-zero", "bad-class", "bad-list", "list-lengths", "duplicate-id"],
+)  # fmt: skip
+def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, message):
+    path = write_annotations(tmp_path, rows, columns)
+    with pytest.raises(AnnotationError, match=message) as error:
+        read_actions(path)
+    assert str(error.value).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    ("rows", "layout", "message"),
+    [
+        (with_field(1, "verb_class", "2"), "frames", r"line 3 \(narration_id P01_01_1\): verb_class 2 is outside the 2 classes of EPIC_100_verb_classes.csv"),
+        (with_field(0, "noun_class", "-1"), "frames", r"line 2 \(narration_id P01_01_0\): noun_class -1 is outside the 2 classes"),
+        (with_field(1, "stop_timestamp", "00:00:02.30"), "video", r"line 3 \(narration_id P01_01_1\): the segment ends at 2.30 s, past the end of video P01_01 \(2.00 s, 50 frames"),
+        (with_field(1, "video_id", "P01_02"), "video", r"line 3 \(narration_id P01_01_1\): video P01_02 is not in EPIC_100_video_info.csv"),
+    ],
+    ids=["verb-class", "noun-class", "past-the-end", "unknown-video"],
+)  # fmt: skip
+def test_bad_segments_are_refused_by_the_datamodule(tmp_path, rows, layout, message):
+    path = write_annotations(tmp_path, rows)
+    with pytest.raises(AnnotationError, match=message) as error:
+        datamodule(tmp_path, layout=layout).samples("val")
+    assert str(error.value).startswith(str(path))
+
+
+def test_bad_class_list_and_missing_files(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    (tmp_path / "annotations" / "EPIC_100_noun_classes.csv").write_text("id,key,instances,category\n0,tap,['tap'],a\n2,cup,['cup'],b\n")
+    with pytest.raises(AnnotationError, match=r"EPIC_100_noun_classes.csv, line 3: class id 2; expected 1"):
+        datamodule(tmp_path).num_classes
+    with pytest.raises(FileNotFoundError, match="EPIC_100_train.csv does not exist"):
+        datamodule(tmp_path).samples("train")
+
+
+# --- the DataModule on a generated dataset -----------------------------------------------
+
+
+def test_both_layouts_give_the_same_segments(synthetic_root):
+    frames, video = datamodule(synthetic_root), datamodule(synthetic_root, layout="video")
+    for split in ("train", "val", "test"):
+        pairs = list(zip(frames.samples(split), video.samples(split), strict=True))
+        assert all((f.id, f.start, f.stop, f.labels) == (v.id, v.start, v.stop, v.labels) for f, v in pairs)
+        assert all(f.source.is_dir() and v.source.is_file() for f, v in pairs)
+
+
+@pytest.mark.parametrize("layout", ["frames", "video"])
+def test_batches_from_either_layout(synthetic_root, layout):
+    dm = datamodule(synthetic_root, layout=layout, test_clips=2, test_crops=3, test_split="val")
+    dm.setup()
+    expected = {row["narration_id"]: row for row in csv.DictReader((synthetic_root / "annotations" / "EPIC_100_train.csv").open())}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["clip"].shape == (2, 4, 3, 32, 32) and batch["clip"].dtype == torch.uint8
+    for narration_id, verb, noun in zip(batch["id"], batch["labels"]["verb"].tolist(), batch["labels"]["noun"].tolist()):
+        assert (verb, noun) == (int(expected[narration_id]["verb_class"]), int(expected[narration_id]["noun_class"]))
+    assert set(batch["subsets"]) == {"tail_verb", "tail_noun"}
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["clip"].shape == (2, 6, 4, 3, 32, 32)
+    assert set(batch["subsets"]) == {"tail_verb", "tail_noun", "unseen"}
+    batch = next(iter(dm.predict_dataloader()))  # the unlabelled test timestamps, as many views as test
+    assert "labels" not in batch and batch["clip"].shape == (2, 6, 4, 3, 32, 32)
+
+
+def test_both_layouts_read_the_same_frames(synthetic_root):
+    """Frame i of the video is frame_{i+1}.jpg: the frames match, and a one-frame shift would not."""
+    frames = datamodule(synthetic_root).dataset("val", training=False)
+    video = datamodule(synthetic_root, layout="video").dataset("val", training=False)
+    aligned, shifted = [], []
+    for index in range(len(frames)):
+        sample = frames.samples[index]
+        indices = list(range(sample.start, sample.stop - 1))
+        from_jpeg = frames.reader.read(sample.source, indices + [sample.stop - 1]).float()
+        from_video = video.reader.read(video.samples[index].source, indices).float()
+        aligned.append((from_video - from_jpeg[:-1]).abs().mean())
+        shifted.append((from_video - from_jpeg[1:]).abs().mean())
+        assert (frames[index]["clip"].float() - video[index]["clip"].float()).abs().mean() < 5
+    assert max(aligned) < 5
+    assert all(same < off_by_one for same, off_by_one in zip(aligned, shifted))
+
+
+def copy_dataset(root: Path, destination: Path) -> Path:
+    shutil.copytree(root, destination, ignore=shutil.ignore_patterns("videos"))
+    return destination
+
+
+def test_missing_frame_folder_and_frame_file_name_the_narration(synthetic_root, tmp_path):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    dm = datamodule(root)
+    samples = dm.samples("val")
+    shutil.rmtree(samples[0].source)
+    dataset = dm.dataset("val", training=False)
+    with pytest.raises(SampleReadError, match=rf"sample '{samples[0].id}' .*frame folder {samples[0].source} does not exist"):
+        dataset[0]
+    last = max((s for s in samples if s.source != samples[0].source), key=lambda s: s.stop)
+    for path in sorted(last.source.iterdir())[last.stop - 3 :]:
+        path.unlink()  # the segment now runs past the end of the extracted frames
+    with pytest.raises(SampleReadError, match=rf"sample '{last.id}' .*missing file .*{last.source.name}/frame_\d{{10}}\.jpg"):
+        dataset[samples.index(last)]
+
+
+def test_corrupt_video_names_the_narration(synthetic_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("rgb_frames"))
+    dm = datamodule(root, layout="video")
+    sample = dm.samples("val")[0]
+    data = sample.source.read_bytes()
+    sample.source.write_bytes(data[: len(data) // 3])  # truncated
+    with pytest.raises(SampleReadError, match=rf"sample '{sample.id}' .*{sample.source.name}"):
+        dm.dataset("val", training=False)[0]
+
+
+def test_skip_unreadable_logs_each_sample_and_the_count(synthetic_root, tmp_path, caplog):
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    dm = datamodule(root, skip_unreadable=True, eval_batch_size=3)
+    samples = dm.samples("val")
+    broken = {s.source for s in samples[:2]}
+    for folder in broken:
+        shutil.rmtree(folder)
+    dm.setup("validate")
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.base"):
+        batches = list(dm.val_dataloader())
+        dm.teardown("validate")
+    assert [len(b["id"]) for b in batches] == [3, 3]
+    skipped = [s for s in samples if s.source in broken]
+    assert dm.skipped_samples == {"val": len(skipped)}
+    messages = "\n".join(record.getMessage() for record in caplog.records)
+    for sample in skipped:
+        assert f"'{sample.id}'" in messages and str(sample.source) in messages
+    assert f"{len(skipped)} unreadable val samples were skipped" in messages
