@@ -140,10 +140,11 @@ class PreemptionCheckpoint(pl.Callback):
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the preemption checkpoint of ``trainer`` goes."""
+        folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
         if self.dirpath is not None:
             directory = self.dirpath
-        elif model_checkpoints := [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]:
-            directory = Path(model_checkpoints[0].dirpath)
+        elif folders:
+            directory = Path(folders[0])
         else:
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}{self.FILE_EXTENSION}"
@@ -243,7 +244,9 @@ class ExactResume(pl.Callback):
         if state is not None and isinstance(trainer.train_dataloader, ResumableDataLoader):
             trainer.train_dataloader.load_state_dict(state)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         states, self._pending_random_states = self._pending_random_states, None
         if states is None:
             return
@@ -266,8 +269,11 @@ class CheckpointMismatchError(ValueError):
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested hyper-parameters as ``{"a.b": value}``; private entries (LightningCLI's ``_instantiator``) left out."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
+        if str(key).startswith("_"):
+            continue
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(_flatten(value, f"{name}."))
@@ -303,7 +309,9 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
 
     saved = checkpoint.get("state_dict")
     if saved is None:
-        raise CheckpointMismatchError(f"{where} has no 'state_dict' (keys: {sorted(checkpoint)}); is it a Lightning checkpoint?")
+        raise CheckpointMismatchError(
+            f"{where} has no 'state_dict' (keys: {sorted(checkpoint)}); expected a Lightning checkpoint"
+        )
     expected = model.state_dict()
     missing = sorted(expected.keys() - saved.keys())
     unexpected = sorted(saved.keys() - expected.keys())
@@ -315,7 +323,11 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
 
     if not (missing or unexpected or reshaped):
         if hparam_differences:
-            log.warning("%s was saved with other hyper-parameters (%s); its weights fit, loading it", where, "; ".join(hparam_differences))
+            log.warning(
+                "%s was saved with other hyper-parameters (%s); its weights fit, loading it",
+                where,
+                "; ".join(hparam_differences),
+            )
         return
     problems = []
     if hparam_differences:

@@ -100,8 +100,11 @@ def build_ssv2(root: Path) -> BuiltDataset:
     annotations = root / "annotations"
     annotations.mkdir(parents=True)
     (annotations / "labels.json").write_text(json.dumps({name: str(i) for i, name in enumerate(CLASSES)}))
+
     def entry(video_id: str, n: int) -> dict:
-        return {"id": video_id, "label": CLASSES[n % 2].lower(), "template": CLASSES[n % 2].replace("something", "[something]"), "placeholders": ["a cup"]}
+        name = CLASSES[n % 2]
+        return {"id": video_id, "template": name.replace("something", "[something]"), "placeholders": ["a cup"]}
+
     ids = ["201", "202", "203"]
     (annotations / "train.json").write_text(json.dumps([entry(i, n) for n, i in enumerate(ids)]))
     (annotations / "val.json").write_text(json.dumps([entry("204", 0)]))
@@ -133,7 +136,8 @@ def build_kinetics(root: Path) -> BuiltDataset:
         for _, youtube_id in split_rows:
             number += 1
             write_video(root / "videos" / split / f"{youtube_id}_000010_000020.mp4", number, NUM_FRAMES)
-    (annotations / "kinetics-400_test.csv").write_text((annotations / "kinetics-400_val.csv").read_text().replace(",val", ",test"))
+    val_rows = (annotations / "kinetics-400_val.csv").read_text()
+    (annotations / "kinetics-400_test.csv").write_text(val_rows.replace(",val", ",test"))
     train = annotations / "kinetics-400_train.csv"
     return BuiltDataset(
         Kinetics400DataModule,
@@ -148,8 +152,11 @@ def build_kinetics(root: Path) -> BuiltDataset:
 def build_diving48(root: Path, shared: Path) -> BuiltDataset:
     annotations = root / "annotations"
     annotations.mkdir(parents=True)
+
     def entries(names: list[str]) -> list[dict]:
-        return [{"vid_name": name, "label": n, "start_frame": 0, "end_frame": NUM_FRAMES} for n, name in enumerate(names)]
+        return [{"vid_name": name, "label": label, "start_frame": 0, "end_frame": NUM_FRAMES}
+                for label, name in enumerate(names)]  # fmt: skip
+
     splits = {"train": ["dive_a", "dive_b", "dive_c"], "test": ["dive_d"]}
     number = 0
     for split, names in splits.items():
@@ -160,7 +167,8 @@ def build_diving48(root: Path, shared: Path) -> BuiltDataset:
     train = annotations / "Diving48_V2_train.json"
     return BuiltDataset(
         Diving48DataModule,
-        dict(root=root / "videos", annotation_dir=annotations, vocab_file=str(shared / "diving48" / "Diving48_vocab.json"),
+        dict(root=root / "videos", annotation_dir=annotations,
+             vocab_file=str(shared / "diving48" / "Diving48_vocab.json"),
              media="video", video_suffix=".mp4", missing_report_dir=root / "logs", **TINY),
         _append_json_entry(train, {"vid_name": "dive_e", "label": "seven", "start_frame": 0, "end_frame": 5}),
         _append_json_entry(train, {"vid_name": "dive_e", "label": 480, "start_frame": 0, "end_frame": 5}),
@@ -218,7 +226,9 @@ def build(tmp_path, shared_data, request) -> Callable[[str], BuiltDataset]:
 
 
 def _corrupt(path: Path) -> None:
-    path.write_bytes(bytes(torch.randint(0, 256, (path.stat().st_size,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8).tolist()))
+    """Same length, random bytes: no container header, no stream."""
+    noise = torch.randint(0, 256, (path.stat().st_size,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    path.write_bytes(noise.numpy().tobytes())
 
 
 def _truncate(path: Path) -> None:
@@ -319,7 +329,8 @@ def test_unreadable_media_is_skipped_and_counted_when_opted_in(build, dataset, k
     dropped = annotated - kept
     assert dropped + skipped == affected, f"dropped {dropped} at parse time, skipped {skipped} at load time"
     # The warning names the file, or the report of dropped videos it points to does.
-    reports = [path.read_text() for path in (built.kwargs.get("missing_report_dir") or Path("/nonexistent")).glob("*.tsv")]
+    report_dir = built.kwargs.get("missing_report_dir")
+    reports = [path.read_text() for path in report_dir.glob("*.tsv")] if report_dir else []
     assert any(source.name in text for text in [record.getMessage() for record in caplog.records] + reports)
 
 
@@ -361,7 +372,9 @@ ROOTS = {"epic": {"root": "/data"}}
     ],
 )
 @pytest.mark.parametrize("dataset", list(DATA_CLASSES))
-def test_config_with_unknown_key_or_wrong_type_is_refused_naming_the_key(dataset, section, setting, named, tmp_path, capsys):
+def test_config_with_unknown_key_or_wrong_type_is_refused_naming_the_key(
+    dataset, section, setting, named, tmp_path, capsys
+):
     init_args = ROOTS.get(dataset, {"root": "/data", "annotation_dir": "/data"})
     config: dict[str, Any] = {"data": {"class_path": DATA_CLASSES[dataset], "init_args": dict(init_args)}}
     if section == "data":

@@ -125,7 +125,8 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, str(SCRIPT), "--root", str(tmp_path / name), "--out", str(tmp_path / f"{name}.pt"), *extra]
+    command = [sys.executable, str(SCRIPT), "--root", str(tmp_path / name), "--out", str(tmp_path / f"{name}.pt")]
+    command += extra
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -143,7 +144,9 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     reference = _run(tmp_path, "reference", "--max-epochs", epochs)
 
     ready = tmp_path / "ready"
-    preempted = _run(tmp_path, "preempted", "--max-epochs", epochs, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready))
+    preempted = _run(
+        tmp_path, "preempted", "--max-epochs", epochs, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready)
+    )
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert preempted.poll() is None, preempted.communicate()[0]

@@ -153,9 +153,11 @@ def test_resume_with_changed_sampler_settings_names_the_difference(key, value):
 
 @pytest.mark.parametrize(("size", "num_replicas"), [(7, 2), (5, 3), (2, 4), (9, 1)])
 def test_unpadded_sampler_scores_every_sample_exactly_once(size, num_replicas):
-    shares = [list(UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)) for r in range(num_replicas)]
+    samplers = [UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)
+                for r in range(num_replicas)]  # fmt: skip
+    shares = [list(sampler) for sampler in samplers]
     assert sorted(itertools.chain(*shares)) == list(range(size))
-    assert [len(UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)) for r in range(num_replicas)] == [len(s) for s in shares]
+    assert [len(sampler) for sampler in samplers] == [len(share) for share in shares]
 
 
 def test_samplers_default_to_one_process_without_a_process_group():
