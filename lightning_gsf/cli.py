@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -153,11 +153,16 @@ class GSFCLI(LightningCLI):
             kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
         if trainer_config.get("plugins") is None and "plugins" not in kwargs:
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if trainer_config.get("enable_progress_bar") is not False and not has_bar and "callbacks" not in kwargs:
+            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: Sequence[str] | None = None) -> GSFCLI | Any:
-    """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list)."""
+def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
+    """Run ``gsf`` with ``args`` (default ``sys.argv[1:]``); returns the CLI or the tool's result."""
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:])
@@ -168,7 +173,6 @@ def main(args: Sequence[str] | None = None) -> GSFCLI | Any:
         auto_configure_optimizers=False,
         trainer_defaults={
             "callbacks": [
-                RichProgressBar(),
                 LearningRateMonitor(logging_interval="step"),
                 PreemptionCheckpoint(),
                 ExactResume(),
@@ -178,6 +182,15 @@ def main(args: Sequence[str] | None = None) -> GSFCLI | Any:
         parser_kwargs={"description": DESCRIPTION},
         args=argv,
     )
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list).
+
+    Returns nothing, so that the console script's ``sys.exit(main())`` exits 0; :func:`run`
+    returns the CLI object (trainer, model) for callers that want it.
+    """
+    run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""``gsf`` end to end on a tiny synthetic dataset: fit, resume, validate, test, predict, evaluate,
+and an imported original-release checkpoint through ``gsf validate``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_gsf.cli import main, run
+from lightning_gsf.data.epic import EpicKitchensDataModule
+from lightning_gsf.model import VideoClassifier
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+NUM_SEGMENTS = 2
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gsf"])  # LightningCLI warns when it sees pytest's own arguments
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """A few synthetic clips, written through ``gsf synth`` (frames only, 32 px)."""
+    root = tmp_path_factory.mktemp("synthetic")
+    main(["synth", "--out", str(root), "--num-train", "8", "--num-val", "6", "--num-test", "4",
+          "--size", "32", "--min-frames", "4", "--max-frames", "8", "--no-videos", "--overwrite"])  # fmt: skip
+    return root
+
+
+def _config(tmp_path: Path, dataset: Path, data_class: str = "lightning_gsf.data.epic.EpicKitchensDataModule") -> Path:
+    config = {
+        "seed_everything": 0,
+        "model": {"backbone": "resnet18", "temporal_module": "gsf", "pretrained": None, "lr": 0.01, "warmup_epochs": 1},
+        "data": {
+            "class_path": data_class,
+            "init_args": {
+                "root": str(dataset),
+                "num_segments": NUM_SEGMENTS,
+                "batch_size": 4,
+                "num_workers": 0,
+                "input_size": 32,
+                "resize_size": 32,
+                "scales": [1.0],
+                "flip": False,
+                "test_split": "val",
+                "predict_split": "val",
+            },
+        },
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "max_epochs": 1,
+            "accelerator": "cpu",
+            "gradient_clip_val": 20,
+            "log_every_n_steps": 1,
+            "enable_model_summary": False,
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_fit_validate_test_predict_and_evaluate(tmp_path, dataset):
+    config = _config(tmp_path, dataset)
+    root = tmp_path / "run"
+    main(["fit", "--config", str(config)])
+    checkpoints = root / "checkpoints"
+    best = sorted(checkpoints.glob("best-*.ckpt"))
+    assert (checkpoints / "last.ckpt").is_file() and len(best) == 1
+    assert _saved_step(checkpoints / "last.ckpt") == 2  # 8 clips / batch 4, one epoch
+    with (root / "csv" / "version_0" / "metrics.csv").open() as handle:
+        logged = set(next(csv.reader(handle)))
+    assert {"train/loss", "val/all_verb_accuracy_at_1", "val/all_action_accuracy_at_5", "val/accuracy_at_1"} <= logged
+    assert {"val/tail_verb_accuracy_at_1", "val/unseen_action_accuracy_at_1"} & logged
+    assert (root / "tensorboard" / "version_0").is_dir()
+
+    validated = run(["validate", "--config", str(config), "--ckpt_path", str(best[0])]).trainer.callback_metrics
+    tested = run(["test", "--config", str(config), "--ckpt_path", str(best[0])]).trainer.callback_metrics
+    # test_split is the validation split with the same single view: the same numbers.
+    for key in ("all_verb_accuracy_at_1", "all_noun_accuracy_at_1", "all_action_accuracy_at_5"):
+        assert tested[f"test/{key}"] == pytest.approx(validated[f"val/{key}"].item())
+
+    main(["predict", "--config", str(config), "--ckpt_path", str(best[0])])
+    submission_path = root / "submission.zip"
+    with zipfile.ZipFile(submission_path) as archive:
+        submission = json.loads(archive.read("test.json"))
+    assert len(submission["results"]) == 6
+    entry = next(iter(submission["results"].values()))
+    datamodule = EpicKitchensDataModule(root=dataset)
+    assert {head: len(scores) for head, scores in entry.items()} == datamodule.num_classes
+
+    # gsf evaluate on the written submission reproduces gsf validate (same code, same views).
+    out = tmp_path / "metrics.json"
+    main(["evaluate", str(submission_path), str(dataset / "annotations" / "EPIC_100_validation.csv"), "--json", str(out)])
+    evaluated = json.loads(out.read_text())
+    for key, value in evaluated.items():
+        assert value == pytest.approx(validated[f"val/{key}"].item(), abs=1e-4), key
+
+
+def test_resume_from_last_continues_at_the_saved_step(tmp_path, dataset):
+    config = _config(tmp_path, dataset)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    main(["fit", "--config", str(config)])
+    first = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert (first["global_step"], first["epoch"]) == (2, 0)
+
+    cli = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert cli.trainer.ckpt_path == str(checkpoint)
+    assert cli.trainer.global_step == 4  # two more steps after the saved two, not four from zero
+    assert _saved_step(checkpoint) == 4
+    # The optimiser's schedule went on from where it stopped (step 2 of 4 in the second epoch).
+    resumed = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 4
+
+
+def test_print_config_is_runnable(tmp_path, dataset, capsys):
+    config = _config(tmp_path, dataset)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert {"model", "data", "trainer", "checkpoint", "submission"} <= set(printed)
+    assert printed["checkpoint"]["monitor"] == "val/accuracy_at_1"
+    (tmp_path / "printed.yaml").write_text(yaml.safe_dump(printed))
+    main(["fit", "--config", str(tmp_path / "printed.yaml"), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"])
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+class SingleHeadSynthetic(EpicKitchensDataModule):
+    """The synthetic data with only the verb, as one ``class`` head (like the released models)."""
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        return {"class": super().num_classes["verb"]}
+
+    def parse_split(self, split):
+        return [
+            dataclasses.replace(s, labels=None if s.labels is None else {"class": s.labels["verb"]}, subsets={})
+            for s in super().parse_split(split)
+        ]
+
+
+def test_imported_original_checkpoint_validates(tmp_path, dataset):
+    """A checkpoint in the original release's format -> ``gsf import-original`` -> ``gsf validate``."""
+    num_verbs = SingleHeadSynthetic(root=dataset).num_classes["class"]
+    torch.manual_seed(0)
+    original = VideoClassifier("resnet18", "gsf", NUM_SEGMENTS, {"class": num_verbs}, dropout=0.5)
+    state = {
+        ("module.new_fc." + k.removeprefix("heads.class.")) if k.startswith("heads.") else f"module.{k}": v
+        for k, v in original.state_dict().items()
+    }
+    torch.save({"epoch": 10, "state_dict": state}, tmp_path / "original.pth.tar")
+    main(["import-original", str(tmp_path / "original.pth.tar"), str(tmp_path / "imported.ckpt"),
+          "--num-segments", str(NUM_SEGMENTS), "--backbone", "resnet18"])  # fmt: skip
+
+    config = _config(tmp_path, dataset, data_class=f"{__name__}.SingleHeadSynthetic")
+    cli = run(["validate", "--config", str(config), "--ckpt_path", str(tmp_path / "imported.ckpt")])
+    loaded = cli.model.model.state_dict()
+    for key, value in original.state_dict().items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
+    assert "val/all_class_accuracy_at_1" in cli.trainer.callback_metrics

@@ -1,0 +1,60 @@
+"""Every YAML under configs/ parses with the ``gsf`` parser, and ``--print_config`` round-trips.
+
+New datasets' configs (``configs/<dataset>/*.yaml``) are picked up automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_gsf.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
+# One config per folder also goes through the (slower) print -> parse round trip.
+FIRST_OF_FOLDER = {min(p for p in CONFIGS if p.parent == folder) for folder in {p.parent for p in CONFIGS}}
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gsf"])  # LightningCLI warns when it sees pytest's own arguments
+
+
+def _printed_config(*args: str) -> dict:
+    """The config ``gsf fit ... --print_config`` prints (it exits 0 after printing)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (0, None), out.getvalue()
+    return yaml.safe_load(out.getvalue())
+
+
+def test_there_are_configs():
+    names = {path.relative_to(REPO_ROOT / "configs").as_posix() for path in CONFIGS}
+    expected = {f"{d}/{m}_{b}.yaml" for d, b in (("epic100", "resnet50"), ("synthetic", "resnet18")) for m in ("gsf", "tsm", "tsn")}
+    assert expected <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO_ROOT / "configs").as_posix())
+def test_config_parses_and_prints_a_complete_config(config, tmp_path):
+    printed = _printed_config("--config", str(config))
+    source = yaml.safe_load(config.read_text())
+    # What the file states survives parsing.
+    for section in ("model", "trainer"):
+        for key, value in (source.get(section) or {}).items():
+            assert printed[section][key] == value, f"{config}: {section}.{key}"
+    assert printed["data"]["class_path"].endswith(source["data"]["class_path"].rsplit(".", 1)[-1])
+    # num_classes / num_segments come from the data module, stated once.
+    assert "num_classes" not in printed["model"] and "num_segments" not in printed["model"]
+    # The printed config is complete: fed back, it prints the same config.
+    if config not in FIRST_OF_FOLDER:
+        return
+    again = tmp_path / "printed.yaml"
+    again.write_text(yaml.safe_dump(printed))
+    assert _printed_config("--config", str(again)) == printed
