@@ -315,3 +315,11 @@ def test_skip_unreadable_logs_each_sample_and_the_count(synthetic_root, tmp_path
     for sample in skipped:
         assert f"'{sample.id}'" in messages and str(sample.source) in messages
     assert f"{len(skipped)} unreadable val samples were skipped" in messages
+
+
+def test_benchmark_runs_on_both_layouts(synthetic_root):
+    from lightning_gsf.data.benchmark import main
+
+    results = main(["--root", str(synthetic_root), "--workers", "0", "--batches", "2", "--batch-size", "2", "--input-size", "32"])
+    assert [(r.layout, r.num_workers, r.clips) for r in results] == [("frames", 0, 4), ("video", 0, 4)]
+    assert all(r.clips_per_second > 0 for r in results)
