@@ -45,10 +45,13 @@ BASELINE = "none"
 REFERENCE_GSF = "gsf_reference"
 VARIANTS = ("none", "tsm", "gsf", REFERENCE_GSF)
 NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
+# "process" (CPU time of this process) is steadier than wall time on a shared CPU machine
+# when the benchmark runs single-threaded: time spent waiting for a core is not counted.
+TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "device", "params_m", "gflops_per_clip", "activation_mb",
+    "channels_last", "compile", "device", "threads", "timer", "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "infer_time_vs_tsn",
 )
@@ -68,6 +71,8 @@ class BenchmarkConfig:
     repeats: int = 5
     warmup: int = 1
     gsf_ratio: float | None = None
+    threads: int | None = None
+    timer: str = "wall"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +81,10 @@ class BenchmarkConfig:
             raise ValueError(f"unknown temporal modules {sorted(unknown)}; expected some of {VARIANTS}")
         if self.dtype not in ("float32", "bf16"):
             raise ValueError(f"dtype must be float32 or bf16, got {self.dtype!r}")
+        if self.timer not in TIMERS:
+            raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {self.timer!r}")
+        if self.timer == "process" and torch.device(self.device).type != "cpu":
+            raise ValueError("the process (CPU time) timer only measures CPU devices; use --timer wall")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
             raise ValueError("num_segments, input_size, batch_size and repeats must be >= 1")
 
@@ -206,7 +215,7 @@ def _synchronize(device: str) -> None:
 
 
 def time_round_robin(steps: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                     device: str) -> dict[str, list[float]]:
+                     device: str, timer: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Seconds per call of each step, ``repeats`` rounds of one call per step in turn."""
     for _ in range(warmup):
         for step in steps.values():
@@ -215,10 +224,10 @@ def time_round_robin(steps: dict[str, Callable[[], None]], repeats: int, warmup:
     for _ in range(repeats):
         for key, step in steps.items():
             _synchronize(device)
-            start = time.perf_counter()
+            start = timer()
             step()
             _synchronize(device)
-            times[key].append(time.perf_counter() - start)
+            times[key].append(timer() - start)
     return times
 
 
@@ -249,15 +258,17 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig) -> list[dict[str,
             "num_segments": config.num_segments, "input_size": config.input_size,
             "batch_size": config.batch_size, "dtype": config.dtype,
             "channels_last": config.channels_last, "compile": config.compile, "device": config.device,
+            "threads": torch.get_num_threads(), "timer": config.timer,
             "params_m": count_parameters(model) / 1e6,
             "gflops_per_clip": count_flops(model, clips, config) / 1e9 / config.batch_size,
             "activation_mb": saved_activation_bytes(model, clips, labels, config) / 2**20,
             "cuda_peak_mb": None if peak is None else peak / 2**20,
         }
+    timer = TIMERS[config.timer]
     train_times = time_round_robin({v: s.train for v, s in steps.items()}, config.repeats,
-                                   config.warmup, config.device)
+                                   config.warmup, config.device, timer)
     infer_times = time_round_robin({v: s.infer for v, s in steps.items()}, config.repeats,
-                                   config.warmup, config.device)
+                                   config.warmup, config.device, timer)
     base = rows[BASELINE]
     for variant, row in rows.items():
         row["train_clips_s"] = config.batch_size / statistics.median(train_times[variant])
@@ -285,11 +296,12 @@ def _format(value: object) -> str:
 def format_table(rows: Sequence[dict[str, object]]) -> str:
     """The rows as an aligned text table (the configuration columns shown once above it)."""
     shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
-                                              "channels_last", "compile", "device")]
+                                              "channels_last", "compile", "device", "threads", "timer")]
     header = ""
     if rows:
         first = rows[0]
         header = (f"T={first['num_segments']} size={first['input_size']} batch={first['batch_size']} "
+                  f"threads={first['threads']} timer={first['timer']} "
                   f"dtype={first['dtype']} channels_last={first['channels_last']} "
                   f"compile={first['compile']} device={first['device']}\n")
     cells = [list(shown)] + [[_format(row[c]) for c in shown] for row in rows]
@@ -328,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
     parser.add_argument("--gsf-ratio", type=float, default=None,
                         help="fraction of channels GSF processes (default: the paper's, per backbone)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads for the run (default: PyTorch's choice)")
+    parser.add_argument("--timer", choices=tuple(TIMERS), default=defaults.timer,
+                        help="wall clock, or CPU time of the process (steadier on a shared CPU "
+                             "machine with --threads 1)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     return parser
@@ -342,8 +359,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         num_segments=args.num_segments, input_size=args.input_size, batch_size=args.batch_size,
         dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         device=args.device, repeats=args.repeats, warmup=args.warmup, gsf_ratio=args.gsf_ratio,
-        seed=args.seed,
+        threads=args.threads, timer=args.timer, seed=args.seed,
     )
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     rows = run_benchmark(config)
     print(format_table(rows))  # the tool's output, not a log message
     if args.csv is not None:

@@ -100,14 +100,22 @@ class GSF(nn.Module):
             # Own storage for the saved input, so the whole of x need not outlive the forward.
             v = v.clone(memory_format=torch.preserve_format)
 
-        mean, var = self._batch_norm_statistics(v)
-        # The gate's 3x3x3 conv as one grouped 2D conv giving each group's three temporal taps
-        # (output channel 3*k + tap), then summed over neighbouring frames below.
-        taps_weight = self.conv3D.weight.transpose(1, 2).reshape(6, half, 3, 3)
-        taps = _NormReluTaps.apply(
-            v, mean, var, self.bn.weight, self.bn.bias, taps_weight, self.bn.eps, self._uses_batch_statistics()
+        # The gate's 3x3x3 conv, regrouped: one matmul per group maps the P/2 channels of each
+        # pixel to the 27 (temporal tap, kh, kw) products, then 9 shifted sums give each frame's
+        # 3 temporal taps, and 3 more (over neighbouring frames) the conv output.
+        taps_weight = self.conv3D.weight.permute(0, 2, 3, 4, 1).reshape(2, 27, half)
+        batch_statistics = self._uses_batch_statistics()
+        if batch_statistics and v.numel() // p < 2:
+            raise ValueError(
+                f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(x.shape)}"
+            )
+        taps, mean, invstd = _NormReluTaps.apply(
+            v, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var, taps_weight,
+            self.bn.eps, batch_statistics,
         )
-        gate = _sum_temporal_taps(taps.reshape(n, t, 2, 3, h, w), self.conv3D.bias)
+        if batch_statistics:
+            self._update_running_statistics(mean, invstd, count=v.numel() // p)
+        gate = _sum_temporal_taps(taps.view(n, t, 2, 3, h, w), self.conv3D.bias)
         gate = torch.tanh(gate)  # (N, T, 2, H, W)
 
         # Fusion weights from spatial means: mean(shift(y)) = shift(mean(y)) and
@@ -132,26 +140,18 @@ class GSF(nn.Module):
     def _uses_batch_statistics(self) -> bool:
         return self.training or not self.bn.track_running_stats
 
-    def _batch_norm_statistics(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and biased variance that ``bn`` normalises with, updating its running
-        statistics exactly as ``BatchNorm3d`` would (the (N*T) layout has the same statistics)."""
+    @torch.no_grad()
+    def _update_running_statistics(self, mean: torch.Tensor, invstd: torch.Tensor, count: int) -> None:
+        """Update ``bn``'s running statistics from a batch's as ``BatchNorm3d`` does (the
+        (N*T, P, H, W) layout has the same statistics as (N, P, T, H, W))."""
         bn = self.bn
-        if not self._uses_batch_statistics():
-            return bn.running_mean, bn.running_var
-        count = v.numel() // v.shape[1]
-        if count < 2:
-            raise ValueError(
-                f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(v.shape)}"
-            )
-        with torch.no_grad():
-            stats_input = v if v.dtype in (torch.float32, torch.float64) else v.float()
-            var, mean = torch.var_mean(stats_input, dim=(0, 2, 3), correction=0)
-            if self.training and bn.track_running_stats:
-                bn.num_batches_tracked.add_(1)
-                factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
-                bn.running_mean.mul_(1 - factor).add_(mean * factor)
-                bn.running_var.mul_(1 - factor).add_(var * (factor * count / (count - 1)))
-        return mean, var
+        if not (self.training and bn.track_running_stats):
+            return
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+        biased_var = invstd.pow(-2) - bn.eps
+        bn.running_mean.mul_(1 - factor).add_(mean * factor)
+        bn.running_var.mul_(1 - factor).add_(biased_var * (factor * count / (count - 1)))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The computation of ``shared/spec/gsf.md``, written for reading, not for speed."""
@@ -193,49 +193,80 @@ def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return gate
 
 
-def _norm_relu(v: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, weight: torch.Tensor,
-               bias: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``relu(bn(v))`` with given statistics, as one scale-and-shift; also returns 1/std."""
-    invstd = torch.rsqrt(var + eps)
+def _norm_relu(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+    """``relu(bn(v))`` with given statistics, as one scale-and-shift, in NCHW layout."""
     scale = weight * invstd
     shift = bias - mean * scale
     activated = torch.relu(torch.addcmul(shift.view(1, -1, 1, 1), v, scale.view(1, -1, 1, 1)))
-    return activated.to(v.dtype), invstd
+    return activated.to(v.dtype).contiguous()
+
+
+def _spatial_tap_sum(products: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(NT, 2, 27, H*W)`` per-pixel products of the 27 (tap, kh, kw) kernel entries ->
+    ``(NT, 2, 3, H, W)`` temporal taps: entry (kh, kw) read at (h + kh - 1, w + kw - 1), zero
+    padded, summed over (kh, kw)."""
+    nt = products.shape[0]
+    padded = F.pad(products.view(nt, 54, h, w), (1, 1, 1, 1)).view(nt, 2, 3, 9, h + 2, w + 2)
+    total = padded[:, :, :, 0, :h, :w]
+    for k in range(1, 9):
+        kh, kw = divmod(k, 3)
+        total = total + padded[:, :, :, k, kh:kh + h, kw:kw + w]
+    return total
+
+
+def _spatial_tap_sum_adjoint(grad_taps: torch.Tensor) -> torch.Tensor:
+    """The adjoint of :func:`_spatial_tap_sum`: ``(NT, 2, 3, H, W) -> (NT, 2, 27, H*W)``."""
+    nt, _, _, h, w = grad_taps.shape
+    padded = F.pad(grad_taps.reshape(nt, 6, h, w), (1, 1, 1, 1)).view(nt, 2, 3, h + 2, w + 2)
+    entries = [padded[..., 2 - kh:2 - kh + h, 2 - kw:2 - kw + w] for kh in range(3) for kw in range(3)]
+    return torch.stack(entries, dim=3).reshape(nt, 2, 27, h * w)
 
 
 class _NormReluTaps(torch.autograd.Function):
-    """``conv2d(relu(bn(v)), taps_weight, groups=2)``, saving only ``v`` for backward.
+    """``relu(bn(v))`` through the gate conv's kernel, per frame: ``(NT, P, H, W) -> (NT, 2, 3, H, W)``
+    temporal taps, plus the batch-norm mean and 1/std used (batch statistics while training,
+    running ones in eval).
 
-    The normalised activation is recomputed in backward (one cheap elementwise pass) instead of
-    being kept from forward: that is ``P`` channels of activation memory per GSF. ``mean`` and
-    ``var`` are the statistics used in forward (batch statistics while training, whose gradient
-    ``native_batch_norm_backward`` accounts for; running statistics in eval).
+    Only ``v`` is saved for backward: the normalised activation (``P`` channels) is
+    recomputed there in one elementwise pass instead of being kept alive from forward.
     """
 
     @staticmethod
-    def forward(ctx, v, mean, var, weight, bias, taps_weight, eps, batch_statistics):  # noqa: D102
-        activated, invstd = _norm_relu(v, mean, var, weight, bias, eps)
-        taps = F.conv2d(activated, taps_weight, padding=1, groups=2)
-        ctx.save_for_backward(v, mean, var, invstd, weight, bias, taps_weight)
+    def forward(ctx, v, weight, bias, running_mean, running_var, taps_weight, eps, batch_statistics):  # noqa: D102
+        if batch_statistics:
+            normed, mean, invstd = torch.native_batch_norm(v, weight, bias, None, None, True, 0.0, eps)
+            activated = torch.relu_(normed).contiguous()
+            var = invstd  # unused by the training-mode backward
+        else:
+            mean, var = running_mean.clone(), running_var
+            invstd = torch.rsqrt(var + eps)
+            activated = _norm_relu(v, mean, invstd, weight, bias)
+        nt, p, h, w = v.shape
+        products = torch.matmul(taps_weight, activated.view(nt, 2, p // 2, h * w))
+        taps = _spatial_tap_sum(products, h, w)
+        ctx.save_for_backward(v, mean, invstd, var, weight, bias, taps_weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
-        return taps
+        ctx.mark_non_differentiable(mean, invstd)
+        return taps, mean, invstd
 
     @staticmethod
-    def backward(ctx, grad_taps):  # noqa: D102
-        v, mean, var, invstd, weight, bias, taps_weight = ctx.saved_tensors
-        activated, _ = _norm_relu(v, mean, var, weight, bias, ctx.eps)
+    def backward(ctx, grad_taps, _grad_mean, _grad_invstd):  # noqa: D102
+        v, mean, invstd, var, weight, bias, taps_weight = ctx.saved_tensors
+        nt, p, h, w = v.shape
+        activated = _norm_relu(v, mean, invstd, weight, bias)
         dtype = activated.dtype
-        grad_activated, grad_taps_weight, _ = torch.ops.aten.convolution_backward(
-            grad_taps.to(dtype), activated, taps_weight.to(dtype), None,
-            [1, 1], [1, 1], [1, 1], False, [0, 0], 2, [True, True, False],
-        )
-        grad_normed = torch.ops.aten.threshold_backward(grad_activated, activated, 0)
+        grad_products = _spatial_tap_sum_adjoint(grad_taps.to(dtype))
+        flat = activated.view(nt, 2, p // 2, h * w)
+        grad_taps_weight = torch.matmul(grad_products, flat.transpose(-1, -2)).sum(dim=0)
+        grad_activated = torch.matmul(taps_weight.to(dtype).transpose(-1, -2), grad_products)
+        grad_normed = torch.ops.aten.threshold_backward(grad_activated.view(nt, p, h, w), activated, 0)
         grad_v, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             grad_normed, v, weight, mean, var, mean, invstd, ctx.batch_statistics, ctx.eps,
             [True, True, True],
         )
-        return (grad_v, None, None, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype),
+        return (grad_v, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None, None,
                 grad_taps_weight.to(taps_weight.dtype), None, None)
 
 
@@ -284,21 +315,20 @@ class _GateShiftFuse(torch.autograd.Function):
         b = blend.to(v.dtype)[..., None, None]
         grad_fused = _interleaved_view(grad_out[:, :p], n, t).reshape(n, t, 2, half, h, w)
 
+        # f = r + w * (s - r) with y = g * v, r = v - y, s = shift(y).
         y = v_groups * g
-        shifted = torch.zeros_like(y)
-        shifted[:, :-1, 0] = y[:, 1:, 0]
-        shifted[:, 1:, 1] = y[:, :-1, 1]
-        # f = r + w * (s - r), r = v - y
-        grad_blend = (grad_fused * (shifted - (v_groups - y))).sum(dim=(-2, -1))
+        shifted_minus_residual = y - v_groups
+        shifted_minus_residual[:, :-1, 0] += y[:, 1:, 0]
+        shifted_minus_residual[:, 1:, 1] += y[:, :-1, 1]
+        grad_blend = (grad_fused * shifted_minus_residual).sum(dim=(-2, -1))
         grad_residual = grad_fused * (1 - b)
-        grad_shifted = grad_fused * b
-        grad_y = torch.zeros_like(grad_shifted)  # the shift's adjoint moves the other way
-        grad_y[:, 1:, 0] = grad_shifted[:, :-1, 0]
-        grad_y[:, :-1, 1] = grad_shifted[:, 1:, 1]
-        # y = g * v and r = v - y:  dv = dr + g * (dy - dr),  dg = sum_c v * (dy - dr)
-        grad_y -= grad_residual
-        grad_v = torch.addcmul(grad_residual, g, grad_y)
-        grad_gate = (v_groups * grad_y).sum(dim=3)
+        # grad_y - grad_residual, where grad_y = grad_fused * w moved by the shift's adjoint
+        # (the opposite way): dv = dr + g * (dy - dr) and dg = sum_c v * (dy - dr).
+        grad_y_minus_residual = torch.neg(grad_residual)
+        grad_y_minus_residual[:, 1:, 0].addcmul_(grad_fused[:, :-1, 0], b[:, :-1, 0])
+        grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
+        grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
+        grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
                 grad_out[:, p:], None, None)
 
