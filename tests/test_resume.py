@@ -15,6 +15,7 @@ state, Lightning-AI/pytorch-lightning#20550).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistribute
 
 SCRIPT = Path(__file__).resolve()
 DATASET_SIZE, BATCH_SIZE = 23, 4
-STEPS_PER_EPOCH = 6  # the sixth batch is short (3 samples): odd sizes are where off-by-ones hide
+# One process: 6 steps per epoch, the last one short (3 samples): odd sizes are where off-by-ones hide.
 
 
 class FixedVectors(Dataset):
@@ -137,22 +138,29 @@ def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
 
 
 @pytest.mark.parametrize(
-    "stop_at_step", [8, pytest.param(2, marks=pytest.mark.slow)]  # mid second epoch (after a whole one); mid first
+    ("stop_at_step", "devices"),
+    [
+        (8, 1),  # in the middle of the second epoch, after a whole one
+        pytest.param(2, 1, marks=pytest.mark.slow),  # in the first epoch
+        pytest.param(4, 2, marks=pytest.mark.slow),  # DDP, two CPU processes: second epoch
+    ],
 )
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_at_step):
-    epochs = "2"
-    reference = _run(tmp_path, "reference", "--max-epochs", epochs)
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_at_step, devices):
+    run_options = ["--max-epochs", "2", "--devices", str(devices)]
+    samples_per_rank = math.ceil(DATASET_SIZE / devices)  # the sampler pads to equal shares
+    steps_per_epoch = math.ceil(samples_per_rank / BATCH_SIZE)
+    reference = _run(tmp_path, "reference", *run_options)
 
     ready = tmp_path / "ready"
     preempted = _run(
-        tmp_path, "preempted", "--max-epochs", epochs, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready)
+        tmp_path, "preempted", *run_options, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready)
     )
     deadline = time.monotonic() + 120
     while not ready.exists():
         assert preempted.poll() is None, preempted.communicate()[0]
         assert time.monotonic() < deadline, "the training process never reached the step"
         time.sleep(0.05)
-    preempted.send_signal(signal.SIGTERM)
+    preempted.send_signal(signal.SIGTERM)  # to rank 0; Lightning passes it on to the other ranks
     output = _finish(preempted)
     checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert checkpoint_path.is_file(), output
@@ -160,18 +168,19 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     checkpoint = torch.load(checkpoint_path, weights_only=True)
     assert checkpoint["global_step"] == stop_at_step
     loader_state = checkpoint["callbacks"]["ExactResume"]["train_loader"]["sampler"]
-    epoch, steps_into_epoch = divmod(stop_at_step, STEPS_PER_EPOCH)
-    assert (loader_state["epoch"], loader_state["position"]) == (epoch, BATCH_SIZE * steps_into_epoch)
+    epoch, steps_into_epoch = divmod(stop_at_step, steps_per_epoch)
+    assert (loader_state["epoch"], loader_state["position"]) == (epoch, BATCH_SIZE * devices * steps_into_epoch)
+    assert len(checkpoint["callbacks"]["ExactResume"]["random_state_per_rank"]) == devices
 
-    resumed = _run(tmp_path, "preempted", "--max-epochs", epochs, "--ckpt-path", str(checkpoint_path))
+    resumed = _run(tmp_path, "preempted", *run_options, "--ckpt-path", str(checkpoint_path))
     _finish(resumed)
     _finish(reference)
 
     expected = torch.load(tmp_path / "reference.pt", weights_only=True)
     actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
-    assert actual["step"] == expected["step"] == 2 * STEPS_PER_EPOCH
-    # The resumed process saw exactly the samples the reference saw after the stop.
-    seen_before_stop = DATASET_SIZE * epoch + BATCH_SIZE * steps_into_epoch
+    assert actual["step"] == expected["step"] == 2 * steps_per_epoch
+    # After the resume, rank 0 saw exactly the samples it saw after the stop in the reference.
+    seen_before_stop = samples_per_rank * epoch + BATCH_SIZE * steps_into_epoch
     assert actual["seen"] == expected["seen"][seen_before_stop:]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
