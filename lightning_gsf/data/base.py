@@ -363,7 +363,8 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         self._datasets: dict[str, ClipDataset] = {}
         # Check the transform arguments now rather than when the first loader is built.
         self.train_transform()
-        self.eval_transform(max(val_crops, test_crops))
+        self.eval_transform(val_crops)
+        self.eval_transform(test_crops)
 
     # --- what a dataset's subclass provides -------------------------------------------------
 

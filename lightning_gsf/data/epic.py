@@ -235,7 +235,8 @@ def _read_rows(path: Path, required: Sequence[str], name_column: str | None = No
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as file:
+    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         header = reader.fieldnames or []
         missing = [column for column in required if column not in header]
@@ -285,7 +286,7 @@ def read_actions(path: Path) -> list[EpicAction]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as file:
+    with path.open(newline="", encoding="utf-8-sig") as file:
         header = next(csv.reader(file), [])
     labelled = "verb_class" in header
     actions: list[EpicAction] = []

@@ -243,6 +243,11 @@ class _Track:
         self.colour = np.zeros((num_frames, 3))
 
 
+def _margin(radius: float) -> float:
+    """How far an object's centre must stay from the frame's edges to be wholly in view."""
+    return radius * 1.05 + 2
+
+
 def _fill_action(track: _Track, action: _Action, rng: np.random.Generator, width: int, height: int) -> None:
     """Draw one action's trajectory (the pair's forward verb), reversed for the backward verb."""
     length = action.stop - action.start
@@ -251,28 +256,27 @@ def _fill_action(track: _Track, action: _Action, rng: np.random.Generator, width
     radius = np.full(length, rng.uniform(0.2, 0.27) * height)
     angle = np.full(length, rng.uniform(-0.5, 0.5))
     alpha = np.ones(length)
-    margin = lambda r: r * 1.05 + 2  # noqa: E731 - keeps the object inside the frame
-    x = np.full(length, rng.uniform(margin(radius[0]), width - margin(radius[0])))
-    y = np.full(length, rng.uniform(margin(radius[0]), height - margin(radius[0])))
+    x = np.full(length, rng.uniform(_margin(radius[0]), width - _margin(radius[0])))
+    y = np.full(length, rng.uniform(_margin(radius[0]), height - _margin(radius[0])))
     if forward_verb == 0:  # move right
-        room = width - 2 * margin(radius[0])  # how far the object can travel and stay in view
+        room = width - 2 * _margin(radius[0])  # how far the object can travel and stay in view
         distance = min(rng.uniform(0.35, 0.5) * width, 0.95 * room)
-        x0 = rng.uniform(margin(radius[0]), width - margin(radius[0]) - distance)
+        x0 = rng.uniform(_margin(radius[0]), width - _margin(radius[0]) - distance)
         x = x0 + distance * p
     elif forward_verb == 2:  # move down
         radius[:] = rng.uniform(0.16, 0.2) * height
-        room = height - 2 * margin(radius[0])
+        room = height - 2 * _margin(radius[0])
         distance = min(rng.uniform(0.3, 0.4) * height, 0.95 * room)
-        y0 = rng.uniform(margin(radius[0]), height - margin(radius[0]) - distance)
-        x = np.full(length, rng.uniform(margin(radius[0]), width - margin(radius[0])))
+        y0 = rng.uniform(_margin(radius[0]), height - _margin(radius[0]) - distance)
+        x = np.full(length, rng.uniform(_margin(radius[0]), width - _margin(radius[0])))
         y = y0 + distance * p
     elif forward_verb == 4:  # appear
         alpha = p
     elif forward_verb == 6:  # grow
         small, large = rng.uniform(0.1, 0.13) * height, rng.uniform(0.28, 0.33) * height
         radius = small * (large / small) ** p
-        x = np.full(length, rng.uniform(margin(large), width - margin(large)))
-        y = np.full(length, rng.uniform(margin(large), height - margin(large)))
+        x = np.full(length, rng.uniform(_margin(large), width - _margin(large)))
+        y = np.full(length, rng.uniform(_margin(large), height - _margin(large)))
     elif forward_verb == 8:  # rotate clockwise (positive angles turn clockwise on screen)
         angle = angle + rng.uniform(math.radians(70), math.radians(110)) * p
     if action.verb != forward_verb:  # the backward verb plays the same trajectory in reverse
