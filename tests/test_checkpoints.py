@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
+import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
 from torch import nn
 
-from lightning_gsf.callbacks import AtomicCheckpointIO, CheckpointMismatchError, check_checkpoint_matches
+from lightning_gsf.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointMismatchError,
+    ExactResume,
+    PreemptionCheckpoint,
+    check_checkpoint_matches,
+)
 
 OLD = {"state_dict": {"weight": torch.ones(3)}, "epoch": 1}
 NEW = {"state_dict": {"weight": torch.zeros(300_000)}, "epoch": 2}
@@ -168,3 +178,49 @@ def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_pa
     ])  # fmt: skip
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (1, 2)  # end of the second epoch
+
+
+@pytest.mark.parametrize(
+    ("dirpath", "model_checkpoint_dir", "expected"),
+    [
+        ("explicit", None, "explicit/last.ckpt"),
+        (None, "model_checkpoints", "model_checkpoints/last.ckpt"),
+        (None, None, "root/checkpoints/last.ckpt"),
+    ],
+    ids=["explicit", "model-checkpoint-folder", "default-root"],
+)
+def test_preemption_checkpoint_goes_next_to_the_other_checkpoints(
+    tmp_path, monkeypatch, dirpath, model_checkpoint_dir, expected
+):
+    monkeypatch.chdir(tmp_path)
+    callbacks = [ModelCheckpoint(dirpath=model_checkpoint_dir)] if model_checkpoint_dir else []
+    trainer = pl.Trainer(default_root_dir="root", callbacks=callbacks, enable_checkpointing=bool(callbacks))
+    path = PreemptionCheckpoint(dirpath=dirpath).checkpoint_path(trainer)
+    assert path.resolve() == (tmp_path / expected).resolve()
+
+
+def _draws() -> list[float]:
+    return [torch.rand(1).item(), float(np.random.rand()), random.random()]
+
+
+def test_exact_resume_restores_this_ranks_random_state_at_the_first_batch():
+    callback = ExactResume()
+    saved = callback.state_dict()
+    expected = _draws()
+    callback.load_state_dict(saved)
+    _draws()  # whatever happens between loading the checkpoint and the first batch
+    callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 0)
+    assert _draws() == expected
+    callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 1)  # only once
+    assert _draws() != expected
+
+
+def test_exact_resume_on_another_world_size_keeps_fresh_random_state_and_says_so(caplog):
+    callback = ExactResume()
+    state = callback.state_dict()
+    callback.load_state_dict({**state, "random_state_per_rank": state["random_state_per_rank"] * 2})
+    before = torch.get_rng_state()
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 0)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert "random state of 2 processes, this run has 1" in caplog.text
