@@ -432,7 +432,8 @@ def _videos_of_split(
         participant = participants[video_index % len(participants)]
         video_numbers[participant] += 1
         video_id = f"{participant}_{video_numbers[participant]:02d}"
-        yield video_id, participant, np.random.default_rng(np.random.SeedSequence([settings.seed, split_code, video_index]))
+        seed = np.random.SeedSequence([settings.seed, split_code, video_index])
+        yield video_id, participant, np.random.default_rng(seed)
 
 
 def _draw_actions(
@@ -449,9 +450,8 @@ def _draw_actions(
     actions = []
     for number in range(count):
         length = int(rng.integers(settings.min_frames, settings.max_frames + 1))
-        actions.append(
-            _Action(f"{video_id}_{number}", int(2 * pairs[number] + directions[number]), int(nouns[number]), position, position + length)
-        )
+        verb = int(2 * pairs[number] + directions[number])
+        actions.append(_Action(f"{video_id}_{number}", verb, int(nouns[number]), position, position + length))
         position += length + int(rng.integers(2, 8))  # an idle gap between actions
     return actions, position
 
@@ -480,7 +480,7 @@ def _pick_codec(requested: str | None) -> str:
         except (av.FFmpegError, ValueError):
             continue
         if name != candidates[0]:
-            logger.warning("video encoder %s is not available in this PyAV build; writing %s instead", candidates[0], name)
+            logger.warning("video encoder %s is not in this PyAV build; writing %s instead", candidates[0], name)
         return name
     raise RuntimeError(f"none of the video encoders {candidates} is available in this PyAV build")
 
