@@ -52,18 +52,23 @@ class GSF(nn.Module):
             of one clip consecutive.
         ratio: fraction of the channels that GSF processes (0.25 for ResNet, 1.0 for the
             Inception backbones in the paper).
+        inplace: write the output into the input's storage (like ``nn.ReLU(inplace=True)``),
+            which saves allocating and copying a whole feature map. Safe where GSF sits, on
+            a convolution's output that nothing else reads; not on a leaf that requires grad.
+            Ignored under ``torch.compile``.
 
     Parameter names (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``) are those of
     the original release, so its checkpoints map onto this module one to one.
     """
 
-    def __init__(self, channels: int, num_segments: int, ratio: float = 0.25) -> None:
+    def __init__(self, channels: int, num_segments: int, ratio: float = 0.25, inplace: bool = False) -> None:
         super().__init__()
         if num_segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
         self.channels = channels
         self.num_segments = num_segments
         self.ratio = ratio
+        self.inplace = inplace
         self.processed = gsf_channels(channels, ratio)
         p = self.processed
         self.bn = nn.BatchNorm3d(p)
@@ -74,7 +79,8 @@ class GSF(nn.Module):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, processed={self.processed}, num_segments={self.num_segments}"
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"channels={self.channels}, processed={self.processed}, num_segments={self.num_segments}{inplace}"
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -95,9 +101,13 @@ class GSF(nn.Module):
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
+        # Under torch.compile the compiler plans memory itself, and AOTAutograd gets the
+        # gradient of an input that an autograd.Function marks dirty wrong: stay out of place.
+        inplace = self.inplace and not torch.compiler.is_compiling()
         v = x[:, :p]
-        if p < c and torch.is_grad_enabled():
-            # Own storage for the saved input, so the whole of x need not outlive the forward.
+        if inplace or (p < c and torch.is_grad_enabled()):
+            # Own storage: the output may overwrite x, and a saved slice of x would keep the
+            # whole of x alive until backward.
             v = v.clone(memory_format=torch.preserve_format)
 
         # The gate's 3x3x3 conv, regrouped: one matmul per group maps the P/2 channels of each
@@ -135,7 +145,7 @@ class GSF(nn.Module):
         blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        return _GateShiftFuse.apply(v, gate, blend, x[:, p:], t, channels_last)
+        return _GateShiftFuse.apply(v, gate, blend, x, t, channels_last, inplace)
 
     def _uses_batch_statistics(self) -> bool:
         return self.training or not self.bn.track_running_stats
@@ -275,31 +285,33 @@ class _GateShiftFuse(torch.autograd.Function):
 
     Forward: with ``y = gate * v`` and ``r = v - y`` per group, ``f = r * (1 - w) + s * w``
     where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards), and ``f``
-    lands interleaved in the first ``P`` output channels; ``rest`` fills the others.
+    lands interleaved in the first ``P`` output channels; ``x`` provides the others (and is
+    the output itself when ``inplace``).
     Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
     backward, which recomputes ``y``, ``r`` and ``s``.
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, rest, num_segments, channels_last):  # noqa: D102
+    def forward(ctx, v, gate, blend, x, num_segments, channels_last, inplace):  # noqa: D102
         nt, p, h, w = v.shape
-        n, half, quarter = nt // num_segments, p // 2, p // 4
-        v_groups = v.view(n, num_segments, 2, half, h, w)
-        g = gate.to(v.dtype).unsqueeze(3)  # (N, T, 2, 1, H, W)
-        b = blend.to(v.dtype)[..., None, None]  # (N, T, 2, P/2, 1, 1)
-        y = v_groups * g
-        fused = (v_groups - y) * (1 - b)
-        fused[:, :-1, 0].addcmul_(b[:, :-1, 0], y[:, 1:, 0])  # group 1: s[t] = y[t + 1]
-        fused[:, 1:, 1].addcmul_(b[:, 1:, 1], y[:, :-1, 1])  # group 2: s[t] = y[t - 1]
-
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
-                          memory_format=memory_format)
-        # Interleave: the group's channel j*Q + i goes to 2*i + j.
-        _interleaved_view(out[:, :p], n, num_segments).copy_(
-            fused.view(n, num_segments, 2, 2, quarter, h, w)
-        )
-        out[:, p:].copy_(rest)
+        n, q = nt // num_segments, p // 4
+        if inplace:
+            out = x
+            ctx.mark_dirty(x)
+        else:
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            out = torch.empty(x.shape, dtype=v.dtype, device=v.device, memory_format=memory_format)
+            out[:, p:].copy_(x[:, p:])
+        # Written straight into the interleaved view of the output (the group's channel j*Q + i
+        # goes to 2*i + j), in the source order (N, T, group k, j, i, H, W).
+        fused = _interleaved_view(out[:, :p], n, num_segments)
+        v7 = v.view(n, num_segments, 2, 2, q, h, w)
+        g7 = gate.to(v.dtype).reshape(n, num_segments, 2, 1, 1, h, w)
+        b7 = blend.to(v.dtype).reshape(n, num_segments, 2, 2, q, 1, 1)
+        fused.copy_(v7).mul_(1 - g7)  # r = v - y (in place: dynamo rejects strided out=)
+        fused.mul_(1 - b7)  # r * (1 - w)
+        fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
+        fused[:, 1:, 1].addcmul_(v7[:, :-1, 1] * g7[:, :-1, 1], b7[:, 1:, 1])  # + w * y[t - 1]
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
         return out
@@ -329,8 +341,11 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
+        # The last C - P output channels are x's; the first P depend on x only through v.
+        grad_x = grad_out.clone()
+        grad_x[:, :p] = 0
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_out[:, p:], None, None)
+                grad_x, None, None, None)
 
 
 def _interleaved_view(processed: torch.Tensor, n: int, t: int) -> torch.Tensor:

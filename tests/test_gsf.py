@@ -198,6 +198,39 @@ def test_fast_equals_reference_float32(channels, num_segments, ratio, batch, siz
         assert (buffer - dict(reference.named_buffers())[name]).abs().max() < 1e-5, name
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels,ratio", [(16, 0.25), (8, 1.0)])
+def test_inplace_writes_into_the_input_with_the_same_results(channels, ratio, training):
+    fast = make_gsf(channels, 4, ratio, seed=5).train(training)
+    fast.inplace = True
+    reference = make_gsf(channels, 4, ratio, seed=5).train(training)
+    x = make_input(2, 4, channels, 5, seed=2).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    conv_output = x * 1.0  # GSF sits on a conv's output: a non-leaf that nothing else reads
+    out = fast(conv_output)
+    assert out.data_ptr() == conv_output.data_ptr()
+    out_ref = reference.forward_reference(x_ref)
+    assert (out - out_ref).abs().max() < 1e-5
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * upstream).sum().backward()
+    (out_ref * upstream).sum().backward()
+    assert (x.grad - x_ref.grad).abs().max() < 1e-5
+    for (name, param), param_ref in zip(fast.named_parameters(), reference.parameters()):
+        assert (param.grad - param_ref.grad).abs().max() < 1e-4, name
+    torch.testing.assert_close(fast.bn.running_var, reference.bn.running_var)
+
+
+def test_inplace_under_no_grad_matches_reference():
+    fast = make_gsf(16, 4, 0.5, seed=1).eval()
+    fast.inplace = True
+    reference = make_gsf(16, 4, 0.5, seed=1).eval()
+    x = make_input(1, 4, 16, 5, seed=3)
+    expected = reference.forward_reference(x)
+    with torch.inference_mode():
+        out = fast(x.clone())
+    assert (out - expected).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("path", ["forward", "forward_reference"])
 def test_gradients_reach_every_parameter_and_the_input(path):
     module = make_gsf(16, 4, 0.5, seed=0)
@@ -349,14 +382,16 @@ def test_bf16_autocast_stays_close_to_float32(training):
     torch.testing.assert_close(fast.bn.running_mean, reference.bn.running_mean, rtol=1e-2, atol=1e-3)
 
 
-def test_compiles_without_graph_breaks():
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_compiles_without_graph_breaks(inplace):
     module = make_gsf(8, 2, 1.0, seed=0)
+    module.inplace = inplace
     x = make_input(1, 2, 8, 3, seed=0).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     reference = make_gsf(8, 2, 1.0, seed=0)
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
-    out = compiled(x)
+    out = compiled(x * 1.0)
     out_ref = reference.forward_reference(x_ref)
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
     out.sum().backward()
