@@ -300,8 +300,36 @@ def test_skip_unreadable_keeps_batches_full_and_counts_across_workers():
 
 def test_skip_unreadable_gives_up_when_everything_is_unreadable():
     dataset = toy(unreadable=range(10), skip_unreadable=True).dataset("train", training=True)
-    with pytest.raises(SampleReadError, match="10 consecutive samples"):
+    with pytest.raises(SampleReadError, match="unreadable, from 10 different sources in a row"):
+        dataset[3]
+    assert dataset.num_skipped == 10
+
+
+def test_skip_unreadable_gives_up_after_many_bad_sources_in_a_row():
+    samples = [ClipSample(f"s{i}", Path(f"/videos/bad_{i}"), 0, 8, {"verb": 0}) for i in range(40)]
+    dataset = ClipDataset(
+        samples + make_samples(2),
+        IndexFrames(unreadable=[f"bad_{i}" for i in range(40)]),
+        num_segments=4,
+        eval_transform=EvalClipTransform(32, 36),
+        skip_unreadable=True,
+    )
+    with pytest.raises(SampleReadError, match="from 16 different sources in a row"):
         dataset[0]
+    assert dataset.num_skipped == 16
+
+
+def test_skip_unreadable_passes_over_many_segments_of_one_missing_video():
+    missing_video = [ClipSample(f"s{i}", Path("/videos/bad_video"), 8 * i, 8 * i + 8, {"verb": 0}) for i in range(30)]
+    dataset = ClipDataset(
+        missing_video + make_samples(2),
+        IndexFrames(unreadable=["bad_video"]),
+        num_segments=4,
+        eval_transform=EvalClipTransform(32, 36),
+        skip_unreadable=True,
+    )
+    assert dataset[0]["id"] == "train_0"
+    assert dataset.num_skipped == 30
 
 
 def test_dataset_requires_exactly_one_transform():

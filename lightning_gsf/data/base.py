@@ -77,9 +77,10 @@ SPLITS = ("train", "val", "test")
 #: ``(labels, flipped) -> labels``: how a horizontal flip changes a training sample's labels.
 LabelTransform = Callable[[dict[str, int], bool], dict[str, int]]
 
-# How many consecutive unreadable samples ``skip_unreadable`` tolerates before concluding that
-# the data, not a sample, is broken (a wrong root, a missing mount) and raising after all.
-_MAX_CONSECUTIVE_SKIPS = 16
+# How many different unreadable sources in a row ``skip_unreadable`` tolerates before concluding
+# that the data, not a sample, is broken (a wrong root, a missing mount) and raising after all.
+# Sources, not samples: the hundreds of segments of one missing EPIC video are one bad source.
+_MAX_CONSECUTIVE_BAD_SOURCES = 16
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not self.skip_unreadable:
             return self.load(index)
-        for attempt in range(min(_MAX_CONSECUTIVE_SKIPS, len(self))):
+        bad_sources: set[Path] = set()
+        for attempt in range(len(self)):
             candidate = (index + attempt) % len(self)
             if self._unreadable[candidate]:
                 continue  # found unreadable before, and logged then
@@ -217,9 +219,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 return self.load(candidate)
             except SampleReadError as error:
                 self._flag_unreadable(candidate, error)
+                bad_sources.add(self.samples[candidate].source)
+                if len(bad_sources) >= _MAX_CONSECUTIVE_BAD_SOURCES:
+                    break
         raise SampleReadError(
-            f"{self.name or 'dataset'}: {min(_MAX_CONSECUTIVE_SKIPS, len(self))} consecutive samples from index "
-            f"{index} are unreadable (see the warnings above); expected readable data, check the dataset root"
+            f"{self.name or 'dataset'}: the samples from index {index} on are unreadable, from "
+            f"{len(bad_sources)} different sources in a row (see the warnings above); expected readable "
+            "data: check the dataset's root and layout"
         )
 
     def load(self, index: int) -> dict[str, Any]:
