@@ -111,9 +111,10 @@ class GSF(nn.Module):
             v = v.clone(memory_format=torch.preserve_format)
 
         # The gate's 3x3x3 conv, regrouped: one matmul per group maps the P/2 channels of each
-        # pixel to the 27 (temporal tap, kh, kw) products, then 9 shifted sums give each frame's
-        # 3 temporal taps, and 3 more (over neighbouring frames) the conv output.
-        taps_weight = self.conv3D.weight.permute(0, 2, 3, 4, 1).reshape(2, 27, half)
+        # pixel to the 27 (temporal tap, kh, kw) products, F.fold sums them over the 3x3
+        # neighbourhood into each frame's 3 temporal taps, and 3 more sums over neighbouring
+        # frames give the conv output. (fold scatters where the conv gathers, hence the flip.)
+        taps_weight = self.conv3D.weight.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(2, 27, half)
         batch_statistics = self._uses_batch_statistics()
         if batch_statistics and v.numel() // p < 2:
             raise ValueError(
@@ -130,9 +131,12 @@ class GSF(nn.Module):
 
         # Fusion weights from spatial means: mean(shift(y)) = shift(mean(y)) and
         # mean(v - y) = mean(v) - mean(y), so the shifted maps are never pooled themselves.
-        v_groups = v.view(n, t, 2, half, h, w)
-        v_mean = v_groups.mean(dim=(-2, -1))  # (N, T, 2, P/2)
-        y_mean = (v_groups * gate.unsqueeze(3).to(v.dtype)).mean(dim=(-2, -1))
+        # mean(v) and both groups' mean(gate * v) come from one pass over v: a batched matmul
+        # of each frame's (P, H*W) with the columns [1, gate_1, gate_2] / (H*W).
+        columns = torch.cat([torch.ones_like(gate[:, :, :1]), gate], dim=2).view(nt, 3, h * w)
+        means = torch.bmm(v.reshape(nt, p, h * w), columns.transpose(1, 2).to(v.dtype) / (h * w))
+        v_mean = means[:, :, 0].reshape(n, t, 2, half)  # (N, T, 2, P/2)
+        y_mean = torch.stack([means[:, :half, 1], means[:, half:, 2]], dim=1).reshape(n, t, 2, half)
         s_mean = torch.stack(
             [F.pad(y_mean[:, 1:, 0], (0, 0, 0, 1)), F.pad(y_mean[:, :-1, 1], (0, 0, 1, 0))], dim=2
         )
@@ -212,30 +216,9 @@ def _norm_relu(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight
     return activated.to(v.dtype).contiguous()
 
 
-def _spatial_tap_sum(products: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``(NT, 2, 27, H*W)`` per-pixel products of the 27 (tap, kh, kw) kernel entries ->
-    ``(NT, 2, 3, H, W)`` temporal taps: entry (kh, kw) read at (h + kh - 1, w + kw - 1), zero
-    padded, summed over (kh, kw)."""
-    nt = products.shape[0]
-    padded = F.pad(products.view(nt, 54, h, w), (1, 1, 1, 1)).view(nt, 2, 3, 9, h + 2, w + 2)
-    total = padded[:, :, :, 0, :h, :w]
-    for k in range(1, 9):
-        kh, kw = divmod(k, 3)
-        total = total + padded[:, :, :, k, kh:kh + h, kw:kw + w]
-    return total
-
-
-def _spatial_tap_sum_adjoint(grad_taps: torch.Tensor) -> torch.Tensor:
-    """The adjoint of :func:`_spatial_tap_sum`: ``(NT, 2, 3, H, W) -> (NT, 2, 27, H*W)``."""
-    nt, _, _, h, w = grad_taps.shape
-    padded = F.pad(grad_taps.reshape(nt, 6, h, w), (1, 1, 1, 1)).view(nt, 2, 3, h + 2, w + 2)
-    entries = [padded[..., 2 - kh:2 - kh + h, 2 - kw:2 - kw + w] for kh in range(3) for kw in range(3)]
-    return torch.stack(entries, dim=3).reshape(nt, 2, 27, h * w)
-
-
 class _NormReluTaps(torch.autograd.Function):
-    """``relu(bn(v))`` through the gate conv's kernel, per frame: ``(NT, P, H, W) -> (NT, 2, 3, H, W)``
-    temporal taps, plus the batch-norm mean and 1/std used (batch statistics while training,
+    """``relu(bn(v))`` through the gate conv's kernel, per frame: ``(NT, P, H, W) -> (NT, 6, H, W)``
+    temporal taps (channel ``3 * group + tap``), plus the batch-norm mean and 1/std used (batch statistics while training,
     running ones in eval).
 
     Only ``v`` is saved for backward: the normalised activation (``P`` channels) is
@@ -254,7 +237,7 @@ class _NormReluTaps(torch.autograd.Function):
             activated = _norm_relu(v, mean, invstd, weight, bias)
         nt, p, h, w = v.shape
         products = torch.matmul(taps_weight, activated.view(nt, 2, p // 2, h * w))
-        taps = _spatial_tap_sum(products, h, w)
+        taps = F.fold(products.view(nt, 54, h * w), (h, w), kernel_size=3, padding=1)
         ctx.save_for_backward(v, mean, invstd, var, weight, bias, taps_weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
@@ -267,7 +250,8 @@ class _NormReluTaps(torch.autograd.Function):
         nt, p, h, w = v.shape
         activated = _norm_relu(v, mean, invstd, weight, bias)
         dtype = activated.dtype
-        grad_products = _spatial_tap_sum_adjoint(grad_taps.to(dtype))
+        grad_products = F.unfold(grad_taps.to(dtype).reshape(nt, 6, h, w), kernel_size=3, padding=1)
+        grad_products = grad_products.view(nt, 2, 27, h * w)
         flat = activated.view(nt, 2, p // 2, h * w)
         grad_taps_weight = torch.matmul(grad_products, flat.transpose(-1, -2)).sum(dim=0)
         grad_activated = torch.matmul(taps_weight.to(dtype).transpose(-1, -2), grad_products)
