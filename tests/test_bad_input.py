@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,8 +374,9 @@ ROOTS = {"epic": {"root": "/data"}}
 )
 @pytest.mark.parametrize("dataset", list(DATA_CLASSES))
 def test_config_with_unknown_key_or_wrong_type_is_refused_naming_the_key(
-    dataset, section, setting, named, tmp_path, capsys
+    dataset, section, setting, named, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.setattr(sys, "argv", ["gsf"])  # the arguments are passed, not read from pytest's command line
     init_args = ROOTS.get(dataset, {"root": "/data", "annotation_dir": "/data"})
     config: dict[str, Any] = {"data": {"class_path": DATA_CLASSES[dataset], "init_args": dict(init_args)}}
     if section == "data":

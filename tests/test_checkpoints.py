@@ -156,7 +156,7 @@ def test_nested_hyper_parameters_are_compared_by_dotted_key():
         check_checkpoint_matches(Nested(optimizer={"name": "sgd", "momentum": 0.0}, width=5), saved)
 
 
-def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path):
+def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path, monkeypatch):
     """``--ckpt_path last`` (and the SLURM requeue) must resume from the latest epoch, not the best one.
 
     Lightning >= 2.6 writes ``save_last`` only when a top-k checkpoint is written in the same step,
@@ -166,6 +166,7 @@ def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_pa
     from lightning_gsf.cli import main
     from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
+    monkeypatch.setattr(sys, "argv", ["gsf"])  # the arguments are passed, not read from pytest's command line
     data = tmp_path / "data"
     generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
     main([
