@@ -117,7 +117,7 @@ def fit_one_epoch_with_config(config: str, data_arguments: dict, run_dir: Path) 
     ResNet-18 in place of the recipe's data paths and ImageNet backbone (no download needed)."""
     from lightning_gsf.cli import main
 
-    data_keys = ("root", "annotation_dir", "labels_file", "vocab_file", "class_names_file", "path_template", "media",
+    data_keys = ("root", "annotations_dir", "labels_file", "vocab_file", "class_names_file", "path_template", "layout",
                  "num_segments", "batch_size", "num_workers", "input_size", "resize_size", "missing_report_dir")
     overrides = [
         f"--data.init_args.{key}={value}" for key, value in data_arguments.items() if key in data_keys

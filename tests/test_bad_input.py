@@ -89,7 +89,7 @@ def build_ssv1(root: Path) -> BuiltDataset:
     train = annotations / "train.csv"
     return BuiltDataset(
         SomethingSomethingV1DataModule,
-        dict(root=root / "frames", annotation_dir=annotations, labels_file="labels.csv", train_file="train.csv",
+        dict(root=root / "frames", annotations_dir=annotations, labels_file="labels.csv", train_file="train.csv",
              val_file="val.csv", test_file="val.csv", missing_report_dir=root / "logs", **TINY),
         _append_line(train, "105 no separator here", "line 4"),
         _append_line(train, "105;Flying something", "line 4"),
@@ -114,7 +114,7 @@ def build_ssv2(root: Path) -> BuiltDataset:
     train = annotations / "train.json"
     return BuiltDataset(
         SomethingSomethingV2DataModule,
-        dict(root=root / "videos", annotation_dir=annotations, labels_file="labels.json", train_file="train.json",
+        dict(root=root / "videos", annotations_dir=annotations, labels_file="labels.json", train_file="train.json",
              val_file="val.json", test_file="val.json", video_suffix=".mp4", missing_report_dir=root / "logs", **TINY),
         _append_json_entry(train, {"no id": "205"}),
         _append_json_entry(train, {"id": "205", "template": "Flying [something]", "placeholders": []}),
@@ -142,7 +142,7 @@ def build_kinetics(root: Path) -> BuiltDataset:
     train = annotations / "kinetics-400_train.csv"
     return BuiltDataset(
         Kinetics400DataModule,
-        dict(root=root / "videos", annotation_dir=annotations, class_names_file=str(annotations / "labels.txt"),
+        dict(root=root / "videos", annotations_dir=annotations, class_names_file=str(annotations / "labels.txt"),
              path_template=VIDEO_TEMPLATE_FLAT, missing_report_dir=root / "logs", **TINY),
         _append_line(train, "abseiling,eeeeeeeeeee", "line 5"),
         _append_line(train, '"flying carpets",eeeeeeeeeee,10,20,train', "line 5"),
@@ -168,9 +168,9 @@ def build_diving48(root: Path, shared: Path) -> BuiltDataset:
     train = annotations / "Diving48_V2_train.json"
     return BuiltDataset(
         Diving48DataModule,
-        dict(root=root / "videos", annotation_dir=annotations,
+        dict(root=root / "videos", annotations_dir=annotations,
              vocab_file=str(shared / "diving48" / "Diving48_vocab.json"),
-             media="video", video_suffix=".mp4", missing_report_dir=root / "logs", **TINY),
+             layout="video", video_suffix=".mp4", missing_report_dir=root / "logs", **TINY),
         _append_json_entry(train, {"vid_name": "dive_e", "label": "seven", "start_frame": 0, "end_frame": 5}),
         _append_json_entry(train, {"vid_name": "dive_e", "label": 480, "start_frame": 0, "end_frame": 5}),
         lenient=dict(skip_unreadable=True, missing_videos="drop"),
@@ -204,7 +204,7 @@ def build_epic(root: Path, pristine: Path, layout: str) -> BuiltDataset:
 
 
 DATASETS: dict[str, tuple[str, Callable[..., BuiltDataset]]] = {
-    # name: (media layout, builder(root, shared_data, pristine_epic))
+    # name: (layout layout, builder(root, shared_data, pristine_epic))
     "epic-frames": ("frames", lambda root, shared, epic: build_epic(root, epic, "frames")),
     "epic-video": ("video", lambda root, shared, epic: build_epic(root, epic, "video")),
     "ssv1": ("frames", lambda root, shared, epic: build_ssv1(root)),
@@ -377,7 +377,7 @@ def test_config_with_unknown_key_or_wrong_type_is_refused_naming_the_key(
     dataset, section, setting, named, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setattr(sys, "argv", ["gsf"])  # the arguments are passed, not read from pytest's command line
-    init_args = ROOTS.get(dataset, {"root": "/data", "annotation_dir": "/data"})
+    init_args = ROOTS.get(dataset, {"root": "/data", "annotations_dir": "/data"})
     config: dict[str, Any] = {"data": {"class_path": DATA_CLASSES[dataset], "init_args": dict(init_args)}}
     if section == "data":
         config["data"]["init_args"].update(setting)

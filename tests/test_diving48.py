@@ -70,7 +70,7 @@ from media_writers import (  # noqa: E402
 )
 
 
-def _build_diving48(tmp_path: Path, diving_dir: Path, media: str) -> tuple[dict, dict, dict]:
+def _build_diving48(tmp_path: Path, diving_dir: Path, layout: str) -> tuple[dict, dict, dict]:
     """Real entries (names, labels) with their frame counts cut to 10..15 to keep the media tiny."""
     train = json.loads((diving_dir / "Diving48_V2_train.excerpt.json").read_text())[::60][:3]
     test = json.loads((diving_dir / "Diving48_V2_test.excerpt.json").read_text())[::40][:3]
@@ -82,25 +82,25 @@ def _build_diving48(tmp_path: Path, diving_dir: Path, media: str) -> tuple[dict,
             numbers[entry["vid_name"]] = number = len(numbers) + 1
             expected[entry["vid_name"]] = {"class": entry["label"]}
             entry["end_frame"] = 9 + number
-            if media == "video":
+            if layout == "video":
                 write_video(tmp_path / "rgb" / f"{entry['vid_name']}.mp4", number, entry["end_frame"])
             else:
                 write_frame_folder(tmp_path / "rgb" / entry["vid_name"], number, entry["end_frame"], "frame{:06d}.jpg")
         (annotations / f"Diving48_V2_{name}.json").write_text(json.dumps(entries, indent=2))
     arguments = dict(
         root=tmp_path / "rgb",
-        annotation_dir=annotations,
+        annotations_dir=annotations,
         vocab_file=str(diving_dir / "Diving48_vocab.json"),
-        media=media,
+        layout=layout,
         missing_report_dir=tmp_path / "logs",
         **TINY_DATA_SETTINGS,
     )
     return arguments, expected, numbers
 
 
-@pytest.mark.parametrize("media", ["frames", "video"])
-def test_datamodule_yields_labelled_batches(tmp_path: Path, diving_dir: Path, media: str) -> None:
-    arguments, expected, numbers = _build_diving48(tmp_path, diving_dir, media)
+@pytest.mark.parametrize("layout", ["frames", "video"])
+def test_datamodule_yields_labelled_batches(tmp_path: Path, diving_dir: Path, layout: str) -> None:
+    arguments, expected, numbers = _build_diving48(tmp_path, diving_dir, layout)
     datamodule = Diving48DataModule(**arguments)
     assert datamodule.num_classes == {"class": 48}
     check_loaders(datamodule, expected, numbers)

@@ -88,7 +88,7 @@ from media_writers import (  # noqa: E402
 TRAIN_ROWS, VAL_ROWS = (0, 1, 161, 196), (2, 208)
 
 
-def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, media: str = "video") -> tuple[dict, dict, dict]:
+def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, layout: str = "video") -> tuple[dict, dict, dict]:
     with (k400_dir / "kinetics-400_val.excerpt.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     test_rows = list(csv.DictReader((k400_dir / "kinetics-400_test.excerpt.csv").open(newline="")))[:2]
@@ -110,16 +110,16 @@ def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, media: str = 
             numbers[clip.clip_id] = len(numbers) + 1
             expected[clip.clip_id] = None if clip.label is None else {"class": names.index(clip.label)}
             path = tmp_path / "kinetics400" / clip.relative_path(template)
-            if media == "video":
+            if layout == "video":
                 write_video(path, numbers[clip.clip_id], 12)
             else:
                 write_frame_folder(path, numbers[clip.clip_id], 12, "img_{:05d}.jpg")
     arguments = dict(
         root=tmp_path / "kinetics400",
-        annotation_dir=annotations,
+        annotations_dir=annotations,
         class_names_file=str(k400_dir / "label_map_k400.txt"),
         path_template=template,
-        media=media,
+        layout=layout,
         missing_report_dir=tmp_path / "logs",
         **TINY_DATA_SETTINGS,
     )
@@ -127,15 +127,15 @@ def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, media: str = 
 
 
 @pytest.mark.parametrize(
-    ("template", "media"),
+    ("template", "layout"),
     [
         (kinetics.VIDEO_TEMPLATE_BY_CLASS, "video"),
         (kinetics.VIDEO_TEMPLATE_FLAT, "video"),
         ("{split}/{label_underscored}/{clip_id}", "frames"),
     ],
 )
-def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, template: str, media: str) -> None:
-    arguments, expected, numbers = _build_kinetics(tmp_path, k400_dir, template, media)
+def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, template: str, layout: str) -> None:
+    arguments, expected, numbers = _build_kinetics(tmp_path, k400_dir, template, layout)
     datamodule = Kinetics400DataModule(**arguments)
     assert datamodule.num_classes == {"class": 400}
     check_loaders(datamodule, expected, numbers)
@@ -181,14 +181,14 @@ def test_missing_videos_can_be_dropped_with_a_report(tmp_path: Path, k400_dir: P
 
 def test_unknown_label_names_file_and_line(tmp_path: Path, k400_dir: Path) -> None:
     arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
-    train_csv = arguments["annotation_dir"] / "kinetics-400_train.csv"
+    train_csv = arguments["annotations_dir"] / "kinetics-400_train.csv"
     train_csv.write_text(train_csv.read_text() + "\"flying carpets\",abcdefghijk,1,11,train,0\n")
     with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv, line 6: unknown label 'flying carpets'"):
         Kinetics400DataModule(**arguments).samples("train")
 
 
 def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) -> None:
-    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", media="frames")
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", layout="frames")
     cache = tmp_path / "frame_counts.csv"
     first = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in first] == [12, 12]

@@ -155,7 +155,7 @@ from media_writers import (  # noqa: E402
 SSV2_TRAIN_POSITIONS, SSV2_VAL_POSITIONS, SSV2_TEST_IDS = (0, 4, 115, 3), (1, 2), ("1420", "166429")
 
 
-def _build_ssv2(tmp_path: Path, ssv2_dir: Path, media: str) -> tuple[dict, dict, dict[str, int]]:
+def _build_ssv2(tmp_path: Path, ssv2_dir: Path, layout: str) -> tuple[dict, dict, dict[str, int]]:
     """Write a tiny SSv2 in its real layout; return its data arguments, labels and video numbers."""
     entries = json.loads((ssv2_dir / "something-something-v2-validation.excerpt.json").read_text())
     classes = ssv2.read_label_map(ssv2_dir / "something-something-v2-labels.json")
@@ -175,24 +175,24 @@ def _build_ssv2(tmp_path: Path, ssv2_dir: Path, media: str) -> tuple[dict, dict,
             numbers[entry["id"]] = number
             template = entry.get("template")
             expected[entry["id"]] = None if template is None else {"class": classes[class_name_from_template(template)]}
-            if media == "video":
+            if layout == "video":
                 write_video(tmp_path / "videos" / f"{entry['id']}.webm", number, 10 + number, codec="libvpx")
             else:
                 write_frame_folder(tmp_path / "videos" / entry["id"], number, 10 + number, "{:06d}.jpg")
     arguments = dict(
         root=tmp_path / "videos",
-        annotation_dir=annotations,
+        annotations_dir=annotations,
         labels_file=str(ssv2_dir / "something-something-v2-labels.json"),  # an absolute path is kept as is
-        media=media,
+        layout=layout,
         missing_report_dir=tmp_path / "logs",
         **TINY_DATA_SETTINGS,
     )
     return arguments, expected, numbers
 
 
-@pytest.mark.parametrize("media", ["video", "frames"])
-def test_ssv2_datamodule_yields_labelled_batches(tmp_path: Path, ssv2_dir: Path, media: str) -> None:
-    arguments, expected, numbers = _build_ssv2(tmp_path, ssv2_dir, media)
+@pytest.mark.parametrize("layout", ["video", "frames"])
+def test_ssv2_datamodule_yields_labelled_batches(tmp_path: Path, ssv2_dir: Path, layout: str) -> None:
+    arguments, expected, numbers = _build_ssv2(tmp_path, ssv2_dir, layout)
     datamodule = SomethingSomethingV2DataModule(**arguments)
     assert datamodule.num_classes == {"class": 174}
     check_loaders(datamodule, expected, numbers)
@@ -201,7 +201,7 @@ def test_ssv2_datamodule_yields_labelled_batches(tmp_path: Path, ssv2_dir: Path,
 
 def test_ssv2_test_answers_label_the_test_split(tmp_path: Path, ssv2_dir: Path) -> None:
     arguments, expected, numbers = _build_ssv2(tmp_path, ssv2_dir, "frames")
-    (arguments["annotation_dir"] / "answers.csv").write_text("1420;Holding something\n166429;Closing something\n")
+    (arguments["annotations_dir"] / "answers.csv").write_text("1420;Holding something\n166429;Closing something\n")
     datamodule = SomethingSomethingV2DataModule(**arguments, test_answers_file="answers.csv")
     expected.update({"1420": {"class": 16}, "166429": {"class": 5}})
     check_loaders(datamodule, expected, numbers)
@@ -228,7 +228,7 @@ def test_ssv1_datamodule_yields_labelled_batches(tmp_path: Path, shared_data: Pa
             write_frame_folder(tmp_path / "frames" / video_id, int(video_id), 9, "{:05d}.jpg")
             expected[video_id] = None if name is None else {"class": index[name]}
     datamodule = SomethingSomethingV1DataModule(
-        root=tmp_path / "frames", annotation_dir=annotations, missing_report_dir=tmp_path, **TINY_DATA_SETTINGS
+        root=tmp_path / "frames", annotations_dir=annotations, missing_report_dir=tmp_path, **TINY_DATA_SETTINGS
     )
     assert expected["1"] == {"class": 93} and expected["4"] == {"class": 87}  # the v2 indices
     check_loaders(datamodule, expected, {video_id: int(video_id) for video_id in expected})

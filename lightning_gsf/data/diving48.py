@@ -93,18 +93,18 @@ def read_split(path: Path, num_classes: int = DIVING48_NUM_CLASSES) -> list[Divi
 
 
 class Diving48DataModule(WholeVideoDataModule):
-    """Diving48 (V2 labels) from extracted frames or from the videos (``media="video"``).
+    """Diving48 (V2 labels) from extracted frames or from the videos (``layout="video"``).
 
     Diving48 has no validation split; as is usual (and as the original code does) the test
     split serves for validation too, unless ``val_file`` names another list.
 
     Args:
         root: folder of the per-video frame folders, or of the ``<vid_name><suffix>`` videos.
-        annotation_dir: folder of the JSON files.
+        annotations_dir: folder of the JSON files.
         vocab_file, train_file, val_file, test_file: the annotation files' names in
-            ``annotation_dir``.
-        video_suffix: with ``media="video"``, the video files are ``<root>/<vid_name><suffix>``.
-        media, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
+            ``annotations_dir``.
+        video_suffix: with ``layout="video"``, the video files are ``<root>/<vid_name><suffix>``.
+        layout, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
             ``VideoDataModule``.
     """
 
@@ -113,20 +113,20 @@ class Diving48DataModule(WholeVideoDataModule):
     def __init__(
         self,
         root: str | Path,
-        annotation_dir: str | Path,
+        annotations_dir: str | Path,
         *,
         vocab_file: str = "Diving48_vocab.json",
         train_file: str = "Diving48_V2_train.json",
         val_file: str = "Diving48_V2_test.json",
         test_file: str = "Diving48_V2_test.json",
-        media: MediaKind = "frames",
+        layout: MediaKind = "frames",
         frame_template: str = "frame{:06d}.jpg",
         first_frame_index: int = 1,
         video_suffix: str = ".mp4",
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+            root, annotations_dir, layout=layout, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
         )
         self.vocab_file = vocab_file
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
@@ -135,15 +135,15 @@ class Diving48DataModule(WholeVideoDataModule):
     @cached_property
     def class_names(self) -> list[str]:
         """The 48 classes as ``"<takeoff> <somersault> <twist> <flight position>"``, in index order."""
-        return read_vocabulary(self.annotation_dir / self.vocab_file)
+        return read_vocabulary(self.annotations_dir / self.vocab_file)
 
     @property
     def num_classes(self) -> dict[str, int]:
         return {"class": DIVING48_NUM_CLASSES}
 
     def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotation_dir / self.split_files[split]
-        suffix = self.video_suffix if self.layout.kind == "video" else ""
+        path = self.annotations_dir / self.split_files[split]
+        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
         return [
             SampleCandidate(
                 id=entry.vid_name,

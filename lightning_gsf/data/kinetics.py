@@ -144,18 +144,18 @@ def read_csv(path: Path, labelled: bool | None = None) -> list[KineticsClip]:
 
 
 class Kinetics400DataModule(WholeVideoDataModule):
-    """Kinetics-400 from its videos (or extracted frames, with ``media="frames"``).
+    """Kinetics-400 from its videos (or extracted frames, with ``layout="frames"``).
 
     Args:
         root: the dataset folder the ``path_template`` is relative to.
-        annotation_dir: folder of the CSV files.
-        train_file, val_file, test_file: the CSV files' names in ``annotation_dir``.
+        annotations_dir: folder of the CSV files.
+        train_file, val_file, test_file: the CSV files' names in ``annotations_dir``.
         class_names_file: class names one per line in index order (``label_map_k400.txt``);
             default: the train CSV's labels, sorted.
         path_template: where a clip's video (or frame folder) is under ``root``, with the
             fields of :meth:`KineticsClip.relative_path`. Default
             ``VIDEO_TEMPLATE_BY_CLASS``; ``VIDEO_TEMPLATE_FLAT`` for one folder per split.
-        media, frame_template, first_frame_index, missing_videos, missing_report_dir,
+        layout, frame_template, first_frame_index, missing_videos, missing_report_dir,
             **kwargs: see ``WholeVideoDataModule`` and ``VideoDataModule``. Kinetics copies
             always miss some videos: ``missing_videos="drop"`` trains on the rest and writes
             the list of the missing ones.
@@ -166,20 +166,20 @@ class Kinetics400DataModule(WholeVideoDataModule):
     def __init__(
         self,
         root: str | Path,
-        annotation_dir: str | Path,
+        annotations_dir: str | Path,
         *,
         train_file: str = "kinetics-400_train.csv",
         val_file: str = "kinetics-400_val.csv",
         test_file: str = "kinetics-400_test.csv",
         class_names_file: str | None = None,
         path_template: str = VIDEO_TEMPLATE_BY_CLASS,
-        media: MediaKind = "video",
+        layout: MediaKind = "video",
         frame_template: str = "img_{:05d}.jpg",
         first_frame_index: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+            root, annotations_dir, layout=layout, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
         )
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
         self.class_names_file = class_names_file
@@ -189,8 +189,8 @@ class Kinetics400DataModule(WholeVideoDataModule):
     def class_names(self) -> list[str]:
         """Class names in index order."""
         if self.class_names_file is not None:
-            return read_label_map(self.annotation_dir / self.class_names_file)
-        train_path = self.annotation_dir / self.split_files["train"]
+            return read_label_map(self.annotations_dir / self.class_names_file)
+        train_path = self.annotations_dir / self.split_files["train"]
         return sorted({clip.label for clip in read_csv(train_path, labelled=True) if clip.label is not None})
 
     @cached_property
@@ -202,7 +202,7 @@ class Kinetics400DataModule(WholeVideoDataModule):
         return {"class": len(self.class_names)}
 
     def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotation_dir / self.split_files[split]
+        path = self.annotations_dir / self.split_files[split]
         candidates = []
         for clip in read_csv(path, labelled=None if split == "test" else True):
             where = f"{path}, line {clip.line}"

@@ -68,7 +68,7 @@ class MediaLayout:
 
     def __post_init__(self) -> None:
         if self.kind not in ("video", "frames"):
-            raise ValueError(f"media kind must be 'video' or 'frames', got {self.kind!r}")
+            raise ValueError(f"layout must be 'video' or 'frames', got {self.kind!r}")
         try:
             self.frame_template.format(self.first_index)
         except (IndexError, KeyError, ValueError) as error:
@@ -242,8 +242,8 @@ class WholeVideoDataModule(VideoDataModule):
 
     Args:
         root: the folder holding the videos (or the frame folders).
-        annotation_dir: the folder holding the annotation files.
-        media: ``"video"`` (video files) or ``"frames"`` (a folder of JPEG frames per video).
+        annotations_dir: the folder holding the annotation files.
+        layout: ``"video"`` (video files) or ``"frames"`` (a folder of JPEG frames per video).
         frame_template: file name of a frame, formatted with its number.
         first_frame_index: the number in the name of a video's first frame file.
         video_threads: decoder threads per video file (0: FFmpeg chooses).
@@ -262,9 +262,9 @@ class WholeVideoDataModule(VideoDataModule):
     def __init__(
         self,
         root: str | Path,
-        annotation_dir: str | Path,
+        annotations_dir: str | Path,
         *,
-        media: MediaKind = "video",
+        layout: MediaKind = "video",
         frame_template: str = "{:05d}.jpg",
         first_frame_index: int = 1,
         video_threads: int = 0,
@@ -277,8 +277,8 @@ class WholeVideoDataModule(VideoDataModule):
         if missing_videos not in ("error", "drop"):
             raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
         self.root = Path(root)
-        self.annotation_dir = Path(annotation_dir)
-        self.layout = MediaLayout(media, frame_template, first_frame_index, video_threads)
+        self.annotations_dir = Path(annotations_dir)
+        self.media_layout = MediaLayout(layout, frame_template, first_frame_index, video_threads)
         self.missing_videos: MissingPolicy = missing_videos
         self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
         self.frame_count_cache = Path(frame_count_cache) if frame_count_cache is not None else None
@@ -294,7 +294,7 @@ class WholeVideoDataModule(VideoDataModule):
     def parse_split(self, split: str) -> list[ClipSample]:
         return locate_samples(
             self.candidates(split),
-            self.layout,
+            self.media_layout,
             missing=self.missing_videos,
             report_path=self.missing_report_path(split),
             frame_count_cache=self.frame_count_cache,
@@ -302,7 +302,7 @@ class WholeVideoDataModule(VideoDataModule):
         )
 
     def build_reader(self) -> ClipReader:
-        return self.layout.reader()
+        return self.media_layout.reader()
 
     def missing_report_path(self, split: str) -> Path:
         directory = self.missing_report_dir

@@ -30,15 +30,15 @@ __all__ = ["SomethingSomethingV1DataModule"]
 
 
 class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
-    """Something-Something v1 from its extracted frames (or from videos, with ``media="video"``).
+    """Something-Something v1 from its extracted frames (or from videos, with ``layout="video"``).
 
     Args:
         root: folder of the per-video frame folders (``20bn-something-something-v1``).
-        annotation_dir: folder of the CSV files.
+        annotations_dir: folder of the CSV files.
         labels_file, train_file, val_file, test_file: the annotation files' names in
-            ``annotation_dir`` (the official names by default).
-        video_suffix: with ``media="video"``, the video files are ``<root>/<id><suffix>``.
-        media, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
+            ``annotations_dir`` (the official names by default).
+        video_suffix: with ``layout="video"``, the video files are ``<root>/<id><suffix>``.
+        layout, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
             ``VideoDataModule``.
     """
 
@@ -47,20 +47,20 @@ class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
     def __init__(
         self,
         root: str | Path,
-        annotation_dir: str | Path,
+        annotations_dir: str | Path,
         *,
         labels_file: str = "something-something-v1-labels.csv",
         train_file: str = "something-something-v1-train.csv",
         val_file: str = "something-something-v1-validation.csv",
         test_file: str = "something-something-v1-test.csv",
-        media: MediaKind = "frames",
+        layout: MediaKind = "frames",
         frame_template: str = "{:05d}.jpg",
         first_frame_index: int = 1,
         video_suffix: str = ".mp4",
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+            root, annotations_dir, layout=layout, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
         )
         self.labels_file = labels_file
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
@@ -68,14 +68,14 @@ class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
 
     @cached_property
     def class_to_index(self) -> dict[str, int]:
-        path = self.annotation_dir / self.labels_file
+        path = self.annotations_dir / self.labels_file
         return sorted_class_index(read_class_names(path), path)
 
     def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotation_dir / self.split_files[split]
+        path = self.annotations_dir / self.split_files[split]
         labelled = split != "test"
         rows = read_id_class_csv(path, self.class_to_index if labelled else None)
-        suffix = self.video_suffix if self.layout.kind == "video" else ""
+        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
         return [
             SampleCandidate(
                 id=video_id,

@@ -84,17 +84,17 @@ def read_split(path: Path, class_to_index: Mapping[str, int] | None) -> list[tup
 
 
 class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
-    """Something-Something v2 from its WebM videos (or extracted frames, with ``media="frames"``).
+    """Something-Something v2 from its WebM videos (or extracted frames, with ``layout="frames"``).
 
     Args:
         root: folder of the videos (``20bn-something-something-v2``) or of the frame folders.
-        annotation_dir: folder of the JSON files.
+        annotations_dir: folder of the JSON files.
         labels_file, train_file, val_file, test_file: the annotation files' names in
-            ``annotation_dir`` (the official names by default).
+            ``annotations_dir`` (the official names by default).
         test_answers_file: optional ``<id>;<class name>`` file (``test-answers.csv``) that
             labels the test split, so that ``trainer.test`` can score it.
         video_suffix: the video files are ``<root>/<id><suffix>``.
-        media, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
+        layout, frame_template, first_frame_index, **kwargs: see ``WholeVideoDataModule`` and
             ``VideoDataModule``.
     """
 
@@ -103,21 +103,21 @@ class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
     def __init__(
         self,
         root: str | Path,
-        annotation_dir: str | Path,
+        annotations_dir: str | Path,
         *,
         labels_file: str = "something-something-v2-labels.json",
         train_file: str = "something-something-v2-train.json",
         val_file: str = "something-something-v2-validation.json",
         test_file: str = "something-something-v2-test.json",
         test_answers_file: str | None = None,
-        media: MediaKind = "video",
+        layout: MediaKind = "video",
         frame_template: str = "{:06d}.jpg",
         first_frame_index: int = 1,
         video_suffix: str = ".webm",
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            root, annotation_dir, media=media, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
+            root, annotations_dir, layout=layout, frame_template=frame_template, first_frame_index=first_frame_index, **kwargs
         )
         self.labels_file = labels_file
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
@@ -126,14 +126,14 @@ class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
 
     @cached_property
     def class_to_index(self) -> dict[str, int]:
-        return read_label_map(self.annotation_dir / self.labels_file)
+        return read_label_map(self.annotations_dir / self.labels_file)
 
     def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotation_dir / self.split_files[split]
+        path = self.annotations_dir / self.split_files[split]
         rows = read_split(path, None if split == "test" else self.class_to_index)
         if split == "test" and self.test_answers_file is not None:
             rows = self._with_test_answers(path, rows)
-        suffix = self.video_suffix if self.layout.kind == "video" else ""
+        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
         return [
             SampleCandidate(
                 id=video_id,
@@ -145,7 +145,7 @@ class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
         ]
 
     def _with_test_answers(self, test_path: Path, rows: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
-        answers_path = self.annotation_dir / str(self.test_answers_file)
+        answers_path = self.annotations_dir / str(self.test_answers_file)
         answers = dict(read_id_class_csv(answers_path, self.class_to_index))
         unanswered = [video_id for video_id, _ in rows if video_id not in answers]
         if unanswered:
