@@ -104,11 +104,13 @@ class GSF(nn.Module):
         # Under torch.compile the compiler plans memory itself, and AOTAutograd gets the
         # gradient of an input that an autograd.Function marks dirty wrong: stay out of place.
         inplace = self.inplace and not torch.compiler.is_compiling()
-        v = x[:, :p]
-        if inplace or (p < c and torch.is_grad_enabled()):
-            # Own storage: the output may overwrite x, and a saved slice of x would keep the
-            # whole of x alive until backward.
-            v = v.clone(memory_format=torch.preserve_format)
+        if inplace:
+            # Own storage for v: the output overwrites x.
+            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x
+        elif torch.is_grad_enabled():
+            v, rest = _SplitChannels.apply(x, p)
+        else:
+            v, rest = x[:, :p], x[:, p:]
 
         # The gate's 3x3x3 conv, regrouped: one matmul per group maps the P/2 channels of each
         # pixel to the 27 (temporal tap, kh, kw) products, F.fold sums them over the 3x3
@@ -149,7 +151,7 @@ class GSF(nn.Module):
         blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
         channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        return _GateShiftFuse.apply(v, gate, blend, x, t, channels_last, inplace)
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
     def _uses_batch_statistics(self) -> bool:
         return self.training or not self.bn.track_running_stats
@@ -276,16 +278,18 @@ class _GateShiftFuse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, x, num_segments, channels_last, inplace):  # noqa: D102
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace):  # noqa: D102
         nt, p, h, w = v.shape
         n, q = nt // num_segments, p // 4
-        if inplace:
-            out = x
-            ctx.mark_dirty(x)
-        else:
+        ctx.inplace = inplace
+        if inplace:  # rest is the whole input, whose first P channels are overwritten
+            out = rest
+            ctx.mark_dirty(rest)
+        else:  # rest is the input's last C - P channels
             memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            out = torch.empty(x.shape, dtype=v.dtype, device=v.device, memory_format=memory_format)
-            out[:, p:].copy_(x[:, p:])
+            out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
+                              memory_format=memory_format)
+            out[:, p:].copy_(rest)
         # Written straight into the interleaved view of the output (the group's channel j*Q + i
         # goes to 2*i + j), in the source order (N, T, group k, j, i, H, W).
         fused = _interleaved_view(out[:, :p], n, num_segments)
@@ -325,11 +329,32 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
-        # The last C - P output channels are x's; the first P depend on x only through v.
-        grad_x = grad_out.clone()
-        grad_x[:, :p] = 0
+        if ctx.inplace:  # the input's first P channels were overwritten: no gradient there
+            grad_rest = grad_out.clone()
+            grad_rest[:, :p] = 0
+        else:
+            grad_rest = grad_out[:, p:]
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_x, None, None, None)
+                grad_rest, None, None, None)
+
+
+class _SplitChannels(torch.autograd.Function):
+    """``x -> (copy of x[:, :P], x[:, P:])``, whose backward writes the input gradient once.
+
+    Left to autograd, slicing ``x`` twice would give two zero-filled full-size gradients
+    summed; here both parts land in one ``cat``. The copy of the processed channels gives
+    the tensor GSF saves for backward its own storage, so ``x`` need not outlive the forward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, processed):  # noqa: D102
+        return x[:, :processed].clone(memory_format=torch.preserve_format), x[:, processed:]
+
+    @staticmethod
+    def backward(ctx, grad_processed, grad_rest):  # noqa: D102
+        if grad_rest is None:
+            return grad_processed, None
+        return torch.cat([grad_processed, grad_rest], dim=1), None
 
 
 def _interleaved_view(processed: torch.Tensor, n: int, t: int) -> torch.Tensor:
