@@ -111,8 +111,17 @@ def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Modu
                 module.forward = module.forward_reference  # instance override: this model only
     model = model.to(config.device)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     return model
+
+
+def to_channels_last(model: nn.Module) -> None:
+    """Channels-last 2D conv weights (``Module.to(memory_format=...)`` refuses GSF's 5D
+    ``conv3D`` weight); convolutions then produce channels-last feature maps."""
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 4:
+                param.data = param.data.contiguous(memory_format=torch.channels_last)
 
 
 def make_batch(config: BenchmarkConfig) -> tuple[torch.Tensor, torch.Tensor]:

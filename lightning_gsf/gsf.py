@@ -12,7 +12,10 @@ output of one convolution of a 2D CNN, before that convolution's BatchNorm. On t
 4. interleaves the two halves of each group, so the next layer mixes them.
 
 The remaining ``C - P`` channels pass through untouched. ``forward_reference`` follows
-``shared/spec/gsf.md`` step by step and is kept for reading and for tests.
+``shared/spec/gsf.md`` step by step and is kept for reading and for tests; ``forward``
+computes the same numbers in the backbone's ``(N*T, C, H, W)`` layout with fewer passes over
+the feature map and far less memory saved for backward (``docs/performance.md`` says how and
+what it costs).
 """
 
 from __future__ import annotations

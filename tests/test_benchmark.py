@@ -78,6 +78,20 @@ def test_reference_variant_runs_the_literal_gsf_with_the_same_results():
         torch.testing.assert_close(fast(clips)["class"], reference(clips)["class"], rtol=1e-4, atol=1e-5)
 
 
+def test_channels_last_variant_runs_in_channels_last():
+    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, channels_last=True)
+    model = build_model("resnet18", "gsf", config).eval()
+    assert model.base_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    clips, _ = make_batch(config)
+    features = []
+    handle = model.base_model.layer1.register_forward_hook(lambda m, i, o: features.append(o))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(clips)["class"]
+    handle.remove()
+    assert logits.shape == (1, 174) and torch.isfinite(logits).all()
+    assert features[0].is_contiguous(memory_format=torch.channels_last)
+
+
 class _SavesTheSameTensorTwice(nn.Module):
     def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
         x = clips.flatten(1) * 2  # a new storage, saved twice by x * x
