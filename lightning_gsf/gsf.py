@@ -139,7 +139,12 @@ class GSF(nn.Module):
         # mean(v) and both groups' mean(gate * v) come from one pass over v: a batched matmul
         # of each frame's (P, H*W) with the columns [1, gate_1, gate_2] / (H*W).
         columns = torch.cat([torch.ones_like(gate[:, :, :1]), gate], dim=2).view(nt, 3, h * w)
-        means = torch.bmm(v.reshape(nt, p, h * w), columns.transpose(1, 2).to(v.dtype) / (h * w))
+        columns = columns.to(v.dtype) / (h * w)
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        if channels_last:  # pixels as rows: (3, H*W) @ (H*W, P), a view of channels-last v
+            means = torch.bmm(columns, v.permute(0, 2, 3, 1).reshape(nt, h * w, p)).transpose(1, 2)
+        else:
+            means = torch.bmm(v.reshape(nt, p, h * w), columns.transpose(1, 2))  # (N*T, P, 3)
         v_mean = means[:, :, 0].reshape(n, t, 2, half)  # (N, T, 2, P/2)
         y_mean = torch.stack([means[:, :half, 1], means[:, half:, 2]], dim=1).reshape(n, t, 2, half)
         s_mean = torch.stack(
@@ -153,7 +158,6 @@ class GSF(nn.Module):
         blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight, fuse_bias, padding=1, groups=2))
         blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
     def _uses_batch_statistics(self) -> bool:
