@@ -153,11 +153,16 @@ class GSFCLI(LightningCLI):
             kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
         if trainer_config.get("plugins") is None and "plugins" not in kwargs:
             kwargs["plugins"] = [AtomicCheckpointIO()]
+        # Callbacks that only make sense with a logger / a progress bar, added when those are on.
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
-        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
-        if trainer_config.get("enable_progress_bar") is not False and not has_bar and "callbacks" not in kwargs:
-            kwargs["callbacks"] = [*callbacks, RichProgressBar()]
+        if "callbacks" not in kwargs:
+            if trainer_config.get("logger") is not False:
+                callbacks.append(LearningRateMonitor(logging_interval="step"))
+            has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+            if trainer_config.get("enable_progress_bar") is not False and not has_bar:
+                callbacks.append(RichProgressBar())
+            kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
 
@@ -173,7 +178,6 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
         auto_configure_optimizers=False,
         trainer_defaults={
             "callbacks": [
-                LearningRateMonitor(logging_interval="step"),
                 PreemptionCheckpoint(),
                 ExactResume(),
             ]

@@ -157,3 +157,15 @@ def test_results_table_has_a_row_per_subset():
     table = results_table({"all_verb_accuracy_at_1": 1.0, "all_verb_accuracy_at_5": 2.0, "tail_verb_accuracy_at_1": 3.0})
     assert [column.header for column in table.columns] == ["subset", "verb@1", "verb@5"]
     assert table.row_count == 2
+
+
+def test_merge_predictions_drops_sampler_padding():
+    """Batches from two ranks, the second padded with a repeat of sample 0."""
+    from lightning_gsf.evaluation import merge_predictions
+
+    scores = torch.arange(5, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
+    rank0 = {"id": ["n0", "n2", "n4"], "index": torch.tensor([0, 2, 4]), "scores": {"verb": scores[[0, 2, 4]]}}
+    rank1 = {"id": ["n1", "n3", "n0"], "index": torch.tensor([1, 3, 0]), "scores": {"verb": scores[[1, 3, 0]]}}
+    ids, merged = merge_predictions([rank0, rank1])
+    assert ids == ["n0", "n1", "n2", "n3", "n4"]
+    torch.testing.assert_close(merged["verb"], scores)
