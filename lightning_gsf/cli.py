@@ -184,7 +184,7 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
         },
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": DESCRIPTION},
-        args=argv,
+        args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
     )
 
 
