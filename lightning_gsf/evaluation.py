@@ -29,6 +29,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
+from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
 from lightning_gsf.metrics import HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, UNSEEN, compute_accuracies, first_per_index
 
 log = logging.getLogger(__name__)
@@ -147,14 +149,27 @@ def submission_scores(
 # --------------------------------------------------------------------------- annotations
 
 
-def _read_csv_rows(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` pairs of a CSV file, checking its header has ``required``."""
+def read_labelled_annotations(path: str | Path) -> dict[str, tuple[str, int, int]]:
+    """``narration_id -> (participant_id, verb_class, noun_class)`` of a labelled EPIC CSV.
+
+    Only these four columns are needed to score a submission, so unlike
+    :func:`lightning_gsf.data.epic.read_actions` this accepts any CSV that has them.
+    """
+    path = Path(path)
+    columns = ["narration_id", "participant_id", "verb_class", "noun_class"]
+    annotations = {}
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = [column for column in required if column not in (reader.fieldnames or [])]
+        missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: expected columns {list(required)}, missing {missing}")
-        return [(reader.line_num, row) for row in reader]
+            raise ValueError(f"{path}: expected columns {columns}, missing {missing}")
+        for row in reader:
+            annotations[row["narration_id"]] = (
+                row["participant_id"],
+                _read_int(path, reader.line_num, row, "verb_class"),
+                _read_int(path, reader.line_num, row, "noun_class"),
+            )
+    return annotations
 
 
 def _read_int(path: Path, line: int, row: Mapping[str, str], column: str) -> int:
@@ -164,32 +179,6 @@ def _read_int(path: Path, line: int, row: Mapping[str, str], column: str) -> int
         raise ValueError(f"{path}, line {line}: expected an integer {column}, got {row[column]!r}") from None
 
 
-def read_class_set(path: str | Path, column: str) -> set[int]:
-    """Class numbers listed in the column ``column`` of an official tail-class CSV."""
-    path = Path(path)
-    return {_read_int(path, line, row, column) for line, row in _read_csv_rows(path, [column])}
-
-
-def read_participants(path: str | Path) -> set[str]:
-    """Participant ids of an official ``EPIC_100_unseen_participant_ids_*.csv``."""
-    path = Path(path)
-    return {row["participant_id"] for _, row in _read_csv_rows(path, ["participant_id"])}
-
-
-def read_labelled_annotations(path: str | Path) -> dict[str, tuple[str, int, int]]:
-    """``narration_id -> (participant_id, verb_class, noun_class)`` of a labelled EPIC CSV."""
-    path = Path(path)
-    columns = ["narration_id", "participant_id", "verb_class", "noun_class"]
-    annotations = {}
-    for line, row in _read_csv_rows(path, columns):
-        annotations[row["narration_id"]] = (
-            row["participant_id"],
-            _read_int(path, line, row, "verb_class"),
-            _read_int(path, line, row, "noun_class"),
-        )
-    return annotations
-
-
 # --------------------------------------------------------------------------- evaluate
 
 
@@ -197,9 +186,9 @@ def evaluate_submission(
     submission: Mapping[str, Any],
     annotations: Mapping[str, tuple[str, int, int]],
     *,
-    tail_verbs: set[int] | None = None,
-    tail_nouns: set[int] | None = None,
-    unseen_participants: set[str] | None = None,
+    tail_verbs: AbstractSet[int] | None = None,
+    tail_nouns: AbstractSet[int] | None = None,
+    unseen_participants: AbstractSet[str] | None = None,
     source: str = "submission",
 ) -> dict[str, float]:
     """Accuracies (percent, official flat keys) of a submission on labelled annotations.
@@ -293,9 +282,9 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     results = evaluate_submission(
         read_submission(args.predictions),
         read_labelled_annotations(args.annotations),
-        tail_verbs=read_class_set(tail_verbs_csv, "verb") if tail_verbs_csv else None,
-        tail_nouns=read_class_set(tail_nouns_csv, "noun") if tail_nouns_csv else None,
-        unseen_participants=read_participants(unseen_csv) if unseen_csv else None,
+        tail_verbs=read_tail_classes(tail_verbs_csv, "verb") if tail_verbs_csv else None,
+        tail_nouns=read_tail_classes(tail_nouns_csv, "noun") if tail_nouns_csv else None,
+        unseen_participants=read_participant_ids(unseen_csv) if unseen_csv else None,
         source=str(args.predictions),
     )
     Console().print(results_table(results, title=f"{args.predictions.name} on {args.annotations.name} (%)"))

@@ -11,14 +11,13 @@ import torch
 from lightning_gsf.evaluation import (
     evaluate_main,
     make_submission,
-    read_class_set,
     read_labelled_annotations,
-    read_participants,
     read_submission,
     results_table,
     submission_scores,
     write_submission,
 )
+from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
 from lightning_gsf.metrics import compute_accuracies
 
 NUM_VERBS, NUM_NOUNS = 97, 300
@@ -92,11 +91,11 @@ def test_duplicate_ids_are_rejected():
 
 def test_official_side_files(shared_data):
     folder = shared_data / "epic100"
-    tail_verbs = read_class_set(folder / "EPIC_100_tail_verbs.csv", "verb")
-    tail_nouns = read_class_set(folder / "EPIC_100_tail_nouns.csv", "noun")
+    tail_verbs = read_tail_classes(folder / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_tail_classes(folder / "EPIC_100_tail_nouns.csv", "noun")
     assert len(tail_verbs) == 86 and max(tail_verbs) < NUM_VERBS
     assert len(tail_nouns) == 228 and max(tail_nouns) < NUM_NOUNS
-    assert read_participants(folder / "EPIC_100_unseen_participant_ids_validation.csv") == {"P18", "P32"}
+    assert read_participant_ids(folder / "EPIC_100_unseen_participant_ids_validation.csv") == {"P18", "P32"}
 
 
 def test_gsf_evaluate_round_trip_on_the_validation_csv(tmp_path, shared_data, validation):
@@ -111,8 +110,8 @@ def test_gsf_evaluate_round_trip_on_the_validation_csv(tmp_path, shared_data, va
     results = evaluate_main([str(zip_path), str(folder / "EPIC_100_validation.csv"), "--json", str(out)])
     assert json.loads(out.read_text()) == pytest.approx(results)
 
-    tail_verbs = read_class_set(folder / "EPIC_100_tail_verbs.csv", "verb")
-    tail_nouns = read_class_set(folder / "EPIC_100_tail_nouns.csv", "noun")
+    tail_verbs = read_tail_classes(folder / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_tail_classes(folder / "EPIC_100_tail_nouns.csv", "noun")
     labels = {
         "verb": torch.tensor([validation[i][1] for i in ids]),
         "noun": torch.tensor([validation[i][2] for i in ids]),
