@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 
-.PHONY: install test test-all demo benchmark clean
+.PHONY: install test test-all test-gpu demo clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,10 @@ test: install
 	$(PY) -m pytest -q
 
 test-all: install
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -m 'not gpu'
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu
 
 # Synthetic EPIC-format data (if absent), GSF trained on CPU, then the validation split scored
 # through the submission path and printed as a verb / noun / action table.

@@ -1,0 +1,83 @@
+"""CUDA checks, run with ``pytest -m gpu`` on a machine with a GPU (deselected by default).
+
+Selected on a machine without CUDA they fail rather than pass vacuously.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lightning_gsf.cli import main
+from lightning_gsf.gsf import GSF
+from lightning_gsf.model import VideoClassifier
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def cuda() -> torch.device:
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device (torch.cuda.is_available() is False)")
+    return torch.device("cuda")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fast_gsf_equals_reference_on_cuda(cuda, training):
+    torch.manual_seed(0)
+    module = GSF(64, num_segments=4, ratio=0.25).to(cuda).train(training)
+    x = torch.randn(8, 64, 14, 14, device=cuda)
+    torch.testing.assert_close(module(x), module.forward_reference(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fast_gsf_gradients_equal_reference_on_cuda(cuda):
+    torch.manual_seed(0)
+    module = GSF(64, num_segments=4, ratio=0.5).to(cuda)
+    x = torch.randn(8, 64, 14, 14, device=cuda)
+    weight = torch.randn_like(x)
+    grads = []
+    for forward in (module.forward, module.forward_reference):
+        inp = x.clone().requires_grad_(True)
+        module.zero_grad()
+        (forward(inp) * weight).sum().backward()
+        grads.append([inp.grad] + [p.grad.clone() for p in module.parameters()])
+    for fast, reference in zip(*grads):
+        torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
+def test_video_classifier_trains_under_fp16_autocast(cuda, temporal_module):
+    model = VideoClassifier(backbone="resnet18", temporal_module=temporal_module, num_segments=4,
+                            num_classes={"verb": 5, "noun": 7}).to(cuda)
+    clip = torch.randint(0, 256, (2, 4, 3, 64, 64), dtype=torch.uint8, device=cuda)
+    with torch.autocast("cuda", dtype=torch.float16):
+        logits = model(clip)
+        loss = sum(torch.nn.functional.cross_entropy(out, torch.zeros(2, dtype=torch.long, device=cuda))
+                   for out in logits.values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+def test_gsf_fit_runs_on_one_gpu_in_16_mixed(cuda, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["gsf"])
+    data = tmp_path / "synthetic"
+    main(["synth", "--out", str(data), "--num-train", "8", "--num-val", "4", "--num-test", "4",
+          "--size", "32", "--min-frames", "4", "--max-frames", "8", "--no-videos", "--overwrite"])
+    config = {
+        "seed_everything": 0,
+        "model": {"backbone": "resnet18", "temporal_module": "gsf", "pretrained": None, "warmup_epochs": 1},
+        "data": {"class_path": "lightning_gsf.data.epic.EpicKitchensDataModule",
+                 "init_args": {"root": str(data), "num_segments": 2, "batch_size": 4, "num_workers": 0,
+                               "input_size": 32, "resize_size": 32, "scales": [1.0], "flip": False}},
+        "trainer": {"default_root_dir": str(tmp_path / "run"), "max_epochs": 1, "accelerator": "gpu",
+                    "devices": 1, "precision": "16-mixed", "log_every_n_steps": 1},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(path)])
+    assert (Path(tmp_path) / "run" / "checkpoints" / "last.ckpt").is_file()
