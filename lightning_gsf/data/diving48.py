@@ -15,12 +15,12 @@ video; the model still has 48 outputs so its indices match the vocabulary.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lightning_gsf.data.annotation_files import read_json
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -39,20 +39,10 @@ class DivingEntry:
     stop: int
 
 
-def _load_json_list(path: Path) -> list[Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, list):
-        raise AnnotationError(f"{path}: expected a JSON list at the top level, got {type(data).__name__}")
-    return data
-
-
 def read_vocabulary(path: Path) -> list[str]:
     """Class names from ``Diving48_vocab.json``, e.g. ``"Back 15som 05Twis FREE"``, in index order."""
     names: list[str] = []
-    for position, entry in enumerate(_load_json_list(path)):
+    for position, entry in enumerate(read_json(path, list)):
         if not (isinstance(entry, list) and len(entry) == 4 and all(isinstance(part, str) for part in entry)):
             raise AnnotationError(
                 f"{path}, entry {position}: expected [takeoff, somersault, twist, flight position] strings, "
@@ -74,7 +64,7 @@ def _int_field(entry: dict[str, Any], key: str, where: str) -> int:
 def read_split(path: Path, num_classes: int = DIVING48_NUM_CLASSES) -> list[DivingEntry]:
     """Entries of ``Diving48_V2_{train,test}.json``, checked: known label, non-empty frame range."""
     entries: list[DivingEntry] = []
-    for position, entry in enumerate(_load_json_list(path)):
+    for position, entry in enumerate(read_json(path, list)):
         where = f"{path}, entry {position}"
         if not isinstance(entry, dict) or not isinstance(entry.get("vid_name"), str) or not entry["vid_name"]:
             raise AnnotationError(f"{where}: expected an object with a 'vid_name' string, got {entry!r}")

@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lightning_gsf.data.annotation_files import read_class_name_lines
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -84,9 +85,7 @@ class KineticsClip:
 
 def read_label_map(path: Path) -> list[str]:
     """Class names one per line (``label_map_k400.txt``), checked to be unique."""
-    names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
-        raise AnnotationError(f"{path}: expected one class name per line, found none")
+    names = read_class_name_lines(path)
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise AnnotationError(f"{path}: class names listed more than once: {duplicates}")

@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 
+from lightning_gsf.data.annotation_files import read_class_name_lines
 from lightning_gsf.data.errors import AnnotationError
-from lightning_gsf.data.sources import WholeVideoDataModule
+from lightning_gsf.data.sources import SampleCandidate, WholeVideoDataModule
 
 __all__ = [
     "SOMETHING_SOMETHING_NUM_CLASSES",
@@ -78,11 +79,7 @@ def left_right_flip_pairs(class_to_index: Mapping[str, int]) -> dict[int, int]:
 
 def read_class_names(path: Path) -> list[str]:
     """One class name per line (SSv1's ``something-something-v1-labels.csv``); blank lines ignored."""
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [name for name in names if name]
-    if not names:
-        raise AnnotationError(f"{path}: expected one class name per line, found none")
-    return names
+    return read_class_name_lines(path)
 
 
 def read_id_class_csv(
@@ -122,8 +119,13 @@ def read_id_class_csv(
 class SomethingSomethingDataModule(WholeVideoDataModule):
     """What both Something-Something DataModules share: 174 classes and the left/right swap.
 
-    Subclasses provide :attr:`class_to_index` (read from their label file).
+    Subclasses set ``split_files`` (split -> file name in ``annotations_dir``) and
+    ``video_suffix``, and provide :attr:`class_to_index` and :meth:`read_split_rows` for their
+    annotation format; the videos are ``<root>/<id><video_suffix>`` (or frame folders ``<root>/<id>``).
     """
+
+    split_files: dict[str, str]
+    video_suffix: str
 
     @property
     def num_classes(self) -> dict[str, int]:
@@ -133,6 +135,23 @@ class SomethingSomethingDataModule(WholeVideoDataModule):
     @abstractmethod
     def class_to_index(self) -> dict[str, int]:
         """``{class name: index}`` of this dataset version."""
+
+    @abstractmethod
+    def read_split_rows(self, split: str, path: Path) -> list[tuple[str, int | None]]:
+        """``(video id, class index or None)`` of the split list ``path``, in file order."""
+
+    def candidates(self, split: str) -> list[SampleCandidate]:
+        path = self.annotations_dir / self.split_files[split]
+        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
+        return [
+            SampleCandidate(
+                id=video_id,
+                source=self.source(video_id + suffix),
+                where=f"{path}, id {video_id}",
+                labels=None if label is None else {"class": label},
+            )
+            for video_id, label in self.read_split_rows(split, path)
+        ]
 
     @cached_property
     def flip_pairs(self) -> dict[int, int]:

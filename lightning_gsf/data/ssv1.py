@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.sources import MediaKind, SampleCandidate
+from lightning_gsf.data.sources import MediaKind
 from lightning_gsf.data.something import (
     SomethingSomethingDataModule,
     read_class_names,
@@ -71,17 +71,5 @@ class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
         path = self.annotations_dir / self.labels_file
         return sorted_class_index(read_class_names(path), path)
 
-    def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotations_dir / self.split_files[split]
-        labelled = split != "test"
-        rows = read_id_class_csv(path, self.class_to_index if labelled else None)
-        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
-        return [
-            SampleCandidate(
-                id=video_id,
-                source=self.source(video_id + suffix),
-                where=f"{path}, id {video_id}",
-                labels=None if label is None else {"class": label},
-            )
-            for video_id, label in rows
-        ]
+    def read_split_rows(self, split: str, path: Path) -> list[tuple[str, int | None]]:
+        return read_id_class_csv(path, None if split == "test" else self.class_to_index)

@@ -15,39 +15,27 @@ with the objects filled in ("pushing scissors so that ..."), not a class name.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lightning_gsf.data.annotation_files import read_json
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.something import (
     SomethingSomethingDataModule,
     class_name_from_template,
     read_id_class_csv,
 )
-from lightning_gsf.data.sources import MediaKind, SampleCandidate
+from lightning_gsf.data.sources import MediaKind
 
 __all__ = ["SomethingSomethingV2DataModule", "read_label_map", "read_split"]
-
-
-def _load_json(path: Path, expected: type) -> Any:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"{path}: not valid JSON ({error})") from error
-    if not isinstance(data, expected):
-        raise AnnotationError(
-            f"{path}: expected a JSON {expected.__name__} at the top level, got {type(data).__name__}"
-        )
-    return data
 
 
 def read_label_map(path: Path) -> dict[str, int]:
     """``labels.json`` as ``{class name: index}``, checked to number the classes 0..K-1 once each."""
     class_to_index: dict[str, int] = {}
-    for name, value in _load_json(path, dict).items():
+    for name, value in read_json(path, dict).items():
         if not (isinstance(value, str) and value.isdigit()):
             raise AnnotationError(f"{path}, class {name!r}: expected the index as a string of digits, got {value!r}")
         class_to_index[name] = int(value)
@@ -63,7 +51,7 @@ def read_split(path: Path, class_to_index: Mapping[str, int] | None) -> list[tup
     the class index is None.
     """
     rows: list[tuple[str, int | None]] = []
-    for position, entry in enumerate(_load_json(path, list)):
+    for position, entry in enumerate(read_json(path, list)):
         where = f"{path}, entry {position}"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str | int) or entry["id"] == "":
             raise AnnotationError(f"{where}: expected an object with an 'id', got {entry!r}")
@@ -128,21 +116,11 @@ class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
     def class_to_index(self) -> dict[str, int]:
         return read_label_map(self.annotations_dir / self.labels_file)
 
-    def candidates(self, split: str) -> list[SampleCandidate]:
-        path = self.annotations_dir / self.split_files[split]
+    def read_split_rows(self, split: str, path: Path) -> list[tuple[str, int | None]]:
         rows = read_split(path, None if split == "test" else self.class_to_index)
         if split == "test" and self.test_answers_file is not None:
             rows = self._with_test_answers(path, rows)
-        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
-        return [
-            SampleCandidate(
-                id=video_id,
-                source=self.source(video_id + suffix),
-                where=f"{path}, id {video_id}",
-                labels=None if label is None else {"class": label},
-            )
-            for video_id, label in rows
-        ]
+        return rows
 
     def _with_test_answers(self, test_path: Path, rows: list[tuple[str, int | None]]) -> list[tuple[str, int | None]]:
         answers_path = self.annotations_dir / str(self.test_answers_file)
