@@ -11,29 +11,61 @@ import torch
 from torch import nn
 
 
-def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> torch.Tensor:
-    """Shift ``(N*T, C, H, W)`` features by one frame along time, TSM style.
+def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool) -> torch.Tensor:
+    """``x`` with channels ``[0, fold)`` moved one frame and ``[fold, 2*fold)`` one frame the
+    other way (zero padded per clip), the rest copied: one write into an uninitialised
+    tensor of ``x``'s memory format (no zero fill, no concatenation).
 
-    Channels ``[0, C/fold_div)`` take frame ``t + 1``, the next ``C/fold_div`` frame ``t - 1``,
-    zero at the clip ends; the rest are copied. The output is written once into a tensor
-    allocated uninitialised (no zero fill, no concatenation), keeping ``x``'s memory format.
+    ``backwards_first``: channels ``[0, fold)`` take frame ``t + 1`` (TSM's forward shift);
+    otherwise they take ``t - 1`` and the next fold ``t + 1`` (its adjoint, used in backward).
     """
-    if x.dim() != 4:
-        raise ValueError(f"temporal_shift expects (N*T, C, H, W), got shape {tuple(x.shape)}")
     nt, c, h, w = x.shape
-    if nt % num_segments:
-        raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
-    fold = c // fold_div
     out = torch.empty_like(x)
     # Splitting the frame dimension is a view for any strides (channels_last included).
     src = x.view(nt // num_segments, num_segments, c, h, w)
     dst = out.view(nt // num_segments, num_segments, c, h, w)
-    dst[:, :-1, :fold] = src[:, 1:, :fold]  # t <- t + 1
-    dst[:, -1:, :fold] = 0
-    dst[:, 1:, fold:2 * fold] = src[:, :-1, fold:2 * fold]  # t <- t - 1
-    dst[:, :1, fold:2 * fold] = 0
+    from_next, from_previous = (slice(0, fold), slice(fold, 2 * fold))
+    if not backwards_first:
+        from_next, from_previous = from_previous, from_next
+    dst[:, :-1, from_next] = src[:, 1:, from_next]  # t <- t + 1
+    dst[:, -1:, from_next] = 0
+    dst[:, 1:, from_previous] = src[:, :-1, from_previous]  # t <- t - 1
+    dst[:, :1, from_previous] = 0
     dst[:, :, 2 * fold:] = src[:, :, 2 * fold:]
     return out
+
+
+class _TemporalShift(torch.autograd.Function):
+    """The shift with its adjoint (the opposite shift) as backward.
+
+    Left to autograd, the slice copies of :func:`_shift_copy` would each send a zero-filled
+    full-size gradient back to ``x`` and sum them: several passes over the feature map for
+    a module that does no arithmetic. The adjoint is one more shifted copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, num_segments, fold):  # noqa: D102
+        ctx.num_segments, ctx.fold = num_segments, fold
+        return _shift_copy(x, num_segments, fold, backwards_first=True)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        return _shift_copy(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None
+
+
+def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> torch.Tensor:
+    """Shift ``(N*T, C, H, W)`` features by one frame along time, TSM style.
+
+    Channels ``[0, C/fold_div)`` take frame ``t + 1``, the next ``C/fold_div`` frame ``t - 1``,
+    zero at the clip ends; the rest are copied. Forward and backward each write the
+    feature map once, keeping ``x``'s memory format.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"temporal_shift expects (N*T, C, H, W), got shape {tuple(x.shape)}")
+    nt, c = x.shape[:2]
+    if nt % num_segments:
+        raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
+    return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 
 class TemporalShift(nn.Module):
