@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_gsf.backbones import DEFAULT_NORMALIZATION
-from lightning_gsf.backbones.weights import describe_key_problems
+from lightning_gsf.backbones.weights import describe_state_dict_mismatch
 from lightning_gsf.gsf import GSF, gsf_channels
 from lightning_gsf.model import VideoClassifier
 
@@ -174,17 +174,12 @@ def load_original_checkpoint(
     own = model.state_dict()
     # BatchNorm's batch counter is absent from files saved before PyTorch 0.4.1; it does not
     # affect the outputs (momentum is set), so it alone may be missing.
-    missing = sorted(k for k in set(own) - set(mapped) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(mapped) - set(own))
-    mis_shaped = sorted(
-        f"{k}: checkpoint {tuple(mapped[k].shape)}, model {tuple(own[k].shape)}"
-        for k in set(mapped) & set(own)
-        if mapped[k].shape != own[k].shape
-    )
-    if missing or unexpected or mis_shaped:
+    required = {k for k in own if not k.endswith("num_batches_tracked")}
+    problems = describe_state_dict_mismatch(mapped, own, required=required, loaded_name="checkpoint")
+    if problems:
         raise ValueError(
             f"{source} does not fit the {backbone} model (names as in the model, 'heads.<head>' for "
-            "'new_fc'): " + describe_key_problems(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
+            f"'new_fc'): {problems}"
         )
     model.load_state_dict(mapped, strict=False)
     model.normalization = DEFAULT_NORMALIZATION[backbone]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from collections.abc import Set
 from pathlib import Path
 
 import torch
@@ -103,24 +104,33 @@ def load_imagenet_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
         if key in own and value.dim() == own[key].dim() + 1 and value.shape[0] == 1:
             value = value.squeeze(0)  # the Caffe conversion stores BN vectors as (1, C)
         loaded[key] = value
-    expected = set(own) - temporal_module_keys(backbone)
-    missing = sorted(expected - set(loaded))
-    unexpected = sorted(set(loaded) - set(own))
-    mis_shaped = sorted(
-        f"{k}: file {tuple(loaded[k].shape)}, model {tuple(own[k].shape)}"
-        for k in set(loaded) & set(own)
-        if loaded[k].shape != own[k].shape
-    )
-    if missing or unexpected or mis_shaped:
-        raise ValueError(
-            f"{source} does not fit the backbone: "
-            + describe_key_problems(missing=missing, unexpected=unexpected, mis_shaped=mis_shaped)
-        )
+    problems = describe_state_dict_mismatch(loaded, own, required=set(own) - temporal_module_keys(backbone))
+    if problems:
+        raise ValueError(f"{source} does not fit the backbone: {problems}")
     backbone.load_state_dict(loaded, strict=False)
 
 
-def describe_key_problems(*, missing: list[str], unexpected: list[str], mis_shaped: list[str], limit: int = 10) -> str:
-    """A readable summary of state-dict mismatches, at most ``limit`` names per kind."""
+def describe_state_dict_mismatch(
+    loaded: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor],
+    *,
+    required: Set[str] | None = None,
+    loaded_name: str = "file",
+    limit: int = 10,
+) -> str:
+    """How ``loaded`` fails to fit a model whose state dict is ``own``, by key name; "" if it fits.
+
+    ``required`` are the model keys ``loaded`` must hold (default: all of ``own``); at most
+    ``limit`` names are listed per kind of problem (missing, unexpected, mis-shaped).
+    """
+    required = set(own) if required is None else required
+    missing = sorted(required - set(loaded))
+    unexpected = sorted(set(loaded) - set(own))
+    mis_shaped = sorted(
+        f"{k}: {loaded_name} {tuple(loaded[k].shape)}, model {tuple(own[k].shape)}"
+        for k in set(loaded) & set(own)
+        if loaded[k].shape != own[k].shape
+    )
     parts = []
     for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
         if keys:
