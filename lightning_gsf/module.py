@@ -20,7 +20,9 @@ Training policy (the GSF release, inherited from TSN/TSM):
 
 Evaluation batches hold ``V = clips x crops`` views per sample, ``(B, V, T, 3, H, W)``: each
 view is scored and the logits averaged over views. Metrics are computed once per epoch over
-all samples (see ``metrics.py``), de-duplicated by dataset index under DDP.
+all samples (see ``metrics.py``), de-duplicated by dataset index under DDP. The evaluation
+loss is a sample-weighted mean (a ``MeanMetric``) summed over processes, so it is the same
+with one process or several, even when the processes hold different numbers of samples.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
+from torchmetrics import MeanMetric
 
 from lightning_gsf.callbacks import check_checkpoint_matches
 from lightning_gsf.gsf import GSF
@@ -131,6 +134,10 @@ class VideoClassificationModule(pl.LightningModule):
                 parameter.requires_grad_(False)
         self.val_scores = ClassificationScores(num_classes)
         self.test_scores = ClassificationScores(num_classes)
+        # Lightning's own epoch mean of a logged tensor weights by an integer batch count that
+        # it averages (and truncates) across processes; a metric sums exactly instead.
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     # ------------------------------------------------------------------ forward and loss
 
@@ -176,13 +183,18 @@ class VideoClassificationModule(pl.LightningModule):
             self.log(f"train/loss_{head}", head_loss, batch_size=batch_size)
         return loss
 
-    def _evaluation_step(self, batch: Mapping[str, Any], stage: str, scores: ClassificationScores) -> None:
+    def _evaluation_step(
+        self, batch: Mapping[str, Any], stage: str, scores: ClassificationScores, mean_loss: MeanMetric
+    ) -> None:
         logits = self(batch["clip"])
         labels = batch.get("labels")
         if labels is None:  # an unlabelled split (EPIC test): nothing to measure
             return
         loss, _ = self.compute_loss(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=batch["clip"].shape[0], sync_dist=True)
+        # Weighted by this batch's samples; the metric sums values and weights over processes
+        # when Lightning computes it at the epoch's end.
+        mean_loss.update(loss.detach(), weight=batch["clip"].shape[0])
+        self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val", on_step=False, on_epoch=True)
         scores.update(logits, labels, batch["index"], batch.get("subsets"))
 
     def _log_epoch_metrics(self, stage: str, scores: ClassificationScores) -> None:
@@ -193,13 +205,13 @@ class VideoClassificationModule(pl.LightningModule):
         self.log_dict({f"{stage}/{key}": value for key, value in results.items()}, sync_dist=False)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val", self.val_scores)
+        self._evaluation_step(batch, "val", self.val_scores, self.val_loss)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val", self.val_scores)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test", self.test_scores)
+        self._evaluation_step(batch, "test", self.test_scores, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test", self.test_scores)

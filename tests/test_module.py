@@ -148,6 +148,33 @@ def test_without_freeze_bn_every_norm_trains(module):
     assert all(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
+@pytest.mark.parametrize("batch_sizes", [(4,), (3, 1), (1, 2, 1)], ids=["one-batch", "3+1", "1+2+1"])
+def test_evaluation_loss_is_the_mean_over_samples_whatever_the_batches(module, batch_sizes):
+    """Uneven batches (a short last batch, a rank with fewer samples) weigh by their samples."""
+    module.eval()
+    module.log = lambda *args, **kwargs: None  # no trainer to log to
+    clips = _clips(sum(batch_sizes), seed=1)
+    labels = {"verb": torch.tensor([0, 2, 1, 1]), "noun": torch.tensor([3, 0, 2, 1])}
+    with torch.no_grad():
+        expected, _ = module.compute_loss(module(clips), labels)  # one mean over all samples
+        start = 0
+        for size in batch_sizes:
+            rows = slice(start, start + size)
+            batch = {
+                "clip": clips[rows],
+                "labels": {head: values[rows] for head, values in labels.items()},
+                "index": torch.arange(start, start + size),
+            }
+            module.validation_step(batch, 0)
+            start += size
+    try:
+        torch.testing.assert_close(module.val_loss.compute(), expected)
+    finally:
+        module.val_loss.reset()
+        module.val_scores.reset()
+        del module.log
+
+
 @pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
 def test_training_step_backpropagates(temporal_module):
     model = _module(temporal_module=temporal_module)
