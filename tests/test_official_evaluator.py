@@ -1,0 +1,123 @@
+"""``gsf evaluate`` against an independent NumPy rendering of the official EPIC-KITCHENS-100
+action-recognition evaluator's definitions, on the real validation annotations.
+
+The official evaluator (epic-kitchens/C1-Action-Recognition) ranks classes by arg-sorting the
+scores; for actions it softmaxes the 100 best verb and the 100 best noun scores separately,
+ranks their outer product, and keeps the 100 best pairs. Tail subsets: verb accuracy over
+samples whose verb is a tail class, noun over tail nouns, action over samples with either;
+unseen: samples of the unseen participants; both top-1 only. Everything below is written from
+that description with NumPy and the ``csv`` module, sharing no code with ``lightning_gsf``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_gsf.evaluation import evaluate_main, make_submission, write_submission
+
+NUM_VERBS, NUM_NOUNS = 97, 300
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _official_action_ranking(verb: np.ndarray, noun: np.ndarray, top_n: int = 100) -> np.ndarray:
+    """(N, top_n) action ids ``verb * 300 + noun``, best first, the way the evaluator builds them."""
+    top_verbs = np.argsort(verb, axis=1)[:, ::-1][:, :top_n]
+    top_nouns = np.argsort(noun, axis=1)[:, ::-1][:, :top_n]
+    rows = np.arange(len(verb))[:, None]
+    verb_probs = _softmax(verb[rows, top_verbs])
+    noun_probs = _softmax(noun[rows, top_nouns])
+    pairs = (verb_probs[:, :, None] * noun_probs[:, None, :]).reshape(len(verb), -1)
+    best = np.argsort(pairs, axis=1)[:, ::-1][:, :top_n]
+    verb_pos, noun_pos = np.unravel_index(best, (top_verbs.shape[1], top_nouns.shape[1]))
+    return top_verbs[rows, verb_pos] * NUM_NOUNS + top_nouns[rows, noun_pos]
+
+
+def _topk(ranking: np.ndarray, labels: np.ndarray, k: int) -> float:
+    return float((ranking[:, :k] == labels[:, None]).any(axis=1).mean() * 100)
+
+
+def _submitted_json(path: Path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("test.json"))
+
+
+def _read_column(path: Path, column: str) -> list[str]:
+    with path.open(newline="") as f:
+        return [row[column] for row in csv.DictReader(f)]
+
+
+def _official_metrics(folder: Path, ids, verb, noun) -> dict[str, float]:
+    with (folder / "EPIC_100_validation.csv").open(newline="") as f:
+        rows = {row["narration_id"]: row for row in csv.DictReader(f)}
+    verb_labels = np.array([int(rows[i]["verb_class"]) for i in ids])
+    noun_labels = np.array([int(rows[i]["noun_class"]) for i in ids])
+    action_labels = verb_labels * NUM_NOUNS + noun_labels
+    participants = np.array([rows[i]["participant_id"] for i in ids])
+    tail_verbs = {int(v) for v in _read_column(folder / "EPIC_100_tail_verbs.csv", "verb")}
+    tail_nouns = {int(n) for n in _read_column(folder / "EPIC_100_tail_nouns.csv", "noun")}
+    unseen_ids = set(_read_column(folder / "EPIC_100_unseen_participant_ids_validation.csv", "participant_id"))
+
+    ranks = {
+        "verb": np.argsort(verb, axis=1)[:, ::-1],
+        "noun": np.argsort(noun, axis=1)[:, ::-1],
+        "action": _official_action_ranking(verb, noun),
+    }
+    labels = {"verb": verb_labels, "noun": noun_labels, "action": action_labels}
+    tail_verb = np.isin(verb_labels, list(tail_verbs))
+    tail_noun = np.isin(noun_labels, list(tail_nouns))
+    masks = {
+        "tail": {"verb": tail_verb, "noun": tail_noun, "action": tail_verb | tail_noun},
+        "unseen": dict.fromkeys(ranks, np.isin(participants, list(unseen_ids))),
+    }
+    out = {}
+    for task in ranks:
+        for k in (1, 5):
+            out[f"all_{task}_accuracy_at_{k}"] = _topk(ranks[task], labels[task], k)
+        for subset, subset_masks in masks.items():
+            mask = subset_masks[task]
+            out[f"{subset}_{task}_accuracy_at_1"] = _topk(ranks[task][mask], labels[task][mask], 1)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gsf_evaluate_equals_the_official_definitions(tmp_path, shared_data, seed):
+    folder = shared_data / "epic100"
+    with (folder / "EPIC_100_validation.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [row["narration_id"] for row in rows[seed::4]]  # ~2,400 samples, P18 and P32 included
+    rng = np.random.default_rng(seed)
+    verb = rng.normal(size=(len(ids), NUM_VERBS)).astype(np.float32)
+    noun = rng.normal(size=(len(ids), NUM_NOUNS)).astype(np.float32)
+    # Informative scores, so that every accuracy is far from 0 and 100.
+    by_id = {row["narration_id"]: row for row in rows}
+    for i, sample_id in enumerate(ids):
+        verb[i, int(by_id[sample_id]["verb_class"])] += rng.uniform(0, 3)
+        noun[i, int(by_id[sample_id]["noun_class"])] += rng.uniform(0, 4)
+
+    submission = make_submission({"verb": torch.from_numpy(verb), "noun": torch.from_numpy(noun)}, ids)
+    zip_path = write_submission(submission, tmp_path / "submission.zip")
+    out = tmp_path / "metrics.json"
+    ours = evaluate_main([str(zip_path), str(folder / "EPIC_100_validation.csv"), "--json", str(out)])
+
+    # JSON round trip of float32 scores: rank the same values the evaluator would read.
+    results = _submitted_json(zip_path)["results"]
+    verb_read = np.array([[results[i]["verb"][str(c)] for c in range(NUM_VERBS)] for i in ids])
+    noun_read = np.array([[results[i]["noun"][str(c)] for c in range(NUM_NOUNS)] for i in ids])
+    expected = _official_metrics(folder, ids, verb_read, noun_read)
+
+    assert set(ours) == set(expected)
+    for key, value in expected.items():
+        assert ours[key] == pytest.approx(value, abs=1e-4), key  # one sample of ~2,400 is 0.04
+    assert 5 < expected["all_action_accuracy_at_1"] < 95
+    assert json.loads(out.read_text()) == pytest.approx(ours)
