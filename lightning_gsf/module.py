@@ -128,7 +128,13 @@ class VideoClassificationModule(pl.LightningModule):
             pretrained=pretrained,
             normalization=normalization,
         )
-        self.frozen_norms = partial_batchnorms(self.model.base_model) if freeze_bn else []
+        # Names, not module references: DDP's ``sync_batchnorm`` replaces every BatchNorm with a
+        # new SyncBatchNorm module (same name, same parameter and buffer tensors), and the
+        # freeze must apply to whatever module holds the name when training starts.
+        frozen = {id(norm) for norm in partial_batchnorms(self.model.base_model)} if freeze_bn else set()
+        self.frozen_norm_names: tuple[str, ...] = tuple(
+            name for name, submodule in self.named_modules() if id(submodule) in frozen
+        )
         for norm in self.frozen_norms:
             for parameter in norm.parameters():
                 parameter.requires_grad_(False)
@@ -138,6 +144,11 @@ class VideoClassificationModule(pl.LightningModule):
         # it averages (and truncates) across processes; a metric sums exactly instead.
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+
+    @property
+    def frozen_norms(self) -> list[nn.Module]:
+        """The norms that partial BN keeps frozen, looked up by name (see ``frozen_norm_names``)."""
+        return [self.get_submodule(name) for name in self.frozen_norm_names]
 
     # ------------------------------------------------------------------ forward and loss
 
