@@ -74,7 +74,7 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, content: str, message: str)
 
 import csv  # noqa: E402
 
-from lightning_gsf.data.errors import SampleReadError  # noqa: E402
+from lightning_gsf.data.errors import MissingMediaError, SampleReadError  # noqa: E402
 from lightning_gsf.data.kinetics import Kinetics400DataModule  # noqa: E402
 from media_writers import (  # noqa: E402
     TINY_DATA_SETTINGS,
@@ -158,10 +158,12 @@ def test_missing_videos_stop_with_an_error_and_a_report(tmp_path: Path, k400_dir
     arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
     missing = _remove_one_train_video(tmp_path)
     datamodule = Kinetics400DataModule(**arguments)
-    with pytest.raises(SampleReadError, match=r"1 of 4 annotated videos are missing.*kinetics-400_train.csv, line 3") as error:
+    with pytest.raises(MissingMediaError, match=r"1 of 4 annotated videos are missing.*kinetics-400_train.csv, line 3") as error:
         datamodule.samples("train")
     report = tmp_path / "logs" / "missing_kinetics400_train.tsv"
     assert str(report) in str(error.value)
+    assert isinstance(error.value, SampleReadError)
+    assert (error.value.report_path, error.value.count) == (report, 1)
     assert report.read_text().splitlines()[1].split("\t")[:3] == ["--nQbRBEz2s_000104_000114", missing, "no such file"]
 
 

@@ -1,12 +1,18 @@
-"""The two errors of the data pipeline.
+"""The errors of the data pipeline.
 
 They are kept apart because they call for different responses: a bad annotation is a bug in
 the dataset description and must stop the run, while an unreadable sample (a corrupt video, a
-missing frame) may be skipped when the user opts in with ``skip_unreadable=True``. Messages
-name the file, the row or frame, and what was expected, so the user can fix the data.
+missing frame) may be skipped when the user opts in with ``skip_unreadable=True``. Annotated
+videos that are missing altogether are found while the annotations are parsed, before any
+sample is read; they are a :class:`MissingMediaError`, handled by ``missing_videos="drop"``.
+Messages name the file, the row or frame, and what was expected, so the user can fix the data.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["AnnotationError", "MissingMediaError", "SampleReadError"]
 
 
 class AnnotationError(ValueError):
@@ -22,3 +28,16 @@ class SampleReadError(RuntimeError):
     The message names the file or folder, the frame index when one is at fault, and what was
     expected.
     """
+
+
+class MissingMediaError(SampleReadError):
+    """Annotated videos (files or frame folders) are missing, empty or unreadable on disk.
+
+    Raised once per split while parsing, listing the first few; ``report_path`` is the file
+    that lists them all (tab-separated: id, source, problem, annotation row).
+    """
+
+    def __init__(self, message: str, *, report_path: Path, count: int) -> None:
+        super().__init__(message)
+        self.report_path = report_path
+        self.count = count

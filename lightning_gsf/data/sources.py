@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import MissingMediaError, SampleReadError
 from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader, count_video_frames
 
 __all__ = [
@@ -225,9 +225,11 @@ def locate_samples(
         listed = "; ".join(f"{c.where}: {c.source} ({problem})" for c, problem in absent[:_LISTED_IN_ERROR])
         summary = f"{len(absent)} of {len(candidates)} annotated videos are missing or unreadable"
         if missing == "error":
-            raise SampleReadError(
+            raise MissingMediaError(
                 f"{summary}, e.g. {listed}. Full list: {report_path}. Fix the dataset root or layout, or set "
-                f"missing_videos='drop' to train without them"
+                f"missing_videos='drop' to train without them",
+                report_path=report_path,
+                count=len(absent),
             )
         logger.warning("%s; dropped them (missing_videos='drop'). Full list: %s", summary, report_path)
     return samples
