@@ -350,3 +350,17 @@ def test_plain_dataloader_uses_epoch_zero():
     batch = next(iter(DataLoader(dataset, batch_size=10)))
     reference = train_dataset()
     assert all(torch.equal(batch["clip"][i], reference[i]["clip"]) for i in range(10))
+
+
+def test_package_exports_resolve_to_their_modules():
+    """``lightning_gsf.data`` loads its public names lazily; each is the defining module's object."""
+    import importlib
+
+    import lightning_gsf.data as data
+
+    for name in data.__all__:
+        module = importlib.import_module(f"lightning_gsf.data.{data._SOURCES[name]}")
+        assert getattr(data, name) is getattr(module, name), name
+    assert set(data.__all__) <= set(dir(data))
+    with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
+        data.NotAName  # noqa: B018
