@@ -55,10 +55,14 @@ class GSF(nn.Module):
             of one clip consecutive.
         ratio: fraction of the channels that GSF processes (0.25 for ResNet, 1.0 for the
             Inception backbones in the paper).
-        inplace: write the output into the input's storage (like ``nn.ReLU(inplace=True)``),
-            which saves allocating and copying a whole feature map. Safe where GSF sits, on
-            a convolution's output that nothing else reads; not on a leaf that requires grad.
-            Ignored under ``torch.compile``.
+        inplace: when autograd is not recording (inference), write the output into the
+            input's storage (like ``nn.ReLU(inplace=True)``), which saves allocating a
+            feature map and copying its ``C - P`` untouched channels. Safe where GSF sits, on
+            a convolution's output that nothing else reads. While autograd records, GSF stays
+            out of place: the input would then get its gradient along two paths (the
+            processed channels and the overwritten tensor), and summing two full-size
+            gradients costs more than the copy saved. Ignored under ``torch.compile``, which
+            plans memory itself.
 
     Parameter names (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``) are those of
     the original release, so its checkpoints map onto this module one to one.
@@ -104,12 +108,10 @@ class GSF(nn.Module):
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
-        # Under torch.compile the compiler plans memory itself, and AOTAutograd gets the
-        # gradient of an input that an autograd.Function marks dirty wrong: stay out of place.
-        inplace = self.inplace and not torch.compiler.is_compiling()
+        inplace = self.inplace and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         if inplace:
             # Own storage for v: the output overwrites x.
-            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x
+            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x[:, p:]
         elif torch.is_grad_enabled():
             v, rest = _SplitChannels.apply(x, p)
         else:
@@ -158,7 +160,10 @@ class GSF(nn.Module):
         blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight, fuse_bias, padding=1, groups=2))
         blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
-        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
+        if inplace:
+            _write_fused(x[:, :p], v, gate, blend, t)
+            return x
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last)
 
     def _uses_batch_statistics(self) -> bool:
         return self.training or not self.bn.track_running_stats
@@ -273,40 +278,44 @@ class _NormReluTaps(torch.autograd.Function):
                 grad_taps_weight.to(taps_weight.dtype), None, None)
 
 
-class _GateShiftFuse(torch.autograd.Function):
-    """Gate, shift, blend and interleave, written straight into the output ``(N*T, C, H, W)``.
+def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
+                 num_segments: int) -> None:
+    """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
+    channels, any strides; it must not share memory with ``v``).
 
-    Forward: with ``y = gate * v`` and ``r = v - y`` per group, ``f = r * (1 - w) + s * w``
-    where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards), and ``f``
-    lands interleaved in the first ``P`` output channels; ``x`` provides the others (and is
-    the output itself when ``inplace``).
+    With ``y = gate * v`` and ``r = v - y`` per group, ``f = r * (1 - w) + s * w`` where ``s``
+    is ``y`` shifted one frame (group 1 backwards, group 2 forwards), and ``f`` lands
+    interleaved: the group's channel ``j*Q + i`` goes to ``2*i + j``.
+    """
+    nt, p, h, w = v.shape
+    n, q = nt // num_segments, p // 4
+    # The interleaved view of the destination, in the source order (N, T, group k, j, i, H, W).
+    fused = _interleaved_view(fused_out, n, num_segments)
+    v7 = v.view(n, num_segments, 2, 2, q, h, w)
+    g7 = gate.to(v.dtype).reshape(n, num_segments, 2, 1, 1, h, w)
+    b7 = blend.to(v.dtype).reshape(n, num_segments, 2, 2, q, 1, 1)
+    fused.copy_(v7).mul_(1 - g7)  # r = v - y (in place: dynamo rejects strided out=)
+    fused.mul_(1 - b7)  # r * (1 - w)
+    fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
+    fused[:, 1:, 1].addcmul_(v7[:, :-1, 1] * g7[:, :-1, 1], b7[:, 1:, 1])  # + w * y[t - 1]
+
+
+class _GateShiftFuse(torch.autograd.Function):
+    """:func:`_write_fused` into a new output ``(N*T, C, H, W)`` whose last ``C - P``
+    channels are ``rest``, with its own backward.
+
     Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
     backward, which recomputes ``y``, ``r`` and ``s``.
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace):  # noqa: D102
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last):  # noqa: D102
         nt, p, h, w = v.shape
-        n, q = nt // num_segments, p // 4
-        ctx.inplace = inplace
-        if inplace:  # rest is the whole input, whose first P channels are overwritten
-            out = rest
-            ctx.mark_dirty(rest)
-        else:  # rest is the input's last C - P channels
-            memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
-                              memory_format=memory_format)
-            out[:, p:].copy_(rest)
-        # Written straight into the interleaved view of the output (the group's channel j*Q + i
-        # goes to 2*i + j), in the source order (N, T, group k, j, i, H, W).
-        fused = _interleaved_view(out[:, :p], n, num_segments)
-        v7 = v.view(n, num_segments, 2, 2, q, h, w)
-        g7 = gate.to(v.dtype).reshape(n, num_segments, 2, 1, 1, h, w)
-        b7 = blend.to(v.dtype).reshape(n, num_segments, 2, 2, q, 1, 1)
-        fused.copy_(v7).mul_(1 - g7)  # r = v - y (in place: dynamo rejects strided out=)
-        fused.mul_(1 - b7)  # r * (1 - w)
-        fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
-        fused[:, 1:, 1].addcmul_(v7[:, :-1, 1] * g7[:, :-1, 1], b7[:, 1:, 1])  # + w * y[t - 1]
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
+                          memory_format=memory_format)
+        out[:, p:].copy_(rest)
+        _write_fused(out[:, :p], v, gate, blend, num_segments)
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
         return out
@@ -336,13 +345,8 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
-        if ctx.inplace:  # the input's first P channels were overwritten: no gradient there
-            grad_rest = grad_out.clone()
-            grad_rest[:, :p] = 0
-        else:
-            grad_rest = grad_out[:, p:]
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_rest, None, None, None)
+                grad_out[:, p:], None, None)
 
 
 class _SplitChannels(torch.autograd.Function):

@@ -109,7 +109,9 @@ def _temporal_pair(
     if kind == "tsm":
         return TemporalShift(num_segments), None
     try:
-        return None, GSF(channels, num_segments, gsf_ratio)
+        # Every GSF site is a convolution's output that only GSF reads, so in inference GSF
+        # may overwrite it (see GSF's ``inplace``).
+        return None, GSF(channels, num_segments, gsf_ratio, inplace=True)
     except ValueError as err:
         raise ValueError(f"cannot insert GSF after {site}: {err}") from err
 
