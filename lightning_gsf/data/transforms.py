@@ -130,6 +130,8 @@ class TrainClipTransform:
         if flipped:
             clip = F.horizontal_flip(clip)
         if self.randaugment is not None:
+            # RandAugment takes no generator and draws from the global RNG: seed that from our
+            # generator inside fork_rng, so the draw is reproducible and the caller's RNG untouched.
             seed = _draw(2**62, generator)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
