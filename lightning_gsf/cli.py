@@ -20,8 +20,11 @@ them once. ``gsf fit --print_config`` prints a complete, runnable config.
 Defaults that every run gets (each can be changed from a config):
 
 - ``checkpoint``: ``ModelCheckpoint`` keeping the best epoch by ``val/accuracy_at_1`` (action
-  top-1 for EPIC, top-1 otherwise) and ``last.ckpt``, in ``<trainer.default_root_dir>/checkpoints``,
-  a fixed folder, so that ``--ckpt_path last`` finds the last run's checkpoint to resume.
+  top-1 for EPIC, top-1 otherwise), and ``last_checkpoint``: a second ``ModelCheckpoint`` that
+  overwrites ``last.ckpt`` at the end of every epoch, both in ``<trainer.default_root_dir>/checkpoints``,
+  a fixed folder, so that ``--ckpt_path last`` finds the last run's latest epoch to resume.
+  (Lightning >= 2.6 writes a monitored checkpoint's ``save_last`` only when the metric improves,
+  so ``save_last`` alone would resume from the best epoch, not the latest.)
 - ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip``.
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
   ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
@@ -133,17 +136,32 @@ class GSFCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.num_segments", "model.num_segments")
 
+        # The monitored checkpoint comes first: it is trainer.checkpoint_callback (--ckpt_path best).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": CHECKPOINT_MONITOR,
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,  # last_checkpoint writes last.ckpt every epoch
                 "checkpoint.filename": "best-epoch{epoch:03d}-acc{" + CHECKPOINT_MONITOR + ":.2f}",
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
+        # last.ckpt of the latest epoch, improved or not: no monitor, one file overwritten in
+        # place. Same folder as the best checkpoint, where PreemptionCheckpoint writes its
+        # last.ckpt too and where --ckpt_path last looks.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.every_n_epochs": 1,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lightning_gsf.cli import main, run
+from lightning_gsf.callbacks import PreemptionCheckpoint
+from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.model import VideoClassifier
 
@@ -77,8 +79,15 @@ def _saved_step(path: Path) -> int:
 def test_fit_validate_test_predict_and_evaluate(tmp_path, dataset):
     config = _config(tmp_path, dataset)
     root = tmp_path / "run"
-    main(["fit", "--config", str(config)])
+    trainer = run(["fit", "--config", str(config)]).trainer
     checkpoints = root / "checkpoints"
+    # The monitored checkpoint is the trainer's (--ckpt_path best); last.ckpt, the SIGTERM
+    # checkpoint and --ckpt_path last share its folder.
+    assert trainer.checkpoint_callback.monitor == CHECKPOINT_MONITOR
+    folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)}
+    assert folders == {checkpoints}
+    (preemption,) = (c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
+    assert preemption.checkpoint_path(trainer) == checkpoints / "last.ckpt"
     best = sorted(checkpoints.glob("best-*.ckpt"))
     assert (checkpoints / "last.ckpt").is_file() and len(best) == 1
     assert _saved_step(checkpoints / "last.ckpt") == 2  # 8 clips / batch 4, one epoch
