@@ -47,7 +47,8 @@ from typing import Literal
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError
-from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader
+from lightning_gsf.data.sources import MediaLayout
+from lightning_gsf.data.video import ClipReader
 
 __all__ = [
     "EPIC_ACTION_COLUMNS",
@@ -426,20 +427,16 @@ class EpicKitchensDataModule(VideoDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if layout not in ("frames", "video"):
-            raise ValueError(f"layout must be 'frames' or 'video', got {layout!r}")
+        self.media_layout = MediaLayout(layout, frame_template, first_index=1, video_threads=video_threads)
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir) if annotations_dir is not None else self.root / "annotations"
-        self.layout = layout
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
         self.verb_classes_file = verb_classes_file
         self.noun_classes_file = noun_classes_file
         self.tail_files = {"tail_verb": tail_verbs_file, "tail_noun": tail_nouns_file}
         self.unseen_files = {"val": unseen_val_file, "test": unseen_test_file}
         self.video_info_file = video_info_file
-        self.frame_template = frame_template
         self.video_extension = video_extension
-        self.video_threads = video_threads
 
     def annotation_path(self, name: str) -> Path:
         return self.annotations_dir / name
@@ -461,14 +458,12 @@ class EpicKitchensDataModule(VideoDataModule):
         return read_video_info(self.annotation_path(self.video_info_file))
 
     def build_reader(self) -> ClipReader:
-        if self.layout == "frames":
-            return FrameFolderReader(self.frame_template, first_index=1)
-        return VideoFileReader(threads=self.video_threads)
+        return self.media_layout.reader()
 
     def source(self, action: EpicAction) -> Path:
         """The frame folder or video file of an action, in the configured layout."""
         participant = self.root / action.participant_id
-        if self.layout == "frames":
+        if self.media_layout.kind == "frames":
             return participant / "rgb_frames" / action.video_id
         return participant / "videos" / f"{action.video_id}{self.video_extension}"
 
@@ -505,10 +500,7 @@ class EpicKitchensDataModule(VideoDataModule):
                         f"{where}: {head}_class {labels[head]} is outside the {len(classes)} classes of {file}; "
                         f"expected 0..{len(classes) - 1}"
                     )
-            if "tail_verb" in tail:
-                subsets["tail_verb"] = action.verb_class in tail["tail_verb"]
-            if "tail_noun" in tail:
-                subsets["tail_noun"] = action.noun_class in tail["tail_noun"]
+            subsets.update({name: labels[name.removeprefix("tail_")] in classes for name, classes in tail.items()})
         if unseen is not None:
             subsets["unseen"] = action.participant_id in unseen
         start, stop, fps = self._frame_range(action, where)
@@ -525,7 +517,7 @@ class EpicKitchensDataModule(VideoDataModule):
 
     def _frame_range(self, action: EpicAction, where: str) -> tuple[int, int, float | None]:
         """``(start, stop, fps)``: the segment as 0-based, half-open indices of the layout's frames."""
-        if self.layout == "frames":
+        if self.media_layout.kind == "frames":
             return action.start_frame - 1, action.stop_frame, None
         info = self.video_info.get(action.video_id)
         if info is None:
