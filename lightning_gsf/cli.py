@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
 
+#: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
+LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
+
+#: Settings of every ``gsf`` parser. ``allow_abbrev=False``: argparse would otherwise read a
+#: typo that is a prefix of a real option (``--model.temporal_modul``) as that option.
+PARSER_SETTINGS: dict[str, Any] = {"allow_abbrev": False}
+
 
 def _synth(argv: Sequence[str]) -> Any:
     from lightning_gsf.data.synthetic import main
@@ -201,7 +208,12 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
             ]
         },
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION},
+        # The main parser's settings do not reach the subcommands' parsers: each is named.
+        parser_kwargs={
+            "description": DESCRIPTION,
+            **PARSER_SETTINGS,
+            **{subcommand: dict(PARSER_SETTINGS) for subcommand in LIGHTNING_SUBCOMMANDS},
+        },
         args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
     )
 

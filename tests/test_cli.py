@@ -149,6 +149,23 @@ def test_print_config_is_runnable(tmp_path, dataset, capsys):
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.parametrize(
+    ("subcommand", "typo"),
+    [
+        ("fit", "--model.temporal_modul=tsm"),  # a prefix of --model.temporal_module
+        ("fit", "--trainer.max_epoch=3"),
+        ("validate", "--data.init_args.batch_siz=2"),  # the data module's class_path/init_args
+    ],
+)
+def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand, typo):
+    config = _config(tmp_path, dataset)
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", str(config), typo, "--print_config"])
+    assert exit_info.value.code == 2
+    misspelt_name = typo.split("=")[0].rsplit(".", 1)[-1]
+    assert misspelt_name in capsys.readouterr().err
+
+
 class SingleHeadSynthetic(EpicKitchensDataModule):
     """The synthetic data with only the verb, as one ``class`` head (like the released models)."""
 
