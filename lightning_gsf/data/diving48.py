@@ -133,11 +133,10 @@ class Diving48DataModule(WholeVideoDataModule):
 
     def candidates(self, split: str) -> list[SampleCandidate]:
         path = self.annotations_dir / self.split_files[split]
-        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
         return [
             SampleCandidate(
                 id=entry.vid_name,
-                source=self.source(entry.vid_name + suffix),
+                source=self.source_by_id(entry.vid_name, self.video_suffix),
                 where=f"{path}, entry {position} ({entry.vid_name})",
                 labels={"class": entry.label},
                 start=entry.start,

@@ -142,11 +142,10 @@ class SomethingSomethingDataModule(WholeVideoDataModule):
 
     def candidates(self, split: str) -> list[SampleCandidate]:
         path = self.annotations_dir / self.split_files[split]
-        suffix = self.video_suffix if self.media_layout.kind == "video" else ""
         return [
             SampleCandidate(
                 id=video_id,
-                source=self.source(video_id + suffix),
+                source=self.source_by_id(video_id, self.video_suffix),
                 where=f"{path}, id {video_id}",
                 labels=None if label is None else {"class": label},
             )

@@ -293,6 +293,10 @@ class WholeVideoDataModule(VideoDataModule):
         """Where the video (file or frame folder) called ``name`` lives under ``root``."""
         return self.root / name
 
+    def source_by_id(self, video_id: str, video_suffix: str) -> Path:
+        """``<root>/<video_id><video_suffix>`` in the video layout, the frame folder ``<root>/<video_id>`` otherwise."""
+        return self.source(video_id + video_suffix if self.media_layout.kind == "video" else video_id)
+
     def parse_split(self, split: str) -> list[ClipSample]:
         return locate_samples(
             self.candidates(split),
