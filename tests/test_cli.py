@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from lightning_gsf.callbacks import PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run
@@ -164,6 +164,19 @@ def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand
     assert exit_info.value.code == 2
     misspelt_name = typo.split("=")[0].rsplit(".", 1)[-1]
     assert misspelt_name in capsys.readouterr().err
+
+
+def test_fit_without_a_logger(tmp_path, dataset):
+    """``--trainer.logger=false``: no loggers, and no learning-rate monitor (it needs a logger)."""
+    config = _config(tmp_path, dataset)
+    cli = run(["fit", "--config", str(config), "--trainer.logger=false",
+               "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])  # fmt: skip
+    assert cli.trainer.loggers == []
+    assert not any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+    assert cli.trainer.global_step == 1
+    root = tmp_path / "run"
+    assert not (root / "csv").exists() and not (root / "tensorboard").exists()
+    assert (root / "checkpoints" / "last.ckpt").is_file()
 
 
 class SingleHeadSynthetic(EpicKitchensDataModule):
