@@ -39,11 +39,11 @@ import csv
 import logging
 import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError
@@ -102,6 +102,8 @@ _END_TOLERANCE_SECONDS = 0.05
 
 _TIMESTAMP = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
 _RESOLUTION = re.compile(r"(\d+)x(\d+)")
+
+_T = TypeVar("_T")
 
 
 # --- records ------------------------------------------------------------------------------
@@ -190,29 +192,24 @@ class _Row:
     def optional_text(self, column: str) -> str | None:
         return self.values[column].strip() or None
 
-    def integer(self, column: str) -> int:
+    def _parsed(self, column: str, parse: Callable[[str], _T], expected: str) -> _T:
         value = self.text(column)
         try:
-            return int(value)
+            return parse(value)
         except ValueError:
-            raise self.error(f"column {column!r} is {value!r}; expected an integer") from None
+            raise self.error(f"column {column!r} is {value!r}; expected {expected}") from None
+
+    def integer(self, column: str) -> int:
+        return self._parsed(column, int, "an integer")
 
     def real(self, column: str) -> float:
-        value = self.text(column)
-        try:
-            number = float(value)
-        except ValueError:
-            raise self.error(f"column {column!r} is {value!r}; expected a number") from None
+        number = self._parsed(column, float, "a number")
         if not math.isfinite(number):
-            raise self.error(f"column {column!r} is {value!r}; expected a finite number")
+            raise self.error(f"column {column!r} is {self.values[column].strip()!r}; expected a finite number")
         return number
 
     def timestamp(self, column: str) -> float:
-        value = self.text(column)
-        try:
-            return parse_timestamp(value)
-        except ValueError:
-            raise self.error(f"column {column!r} is {value!r}; expected a timestamp HH:MM:SS.ss") from None
+        return self._parsed(column, parse_timestamp, "a timestamp HH:MM:SS.ss")
 
     def optional_timestamp(self, column: str) -> float | None:
         return self.timestamp(column) if self.values[column].strip() else None
