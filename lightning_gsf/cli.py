@@ -176,13 +176,14 @@ class GSFCLI(LightningCLI):
         root = trainer_config.get("default_root_dir") or "."
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
+        loggers = kwargs.get("logger", trainer_config.get("logger"))
         if trainer_config.get("plugins") is None and "plugins" not in kwargs:
             kwargs["plugins"] = [AtomicCheckpointIO()]
         # Callbacks that only make sense with a logger / a progress bar, added when those are on.
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if "callbacks" not in kwargs:
-            if trainer_config.get("logger") is not False:
+            if loggers:  # LearningRateMonitor refuses a trainer without one (logger false or [])
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
             has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
             if trainer_config.get("enable_progress_bar") is not False and not has_bar:

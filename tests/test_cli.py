@@ -166,10 +166,11 @@ def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand
     assert misspelt_name in capsys.readouterr().err
 
 
-def test_fit_without_a_logger(tmp_path, dataset):
+@pytest.mark.parametrize("no_logger", ["false", "[]"])
+def test_fit_without_a_logger(tmp_path, dataset, no_logger):
     """``--trainer.logger=false``: no loggers, and no learning-rate monitor (it needs a logger)."""
     config = _config(tmp_path, dataset)
-    cli = run(["fit", "--config", str(config), "--trainer.logger=false",
+    cli = run(["fit", "--config", str(config), f"--trainer.logger={no_logger}",
                "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])  # fmt: skip
     assert cli.trainer.loggers == []
     assert not any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
