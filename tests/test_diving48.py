@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from lightning_gsf.data import diving48
-from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.diving48 import Diving48DataModule
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from media_writers import (
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    write_frame_folder,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +66,6 @@ def test_bad_entries_name_file_and_entry(tmp_path: Path, entry: dict, message: s
 
 
 # ---------------------------------------------------------------- DataModule on a tiny real-layout dataset
-
-from lightning_gsf.data.diving48 import Diving48DataModule  # noqa: E402
-from lightning_gsf.data.errors import SampleReadError  # noqa: E402
-from media_writers import (  # noqa: E402
-    TINY_DATA_SETTINGS,
-    check_loaders,
-    fit_one_epoch_with_config,
-    write_frame_folder,
-    write_video,
-)
 
 
 def _build_diving48(tmp_path: Path, diving_dir: Path, layout: str) -> tuple[dict, dict, dict]:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
 from lightning_gsf.data import kinetics
-from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
+from lightning_gsf.data.kinetics import Kinetics400DataModule
+from media_writers import (
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    write_frame_folder,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +81,6 @@ def test_bad_rows_name_file_and_line(tmp_path: Path, content: str, message: str)
 
 # ---------------------------------------------------------------- DataModule on a tiny real-layout dataset
 
-import csv  # noqa: E402
-
-from lightning_gsf.data.errors import MissingMediaError, SampleReadError  # noqa: E402
-from lightning_gsf.data.kinetics import Kinetics400DataModule  # noqa: E402
-from media_writers import (  # noqa: E402
-    TINY_DATA_SETTINGS,
-    check_loaders,
-    fit_one_epoch_with_config,
-    write_frame_folder,
-    write_video,
-)
 
 # Real rows (quoted labels with spaces and parentheses among them), re-split into a tiny dataset.
 TRAIN_ROWS, VAL_ROWS = (0, 1, 161, 196), (2, 208)

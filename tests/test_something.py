@@ -18,6 +18,17 @@ from lightning_gsf.data.something import (
     read_id_class_csv,
     sorted_class_index,
 )
+from lightning_gsf.data.sources import count_frame_files
+from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule
+from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule
+from media_writers import (
+    TINY_DATA_SETTINGS,
+    check_loaders,
+    fit_one_epoch_with_config,
+    is_flipped,
+    write_frame_folder,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -138,17 +149,6 @@ def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- DataModules on tiny real-layout datasets
 
-from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule  # noqa: E402
-from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule  # noqa: E402
-from lightning_gsf.data.sources import count_frame_files  # noqa: E402
-from media_writers import (  # noqa: E402
-    TINY_DATA_SETTINGS,
-    check_loaders,
-    fit_one_epoch_with_config,
-    is_flipped,
-    write_frame_folder,
-    write_video,
-)
 
 # Real entries of the validation excerpt: four for training (two of them with a left/right
 # mirror class: 151151 -> 166, 183708 -> 94), two for validation; two real test ids.
