@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -67,8 +66,6 @@ __all__ = [
     "read_tail_classes",
     "read_video_info",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: The columns of the unlabelled ``EPIC_100_test_timestamps.csv``, in the official order.
 EPIC_TIMESTAMP_COLUMNS = (

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ResumableDataLoader",
@@ -187,7 +187,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.position = int(state["position"])
         self._iteration_start = None
         self._tell_dataset(self.epoch)
-        log.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
+        logger.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
