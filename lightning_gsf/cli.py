@@ -81,13 +81,14 @@ def _import_original(argv: Sequence[str]) -> Any:
     )
     parser.add_argument("checkpoint", type=Path, help="the original release's .pth.tar / .pth file")
     parser.add_argument("output", type=Path, help="the Lightning checkpoint to write (.ckpt)")
-    parser.add_argument("--num-segments", type=int, required=True, help="frames per clip (16 for the released models)")
+    # Both spellings: `--num_segments` matches the LightningCLI subcommands' option names.
+    parser.add_argument("--num-segments", "--num_segments", type=int, required=True, help="frames per clip (16 for the released models)")
     parser.add_argument("--backbone", help="check that the file holds this backbone")
-    parser.add_argument("--num-classes", type=int, help="check the classifier's number of classes")
+    parser.add_argument("--num-classes", "--num_classes", type=int, help="check the classifier's number of classes")
     parser.add_argument("--head", default="class", help="name of the classification head (default: class)")
     parser.add_argument("--dropout", type=float, default=0.5)
     parser.add_argument(
-        "--trust-pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
+        "--trust-pickle", "--trust_pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
     )
     args = parser.parse_args(list(argv))
     info = import_original(

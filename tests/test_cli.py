@@ -205,7 +205,7 @@ def test_imported_original_checkpoint_validates(tmp_path, dataset):
     }
     torch.save({"epoch": 10, "state_dict": state}, tmp_path / "original.pth.tar")
     main(["import-original", str(tmp_path / "original.pth.tar"), str(tmp_path / "imported.ckpt"),
-          "--num-segments", str(NUM_SEGMENTS), "--backbone", "resnet18"])  # fmt: skip
+          "--num_segments", str(NUM_SEGMENTS), "--backbone", "resnet18"])  # the spelling; fmt: skip
 
     config = _config(tmp_path, dataset, data_class=f"{__name__}.SingleHeadSynthetic")
     cli = run(["validate", "--config", str(config), "--ckpt_path", str(tmp_path / "imported.ckpt")])
