@@ -226,7 +226,8 @@ def _norm_relu(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, weight
     """``relu(bn(v))`` with given statistics, as one scale-and-shift, in NCHW layout."""
     scale = weight * invstd
     shift = bias - mean * scale
-    activated = torch.relu(torch.addcmul(shift.view(1, -1, 1, 1), v, scale.view(1, -1, 1, 1)))
+    # relu in place: on CPU a fresh feature-map-sized tensor costs more (page faults) than a pass.
+    activated = torch.addcmul(shift.view(1, -1, 1, 1), v, scale.view(1, -1, 1, 1)).relu_()
     return activated.to(v.dtype).contiguous()
 
 
@@ -331,11 +332,10 @@ class _GateShiftFuse(torch.autograd.Function):
         b = blend.to(v.dtype)[..., None, None]
         grad_fused = _interleaved_view(grad_out[:, :p], n, t).reshape(n, t, 2, half, h, w)
 
-        # f = r + w * (s - r) with y = g * v, r = v - y, s = shift(y).
-        y = v_groups * g
-        shifted_minus_residual = y - v_groups
-        shifted_minus_residual[:, :-1, 0] += y[:, 1:, 0]
-        shifted_minus_residual[:, 1:, 1] += y[:, :-1, 1]
+        # f = r + w * (s - r) with y = g * v, r = v - y, s = shift(y); s - r = shift(g * v) + (g - 1) * v.
+        shifted_minus_residual = v_groups * (g - 1)
+        shifted_minus_residual[:, :-1, 0].addcmul_(v_groups[:, 1:, 0], g[:, 1:, 0])  # + y[t + 1]
+        shifted_minus_residual[:, 1:, 1].addcmul_(v_groups[:, :-1, 1], g[:, :-1, 1])  # + y[t - 1]
         grad_blend = (grad_fused * shifted_minus_residual).sum(dim=(-2, -1))
         grad_residual = grad_fused * (1 - b)
         # grad_y - grad_residual, where grad_y = grad_fused * w moved by the shift's adjoint
