@@ -55,14 +55,12 @@ class GSF(nn.Module):
             of one clip consecutive.
         ratio: fraction of the channels that GSF processes (0.25 for ResNet, 1.0 for the
             Inception backbones in the paper).
-        inplace: when autograd is not recording (inference), write the output into the
-            input's storage (like ``nn.ReLU(inplace=True)``), which saves allocating a
-            feature map and copying its ``C - P`` untouched channels. Safe where GSF sits, on
-            a convolution's output that nothing else reads. While autograd records, GSF stays
-            out of place: the input would then get its gradient along two paths (the
-            processed channels and the overwritten tensor), and summing two full-size
-            gradients costs more than the copy saved. Ignored under ``torch.compile``, which
-            plans memory itself.
+        inplace: write the output into the input's storage (like ``nn.ReLU(inplace=True)``),
+            which saves allocating a feature map and copying its ``C - P`` untouched
+            channels. Safe where GSF sits, on a convolution's output that nothing else reads
+            (autograd's version check raises if something saved it for backward). Ignored
+            for a leaf that requires grad, and under ``torch.compile``, which plans memory
+            itself.
 
     Parameter names (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``) are those of
     the original release, so its checkpoints map onto this module one to one.
@@ -108,12 +106,12 @@ class GSF(nn.Module):
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
-        inplace = self.inplace and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        if inplace:
-            # Own storage for v: the output overwrites x.
-            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x[:, p:]
-        elif torch.is_grad_enabled():
-            v, rest = _SplitChannels.apply(x, p)
+        inplace = (self.inplace and not torch.compiler.is_compiling()
+                   and not (x.is_leaf and x.requires_grad))
+        if torch.is_grad_enabled():
+            v, rest = _SplitChannels.apply(x, p, inplace)
+        elif inplace:  # v gets its own storage: the output overwrites x
+            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x
         else:
             v, rest = x[:, :p], x[:, p:]
 
@@ -160,10 +158,7 @@ class GSF(nn.Module):
         blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight, fuse_bias, padding=1, groups=2))
         blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
-        if inplace:
-            _write_fused(x[:, :p], v, gate, blend, t)
-            return x
-        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last)
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
     def _uses_batch_statistics(self) -> bool:
         return self.training or not self.bn.track_running_stats
@@ -302,23 +297,32 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
 
 
 class _GateShiftFuse(torch.autograd.Function):
-    """:func:`_write_fused` into a new output ``(N*T, C, H, W)`` whose last ``C - P``
-    channels are ``rest``, with its own backward.
+    """:func:`_write_fused` into the output ``(N*T, C, H, W)``, with its own backward.
+
+    Out of place, ``rest`` is the input's last ``C - P`` channels, copied into a new output.
+    In place, ``rest`` is the whole input, whose first ``P`` channels get overwritten; it
+    comes from :class:`_SplitChannels`, which set those channels to zero, so ``rest``'s
+    gradient is ``grad_out`` as is (what it passes for the zeroed channels goes nowhere).
 
     Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
     backward, which recomputes ``y``, ``r`` and ``s``.
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, rest, num_segments, channels_last):  # noqa: D102
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace):  # noqa: D102
         nt, p, h, w = v.shape
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
-                          memory_format=memory_format)
-        out[:, p:].copy_(rest)
+        if inplace:
+            out = rest
+            ctx.mark_dirty(rest)
+        else:
+            memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
+                              memory_format=memory_format)
+            out[:, p:].copy_(rest)
         _write_fused(out[:, :p], v, gate, blend, num_segments)
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
+        ctx.inplace = inplace
         return out
 
     @staticmethod
@@ -345,27 +349,40 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
+        grad_rest = grad_out if ctx.inplace else grad_out[:, p:]
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_out[:, p:], None, None)
+                grad_rest, None, None, None)
 
 
 class _SplitChannels(torch.autograd.Function):
-    """``x -> (copy of x[:, :P], x[:, P:])``, whose backward writes the input gradient once.
+    """``x -> (copy of x[:, :P], rest)``, whose backward writes the input gradient once.
 
-    Left to autograd, slicing ``x`` twice would give two zero-filled full-size gradients
-    summed; here both parts land in one ``cat``. The copy of the processed channels gives
-    the tensor GSF saves for backward its own storage, so ``x`` need not outlive the forward.
+    ``rest`` is ``x[:, P:]``, or with ``inplace`` ``x`` itself with its first ``P`` channels
+    zeroed (the output :class:`_GateShiftFuse` then writes into). Left to autograd, using
+    ``x`` twice would give two full-size gradients summed; here both parts land in one
+    ``cat``. The copy of the processed channels gives the tensor GSF saves for backward its
+    own storage, so ``x`` need not outlive the forward (and may be overwritten).
     """
 
     @staticmethod
-    def forward(ctx, x, processed):  # noqa: D102
-        return x[:, :processed].clone(memory_format=torch.preserve_format), x[:, processed:]
+    def forward(ctx, x, processed, inplace):  # noqa: D102
+        ctx.processed, ctx.inplace, ctx.channels = processed, inplace, x.shape[1]
+        v = x[:, :processed].clone(memory_format=torch.preserve_format)
+        if not inplace:
+            return v, x[:, processed:]
+        x[:, :processed].zero_()
+        ctx.mark_dirty(x)
+        return v, x
 
     @staticmethod
     def backward(ctx, grad_processed, grad_rest):  # noqa: D102
+        p = ctx.processed
         if grad_rest is None:
-            return grad_processed, None
-        return torch.cat([grad_processed, grad_rest], dim=1), None
+            nt, _, h, w = grad_processed.shape
+            grad_rest = grad_processed.new_zeros(nt, ctx.channels - p, h, w)
+        elif ctx.inplace:  # the zeroed channels are constants: their gradient goes nowhere
+            grad_rest = grad_rest[:, p:]
+        return torch.cat([grad_processed, grad_rest], dim=1), None, None
 
 
 def _interleaved_view(processed: torch.Tensor, n: int, t: int) -> torch.Tensor:

@@ -217,16 +217,16 @@ def test_inplace_writes_into_the_input_when_autograd_is_off(channels, ratio, tra
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_inplace_module_stays_out_of_place_while_autograd_records(training):
-    fast = make_gsf(16, 4, 0.25, seed=5).train(training)
+@pytest.mark.parametrize("channels,ratio", [(16, 0.25), (8, 1.0)])
+def test_inplace_writes_into_the_input_with_the_same_results_and_gradients(channels, ratio, training):
+    fast = make_gsf(channels, 4, ratio, seed=5).train(training)
     fast.inplace = True
-    reference = make_gsf(16, 4, 0.25, seed=5).train(training)
-    x = make_input(2, 4, 16, 5, seed=2).requires_grad_()
+    reference = make_gsf(channels, 4, ratio, seed=5).train(training)
+    x = make_input(2, 4, channels, 5, seed=2).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     conv_output = x * 1.0  # GSF sits on a conv's output: a non-leaf that nothing else reads
     out = fast(conv_output)
-    assert out.data_ptr() != conv_output.data_ptr()
-    assert torch.equal(conv_output, x)
+    assert out.data_ptr() == conv_output.data_ptr()
     out_ref = reference.forward_reference(x_ref)
     assert (out - out_ref).abs().max() < 1e-5
     upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
@@ -235,6 +235,29 @@ def test_inplace_module_stays_out_of_place_while_autograd_records(training):
     assert (x.grad - x_ref.grad).abs().max() < 1e-5
     for (name, param), param_ref in zip(fast.named_parameters(), reference.parameters()):
         assert (param.grad - param_ref.grad).abs().max() < 1e-4, name
+    for name, buffer in fast.named_buffers():
+        assert (buffer - dict(reference.named_buffers())[name]).abs().max() < 1e-5, name
+
+
+def test_inplace_leaves_a_leaf_that_requires_grad_alone():
+    module = make_gsf(16, 4, 0.25, seed=5)
+    module.inplace = True
+    x = make_input(2, 4, 16, 5, seed=2).requires_grad_()
+    before = x.detach().clone()
+    out = module(x)
+    assert out.data_ptr() != x.data_ptr() and torch.equal(x.detach(), before)
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_inplace_on_a_tensor_saved_for_backward_fails_loudly():
+    module = make_gsf(16, 4, 0.25, seed=5)
+    module.inplace = True
+    x = make_input(2, 4, 16, 5, seed=2).requires_grad_()
+    saved = x.exp()  # exp saves its output for backward; GSF then overwrites it
+    out = module(saved)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("path", ["forward", "forward_reference"])
