@@ -275,7 +275,7 @@ class _NormReluTaps(torch.autograd.Function):
 
 
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
-                 num_segments: int) -> None:
+                 num_segments: int, channels_last: bool) -> None:
     """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
     channels, any strides; it must not share memory with ``v``).
 
@@ -290,6 +290,19 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
     v7 = v.view(n, num_segments, 2, 2, q, h, w)
     g7 = gate.to(v.dtype).reshape(n, num_segments, 2, 1, 1, h, w)
     b7 = blend.to(v.dtype).reshape(n, num_segments, 2, 2, q, 1, 1)
+    if not channels_last:  # the blend's passes write the interleaved view directly
+        _blend_into(fused, v7, g7, b7)
+        return
+    # Channels-last: the channel is the innermost memory dimension, and elementwise ops on
+    # the interleaved view walk it in an order that matches neither operand. Blend in v's
+    # channel order instead, then interleave with one copy.
+    staged = torch.empty_like(v)
+    _blend_into(staged.view(v7.shape), v7, g7, b7)
+    fused.copy_(staged.view(v7.shape))
+
+
+def _blend_into(fused: torch.Tensor, v7: torch.Tensor, g7: torch.Tensor, b7: torch.Tensor) -> None:
+    """``fused = r * (1 - w) + w * shift(y)`` on ``(N, T, group, j, i, H, W)`` views."""
     fused.copy_(v7).mul_(1 - g7)  # r = v - y (in place: dynamo rejects strided out=)
     fused.mul_(1 - b7)  # r * (1 - w)
     fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
@@ -319,7 +332,7 @@ class _GateShiftFuse(torch.autograd.Function):
             out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
                               memory_format=memory_format)
             out[:, p:].copy_(rest)
-        _write_fused(out[:, :p], v, gate, blend, num_segments)
+        _write_fused(out[:, :p], v, gate, blend, num_segments, channels_last)
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
         ctx.inplace = inplace
