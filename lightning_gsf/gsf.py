@@ -347,7 +347,11 @@ class _GateShiftFuse(torch.autograd.Function):
         v_groups = v.view(n, t, 2, half, h, w)
         g = gate.to(v.dtype).unsqueeze(3)
         b = blend.to(v.dtype)[..., None, None]
-        grad_fused = _interleaved_view(grad_out[:, :p], n, t).reshape(n, t, 2, half, h, w)
+        # De-interleave into v's channel order and memory format, so that every pass below
+        # walks its operands alike (in channels-last too).
+        grad_fused = torch.empty_like(v)
+        grad_fused.view(n, t, 2, 2, p // 4, h, w).copy_(_interleaved_view(grad_out[:, :p], n, t))
+        grad_fused = grad_fused.view(n, t, 2, half, h, w)
 
         # f = r + w * (s - r) with y = g * v, r = v - y, s = shift(y); s - r = shift(g * v) + (g - 1) * v.
         shifted_minus_residual = v_groups * (g - 1)
