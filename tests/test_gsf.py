@@ -385,13 +385,18 @@ def test_fast_equals_reference_property(quarter, extra, num_segments, batch, siz
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_channels_last_input_gives_the_same_result(training):
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_channels_last_input_gives_the_same_result(training, inplace):
     fast = make_gsf(16, 4, 0.25, seed=0).train(training)
+    fast.inplace = inplace
     reference = make_gsf(16, 4, 0.25, seed=0).train(training)
     x = make_input(2, 4, 16, 6, seed=0)
     x_cl = x.to(memory_format=torch.channels_last).requires_grad_()
     x = x.requires_grad_()
-    out_cl, out = fast(x_cl), reference.forward_reference(x)
+    conv_output = x_cl * 1.0  # a non-leaf, so that inplace applies
+    out_cl, out = fast(conv_output), reference.forward_reference(x)
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert (out_cl.data_ptr() == conv_output.data_ptr()) == inplace
     torch.testing.assert_close(out_cl, out, rtol=1e-5, atol=1e-6)
     out_cl.square().sum().backward()
     out.square().sum().backward()
