@@ -313,9 +313,10 @@ class _GateShiftFuse(torch.autograd.Function):
     """:func:`_write_fused` into the output ``(N*T, C, H, W)``, with its own backward.
 
     Out of place, ``rest`` is the input's last ``C - P`` channels, copied into a new output.
-    In place, ``rest`` is the whole input, whose first ``P`` channels get overwritten; it
-    comes from :class:`_SplitChannels`, which set those channels to zero, so ``rest``'s
-    gradient is ``grad_out`` as is (what it passes for the zeroed channels goes nowhere).
+    In place, ``rest`` is the whole input, whose first ``P`` channels get overwritten. With
+    autograd it comes from :class:`_SplitChannels`, which set those channels to zero, so
+    ``rest``'s gradient is ``grad_out`` as is (what it passes for the zeroed channels goes
+    nowhere); without autograd it is the input itself.
 
     Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
     backward, which recomputes ``y``, ``r`` and ``s``.
