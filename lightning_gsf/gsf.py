@@ -102,6 +102,9 @@ class GSF(nn.Module):
         ``(N*T, C, H, W)`` layout with no permutes, and saving for backward only a copy of
         the ``P`` processed channels (plus a few per-frame maps), so GSF adds little
         activation memory to a training step."""
+        if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
+            # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
+            return self.forward_reference(x)
         self._check_input(x)
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
@@ -161,14 +164,16 @@ class GSF(nn.Module):
         return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
     def _uses_batch_statistics(self) -> bool:
-        return self.training or not self.bn.track_running_stats
+        # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
+        # bn.eval() inside a training GSF).
+        return self.bn.training or not self.bn.track_running_stats
 
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, invstd: torch.Tensor, count: int) -> None:
         """Update ``bn``'s running statistics from a batch's as ``BatchNorm3d`` does (the
         (N*T, P, H, W) layout has the same statistics as (N, P, T, H, W))."""
         bn = self.bn
-        if not (self.training and bn.track_running_stats):
+        if not (bn.training and bn.track_running_stats):
             return
         bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked

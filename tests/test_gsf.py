@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -442,3 +443,33 @@ def test_compiles_with_inductor():
     torch._dynamo.reset()
     compiled = torch.compile(module, fullgraph=True)
     torch.testing.assert_close(compiled(x), reference.forward_reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sync_batchnorm_makes_the_statistics_span_processes(monkeypatch):
+    """After ``convert_sync_batchnorm`` (``trainer.sync_batchnorm``) a training GSF must let
+    ``nn.SyncBatchNorm`` compute its statistics, so it takes the reference path; evaluation,
+    which uses running statistics, keeps the fast path."""
+    module = nn.SyncBatchNorm.convert_sync_batchnorm(GSF(16, num_segments=4, ratio=0.5))
+    assert isinstance(module.bn, nn.SyncBatchNorm)
+    calls = []
+    reference = GSF.forward_reference
+    monkeypatch.setattr(GSF, "forward_reference", lambda self, x: calls.append(1) or reference(self, x))
+    x = torch.randn(8, 16, 5, 5)
+    module.train()(x)
+    assert calls == [1]
+    module.eval()(x)
+    assert calls == [1]
+
+
+def test_batch_norm_mode_follows_the_bn_not_the_module():
+    """A helper that freezes every BatchNorm (bn.eval() in a training network) freezes GSF's
+    statistics on both paths alike."""
+    torch.manual_seed(0)
+    module = GSF(16, num_segments=4, ratio=0.5).train()
+    module.bn.running_mean.normal_()
+    module.bn.running_var.uniform_(0.5, 2.0)
+    module.bn.eval()
+    before = module.bn.running_mean.clone()
+    x = torch.randn(8, 16, 5, 5)
+    torch.testing.assert_close(module(x), module.forward_reference(x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(module.bn.running_mean, before)
