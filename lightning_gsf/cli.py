@@ -166,6 +166,8 @@ class GSFCLI(LightningCLI):
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.save_top_k": 1,
                 "last_checkpoint.every_n_epochs": 1,
+                # At every training epoch's end, also when validation runs less often.
+                "last_checkpoint.save_on_train_epoch_end": True,
                 "last_checkpoint.enable_version_counter": False,
             }
         )

@@ -156,12 +156,14 @@ def test_nested_hyper_parameters_are_compared_by_dotted_key():
         check_checkpoint_matches(Nested(optimizer={"name": "sgd", "momentum": 0.0}, width=5), saved)
 
 
-def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path, monkeypatch):
+@pytest.mark.parametrize("check_val_every_n_epoch", [1, 3])
+def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_path, monkeypatch, check_val_every_n_epoch):
     """``--ckpt_path last`` (and the SLURM requeue) must resume from the latest epoch, not the best one.
 
     Lightning >= 2.6 writes ``save_last`` only when a top-k checkpoint is written in the same step,
     so with a monitored metric that stops improving ``last.ckpt`` silently stays at the best epoch.
-    With ``lr=0`` the metric cannot improve after the first epoch.
+    With ``lr=0`` the metric cannot improve after the first epoch. When validation runs less
+    often than every epoch, ``last.ckpt`` must still be written at every epoch's end.
     """
     from lightning_gsf.cli import main
     from lightning_gsf.data.synthetic import generate_synthetic_dataset
@@ -176,6 +178,7 @@ def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_pa
         "--model.backbone=resnet18", "--model.pretrained=null", "--model.lr=0", "--model.warmup_epochs=0",
         f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
         "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+        f"--trainer.check_val_every_n_epoch={check_val_every_n_epoch}",
     ])  # fmt: skip
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (1, 2)  # end of the second epoch
