@@ -392,7 +392,9 @@ class EpicKitchensDataModule(VideoDataModule):
         tail_nouns_file: tail noun classes (``tail_noun`` subset); ``None`` leaves it out.
         unseen_val_file: participants of ``val`` absent from training (``unseen`` subset); ``None``
             leaves it out.
-        unseen_test_file: the same for ``test``.
+        unseen_test_file: the same for ``test``. The list follows the split, not the file: to
+            score the validation CSV with test views, set ``test_split: val`` (of the base
+            DataModule) rather than pointing ``test_file`` at it.
         video_info_file: fps and duration of every video, needed by the video layout.
         frame_template: file name of frame number ``n`` (1-based) in a frame folder.
         video_extension: extension of the video files.
