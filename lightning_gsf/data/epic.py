@@ -14,17 +14,19 @@ Two storage layouts (``layout`` in the config), both under one ``root``::
     video:  <root>/<participant_id>/videos/<video_id>.MP4
 
 Frame numbers. ``start_frame`` and ``stop_frame`` are 1-based and inclusive, and they count the
-*extracted* frames, which the dataset authors extracted at a fixed rate: 60 fps for the
-EPIC-KITCHENS-55 videos and 50 fps for the extension, whatever the video's own rate (on the
-validation file, ``start_frame == int(start_timestamp * 60)`` for every row whose start is not
-0, including the videos recorded at 29.97 and 47.95 fps). Hence:
+*extracted* frames, which the dataset authors extracted at a fixed rate whatever the video's
+own rate: on the validation file (EPIC-KITCHENS-55 videos only),
+``start_frame == int(start_timestamp * 60)`` for every row whose start is not 0, including the
+videos recorded at 29.97, 47.95 and 90 fps (the extension's videos, absent from that file, are
+documented at 50 fps). Hence:
 
 - frames layout: the segment is ``[start_frame - 1, stop_frame)``, the files it names;
 - video layout: the frame numbers cannot index a 29.97 fps video, so the segment comes from the
   timestamps and the video's own rate (``EPIC_100_video_info.csv``):
   ``[round(start_timestamp * fps), round(stop_timestamp * fps))``. Timestamps have 0.01 s
   resolution, i.e. exact frames below 50 fps, and well within a frame above. Where both
-  rates agree (the synthetic dataset), both layouts give the same frames.
+  rates agree (the synthetic dataset), both layouts give the same frames; on the real data the
+  frame files start about one 60 fps frame earlier (``int(t * 60) - 1`` against ``t``).
 
 Labels are ``{"verb": verb_class, "noun": noun_class}`` (the first noun), none for the test
 split; each sample also carries its ``narration_id`` (the sample id), participant and video
