@@ -151,13 +151,19 @@ def test_resume_with_changed_sampler_settings_names_the_difference(key, value):
         _loaders(12, 1, 2)[0].load_state_dict(state)
 
 
-@pytest.mark.parametrize(("size", "num_replicas"), [(7, 2), (5, 3), (2, 4), (9, 1)])
+@pytest.mark.parametrize(("size", "num_replicas"), [(7, 2), (5, 3), (4, 4), (9, 1)])
 def test_unpadded_sampler_scores_every_sample_exactly_once(size, num_replicas):
     samplers = [UnpaddedDistributedSampler(Indices(size), num_replicas=num_replicas, rank=r)
                 for r in range(num_replicas)]  # fmt: skip
     shares = [list(sampler) for sampler in samplers]
     assert sorted(itertools.chain(*shares)) == list(range(size))
     assert [len(sampler) for sampler in samplers] == [len(share) for share in shares]
+
+
+def test_unpadded_sampler_refuses_processes_without_samples():
+    # A process with no batch would skip the epoch-end metric sync and hang the others.
+    with pytest.raises(ValueError, match="2 samples, fewer than the 4 processes"):
+        UnpaddedDistributedSampler(Indices(2), num_replicas=4, rank=3)
 
 
 def test_samplers_default_to_one_process_without_a_process_group():

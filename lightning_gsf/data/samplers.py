@@ -201,6 +201,13 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset: Sized, *, num_replicas: int | None = None, rank: int | None = None) -> None:
         num_replicas, rank = process_group_layout(num_replicas, rank)
+        if len(dataset) < num_replicas:
+            # A process without a single batch would skip the epoch-end metric sync that the
+            # others wait in: refuse here instead of hanging there.
+            raise ValueError(
+                f"the evaluation split has {len(dataset)} samples, fewer than the {num_replicas} "
+                "processes; evaluate it with fewer devices"
+            )
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
         self.num_samples = len(range(rank, len(dataset), num_replicas))
         self.total_size = len(dataset)
