@@ -201,7 +201,7 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset: Sized, *, num_replicas: int | None = None, rank: int | None = None) -> None:
         num_replicas, rank = process_group_layout(num_replicas, rank)
-        if len(dataset) < num_replicas:
+        if num_replicas > 1 and len(dataset) < num_replicas:
             # A process without a single batch would skip the epoch-end metric sync that the
             # others wait in: refuse here instead of hanging there.
             raise ValueError(
