@@ -36,10 +36,15 @@ from lightning_gsf.temporal import TemporalShift
 TEMPORAL_MODULES = ("gsf", "tsm", "none")
 
 
-class TemporalBottleneck(nn.Module):
-    """A built torchvision ``Bottleneck`` (same layers, same names) with TSM and/or GSF."""
+class _TemporalResidualBlock(nn.Module):
+    """A built torchvision residual block (same layers, same names) with TSM and/or GSF.
 
-    def __init__(self, block: Bottleneck, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
+    TSM shifts the block's input on the residual path only (the identity path keeps the
+    unshifted input); GSF sits on the output of the block's last conv, before its BN.
+    Each subclass spells out its block's residual path as ``residual(x)``.
+    """
+
+    def __init__(self, block: nn.Module, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
         super().__init__()
         for name, child in block.named_children():
             self.add_module(name, child)
@@ -47,40 +52,31 @@ class TemporalBottleneck(nn.Module):
         self.shift = shift
         self.gsf = gsf
 
+    def temporal(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.gsf is None else self.gsf(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = x if self.shift is None else self.shift(x)
-        out = self.relu(self.bn1(self.conv1(out)))
+        out = self.residual(x if self.shift is None else self.shift(x))
+        out += identity  # in place, as torchvision does: one pass less over the feature map
+        return self.relu(out)
+
+
+class TemporalBottleneck(_TemporalResidualBlock):
+    """A torchvision ``Bottleneck`` with TSM before ``conv1`` and/or GSF after ``conv3``."""
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.conv3(out)
-        if self.gsf is not None:
-            out = self.gsf(out)
-        out = self.bn3(out)
-        out += identity  # in place, as torchvision does: one pass less over the feature map
-        return self.relu(out)
+        return self.bn3(self.temporal(self.conv3(out)))
 
 
-class TemporalBasicBlock(nn.Module):
-    """A built torchvision ``BasicBlock`` with TSM before ``conv1`` and/or GSF after ``conv2``."""
+class TemporalBasicBlock(_TemporalResidualBlock):
+    """A torchvision ``BasicBlock`` with TSM before ``conv1`` and/or GSF after ``conv2``."""
 
-    def __init__(self, block: BasicBlock, shift: nn.Module | None = None, gsf: nn.Module | None = None) -> None:
-        super().__init__()
-        for name, child in block.named_children():
-            self.add_module(name, child)
-        self.downsample = block.downsample
-        self.shift = shift
-        self.gsf = gsf
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = x if self.shift is None else self.shift(x)
-        out = self.relu(self.bn1(self.conv1(out)))
-        out = self.conv2(out)
-        if self.gsf is not None:
-            out = self.gsf(out)
-        out = self.bn2(out)
-        out += identity  # in place, as torchvision does: one pass less over the feature map
-        return self.relu(out)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.temporal(self.conv2(out)))
 
 
 class TemporalBasicConv2d(nn.Module):
