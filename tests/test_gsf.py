@@ -18,6 +18,7 @@ from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF, gsf_channels
 
 EPS = 1e-5
@@ -154,10 +155,19 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["fold", "slices"])
+def taps_by(request, monkeypatch) -> str:
+    """Run a test with the gate taps summed / spread by ``F.fold`` / ``F.unfold`` or by the
+    slice versions, whatever the map size (the fast path picks by size)."""
+    threshold = 10**9 if request.param == "fold" else 0
+    monkeypatch.setattr(gsf_module, "_SLICE_FOLD_MIN_PIXELS", threshold)
+    return request.param
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("path", ["forward", "forward_reference"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
-def test_matches_naive_spec(channels, num_segments, ratio, batch, size, path, training):
+def test_matches_naive_spec(channels, num_segments, ratio, batch, size, path, training, taps_by):
     module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double()
     module.train(training)
     x = make_input(batch, num_segments, channels, size, seed=batch).double().requires_grad_()
@@ -195,6 +205,42 @@ def test_fast_equals_reference_float32(channels, num_segments, ratio, batch, siz
     assert (x.grad - x_ref.grad).abs().max() < 1e-5
     for (name, param), param_ref in zip(fast.named_parameters(), reference.parameters()):
         assert (param.grad - param_ref.grad).abs().max() < 1e-5 * max(1.0, param_ref.grad.abs().max()), name
+    for name, buffer in fast.named_buffers():
+        assert (buffer - dict(reference.named_buffers())[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (5, 4), (20, 20), (23, 21)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_slice_fold_and_unfold_equal_torch(height, width, dtype, monkeypatch):
+    """The slice versions of the gate's fold / unfold against ``F.fold`` / ``F.unfold``."""
+    monkeypatch.setattr(gsf_module, "_SLICE_FOLD_MIN_PIXELS", 0)
+    generator = torch.Generator().manual_seed(height * 100 + width)
+    products = torch.randn(3, 54, height * width, generator=generator).to(dtype)
+    expected = F.fold(products.float(), (height, width), kernel_size=3, padding=1)
+    folded = gsf_module._fold_taps(products, height, width)
+    assert folded.dtype == dtype and folded.shape == (3, 6, height, width)
+    tolerance = {"rtol": 2e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(folded.float(), expected, **tolerance)
+    grad_taps = torch.randn(3, 6, height, width, generator=generator).to(dtype)
+    # unfold only moves values: exactly equal
+    assert torch.equal(gsf_module._unfold_taps(grad_taps, height, width),
+                       F.unfold(grad_taps, kernel_size=3, padding=1))
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_without_autograd_equals_reference_on_large_maps(training, no_grad, inplace):
+    """Without autograd the fast path skips its autograd functions; on 24x24 maps it also
+    takes the slice fold. Values and running statistics must not change."""
+    fast = make_gsf(32, 3, 0.25, seed=4).train(training)
+    fast.inplace = inplace
+    reference = make_gsf(32, 3, 0.25, seed=4).train(training)
+    x = make_input(2, 3, 32, 24, seed=3)
+    expected = reference.forward_reference(x)
+    with no_grad():
+        out = fast(x.clone())
+    assert (out - expected).abs().max() < 1e-5
     for name, buffer in fast.named_buffers():
         assert (buffer - dict(reference.named_buffers())[name]).abs().max() < 1e-5, name
 
