@@ -323,10 +323,9 @@ class _NormReluTaps(torch.autograd.Function):
     def backward(ctx, grad_taps, _grad_mean, _grad_invstd):  # noqa: D102
         v, mean, invstd, var, weight, bias, taps_weight = ctx.saved_tensors
         nt, p, h, w = v.shape
-        if ctx.batch_statistics:  # the variance that gives back invstd at eps = 0
-            activated = _norm_relu(v, mean, invstd.pow(-2), 0.0, weight, bias)
-        else:
-            activated = _norm_relu(v, mean, var, ctx.eps, weight, bias)
+        if ctx.batch_statistics:  # the batch variance, from 1 / std (some torch versions refuse eps = 0)
+            var = invstd.pow(-2) - ctx.eps
+        activated = _norm_relu(v, mean, var, ctx.eps, weight, bias)
         dtype = activated.dtype
         grad_products = _unfold_taps(grad_taps.to(dtype).reshape(nt, 6, h, w), h, w)
         grad_products = grad_products.view(nt, 2, 27, h * w)

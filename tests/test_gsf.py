@@ -227,6 +227,24 @@ def test_slice_fold_and_unfold_equal_torch(height, width, dtype, monkeypatch):
                        F.unfold(grad_taps, kernel_size=3, padding=1))
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_is_called_with_a_positive_eps(training, monkeypatch):
+    """torch 2.11 (the GPU machines' version) refuses ``F.batch_norm(..., eps=0)``; the local
+    pin does not, so check the arguments here."""
+    batch_norm = F.batch_norm
+
+    def checked_batch_norm(*args, **kwargs):
+        eps = kwargs["eps"] if "eps" in kwargs else args[7]
+        assert eps > 0, f"batch_norm called with eps={eps}"
+        return batch_norm(*args, **kwargs)
+
+    monkeypatch.setattr(gsf_module.F, "batch_norm", checked_batch_norm)
+    module = make_gsf(16, 4, 0.25, seed=0).train(training)
+    x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
+    module(x * 1.0).sum().backward()
+    assert x.grad is not None
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
