@@ -105,6 +105,8 @@ class GSF(nn.Module):
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
+        if torch.compiler.is_compiling():
+            return self.forward_compilable(x)
         self._check_input(x)
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
@@ -166,6 +168,43 @@ class GSF(nn.Module):
 
         gate_shift_fuse = _GateShiftFuse.apply if grad else _gate_shift_fuse
         return gate_shift_fuse(v, gate, blend, rest, t, channels_last, inplace)
+
+    def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
+        """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
+        (``forward`` runs it under the compiler): the hand-written backward and in-place
+        slice writes of the eager fast path compile into slow, heavily masked kernels."""
+        self._check_input(x)
+        nt, _, h, w = x.shape
+        t, p = self.num_segments, self.processed
+        n, half = nt // t, p // 2
+        v = x[:, :p]
+        # BatchNorm3d over (N*T, P, H, W, 1): the statistics of (N, P, T, H, W), and the
+        # module's own running-statistics logic.
+        activated = F.relu(self.bn(v.unsqueeze(-1)).squeeze(-1))
+        # The gate's 3x3x3 conv as a 2D conv with one output per (group, temporal tap),
+        # then the temporal taps summed over neighbouring frames.
+        taps_weight = self.conv3D.weight.transpose(1, 2).reshape(6, half, 3, 3)
+        taps = F.conv2d(activated, taps_weight.to(activated.dtype), padding=1, groups=2)
+        gate = torch.tanh(_sum_temporal_taps(taps.view(n, t, 2, 3, h, w), self.conv3D.bias))
+
+        groups = v.reshape(n, t, 2, half, h, w)
+        gated = groups * gate.unsqueeze(3)
+        residual = groups - gated
+        shifted = torch.stack(  # group 1 takes frame t + 1, group 2 frame t - 1, zero padded
+            [F.pad(gated[:, 1:, 0], (0, 0, 0, 0, 0, 0, 0, 1)), F.pad(gated[:, :-1, 1], (0, 0, 0, 0, 0, 0, 1, 0))],
+            dim=2,
+        )
+        descriptors = torch.stack([shifted.mean(dim=(-2, -1)), residual.mean(dim=(-2, -1))], dim=3)
+        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)  # (N, T, 2, 2, P/2) ->
+        fuse_weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
+        fuse_bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
+        blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight.to(descriptors.dtype),
+                                       fuse_bias.to(descriptors.dtype), padding=1, groups=2))
+        blend = blend.permute(0, 3, 1, 2)[..., None, None]  # (N, T, 2, P/2, 1, 1)
+        fused = residual + blend * (shifted - residual)
+        # interleave within each group: channel j*Q + i -> 2*i + j
+        fused = fused.reshape(n, t, 2, 2, half // 2, h, w).transpose(3, 4).reshape(nt, p, h, w)
+        return torch.cat([fused, x[:, p:]], dim=1)
 
     def _uses_batch_statistics(self) -> bool:
         # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set

@@ -92,6 +92,11 @@ class VideoClassificationModule(pl.LightningModule):
         weight_decay: L2 on weights (not on biases and normalisation parameters).
         warmup_epochs: epochs of linear warm-up before the cosine decay.
         freeze_bn: partial BN: freeze all backbone BatchNorms but the first.
+        compile: run the network under ``torch.compile`` (in place: checkpoints keep their
+            parameter names): ``true``, or a dict of ``torch.compile`` arguments such as
+            ``{mode: max-autotune}``. GSF and TSM switch to formulations the compiler fuses
+            (``docs/performance.md`` has what it saves). The first steps of each stage
+            compile, which takes a minute or two.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class VideoClassificationModule(pl.LightningModule):
         weight_decay: float = 5e-4,
         warmup_epochs: float = 10.0,
         freeze_bn: bool = False,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,6 +150,11 @@ class VideoClassificationModule(pl.LightningModule):
         # it averages (and truncates) across processes; a metric sums exactly instead.
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        options = self.hparams.compile
+        if options:  # nn.Module.compile wraps the call in place: the state-dict names stay
+            self.model.compile(**(options if isinstance(options, Mapping) else {}))
 
     @property
     def frozen_norms(self) -> list[nn.Module]:

@@ -8,6 +8,7 @@ residual block: the first ``C/fold_div`` channels take the next frame's values, 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,6 +34,16 @@ def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: 
     dst[:, :1, from_previous] = 0
     dst[:, :, 2 * fold:] = src[:, :, 2 * fold:]
     return out
+
+
+def _shift_compilable(x: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
+    """The forward shift in plain differentiable ops, for ``torch.compile`` to fuse into one
+    kernel each way (the slice writes of :func:`_shift_copy` compile into masked kernels)."""
+    nt, c, h, w = x.shape
+    clips = x.reshape(nt // num_segments, num_segments, c, h, w)
+    from_next = F.pad(clips[:, 1:, :fold], (0, 0, 0, 0, 0, 0, 0, 1))  # t <- t + 1
+    from_previous = F.pad(clips[:, :-1, fold:2 * fold], (0, 0, 0, 0, 0, 0, 1, 0))  # t <- t - 1
+    return torch.cat([from_next, from_previous, clips[:, :, 2 * fold:]], dim=2).reshape(nt, c, h, w)
 
 
 class _TemporalShift(torch.autograd.Function):
@@ -65,6 +76,8 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     nt, c = x.shape[:2]
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
+    if torch.compiler.is_compiling():
+        return _shift_compilable(x, num_segments, c // fold_div)
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 

@@ -165,7 +165,7 @@ def taps_by(request, monkeypatch) -> str:
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("path", ["forward", "forward_reference"])
+@pytest.mark.parametrize("path", ["forward", "forward_reference", "forward_compilable"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
 def test_matches_naive_spec(channels, num_segments, ratio, batch, size, path, training, taps_by):
     module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double()

@@ -184,3 +184,43 @@ def test_training_step_backpropagates(temporal_module):
     loss.backward()
     assert torch.isfinite(loss)
     assert model.model.heads["noun"].weight.grad is not None
+
+
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm"])
+def test_compile_option_compiles_the_network_in_place(temporal_module):
+    """``compile`` runs the network under torch.compile (here the ``aot_eager`` backend, which
+    traces like inductor but needs no C++ build) with the same losses, gradients and
+    state-dict names as eager (float64: the compiled GSF is another formulation of the same
+    math, so float32 rounding differs)."""
+    eager = _module(temporal_module=temporal_module).double()
+    compiled = _module(temporal_module=temporal_module, compile={"backend": "aot_eager", "fullgraph": True}).double()
+    torch._dynamo.reset()
+    compiled.configure_model()
+    assert compiled.model._compiled_call_impl is not None
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    batch = {"clip": _clips(2), "labels": {"verb": torch.tensor([0, 2]), "noun": torch.tensor([1, 3])}}
+    losses = []
+    for model in (eager, compiled):
+        model.log = lambda *args, **kwargs: None  # no trainer to log to
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        losses.append(loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
+    for (name, param), compiled_param in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-8, atol=1e-12, msg=name)
+
+
+@pytest.mark.slow
+def test_compile_option_with_inductor_trains_like_eager():
+    eager, compiled = _module().double(), _module(compile=True).double()
+    torch._dynamo.reset()
+    compiled.configure_model()
+    batch = {"clip": _clips(2), "labels": {"verb": torch.tensor([0, 2]), "noun": torch.tensor([1, 3])}}
+    losses = []
+    for model in (eager, compiled):
+        model.log = lambda *args, **kwargs: None
+        losses.append(model.training_step(batch, 0))
+        losses[-1].backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
+    for (name, param), compiled_param in zip(eager.named_parameters(), compiled.parameters()):
+        torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-7, atol=1e-10, msg=name)

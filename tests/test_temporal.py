@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_gsf.temporal import TemporalShift, temporal_shift
+from lightning_gsf.temporal import TemporalShift, _shift_compilable, temporal_shift
 
 
 def naive_shift(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.Tensor:
@@ -35,26 +35,31 @@ def naive_shift(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.Tens
     return torch.stack(frames)
 
 
+def compilable_shift(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.Tensor:
+    return _shift_compilable(x, num_segments, x.shape[1] // fold_div)
+
+
+@pytest.mark.parametrize("shift", [temporal_shift, compilable_shift], ids=["eager", "compilable"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize(
     "batch,num_segments,channels,fold_div",
     [(2, 4, 16, 8), (1, 8, 8, 8), (3, 3, 17, 8), (2, 5, 12, 4), (1, 1, 16, 8), (2, 3, 4, 8)],
 )
-def test_matches_naive_shift_values_and_gradients(batch, num_segments, channels, fold_div, channels_last):
+def test_matches_naive_shift_values_and_gradients(batch, num_segments, channels, fold_div, channels_last, shift):
     generator = torch.Generator().manual_seed(channels)
     x = torch.randn(batch * num_segments, channels, 3, 4, generator=generator)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
     x_naive = x.detach().clone().requires_grad_()
-    out = temporal_shift(x, num_segments, fold_div)
+    out = shift(x, num_segments, fold_div)
     expected = naive_shift(x_naive, num_segments, fold_div)
     assert torch.equal(out, expected)
     upstream = torch.randn(out.shape, generator=generator)
     (out * upstream).sum().backward()
     (expected * upstream).sum().backward()
     assert torch.equal(x.grad, x_naive.grad)
-    if channels_last:
+    if channels_last and shift is temporal_shift:  # the compiler picks its own layouts
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
