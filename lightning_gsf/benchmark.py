@@ -16,7 +16,8 @@ summarised by medians (time ratios: the median of the per-round ratios), so that
 shared machine slows all variants alike instead of whichever ran last.
 
 The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
-(``GSF.forward_reference``), to show what the fast path saves.
+(``GSF.forward_reference``), to show what the fast path saves; ``gsf_compilable`` runs the
+formulation that GSF uses under ``torch.compile`` (``GSF.forward_compilable``) in eager mode.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ logger = logging.getLogger(__name__)
 
 BASELINE = "none"
 REFERENCE_GSF = "gsf_reference"
-VARIANTS = ("none", "tsm", "gsf", REFERENCE_GSF)
+COMPILABLE_GSF = "gsf_compilable"
+# GSF variants that run another of GSF's formulations: variant -> GSF method
+GSF_FORMULATIONS = {REFERENCE_GSF: "forward_reference", COMPILABLE_GSF: "forward_compilable"}
+VARIANTS = ("none", "tsm", "gsf", REFERENCE_GSF, COMPILABLE_GSF)
 NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
 # "process" (CPU time of this process) is steadier than wall time on a shared CPU machine
 # when the benchmark runs single-threaded: time spent waiting for a core is not counted.
@@ -96,7 +100,7 @@ class BenchmarkConfig:
 
 def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Module:
     """A randomly initialised ``VideoClassifier`` for one variant, on the benchmark's device."""
-    temporal_module = "gsf" if variant == REFERENCE_GSF else variant
+    temporal_module = "gsf" if variant in GSF_FORMULATIONS else variant
     model = VideoClassifier(
         backbone=backbone,
         temporal_module=temporal_module,
@@ -105,10 +109,10 @@ def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Modu
         gsf_ratio=config.gsf_ratio,
         pretrained=None,
     )
-    if variant == REFERENCE_GSF:
+    if variant in GSF_FORMULATIONS:
         for module in model.modules():
-            if isinstance(module, GSF):
-                module.forward = module.forward_reference  # instance override: this model only
+            if isinstance(module, GSF):  # instance override: this model only
+                module.forward = getattr(module, GSF_FORMULATIONS[variant])
     model = model.to(config.device)
     if config.channels_last:
         to_channels_last(model)

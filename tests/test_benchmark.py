@@ -65,14 +65,16 @@ def test_csv_holds_the_same_rows(tiny_run):
         assert row["cuda_peak_mb"] == ""
 
 
-def test_reference_variant_runs_the_literal_gsf_with_the_same_results():
+@pytest.mark.parametrize("variant,method", [("gsf_reference", "forward_reference"),
+                                            ("gsf_compilable", "forward_compilable")])
+def test_formulation_variants_run_their_gsf_with_the_same_results(variant, method):
     config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)
     torch.manual_seed(0)
     fast = build_model("resnet18", "gsf", config).eval()
     torch.manual_seed(0)
-    reference = build_model("resnet18", "gsf_reference", config).eval()
+    reference = build_model("resnet18", variant, config).eval()
     gsf_modules = [m for m in reference.modules() if isinstance(m, GSF)]
-    assert gsf_modules and all(m.forward == m.forward_reference for m in gsf_modules)
+    assert gsf_modules and all(m.forward == getattr(m, method) for m in gsf_modules)
     clips, _ = make_batch(config)
     with torch.no_grad():
         torch.testing.assert_close(fast(clips)["class"], reference(clips)["class"], rtol=1e-4, atol=1e-5)
