@@ -15,7 +15,9 @@ The remaining ``C - P`` channels pass through untouched. ``forward_reference`` f
 ``shared/spec/gsf.md`` step by step and is kept for reading and for tests; ``forward``
 computes the same numbers in the backbone's ``(N*T, C, H, W)`` layout with fewer passes over
 the feature map and far less memory saved for backward (``docs/performance.md`` says how and
-what it costs).
+what it costs). Under ``torch.compile``, ``forward`` runs ``forward_compilable`` instead: the
+same math in plain differentiable ops, which the compiler fuses better than the eager path's
+hand-written backward.
 """
 
 from __future__ import annotations
