@@ -113,8 +113,7 @@ class GSF(nn.Module):
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
-        inplace = (self.inplace and not torch.compiler.is_compiling()
-                   and not (x.is_leaf and x.requires_grad))
+        inplace = self.inplace and not (x.is_leaf and x.requires_grad)
         if torch.is_grad_enabled():
             v, rest = _SplitChannels.apply(x, p, inplace)
         elif inplace:  # v gets its own storage: the output overwrites x
@@ -135,7 +134,7 @@ class GSF(nn.Module):
         # Without autograd the functions run as they are (autograd.Function.apply costs ~0.1 ms).
         grad = torch.is_grad_enabled()
         norm_relu_taps = _NormReluTaps.apply if grad else _norm_relu_taps
-        taps, mean, invstd, *_ = norm_relu_taps(
+        taps, mean, invstd, _ = norm_relu_taps(
             v, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var, taps_weight,
             self.bn.eps, batch_statistics,
         )
@@ -187,7 +186,9 @@ class GSF(nn.Module):
         # then the temporal taps summed over neighbouring frames.
         taps_weight = self.conv3D.weight.transpose(1, 2).reshape(6, half, 3, 3)
         taps = F.conv2d(activated, taps_weight.to(activated.dtype), padding=1, groups=2)
-        gate = torch.tanh(_sum_temporal_taps(taps.view(n, t, 2, 3, h, w), self.conv3D.bias))
+        # In v's dtype, as the eager path: under autocast the float32 bias would promote the
+        # gate, and with it every product below, the output and the layers after it.
+        gate = torch.tanh(_sum_temporal_taps(taps.view(n, t, 2, 3, h, w), self.conv3D.bias)).to(v.dtype)
 
         groups = v.reshape(n, t, 2, half, h, w)
         gated = groups * gate.unsqueeze(3)
@@ -197,7 +198,7 @@ class GSF(nn.Module):
             dim=2,
         )
         descriptors = torch.stack([shifted.mean(dim=(-2, -1)), residual.mean(dim=(-2, -1))], dim=3)
-        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)  # (N, T, 2, 2, P/2) ->
+        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)  # as in forward
         fuse_weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
         fuse_bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
         blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight.to(descriptors.dtype),
@@ -206,7 +207,10 @@ class GSF(nn.Module):
         fused = residual + blend * (shifted - residual)
         # interleave within each group: channel j*Q + i -> 2*i + j
         fused = fused.reshape(n, t, 2, 2, half // 2, h, w).transpose(3, 4).reshape(nt, p, h, w)
-        return torch.cat([fused, x[:, p:]], dim=1)
+        out = torch.cat([fused.to(x.dtype), x[:, p:]], dim=1)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)  # keep the input's layout
+        return out
 
     def _uses_batch_statistics(self) -> bool:
         # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
@@ -269,20 +273,26 @@ def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 def _norm_relu(v: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float, weight: torch.Tensor,
                bias: torch.Tensor) -> torch.Tensor:
     """``relu(bn(v))`` with given statistics, contiguous NCHW, through the native
-    inference-mode batch-norm kernel (about 3x faster on CPU than one broadcast ``addcmul``)."""
+    inference-mode batch-norm kernel (faster on the CPU than one broadcast ``addcmul`` with
+    per-channel scale and shift)."""
     normed = F.batch_norm(v, mean, var, weight, bias, False, 0.0, eps)
     # relu in place: on CPU a fresh feature-map-sized tensor costs more (page faults) than a pass.
     return normed.relu_().to(v.dtype).contiguous()
+
+
+# Below this many pixels per map, F.fold / F.unfold are the faster way to sum / spread the
+# gate's taps (one call against nine); from 20x20 on, the slice versions win.
+_SLICE_FOLD_MIN_PIXELS = 400
 
 
 def _fold_taps(products: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sum per-pixel products ``(NT, 6 * 9, H*W)``, ordered (channel, kh, kw), over each
     pixel's 3x3 neighbourhood: ``F.fold`` with kernel 3 and padding 1, giving ``(NT, 6, H, W)``.
 
-    On large maps nine shifted slice-adds walk memory faster than ``F.fold`` (2-3x on CPU
-    at 40x40); on small ones ``F.fold``'s single call wins (fewer dispatches).
+    On large maps nine shifted slice-adds walk memory faster than ``F.fold`` on the CPU; on
+    small ones ``F.fold``'s single call wins (fewer dispatches).
     """
-    if height * width < _SLICE_FOLD_MIN_PIXELS or torch.compiler.is_compiling():
+    if height * width < _SLICE_FOLD_MIN_PIXELS:
         return F.fold(products, (height, width), kernel_size=3, padding=1)
     nt = products.shape[0]
     grid = products.view(nt, 6, 3, 3, height, width)
@@ -299,9 +309,9 @@ def _fold_taps(products: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _unfold_taps(grad_taps: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """The adjoint of :func:`_fold_taps`: ``F.unfold`` with kernel 3 and padding 1,
-    ``(NT, 6, H, W) -> (NT, 6 * 9, H*W)``, by slice copies on large maps (4x faster on CPU at
-    40x40), zero where the neighbour falls outside the map."""
-    if height * width < _SLICE_FOLD_MIN_PIXELS or torch.compiler.is_compiling():
+    ``(NT, 6, H, W) -> (NT, 6 * 9, H*W)``, by slice copies on large maps (faster than
+    ``F.unfold`` on the CPU), zero where the neighbour falls outside the map."""
+    if height * width < _SLICE_FOLD_MIN_PIXELS:
         return F.unfold(grad_taps, kernel_size=3, padding=1)
     nt = grad_taps.shape[0]
     out = grad_taps.new_empty(nt, 6, 3, 3, height, width)
@@ -318,11 +328,6 @@ def _unfold_taps(grad_taps: torch.Tensor, height: int, width: int) -> torch.Tens
     return out.view(nt, 54, height * width)
 
 
-# Below this many pixels per map, F.fold / F.unfold are the faster way to sum / spread the
-# gate's taps (one call against nine); from 20x20 on, the slice versions win.
-_SLICE_FOLD_MIN_PIXELS = 400
-
-
 def _norm_relu_taps(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor,
                     running_var: torch.Tensor, taps_weight: torch.Tensor, eps: float,
                     batch_statistics: bool) -> tuple[torch.Tensor, ...]:
@@ -332,7 +337,7 @@ def _norm_relu_taps(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, r
     if batch_statistics:
         normed, mean, invstd = torch.native_batch_norm(v, weight, bias, None, None, True, 0.0, eps)
         activated = torch.relu_(normed).contiguous()
-        var = invstd  # unused by the training-mode backward
+        var = invstd  # a placeholder: the training-mode backward rebuilds the variance from invstd
     else:
         mean, var = running_mean.clone(), running_var
         invstd = torch.rsqrt(var + eps)
@@ -357,11 +362,11 @@ class _NormReluTaps(torch.autograd.Function):
         ctx.save_for_backward(v, mean, invstd, var, weight, bias, taps_weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
-        ctx.mark_non_differentiable(mean, invstd)
-        return taps, mean, invstd
+        ctx.mark_non_differentiable(mean, invstd, var)
+        return taps, mean, invstd, var
 
     @staticmethod
-    def backward(ctx, grad_taps, _grad_mean, _grad_invstd):  # noqa: D102
+    def backward(ctx, grad_taps, _grad_mean, _grad_invstd, _grad_var):  # noqa: D102
         v, mean, invstd, var, weight, bias, taps_weight = ctx.saved_tensors
         nt, p, h, w = v.shape
         if ctx.batch_statistics:  # the batch variance, from 1 / std (some torch versions refuse eps = 0)
@@ -427,10 +432,7 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
 
 def _blend_into(fused: torch.Tensor, v7: torch.Tensor, g7: torch.Tensor, b7: torch.Tensor) -> None:
     """``fused = r * (1 - w) + w * shift(y)`` on ``(N, T, group, j, i, H, W)`` views."""
-    if torch.compiler.is_compiling():  # r = v - y = v * (1 - g); dynamo rejects a strided out=
-        fused.copy_(v7).mul_(1 - g7)
-    else:
-        torch.mul(v7, 1 - g7, out=fused)
+    torch.mul(v7, 1 - g7, out=fused)  # r = v - y = v * (1 - g)
     fused.mul_(1 - b7)  # r * (1 - w)
     fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
     fused[:, 1:, 1].addcmul_(v7[:, :-1, 1] * g7[:, :-1, 1], b7[:, 1:, 1])  # + w * y[t - 1]

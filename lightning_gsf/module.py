@@ -150,11 +150,14 @@ class VideoClassificationModule(pl.LightningModule):
         # it averages (and truncates) across processes; a metric sums exactly instead.
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self._compiled = False
 
     def configure_model(self) -> None:
+        # Lightning calls this at every stage's start; compile once per module.
         options = self.hparams.compile
-        if options:  # nn.Module.compile wraps the call in place: the state-dict names stay
+        if options and not self._compiled:  # nn.Module.compile wraps the call in place: the state-dict names stay
             self.model.compile(**(options if isinstance(options, Mapping) else {}))
+            self._compiled = True
 
     @property
     def frozen_norms(self) -> list[nn.Module]:

@@ -57,6 +57,33 @@ def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic):
         torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
 
 
+def test_compiled_gsf_equals_eager_on_cuda(cuda, float32_arithmetic):
+    """Under torch.compile (inductor, Triton kernels) GSF runs its compile formulation."""
+    torch.manual_seed(0)
+    module = GSF(64, num_segments=4, ratio=0.25).to(cuda)
+    x = torch.randn(8, 64, 14, 14, device=cuda)
+    results = []
+    for forward in (module.forward_reference, torch.compile(module, fullgraph=True)):
+        inp = x.clone().requires_grad_(True)
+        module.zero_grad()
+        out = forward(inp * 1.0)
+        out.square().sum().backward()
+        results.append([out.detach(), inp.grad] + [p.grad.clone() for p in module.parameters()])
+    for compiled, reference in zip(results[1], results[0]):
+        torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["forward", "forward_compilable"])
+def test_gsf_keeps_bf16_under_cuda_autocast(cuda, path):
+    module = GSF(64, num_segments=4, ratio=0.25).to(cuda)
+    x = torch.randn(8, 64, 14, 14, device=cuda, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = getattr(module, path)(x * 1.0)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
 def test_video_classifier_trains_under_fp16_autocast(cuda, temporal_module):
     model = VideoClassifier(backbone="resnet18", temporal_module=temporal_module, num_segments=4,

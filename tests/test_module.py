@@ -208,6 +208,13 @@ def test_compile_option_compiles_the_network_in_place(temporal_module):
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
     for (name, param), compiled_param in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-8, atol=1e-12, msg=name)
+    # BN running statistics (GSF's own included) and step counts move alike
+    for (name, buffer), compiled_buffer in zip(eager.named_buffers(), compiled.buffers()):
+        torch.testing.assert_close(compiled_buffer, buffer, rtol=1e-10, atol=1e-12, msg=name)
+    calls = []
+    compiled.model.compile = lambda *args, **kwargs: calls.append(args)  # instance attribute: this model only
+    compiled.configure_model()  # Lightning calls it at every stage start: compiled once
+    assert calls == []
 
 
 @pytest.mark.slow
