@@ -203,7 +203,8 @@ class Steps:
 
 
 def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, config: BenchmarkConfig) -> Steps:
-    runner = torch.compile(model) if config.compile else model
+    # fullgraph: a graph break fails the run instead of silently timing a split graph
+    runner = torch.compile(model, fullgraph=True) if config.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
 
     def train() -> None:

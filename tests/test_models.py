@@ -391,3 +391,22 @@ def test_torchvision_weights_by_name_without_download(monkeypatch) -> None:
     model = VideoClassifier("resnet18", "tsm", num_segments=2, num_classes=2, pretrained="DEFAULT")
     assert fetched == [torchvision.models.ResNet18_Weights.IMAGENET1K_V1]
     torch.testing.assert_close(model.base_model.conv1.weight, source.conv1.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
+def test_the_whole_network_compiles_without_graph_breaks(temporal_module) -> None:
+    """``fullgraph=True`` fails on any graph break: training (forward and backward) and
+    evaluation of the whole classifier each trace as one graph (``aot_eager``: the tracing
+    inductor sees, without its C++ build)."""
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone="resnet18", temporal_module=temporal_module, num_segments=2,
+                            num_classes={"verb": 3, "noun": 4}, pretrained=None)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    clips = torch.randint(0, 256, (2, 2, 3, 32, 32), dtype=torch.uint8)
+    logits = compiled(clips)
+    sum(head.sum() for head in logits.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.inference_mode():
+        assert compiled(clips)["noun"].shape == (2, 4)
