@@ -117,3 +117,12 @@ def test_activation_bytes_count_each_storage_once():
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         BenchmarkConfig(**{field: value})
+
+
+@pytest.mark.slow
+def test_compiled_run_measures_gsf_and_tsn():
+    """``--compile`` (inductor, fullgraph) on the tiny configuration."""
+    torch._dynamo.reset()
+    rows = main([*TINY, "--temporal-modules", "gsf", "--compile"])
+    assert [row["temporal_module"] for row in rows] == ["none", "gsf"]
+    assert all(row["compile"] and row["train_clips_s"] > 0 and row["infer_clips_s"] > 0 for row in rows)
