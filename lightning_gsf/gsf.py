@@ -131,7 +131,7 @@ class GSF(nn.Module):
             raise ValueError(
                 f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(x.shape)}"
             )
-        # Without autograd the functions run as they are (autograd.Function.apply costs ~0.1 ms).
+        # Without autograd the functions run as they are (Function.apply has a cost per call).
         grad = torch.is_grad_enabled()
         norm_relu_taps = _NormReluTaps.apply if grad else _norm_relu_taps
         taps, mean, invstd, _ = norm_relu_taps(
@@ -159,13 +159,7 @@ class GSF(nn.Module):
         s_mean = torch.stack(
             [F.pad(y_mean[:, 1:, 0], (0, 0, 0, 1)), F.pad(y_mean[:, :-1, 1], (0, 0, 1, 0))], dim=2
         )
-        descriptors = torch.stack([s_mean, v_mean - y_mean], dim=3)  # (N, T, 2, 2, P/2)
-        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)
-        # Both groups' fusion convs in one grouped conv: group k reads channels (2k, 2k + 1).
-        fuse_weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
-        fuse_bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
-        blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight, fuse_bias, padding=1, groups=2))
-        blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
+        blend = self._blend_weights(s_mean, v_mean - y_mean)  # (N, T, 2, P/2)
 
         gate_shift_fuse = _GateShiftFuse.apply if grad else _gate_shift_fuse
         return gate_shift_fuse(v, gate, blend, rest, t, channels_last, inplace)
@@ -197,13 +191,8 @@ class GSF(nn.Module):
             [F.pad(gated[:, 1:, 0], (0, 0, 0, 0, 0, 0, 0, 1)), F.pad(gated[:, :-1, 1], (0, 0, 0, 0, 0, 0, 1, 0))],
             dim=2,
         )
-        descriptors = torch.stack([shifted.mean(dim=(-2, -1)), residual.mean(dim=(-2, -1))], dim=3)
-        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)  # as in forward
-        fuse_weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
-        fuse_bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
-        blend = torch.sigmoid(F.conv2d(descriptors, fuse_weight.to(descriptors.dtype),
-                                       fuse_bias.to(descriptors.dtype), padding=1, groups=2))
-        blend = blend.permute(0, 3, 1, 2)[..., None, None]  # (N, T, 2, P/2, 1, 1)
+        blend = self._blend_weights(shifted.mean(dim=(-2, -1)), residual.mean(dim=(-2, -1)))
+        blend = blend[..., None, None]  # (N, T, 2, P/2, 1, 1)
         fused = residual + blend * (shifted - residual)
         # interleave within each group: channel j*Q + i -> 2*i + j
         fused = fused.reshape(n, t, 2, 2, half // 2, h, w).transpose(3, 4).reshape(nt, p, h, w)
@@ -211,6 +200,18 @@ class GSF(nn.Module):
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             out = out.contiguous(memory_format=torch.channels_last)  # keep the input's layout
         return out
+
+    def _blend_weights(self, shifted_mean: torch.Tensor, residual_mean: torch.Tensor) -> torch.Tensor:
+        """The fusion weights ``w`` ``(N, T, 2, P/2)`` from the spatial means ``(N, T, 2, P/2)``
+        of the shifted and residual maps: both groups' fusion convs (over channels and time)
+        as one grouped conv, group ``k`` reading input channels ``2k`` (shifted) and
+        ``2k + 1`` (residual)."""
+        n, t, _, half = shifted_mean.shape
+        descriptors = torch.stack([shifted_mean, residual_mean], dim=3)  # (N, T, 2, 2, P/2)
+        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)
+        weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight]).to(descriptors.dtype)
+        bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias]).to(descriptors.dtype)
+        return torch.sigmoid(F.conv2d(descriptors, weight, bias, padding=1, groups=2)).permute(0, 3, 1, 2)
 
     def _uses_batch_statistics(self) -> bool:
         # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
