@@ -153,9 +153,10 @@ class VideoClassificationModule(pl.LightningModule):
         self._compiled = False
 
     def configure_model(self) -> None:
-        # Lightning calls this at every stage's start; compile once per module.
+        # Lightning calls this at every stage's start: compile once. nn.Module.compile wraps
+        # the call in place, so the state-dict names stay those of the eager model.
         options = self.hparams.compile
-        if options and not self._compiled:  # nn.Module.compile wraps the call in place: the state-dict names stay
+        if options and not self._compiled:
             self.model.compile(**(options if isinstance(options, Mapping) else {}))
             self._compiled = True
 

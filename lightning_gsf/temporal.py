@@ -37,8 +37,8 @@ def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: 
 
 
 def _shift_compilable(x: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
-    """The forward shift in plain differentiable ops, for ``torch.compile`` to fuse into one
-    kernel each way (the slice writes of :func:`_shift_copy` compile into masked kernels)."""
+    """The forward shift in plain differentiable ops, for ``torch.compile`` to fuse and
+    differentiate (the slice writes of :func:`_shift_copy` compile into masked kernels)."""
     nt, c, h, w = x.shape
     clips = x.reshape(nt // num_segments, num_segments, c, h, w)
     from_next = F.pad(clips[:, 1:, :fold], (0, 0, 0, 0, 0, 0, 0, 1))  # t <- t + 1
