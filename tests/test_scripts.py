@@ -14,7 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def test_profile_gsf_prints_every_formulation_for_every_stage(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["profile_gsf.py", "--input-size", "32", "--num-segments", "2",
-                                      "--repeats", "1", "--warmup", "0", "--threads", "1"])
+                                      "--repeats", "1", "--warmup", "0"])
     runpy.run_path(str(SCRIPTS / "profile_gsf.py"), run_name="__main__")
     output = capsys.readouterr().out
     for mode in ("inference", "training step"):
