@@ -110,32 +110,21 @@ class GSF(nn.Module):
         if torch.compiler.is_compiling():
             return self.forward_compilable(x)
         self._check_input(x)
+        if not torch.is_grad_enabled():
+            return self._forward_without_autograd(x)
         nt, c, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
         inplace = self.inplace and not (x.is_leaf and x.requires_grad)
-        if torch.is_grad_enabled():
-            v, rest = _SplitChannels.apply(x, p, inplace)
-        elif inplace:  # v gets its own storage: the output overwrites x
-            v, rest = x[:, :p].clone(memory_format=torch.preserve_format), x
-        else:
-            v, rest = x[:, :p], x[:, p:]
+        v, rest = _SplitChannels.apply(x, p, inplace)
 
         # The gate's 3x3x3 conv, regrouped: one matmul per group maps the P/2 channels of each
         # pixel to the 27 (temporal tap, kh, kw) products, a fold sums them over the 3x3
         # neighbourhood into each frame's 3 temporal taps, and 3 more sums over neighbouring
         # frames give the conv output. (fold scatters where the conv gathers, hence the flip.)
-        taps_weight = self.conv3D.weight.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(2, 27, half)
-        batch_statistics = self._uses_batch_statistics()
-        if batch_statistics and v.numel() // p < 2:
-            raise ValueError(
-                f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(x.shape)}"
-            )
-        # Without autograd the functions run as they are (Function.apply has a cost per call).
-        grad = torch.is_grad_enabled()
-        norm_relu_taps = _NormReluTaps.apply if grad else _norm_relu_taps
-        taps, mean, invstd, _ = norm_relu_taps(
-            v, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var, taps_weight,
+        batch_statistics = self._check_batch_statistics(x)
+        taps, mean, invstd, _ = _NormReluTaps.apply(
+            v, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var, self._taps_weight(),
             self.bn.eps, batch_statistics,
         )
         if batch_statistics:
@@ -145,24 +134,78 @@ class GSF(nn.Module):
 
         # Fusion weights from spatial means: mean(shift(y)) = shift(mean(y)) and
         # mean(v - y) = mean(v) - mean(y), so the shifted maps are never pooled themselves.
-        # mean(v) and both groups' mean(gate * v) come from one pass over v: a batched matmul
-        # of each frame's (P, H*W) with the columns [1, gate_1, gate_2] / (H*W).
-        columns = torch.cat([torch.ones_like(gate[:, :, :1]), gate], dim=2).view(nt, 3, h * w)
-        columns = columns.to(v.dtype) / (h * w)
-        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        if channels_last:  # pixels as rows: (3, H*W) @ (H*W, P), a view of channels-last v
-            means = torch.bmm(columns, v.permute(0, 2, 3, 1).reshape(nt, h * w, p)).transpose(1, 2)
-        else:  # (3, H*W) @ (H*W, P) runs faster than its transpose (P, H*W) @ (H*W, 3)
-            means = torch.bmm(columns, v.reshape(nt, p, h * w).transpose(1, 2)).transpose(1, 2)
-        v_mean = means[:, :, 0].reshape(n, t, 2, half)  # (N, T, 2, P/2)
-        y_mean = torch.stack([means[:, :half, 1], means[:, half:, 2]], dim=1).reshape(n, t, 2, half)
+        channels_last = _is_channels_last(x)
+        means = _frame_means(v, gate, channels_last)  # (NT, 3, P): mean(v), mean(gate_k * v)
+        v_mean = means[:, 0].reshape(n, t, 2, half)  # (N, T, 2, P/2)
+        y_mean = torch.stack([means[:, 1, :half], means[:, 2, half:]], dim=1).reshape(n, t, 2, half)
         s_mean = torch.stack(
             [F.pad(y_mean[:, 1:, 0], (0, 0, 0, 1)), F.pad(y_mean[:, :-1, 1], (0, 0, 1, 0))], dim=2
         )
         blend = self._blend_weights(s_mean, v_mean - y_mean)  # (N, T, 2, P/2)
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
-        gate_shift_fuse = _GateShiftFuse.apply if grad else _gate_shift_fuse
-        return gate_shift_fuse(v, gate, blend, rest, t, channels_last, inplace)
+    def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` when autograd is off (inference): the same numbers in fewer, cheaper
+        passes, since nothing is kept for a backward. The output overwrites the input
+        (``inplace``) once the processed channels have been read for the last time."""
+        nt, c, h, w = x.shape
+        t, p = self.num_segments, self.processed
+        n, half = nt // t, p // 2
+        v = x[:, :p]
+        if self._check_batch_statistics(x):
+            var, mean = torch.var_mean(v, dim=(0, 2, 3), correction=0)
+            invstd = torch.rsqrt(var + self.bn.eps)
+            self._update_running_statistics(mean, invstd, count=v.numel() // p)
+        else:
+            mean, invstd = self.bn.running_mean, torch.rsqrt(self.bn.running_var + self.bn.eps)
+        # relu(bn(v)) as one scale and shift per channel: reads the strided slice v directly
+        # (the native batch-norm kernel needs it contiguous).
+        scale = self.bn.weight * invstd
+        shift = self.bn.bias - mean * scale
+        activated = torch.mul(v, scale.view(1, p, 1, 1)).add_(shift.view(1, p, 1, 1)).relu_()
+        # in v's dtype (under bf16 autocast the float32 scale promoted it), NCHW for the matmul
+        activated = activated.to(v.dtype).contiguous()
+
+        products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
+        taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
+        gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
+        if t > 1:
+            gate[:, 1:].add_(taps[:, :-1, :, 0])
+            gate[:, :-1].add_(taps[:, 1:, :, 2])
+        # tanh(z) = 2 * sigmoid(2z) - 1: PyTorch's CPU sigmoid runs several times faster than its tanh
+        gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
+        gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
+
+        # The fusion convs' input, zero padded: (N, group, [shifted, residual], P/2, T).
+        means = _frame_means(v, gate, _is_channels_last(x))  # (NT, 3, P)
+        v_mean = means[:, 0].view(n, t, 2, half).permute(0, 2, 3, 1)  # (N, 2, P/2, T)
+        # group k's mean(gate_k * v_k): the diagonal of (gate_1, gate_2) x (group 1, group 2)
+        y_mean = means[:, 1:].view(n, t, 2, 2, half).diagonal(dim1=2, dim2=3).permute(0, 3, 2, 1)
+        padded = means.new_zeros(n, 2, 2, half + 2, t + 2)
+        torch.sub(v_mean, y_mean, out=padded[:, :, 1, 1:-1, 1:-1])
+        padded[:, 0, 0, 1:-1, 1:t].copy_(y_mean[:, 0, :, 1:])  # group 1 takes frame t + 1
+        padded[:, 1, 0, 1:-1, 2:t + 1].copy_(y_mean[:, 1, :, :-1])  # group 2 frame t - 1
+        blend = self._fusion_logits(padded).sigmoid_().permute(0, 3, 1, 2)  # (N, T, 2, P/2)
+
+        # Gate and residual in v's channel order; once both exist v is no longer read, and
+        # the blend writes the interleaved output, over the input itself when inplace.
+        q = p // 4
+        v7 = v.view(n, t, 2, 2, q, h, w)
+        gated = v7 * gate.to(v.dtype)[:, :, :, None, None]
+        residual = v7 - gated
+        if self.inplace:
+            out = x
+        else:
+            out = torch.empty_like(x)
+            out[:, p:] = x[:, p:]
+        fused = _interleaved_view(out[:, :p], n, t)
+        b7 = blend.to(v.dtype).unflatten(3, (2, q))[..., None, None]  # (N, T, 2, 2, Q, 1, 1)
+        # f = lerp(r, s, w) = r + w * (s - r); at the clip's ends s = 0, so f = r * (1 - w)
+        torch.lerp(residual[:, :-1, 0], gated[:, 1:, 0], b7[:, :-1, 0], out=fused[:, :-1, 0])
+        torch.lerp(residual[:, 1:, 1], gated[:, :-1, 1], b7[:, 1:, 1], out=fused[:, 1:, 1])
+        torch.mul(residual[:, -1, 0], 1 - b7[:, -1, 0], out=fused[:, -1, 0])
+        torch.mul(residual[:, 0, 1], 1 - b7[:, 0, 1], out=fused[:, 0, 1])
+        return out
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
@@ -197,21 +240,43 @@ class GSF(nn.Module):
         # interleave within each group: channel j*Q + i -> 2*i + j
         fused = fused.reshape(n, t, 2, 2, half // 2, h, w).transpose(3, 4).reshape(nt, p, h, w)
         out = torch.cat([fused.to(x.dtype), x[:, p:]], dim=1)
-        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        if _is_channels_last(x):
             out = out.contiguous(memory_format=torch.channels_last)  # keep the input's layout
         return out
 
     def _blend_weights(self, shifted_mean: torch.Tensor, residual_mean: torch.Tensor) -> torch.Tensor:
         """The fusion weights ``w`` ``(N, T, 2, P/2)`` from the spatial means ``(N, T, 2, P/2)``
-        of the shifted and residual maps: both groups' fusion convs (over channels and time)
-        as one grouped conv, group ``k`` reading input channels ``2k`` (shifted) and
-        ``2k + 1`` (residual)."""
-        n, t, _, half = shifted_mean.shape
+        of the shifted and residual maps."""
         descriptors = torch.stack([shifted_mean, residual_mean], dim=3)  # (N, T, 2, 2, P/2)
-        descriptors = descriptors.permute(0, 2, 3, 4, 1).reshape(n, 4, half, t)
-        weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight]).to(descriptors.dtype)
-        bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias]).to(descriptors.dtype)
-        return torch.sigmoid(F.conv2d(descriptors, weight, bias, padding=1, groups=2)).permute(0, 3, 1, 2)
+        padded = F.pad(descriptors.permute(0, 2, 3, 4, 1), (1, 1, 1, 1))  # (N, 2, 2, P/2 + 2, T + 2)
+        return torch.sigmoid(self._fusion_logits(padded)).permute(0, 3, 1, 2)
+
+    def _fusion_logits(self, padded: torch.Tensor) -> torch.Tensor:
+        """Both groups' fusion convs (3x3 over channels and time) on zero-padded descriptors
+        ``(N, group, [shifted, residual], P/2 + 2, T + 2)``, giving ``(N, group, P/2, T)``.
+
+        Written as a product with the 3x3 windows (a view) rather than ``F.conv2d``: on the
+        CPU, oneDNN's fixed cost for so small a convolution exceeds the work several times.
+        """
+        windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)  # (N, 2, 2, P/2, T, 3, 3)
+        weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight]).to(padded.dtype)
+        bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias]).to(padded.dtype)
+        return torch.einsum("ngicthw,gihw->ngct", windows, weight) + bias.view(1, 2, 1, 1)
+
+    def _taps_weight(self) -> torch.Tensor:
+        """The gate conv's weight ``(2, P/2, 3, 3, 3)`` as ``(2, 27, P/2)``, (temporal tap, kh,
+        kw) flipped spatially: the per-pixel products that :func:`_fold_taps` scatters."""
+        half = self.processed // 2
+        return self.conv3D.weight.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(2, 27, half)
+
+    def _check_batch_statistics(self, x: torch.Tensor) -> bool:
+        """Whether the batch norm uses batch statistics, which need 2+ values per channel."""
+        batch_statistics = self._uses_batch_statistics()
+        if batch_statistics and x.numel() // x.shape[1] < 2:
+            raise ValueError(
+                f"GSF batch norm needs more than 1 value per channel when training, got input {tuple(x.shape)}"
+            )
+        return batch_statistics
 
     def _uses_batch_statistics(self) -> bool:
         # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
@@ -259,6 +324,22 @@ class GSF(nn.Module):
 
         out = torch.cat(fused, dim=1).permute(0, 2, 1, 3, 4).reshape(nt, p, h, w)
         return torch.cat([out, x[:, p:]], dim=1)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _frame_means(v: torch.Tensor, gate: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``(NT, 3, P)``: per frame and channel, the spatial means of ``v``, ``gate_1 * v`` and
+    ``gate_2 * v``, in one pass over ``v``: a batched matmul of the columns ``[1, gate_1,
+    gate_2] / (H*W)`` with each frame's ``(H*W, P)``."""
+    nt, p, h, w = v.shape
+    columns = F.pad(gate, (0, 0, 0, 0, 1, 0), value=1.0).view(nt, 3, h * w).to(v.dtype) / (h * w)
+    if channels_last:  # pixels as rows: (3, H*W) @ (H*W, P), a view of channels-last v
+        return torch.bmm(columns, v.permute(0, 2, 3, 1).reshape(nt, h * w, p))
+    # (3, H*W) @ (H*W, P) runs faster than its transpose (P, H*W) @ (H*W, 3)
+    return torch.bmm(columns, v.reshape(nt, p, h * w).transpose(1, 2))
 
 
 def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -443,10 +524,9 @@ class _GateShiftFuse(torch.autograd.Function):
     """:func:`_write_fused` into the output ``(N*T, C, H, W)``, with its own backward.
 
     Out of place, ``rest`` is the input's last ``C - P`` channels, copied into a new output.
-    In place, ``rest`` is the whole input, whose first ``P`` channels get overwritten. With
-    autograd it comes from :class:`_SplitChannels`, which set those channels to zero, so
-    ``rest``'s gradient is ``grad_out`` as is (what it passes for the zeroed channels goes
-    nowhere); without autograd it is the input itself.
+    In place, ``rest`` is the whole input (from :class:`_SplitChannels`), whose first ``P``
+    channels get overwritten; its gradient is passed on as ``grad_out`` whole, and
+    :class:`_SplitChannels` keeps only the last ``C - P`` channels of it.
 
     Only ``v`` (already saved by the gate) and the small ``gate`` and ``w`` are kept for
     backward, which recomputes ``y``, ``r`` and ``s``.
@@ -498,8 +578,8 @@ class _GateShiftFuse(torch.autograd.Function):
 class _SplitChannels(torch.autograd.Function):
     """``x -> (copy of x[:, :P], rest)``, whose backward writes the input gradient once.
 
-    ``rest`` is ``x[:, P:]``, or with ``inplace`` ``x`` itself with its first ``P`` channels
-    zeroed (the output :class:`_GateShiftFuse` then writes into). Left to autograd, using
+    ``rest`` is ``x[:, P:]``, or with ``inplace`` ``x`` itself, whose first ``P`` channels
+    :class:`_GateShiftFuse` overwrites with the output. Left to autograd, using
     ``x`` twice would give two full-size gradients summed; here both parts land in one
     ``cat``. The copy of the processed channels gives the tensor GSF saves for backward its
     own storage, so ``x`` need not outlive the forward (and may be overwritten).
@@ -511,8 +591,7 @@ class _SplitChannels(torch.autograd.Function):
         v = x[:, :processed].clone(memory_format=torch.preserve_format)
         if not inplace:
             return v, x[:, processed:]
-        x[:, :processed].zero_()
-        ctx.mark_dirty(x)
+        ctx.mark_dirty(x)  # its first P channels are left as they are: the output overwrites them
         return v, x
 
     @staticmethod
@@ -521,7 +600,7 @@ class _SplitChannels(torch.autograd.Function):
         if grad_rest is None:
             nt, _, h, w = grad_processed.shape
             grad_rest = grad_processed.new_zeros(nt, ctx.channels - p, h, w)
-        elif ctx.inplace:  # the zeroed channels are constants: their gradient goes nowhere
+        elif ctx.inplace:  # rest's first P channels were overwritten: their gradient goes nowhere
             grad_rest = grad_rest[:, p:]
         return torch.cat([grad_processed, grad_rest], dim=1), None, None
 

@@ -177,6 +177,29 @@ def test_fast_path_matches_naive_spec(channels, num_segments, ratio, batch, size
     check_against_naive_spec(channels, num_segments, ratio, batch, size, "forward", training)
 
 
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("path", ["forward", "forward_compilable"])
+@pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
+def test_without_autograd_matches_naive_spec(channels, num_segments, ratio, batch, size, path, training,
+                                             no_grad, taps_by):
+    """Without autograd, ``forward`` takes its own in-place, fewer-pass path: values and BN
+    running statistics against ``naive_gsf`` in float64, in place and not (and the same for
+    the compilable formulation)."""
+    for inplace in (False, True):
+        module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double().train(training)
+        module.inplace = inplace
+        naive_module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments).double()
+        x = make_input(batch, num_segments, channels, size, seed=batch).double()
+        expected = naive_gsf(x, naive_module, training)
+        with no_grad():
+            output = getattr(module, path)(x.clone())
+        torch.testing.assert_close(output, expected.output, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(module.bn.running_mean, expected.running_mean)
+        torch.testing.assert_close(module.bn.running_var, expected.running_var)
+        assert int(module.bn.num_batches_tracked) == (1 if training else 0)
+
+
 def check_against_naive_spec(channels, num_segments, ratio, batch, size, path, training):
     """Values, input and parameter gradients and BN running statistics of ``GSF.<path>``
     against ``naive_gsf``, in float64."""
