@@ -103,7 +103,8 @@ class GSF(nn.Module):
         """The fast path: the same numbers as :meth:`forward_reference`, computed in the
         ``(N*T, C, H, W)`` layout with no permutes, and saving for backward only a copy of
         the ``P`` processed channels (plus a few per-frame maps), so GSF adds little
-        activation memory to a training step."""
+        activation memory to a training step. Without autograd (inference) it takes
+        :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
@@ -112,9 +113,9 @@ class GSF(nn.Module):
         self._check_input(x)
         if not torch.is_grad_enabled():
             return self._forward_without_autograd(x)
-        nt, c, h, w = x.shape
+        nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
-        n, half = nt // t, p // 2
+        n = nt // t
         inplace = self.inplace and not (x.is_leaf and x.requires_grad)
         v, rest = _SplitChannels.apply(x, p, inplace)
 
@@ -123,41 +124,34 @@ class GSF(nn.Module):
         # neighbourhood into each frame's 3 temporal taps, and 3 more sums over neighbouring
         # frames give the conv output. (fold scatters where the conv gathers, hence the flip.)
         batch_statistics = self._check_batch_statistics(x)
-        taps, mean, invstd, _ = _NormReluTaps.apply(
+        taps, mean, var = _NormReluTaps.apply(
             v, self.bn.weight, self.bn.bias, self.bn.running_mean, self.bn.running_var, self._taps_weight(),
             self.bn.eps, batch_statistics,
         )
         if batch_statistics:
-            self._update_running_statistics(mean, invstd, count=v.numel() // p)
+            self._update_running_statistics(mean, var, count=v.numel() // p)
         gate = _sum_temporal_taps(taps.view(n, t, 2, 3, h, w), self.conv3D.bias)
         gate = torch.tanh(gate)  # (N, T, 2, H, W)
 
-        # Fusion weights from spatial means: mean(shift(y)) = shift(mean(y)) and
-        # mean(v - y) = mean(v) - mean(y), so the shifted maps are never pooled themselves.
         channels_last = _is_channels_last(x)
-        means = _frame_means(v, gate, channels_last)  # (NT, 3, P): mean(v), mean(gate_k * v)
-        v_mean = means[:, 0].reshape(n, t, 2, half)  # (N, T, 2, P/2)
-        y_mean = torch.stack([means[:, 1, :half], means[:, 2, half:]], dim=1).reshape(n, t, 2, half)
-        s_mean = torch.stack(
-            [F.pad(y_mean[:, 1:, 0], (0, 0, 0, 1)), F.pad(y_mean[:, :-1, 1], (0, 0, 1, 0))], dim=2
-        )
-        blend = self._blend_weights(s_mean, v_mean - y_mean)  # (N, T, 2, P/2)
+        weight, bias = self._fusion_parameters()
+        blend = _FusionWeights.apply(v, gate, weight, bias, t, channels_last)  # (N, T, 2, P/2)
         return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
 
     def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` when autograd is off (inference): the same numbers in fewer, cheaper
         passes, since nothing is kept for a backward. The output overwrites the input
         (``inplace``) once the processed channels have been read for the last time."""
-        nt, c, h, w = x.shape
+        nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
         v = x[:, :p]
         if self._check_batch_statistics(x):
-            var, mean = torch.var_mean(v, dim=(0, 2, 3), correction=0)
-            invstd = torch.rsqrt(var + self.bn.eps)
-            self._update_running_statistics(mean, invstd, count=v.numel() // p)
+            mean, var = _batch_statistics(v)
+            self._update_running_statistics(mean, var, count=v.numel() // p)
         else:
-            mean, invstd = self.bn.running_mean, torch.rsqrt(self.bn.running_var + self.bn.eps)
+            mean, var = self.bn.running_mean, self.bn.running_var
+        invstd = torch.rsqrt(var + self.bn.eps)
         # relu(bn(v)) as one scale and shift per channel: reads the strided slice v directly
         # (the native batch-norm kernel needs it contiguous).
         scale = self.bn.weight * invstd
@@ -176,16 +170,8 @@ class GSF(nn.Module):
         gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
         gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
 
-        # The fusion convs' input, zero padded: (N, group, [shifted, residual], P/2, T).
-        means = _frame_means(v, gate, _is_channels_last(x))  # (NT, 3, P)
-        v_mean = means[:, 0].view(n, t, 2, half).permute(0, 2, 3, 1)  # (N, 2, P/2, T)
-        # group k's mean(gate_k * v_k): the diagonal of (gate_1, gate_2) x (group 1, group 2)
-        y_mean = means[:, 1:].view(n, t, 2, 2, half).diagonal(dim1=2, dim2=3).permute(0, 3, 2, 1)
-        padded = means.new_zeros(n, 2, 2, half + 2, t + 2)
-        torch.sub(v_mean, y_mean, out=padded[:, :, 1, 1:-1, 1:-1])
-        padded[:, 0, 0, 1:-1, 1:t].copy_(y_mean[:, 0, :, 1:])  # group 1 takes frame t + 1
-        padded[:, 1, 0, 1:-1, 2:t + 1].copy_(y_mean[:, 1, :, :-1])  # group 2 frame t - 1
-        blend = self._fusion_logits(padded).sigmoid_().permute(0, 3, 1, 2)  # (N, T, 2, P/2)
+        blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, _is_channels_last(x))
+        blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
 
         # Gate and residual in v's channel order; once both exist v is no longer read, and
         # the blend writes the interleaved output, over the input itself when inplace.
@@ -193,7 +179,7 @@ class GSF(nn.Module):
         v7 = v.view(n, t, 2, 2, q, h, w)
         gated = v7 * gate.to(v.dtype)[:, :, :, None, None]
         residual = v7 - gated
-        if self.inplace:
+        if self.inplace and not (x.is_leaf and x.requires_grad):
             out = x
         else:
             out = torch.empty_like(x)
@@ -249,19 +235,13 @@ class GSF(nn.Module):
         of the shifted and residual maps."""
         descriptors = torch.stack([shifted_mean, residual_mean], dim=3)  # (N, T, 2, 2, P/2)
         padded = F.pad(descriptors.permute(0, 2, 3, 4, 1), (1, 1, 1, 1))  # (N, 2, 2, P/2 + 2, T + 2)
-        return torch.sigmoid(self._fusion_logits(padded)).permute(0, 3, 1, 2)
+        return torch.sigmoid(_fusion_conv(padded, *self._fusion_parameters())).permute(0, 3, 1, 2)
 
-    def _fusion_logits(self, padded: torch.Tensor) -> torch.Tensor:
-        """Both groups' fusion convs (3x3 over channels and time) on zero-padded descriptors
-        ``(N, group, [shifted, residual], P/2 + 2, T + 2)``, giving ``(N, group, P/2, T)``.
-
-        Written as a product with the 3x3 windows (a view) rather than ``F.conv2d``: on the
-        CPU, oneDNN's fixed cost for so small a convolution exceeds the work several times.
-        """
-        windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)  # (N, 2, 2, P/2, T, 3, 3)
-        weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight]).to(padded.dtype)
-        bias = torch.cat([self.channel_conv1.bias, self.channel_conv2.bias]).to(padded.dtype)
-        return torch.einsum("ngicthw,gihw->ngct", windows, weight) + bias.view(1, 2, 1, 1)
+    def _fusion_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both groups' fusion convs as one weight ``(group, [shifted, residual], 3, 3)`` and
+        bias ``(group,)``."""
+        weight = torch.cat([self.channel_conv1.weight, self.channel_conv2.weight])
+        return weight, torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
 
     def _taps_weight(self) -> torch.Tensor:
         """The gate conv's weight ``(2, P/2, 3, 3, 3)`` as ``(2, 27, P/2)``, (temporal tap, kh,
@@ -284,17 +264,17 @@ class GSF(nn.Module):
         return self.bn.training or not self.bn.track_running_stats
 
     @torch.no_grad()
-    def _update_running_statistics(self, mean: torch.Tensor, invstd: torch.Tensor, count: int) -> None:
+    def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         """Update ``bn``'s running statistics from a batch's as ``BatchNorm3d`` does (the
-        (N*T, P, H, W) layout has the same statistics as (N, P, T, H, W))."""
+        (N*T, P, H, W) layout has the same statistics as (N, P, T, H, W)); ``var`` is the
+        biased batch variance."""
         bn = self.bn
         if not (bn.training and bn.track_running_stats):
             return
         bn.num_batches_tracked.add_(1)
         factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
-        biased_var = invstd.pow(-2) - bn.eps
         bn.running_mean.mul_(1 - factor).add_(mean * factor)
-        bn.running_var.mul_(1 - factor).add_(biased_var * (factor * count / (count - 1)))
+        bn.running_var.mul_(1 - factor).add_(var * (factor * count / (count - 1)))
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The computation of ``shared/spec/gsf.md``, written for reading, not for speed."""
@@ -330,16 +310,89 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
-def _frame_means(v: torch.Tensor, gate: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``(NT, 3, P)``: per frame and channel, the spatial means of ``v``, ``gate_1 * v`` and
-    ``gate_2 * v``, in one pass over ``v``: a batched matmul of the columns ``[1, gate_1,
-    gate_2] / (H*W)`` with each frame's ``(H*W, P)``."""
+def _pixels_by_channels(v: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``(NT, P, H, W)`` as ``(NT, H*W, P)``, a view (NCHW, or channels-last slices)."""
     nt, p, h, w = v.shape
+    if channels_last:
+        return v.permute(0, 2, 3, 1).reshape(nt, h * w, p)
+    return v.reshape(nt, p, h * w).transpose(1, 2)
+
+
+def _fusion_conv(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Both groups' fusion convs (3x3 over channels and time) on zero-padded descriptors
+    ``(N, group, [shifted, residual], P/2 + 2, T + 2)``, giving ``(N, group, P/2, T)``.
+
+    Written as a product with the 3x3 windows (a view) rather than ``F.conv2d``: on the CPU,
+    oneDNN's fixed cost for so small a convolution exceeds the work several times.
+    """
+    windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)  # (N, 2, 2, P/2, T, 3, 3)
+    logits = torch.einsum("ngicthw,gihw->ngct", windows, weight.to(padded.dtype))
+    return logits + bias.to(padded.dtype).view(1, 2, 1, 1)
+
+
+def _fusion_weights(v: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    num_segments: int, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """The fusion weights ``w`` ``(N, group, P/2, T)`` of GSF on ``v`` with ``gate`` ``(N, T,
+    2, H, W)``, and for a backward the columns and padded descriptors they came from.
+
+    The fusion convs see the spatial means of the shifted and residual maps, and
+    ``mean(shift(y)) = shift(mean(y))``, ``mean(v - y) = mean(v) - mean(y)``: so the maps are
+    never pooled themselves. Per frame, one batched matmul of the columns ``[1, gate_1,
+    gate_2] / (H*W)`` with ``v``'s ``(H*W, P)`` gives ``mean(v)`` and both groups'
+    ``mean(gate_k * v)``, in one pass over ``v``.
+    """
+    nt, p, h, w = v.shape
+    n, t, half = nt // num_segments, num_segments, p // 2
     columns = F.pad(gate, (0, 0, 0, 0, 1, 0), value=1.0).view(nt, 3, h * w).to(v.dtype) / (h * w)
-    if channels_last:  # pixels as rows: (3, H*W) @ (H*W, P), a view of channels-last v
-        return torch.bmm(columns, v.permute(0, 2, 3, 1).reshape(nt, h * w, p))
-    # (3, H*W) @ (H*W, P) runs faster than its transpose (P, H*W) @ (H*W, 3)
-    return torch.bmm(columns, v.reshape(nt, p, h * w).transpose(1, 2))
+    means = torch.bmm(columns, _pixels_by_channels(v, channels_last))  # (NT, 3, P)
+    v_mean = means[:, 0].view(n, t, 2, half).permute(0, 2, 3, 1)  # (N, 2, P/2, T)
+    # group k's mean(gate_k * v_k): the diagonal of (gate_1, gate_2) x (group 1, group 2)
+    y_mean = means[:, 1:].view(n, t, 2, 2, half).diagonal(dim1=2, dim2=3).permute(0, 3, 2, 1)
+    # (N, group, [shifted, residual], P/2, T), zero padded for the 3x3 convs
+    padded = means.new_zeros(n, 2, 2, half + 2, t + 2)
+    torch.sub(v_mean, y_mean, out=padded[:, :, 1, 1:-1, 1:-1])
+    padded[:, 0, 0, 1:-1, 1:t].copy_(y_mean[:, 0, :, 1:])  # group 1 takes frame t + 1
+    padded[:, 1, 0, 1:-1, 2:t + 1].copy_(y_mean[:, 1, :, :-1])  # group 2 frame t - 1
+    return _fusion_conv(padded, weight, bias).sigmoid_(), columns, padded
+
+
+class _FusionWeights(torch.autograd.Function):
+    """:func:`_fusion_weights`, as ``(N, T, 2, P/2)``, with its own backward: one autograd
+    node instead of some thirty small ones, whose bookkeeping cost more than their work."""
+
+    @staticmethod
+    def forward(ctx, v, gate, weight, bias, num_segments, channels_last):  # noqa: D102
+        blend, columns, padded = _fusion_weights(v, gate, weight, bias, num_segments, channels_last)
+        ctx.save_for_backward(v, columns, padded, weight, blend)
+        ctx.channels_last = channels_last
+        return blend.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_blend):  # noqa: D102
+        v, columns, padded, weight, blend = ctx.saved_tensors
+        nt, p, h, w = v.shape
+        n, _, half, t = blend.shape
+        grad_logits = grad_blend.permute(0, 2, 3, 1).to(blend.dtype) * blend * (1 - blend)  # (N, 2, P/2, T)
+        windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)
+        grad_weight = torch.einsum("ngicthw,ngct->gihw", windows, grad_logits)
+        grad_bias = grad_logits.sum(dim=(0, 2, 3))
+        # the convs' adjoint: a full correlation with the flipped kernels
+        grad_windows = F.pad(grad_logits, (1, 1, 1, 1)).unfold(2, 3, 1).unfold(3, 3, 1)  # (N, 2, P/2, T, 3, 3)
+        grad_descriptors = torch.einsum("ngcthw,gihw->ngict", grad_windows, weight.flip(2, 3).to(blend.dtype))
+        grad_shifted, grad_residual = grad_descriptors.unbind(dim=2)  # (N, 2, P/2, T) each
+        # residual = mean(v) - mean(y); shifted: group 1 from frame t + 1, group 2 from t - 1
+        grad_y_mean = grad_residual.neg()
+        grad_y_mean[:, 0, :, 1:] += grad_shifted[:, 0, :, :-1]
+        grad_y_mean[:, 1, :, :-1] += grad_shifted[:, 1, :, 1:]
+        grad_means = blend.new_zeros(n, t, 3, 2, half)
+        grad_means[:, :, 0] = grad_residual.permute(0, 3, 1, 2)
+        grad_means[:, :, 1:].diagonal(dim1=2, dim2=3).copy_(grad_y_mean.permute(0, 3, 2, 1))
+        grad_means = grad_means.view(nt, 3, p)
+        # means = columns @ (H*W, P) view of v
+        grad_v = torch.bmm(grad_means.transpose(1, 2), columns).view(nt, p, h, w)
+        grad_columns = torch.bmm(grad_means, _pixels_by_channels(v, ctx.channels_last).transpose(1, 2))
+        grad_gate = grad_columns[:, 1:].reshape(n, t, 2, h, w) / (h * w)
+        return grad_v, grad_gate, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None, None
 
 
 def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -414,20 +467,27 @@ def _norm_relu_taps(v: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, r
                     running_var: torch.Tensor, taps_weight: torch.Tensor, eps: float,
                     batch_statistics: bool) -> tuple[torch.Tensor, ...]:
     """``relu(bn(v))`` through the gate conv's kernel, per frame: ``(NT, P, H, W) -> (NT, 6, H, W)``
-    temporal taps (channel ``3 * group + tap``), with the batch-norm mean, 1/std and variance
-    used (batch statistics while training, running ones in eval)."""
+    temporal taps (channel ``3 * group + tap``), with the batch-norm mean and (biased)
+    variance used: batch statistics while training, running ones in eval."""
     if batch_statistics:
-        normed, mean, invstd = torch.native_batch_norm(v, weight, bias, None, None, True, 0.0, eps)
-        activated = torch.relu_(normed).contiguous()
-        var = invstd  # a placeholder: the training-mode backward rebuilds the variance from invstd
+        mean, var = _batch_statistics(v)
     else:
-        mean, var = running_mean.clone(), running_var
-        invstd = torch.rsqrt(var + eps)
-        activated = _norm_relu(v, mean, var, eps, weight, bias)
+        mean, var = running_mean.clone(), running_var.clone()
+    activated = _norm_relu(v, mean, var, eps, weight, bias)
     nt, p, h, w = v.shape
     products = torch.matmul(taps_weight, activated.view(nt, 2, p // 2, h * w))
     taps = _fold_taps(products.view(nt, 54, h * w), h, w)
-    return taps, mean, invstd, var
+    return taps, mean, var
+
+
+def _batch_statistics(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``(NT, P, H, W)`` (two passes, in float32 or
+    wider). On the CPU this runs 3-5x faster than ``native_batch_norm``'s training mode and
+    over 10x faster than ``torch.var_mean``."""
+    dims = (0, 2, 3)
+    mean = v.mean(dim=dims, dtype=torch.promote_types(v.dtype, torch.float32))
+    var = (v - mean.view(1, -1, 1, 1)).square_().mean(dim=dims)
+    return mean, var
 
 
 class _NormReluTaps(torch.autograd.Function):
@@ -439,20 +499,19 @@ class _NormReluTaps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, weight, bias, running_mean, running_var, taps_weight, eps, batch_statistics):  # noqa: D102
-        taps, mean, invstd, var = _norm_relu_taps(v, weight, bias, running_mean, running_var, taps_weight,
-                                                  eps, batch_statistics)
-        ctx.save_for_backward(v, mean, invstd, var, weight, bias, taps_weight)
+        taps, mean, var = _norm_relu_taps(v, weight, bias, running_mean, running_var, taps_weight,
+                                          eps, batch_statistics)
+        ctx.save_for_backward(v, mean, var, weight, bias, taps_weight)
         ctx.eps = eps
         ctx.batch_statistics = batch_statistics
-        ctx.mark_non_differentiable(mean, invstd, var)
-        return taps, mean, invstd, var
+        ctx.mark_non_differentiable(mean, var)
+        return taps, mean, var
 
     @staticmethod
-    def backward(ctx, grad_taps, _grad_mean, _grad_invstd, _grad_var):  # noqa: D102
-        v, mean, invstd, var, weight, bias, taps_weight = ctx.saved_tensors
+    def backward(ctx, grad_taps, _grad_mean, _grad_var):  # noqa: D102
+        v, mean, var, weight, bias, taps_weight = ctx.saved_tensors
         nt, p, h, w = v.shape
-        if ctx.batch_statistics:  # the batch variance, from 1 / std (some torch versions refuse eps = 0)
-            var = invstd.pow(-2) - ctx.eps
+        invstd = torch.rsqrt(var + ctx.eps)
         activated = _norm_relu(v, mean, var, ctx.eps, weight, bias)
         dtype = activated.dtype
         grad_products = _unfold_taps(grad_taps.to(dtype).reshape(nt, 6, h, w), h, w)

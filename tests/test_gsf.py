@@ -290,7 +290,8 @@ def test_without_autograd_equals_reference_on_large_maps(training, no_grad, inpl
     def refuse(*args):
         raise AssertionError("an autograd.Function ran without autograd")
 
-    for function in (gsf_module._NormReluTaps, gsf_module._GateShiftFuse, gsf_module._SplitChannels):
+    for function in (gsf_module._NormReluTaps, gsf_module._GateShiftFuse, gsf_module._SplitChannels,
+                     gsf_module._FusionWeights):
         monkeypatch.setattr(function, "apply", refuse)
     fast = make_gsf(32, 3, 0.25, seed=4).train(training)
     fast.inplace = inplace
