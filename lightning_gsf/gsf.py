@@ -156,9 +156,9 @@ class GSF(nn.Module):
         # (the native batch-norm kernel needs it contiguous).
         scale = self.bn.weight * invstd
         shift = self.bn.bias - mean * scale
-        activated = torch.mul(v, scale.view(1, p, 1, 1)).add_(shift.view(1, p, 1, 1)).relu_()
-        # in v's dtype (under bf16 autocast the float32 scale promoted it), NCHW for the matmul
-        activated = activated.to(v.dtype).contiguous()
+        # NCHW for the matmul (written so from channels-last input too), in v's dtype
+        activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
+        torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
 
         products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
         taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
@@ -171,26 +171,34 @@ class GSF(nn.Module):
         gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
 
         blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, _is_channels_last(x))
-        blend = blend.permute(0, 3, 1, 2)  # (N, T, 2, P/2)
+        blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
 
         # Gate and residual in v's channel order; once both exist v is no longer read, and
         # the blend writes the interleaved output, over the input itself when inplace.
         q = p // 4
         v7 = v.view(n, t, 2, 2, q, h, w)
-        gated = v7 * gate.to(v.dtype)[:, :, :, None, None]
-        residual = v7 - gated
+        channels_last = _is_channels_last(x)
+        gated, residual, blended = (_empty_groups(v7, channels_last) for _ in range(3))
+        torch.mul(v7, gate.to(v.dtype)[:, :, :, None, None], out=gated)
+        torch.sub(v7, gated, out=residual)
         if self.inplace and not (x.is_leaf and x.requires_grad):
             out = x
         else:
             out = torch.empty_like(x)
             out[:, p:] = x[:, p:]
         fused = _interleaved_view(out[:, :p], n, t)
+        # Channels-last: the channel is the innermost memory dimension, which the interleaved
+        # view splits; blend in v's channel order, then interleave with one copy.
+        if not channels_last:
+            blended = fused
         b7 = blend.to(v.dtype).unflatten(3, (2, q))[..., None, None]  # (N, T, 2, 2, Q, 1, 1)
         # f = lerp(r, s, w) = r + w * (s - r); at the clip's ends s = 0, so f = r * (1 - w)
-        torch.lerp(residual[:, :-1, 0], gated[:, 1:, 0], b7[:, :-1, 0], out=fused[:, :-1, 0])
-        torch.lerp(residual[:, 1:, 1], gated[:, :-1, 1], b7[:, 1:, 1], out=fused[:, 1:, 1])
-        torch.mul(residual[:, -1, 0], 1 - b7[:, -1, 0], out=fused[:, -1, 0])
-        torch.mul(residual[:, 0, 1], 1 - b7[:, 0, 1], out=fused[:, 0, 1])
+        torch.lerp(residual[:, :-1, 0], gated[:, 1:, 0], b7[:, :-1, 0], out=blended[:, :-1, 0])
+        torch.lerp(residual[:, 1:, 1], gated[:, :-1, 1], b7[:, 1:, 1], out=blended[:, 1:, 1])
+        torch.mul(residual[:, -1, 0], 1 - b7[:, -1, 0], out=blended[:, -1, 0])
+        torch.mul(residual[:, 0, 1], 1 - b7[:, 0, 1], out=blended[:, 0, 1])
+        if channels_last:
+            fused.copy_(blended)
         return out
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
@@ -365,7 +373,7 @@ class _FusionWeights(torch.autograd.Function):
         blend, columns, padded = _fusion_weights(v, gate, weight, bias, num_segments, channels_last)
         ctx.save_for_backward(v, columns, padded, weight, blend)
         ctx.channels_last = channels_last
-        return blend.permute(0, 3, 1, 2)
+        return blend.permute(0, 3, 1, 2).contiguous()  # channels innermost, for the blend
 
     @staticmethod
     def backward(ctx, grad_blend):  # noqa: D102
@@ -662,6 +670,16 @@ class _SplitChannels(torch.autograd.Function):
         elif ctx.inplace:  # rest's first P channels were overwritten: their gradient goes nowhere
             grad_rest = grad_rest[:, p:]
         return torch.cat([grad_processed, grad_rest], dim=1), None, None
+
+
+def _empty_groups(v7: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """An uninitialised ``(N, T, 2, 2, Q, H, W)`` tensor like ``v7``, laid out densely in
+    NCHW or channels-last order (an output that TensorIterator would lay out from a strided,
+    broadcast input can come out in an order that no input matches)."""
+    n, t, k, j, q, h, w = v7.shape
+    if channels_last:
+        return v7.new_empty(n, t, h, w, k, j, q).permute(0, 1, 4, 5, 6, 2, 3)
+    return v7.new_empty(n, t, k, j, q, h, w)
 
 
 def _interleaved_view(processed: torch.Tensor, n: int, t: int) -> torch.Tensor:
