@@ -146,6 +146,7 @@ class GSF(nn.Module):
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
         v = x[:, :p]
+        channels_last = _is_channels_last(x)
         if self._check_batch_statistics(x):
             mean, var = _batch_statistics(v)
             self._update_running_statistics(mean, var, count=v.numel() // p)
@@ -170,14 +171,13 @@ class GSF(nn.Module):
         gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
         gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
 
-        blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, _is_channels_last(x))
+        blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
         blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
 
         # Gate and residual in v's channel order; once both exist v is no longer read, and
         # the blend writes the interleaved output, over the input itself when inplace.
         q = p // 4
         v7 = v.view(n, t, 2, 2, q, h, w)
-        channels_last = _is_channels_last(x)
         gated, residual, blended = (_empty_groups(v7, channels_last) for _ in range(3))
         torch.mul(v7, gate.to(v.dtype)[:, :, :, None, None], out=gated)
         torch.sub(v7, gated, out=residual)
