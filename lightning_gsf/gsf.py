@@ -174,32 +174,10 @@ class GSF(nn.Module):
         blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
         blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
 
-        # Gate and residual in v's channel order; once both exist v is no longer read, and
-        # the blend writes the interleaved output, over the input itself when inplace.
-        q = p // 4
-        v7 = v.view(n, t, 2, 2, q, h, w)
-        gated, residual, blended = (_empty_groups(v7, channels_last) for _ in range(3))
-        torch.mul(v7, gate.to(v.dtype)[:, :, :, None, None], out=gated)
-        torch.sub(v7, gated, out=residual)
-        if self.inplace and not (x.is_leaf and x.requires_grad):
-            out = x
-        else:
-            out = torch.empty_like(x)
-            out[:, p:] = x[:, p:]
-        fused = _interleaved_view(out[:, :p], n, t)
-        # Channels-last: the channel is the innermost memory dimension, which the interleaved
-        # view splits; blend in v's channel order, then interleave with one copy.
-        if not channels_last:
-            blended = fused
-        b7 = blend.to(v.dtype).unflatten(3, (2, q))[..., None, None]  # (N, T, 2, 2, Q, 1, 1)
-        # f = lerp(r, s, w) = r + w * (s - r); at the clip's ends s = 0, so f = r * (1 - w)
-        torch.lerp(residual[:, :-1, 0], gated[:, 1:, 0], b7[:, :-1, 0], out=blended[:, :-1, 0])
-        torch.lerp(residual[:, 1:, 1], gated[:, :-1, 1], b7[:, 1:, 1], out=blended[:, 1:, 1])
-        torch.mul(residual[:, -1, 0], 1 - b7[:, -1, 0], out=blended[:, -1, 0])
-        torch.mul(residual[:, 0, 1], 1 - b7[:, 0, 1], out=blended[:, 0, 1])
-        if channels_last:
-            fused.copy_(blended)
-        return out
+        # The output overwrites the input itself when in place: _write_fused reads v before
+        # it writes.
+        inplace = self.inplace and not (x.is_leaf and x.requires_grad)
+        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace)
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
@@ -555,36 +533,31 @@ def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, r
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
                  num_segments: int, channels_last: bool) -> None:
     """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
-    channels, any strides; it must not share memory with ``v``).
+    channels, any strides; it may be ``v``'s own memory, which is read before it is written).
 
-    With ``y = gate * v`` and ``r = v - y`` per group, ``f = r * (1 - w) + s * w`` where ``s``
-    is ``y`` shifted one frame (group 1 backwards, group 2 forwards), and ``f`` lands
-    interleaved: the group's channel ``j*Q + i`` goes to ``2*i + j``.
+    With ``y = gate * v`` and ``r = v - y`` per group, ``f = lerp(r, s, w) = r + w * (s - r)``
+    where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards; zero at the
+    clip's ends, where ``f = r * (1 - w)``), and ``f`` lands interleaved: the group's channel
+    ``j*Q + i`` goes to ``2*i + j``.
     """
     nt, p, h, w = v.shape
-    n, q = nt // num_segments, p // 4
+    n, t, q = nt // num_segments, num_segments, p // 4
+    v7 = v.view(n, t, 2, 2, q, h, w)
+    gated, residual = _empty_groups(v7, channels_last), _empty_groups(v7, channels_last)
+    torch.mul(v7, gate.to(v.dtype).view(n, t, 2, 1, 1, h, w), out=gated)
+    torch.sub(v7, gated, out=residual)  # from here on v is not read
     # The interleaved view of the destination, in the source order (N, T, group k, j, i, H, W).
-    fused = _interleaved_view(fused_out, n, num_segments)
-    v7 = v.view(n, num_segments, 2, 2, q, h, w)
-    g7 = gate.to(v.dtype).reshape(n, num_segments, 2, 1, 1, h, w)
-    b7 = blend.to(v.dtype).reshape(n, num_segments, 2, 2, q, 1, 1)
-    if not channels_last:  # the blend's passes write the interleaved view directly
-        _blend_into(fused, v7, g7, b7)
-        return
-    # Channels-last: the channel is the innermost memory dimension, and elementwise ops on
-    # the interleaved view walk it in an order that matches neither operand. Blend in v's
-    # channel order instead, then interleave with one copy.
-    staged = torch.empty_like(v)
-    _blend_into(staged.view(v7.shape), v7, g7, b7)
-    fused.copy_(staged.view(v7.shape))
-
-
-def _blend_into(fused: torch.Tensor, v7: torch.Tensor, g7: torch.Tensor, b7: torch.Tensor) -> None:
-    """``fused = r * (1 - w) + w * shift(y)`` on ``(N, T, group, j, i, H, W)`` views."""
-    torch.mul(v7, 1 - g7, out=fused)  # r = v - y = v * (1 - g)
-    fused.mul_(1 - b7)  # r * (1 - w)
-    fused[:, :-1, 0].addcmul_(v7[:, 1:, 0] * g7[:, 1:, 0], b7[:, :-1, 0])  # + w * y[t + 1]
-    fused[:, 1:, 1].addcmul_(v7[:, :-1, 1] * g7[:, :-1, 1], b7[:, 1:, 1])  # + w * y[t - 1]
+    fused = _interleaved_view(fused_out, n, t)
+    # Channels-last: the channel is the innermost memory dimension, which the interleaved
+    # view splits; blend in v's channel order, then interleave with one copy.
+    blended = _empty_groups(v7, channels_last) if channels_last else fused
+    b7 = blend.to(v.dtype).reshape(n, t, 2, 2, q, 1, 1)
+    torch.lerp(residual[:, :-1, 0], gated[:, 1:, 0], b7[:, :-1, 0], out=blended[:, :-1, 0])
+    torch.lerp(residual[:, 1:, 1], gated[:, :-1, 1], b7[:, 1:, 1], out=blended[:, 1:, 1])
+    torch.mul(residual[:, -1, 0], 1 - b7[:, -1, 0], out=blended[:, -1, 0])
+    torch.mul(residual[:, 0, 1], 1 - b7[:, 0, 1], out=blended[:, 0, 1])
+    if channels_last:
+        fused.copy_(blended)
 
 
 class _GateShiftFuse(torch.autograd.Function):
