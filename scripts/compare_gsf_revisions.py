@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_gsf.benchmark import BenchmarkConfig, build_model, loss_of, make_batch
+from lightning_gsf.benchmark import BenchmarkConfig, build_model, make_batch, make_steps, time_round_robin
 from lightning_gsf.gsf import GSF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,30 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     if not swapped:
         raise RuntimeError(f"{args.backbone} with temporal module 'gsf' has no GSF module to swap")
     print(f"{swapped} GSF modules run the code of {args.revision}")
-    optimizers = {name: torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
-                  for name, model in models.items()}
-
-    def step(name: str) -> None:
-        model = models[name]
-        if args.mode == "infer":
-            model.eval()
-            with torch.inference_mode():
-                model(clips)
-        else:
-            model.train()
-            optimizers[name].zero_grad(set_to_none=True)
-            loss_of(model, clips, labels).backward()
-            optimizers[name].step()
-
-    for name in models:
-        for _ in range(args.warmup):
-            step(name)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name in models:
-            start = time.process_time()
-            step(name)
-            times[name].append(time.process_time() - start)
+    # the benchmark's own steps (SGD step / inference_mode forward) and round-robin timer
+    steps = {name: getattr(make_steps(model, clips, labels, config), args.mode) for name, model in models.items()}
+    times = time_round_robin(steps, args.rounds, args.warmup, config.device, time.process_time)
 
     baseline = times["TSN"]
     print(f"{args.mode}, {args.backbone}, T={args.num_segments}, {args.input_size} px, batch {args.batch_size}, "
