@@ -17,7 +17,9 @@ shared machine slows all variants alike instead of whichever ran last.
 
 The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
 (``GSF.forward_reference``), to show what the fast path saves; ``gsf_compilable`` runs the
-formulation that GSF uses under ``torch.compile`` (``GSF.forward_compilable``) in eager mode.
+formulation that GSF uses under ``torch.compile`` (``GSF.forward_compilable``) in eager mode;
+``gsf_torch`` and ``gsf_triton`` pick the PyTorch-ops and the Triton fast path, whatever the
+device (``gsf`` itself takes Triton on CUDA, PyTorch ops elsewhere).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import csv
 import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +47,15 @@ logger = logging.getLogger(__name__)
 BASELINE = "none"
 REFERENCE_GSF = "gsf_reference"
 COMPILABLE_GSF = "gsf_compilable"
-# GSF variants that run another of GSF's formulations: variant -> GSF method
-GSF_FORMULATIONS = {REFERENCE_GSF: "forward_reference", COMPILABLE_GSF: "forward_compilable"}
-VARIANTS = ("none", "tsm", "gsf", REFERENCE_GSF, COMPILABLE_GSF)
+# GSF variants that run one of GSF's formulations rather than the device's default (``gsf``):
+# variant -> GSF method
+GSF_FORMULATIONS = {
+    REFERENCE_GSF: "forward_reference",
+    COMPILABLE_GSF: "forward_compilable",
+    "gsf_torch": "forward_torch",
+    "gsf_triton": "forward_triton",
+}
+VARIANTS = ("none", "tsm", "gsf", *GSF_FORMULATIONS)
 NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
 # "process" (CPU time of this process) is steadier than wall time on a shared CPU machine
 # when the benchmark runs single-threaded: time spent waiting for a core is not counted.
@@ -151,9 +159,28 @@ def count_flops(model: nn.Module, clips: torch.Tensor, config: BenchmarkConfig) 
     """FLOPs of one inference forward over ``clips`` (a multiply-add counts 2)."""
     model.eval()
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), autocast_context(config), counter:
+    with torch.no_grad(), autocast_context(config), gsf_in_torch_ops(model), counter:
         model(clips)
     return counter.get_total_flops()
+
+
+@contextlib.contextmanager
+def gsf_in_torch_ops(model: nn.Module) -> Iterator[None]:
+    """Run GSF's Triton path (the default on CUDA) as its PyTorch-ops twin, the same
+    arithmetic: ``FlopCounterMode`` counts ATen operations and cannot see Triton kernels."""
+    overridden = {}
+    for module in model.modules():
+        if isinstance(module, GSF) and getattr(module.forward, "__func__", None) in (GSF.forward, GSF.forward_triton):
+            overridden[module] = module.__dict__.get("forward")
+            module.forward = module.forward_torch
+    try:
+        yield
+    finally:
+        for module, forward in overridden.items():
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 def loss_of(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,16 @@ The remaining ``C - P`` channels pass through untouched. ``forward_reference`` f
 ``shared/spec/gsf.md`` step by step and is kept for reading and for tests; ``forward``
 computes the same numbers in the backbone's ``(N*T, C, H, W)`` layout with fewer passes over
 the feature map and far less memory saved for backward (``docs/performance.md`` says how and
-what it costs). Under ``torch.compile``, ``forward`` runs ``forward_compilable`` instead: the
-same math in plain differentiable ops, which the compiler fuses better than the eager path's
-hand-written backward.
+what it costs): on CUDA in Triton kernels (``forward_triton``, :mod:`lightning_gsf.gsf_kernels`),
+elsewhere in PyTorch operations tuned on the CPU (``forward_torch``). Under ``torch.compile``,
+``forward`` runs ``forward_compilable`` instead: the same math in plain differentiable ops,
+which the compiler fuses better than the eager path's hand-written backward.
 """
 
 from __future__ import annotations
+
+import functools
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -100,16 +104,25 @@ class GSF(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The fast path: the same numbers as :meth:`forward_reference`, computed in the
-        ``(N*T, C, H, W)`` layout with no permutes, and saving for backward only a copy of
-        the ``P`` processed channels (plus a few per-frame maps), so GSF adds little
-        activation memory to a training step. Without autograd (inference) it takes
-        :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
+        """The fast path for the device at hand, the same numbers as
+        :meth:`forward_reference`: :meth:`forward_triton` on CUDA (float32 / bf16 / fp16,
+        where Triton is installed), :meth:`forward_torch` elsewhere, :meth:`forward_compilable` under
+        ``torch.compile``; the reference with synchronised batch norm while training."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
         if torch.compiler.is_compiling():
             return self.forward_compilable(x)
+        if x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_kernels() is not None:
+            return self.forward_triton(x)
+        return self.forward_torch(x)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path in PyTorch operations (tuned on the CPU): computed in the ``(N*T, C,
+        H, W)`` layout with no permutes, and saving for backward only a copy of the ``P``
+        processed channels (plus a few per-frame maps), so GSF adds little activation memory
+        to a training step. Without autograd (inference) it takes
+        :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
         self._check_input(x)
         if not torch.is_grad_enabled():
             return self._forward_without_autograd(x)
@@ -178,6 +191,28 @@ class GSF(nn.Module):
         # it writes.
         inplace = self._writes_in_place(x)
         return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
+        tensors: one kernel per pass over the feature map, float32 arithmetic, any memory
+        layout. Saves for backward what :meth:`forward_torch` saves."""
+        self._check_input(x)
+        if _triton_kernels() is None:
+            raise RuntimeError("GSF.forward_triton needs Triton (pip install triton)")
+        p = self.processed
+        if self._check_batch_statistics(x):
+            batch_statistics = True
+            mean, var = _triton_kernels().channel_moments(x[:, :p])
+            self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
+        else:
+            batch_statistics = False
+            mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
+        invstd = torch.rsqrt(var + self.bn.eps)
+        parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
+        inplace = self._writes_in_place(x)
+        if torch.is_grad_enabled():
+            return _TritonGSF.apply(x, mean, invstd, p, self.num_segments, batch_statistics, inplace, *parameters)
+        return _triton_forward(x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
@@ -296,6 +331,102 @@ class GSF(nn.Module):
         return torch.cat([out, x[:, p:]], dim=1)
 
 
+# The Triton kernels compute in float32: float64 inputs keep the PyTorch-ops path.
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def _triton_kernels() -> ModuleType | None:
+    """:mod:`lightning_gsf.gsf_kernels`, imported on first use; None without Triton."""
+    try:
+        from lightning_gsf import gsf_kernels
+    except ImportError:
+        return None
+    return gsf_kernels
+
+
+def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, processed: int, num_segments: int,
+                    inplace: bool, save: bool, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
+                    conv_weight: torch.Tensor, conv_bias: torch.Tensor, fusion_weight: torch.Tensor,
+                    fusion_bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """GSF's output through the Triton kernels, given the batch norm's mean and inverse
+    std, and (``save``) what the backward needs: ``(out, v, gate, weights, blend, columns,
+    padded)``, where ``v`` is a copy of the processed channels, ``gate`` ``(NT, 2, H*W)``
+    float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``."""
+    kernels = _triton_kernels()
+    nt, channels, h, w = x.shape
+    p, t = processed, num_segments
+    v = x[:, :p]
+    scale = bn_weight.float() * invstd
+    shift = bn_bias.float() - mean * scale
+    gate = kernels.gate(kernels.gate_taps(v, scale, shift, conv_weight), conv_bias, t)  # (NT, 2, H*W)
+    channels_last = _is_channels_last(x)
+    blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
+                                             channels_last)
+    weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if inplace:  # the blend reads neighbouring frames and channels: it needs a source apart from x
+        source = torch.empty((nt, p, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+        source.copy_(v)
+        kernels.blend(source, gate, weights, x[:, :p], t)
+        out = x
+    else:
+        out = torch.empty((nt, channels, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+        out[:, p:].copy_(x[:, p:])
+        source = None
+        if save:
+            source = torch.empty((nt, p, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+        kernels.blend(v, gate, weights, out[:, :p], t, copy=source)
+    return out, source, gate, weights, blend, columns, padded
+
+
+class _TritonGSF(torch.autograd.Function):
+    """:func:`_triton_forward` with its backward in the Triton kernels: the blend's adjoint,
+    the fusion weights' (PyTorch, small), then back through the gate conv, the ReLU and the
+    batch norm, all summed into the input gradient in one last kernel."""
+
+    @staticmethod
+    def forward(ctx, x, mean, invstd, processed, num_segments, batch_statistics, inplace, bn_weight, bn_bias,
+                conv_weight, conv_bias, fusion_weight, fusion_bias):  # noqa: D102
+        if inplace:
+            ctx.mark_dirty(x)
+        out, v, gate, weights, blend, columns, padded = _triton_forward(
+            x, mean, invstd, processed, num_segments, inplace, True, bn_weight, bn_bias, conv_weight, conv_bias,
+            fusion_weight, fusion_bias)
+        ctx.save_for_backward(v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight,
+                              fusion_weight)
+        ctx.num_segments, ctx.batch_statistics = num_segments, batch_statistics
+        ctx.channels_last = _is_channels_last(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight = (
+            ctx.saved_tensors)
+        kernels = _triton_kernels()
+        t = ctx.num_segments
+        nt, p, h, w = v.shape
+        grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
+        grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
+            grad_weights.view(nt // t, t, 2, p // 2), v, columns, padded, fusion_weight, blend, ctx.channels_last)
+        grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
+        grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
+            v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
+        coef = bn_weight.float() * invstd
+        if ctx.batch_statistics:  # the statistics' own gradient
+            centre, slope = sum_grad / grad_normed[:, 0].numel(), sum_grad_xhat / grad_normed[:, 0].numel()
+        else:
+            centre = slope = torch.zeros_like(coef)
+        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        grad_x = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=memory_format)
+        grad_x[:, p:].copy_(grad_out[:, p:])
+        kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
+                               grad_x[:, :p])
+        return (grad_x, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
+                sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
+                grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -360,29 +491,41 @@ class _FusionWeights(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_blend):  # noqa: D102
         v, columns, padded, weight, blend = ctx.saved_tensors
+        grad_means, grad_gate, grad_weight, grad_bias = _fusion_weights_backward(
+            grad_blend, v, columns, padded, weight, blend, ctx.channels_last)
         nt, p, h, w = v.shape
-        n, _, half, t = blend.shape
-        grad_logits = grad_blend.permute(0, 2, 3, 1).to(blend.dtype) * blend * (1 - blend)  # (N, 2, P/2, T)
-        windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)
-        grad_weight = torch.einsum("ngicthw,ngct->gihw", windows, grad_logits)
-        grad_bias = grad_logits.sum(dim=(0, 2, 3))
-        # the convs' adjoint: a full correlation with the flipped kernels
-        grad_windows = F.pad(grad_logits, (1, 1, 1, 1)).unfold(2, 3, 1).unfold(3, 3, 1)  # (N, 2, P/2, T, 3, 3)
-        grad_descriptors = torch.einsum("ngcthw,gihw->ngict", grad_windows, weight.flip(2, 3).to(blend.dtype))
-        grad_shifted, grad_residual = grad_descriptors.unbind(dim=2)  # (N, 2, P/2, T) each
-        # residual = mean(v) - mean(y); shifted: group 1 from frame t + 1, group 2 from t - 1
-        grad_y_mean = grad_residual.neg()
-        grad_y_mean[:, 0, :, 1:] += grad_shifted[:, 0, :, :-1]
-        grad_y_mean[:, 1, :, :-1] += grad_shifted[:, 1, :, 1:]
-        grad_means = blend.new_zeros(n, t, 3, 2, half)
-        grad_means[:, :, 0] = grad_residual.permute(0, 3, 1, 2)
-        grad_means[:, :, 1:].diagonal(dim1=2, dim2=3).copy_(grad_y_mean.permute(0, 3, 2, 1))
-        grad_means = grad_means.view(nt, 3, p)
         # means = columns @ (H*W, P) view of v
         grad_v = torch.bmm(grad_means.transpose(1, 2), columns).view(nt, p, h, w)
-        grad_columns = torch.bmm(grad_means, _pixels_by_channels(v, ctx.channels_last).transpose(1, 2))
-        grad_gate = grad_columns[:, 1:].reshape(n, t, 2, h, w) / (h * w)
-        return grad_v, grad_gate, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None, None
+        return grad_v, grad_gate, grad_weight, grad_bias, None, None
+
+
+def _fusion_weights_backward(grad_blend: torch.Tensor, v: torch.Tensor, columns: torch.Tensor, padded: torch.Tensor,
+                             weight: torch.Tensor, blend: torch.Tensor,
+                             channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """The adjoint of :func:`_fusion_weights` for the gradient ``(N, T, 2, P/2)`` of its
+    weights: ``(grad_means (NT, 3, P), grad_gate (N, T, 2, H, W), grad_weight, grad_bias)``,
+    where ``v``'s gradient is ``grad_means^T @ columns`` (left to the caller)."""
+    nt, p, h, w = v.shape
+    n, _, half, t = blend.shape
+    grad_logits = grad_blend.permute(0, 2, 3, 1).to(blend.dtype) * blend * (1 - blend)  # (N, 2, P/2, T)
+    windows = padded.unfold(3, 3, 1).unfold(4, 3, 1)
+    grad_weight = torch.einsum("ngicthw,ngct->gihw", windows, grad_logits)
+    grad_bias = grad_logits.sum(dim=(0, 2, 3))
+    # the convs' adjoint: a full correlation with the flipped kernels
+    grad_windows = F.pad(grad_logits, (1, 1, 1, 1)).unfold(2, 3, 1).unfold(3, 3, 1)  # (N, 2, P/2, T, 3, 3)
+    grad_descriptors = torch.einsum("ngcthw,gihw->ngict", grad_windows, weight.flip(2, 3).to(blend.dtype))
+    grad_shifted, grad_residual = grad_descriptors.unbind(dim=2)  # (N, 2, P/2, T) each
+    # residual = mean(v) - mean(y); shifted: group 1 from frame t + 1, group 2 from t - 1
+    grad_y_mean = grad_residual.neg()
+    grad_y_mean[:, 0, :, 1:] += grad_shifted[:, 0, :, :-1]
+    grad_y_mean[:, 1, :, :-1] += grad_shifted[:, 1, :, 1:]
+    grad_means = blend.new_zeros(n, t, 3, 2, half)
+    grad_means[:, :, 0] = grad_residual.permute(0, 3, 1, 2)
+    grad_means[:, :, 1:].diagonal(dim1=2, dim2=3).copy_(grad_y_mean.permute(0, 3, 2, 1))
+    grad_means = grad_means.view(nt, 3, p)
+    grad_columns = torch.bmm(grad_means, _pixels_by_channels(v, channels_last).transpose(1, 2))
+    grad_gate = grad_columns[:, 1:].reshape(n, t, 2, h, w) / (h * w)
+    return grad_means, grad_gate, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
 def _sum_temporal_taps(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

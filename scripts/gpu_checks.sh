@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The project's GPU checks in one go, for a machine with one CUDA GPU:
 #   1. the CUDA tests (`pytest -m gpu`),
-#   2. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px): float32 at 8 and 16
-#      segments (with the literal-spec GSF at 8), bf16 autocast, bf16 channels-last,
-#   3. TSN and GSF under torch.compile (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it:
+#   2. GSF per site (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation,
+#      literal spec),
+#   3. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px): float32 at 8 segments
+#      (GSF's default = Triton, its PyTorch-ops path, the literal spec) and 16, bf16 autocast,
+#      bf16 channels-last,
+#   4. TSN and GSF under torch.compile (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it:
 #      compiling ResNet-50 takes minutes).
 # Usage: scripts/gpu_checks.sh [OUTPUT_DIR]   (checks.log and one CSV per table land there;
 # default runs/gpu_checks)
-# PYTHON picks the interpreter (default: python3). Each step runs even if an earlier one failed;
-# the exit status is that of the first failure.
+# PYTHON picks the interpreter (default: python3); STEP_TIMEOUT caps each step in seconds
+# (default 300). Each step runs even if an earlier one failed; the exit status is that of
+# the first failure.
 set -uo pipefail
 out=${1:-runs/gpu_checks}
 python=${PYTHON:-python3}
@@ -19,7 +23,7 @@ log=$out/checks.log
 step() {  # step NAME COMMAND...: run, append to checks.log, remember the first failure
   local name=$1; shift
   echo "== $name: $*" | tee -a "$log"
-  "$@" 2>&1 | tee -a "$log"
+  timeout "${STEP_TIMEOUT:-300}" "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
   if [ "$rc" -ne 0 ] && [ "$status" -eq 0 ]; then status=$rc; fi
   echo "== $name: exit $rc" | tee -a "$log"
@@ -27,15 +31,18 @@ step() {  # step NAME COMMAND...: run, append to checks.log, remember the first 
 step gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step versions "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 step test_gpu "$python" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
-       --batch-size 8 --input-size 224 --repeats 20 --warmup 3)
-step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_compilable gsf_reference \
+       --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
+step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_torch gsf_reference \
   --csv "$out/fp32_t8.csv"
 step fp32_t16 "${bench[@]}" --num-segments 16 --temporal-modules tsm gsf --csv "$out/fp32_t16.csv"
-step bf16_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --dtype bf16 --csv "$out/bf16_t8.csv"
+step bf16_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_torch --dtype bf16 \
+  --csv "$out/bf16_t8.csv"
 step bf16_cl_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --dtype bf16 --channels-last \
   --csv "$out/bf16_cl_t8.csv"
 if [ "${GPU_CHECKS_COMPILE:-1}" = 1 ]; then
-  step compile_t8 "${bench[@]}" --num-segments 8 --temporal-modules gsf --compile --csv "$out/compile_t8.csv"
+  step compile_t8 "${bench[@]}" --num-segments 8 --temporal-modules gsf --compile --repeats 10 \
+    --csv "$out/compile_t8.csv"
 fi
 exit $status

@@ -5,7 +5,9 @@ A "site" is what GSF sits in inside a Bottleneck: the block's last 1x1 convoluti
 the same site without GSF, in inference (eval, ``inference_mode``) and as a training step
 (forward and backward):
 
-- ``fast``: ``GSF.forward``, the eager default,
+- ``fast``: ``GSF.forward``, the eager default (on CUDA the Triton kernels),
+- ``torch`` / ``triton`` (CUDA only): ``GSF.forward_torch`` / ``GSF.forward_triton``, the
+  PyTorch-ops and Triton fast paths (on the CPU, ``fast`` is the PyTorch-ops path),
 - ``compilable``: ``GSF.forward_compilable`` run eagerly,
 - ``reference``: ``GSF.forward_reference``, the literal spec,
 - ``compiled``: the GSF module under ``torch.compile`` (``--compile``; it runs
@@ -32,14 +34,20 @@ from torch import nn
 from lightning_gsf.gsf import GSF
 
 STAGES = ((256, 4, 3), (512, 8, 4), (1024, 16, 6), (2048, 32, 3))  # channels, stride, blocks
-FORMULATIONS = ("fast", "compilable", "reference", "compiled")
+FORMULATIONS = ("fast", "torch", "triton", "compilable", "reference", "compiled")
 
 
 def gsf_call(gsf: GSF, formulation: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if formulation == "compiled":
         return torch.compile(gsf)
-    return {"fast": gsf.forward, "compilable": gsf.forward_compilable,
-            "reference": gsf.forward_reference}[formulation]
+    return {"fast": gsf.forward, "torch": gsf.forward_torch, "triton": gsf.forward_triton,
+            "compilable": gsf.forward_compilable, "reference": gsf.forward_reference}[formulation]
+
+
+def formulations_for(args: argparse.Namespace) -> list[str]:
+    on_cuda = torch.device(args.device).type == "cuda"
+    return [f for f in FORMULATIONS
+            if (f != "compiled" or args.compile) and (f not in ("torch", "triton") or on_cuda)]
 
 
 def time_site(channels: int, size: int, args: argparse.Namespace, formulation: str | None,
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if torch.device(args.device).type == "cuda":
         torch.backends.cudnn.benchmark = True
-    formulations = [f for f in FORMULATIONS if f != "compiled" or args.compile]
+    formulations = formulations_for(args)
     print(f"GSF site (1x1 conv -> GSF -> BN), ms per call; {args.batch_size} clip(s) x "
           f"{args.num_segments} frames, {args.input_size} px input, device {args.device}, timer {args.timer}")
     for training in (False, True):

@@ -12,6 +12,7 @@ from lightning_gsf.benchmark import (
     COLUMNS,
     BenchmarkConfig,
     build_model,
+    count_flops,
     main,
     make_batch,
     saved_activation_bytes,
@@ -66,7 +67,9 @@ def test_csv_holds_the_same_rows(tiny_run):
 
 
 @pytest.mark.parametrize("variant,method", [("gsf_reference", "forward_reference"),
-                                            ("gsf_compilable", "forward_compilable")])
+                                            ("gsf_compilable", "forward_compilable"),
+                                            ("gsf_torch", "forward_torch"),
+                                            ("gsf_triton", "forward_triton")])
 def test_formulation_variants_run_their_gsf_with_the_same_results(variant, method):
     config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)
     torch.manual_seed(0)
@@ -78,6 +81,20 @@ def test_formulation_variants_run_their_gsf_with_the_same_results(variant, metho
     clips, _ = make_batch(config)
     with torch.no_grad():
         torch.testing.assert_close(fast(clips)["class"], reference(clips)["class"], rtol=1e-4, atol=1e-5)
+
+
+def test_flops_of_the_triton_path_are_those_of_its_arithmetic():
+    """FlopCounterMode cannot see Triton kernels: the count runs GSF's PyTorch-ops twin, and
+    the variant's own forward is back afterwards."""
+    config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)
+    clips, _ = make_batch(config)
+    counts = {}
+    for variant in ("none", "gsf", "gsf_triton"):
+        model = build_model("resnet18", variant, config)
+        counts[variant] = count_flops(model, clips, config)
+    assert counts["gsf_triton"] == counts["gsf"] > counts["none"]
+    gsf_modules = [m for m in model.modules() if isinstance(m, GSF)]
+    assert all(m.forward == m.forward_triton for m in gsf_modules)
 
 
 def test_channels_last_variant_runs_in_channels_last():

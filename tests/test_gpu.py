@@ -5,6 +5,7 @@ Selected on a machine without CUDA they fail rather than pass vacuously.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -34,27 +35,80 @@ def float32_arithmetic(monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
+@pytest.mark.parametrize("path", ["forward", "forward_torch"])
 @pytest.mark.parametrize("training", [True, False])
-def test_fast_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training):
+def test_fast_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training, path):
     torch.manual_seed(0)
     module = GSF(64, num_segments=4, ratio=0.25).to(cuda).train(training)
     x = torch.randn(8, 64, 14, 14, device=cuda)
-    torch.testing.assert_close(module(x), module.forward_reference(x), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(getattr(module, path)(x), module.forward_reference(x), atol=1e-5, rtol=1e-4)
 
 
-def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic):
+@pytest.mark.parametrize("path", ["forward", "forward_torch"])
+def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic, path):
     torch.manual_seed(0)
     module = GSF(64, num_segments=4, ratio=0.5).to(cuda)
     x = torch.randn(8, 64, 14, 14, device=cuda)
     weight = torch.randn_like(x)
     grads = []
-    for forward in (module.forward, module.forward_reference):
+    for forward in (getattr(module, path), module.forward_reference):
         inp = x.clone().requires_grad_(True)
         module.zero_grad()
         (forward(inp) * weight).sum().backward()
         grads.append([inp.grad] + [p.grad.clone() for p in module.parameters()])
     for fast, reference in zip(*grads):
         torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_forward_on_cuda_takes_the_triton_path(cuda, monkeypatch):
+    calls = []
+    triton_path = GSF.forward_triton
+    monkeypatch.setattr(GSF, "forward_triton", lambda self, x: calls.append(x.device) or triton_path(self, x))
+    GSF(64, num_segments=4).to(cuda)(torch.randn(8, 64, 14, 14, device=cuda))
+    assert calls == [torch.device("cuda", torch.cuda.current_device())]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training, inplace, channels_last):
+    """The compiled Triton kernels: values, input and parameter gradients and running
+    statistics, on a ResNet stage-2-like map (64 processed channels: several channel tiles;
+    28x28: several pixel tiles)."""
+    torch.manual_seed(0)
+    module = GSF(256, num_segments=8, ratio=0.25, inplace=inplace).to(cuda).train(training)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(torch.randn_like(param) * 0.5)
+        module.bn.running_mean.normal_(0, 0.1)
+        module.bn.running_var.uniform_(0.5, 1.5)
+    reference = copy.deepcopy(module)
+    x = torch.randn(16, 256, 28, 28, device=cuda) + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(x.shape, device=cuda)
+    results = []
+    for gsf, forward in ((module, module.forward_triton), (reference, reference.forward_reference)):
+        inp = x.clone().requires_grad_(True)
+        out = forward(inp * 1.0)
+        (out * upstream).sum().backward()
+        results.append([out.detach(), inp.grad, *(p.grad for p in gsf.parameters()),
+                        gsf.bn.running_mean, gsf.bn.running_var])
+    for index, (fast, expected) in enumerate(zip(*results)):
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(fast, expected, atol=1e-5 * scale, rtol=1e-4, msg=f"result {index}")
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_triton_gsf_without_autograd_on_cuda(cuda, float32_arithmetic, inplace):
+    torch.manual_seed(0)
+    module = GSF(256, num_segments=8, ratio=0.25, inplace=inplace).to(cuda).eval()
+    x = torch.randn(16, 256, 28, 28, device=cuda)
+    expected = module.forward_reference(x)
+    with torch.inference_mode():
+        out = module(x)
+    assert (out.data_ptr() == x.data_ptr()) == inplace
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_compiled_gsf_equals_eager_on_cuda(cuda, float32_arithmetic):
@@ -73,7 +127,7 @@ def test_compiled_gsf_equals_eager_on_cuda(cuda, float32_arithmetic):
         torch.testing.assert_close(compiled, reference, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("path", ["forward", "forward_compilable"])
+@pytest.mark.parametrize("path", ["forward", "forward_torch", "forward_compilable"])
 def test_gsf_keeps_bf16_under_cuda_autocast(cuda, path):
     module = GSF(64, num_segments=4, ratio=0.25).to(cuda)
     x = torch.randn(8, 64, 14, 14, device=cuda, dtype=torch.bfloat16, requires_grad=True)

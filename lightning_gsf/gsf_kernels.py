@@ -1,0 +1,425 @@
+"""Triton kernels for GSF on CUDA: each pass over the feature map is one kernel.
+
+On a GPU the eager PyTorch formulation of GSF costs more in kernel launches and in generic,
+strided elementwise kernels than in arithmetic (``docs/performance.md``). Here each step
+that touches the ``P`` processed channels is one kernel that reads its operands where they
+lie (any strides: NCHW and channels-last alike), computes in float32 and writes once:
+
+forward
+    :func:`channel_moments` (batch-norm statistics, two passes), :func:`gate_taps`
+    (``relu(bn(v))`` on the fly through the gate conv's 3x3 kernels: one map per group and
+    temporal tap), :func:`gate` (the taps summed over neighbouring frames, bias, tanh),
+    :func:`blend` (gate, shift, fuse and interleave into the output, optionally saving a copy
+    of ``v`` for the backward);
+backward
+    :func:`blend_backward` (the gradients of ``v``, the gate and the fusion weights through
+    the blend), :func:`gate_backward` (through the gate conv and the ReLU: the gradient at
+    the batch norm's output, the conv's weight gradient and the per-channel sums the batch-norm
+    backward needs), :func:`input_gradient` (the batch norm's backward and the fusion weights'
+    means, summed with the blend's gradient into the input gradient).
+
+The fusion weights themselves (a few numbers per frame and channel) are left to PyTorch.
+Index conventions are those of :mod:`lightning_gsf.gsf`: ``v`` is ``(N*T, P, H, W)``, groups
+of ``P/2`` channels, the gate ``(N*T, 2, H*W)`` and the fusion weights ``(N*T, 2, P/2)`` as
+dense float32 / ``v``-dtype tensors. Importing this module needs Triton; the kernels run on
+CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before
+the import), which is how the CPU test suite checks them.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Tile sizes: channels x pixels. Fixed rather than autotuned: autotuning reruns per shape and
+# is not available under the interpreter.
+BLOCK_CHANNELS = 16
+MAX_BLOCK_PIXELS = 128
+
+
+def _block_pixels(pixels: int) -> int:
+    return min(MAX_BLOCK_PIXELS, triton.next_power_of_2(pixels))
+
+
+@triton.jit
+def _channel_moments_kernel(v_ptr, center_ptr, out_ptr, channels, pixels, width,
+                            s_n, s_c, s_h, s_w, CENTERED: tl.constexpr,
+                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Per frame and channel: the sum of ``v`` (or of ``(v - center)**2``) over the pixels."""
+    frame = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < channels
+    base = v_ptr + frame * s_n + c[:, None] * s_c
+    if CENTERED:
+        center = tl.load(center_ptr + c, mask=c_mask, other=0.0)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(0, pixels, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        mask = c_mask[:, None] & (p < pixels)[None, :]
+        x = tl.load(base + ((p // width) * s_h + (p % width) * s_w)[None, :], mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        if CENTERED:
+            d = tl.where(mask, x - center[:, None], 0.0)
+            acc += tl.sum(d * d, axis=1)
+        else:
+            acc += tl.sum(x, axis=1)
+    tl.store(out_ptr + frame * channels + c, acc, mask=c_mask)
+
+
+def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``v`` ``(NT, P, H, W)``, in float32: two
+    passes (sum, then squared deviations from the mean), per-frame partial sums."""
+    nt, p, h, w = v.shape
+    grid = (nt, triton.cdiv(p, BLOCK_CHANNELS))
+    partial = torch.empty((nt, p), dtype=torch.float32, device=v.device)
+    count = nt * h * w
+    _channel_moments_kernel[grid](v, partial, partial, p, h * w, w, *v.stride(), CENTERED=False,
+                                  BLOCK_C=BLOCK_CHANNELS, BLOCK_P=_block_pixels(h * w))
+    mean = partial.sum(dim=0) / count
+    _channel_moments_kernel[grid](v, mean, partial, p, h * w, w, *v.stride(), CENTERED=True,
+                                  BLOCK_C=BLOCK_CHANNELS, BLOCK_P=_block_pixels(h * w))
+    return mean, partial.sum(dim=0) / count
+
+
+@triton.jit
+def _gate_taps_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, taps_ptr, half, height, width,
+                      s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``taps[frame, k, j, p] = sum_{c, kh, kw} weight[k, c, j, kh, kw] * a[frame, k*half + c,
+    p + (kh - 1, kw - 1)]`` with ``a = relu(v * scale + shift)``, zero outside the map."""
+    frame = tl.program_id(0).to(tl.int64)
+    group = tl.program_id(1)
+    pixels = height * width
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    tap0 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    tap1 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    tap2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, half, BLOCK_C):
+        cl = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cl < half
+        ch = group * half + cl
+        scale = tl.load(scale_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        shift = tl.load(shift_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        rows = v_ptr + frame * s_n + ch[:, None] * s_c
+        w_base = weight_ptr + ch * 27
+        for kh in tl.static_range(3):
+            hh = ph + (kh - 1)
+            for kw in tl.static_range(3):
+                ww = pw + (kw - 1)
+                inside = p_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+                mask = c_mask[:, None] & inside[None, :]
+                x = tl.load(rows + (hh * s_h + ww * s_w)[None, :], mask=mask, other=0.0).to(tl.float32)
+                a = tl.where(mask, tl.maximum(x * scale + shift, 0.0), 0.0)
+                w0 = tl.load(w_base + (kh * 3 + kw), mask=c_mask, other=0.0)
+                w1 = tl.load(w_base + (9 + kh * 3 + kw), mask=c_mask, other=0.0)
+                w2 = tl.load(w_base + (18 + kh * 3 + kw), mask=c_mask, other=0.0)
+                tap0 += tl.sum(a * w0[:, None], axis=0)
+                tap1 += tl.sum(a * w1[:, None], axis=0)
+                tap2 += tl.sum(a * w2[:, None], axis=0)
+    out = taps_ptr + (frame * 2 + group) * 3 * pixels + p
+    tl.store(out, tap0, mask=p_mask)
+    tl.store(out + pixels, tap1, mask=p_mask)
+    tl.store(out + 2 * pixels, tap2, mask=p_mask)
+
+
+def gate_taps(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The gate conv's three temporal taps per frame and group, ``(NT, 2, 3, H*W)`` float32,
+    of ``relu(v * scale + shift)`` (per-channel float32 ``scale``, ``shift``; ``weight`` the
+    conv's ``(2, P/2, 3, 3, 3)``)."""
+    nt, p, h, w = v.shape
+    taps = torch.empty((nt, 2, 3, h * w), dtype=torch.float32, device=v.device)
+    block_p = _block_pixels(h * w)
+    grid = (nt, 2, triton.cdiv(h * w, block_p))
+    _gate_taps_kernel[grid](v, scale, shift, weight.float().contiguous(), taps, p // 2, h, w, *v.stride(),
+                            BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+    return taps
+
+
+@triton.jit
+def _gate_kernel(taps_ptr, bias_ptr, gate_ptr, num_segments, pixels, BLOCK_P: tl.constexpr):
+    """``gate[frame, k] = tanh(tap1[frame] + tap0[frame - 1] + tap2[frame + 1] + bias[k])``
+    (zero-padded in time within each clip)."""
+    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
+    t = (row // 2) % num_segments
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    z = tl.load(taps_ptr + (row * 3 + 1) * pixels + p, mask=p_mask, other=0.0)
+    z += tl.load(bias_ptr + row % 2)
+    z += tl.load(taps_ptr + ((row - 2) * 3) * pixels + p, mask=p_mask & (t > 0), other=0.0)
+    z += tl.load(taps_ptr + ((row + 2) * 3 + 2) * pixels + p, mask=p_mask & (t < num_segments - 1), other=0.0)
+    # tanh(z) = 2 * sigmoid(2z) - 1 (saturates to -1 / 1 without overflow trouble)
+    tl.store(gate_ptr + row * pixels + p, 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0, mask=p_mask)
+
+
+def gate(taps: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """The gate ``(NT, 2, H*W)`` float32 from :func:`gate_taps`' output and the conv's bias."""
+    nt, _, _, pixels = taps.shape
+    out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=taps.device)
+    block_p = min(1024, triton.next_power_of_2(pixels))
+    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](taps, bias.float().contiguous(), out, num_segments,
+                                                        pixels, BLOCK_P=block_p)
+    return out
+
+
+@triton.jit
+def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,
+                  sv_n, sv_c, sv_h, sv_w, so_n, so_c, so_h, so_w, sc_n, sc_c, sc_h, sc_w,
+                  SAVE_COPY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``out`` (interleaved) ``= r + w * (s - r)`` with ``y = gate * v``, ``r = v - y`` and
+    ``s`` = ``y`` of the next frame (group 0) or the previous one (group 1), zero at the
+    clip's ends; with ``SAVE_COPY`` also ``copy = v``."""
+    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
+    frame, group = row // 2, row % 2
+    t = frame % num_segments
+    step = 1 - 2 * group  # where the shifted values come from: t + 1 for group 0, t - 1 for group 1
+    has_neighbour = (t + step >= 0) & (t + step < num_segments)
+    pixels = height * width
+    cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cl < half
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    mask = c_mask[:, None] & p_mask[None, :]
+    ch = (group * half + cl)[:, None]
+    v_pix = (ph * sv_h + pw * sv_w)[None, :]
+    v = tl.load(v_ptr + frame * sv_n + ch * sv_c + v_pix, mask=mask, other=0.0)
+    x = v.to(tl.float32)
+    x_next = tl.load(v_ptr + (frame + step) * sv_n + ch * sv_c + v_pix, mask=mask & has_neighbour,
+                     other=0.0).to(tl.float32)
+    g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
+    g_next = tl.load(gate_ptr + (row + 2 * step) * pixels + p, mask=p_mask & has_neighbour, other=0.0)[None, :]
+    w = tl.load(blend_ptr + row * half + cl, mask=c_mask, other=0.0).to(tl.float32)[:, None]
+    residual = x - g * x
+    fused = residual + w * (g_next * x_next - residual)
+    quarter = half // 2
+    out_ch = (group * half + 2 * (cl % quarter) + cl // quarter)[:, None]
+    out = out_ptr + frame * so_n + out_ch * so_c + (ph * so_h + pw * so_w)[None, :]
+    tl.store(out, fused.to(out_ptr.dtype.element_ty), mask=mask)
+    if SAVE_COPY:
+        tl.store(copy_ptr + frame * sc_n + ch * sc_c + (ph * sc_h + pw * sc_w)[None, :], v, mask=mask)
+
+
+def _tile_grid(nt: int, half: int, pixels: int) -> tuple[tuple[int, int, int], int]:
+    block_p = _block_pixels(pixels)
+    return (nt * 2, triton.cdiv(half, BLOCK_CHANNELS), triton.cdiv(pixels, block_p)), block_p
+
+
+def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
+          copy: torch.Tensor | None = None) -> None:
+    """Write GSF's fused, interleaved ``P`` channels of ``v`` into ``out`` (``(NT, P, H, W)``,
+    any strides, not overlapping ``v``) given the gate ``(NT, 2, H*W)`` and fusion weights
+    ``(NT, 2, P/2)``; also copy ``v`` into ``copy`` if given."""
+    nt, p, h, w = v.shape
+    grid, block_p = _tile_grid(nt, p // 2, h * w)
+    copy_arg = copy if copy is not None else out
+    _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h, w, *v.stride(),
+                        *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,
+                        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+
+
+@triton.jit
+def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr, grad_gate_ptr, grad_blend_ptr,
+                           num_segments, half, height, width, num_pixel_blocks,
+                           sg_n, sg_c, sg_h, sg_w, sv_n, sv_c, sv_h, sv_w,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Through ``f = r + w * (s - r)``: ``grad_v`` (float32 ``(NT, P, H*W)``), the gate's
+    gradient (summed over the group's channels) and per-pixel-block partial sums of the
+    fusion weights' gradient ``(NT, 2, P/2, blocks)``."""
+    row = tl.program_id(0).to(tl.int64)
+    block = tl.program_id(1)
+    frame, group = row // 2, row % 2
+    t = frame % num_segments
+    step = 1 - 2 * group
+    has_next = (t + step >= 0) & (t + step < num_segments)  # the frame this one's s came from
+    has_prev = (t - step >= 0) & (t - step < num_segments)  # the frame whose s came from this one
+    pixels = height * width
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    g_pix = (ph * sg_h + pw * sg_w)[None, :]
+    v_pix = (ph * sv_h + pw * sv_w)[None, :]
+    g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
+    g_next = tl.load(gate_ptr + (row + 2 * step) * pixels + p, mask=p_mask & has_next, other=0.0)[None, :]
+    quarter = half // 2
+    grad_gate = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, half, BLOCK_C):
+        cl = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cl < half
+        mask = c_mask[:, None] & p_mask[None, :]
+        ch = (group * half + cl)[:, None]
+        out_ch = (group * half + 2 * (cl % quarter) + cl // quarter)[:, None]
+        grad_f = tl.load(grad_out_ptr + frame * sg_n + out_ch * sg_c + g_pix, mask=mask, other=0.0).to(tl.float32)
+        grad_f_prev = tl.load(grad_out_ptr + (frame - step) * sg_n + out_ch * sg_c + g_pix,
+                              mask=mask & has_prev, other=0.0).to(tl.float32)
+        w = tl.load(blend_ptr + row * half + cl, mask=c_mask, other=0.0).to(tl.float32)[:, None]
+        w_prev = tl.load(blend_ptr + (row - 2 * step) * half + cl, mask=c_mask & has_prev,
+                         other=0.0).to(tl.float32)[:, None]
+        x = tl.load(v_ptr + frame * sv_n + ch * sv_c + v_pix, mask=mask, other=0.0).to(tl.float32)
+        x_next = tl.load(v_ptr + (frame + step) * sv_n + ch * sv_c + v_pix, mask=mask & has_next,
+                         other=0.0).to(tl.float32)
+        grad_residual = grad_f * (1.0 - w)
+        grad_y_minus_residual = grad_f_prev * w_prev - grad_residual
+        grad_v = grad_residual + g * grad_y_minus_residual
+        tl.store(grad_v_ptr + (frame * 2 * half + ch) * pixels + p[None, :], grad_v, mask=mask)
+        grad_gate += tl.sum(x * grad_y_minus_residual, axis=0)
+        shifted_minus_residual = g_next * x_next - (1.0 - g) * x
+        grad_w = tl.sum(grad_f * shifted_minus_residual, axis=1)
+        tl.store(grad_blend_ptr + (row * half + cl) * num_pixel_blocks + block, grad_w, mask=c_mask)
+    tl.store(grad_gate_ptr + row * pixels + p, grad_gate, mask=p_mask)
+
+
+def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor,
+                   num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adjoint of :func:`blend` for the output gradient's first ``P`` channels
+    ``grad_out``: ``(grad_v (NT, P, H*W), grad_gate (NT, 2, H*W), grad_weights (NT, 2, P/2))``,
+    float32."""
+    nt, p, h, w = v.shape
+    half, pixels = p // 2, h * w
+    block_p = _block_pixels(pixels)
+    blocks = triton.cdiv(pixels, block_p)
+    grad_v = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
+    grad_gate = torch.empty((nt, 2, pixels), dtype=torch.float32, device=v.device)
+    grad_weights = torch.empty((nt, 2, half, blocks), dtype=torch.float32, device=v.device)
+    _blend_backward_kernel[(nt * 2, blocks)](
+        grad_out, v, gate_map, weights, grad_v, grad_gate, grad_weights, num_segments, half, h, w, blocks,
+        *grad_out.stride(), *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+    return grad_v, grad_gate, grad_weights.sum(dim=-1)
+
+
+@triton.jit
+def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
+                          grad_normed_ptr, grad_weight_ptr, sums_ptr, num_segments, half, height, width,
+                          num_pixel_blocks, s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
+    pre-activation gradient): the gradient at the batch norm's output (``grad_normed``,
+    float32 ``(NT, P, H*W)``), and per (frame, pixel block) partial sums of the conv weight's
+    gradient ``(.., 2, P/2, 27)`` and of ``grad_normed`` and ``grad_normed * xhat`` per
+    channel ``(.., 2, P)``."""
+    frame = tl.program_id(0).to(tl.int64)
+    group = tl.program_id(1)
+    block = tl.program_id(2)
+    program = frame * num_pixel_blocks + block
+    t = frame % num_segments
+    pixels = height * width
+    channels = 2 * half
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    # The taps' gradients: tap 1 of this frame feeds z of this frame, tap 0 z of the next
+    # frame, tap 2 z of the previous one.
+    z_this = grad_z_ptr + (frame * 2 + group) * pixels
+    z_next = z_this + 2 * pixels
+    z_prev = z_this - 2 * pixels
+    for c0 in range(0, half, BLOCK_C):
+        cl = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cl < half
+        mask = c_mask[:, None] & p_mask[None, :]
+        ch = group * half + cl
+        mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        gamma = tl.load(bn_weight_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        beta = tl.load(bn_bias_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + (ph * s_h + pw * s_w)[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        xhat = (x - mean) * invstd
+        normed = xhat * gamma + beta
+        a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
+        grad_a = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        w_base = weight_ptr + ch * 27
+        gw_base = grad_weight_ptr + ((program * 2 + group) * half + cl) * 27
+        for kh in tl.static_range(3):
+            hh = ph - (kh - 1)  # the tap pixel q = p - (kh - 1, kw - 1) that pixel p fed
+            for kw in tl.static_range(3):
+                ww = pw - (kw - 1)
+                inside = p_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+                q = hh * width + ww
+                g0 = tl.load(z_next + q, mask=inside & (t < num_segments - 1), other=0.0)[None, :]
+                g1 = tl.load(z_this + q, mask=inside, other=0.0)[None, :]
+                g2 = tl.load(z_prev + q, mask=inside & (t > 0), other=0.0)[None, :]
+                w0 = tl.load(w_base + (kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
+                w1 = tl.load(w_base + (9 + kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
+                w2 = tl.load(w_base + (18 + kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
+                grad_a += w0 * g0 + w1 * g1 + w2 * g2
+                tl.store(gw_base + (kh * 3 + kw), tl.sum(a * g0, axis=1), mask=c_mask)
+                tl.store(gw_base + (9 + kh * 3 + kw), tl.sum(a * g1, axis=1), mask=c_mask)
+                tl.store(gw_base + (18 + kh * 3 + kw), tl.sum(a * g2, axis=1), mask=c_mask)
+        grad_normed = tl.where(mask & (normed > 0), grad_a, 0.0)
+        tl.store(grad_normed_ptr + (frame * channels + ch[:, None]) * pixels + p[None, :], grad_normed, mask=mask)
+        tl.store(sums_ptr + (program * 2) * channels + ch, tl.sum(grad_normed, axis=1), mask=c_mask)
+        tl.store(sums_ptr + (program * 2 + 1) * channels + ch, tl.sum(grad_normed * xhat, axis=1), mask=c_mask)
+
+
+def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                  bn_bias: torch.Tensor, weight: torch.Tensor, grad_z: torch.Tensor,
+                  num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`gate_taps` and :func:`gate`'s temporal sum, backwards from the gate's
+    pre-activation gradient ``grad_z`` ``(NT, 2, H*W)``: ``(grad_normed (NT, P, H*W), the
+    conv weight's gradient (2, P/2, 3, 3, 3), sum of grad_normed (P,), sum of grad_normed *
+    xhat (P,))``, float32."""
+    nt, p, h, w = v.shape
+    pixels = h * w
+    block_p = _block_pixels(pixels)
+    blocks = triton.cdiv(pixels, block_p)
+    grad_normed = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
+    grad_weight = torch.empty((nt * blocks, 2, p // 2, 27), dtype=torch.float32, device=v.device)
+    sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
+    _gate_backward_kernel[(nt, 2, blocks)](
+        v, mean, invstd, bn_weight.float().contiguous(), bn_bias.float().contiguous(), weight.float().contiguous(),
+        grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, *v.stride(),
+        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+    sums = sums.sum(dim=0)
+    return grad_normed, grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
+
+
+@triton.jit
+def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_ptr, gate_ptr, coef_ptr,
+                           centre_ptr, slope_ptr, mean_ptr, invstd_ptr, grad_x_ptr, half, height, width,
+                           sv_n, sv_c, sv_h, sv_w, sx_n, sx_c, sx_h, sx_w,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``grad_x[:, :P] = grad_blend_v + coef * (grad_normed - centre - xhat * slope)`` (the
+    batch norm's backward) ``+ (grad_means[0] + grad_means[1 + k] * gate_k) / (H*W)`` (the
+    fusion weights' spatial means)."""
+    row = tl.program_id(0).to(tl.int64)
+    frame, group = row // 2, row % 2
+    pixels = height * width
+    channels = 2 * half
+    cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cl < half
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    mask = c_mask[:, None] & p_mask[None, :]
+    ch = group * half + cl
+    x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + (ph * sv_h + pw * sv_w)[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    dense = (frame * channels + ch[:, None]) * pixels + p[None, :]
+    grad_normed = tl.load(grad_normed_ptr + dense, mask=mask, other=0.0)
+    grad = tl.load(grad_blend_v_ptr + dense, mask=mask, other=0.0)
+    mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    coef = tl.load(coef_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    centre = tl.load(centre_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    slope = tl.load(slope_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    grad += coef * (grad_normed - centre - (x - mean) * invstd * slope)
+    g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
+    grad_mean_v = tl.load(grad_means_ptr + frame * 3 * channels + ch, mask=c_mask, other=0.0)[:, None]
+    grad_mean_y = tl.load(grad_means_ptr + (frame * 3 + 1 + group) * channels + ch, mask=c_mask, other=0.0)[:, None]
+    grad += (grad_mean_v + grad_mean_y * g) / pixels
+    out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + (ph * sx_h + pw * sx_w)[None, :]
+    tl.store(out, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
+
+
+def input_gradient(v: torch.Tensor, grad_normed: torch.Tensor, grad_blend_v: torch.Tensor, grad_means: torch.Tensor,
+                   gate_map: torch.Tensor, coef: torch.Tensor, centre: torch.Tensor, slope: torch.Tensor,
+                   mean: torch.Tensor, invstd: torch.Tensor, grad_x: torch.Tensor) -> None:
+    """Write the gradient of GSF's input's first ``P`` channels into ``grad_x`` (any strides):
+    the blend's ``grad_blend_v``, the batch norm's backward of ``grad_normed`` (per channel
+    ``coef * (g - centre - xhat * slope)``) and the fusion means' ``grad_means``
+    ``(NT, 3, P)`` (columns ``[1, gate_1, gate_2] / (H*W)``)."""
+    nt, p, h, w = v.shape
+    grid, block_p = _tile_grid(nt, p // 2, h * w)
+    _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, grad_means.float().contiguous(), gate_map, coef,
+                                 centre, slope, mean, invstd, grad_x, p // 2, h, w, *v.stride(), *grad_x.stride(),
+                                 BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
