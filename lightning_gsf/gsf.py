@@ -359,7 +359,7 @@ def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, p
     v = x[:, :p]
     scale = bn_weight.float() * invstd
     shift = bn_bias.float() - mean * scale
-    gate = kernels.gate(kernels.gate_taps(v, scale, shift, conv_weight), conv_bias, t)  # (NT, 2, H*W)
+    gate = kernels.gate(kernels.gate_products(v, scale, shift, conv_weight), conv_bias, t, h, w)  # (NT, 2, H*W)
     channels_last = _is_channels_last(x)
     blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
                                              channels_last)

@@ -6,9 +6,10 @@ that touches the ``P`` processed channels is one kernel that reads its operands 
 lie (any strides: NCHW and channels-last alike), computes in float32 and writes once:
 
 forward
-    :func:`channel_moments` (batch-norm statistics, two passes), :func:`gate_taps`
-    (``relu(bn(v))`` on the fly through the gate conv's 3x3 kernels: one map per group and
-    temporal tap), :func:`gate` (the taps summed over neighbouring frames, bias, tanh),
+    :func:`channel_moments` (batch-norm statistics, two passes), :func:`gate_products`
+    (``relu(bn(v))`` on the fly times the gate conv's kernel: each pixel's 27 products, one
+    matrix product per tile), :func:`gate` (the products summed over each pixel's 3x3x3
+    neighbourhood, bias, tanh),
     :func:`blend` (gate, shift, fuse and interleave into the output, optionally saving a copy
     of ``v`` for the backward);
 backward
@@ -39,7 +40,9 @@ MAX_BLOCK_PIXELS = 128
 
 
 def _block_pixels(pixels: int) -> int:
-    return min(MAX_BLOCK_PIXELS, triton.next_power_of_2(pixels))
+    """Pixel tile: up to 128 pixels, but at least 8 tiles per map down to 32-pixel tiles, so
+    that the small maps of late stages still give the GPU enough programs."""
+    return min(MAX_BLOCK_PIXELS, max(32, triton.next_power_of_2(pixels // 8)))
 
 
 @triton.jit
@@ -83,83 +86,79 @@ def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
-def _gate_taps_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, taps_ptr, half, height, width,
-                      s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """``taps[frame, k, j, p] = sum_{c, kh, kw} weight[k, c, j, kh, kw] * a[frame, k*half + c,
-    p + (kh - 1, kw - 1)]`` with ``a = relu(v * scale + shift)``, zero outside the map."""
+def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr, half, pixels, width,
+                          s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``products[frame, k, (j, kh, kw), p] = sum_c weight[k, c, j, kh, kw] * a[frame, k*half + c, p]``
+    with ``a = relu(v * scale + shift)``: each pixel's 27 products with the gate conv's
+    kernel, one matrix product per channel tile (``v`` is read once)."""
     frame = tl.program_id(0).to(tl.int64)
     group = tl.program_id(1)
-    pixels = height * width
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    ph, pw = p // width, p % width
-    tap0 = tl.zeros([BLOCK_P], dtype=tl.float32)
-    tap1 = tl.zeros([BLOCK_P], dtype=tl.float32)
-    tap2 = tl.zeros([BLOCK_P], dtype=tl.float32)
+    pix = ((p // width) * s_h + (p % width) * s_w)[None, :]
+    taps = tl.arange(0, 32)  # (j, kh, kw) flattened, 27 of 32 used
+    acc = tl.zeros([32, BLOCK_P], dtype=tl.float32)
     for c0 in range(0, half, BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
         ch = group * half + cl
+        mask = c_mask[:, None] & p_mask[None, :]
+        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
         scale = tl.load(scale_ptr + ch, mask=c_mask, other=0.0)[:, None]
         shift = tl.load(shift_ptr + ch, mask=c_mask, other=0.0)[:, None]
-        rows = v_ptr + frame * s_n + ch[:, None] * s_c
-        w_base = weight_ptr + ch * 27
+        a = tl.where(mask, tl.maximum(x * scale + shift, 0.0), 0.0)
+        w = tl.load(weight_ptr + ch[None, :] * 27 + taps[:, None], mask=(taps < 27)[:, None] & c_mask[None, :],
+                    other=0.0)
+        acc = tl.dot(w, a, acc, input_precision="ieee")
+    out = products_ptr + ((frame * 2 + group) * 27 + taps[:, None]) * pixels + p[None, :]
+    tl.store(out, acc, mask=(taps < 27)[:, None] & p_mask[None, :])
+
+
+def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Each pixel's products with the gate conv's kernel, ``(NT, 2, 27, H*W)`` float32, of
+    ``relu(v * scale + shift)`` (per-channel float32 ``scale``, ``shift``; ``weight`` the
+    conv's ``(2, P/2, 3, 3, 3)``)."""
+    nt, p, h, w = v.shape
+    products = torch.empty((nt, 2, 27, h * w), dtype=torch.float32, device=v.device)
+    block_p = _block_pixels(h * w)
+    grid = (nt, 2, triton.cdiv(h * w, block_p))
+    _gate_products_kernel[grid](v, scale, shift, weight.float().contiguous(), products, p // 2, h * w, w,
+                                *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+    return products
+
+
+@triton.jit
+def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, BLOCK_P: tl.constexpr):
+    """``gate[frame, k, q] = tanh(bias[k] + sum_{j, kh, kw} products[frame + j - 1, k, (j, kh, kw),
+    q + (kh - 1, kw - 1)])``: the 3x3x3 conv, zero-padded in space and within the clip."""
+    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
+    t = (row // 2) % num_segments
+    pixels = height * width
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    ph, pw = p // width, p % width
+    z = tl.zeros([BLOCK_P], dtype=tl.float32) + tl.load(bias_ptr + row % 2)
+    for j in tl.static_range(3):
+        in_clip = (t + j - 1 >= 0) & (t + j - 1 < num_segments)
+        base = products_ptr + ((row + 2 * (j - 1)) * 27 + 9 * j) * pixels
         for kh in tl.static_range(3):
             hh = ph + (kh - 1)
             for kw in tl.static_range(3):
                 ww = pw + (kw - 1)
-                inside = p_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-                mask = c_mask[:, None] & inside[None, :]
-                x = tl.load(rows + (hh * s_h + ww * s_w)[None, :], mask=mask, other=0.0).to(tl.float32)
-                a = tl.where(mask, tl.maximum(x * scale + shift, 0.0), 0.0)
-                w0 = tl.load(w_base + (kh * 3 + kw), mask=c_mask, other=0.0)
-                w1 = tl.load(w_base + (9 + kh * 3 + kw), mask=c_mask, other=0.0)
-                w2 = tl.load(w_base + (18 + kh * 3 + kw), mask=c_mask, other=0.0)
-                tap0 += tl.sum(a * w0[:, None], axis=0)
-                tap1 += tl.sum(a * w1[:, None], axis=0)
-                tap2 += tl.sum(a * w2[:, None], axis=0)
-    out = taps_ptr + (frame * 2 + group) * 3 * pixels + p
-    tl.store(out, tap0, mask=p_mask)
-    tl.store(out + pixels, tap1, mask=p_mask)
-    tl.store(out + 2 * pixels, tap2, mask=p_mask)
-
-
-def gate_taps(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The gate conv's three temporal taps per frame and group, ``(NT, 2, 3, H*W)`` float32,
-    of ``relu(v * scale + shift)`` (per-channel float32 ``scale``, ``shift``; ``weight`` the
-    conv's ``(2, P/2, 3, 3, 3)``)."""
-    nt, p, h, w = v.shape
-    taps = torch.empty((nt, 2, 3, h * w), dtype=torch.float32, device=v.device)
-    block_p = _block_pixels(h * w)
-    grid = (nt, 2, triton.cdiv(h * w, block_p))
-    _gate_taps_kernel[grid](v, scale, shift, weight.float().contiguous(), taps, p // 2, h, w, *v.stride(),
-                            BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
-    return taps
-
-
-@triton.jit
-def _gate_kernel(taps_ptr, bias_ptr, gate_ptr, num_segments, pixels, BLOCK_P: tl.constexpr):
-    """``gate[frame, k] = tanh(tap1[frame] + tap0[frame - 1] + tap2[frame + 1] + bias[k])``
-    (zero-padded in time within each clip)."""
-    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
-    t = (row // 2) % num_segments
-    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < pixels
-    z = tl.load(taps_ptr + (row * 3 + 1) * pixels + p, mask=p_mask, other=0.0)
-    z += tl.load(bias_ptr + row % 2)
-    z += tl.load(taps_ptr + ((row - 2) * 3) * pixels + p, mask=p_mask & (t > 0), other=0.0)
-    z += tl.load(taps_ptr + ((row + 2) * 3 + 2) * pixels + p, mask=p_mask & (t < num_segments - 1), other=0.0)
+                inside = p_mask & in_clip & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+                z += tl.load(base + (kh * 3 + kw) * pixels + hh * width + ww, mask=inside, other=0.0)
     # tanh(z) = 2 * sigmoid(2z) - 1 (saturates to -1 / 1 without overflow trouble)
     tl.store(gate_ptr + row * pixels + p, 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0, mask=p_mask)
 
 
-def gate(taps: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:
-    """The gate ``(NT, 2, H*W)`` float32 from :func:`gate_taps`' output and the conv's bias."""
-    nt, _, _, pixels = taps.shape
-    out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=taps.device)
-    block_p = min(1024, triton.next_power_of_2(pixels))
-    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](taps, bias.float().contiguous(), out, num_segments,
-                                                        pixels, BLOCK_P=block_p)
+def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: int, width: int) -> torch.Tensor:
+    """The gate ``(NT, 2, H*W)`` float32 from :func:`gate_products`' output and the conv's bias."""
+    nt = products.shape[0]
+    pixels = height * width
+    out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
+    block_p = min(256, triton.next_power_of_2(pixels))
+    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, bias.float().contiguous(), out, num_segments,
+                                                        height, width, BLOCK_P=block_p)
     return out
 
 
@@ -243,7 +242,7 @@ def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr,
     g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
     g_next = tl.load(gate_ptr + (row + 2 * step) * pixels + p, mask=p_mask & has_next, other=0.0)[None, :]
     quarter = half // 2
-    grad_gate = tl.zeros([BLOCK_P], dtype=tl.float32)
+    grad_gate = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # summed over channels at the end
     for c0 in range(0, half, BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
@@ -263,11 +262,11 @@ def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr,
         grad_y_minus_residual = grad_f_prev * w_prev - grad_residual
         grad_v = grad_residual + g * grad_y_minus_residual
         tl.store(grad_v_ptr + (frame * 2 * half + ch) * pixels + p[None, :], grad_v, mask=mask)
-        grad_gate += tl.sum(x * grad_y_minus_residual, axis=0)
+        grad_gate += x * grad_y_minus_residual
         shifted_minus_residual = g_next * x_next - (1.0 - g) * x
         grad_w = tl.sum(grad_f * shifted_minus_residual, axis=1)
         tl.store(grad_blend_ptr + (row * half + cl) * num_pixel_blocks + block, grad_w, mask=c_mask)
-    tl.store(grad_gate_ptr + row * pixels + p, grad_gate, mask=p_mask)
+    tl.store(grad_gate_ptr + row * pixels + p, tl.sum(grad_gate, axis=0), mask=p_mask)
 
 
 def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor,
@@ -296,7 +295,11 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
     pre-activation gradient): the gradient at the batch norm's output (``grad_normed``,
     float32 ``(NT, P, H*W)``), and per (frame, pixel block) partial sums of the conv weight's
     gradient ``(.., 2, P/2, 27)`` and of ``grad_normed`` and ``grad_normed * xhat`` per
-    channel ``(.., 2, P)``."""
+    channel ``(.., 2, P)``.
+
+    With ``G[(j, kh, kw), p]`` the gradient of tap ``j`` at pixel ``p - (kh - 1, kw - 1)``
+    (tap 0 of a frame fed the next frame's gate, tap 2 the previous one's), both gradients
+    are matrix products: ``grad_a = weight @ G`` and ``grad_weight = a @ G^T``."""
     frame = tl.program_id(0).to(tl.int64)
     group = tl.program_id(1)
     block = tl.program_id(2)
@@ -307,11 +310,16 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
     p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
     ph, pw = p // width, p % width
-    # The taps' gradients: tap 1 of this frame feeds z of this frame, tap 0 z of the next
-    # frame, tap 2 z of the previous one.
-    z_this = grad_z_ptr + (frame * 2 + group) * pixels
-    z_next = z_this + 2 * pixels
-    z_prev = z_this - 2 * pixels
+    taps = tl.arange(0, 32)  # (j, kh, kw) flattened, 27 of 32 used
+    j, kh, kw = taps // 9, (taps % 9) // 3, taps % 3
+    step = 1 - j  # tap j of this frame fed the gate of frame + 1 - j
+    hh = ph[None, :] - (kh[:, None] - 1)
+    ww = pw[None, :] - (kw[:, None] - 1)
+    g_mask = ((taps < 27) & (t + step >= 0) & (t + step < num_segments))[:, None] & p_mask[None, :]
+    g_mask = g_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+    g_rows = ((frame + step) * 2 + group) * pixels
+    grad_taps = tl.load(grad_z_ptr + g_rows[:, None] + hh * width + ww, mask=g_mask, other=0.0)  # (32, BLOCK_P)
+    pix = (ph * s_h + pw * s_w)[None, :]
     for c0 in range(0, half, BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
@@ -321,30 +329,16 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
         gamma = tl.load(bn_weight_ptr + ch, mask=c_mask, other=0.0)[:, None]
         beta = tl.load(bn_bias_ptr + ch, mask=c_mask, other=0.0)[:, None]
-        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + (ph * s_h + pw * s_w)[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
+        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
         xhat = (x - mean) * invstd
         normed = xhat * gamma + beta
         a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
-        grad_a = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        w_base = weight_ptr + ch * 27
-        gw_base = grad_weight_ptr + ((program * 2 + group) * half + cl) * 27
-        for kh in tl.static_range(3):
-            hh = ph - (kh - 1)  # the tap pixel q = p - (kh - 1, kw - 1) that pixel p fed
-            for kw in tl.static_range(3):
-                ww = pw - (kw - 1)
-                inside = p_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-                q = hh * width + ww
-                g0 = tl.load(z_next + q, mask=inside & (t < num_segments - 1), other=0.0)[None, :]
-                g1 = tl.load(z_this + q, mask=inside, other=0.0)[None, :]
-                g2 = tl.load(z_prev + q, mask=inside & (t > 0), other=0.0)[None, :]
-                w0 = tl.load(w_base + (kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
-                w1 = tl.load(w_base + (9 + kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
-                w2 = tl.load(w_base + (18 + kh * 3 + kw), mask=c_mask, other=0.0)[:, None]
-                grad_a += w0 * g0 + w1 * g1 + w2 * g2
-                tl.store(gw_base + (kh * 3 + kw), tl.sum(a * g0, axis=1), mask=c_mask)
-                tl.store(gw_base + (9 + kh * 3 + kw), tl.sum(a * g1, axis=1), mask=c_mask)
-                tl.store(gw_base + (18 + kh * 3 + kw), tl.sum(a * g2, axis=1), mask=c_mask)
+        w_mask = c_mask[:, None] & (taps < 27)[None, :]
+        w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=w_mask, other=0.0)  # (BLOCK_C, 32)
+        grad_a = tl.dot(w, grad_taps, input_precision="ieee")
+        grad_w = tl.dot(a, tl.trans(grad_taps), input_precision="ieee")
+        tl.store(grad_weight_ptr + ((program * 2 + group) * half + cl[:, None]) * 27 + taps[None, :], grad_w,
+                 mask=w_mask)
         grad_normed = tl.where(mask & (normed > 0), grad_a, 0.0)
         tl.store(grad_normed_ptr + (frame * channels + ch[:, None]) * pixels + p[None, :], grad_normed, mask=mask)
         tl.store(sums_ptr + (program * 2) * channels + ch, tl.sum(grad_normed, axis=1), mask=c_mask)
@@ -354,7 +348,7 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
 def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
                   bn_bias: torch.Tensor, weight: torch.Tensor, grad_z: torch.Tensor,
                   num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`gate_taps` and :func:`gate`'s temporal sum, backwards from the gate's
+    """:func:`gate_products` and :func:`gate`'s sums, backwards from the gate's
     pre-activation gradient ``grad_z`` ``(NT, 2, H*W)``: ``(grad_normed (NT, P, H*W), the
     conv weight's gradient (2, P/2, 3, 3, 3), sum of grad_normed (P,), sum of grad_normed *
     xhat (P,))``, float32."""
