@@ -197,15 +197,15 @@ class GSF(nn.Module):
         tensors: one kernel per pass over the feature map, float32 arithmetic, any memory
         layout. Saves for backward what :meth:`forward_torch` saves."""
         self._check_input(x)
-        if _triton_kernels() is None:
+        kernels = _triton_kernels()
+        if kernels is None:
             raise RuntimeError("GSF.forward_triton needs Triton (pip install triton)")
         p = self.processed
-        if self._check_batch_statistics(x):
-            batch_statistics = True
-            mean, var = _triton_kernels().channel_moments(x[:, :p])
+        batch_statistics = self._check_batch_statistics(x)
+        if batch_statistics:
+            mean, var = kernels.channel_moments(x[:, :p])
             self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
         else:
-            batch_statistics = False
             mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
         invstd = torch.rsqrt(var + self.bn.eps)
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
@@ -354,7 +354,7 @@ def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, p
     padded)``, where ``v`` is a copy of the processed channels, ``gate`` ``(NT, 2, H*W)``
     float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``."""
     kernels = _triton_kernels()
-    nt, channels, h, w = x.shape
+    nt, _, h, w = x.shape
     p, t = processed, num_segments
     v = x[:, :p]
     scale = bn_weight.float() * invstd
@@ -364,18 +364,18 @@ def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, p
     blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
                                              channels_last)
     weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if inplace:  # the blend reads neighbouring frames and channels: it needs a source apart from x
+    # The copy of v: the backward's, and in place the blend's source (it reads neighbouring
+    # frames and channels, so it cannot read x while it writes x).
+    source = None
+    if inplace or save:
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         source = torch.empty((nt, p, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+    if inplace:
         source.copy_(v)
         kernels.blend(source, gate, weights, x[:, :p], t)
         out = x
     else:
-        out = torch.empty((nt, channels, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
-        out[:, p:].copy_(x[:, p:])
-        source = None
-        if save:
-            source = torch.empty((nt, p, h, w), dtype=x.dtype, device=x.device, memory_format=memory_format)
+        out = _output_after(x[:, p:], p, channels_last)
         kernels.blend(v, gate, weights, out[:, :p], t, copy=source)
     return out, source, gate, weights, blend, columns, padded
 
@@ -413,18 +413,26 @@ class _TritonGSF(torch.autograd.Function):
         grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
             v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
         coef = bn_weight.float() * invstd
-        if ctx.batch_statistics:  # the statistics' own gradient
-            centre, slope = sum_grad / grad_normed[:, 0].numel(), sum_grad_xhat / grad_normed[:, 0].numel()
+        if ctx.batch_statistics:  # the statistics' own gradient, over N*T*H*W values per channel
+            centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
         else:
             centre = slope = torch.zeros_like(coef)
-        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        grad_x = torch.empty(grad_out.shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=memory_format)
-        grad_x[:, p:].copy_(grad_out[:, p:])
+        grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
         kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
                                grad_x[:, :p])
         return (grad_x, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
                 sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
                 grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+
+
+def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> torch.Tensor:
+    """A new ``(N*T, P + C', H, W)`` tensor (NCHW or channels-last) whose last ``C'`` channels
+    are a copy of ``rest``; the first ``processed`` channels are left for the caller."""
+    nt, tail, h, w = rest.shape
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((nt, processed + tail, h, w), dtype=rest.dtype, device=rest.device, memory_format=memory_format)
+    out[:, processed:].copy_(rest)
+    return out
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -665,14 +673,7 @@ def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, r
                      num_segments: int, channels_last: bool, inplace: bool) -> torch.Tensor:
     """The output ``(N*T, C, H, W)``: :func:`_write_fused` into ``rest`` itself (``inplace``,
     ``rest`` is then the whole input) or into a new tensor after ``rest``'s ``C - P`` channels."""
-    if inplace:
-        out = rest
-    else:
-        nt, p, h, w = v.shape
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        out = torch.empty((nt, p + rest.shape[1], h, w), dtype=v.dtype, device=v.device,
-                          memory_format=memory_format)
-        out[:, v.shape[1]:].copy_(rest)
+    out = rest if inplace else _output_after(rest, v.shape[1], channels_last)
     _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last)
     return out
 

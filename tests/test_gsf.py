@@ -463,6 +463,16 @@ def test_gsf_channels_property(channels, ratio):
             gsf_channels(channels, ratio)
 
 
+def split_with(quarter: int, extra: int) -> tuple[int, float]:
+    """``(channels, ratio)`` for a GSF that processes ``4 * quarter`` channels and leaves
+    ``extra`` untouched."""
+    channels = 4 * quarter + extra
+    ratio = 4 * quarter / channels
+    if gsf_channels(channels, ratio) != 4 * quarter:  # float rounding of C * r
+        ratio = 1.0 if extra == 0 else ratio + 1e-9
+    return channels, ratio
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     quarter=st.integers(min_value=1, max_value=4),
@@ -475,10 +485,7 @@ def test_gsf_channels_property(channels, ratio):
 )
 def test_fast_equals_reference_property(quarter, extra, num_segments, batch, size, training, seed):
     assume(not training or batch * num_segments * size * size > 1)  # BN needs 2 values per channel
-    channels = 4 * quarter + extra
-    ratio = 4 * quarter / channels
-    if gsf_channels(channels, ratio) != 4 * quarter:  # float rounding of C * r
-        ratio = 1.0 if extra == 0 else ratio + 1e-9
+    channels, ratio = split_with(quarter, extra)
     fast = make_gsf(channels, num_segments, ratio, seed).double().train(training)
     reference = make_gsf(channels, num_segments, ratio, seed).double().train(training)
     x = make_input(batch, num_segments, channels, size, seed).double().requires_grad_()

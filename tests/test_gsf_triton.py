@@ -17,8 +17,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lightning_gsf import gsf as gsf_module
-from lightning_gsf.gsf import GSF, gsf_channels
-from test_gsf import CASES, make_gsf, make_input, naive_gsf
+from lightning_gsf.gsf import GSF
+from test_gsf import CASES, make_gsf, make_input, naive_gsf, split_with
 
 # The kernels compute in float32 whatever the input's dtype: compared with the float64 spec
 # at float32 tolerances.
@@ -134,10 +134,7 @@ def test_triton_path_equals_reference_property(quarter, extra, num_segments, bat
     """Any split (group sizes that are not multiples of the channel tile), map size (not
     multiples of the pixel tile, single pixels, single rows) and clip length."""
     assume(not training or batch * num_segments * height * width > 1)  # BN needs 2 values per channel
-    channels = 4 * quarter + extra
-    ratio = 4 * quarter / channels
-    if gsf_channels(channels, ratio) != 4 * quarter:  # float rounding of C * r
-        ratio = 1.0 if extra == 0 else ratio + 1e-9
+    channels, ratio = split_with(quarter, extra)
     module = make_gsf(channels, num_segments, ratio, seed).train(training)
     reference = copy.deepcopy(module).double()
     generator = torch.Generator().manual_seed(seed)
