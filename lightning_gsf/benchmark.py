@@ -53,6 +53,7 @@ GSF_FORMULATIONS = {
     REFERENCE_GSF: "forward_reference",
     COMPILABLE_GSF: "forward_compilable",
     "gsf_torch": "forward_torch",
+    "gsf_cpu": "forward_cpu",
     "gsf_triton": "forward_triton",
 }
 VARIANTS = ("none", "tsm", "gsf", *GSF_FORMULATIONS)

@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_gsf import cpu_kernels
 
 
 def gsf_channels(channels: int, ratio: float) -> int:
@@ -115,6 +118,8 @@ class GSF(nn.Module):
             return self.forward_compilable(x)
         if x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_kernels() is not None:
             return self.forward_triton(x)
+        if cpu_kernels.usable(x):
+            return self.forward_cpu(x)
         return self.forward_torch(x)
 
     def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,9 +128,24 @@ class GSF(nn.Module):
         processed channels (plus a few per-frame maps), so GSF adds little activation memory
         to a training step. Without autograd (inference) it takes
         :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
+        return self._forward_eager(x, blend_kernels=None)
+
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_torch` with the gate-shift-fuse blend, forward and backward, in C++
+        kernels (:mod:`lightning_gsf.cpu_kernels`): one pass over the processed channels each
+        way instead of five forward and about ten backward. For CPU tensors in float32 or
+        bfloat16, NCHW or channels-last; other layouts blend with PyTorch operations."""
+        kernels = cpu_kernels.cpu_kernels()
+        if kernels is None:
+            raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
+        return self._forward_eager(x, blend_kernels=kernels)
+
+    def _forward_eager(self, x: torch.Tensor, blend_kernels: Any | None) -> torch.Tensor:
+        """:meth:`forward_torch`, blending through ``blend_kernels`` (the C++ kernels) where
+        given."""
         self._check_input(x)
         if not torch.is_grad_enabled():
-            return self._forward_without_autograd(x)
+            return self._forward_without_autograd(x, blend_kernels)
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
         n = nt // t
@@ -149,9 +169,9 @@ class GSF(nn.Module):
         channels_last = _is_channels_last(x)
         weight, bias = self._fusion_parameters()
         blend = _FusionWeights.apply(v, gate, weight, bias, t, channels_last)  # (N, T, 2, P/2)
-        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace, blend_kernels)
 
-    def _forward_without_autograd(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_without_autograd(self, x: torch.Tensor, blend_kernels: Any | None) -> torch.Tensor:
         """``forward`` when autograd is off (inference): the same numbers in fewer, cheaper
         passes, since nothing is kept for a backward. The output overwrites the input
         (``inplace``) once the processed channels have been read for the last time."""
@@ -172,25 +192,33 @@ class GSF(nn.Module):
         shift = self.bn.bias - mean * scale
         # NCHW for the matmul (written so from channels-last input too), in v's dtype
         activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
-        torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
-
+        kernels = blend_kernels if blend_kernels is not None and _blend_kernels_take(v) else None
+        if kernels is not None:  # one pass each for relu(bn(v)), the gate and the fusion weights
+            kernels.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
+        else:
+            torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
         products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
-        taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
-        gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
-        if t > 1:
-            gate[:, 1:].add_(taps[:, :-1, :, 0])
-            gate[:, :-1].add_(taps[:, 1:, :, 2])
-        # tanh(z) = 2 * sigmoid(2z) - 1: PyTorch's CPU sigmoid runs several times faster than its tanh
-        gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
-        gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
-
-        blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
-        blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
+        if kernels is not None:
+            gate = kernels.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (N, T, 2, H, W)
+            means, _ = _spatial_means(v, gate, channels_last)
+            weight, bias = self._fusion_parameters()
+            blend = kernels.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
+        else:
+            taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
+            gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
+            if t > 1:
+                gate[:, 1:].add_(taps[:, :-1, :, 0])
+                gate[:, :-1].add_(taps[:, 1:, :, 2])
+            # tanh(z) = 2 * sigmoid(2z) - 1: PyTorch's CPU sigmoid runs several times faster than its tanh
+            gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
+            gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
+            blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
+            blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
 
         # The output overwrites the input itself when in place: _write_fused reads v before
         # it writes.
         inplace = self._writes_in_place(x)
-        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace)
+        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace, blend_kernels)
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
@@ -459,6 +487,15 @@ def _fusion_conv(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     return logits + bias.to(padded.dtype).view(1, 2, 1, 1)
 
 
+def _spatial_means(v: torch.Tensor, gate: torch.Tensor, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, ``mean(v)`` and both groups' ``mean(gate_k * v)`` over the pixels, as
+    ``(NT, 3, P)``, from one batched matmul of the columns ``[1, gate_1, gate_2] / (H*W)``
+    (returned too) with ``v``'s ``(H*W, P)``: one pass over ``v``."""
+    nt, p, h, w = v.shape
+    columns = F.pad(gate, (0, 0, 0, 0, 1, 0), value=1.0).view(nt, 3, h * w).to(v.dtype) / (h * w)
+    return torch.bmm(columns, _pixels_by_channels(v, channels_last)), columns
+
+
 def _fusion_weights(v: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                     num_segments: int, channels_last: bool) -> tuple[torch.Tensor, ...]:
     """The fusion weights ``w`` ``(N, group, P/2, T)`` of GSF on ``v`` with ``gate`` ``(N, T,
@@ -466,14 +503,12 @@ def _fusion_weights(v: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, b
 
     The fusion convs see the spatial means of the shifted and residual maps, and
     ``mean(shift(y)) = shift(mean(y))``, ``mean(v - y) = mean(v) - mean(y)``: so the maps are
-    never pooled themselves. Per frame, one batched matmul of the columns ``[1, gate_1,
-    gate_2] / (H*W)`` with ``v``'s ``(H*W, P)`` gives ``mean(v)`` and both groups'
-    ``mean(gate_k * v)``, in one pass over ``v``.
+    never pooled themselves: :func:`_spatial_means` gives ``mean(v)`` and both groups'
+    ``mean(gate_k * v)`` in one pass over ``v``.
     """
     nt, p, h, w = v.shape
     n, t, half = nt // num_segments, num_segments, p // 2
-    columns = F.pad(gate, (0, 0, 0, 0, 1, 0), value=1.0).view(nt, 3, h * w).to(v.dtype) / (h * w)
-    means = torch.bmm(columns, _pixels_by_channels(v, channels_last))  # (NT, 3, P)
+    means, columns = _spatial_means(v, gate, channels_last)
     v_mean = means[:, 0].view(n, t, 2, half).permute(0, 2, 3, 1)  # (N, 2, P/2, T)
     # group k's mean(gate_k * v_k): the diagonal of (gate_1, gate_2) x (group 1, group 2)
     y_mean = means[:, 1:].view(n, t, 2, 2, half).diagonal(dim1=2, dim2=3).permute(0, 3, 2, 1)
@@ -670,24 +705,43 @@ class _NormReluTaps(torch.autograd.Function):
 
 
 def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, rest: torch.Tensor,
-                     num_segments: int, channels_last: bool, inplace: bool) -> torch.Tensor:
+                     num_segments: int, channels_last: bool, inplace: bool,
+                     blend_kernels: Any | None = None) -> torch.Tensor:
     """The output ``(N*T, C, H, W)``: :func:`_write_fused` into ``rest`` itself (``inplace``,
     ``rest`` is then the whole input) or into a new tensor after ``rest``'s ``C - P`` channels."""
     out = rest if inplace else _output_after(rest, v.shape[1], channels_last)
-    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last)
+    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last, blend_kernels)
     return out
 
 
+def _blend_kernels_take(*maps: torch.Tensor) -> bool:
+    """Whether the C++ blend kernels take these ``(N*T, P, H, W)`` maps: one stride over H*W,
+    and either every map's pixels contiguous (NCHW) or every map's channels (channels-last)."""
+    def uniform_pixels(t: torch.Tensor) -> bool:
+        return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+    return all(map(uniform_pixels, maps)) and (all(t.stride(3) == 1 for t in maps)
+                                               or all(t.stride(1) == 1 for t in maps))
+
+
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
-                 num_segments: int, channels_last: bool) -> None:
+                 num_segments: int, channels_last: bool, blend_kernels: Any | None = None) -> None:
     """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
-    channels, any strides; it may be ``v``'s own memory, which is read before it is written).
+    channels, any strides; it may be ``v``'s own memory, which is read before it is written),
+    in one pass with ``blend_kernels`` (the C++ kernels) where they take the layout, else in
+    PyTorch operations.
 
     With ``y = gate * v`` and ``r = v - y`` per group, ``f = lerp(r, s, w) = r + w * (s - r)``
     where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards; zero at the
     clip's ends, where ``f = r * (1 - w)``), and ``f`` lands interleaved: the group's channel
     ``j*Q + i`` goes to ``2*i + j``.
     """
+    if blend_kernels is not None and _blend_kernels_take(fused_out, v):
+        if fused_out.data_ptr() == v.data_ptr():  # in place: the kernel reads neighbouring frames and channels
+            v = v.clone(memory_format=torch.preserve_format)
+        blend_kernels.blend(v, gate.to(v.dtype).contiguous(), blend.to(v.dtype).contiguous(), fused_out,
+                            num_segments)
+        return
     nt, p, h, w = v.shape
     n, t, q = nt // num_segments, num_segments, p // 4
     v7 = v.view(n, t, 2, 2, q, h, w)
@@ -721,13 +775,14 @@ class _GateShiftFuse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace):  # noqa: D102
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace, blend_kernels):  # noqa: D102
         if inplace:
             ctx.mark_dirty(rest)
-        out = _gate_shift_fuse(v, gate, blend, rest, num_segments, channels_last, inplace)
+        out = _gate_shift_fuse(v, gate, blend, rest, num_segments, channels_last, inplace, blend_kernels)
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
         ctx.inplace = inplace
+        ctx.blend_kernels = blend_kernels
         return out
 
     @staticmethod
@@ -736,6 +791,12 @@ class _GateShiftFuse(torch.autograd.Function):
         t = ctx.num_segments
         nt, p, h, w = v.shape
         n, half = nt // t, p // 2
+        grad_rest = grad_out if ctx.inplace else grad_out[:, p:]
+        if ctx.blend_kernels is not None and _blend_kernels_take(grad_out[:, :p], v):
+            grad_v, grad_gate, grad_blend = ctx.blend_kernels.blend_backward(
+                grad_out[:, :p], v, gate.to(v.dtype).contiguous(), blend.to(v.dtype).contiguous(), t)
+            return (grad_v, grad_gate.view(gate.shape).to(gate.dtype), grad_blend.view(blend.shape).to(blend.dtype),
+                    grad_rest, None, None, None, None)
         v_groups = v.view(n, t, 2, half, h, w)
         g = gate.to(v.dtype).unsqueeze(3)
         b = blend.to(v.dtype)[..., None, None]
@@ -758,9 +819,8 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_y_minus_residual[:, :-1, 1].addcmul_(grad_fused[:, 1:, 1], b[:, 1:, 1])
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
-        grad_rest = grad_out if ctx.inplace else grad_out[:, p:]
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_rest, None, None, None)
+                grad_rest, None, None, None, None)
 
 
 class _SplitChannels(torch.autograd.Function):

@@ -1,0 +1,52 @@
+"""GSF's C++ CPU kernels (``csrc/gsf_blend.cpp``), built on first use.
+
+:func:`cpu_kernels` compiles the source with ``torch.utils.cpp_extension`` (a C++ compiler
+and ninja are needed; a few seconds, once: the build is cached under
+``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``, and rebuilt when the
+source changes) and returns the ``torch.ops.lightning_gsf`` namespace. Where the build fails,
+it logs why, once, and returns None: GSF then blends with PyTorch operations, the same
+numbers a little slower. ``LIGHTNING_GSF_CPU_KERNELS=0`` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "gsf_blend.cpp"
+# Portable flags: -O3 vectorises the loops with the baseline ISA, so a build cached in a home
+# directory shared by a cluster's nodes runs on each of them (no -march=native).
+CFLAGS = ["-O3", "-fopenmp-simd"]
+# The dtypes the kernels take (they compute in float32).
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.cache
+def cpu_kernels() -> Any | None:
+    """``torch.ops.lightning_gsf`` with ``blend`` and ``blend_backward``, built on first
+    call; None if turned off or the build fails (logged)."""
+    if os.environ.get("LIGHTNING_GSF_CPU_KERNELS", "1") == "0":
+        log.info("GSF CPU kernels turned off by LIGHTNING_GSF_CPU_KERNELS=0")
+        return None
+    from torch.utils import cpp_extension
+
+    try:
+        cpp_extension.load(name="lightning_gsf_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                           is_python_module=False, verbose=False)
+    except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
+        log.warning("GSF CPU kernels unavailable (%s: %s); GSF blends with PyTorch operations instead",
+                    type(error).__name__, error)
+        return None
+    return torch.ops.lightning_gsf
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels take these tensors (CPU, float32 / bfloat16) and are built."""
+    return all(t.device.type == "cpu" and t.dtype in DTYPES for t in tensors) and cpu_kernels() is not None
