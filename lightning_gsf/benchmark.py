@@ -18,8 +18,9 @@ shared machine slows all variants alike instead of whichever ran last.
 The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
 (``GSF.forward_reference``), to show what the fast path saves; ``gsf_compilable`` runs the
 formulation that GSF uses under ``torch.compile`` (``GSF.forward_compilable``) in eager mode;
-``gsf_torch`` and ``gsf_triton`` pick the PyTorch-ops and the Triton fast path, whatever the
-device (``gsf`` itself takes Triton on CUDA, PyTorch ops elsewhere).
+``gsf_torch``, ``gsf_cpu`` and ``gsf_triton`` pick the PyTorch-ops, the C++ and the Triton
+fast path, whatever the device (``gsf`` itself takes Triton on CUDA and the C++ kernels on the
+CPU, where they build).
 """
 
 from __future__ import annotations

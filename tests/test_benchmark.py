@@ -69,6 +69,7 @@ def test_csv_holds_the_same_rows(tiny_run):
 @pytest.mark.parametrize("variant,method", [("gsf_reference", "forward_reference"),
                                             ("gsf_compilable", "forward_compilable"),
                                             ("gsf_torch", "forward_torch"),
+                                            ("gsf_cpu", "forward_cpu"),
                                             ("gsf_triton", "forward_triton")])
 def test_formulation_variants_run_their_gsf_with_the_same_results(variant, method):
     config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)

@@ -9,6 +9,7 @@ gradients and batch-norm running statistics.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import pytest
@@ -142,6 +143,39 @@ def make_gsf(channels: int, num_segments: int, ratio: float, seed: int) -> GSF:
 def make_input(batch: int, num_segments: int, channels: int, size: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(batch * num_segments, channels, size, size, generator=generator)
+
+
+# The kernel paths (Triton, C++) compute in float32: compared with the float64 spec at float32
+# tolerances.
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def run_path_and_naive(path, channels, num_segments, ratio, batch, size, training, inplace=False,
+                         channels_last=False, seed=0):
+    """``GSF.<path>`` in float32 and the naive spec in float64 on the same input, forward and
+    backward: ``(module, naive_module, x, x_naive, conv_output, output, expected)``."""
+    module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments + seed).train(training)
+    module.inplace = inplace
+    naive_module = copy.deepcopy(module).double()
+    x = make_input(batch, num_segments, channels, size, seed=batch + seed)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.requires_grad_()
+    x_naive = x.detach().double().requires_grad_()
+    conv_output = x * 1.0  # a non-leaf, as GSF's input in a network (in place applies)
+    output = getattr(module, path)(conv_output)
+    expected = naive_gsf(x_naive, naive_module, training)
+    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(7))
+    (output * upstream).sum().backward()
+    (expected.output * upstream.double()).sum().backward()
+    return module, naive_module, x, x_naive, conv_output, output, expected
+
+
+def assert_close_to_float64(actual, expected, msg=None):
+    # gradients of parameters are sums over the whole batch: scale the tolerance with them
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(actual, expected.float(), rtol=TOLERANCE["rtol"],
+                               atol=TOLERANCE["atol"] * scale, msg=msg)
 
 
 CASES = [

@@ -18,45 +18,15 @@ from hypothesis import strategies as st
 
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
-from test_gsf import CASES, make_gsf, make_input, naive_gsf, split_with
-
-# The kernels compute in float32 whatever the input's dtype: compared with the float64 spec
-# at float32 tolerances.
-TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def run_triton_and_naive(channels, num_segments, ratio, batch, size, training, inplace=False,
-                         channels_last=False, seed=0):
-    module = make_gsf(channels, num_segments, ratio, seed=channels + num_segments + seed).train(training)
-    module.inplace = inplace
-    naive_module = copy.deepcopy(module).double()
-    x = make_input(batch, num_segments, channels, size, seed=batch + seed)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    x = x.requires_grad_()
-    x_naive = x.detach().double().requires_grad_()
-    conv_output = x * 1.0  # a non-leaf, as GSF's input in a network (in place applies)
-    output = module.forward_triton(conv_output)
-    expected = naive_gsf(x_naive, naive_module, training)
-    upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(7))
-    (output * upstream).sum().backward()
-    (expected.output * upstream.double()).sum().backward()
-    return module, naive_module, x, x_naive, conv_output, output, expected
-
-
-def assert_close_to_float64(actual, expected, msg=None):
-    # gradients of parameters are sums over the whole batch: scale the tolerance with them
-    scale = max(1.0, expected.abs().max().item())
-    torch.testing.assert_close(actual, expected.float(), rtol=TOLERANCE["rtol"],
-                               atol=TOLERANCE["atol"] * scale, msg=msg)
-
+from test_gsf import (CASES, assert_close_to_float64, make_gsf, make_input, naive_gsf, run_path_and_naive,
+                      split_with)
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
 def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, size, training, inplace):
-    module, naive_module, x, x_naive, conv_output, output, expected = run_triton_and_naive(
-        channels, num_segments, ratio, batch, size + 2, training, inplace)
+    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
+        "forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
     assert (output.data_ptr() == conv_output.data_ptr()) == inplace
     assert_close_to_float64(output, expected.output)
     assert_close_to_float64(module.bn.running_mean, expected.running_mean)
@@ -74,8 +44,8 @@ def test_triton_path_on_several_tiles(training, inplace, channels_last):
     """Groups of 36 channels (three channel tiles, the last partial) on 13x13 maps (two pixel
     tiles): the same numbers and gradients; channels-last in, channels-last out (over the
     input itself when in place)."""
-    module, naive_module, x, x_naive, conv_output, output, expected = run_triton_and_naive(
-        80, 2, 0.9, 2, 13, training, inplace, channels_last=channels_last)
+    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
+        "forward_triton", 80, 2, 0.9, 2, 13, training, inplace, channels_last=channels_last)
     assert module.processed // 2 > 2 * gsf_module._triton_kernels().BLOCK_CHANNELS
     assert output.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert (output.data_ptr() == conv_output.data_ptr()) == inplace

@@ -1,0 +1,316 @@
+"""GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default for float32 / bf16).
+
+Each kernel against its PyTorch-ops twin in ``lightning_gsf.gsf`` (the blend and its backward,
+``relu(bn(v))``, the gate, the fusion weights) over layouts, slices and dtypes; then the whole
+path against the literal spec of ``tests/test_gsf.py``; then dispatch and fallbacks. The
+kernels are built here (the suite fails, not skips, where they cannot be).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from lightning_gsf import cpu_kernels
+from lightning_gsf import gsf as gsf_module
+from lightning_gsf.gsf import GSF
+from test_gsf import (CASES, assert_close_to_float64, make_gsf, make_input, naive_gsf, run_path_and_naive,
+                      split_with)
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    built = cpu_kernels.cpu_kernels()
+    assert built is not None, "the C++ CPU kernels failed to build (see the log)"
+    return built
+
+
+class BlendContext:
+    """The ``ctx`` that ``_GateShiftFuse.backward`` reads, for calling it directly."""
+
+    def __init__(self, v, gate, blend, num_segments, blend_kernels=None):
+        self.saved_tensors = (v, gate, blend)
+        self.num_segments, self.inplace, self.blend_kernels = num_segments, False, blend_kernels
+
+
+def blend_operands(batch, num_segments, processed, channels, size, channels_last, dtype, seed=0):
+    """A GSF input ``x`` (its first ``processed`` channels are ``v``), a gate in (-1, 1) and
+    fusion weights in (0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch * num_segments, channels, *size, generator=generator).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    gate = (torch.rand(batch, num_segments, 2, *size, generator=generator) * 2 - 1).to(dtype)
+    weights = torch.rand(batch, num_segments, 2, processed // 2, generator=generator).to(dtype)
+    return x, gate, weights
+
+
+BLEND_SHAPES = [
+    # (batch, num_segments, processed, channels, (H, W))
+    (2, 4, 8, 12, (5, 6)),
+    (1, 3, 16, 16, (3, 4)),
+    (2, 1, 8, 20, (2, 2)),
+    (1, 5, 4, 8, (1, 1)),
+    (1, 2, 12, 12, (1, 7)),
+]
+DTYPE_TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.bfloat16: {"rtol": 0.02, "atol": 0.05}}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("batch,num_segments,processed,channels,size", BLEND_SHAPES)
+def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channels, size, channels_last, dtype):
+    """Forward into a slice of a wider output, and backward, as ``_write_fused`` and
+    ``_GateShiftFuse.backward`` compute them (bf16: the kernel rounds once, the ops at every step)."""
+    x, gate, weights = blend_operands(batch, num_segments, processed, channels, size, channels_last, dtype)
+    v = x[:, :processed]
+    expected, actual = torch.zeros_like(x), torch.zeros_like(x)
+    gsf_module._write_fused(expected[:, :processed], v, gate, weights, num_segments, channels_last)
+    gsf_module._write_fused(actual[:, :processed], v, gate, weights, num_segments, channels_last, kernels)
+    torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
+
+    saved_v = v.clone(memory_format=torch.preserve_format)  # what _SplitChannels saves
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    if channels_last:
+        grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    expected = gsf_module._GateShiftFuse.backward(BlendContext(saved_v, gate, weights, num_segments), grad_out)
+    actual = gsf_module._GateShiftFuse.backward(BlendContext(saved_v, gate, weights, num_segments, kernels), grad_out)
+    for name, a, e in zip(("v", "gate", "weights", "rest"), actual[:4], expected[:4]):
+        assert a.dtype == e.dtype and a.shape == e.shape, name
+        torch.testing.assert_close(a, e, **DTYPE_TOLERANCE[dtype], msg=name)
+    assert actual[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_blend_in_place_reads_before_it_writes(kernels):
+    """Output over ``v``'s own memory (inference in place): the same as into a fresh tensor."""
+    x, gate, weights = blend_operands(2, 4, 8, 12, (5, 6), False, torch.float32)
+    expected = torch.zeros_like(x)
+    gsf_module._write_fused(expected[:, :8], x[:, :8], gate, weights, 4, False, kernels)
+    gsf_module._write_fused(x[:, :8], x[:, :8], gate, weights, 4, False, kernels)
+    torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
+
+
+def test_blend_kernels_take_only_uniform_pixel_strides():
+    x = torch.randn(4, 8, 5, 6)
+    assert gsf_module._blend_kernels_take(x[:, :4])
+    assert gsf_module._blend_kernels_take(x.contiguous(memory_format=torch.channels_last)[:, :4])
+    assert not gsf_module._blend_kernels_take(x.transpose(2, 3)[:, :4])  # W before H in memory
+    assert not gsf_module._blend_kernels_take(x[:, :4, :, ::2])
+
+
+def test_blend_falls_back_to_torch_ops_on_other_layouts(kernels):
+    x, gate, weights = blend_operands(1, 4, 8, 8, (6, 6), False, torch.float32)
+    v = x.transpose(2, 3)  # pixels with two strides
+    gate = gate.transpose(3, 4).contiguous()
+    expected, actual = torch.zeros(4, 8, 6, 6), torch.zeros(4, 8, 6, 6)
+    gsf_module._write_fused(expected, v, gate, weights, 4, False)
+    gsf_module._write_fused(actual, v, gate, weights, 4, False, kernels)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 8)])
+def test_norm_relu_equals_scale_shift_relu(kernels, size, channels_last, dtype):
+    """From a channel slice of the input (NCHW or channels-last) into contiguous NCHW; 9x8 has
+    pixel blocks that do not divide the map."""
+    x, _, _ = blend_operands(2, 3, 8, 12, size, channels_last, dtype)
+    v = x[:, :8]
+    generator = torch.Generator().manual_seed(2)
+    scale, shift = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
+    expected = torch.relu(v.float() * scale.view(1, 8, 1, 1) + shift.view(1, 8, 1, 1)).to(dtype)
+    actual = torch.empty(v.shape, dtype=dtype)
+    kernels.norm_relu(v, scale, shift, actual)
+    torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("num_segments", [1, 2, 5])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 5), (21, 20)])
+def test_gate_equals_fold_temporal_sum_and_tanh(kernels, size, num_segments):
+    """From the 27 products per pixel: the slice fold (20x20 and larger), ``F.fold`` (smaller),
+    the temporal taps and tanh, as the PyTorch-ops path sums them."""
+    module = make_gsf(16, num_segments, 0.5, seed=4)
+    h, w = size
+    x = make_input(2, num_segments, 16, 1, seed=4).expand(-1, -1, h, w) + torch.randn(2 * num_segments, 16, h, w)
+    activated = F.relu(x[:, :8]).contiguous()
+    with torch.no_grad():
+        products = torch.matmul(module._taps_weight(), activated.view(2 * num_segments, 2, 4, h * w))
+        taps = gsf_module._fold_taps(products.view(-1, 54, h * w), h, w).view(2, num_segments, 2, 3, h, w)
+        expected = torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias))
+        actual = kernels.gate(products, module.conv3D.bias.float().contiguous(), num_segments, h, w)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)  # sums of 27 products, reassociated
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("num_segments,processed", [(1, 8), (3, 4), (4, 16)])
+def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channels_last):
+    module = make_gsf(processed, num_segments, 1.0, seed=6)
+    x, gate, _ = blend_operands(2, num_segments, processed, processed, (4, 3), channels_last, torch.float32)
+    weight, bias = module._fusion_parameters()
+    with torch.no_grad():
+        expected, _, _ = gsf_module._fusion_weights(x, gate, weight, bias, num_segments, channels_last)
+        means, _ = gsf_module._spatial_means(x, gate, channels_last)
+        actual = kernels.fusion_weights(means, weight.contiguous(), bias.contiguous(), num_segments)
+    torch.testing.assert_close(actual, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
+def test_cpu_path_matches_naive_spec(kernels, channels, num_segments, ratio, batch, size, training, inplace):
+    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
+        "forward_cpu", channels, num_segments, ratio, batch, size + 2, training, inplace)
+    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
+    assert_close_to_float64(output, expected.output)
+    assert_close_to_float64(module.bn.running_mean, expected.running_mean)
+    assert_close_to_float64(module.bn.running_var, expected.running_var)
+    assert int(module.bn.num_batches_tracked) == (1 if training else 0)
+    assert_close_to_float64(x.grad, x_naive.grad)
+    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
+        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cpu_path_in_channels_last(kernels, training, inplace):
+    """Channels-last in, channels-last out (over the input itself when in place), large enough
+    for the slice fold."""
+    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
+        "forward_cpu", 24, 2, 0.5, 2, 21, training, inplace, channels_last=True)
+    assert output.is_contiguous(memory_format=torch.channels_last)
+    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
+    assert_close_to_float64(output, expected.output)
+    assert_close_to_float64(x.grad, x_naive.grad)
+    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
+        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cpu_path_without_autograd(kernels, training, no_grad, inplace, channels_last):
+    """Inference: every step in the kernels (relu(bn(v)), gate, fusion weights, blend)."""
+    module = make_gsf(24, 3, 0.5, seed=5).train(training)
+    module.inplace = inplace
+    naive_module = copy.deepcopy(module).double()
+    x = make_input(2, 3, 24, 21, seed=5)
+    expected = naive_gsf(x.double(), naive_module, training)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with no_grad():
+        output = module.forward_cpu(x)
+    assert (output.data_ptr() == x.data_ptr()) == inplace
+    assert_close_to_float64(output, expected.output)
+    assert_close_to_float64(module.bn.running_mean, expected.running_mean)
+    assert_close_to_float64(module.bn.running_var, expected.running_var)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["train_step", "inference"])
+def test_cpu_path_keeps_bf16(kernels, grad):
+    """Under bf16 autocast (as in a network), a bf16 input stays bf16 (output and input
+    gradient), close to the float32 spec."""
+    module = make_gsf(16, 4, 0.5, seed=0)
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 6, seed=0)
+    x_bf16 = x.bfloat16().requires_grad_(grad)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.forward_cpu(x_bf16 * 1.0)
+    expected = reference.forward_reference(x.bfloat16().float())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected, rtol=0.05, atol=0.05)
+    if grad:
+        out.float().sum().backward()
+        assert x_bf16.grad.dtype == torch.bfloat16
+        assert all(param.grad.dtype == torch.float32 for param in module.parameters())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    quarter=st.integers(min_value=1, max_value=5),
+    extra=st.integers(min_value=0, max_value=6),
+    num_segments=st.integers(min_value=1, max_value=4),
+    batch=st.integers(min_value=1, max_value=2),
+    height=st.integers(min_value=1, max_value=22),
+    width=st.integers(min_value=1, max_value=22),
+    training=st.booleans(),
+    grad=st.booleans(),
+    channels_last=st.booleans(),
+    seed=st.integers(min_value=0, max_value=2**16),
+)
+def test_cpu_path_equals_reference_property(quarter, extra, num_segments, batch, height, width, training, grad,
+                                            channels_last, seed):
+    """Any split, map size (single pixels and rows, both sides of the slice-fold threshold),
+    clip length and layout, with and without autograd."""
+    assume(not training or batch * num_segments * height * width > 1)  # BN needs 2 values per channel
+    channels, ratio = split_with(quarter, extra)
+    module = make_gsf(channels, num_segments, ratio, seed).train(training)
+    reference = copy.deepcopy(module).double()
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch * num_segments, channels, height, width, generator=generator)
+    x_ref = x.double().requires_grad_()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        out = module.forward_cpu(x)
+    out_ref = reference.forward_reference(x_ref)
+    assert_close_to_float64(out, out_ref)
+    assert_close_to_float64(module.bn.running_var, reference.bn.running_var)
+    if grad:
+        out.square().sum().backward()
+        out_ref.square().sum().backward()
+        assert_close_to_float64(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize("dtype,path", [(torch.float32, "forward_cpu"), (torch.bfloat16, "forward_cpu"),
+                                        (torch.float64, "forward_torch")])
+def test_forward_takes_the_kernels_for_float32_and_bf16(kernels, monkeypatch, dtype, path):
+    calls = []
+    for name in ("forward_cpu", "forward_torch"):
+        monkeypatch.setattr(GSF, name, lambda self, x, name=name: calls.append(name) or x)
+    make_gsf(16, 4, 0.25, seed=0).to(dtype)(make_input(1, 4, 16, 3, seed=0).to(dtype))
+    assert calls == [path]
+
+
+def test_turned_off_kernels_leave_forward_on_torch_ops(monkeypatch, caplog):
+    monkeypatch.setenv("LIGHTNING_GSF_CPU_KERNELS", "0")
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels", cpu_kernels.cpu_kernels.__wrapped__)
+    with caplog.at_level(logging.INFO, logger="lightning_gsf.cpu_kernels"):
+        assert cpu_kernels.cpu_kernels() is None
+    assert "turned off" in caplog.text
+    assert not cpu_kernels.usable(torch.zeros(1))
+    module = make_gsf(16, 4, 0.25, seed=0)
+    x = make_input(1, 4, 16, 3, seed=0)
+    torch.testing.assert_close(module(x), module.forward_reference(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="failed to build"):
+        module.forward_cpu(x)
+
+
+def test_a_failed_build_is_logged_and_falls_back(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def fail(**_kwargs):
+        raise RuntimeError("Error building extension 'lightning_gsf_cpu': g++ not found")
+
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels", cpu_kernels.cpu_kernels.__wrapped__)
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.cpu_kernels"):
+        assert cpu_kernels.cpu_kernels() is None
+    assert "g++ not found" in caplog.text and "PyTorch operations instead" in caplog.text
+
+
+def test_kernels_reject_bad_operands_clearly(kernels):
+    x, gate, weights = blend_operands(1, 4, 8, 8, (3, 3), False, torch.float32)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 only"):
+        kernels.blend(x.double(), gate.double(), weights.double(), x.double(), 4)
+    with pytest.raises(RuntimeError, match="not a whole number of clips"):
+        kernels.blend(x, gate, weights, torch.empty_like(x), 3)
+    with pytest.raises(RuntimeError, match="gate must be a contiguous"):
+        kernels.blend(x, gate[:, :2], weights, torch.empty_like(x), 4)
