@@ -1,4 +1,4 @@
-"""GSF's C++ CPU kernels (``csrc/gsf_blend.cpp``), built on first use.
+"""GSF's C++ CPU kernels (``csrc/gsf_cpu.cpp``), built on first use.
 
 :func:`cpu_kernels` compiles the source with ``torch.utils.cpp_extension`` (a C++ compiler
 and ninja are needed; a few seconds, once: the build is cached under
@@ -20,7 +20,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "gsf_blend.cpp"
+SOURCE = Path(__file__).parent / "csrc" / "gsf_cpu.cpp"
 # Portable flags: -O3 vectorises the loops with the baseline ISA, so a build cached in a home
 # directory shared by a cluster's nodes runs on each of them (no -march=native).
 CFLAGS = ["-O3", "-fopenmp-simd"]

@@ -128,24 +128,10 @@ class GSF(nn.Module):
         processed channels (plus a few per-frame maps), so GSF adds little activation memory
         to a training step. Without autograd (inference) it takes
         :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
-        return self._forward_eager(x, blend_kernels=None)
-
-    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward_torch` with the gate-shift-fuse blend, forward and backward, in C++
-        kernels (:mod:`lightning_gsf.cpu_kernels`): one pass over the processed channels each
-        way instead of five forward and about ten backward. For CPU tensors in float32 or
-        bfloat16, NCHW or channels-last; other layouts blend with PyTorch operations."""
-        kernels = cpu_kernels.cpu_kernels()
-        if kernels is None:
-            raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
-        return self._forward_eager(x, blend_kernels=kernels)
-
-    def _forward_eager(self, x: torch.Tensor, blend_kernels: Any | None) -> torch.Tensor:
-        """:meth:`forward_torch`, blending through ``blend_kernels`` (the C++ kernels) where
-        given."""
         self._check_input(x)
         if not torch.is_grad_enabled():
-            return self._forward_without_autograd(x, blend_kernels)
+            return self._forward_without_autograd(x, blend_kernels=None)
+
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
         n = nt // t
@@ -169,7 +155,25 @@ class GSF(nn.Module):
         channels_last = _is_channels_last(x)
         weight, bias = self._fusion_parameters()
         blend = _FusionWeights.apply(v, gate, weight, bias, t, channels_last)  # (N, T, 2, P/2)
-        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace, blend_kernels)
+        return _GateShiftFuse.apply(v, gate, blend, rest, t, channels_last, inplace)
+
+    def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path in C++ kernels (:mod:`lightning_gsf.cpu_kernels`), for CPU tensors in
+        float32 or bfloat16: each pass over the processed channels is one loop (the gate's
+        matmuls and the fusion weights' spatial means stay in PyTorch). Training takes the
+        same steps as :meth:`forward_triton`, inference those of
+        :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch` saves."""
+        ops = cpu_kernels.cpu_kernels()
+        if ops is None:
+            raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
+        if not cpu_kernels.usable(x):
+            raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
+        if not (_blend_kernels_take(x) or x.shape[2] * x.shape[3] == 1):
+            return self.forward_torch(x)  # pixels with two strides: the kernels address one
+        self._check_input(x)
+        if not torch.is_grad_enabled():
+            return self._forward_without_autograd(x, ops)
+        return self._forward_with_kernels(x, _CppKernels(ops))
 
     def _forward_without_autograd(self, x: torch.Tensor, blend_kernels: Any | None) -> torch.Tensor:
         """``forward`` when autograd is off (inference): the same numbers in fewer, cheaper
@@ -228,6 +232,11 @@ class GSF(nn.Module):
         kernels = _triton_kernels()
         if kernels is None:
             raise RuntimeError("GSF.forward_triton needs Triton (pip install triton)")
+        return self._forward_with_kernels(x, kernels)
+
+    def _forward_with_kernels(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
+        """GSF through a kernel set (the Triton module, or :class:`_CppKernels`) and
+        :class:`_KernelGSF`, or without autograd :func:`_kernel_forward` alone."""
         p = self.processed
         batch_statistics = self._check_batch_statistics(x)
         if batch_statistics:
@@ -239,8 +248,9 @@ class GSF(nn.Module):
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
-            return _TritonGSF.apply(x, mean, invstd, p, self.num_segments, batch_statistics, inplace, *parameters)
-        return _triton_forward(x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
+            return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
+                                    *parameters)
+        return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
@@ -297,10 +307,7 @@ class GSF(nn.Module):
         return self.inplace and not (x.is_leaf and x.requires_grad)
 
     def _taps_weight(self) -> torch.Tensor:
-        """The gate conv's weight ``(2, P/2, 3, 3, 3)`` as ``(2, 27, P/2)``, (temporal tap, kh,
-        kw) flipped spatially: the per-pixel products that :func:`_fold_taps` scatters."""
-        half = self.processed // 2
-        return self.conv3D.weight.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(2, 27, half)
+        return _taps_weight(self.conv3D.weight)
 
     def _check_batch_statistics(self, x: torch.Tensor) -> bool:
         """Whether the batch norm uses batch statistics, which need 2+ values per channel."""
@@ -373,15 +380,87 @@ def _triton_kernels() -> ModuleType | None:
     return gsf_kernels
 
 
-def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, processed: int, num_segments: int,
-                    inplace: bool, save: bool, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
+class _CppKernels:
+    """The C++ CPU kernels (:mod:`lightning_gsf.cpu_kernels`) behind the Triton kernel set's
+    interface, so that :class:`_KernelGSF` runs either: ``relu(bn(v))``, the gate, the blend,
+    their backward and the input gradient are C++ loops; the gate's products and their
+    gradients stay batched matmuls (PyTorch's are faster than a hand-written loop)."""
+
+    def __init__(self, ops: Any) -> None:
+        self.ops = ops
+
+    @staticmethod
+    @torch.no_grad()  # as a kernel: _KernelGSF differentiates through the statistics itself
+    def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _batch_statistics(v)
+
+    def _activated(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        activated = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # NCHW, for the matmuls
+        self.ops.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
+        return activated
+
+    def gate_products(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      conv_weight: torch.Tensor) -> torch.Tensor:
+        nt, p, h, w = v.shape
+        activated = self._activated(v, scale, shift).view(nt, 2, p // 2, h * w)
+        return torch.matmul(_taps_weight(conv_weight).to(v.dtype), activated)  # (NT, 2, 27, H*W)
+
+    def gate(self, products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: int,
+             width: int) -> torch.Tensor:
+        gate = self.ops.gate(products, bias.float().contiguous(), num_segments, height, width)
+        return gate.view(-1, 2, height * width)
+
+    def blend(self, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
+              copy: torch.Tensor | None = None) -> None:
+        self.ops.blend(v, gate, weights.float().contiguous(), out, num_segments, copy)
+
+    def blend_backward(self, grad_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
+                       num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not _blend_kernels_take(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
+            grad_out = torch.empty_like(v).copy_(grad_out)
+        grad_v, grad_gate, grad_weights = self.ops.blend_backward(grad_out, v, gate, weights.float().contiguous(),
+                                                                  num_segments)
+        return grad_v, grad_gate.view(gate.shape), grad_weights
+
+    def gate_backward(self, v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                      bn_bias: torch.Tensor, conv_weight: torch.Tensor, grad_z: torch.Tensor,
+                      num_segments: int) -> tuple[torch.Tensor, ...]:
+        nt, p, h, w = v.shape
+        scale = bn_weight.float() * invstd
+        shift = bn_bias.float() - mean * scale
+        grad_products = self.ops.gate_backward(grad_z, num_segments, h, w, v.dtype).view(nt, 2, 27, h * w)
+        activated = self._activated(v, scale, shift).view(nt, 2, p // 2, h * w)  # recomputed, not saved
+        grad_taps_weight = torch.matmul(grad_products, activated.transpose(-1, -2)).sum(dim=0)  # (2, 27, P/2)
+        grad_conv_weight = grad_taps_weight.view(2, 3, 3, 3, p // 2).permute(0, 4, 1, 2, 3).flip(3, 4).float()
+        taps_weight = _taps_weight(conv_weight).to(v.dtype)
+        grad_normed = torch.matmul(taps_weight.transpose(-1, -2), grad_products, out=activated).view(nt, p, h, w)
+        sum_grad, sum_grad_xhat = self.ops.norm_relu_backward(grad_normed, v, scale.contiguous(), shift.contiguous(),
+                                                              mean.contiguous(), invstd.contiguous())
+        return grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat
+
+    def input_gradient(self, v: torch.Tensor, grad_normed: torch.Tensor, grad_v: torch.Tensor,
+                       grad_means: torch.Tensor, gate: torch.Tensor, coef: torch.Tensor, centre: torch.Tensor,
+                       slope: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, grad_x: torch.Tensor) -> None:
+        num_segments = 1  # the shapes hold whole clips of any length; the kernel is per frame
+        self.ops.input_gradient(v, grad_normed, grad_v, grad_means.float().contiguous(), gate, coef.contiguous(),
+                                centre.contiguous(), slope.contiguous(), mean.contiguous(), invstd.contiguous(),
+                                grad_x, num_segments)
+
+
+def _taps_weight(conv_weight: torch.Tensor) -> torch.Tensor:
+    """The gate conv's weight ``(2, P/2, 3, 3, 3)`` as ``(2, 27, P/2)``, (temporal tap, kh, kw)
+    flipped spatially: the per-pixel products that :func:`_fold_taps` scatters."""
+    return conv_weight.flip(3, 4).permute(0, 2, 3, 4, 1).reshape(2, 27, conv_weight.shape[1])
+
+
+def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, processed: int,
+                    num_segments: int, inplace: bool, save: bool, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
                     conv_weight: torch.Tensor, conv_bias: torch.Tensor, fusion_weight: torch.Tensor,
                     fusion_bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """GSF's output through the Triton kernels, given the batch norm's mean and inverse
-    std, and (``save``) what the backward needs: ``(out, v, gate, weights, blend, columns,
-    padded)``, where ``v`` is a copy of the processed channels, ``gate`` ``(NT, 2, H*W)``
-    float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``."""
-    kernels = _triton_kernels()
+    """GSF's output through a kernel set (Triton's or :class:`_CppKernels`), given the batch
+    norm's mean and inverse std, and (``save``) what the backward needs: ``(out, v, gate,
+    weights, blend, columns, padded)``, where ``v`` is a copy of the processed channels,
+    ``gate`` ``(NT, 2, H*W)`` float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``."""
     nt, _, h, w = x.shape
     p, t = processed, num_segments
     v = x[:, :p]
@@ -408,22 +487,22 @@ def _triton_forward(x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, p
     return out, source, gate, weights, blend, columns, padded
 
 
-class _TritonGSF(torch.autograd.Function):
-    """:func:`_triton_forward` with its backward in the Triton kernels: the blend's adjoint,
+class _KernelGSF(torch.autograd.Function):
+    """:func:`_kernel_forward` with its backward in the same kernel set: the blend's adjoint,
     the fusion weights' (PyTorch, small), then back through the gate conv, the ReLU and the
     batch norm, all summed into the input gradient in one last kernel."""
 
     @staticmethod
-    def forward(ctx, x, mean, invstd, processed, num_segments, batch_statistics, inplace, bn_weight, bn_bias,
-                conv_weight, conv_bias, fusion_weight, fusion_bias):  # noqa: D102
+    def forward(ctx, x, kernels, mean, invstd, processed, num_segments, batch_statistics, inplace, bn_weight,
+                bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias):  # noqa: D102
         if inplace:
             ctx.mark_dirty(x)
-        out, v, gate, weights, blend, columns, padded = _triton_forward(
-            x, mean, invstd, processed, num_segments, inplace, True, bn_weight, bn_bias, conv_weight, conv_bias,
-            fusion_weight, fusion_bias)
+        out, v, gate, weights, blend, columns, padded = _kernel_forward(
+            kernels, x, mean, invstd, processed, num_segments, inplace, True, bn_weight, bn_bias, conv_weight,
+            conv_bias, fusion_weight, fusion_bias)
         ctx.save_for_backward(v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight,
                               fusion_weight)
-        ctx.num_segments, ctx.batch_statistics = num_segments, batch_statistics
+        ctx.kernels, ctx.num_segments, ctx.batch_statistics = kernels, num_segments, batch_statistics
         ctx.channels_last = _is_channels_last(x)
         return out
 
@@ -431,7 +510,7 @@ class _TritonGSF(torch.autograd.Function):
     def backward(ctx, grad_out):  # noqa: D102
         v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight = (
             ctx.saved_tensors)
-        kernels = _triton_kernels()
+        kernels = ctx.kernels
         t = ctx.num_segments
         nt, p, h, w = v.shape
         grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
@@ -448,7 +527,7 @@ class _TritonGSF(torch.autograd.Function):
         grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
         kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
                                grad_x[:, :p])
-        return (grad_x, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
+        return (grad_x, None, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
                 sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
                 grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
 
@@ -739,8 +818,7 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
     if blend_kernels is not None and _blend_kernels_take(fused_out, v):
         if fused_out.data_ptr() == v.data_ptr():  # in place: the kernel reads neighbouring frames and channels
             v = v.clone(memory_format=torch.preserve_format)
-        blend_kernels.blend(v, gate.to(v.dtype).contiguous(), blend.to(v.dtype).contiguous(), fused_out,
-                            num_segments)
+        blend_kernels.blend(v, gate.float().contiguous(), blend.float().contiguous(), fused_out, num_segments)
         return
     nt, p, h, w = v.shape
     n, t, q = nt // num_segments, num_segments, p // 4
@@ -775,14 +853,13 @@ class _GateShiftFuse(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace, blend_kernels):  # noqa: D102
+    def forward(ctx, v, gate, blend, rest, num_segments, channels_last, inplace):  # noqa: D102
         if inplace:
             ctx.mark_dirty(rest)
-        out = _gate_shift_fuse(v, gate, blend, rest, num_segments, channels_last, inplace, blend_kernels)
+        out = _gate_shift_fuse(v, gate, blend, rest, num_segments, channels_last, inplace)
         ctx.save_for_backward(v, gate, blend)
         ctx.num_segments = num_segments
         ctx.inplace = inplace
-        ctx.blend_kernels = blend_kernels
         return out
 
     @staticmethod
@@ -792,11 +869,6 @@ class _GateShiftFuse(torch.autograd.Function):
         nt, p, h, w = v.shape
         n, half = nt // t, p // 2
         grad_rest = grad_out if ctx.inplace else grad_out[:, p:]
-        if ctx.blend_kernels is not None and _blend_kernels_take(grad_out[:, :p], v):
-            grad_v, grad_gate, grad_blend = ctx.blend_kernels.blend_backward(
-                grad_out[:, :p], v, gate.to(v.dtype).contiguous(), blend.to(v.dtype).contiguous(), t)
-            return (grad_v, grad_gate.view(gate.shape).to(gate.dtype), grad_blend.view(blend.shape).to(blend.dtype),
-                    grad_rest, None, None, None, None)
         v_groups = v.view(n, t, 2, half, h, w)
         g = gate.to(v.dtype).unsqueeze(3)
         b = blend.to(v.dtype)[..., None, None]
@@ -820,7 +892,7 @@ class _GateShiftFuse(torch.autograd.Function):
         grad_v = torch.addcmul(grad_residual, g, grad_y_minus_residual)
         grad_gate = (v_groups * grad_y_minus_residual).sum(dim=3)
         return (grad_v.reshape(nt, p, h, w), grad_gate.to(gate.dtype), grad_blend.to(blend.dtype),
-                grad_rest, None, None, None, None)
+                grad_rest, None, None, None)
 
 
 class _SplitChannels(torch.autograd.Function):

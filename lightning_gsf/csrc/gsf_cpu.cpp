@@ -1,0 +1,640 @@
+// GSF's CPU kernels: each pass over the processed channels as one loop, forward and backward.
+//
+// Built on first use by lightning_gsf/cpu_kernels.py (torch.utils.cpp_extension) and called as
+// torch.ops.lightning_gsf.*. Each kernel has a PyTorch-ops twin in lightning_gsf/gsf.py (named
+// at the kernel) and computes the same numbers, in float32 arithmetic, for float32 and bfloat16
+// feature maps. The small per-pixel and per-channel tensors (gate, fusion weights, statistics,
+// their gradients) are float32.
+//
+// Notation (shared/spec/gsf.md): v (N*T, P, H, W) are the processed channels, split into groups
+// k = 0, 1 of P/2 channels c = j*Q + i (Q = P/4). With the gate g_k (per pixel) and the fusion
+// weight w (per channel), y = g_k * v, r = v - y, s = y of the neighbouring frame (group 0 takes
+// frame t + 1, group 1 frame t - 1, zero beyond the clip) and f = (1 - w) * r + w * s, written to
+// output channel k*P/2 + 2*i + j (the interleave).
+//
+// Layouts: a feature map is addressed as (frame, channel, pixel) with one pixel stride over H*W
+// (NCHW and channels-last, whole tensors or channel slices of them). Where pixels are contiguous
+// the loops run over (frame, channel) planes; otherwise (channels-last) over pixels, with the
+// channels innermost.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+// A (frame, channel, pixel) view of a 4D tensor: data and element strides.
+template <typename T>
+struct Map {
+  T* data;
+  int64_t frame, channel, pixel;
+
+  T* at(int64_t f, int64_t c) const { return data + f * frame + c * channel; }
+};
+
+template <typename T>
+Map<T> map_of(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, "GSF kernels: ", name, " must be (N*T, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.stride(2) == x.size(3) * x.stride(3) || x.size(2) == 1,
+              "GSF kernels: ", name, "'s pixels must have one stride over H*W, got strides ", x.strides());
+  return Map<T>{x.data_ptr<std::remove_const_t<T>>(), x.stride(0), x.stride(1), x.stride(3)};
+}
+
+struct Shape {
+  int64_t clips, frames, half, quarter, pixels;
+
+  int64_t frame_count() const { return clips * frames; }
+  // Output channel of group k's source channel c = j*Q + i: k*P/2 + 2*i + j.
+  int64_t out_channel(int64_t k, int64_t c) const { return k * half + 2 * (c % quarter) + c / quarter; }
+  // The frame whose gated features group k's frame takes (-1 beyond the clip).
+  int64_t shift_source(int64_t frame, int64_t k) const {
+    const int64_t t = frame % frames;
+    if (k == 0) return t + 1 < frames ? frame + 1 : -1;
+    return t > 0 ? frame - 1 : -1;
+  }
+  // The frame that takes group k's frame's gated features (the shift's adjoint).
+  int64_t shift_target(int64_t frame, int64_t k) const { return shift_source(frame, 1 - k); }
+};
+
+Shape shape_of(int64_t frames, int64_t processed, int64_t pixels, int64_t num_segments) {
+  TORCH_CHECK(num_segments > 0 && frames % num_segments == 0,
+              "GSF kernels: ", frames, " frames are not a whole number of clips of ", num_segments);
+  TORCH_CHECK(processed % 4 == 0, "GSF kernels: processed channels must be a multiple of 4, got ", processed);
+  return Shape{frames / num_segments, num_segments, processed / 2, processed / 4, pixels};
+}
+
+Shape shape_of(const at::Tensor& v, int64_t num_segments) {
+  return shape_of(v.size(0), v.size(1), v.size(2) * v.size(3), num_segments);
+}
+
+void check_map(const at::Tensor& x, const at::Tensor& v, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.sizes() == v.sizes() && x.scalar_type() == v.scalar_type(),
+              "GSF kernels: ", name, " must be a CPU tensor like v ", v.sizes(), " ", v.scalar_type(), ", got ",
+              x.sizes(), " ", x.scalar_type());
+}
+
+void check_floats(const at::Tensor& x, int64_t numel, const char* name) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous() && x.numel() == numel,
+              "GSF kernels: ", name, " must be a contiguous float32 CPU tensor of ", numel, " values, got ",
+              x.sizes(), " ", x.scalar_type());
+}
+
+void check_dtype(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "GSF kernels: float32 or bfloat16 CPU tensors only, got ", x.scalar_type(), " on ", x.device());
+}
+
+// Runs body<T>() for the feature maps' dtype.
+template <typename Body>
+void dispatch(const at::Tensor& x, Body body) {
+  check_dtype(x);
+  if (x.scalar_type() == at::kFloat) {
+    body(float{});
+  } else {
+    body(c10::BFloat16{});
+  }
+}
+
+inline float load(float x) { return x; }
+inline float load(c10::BFloat16 x) { return static_cast<float>(x); }
+
+// ---------------------------------------------------------------------------------------------
+// blend: gate, shift, fuse and interleave (twin: _write_fused), optionally copying v too.
+
+template <typename T>
+void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights, const at::Tensor& out_,
+                  const std::optional<at::Tensor>& copy_, const Shape& s) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const Map<T> out = map_of<T>(out_, "out");
+  const Map<T> copy = copy_ ? map_of<T>(*copy_, "copy") : Map<T>{nullptr, 0, 0, 0};
+  const int64_t pixels = s.pixels;
+  auto gate_of = [&](int64_t frame, int64_t k) { return gate + (frame * 2 + k) * pixels; };
+
+  if (v.pixel == 1 && out.pixel == 1 && (!copy.data || copy.pixel == 1)) {  // (frame, group, channel) planes
+    at::parallel_for(0, s.frame_count() * 2 * s.half, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t frame = index / (2 * s.half), k = index / s.half % 2, c = index % s.half;
+        const float w = weights[index];
+        const T* src = v.at(frame, k * s.half + c);
+        const float* g = gate_of(frame, k);
+        T* dst = out.at(frame, s.out_channel(k, c));
+        const int64_t neighbour = s.shift_source(frame, k);
+        const float has_neighbour = neighbour < 0 ? 0.0f : 1.0f;
+        const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half + c);
+        const float* g_n = gate_of(neighbour < 0 ? frame : neighbour, k);
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) {
+          const float x = load(src[p]);
+          dst[p] = static_cast<T>((1.0f - w) * (x - g[p] * x) + w * has_neighbour * (g_n[p] * load(src_n[p])));
+        }
+        if (copy.data) std::copy(src, src + pixels, copy.at(frame, k * s.half + c));
+      }
+    });
+    return;
+  }
+  TORCH_CHECK(v.channel == 1 && out.channel == 1 && (!copy.data || copy.channel == 1),
+              "GSF blend: expected contiguous pixels or contiguous channels");
+  at::parallel_for(0, s.frame_count() * pixels, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / pixels, p = index % pixels;
+      for (int64_t k = 0; k < 2; ++k) {
+        const float g = gate_of(frame, k)[p];
+        const T* src = v.at(frame, k * s.half) + p * v.pixel;
+        T* dst = out.at(frame, k * s.half) + p * out.pixel;
+        const float* w = weights + (frame * 2 + k) * s.half;
+        const int64_t neighbour = s.shift_source(frame, k);
+        const float g_n = neighbour < 0 ? 0.0f : gate_of(neighbour, k)[p];
+        const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half) + p * v.pixel;
+        for (int64_t j = 0; j < 2; ++j) {  // source channel c = j*Q + i goes to 2*i + j
+#pragma omp simd
+          for (int64_t i = 0; i < s.quarter; ++i) {
+            const int64_t c = j * s.quarter + i;
+            const float x = load(src[c]);
+            dst[2 * i + j] = static_cast<T>((1.0f - w[c]) * (x - g * x) + w[c] * (g_n * load(src_n[c])));
+          }
+        }
+        if (copy.data) std::copy(src, src + s.half, copy.at(frame, k * s.half) + p * copy.pixel);
+      }
+    }
+  });
+}
+
+void blend(const at::Tensor& v, const at::Tensor& gate, const at::Tensor& weights, at::Tensor out,
+           int64_t num_segments, const std::optional<at::Tensor>& copy) {
+  const Shape s = shape_of(v, num_segments);
+  check_map(out, v, "out");
+  if (copy) check_map(*copy, v, "copy");
+  check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
+  check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
+  dispatch(v, [&](auto t) {
+    blend_kernel<decltype(t)>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), out, copy, s);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// blend_backward (twin: _GateShiftFuse.backward). With G the output gradient de-interleaved:
+// grad_r = G (1 - w), grad_y = G w at the frame that took y, d = grad_y - grad_r; then
+// grad_v = grad_r + g d, grad_g = sum over the group's channels of v d and grad_w = sum over
+// pixels of G (s - r).
+
+template <typename T>
+void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, const float* gate, const float* weights,
+                           const at::Tensor& grad_v_, float* grad_gate, float* grad_weights, const Shape& s) {
+  const Map<const T> grad_out = map_of<const T>(grad_out_, "grad_out");
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const Map<T> grad_v = map_of<T>(grad_v_, "grad_v");
+  const int64_t pixels = s.pixels;
+  auto gate_of = [&](int64_t frame, int64_t k) { return gate + (frame * 2 + k) * pixels; };
+  const bool planes = v.pixel == 1 && grad_out.pixel == 1 && grad_v.pixel == 1;
+  TORCH_CHECK(planes || (v.channel == 1 && grad_out.channel == 1 && grad_v.channel == 1),
+              "GSF blend backward: expected contiguous pixels or contiguous channels");
+
+  // One (frame, group) per step: its gate gradient sums over the group's channels.
+  at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> channel_sums(s.half);
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / 2, k = index % 2;
+      const float* g = gate_of(frame, k);
+      float* grad_g = grad_gate + index * pixels;
+      const int64_t source = s.shift_source(frame, k), target = s.shift_target(frame, k);
+      const float has_source = source < 0 ? 0.0f : 1.0f, has_target = target < 0 ? 0.0f : 1.0f;
+      const int64_t source_frame = source < 0 ? frame : source, target_frame = target < 0 ? frame : target;
+      const float* g_s = gate_of(source_frame, k);
+      const float* w = weights + index * s.half;
+      const float* w_t = weights + (target_frame * 2 + k) * s.half;
+      if (planes) {
+        std::fill(grad_g, grad_g + pixels, 0.0f);
+        for (int64_t c = 0; c < s.half; ++c) {
+          const int64_t channel = k * s.half + c, out_channel = s.out_channel(k, c);
+          const float wc = w[c], wc_t = has_target * w_t[c];
+          const T* x = v.at(frame, channel);
+          const T* x_s = v.at(source_frame, channel);
+          const T* grad_f = grad_out.at(frame, out_channel);
+          const T* grad_f_t = grad_out.at(target_frame, out_channel);
+          T* grad_x = grad_v.at(frame, channel);
+          float grad_w = 0.0f;
+#pragma omp simd reduction(+ : grad_w)
+          for (int64_t p = 0; p < pixels; ++p) {
+            const float xp = load(x[p]), gf = load(grad_f[p]);
+            const float residual = xp - g[p] * xp, shifted = has_source * g_s[p] * load(x_s[p]);
+            const float d = wc_t * load(grad_f_t[p]) - (1.0f - wc) * gf;
+            grad_x[p] = static_cast<T>((1.0f - wc) * gf + g[p] * d);
+            grad_g[p] += xp * d;
+            grad_w += gf * (shifted - residual);
+          }
+          grad_weights[index * s.half + c] = grad_w;
+        }
+        continue;
+      }
+      std::fill(channel_sums.begin(), channel_sums.end(), 0.0f);
+      float* sums = channel_sums.data();
+      for (int64_t p = 0; p < pixels; ++p) {
+        const float gp = g[p], g_sp = has_source * g_s[p];
+        const T* x = v.at(frame, k * s.half) + p * v.pixel;
+        const T* x_s = v.at(source_frame, k * s.half) + p * v.pixel;
+        const T* grad_f = grad_out.at(frame, k * s.half) + p * grad_out.pixel;
+        const T* grad_f_t = grad_out.at(target_frame, k * s.half) + p * grad_out.pixel;
+        T* grad_x = grad_v.at(frame, k * s.half) + p * grad_v.pixel;
+        float grad_gp = 0.0f;
+        for (int64_t j = 0; j < 2; ++j) {  // source channel c = j*Q + i came from 2*i + j
+#pragma omp simd reduction(+ : grad_gp)
+          for (int64_t i = 0; i < s.quarter; ++i) {
+            const int64_t c = j * s.quarter + i, o = 2 * i + j;
+            const float xp = load(x[c]), gf = load(grad_f[o]);
+            const float d = has_target * w_t[c] * load(grad_f_t[o]) - (1.0f - w[c]) * gf;
+            grad_x[c] = static_cast<T>((1.0f - w[c]) * gf + gp * d);
+            grad_gp += xp * d;
+            sums[c] += gf * (g_sp * load(x_s[c]) - (xp - gp * xp));
+          }
+        }
+        grad_g[p] = grad_gp;
+      }
+      std::copy(channel_sums.begin(), channel_sums.end(), grad_weights + index * s.half);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward(const at::Tensor& grad_out, const at::Tensor& v,
+                                                              const at::Tensor& gate, const at::Tensor& weights,
+                                                              int64_t num_segments) {
+  const Shape s = shape_of(v, num_segments);
+  check_map(grad_out, v, "grad_out");
+  check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
+  check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
+  at::Tensor grad_v = at::empty_like(v, at::MemoryFormat::Preserve);
+  const auto floats = v.options().dtype(at::kFloat);
+  at::Tensor grad_gate = at::empty({s.frame_count(), 2, v.size(2), v.size(3)}, floats);
+  at::Tensor grad_weights = at::empty({s.frame_count(), 2, s.half}, floats);
+  dispatch(v, [&](auto t) {
+    blend_backward_kernel<decltype(t)>(grad_out, v, gate.data_ptr<float>(), weights.data_ptr<float>(), grad_v,
+                                       grad_gate.data_ptr<float>(), grad_weights.data_ptr<float>(), s);
+  });
+  return {grad_v, grad_gate, grad_weights};
+}
+
+// ---------------------------------------------------------------------------------------------
+// norm_relu: relu(v * scale + shift) per channel (the batch norm with given statistics, then the
+// ReLU), from v in any layout into a contiguous NCHW out (twin: _norm_relu).
+
+template <typename T>
+void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shift, T* out) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t frames = v_.size(0), channels = v_.size(1), pixels = v_.size(2) * v_.size(3);
+  if (v.pixel == 1) {
+    at::parallel_for(0, frames * channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t c = index % channels;
+        const T* src = v.at(index / channels, c);
+        T* dst = out + index * pixels;
+        const float a = scale[c], b = shift[c];
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) dst[p] = static_cast<T>(std::max(load(src[p]) * a + b, 0.0f));
+      }
+    });
+    return;
+  }
+  // Channels innermost: a block of pixels at a time, read across channels, written per channel.
+  constexpr int64_t block = 32;
+  const int64_t blocks = (pixels + block - 1) / block;
+  at::parallel_for(0, frames * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / blocks, first = index % blocks * block;
+      const int64_t last = std::min(first + block, pixels);
+      for (int64_t c = 0; c < channels; ++c) {
+        const T* src = v.at(frame, c);
+        T* dst = out + (frame * channels + c) * pixels;
+        const float a = scale[c], b = shift[c];
+        for (int64_t p = first; p < last; ++p) dst[p] = static_cast<T>(std::max(load(src[p * v.pixel]) * a + b, 0.0f));
+      }
+    }
+  });
+}
+
+void norm_relu(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& shift, at::Tensor out) {
+  TORCH_CHECK(out.is_contiguous(), "GSF norm_relu: out must be contiguous");
+  check_map(out, v, "out");
+  check_floats(scale, v.size(1), "scale");
+  check_floats(shift, v.size(1), "shift");
+  dispatch(v, [&](auto t) {
+    using T = decltype(t);
+    norm_relu_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), out.data_ptr<T>());
+  });
+}
+
+// norm_relu_backward: the ReLU's gradient mask applied in place to grad (the activation's
+// gradient, contiguous NCHW), and the batch norm's per-channel sums of the result and of the
+// result times xhat = (v - mean) * invstd (twin: threshold_backward, native_batch_norm_backward).
+
+template <typename T>
+void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale, const float* shift,
+                               const float* mean, const float* invstd, float* sum_grad, float* sum_grad_xhat) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t frames = v_.size(0), channels = v_.size(1), pixels = v_.size(2) * v_.size(3);
+  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+      float total = 0.0f, total_xhat = 0.0f;
+      for (int64_t frame = 0; frame < frames; ++frame) {
+        const T* x = v.at(frame, c);
+        T* g = grad + (frame * channels + c) * pixels;
+        // (a loop with a run-time stride does not vectorise: contiguous pixels get their own)
+        const int64_t stride = v.pixel == 1 ? 1 : v.pixel;
+        if (stride == 1) {
+#pragma omp simd reduction(+ : total, total_xhat)
+          for (int64_t p = 0; p < pixels; ++p) {
+            const float xp = load(x[p]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
+            g[p] = static_cast<T>(gp);
+            total += gp;
+            total_xhat += gp * (xp - m) * is;
+          }
+        } else {
+          for (int64_t p = 0; p < pixels; ++p) {
+            const float xp = load(x[p * stride]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
+            g[p] = static_cast<T>(gp);
+            total += gp;
+            total_xhat += gp * (xp - m) * is;
+          }
+        }
+      }
+      sum_grad[c] = total;
+      sum_grad_xhat[c] = total_xhat;
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at::Tensor& v, const at::Tensor& scale,
+                                                      const at::Tensor& shift, const at::Tensor& mean,
+                                                      const at::Tensor& invstd) {
+  TORCH_CHECK(grad.is_contiguous(), "GSF norm_relu_backward: grad must be contiguous");
+  check_map(grad, v, "grad");
+  const int64_t channels = v.size(1);
+  check_floats(scale, channels, "scale");
+  check_floats(shift, channels, "shift");
+  check_floats(mean, channels, "mean");
+  check_floats(invstd, channels, "invstd");
+  at::Tensor sum_grad = at::empty({channels}, v.options().dtype(at::kFloat));
+  at::Tensor sum_grad_xhat = at::empty({channels}, v.options().dtype(at::kFloat));
+  dispatch(v, [&](auto t) {
+    using T = decltype(t);
+    norm_relu_backward_kernel<T>(grad.data_ptr<T>(), v, scale.data_ptr<float>(), shift.data_ptr<float>(),
+                                 mean.data_ptr<float>(), invstd.data_ptr<float>(), sum_grad.data_ptr<float>(),
+                                 sum_grad_xhat.data_ptr<float>());
+  });
+  return {sum_grad, sum_grad_xhat};
+}
+
+// ---------------------------------------------------------------------------------------------
+// gate: tanh(conv3d(relu(bn(v))) + bias) from each pixel's 27 products, (N*T, 2, 27, H*W)
+// ordered (temporal tap kt, kh, kw) with the spatial taps flipped: the product at pixel (y, x)
+// lands on (y + kh - 1, x + kw - 1), and temporal tap kt of frame t + kt - 1 on frame t, zero
+// padded in space and within the clip (twin: _fold_taps, _sum_temporal_taps, tanh).
+// gate_backward: its adjoint from the pre-activation's gradient grad_z (N*T, 2, H*W) to the
+// products' (twin: _unfold_taps).
+
+template <typename T>
+void gate_kernel(const T* products, const float* bias, float* gate, const Shape& s, int64_t height, int64_t width) {
+  const int64_t pixels = s.pixels;
+  at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / 2, k = index % 2, t = frame % s.frames;
+      float* sums = gate + index * pixels;
+      std::fill(sums, sums + pixels, bias[k]);
+      for (int64_t kt = 0; kt < 3; ++kt) {
+        if (t + kt - 1 < 0 || t + kt - 1 >= s.frames) continue;
+        const T* taps = products + (((frame + kt - 1) * 2 + k) * 27 + kt * 9) * pixels;
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          for (int64_t kw = 0; kw < 3; ++kw) {
+            const int64_t dy = kh - 1, dx = kw - 1;
+            const T* tap = taps + (kh * 3 + kw) * pixels;
+            const int64_t x0 = std::max<int64_t>(dx, 0), x1 = width + std::min<int64_t>(dx, 0);
+            for (int64_t y = std::max<int64_t>(dy, 0); y < height + std::min<int64_t>(dy, 0); ++y) {
+              float* row = sums + y * width;
+              const T* source = tap + (y - dy) * width - dx;
+#pragma omp simd
+              for (int64_t x = x0; x < x1; ++x) row[x] += load(source[x]);
+            }
+          }
+        }
+      }
+      for (int64_t p = 0; p < pixels; ++p) sums[p] = std::tanh(sums[p]);
+    }
+  });
+}
+
+template <typename T>
+void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s, int64_t height, int64_t width) {
+  const int64_t pixels = s.pixels;
+  // One (frame, group, temporal tap) per step: its 9 spatial taps.
+  at::parallel_for(0, s.frame_count() * 2 * 3, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / 6, k = index / 3 % 2, kt = index % 3, t = frame % s.frames;
+      T* taps = grad_products + ((frame * 2 + k) * 27 + kt * 9) * pixels;
+      const int64_t target_t = t - kt + 1;  // the frame whose gate this tap of this frame feeds
+      if (target_t < 0 || target_t >= s.frames) {
+        std::fill(taps, taps + 9 * pixels, static_cast<T>(0.0f));
+        continue;
+      }
+      const float* grad = grad_z + ((frame - kt + 1) * 2 + k) * pixels;
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        for (int64_t kw = 0; kw < 3; ++kw) {
+          const int64_t dy = kh - 1, dx = kw - 1;  // pixel (y, x) fed (y + dy, x + dx)
+          T* tap = taps + (kh * 3 + kw) * pixels;
+          for (int64_t y = 0; y < height; ++y) {
+            T* row = tap + y * width;
+            if (y + dy < 0 || y + dy >= height) {
+              std::fill(row, row + width, static_cast<T>(0.0f));
+              continue;
+            }
+            const float* source = grad + (y + dy) * width + dx;
+            const int64_t x0 = std::max<int64_t>(-dx, 0), x1 = width - std::max<int64_t>(dx, 0);
+            if (x0 > 0) row[0] = static_cast<T>(0.0f);
+            if (x1 < width) row[width - 1] = static_cast<T>(0.0f);
+#pragma omp simd
+            for (int64_t x = x0; x < x1; ++x) row[x] = static_cast<T>(source[x]);
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor gate(const at::Tensor& products, const at::Tensor& bias, int64_t num_segments, int64_t height,
+                int64_t width) {
+  TORCH_CHECK(products.is_contiguous() && products.dim() == 4 && products.size(1) == 2 && products.size(2) == 27 &&
+                  products.size(3) == height * width,
+              "GSF gate: products must be a contiguous (N*T, 2, 27, H*W), got ", products.sizes());
+  check_floats(bias, 2, "bias");
+  const Shape s = shape_of(products.size(0), 4, height * width, num_segments);
+  at::Tensor out = at::empty({products.size(0), 2, height, width}, products.options().dtype(at::kFloat));
+  dispatch(products, [&](auto t) {
+    using T = decltype(t);
+    gate_kernel<T>(products.data_ptr<T>(), bias.data_ptr<float>(), out.data_ptr<float>(), s, height, width);
+  });
+  return out;
+}
+
+at::Tensor gate_backward(const at::Tensor& grad_z, int64_t num_segments, int64_t height, int64_t width,
+                         at::ScalarType dtype) {
+  check_floats(grad_z, grad_z.size(0) * 2 * height * width, "grad_z (N*T, 2, H, W)");
+  const Shape s = shape_of(grad_z.size(0), 4, height * width, num_segments);
+  at::Tensor grad_products = at::empty({grad_z.size(0), 2, 27, height * width}, grad_z.options().dtype(dtype));
+  dispatch(grad_products, [&](auto t) {
+    using T = decltype(t);
+    gate_backward_kernel<T>(grad_z.data_ptr<float>(), grad_products.data_ptr<T>(), s, height, width);
+  });
+  return grad_products;
+}
+
+// ---------------------------------------------------------------------------------------------
+// fusion_weights: sigmoid(conv(descriptors)) from the spatial means (N*T, 3, P): row 0 is
+// mean(v), rows 1 and 2 mean(g_1 v) and mean(g_2 v). Group k's descriptors over (channel c,
+// frame t) are the means of its shifted and residual maps, mean(shift(y)) = shift(mean(y)) and
+// mean(v - y) = mean(v) - mean(y); its 3x3 conv over (c, t) is zero padded. Out: float32
+// (N, T, 2, P/2) (twin: _fusion_weights).
+
+template <typename T>
+void fusion_weights_kernel(const T* means, const float* weight, const float* bias, float* out, const Shape& s) {
+  const int64_t half = s.half, frames = s.frames, processed = 2 * half;
+  const int64_t rows = half + 2, cols = frames + 2;  // descriptors (i, c + 1, t + 1), zero borders
+  at::parallel_for(0, s.clips * 2, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> descriptors(2 * rows * cols);
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t n = index / 2, k = index % 2;
+      auto mean_of = [&](int64_t t, int64_t row, int64_t c) {
+        return load(means[((n * frames + t) * 3 + row) * processed + k * half + c]);
+      };
+      std::fill(descriptors.begin(), descriptors.end(), 0.0f);
+      for (int64_t t = 0; t < frames; ++t) {
+        const int64_t source = k == 0 ? t + 1 : t - 1;  // the frame whose gated features t takes
+        for (int64_t c = 0; c < half; ++c) {
+          descriptors[(c + 1) * cols + t + 1] = source < 0 || source >= frames ? 0.0f : mean_of(source, 1 + k, c);
+          descriptors[(rows + c + 1) * cols + t + 1] = mean_of(t, 0, c) - mean_of(t, 1 + k, c);
+        }
+      }
+      const float* w = weight + k * 18;
+      for (int64_t t = 0; t < frames; ++t) {
+        for (int64_t c = 0; c < half; ++c) {
+          float logit = bias[k];
+          for (int64_t i = 0; i < 2; ++i) {
+            for (int64_t dc = 0; dc < 3; ++dc) {
+              const float* d = descriptors.data() + (i * rows + c + dc) * cols + t;
+              const float* wr = w + i * 9 + dc * 3;
+              logit += wr[0] * d[0] + wr[1] * d[1] + wr[2] * d[2];
+            }
+          }
+          out[((n * frames + t) * 2 + k) * half + c] = 1.0f / (1.0f + std::exp(-logit));
+        }
+      }
+    }
+  });
+}
+
+at::Tensor fusion_weights(const at::Tensor& means, const at::Tensor& weight, const at::Tensor& bias,
+                          int64_t num_segments) {
+  TORCH_CHECK(means.is_contiguous() && means.dim() == 3 && means.size(1) == 3,
+              "GSF fusion_weights: means must be a contiguous (N*T, 3, P), got ", means.sizes());
+  check_floats(weight, 36, "weight (2, 2, 3, 3)");
+  check_floats(bias, 2, "bias");
+  const Shape s = shape_of(means.size(0), means.size(2), 0, num_segments);
+  at::Tensor out = at::empty({s.clips, num_segments, 2, s.half}, means.options().dtype(at::kFloat));
+  dispatch(means, [&](auto t) {
+    using T = decltype(t);
+    fusion_weights_kernel<T>(means.data_ptr<T>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+                             out.data_ptr<float>(), s);
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// input_gradient: the gradient of GSF's input's first P channels, written into out (any layout
+// with one pixel stride): the blend's grad_v, the batch norm's backward of grad_normed
+// (contiguous NCHW), coef * (grad_normed - centre - xhat * slope), and the fusion means'
+// (grad_means[0] + grad_means[1 + k] * g_k) / (H*W) (twin: autograd's sum of the three).
+
+template <typename T>
+void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at::Tensor& grad_v_,
+                           const float* grad_means, const float* gate, const float* coef, const float* centre,
+                           const float* slope, const float* mean, const float* invstd, const at::Tensor& out_,
+                           const Shape& s) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const Map<const T> grad_v = map_of<const T>(grad_v_, "grad_v");
+  const Map<T> out = map_of<T>(out_, "out");
+  const int64_t pixels = s.pixels, processed = 2 * s.half;
+  const float inverse_pixels = 1.0f / static_cast<float>(pixels);
+  at::parallel_for(0, s.frame_count() * processed, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / processed, c = index % processed, k = c / s.half;
+      const T* x = v.at(frame, c);
+      const T* gn = grad_normed + index * pixels;
+      const T* gv = grad_v.at(frame, c);
+      T* dst = out.at(frame, c);
+      const float* g = gate + (frame * 2 + k) * pixels;
+      const float a = coef[c], m = mean[c], is = invstd[c];
+      const float constant = -a * centre[c] + grad_means[frame * 3 * processed + c] * inverse_pixels;
+      const float per_gate = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
+      const float per_xhat = a * slope[c] * is;
+      auto value = [&](int64_t p, float grad_blend, float xp) {
+        return static_cast<T>(grad_blend + a * load(gn[p]) - per_xhat * (xp - m) + constant + per_gate * g[p]);
+      };
+      if (v.pixel == 1 && grad_v.pixel == 1 && out.pixel == 1) {  // (a run-time stride does not vectorise)
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) dst[p] = value(p, load(gv[p]), load(x[p]));
+      } else {
+        for (int64_t p = 0; p < pixels; ++p) {
+          dst[p * out.pixel] = value(p, load(gv[p * grad_v.pixel]), load(x[p * v.pixel]));
+        }
+      }
+    }
+  });
+}
+
+void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at::Tensor& grad_v,
+                    const at::Tensor& grad_means, const at::Tensor& gate, const at::Tensor& coef,
+                    const at::Tensor& centre, const at::Tensor& slope, const at::Tensor& mean,
+                    const at::Tensor& invstd, at::Tensor out, int64_t num_segments) {
+  const Shape s = shape_of(v, num_segments);
+  TORCH_CHECK(grad_normed.is_contiguous(), "GSF input_gradient: grad_normed must be contiguous");
+  check_map(grad_normed, v, "grad_normed");
+  check_map(grad_v, v, "grad_v");
+  check_map(out, v, "out");
+  check_floats(grad_means, s.frame_count() * 3 * 2 * s.half, "grad_means (N*T, 3, P)");
+  check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
+  for (const auto* t : {&coef, &centre, &slope, &mean, &invstd}) check_floats(*t, v.size(1), "statistics");
+  dispatch(v, [&](auto t) {
+    using T = decltype(t);
+    input_gradient_kernel<T>(v, grad_normed.data_ptr<T>(), grad_v, grad_means.data_ptr<float>(),
+                             gate.data_ptr<float>(), coef.data_ptr<float>(), centre.data_ptr<float>(),
+                             slope.data_ptr<float>(), mean.data_ptr<float>(), invstd.data_ptr<float>(), out, s);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lightning_gsf, m) {
+  m.def("blend(Tensor v, Tensor gate, Tensor weights, Tensor(a!) out, int num_segments, Tensor(b!)? copy=None) -> ()",
+        &blend);
+  m.def("blend_backward(Tensor grad_out, Tensor v, Tensor gate, Tensor weights, int num_segments)"
+        " -> (Tensor, Tensor, Tensor)", &blend_backward);
+  m.def("norm_relu(Tensor v, Tensor scale, Tensor shift, Tensor(a!) out) -> ()", &norm_relu);
+  m.def("norm_relu_backward(Tensor(a!) grad, Tensor v, Tensor scale, Tensor shift, Tensor mean, Tensor invstd)"
+        " -> (Tensor, Tensor)", &norm_relu_backward);
+  m.def("gate(Tensor products, Tensor bias, int num_segments, int height, int width) -> Tensor", &gate);
+  m.def("gate_backward(Tensor grad_z, int num_segments, int height, int width, ScalarType dtype) -> Tensor",
+        &gate_backward);
+  m.def("fusion_weights(Tensor means, Tensor weight, Tensor bias, int num_segments) -> Tensor", &fusion_weights);
+  m.def("input_gradient(Tensor v, Tensor grad_normed, Tensor grad_v, Tensor grad_means, Tensor gate, Tensor coef,"
+        " Tensor centre, Tensor slope, Tensor mean, Tensor invstd, Tensor(a!) out, int num_segments) -> ()",
+        &input_gradient);
+}
