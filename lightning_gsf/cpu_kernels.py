@@ -26,6 +26,9 @@ SOURCE = Path(__file__).parent / "csrc" / "gsf_cpu.cpp"
 CFLAGS = ["-O3", "-fopenmp-simd"]
 # The dtypes the kernels take (they compute in float32).
 DTYPES = (torch.float32, torch.bfloat16)
+# The dtypes GSF.forward sends to them: in bfloat16 this portable (SSE2) build converts more
+# slowly than PyTorch's own vectorised kernels, so bf16 stays on the PyTorch operations.
+DEFAULT_DTYPES = (torch.float32,)
 
 
 @functools.cache
@@ -47,6 +50,12 @@ def cpu_kernels() -> Any | None:
     return torch.ops.lightning_gsf
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels take these tensors (CPU, float32 / bfloat16) and are built."""
-    return all(t.device.type == "cpu" and t.dtype in DTYPES for t in tensors) and cpu_kernels() is not None
+def takes(x: torch.Tensor) -> bool:
+    """Whether the kernels take ``x`` (a float32 or bfloat16 CPU tensor)."""
+    return x.device.type == "cpu" and x.dtype in DTYPES
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether ``GSF.forward`` should run ``x`` through the kernels: a float32 CPU tensor,
+    and the kernels built (building them on first call)."""
+    return x.device.type == "cpu" and x.dtype in DEFAULT_DTYPES and cpu_kernels() is not None

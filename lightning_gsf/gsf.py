@@ -166,7 +166,7 @@ class GSF(nn.Module):
         ops = cpu_kernels.cpu_kernels()
         if ops is None:
             raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
-        if not cpu_kernels.usable(x):
+        if not cpu_kernels.takes(x):
             raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
         if not (_blend_kernels_take(x) or x.shape[2] * x.shape[3] == 1):
             return self.forward_torch(x)  # pixels with two strides: the kernels address one
@@ -816,9 +816,13 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
     ``j*Q + i`` goes to ``2*i + j``.
     """
     if blend_kernels is not None and _blend_kernels_take(fused_out, v):
-        if fused_out.data_ptr() == v.data_ptr():  # in place: the kernel reads neighbouring frames and channels
-            v = v.clone(memory_format=torch.preserve_format)
-        blend_kernels.blend(v, gate.float().contiguous(), blend.float().contiguous(), fused_out, num_segments)
+        gate, blend = gate.float().contiguous(), blend.float().contiguous()
+        if fused_out.data_ptr() != v.data_ptr():
+            blend_kernels.blend(v, gate, blend, fused_out, num_segments)
+        elif v.stride(3) == 1:  # over v itself, a frame at a time
+            blend_kernels.blend_in_place(v, gate, blend, num_segments)
+        else:  # channels-last, over v itself: from a copy
+            blend_kernels.blend(v.clone(memory_format=torch.preserve_format), gate, blend, fused_out, num_segments)
         return
     nt, p, h, w = v.shape
     n, t, q = nt // num_segments, num_segments, p // 4

@@ -1,4 +1,4 @@
-"""GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default for float32 / bf16).
+"""GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default in float32; bf16 too on request).
 
 Each kernel against its PyTorch-ops twin in ``lightning_gsf.gsf`` (the blend and its backward,
 ``relu(bn(v))``, the gate, the fusion weights) over layouts, slices and dtypes; then the whole
@@ -88,12 +88,21 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
     assert actual[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def test_blend_in_place_reads_before_it_writes(kernels):
+@pytest.mark.parametrize("threads", [1, 8])  # one (clip, group) walk per task, or each frame's channels in parallel
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("batch,num_segments", [(2, 4), (1, 3), (3, 1)])
+def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, channels_last, threads):
     """Output over ``v``'s own memory (inference in place): the same as into a fresh tensor."""
-    x, gate, weights = blend_operands(2, 4, 8, 12, (5, 6), False, torch.float32)
+    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 6), channels_last, dtype)
     expected = torch.zeros_like(x)
-    gsf_module._write_fused(expected[:, :8], x[:, :8], gate, weights, 4, False, kernels)
-    gsf_module._write_fused(x[:, :8], x[:, :8], gate, weights, 4, False, kernels)
+    gsf_module._write_fused(expected[:, :8], x[:, :8], gate, weights, num_segments, channels_last, kernels)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        gsf_module._write_fused(x[:, :8], x[:, :8], gate, weights, num_segments, channels_last, kernels)
+    finally:
+        torch.set_num_threads(previous_threads)
     torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
 
 
@@ -270,14 +279,28 @@ def test_cpu_path_equals_reference_property(quarter, extra, num_segments, batch,
         assert_close_to_float64(x.grad, x_ref.grad)
 
 
-@pytest.mark.parametrize("dtype,path", [(torch.float32, "forward_cpu"), (torch.bfloat16, "forward_cpu"),
+@pytest.mark.parametrize("dtype,path", [(torch.float32, "forward_cpu"), (torch.bfloat16, "forward_torch"),
                                         (torch.float64, "forward_torch")])
-def test_forward_takes_the_kernels_for_float32_and_bf16(kernels, monkeypatch, dtype, path):
+def test_forward_takes_the_kernels_for_float32(kernels, monkeypatch, dtype, path):
     calls = []
     for name in ("forward_cpu", "forward_torch"):
         monkeypatch.setattr(GSF, name, lambda self, x, name=name: calls.append(name) or x)
     make_gsf(16, 4, 0.25, seed=0).to(dtype)(make_input(1, 4, 16, 3, seed=0).to(dtype))
     assert calls == [path]
+
+
+def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernels, monkeypatch):
+    module = make_gsf(16, 4, 0.5, seed=1)
+    with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors, got torch.float64"):
+        module.double().forward_cpu(make_input(1, 4, 16, 3, seed=1).double())
+    module.float()
+    x = make_input(1, 4, 16, 5, seed=1).transpose(2, 3)  # pixels with two strides
+    calls = []
+    forward_torch = GSF.forward_torch
+    monkeypatch.setattr(GSF, "forward_torch", lambda self, x: calls.append(1) or forward_torch(self, x))
+    out = module.forward_cpu(x)
+    assert calls == [1]
+    torch.testing.assert_close(out, module.forward_reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_turned_off_kernels_leave_forward_on_torch_ops(monkeypatch, caplog):
@@ -286,7 +309,7 @@ def test_turned_off_kernels_leave_forward_on_torch_ops(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="lightning_gsf.cpu_kernels"):
         assert cpu_kernels.cpu_kernels() is None
     assert "turned off" in caplog.text
-    assert not cpu_kernels.usable(torch.zeros(1))
+    assert not cpu_kernels.usable(torch.zeros(1)) and cpu_kernels.takes(torch.zeros(1))
     module = make_gsf(16, 4, 0.25, seed=0)
     x = make_input(1, 4, 16, 3, seed=0)
     torch.testing.assert_close(module(x), module.forward_reference(x), rtol=1e-5, atol=1e-5)

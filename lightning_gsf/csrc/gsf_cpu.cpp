@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -49,7 +50,7 @@ Map<T> map_of(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4, "GSF kernels: ", name, " must be (N*T, C, H, W), got ", x.sizes());
   TORCH_CHECK(x.stride(2) == x.size(3) * x.stride(3) || x.size(2) == 1,
               "GSF kernels: ", name, "'s pixels must have one stride over H*W, got strides ", x.strides());
-  return Map<T>{x.data_ptr<std::remove_const_t<T>>(), x.stride(0), x.stride(1), x.stride(3)};
+  return Map<T>{static_cast<T*>(x.data_ptr()), x.stride(0), x.stride(1), x.stride(3)};
 }
 
 struct Shape {
@@ -103,12 +104,38 @@ void dispatch(const at::Tensor& x, Body body) {
   if (x.scalar_type() == at::kFloat) {
     body(float{});
   } else {
-    body(c10::BFloat16{});
+    body(uint16_t{});  // bfloat16's bits
   }
 }
 
+// bfloat16 maps are handled as their uint16_t bits, converted with plain bit operations so that
+// the loops vectorise (c10::BFloat16's own conversions compile to scalar code). store rounds to
+// nearest even, as PyTorch does, and keeps NaN a NaN.
 inline float load(float x) { return x; }
-inline float load(c10::BFloat16 x) { return static_cast<float>(x); }
+inline float load(uint16_t bits) {
+  const uint32_t widened = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &widened, sizeof value);
+  return value;
+}
+
+template <typename T>
+inline T store(float x);
+template <>
+inline float store<float>(float x) { return x; }
+template <>
+inline uint16_t store<uint16_t>(float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(x != x ? 0x7FC0u : rounded);
+}
+
+// A tensor's data as T: float, or uint16_t for bfloat16.
+template <typename T>
+T* data_of(const at::Tensor& x) {
+  return static_cast<T*>(x.data_ptr());
+}
 
 // ---------------------------------------------------------------------------------------------
 // blend: gate, shift, fuse and interleave (twin: _write_fused), optionally copying v too.
@@ -137,7 +164,7 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
 #pragma omp simd
         for (int64_t p = 0; p < pixels; ++p) {
           const float x = load(src[p]);
-          dst[p] = static_cast<T>((1.0f - w) * (x - g[p] * x) + w * has_neighbour * (g_n[p] * load(src_n[p])));
+          dst[p] = store<T>((1.0f - w) * (x - g[p] * x) + w * has_neighbour * (g_n[p] * load(src_n[p])));
         }
         if (copy.data) std::copy(src, src + pixels, copy.at(frame, k * s.half + c));
       }
@@ -162,7 +189,7 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
           for (int64_t i = 0; i < s.quarter; ++i) {
             const int64_t c = j * s.quarter + i;
             const float x = load(src[c]);
-            dst[2 * i + j] = static_cast<T>((1.0f - w[c]) * (x - g * x) + w[c] * (g_n * load(src_n[c])));
+            dst[2 * i + j] = store<T>((1.0f - w[c]) * (x - g * x) + w[c] * (g_n * load(src_n[c])));
           }
         }
         if (copy.data) std::copy(src, src + s.half, copy.at(frame, k * s.half) + p * copy.pixel);
@@ -181,6 +208,83 @@ void blend(const at::Tensor& v, const at::Tensor& gate, const at::Tensor& weight
   dispatch(v, [&](auto t) {
     blend_kernel<decltype(t)>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), out, copy, s);
   });
+}
+
+// blend_in_place: the blend written over v itself (inference with GSF in place), for pixels in
+// contiguous planes. A frame's output channels are a permutation of its input channels, and
+// each frame reads its neighbour: so each (clip, group) walks its frames in order, first
+// copying the frame's planes to a scratch buffer (two frames' worth, cache-sized), then writing
+// the frame from the copies and the next frame (not yet overwritten).
+
+template <typename T>
+void blend_in_place_kernel(const at::Tensor& v_, const float* gate, const float* weights, const Shape& s) {
+  const Map<T> v = map_of<T>(v_, "v");
+  TORCH_CHECK(v.pixel == 1, "GSF blend_in_place: pixels must be contiguous");
+  const int64_t pixels = s.pixels, half = s.half;
+  // Many (clip, group) walks: one per task; few: the channels of each frame in parallel instead.
+  const bool across_walks = s.clips * 2 >= at::get_num_threads();
+  auto walk = [&](int64_t clip, int64_t k, std::vector<float>& current, std::vector<float>& previous) {
+    for (int64_t t = 0; t < s.frames; ++t) {
+      const int64_t frame = clip * s.frames + t;
+      auto for_channels = [&](auto body) {
+        if (across_walks) {
+          body(0, half);
+        } else {
+          at::parallel_for(0, half, 1, body);
+        }
+      };
+      for_channels([&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const T* src = v.at(frame, k * half + c);
+          float* dst = current.data() + c * pixels;
+          for (int64_t p = 0; p < pixels; ++p) dst[p] = load(src[p]);
+        }
+      });
+      const int64_t neighbour = s.shift_source(frame, k);
+      const float* g = gate + (frame * 2 + k) * pixels;
+      const float* g_n = gate + ((neighbour < 0 ? frame : neighbour) * 2 + k) * pixels;
+      for_channels([&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const float w = weights[(frame * 2 + k) * half + c];
+          const float* x = current.data() + c * pixels;
+          T* out = v.at(frame, s.out_channel(k, c));
+          if (neighbour < 0) {
+#pragma omp simd
+            for (int64_t p = 0; p < pixels; ++p) out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]));
+          } else if (k == 0) {  // the next frame, still v's own
+            const T* x_n = v.at(neighbour, k * half + c);
+#pragma omp simd
+            for (int64_t p = 0; p < pixels; ++p) {
+              out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]) + w * (g_n[p] * load(x_n[p])));
+            }
+          } else {  // the previous frame, overwritten: its copy
+            const float* x_n = previous.data() + c * pixels;
+#pragma omp simd
+            for (int64_t p = 0; p < pixels; ++p) {
+              out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]) + w * (g_n[p] * x_n[p]));
+            }
+          }
+        }
+      });
+      std::swap(current, previous);
+    }
+  };
+  if (across_walks) {
+    at::parallel_for(0, s.clips * 2, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> current(half * pixels), previous(half * pixels);
+      for (int64_t index = begin; index < end; ++index) walk(index / 2, index % 2, current, previous);
+    });
+  } else {
+    std::vector<float> current(half * pixels), previous(half * pixels);
+    for (int64_t index = 0; index < s.clips * 2; ++index) walk(index / 2, index % 2, current, previous);
+  }
+}
+
+void blend_in_place(at::Tensor v, const at::Tensor& gate, const at::Tensor& weights, int64_t num_segments) {
+  const Shape s = shape_of(v, num_segments);
+  check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
+  check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
+  dispatch(v, [&](auto t) { blend_in_place_kernel<decltype(t)>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -230,7 +334,7 @@ void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, co
             const float xp = load(x[p]), gf = load(grad_f[p]);
             const float residual = xp - g[p] * xp, shifted = has_source * g_s[p] * load(x_s[p]);
             const float d = wc_t * load(grad_f_t[p]) - (1.0f - wc) * gf;
-            grad_x[p] = static_cast<T>((1.0f - wc) * gf + g[p] * d);
+            grad_x[p] = store<T>((1.0f - wc) * gf + g[p] * d);
             grad_g[p] += xp * d;
             grad_w += gf * (shifted - residual);
           }
@@ -254,7 +358,7 @@ void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, co
             const int64_t c = j * s.quarter + i, o = 2 * i + j;
             const float xp = load(x[c]), gf = load(grad_f[o]);
             const float d = has_target * w_t[c] * load(grad_f_t[o]) - (1.0f - w[c]) * gf;
-            grad_x[c] = static_cast<T>((1.0f - w[c]) * gf + gp * d);
+            grad_x[c] = store<T>((1.0f - w[c]) * gf + gp * d);
             grad_gp += xp * d;
             sums[c] += gf * (g_sp * load(x_s[c]) - (xp - gp * xp));
           }
@@ -300,7 +404,7 @@ void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shi
         T* dst = out + index * pixels;
         const float a = scale[c], b = shift[c];
 #pragma omp simd
-        for (int64_t p = 0; p < pixels; ++p) dst[p] = static_cast<T>(std::max(load(src[p]) * a + b, 0.0f));
+        for (int64_t p = 0; p < pixels; ++p) dst[p] = store<T>(std::max(load(src[p]) * a + b, 0.0f));
       }
     });
     return;
@@ -316,7 +420,7 @@ void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shi
         const T* src = v.at(frame, c);
         T* dst = out + (frame * channels + c) * pixels;
         const float a = scale[c], b = shift[c];
-        for (int64_t p = first; p < last; ++p) dst[p] = static_cast<T>(std::max(load(src[p * v.pixel]) * a + b, 0.0f));
+        for (int64_t p = first; p < last; ++p) dst[p] = store<T>(std::max(load(src[p * v.pixel]) * a + b, 0.0f));
       }
     }
   });
@@ -329,7 +433,7 @@ void norm_relu(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& s
   check_floats(shift, v.size(1), "shift");
   dispatch(v, [&](auto t) {
     using T = decltype(t);
-    norm_relu_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), out.data_ptr<T>());
+    norm_relu_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), data_of<T>(out));
   });
 }
 
@@ -355,14 +459,14 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
 #pragma omp simd reduction(+ : total, total_xhat)
           for (int64_t p = 0; p < pixels; ++p) {
             const float xp = load(x[p]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
-            g[p] = static_cast<T>(gp);
+            g[p] = store<T>(gp);
             total += gp;
             total_xhat += gp * (xp - m) * is;
           }
         } else {
           for (int64_t p = 0; p < pixels; ++p) {
             const float xp = load(x[p * stride]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
-            g[p] = static_cast<T>(gp);
+            g[p] = store<T>(gp);
             total += gp;
             total_xhat += gp * (xp - m) * is;
           }
@@ -388,7 +492,7 @@ std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at:
   at::Tensor sum_grad_xhat = at::empty({channels}, v.options().dtype(at::kFloat));
   dispatch(v, [&](auto t) {
     using T = decltype(t);
-    norm_relu_backward_kernel<T>(grad.data_ptr<T>(), v, scale.data_ptr<float>(), shift.data_ptr<float>(),
+    norm_relu_backward_kernel<T>(data_of<T>(grad), v, scale.data_ptr<float>(), shift.data_ptr<float>(),
                                  mean.data_ptr<float>(), invstd.data_ptr<float>(), sum_grad.data_ptr<float>(),
                                  sum_grad_xhat.data_ptr<float>());
   });
@@ -443,7 +547,7 @@ void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s,
       T* taps = grad_products + ((frame * 2 + k) * 27 + kt * 9) * pixels;
       const int64_t target_t = t - kt + 1;  // the frame whose gate this tap of this frame feeds
       if (target_t < 0 || target_t >= s.frames) {
-        std::fill(taps, taps + 9 * pixels, static_cast<T>(0.0f));
+        std::fill(taps, taps + 9 * pixels, store<T>(0.0f));
         continue;
       }
       const float* grad = grad_z + ((frame - kt + 1) * 2 + k) * pixels;
@@ -454,15 +558,15 @@ void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s,
           for (int64_t y = 0; y < height; ++y) {
             T* row = tap + y * width;
             if (y + dy < 0 || y + dy >= height) {
-              std::fill(row, row + width, static_cast<T>(0.0f));
+              std::fill(row, row + width, store<T>(0.0f));
               continue;
             }
             const float* source = grad + (y + dy) * width + dx;
             const int64_t x0 = std::max<int64_t>(-dx, 0), x1 = width - std::max<int64_t>(dx, 0);
-            if (x0 > 0) row[0] = static_cast<T>(0.0f);
-            if (x1 < width) row[width - 1] = static_cast<T>(0.0f);
+            if (x0 > 0) row[0] = store<T>(0.0f);
+            if (x1 < width) row[width - 1] = store<T>(0.0f);
 #pragma omp simd
-            for (int64_t x = x0; x < x1; ++x) row[x] = static_cast<T>(source[x]);
+            for (int64_t x = x0; x < x1; ++x) row[x] = store<T>(source[x]);
           }
         }
       }
@@ -480,7 +584,7 @@ at::Tensor gate(const at::Tensor& products, const at::Tensor& bias, int64_t num_
   at::Tensor out = at::empty({products.size(0), 2, height, width}, products.options().dtype(at::kFloat));
   dispatch(products, [&](auto t) {
     using T = decltype(t);
-    gate_kernel<T>(products.data_ptr<T>(), bias.data_ptr<float>(), out.data_ptr<float>(), s, height, width);
+    gate_kernel<T>(data_of<T>(products), bias.data_ptr<float>(), out.data_ptr<float>(), s, height, width);
   });
   return out;
 }
@@ -492,7 +596,7 @@ at::Tensor gate_backward(const at::Tensor& grad_z, int64_t num_segments, int64_t
   at::Tensor grad_products = at::empty({grad_z.size(0), 2, 27, height * width}, grad_z.options().dtype(dtype));
   dispatch(grad_products, [&](auto t) {
     using T = decltype(t);
-    gate_backward_kernel<T>(grad_z.data_ptr<float>(), grad_products.data_ptr<T>(), s, height, width);
+    gate_backward_kernel<T>(grad_z.data_ptr<float>(), data_of<T>(grad_products), s, height, width);
   });
   return grad_products;
 }
@@ -551,7 +655,7 @@ at::Tensor fusion_weights(const at::Tensor& means, const at::Tensor& weight, con
   at::Tensor out = at::empty({s.clips, num_segments, 2, s.half}, means.options().dtype(at::kFloat));
   dispatch(means, [&](auto t) {
     using T = decltype(t);
-    fusion_weights_kernel<T>(means.data_ptr<T>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+    fusion_weights_kernel<T>(data_of<T>(means), weight.data_ptr<float>(), bias.data_ptr<float>(),
                              out.data_ptr<float>(), s);
   });
   return out;
@@ -586,7 +690,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
       const float per_gate = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
       const float per_xhat = a * slope[c] * is;
       auto value = [&](int64_t p, float grad_blend, float xp) {
-        return static_cast<T>(grad_blend + a * load(gn[p]) - per_xhat * (xp - m) + constant + per_gate * g[p]);
+        return store<T>(grad_blend + a * load(gn[p]) - per_xhat * (xp - m) + constant + per_gate * g[p]);
       };
       if (v.pixel == 1 && grad_v.pixel == 1 && out.pixel == 1) {  // (a run-time stride does not vectorise)
 #pragma omp simd
@@ -614,7 +718,7 @@ void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at
   for (const auto* t : {&coef, &centre, &slope, &mean, &invstd}) check_floats(*t, v.size(1), "statistics");
   dispatch(v, [&](auto t) {
     using T = decltype(t);
-    input_gradient_kernel<T>(v, grad_normed.data_ptr<T>(), grad_v, grad_means.data_ptr<float>(),
+    input_gradient_kernel<T>(v, data_of<T>(grad_normed), grad_v, grad_means.data_ptr<float>(),
                              gate.data_ptr<float>(), coef.data_ptr<float>(), centre.data_ptr<float>(),
                              slope.data_ptr<float>(), mean.data_ptr<float>(), invstd.data_ptr<float>(), out, s);
   });
@@ -625,6 +729,7 @@ void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at
 TORCH_LIBRARY(lightning_gsf, m) {
   m.def("blend(Tensor v, Tensor gate, Tensor weights, Tensor(a!) out, int num_segments, Tensor(b!)? copy=None) -> ()",
         &blend);
+  m.def("blend_in_place(Tensor(a!) v, Tensor gate, Tensor weights, int num_segments) -> ()", &blend_in_place);
   m.def("blend_backward(Tensor grad_out, Tensor v, Tensor gate, Tensor weights, int num_segments)"
         " -> (Tensor, Tensor, Tensor)", &blend_backward);
   m.def("norm_relu(Tensor v, Tensor scale, Tensor shift, Tensor(a!) out) -> ()", &norm_relu);
