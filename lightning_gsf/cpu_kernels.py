@@ -3,9 +3,10 @@
 :func:`cpu_kernels` compiles the source with ``torch.utils.cpp_extension`` (a C++ compiler
 and ninja are needed; a few seconds, once: the build is cached under
 ``$TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``, and rebuilt when the
-source changes) and returns the ``torch.ops.lightning_gsf`` namespace. Where the build fails,
-it logs why, once, and returns None: GSF then blends with PyTorch operations, the same
-numbers a little slower. ``LIGHTNING_GSF_CPU_KERNELS=0`` turns the kernels off.
+source or torch changes) and returns the ``torch.ops.lightning_gsf`` namespace. Where the
+build fails, it logs why, once, and returns None: GSF then runs on PyTorch operations
+(``GSF.forward_torch``), the same numbers, slower. ``LIGHTNING_GSF_CPU_KERNELS=0`` turns the
+kernels off.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +33,26 @@ DTYPES = (torch.float32, torch.bfloat16)
 DEFAULT_DTYPES = (torch.float32,)
 
 
+def extension_name() -> str:
+    """The build's name, with torch's version in it: a build against one torch does not load
+    into another, and the build cache keys on the name and the source, not on torch."""
+    return "lightning_gsf_cpu_" + re.sub(r"\W", "_", torch.__version__)
+
+
 @functools.cache
 def cpu_kernels() -> Any | None:
-    """``torch.ops.lightning_gsf`` with ``blend`` and ``blend_backward``, built on first
-    call; None if turned off or the build fails (logged)."""
+    """``torch.ops.lightning_gsf``, the kernels of ``csrc/gsf_cpu.cpp``, built on first call;
+    None if turned off or the build fails (logged)."""
     if os.environ.get("LIGHTNING_GSF_CPU_KERNELS", "1") == "0":
         log.info("GSF CPU kernels turned off by LIGHTNING_GSF_CPU_KERNELS=0")
         return None
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load(name="lightning_gsf_cpu", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+        cpp_extension.load(name=extension_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS,
                            is_python_module=False, verbose=False)
     except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
-        log.warning("GSF CPU kernels unavailable (%s: %s); GSF blends with PyTorch operations instead",
+        log.warning("GSF CPU kernels unavailable (%s: %s); GSF runs on PyTorch operations instead",
                     type(error).__name__, error)
         return None
     return torch.ops.lightning_gsf

@@ -16,7 +16,8 @@ The remaining ``C - P`` channels pass through untouched. ``forward_reference`` f
 computes the same numbers in the backbone's ``(N*T, C, H, W)`` layout with fewer passes over
 the feature map and far less memory saved for backward (``docs/performance.md`` says how and
 what it costs): on CUDA in Triton kernels (``forward_triton``, :mod:`lightning_gsf.gsf_kernels`),
-elsewhere in PyTorch operations tuned on the CPU (``forward_torch``). Under ``torch.compile``,
+for float32 CPU tensors in C++ kernels (``forward_cpu``, :mod:`lightning_gsf.cpu_kernels`),
+otherwise in PyTorch operations (``forward_torch``). Under ``torch.compile``,
 ``forward`` runs ``forward_compilable`` instead: the same math in plain differentiable ops,
 which the compiler fuses better than the eager path's hand-written backward.
 """
@@ -109,7 +110,8 @@ class GSF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path for the device at hand, the same numbers as
         :meth:`forward_reference`: :meth:`forward_triton` on CUDA (float32 / bf16 / fp16,
-        where Triton is installed), :meth:`forward_torch` elsewhere, :meth:`forward_compilable` under
+        where Triton is installed), :meth:`forward_cpu` for float32 CPU tensors (where the C++
+        kernels build), :meth:`forward_torch` otherwise, :meth:`forward_compilable` under
         ``torch.compile``; the reference with synchronised batch norm while training."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
