@@ -25,6 +25,7 @@ which the compiler fuses better than the eager path's hand-written backward.
 from __future__ import annotations
 
 import functools
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -250,6 +251,7 @@ class GSF(nn.Module):
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
+            _unshared_gradient_counts()  # measured once, before any backward runs
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)
         return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
@@ -510,6 +512,7 @@ class _KernelGSF(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
+        counts = _reference_counts(grad_out)  # first, as in _ReferenceProbe.backward
         v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight = (
             ctx.saved_tensors)
         kernels = ctx.kernels
@@ -526,12 +529,63 @@ class _KernelGSF(torch.autograd.Function):
             centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
         else:
             centre = slope = torch.zeros_like(coef)
-        grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
+        if _writable_gradient(grad_out, counts, ctx.channels_last):
+            grad_x = grad_out  # its last C - P channels are already the input's gradient
+        else:
+            grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
         kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
                                grad_x[:, :p])
         return (grad_x, None, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
                 sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
                 grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+
+
+def _reference_counts(grad: torch.Tensor) -> tuple[int, int, int]:
+    """Who holds a gradient, seen from the first line of an autograd Function's backward: its
+    Python references, its C++ references, and the tensors (views) on its storage."""
+    return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
+
+
+class _ReferenceProbe(torch.autograd.Function):
+    """Records :func:`_reference_counts` of a freshly computed gradient that nothing else holds."""
+
+    counts: list[tuple[int, int, int]] = []
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        counts = _reference_counts(grad_out)
+        _ReferenceProbe.counts.append(counts)
+        return grad_out
+
+
+@functools.cache
+def _unshared_gradient_counts() -> tuple[int, int, int] | None:
+    """:func:`_reference_counts` of a gradient that only the autograd engine holds, measured on
+    a probe (the count depends on the torch version, not on the Function); None where torch
+    lacks the private use counts."""
+    if not (hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")):
+        return None
+    _ReferenceProbe.counts.clear()
+    with torch.enable_grad():
+        x = torch.zeros(4, requires_grad=True)
+        (_ReferenceProbe.apply(x) * 2.0).sum().backward()
+    return _ReferenceProbe.counts[0]
+
+
+def _writable_gradient(grad: torch.Tensor, counts: tuple[int, int, int], channels_last: bool) -> bool:
+    """Whether a backward may write the input's gradient over ``grad``, its output's gradient:
+    a dense tensor in the input's layout that nothing but the autograd engine holds (``counts``,
+    taken on entry, equal a probe's: no hook, ``retain_grad``, other consumer or view keeps it),
+    outside a double backward. The input's gradient then needs no new tensor and no copy of
+    the ``C - P`` channels that GSF passes through. CPU tensors only for now: the same
+    reasoning holds on CUDA, but the GPU tests have not run it yet."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return (grad.device.type == "cpu" and counts == _unshared_gradient_counts() and not grad.requires_grad
+            and grad.is_contiguous(memory_format=memory_format))
 
 
 def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> torch.Tensor:
