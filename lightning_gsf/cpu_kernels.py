@@ -23,20 +23,30 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "gsf_cpu.cpp"
-# Portable flags: -O3 vectorises the loops with the baseline ISA, so a build cached in a home
-# directory shared by a cluster's nodes runs on each of them (no -march=native).
 CFLAGS = ["-O3", "-fopenmp-simd"]
+# Vector instructions by the CPU capability that torch itself dispatches to (x86-64 levels:
+# v3 = AVX2/FMA, v4 = AVX-512). The level is part of the build's name, so a build cached in a
+# home directory shared by a cluster's nodes only loads on nodes of the same level.
+ISA_FLAGS = {"AVX2": ["-march=x86-64-v3"], "AVX512": ["-march=x86-64-v4"]}
 # The dtypes the kernels take (they compute in float32).
 DTYPES = (torch.float32, torch.bfloat16)
-# The dtypes GSF.forward sends to them: in bfloat16 this portable (SSE2) build converts more
-# slowly than PyTorch's own vectorised kernels, so bf16 stays on the PyTorch operations.
-DEFAULT_DTYPES = (torch.float32,)
+# The dtypes GSF.forward sends to them: float32, and bfloat16 where the build has AVX2 or
+# AVX-512 (with the baseline SSE2 only, its conversions run slower than PyTorch's kernels).
+BF16_CAPABILITIES = ("AVX2", "AVX512")
+
+
+def cpu_capability() -> str:
+    """torch's CPU capability (``AVX512``, ``AVX2``, ``DEFAULT``, ...) where it has one for
+    the C++ build, else ``DEFAULT``."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability if capability in ISA_FLAGS else "DEFAULT"
 
 
 def extension_name() -> str:
-    """The build's name, with torch's version in it: a build against one torch does not load
-    into another, and the build cache keys on the name and the source, not on torch."""
-    return "lightning_gsf_cpu_" + re.sub(r"\W", "_", torch.__version__)
+    """The build's name, with torch's version and the instruction set in it: a build against
+    one torch does not load into another, nor an AVX-512 build run on an AVX2 node, and the
+    build cache keys on the name and the source only."""
+    return f"lightning_gsf_cpu_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}_{cpu_capability().lower()}"
 
 
 @functools.cache
@@ -49,8 +59,9 @@ def cpu_kernels() -> Any | None:
     from torch.utils import cpp_extension
 
     try:
-        cpp_extension.load(name=extension_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                           is_python_module=False, verbose=False)
+        cpp_extension.load(name=extension_name(), sources=[str(SOURCE)],
+                           extra_cflags=CFLAGS + ISA_FLAGS.get(cpu_capability(), []), is_python_module=False,
+                           verbose=False)
     except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
         log.warning("GSF CPU kernels unavailable (%s: %s); GSF runs on PyTorch operations instead",
                     type(error).__name__, error)
@@ -64,6 +75,10 @@ def takes(x: torch.Tensor) -> bool:
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether ``GSF.forward`` should run ``x`` through the kernels: a float32 CPU tensor,
-    and the kernels built (building them on first call)."""
-    return x.device.type == "cpu" and x.dtype in DEFAULT_DTYPES and cpu_kernels() is not None
+    """Whether ``GSF.forward`` should run ``x`` through the kernels: a float32 CPU tensor (or
+    bfloat16 on an AVX2 / AVX-512 CPU), and the kernels built (building them on first call)."""
+    if x.device.type != "cpu" or x.dtype not in DTYPES:
+        return False
+    if x.dtype == torch.bfloat16 and cpu_capability() not in BF16_CAPABILITIES:
+        return False
+    return cpu_kernels() is not None

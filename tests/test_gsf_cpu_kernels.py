@@ -366,9 +366,13 @@ def test_input_gradient_leaves_a_held_output_gradient_alone(kernels, holder):
         torch.testing.assert_close(kept[0].grad, weights, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype,path", [(torch.float32, "forward_cpu"), (torch.bfloat16, "forward_torch"),
-                                        (torch.float64, "forward_torch")])
-def test_forward_takes_the_kernels_for_float32(kernels, monkeypatch, dtype, path):
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_forward_takes_the_kernels_for_float32_and_vectorised_bf16(kernels, monkeypatch, dtype, capability):
+    """bf16 only where the build vectorises its conversions (AVX2 / AVX-512)."""
+    monkeypatch.setattr(cpu_kernels, "cpu_capability", lambda: capability)
+    takes_kernels = dtype == torch.float32 or (dtype == torch.bfloat16 and capability != "DEFAULT")
+    path = "forward_cpu" if takes_kernels else "forward_torch"
     calls = []
     for name in ("forward_cpu", "forward_torch"):
         monkeypatch.setattr(GSF, name, lambda self, x, name=name: calls.append(name) or x)
