@@ -133,7 +133,7 @@ class GSF(nn.Module):
         :meth:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
         self._check_input(x)
         if not torch.is_grad_enabled():
-            return self._forward_without_autograd(x, blend_kernels=None)
+            return self._forward_without_autograd(x, cpu_ops=None)
 
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
@@ -171,16 +171,17 @@ class GSF(nn.Module):
             raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
         if not cpu_kernels.takes(x):
             raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
-        if not (_blend_kernels_take(x) or x.shape[2] * x.shape[3] == 1):
+        if not _cpu_kernels_take(x):
             return self.forward_torch(x)  # pixels with two strides: the kernels address one
         self._check_input(x)
         if not torch.is_grad_enabled():
             return self._forward_without_autograd(x, ops)
         return self._forward_with_kernels(x, _CppKernels(ops))
 
-    def _forward_without_autograd(self, x: torch.Tensor, blend_kernels: Any | None) -> torch.Tensor:
+    def _forward_without_autograd(self, x: torch.Tensor, cpu_ops: Any | None) -> torch.Tensor:
         """``forward`` when autograd is off (inference): the same numbers in fewer, cheaper
-        passes, since nothing is kept for a backward. The output overwrites the input
+        passes, since nothing is kept for a backward, with ``cpu_ops`` (the C++ kernels, for
+        an input they take) or PyTorch operations. The output overwrites the input
         (``inplace``) once the processed channels have been read for the last time."""
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
@@ -199,17 +200,16 @@ class GSF(nn.Module):
         shift = self.bn.bias - mean * scale
         # NCHW for the matmul (written so from channels-last input too), in v's dtype
         activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
-        kernels = blend_kernels if blend_kernels is not None and _blend_kernels_take(v) else None
-        if kernels is not None:  # one pass each for relu(bn(v)), the gate and the fusion weights
-            kernels.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
+        if cpu_ops is not None:  # one pass each for relu(bn(v)), the gate and the fusion weights
+            cpu_ops.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
         else:
             torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
         products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
-        if kernels is not None:
-            gate = kernels.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (N, T, 2, H, W)
+        if cpu_ops is not None:
+            gate = cpu_ops.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (N, T, 2, H, W)
             means, _ = _spatial_means(v, gate, channels_last)
             weight, bias = self._fusion_parameters()
-            blend = kernels.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
+            blend = cpu_ops.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
         else:
             taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
             gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
@@ -225,7 +225,7 @@ class GSF(nn.Module):
         # The output overwrites the input itself when in place: _write_fused reads v before
         # it writes.
         inplace = self._writes_in_place(x)
-        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace, blend_kernels)
+        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace, cpu_ops)
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
@@ -420,7 +420,7 @@ class _CppKernels:
 
     def blend_backward(self, grad_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
                        num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not _blend_kernels_take(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
+        if not _cpu_kernels_take(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
             grad_out = torch.empty_like(v).copy_(grad_out)
         grad_v, grad_gate, grad_weights = self.ops.blend_backward(grad_out, v, gate, weights.float().contiguous(),
                                                                   num_segments)
@@ -841,16 +841,16 @@ class _NormReluTaps(torch.autograd.Function):
 
 def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, rest: torch.Tensor,
                      num_segments: int, channels_last: bool, inplace: bool,
-                     blend_kernels: Any | None = None) -> torch.Tensor:
+                     cpu_ops: Any | None = None) -> torch.Tensor:
     """The output ``(N*T, C, H, W)``: :func:`_write_fused` into ``rest`` itself (``inplace``,
     ``rest`` is then the whole input) or into a new tensor after ``rest``'s ``C - P`` channels."""
     out = rest if inplace else _output_after(rest, v.shape[1], channels_last)
-    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last, blend_kernels)
+    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last, cpu_ops)
     return out
 
 
-def _blend_kernels_take(*maps: torch.Tensor) -> bool:
-    """Whether the C++ blend kernels take these ``(N*T, P, H, W)`` maps: one stride over H*W,
+def _cpu_kernels_take(*maps: torch.Tensor) -> bool:
+    """Whether the C++ kernels take these ``(N*T, P, H, W)`` maps: one stride over H*W,
     and either every map's pixels contiguous (NCHW) or every map's channels (channels-last)."""
     def uniform_pixels(t: torch.Tensor) -> bool:
         return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
@@ -860,10 +860,10 @@ def _blend_kernels_take(*maps: torch.Tensor) -> bool:
 
 
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
-                 num_segments: int, channels_last: bool, blend_kernels: Any | None = None) -> None:
+                 num_segments: int, channels_last: bool, cpu_ops: Any | None = None) -> None:
     """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
     channels, any strides; it may be ``v``'s own memory, which is read before it is written),
-    in one pass with ``blend_kernels`` (the C++ kernels) where they take the layout, else in
+    in one pass with ``cpu_ops`` (the C++ kernels) where they take the layout, else in
     PyTorch operations.
 
     With ``y = gate * v`` and ``r = v - y`` per group, ``f = lerp(r, s, w) = r + w * (s - r)``
@@ -871,14 +871,14 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
     clip's ends, where ``f = r * (1 - w)``), and ``f`` lands interleaved: the group's channel
     ``j*Q + i`` goes to ``2*i + j``.
     """
-    if blend_kernels is not None and _blend_kernels_take(fused_out, v):
+    if cpu_ops is not None and _cpu_kernels_take(fused_out, v):
         gate, blend = gate.float().contiguous(), blend.float().contiguous()
         if fused_out.data_ptr() != v.data_ptr():
-            blend_kernels.blend(v, gate, blend, fused_out, num_segments)
+            cpu_ops.blend(v, gate, blend, fused_out, num_segments)
         elif v.stride(3) == 1:  # over v itself, a frame at a time
-            blend_kernels.blend_in_place(v, gate, blend, num_segments)
+            cpu_ops.blend_in_place(v, gate, blend, num_segments)
         else:  # channels-last, over v itself: from a copy
-            blend_kernels.blend(v.clone(memory_format=torch.preserve_format), gate, blend, fused_out, num_segments)
+            cpu_ops.blend(v.clone(memory_format=torch.preserve_format), gate, blend, fused_out, num_segments)
         return
     nt, p, h, w = v.shape
     n, t, q = nt // num_segments, num_segments, p // 4

@@ -178,6 +178,25 @@ def assert_close_to_float64(actual, expected, msg=None):
                                atol=TOLERANCE["atol"] * scale, msg=msg)
 
 
+def check_path_matches_naive_spec(path, channels, num_segments, ratio, batch, size, training, inplace=False,
+                                  channels_last=False):
+    """``GSF.<path>`` against the naive spec (:func:`run_path_and_naive`): output (over the
+    input when in place, in its layout), running statistics, input and parameter gradients.
+    Returns the module."""
+    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
+        path, channels, num_segments, ratio, batch, size, training, inplace, channels_last=channels_last)
+    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
+    assert output.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close_to_float64(output, expected.output)
+    assert_close_to_float64(module.bn.running_mean, expected.running_mean)
+    assert_close_to_float64(module.bn.running_var, expected.running_var)
+    assert int(module.bn.num_batches_tracked) == (1 if training else 0)
+    assert_close_to_float64(x.grad, x_naive.grad)
+    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
+        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+    return module
+
+
 CASES = [
     # (channels, num_segments, ratio, batch, size)
     (16, 4, 0.25, 2, 5),

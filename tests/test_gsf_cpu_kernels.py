@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from lightning_gsf import cpu_kernels
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
-from test_gsf import (CASES, assert_close_to_float64, make_gsf, make_input, naive_gsf, run_path_and_naive,
-                      split_with)
+from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, make_gsf, make_input,
+                      naive_gsf, split_with)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +106,12 @@ def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dty
     torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
 
 
-def test_blend_kernels_take_only_uniform_pixel_strides():
+def test_cpu_kernels_take_only_uniform_pixel_strides():
     x = torch.randn(4, 8, 5, 6)
-    assert gsf_module._blend_kernels_take(x[:, :4])
-    assert gsf_module._blend_kernels_take(x.contiguous(memory_format=torch.channels_last)[:, :4])
-    assert not gsf_module._blend_kernels_take(x.transpose(2, 3)[:, :4])  # W before H in memory
-    assert not gsf_module._blend_kernels_take(x[:, :4, :, ::2])
+    assert gsf_module._cpu_kernels_take(x[:, :4])
+    assert gsf_module._cpu_kernels_take(x.contiguous(memory_format=torch.channels_last)[:, :4])
+    assert not gsf_module._cpu_kernels_take(x.transpose(2, 3)[:, :4])  # W before H in memory
+    assert not gsf_module._cpu_kernels_take(x[:, :4, :, ::2])
 
 
 def test_blend_falls_back_to_torch_ops_on_other_layouts(kernels):
@@ -174,16 +174,7 @@ def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channe
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
 def test_cpu_path_matches_naive_spec(kernels, channels, num_segments, ratio, batch, size, training, inplace):
-    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
-        "forward_cpu", channels, num_segments, ratio, batch, size + 2, training, inplace)
-    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
-    assert_close_to_float64(output, expected.output)
-    assert_close_to_float64(module.bn.running_mean, expected.running_mean)
-    assert_close_to_float64(module.bn.running_var, expected.running_var)
-    assert int(module.bn.num_batches_tracked) == (1 if training else 0)
-    assert_close_to_float64(x.grad, x_naive.grad)
-    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
-        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+    check_path_matches_naive_spec("forward_cpu", channels, num_segments, ratio, batch, size + 2, training, inplace)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
@@ -191,14 +182,7 @@ def test_cpu_path_matches_naive_spec(kernels, channels, num_segments, ratio, bat
 def test_cpu_path_in_channels_last(kernels, training, inplace):
     """Channels-last in, channels-last out (over the input itself when in place), large enough
     for the slice fold."""
-    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
-        "forward_cpu", 24, 2, 0.5, 2, 21, training, inplace, channels_last=True)
-    assert output.is_contiguous(memory_format=torch.channels_last)
-    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
-    assert_close_to_float64(output, expected.output)
-    assert_close_to_float64(x.grad, x_naive.grad)
-    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
-        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+    check_path_matches_naive_spec("forward_cpu", 24, 2, 0.5, 2, 21, training, inplace, channels_last=True)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

@@ -18,23 +18,14 @@ from hypothesis import strategies as st
 
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
-from test_gsf import (CASES, assert_close_to_float64, make_gsf, make_input, naive_gsf, run_path_and_naive,
-                      split_with)
+from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, make_gsf, make_input,
+                      naive_gsf, split_with)
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
 def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, size, training, inplace):
-    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
-        "forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
-    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
-    assert_close_to_float64(output, expected.output)
-    assert_close_to_float64(module.bn.running_mean, expected.running_mean)
-    assert_close_to_float64(module.bn.running_var, expected.running_var)
-    assert int(module.bn.num_batches_tracked) == (1 if training else 0)
-    assert_close_to_float64(x.grad, x_naive.grad)
-    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
-        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
+    check_path_matches_naive_spec("forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -44,15 +35,9 @@ def test_triton_path_on_several_tiles(training, inplace, channels_last):
     """Groups of 36 channels (three channel tiles, the last partial) on 13x13 maps (two pixel
     tiles): the same numbers and gradients; channels-last in, channels-last out (over the
     input itself when in place)."""
-    module, naive_module, x, x_naive, conv_output, output, expected = run_path_and_naive(
-        "forward_triton", 80, 2, 0.9, 2, 13, training, inplace, channels_last=channels_last)
+    module = check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 13, training, inplace,
+                                           channels_last=channels_last)
     assert module.processed // 2 > 2 * gsf_module._triton_kernels().BLOCK_CHANNELS
-    assert output.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert (output.data_ptr() == conv_output.data_ptr()) == inplace
-    assert_close_to_float64(output, expected.output)
-    assert_close_to_float64(x.grad, x_naive.grad)
-    for (name, param), naive_param in zip(module.named_parameters(), naive_module.parameters()):
-        assert_close_to_float64(param.grad, naive_param.grad, msg=name)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
