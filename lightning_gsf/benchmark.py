@@ -168,11 +168,13 @@ def count_flops(model: nn.Module, clips: torch.Tensor, config: BenchmarkConfig) 
 
 @contextlib.contextmanager
 def gsf_in_torch_ops(model: nn.Module) -> Iterator[None]:
-    """Run GSF's Triton path (the default on CUDA) as its PyTorch-ops twin, the same
-    arithmetic: ``FlopCounterMode`` counts ATen operations and cannot see Triton kernels."""
+    """Run GSF's Triton and C++ paths (the defaults on CUDA and the CPU) as their PyTorch-ops
+    twin, the same arithmetic: ``FlopCounterMode`` counts ATen operations and cannot see
+    Triton kernels or custom C++ ops."""
     overridden = {}
     for module in model.modules():
-        if isinstance(module, GSF) and getattr(module.forward, "__func__", None) in (GSF.forward, GSF.forward_triton):
+        if isinstance(module, GSF) and getattr(module.forward, "__func__", None) in (GSF.forward, GSF.forward_triton,
+                                                                                     GSF.forward_cpu):
             overridden[module] = module.__dict__.get("forward")
             module.forward = module.forward_torch
     try:
