@@ -16,6 +16,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -56,8 +57,7 @@ def cpu_kernels() -> Any | None:
     if os.environ.get("LIGHTNING_GSF_CPU_KERNELS", "1") == "0":
         log.info("GSF CPU kernels turned off by LIGHTNING_GSF_CPU_KERNELS=0")
         return None
-    from torch.utils import cpp_extension
-
+    cpp_extension = _import_cpp_extension()
     try:
         cpp_extension.load(name=extension_name(), sources=[str(SOURCE)],
                            extra_cflags=CFLAGS + ISA_FLAGS.get(cpu_capability(), []), is_python_module=False,
@@ -67,6 +67,19 @@ def cpu_kernels() -> Any | None:
                     type(error).__name__, error)
         return None
     return torch.ops.lightning_gsf
+
+
+def _import_cpp_extension() -> ModuleType:
+    """``torch.utils.cpp_extension``, imported without its warning that no CUDA runtime was
+    found (it looks for one on import; this CPU build does not need it)."""
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        torch_log.setLevel(level)
+    return cpp_extension
 
 
 def takes(x: torch.Tensor) -> bool:
