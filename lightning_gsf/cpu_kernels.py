@@ -43,30 +43,47 @@ def cpu_capability() -> str:
     return capability if capability in ISA_FLAGS else "DEFAULT"
 
 
-def extension_name() -> str:
+def extension_name(capability: str) -> str:
     """The build's name, with torch's version and the instruction set in it: a build against
-    one torch does not load into another, nor an AVX-512 build run on an AVX2 node, and the
-    build cache keys on the name and the source only."""
-    return f"lightning_gsf_cpu_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}_{cpu_capability().lower()}"
+    one torch never loads into another, nor an AVX-512 build onto an AVX2 node sharing the
+    cache directory (and builds for different levels do not keep replacing each other)."""
+    return f"lightning_gsf_cpu_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}_{capability.lower()}"
 
 
 @functools.cache
-def cpu_kernels() -> Any | None:
-    """``torch.ops.lightning_gsf``, the kernels of ``csrc/gsf_cpu.cpp``, built on first call;
-    None if turned off or the build fails (logged)."""
+def _build() -> tuple[Any, str] | None:
+    """Build (or load the cached build of) the kernels: ``(torch.ops.lightning_gsf, the
+    capability built for)``, for torch's CPU capability first and then, if that fails (a
+    compiler too old for ``-march=x86-64-v4``, say), for the baseline; None if turned off or
+    no build works (logged)."""
     if os.environ.get("LIGHTNING_GSF_CPU_KERNELS", "1") == "0":
         log.info("GSF CPU kernels turned off by LIGHTNING_GSF_CPU_KERNELS=0")
         return None
     cpp_extension = _import_cpp_extension()
-    try:
-        cpp_extension.load(name=extension_name(), sources=[str(SOURCE)],
-                           extra_cflags=CFLAGS + ISA_FLAGS.get(cpu_capability(), []), is_python_module=False,
-                           verbose=False)
-    except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
-        log.warning("GSF CPU kernels unavailable (%s: %s); GSF runs on PyTorch operations instead",
-                    type(error).__name__, error)
-        return None
-    return torch.ops.lightning_gsf
+    for capability in dict.fromkeys((cpu_capability(), "DEFAULT")):
+        try:
+            cpp_extension.load(name=extension_name(capability), sources=[str(SOURCE)],
+                               extra_cflags=CFLAGS + ISA_FLAGS.get(capability, []), is_python_module=False,
+                               verbose=False)
+        except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
+            log.warning("GSF CPU kernels for %s unavailable (%s: %s)", capability, type(error).__name__, error)
+            continue
+        return torch.ops.lightning_gsf, capability
+    log.warning("GSF runs on PyTorch operations instead of its CPU kernels")
+    return None
+
+
+def cpu_kernels() -> Any | None:
+    """``torch.ops.lightning_gsf``, the kernels of ``csrc/gsf_cpu.cpp``, built on first call;
+    None if turned off or the build fails (logged)."""
+    built = _build()
+    return None if built is None else built[0]
+
+
+def built_capability() -> str | None:
+    """The instruction-set level the loaded kernels were built for, None without kernels."""
+    built = _build()
+    return None if built is None else built[1]
 
 
 def _import_cpp_extension() -> ModuleType:
@@ -83,15 +100,15 @@ def _import_cpp_extension() -> ModuleType:
 
 
 def takes(x: torch.Tensor) -> bool:
-    """Whether the kernels take ``x`` (a float32 or bfloat16 CPU tensor)."""
-    return x.device.type == "cpu" and x.dtype in DTYPES
+    """Whether the kernels take ``x``: a plain (not a subclass such as a fake or distributed
+    tensor) float32 or bfloat16 CPU tensor."""
+    return type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in DTYPES
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether ``GSF.forward`` should run ``x`` through the kernels: a float32 CPU tensor (or
-    bfloat16 on an AVX2 / AVX-512 CPU), and the kernels built (building them on first call)."""
-    if x.device.type != "cpu" or x.dtype not in DTYPES:
+    """Whether ``GSF.forward`` should run ``x`` through the kernels: one they take, in float32
+    (or bfloat16 with an AVX2 / AVX-512 build), and the kernels built (building them on
+    first call)."""
+    if not takes(x) or cpu_kernels() is None:
         return False
-    if x.dtype == torch.bfloat16 and cpu_capability() not in BF16_CAPABILITIES:
-        return False
-    return cpu_kernels() is not None
+    return x.dtype == torch.float32 or built_capability() in BF16_CAPABILITIES

@@ -16,7 +16,8 @@ The remaining ``C - P`` channels pass through untouched. ``forward_reference`` f
 computes the same numbers in the backbone's ``(N*T, C, H, W)`` layout with fewer passes over
 the feature map and far less memory saved for backward (``docs/performance.md`` says how and
 what it costs): on CUDA in Triton kernels (``forward_triton``, :mod:`lightning_gsf.gsf_kernels`),
-for float32 CPU tensors in C++ kernels (``forward_cpu``, :mod:`lightning_gsf.cpu_kernels`),
+for float32 CPU tensors (bf16 too on AVX2 / AVX-512) in C++ kernels (``forward_cpu``,
+:mod:`lightning_gsf.cpu_kernels`),
 otherwise in PyTorch operations (``forward_torch``). Under ``torch.compile``,
 ``forward`` runs ``forward_compilable`` instead: the same math in plain differentiable ops,
 which the compiler fuses better than the eager path's hand-written backward.
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from lightning_gsf import cpu_kernels
 
@@ -111,8 +113,9 @@ class GSF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path for the device at hand, the same numbers as
         :meth:`forward_reference`: :meth:`forward_triton` on CUDA (float32 / bf16 / fp16,
-        where Triton is installed), :meth:`forward_cpu` for float32 CPU tensors (where the C++
-        kernels build), :meth:`forward_torch` otherwise, :meth:`forward_compilable` under
+        where Triton is installed), :meth:`forward_cpu` for float32 CPU tensors and bfloat16
+        ones on AVX2 / AVX-512 CPUs (where the C++ kernels build), :meth:`forward_torch`
+        otherwise, :meth:`forward_compilable` under
         ``torch.compile``; the reference with synchronised batch norm while training."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
@@ -162,18 +165,19 @@ class GSF(nn.Module):
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in C++ kernels (:mod:`lightning_gsf.cpu_kernels`), for CPU tensors in
-        float32 or bfloat16: each pass over the processed channels is one loop (the gate's
-        matmuls and the fusion weights' spatial means stay in PyTorch). Training takes the
-        same steps as :meth:`forward_triton`, inference those of
-        :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch` saves."""
+        float32 or bfloat16: each pass over the processed channels is one loop (the matmuls,
+        the batch statistics and, in training, the fusion weights stay in PyTorch). Training
+        takes the same steps as :meth:`forward_triton`, inference those of
+        :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch`
+        saves. Inputs in neither NCHW nor channels-last memory go to :meth:`forward_torch`."""
+        self._check_input(x)
         ops = cpu_kernels.cpu_kernels()
         if ops is None:
             raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
         if not cpu_kernels.takes(x):
             raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
-        if not _cpu_kernels_take(x):
-            return self.forward_torch(x)  # pixels with two strides: the kernels address one
-        self._check_input(x)
+        if not (x.is_contiguous() or _is_channels_last(x)):
+            return self.forward_torch(x)  # the kernels address dense NCHW or channels-last maps
         if not torch.is_grad_enabled():
             return self._forward_without_autograd(x, ops)
         return self._forward_with_kernels(x, _CppKernels(ops))
@@ -206,7 +210,7 @@ class GSF(nn.Module):
             torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
         products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
         if cpu_ops is not None:
-            gate = cpu_ops.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (N, T, 2, H, W)
+            gate = cpu_ops.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (NT, 2, H, W)
             means, _ = _spatial_means(v, gate, channels_last)
             weight, bias = self._fusion_parameters()
             blend = cpu_ops.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
@@ -251,7 +255,8 @@ class GSF(nn.Module):
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
-            _unshared_gradient_counts()  # measured once, before any backward runs
+            if x.is_cpu:
+                _unshared_gradient_counts()  # measured once, before any backward runs
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)
         return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
@@ -388,7 +393,10 @@ class _CppKernels:
     """The C++ CPU kernels (:mod:`lightning_gsf.cpu_kernels`) behind the Triton kernel set's
     interface, so that :class:`_KernelGSF` runs either: ``relu(bn(v))``, the gate, the blend,
     their backward and the input gradient are C++ loops; the gate's products and their
-    gradients stay batched matmuls (PyTorch's are faster than a hand-written loop)."""
+    gradients stay batched matmuls (PyTorch's are faster than a hand-written loop). One
+    difference: the blend's ``grad_v`` and ``grad_normed`` come back in ``v``'s dtype and
+    layout (Triton's in float32), so in bf16 the input gradient is rounded at each of them,
+    as in :meth:`GSF.forward_torch`."""
 
     def __init__(self, ops: Any) -> None:
         self.ops = ops
@@ -420,7 +428,7 @@ class _CppKernels:
 
     def blend_backward(self, grad_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
                        num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not _cpu_kernels_take(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
+        if not _kernel_strides_ok(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
             grad_out = torch.empty_like(v).copy_(grad_out)
         grad_v, grad_gate, grad_weights = self.ops.blend_backward(grad_out, v, gate, weights.float().contiguous(),
                                                                   num_segments)
@@ -445,10 +453,9 @@ class _CppKernels:
     def input_gradient(self, v: torch.Tensor, grad_normed: torch.Tensor, grad_v: torch.Tensor,
                        grad_means: torch.Tensor, gate: torch.Tensor, coef: torch.Tensor, centre: torch.Tensor,
                        slope: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, grad_x: torch.Tensor) -> None:
-        num_segments = 1  # the shapes hold whole clips of any length; the kernel is per frame
         self.ops.input_gradient(v, grad_normed, grad_v, grad_means.float().contiguous(), gate, coef.contiguous(),
                                 centre.contiguous(), slope.contiguous(), mean.contiguous(), invstd.contiguous(),
-                                grad_x, num_segments)
+                                grad_x)
 
 
 def _taps_weight(conv_weight: torch.Tensor) -> torch.Tensor:
@@ -511,8 +518,9 @@ class _KernelGSF(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # (the kernels' backward is not itself differentiable: say so clearly)
     def backward(ctx, grad_out):  # noqa: D102
-        counts = _reference_counts(grad_out)  # first, as in _ReferenceProbe.backward
+        counts = _reference_counts(grad_out) if _COUNTS_USABLE and grad_out.is_cpu else None  # first
         v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight = (
             ctx.saved_tensors)
         kernels = ctx.kernels
@@ -540,6 +548,10 @@ class _KernelGSF(torch.autograd.Function):
                 grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
 
 
+# The private use counts that _reference_counts reads (present in torch 2.x).
+_COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
+
+
 def _reference_counts(grad: torch.Tensor) -> tuple[int, int, int]:
     """Who holds a gradient, seen from the first line of an autograd Function's backward: its
     Python references, its C++ references, and the tensors (views) on its storage."""
@@ -547,36 +559,38 @@ def _reference_counts(grad: torch.Tensor) -> tuple[int, int, int]:
 
 
 class _ReferenceProbe(torch.autograd.Function):
-    """Records :func:`_reference_counts` of a freshly computed gradient that nothing else holds."""
-
-    counts: list[tuple[int, int, int]] = []
+    """Records, on its node, :func:`_reference_counts` of a freshly computed gradient that
+    nothing else holds."""
 
     @staticmethod
     def forward(ctx, x):  # noqa: D102
         return x.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
-        counts = _reference_counts(grad_out)
-        _ReferenceProbe.counts.append(counts)
+        counts = _reference_counts(grad_out) if _COUNTS_USABLE and grad_out.is_cpu else None  # first
+        ctx.counts = counts
         return grad_out
 
 
 @functools.cache
 def _unshared_gradient_counts() -> tuple[int, int, int] | None:
     """:func:`_reference_counts` of a gradient that only the autograd engine holds, measured on
-    a probe (the count depends on the torch version, not on the Function); None where torch
-    lacks the private use counts."""
-    if not (hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")):
+    a probe with the same backward prologue as :class:`_KernelGSF` (the counts depend on the
+    torch version, not on the Function); None where torch lacks the private use counts. A
+    probe measured under a debugger that holds extra frame references would set the bar
+    higher than a plain run reaches, which only turns the reuse off."""
+    if not _COUNTS_USABLE:
         return None
-    _ReferenceProbe.counts.clear()
     with torch.enable_grad():
-        x = torch.zeros(4, requires_grad=True)
-        (_ReferenceProbe.apply(x) * 2.0).sum().backward()
-    return _ReferenceProbe.counts[0]
+        x = torch.zeros(4, device="cpu", requires_grad=True)
+        y = _ReferenceProbe.apply(x)
+        (y * 2.0).sum().backward()
+    return y.grad_fn.counts
 
 
-def _writable_gradient(grad: torch.Tensor, counts: tuple[int, int, int], channels_last: bool) -> bool:
+def _writable_gradient(grad: torch.Tensor, counts: tuple[int, int, int] | None, channels_last: bool) -> bool:
     """Whether a backward may write the input's gradient over ``grad``, its output's gradient:
     a dense tensor in the input's layout that nothing but the autograd engine holds (``counts``,
     taken on entry, equal a probe's: no hook, ``retain_grad``, other consumer or view keeps it),
@@ -584,8 +598,8 @@ def _writable_gradient(grad: torch.Tensor, counts: tuple[int, int, int], channel
     the ``C - P`` channels that GSF passes through. CPU tensors only for now: the same
     reasoning holds on CUDA, but the GPU tests have not run it yet."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return (grad.device.type == "cpu" and counts == _unshared_gradient_counts() and not grad.requires_grad
-            and grad.is_contiguous(memory_format=memory_format))
+    return (counts is not None and grad.is_cpu and counts == _unshared_gradient_counts()
+            and not grad.requires_grad and grad.is_contiguous(memory_format=memory_format))
 
 
 def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> torch.Tensor:
@@ -849,7 +863,7 @@ def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, r
     return out
 
 
-def _cpu_kernels_take(*maps: torch.Tensor) -> bool:
+def _kernel_strides_ok(*maps: torch.Tensor) -> bool:
     """Whether the C++ kernels take these ``(N*T, P, H, W)`` maps: one stride over H*W,
     and either every map's pixels contiguous (NCHW) or every map's channels (channels-last)."""
     def uniform_pixels(t: torch.Tensor) -> bool:
@@ -871,7 +885,7 @@ def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, b
     clip's ends, where ``f = r * (1 - w)``), and ``f`` lands interleaved: the group's channel
     ``j*Q + i`` goes to ``2*i + j``.
     """
-    if cpu_ops is not None and _cpu_kernels_take(fused_out, v):
+    if cpu_ops is not None and _kernel_strides_ok(fused_out, v):
         gate, blend = gate.float().contiguous(), blend.float().contiguous()
         if fused_out.data_ptr() != v.data_ptr():
             cpu_ops.blend(v, gate, blend, fused_out, num_segments)

@@ -8,7 +8,10 @@ median per-round ratio to TSN and the median per-round difference between the tw
 
 The old GSF is ``lightning_gsf/gsf.py`` read with ``git show REVISION:...`` and loaded as a
 separate module; each GSF module of the second network gets that class (the parameter and
-buffer names have not changed, so the weights are shared as they are).
+buffer names have not changed, so the weights are shared as they are). The rest of the
+package, the C++ CPU kernels included, is the checkout's: a revision whose ``gsf.py`` calls
+those kernels with another signature fails with the op's schema error (revisions from before
+the kernels, such as 4fadd80, run on PyTorch operations alone).
 
     python scripts/compare_gsf_revisions.py --revision c2e1cc8 --mode train --rounds 10
     python scripts/compare_gsf_revisions.py --revision c2e1cc8 --mode infer --num-segments 16

@@ -1,4 +1,4 @@
-"""GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default in float32; bf16 too on request).
+"""GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default in float32, and in bf16 on AVX2 / AVX-512).
 
 Each kernel against its PyTorch-ops twin in ``lightning_gsf.gsf`` (the blend and its backward,
 ``relu(bn(v))``, the gate, the fusion weights) over layouts, slices and dtypes; then the whole
@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,12 +110,12 @@ def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dty
     torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
 
 
-def test_cpu_kernels_take_only_uniform_pixel_strides():
+def test_kernel_strides_ok_only_uniform_pixel_strides():
     x = torch.randn(4, 8, 5, 6)
-    assert gsf_module._cpu_kernels_take(x[:, :4])
-    assert gsf_module._cpu_kernels_take(x.contiguous(memory_format=torch.channels_last)[:, :4])
-    assert not gsf_module._cpu_kernels_take(x.transpose(2, 3)[:, :4])  # W before H in memory
-    assert not gsf_module._cpu_kernels_take(x[:, :4, :, ::2])
+    assert gsf_module._kernel_strides_ok(x[:, :4])
+    assert gsf_module._kernel_strides_ok(x.contiguous(memory_format=torch.channels_last)[:, :4])
+    assert not gsf_module._kernel_strides_ok(x.transpose(2, 3)[:, :4])  # W before H in memory
+    assert not gsf_module._kernel_strides_ok(x[:, :4, :, ::2])
 
 
 def test_blend_falls_back_to_torch_ops_on_other_layouts(kernels):
@@ -263,6 +267,165 @@ def test_cpu_path_equals_reference_property(quarter, extra, num_segments, batch,
         assert_close_to_float64(x.grad, x_ref.grad)
 
 
+@pytest.mark.parametrize("num_segments", [1, 3])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 5)])
+def test_gate_backward_equals_unfold_of_temporal_taps(kernels, size, num_segments):
+    """The adjoint of the gate's sums: each frame's tap kt gets the gate gradient of frame
+    t - kt + 1, spread by the slice / F.unfold twin."""
+    h, w = size
+    generator = torch.Generator().manual_seed(5)
+    grad_z = torch.randn(2 * num_segments, 2, h, w, generator=generator)
+    actual = kernels.gate_backward(grad_z, num_segments, h, w, torch.float32).view(2, num_segments, 2, 3, 9, h * w)
+    grad_taps = torch.zeros(2, num_segments, 2, 3, h, w)  # (N, T, group, kt): frame t's tap kt feeds t + 1 - kt
+    z = grad_z.view(2, num_segments, 2, h, w)
+    grad_taps[:, :, :, 1] = z
+    grad_taps[:, :-1, :, 0] = z[:, 1:]
+    grad_taps[:, 1:, :, 2] = z[:, :-1]
+    expected = gsf_module._unfold_taps(grad_taps.reshape(2 * num_segments, 6, h, w), h, w)
+    torch.testing.assert_close(actual.reshape(2 * num_segments, 54, h * w), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels_last):
+    """The ReLU mask and the batch norm's two sums, then the input gradient's three parts,
+    against ``threshold_backward`` / ``native_batch_norm_backward`` and plain arithmetic."""
+    nt, p, h, w = 6, 8, 5, 4
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(nt, 12, h, w, generator=generator)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    v = x[:, :p]
+    weight, bias = torch.randn(p, generator=generator), torch.randn(p, generator=generator)
+    mean, var = gsf_module._batch_statistics(v)
+    invstd = torch.rsqrt(var + 1e-5)
+    scale, shift = weight * invstd, bias - mean * weight * invstd
+    grad_activated = torch.randn(nt, p, h, w, generator=generator)
+    activated = torch.relu(v * scale.view(1, p, 1, 1) + shift.view(1, p, 1, 1))
+    expected_normed = torch.ops.aten.threshold_backward(grad_activated, activated, 0)
+    grad_normed = grad_activated.clone()
+    sum_grad, sum_grad_xhat = kernels.norm_relu_backward(grad_normed, v, scale, shift, mean, invstd)
+    torch.testing.assert_close(grad_normed, expected_normed, rtol=0, atol=0)
+    xhat = (v - mean.view(1, p, 1, 1)) * invstd.view(1, p, 1, 1)
+    torch.testing.assert_close(sum_grad, expected_normed.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sum_grad_xhat, (expected_normed * xhat).sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+    grad_v = torch.randn(v.shape, generator=generator)  # the blend's, in v's layout
+    grad_v = grad_v.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    grad_means = torch.randn(nt, 3, p, generator=generator)
+    gate = torch.rand(nt, 2, h * w, generator=generator) * 2 - 1
+    centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
+    out = torch.empty_like(x)
+    kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, weight * invstd, centre, slope, mean, invstd,
+                           out[:, :p])
+    g = gate.view(nt, 2, 1, h, w).expand(nt, 2, p // 2, h, w).reshape(nt, p, h, w)
+    expected = (grad_v + (weight * invstd).view(1, p, 1, 1) * (expected_normed - centre.view(1, p, 1, 1)
+                                                               - xhat * slope.view(1, p, 1, 1))
+                + (grad_means[:, 0].view(nt, p, 1, 1)
+                   + grad_means[:, 1:].view(nt, 2, 2, p // 2).diagonal(dim1=1, dim2=2).transpose(1, 2)
+                   .reshape(nt, p, 1, 1) * g) / (h * w))
+    torch.testing.assert_close(out[:, :p], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_path_trains_in_bf16_close_to_float64(kernels):
+    """bf16 autocast training: the input and parameter gradients at bf16 precision of the spec's."""
+    module = make_gsf(16, 4, 0.5, seed=3)
+    reference = copy.deepcopy(module).double()
+    x = make_input(2, 4, 16, 6, seed=3)
+    x_bf16 = x.bfloat16().requires_grad_()
+    x_ref = x.bfloat16().double().requires_grad_()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module.forward_cpu(x_bf16 * 1.0)
+    (out.float() * upstream).sum().backward()
+    (reference.forward_reference(x_ref) * upstream.double()).sum().backward()
+    torch.testing.assert_close(x_bf16.grad.double(), x_ref.grad, rtol=0.05, atol=0.05)
+    for (name, param), param_ref in zip(module.named_parameters(), reference.parameters()):
+        scale = max(1.0, param_ref.grad.abs().max().item())
+        torch.testing.assert_close(param.grad.double(), param_ref.grad, rtol=0.05, atol=0.05 * scale, msg=name)
+
+
+def test_cpu_path_hands_other_inputs_to_torch_ops_or_refuses_them(kernels):
+    """An input in neither NCHW nor channels-last memory (channels innermost, frames not
+    outermost): PyTorch ops, in training too; one that overlaps itself, in place: PyTorch's own
+    error; not 4D: GSF's; a second-order gradient: a clear refusal."""
+    module = make_gsf(16, 4, 0.5, seed=1)
+    x = make_input(1, 4, 16, 5, seed=1)
+    permuted = x.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1).requires_grad_()  # (H, W, NT, C) memory
+    out = module.forward_cpu(permuted * 1.0)
+    out.square().sum().backward()
+    x_ref = x.clone().requires_grad_()
+    expected = copy.deepcopy(module).forward_reference(x_ref)
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(permuted.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    module.inplace = True
+    with pytest.raises(RuntimeError, match="single memory location"):
+        module.forward_cpu(x[:1].expand(4, -1, -1, -1))
+    with pytest.raises(ValueError, match=r"expects \(N\*T, 16, H, W\)"):
+        module.forward_cpu(x[0])
+    y = make_input(1, 4, 16, 5, seed=2).requires_grad_()
+    (grad,) = torch.autograd.grad(module.forward_cpu(y * 1.0).square().sum(), y, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+def test_fake_tensors_go_to_torch_ops(kernels):
+    """Shape propagation (FakeTensorMode, as torch.export and the compiler use) never reaches
+    the C++ loops, which need real memory."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = make_gsf(16, 4, 0.5, seed=1).eval()
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        x = mode.from_tensor(make_input(1, 4, 16, 5, seed=1))
+        with torch.no_grad():
+            out = module(x)
+    assert out.shape == (4, 16, 5, 5)
+
+
+def test_the_build_falls_back_to_the_baseline_instruction_set(kernels, monkeypatch, caplog):
+    """A compiler that cannot build for the CPU's level (too old for -march=x86-64-v4, say)
+    still gets the kernels, built for the baseline."""
+    from torch.utils import cpp_extension
+
+    names = []
+
+    def load(name, **_kwargs):
+        names.append(name)
+        if not name.endswith("_default"):
+            raise RuntimeError("g++: error: unrecognized command-line option '-march=x86-64-v4'")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    monkeypatch.setattr(cpu_kernels, "cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(cpu_kernels, "_build", cpu_kernels._build.__wrapped__)
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.cpu_kernels"):
+        assert cpu_kernels.built_capability() == "DEFAULT"
+    assert [name.rsplit("_", 1)[1] for name in names] == ["avx512", "default"]
+    assert "x86-64-v4" in caplog.text
+    assert not cpu_kernels.usable(torch.zeros(4, dtype=torch.bfloat16))  # bf16 stays on PyTorch ops there
+
+
+def test_the_baseline_build_computes_the_same(tmp_path):
+    """The kernels built without vector extensions (torch's capability DEFAULT: the SSE2 baseline
+    on x86-64), in a process of their own: the same numbers as the spec."""
+    script = (
+        "import torch\n"
+        "from lightning_gsf import cpu_kernels\n"
+        "from test_gsf import make_gsf, make_input\n"
+        "assert cpu_kernels.built_capability() == 'DEFAULT', cpu_kernels.built_capability()\n"
+        "module = make_gsf(16, 4, 0.5, seed=0)\n"
+        "x = make_input(2, 4, 16, 6, seed=0).requires_grad_()\n"
+        "x_ref = x.detach().clone().requires_grad_()\n"
+        "out = module.forward_cpu(x * 1.0)\n"
+        "expected = module.forward_reference(x_ref)\n"
+        "out.square().sum().backward(); expected.square().sum().backward()\n"
+        "assert (out - expected).abs().max() < 1e-5 and (x.grad - x_ref.grad).abs().max() < 1e-4\n"
+        "print('same')\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
+
+
 class GradientSpy(torch.autograd.Function):
     """Identity that records the data pointer of the gradient passing through it backwards."""
 
@@ -354,7 +517,7 @@ def test_input_gradient_leaves_a_held_output_gradient_alone(kernels, holder):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_forward_takes_the_kernels_for_float32_and_vectorised_bf16(kernels, monkeypatch, dtype, capability):
     """bf16 only where the build vectorises its conversions (AVX2 / AVX-512)."""
-    monkeypatch.setattr(cpu_kernels, "cpu_capability", lambda: capability)
+    monkeypatch.setattr(cpu_kernels, "built_capability", lambda: capability)
     takes_kernels = dtype == torch.float32 or (dtype == torch.bfloat16 and capability != "DEFAULT")
     path = "forward_cpu" if takes_kernels else "forward_torch"
     calls = []
@@ -380,7 +543,7 @@ def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernel
 
 def test_turned_off_kernels_leave_forward_on_torch_ops(monkeypatch, caplog):
     monkeypatch.setenv("LIGHTNING_GSF_CPU_KERNELS", "0")
-    monkeypatch.setattr(cpu_kernels, "cpu_kernels", cpu_kernels.cpu_kernels.__wrapped__)
+    monkeypatch.setattr(cpu_kernels, "_build", cpu_kernels._build.__wrapped__)
     with caplog.at_level(logging.INFO, logger="lightning_gsf.cpu_kernels"):
         assert cpu_kernels.cpu_kernels() is None
     assert "turned off" in caplog.text
@@ -399,7 +562,7 @@ def test_a_failed_build_is_logged_and_falls_back(monkeypatch, caplog):
         raise RuntimeError("Error building extension 'lightning_gsf_cpu': g++ not found")
 
     monkeypatch.setattr(cpp_extension, "load", fail)
-    monkeypatch.setattr(cpu_kernels, "cpu_kernels", cpu_kernels.cpu_kernels.__wrapped__)
+    monkeypatch.setattr(cpu_kernels, "_build", cpu_kernels._build.__wrapped__)
     with caplog.at_level(logging.WARNING, logger="lightning_gsf.cpu_kernels"):
         assert cpu_kernels.cpu_kernels() is None
     assert "g++ not found" in caplog.text and "PyTorch operations instead" in caplog.text
