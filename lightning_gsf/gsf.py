@@ -681,6 +681,7 @@ class _FusionWeights(torch.autograd.Function):
         return blend.permute(0, 3, 1, 2).contiguous()  # channels innermost, for the blend
 
     @staticmethod
+    @once_differentiable  # its hand-written backward is not itself differentiable
     def backward(ctx, grad_blend):  # noqa: D102
         v, columns, padded, weight, blend = ctx.saved_tensors
         grad_means, grad_gate, grad_weight, grad_bias = _fusion_weights_backward(
@@ -833,6 +834,7 @@ class _NormReluTaps(torch.autograd.Function):
         return taps, mean, var
 
     @staticmethod
+    @once_differentiable  # its hand-written backward is not itself differentiable
     def backward(ctx, grad_taps, _grad_mean, _grad_var):  # noqa: D102
         v, mean, var, weight, bias, taps_weight = ctx.saved_tensors
         nt, p, h, w = v.shape
@@ -937,6 +939,7 @@ class _GateShiftFuse(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # its hand-written backward is not itself differentiable
     def backward(ctx, grad_out):  # noqa: D102
         v, gate, blend = ctx.saved_tensors
         t = ctx.num_segments

@@ -662,3 +662,15 @@ def test_batch_norm_mode_follows_the_bn_not_the_module():
     x = torch.randn(8, 16, 5, 5)
     torch.testing.assert_close(module(x), module.forward_reference(x), atol=1e-5, rtol=1e-5)
     assert torch.equal(module.bn.running_mean, before)
+
+
+@pytest.mark.parametrize("path", ["forward", "forward_torch"])
+def test_fast_paths_refuse_a_second_order_gradient(path):
+    """Their hand-written backward is not itself differentiable: a second-order gradient
+    raises instead of coming out wrong (``forward_reference`` and ``forward_compilable`` are
+    plain autograd and give one)."""
+    module = make_gsf(16, 4, 0.5, seed=0)
+    x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
+    (grad,) = torch.autograd.grad(getattr(module, path)(x * 1.0).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.square().sum().backward()
