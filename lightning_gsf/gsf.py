@@ -116,12 +116,21 @@ class GSF(nn.Module):
         where Triton is installed), :meth:`forward_cpu` for float32 CPU tensors and bfloat16
         ones on AVX2 / AVX-512 CPUs (where the C++ kernels build), :meth:`forward_torch`
         otherwise, :meth:`forward_compilable` under
-        ``torch.compile``; the reference with synchronised batch norm while training."""
+        ``torch.compile``; the reference with synchronised batch norm while training. A float32
+        input under autocast (GSF called on a float32 tensor) runs in float32, as it came."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
         if torch.compiler.is_compiling():
             return self.forward_compilable(x)
+        if x.dtype == torch.float32 and _autocast_enabled(x.device.type):
+            # The fast paths' matmuls would run in the autocast dtype and their hand-written
+            # backward meet float32 and bf16 operands: keep GSF in its input's float32.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._fast_path(x)
+        return self._fast_path(x)
+
+    def _fast_path(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and x.dtype in _TRITON_DTYPES and _triton_kernels() is not None:
             return self.forward_triton(x)
         if cpu_kernels.usable(x):
@@ -550,6 +559,18 @@ class _KernelGSF(torch.autograd.Function):
 
 # The private use counts that _reference_counts reads (present in torch 2.x).
 _COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for the device type (``torch.is_autocast_enabled(device_type)``
+    from torch 2.4 on, the older per-device functions before; False for a device type that
+    has no autocast, such as ``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
 
 
 def _reference_counts(grad: torch.Tensor) -> tuple[int, int, int]:

@@ -674,3 +674,22 @@ def test_fast_paths_refuse_a_second_order_gradient(path):
     (grad,) = torch.autograd.grad(getattr(module, path)(x * 1.0).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.square().sum().backward()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_a_float32_input_under_autocast_runs_in_float32(training):
+    """Called on a float32 tensor inside bf16 autocast (not a conv's bf16 output), GSF keeps
+    float32: the same numbers and gradients as without autocast (its backward used to meet
+    float32 and bf16 operands and fail)."""
+    module = make_gsf(16, 4, 0.5, seed=0).train(training)
+    reference = make_gsf(16, 4, 0.5, seed=0).train(training)
+    x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x * 1.0)
+    expected = reference.forward_reference(x_ref * 1.0)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
