@@ -29,11 +29,10 @@ CFLAGS = ["-O3", "-fopenmp-simd"]
 # v3 = AVX2/FMA, v4 = AVX-512). The level is part of the build's name, so a build cached in a
 # home directory shared by a cluster's nodes only loads on nodes of the same level.
 ISA_FLAGS = {"AVX2": ["-march=x86-64-v3"], "AVX512": ["-march=x86-64-v4"]}
-# The dtypes the kernels take (they compute in float32).
+# The dtypes the kernels take (they compute in float32). GSF.forward sends them float32, and
+# bfloat16 only to a build with one of the ISA_FLAGS levels: with the baseline SSE2 alone,
+# the bf16 conversions run slower than PyTorch's own kernels.
 DTYPES = (torch.float32, torch.bfloat16)
-# The dtypes GSF.forward sends to them: float32, and bfloat16 where the build has AVX2 or
-# AVX-512 (with the baseline SSE2 only, its conversions run slower than PyTorch's kernels).
-BF16_CAPABILITIES = ("AVX2", "AVX512")
 
 
 def cpu_capability() -> str:
@@ -109,6 +108,5 @@ def usable(x: torch.Tensor) -> bool:
     """Whether ``GSF.forward`` should run ``x`` through the kernels: one they take, in float32
     (or bfloat16 with an AVX2 / AVX-512 build), and the kernels built (building them on
     first call)."""
-    if not takes(x) or cpu_kernels() is None:
-        return False
-    return x.dtype == torch.float32 or built_capability() in BF16_CAPABILITIES
+    capability = built_capability() if takes(x) else None
+    return capability is not None and (x.dtype == torch.float32 or capability in ISA_FLAGS)
