@@ -174,8 +174,9 @@ class GSF(nn.Module):
 
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in C++ kernels (:mod:`lightning_gsf.cpu_kernels`), for CPU tensors in
-        float32 or bfloat16: each pass over the processed channels is one loop (the matmuls,
-        the batch statistics and, in training, the fusion weights stay in PyTorch). Training
+        float32 or bfloat16: each pass over the processed channels is one loop, the gate conv a
+        direct convolution (the spatial means, the batch statistics, in training the fusion
+        weights and the gate conv's gradients stay in PyTorch). Training
         takes the same steps as :meth:`forward_triton`, inference those of
         :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch`
         saves. Inputs in neither NCHW nor channels-last memory go to :meth:`forward_torch`."""
@@ -211,19 +212,17 @@ class GSF(nn.Module):
         # (the native batch-norm kernel is several times slower on a strided input).
         scale = self.bn.weight * invstd
         shift = self.bn.bias - mean * scale
-        # NCHW for the matmul (written so from channels-last input too), in v's dtype
-        activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
-        if cpu_ops is not None:  # one pass each for relu(bn(v)), the gate and the fusion weights
-            cpu_ops.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
-        else:
-            torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
-        products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
-        if cpu_ops is not None:
-            gate = cpu_ops.gate(products, self.conv3D.bias.float().contiguous(), t, h, w)  # (NT, 2, H, W)
+        if cpu_ops is not None:  # one pass each for the gate, the fusion weights and the blend
+            gate = cpu_ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
+                                self.conv3D.weight.float().contiguous(), self.conv3D.bias.float().contiguous(), t)
             means, _ = _spatial_means(v, gate, channels_last)
             weight, bias = self._fusion_parameters()
             blend = cpu_ops.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
         else:
+            # NCHW for the matmul (written so from channels-last input too), in v's dtype
+            activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
+            torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
+            products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
             taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
             gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
             if t > 1:
@@ -400,9 +399,10 @@ def _triton_kernels() -> ModuleType | None:
 
 class _CppKernels:
     """The C++ CPU kernels (:mod:`lightning_gsf.cpu_kernels`) behind the Triton kernel set's
-    interface, so that :class:`_KernelGSF` runs either: ``relu(bn(v))``, the gate, the blend,
-    their backward and the input gradient are C++ loops; the gate's products and their
-    gradients stay batched matmuls (PyTorch's are faster than a hand-written loop). One
+    interface, so that :class:`_KernelGSF` runs either: the gate (``relu(bn(v))`` and the
+    gate conv as one direct convolution), the blend, their backward and the input gradient
+    are C++ loops; the gate conv's two gradients stay batched matmuls over the 27 products
+    per pixel (PyTorch's are faster than a hand-written loop). One
     difference: the blend's ``grad_v`` and ``grad_normed`` come back in ``v``'s dtype and
     layout (Triton's in float32), so in bf16 the input gradient is rounded at each of them,
     as in :meth:`GSF.forward_torch`."""
@@ -420,16 +420,11 @@ class _CppKernels:
         self.ops.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
         return activated
 
-    def gate_products(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                      conv_weight: torch.Tensor) -> torch.Tensor:
-        nt, p, h, w = v.shape
-        activated = self._activated(v, scale, shift).view(nt, 2, p // 2, h * w)
-        return torch.matmul(_taps_weight(conv_weight).to(v.dtype), activated)  # (NT, 2, 27, H*W)
-
-    def gate(self, products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: int,
-             width: int) -> torch.Tensor:
-        gate = self.ops.gate(products, bias.float().contiguous(), num_segments, height, width)
-        return gate.view(-1, 2, height * width)
+    def gate_map(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
+                 conv_bias: torch.Tensor, num_segments: int) -> torch.Tensor:
+        gate = self.ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
+                             conv_weight.float().contiguous(), conv_bias.float().contiguous(), num_segments)
+        return gate.view(v.shape[0], 2, -1)
 
     def blend(self, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
               copy: torch.Tensor | None = None) -> None:
@@ -486,7 +481,7 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
     v = x[:, :p]
     scale = bn_weight.float() * invstd
     shift = bn_bias.float() - mean * scale
-    gate = kernels.gate(kernels.gate_products(v, scale, shift, conv_weight), conv_bias, t, h, w)  # (NT, 2, H*W)
+    gate = kernels.gate_map(v, scale, shift, conv_weight, conv_bias, t)  # (NT, 2, H*W) float32
     channels_last = _is_channels_last(x)
     blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
                                              channels_last)

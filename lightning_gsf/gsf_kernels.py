@@ -9,7 +9,7 @@ forward
     :func:`channel_moments` (batch-norm statistics, two passes), :func:`gate_products`
     (``relu(bn(v))`` on the fly times the gate conv's kernel: each pixel's 27 products, one
     matrix product per tile), :func:`gate` (the products summed over each pixel's 3x3x3
-    neighbourhood, bias, tanh),
+    neighbourhood, bias, tanh), and :func:`gate_map`, the two in turn,
     :func:`blend` (gate, shift, fuse and interleave into the output, optionally saving a copy
     of ``v`` for the backward);
 backward
@@ -161,6 +161,13 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
                                                         height, width, BLOCK_P=block_p)
     return out
 
+
+
+def gate_map(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
+             conv_bias: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """The gate ``(NT, 2, H*W)`` float32 of ``v``: :func:`gate` of :func:`gate_products`."""
+    _, _, h, w = v.shape
+    return gate(gate_products(v, scale, shift, conv_weight), conv_bias, num_segments, h, w)
 
 @triton.jit
 def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,

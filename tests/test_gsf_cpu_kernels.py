@@ -144,21 +144,63 @@ def test_norm_relu_equals_scale_shift_relu(kernels, size, channels_last, dtype):
     torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
 
 
+def gate_by_torch_ops(v, scale, shift, module, num_segments):
+    """The gate as the PyTorch-ops path computes it (relu(bn(v)), the products matmul, the
+    fold, the temporal taps, tanh), in float64."""
+    nt, p, h, w = v.shape
+    activated = torch.relu(v.double() * scale.double().view(1, p, 1, 1) + shift.double().view(1, p, 1, 1))
+    products = torch.matmul(module._taps_weight().double(), activated.reshape(nt, 2, p // 2, h * w))
+    taps = gsf_module._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // num_segments, num_segments, 2, 3, h, w)
+    return torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias.double())).view(nt, 2, h, w)
+
+
+@pytest.mark.parametrize("threads", [1, 3])  # one chunk of (frame, group) items, or several reusing buffers
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("num_segments", [1, 2, 5])
-@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 5), (21, 20)])
-def test_gate_equals_fold_temporal_sum_and_tanh(kernels, size, num_segments):
-    """From the 27 products per pixel: the slice fold (20x20 and larger), ``F.fold`` (smaller),
-    the temporal taps and tanh, as the PyTorch-ops path sums them."""
-    module = make_gsf(16, num_segments, 0.5, seed=4)
-    h, w = size
-    x = make_input(2, num_segments, 16, 1, seed=4).expand(-1, -1, h, w) + torch.randn(2 * num_segments, 16, h, w)
-    activated = F.relu(x[:, :8]).contiguous()
+# widths below, at and past a vector (16 floats with AVX-512), maps of one to several 4-vector blocks
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (6, 5), (5, 14), (3, 16), (10, 10), (21, 20), (9, 33)])
+def test_gate_equals_torch_ops(kernels, size, num_segments, channels_last, dtype, threads):
+    """The direct convolution from a channel slice of the input, against relu(bn(v)), the
+    products matmul, fold, temporal taps and tanh of the PyTorch-ops path."""
+    processed, channels = 16, 20
+    module = make_gsf(processed, num_segments, 1.0, seed=4)
     with torch.no_grad():
-        products = torch.matmul(module._taps_weight(), activated.view(2 * num_segments, 2, 4, h * w))
-        taps = gsf_module._fold_taps(products.view(-1, 54, h * w), h, w).view(2, num_segments, 2, 3, h, w)
-        expected = torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias))
-        actual = kernels.gate(products, module.conv3D.bias.float().contiguous(), num_segments, h, w).view_as(expected)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)  # sums of 27 products, reassociated
+        module.conv3D.weight.normal_(0, 0.2)  # larger than the default init: gates away from 0
+    x, _, _ = blend_operands(2, num_segments, processed, channels, size, channels_last, dtype, seed=3)
+    v = x[:, :processed]
+    generator = torch.Generator().manual_seed(5)
+    scale, shift = torch.rand(processed, generator=generator) + 0.5, torch.randn(processed, generator=generator)
+    expected = gate_by_torch_ops(v, scale, shift, module, num_segments)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = kernels.gate(v, scale, shift, module.conv3D.weight.detach().contiguous(),
+                              module.conv3D.bias.detach().contiguous(), num_segments)
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert actual.dtype == torch.float32 and actual.shape == expected.shape
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=1e-5)  # float32 sums of 216 products
+
+
+def test_gate_tanh_is_within_2e7_of_tanh(kernels):
+    """The kernel's own tanh over a dense sweep of pre-activations: one centre-tap weight of 1
+    passes v + bias through, so the gate is tanh(v + bias), as float32 sums leave it."""
+    pixels = 200_000
+    z = torch.cat([torch.linspace(-30, 30, pixels // 2), torch.linspace(-0.3, 0.3, pixels // 2),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, 0.125, -0.125, 0.12499, 9.0, 20.0, 50.0, -50.0, 1e30])])
+    bias = -60.0
+    v = (z - bias).view(1, 1, 1, -1).repeat(1, 4, 1, 1)  # >= 0 where it matters: relu passes it
+    weight = torch.zeros(2, 2, 3, 3, 3)
+    weight[:, 0, 1, 1, 1] = 1.0  # channel 0 of each group, centre of the 3x3x3 kernel
+    gate = kernels.gate(v, torch.ones(4), torch.zeros(4), weight, torch.full((2,), bias), 1)
+    expected = torch.tanh((v[0, 0, 0].double() + bias))  # the float32 sum the kernel made
+    torch.testing.assert_close(gate[0, 0, 0].double(), expected, rtol=0, atol=2e-7)
+    torch.testing.assert_close(gate[0, 1, 0], gate[0, 0, 0], rtol=0, atol=0)
+    assert gate.abs().max() <= 1.0
+    nan = kernels.gate(torch.full((1, 4, 1, 1), float("nan")), torch.ones(4), torch.zeros(4), weight,
+                       torch.zeros(2), 1)
+    assert torch.isnan(nan).all()
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

@@ -499,39 +499,181 @@ std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at:
 }
 
 // ---------------------------------------------------------------------------------------------
-// gate: tanh(conv3d(relu(bn(v))) + bias) from each pixel's 27 products, (N*T, 2, 27, H*W)
-// ordered (temporal tap kt, kh, kw) with the spatial taps flipped: the product at pixel (y, x)
-// lands on (y + kh - 1, x + kw - 1), and temporal tap kt of frame t + kt - 1 on frame t, zero
-// padded in space and within the clip (twin: _fold_taps, _sum_temporal_taps, tanh).
-// gate_backward: its adjoint from the pre-activation's gradient grad_z (N*T, 2, H*W) to the
-// products' (twin: _unfold_taps).
+// gate: tanh(conv3d(relu(bn(v))) + bias), (N*T, 2, H, W) float32, straight from v (twin:
+// norm_relu, the products matmul, _fold_taps, _sum_temporal_taps, tanh). Per (frame, group):
+// relu(v * scale + shift) into a zero-bordered float32 buffer, then the conv's 3x3 spatial part
+// as a direct convolution, the three temporal taps of each pixel at once; then each frame's gate
+// sums its own centre tap and its neighbours' outer taps within the clip. weight is the conv's
+// (2, P/2, 3, 3, 3) (group, channel, kt, kh, kw): temporal tap kt of frame t feeds frame t + 1 - kt.
+// Rows are computed in whole vectors of Lanes columns (the buffer's zero columns pad the last).
+// gate_backward: the adjoint of the fold alone, from the pre-activation's gradient grad_z
+// (N*T, 2, H*W) to the 27 products per pixel, (N*T, 2, 27, H*W) ordered (kt, kh, kw) with the
+// spatial taps flipped, which the backward's matmuls take (twin: _unfold_taps).
 
+// The widest float vector of the build's instruction set, as a GCC vector (the direct
+// convolution keeps a block of them per temporal tap in registers).
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;
+#else
+constexpr int64_t kLanes = 4;
+#endif
+typedef float Vector __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vector load_vector(const float* p) {
+  Vector v;
+  std::memcpy(&v, p, sizeof v);  // an unaligned vector load
+  return v;
+}
+
+// Per (frame, group): the group's relu(bn(v)) into zero-bordered planes of (H + 2) rows of
+// W + 2 columns, then each output pixel q = y * (W + 2) + x (x < W kept) of the three
+// temporal taps as sum over channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw],
+// Block vectors of consecutive q at a time: 3 * Block accumulators in registers, each load
+// feeding three FMAs (one per temporal tap).
+template <int64_t Vectors>
+void taps_of_block(const float* planes, int64_t plane, int64_t row, const float* weight, int64_t half, float* sums,
+                   int64_t tap_stride) {
+  Vector sum0[Vectors] = {}, sum1[Vectors] = {}, sum2[Vectors] = {};
+  for (int64_t c = 0; c < half; ++c) {
+    const float* wc = weight + c * 27;
+    const float* base = planes + c * plane;
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        const float* src = base + kh * row + kw;
+        const float w0 = wc[kh * 3 + kw], w1 = wc[9 + kh * 3 + kw], w2 = wc[18 + kh * 3 + kw];
+#pragma GCC unroll 4
+        for (int64_t b = 0; b < Vectors; ++b) {
+          const Vector value = load_vector(src + b * kLanes);
+          sum0[b] += w0 * value;
+          sum1[b] += w1 * value;
+          sum2[b] += w2 * value;
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int64_t b = 0; b < Vectors; ++b) {
+    std::memcpy(sums + b * kLanes, &sum0[b], sizeof(Vector));
+    std::memcpy(sums + tap_stride + b * kLanes, &sum1[b], sizeof(Vector));
+    std::memcpy(sums + 2 * tap_stride + b * kLanes, &sum2[b], sizeof(Vector));
+  }
+}
+
+// Per (frame, group): the group's relu(bn(v)) into zero-bordered planes of (H + 2) rows of
+// W + 2 columns, then each output pixel q = y * (W + 2) + x (x < W kept) of the three
+// temporal taps as the sum over channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw],
+// up to 4 vectors of consecutive q at a time (taps_of_block): 3 accumulators per vector in
+// registers, each load feeding three FMAs (one per temporal tap).
 template <typename T>
-void gate_kernel(const T* products, const float* bias, float* gate, const Shape& s, int64_t height, int64_t width) {
+void gate_taps_kernel(const at::Tensor& v_, const float* scale, const float* shift, const float* weight, float* taps,
+                      const Shape& s, int64_t height, int64_t width) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t pixels = s.pixels, half = s.half;
+  const int64_t row = width + 2, positions = height * row;
+  const int64_t vectors = (positions + kLanes - 1) / kLanes;
+  const int64_t tap_stride = vectors * kLanes;
+  // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
+  const int64_t plane = tap_stride + 2 * row + 2;
+  at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(half * plane, 0.0f);  // only the interior is ever written
+    std::vector<float> sums(3 * tap_stride);
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t frame = index / 2, k = index % 2;
+      for (int64_t c = 0; c < half; ++c) {
+        const int64_t channel = k * half + c;
+        const float a = scale[channel], b = shift[channel];
+        const T* src = v.at(frame, channel);
+        float* dst = padded.data() + c * plane + row + 1;
+        if (v.pixel == 1) {
+          // Whole vectors from each row's start: all but the last row run over into the
+          // padding columns and the next row (which its own writes then correct); the padding
+          // is zeroed again below. The last row stops at its end, as its source plane may.
+          const int64_t vector_width = (width + kLanes - 1) / kLanes * kLanes;
+          for (int64_t y = 0; y < height; ++y) {
+            const int64_t count = std::min(vector_width, pixels - y * width);  // within the plane
+            const T* from = src + y * width;
+            float* to = dst + y * row;
+#pragma omp simd
+            for (int64_t x = 0; x < count; ++x) to[x] = std::max(load(from[x]) * a + b, 0.0f);
+          }
+          for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0.0f;
+        } else {
+          for (int64_t y = 0; y < height; ++y) {
+            for (int64_t x = 0; x < width; ++x)
+              dst[y * row + x] = std::max(load(src[(y * width + x) * v.pixel]) * a + b, 0.0f);
+          }
+        }
+      }
+      const float* w = weight + k * half * 27;
+      int64_t first = 0;  // in vectors
+      for (; first + 4 <= vectors; first += 4) {
+        taps_of_block<4>(padded.data() + first * kLanes, plane, row, w, half, sums.data() + first * kLanes, tap_stride);
+      }
+      const float* planes = padded.data() + first * kLanes;
+      float* block_sums = sums.data() + first * kLanes;
+      switch (vectors - first) {
+        case 3: taps_of_block<3>(planes, plane, row, w, half, block_sums, tap_stride); break;
+        case 2: taps_of_block<2>(planes, plane, row, w, half, block_sums, tap_stride); break;
+        case 1: taps_of_block<1>(planes, plane, row, w, half, block_sums, tap_stride); break;
+        default: break;
+      }
+      float* out = taps + index * 3 * pixels;
+      for (int64_t kt = 0; kt < 3; ++kt) {
+        for (int64_t y = 0; y < height; ++y) {
+          const float* src = sums.data() + kt * tap_stride + y * row;
+          std::copy(src, src + width, out + kt * pixels + y * width);
+        }
+      }
+    }
+  });
+}
+
+// tanh in plain arithmetic that vectorises (std::tanh is a scalar call): an odd Taylor
+// polynomial below |x| = 1/8, else 1 - 2 / (exp(2|x|) + 1) with exp from 2^n times a degree-7
+// polynomial on |r| <= ln(2)/2; within 2e-7 of std::tanh. Saturates to +-1, keeps NaN.
+inline float vector_tanh(float x) {
+  const float a = std::fabs(x), x2 = x * x;
+  const float small = x + x * x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835))));
+  const float y = std::min(2.0f * a, 40.0f);  // tanh(20) is 1 in float32
+  // n = round(y / ln 2) by the 1.5 * 2^23 trick (y >= 0), r = y - n ln 2 in two parts
+  const float shifted = y * 1.44269504f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
+  const float r = (y - n * 0.693145752f) - n * 1.42860677e-6f;
+  const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 +
+                                                                                      r * (1.0f / 5040)))))));
+  uint32_t n_bits;
+  std::memcpy(&n_bits, &shifted, sizeof n_bits);
+  const uint32_t scale_bits = (n_bits - 0x4B400000u + 127u) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof scale);
+  const float large = 1.0f - 2.0f / (p * scale + 1.0f);
+  return a < 0.125f ? small : std::copysign(large, x);
+}
+
+void gate_from_taps(const float* taps, const float* bias, float* gate, const Shape& s) {
   const int64_t pixels = s.pixels;
   at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
       const int64_t frame = index / 2, k = index % 2, t = frame % s.frames;
-      float* sums = gate + index * pixels;
-      std::fill(sums, sums + pixels, bias[k]);
-      for (int64_t kt = 0; kt < 3; ++kt) {
-        if (t + kt - 1 < 0 || t + kt - 1 >= s.frames) continue;
-        const T* taps = products + (((frame + kt - 1) * 2 + k) * 27 + kt * 9) * pixels;
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          for (int64_t kw = 0; kw < 3; ++kw) {
-            const int64_t dy = kh - 1, dx = kw - 1;
-            const T* tap = taps + (kh * 3 + kw) * pixels;
-            const int64_t x0 = std::max<int64_t>(dx, 0), x1 = width + std::min<int64_t>(dx, 0);
-            for (int64_t y = std::max<int64_t>(dy, 0); y < height + std::min<int64_t>(dy, 0); ++y) {
-              float* row = sums + y * width;
-              const T* source = tap + (y - dy) * width - dx;
+      const float* centre = taps + (index * 3 + 1) * pixels;
+      // frame t - 1's tap 0 and frame t + 1's tap 2 (zero beyond the clip)
+      const float* previous = t > 0 ? taps + ((index - 2) * 3 + 0) * pixels : nullptr;
+      const float* next = t + 1 < s.frames ? taps + ((index + 2) * 3 + 2) * pixels : nullptr;
+      float* g = gate + index * pixels;
 #pragma omp simd
-              for (int64_t x = x0; x < x1; ++x) row[x] += load(source[x]);
-            }
-          }
-        }
+      for (int64_t p = 0; p < pixels; ++p) g[p] = bias[k] + centre[p];
+      if (previous) {
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) g[p] += previous[p];
       }
-      for (int64_t p = 0; p < pixels; ++p) sums[p] = std::tanh(sums[p]);
+      if (next) {
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) g[p] += next[p];
+      }
+#pragma omp simd
+      for (int64_t p = 0; p < pixels; ++p) g[p] = vector_tanh(g[p]);
     }
   });
 }
@@ -573,18 +715,23 @@ void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s,
   });
 }
 
-at::Tensor gate(const at::Tensor& products, const at::Tensor& bias, int64_t num_segments, int64_t height,
-                int64_t width) {
-  TORCH_CHECK(products.is_contiguous() && products.dim() == 4 && products.size(1) == 2 && products.size(2) == 27 &&
-                  products.size(3) == height * width,
-              "GSF gate: products must be a contiguous (N*T, 2, 27, H*W), got ", products.sizes());
+at::Tensor gate(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& weight,
+                const at::Tensor& bias, int64_t num_segments) {
+  const Shape s = shape_of(v, num_segments);
+  check_floats(scale, v.size(1), "scale");
+  check_floats(shift, v.size(1), "shift");
+  check_floats(weight, v.size(1) * 27, "weight (2, P/2, 3, 3, 3)");
   check_floats(bias, 2, "bias");
-  const Shape s = shape_of(products.size(0), 4, height * width, num_segments);  // (channels unused: 4 passes)
-  at::Tensor out = at::empty({products.size(0), 2, height, width}, products.options().dtype(at::kFloat));
-  dispatch(products, [&](auto t) {
+  const int64_t height = v.size(2), width = v.size(3);
+  const at::TensorOptions floats = v.options().dtype(at::kFloat);
+  at::Tensor taps = at::empty({s.frame_count(), 2, 3, height, width}, floats);
+  at::Tensor out = at::empty({s.frame_count(), 2, height, width}, floats);
+  dispatch(v, [&](auto t) {
     using T = decltype(t);
-    gate_kernel<T>(data_of<T>(products), bias.data_ptr<float>(), out.data_ptr<float>(), s, height, width);
+    gate_taps_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), weight.data_ptr<float>(),
+                        taps.data_ptr<float>(), s, height, width);
   });
+  gate_from_taps(taps.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(), s);
   return out;
 }
 
@@ -735,7 +882,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("norm_relu(Tensor v, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
   m.def("norm_relu_backward(Tensor(a!) grad, Tensor v, Tensor scale, Tensor shift, Tensor mean, Tensor invstd)"
         " -> (Tensor, Tensor)");
-  m.def("gate(Tensor products, Tensor bias, int num_segments, int height, int width) -> Tensor");
+  m.def("gate(Tensor v, Tensor scale, Tensor shift, Tensor weight, Tensor bias, int num_segments) -> Tensor");
   m.def("gate_backward(Tensor grad_z, int num_segments, int height, int width, ScalarType dtype) -> Tensor");
   m.def("fusion_weights(Tensor means, Tensor weight, Tensor bias, int num_segments) -> Tensor");
   m.def("input_gradient(Tensor v, Tensor grad_normed, Tensor grad_v, Tensor grad_means, Tensor gate, Tensor coef,"
