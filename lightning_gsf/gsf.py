@@ -212,10 +212,11 @@ class GSF(nn.Module):
         # (the native batch-norm kernel is several times slower on a strided input).
         scale = self.bn.weight * invstd
         shift = self.bn.bias - mean * scale
-        if cpu_ops is not None:  # one pass each for the gate, the fusion weights and the blend
+        if cpu_ops is not None:  # the gate and the spatial means, the fusion weights, the blend
+            means = torch.empty((nt, 2, p), dtype=torch.float32)  # mean(v), mean(g_k v) per frame
             gate = cpu_ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
-                                self.conv3D.weight.float().contiguous(), self.conv3D.bias.float().contiguous(), t)
-            means, _ = _spatial_means(v, gate, channels_last)
+                                self.conv3D.weight.float().contiguous(), self.conv3D.bias.float().contiguous(), t,
+                                means)
             weight, bias = self._fusion_parameters()
             blend = cpu_ops.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
         else:

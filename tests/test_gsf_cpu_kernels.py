@@ -172,15 +172,23 @@ def test_gate_equals_torch_ops(kernels, size, num_segments, channels_last, dtype
     generator = torch.Generator().manual_seed(5)
     scale, shift = torch.rand(processed, generator=generator) + 0.5, torch.randn(processed, generator=generator)
     expected = gate_by_torch_ops(v, scale, shift, module, num_segments)
+    means = torch.empty(v.shape[0], 2, processed)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        actual = kernels.gate(v, scale, shift, module.conv3D.weight.detach().contiguous(),
-                              module.conv3D.bias.detach().contiguous(), num_segments)
+        weight, bias = module.conv3D.weight.detach().contiguous(), module.conv3D.bias.detach().contiguous()
+        actual = kernels.gate(v, scale, shift, weight, bias, num_segments, means)
+        without_means = kernels.gate(v, scale, shift, weight, bias, num_segments)
     finally:
         torch.set_num_threads(previous_threads)
     assert actual.dtype == torch.float32 and actual.shape == expected.shape
     torch.testing.assert_close(actual.double(), expected, rtol=0, atol=1e-5)  # float32 sums of 216 products
+    torch.testing.assert_close(without_means, actual, rtol=0, atol=0)
+    # the spatial means of v and of each group's gated v, as _spatial_means gives them
+    expected_means, _ = gsf_module._spatial_means(v.double(), actual.double(), channels_last)
+    own_gate = torch.cat([expected_means[:, 1, :processed // 2], expected_means[:, 2, processed // 2:]], dim=1)
+    torch.testing.assert_close(means.double(), torch.stack([expected_means[:, 0], own_gate], dim=1),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_gate_tanh_is_within_2e7_of_tanh(kernels):
@@ -211,8 +219,11 @@ def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channe
     weight, bias = module._fusion_parameters()
     with torch.no_grad():
         expected, _, _ = gsf_module._fusion_weights(x, gate, weight, bias, num_segments, channels_last)
-        means, _ = gsf_module._spatial_means(x, gate, channels_last)
-        actual = kernels.fusion_weights(means, weight.contiguous(), bias.contiguous(), num_segments)
+        means, _ = gsf_module._spatial_means(x, gate, channels_last)  # (NT, [v, g_1 v, g_2 v], P)
+        half = processed // 2
+        own_gate = torch.cat([means[:, 1, :half], means[:, 2, half:]], dim=1)  # the gate op's (NT, 2, P)
+        actual = kernels.fusion_weights(torch.stack([means[:, 0], own_gate], dim=1), weight.contiguous(),
+                                        bias.contiguous(), num_segments)
     torch.testing.assert_close(actual, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
 
 

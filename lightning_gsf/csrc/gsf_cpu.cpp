@@ -505,6 +505,8 @@ std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at:
 // as a direct convolution, the three temporal taps of each pixel at once; then each frame's gate
 // sums its own centre tap and its neighbours' outer taps within the clip. weight is the conv's
 // (2, P/2, 3, 3, 3) (group, channel, kt, kh, kw): temporal tap kt of frame t feeds frame t + 1 - kt.
+// Given means (N*T, 2, P) float32, it also writes each frame's spatial means of v (row 0) and of
+// g_k v for the channels of group k (row 1), the fusion weights' input (twin: _spatial_means).
 // Rows are computed in whole vectors of Lanes columns (the buffer's zero columns pad the last).
 // gate_backward: the adjoint of the fold alone, from the pre-activation's gradient grad_z
 // (N*T, 2, H*W) to the 27 products per pixel, (N*T, 2, 27, H*W) ordered (kt, kh, kw) with the
@@ -652,8 +654,13 @@ inline float vector_tanh(float x) {
   return a < 0.125f ? small : std::copysign(large, x);
 }
 
-void gate_from_taps(const float* taps, const float* bias, float* gate, const Shape& s) {
-  const int64_t pixels = s.pixels;
+// Per (frame, group): the gate from its own centre tap and the neighbouring frames' outer taps,
+// then, where means is given, the spatial means of v and of the gated v of the group's channels.
+template <typename T>
+void gate_from_taps(const float* taps, const float* bias, float* gate, const at::Tensor& v_, float* means,
+                    const Shape& s) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t pixels = s.pixels, half = s.half;
   at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
       const int64_t frame = index / 2, k = index % 2, t = frame % s.frames;
@@ -674,6 +681,41 @@ void gate_from_taps(const float* taps, const float* bias, float* gate, const Sha
       }
 #pragma omp simd
       for (int64_t p = 0; p < pixels; ++p) g[p] = vector_tanh(g[p]);
+      if (!means) continue;
+      float* mean_v = means + frame * 4 * half + k * half;  // row 0 of (frame, 2, P)
+      float* mean_y = mean_v + 2 * half;                    // row 1
+      const float inverse = 1.0f / static_cast<float>(pixels);
+      if (v.pixel == 1) {
+        for (int64_t c = 0; c < half; ++c) {
+          const T* x = v.at(frame, k * half + c);
+          float total = 0.0f, gated = 0.0f;
+#pragma omp simd reduction(+ : total, gated)
+          for (int64_t p = 0; p < pixels; ++p) {
+            const float value = load(x[p]);
+            total += value;
+            gated += g[p] * value;
+          }
+          mean_v[c] = total * inverse;
+          mean_y[c] = gated * inverse;
+        }
+      } else {  // channels innermost
+        std::fill(mean_v, mean_v + half, 0.0f);
+        std::fill(mean_y, mean_y + half, 0.0f);
+        for (int64_t p = 0; p < pixels; ++p) {
+          const T* x = v.at(frame, k * half) + p * v.pixel;
+          const float gp = g[p];
+#pragma omp simd
+          for (int64_t c = 0; c < half; ++c) {
+            const float value = load(x[c]);
+            mean_v[c] += value;
+            mean_y[c] += gp * value;
+          }
+        }
+        for (int64_t c = 0; c < half; ++c) {
+          mean_v[c] *= inverse;
+          mean_y[c] *= inverse;
+        }
+      }
     }
   });
 }
@@ -716,12 +758,13 @@ void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s,
 }
 
 at::Tensor gate(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& shift, const at::Tensor& weight,
-                const at::Tensor& bias, int64_t num_segments) {
+                const at::Tensor& bias, int64_t num_segments, const std::optional<at::Tensor>& means) {
   const Shape s = shape_of(v, num_segments);
   check_floats(scale, v.size(1), "scale");
   check_floats(shift, v.size(1), "shift");
   check_floats(weight, v.size(1) * 27, "weight (2, P/2, 3, 3, 3)");
   check_floats(bias, 2, "bias");
+  if (means) check_floats(*means, s.frame_count() * 2 * v.size(1), "means (N*T, 2, P)");
   const int64_t height = v.size(2), width = v.size(3);
   const at::TensorOptions floats = v.options().dtype(at::kFloat);
   at::Tensor taps = at::empty({s.frame_count(), 2, 3, height, width}, floats);
@@ -730,8 +773,9 @@ at::Tensor gate(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& 
     using T = decltype(t);
     gate_taps_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), weight.data_ptr<float>(),
                         taps.data_ptr<float>(), s, height, width);
+    gate_from_taps<T>(taps.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(), v,
+                      means ? means->data_ptr<float>() : nullptr, s);
   });
-  gate_from_taps(taps.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(), s);
   return out;
 }
 
@@ -748,14 +792,13 @@ at::Tensor gate_backward(const at::Tensor& grad_z, int64_t num_segments, int64_t
 }
 
 // ---------------------------------------------------------------------------------------------
-// fusion_weights: sigmoid(conv(descriptors)) from the spatial means (N*T, 3, P): row 0 is
-// mean(v), rows 1 and 2 mean(g_1 v) and mean(g_2 v). Group k's descriptors over (channel c,
+// fusion_weights: sigmoid(conv(descriptors)) from the spatial means (N*T, 2, P) float32: row 0
+// is mean(v), row 1 mean(g_k v) for the channels of group k (gate's means). Group k's descriptors over (channel c,
 // frame t) are the means of its shifted and residual maps, mean(shift(y)) = shift(mean(y)) and
 // mean(v - y) = mean(v) - mean(y); its 3x3 conv over (c, t) is zero padded. Out: float32
 // (N, T, 2, P/2) (twin: _fusion_weights).
 
-template <typename T>
-void fusion_weights_kernel(const T* means, const float* weight, const float* bias, float* out, const Shape& s) {
+void fusion_weights_kernel(const float* means, const float* weight, const float* bias, float* out, const Shape& s) {
   const int64_t half = s.half, frames = s.frames, processed = 2 * half;
   const int64_t rows = half + 2, cols = frames + 2;  // descriptors (i, c + 1, t + 1), zero borders
   at::parallel_for(0, s.clips * 2, 1, [&](int64_t begin, int64_t end) {
@@ -763,14 +806,14 @@ void fusion_weights_kernel(const T* means, const float* weight, const float* bia
     for (int64_t index = begin; index < end; ++index) {
       const int64_t n = index / 2, k = index % 2;
       auto mean_of = [&](int64_t t, int64_t row, int64_t c) {
-        return load(means[((n * frames + t) * 3 + row) * processed + k * half + c]);
+        return means[((n * frames + t) * 2 + row) * processed + k * half + c];
       };
       std::fill(descriptors.begin(), descriptors.end(), 0.0f);
       for (int64_t t = 0; t < frames; ++t) {
         const int64_t source = k == 0 ? t + 1 : t - 1;  // the frame whose gated features t takes
         for (int64_t c = 0; c < half; ++c) {
-          descriptors[(c + 1) * cols + t + 1] = source < 0 || source >= frames ? 0.0f : mean_of(source, 1 + k, c);
-          descriptors[(rows + c + 1) * cols + t + 1] = mean_of(t, 0, c) - mean_of(t, 1 + k, c);
+          descriptors[(c + 1) * cols + t + 1] = source < 0 || source >= frames ? 0.0f : mean_of(source, 1, c);
+          descriptors[(rows + c + 1) * cols + t + 1] = mean_of(t, 0, c) - mean_of(t, 1, c);
         }
       }
       const float* w = weight + k * 18;
@@ -793,17 +836,15 @@ void fusion_weights_kernel(const T* means, const float* weight, const float* bia
 
 at::Tensor fusion_weights(const at::Tensor& means, const at::Tensor& weight, const at::Tensor& bias,
                           int64_t num_segments) {
-  TORCH_CHECK(means.is_contiguous() && means.dim() == 3 && means.size(1) == 3,
-              "GSF fusion_weights: means must be a contiguous (N*T, 3, P), got ", means.sizes());
+  TORCH_CHECK(means.dim() == 3 && means.size(1) == 2,
+              "GSF fusion_weights: means must be (N*T, 2, P), got ", means.sizes());
+  check_floats(means, means.numel(), "means");
   check_floats(weight, 36, "weight (2, 2, 3, 3)");
   check_floats(bias, 2, "bias");
   const Shape s = shape_of(means.size(0), means.size(2), 0, num_segments);
   at::Tensor out = at::empty({s.clips, num_segments, 2, s.half}, means.options().dtype(at::kFloat));
-  dispatch(means, [&](auto t) {
-    using T = decltype(t);
-    fusion_weights_kernel<T>(data_of<T>(means), weight.data_ptr<float>(), bias.data_ptr<float>(),
-                             out.data_ptr<float>(), s);
-  });
+  fusion_weights_kernel(means.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(),
+                        out.data_ptr<float>(), s);
   return out;
 }
 
@@ -882,7 +923,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("norm_relu(Tensor v, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
   m.def("norm_relu_backward(Tensor(a!) grad, Tensor v, Tensor scale, Tensor shift, Tensor mean, Tensor invstd)"
         " -> (Tensor, Tensor)");
-  m.def("gate(Tensor v, Tensor scale, Tensor shift, Tensor weight, Tensor bias, int num_segments) -> Tensor");
+  m.def("gate(Tensor v, Tensor scale, Tensor shift, Tensor weight, Tensor bias, int num_segments, Tensor(a!)? means=None) -> Tensor");
   m.def("gate_backward(Tensor grad_z, int num_segments, int height, int width, ScalarType dtype) -> Tensor");
   m.def("fusion_weights(Tensor means, Tensor weight, Tensor bias, int num_segments) -> Tensor");
   m.def("input_gradient(Tensor v, Tensor grad_normed, Tensor grad_v, Tensor grad_means, Tensor gate, Tensor coef,"
