@@ -507,7 +507,6 @@ std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at:
 // (2, P/2, 3, 3, 3) (group, channel, kt, kh, kw): temporal tap kt of frame t feeds frame t + 1 - kt.
 // Given means (N*T, 2, P) float32, it also writes each frame's spatial means of v (row 0) and of
 // g_k v for the channels of group k (row 1), the fusion weights' input (twin: _spatial_means).
-// Rows are computed in whole vectors of Lanes columns (the buffer's zero columns pad the last).
 // gate_backward: the adjoint of the fold alone, from the pre-activation's gradient grad_z
 // (N*T, 2, H*W) to the 27 products per pixel, (N*T, 2, 27, H*W) ordered (kt, kh, kw) with the
 // spatial taps flipped, which the backward's matmuls take (twin: _unfold_taps).
@@ -529,11 +528,6 @@ inline Vector load_vector(const float* p) {
   return v;
 }
 
-// Per (frame, group): the group's relu(bn(v)) into zero-bordered planes of (H + 2) rows of
-// W + 2 columns, then each output pixel q = y * (W + 2) + x (x < W kept) of the three
-// temporal taps as sum over channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw],
-// Block vectors of consecutive q at a time: 3 * Block accumulators in registers, each load
-// feeding three FMAs (one per temporal tap).
 template <int64_t Vectors>
 void taps_of_block(const float* planes, int64_t plane, int64_t row, const float* weight, int64_t half, float* sums,
                    int64_t tap_stride) {
@@ -563,11 +557,66 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
   }
 }
 
-// Per (frame, group): the group's relu(bn(v)) into zero-bordered planes of (H + 2) rows of
-// W + 2 columns, then each output pixel q = y * (W + 2) + x (x < W kept) of the three
-// temporal taps as the sum over channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw],
-// up to 4 vectors of consecutive q at a time (taps_of_block): 3 accumulators per vector in
-// registers, each load feeding three FMAs (one per temporal tap).
+// Zero-bordered planes of (H + 2) rows of W + 2 columns, one per channel of a group, and where
+// each pixel lands in their interior.
+struct Planes {
+  int64_t height, width, row, plane;
+  std::vector<int64_t> position;  // pixel p's offset in a plane's interior (for channels-last input)
+
+  Planes(int64_t height_, int64_t width_, int64_t plane_, bool positions)
+      : height(height_), width(width_), row(width_ + 2), plane(plane_), position(positions ? height_ * width_ : 0) {
+    for (int64_t p = 0; p < static_cast<int64_t>(position.size()); ++p) position[p] = p / width * row + p % width;
+  }
+};
+
+// relu(v * scale + shift) of group k's channels of one frame into the planes' interiors (the
+// borders are never written: they stay zero).
+template <typename T>
+void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, const float* scale,
+                 const float* shift, const Planes& planes, float* padded) {
+  const int64_t height = planes.height, width = planes.width, row = planes.row, pixels = height * width;
+  if (v.pixel == 1) {
+    // Whole vectors from each row's start: all but the last row run over into the padding
+    // columns and the next row (which its own writes then correct); the padding is zeroed
+    // again below. Reads stop at the end of the channel's plane.
+    const int64_t vector_width = (width + kLanes - 1) / kLanes * kLanes;
+    for (int64_t c = 0; c < half; ++c) {
+      const int64_t channel = k * half + c;
+      const float a = scale[channel], b = shift[channel];
+      const T* src = v.at(frame, channel);
+      float* dst = padded + c * planes.plane + row + 1;
+      for (int64_t y = 0; y < height; ++y) {
+        const int64_t count = std::min(vector_width, pixels - y * width);
+        const T* from = src + y * width;
+        float* to = dst + y * row;
+#pragma omp simd
+        for (int64_t x = 0; x < count; ++x) to[x] = std::max(load(from[x]) * a + b, 0.0f);
+      }
+      for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0.0f;
+    }
+    return;
+  }
+  // Channels innermost: a block of pixels at a time (in L1), read across the group's channels,
+  // written plane by plane (reading each channel's pixels in turn would walk the frame once
+  // per channel).
+  constexpr int64_t block = 32;
+  for (int64_t first = 0; first < pixels; first += block) {
+    const int64_t last = std::min(first + block, pixels);
+    for (int64_t c = 0; c < half; ++c) {
+      const int64_t channel = k * half + c;
+      const float a = scale[channel], b = shift[channel];
+      const T* src = v.at(frame, channel);
+      float* dst = padded + c * planes.plane + row + 1;
+      for (int64_t p = first; p < last; ++p) dst[planes.position[p]] = std::max(load(src[p * v.pixel]) * a + b, 0.0f);
+    }
+  }
+}
+
+// Per (frame, group): the group's relu(bn(v)) into planes (fill_planes), then each output
+// pixel q = y * (W + 2) + x (x < W kept) of the three temporal taps as the sum over channels
+// and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to 4 vectors of consecutive q at a
+// time (taps_of_block): 3 accumulators per vector in registers, each load feeding three FMAs
+// (one per temporal tap).
 template <typename T>
 void gate_taps_kernel(const at::Tensor& v_, const float* scale, const float* shift, const float* weight, float* taps,
                       const Shape& s, int64_t height, int64_t width) {
@@ -577,48 +626,25 @@ void gate_taps_kernel(const at::Tensor& v_, const float* scale, const float* shi
   const int64_t vectors = (positions + kLanes - 1) / kLanes;
   const int64_t tap_stride = vectors * kLanes;
   // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
-  const int64_t plane = tap_stride + 2 * row + 2;
+  const Planes planes(height, width, tap_stride + 2 * row + 2, v.pixel != 1);
+  const int64_t plane = planes.plane;
   at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(half * plane, 0.0f);  // only the interior is ever written
+    std::vector<float> padded(half * plane, 0.0f);
     std::vector<float> sums(3 * tap_stride);
     for (int64_t index = begin; index < end; ++index) {
       const int64_t frame = index / 2, k = index % 2;
-      for (int64_t c = 0; c < half; ++c) {
-        const int64_t channel = k * half + c;
-        const float a = scale[channel], b = shift[channel];
-        const T* src = v.at(frame, channel);
-        float* dst = padded.data() + c * plane + row + 1;
-        if (v.pixel == 1) {
-          // Whole vectors from each row's start: all but the last row run over into the
-          // padding columns and the next row (which its own writes then correct); the padding
-          // is zeroed again below. The last row stops at its end, as its source plane may.
-          const int64_t vector_width = (width + kLanes - 1) / kLanes * kLanes;
-          for (int64_t y = 0; y < height; ++y) {
-            const int64_t count = std::min(vector_width, pixels - y * width);  // within the plane
-            const T* from = src + y * width;
-            float* to = dst + y * row;
-#pragma omp simd
-            for (int64_t x = 0; x < count; ++x) to[x] = std::max(load(from[x]) * a + b, 0.0f);
-          }
-          for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0.0f;
-        } else {
-          for (int64_t y = 0; y < height; ++y) {
-            for (int64_t x = 0; x < width; ++x)
-              dst[y * row + x] = std::max(load(src[(y * width + x) * v.pixel]) * a + b, 0.0f);
-          }
-        }
-      }
+      fill_planes<T>(v, frame, k, half, scale, shift, planes, padded.data());
       const float* w = weight + k * half * 27;
       int64_t first = 0;  // in vectors
       for (; first + 4 <= vectors; first += 4) {
         taps_of_block<4>(padded.data() + first * kLanes, plane, row, w, half, sums.data() + first * kLanes, tap_stride);
       }
-      const float* planes = padded.data() + first * kLanes;
+      const float* block_planes = padded.data() + first * kLanes;
       float* block_sums = sums.data() + first * kLanes;
       switch (vectors - first) {
-        case 3: taps_of_block<3>(planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 2: taps_of_block<2>(planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 1: taps_of_block<1>(planes, plane, row, w, half, block_sums, tap_stride); break;
+        case 3: taps_of_block<3>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+        case 2: taps_of_block<2>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+        case 1: taps_of_block<1>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
         default: break;
       }
       float* out = taps + index * 3 * pixels;
