@@ -207,38 +207,36 @@ class GSF(nn.Module):
             self._update_running_statistics(mean, var, count=v.numel() // p)
         else:
             mean, var = self.bn.running_mean, self.bn.running_var
+        if cpu_ops is not None:  # every pass in C++, one call
+            out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, channels_last)
+            cpu_ops.infer(x, out, p, t, mean, var, self.bn.eps, self.bn.weight, self.bn.bias, self.conv3D.weight,
+                          self.conv3D.bias, self.channel_conv1.weight, self.channel_conv2.weight,
+                          self.channel_conv1.bias, self.channel_conv2.bias)
+            return out
         invstd = torch.rsqrt(var + self.bn.eps)
         # relu(bn(v)) as one scale and shift per channel: reads the strided slice v directly
         # (the native batch-norm kernel is several times slower on a strided input).
         scale = self.bn.weight * invstd
         shift = self.bn.bias - mean * scale
-        if cpu_ops is not None:  # the gate and the spatial means, the fusion weights, the blend
-            means = torch.empty((nt, 2, p), dtype=torch.float32)  # mean(v), mean(g_k v) per frame
-            gate = cpu_ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
-                                self.conv3D.weight.float().contiguous(), self.conv3D.bias.float().contiguous(), t,
-                                means)
-            weight, bias = self._fusion_parameters()
-            blend = cpu_ops.fusion_weights(means, weight.float().contiguous(), bias.float().contiguous(), t)
-        else:
-            # NCHW for the matmul (written so from channels-last input too), in v's dtype
-            activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
-            torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
-            products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
-            taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
-            gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
-            if t > 1:
-                gate[:, 1:].add_(taps[:, :-1, :, 0])
-                gate[:, :-1].add_(taps[:, 1:, :, 2])
-            # tanh(z) = 2 * sigmoid(2z) - 1: PyTorch's CPU sigmoid runs several times faster than its tanh
-            gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
-            gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
-            blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
-            blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
+        # NCHW for the matmul (written so from channels-last input too), in v's dtype
+        activated = torch.empty((nt, p, h, w), dtype=v.dtype, device=v.device)
+        torch.mul(v, scale.view(1, p, 1, 1), out=activated).add_(shift.view(1, p, 1, 1)).relu_()
+        products = torch.matmul(self._taps_weight().to(v.dtype), activated.view(nt, 2, half, h * w))
+        taps = _fold_taps(products.view(nt, 54, h * w), h, w).view(n, t, 2, 3, h, w)
+        gate = taps[:, :, :, 1]  # the centre taps, then the temporal neighbours' taps, in place
+        if t > 1:
+            gate[:, 1:].add_(taps[:, :-1, :, 0])
+            gate[:, :-1].add_(taps[:, 1:, :, 2])
+        # tanh(z) = 2 * sigmoid(2z) - 1: PyTorch's CPU sigmoid runs several times faster than its tanh
+        gate = gate.add_(self.conv3D.bias.to(gate.dtype).view(1, 1, 2, 1, 1)).mul_(2).sigmoid_()
+        gate = gate.mul_(2).sub_(1)  # (N, T, 2, H, W)
+        blend, _, _ = _fusion_weights(v, gate, *self._fusion_parameters(), t, channels_last)
+        blend = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), channels innermost
 
         # The output overwrites the input itself when in place: _write_fused reads v before
         # it writes.
         inplace = self._writes_in_place(x)
-        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace, cpu_ops)
+        return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace)
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA

@@ -19,6 +19,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
@@ -824,8 +825,8 @@ at::Tensor gate_backward(const at::Tensor& grad_z, int64_t num_segments, int64_t
 
 // ---------------------------------------------------------------------------------------------
 // fusion_weights: sigmoid(conv(descriptors)) from the spatial means (N*T, 2, P) float32: row 0
-// is mean(v), row 1 mean(g_k v) for the channels of group k (gate's means). Group k's descriptors over (channel c,
-// frame t) are the means of its shifted and residual maps, mean(shift(y)) = shift(mean(y)) and
+// is mean(v), row 1 mean(g_k v) for the channels of group k (gate's means). Group k's
+// descriptors over (channel c, frame t) are the means of its shifted and residual maps, mean(shift(y)) = shift(mean(y)) and
 // mean(v - y) = mean(v) - mean(y); its 3x3 conv over (c, t) is zero padded. Out: float32
 // (N, T, 2, P/2) (twin: _fusion_weights).
 
@@ -946,6 +947,48 @@ void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at
 
 // Schemas here, CPU implementations below: tensors of other dispatch keys (fake, meta, ...)
 // get a clear 'no kernel' error instead of running raw-pointer loops on them.
+// ---------------------------------------------------------------------------------------------
+// infer: GSF without autograd, the passes above in turn: the batch norm's per-channel scale and
+// shift from mean and var, the gate with the spatial means, the fusion weights, then the blend
+// of x's first P channels into out's. out is x itself (in place) or a new tensor whose other
+// channels the caller has filled (twin: the PyTorch-ops branch of _forward_without_autograd).
+
+void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments, const at::Tensor& mean,
+           const at::Tensor& var, double eps, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+           const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& fusion_weight_1,
+           const at::Tensor& fusion_weight_2, const at::Tensor& fusion_bias_1, const at::Tensor& fusion_bias_2) {
+  check_dtype(x);
+  TORCH_CHECK(x.dim() == 4 && processed > 0 && processed <= x.size(1), "GSF infer: x must be (N*T, C, H, W) with C >= ",
+              processed, ", got ", x.sizes());
+  check_map(out, x, "out");
+  auto floats = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+  const at::Tensor m = floats(mean), variance = floats(var), weight = floats(bn_weight), bias = floats(bn_bias);
+  check_floats(m, processed, "mean");
+  check_floats(variance, processed, "var");
+  check_floats(weight, processed, "bn_weight");
+  check_floats(bias, processed, "bn_bias");
+  at::Tensor scale = at::empty({processed}, m.options()), shift = at::empty({processed}, m.options());
+  for (int64_t c = 0; c < processed; ++c) {
+    const float invstd = 1.0f / std::sqrt(variance.data_ptr<float>()[c] + static_cast<float>(eps));
+    scale.data_ptr<float>()[c] = weight.data_ptr<float>()[c] * invstd;
+    shift.data_ptr<float>()[c] = bias.data_ptr<float>()[c] - m.data_ptr<float>()[c] * scale.data_ptr<float>()[c];
+  }
+  const at::Tensor v = x.narrow(1, 0, processed);
+  at::Tensor means = at::empty({x.size(0), 2, processed}, m.options());
+  const at::Tensor g = gate(v, scale, shift, floats(conv_weight), floats(conv_bias), num_segments, means);
+  const at::Tensor fusion_weight = at::cat({floats(fusion_weight_1).view({1, 2, 3, 3}),
+                                            floats(fusion_weight_2).view({1, 2, 3, 3})});
+  const at::Tensor fusion_bias = at::cat({floats(fusion_bias_1).view({1}), floats(fusion_bias_2).view({1})});
+  const at::Tensor weights = fusion_weights(means, fusion_weight, fusion_bias, num_segments);
+  if (!out.is_same(x)) {
+    blend(v, g, weights, out.narrow(1, 0, processed), num_segments, std::nullopt);
+  } else if (v.stride(3) == 1) {
+    blend_in_place(v, g, weights, num_segments);
+  } else {  // channels-last, over v itself: from a copy
+    blend(v.clone(at::MemoryFormat::Preserve), g, weights, v, num_segments, std::nullopt);
+  }
+}
+
 TORCH_LIBRARY(lightning_gsf, m) {
   m.def("blend(Tensor v, Tensor gate, Tensor weights, Tensor(a!) out, int num_segments, Tensor(b!)? copy=None) -> ()");
   m.def("blend_in_place(Tensor(a!) v, Tensor gate, Tensor weights, int num_segments) -> ()");
@@ -959,6 +1002,9 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("fusion_weights(Tensor means, Tensor weight, Tensor bias, int num_segments) -> Tensor");
   m.def("input_gradient(Tensor v, Tensor grad_normed, Tensor grad_v, Tensor grad_means, Tensor gate, Tensor coef,"
         " Tensor centre, Tensor slope, Tensor mean, Tensor invstd, Tensor(a!) out) -> ()");
+  m.def("infer(Tensor(a!) x, Tensor(b!) out, int processed, int num_segments, Tensor mean, Tensor var, float eps,"
+        " Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor conv_bias, Tensor fusion_weight_1,"
+        " Tensor fusion_weight_2, Tensor fusion_bias_1, Tensor fusion_bias_2) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
@@ -971,4 +1017,5 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("gate_backward", &gate_backward);
   m.impl("fusion_weights", &fusion_weights);
   m.impl("input_gradient", &input_gradient);
+  m.impl("infer", &infer);
 }
