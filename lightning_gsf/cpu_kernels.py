@@ -24,7 +24,11 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "gsf_cpu.cpp"
-CFLAGS = ["-O3", "-fopenmp-simd"]
+# -fopenmp: at::parallel_for (ATen's OpenMP backend, a header template) only splits work across
+# threads in code compiled with OpenMP; without it every kernel ran on one thread. The build
+# links libgomp.so.1, the runtime torch has already loaded.
+CFLAGS = ["-O3", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 # Vector instructions by the CPU capability that torch itself dispatches to (x86-64 levels:
 # v3 = AVX2/FMA, v4 = AVX-512). The level is part of the build's name, so a build cached in a
 # home directory shared by a cluster's nodes only loads on nodes of the same level.
@@ -62,8 +66,8 @@ def _build() -> tuple[Any, str] | None:
     for capability in dict.fromkeys((cpu_capability(), "DEFAULT")):
         try:
             cpp_extension.load(name=extension_name(capability), sources=[str(SOURCE)],
-                               extra_cflags=CFLAGS + ISA_FLAGS.get(capability, []), is_python_module=False,
-                               verbose=False)
+                               extra_cflags=CFLAGS + ISA_FLAGS.get(capability, []), extra_ldflags=LDFLAGS,
+                               is_python_module=False, verbose=False)
         except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
             log.warning("GSF CPU kernels for %s unavailable (%s: %s)", capability, type(error).__name__, error)
             continue

@@ -110,6 +110,17 @@ def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dty
     torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_run_on_torch_threads(kernels, threads):
+    """The build compiles at::parallel_for with OpenMP: without it every loop ran on one thread."""
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert kernels.parallel_threads(64) == threads
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
 def test_kernel_strides_ok_only_uniform_pixel_strides():
     x = torch.randn(4, 8, 5, 6)
     assert gsf_module._kernel_strides_ok(x[:, :4])
@@ -154,7 +165,7 @@ def gate_by_torch_ops(v, scale, shift, module, num_segments):
     return torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias.double())).view(nt, 2, h, w)
 
 
-@pytest.mark.parametrize("threads", [1, 3])  # one chunk of (frame, group) items, or several reusing buffers
+@pytest.mark.parametrize("threads", [1, 3, 8])  # one task per walk (2 clips x 2 groups), or walks split into runs
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("num_segments", [1, 2, 5])

@@ -616,52 +616,39 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
   }
 }
 
-// Per (frame, group): the group's relu(bn(v)) into planes (fill_planes), then each output
-// pixel q = y * (W + 2) + x (x < W kept) of the three temporal taps as the sum over channels
-// and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to kBlock vectors of consecutive q at a
-// time (taps_of_block): 3 accumulators per vector in registers, each load feeding three FMAs
-// (one per temporal tap).
+// The three temporal taps of one (frame, group), (3, H*W): the group's relu(bn(v)) into planes
+// (fill_planes), then each output pixel q = y * (W + 2) + x (x < W kept) as the sum over
+// channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to kBlock vectors of
+// consecutive q at a time (taps_of_block): 3 accumulators per vector in registers, each load
+// feeding three FMAs (one per temporal tap). padded and sums are the caller's scratch buffers.
 template <typename T>
-void gate_taps_kernel(const at::Tensor& v_, const float* scale, const float* shift, const float* weight, float* taps,
-                      const Shape& s, int64_t height, int64_t width) {
-  const Map<const T> v = map_of<const T>(v_, "v");
-  const int64_t pixels = s.pixels, half = s.half;
-  const int64_t row = width + 2, positions = height * row;
-  const int64_t vectors = (positions + kLanes - 1) / kLanes;
-  const int64_t tap_stride = vectors * kLanes;
-  // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
-  const Planes planes(height, width, tap_stride + 2 * row + 2, v.pixel != 1);
-  const int64_t plane = planes.plane;
-  at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(half * plane, 0.0f);
-    std::vector<float> sums(3 * tap_stride);
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t frame = index / 2, k = index % 2;
-      fill_planes<T>(v, frame, k, half, scale, shift, planes, padded.data());
-      const float* w = weight + k * half * 27;
-      int64_t first = 0;  // in vectors
-      for (; first + kBlock <= vectors; first += kBlock) {
-        taps_of_block<kBlock>(padded.data() + first * kLanes, plane, row, w, half, sums.data() + first * kLanes, tap_stride);
-      }
-      const float* block_planes = padded.data() + first * kLanes;
-      float* block_sums = sums.data() + first * kLanes;
-      switch (vectors - first) {
-        case 5: taps_of_block<5>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 4: taps_of_block<4>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 3: taps_of_block<3>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 2: taps_of_block<2>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-        case 1: taps_of_block<1>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-        default: break;
-      }
-      float* out = taps + index * 3 * pixels;
-      for (int64_t kt = 0; kt < 3; ++kt) {
-        for (int64_t y = 0; y < height; ++y) {
-          const float* src = sums.data() + kt * tap_stride + y * row;
-          std::copy(src, src + width, out + kt * pixels + y * width);
-        }
-      }
+void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, const float* scale, const float* shift,
+                const float* weight, const Planes& planes, int64_t tap_stride, float* padded, float* sums,
+                float* taps) {
+  const int64_t height = planes.height, width = planes.width, row = planes.row, plane = planes.plane;
+  const int64_t vectors = tap_stride / kLanes, pixels = height * width;
+  fill_planes<T>(v, frame, k, half, scale, shift, planes, padded);
+  const float* w = weight + k * half * 27;
+  int64_t first = 0;  // in vectors
+  for (; first + kBlock <= vectors; first += kBlock) {
+    taps_of_block<kBlock>(padded + first * kLanes, plane, row, w, half, sums + first * kLanes, tap_stride);
+  }
+  const float* block_planes = padded + first * kLanes;
+  float* block_sums = sums + first * kLanes;
+  switch (vectors - first) {
+    case 5: taps_of_block<5>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+    case 4: taps_of_block<4>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+    case 3: taps_of_block<3>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+    case 2: taps_of_block<2>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+    case 1: taps_of_block<1>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
+    default: break;
+  }
+  for (int64_t kt = 0; kt < 3; ++kt) {
+    for (int64_t y = 0; y < height; ++y) {
+      const float* src = sums + kt * tap_stride + y * row;
+      std::copy(src, src + width, taps + kt * pixels + y * width);
     }
-  });
+  }
 }
 
 // tanh in plain arithmetic that vectorises (std::tanh is a scalar call): an odd Taylor
@@ -686,68 +673,93 @@ inline float vector_tanh(float x) {
   return a < 0.125f ? small : std::copysign(large, x);
 }
 
-// Per (frame, group): the gate from its own centre tap and the neighbouring frames' outer taps,
-// then, where means is given, the spatial means of v and of the gated v of the group's channels.
+// One (frame, group)'s gate from its own centre tap and the neighbouring frames' outer taps
+// (previous frame's tap 0, next frame's tap 2; null beyond the clip), then, where means is
+// given, the spatial means of v and of the gated v over the group's channels.
 template <typename T>
-void gate_from_taps(const float* taps, const float* bias, float* gate, const at::Tensor& v_, float* means,
-                    const Shape& s) {
-  const Map<const T> v = map_of<const T>(v_, "v");
-  const int64_t pixels = s.pixels, half = s.half;
-  at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t frame = index / 2, k = index % 2, t = frame % s.frames;
-      const float* centre = taps + (index * 3 + 1) * pixels;
-      // frame t - 1's tap 0 and frame t + 1's tap 2 (zero beyond the clip)
-      const float* previous = t > 0 ? taps + ((index - 2) * 3 + 0) * pixels : nullptr;
-      const float* next = t + 1 < s.frames ? taps + ((index + 2) * 3 + 2) * pixels : nullptr;
-      float* g = gate + index * pixels;
+void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, int64_t pixels, float bias,
+                const float* previous, const float* centre, const float* next, float* g, float* means) {
 #pragma omp simd
-      for (int64_t p = 0; p < pixels; ++p) g[p] = bias[k] + centre[p];
-      if (previous) {
+  for (int64_t p = 0; p < pixels; ++p) g[p] = bias + centre[p];
+  if (previous) {
 #pragma omp simd
-        for (int64_t p = 0; p < pixels; ++p) g[p] += previous[p];
-      }
-      if (next) {
+    for (int64_t p = 0; p < pixels; ++p) g[p] += previous[p];
+  }
+  if (next) {
 #pragma omp simd
-        for (int64_t p = 0; p < pixels; ++p) g[p] += next[p];
-      }
+    for (int64_t p = 0; p < pixels; ++p) g[p] += next[p];
+  }
 #pragma omp simd
-      for (int64_t p = 0; p < pixels; ++p) g[p] = vector_tanh(g[p]);
-      if (!means) continue;
-      float* mean_v = means + frame * 4 * half + k * half;  // row 0 of (frame, 2, P)
-      float* mean_y = mean_v + 2 * half;                    // row 1
-      const float inverse = 1.0f / static_cast<float>(pixels);
-      if (v.pixel == 1) {
-        for (int64_t c = 0; c < half; ++c) {
-          const T* x = v.at(frame, k * half + c);
-          float total = 0.0f, gated = 0.0f;
+  for (int64_t p = 0; p < pixels; ++p) g[p] = vector_tanh(g[p]);
+  if (!means) return;
+  float* mean_v = means + frame * 4 * half + k * half;  // row 0 of (frame, 2, P)
+  float* mean_y = mean_v + 2 * half;                    // row 1
+  const float inverse = 1.0f / static_cast<float>(pixels);
+  if (v.pixel == 1) {
+    for (int64_t c = 0; c < half; ++c) {
+      const T* x = v.at(frame, k * half + c);
+      float total = 0.0f, gated = 0.0f;
 #pragma omp simd reduction(+ : total, gated)
-          for (int64_t p = 0; p < pixels; ++p) {
-            const float value = load(x[p]);
-            total += value;
-            gated += g[p] * value;
-          }
-          mean_v[c] = total * inverse;
-          mean_y[c] = gated * inverse;
-        }
-      } else {  // channels innermost
-        std::fill(mean_v, mean_v + half, 0.0f);
-        std::fill(mean_y, mean_y + half, 0.0f);
-        for (int64_t p = 0; p < pixels; ++p) {
-          const T* x = v.at(frame, k * half) + p * v.pixel;
-          const float gp = g[p];
-#pragma omp simd
-          for (int64_t c = 0; c < half; ++c) {
-            const float value = load(x[c]);
-            mean_v[c] += value;
-            mean_y[c] += gp * value;
-          }
-        }
-        for (int64_t c = 0; c < half; ++c) {
-          mean_v[c] *= inverse;
-          mean_y[c] *= inverse;
-        }
+      for (int64_t p = 0; p < pixels; ++p) {
+        const float value = load(x[p]);
+        total += value;
+        gated += g[p] * value;
       }
+      mean_v[c] = total * inverse;
+      mean_y[c] = gated * inverse;
+    }
+    return;
+  }
+  std::fill(mean_v, mean_v + half, 0.0f);  // channels innermost
+  std::fill(mean_y, mean_y + half, 0.0f);
+  for (int64_t p = 0; p < pixels; ++p) {
+    const T* x = v.at(frame, k * half) + p * v.pixel;
+    const float gp = g[p];
+#pragma omp simd
+    for (int64_t c = 0; c < half; ++c) {
+      const float value = load(x[c]);
+      mean_v[c] += value;
+      mean_y[c] += gp * value;
+    }
+  }
+  for (int64_t c = 0; c < half; ++c) {
+    mean_v[c] *= inverse;
+    mean_y[c] *= inverse;
+  }
+}
+
+// The gate (and means) of every (clip, group), walking each clip's frames in order: frame f's
+// taps complete frame f - 1's gate, whose v was read one frame ago and is still in cache for
+// the means. Three frames' taps are kept. With more threads than walks, each walk is split into
+// runs of frames, each also computing the taps of the frame before and after it.
+template <typename T>
+void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, const float* weight, const float* bias,
+                 float* gate, float* means, const Shape& s, int64_t height, int64_t width) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t pixels = s.pixels, half = s.half, frames = s.frames;
+  const int64_t row = width + 2, vectors = (height * row + kLanes - 1) / kLanes, tap_stride = vectors * kLanes;
+  // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
+  const Planes planes(height, width, tap_stride + 2 * row + 2, v.pixel != 1);
+  const int64_t walks = s.clips * 2;
+  const int64_t runs = std::min(frames, std::max<int64_t>(1, (at::get_num_threads() + walks - 1) / walks));
+  at::parallel_for(0, walks * runs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(half * planes.plane, 0.0f), sums(3 * tap_stride), ring(3 * 3 * pixels);
+    auto taps_of = [&](int64_t t) { return ring.data() + t % 3 * 3 * pixels; };
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t walk = index / runs, run = index % runs, clip = walk / 2, k = walk % 2;
+      const int64_t first = run * frames / runs, last = (run + 1) * frames / runs;  // gates of [first, last)
+      auto finish = [&](int64_t t) {
+        const int64_t frame = clip * frames + t;
+        frame_gate<T>(v, frame, k, half, pixels, bias[k], t > 0 ? taps_of(t - 1) : nullptr, taps_of(t) + pixels,
+                      t + 1 < frames ? taps_of(t + 1) + 2 * pixels : nullptr, gate + (frame * 2 + k) * pixels,
+                      means);
+      };
+      for (int64_t t = std::max<int64_t>(first - 1, 0); t <= std::min(last, frames - 1); ++t) {
+        frame_taps<T>(v, clip * frames + t, k, half, scale, shift, weight, planes, tap_stride, padded.data(),
+                      sums.data(), taps_of(t));
+        if (t - 1 >= first && t - 1 < last) finish(t - 1);
+      }
+      if (last == frames) finish(frames - 1);  // the clip's last frame has no next frame's taps
     }
   });
 }
@@ -798,15 +810,11 @@ at::Tensor gate(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& 
   check_floats(bias, 2, "bias");
   if (means) check_floats(*means, s.frame_count() * 2 * v.size(1), "means (N*T, 2, P)");
   const int64_t height = v.size(2), width = v.size(3);
-  const at::TensorOptions floats = v.options().dtype(at::kFloat);
-  at::Tensor taps = at::empty({s.frame_count(), 2, 3, height, width}, floats);
-  at::Tensor out = at::empty({s.frame_count(), 2, height, width}, floats);
+  at::Tensor out = at::empty({s.frame_count(), 2, height, width}, v.options().dtype(at::kFloat));
   dispatch(v, [&](auto t) {
-    using T = decltype(t);
-    gate_taps_kernel<T>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), weight.data_ptr<float>(),
-                        taps.data_ptr<float>(), s, height, width);
-    gate_from_taps<T>(taps.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(), v,
-                      means ? means->data_ptr<float>() : nullptr, s);
+    gate_kernel<decltype(t)>(v, scale.data_ptr<float>(), shift.data_ptr<float>(), weight.data_ptr<float>(),
+                             bias.data_ptr<float>(), out.data_ptr<float>(), means ? means->data_ptr<float>() : nullptr,
+                             s, height, width);
   });
   return out;
 }
@@ -989,6 +997,14 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
   }
 }
 
+// parallel_threads: how many threads one of the kernels' parallel loops over `work` items runs
+// on (one where the build lacks OpenMP, whatever torch.get_num_threads() says).
+int64_t parallel_threads(int64_t work) {
+  std::vector<char> used(std::max(at::get_num_threads(), 1), 0);
+  at::parallel_for(0, work, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = 1; });
+  return std::count(used.begin(), used.end(), 1);
+}
+
 TORCH_LIBRARY(lightning_gsf, m) {
   m.def("blend(Tensor v, Tensor gate, Tensor weights, Tensor(a!) out, int num_segments, Tensor(b!)? copy=None) -> ()");
   m.def("blend_in_place(Tensor(a!) v, Tensor gate, Tensor weights, int num_segments) -> ()");
@@ -1005,6 +1021,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("infer(Tensor(a!) x, Tensor(b!) out, int processed, int num_segments, Tensor mean, Tensor var, float eps,"
         " Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor conv_bias, Tensor fusion_weight_1,"
         " Tensor fusion_weight_2, Tensor fusion_bias_1, Tensor fusion_bias_2) -> ()");
+  m.def("parallel_threads(int work) -> int");
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
@@ -1018,4 +1035,8 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("fusion_weights", &fusion_weights);
   m.impl("input_gradient", &input_gradient);
   m.impl("infer", &infer);
+}
+
+TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
+  m.impl("parallel_threads", &parallel_threads);  // no tensor arguments: no dispatch key of its own
 }
