@@ -871,12 +871,11 @@ class _NormReluTaps(torch.autograd.Function):
 
 
 def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, rest: torch.Tensor,
-                     num_segments: int, channels_last: bool, inplace: bool,
-                     cpu_ops: Any | None = None) -> torch.Tensor:
+                     num_segments: int, channels_last: bool, inplace: bool) -> torch.Tensor:
     """The output ``(N*T, C, H, W)``: :func:`_write_fused` into ``rest`` itself (``inplace``,
     ``rest`` is then the whole input) or into a new tensor after ``rest``'s ``C - P`` channels."""
     out = rest if inplace else _output_after(rest, v.shape[1], channels_last)
-    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last, cpu_ops)
+    _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last)
     return out
 
 
@@ -891,26 +890,16 @@ def _kernel_strides_ok(*maps: torch.Tensor) -> bool:
 
 
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,
-                 num_segments: int, channels_last: bool, cpu_ops: Any | None = None) -> None:
+                 num_segments: int, channels_last: bool) -> None:
     """Gate, shift, blend and interleave ``v`` into ``fused_out`` (the output's first ``P``
-    channels, any strides; it may be ``v``'s own memory, which is read before it is written),
-    in one pass with ``cpu_ops`` (the C++ kernels) where they take the layout, else in
-    PyTorch operations.
+    channels, any strides; it may be ``v``'s own memory, which is read before it is written)
+    in PyTorch operations (the C++ kernels' twin: ``blend``, ``blend_in_place``).
 
     With ``y = gate * v`` and ``r = v - y`` per group, ``f = lerp(r, s, w) = r + w * (s - r)``
     where ``s`` is ``y`` shifted one frame (group 1 backwards, group 2 forwards; zero at the
     clip's ends, where ``f = r * (1 - w)``), and ``f`` lands interleaved: the group's channel
     ``j*Q + i`` goes to ``2*i + j``.
     """
-    if cpu_ops is not None and _kernel_strides_ok(fused_out, v):
-        gate, blend = gate.float().contiguous(), blend.float().contiguous()
-        if fused_out.data_ptr() != v.data_ptr():
-            cpu_ops.blend(v, gate, blend, fused_out, num_segments)
-        elif v.stride(3) == 1:  # over v itself, a frame at a time
-            cpu_ops.blend_in_place(v, gate, blend, num_segments)
-        else:  # channels-last, over v itself: from a copy
-            cpu_ops.blend(v.clone(memory_format=torch.preserve_format), gate, blend, fused_out, num_segments)
-        return
     nt, p, h, w = v.shape
     n, t, q = nt // num_segments, num_segments, p // 4
     v7 = v.view(n, t, 2, 2, q, h, w)

@@ -76,7 +76,7 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
     v = x[:, :processed]
     expected, actual = torch.zeros_like(x), torch.zeros_like(x)
     gsf_module._write_fused(expected[:, :processed], v, gate, weights, num_segments, channels_last)
-    gsf_module._write_fused(actual[:, :processed], v, gate, weights, num_segments, channels_last, kernels)
+    kernels.blend(v, gate.float().contiguous(), weights.float().contiguous(), actual[:, :processed], num_segments)
     torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
 
     saved_v = v.clone(memory_format=torch.preserve_format)  # what _SplitChannels saves
@@ -93,18 +93,18 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
 
 
 @pytest.mark.parametrize("threads", [1, 8])  # one (clip, group) walk per task, or each frame's channels in parallel
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("batch,num_segments", [(2, 4), (1, 3), (3, 1)])
-def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, channels_last, threads):
-    """Output over ``v``'s own memory (inference in place): the same as into a fresh tensor."""
-    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 6), channels_last, dtype)
+def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, threads):
+    """Output over ``v``'s own memory (inference in place, NCHW): the same as into a fresh tensor."""
+    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 6), False, dtype)
+    gate, weights = gate.float().contiguous(), weights.float().contiguous()
     expected = torch.zeros_like(x)
-    gsf_module._write_fused(expected[:, :8], x[:, :8], gate, weights, num_segments, channels_last, kernels)
+    kernels.blend(x[:, :8], gate, weights, expected[:, :8], num_segments)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        gsf_module._write_fused(x[:, :8], x[:, :8], gate, weights, num_segments, channels_last, kernels)
+        kernels.blend_in_place(x[:, :8], gate, weights, num_segments)
     finally:
         torch.set_num_threads(previous_threads)
     torch.testing.assert_close(x[:, :8], expected[:, :8], rtol=0, atol=0)
@@ -127,16 +127,6 @@ def test_kernel_strides_ok_only_uniform_pixel_strides():
     assert gsf_module._kernel_strides_ok(x.contiguous(memory_format=torch.channels_last)[:, :4])
     assert not gsf_module._kernel_strides_ok(x.transpose(2, 3)[:, :4])  # W before H in memory
     assert not gsf_module._kernel_strides_ok(x[:, :4, :, ::2])
-
-
-def test_blend_falls_back_to_torch_ops_on_other_layouts(kernels):
-    x, gate, weights = blend_operands(1, 4, 8, 8, (6, 6), False, torch.float32)
-    v = x.transpose(2, 3)  # pixels with two strides
-    gate = gate.transpose(3, 4).contiguous()
-    expected, actual = torch.zeros(4, 8, 6, 6), torch.zeros(4, 8, 6, 6)
-    gsf_module._write_fused(expected, v, gate, weights, 4, False)
-    gsf_module._write_fused(actual, v, gate, weights, 4, False, kernels)
-    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
