@@ -121,6 +121,33 @@ def test_kernels_run_on_torch_threads(kernels, threads):
         torch.set_num_threads(previous_threads)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_cpu_path_is_the_same_on_any_number_of_threads(kernels, training, channels_last):
+    """Every kernel splits its loops over torch's threads: the output, the input gradient and
+    the parameter gradients come out the same (each item is computed by one thread)."""
+    results = []
+    for threads in (1, 3, 8):
+        module = make_gsf(24, 3, 0.5, seed=7).train(training)
+        x = make_input(3, 3, 24, 9, seed=7)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = module.forward_cpu(x * 1.0)
+            out.backward(torch.cos(torch.arange(out.numel(), dtype=torch.float32)).view_as(out))
+            with torch.inference_mode():
+                inferred = module.forward_cpu(x.detach().clone())
+        finally:
+            torch.set_num_threads(previous_threads)
+        results.append([out.detach(), x.grad, inferred, *(p.grad for p in module.parameters())])
+    for other in results[1:]:
+        for expected, actual in zip(results[0], other):
+            torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
 def test_kernel_strides_ok_only_uniform_pixel_strides():
     x = torch.randn(4, 8, 5, 6)
     assert gsf_module._kernel_strides_ok(x[:, :4])
