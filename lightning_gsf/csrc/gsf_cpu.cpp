@@ -182,13 +182,12 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
         const int64_t neighbour = s.shift_source(frame, k);
         const float g_n = neighbour < 0 ? 0.0f : gate_of(neighbour, k)[p];
         const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half) + p * v.pixel;
-        for (int64_t j = 0; j < 2; ++j) {  // source channel c = j*Q + i goes to 2*i + j
+        const int64_t q = s.quarter;
 #pragma omp simd
-          for (int64_t i = 0; i < s.quarter; ++i) {
-            const int64_t c = j * s.quarter + i;
-            const float x = load(src[c]);
-            dst[2 * i + j] = store<T>((1.0f - w[c]) * (x - g * x) + w[c] * (g_n * load(src_n[c])));
-          }
+        for (int64_t i = 0; i < q; ++i) {  // source channels i and Q + i go to 2i and 2i + 1
+          const float x0 = load(src[i]), x1 = load(src[q + i]);
+          dst[2 * i] = store<T>((1.0f - w[i]) * (x0 - g * x0) + w[i] * (g_n * load(src_n[i])));
+          dst[2 * i + 1] = store<T>((1.0f - w[q + i]) * (x1 - g * x1) + w[q + i] * (g_n * load(src_n[q + i])));
         }
         if (copy.data) std::copy(src, src + s.half, copy.at(frame, k * s.half) + p * copy.pixel);
       }
@@ -352,16 +351,20 @@ void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, co
         const T* grad_f_t = grad_out.at(target_frame, k * s.half) + p * grad_out.pixel;
         T* grad_x = grad_v.at(frame, k * s.half) + p * grad_v.pixel;
         float grad_gp = 0.0f;
-        for (int64_t j = 0; j < 2; ++j) {  // source channel c = j*Q + i came from 2*i + j
+        const int64_t q = s.quarter;
+        // source channels i and Q + i came from output channels 2i and 2i + 1: both in one
+        // iteration, so that the loop vectorises (pairs of interleaved loads) with one reduction
 #pragma omp simd reduction(+ : grad_gp)
-          for (int64_t i = 0; i < s.quarter; ++i) {
-            const int64_t c = j * s.quarter + i, o = 2 * i + j;
-            const float xp = load(x[c]), gf = load(grad_f[o]);
-            const float d = has_target * w_t[c] * load(grad_f_t[o]) - (1.0f - w[c]) * gf;
-            grad_x[c] = store<T>((1.0f - w[c]) * gf + gp * d);
-            grad_gp += xp * d;
-            sums[c] += gf * (g_sp * load(x_s[c]) - (xp - gp * xp));
-          }
+        for (int64_t i = 0; i < q; ++i) {
+          const float x0 = load(x[i]), x1 = load(x[q + i]);
+          const float gf0 = load(grad_f[2 * i]), gf1 = load(grad_f[2 * i + 1]);
+          const float d0 = has_target * w_t[i] * load(grad_f_t[2 * i]) - (1.0f - w[i]) * gf0;
+          const float d1 = has_target * w_t[q + i] * load(grad_f_t[2 * i + 1]) - (1.0f - w[q + i]) * gf1;
+          grad_x[i] = store<T>((1.0f - w[i]) * gf0 + gp * d0);
+          grad_x[q + i] = store<T>((1.0f - w[q + i]) * gf1 + gp * d1);
+          grad_gp += x0 * d0 + x1 * d1;
+          sums[i] += gf0 * (g_sp * load(x_s[i]) - (x0 - gp * x0));
+          sums[q + i] += gf1 * (g_sp * load(x_s[q + i]) - (x1 - gp * x1));
         }
         grad_g[p] = grad_gp;
       }
@@ -904,6 +907,42 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
   const Map<T> out = map_of<T>(out_, "out");
   const int64_t pixels = s.pixels, processed = 2 * s.half;
   const float inverse_pixels = 1.0f / static_cast<float>(pixels);
+  if (v.channel == 1 && grad_v.channel == 1 && out.channel == 1) {
+    // Channels innermost: pixel by pixel, the channels in a vector loop, with each frame's
+    // per-channel constants gathered first.
+    at::parallel_for(0, s.frame_count(), 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> constants(3 * processed);
+      for (int64_t frame = begin; frame < end; ++frame) {
+        float* constant = constants.data();
+        float* per_gate = constant + processed;
+        float* per_xhat = per_gate + processed;
+        for (int64_t c = 0; c < processed; ++c) {
+          const int64_t k = c / s.half;
+          constant[c] = -coef[c] * centre[c] + coef[c] * slope[c] * invstd[c] * mean[c] +
+                        grad_means[frame * 3 * processed + c] * inverse_pixels;
+          per_gate[c] = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
+          per_xhat[c] = coef[c] * slope[c] * invstd[c];
+        }
+        const T* gn = grad_normed + frame * processed * pixels;
+        for (int64_t p = 0; p < pixels; ++p) {
+          const T* x = v.at(frame, 0) + p * v.pixel;
+          const T* gv = grad_v.at(frame, 0) + p * grad_v.pixel;
+          T* dst = out.at(frame, 0) + p * out.pixel;
+          for (int64_t k = 0; k < 2; ++k) {
+            const float g = gate[(frame * 2 + k) * pixels + p];
+#pragma omp simd
+            for (int64_t c = k * s.half; c < (k + 1) * s.half; ++c) {
+              dst[c] = store<T>(load(gv[c]) + coef[c] * load(gn[c * pixels + p]) - per_xhat[c] * load(x[c]) +
+                                constant[c] + per_gate[c] * g);
+            }
+          }
+        }
+      }
+    });
+    return;
+  }
+  TORCH_CHECK(v.pixel == 1 && grad_v.pixel == 1 && out.pixel == 1,
+              "GSF input_gradient: expected contiguous pixels or contiguous channels");
   at::parallel_for(0, s.frame_count() * processed, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
       const int64_t frame = index / processed, c = index % processed, k = c / s.half;
@@ -916,16 +955,9 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
       const float constant = -a * centre[c] + grad_means[frame * 3 * processed + c] * inverse_pixels;
       const float per_gate = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
       const float per_xhat = a * slope[c] * is;
-      auto value = [&](int64_t p, float grad_blend, float xp) {
-        return store<T>(grad_blend + a * load(gn[p]) - per_xhat * (xp - m) + constant + per_gate * g[p]);
-      };
-      if (v.pixel == 1 && grad_v.pixel == 1 && out.pixel == 1) {  // (a run-time stride does not vectorise)
 #pragma omp simd
-        for (int64_t p = 0; p < pixels; ++p) dst[p] = value(p, load(gv[p]), load(x[p]));
-      } else {
-        for (int64_t p = 0; p < pixels; ++p) {
-          dst[p * out.pixel] = value(p, load(gv[p * grad_v.pixel]), load(x[p * v.pixel]));
-        }
+      for (int64_t p = 0; p < pixels; ++p) {
+        dst[p] = store<T>(load(gv[p]) + a * load(gn[p]) - per_xhat * (load(x[p]) - m) + constant + per_gate * g[p]);
       }
     }
   });
@@ -951,10 +983,6 @@ void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at
   });
 }
 
-}  // namespace
-
-// Schemas here, CPU implementations below: tensors of other dispatch keys (fake, meta, ...)
-// get a clear 'no kernel' error instead of running raw-pointer loops on them.
 // ---------------------------------------------------------------------------------------------
 // infer: GSF without autograd, the passes above in turn: the batch norm's per-channel scale and
 // shift from mean and var, the gate with the spatial means, the fusion weights, then the blend
@@ -1005,6 +1033,10 @@ int64_t parallel_threads(int64_t work) {
   return std::count(used.begin(), used.end(), 1);
 }
 
+}  // namespace
+
+// Schemas here, CPU implementations below: tensors of other dispatch keys (fake, meta, ...)
+// get a clear 'no kernel' error instead of running raw-pointer loops on them.
 TORCH_LIBRARY(lightning_gsf, m) {
   m.def("blend(Tensor v, Tensor gate, Tensor weights, Tensor(a!) out, int num_segments, Tensor(b!)? copy=None) -> ()");
   m.def("blend_in_place(Tensor(a!) v, Tensor gate, Tensor weights, int num_segments) -> ()");
