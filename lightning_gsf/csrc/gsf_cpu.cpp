@@ -449,6 +449,46 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
                                const float* mean, const float* invstd, float* sum_grad, float* sum_grad_xhat) {
   const Map<const T> v = map_of<const T>(v_, "v");
   const int64_t frames = v_.size(0), channels = v_.size(1), pixels = v_.size(2) * v_.size(3);
+  if (v.pixel != 1) {
+    // Channels innermost: per frame, a block of pixels at a time (in L1) channel by channel
+    // (reading each channel's pixels in turn would walk the frame once per channel), into
+    // per-frame partial sums that are added in frame order (the same on any number of threads).
+    constexpr int64_t block = 32;
+    std::vector<float> partial(frames * 2 * channels, 0.0f);
+    at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t frame = begin; frame < end; ++frame) {
+        float* totals = partial.data() + frame * 2 * channels;
+        float* totals_xhat = totals + channels;
+        for (int64_t first = 0; first < pixels; first += block) {
+          const int64_t last = std::min(first + block, pixels);
+          for (int64_t c = 0; c < channels; ++c) {
+            const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
+            const T* x = v.at(frame, c);
+            T* g = grad + (frame * channels + c) * pixels;
+            float total = 0.0f, total_xhat = 0.0f;
+            for (int64_t p = first; p < last; ++p) {
+              const float xp = load(x[p * v.pixel]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
+              g[p] = store<T>(gp);
+              total += gp;
+              total_xhat += gp * (xp - m) * is;
+            }
+            totals[c] += total;
+            totals_xhat[c] += total_xhat;
+          }
+        }
+      }
+    });
+    for (int64_t c = 0; c < channels; ++c) {
+      float total = 0.0f, total_xhat = 0.0f;
+      for (int64_t frame = 0; frame < frames; ++frame) {
+        total += partial[frame * 2 * channels + c];
+        total_xhat += partial[(frame * 2 + 1) * channels + c];
+      }
+      sum_grad[c] = total;
+      sum_grad_xhat[c] = total_xhat;
+    }
+    return;
+  }
   at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
@@ -456,23 +496,12 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
       for (int64_t frame = 0; frame < frames; ++frame) {
         const T* x = v.at(frame, c);
         T* g = grad + (frame * channels + c) * pixels;
-        // (a loop with a run-time stride does not vectorise: contiguous pixels get their own)
-        const int64_t stride = v.pixel;
-        if (stride == 1) {
 #pragma omp simd reduction(+ : total, total_xhat)
-          for (int64_t p = 0; p < pixels; ++p) {
-            const float xp = load(x[p]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
-            g[p] = store<T>(gp);
-            total += gp;
-            total_xhat += gp * (xp - m) * is;
-          }
-        } else {
-          for (int64_t p = 0; p < pixels; ++p) {
-            const float xp = load(x[p * stride]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
-            g[p] = store<T>(gp);
-            total += gp;
-            total_xhat += gp * (xp - m) * is;
-          }
+        for (int64_t p = 0; p < pixels; ++p) {
+          const float xp = load(x[p]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
+          g[p] = store<T>(gp);
+          total += gp;
+          total_xhat += gp * (xp - m) * is;
         }
       }
       sum_grad[c] = total;
