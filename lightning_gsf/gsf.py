@@ -175,8 +175,8 @@ class GSF(nn.Module):
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in C++ kernels (:mod:`lightning_gsf.cpu_kernels`), for CPU tensors in
         float32 or bfloat16: each pass over the processed channels is one loop, the gate conv a
-        direct convolution (the spatial means, the batch statistics, in training the fusion
-        weights and the gate conv's gradients stay in PyTorch). Training
+        direct convolution; inference is one C++ call. (The batch statistics, and in training
+        the spatial means, the fusion weights and the gate conv's gradients, stay in PyTorch.) Training
         takes the same steps as :meth:`forward_triton`, inference those of
         :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch`
         saves. Inputs in neither NCHW nor channels-last memory go to :meth:`forward_torch`."""
@@ -423,7 +423,7 @@ class _CppKernels:
                  conv_bias: torch.Tensor, num_segments: int) -> torch.Tensor:
         gate = self.ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
                              conv_weight.float().contiguous(), conv_bias.float().contiguous(), num_segments)
-        return gate.view(v.shape[0], 2, -1)
+        return gate.view(v.shape[0], 2, v.shape[2] * v.shape[3])
 
     def blend(self, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
               copy: torch.Tensor | None = None) -> None:

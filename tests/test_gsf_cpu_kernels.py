@@ -182,7 +182,8 @@ def gate_by_torch_ops(v, scale, shift, module, num_segments):
     return torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias.double())).view(nt, 2, h, w)
 
 
-@pytest.mark.parametrize("threads", [1, 3, 8])  # one task per walk (2 clips x 2 groups), or walks split into runs
+# one task per walk (2 clips x 2 groups), or walks split into 2 or 4 runs (halo frames on one or both sides)
+@pytest.mark.parametrize("threads", [1, 3, 8, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("num_segments", [1, 2, 5])
@@ -217,6 +218,30 @@ def test_gate_equals_torch_ops(kernels, size, num_segments, channels_last, dtype
     own_gate = torch.cat([expected_means[:, 1, :processed // 2], expected_means[:, 2, processed // 2:]], dim=1)
     torch.testing.assert_close(means.double(), torch.stack([expected_means[:, 0], own_gate], dim=1),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_cpu_path_takes_an_empty_batch(kernels, grad):
+    """No frames in, none out (as the PyTorch-ops path): the gate's frame walk has no clips."""
+    module = make_gsf(16, 4, 0.5, seed=2).eval()
+    x = torch.randn(0, 16, 5, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = module.forward_cpu(x * 1.0)
+    assert out.shape == x.shape
+    if grad:
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+def test_gate_refuses_other_layouts_and_means_shapes(kernels):
+    module = make_gsf(8, 2, 1.0, seed=1)
+    weight, bias = module.conv3D.weight.detach().contiguous(), module.conv3D.bias.detach().contiguous()
+    scale, shift = torch.ones(8), torch.zeros(8)
+    x = torch.randn(4, 8, 5, 12)
+    with pytest.raises(RuntimeError, match="pixels or channels must be contiguous"):
+        kernels.gate(x[..., ::2], scale, shift, weight, bias, 2)
+    with pytest.raises(RuntimeError, match="means must be"):
+        kernels.gate(x, scale, shift, weight, bias, 2, torch.empty(4, 8, 2))
 
 
 def test_gate_tanh_is_within_2e7_of_tanh(kernels):
@@ -366,13 +391,19 @@ def test_gate_backward_equals_unfold_of_temporal_taps(kernels, size, num_segment
     torch.testing.assert_close(actual.reshape(2 * num_segments, 54, h * w), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("offset", [0.0, 300.0], ids=["centred", "mean_300_std_0.01"])
+@pytest.mark.parametrize("size", [(5, 4), (9, 8)])  # channels-last: one partial 32-pixel block, or 2 and a part
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels_last):
+def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels_last, size, offset):
     """The ReLU mask and the batch norm's two sums, then the input gradient's three parts,
-    against ``threshold_backward`` / ``native_batch_norm_backward`` and plain arithmetic."""
-    nt, p, h, w = 6, 8, 5, 4
+    against ``threshold_backward`` / ``native_batch_norm_backward`` and plain arithmetic; with
+    a large mean and small spread too (``xhat`` must come from ``v - mean``, not from two
+    large terms that cancel)."""
+    (h, w), nt, p = size, 6, 8
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(nt, 12, h, w, generator=generator)
+    if offset:
+        x = x * 0.01 + offset
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     v = x[:, :p]
@@ -385,6 +416,9 @@ def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels
     expected_normed = torch.ops.aten.threshold_backward(grad_activated, activated, 0)
     grad_normed = grad_activated.clone()
     sum_grad, sum_grad_xhat = kernels.norm_relu_backward(grad_normed, v, scale, shift, mean, invstd)
+    if offset:  # v * scale + shift cancels: a pre-activation within rounding of 0 may land on either side
+        assert (grad_normed != expected_normed).float().mean() < 0.01
+        expected_normed = grad_normed  # the sums and the input gradient from the kernel's own mask
     torch.testing.assert_close(grad_normed, expected_normed, rtol=0, atol=0)
     xhat = (v - mean.view(1, p, 1, 1)) * invstd.view(1, p, 1, 1)
     torch.testing.assert_close(sum_grad, expected_normed.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)

@@ -773,6 +773,7 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
   // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
   const Planes planes(height, width, tap_stride + 2 * row + 2, v.pixel != 1);
   const int64_t walks = s.clips * 2;
+  if (walks == 0) return;  // an empty batch
   const int64_t runs = std::min(frames, std::max<int64_t>(1, (at::get_num_threads() + walks - 1) / walks));
   at::parallel_for(0, walks * runs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(half * planes.plane, 0.0f), sums(3 * tap_stride), ring(3 * 3 * pixels);
@@ -840,7 +841,13 @@ at::Tensor gate(const at::Tensor& v, const at::Tensor& scale, const at::Tensor& 
   check_floats(shift, v.size(1), "shift");
   check_floats(weight, v.size(1) * 27, "weight (2, P/2, 3, 3, 3)");
   check_floats(bias, 2, "bias");
-  if (means) check_floats(*means, s.frame_count() * 2 * v.size(1), "means (N*T, 2, P)");
+  TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1, "GSF gate: v's pixels or channels must be contiguous, got strides ",
+              v.strides());
+  if (means) {
+    TORCH_CHECK(means->dim() == 3 && means->size(0) == v.size(0) && means->size(1) == 2 && means->size(2) == v.size(1),
+                "GSF gate: means must be (N*T, 2, P) = ", v.size(0), ", 2, ", v.size(1), ", got ", means->sizes());
+    check_floats(*means, means->numel(), "means");
+  }
   const int64_t height = v.size(2), width = v.size(3);
   at::Tensor out = at::empty({s.frame_count(), 2, height, width}, v.options().dtype(at::kFloat));
   dispatch(v, [&](auto t) {
@@ -947,8 +954,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
         float* per_xhat = per_gate + processed;
         for (int64_t c = 0; c < processed; ++c) {
           const int64_t k = c / s.half;
-          constant[c] = -coef[c] * centre[c] + coef[c] * slope[c] * invstd[c] * mean[c] +
-                        grad_means[frame * 3 * processed + c] * inverse_pixels;
+          constant[c] = -coef[c] * centre[c] + grad_means[frame * 3 * processed + c] * inverse_pixels;
           per_gate[c] = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
           per_xhat[c] = coef[c] * slope[c] * invstd[c];
         }
@@ -961,7 +967,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
             const float g = gate[(frame * 2 + k) * pixels + p];
 #pragma omp simd
             for (int64_t c = k * s.half; c < (k + 1) * s.half; ++c) {
-              dst[c] = store<T>(load(gv[c]) + coef[c] * load(gn[c * pixels + p]) - per_xhat[c] * load(x[c]) +
+              dst[c] = store<T>(load(gv[c]) + coef[c] * load(gn[c * pixels + p]) - per_xhat[c] * (load(x[c]) - mean[c]) +
                                 constant[c] + per_gate[c] * g);
             }
           }
