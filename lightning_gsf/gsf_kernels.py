@@ -162,12 +162,12 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
     return out
 
 
-
 def gate_map(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
              conv_bias: torch.Tensor, num_segments: int) -> torch.Tensor:
     """The gate ``(NT, 2, H*W)`` float32 of ``v``: :func:`gate` of :func:`gate_products`."""
     _, _, h, w = v.shape
     return gate(gate_products(v, scale, shift, conv_weight), conv_bias, num_segments, h, w)
+
 
 @triton.jit
 def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,
