@@ -92,12 +92,15 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
     assert actual[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-@pytest.mark.parametrize("threads", [1, 8])  # one (clip, group) walk per task, or each frame's channels in parallel
+# NCHW: one (clip, group) walk per task, or each frame's channels in parallel; channels-last:
+# (clip, pixel block) tasks, 16-pixel blocks that 5 x 7 does not divide
+@pytest.mark.parametrize("threads", [1, 8])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("batch,num_segments", [(2, 4), (1, 3), (3, 1)])
-def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, threads):
-    """Output over ``v``'s own memory (inference in place, NCHW): the same as into a fresh tensor."""
-    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 6), False, dtype)
+def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, channels_last, threads):
+    """Output over ``v``'s own memory (inference in place): the same as into a fresh tensor."""
+    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 7), channels_last, dtype)
     gate, weights = gate.float().contiguous(), weights.float().contiguous()
     expected = torch.zeros_like(x)
     kernels.blend(x[:, :8], gate, weights, expected[:, :8], num_segments)

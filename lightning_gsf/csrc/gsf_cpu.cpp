@@ -208,8 +208,8 @@ void blend(const at::Tensor& v, const at::Tensor& gate, const at::Tensor& weight
   });
 }
 
-// blend_in_place: the blend written over v itself (inference with GSF in place), for pixels in
-// contiguous planes. A frame's output channels are a permutation of its input channels, and
+// blend_in_place: the blend written over v itself (inference with GSF in place). Pixels in
+// contiguous planes (below; channels-last further down): a frame's output channels are a permutation of its input channels, and
 // each frame reads its neighbour: so each (clip, group) walks its frames in order, first
 // copying the frame's planes to a scratch buffer (two frames' worth, ~400 KB on ResNet-50's first
 // stage at 160 px), then writing the frame from the copies and the next frame (not yet
@@ -279,11 +279,66 @@ void blend_in_place_kernel(const at::Tensor& v_, const float* gate, const float*
   }
 }
 
+// Channels innermost: each task copies a block of pixels of every frame of one clip (all P
+// channels, ~64 KB at T=16 on ResNet-50's first stage) and writes the block's output from the
+// copy, so that no frame reads what another has overwritten.
+template <typename T>
+void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate, const float* weights,
+                                         const Shape& s) {
+  const Map<T> v = map_of<T>(v_, "v");
+  TORCH_CHECK(v.channel == 1, "GSF blend_in_place: expected contiguous pixels or contiguous channels");
+  constexpr int64_t block = 16;
+  const int64_t pixels = s.pixels, half = s.half, processed = 2 * half, q = s.quarter;
+  const int64_t blocks = (pixels + block - 1) / block;
+  at::parallel_for(0, s.clips * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> copy(s.frames * block * processed);
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t clip = index / blocks, first = index % blocks * block, last = std::min(first + block, pixels);
+      auto copy_of = [&](int64_t t, int64_t p) { return copy.data() + (t * block + p - first) * processed; };
+      for (int64_t t = 0; t < s.frames; ++t) {
+        for (int64_t p = first; p < last; ++p) {
+          const T* src = v.at(clip * s.frames + t, 0) + p * v.pixel;
+          float* dst = copy_of(t, p);
+#pragma omp simd
+          for (int64_t c = 0; c < processed; ++c) dst[c] = load(src[c]);
+        }
+      }
+      for (int64_t t = 0; t < s.frames; ++t) {
+        const int64_t frame = clip * s.frames + t;
+        for (int64_t p = first; p < last; ++p) {
+          for (int64_t k = 0; k < 2; ++k) {
+            const int64_t neighbour = s.shift_source(frame, k);
+            const float g = gate[(frame * 2 + k) * pixels + p];
+            const float g_n = neighbour < 0 ? 0.0f : gate[(neighbour * 2 + k) * pixels + p];
+            const float* x = copy_of(t, p) + k * half;
+            const float* x_n = (neighbour < 0 ? x : copy_of(neighbour - clip * s.frames, p) + k * half);
+            const float* w = weights + (frame * 2 + k) * half;
+            T* dst = v.at(frame, k * half) + p * v.pixel;
+#pragma omp simd
+            for (int64_t i = 0; i < q; ++i) {  // source channels i and Q + i go to 2i and 2i + 1
+              dst[2 * i] = store<T>((1.0f - w[i]) * (x[i] - g * x[i]) + w[i] * (g_n * x_n[i]));
+              dst[2 * i + 1] =
+                  store<T>((1.0f - w[q + i]) * (x[q + i] - g * x[q + i]) + w[q + i] * (g_n * x_n[q + i]));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 void blend_in_place(at::Tensor v, const at::Tensor& gate, const at::Tensor& weights, int64_t num_segments) {
   const Shape s = shape_of(v, num_segments);
   check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
   check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
-  dispatch(v, [&](auto t) { blend_in_place_kernel<decltype(t)>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s); });
+  dispatch(v, [&](auto t) {
+    using T = decltype(t);
+    if (v.stride(3) == 1 || v.size(2) * v.size(3) == 1) {
+      blend_in_place_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
+    } else {
+      blend_in_place_channels_last_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,12 +1106,10 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
                                             floats(fusion_weight_2).view({1, 2, 3, 3})});
   const at::Tensor fusion_bias = at::cat({floats(fusion_bias_1).view({1}), floats(fusion_bias_2).view({1})});
   const at::Tensor weights = fusion_weights(means, fusion_weight, fusion_bias, num_segments);
-  if (!out.is_same(x)) {
-    blend(v, g, weights, out.narrow(1, 0, processed), num_segments, std::nullopt);
-  } else if (v.stride(3) == 1) {
+  if (out.is_same(x)) {
     blend_in_place(v, g, weights, num_segments);
-  } else {  // channels-last, over v itself: from a copy
-    blend(v.clone(at::MemoryFormat::Preserve), g, weights, v, num_segments, std::nullopt);
+  } else {
+    blend(v, g, weights, out.narrow(1, 0, processed), num_segments, std::nullopt);
   }
 }
 
