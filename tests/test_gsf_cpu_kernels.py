@@ -95,12 +95,15 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
 # NCHW: one (clip, group) walk per task, or each frame's channels in parallel; channels-last:
 # (clip, pixel block) tasks, 16-pixel blocks that 5 x 7 does not divide
 @pytest.mark.parametrize("threads", [1, 8])
+@pytest.mark.parametrize("size", [(5, 7), (1, 1)])  # (1 x 1 channels-last maps have pixel stride C)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("batch,num_segments", [(2, 4), (1, 3), (3, 1)])
-def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, channels_last, threads):
+def test_blend_in_place_reads_before_it_writes(kernels, batch, num_segments, dtype, channels_last, size, threads):
     """Output over ``v``'s own memory (inference in place): the same as into a fresh tensor."""
-    x, gate, weights = blend_operands(batch, num_segments, 8, 12, (5, 7), channels_last, dtype)
+    x, gate, weights = blend_operands(batch, num_segments, 8, 12, size, channels_last, dtype)
+    if channels_last and size == (1, 1):  # as a channels-last convolution writes it (not NCHW strides)
+        x = torch.empty_strided(x.shape, (12, 1, 12, 12), dtype=dtype).copy_(x)
     gate, weights = gate.float().contiguous(), weights.float().contiguous()
     expected = torch.zeros_like(x)
     kernels.blend(x[:, :8], gate, weights, expected[:, :8], num_segments)

@@ -333,7 +333,7 @@ void blend_in_place(at::Tensor v, const at::Tensor& gate, const at::Tensor& weig
   check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
   dispatch(v, [&](auto t) {
     using T = decltype(t);
-    if (v.stride(3) == 1 || v.size(2) * v.size(3) == 1) {
+    if (v.stride(3) == 1) {  // (a 1 x 1 map in channels-last memory has pixel stride C: the other kernel)
       blend_in_place_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
     } else {
       blend_in_place_channels_last_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
