@@ -19,8 +19,10 @@ what it costs): on CUDA in Triton kernels (``forward_triton``, :mod:`lightning_g
 for float32 CPU tensors (bf16 too on AVX2 / AVX-512) in C++ kernels (``forward_cpu``,
 :mod:`lightning_gsf.cpu_kernels`),
 otherwise in PyTorch operations (``forward_torch``). Under ``torch.compile``,
-``forward`` runs ``forward_compilable`` instead: the same math in plain differentiable ops,
-which the compiler fuses better than the eager path's hand-written backward.
+``forward`` runs the C++ kernels as custom ops (``forward_compiled_ops``,
+:mod:`lightning_gsf.compiled_ops`) where they take the input, else ``forward_compilable``:
+the same math in plain differentiable ops, which the compiler fuses better than the eager
+path's hand-written backward.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from lightning_gsf import cpu_kernels
+from lightning_gsf import compiled_ops, cpu_kernels
 
 
 def gsf_channels(channels: int, ratio: float) -> int:
@@ -115,13 +117,16 @@ class GSF(nn.Module):
         :meth:`forward_reference`: :meth:`forward_triton` on CUDA (float32 / bf16 / fp16,
         where Triton is installed), :meth:`forward_cpu` for float32 CPU tensors and bfloat16
         ones on AVX2 / AVX-512 CPUs (where the C++ kernels build), :meth:`forward_torch`
-        otherwise, :meth:`forward_compilable` under
-        ``torch.compile``; the reference with synchronised batch norm while training. A float32
-        input under autocast (GSF called on a float32 tensor) runs in float32, as it came."""
+        otherwise; under ``torch.compile`` :meth:`forward_compiled_ops` where the C++
+        kernels take the input, else :meth:`forward_compilable`; the reference with
+        synchronised batch norm while training. A float32 input under autocast (GSF called on
+        a float32 tensor) runs in float32, as it came."""
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
         if torch.compiler.is_compiling():
+            if compiled_ops.usable(x):
+                return self.forward_compiled_ops(x)
             return self.forward_compilable(x)
         if x.dtype == torch.float32 and _autocast_enabled(x.device.type):
             # The fast paths' matmuls would run in the autocast dtype and their hand-written
@@ -268,10 +273,34 @@ class GSF(nn.Module):
                                     *parameters)
         return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
 
+    def forward_compiled_ops(self, x: torch.Tensor) -> torch.Tensor:
+        """The C++ kernels as custom ops (:mod:`lightning_gsf.compiled_ops`), which ``forward``
+        runs under ``torch.compile`` for the CPU tensors the kernels take: the compiler sees
+        one opaque node per GSF (and one for its backward), the batch statistics and their
+        running averages in plain ops around it. Training is out of place."""
+        self._check_input(x)
+        p, t = self.processed, self.num_segments
+        batch_statistics = self._check_batch_statistics(x)
+        if batch_statistics:
+            mean, var = _batch_statistics(x[:, :p].detach())
+            self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
+        else:
+            mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
+        fusion_weight, fusion_bias = self._fusion_parameters()
+        parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, fusion_weight, fusion_bias)
+        if not torch.is_grad_enabled():
+            if self._writes_in_place(x):
+                compiled_ops.infer_(x, p, t, mean, var, self.bn.eps, *parameters)
+                return x
+            return compiled_ops.infer(x, p, t, mean, var, self.bn.eps, *parameters)
+        invstd = torch.rsqrt(var + self.bn.eps)
+        return compiled_ops.forward(x, mean, invstd, *parameters, p, t, batch_statistics)[0]
+
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse
-        (``forward`` runs it under the compiler): the hand-written backward and in-place
-        slice writes of the eager fast path compile into slow, heavily masked kernels."""
+        (``forward`` runs it under the compiler where the C++ kernels do not take the input:
+        on CUDA, say): the hand-written backward and in-place slice writes of the eager fast
+        path compile into slow, heavily masked kernels."""
         self._check_input(x)
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
@@ -470,18 +499,21 @@ def _taps_weight(conv_weight: torch.Tensor) -> torch.Tensor:
 def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, processed: int,
                     num_segments: int, inplace: bool, save: bool, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
                     conv_weight: torch.Tensor, conv_bias: torch.Tensor, fusion_weight: torch.Tensor,
-                    fusion_bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                    fusion_bias: torch.Tensor, channels_last: bool | None = None) -> tuple[torch.Tensor, ...]:
     """GSF's output through a kernel set (Triton's or :class:`_CppKernels`), given the batch
     norm's mean and inverse std, and (``save``) what the backward needs: ``(out, v, gate,
     weights, blend, columns, padded)``, where ``v`` is a copy of the processed channels,
-    ``gate`` ``(NT, 2, H*W)`` float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``."""
+    ``gate`` ``(NT, 2, H*W)`` float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``.
+    ``channels_last``: ``x``'s layout, by default read from its strides (a caller passing a
+    slice of a channels-last map says so)."""
     nt, _, h, w = x.shape
     p, t = processed, num_segments
     v = x[:, :p]
     scale = bn_weight.float() * invstd
     shift = bn_bias.float() - mean * scale
     gate = kernels.gate_map(v, scale, shift, conv_weight, conv_bias, t)  # (NT, 2, H*W) float32
-    channels_last = _is_channels_last(x)
+    if channels_last is None:
+        channels_last = _is_channels_last(x)
     blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
                                              channels_last)
     weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2)
@@ -524,31 +556,43 @@ class _KernelGSF(torch.autograd.Function):
     @once_differentiable  # (the kernels' backward is not itself differentiable: say so clearly)
     def backward(ctx, grad_out):  # noqa: D102
         counts = _reference_counts(grad_out) if _COUNTS_USABLE and grad_out.is_cpu else None  # first
-        v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight = (
-            ctx.saved_tensors)
-        kernels = ctx.kernels
-        t = ctx.num_segments
-        nt, p, h, w = v.shape
-        grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
-        grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
-            grad_weights.view(nt // t, t, 2, p // 2), v, columns, padded, fusion_weight, blend, ctx.channels_last)
-        grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
-        grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
-            v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
-        coef = bn_weight.float() * invstd
-        if ctx.batch_statistics:  # the statistics' own gradient, over N*T*H*W values per channel
-            centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
-        else:
-            centre = slope = torch.zeros_like(coef)
+        saved = ctx.saved_tensors
+        p = saved[0].shape[1]
         if _writable_gradient(grad_out, counts, ctx.channels_last):
             grad_x = grad_out  # its last C - P channels are already the input's gradient
         else:
             grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
-        kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
-                               grad_x[:, :p])
-        return (grad_x, None, None, None, None, None, None, None, sum_grad_xhat.to(bn_weight.dtype),
-                sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
-                grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+        grads = _kernel_backward(ctx.kernels, grad_out, grad_x, *saved, ctx.num_segments,
+                                 ctx.batch_statistics, ctx.channels_last)
+        return grad_x, None, None, None, None, None, None, None, *grads
+
+
+def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                     weights: torch.Tensor, blend: torch.Tensor, columns: torch.Tensor, padded: torch.Tensor,
+                     mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
+                     conv_weight: torch.Tensor, fusion_weight: torch.Tensor, num_segments: int,
+                     batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """The backward of :func:`_kernel_forward` (given what it saved): the input's gradient
+    written into ``grad_x[:, :P]`` (whose other channels the caller has filled), and the
+    parameters' ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias)``
+    gradients returned. The blend's adjoint, the fusion weights' (PyTorch, small), then back
+    through the gate conv, the ReLU and the batch norm, all summed in one last kernel."""
+    t = num_segments
+    nt, p, h, w = v.shape
+    grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
+    grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
+        grad_weights.view(nt // t, t, 2, p // 2), v, columns, padded, fusion_weight, blend, channels_last)
+    grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
+    grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
+        v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
+    coef = bn_weight.float() * invstd
+    if batch_statistics:  # the statistics' own gradient, over N*T*H*W values per channel
+        centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
+    else:
+        centre = slope = torch.zeros_like(coef)
+    kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
+    return (sum_grad_xhat.to(bn_weight.dtype), sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
+            grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
 
 
 # The private use counts that _reference_counts reads (present in torch 2.x).

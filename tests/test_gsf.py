@@ -19,6 +19,7 @@ from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from lightning_gsf import compiled_ops
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF, gsf_channels
 
@@ -597,8 +598,13 @@ def test_bf16_autocast_stays_close_to_float32(training):
     torch.testing.assert_close(fast.bn.running_mean, reference.bn.running_mean, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("formulation", ["kernel_ops", "plain_ops"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
-def test_compiles_without_graph_breaks(inplace):
+def test_compiles_without_graph_breaks(inplace, formulation, monkeypatch):
+    """Compiled, GSF runs the C++ kernels as custom ops where they take the input
+    (``forward_compiled_ops``), else the plain-op formulation (``forward_compilable``)."""
+    if formulation == "plain_ops":
+        monkeypatch.setattr(compiled_ops, "usable", lambda x: False)
     module = make_gsf(8, 2, 1.0, seed=0)
     module.inplace = inplace
     x = make_input(1, 2, 8, 3, seed=0).requires_grad_()
@@ -613,9 +619,12 @@ def test_compiles_without_graph_breaks(inplace):
 
     compiled = torch.compile(module, fullgraph=True, backend=backend)
     out = compiled(x * 1.0)
-    # The compile formulation (plain ops, a 2D conv for the gate), not the eager path's
-    # autograd functions, is what the compiler sees.
-    assert len(graphs) == 1 and "autograd_function_apply" not in graphs[0] and "conv2d" in graphs[0]
+    # Custom ops or plain ones, not the eager path's autograd functions, are what the compiler sees.
+    assert len(graphs) == 1 and "autograd_function_apply" not in graphs[0]
+    if formulation == "kernel_ops":
+        assert f"{compiled_ops.NAMESPACE}.forward" in graphs[0] and "conv2d" not in graphs[0]
+    else:
+        assert "conv2d" in graphs[0] and compiled_ops.NAMESPACE not in graphs[0]
     out_ref = reference.forward_reference(x_ref)
     torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
     out.sum().backward()

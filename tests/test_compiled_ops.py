@@ -1,0 +1,230 @@
+"""GSF under ``torch.compile`` on the CPU: the C++ kernels as custom ops
+(:mod:`lightning_gsf.compiled_ops`).
+
+The ops against ``torch.library.opcheck`` (schema, fake implementations against the real
+ones, autograd registration, AOT dispatch); compiled GSF against the naive spec in training
+and evaluation, NCHW and channels-last; inference in place; bf16 against the eager kernels;
+the traced graph holding the ops; and inductor, which hands them channels-last maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_gsf import compiled_ops
+from lightning_gsf.gsf import GSF
+from test_gsf import CASES, check_path_matches_naive_spec, make_gsf, make_input
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test traces anew (dynamo caches per code object and stops recompiling after a
+    few shapes)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    assert compiled_ops.kernels_built(), "the C++ CPU kernels failed to build (see the log)"
+
+
+class RecordingBackend:
+    """``aot_eager``, keeping the code of each graph dynamo traced."""
+
+    def __init__(self) -> None:
+        self.graphs: list[str] = []
+
+    def __call__(self, graph_module, example_inputs):
+        self.graphs.append(graph_module.code)
+        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
+
+
+def compiled_forward(backend="aot_eager"):
+    """A GSF method running the module under ``torch.compile(fullgraph=True)``."""
+
+    def forward(self, x):
+        return torch.compile(self, fullgraph=True, backend=backend)(x)
+
+    return forward
+
+
+def gsf_operands(module: GSF, x: torch.Tensor) -> dict[str, object]:
+    fusion_weight = torch.cat([module.channel_conv1.weight, module.channel_conv2.weight]).detach()
+    fusion_bias = torch.cat([module.channel_conv1.bias, module.channel_conv2.bias]).detach()
+    return dict(bn_weight=module.bn.weight.detach(), bn_bias=module.bn.bias.detach(),
+                conv_weight=module.conv3D.weight.detach(), conv_bias=module.conv3D.bias.detach(),
+                fusion_weight=fusion_weight, fusion_bias=fusion_bias)
+
+
+LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+
+
+@LAYOUTS
+@DTYPES
+@pytest.mark.parametrize("batch_statistics", [True, False], ids=["batch_stats", "running_stats"])
+def test_training_ops_pass_opcheck(channels_last, dtype, batch_statistics):
+    module = make_gsf(16, 3, 0.5, seed=0)
+    x = make_input(2, 3, 16, 4, seed=0).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p = module.processed
+    mean = torch.randn(p, generator=torch.Generator().manual_seed(1))
+    invstd = torch.rand(p, generator=torch.Generator().manual_seed(2)) + 0.5
+    operands = gsf_operands(module, x)
+    parameters = [operands[name].clone().requires_grad_() for name in operands]
+    args = (x.requires_grad_(), mean, invstd, *parameters, p, 3, batch_statistics)
+    torch.library.opcheck(compiled_ops.forward, args)
+    out, *saved = compiled_ops.forward(*args)
+    grad_out = torch.randn_like(out)
+    torch.library.opcheck(compiled_ops.backward,
+                          (grad_out, *(s.detach() for s in saved), mean, invstd, operands["bn_weight"],
+                           operands["bn_bias"], operands["conv_weight"], operands["fusion_weight"], 3,
+                           batch_statistics))
+
+
+@LAYOUTS
+@DTYPES
+@pytest.mark.parametrize("op_name", ["infer", "infer_"])
+def test_inference_ops_pass_opcheck(channels_last, dtype, op_name):
+    module = make_gsf(16, 3, 0.5, seed=0)
+    x = make_input(2, 3, 16, 4, seed=0).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    operands = gsf_operands(module, x)
+    args = (x, module.processed, 3, module.bn.running_mean, module.bn.running_var, module.bn.eps,
+            *operands.values())
+    torch.library.opcheck(getattr(compiled_ops, op_name), args)
+
+
+def test_the_fake_outputs_follow_a_sliced_channels_last_map():
+    """Inductor hands the ops channels-last maps (the layout it picks for CPU convolutions):
+    outputs keep the layout, for one pixel too (where NCHW and channels-last strides
+    differ although both are dense)."""
+    for size in (1, 3):
+        # (as a channels-last convolution writes it: .contiguous() would keep a 1 x 1 map's NCHW strides)
+        x = torch.empty((2, 8, size, size), memory_format=torch.channels_last).copy_(make_input(1, 2, 8, size, 0))
+        assert compiled_ops._channels_last(x) and compiled_ops._channels_last(x[:, :4])
+        assert compiled_ops._dense_like(x[:, :4]).stride() == (size * size * 4, 1, size * 4, 4)
+    assert not compiled_ops._channels_last(make_input(1, 2, 8, 1, seed=0))
+
+
+@pytest.mark.parametrize("channels, num_segments, ratio, batch, size", CASES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@LAYOUTS
+def test_compiled_gsf_matches_naive_spec(channels, num_segments, ratio, batch, size, training, channels_last,
+                                         monkeypatch):
+    """Output, running statistics, input and parameter gradients (autograd on, so the
+    training ops, with batch or running statistics)."""
+    backend = RecordingBackend()
+    monkeypatch.setattr(GSF, "forward_compiled", compiled_forward(backend), raising=False)
+    check_path_matches_naive_spec("forward_compiled", channels, num_segments, ratio, batch, size, training,
+                                  channels_last=channels_last)
+    # one graph, GSF's ops in it, not the plain-op formulation's gate conv
+    assert len(backend.graphs) == 1
+    assert f"{compiled_ops.NAMESPACE}.forward" in backend.graphs[0] and "conv2d" not in backend.graphs[0]
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@LAYOUTS
+def test_compiled_inference_matches_the_reference(inplace, training, channels_last):
+    """Without autograd: one C++ call, over the input itself when the module is in place;
+    in training mode with the batch's statistics, updating the running ones."""
+    module = make_gsf(16, 4, 0.5, seed=3).train(training)
+    module.inplace = inplace
+    reference = make_gsf(16, 4, 0.5, seed=3).train(training)
+    x = make_input(2, 4, 16, 5, seed=3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    backend = RecordingBackend()
+    expected = reference.forward_reference(x.clone())
+    conv_output = x.clone()
+    with torch.no_grad():
+        out = torch.compile(module, fullgraph=True, backend=backend)(conv_output)
+    op = "infer_" if inplace else "infer"
+    assert f"{compiled_ops.NAMESPACE}.{op}.default(" in backend.graphs[0]
+    assert (out.data_ptr() == conv_output.data_ptr()) == inplace
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    assert out.is_contiguous(memory_format=memory_format)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(module.bn.running_mean, reference.bn.running_mean)
+    torch.testing.assert_close(module.bn.running_var, reference.bn.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@LAYOUTS
+def test_compiled_bf16_equals_the_eager_kernels(training, channels_last):
+    """Under bf16 autocast the compiled ops run the eager path's kernels on the same bf16
+    map: the same output and gradients, up to the order of the batch statistics' sums."""
+    results = []
+    for compiled in (False, True):
+        module = make_gsf(16, 4, 0.5, seed=5).train(training)
+        x = make_input(2, 4, 16, 5, seed=5).bfloat16()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_()
+        forward = torch.compile(module, fullgraph=True, backend="aot_eager") if compiled else module
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = forward(x * 1.0)
+        assert out.dtype == torch.bfloat16
+        (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        results.append([out.float(), x.grad.float(), *(p.grad for p in module.parameters())])
+    for compiled, eager in zip(*reversed(results)):
+        torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+
+
+def test_other_inputs_take_the_plain_op_formulation():
+    """float64 (which the kernels do not take) compiles ``forward_compilable``."""
+    backend = RecordingBackend()
+    module = make_gsf(8, 2, 1.0, seed=0).double()
+    x = make_input(1, 2, 8, 3, seed=0).double()
+    out = torch.compile(module, fullgraph=True, backend=backend)(x)
+    assert "conv2d" in backend.graphs[0] and compiled_ops.NAMESPACE not in backend.graphs[0]
+    torch.testing.assert_close(out, make_gsf(8, 2, 1.0, seed=0).double().forward_reference(x))
+
+
+def test_the_namespace_changes_with_the_ops_source():
+    """Compiled graphs cached on disk name the ops; a changed definition file must not load
+    graphs traced against the old one."""
+    source = Path(compiled_ops.__file__).read_bytes()
+    assert compiled_ops.NAMESPACE == "lightning_gsf_" + hashlib.sha256(source).hexdigest()[:12]
+    assert hasattr(torch.ops, compiled_ops.NAMESPACE)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_inductor_runs_the_ops_on_the_layout_it_picks(channels_last, monkeypatch):
+    """Inductor (the default backend) chooses the layouts itself: training step and inference
+    against the reference, through the ops (forward, backward, inference)."""
+    calls = []
+    ops = compiled_ops._ops
+    monkeypatch.setattr(compiled_ops, "_ops", lambda: calls.append(1) or ops())
+    module = make_gsf(16, 2, 0.5, seed=2)
+    reference = make_gsf(16, 2, 0.5, seed=2)
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1, bias=False)
+    x = make_input(2, 2, 8, 6, seed=2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def network(gsf):
+        return lambda clips: gsf(conv(clips)).relu()
+
+    compiled = torch.compile(network(module), fullgraph=True)
+    out = compiled(x)
+    expected = network(reference.forward_reference)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), [*module.parameters(), conv.weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [*reference.parameters(), conv.weight])
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    module.eval()
+    reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), network(reference.forward_reference)(x), rtol=1e-4, atol=1e-5)
+    assert len(calls) == 3
