@@ -197,7 +197,21 @@ def gate_by_torch_ops(v, scale, shift, module, num_segments):
 def test_gate_equals_torch_ops(kernels, size, num_segments, channels_last, dtype, threads):
     """The direct convolution from a channel slice of the input, against relu(bn(v)), the
     products matmul, fold, temporal taps and tanh of the PyTorch-ops path."""
-    processed, channels = 16, 20
+    check_gate(kernels, size, num_segments, channels_last, dtype, threads, processed=16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("processed", [4, 20, 36])
+@pytest.mark.parametrize("size", [(1, 7), (2, 4), (3, 8), (7, 9), (4, 17)])
+def test_channels_last_gate_tiles(kernels, size, processed, dtype):
+    """Channels-last maps fill the gate's planes in 8 x 8 tiles (AVX2): groups of 2, 10 and
+    18 channels (no whole tile, channels left over), rows shorter than a tile (tiles running
+    into the next rows), a tile's worth, and pixels after the last whole tile."""
+    check_gate(kernels, size, 2, True, dtype, 1, processed=processed)
+
+
+def check_gate(kernels, size, num_segments, channels_last, dtype, threads, processed):
+    channels = processed + 4
     module = make_gsf(processed, num_segments, 1.0, seed=4)
     with torch.no_grad():
         module.conv3D.weight.normal_(0, 0.2)  # larger than the default init: gates away from 0

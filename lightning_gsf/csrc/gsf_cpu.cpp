@@ -24,6 +24,11 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define GSF_TILES 1
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -648,6 +653,48 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
   }
 }
 
+#ifdef GSF_TILES
+// 8 x 8 tiles for channels-last maps (AVX2): 8 pixels' runs of 8 channels loaded as rows,
+// transposed in registers into 8 channels' runs of 8 pixels.
+inline __m256 load_8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_8(const uint16_t* p) {  // bfloat16: the upper half of a float's bits
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+inline void transpose_8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// relu(v * scale + shift) of 8 consecutive pixels (from src, pixel stride `stride`) x 8
+// channels (scale and shift at the first), written as 8 runs of 8 pixels, channel i's at
+// dst + i * dst_stride.
+template <typename T>
+inline void activated_tile(const T* src, int64_t stride, const float* scale, const float* shift, float* dst,
+                           int64_t dst_stride) {
+  const __m256 a = _mm256_loadu_ps(scale), b = _mm256_loadu_ps(shift), zero = _mm256_setzero_ps();
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_max_ps(_mm256_fmadd_ps(load_8(src + i * stride), a, b), zero);
+  transpose_8x8(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * dst_stride, r[i]);
+}
+#endif
+
 // Zero-bordered planes of (H + 2) rows of W + 2 columns, one per channel of a group, and where
 // each pixel lands in their interior.
 struct Planes {
@@ -687,9 +734,44 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
     }
     return;
   }
-  // Channels innermost: a block of pixels at a time (in L1), read across the group's channels,
-  // written plane by plane (reading each channel's pixels in turn would walk the frame once
-  // per channel).
+  // Channels innermost.
+#ifdef GSF_TILES
+  // 8 x 8 tiles (channels x pixels) from each row's start, as the NCHW case above: a tile may
+  // run over into the padding columns and the next rows, which their own writes then correct
+  // (rows in order), then the padding is zeroed again; tiles stop where the map's pixels end.
+  // Channels beyond a multiple of 8, and pixels beyond the last whole tile, one at a time.
+  const int64_t tiled = half / 8 * 8;
+  const float* a = scale + k * half;
+  const float* b = shift + k * half;
+  float* interior = padded + row + 1;
+  for (int64_t y = 0; y < height; ++y) {
+    const T* src = v.at(frame, k * half) + y * width * v.pixel;
+    float* dst = interior + y * row;
+    int64_t x = 0;
+    for (; x < width && y * width + x + 8 <= pixels; x += 8) {
+      for (int64_t c = 0; c < tiled; c += 8) {
+        activated_tile(src + x * v.pixel + c, v.pixel, a + c, b + c, dst + c * planes.plane + x, planes.plane);
+      }
+      for (int64_t c = tiled; c < half; ++c) {
+        for (int64_t i = 0; i < 8; ++i) {
+          dst[c * planes.plane + x + i] = std::max(load(src[(x + i) * v.pixel + c]) * a[c] + b[c], 0.0f);
+        }
+      }
+    }
+    for (; x < width; ++x) {
+      for (int64_t c = 0; c < half; ++c) {
+        dst[c * planes.plane + x] = std::max(load(src[x * v.pixel + c]) * a[c] + b[c], 0.0f);
+      }
+    }
+  }
+  for (int64_t c = 0; c < half; ++c) {
+    float* dst = interior + c * planes.plane;
+    for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0.0f;
+  }
+  return;
+#endif
+  // A block of pixels at a time (in L1), read across the group's channels, written plane by
+  // plane (reading each channel's pixels in turn would walk the frame once per channel).
   constexpr int64_t block = 32;
   for (int64_t first = 0; first < pixels; first += block) {
     const int64_t last = std::min(first + block, pixels);
