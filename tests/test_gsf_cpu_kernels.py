@@ -163,15 +163,17 @@ def test_kernel_strides_ok_only_uniform_pixel_strides():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 8)])
-def test_norm_relu_equals_scale_shift_relu(kernels, size, channels_last, dtype):
-    """From a channel slice of the input (NCHW or channels-last) into contiguous NCHW; 9x8 has
-    pixel blocks that do not divide the map."""
-    x, _, _ = blend_operands(2, 3, 8, 12, size, channels_last, dtype)
-    v = x[:, :8]
+@pytest.mark.parametrize("processed", [8, 12])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 8), (9, 9)])
+def test_norm_relu_equals_scale_shift_relu(kernels, size, processed, channels_last, dtype):
+    """From a channel slice of the input (NCHW or channels-last) into contiguous NCHW;
+    channels-last goes through 64-pixel blocks of 8 x 8 tiles: 9x8 and 9x9 have blocks that do
+    not divide the map, 12 channels one tile and 4 left over."""
+    x, _, _ = blend_operands(2, 3, processed, processed + 4, size, channels_last, dtype)
+    v = x[:, :processed]
     generator = torch.Generator().manual_seed(2)
-    scale, shift = torch.randn(8, generator=generator), torch.randn(8, generator=generator)
-    expected = torch.relu(v.float() * scale.view(1, 8, 1, 1) + shift.view(1, 8, 1, 1)).to(dtype)
+    scale, shift = torch.randn(processed, generator=generator), torch.randn(processed, generator=generator)
+    expected = torch.relu(v.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(dtype)
     actual = torch.empty(v.shape, dtype=dtype)
     kernels.norm_relu(v, scale, shift, actual)
     torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
@@ -411,16 +413,18 @@ def test_gate_backward_equals_unfold_of_temporal_taps(kernels, size, num_segment
 
 
 @pytest.mark.parametrize("offset", [0.0, 300.0], ids=["centred", "mean_300_std_0.01"])
-@pytest.mark.parametrize("size", [(5, 4), (9, 8)])  # channels-last: one partial 32-pixel block, or 2 and a part
+# channels-last: one partial 64-pixel block, or one and a part; 8 x 8 tiles, and for 12 channels 4 left over
+@pytest.mark.parametrize("processed", [8, 12])
+@pytest.mark.parametrize("size", [(5, 4), (9, 9)])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels_last, size, offset):
+def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels_last, size, processed, offset):
     """The ReLU mask and the batch norm's two sums, then the input gradient's three parts,
     against ``threshold_backward`` / ``native_batch_norm_backward`` and plain arithmetic; with
     a large mean and small spread too (``xhat`` must come from ``v - mean``, not from two
     large terms that cancel)."""
-    (h, w), nt, p = size, 6, 8
+    (h, w), nt, p = size, 6, processed
     generator = torch.Generator().manual_seed(6)
-    x = torch.randn(nt, 12, h, w, generator=generator)
+    x = torch.randn(nt, p + 4, h, w, generator=generator)
     if offset:
         x = x * 0.01 + offset
     if channels_last:

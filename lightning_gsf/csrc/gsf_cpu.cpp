@@ -452,6 +452,102 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_backward(const at::Tensor& 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Transposing between channels-last maps and per-channel rows of pixels, for the loops that
+// read one layout and write the other: 8 x 8 tiles transposed in registers (AVX2), the rest
+// one value at a time.
+
+#ifdef GSF_TILES
+inline __m256 load_8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_8(const uint16_t* p) {  // bfloat16: the upper half of a float's bits
+  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+}
+
+inline void transpose_8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// 8 runs of 8 values (run i at src + i * src_stride) written transposed, as float: value j of
+// every run to dst + j * dst_stride. Given scale and shift (one per value of a run: channels),
+// relu(x * scale + shift) of each.
+template <typename T>
+inline void transposed_tile(const T* src, int64_t src_stride, float* dst, int64_t dst_stride,
+                            const float* scale = nullptr, const float* shift = nullptr) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = load_8(src + i * src_stride);
+  if (scale) {
+    const __m256 a = _mm256_loadu_ps(scale), b = _mm256_loadu_ps(shift), zero = _mm256_setzero_ps();
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_max_ps(_mm256_fmadd_ps(r[i], a, b), zero);
+  }
+  transpose_8x8(r);
+  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * dst_stride, r[i]);
+}
+#endif
+
+// `count` pixels x `channels` channels of a channels-last run (pixel p's channel c at
+// src[p * stride + c]) into float rows, channel c's pixels at rows + c * row_stride; with scale
+// and shift, relu(x * scale[c] + shift[c]).
+template <typename T>
+void rows_of_channels_last(const T* src, int64_t stride, int64_t channels, int64_t count, float* rows,
+                           int64_t row_stride, const float* scale = nullptr, const float* shift = nullptr) {
+  auto value = [&](int64_t p, int64_t c) {
+    const float x = load(src[p * stride + c]);
+    return scale ? std::max(x * scale[c] + shift[c], 0.0f) : x;
+  };
+  int64_t p = 0;
+#ifdef GSF_TILES
+  for (; p + 8 <= count; p += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= channels; c += 8) {
+      transposed_tile(src + p * stride + c, stride, rows + c * row_stride + p, row_stride, scale ? scale + c : nullptr,
+                      shift ? shift + c : nullptr);
+    }
+    for (; c < channels; ++c) {
+      for (int64_t i = p; i < p + 8; ++i) rows[c * row_stride + i] = value(i, c);
+    }
+  }
+#endif
+  for (; p < count; ++p) {
+    for (int64_t c = 0; c < channels; ++c) rows[c * row_stride + p] = value(p, c);
+  }
+}
+
+// The reverse: `count` pixels of `channels` rows (channel c's pixel p at src[c * stride + p])
+// into a channels-last float block, pixel p's channels at dst + p * dst_stride.
+template <typename T>
+void channels_last_of_rows(const T* src, int64_t stride, int64_t channels, int64_t count, float* dst,
+                           int64_t dst_stride) {
+  int64_t p = 0;
+#ifdef GSF_TILES
+  for (; p + 8 <= count; p += 8) {
+    int64_t c = 0;
+    for (; c + 8 <= channels; c += 8) transposed_tile(src + c * stride + p, stride, dst + p * dst_stride + c, dst_stride);
+    for (; c < channels; ++c) {
+      for (int64_t i = p; i < p + 8; ++i) dst[i * dst_stride + c] = load(src[c * stride + i]);
+    }
+  }
+#endif
+  for (; p < count; ++p) {
+    for (int64_t c = 0; c < channels; ++c) dst[p * dst_stride + c] = load(src[c * stride + p]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // norm_relu: relu(v * scale + shift) per channel (the batch norm with given statistics, then the
 // ReLU), from v in any layout into a contiguous NCHW out (twin: _norm_relu).
 
@@ -472,18 +568,22 @@ void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shi
     });
     return;
   }
-  // Channels innermost: a block of pixels at a time, read across channels, written per channel.
-  constexpr int64_t block = 32;
+  // Channels innermost: a block of pixels at a time, transposed into per-channel rows (in L1),
+  // then written channel by channel.
+  constexpr int64_t block = 64;
   const int64_t blocks = (pixels + block - 1) / block;
   at::parallel_for(0, frames * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows(channels * block);
     for (int64_t index = begin; index < end; ++index) {
       const int64_t frame = index / blocks, first = index % blocks * block;
-      const int64_t last = std::min(first + block, pixels);
+      const int64_t count = std::min(block, pixels - first);
+      rows_of_channels_last(v.at(frame, 0) + first * v.pixel, v.pixel, channels, count, rows.data(), block, scale,
+                            shift);
       for (int64_t c = 0; c < channels; ++c) {
-        const T* src = v.at(frame, c);
-        T* dst = out + (frame * channels + c) * pixels;
-        const float a = scale[c], b = shift[c];
-        for (int64_t p = first; p < last; ++p) dst[p] = store<T>(std::max(load(src[p * v.pixel]) * a + b, 0.0f));
+        const float* src = rows.data() + c * block;
+        T* dst = out + (frame * channels + c) * pixels + first;
+#pragma omp simd
+        for (int64_t p = 0; p < count; ++p) dst[p] = store<T>(src[p]);
       }
     }
   });
@@ -510,24 +610,28 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
   const Map<const T> v = map_of<const T>(v_, "v");
   const int64_t frames = v_.size(0), channels = v_.size(1), pixels = v_.size(2) * v_.size(3);
   if (v.pixel != 1) {
-    // Channels innermost: per frame, a block of pixels at a time (in L1) channel by channel
-    // (reading each channel's pixels in turn would walk the frame once per channel), into
-    // per-frame partial sums that are added in frame order (the same on any number of threads).
-    constexpr int64_t block = 32;
+    // Channels innermost: per frame, a block of pixels at a time transposed into per-channel
+    // rows (in L1), then channel by channel (reading each channel's pixels in turn would walk
+    // the frame once per channel), into per-frame partial sums that are added in frame order
+    // (the same on any number of threads).
+    constexpr int64_t block = 64;
     std::vector<float> partial(frames * 2 * channels, 0.0f);
     at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> rows(channels * block);
       for (int64_t frame = begin; frame < end; ++frame) {
         float* totals = partial.data() + frame * 2 * channels;
         float* totals_xhat = totals + channels;
         for (int64_t first = 0; first < pixels; first += block) {
-          const int64_t last = std::min(first + block, pixels);
+          const int64_t count = std::min(block, pixels - first);
+          rows_of_channels_last(v.at(frame, 0) + first * v.pixel, v.pixel, channels, count, rows.data(), block);
           for (int64_t c = 0; c < channels; ++c) {
             const float a = scale[c], b = shift[c], m = mean[c], is = invstd[c];
-            const T* x = v.at(frame, c);
-            T* g = grad + (frame * channels + c) * pixels;
+            const float* x = rows.data() + c * block;
+            T* g = grad + (frame * channels + c) * pixels + first;
             float total = 0.0f, total_xhat = 0.0f;
-            for (int64_t p = first; p < last; ++p) {
-              const float xp = load(x[p * v.pixel]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
+#pragma omp simd reduction(+ : total, total_xhat)
+            for (int64_t p = 0; p < count; ++p) {
+              const float xp = x[p], gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
               g[p] = store<T>(gp);
               total += gp;
               total_xhat += gp * (xp - m) * is;
@@ -653,47 +757,6 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
   }
 }
 
-#ifdef GSF_TILES
-// 8 x 8 tiles for channels-last maps (AVX2): 8 pixels' runs of 8 channels loaded as rows,
-// transposed in registers into 8 channels' runs of 8 pixels.
-inline __m256 load_8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load_8(const uint16_t* p) {  // bfloat16: the upper half of a float's bits
-  const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-}
-
-inline void transpose_8x8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// relu(v * scale + shift) of 8 consecutive pixels (from src, pixel stride `stride`) x 8
-// channels (scale and shift at the first), written as 8 runs of 8 pixels, channel i's at
-// dst + i * dst_stride.
-template <typename T>
-inline void activated_tile(const T* src, int64_t stride, const float* scale, const float* shift, float* dst,
-                           int64_t dst_stride) {
-  const __m256 a = _mm256_loadu_ps(scale), b = _mm256_loadu_ps(shift), zero = _mm256_setzero_ps();
-  __m256 r[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_max_ps(_mm256_fmadd_ps(load_8(src + i * stride), a, b), zero);
-  transpose_8x8(r);
-  for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * dst_stride, r[i]);
-}
-#endif
 
 // Zero-bordered planes of (H + 2) rows of W + 2 columns, one per channel of a group, and where
 // each pixel lands in their interior.
@@ -750,7 +813,7 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
     int64_t x = 0;
     for (; x < width && y * width + x + 8 <= pixels; x += 8) {
       for (int64_t c = 0; c < tiled; c += 8) {
-        activated_tile(src + x * v.pixel + c, v.pixel, a + c, b + c, dst + c * planes.plane + x, planes.plane);
+        transposed_tile(src + x * v.pixel + c, v.pixel, dst + c * planes.plane + x, planes.plane, a + c, b + c);
       }
       for (int64_t c = tiled; c < half; ++c) {
         for (int64_t i = 0; i < 8; ++i) {
@@ -1082,9 +1145,11 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
   const float inverse_pixels = 1.0f / static_cast<float>(pixels);
   if (v.channel == 1 && grad_v.channel == 1 && out.channel == 1) {
     // Channels innermost: pixel by pixel, the channels in a vector loop, with each frame's
-    // per-channel constants gathered first.
+    // per-channel constants gathered first and grad_normed (NCHW) transposed to channels-last
+    // a block of pixels at a time.
+    constexpr int64_t block = 64;
     at::parallel_for(0, s.frame_count(), 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> constants(3 * processed);
+      std::vector<float> constants(3 * processed), normed(block * processed);
       for (int64_t frame = begin; frame < end; ++frame) {
         float* constant = constants.data();
         float* per_gate = constant + processed;
@@ -1095,8 +1160,12 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
           per_gate[c] = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
           per_xhat[c] = coef[c] * slope[c] * invstd[c];
         }
-        const T* gn = grad_normed + frame * processed * pixels;
         for (int64_t p = 0; p < pixels; ++p) {
+          if (p % block == 0) {
+            channels_last_of_rows(grad_normed + frame * processed * pixels + p, pixels, processed,
+                                  std::min(block, pixels - p), normed.data(), processed);
+          }
+          const float* gn = normed.data() + p % block * processed;
           const T* x = v.at(frame, 0) + p * v.pixel;
           const T* gv = grad_v.at(frame, 0) + p * grad_v.pixel;
           T* dst = out.at(frame, 0) + p * out.pixel;
@@ -1104,7 +1173,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
             const float g = gate[(frame * 2 + k) * pixels + p];
 #pragma omp simd
             for (int64_t c = k * s.half; c < (k + 1) * s.half; ++c) {
-              dst[c] = store<T>(load(gv[c]) + coef[c] * load(gn[c * pixels + p]) - per_xhat[c] * (load(x[c]) - mean[c]) +
+              dst[c] = store<T>(load(gv[c]) + coef[c] * gn[c] - per_xhat[c] * (load(x[c]) - mean[c]) +
                                 constant[c] + per_gate[c] * g);
             }
           }
