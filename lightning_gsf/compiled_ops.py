@@ -5,13 +5,13 @@ memory, the use counts of a gradient), and the plain-op formulation it traced in
 (``GSF.forward_compilable``) cost 1.16x a compiled TSN on the CPU. These ops put the same C++
 kernels into the compiled graph as opaque nodes: the compiler neither traces nor fuses them,
 it learns their outputs' shapes, strides and dtypes from fake implementations and their
-backward from ``register_autograd`` (another op). Around them the graph keeps the cheap parts
+backward from an autograd function (another op). Around them the graph keeps the cheap parts
 in plain ops (batch statistics, the running statistics' update, the fusion parameters).
 
 - ``infer_`` writes GSF's output over its input, without autograd (GSF
   built ``inplace``, as the backbones build it); ``infer`` returns a new tensor.
-- ``forward`` / ``backward``: training, the steps of ``_KernelGSF``, out
-  of place.
+- ``forward_`` / ``backward_``: training, the steps of ``_KernelGSF``, in place on the input
+  and on the output's gradient, in the autograd function :class:`GateShiftFuse`.
 
 The op bodies run eagerly when the compiled graph runs; they import :mod:`lightning_gsf.gsf`
 then (it imports this module).
@@ -113,85 +113,88 @@ def _infer(x: Tensor, out: Tensor, processed: int, num_segments: int, mean: Tens
 # ---------------------------------------------------------------------------------------------
 # training
 
-@torch.library.custom_op(f"{NAMESPACE}::forward", mutates_args=(), device_types="cpu", tags=_TAGS)
-def forward(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
-            conv_bias: Tensor, fusion_weight: Tensor, fusion_bias: Tensor, processed: int, num_segments: int,
-            batch_statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """GSF's output (a new tensor in ``x``'s layout) and what its backward needs: ``(out,
-    v's copy, gate, blend, columns, padded)`` (see ``_kernel_forward``), given the batch
-    norm's ``mean`` and ``invstd`` (float32, not differentiated: with ``batch_statistics`` the
-    backward adds their gradient itself).
-
-    The whole map in and out, copying the ``C - P`` channels GSF passes through: with the
-    processed channels alone in and out and a ``cat`` in the graph instead, inductor read the
-    concatenation in the batch norm after GSF through masked loads, and the compiled
-    ResNet-50's step took 4 % longer."""
+@torch.library.custom_op(f"{NAMESPACE}::forward_", mutates_args=("x",), device_types="cpu", tags=_TAGS)
+def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
+             conv_bias: Tensor, fusion_weight: Tensor, fusion_bias: Tensor, processed: int,
+             num_segments: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """GSF's output written over ``x``, returning what its backward needs: ``(v's copy,
+    gate, blend, columns, padded)`` (see ``_kernel_forward``), given the batch norm's ``mean``
+    and ``invstd`` (float32)."""
     from lightning_gsf import gsf
 
     with torch.autocast("cpu", enabled=False):
-        out, copy, gate, _, blend, columns, padded = gsf._kernel_forward(
-            gsf._CppKernels(_ops()), x, mean, invstd, processed, num_segments, False, True, bn_weight, bn_bias,
+        _, copy, gate, _, blend, columns, padded = gsf._kernel_forward(
+            gsf._CppKernels(_ops()), x, mean, invstd, processed, num_segments, True, True, bn_weight, bn_bias,
             conv_weight, conv_bias, fusion_weight, fusion_bias, channels_last=_channels_last(x))
-    return out, copy, gate, blend.contiguous(), columns, padded
+    return copy, gate, blend.contiguous(), columns, padded
 
 
-@forward.register_fake
+@forward_.register_fake
 def _(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias, processed,
-      num_segments, batch_statistics):
+      num_segments):
     nt, _, h, w = x.shape
     n, half = nt // num_segments, processed // 2
-    out, copy = _dense_like(x), _dense_like(x[:, :processed])
+    copy = _dense_like(x[:, :processed])
     gate = x.new_empty((nt, 2, h * w), dtype=torch.float32)
     blend = x.new_empty((n, 2, half, num_segments))
     columns = x.new_empty((nt, 3, h * w))
     padded = x.new_empty((n, 2, 2, half + 2, num_segments + 2))
-    return out, copy, gate, blend, columns, padded
+    return copy, gate, blend, columns, padded
 
 
-@torch.library.custom_op(f"{NAMESPACE}::backward", mutates_args=(), device_types="cpu", tags=_TAGS)
-def backward(grad_out: Tensor, v: Tensor, gate: Tensor, blend: Tensor, columns: Tensor, padded: Tensor,
-             mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
-             fusion_weight: Tensor, num_segments: int,
-             batch_statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`forward`'s backward, from its output's gradient and its saved tensors (``v``:
-    the copy, in ``x``'s layout): the gradients of ``(x, bn_weight, bn_bias, conv_weight,
-    conv_bias, fusion_weight, fusion_bias)``, ``x``'s in ``x``'s layout."""
+@torch.library.custom_op(f"{NAMESPACE}::backward_", mutates_args=("grad_out",), device_types="cpu", tags=_TAGS)
+def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, blend: Tensor, columns: Tensor, padded: Tensor,
+              mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
+              fusion_weight: Tensor, num_segments: int,
+              batch_statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`forward_`'s backward: the input's gradient written over its output's,
+    ``grad_out`` (whose last ``C - P`` channels are already the input's), returning the
+    gradients of ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
+    fusion_bias)``; ``v`` is the copy (in ``x``'s layout)."""
     from lightning_gsf import gsf
 
-    p, channels_last = v.shape[1], _channels_last(v)
     weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), as _kernel_forward gave it
     with torch.autocast("cpu", enabled=False):
-        grad_x = gsf._output_after(grad_out[:, p:], p, channels_last)
-        grads = gsf._kernel_backward(gsf._CppKernels(_ops()), grad_out, grad_x, v, gate, weights, blend, columns,
+        grads = gsf._kernel_backward(gsf._CppKernels(_ops()), grad_out, grad_out, v, gate, weights, blend, columns,
                                      padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
-                                     num_segments, batch_statistics, channels_last)
-    return grad_x, *(grad.contiguous() for grad in grads)
+                                     num_segments, batch_statistics, _channels_last(v))
+    return tuple(grad.contiguous() for grad in grads)
 
 
-@backward.register_fake
+@backward_.register_fake
 def _(grad_out, v, gate, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
       num_segments, batch_statistics):
-    grad_x = _dense_like(grad_out, _channels_last(v))
     parameters = (bn_weight, bn_bias, conv_weight, conv_weight.new_empty(2), fusion_weight, fusion_weight.new_empty(2))
-    return grad_x, *(torch.empty_like(parameter, memory_format=torch.contiguous_format) for parameter in parameters)
+    return tuple(torch.empty_like(parameter, memory_format=torch.contiguous_format) for parameter in parameters)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    _, mean, invstd, bn_weight, bn_bias, conv_weight, _, fusion_weight, _, _, num_segments, batch_statistics = inputs
-    _, copy, gate, blend, columns, padded = output
-    ctx.save_for_backward(copy, gate, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight,
-                          fusion_weight)
-    ctx.num_segments, ctx.batch_statistics = num_segments, batch_statistics
+class GateShiftFuse(torch.autograd.Function):
+    """Training: :func:`forward_` over its input, :func:`backward_` over its output's gradient.
 
+    The ops mutate; the compiler keeps the meaning of that (functionalisation) and writes in
+    place where nothing else reads the tensor (inductor's re-inplacing), as for GSF's input, a
+    convolution's output that only GSF reads, and its output's gradient: no copy of the
+    ``C - P`` channels GSF passes through, in either direction (functional ops with a
+    ``register_autograd`` formula copied them, 2.6 % of a compiled ResNet-50 step). Outside
+    the compiler (called directly), the backward copies the gradient first: another node may
+    hold it."""
 
-def _backward(ctx, grad_out, *_unused):
-    grads = backward(grad_out, *ctx.saved_tensors, ctx.num_segments, ctx.batch_statistics)
-    grad_x, grad_bn_weight, grad_bn_bias, grad_conv_weight, grad_conv_bias, grad_fusion_weight, grad_fusion_bias = grads
-    return (grad_x, None, None, grad_bn_weight, grad_bn_bias, grad_conv_weight, grad_conv_bias, grad_fusion_weight,
-            grad_fusion_bias, None, None, None)
+    @staticmethod
+    def forward(ctx, x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias,
+                processed, num_segments, batch_statistics):  # noqa: D102
+        ctx.mark_dirty(x)
+        saved = forward_(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias,
+                         processed, num_segments)
+        ctx.save_for_backward(*saved, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight)
+        ctx.num_segments, ctx.batch_statistics = num_segments, batch_statistics
+        return x
 
-
-forward.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        if not torch.compiler.is_compiling():
+            grad_out = grad_out.clone()
+        grads = backward_(grad_out, *ctx.saved_tensors, ctx.num_segments, ctx.batch_statistics)
+        return grad_out, None, None, *grads, None, None, None
 
 
 def _channels_last(v: Tensor) -> bool:

@@ -277,7 +277,8 @@ class GSF(nn.Module):
         """The C++ kernels as custom ops (:mod:`lightning_gsf.compiled_ops`), which ``forward``
         runs under ``torch.compile`` for the CPU tensors the kernels take: the compiler sees
         one opaque node per GSF (and one for its backward), the batch statistics and their
-        running averages in plain ops around it. Training is out of place."""
+        running averages in plain ops around it. In place as in eager mode (on a copy where
+        the module is not in place)."""
         self._check_input(x)
         p, t = self.processed, self.num_segments
         batch_statistics = self._check_batch_statistics(x)
@@ -294,7 +295,8 @@ class GSF(nn.Module):
                 return x
             return compiled_ops.infer(x, p, t, mean, var, self.bn.eps, *parameters)
         invstd = torch.rsqrt(var + self.bn.eps)
-        return compiled_ops.forward(x, mean, invstd, *parameters, p, t, batch_statistics)[0]
+        return compiled_ops.GateShiftFuse.apply(x if self._writes_in_place(x) else x.clone(), mean, invstd,
+                                                *parameters, p, t, batch_statistics)
 
     def forward_compilable(self, x: torch.Tensor) -> torch.Tensor:
         """The same numbers in plain differentiable ops, for ``torch.compile`` to fuse

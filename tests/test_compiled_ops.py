@@ -35,13 +35,14 @@ def kernels():
 
 
 class RecordingBackend:
-    """``aot_eager``, keeping the code of each graph dynamo traced."""
+    """``aot_eager``, keeping the code of each graph dynamo traced (with its subgraphs, such
+    as an autograd function's forward and backward)."""
 
     def __init__(self) -> None:
         self.graphs: list[str] = []
 
     def __call__(self, graph_module, example_inputs):
-        self.graphs.append(graph_module.code)
+        self.graphs.append(graph_module.print_readable(print_output=False))
         return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
 
 
@@ -70,6 +71,8 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=[
 @DTYPES
 @pytest.mark.parametrize("batch_statistics", [True, False], ids=["batch_stats", "running_stats"])
 def test_training_ops_pass_opcheck(channels_last, dtype, batch_statistics):
+    """``forward_`` and ``backward_`` (their autograd is :class:`GateShiftFuse`'s, tested
+    through the compiled module below)."""
     module = make_gsf(16, 3, 0.5, seed=0)
     x = make_input(2, 3, 16, 4, seed=0).to(dtype)
     if channels_last:
@@ -78,15 +81,28 @@ def test_training_ops_pass_opcheck(channels_last, dtype, batch_statistics):
     mean = torch.randn(p, generator=torch.Generator().manual_seed(1))
     invstd = torch.rand(p, generator=torch.Generator().manual_seed(2)) + 0.5
     operands = gsf_operands(module, x)
-    parameters = [operands[name].clone().requires_grad_() for name in operands]
-    args = (x.requires_grad_(), mean, invstd, *parameters, p, 3, batch_statistics)
-    torch.library.opcheck(compiled_ops.forward, args)
-    out, *saved = compiled_ops.forward(*args)
-    grad_out = torch.randn_like(out)
-    torch.library.opcheck(compiled_ops.backward,
-                          (grad_out, *(s.detach() for s in saved), mean, invstd, operands["bn_weight"],
-                           operands["bn_bias"], operands["conv_weight"], operands["fusion_weight"], 3,
-                           batch_statistics))
+    torch.library.opcheck(compiled_ops.forward_, (x.clone(), mean, invstd, *operands.values(), p, 3))
+    saved = compiled_ops.forward_(x.clone(), mean, invstd, *operands.values(), p, 3)
+    grad_out = torch.randn_like(x)
+    torch.library.opcheck(compiled_ops.backward_,
+                          (grad_out, *saved, mean, invstd, operands["bn_weight"], operands["bn_bias"],
+                           operands["conv_weight"], operands["fusion_weight"], 3, batch_statistics))
+
+
+def test_called_outside_the_compiler_the_backward_leaves_the_output_gradient_alone():
+    """Eagerly (``forward_compiled_ops`` called directly), another node may hold the output's
+    gradient: the backward writes over a copy, and the results match the reference."""
+    module, reference = make_gsf(16, 2, 0.5, seed=4), make_gsf(16, 2, 0.5, seed=4)
+    x = make_input(2, 2, 16, 4, seed=4).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    out = module.forward_compiled_ops(x * 1.0)
+    held = []
+    out.register_hook(held.append)
+    upstream = torch.randn_like(out)
+    out.backward(upstream.clone())
+    torch.testing.assert_close(held[0], upstream, rtol=0, atol=0)
+    reference.forward_reference(x_ref * 1.0).backward(upstream)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
 
 
 @LAYOUTS
@@ -128,7 +144,9 @@ def test_compiled_gsf_matches_naive_spec(channels, num_segments, ratio, batch, s
                                   channels_last=channels_last)
     # one graph, GSF's ops in it, not the plain-op formulation's gate conv
     assert len(backend.graphs) == 1
-    assert f"{compiled_ops.NAMESPACE}.forward" in backend.graphs[0] and "conv2d" not in backend.graphs[0]
+    graph = backend.graphs[0]
+    assert f"{compiled_ops.NAMESPACE}.forward_" in graph and f"{compiled_ops.NAMESPACE}.backward_" in graph
+    assert "conv2d" not in graph
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
