@@ -116,54 +116,50 @@ def _infer(x: Tensor, out: Tensor, processed: int, num_segments: int, mean: Tens
 @torch.library.custom_op(f"{NAMESPACE}::forward_", mutates_args=("x",), device_types="cpu", tags=_TAGS)
 def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
              conv_bias: Tensor, fusion_weight: Tensor, fusion_bias: Tensor, processed: int,
-             num_segments: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """GSF's output written over ``x``, returning what its backward needs: ``(v's copy,
-    gate, blend, columns, padded)`` (see ``_kernel_forward``), given the batch norm's ``mean``
-    and ``invstd`` (float32)."""
+             num_segments: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """GSF's output written over ``x``, returning what its backward needs: ``(v's copy, gate,
+    weights, means)`` (see ``_kernel_forward``), given the batch norm's ``mean`` and
+    ``invstd`` (float32)."""
     from lightning_gsf import gsf
 
     with torch.autocast("cpu", enabled=False):
-        _, copy, gate, _, blend, columns, padded = gsf._kernel_forward(
+        _, copy, gate, weights, (means,) = gsf._kernel_forward(
             gsf._CppKernels(_ops()), x, mean, invstd, processed, num_segments, True, True, bn_weight, bn_bias,
             conv_weight, conv_bias, fusion_weight, fusion_bias, channels_last=_channels_last(x))
-    return copy, gate, blend.contiguous(), columns, padded
+    return copy, gate, weights, means
 
 
 @forward_.register_fake
 def _(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias, processed,
       num_segments):
     nt, _, h, w = x.shape
-    n, half = nt // num_segments, processed // 2
     copy = _dense_like(x[:, :processed])
     gate = x.new_empty((nt, 2, h * w), dtype=torch.float32)
-    blend = x.new_empty((n, 2, half, num_segments))
-    columns = x.new_empty((nt, 3, h * w))
-    padded = x.new_empty((n, 2, 2, half + 2, num_segments + 2))
-    return copy, gate, blend, columns, padded
+    weights = x.new_empty((nt // num_segments, num_segments, 2, processed // 2), dtype=torch.float32)
+    means = x.new_empty((nt, 2, processed), dtype=torch.float32)
+    return copy, gate, weights, means
 
 
 @torch.library.custom_op(f"{NAMESPACE}::backward_", mutates_args=("grad_out",), device_types="cpu", tags=_TAGS)
-def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, blend: Tensor, columns: Tensor, padded: Tensor,
-              mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor,
-              fusion_weight: Tensor, num_segments: int,
-              batch_statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means: Tensor, mean: Tensor,
+              invstd: Tensor, bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, fusion_weight: Tensor,
+              num_segments: int, batch_statistics: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:func:`forward_`'s backward: the input's gradient written over its output's,
     ``grad_out`` (whose last ``C - P`` channels are already the input's), returning the
     gradients of ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
     fusion_bias)``; ``v`` is the copy (in ``x``'s layout)."""
     from lightning_gsf import gsf
 
-    weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2), as _kernel_forward gave it
     with torch.autocast("cpu", enabled=False):
-        grads = gsf._kernel_backward(gsf._CppKernels(_ops()), grad_out, grad_out, v, gate, weights, blend, columns,
-                                     padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
-                                     num_segments, batch_statistics, _channels_last(v))
+        grads = gsf._kernel_backward(gsf._CppKernels(_ops()), grad_out, grad_out, v, gate, weights, mean, invstd,
+                                     bn_weight, bn_bias, conv_weight, fusion_weight, (means,), num_segments,
+                                     batch_statistics, _channels_last(v))
     return tuple(grad.contiguous() for grad in grads)
 
 
 @backward_.register_fake
-def _(grad_out, v, gate, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
-      num_segments, batch_statistics):
+def _(grad_out, v, gate, weights, means, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight, num_segments,
+      batch_statistics):
     parameters = (bn_weight, bn_bias, conv_weight, conv_weight.new_empty(2), fusion_weight, fusion_weight.new_empty(2))
     return tuple(torch.empty_like(parameter, memory_format=torch.contiguous_format) for parameter in parameters)
 

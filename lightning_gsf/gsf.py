@@ -450,11 +450,31 @@ class _CppKernels:
         self.ops.norm_relu(v, scale.float().contiguous(), shift.float().contiguous(), activated)
         return activated
 
-    def gate_map(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
-                 conv_bias: torch.Tensor, num_segments: int) -> torch.Tensor:
+    def gate_and_weights(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
+                         conv_bias: torch.Tensor, fusion_weight: torch.Tensor, fusion_bias: torch.Tensor,
+                         num_segments: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """The gate ``(NT, 2, H*W)`` with the spatial means in the same pass, then the fusion
+        weights ``(N, T, 2, P/2)`` from the means; the means ``(NT, 2, P)`` kept for
+        :meth:`fusion_backward`."""
+        means = torch.empty((v.shape[0], 2, v.shape[1]), dtype=torch.float32, device=v.device)
         gate = self.ops.gate(v, scale.float().contiguous(), shift.float().contiguous(),
-                             conv_weight.float().contiguous(), conv_bias.float().contiguous(), num_segments)
-        return gate.view(v.shape[0], 2, v.shape[2] * v.shape[3])
+                             conv_weight.float().contiguous(), conv_bias.float().contiguous(), num_segments, means)
+        weights = self.ops.fusion_weights(means, fusion_weight.float().contiguous(), fusion_bias.float().contiguous(),
+                                          num_segments)
+        return gate.view(v.shape[0], 2, v.shape[2] * v.shape[3]), weights, (means,)
+
+    def fusion_backward(self, grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torch.Tensor,
+                        gate: torch.Tensor, weights: torch.Tensor, saved: tuple, fusion_weight: torch.Tensor,
+                        num_segments: int, channels_last: bool) -> tuple[torch.Tensor, ...]:
+        """Back through the fusion weights and the gate's tanh: ``(grad_z (NT, 2, H*W),
+        grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``; ``grad_gate`` (the
+        blend's) is overwritten."""
+        (means,) = saved
+        grad_means, grad_fusion_weight, grad_fusion_bias = self.ops.fusion_weights_backward(
+            grad_weights.contiguous(), weights, means, fusion_weight.float().contiguous(), num_segments)
+        self.ops.gate_gradient(grad_gate, v, gate, grad_means, num_segments)
+        return (grad_gate, grad_means, grad_fusion_weight.to(fusion_weight.dtype),
+                grad_fusion_bias.to(fusion_weight.dtype))
 
     def blend(self, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
               copy: torch.Tensor | None = None) -> None:
@@ -492,6 +512,33 @@ class _CppKernels:
                                 grad_x)
 
 
+def _torch_fusion_weights(v: torch.Tensor, gate: torch.Tensor, fusion_weight: torch.Tensor,
+                          fusion_bias: torch.Tensor, num_segments: int,
+                          channels_last: bool) -> tuple[torch.Tensor, tuple]:
+    """The fusion weights ``(N, T, 2, P/2)`` of ``v`` with its gate ``(NT, 2, H*W)`` in
+    PyTorch operations (the Triton kernel set's), and what
+    :func:`_torch_fusion_backward` needs."""
+    nt, _, h, w = v.shape
+    blend, _, padded = _fusion_weights(v, gate.view(nt // num_segments, num_segments, 2, h, w), fusion_weight,
+                                       fusion_bias, num_segments, channels_last)
+    return blend.permute(0, 3, 1, 2).contiguous(), (blend, padded)
+
+
+def _torch_fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                           saved: tuple, fusion_weight: torch.Tensor, num_segments: int,
+                           channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """:func:`_torch_fusion_weights`' adjoint and the gate's tanh: ``(grad_z (NT, 2, H*W),
+    grad_means (NT, 3, P), grad_fusion_weight, grad_fusion_bias)`` from the blend's gradients
+    of the weights and the gate."""
+    nt, p, h, w = v.shape
+    blend, padded = saved
+    grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
+        grad_weights.view(nt // num_segments, num_segments, 2, p // 2), v, padded, fusion_weight, blend,
+        channels_last)
+    grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
+    return grad_z, grad_means, grad_fusion_weight, grad_fusion_bias
+
+
 def _taps_weight(conv_weight: torch.Tensor) -> torch.Tensor:
     """The gate conv's weight ``(2, P/2, 3, 3, 3)`` as ``(2, 27, P/2)``, (temporal tap, kh, kw)
     flipped spatially: the per-pixel products that :func:`_fold_taps` scatters."""
@@ -504,8 +551,9 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
                     fusion_bias: torch.Tensor, channels_last: bool | None = None) -> tuple[torch.Tensor, ...]:
     """GSF's output through a kernel set (Triton's or :class:`_CppKernels`), given the batch
     norm's mean and inverse std, and (``save``) what the backward needs: ``(out, v, gate,
-    weights, blend, columns, padded)``, where ``v`` is a copy of the processed channels,
-    ``gate`` ``(NT, 2, H*W)`` float32 and ``weights`` the fusion weights ``(N, T, 2, P/2)``.
+    weights, fusion_saved)``, where ``v`` is a copy of the processed channels, ``gate`` ``(NT,
+    2, H*W)`` float32, ``weights`` the fusion weights ``(N, T, 2, P/2)`` and ``fusion_saved``
+    the kernel set's tensors for its ``fusion_backward``.
     ``channels_last``: ``x``'s layout, by default read from its strides (a caller passing a
     slice of a channels-last map says so)."""
     nt, _, h, w = x.shape
@@ -513,12 +561,11 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
     v = x[:, :p]
     scale = bn_weight.float() * invstd
     shift = bn_bias.float() - mean * scale
-    gate = kernels.gate_map(v, scale, shift, conv_weight, conv_bias, t)  # (NT, 2, H*W) float32
     if channels_last is None:
         channels_last = _is_channels_last(x)
-    blend, columns, padded = _fusion_weights(v, gate.view(nt // t, t, 2, h, w), fusion_weight, fusion_bias, t,
-                                             channels_last)
-    weights = blend.permute(0, 3, 1, 2).contiguous()  # (N, T, 2, P/2)
+    # the gate (NT, 2, H*W) float32 and the fusion weights (N, T, 2, P/2)
+    gate, weights, fusion_saved = kernels.gate_and_weights(v, scale, shift, conv_weight, conv_bias, fusion_weight,
+                                                           fusion_bias, t, channels_last)
     # The copy of v: the backward's, and in place the blend's source (it reads neighbouring
     # frames and channels, so it cannot read x while it writes x).
     source = None
@@ -532,7 +579,7 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
     else:
         out = _output_after(x[:, p:], p, channels_last)
         kernels.blend(v, gate, weights, out[:, :p], t, copy=source)
-    return out, source, gate, weights, blend, columns, padded
+    return out, source, gate, weights, fusion_saved
 
 
 class _KernelGSF(torch.autograd.Function):
@@ -545,11 +592,11 @@ class _KernelGSF(torch.autograd.Function):
                 bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias):  # noqa: D102
         if inplace:
             ctx.mark_dirty(x)
-        out, v, gate, weights, blend, columns, padded = _kernel_forward(
+        out, v, gate, weights, fusion_saved = _kernel_forward(
             kernels, x, mean, invstd, processed, num_segments, inplace, True, bn_weight, bn_bias, conv_weight,
             conv_bias, fusion_weight, fusion_bias)
-        ctx.save_for_backward(v, gate, weights, blend, columns, padded, mean, invstd, bn_weight, bn_bias, conv_weight,
-                              fusion_weight)
+        ctx.save_for_backward(v, gate, weights, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
+                              *fusion_saved)
         ctx.kernels, ctx.num_segments, ctx.batch_statistics = kernels, num_segments, batch_statistics
         ctx.channels_last = _is_channels_last(x)
         return out
@@ -564,27 +611,26 @@ class _KernelGSF(torch.autograd.Function):
             grad_x = grad_out  # its last C - P channels are already the input's gradient
         else:
             grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
-        grads = _kernel_backward(ctx.kernels, grad_out, grad_x, *saved, ctx.num_segments,
+        grads = _kernel_backward(ctx.kernels, grad_out, grad_x, *saved[:9], tuple(saved[9:]), ctx.num_segments,
                                  ctx.batch_statistics, ctx.channels_last)
         return grad_x, None, None, None, None, None, None, None, *grads
 
 
 def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
-                     weights: torch.Tensor, blend: torch.Tensor, columns: torch.Tensor, padded: torch.Tensor,
-                     mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
-                     conv_weight: torch.Tensor, fusion_weight: torch.Tensor, num_segments: int,
-                     batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
+                     weights: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                     bn_bias: torch.Tensor, conv_weight: torch.Tensor, fusion_weight: torch.Tensor,
+                     fusion_saved: tuple, num_segments: int, batch_statistics: bool,
+                     channels_last: bool) -> tuple[torch.Tensor, ...]:
     """The backward of :func:`_kernel_forward` (given what it saved): the input's gradient
     written into ``grad_x[:, :P]`` (whose other channels the caller has filled), and the
     parameters' ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias)``
-    gradients returned. The blend's adjoint, the fusion weights' (PyTorch, small), then back
+    gradients returned. The blend's adjoint, the fusion weights' and the gate's tanh, then back
     through the gate conv, the ReLU and the batch norm, all summed in one last kernel."""
     t = num_segments
     nt, p, h, w = v.shape
     grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
-    grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
-        grad_weights.view(nt // t, t, 2, p // 2), v, columns, padded, fusion_weight, blend, channels_last)
-    grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
+    grad_z, grad_means, grad_fusion_weight, grad_fusion_bias = kernels.fusion_backward(
+        grad_weights, grad_gate, v, gate, weights, fusion_saved, fusion_weight, t, channels_last)
     grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
         v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
     coef = bn_weight.float() * invstd
@@ -746,16 +792,15 @@ class _FusionWeights(torch.autograd.Function):
     def backward(ctx, grad_blend):  # noqa: D102
         v, columns, padded, weight, blend = ctx.saved_tensors
         grad_means, grad_gate, grad_weight, grad_bias = _fusion_weights_backward(
-            grad_blend, v, columns, padded, weight, blend, ctx.channels_last)
+            grad_blend, v, padded, weight, blend, ctx.channels_last)
         nt, p, h, w = v.shape
         # means = columns @ (H*W, P) view of v
         grad_v = torch.bmm(grad_means.transpose(1, 2), columns).view(nt, p, h, w)
         return grad_v, grad_gate, grad_weight, grad_bias, None, None
 
 
-def _fusion_weights_backward(grad_blend: torch.Tensor, v: torch.Tensor, columns: torch.Tensor, padded: torch.Tensor,
-                             weight: torch.Tensor, blend: torch.Tensor,
-                             channels_last: bool) -> tuple[torch.Tensor, ...]:
+def _fusion_weights_backward(grad_blend: torch.Tensor, v: torch.Tensor, padded: torch.Tensor, weight: torch.Tensor,
+                             blend: torch.Tensor, channels_last: bool) -> tuple[torch.Tensor, ...]:
     """The adjoint of :func:`_fusion_weights` for the gradient ``(N, T, 2, P/2)`` of its
     weights: ``(grad_means (NT, 3, P), grad_gate (N, T, 2, H, W), grad_weight, grad_bias)``,
     where ``v``'s gradient is ``grad_means^T @ columns`` (left to the caller)."""

@@ -169,6 +169,29 @@ def gate_map(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_wei
     return gate(gate_products(v, scale, shift, conv_weight), conv_bias, num_segments, h, w)
 
 
+def gate_and_weights(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
+                     conv_bias: torch.Tensor, fusion_weight: torch.Tensor, fusion_bias: torch.Tensor,
+                     num_segments: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """:func:`gate_map`, then the fusion weights ``(N, T, 2, P/2)`` in PyTorch operations (a
+    few numbers per frame and channel), and what :func:`fusion_backward` needs."""
+    from lightning_gsf import gsf
+
+    gate = gate_map(v, scale, shift, conv_weight, conv_bias, num_segments)
+    weights, saved = gsf._torch_fusion_weights(v, gate, fusion_weight, fusion_bias, num_segments, channels_last)
+    return gate, weights, saved
+
+
+def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                    weights: torch.Tensor, saved: tuple, fusion_weight: torch.Tensor, num_segments: int,
+                    channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """Back through the fusion weights and the gate's tanh, in PyTorch operations: ``(grad_z,
+    grad_means (NT, 3, P), grad_fusion_weight, grad_fusion_bias)``."""
+    from lightning_gsf import gsf
+
+    return gsf._torch_fusion_backward(grad_weights, grad_gate, v, gate, saved, fusion_weight, num_segments,
+                                      channels_last)
+
+
 @triton.jit
 def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,
                   sv_n, sv_c, sv_h, sv_w, so_n, so_c, so_h, so_w, sc_n, sc_c, sc_h, sc_w,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -301,6 +302,64 @@ def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channe
     torch.testing.assert_close(actual, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
 
 
+def fusion_weights_from_means(means, weight, bias, num_segments):
+    """The fusion weights ``(N, T, 2, P/2)`` from the gate op's means ``(NT, [v, g_k v], P)``
+    in plain differentiable ops: each group's descriptors (the shifted map's mean from the
+    next / previous frame, the residual's), a zero-padded 3x3 conv over (channel, time), sigmoid."""
+    nt, _, p = means.shape
+    n, half = nt // num_segments, p // 2
+    m = means.view(n, num_segments, 2, 2, half)  # (N, T, [v, g v], group, channel)
+    mean_v, mean_y = m[:, :, 0], m[:, :, 1]
+    shifted = torch.stack([F.pad(mean_y[:, 1:, 0], (0, 0, 0, 1)), F.pad(mean_y[:, :-1, 1], (0, 0, 1, 0))], dim=2)
+    descriptors = torch.stack([shifted, mean_v - mean_y], dim=2).permute(0, 3, 2, 4, 1)  # (N, group, i, C, T)
+    logits = torch.cat([F.conv2d(descriptors[:, k], weight[k:k + 1], bias[k:k + 1], padding=1) for k in range(2)],
+                       dim=1)  # (N, group, C, T)
+    return torch.sigmoid(logits).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("num_segments,processed", [(1, 8), (2, 4), (5, 12)])
+def test_fusion_weights_backward_equals_autograd(kernels, num_segments, processed):
+    """The means' and the fusion convs' gradients, against autograd through the plain-op
+    twin in float64 (whose forward matches the kernel's too)."""
+    generator = torch.Generator().manual_seed(num_segments + processed)
+    nt = 2 * num_segments
+    means = torch.randn(nt, 2, processed, generator=generator, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(2, 2, 3, 3, generator=generator, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(2, generator=generator, dtype=torch.float64).requires_grad_()
+    expected = fusion_weights_from_means(means, weight, bias, num_segments)
+    weights = kernels.fusion_weights(means.detach().float(), weight.detach().float(), bias.detach().float(),
+                                     num_segments)
+    torch.testing.assert_close(weights.double(), expected, rtol=1e-5, atol=1e-6)
+    grad_weights = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
+    expected.backward(grad_weights)
+    grad_means, grad_weight, grad_bias = kernels.fusion_weights_backward(
+        grad_weights.float().view(nt, 2, processed // 2), weights, means.detach().float(), weight.detach().float(),
+        num_segments)
+    torch.testing.assert_close(grad_means.double(), means.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_weight.double(), weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_bias.double(), bias.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 4), (3, 9)])
+def test_gate_gradient_adds_the_means_gradient_through_tanh(kernels, size, channels_last, dtype):
+    """grad_z = (the blend's gate gradient + sum over group k's channels of the gradient of
+    mean(g_k v) times v / (H*W)) * (1 - g^2), from a channel slice of the input."""
+    (h, w), nt, p = size, 6, 12
+    x, _, _ = blend_operands(2, 3, p, p + 4, size, channels_last, dtype, seed=8)
+    v = x[:, :p]
+    generator = torch.Generator().manual_seed(9)
+    gate = torch.rand(nt, 2, h * w, generator=generator) * 2 - 1
+    grad_gate = torch.randn(nt, 2, h * w, generator=generator)
+    grad_means = torch.randn(nt, 2, p, generator=generator)
+    groups = v.double().reshape(nt, 2, p // 2, h * w)
+    from_means = (grad_means[:, 1].double().view(nt, 2, p // 2, 1) * groups).sum(dim=2) / (h * w)
+    expected = (grad_gate.double() + from_means) * (1 - gate.double() ** 2)
+    kernels.gate_gradient(grad_gate, v, gate, grad_means, 3)
+    torch.testing.assert_close(grad_gate.double(), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
@@ -449,7 +508,7 @@ def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels
 
     grad_v = torch.randn(v.shape, generator=generator)  # the blend's, in v's layout
     grad_v = grad_v.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    grad_means = torch.randn(nt, 3, p, generator=generator)
+    grad_means = torch.randn(nt, 2, p, generator=generator)  # of mean(v) and of mean(g_k v), group k's channels
     gate = torch.rand(nt, 2, h * w, generator=generator) * 2 - 1
     centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
     out = torch.empty_like(x)
@@ -458,9 +517,7 @@ def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels
     g = gate.view(nt, 2, 1, h, w).expand(nt, 2, p // 2, h, w).reshape(nt, p, h, w)
     expected = (grad_v + (weight * invstd).view(1, p, 1, 1) * (expected_normed - centre.view(1, p, 1, 1)
                                                                - xhat * slope.view(1, p, 1, 1))
-                + (grad_means[:, 0].view(nt, p, 1, 1)
-                   + grad_means[:, 1:].view(nt, 2, 2, p // 2).diagonal(dim1=1, dim2=2).transpose(1, 2)
-                   .reshape(nt, p, 1, 1) * g) / (h * w))
+                + (grad_means[:, 0].view(nt, p, 1, 1) + grad_means[:, 1].view(nt, p, 1, 1) * g) / (h * w))
     torch.testing.assert_close(out[:, :p], expected, rtol=1e-5, atol=1e-5)
 
 

@@ -1127,11 +1127,165 @@ at::Tensor fusion_weights(const at::Tensor& means, const at::Tensor& weight, con
   return out;
 }
 
+// fusion_weights_backward: the adjoint of fusion_weights, from the gradient grad_weights
+// (N*T, 2, P/2) of its output weights (N, T, 2, P/2) and the means it read: the means' gradient
+// (N*T, 2, P) and the fusion convs' weight (2, 2, 3, 3) and bias (2,) gradients, float32
+// (twin: _fusion_weights_backward). One (clip, group) after another, so the parameter sums do
+// not depend on the thread count (the work is ~P * T * 40 flops per clip).
+
+void fusion_weights_backward_kernel(const float* grad_weights, const float* weights, const float* means,
+                                    const float* weight, float* grad_means, float* grad_weight, float* grad_bias,
+                                    const Shape& s) {
+  const int64_t half = s.half, frames = s.frames, processed = 2 * half;
+  const int64_t rows = half + 2, cols = frames + 2;  // (i, c + 1, t + 1), zero borders
+  std::vector<float> descriptors(2 * rows * cols), grad_descriptors(2 * rows * cols), grad_logits(half * frames);
+  std::fill(grad_weight, grad_weight + 36, 0.0f);
+  std::fill(grad_bias, grad_bias + 2, 0.0f);
+  std::fill(grad_means, grad_means + s.frame_count() * 2 * processed, 0.0f);
+  for (int64_t n = 0; n < s.clips; ++n) {
+    for (int64_t k = 0; k < 2; ++k) {
+      auto mean_of = [&](int64_t t, int64_t row, int64_t c) {
+        return means[((n * frames + t) * 2 + row) * processed + k * half + c];
+      };
+      auto source_of = [&](int64_t t) { return k == 0 ? t + 1 : t - 1; };  // the frame group k's t takes
+      std::fill(descriptors.begin(), descriptors.end(), 0.0f);
+      std::fill(grad_descriptors.begin(), grad_descriptors.end(), 0.0f);
+      for (int64_t t = 0; t < frames; ++t) {
+        const int64_t source = source_of(t);
+        for (int64_t c = 0; c < half; ++c) {
+          descriptors[(c + 1) * cols + t + 1] = source < 0 || source >= frames ? 0.0f : mean_of(source, 1, c);
+          descriptors[(rows + c + 1) * cols + t + 1] = mean_of(t, 0, c) - mean_of(t, 1, c);
+          const int64_t index = ((n * frames + t) * 2 + k) * half + c;
+          const float w = weights[index];
+          grad_logits[t * half + c] = grad_weights[index] * w * (1.0f - w);
+        }
+      }
+      const float* wk = weight + k * 18;
+      float* grad_wk = grad_weight + k * 18;
+      for (int64_t t = 0; t < frames; ++t) {
+        for (int64_t c = 0; c < half; ++c) {
+          const float g = grad_logits[t * half + c];
+          grad_bias[k] += g;
+          for (int64_t i = 0; i < 2; ++i) {
+            for (int64_t dc = 0; dc < 3; ++dc) {
+              const int64_t offset = (i * rows + c + dc) * cols + t;
+              for (int64_t dt = 0; dt < 3; ++dt) {
+                grad_wk[i * 9 + dc * 3 + dt] += g * descriptors[offset + dt];
+                grad_descriptors[offset + dt] += g * wk[i * 9 + dc * 3 + dt];
+              }
+            }
+          }
+        }
+      }
+      for (int64_t t = 0; t < frames; ++t) {
+        const int64_t source = source_of(t);
+        for (int64_t c = 0; c < half; ++c) {
+          const float shifted = grad_descriptors[(c + 1) * cols + t + 1];
+          const float residual = grad_descriptors[(rows + c + 1) * cols + t + 1];
+          float* row_v = grad_means + ((n * frames + t) * 2) * processed + k * half + c;
+          row_v[0] += residual;               // mean(v)
+          row_v[processed] -= residual;       // mean(g_k v)
+          if (source >= 0 && source < frames) {
+            grad_means[((n * frames + source) * 2 + 1) * processed + k * half + c] += shifted;
+          }
+        }
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fusion_weights_backward(const at::Tensor& grad_weights,
+                                                                      const at::Tensor& weights,
+                                                                      const at::Tensor& means,
+                                                                      const at::Tensor& weight,
+                                                                      int64_t num_segments) {
+  TORCH_CHECK(means.dim() == 3 && means.size(1) == 2,
+              "GSF fusion_weights_backward: means must be (N*T, 2, P), got ", means.sizes());
+  check_floats(means, means.numel(), "means");
+  const Shape s = shape_of(means.size(0), means.size(2), 0, num_segments);
+  check_floats(grad_weights, s.frame_count() * 2 * s.half, "grad_weights (N*T, 2, P/2)");
+  check_floats(weights, s.frame_count() * 2 * s.half, "weights (N, T, 2, P/2)");
+  check_floats(weight, 36, "weight (2, 2, 3, 3)");
+  at::Tensor grad_means = at::empty(means.sizes(), means.options());
+  at::Tensor grad_weight = at::empty({2, 2, 3, 3}, means.options());
+  at::Tensor grad_bias = at::empty({2}, means.options());
+  fusion_weights_backward_kernel(grad_weights.data_ptr<float>(), weights.data_ptr<float>(), means.data_ptr<float>(),
+                                 weight.data_ptr<float>(), grad_means.data_ptr<float>(), grad_weight.data_ptr<float>(),
+                                 grad_bias.data_ptr<float>(), s);
+  return {grad_means, grad_weight, grad_bias};
+}
+
+// gate_gradient: the gradient of the gate's pre-activation z (N*T, 2, H*W), written over
+// grad_gate (the blend's gradient of the gate g = tanh(z)): (grad_gate + the fusion means'
+// sum over group k's channels of grad_means[1] * v / (H*W)) * (1 - g^2) (twin: the bmm of
+// _fusion_weights_backward and the tanh's derivative).
+
+template <typename T>
+void gate_gradient_kernel(float* grad_gate, const at::Tensor& v_, const float* gate, const float* grad_means,
+                          const Shape& s) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t pixels = s.pixels, half = s.half, processed = 2 * half;
+  const float inverse_pixels = 1.0f / static_cast<float>(pixels);
+  if (v.pixel == 1) {
+    at::parallel_for(0, s.frame_count() * 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t frame = index / 2, k = index % 2;
+        float* grad = grad_gate + index * pixels;
+        const float* g = gate + index * pixels;
+        const float* coefficients = grad_means + (frame * 2 + 1) * processed + k * half;
+        for (int64_t c = 0; c < half; ++c) {
+          const float a = coefficients[c] * inverse_pixels;
+          const T* x = v.at(frame, k * half + c);
+#pragma omp simd
+          for (int64_t p = 0; p < pixels; ++p) grad[p] += a * load(x[p]);
+        }
+#pragma omp simd
+        for (int64_t p = 0; p < pixels; ++p) grad[p] *= 1.0f - g[p] * g[p];
+      }
+    });
+    return;
+  }
+  TORCH_CHECK(v.channel == 1, "GSF gate_gradient: expected contiguous pixels or contiguous channels");
+  at::parallel_for(0, s.frame_count(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> coefficients(processed);
+    for (int64_t frame = begin; frame < end; ++frame) {
+      for (int64_t c = 0; c < processed; ++c) {
+        coefficients[c] = grad_means[(frame * 2 + 1) * processed + c] * inverse_pixels;
+      }
+      for (int64_t p = 0; p < pixels; ++p) {
+        const T* x = v.at(frame, 0) + p * v.pixel;
+        for (int64_t k = 0; k < 2; ++k) {
+          float total = 0.0f;
+          const float* a = coefficients.data() + k * half;
+          const T* xk = x + k * half;
+#pragma omp simd reduction(+ : total)
+          for (int64_t c = 0; c < half; ++c) total += a[c] * load(xk[c]);
+          const int64_t at = (frame * 2 + k) * pixels + p;
+          grad_gate[at] = (grad_gate[at] + total) * (1.0f - gate[at] * gate[at]);
+        }
+      }
+    }
+  });
+}
+
+void gate_gradient(at::Tensor grad_gate, const at::Tensor& v, const at::Tensor& gate, const at::Tensor& grad_means,
+                   int64_t num_segments) {
+  const Shape s = shape_of(v, num_segments);
+  check_floats(grad_gate, s.frame_count() * 2 * s.pixels, "grad_gate (N*T, 2, H, W)");
+  check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
+  check_floats(grad_means, s.frame_count() * 2 * 2 * s.half, "grad_means (N*T, 2, P)");
+  dispatch(v, [&](auto t) {
+    gate_gradient_kernel<decltype(t)>(grad_gate.data_ptr<float>(), v, gate.data_ptr<float>(),
+                                      grad_means.data_ptr<float>(), s);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // input_gradient: the gradient of GSF's input's first P channels, written into out (any layout
 // with one pixel stride): the blend's grad_v, the batch norm's backward of grad_normed
 // (contiguous NCHW), coef * (grad_normed - centre - xhat * slope), and the fusion means'
-// (grad_means[0] + grad_means[1 + k] * g_k) / (H*W) (twin: autograd's sum of the three).
+// (grad_means[0] + grad_means[1] * g_k) / (H*W), grad_means (N*T, 2, P) the gradient of gate's
+// means (twin: autograd's sum of the three).
 
 template <typename T>
 void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at::Tensor& grad_v_,
@@ -1156,8 +1310,8 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
         float* per_xhat = per_gate + processed;
         for (int64_t c = 0; c < processed; ++c) {
           const int64_t k = c / s.half;
-          constant[c] = -coef[c] * centre[c] + grad_means[frame * 3 * processed + c] * inverse_pixels;
-          per_gate[c] = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
+          constant[c] = -coef[c] * centre[c] + grad_means[frame * 2 * processed + c] * inverse_pixels;
+          per_gate[c] = grad_means[(frame * 2 + 1) * processed + c] * inverse_pixels;
           per_xhat[c] = coef[c] * slope[c] * invstd[c];
         }
         for (int64_t p = 0; p < pixels; ++p) {
@@ -1193,8 +1347,8 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
       T* dst = out.at(frame, c);
       const float* g = gate + (frame * 2 + k) * pixels;
       const float a = coef[c], m = mean[c], is = invstd[c];
-      const float constant = -a * centre[c] + grad_means[frame * 3 * processed + c] * inverse_pixels;
-      const float per_gate = grad_means[(frame * 3 + 1 + k) * processed + c] * inverse_pixels;
+      const float constant = -a * centre[c] + grad_means[frame * 2 * processed + c] * inverse_pixels;
+      const float per_gate = grad_means[(frame * 2 + 1) * processed + c] * inverse_pixels;
       const float per_xhat = a * slope[c] * is;
 #pragma omp simd
       for (int64_t p = 0; p < pixels; ++p) {
@@ -1213,7 +1367,7 @@ void input_gradient(const at::Tensor& v, const at::Tensor& grad_normed, const at
   check_map(grad_normed, v, "grad_normed");
   check_map(grad_v, v, "grad_v");
   check_map(out, v, "out");
-  check_floats(grad_means, s.frame_count() * 3 * 2 * s.half, "grad_means (N*T, 3, P)");
+  check_floats(grad_means, s.frame_count() * 2 * 2 * s.half, "grad_means (N*T, 2, P)");
   check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
   for (const auto* t : {&coef, &centre, &slope, &mean, &invstd}) check_floats(*t, v.size(1), "statistics");
   dispatch(v, [&](auto t) {
@@ -1287,6 +1441,9 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("gate(Tensor v, Tensor scale, Tensor shift, Tensor weight, Tensor bias, int num_segments, Tensor(a!)? means=None) -> Tensor");
   m.def("gate_backward(Tensor grad_z, int num_segments, int height, int width, ScalarType dtype) -> Tensor");
   m.def("fusion_weights(Tensor means, Tensor weight, Tensor bias, int num_segments) -> Tensor");
+  m.def("fusion_weights_backward(Tensor grad_weights, Tensor weights, Tensor means, Tensor weight, int num_segments)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("gate_gradient(Tensor(a!) grad_gate, Tensor v, Tensor gate, Tensor grad_means, int num_segments) -> ()");
   m.def("input_gradient(Tensor v, Tensor grad_normed, Tensor grad_v, Tensor grad_means, Tensor gate, Tensor coef,"
         " Tensor centre, Tensor slope, Tensor mean, Tensor invstd, Tensor(a!) out) -> ()");
   m.def("infer(Tensor(a!) x, Tensor(b!) out, int processed, int num_segments, Tensor mean, Tensor var, float eps,"
@@ -1304,6 +1461,8 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("gate", &gate);
   m.impl("gate_backward", &gate_backward);
   m.impl("fusion_weights", &fusion_weights);
+  m.impl("fusion_weights_backward", &fusion_weights_backward);
+  m.impl("gate_gradient", &gate_gradient);
   m.impl("input_gradient", &input_gradient);
   m.impl("infer", &infer);
 }
