@@ -29,6 +29,19 @@
 #define GSF_TILES 1
 #endif
 
+// The float lanes of the widest vector of the build's instruction set. Loops over pixels or
+// channels say so (simdlen): left to choose, GCC vectorises a bfloat16 loop (its values as
+// uint16_t) over 64 bytes of input, 32 values, and a loop of fewer, such as a row of a 10 x 10
+// map, then ran one value at a time (the gate on ResNet-50's last stages took 1.5x its float32
+// time).
+#if defined(__AVX512F__)
+#define GSF_LANES 16
+#elif defined(__AVX__)
+#define GSF_LANES 8
+#else
+#define GSF_LANES 4
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -164,7 +177,7 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
         const float has_neighbour = neighbour < 0 ? 0.0f : 1.0f;
         const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half + c);
         const float* g_n = gate_of(neighbour < 0 ? frame : neighbour, k);
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t p = 0; p < pixels; ++p) {
           const float x = load(src[p]);
           dst[p] = store<T>((1.0f - w) * (x - g[p] * x) + w * has_neighbour * (g_n[p] * load(src_n[p])));
@@ -188,7 +201,7 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
         const float g_n = neighbour < 0 ? 0.0f : gate_of(neighbour, k)[p];
         const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half) + p * v.pixel;
         const int64_t q = s.quarter;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t i = 0; i < q; ++i) {  // source channels i and Q + i go to 2i and 2i + 1
           const float x0 = load(src[i]), x1 = load(src[q + i]);
           dst[2 * i] = store<T>((1.0f - w[i]) * (x0 - g * x0) + w[i] * (g_n * load(src_n[i])));
@@ -253,17 +266,17 @@ void blend_in_place_kernel(const at::Tensor& v_, const float* gate, const float*
           const float* x = current.data() + c * pixels;
           T* out = v.at(frame, s.out_channel(k, c));
           if (neighbour < 0) {
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t p = 0; p < pixels; ++p) out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]));
           } else if (k == 0) {  // the next frame, still v's own
             const T* x_n = v.at(neighbour, k * half + c);
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t p = 0; p < pixels; ++p) {
               out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]) + w * (g_n[p] * load(x_n[p])));
             }
           } else {  // the previous frame, overwritten: its copy
             const float* x_n = previous.data() + c * pixels;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t p = 0; p < pixels; ++p) {
               out[p] = store<T>((1.0f - w) * (x[p] - g[p] * x[p]) + w * (g_n[p] * x_n[p]));
             }
@@ -304,7 +317,7 @@ void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate
         for (int64_t p = first; p < last; ++p) {
           const T* src = v.at(clip * s.frames + t, 0) + p * v.pixel;
           float* dst = copy_of(t, p);
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
           for (int64_t c = 0; c < processed; ++c) dst[c] = load(src[c]);
         }
       }
@@ -319,7 +332,7 @@ void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate
             const float* x_n = (neighbour < 0 ? x : copy_of(neighbour - clip * s.frames, p) + k * half);
             const float* w = weights + (frame * 2 + k) * half;
             T* dst = v.at(frame, k * half) + p * v.pixel;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t i = 0; i < q; ++i) {  // source channels i and Q + i go to 2i and 2i + 1
               dst[2 * i] = store<T>((1.0f - w[i]) * (x[i] - g * x[i]) + w[i] * (g_n * x_n[i]));
               dst[2 * i + 1] =
@@ -388,7 +401,7 @@ void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, co
           const T* grad_f_t = grad_out.at(target_frame, out_channel);
           T* grad_x = grad_v.at(frame, channel);
           float grad_w = 0.0f;
-#pragma omp simd reduction(+ : grad_w)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : grad_w)
           for (int64_t p = 0; p < pixels; ++p) {
             const float xp = load(x[p]), gf = load(grad_f[p]);
             const float residual = xp - g[p] * xp, shifted = has_source * g_s[p] * load(x_s[p]);
@@ -414,7 +427,7 @@ void blend_backward_kernel(const at::Tensor& grad_out_, const at::Tensor& v_, co
         const int64_t q = s.quarter;
         // source channels i and Q + i came from output channels 2i and 2i + 1: both in one
         // iteration, so that the loop vectorises (pairs of interleaved loads) with one reduction
-#pragma omp simd reduction(+ : grad_gp)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : grad_gp)
         for (int64_t i = 0; i < q; ++i) {
           const float x0 = load(x[i]), x1 = load(x[q + i]);
           const float gf0 = load(grad_f[2 * i]), gf1 = load(grad_f[2 * i + 1]);
@@ -562,7 +575,7 @@ void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shi
         const T* src = v.at(index / channels, c);
         T* dst = out + index * pixels;
         const float a = scale[c], b = shift[c];
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t p = 0; p < pixels; ++p) dst[p] = store<T>(std::max(load(src[p]) * a + b, 0.0f));
       }
     });
@@ -582,7 +595,7 @@ void norm_relu_kernel(const at::Tensor& v_, const float* scale, const float* shi
       for (int64_t c = 0; c < channels; ++c) {
         const float* src = rows.data() + c * block;
         T* dst = out + (frame * channels + c) * pixels + first;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t p = 0; p < count; ++p) dst[p] = store<T>(src[p]);
       }
     }
@@ -629,7 +642,7 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
             const float* x = rows.data() + c * block;
             T* g = grad + (frame * channels + c) * pixels + first;
             float total = 0.0f, total_xhat = 0.0f;
-#pragma omp simd reduction(+ : total, total_xhat)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : total, total_xhat)
             for (int64_t p = 0; p < count; ++p) {
               const float xp = x[p], gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
               g[p] = store<T>(gp);
@@ -660,7 +673,7 @@ void norm_relu_backward_kernel(T* grad, const at::Tensor& v_, const float* scale
       for (int64_t frame = 0; frame < frames; ++frame) {
         const T* x = v.at(frame, c);
         T* g = grad + (frame * channels + c) * pixels;
-#pragma omp simd reduction(+ : total, total_xhat)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : total, total_xhat)
         for (int64_t p = 0; p < pixels; ++p) {
           const float xp = load(x[p]), gp = xp * a + b > 0.0f ? load(g[p]) : 0.0f;
           g[p] = store<T>(gp);
@@ -713,12 +726,11 @@ std::tuple<at::Tensor, at::Tensor> norm_relu_backward(at::Tensor grad, const at:
 // kBlock vectors at a time: 3 * kBlock accumulators, a loaded vector and 3 weights fit the
 // 32 vector registers of AVX-512 with 6, the 16 of AVX2 / SSE2 with 4 (6 measured 1.4x slower
 // with AVX2, spilling; with AVX-512 6 ran ~5 % faster than 4).
+constexpr int64_t kLanes = GSF_LANES;
 #if defined(__AVX512F__)
-constexpr int64_t kLanes = 16, kBlock = 6;
-#elif defined(__AVX__)
-constexpr int64_t kLanes = 8, kBlock = 4;
+constexpr int64_t kBlock = 6;
 #else
-constexpr int64_t kLanes = 4, kBlock = 4;
+constexpr int64_t kBlock = 4;
 #endif
 typedef float Vector __attribute__((vector_size(kLanes * sizeof(float))));
 
@@ -790,7 +802,7 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
         const int64_t count = std::min(vector_width, pixels - y * width);
         const T* from = src + y * width;
         float* to = dst + y * row;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t x = 0; x < count; ++x) to[x] = std::max(load(from[x]) * a + b, 0.0f);
       }
       for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0.0f;
@@ -911,17 +923,17 @@ inline float vector_tanh(float x) {
 template <typename T>
 void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, int64_t pixels, float bias,
                 const float* previous, const float* centre, const float* next, float* g, float* means) {
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
   for (int64_t p = 0; p < pixels; ++p) g[p] = bias + centre[p];
   if (previous) {
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
     for (int64_t p = 0; p < pixels; ++p) g[p] += previous[p];
   }
   if (next) {
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
     for (int64_t p = 0; p < pixels; ++p) g[p] += next[p];
   }
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
   for (int64_t p = 0; p < pixels; ++p) g[p] = vector_tanh(g[p]);
   if (!means) return;
   float* mean_v = means + frame * 4 * half + k * half;  // row 0 of (frame, 2, P)
@@ -931,7 +943,7 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
     for (int64_t c = 0; c < half; ++c) {
       const T* x = v.at(frame, k * half + c);
       float total = 0.0f, gated = 0.0f;
-#pragma omp simd reduction(+ : total, gated)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : total, gated)
       for (int64_t p = 0; p < pixels; ++p) {
         const float value = load(x[p]);
         total += value;
@@ -947,7 +959,7 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
   for (int64_t p = 0; p < pixels; ++p) {
     const T* x = v.at(frame, k * half) + p * v.pixel;
     const float gp = g[p];
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
     for (int64_t c = 0; c < half; ++c) {
       const float value = load(x[c]);
       mean_v[c] += value;
@@ -1025,7 +1037,7 @@ void gate_backward_kernel(const float* grad_z, T* grad_products, const Shape& s,
             const int64_t x0 = std::max<int64_t>(-dx, 0), x1 = width - std::max<int64_t>(dx, 0);
             if (x0 > 0) row[0] = store<T>(0.0f);
             if (x1 < width) row[width - 1] = store<T>(0.0f);
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t x = x0; x < x1; ++x) row[x] = store<T>(source[x]);
           }
         }
@@ -1236,10 +1248,10 @@ void gate_gradient_kernel(float* grad_gate, const at::Tensor& v_, const float* g
         for (int64_t c = 0; c < half; ++c) {
           const float a = coefficients[c] * inverse_pixels;
           const T* x = v.at(frame, k * half + c);
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
           for (int64_t p = 0; p < pixels; ++p) grad[p] += a * load(x[p]);
         }
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
         for (int64_t p = 0; p < pixels; ++p) grad[p] *= 1.0f - g[p] * g[p];
       }
     });
@@ -1258,7 +1270,7 @@ void gate_gradient_kernel(float* grad_gate, const at::Tensor& v_, const float* g
           float total = 0.0f;
           const float* a = coefficients.data() + k * half;
           const T* xk = x + k * half;
-#pragma omp simd reduction(+ : total)
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : total)
           for (int64_t c = 0; c < half; ++c) total += a[c] * load(xk[c]);
           const int64_t at = (frame * 2 + k) * pixels + p;
           grad_gate[at] = (grad_gate[at] + total) * (1.0f - gate[at] * gate[at]);
@@ -1325,7 +1337,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
           T* dst = out.at(frame, 0) + p * out.pixel;
           for (int64_t k = 0; k < 2; ++k) {
             const float g = gate[(frame * 2 + k) * pixels + p];
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
             for (int64_t c = k * s.half; c < (k + 1) * s.half; ++c) {
               dst[c] = store<T>(load(gv[c]) + coef[c] * gn[c] - per_xhat[c] * (load(x[c]) - mean[c]) +
                                 constant[c] + per_gate[c] * g);
@@ -1350,7 +1362,7 @@ void input_gradient_kernel(const at::Tensor& v_, const T* grad_normed, const at:
       const float constant = -a * centre[c] + grad_means[frame * 2 * processed + c] * inverse_pixels;
       const float per_gate = grad_means[(frame * 2 + 1) * processed + c] * inverse_pixels;
       const float per_xhat = a * slope[c] * is;
-#pragma omp simd
+#pragma omp simd simdlen(GSF_LANES)
       for (int64_t p = 0; p < pixels; ++p) {
         dst[p] = store<T>(load(gv[p]) + a * load(gn[p]) - per_xhat * (load(x[p]) - m) + constant + per_gate * g[p]);
       }
