@@ -151,9 +151,9 @@ def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means:
     from lightning_gsf import gsf
 
     with torch.autocast("cpu", enabled=False):
-        grads = gsf._kernel_backward(gsf._CppKernels(_ops()), grad_out, grad_out, v, gate, weights, mean, invstd,
-                                     bn_weight, bn_bias, conv_weight, fusion_weight, (means,), num_segments,
-                                     batch_statistics, _channels_last(v))
+        grads = gsf._CppKernels(_ops()).backward(grad_out, grad_out, v, gate, weights, mean, invstd, bn_weight,
+                                                 bn_bias, conv_weight, fusion_weight, (means,), num_segments,
+                                                 batch_statistics, _channels_last(v))
     return tuple(grad.contiguous() for grad in grads)
 
 

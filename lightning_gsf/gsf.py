@@ -511,6 +511,18 @@ class _CppKernels:
                                 centre.contiguous(), slope.contiguous(), mean.contiguous(), invstd.contiguous(),
                                 grad_x)
 
+    def backward(self, grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
+                 weights: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                 bn_bias: torch.Tensor, conv_weight: torch.Tensor, fusion_weight: torch.Tensor, fusion_saved: tuple,
+                 num_segments: int, batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
+        """:func:`_kernel_backward` in one C++ call (the C++ ``backward``, which runs the
+        kernels above in turn): the fixed cost of some forty small operations per GSF and step
+        saved (most of it in bf16, where the network's own layers take half the time)."""
+        (means,) = fusion_saved
+        return tuple(self.ops.backward(grad_out, grad_x, v, gate, weights, means, mean.contiguous(),
+                                       invstd.contiguous(), bn_weight, bn_bias, conv_weight, fusion_weight,
+                                       num_segments, batch_statistics))
+
 
 def _torch_fusion_weights(v: torch.Tensor, gate: torch.Tensor, fusion_weight: torch.Tensor,
                           fusion_bias: torch.Tensor, num_segments: int,
@@ -611,8 +623,8 @@ class _KernelGSF(torch.autograd.Function):
             grad_x = grad_out  # its last C - P channels are already the input's gradient
         else:
             grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
-        grads = _kernel_backward(ctx.kernels, grad_out, grad_x, *saved[:9], tuple(saved[9:]), ctx.num_segments,
-                                 ctx.batch_statistics, ctx.channels_last)
+        grads = ctx.kernels.backward(grad_out, grad_x, *saved[:9], tuple(saved[9:]), ctx.num_segments,
+                                     ctx.batch_statistics, ctx.channels_last)
         return grad_x, None, None, None, None, None, None, None, *grads
 
 
@@ -621,10 +633,11 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
                      bn_bias: torch.Tensor, conv_weight: torch.Tensor, fusion_weight: torch.Tensor,
                      fusion_saved: tuple, num_segments: int, batch_statistics: bool,
                      channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """The backward of :func:`_kernel_forward` (given what it saved): the input's gradient
-    written into ``grad_x[:, :P]`` (whose other channels the caller has filled), and the
-    parameters' ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias)``
-    gradients returned. The blend's adjoint, the fusion weights' and the gate's tanh, then back
+    """The backward of :func:`_kernel_forward` (given what it saved), step by step through a
+    kernel set's kernels (each set's ``backward``: Triton's runs this, the C++ set the same
+    steps in one C++ call): the input's gradient written into ``grad_x[:, :P]`` (whose other
+    channels the caller has filled), and the parameters' ``(bn_weight, bn_bias, conv_weight,
+    conv_bias, fusion_weight, fusion_bias)`` gradients returned. The blend's adjoint, the fusion weights' and the gate's tanh, then back
     through the gate conv, the ReLU and the batch norm, all summed in one last kernel."""
     t = num_segments
     nt, p, h, w = v.shape

@@ -29,6 +29,8 @@ the import), which is how the CPU test suite checks them.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
@@ -190,6 +192,18 @@ def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torc
 
     return gsf._torch_fusion_backward(grad_weights, grad_gate, v, gate, saved, fusion_weight, num_segments,
                                       channels_last)
+
+
+def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
+             mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
+             conv_weight: torch.Tensor, fusion_weight: torch.Tensor, fusion_saved: tuple, num_segments: int,
+             batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """GSF's training backward with these kernels, step by step (``gsf._kernel_backward``)."""
+    from lightning_gsf import gsf
+
+    return gsf._kernel_backward(sys.modules[__name__], grad_out, grad_x, v, gate, weights, mean, invstd, bn_weight,
+                                bn_bias, conv_weight, fusion_weight, fusion_saved, num_segments, batch_statistics,
+                                channels_last)
 
 
 @triton.jit

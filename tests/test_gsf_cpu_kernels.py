@@ -9,6 +9,7 @@ kernels are built here (the suite fails, not skips, where they cannot be).
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import subprocess
@@ -358,6 +359,43 @@ def test_gate_gradient_adds_the_means_gradient_through_tanh(kernels, size, chann
     expected = (grad_gate.double() + from_means) * (1 - gate.double() ** 2)
     kernels.gate_gradient(grad_gate, v, gate, grad_means, 3)
     torch.testing.assert_close(grad_gate.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad_layout", ["dense", "other_layout", "expanded"])
+@pytest.mark.parametrize("batch_statistics", [True, False], ids=["batch_stats", "running_stats"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_backward_in_one_call_equals_the_steps(kernels, channels_last, dtype, batch_statistics, grad_layout):
+    """The C++ ``backward`` (what training runs) against ``_kernel_backward`` calling the same
+    kernels one by one: every gradient bit for bit, for an output gradient in the input's
+    layout, in the other one, and expanded (as ``out.sum()`` gives it)."""
+    module = make_gsf(24, 3, 0.5, seed=7)
+    x = make_input(2, 3, 24, 5, seed=7).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p = module.processed
+    mean, var = gsf_module._batch_statistics(x[:, :p])
+    invstd = torch.rsqrt(var + module.bn.eps)
+    weight, bias = module._fusion_parameters()
+    parameters = [t.detach() for t in (module.bn.weight, module.bn.bias, module.conv3D.weight, module.conv3D.bias,
+                                       weight, bias)]
+    cpp = gsf_module._CppKernels(kernels)
+    _, v, gate, weights, saved = gsf_module._kernel_forward(cpp, x, mean, invstd, p, 3, False, True, *parameters)
+    if grad_layout == "expanded":
+        grad_out = torch.ones((), dtype=dtype).expand(x.shape)
+    else:
+        grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(8)).to(dtype)
+        if channels_last == (grad_layout == "dense"):
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    results = []
+    for backward in (cpp.backward, functools.partial(gsf_module._kernel_backward, cpp)):
+        grad_x = torch.zeros_like(x)
+        grads = backward(grad_out, grad_x, v, gate, weights, mean, invstd, *parameters[:3], parameters[4], saved, 3,
+                         batch_statistics, channels_last)
+        results.append((grad_x, *grads))
+    for one_call, steps in zip(*results):
+        assert one_call.dtype == steps.dtype and one_call.shape == steps.shape
+        torch.testing.assert_close(one_call, steps, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])

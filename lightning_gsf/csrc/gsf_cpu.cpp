@@ -22,6 +22,8 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -1430,6 +1432,70 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
   }
 }
 
+// backward: GSF's training backward through the kernels above, in one call (twin: the kernel
+// set methods that _kernel_backward calls in turn): the blend's adjoint, the fusion weights'
+// and the tanh's, the gate conv's two gradients as batched matmuls over the 27 products per
+// pixel (relu(bn(v)) recomputed for them), the ReLU and batch-norm sums, then the input's
+// gradient written into grad_x's first P channels (whose others the caller has filled). v is
+// the forward's copy of the processed channels, gate (N*T, 2, H*W), weights (N, T, 2, P/2) and
+// means (N*T, 2, P) float32 as the forward left them; mean and invstd the batch norm's float32
+// statistics. Returns the gradients of bn_weight, bn_bias, conv_weight, conv_bias,
+// fusion_weight (2, 2, 3, 3) and fusion_bias (2,), in their dtypes.
+
+std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, const at::Tensor& v,
+                                 const at::Tensor& gate, const at::Tensor& weights, const at::Tensor& means,
+                                 const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& bn_weight,
+                                 const at::Tensor& bn_bias, const at::Tensor& conv_weight,
+                                 const at::Tensor& fusion_weight, int64_t num_segments, bool batch_statistics) {
+  check_dtype(v);
+  const int64_t frames = v.size(0), processed = v.size(1), height = v.size(2), width = v.size(3);
+  const int64_t half = processed / 2, pixels = height * width;
+  auto uniform = [](const at::Tensor& t) { return t.size(2) == 1 || t.stride(2) == t.size(3) * t.stride(3); };
+  at::Tensor grad = grad_out.narrow(1, 0, processed);
+  const bool same_layout = (grad.stride(3) == 1 && v.stride(3) == 1) || (grad.stride(1) == 1 && v.stride(1) == 1);
+  if (!uniform(grad) || !same_layout) {  // e.g. an NCHW gradient for channels-last v, or an expanded one
+    grad = at::empty_like(v).copy_(grad);
+  }
+  auto [grad_v, grad_gate, grad_weights] = blend_backward(grad, v, gate, weights, num_segments);
+  auto [grad_means, grad_fusion_weight, grad_fusion_bias] =
+      fusion_weights_backward(grad_weights, weights, means, fusion_weight.to(at::kFloat).contiguous(), num_segments);
+  gate_gradient(grad_gate, v, gate, grad_means, num_segments);
+  const at::Tensor& grad_z = grad_gate;  // through the fusion means and tanh
+
+  // the gate conv: the 27 products' gradient, then weight = sum over frames and pixels of
+  // products' gradient x relu(bn(v)), and relu(bn(v))'s gradient = weight^T x products' gradient
+  const at::Tensor coef = bn_weight.to(at::kFloat).mul(invstd).contiguous();
+  const at::Tensor shift = bn_bias.to(at::kFloat).sub(mean.mul(coef)).contiguous();
+  const at::Tensor grad_products = gate_backward(grad_z, num_segments, height, width, v.scalar_type())
+                                       .view({frames, 2, 27, pixels});
+  at::Tensor activated = at::empty(v.sizes(), v.options().memory_format(at::MemoryFormat::Contiguous));
+  norm_relu(v, coef, shift, activated);
+  const at::Tensor groups = activated.view({frames, 2, half, pixels});
+  const at::Tensor grad_taps_weight = at::matmul(grad_products, groups.transpose(-1, -2)).sum(0);  // (2, 27, P/2)
+  const at::Tensor grad_conv_weight =
+      grad_taps_weight.view({2, 3, 3, 3, half}).permute({0, 4, 1, 2, 3}).flip({3, 4}).to(conv_weight.scalar_type());
+  const at::Tensor taps_weight =
+      conv_weight.flip({3, 4}).permute({0, 2, 3, 4, 1}).reshape({2, 27, half}).to(v.scalar_type());
+  at::Tensor grad_groups = activated.view({frames, 2, half, pixels});
+  at::matmul_out(grad_groups, taps_weight.transpose(-1, -2), grad_products);
+  const at::Tensor& grad_normed = activated;  // (N*T, P, H, W), overwritten by the ReLU's mask
+  auto [sum_grad, sum_grad_xhat] = norm_relu_backward(grad_normed, v, coef, shift, mean, invstd);
+
+  at::Tensor centre, slope;
+  if (batch_statistics) {  // the statistics' own gradient, over N*T*H*W values per channel
+    centre = sum_grad.div(static_cast<double>(frames * pixels));
+    slope = sum_grad_xhat.div(static_cast<double>(frames * pixels));
+  } else {
+    centre = at::zeros({processed}, coef.options());
+    slope = at::zeros({processed}, coef.options());
+  }
+  input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd,
+                 grad_x.narrow(1, 0, processed));
+  return {sum_grad_xhat.to(bn_weight.scalar_type()), sum_grad.to(bn_bias.scalar_type()),
+          grad_conv_weight.contiguous(), grad_z.view({frames, 2, pixels}).sum({0, 2}).to(conv_weight.scalar_type()),
+          grad_fusion_weight.to(fusion_weight.scalar_type()), grad_fusion_bias.to(fusion_weight.scalar_type())};
+}
+
 // parallel_threads: how many threads one of the kernels' parallel loops over `work` items runs
 // on (one where the build lacks OpenMP, whatever torch.get_num_threads() says).
 int64_t parallel_threads(int64_t work) {
@@ -1461,6 +1527,9 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("infer(Tensor(a!) x, Tensor(b!) out, int processed, int num_segments, Tensor mean, Tensor var, float eps,"
         " Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor conv_bias, Tensor fusion_weight_1,"
         " Tensor fusion_weight_2, Tensor fusion_bias_1, Tensor fusion_bias_2) -> ()");
+  m.def("backward(Tensor grad_out, Tensor(a!) grad_x, Tensor v, Tensor gate, Tensor weights, Tensor means, Tensor mean,"
+        " Tensor invstd, Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor fusion_weight, int num_segments,"
+        " bool batch_statistics) -> Tensor[]");
   m.def("parallel_threads(int work) -> int");
 }
 
@@ -1477,6 +1546,7 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("gate_gradient", &gate_gradient);
   m.impl("input_gradient", &input_gradient);
   m.impl("infer", &infer);
+  m.impl("backward", &backward);
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
