@@ -208,7 +208,7 @@ class GSF(nn.Module):
         v = x[:, :p]
         channels_last = _is_channels_last(x)
         if self._check_batch_statistics(x):
-            mean, var = _batch_statistics(v)
+            mean, var = _batch_statistics(v) if cpu_ops is None else cpu_ops.channel_moments(v)
             self._update_running_statistics(mean, var, count=v.numel() // p)
         else:
             mean, var = self.bn.running_mean, self.bn.running_var
@@ -440,10 +440,10 @@ class _CppKernels:
     def __init__(self, ops: Any) -> None:
         self.ops = ops
 
-    @staticmethod
-    @torch.no_grad()  # as a kernel: _KernelGSF differentiates through the statistics itself
-    def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _batch_statistics(v)
+    def channel_moments(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch norm's per-channel mean and biased variance, float32 (two passes over
+        ``v``, no temporaries; not differentiated: _KernelGSF adds their gradient itself)."""
+        return self.ops.channel_moments(v.detach())
 
     def _activated(self, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         activated = torch.empty(v.shape, dtype=v.dtype, device=v.device)  # NCHW, for the matmuls

@@ -303,6 +303,35 @@ def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channe
     torch.testing.assert_close(actual, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("offset", [0.0, 300.0], ids=["centred", "mean_300_std_0.01"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (21, 20)])
+def test_channel_moments_equal_float64(kernels, size, channels_last, dtype, offset):
+    """The batch statistics of a channel slice, against float64 (two passes: the variance of
+    values far from zero does not cancel), the same on 1 and 3 threads."""
+    generator = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 20, *size, generator=generator) * (0.01 if offset else 1.0) + offset
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    v = x[:, :12]
+    previous_threads = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            results.append(kernels.channel_moments(v))
+    finally:
+        torch.set_num_threads(previous_threads)
+    (mean, var), (mean_3, var_3) = results
+    torch.testing.assert_close(mean_3, mean, rtol=0, atol=0)
+    torch.testing.assert_close(var_3, var, rtol=0, atol=0)
+    expected_var = v.double().var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), v.double().mean(dim=(0, 2, 3)), rtol=3e-7, atol=1e-6)  # float32 rounding
+    torch.testing.assert_close(var.double(), expected_var, rtol=1e-5, atol=1e-8)
+
+
 def fusion_weights_from_means(means, weight, bias, num_segments):
     """The fusion weights ``(N, T, 2, P/2)`` from the gate op's means ``(NT, [v, g_k v], P)``
     in plain differentiable ops: each group's descriptors (the shifted map's mean from the

@@ -563,6 +563,94 @@ void channels_last_of_rows(const T* src, int64_t stride, int64_t channels, int64
 }
 
 // ---------------------------------------------------------------------------------------------
+// channel_moments: the batch norm's statistics of v (N*T, P, H, W), per channel the mean and
+// the biased variance, float32, in two passes (the second over v - mean, which does not
+// cancel): float sums over a frame's pixels, added across frames in double, each channel's in
+// a fixed order whatever the thread count (twin: _batch_statistics).
+
+template <typename T>
+void channel_moments_kernel(const at::Tensor& v_, float* mean, float* var) {
+  const Map<const T> v = map_of<const T>(v_, "v");
+  const int64_t frames = v_.size(0), channels = v_.size(1), pixels = v_.size(2) * v_.size(3);
+  const double count = static_cast<double>(frames * pixels);
+  if (v.pixel == 1) {
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        double total = 0.0;
+        for (int64_t frame = 0; frame < frames; ++frame) {
+          const T* x = v.at(frame, c);
+          float partial = 0.0f;
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : partial)
+          for (int64_t p = 0; p < pixels; ++p) partial += load(x[p]);
+          total += partial;
+        }
+        const float m = static_cast<float>(total / count);
+        double squares = 0.0;
+        for (int64_t frame = 0; frame < frames; ++frame) {
+          const T* x = v.at(frame, c);
+          float partial = 0.0f;
+#pragma omp simd simdlen(GSF_LANES) reduction(+ : partial)
+          for (int64_t p = 0; p < pixels; ++p) {
+            const float d = load(x[p]) - m;
+            partial += d * d;
+          }
+          squares += partial;
+        }
+        mean[c] = m;
+        var[c] = static_cast<float>(squares / count);
+      }
+    });
+    return;
+  }
+  // Channels innermost: per-frame sums (channels in a vector loop), added in frame order.
+  std::vector<float> partial(frames * channels);
+  auto frame_sums = [&](const float* centre) {
+    at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t frame = begin; frame < end; ++frame) {
+        float* sums = partial.data() + frame * channels;
+        std::fill(sums, sums + channels, 0.0f);
+        for (int64_t p = 0; p < pixels; ++p) {
+          const T* x = v.at(frame, 0) + p * v.pixel;
+          if (centre) {
+#pragma omp simd simdlen(GSF_LANES)
+            for (int64_t c = 0; c < channels; ++c) {
+              const float d = load(x[c]) - centre[c];
+              sums[c] += d * d;
+            }
+          } else {
+#pragma omp simd simdlen(GSF_LANES)
+            for (int64_t c = 0; c < channels; ++c) sums[c] += load(x[c]);
+          }
+        }
+      }
+    });
+  };
+  auto over_frames = [&](float* out) {
+    for (int64_t c = 0; c < channels; ++c) {
+      double total = 0.0;
+      for (int64_t frame = 0; frame < frames; ++frame) total += partial[frame * channels + c];
+      out[c] = static_cast<float>(total / count);
+    }
+  };
+  frame_sums(nullptr);
+  over_frames(mean);
+  frame_sums(mean);
+  over_frames(var);
+}
+
+std::tuple<at::Tensor, at::Tensor> channel_moments(const at::Tensor& v) {
+  check_dtype(v);
+  TORCH_CHECK(v.dim() == 4 && v.size(0) * v.size(2) * v.size(3) > 0,
+              "GSF channel_moments: v must be a non-empty (N*T, P, H, W) map, got ", v.sizes());
+  TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1,
+              "GSF channel_moments: v's pixels or channels must be contiguous, got strides ", v.strides());
+  at::Tensor mean = at::empty({v.size(1)}, v.options().dtype(at::kFloat));
+  at::Tensor var = at::empty({v.size(1)}, v.options().dtype(at::kFloat));
+  dispatch(v, [&](auto t) { channel_moments_kernel<decltype(t)>(v, mean.data_ptr<float>(), var.data_ptr<float>()); });
+  return {mean, var};
+}
+
+// ---------------------------------------------------------------------------------------------
 // norm_relu: relu(v * scale + shift) per channel (the batch norm with given statistics, then the
 // ReLU), from v in any layout into a contiguous NCHW out (twin: _norm_relu).
 
@@ -1513,6 +1601,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("blend_in_place(Tensor(a!) v, Tensor gate, Tensor weights, int num_segments) -> ()");
   m.def("blend_backward(Tensor grad_out, Tensor v, Tensor gate, Tensor weights, int num_segments)"
         " -> (Tensor, Tensor, Tensor)");
+  m.def("channel_moments(Tensor v) -> (Tensor, Tensor)");
   m.def("norm_relu(Tensor v, Tensor scale, Tensor shift, Tensor(a!) out) -> ()");
   m.def("norm_relu_backward(Tensor(a!) grad, Tensor v, Tensor scale, Tensor shift, Tensor mean, Tensor invstd)"
         " -> (Tensor, Tensor)");
@@ -1537,6 +1626,7 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("blend", &blend);
   m.impl("blend_in_place", &blend_in_place);
   m.impl("blend_backward", &blend_backward);
+  m.impl("channel_moments", &channel_moments);
   m.impl("norm_relu", &norm_relu);
   m.impl("norm_relu_backward", &norm_relu_backward);
   m.impl("gate", &gate);
