@@ -47,8 +47,12 @@ def kernels_built() -> bool:
 
 def usable(x: Tensor) -> bool:
     """Whether compiled GSF should run ``x`` through these ops (traceable: the tensor checks
-    of :func:`lightning_gsf.cpu_kernels.usable`, on the compiler's stand-in for ``x``)."""
-    if x.device.type != "cpu" or x.dtype not in cpu_kernels.DTYPES or not kernels_built():
+    of :func:`lightning_gsf.cpu_kernels.usable`, on the compiler's stand-in for ``x``, and
+    the kernels' layouts: one stride over the pixels, and the pixels or the channels
+    contiguous, as NCHW and channels-last maps and their channel slices have)."""
+    if x.dim() != 4 or x.device.type != "cpu" or x.dtype not in cpu_kernels.DTYPES or not kernels_built():
+        return False  # (forward_compilable raises the shape error)
+    if not (x.size(2) == 1 or x.stride(2) == x.size(3) * x.stride(3)) or not (x.stride(3) == 1 or x.stride(1) == 1):
         return False
     return x.dtype == torch.float32 or _capability_has_vectors()
 
@@ -187,8 +191,14 @@ class GateShiftFuse(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
-        if not torch.compiler.is_compiling():
-            grad_out = grad_out.clone()
+        # The input's gradient is written over grad_out, in the layout of the forward's copy
+        # of v: a gradient in the other layout, expanded, or broadcast over frames (stride 0:
+        # every frame would write the same memory) is made dense in that layout first.
+        memory_format = torch.channels_last if _channels_last(ctx.saved_tensors[0]) else torch.contiguous_format
+        if torch.compiler.is_compiling():
+            grad_out = grad_out.contiguous(memory_format=memory_format)  # (the same tensor when it is)
+        else:
+            grad_out = grad_out.clone(memory_format=memory_format)  # another node may hold it
         grads = backward_(grad_out, *ctx.saved_tensors, ctx.num_segments, ctx.batch_statistics)
         return grad_out, None, None, *grads, None, None, None
 

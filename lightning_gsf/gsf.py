@@ -74,8 +74,8 @@ class GSF(nn.Module):
             which saves allocating a feature map and copying its ``C - P`` untouched
             channels. Safe where GSF sits, on a convolution's output that nothing else reads
             (autograd's version check raises if something saved it for backward). Ignored
-            for a leaf that requires grad, and under ``torch.compile``, which plans memory
-            itself.
+            for a leaf that requires grad, and under ``torch.compile`` where the C++ kernels
+            do not take the input (the plain-op formulation is out of place).
 
     Parameter names (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``) are those of
     the original release, so its checkpoints map onto this module one to one.
@@ -180,8 +180,8 @@ class GSF(nn.Module):
     def forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in C++ kernels (:mod:`lightning_gsf.cpu_kernels`), for CPU tensors in
         float32 or bfloat16: each pass over the processed channels is one loop, the gate conv a
-        direct convolution; inference is one C++ call. (The batch statistics, and in training
-        the spatial means, the fusion weights and the gate conv's gradients, stay in PyTorch.) Training
+        direct convolution; inference is one C++ call, and so is the training backward (the
+        gate conv's two gradients are ATen matmuls called from it). Training
         takes the same steps as :meth:`forward_triton`, inference those of
         :meth:`_forward_without_autograd`; it saves for backward what :meth:`forward_torch`
         saves. Inputs in neither NCHW nor channels-last memory go to :meth:`forward_torch`."""
@@ -595,9 +595,10 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
 
 
 class _KernelGSF(torch.autograd.Function):
-    """:func:`_kernel_forward` with its backward in the same kernel set: the blend's adjoint,
-    the fusion weights' (PyTorch, small), then back through the gate conv, the ReLU and the
-    batch norm, all summed into the input gradient in one last kernel."""
+    """:func:`_kernel_forward` with its backward in the same kernel set (the set's
+    ``backward``): the blend's adjoint, the fusion weights' (C++, or PyTorch for Triton's
+    set), then back through the gate conv, the ReLU and the batch norm, all summed into the
+    input gradient in one last kernel."""
 
     @staticmethod
     def forward(ctx, x, kernels, mean, invstd, processed, num_segments, batch_statistics, inplace, bn_weight,

@@ -9,7 +9,10 @@ the traced graph holding the ops; and inductor, which hands them channels-last m
 
 from __future__ import annotations
 
-import hashlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,7 +134,9 @@ def test_the_fake_outputs_follow_a_sliced_channels_last_map():
     assert not compiled_ops._channels_last(make_input(1, 2, 8, 1, seed=0))
 
 
-@pytest.mark.parametrize("channels, num_segments, ratio, batch, size", CASES)
+# and groups of 20 channels on a 9 x 9 map: the channels-last kernels' 8 x 8 tiles, with channels
+# left over and tiles running over into the next rows
+@pytest.mark.parametrize("channels, num_segments, ratio, batch, size", [*CASES, (40, 2, 1.0, 1, 9)])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @LAYOUTS
 def test_compiled_gsf_matches_naive_spec(channels, num_segments, ratio, batch, size, training, channels_last,
@@ -208,12 +213,69 @@ def test_other_inputs_take_the_plain_op_formulation():
     torch.testing.assert_close(out, make_gsf(8, 2, 1.0, seed=0).double().forward_reference(x))
 
 
-def test_the_namespace_changes_with_the_ops_source():
+def test_the_namespace_changes_with_the_ops_source(tmp_path):
     """Compiled graphs cached on disk name the ops; a changed definition file must not load
-    graphs traced against the old one."""
-    source = Path(compiled_ops.__file__).read_bytes()
-    assert compiled_ops.NAMESPACE == "lightning_gsf_" + hashlib.sha256(source).hexdigest()[:12]
+    graphs traced against the old one: a copy of the package with one comment added to
+    ``compiled_ops.py`` defines its ops under another namespace."""
+    package = Path(compiled_ops.__file__).parent
+    copy = tmp_path / "lightning_gsf"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "compiled_ops.py").open("a") as source:
+        source.write("# edited\n")
+    code = "from lightning_gsf import compiled_ops; print(compiled_ops.NAMESPACE)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path), "LIGHTNING_GSF_CPU_KERNELS": "0"})
+    edited = result.stdout.strip().splitlines()[-1]
+    assert edited.startswith("lightning_gsf_") and edited != compiled_ops.NAMESPACE
     assert hasattr(torch.ops, compiled_ops.NAMESPACE)
+
+
+LOSSES = {
+    "sum": lambda out: out.sum(),  # an expanded gradient
+    "sum_over_frames": lambda out: (out.sum(0) * torch.linspace(-1, 1, out[0].numel()).view(out[0].shape)).sum(),
+    "flatten_matmul": lambda out: (out.flatten(1) @ torch.linspace(-1, 1, out[0].numel())).square().sum(),
+    "channels_innermost": lambda out: (out.permute(0, 2, 3, 1).reshape(out.shape[0], -1)
+                                       @ torch.linspace(-1, 1, out[0].numel())).square().sum(),
+}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+@LAYOUTS
+def test_compiled_gradients_for_output_gradients_of_any_layout(loss, channels_last):
+    """The output's gradient made inside the compiled graph may be expanded, broadcast over
+    frames (stride 0: every frame's input gradient would land in the same memory) or in the
+    other layout; the backward writes the input's over a dense copy in the input's layout."""
+    module, reference = make_gsf(16, 2, 0.5, seed=9), make_gsf(16, 2, 0.5, seed=9)
+    x = make_input(2, 2, 16, 4, seed=9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    value = torch.compile(lambda clips: LOSSES[loss](module(clips * 1.0)), fullgraph=True, backend="aot_eager")(x)
+    expected = LOSSES[loss](reference.forward_reference(x_ref * 1.0))
+    torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-4)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    for param, param_ref in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(param.grad, param_ref.grad, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("strides", ["cropped_width", "transposed"])
+def test_inputs_the_kernels_do_not_take_compile_the_plain_ops(strides, grad):
+    """A map whose pixels have no single stride (a crop of the width) or neither contiguous
+    pixels nor channels (transposed): the plain-op formulation, as eager GSF sends them to
+    its PyTorch ops."""
+    backend = RecordingBackend()
+    module, reference = make_gsf(16, 2, 0.5, seed=11), make_gsf(16, 2, 0.5, seed=11)
+    big = make_input(2, 2, 16, 7, seed=11)
+    x = big[..., :5] if strides == "cropped_width" else big.transpose(2, 3)
+    assert not compiled_ops.usable(x)
+    with torch.set_grad_enabled(grad):
+        out = torch.compile(module, fullgraph=True, backend=backend)(x)
+    assert "conv2d" in backend.graphs[0] and compiled_ops.NAMESPACE not in backend.graphs[0]
+    torch.testing.assert_close(out, reference.forward_reference(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

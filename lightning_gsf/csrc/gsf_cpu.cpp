@@ -872,8 +872,9 @@ struct Planes {
   }
 };
 
-// relu(v * scale + shift) of group k's channels of one frame into the planes' interiors (the
-// borders are never written: they stay zero).
+// relu(v * scale + shift) of group k's channels of one frame into the planes' interiors. The
+// top and bottom border rows are never written; the padding columns may be (whole vectors or
+// tiles run over into them) and are zeroed again before returning.
 template <typename T>
 void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, const float* scale,
                  const float* shift, const Planes& planes, float* padded) {
@@ -1073,7 +1074,12 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
   const int64_t pixels = s.pixels, half = s.half, frames = s.frames;
   const int64_t row = width + 2, vectors = (height * row + kLanes - 1) / kLanes, tap_stride = vectors * kLanes;
   // reads reach q + 2 * row + 2 for q up to tap_stride - 1: the zero tail covers them
-  const Planes planes(height, width, tap_stride + 2 * row + 2, v.pixel != 1);
+#ifdef GSF_TILES
+  const bool positions = false;  // channels-last fills by tiles, not by each pixel's position
+#else
+  const bool positions = v.pixel != 1;
+#endif
+  const Planes planes(height, width, tap_stride + 2 * row + 2, positions);
   const int64_t walks = s.clips * 2;
   if (walks == 0) return;  // an empty batch
   const int64_t runs = std::min(frames, std::max<int64_t>(1, (at::get_num_threads() + walks - 1) / walks));
