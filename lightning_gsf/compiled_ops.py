@@ -52,7 +52,7 @@ def usable(x: Tensor) -> bool:
     contiguous, as NCHW and channels-last maps and their channel slices have)."""
     if x.dim() != 4 or x.device.type != "cpu" or x.dtype not in cpu_kernels.DTYPES or not kernels_built():
         return False  # (forward_compilable raises the shape error)
-    if not (x.size(2) == 1 or x.stride(2) == x.size(3) * x.stride(3)) or not (x.stride(3) == 1 or x.stride(1) == 1):
+    if not _kernel_layout(x):
         return False
     return x.dtype == torch.float32 or _capability_has_vectors()
 
@@ -110,6 +110,12 @@ def _(x, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weigh
 def _infer(x: Tensor, out: Tensor, processed: int, num_segments: int, mean: Tensor, var: Tensor, eps: float,
            bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor, fusion_weight: Tensor,
            fusion_bias: Tensor) -> None:
+    if not _kernel_layout(x):  # (a layout the compiler chose that the kernels do not address)
+        work = x.contiguous()
+        _infer(work, work, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
+               fusion_weight, fusion_bias)
+        out.copy_(work)
+        return
     _ops().infer(x, out, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
                  fusion_weight[0], fusion_weight[1], fusion_bias[:1], fusion_bias[1:])
 
@@ -126,10 +132,14 @@ def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias
     ``invstd`` (float32)."""
     from lightning_gsf import gsf
 
+    work = x if _kernel_layout(x) else x.contiguous()  # (see _infer)
     with torch.autocast("cpu", enabled=False):
         _, copy, gate, weights, (means,) = gsf._kernel_forward(
-            gsf._CppKernels(_ops()), x, mean, invstd, processed, num_segments, True, True, bn_weight, bn_bias,
-            conv_weight, conv_bias, fusion_weight, fusion_bias, channels_last=_channels_last(x))
+            gsf._CppKernels(_ops()), work, mean.contiguous(), invstd.contiguous(), processed, num_segments, True,
+            True, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias,
+            channels_last=_channels_last(work))
+    if work is not x:
+        x.copy_(work)
     return copy, gate, weights, means
 
 
@@ -154,10 +164,23 @@ def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means:
     fusion_bias)``; ``v`` is the copy (in ``x``'s layout)."""
     from lightning_gsf import gsf
 
+    # The compiler may hand the saved tensors over in layouts of its choosing (seen: the
+    # weights in a compiled ResNet-50): small ones are made contiguous, v a map the kernels
+    # address, and the input's gradient goes over grad_out only where grad_out is dense in v's
+    # layout (else into a new tensor, copied over grad_out after).
+    v = v if _kernel_layout(v) else v.contiguous()
+    channels_last = _channels_last(v)
+    p = v.shape[1]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    over = grad_out.is_contiguous(memory_format=memory_format) and _channels_last(grad_out) == channels_last
+    grad_x = grad_out if over else gsf._output_after(grad_out[:, p:], p, channels_last)
     with torch.autocast("cpu", enabled=False):
-        grads = gsf._CppKernels(_ops()).backward(grad_out, grad_out, v, gate, weights, mean, invstd, bn_weight,
-                                                 bn_bias, conv_weight, fusion_weight, (means,), num_segments,
-                                                 batch_statistics, _channels_last(v))
+        grads = gsf._CppKernels(_ops()).backward(
+            grad_out, grad_x, v, gate.contiguous(), weights.contiguous(), mean.contiguous(), invstd.contiguous(),
+            bn_weight, bn_bias, conv_weight, fusion_weight, (means.contiguous(),), num_segments, batch_statistics,
+            channels_last)
+    if not over:
+        grad_out.copy_(grad_x)
     return tuple(grad.contiguous() for grad in grads)
 
 
@@ -207,6 +230,12 @@ def _channels_last(v: Tensor) -> bool:
     """Whether the map ``v`` (``(N*T, P, H, W)``, maybe a channel slice) keeps its channels
     innermost."""
     return v.stride(1) == 1 and v.stride(3) != 1
+
+
+def _kernel_layout(x: Tensor) -> bool:
+    """Whether the C++ kernels address the map ``x``: one stride over the pixels, and the
+    pixels or the channels contiguous (NCHW and channels-last maps, and their channel slices)."""
+    return (x.size(2) == 1 or x.stride(2) == x.size(3) * x.stride(3)) and (x.stride(3) == 1 or x.stride(1) == 1)
 
 
 def _dense_like(v: Tensor, channels_last: bool | None = None) -> Tensor:

@@ -92,6 +92,46 @@ def test_training_ops_pass_opcheck(channels_last, dtype, batch_statistics):
                            operands["conv_weight"], operands["fusion_weight"], 3, batch_statistics))
 
 
+def test_the_ops_take_tensors_in_layouts_the_compiler_may_choose():
+    """Inductor decides the layouts of the ops' inputs (flexible layout); a compiled ResNet-50
+    handed ``backward_`` its saved fusion weights non-contiguous. Each op on a transposed map,
+    non-contiguous small tensors and an output gradient in the other layout gives what it
+    gives on dense NCHW operands."""
+    module = make_gsf(16, 2, 0.5, seed=12)
+    x = make_input(2, 2, 16, 4, seed=12)
+    p = module.processed
+    operands = list(gsf_operands(module, x).values())
+    mean, invstd = torch.randn(p, generator=torch.Generator().manual_seed(1)), torch.rand(p) + 0.5
+    odd_x = x.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, neither NCHW nor channels-last
+    assert not compiled_ops._kernel_layout(odd_x)
+    expected_out, odd_out = x.clone(), odd_x.clone().transpose(2, 3).contiguous().transpose(2, 3)
+    expected_saved = compiled_ops.forward_(expected_out, mean, invstd, *operands, p, 2)
+    saved = compiled_ops.forward_(odd_out, mean, invstd, *operands, p, 2)
+    torch.testing.assert_close(odd_out, expected_out, rtol=0, atol=0)
+    for actual, expected in zip(saved, expected_saved):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    expected_grad = grad.clone()
+    expected_grads = compiled_ops.backward_(expected_grad, *expected_saved, mean, invstd, *operands[:3], operands[4],
+                                            2, True)
+    copy, gate, weights, means = saved
+    odd_weights = weights.transpose(0, 1).contiguous().transpose(0, 1)  # non-contiguous, the same values
+    assert not odd_weights.is_contiguous()
+    other_layout = grad.contiguous(memory_format=torch.channels_last)
+    grads = compiled_ops.backward_(other_layout, copy, gate, odd_weights, means, mean, invstd, *operands[:3],
+                                   operands[4], 2, True)
+    torch.testing.assert_close(other_layout, expected_grad, rtol=0, atol=0)
+    for actual, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    args = (p, 2, module.bn.running_mean, module.bn.running_var, module.bn.eps, *operands)
+    expected_infer = x.clone()
+    compiled_ops.infer_(expected_infer, *args)
+    odd_infer = odd_x.clone().transpose(2, 3).contiguous().transpose(2, 3)
+    compiled_ops.infer_(odd_infer, *args)
+    torch.testing.assert_close(odd_infer, expected_infer, rtol=0, atol=0)
+    torch.testing.assert_close(compiled_ops.infer(odd_x, *args), expected_infer, rtol=0, atol=0)
+
+
 def test_called_outside_the_compiler_the_backward_leaves_the_output_gradient_alone():
     """Eagerly (``forward_compiled_ops`` called directly), another node may hold the output's
     gradient: the backward writes over a copy, and the results match the reference."""
