@@ -52,7 +52,7 @@ def usable(x: Tensor) -> bool:
     contiguous, as NCHW and channels-last maps and their channel slices have)."""
     if x.dim() != 4 or x.device.type != "cpu" or x.dtype not in cpu_kernels.DTYPES or not kernels_built():
         return False  # (forward_compilable raises the shape error)
-    if not _kernel_layout(x):
+    if not cpu_kernels.addressable(x):
         return False
     return x.dtype == torch.float32 or _capability_has_vectors()
 
@@ -110,7 +110,7 @@ def _(x, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weigh
 def _infer(x: Tensor, out: Tensor, processed: int, num_segments: int, mean: Tensor, var: Tensor, eps: float,
            bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor, fusion_weight: Tensor,
            fusion_bias: Tensor) -> None:
-    if not _kernel_layout(x):  # (a layout the compiler chose that the kernels do not address)
+    if not cpu_kernels.addressable(x):  # (a layout the compiler chose that the kernels do not address)
         work = x.contiguous()
         _infer(work, work, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
                fusion_weight, fusion_bias)
@@ -132,7 +132,7 @@ def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias
     ``invstd`` (float32)."""
     from lightning_gsf import gsf
 
-    work = x if _kernel_layout(x) else x.contiguous()  # (see _infer)
+    work = x if cpu_kernels.addressable(x) else x.contiguous()  # (see _infer)
     with torch.autocast("cpu", enabled=False):
         _, copy, gate, weights, (means,) = gsf._kernel_forward(
             gsf._CppKernels(_ops()), work, mean.contiguous(), invstd.contiguous(), processed, num_segments, True,
@@ -168,7 +168,7 @@ def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means:
     # weights in a compiled ResNet-50): small ones are made contiguous, v a map the kernels
     # address, and the input's gradient goes over grad_out only where grad_out is dense in v's
     # layout (else into a new tensor, copied over grad_out after).
-    v = v if _kernel_layout(v) else v.contiguous()
+    v = v if cpu_kernels.addressable(v) else v.contiguous()
     channels_last = _channels_last(v)
     p = v.shape[1]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -217,12 +217,13 @@ class GateShiftFuse(torch.autograd.Function):
         # The input's gradient is written over grad_out, in the layout of the forward's copy
         # of v: a gradient in the other layout, expanded, or broadcast over frames (stride 0:
         # every frame would write the same memory) is made dense in that layout first.
-        memory_format = torch.channels_last if _channels_last(ctx.saved_tensors[0]) else torch.contiguous_format
+        saved = ctx.saved_tensors
+        memory_format = torch.channels_last if _channels_last(saved[0]) else torch.contiguous_format
         if torch.compiler.is_compiling():
             grad_out = grad_out.contiguous(memory_format=memory_format)  # (the same tensor when it is)
         else:
             grad_out = grad_out.clone(memory_format=memory_format)  # another node may hold it
-        grads = backward_(grad_out, *ctx.saved_tensors, ctx.num_segments, ctx.batch_statistics)
+        grads = backward_(grad_out, *saved, ctx.num_segments, ctx.batch_statistics)
         return grad_out, None, None, *grads, None, None, None
 
 
@@ -230,12 +231,6 @@ def _channels_last(v: Tensor) -> bool:
     """Whether the map ``v`` (``(N*T, P, H, W)``, maybe a channel slice) keeps its channels
     innermost."""
     return v.stride(1) == 1 and v.stride(3) != 1
-
-
-def _kernel_layout(x: Tensor) -> bool:
-    """Whether the C++ kernels address the map ``x``: one stride over the pixels, and the
-    pixels or the channels contiguous (NCHW and channels-last maps, and their channel slices)."""
-    return (x.size(2) == 1 or x.stride(2) == x.size(3) * x.stride(3)) and (x.stride(3) == 1 or x.stride(1) == 1)
 
 
 def _dense_like(v: Tensor, channels_last: bool | None = None) -> Tensor:

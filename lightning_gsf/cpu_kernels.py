@@ -114,3 +114,14 @@ def usable(x: torch.Tensor) -> bool:
     first call)."""
     capability = built_capability() if takes(x) else None
     return capability is not None and (x.dtype == torch.float32 or capability in ISA_FLAGS)
+
+
+def addressable(*maps: torch.Tensor) -> bool:
+    """Whether the kernels address these ``(N*T, C, H, W)`` maps: one stride over H*W, and
+    either every map's pixels contiguous (NCHW) or every map's channels (channels-last);
+    channel slices of such maps included."""
+    def uniform_pixels(t: torch.Tensor) -> bool:
+        return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
+
+    return all(map(uniform_pixels, maps)) and (all(t.stride(3) == 1 for t in maps)
+                                               or all(t.stride(1) == 1 for t in maps))

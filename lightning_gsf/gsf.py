@@ -482,7 +482,7 @@ class _CppKernels:
 
     def blend_backward(self, grad_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
                        num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not _kernel_strides_ok(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
+        if not cpu_kernels.addressable(grad_out, v):  # e.g. an NCHW gradient for channels-last v, or an expanded one
             grad_out = torch.empty_like(v).copy_(grad_out)
         grad_v, grad_gate, grad_weights = self.ops.blend_backward(grad_out, v, gate, weights.float().contiguous(),
                                                                   num_segments)
@@ -982,16 +982,6 @@ def _gate_shift_fuse(v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor, r
     out = rest if inplace else _output_after(rest, v.shape[1], channels_last)
     _write_fused(out[:, :v.shape[1]], v, gate, blend, num_segments, channels_last)
     return out
-
-
-def _kernel_strides_ok(*maps: torch.Tensor) -> bool:
-    """Whether the C++ kernels take these ``(N*T, P, H, W)`` maps: one stride over H*W,
-    and either every map's pixels contiguous (NCHW) or every map's channels (channels-last)."""
-    def uniform_pixels(t: torch.Tensor) -> bool:
-        return t.shape[2] == 1 or t.stride(2) == t.shape[3] * t.stride(3)
-
-    return all(map(uniform_pixels, maps)) and (all(t.stride(3) == 1 for t in maps)
-                                               or all(t.stride(1) == 1 for t in maps))
 
 
 def _write_fused(fused_out: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, blend: torch.Tensor,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_gsf import compiled_ops
+from lightning_gsf import compiled_ops, cpu_kernels
 from lightning_gsf.gsf import GSF
 from test_gsf import CASES, check_path_matches_naive_spec, make_gsf, make_input
 
@@ -104,7 +104,7 @@ def test_the_ops_take_tensors_in_layouts_the_compiler_may_choose():
     operands = list(gsf_operands(module, x).values())
     mean, invstd = torch.randn(p, generator=torch.Generator().manual_seed(1)), torch.rand(p) + 0.5
     odd_x = x.transpose(2, 3).contiguous().transpose(2, 3)  # the same values, neither NCHW nor channels-last
-    assert not compiled_ops._kernel_layout(odd_x)
+    assert not cpu_kernels.addressable(odd_x)
     expected_out, odd_out = x.clone(), odd_x.clone().transpose(2, 3).contiguous().transpose(2, 3)
     expected_saved = compiled_ops.forward_(expected_out, mean, invstd, *operands, p, 2)
     saved = compiled_ops.forward_(odd_out, mean, invstd, *operands, p, 2)

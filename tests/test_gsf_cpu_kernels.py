@@ -155,12 +155,12 @@ def test_cpu_path_is_the_same_on_any_number_of_threads(kernels, training, channe
             torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_kernel_strides_ok_only_uniform_pixel_strides():
+def test_the_kernels_address_only_uniform_pixel_strides():
     x = torch.randn(4, 8, 5, 6)
-    assert gsf_module._kernel_strides_ok(x[:, :4])
-    assert gsf_module._kernel_strides_ok(x.contiguous(memory_format=torch.channels_last)[:, :4])
-    assert not gsf_module._kernel_strides_ok(x.transpose(2, 3)[:, :4])  # W before H in memory
-    assert not gsf_module._kernel_strides_ok(x[:, :4, :, ::2])
+    assert cpu_kernels.addressable(x[:, :4])
+    assert cpu_kernels.addressable(x.contiguous(memory_format=torch.channels_last)[:, :4])
+    assert not cpu_kernels.addressable(x.transpose(2, 3)[:, :4])  # W before H in memory
+    assert not cpu_kernels.addressable(x[:, :4, :, ::2])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
