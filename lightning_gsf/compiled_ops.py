@@ -233,9 +233,7 @@ def _channels_last(v: Tensor) -> bool:
     return v.stride(1) == 1 and v.stride(3) != 1
 
 
-def _dense_like(v: Tensor, channels_last: bool | None = None) -> Tensor:
-    """A new tensor of ``v``'s shape and dtype, dense in ``v``'s layout (or channels-last or
-    not, as told)."""
-    channels_last = _channels_last(v) if channels_last is None else channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+def _dense_like(v: Tensor) -> Tensor:
+    """A new tensor of ``v``'s shape and dtype, dense in ``v``'s layout."""
+    memory_format = torch.channels_last if _channels_last(v) else torch.contiguous_format
     return torch.empty(v.shape, dtype=v.dtype, device=v.device, memory_format=memory_format)

@@ -611,6 +611,7 @@ class _KernelGSF(torch.autograd.Function):
         ctx.save_for_backward(v, gate, weights, mean, invstd, bn_weight, bn_bias, conv_weight, fusion_weight,
                               *fusion_saved)
         ctx.kernels, ctx.num_segments, ctx.batch_statistics = kernels, num_segments, batch_statistics
+        ctx.fusion_saved = len(fusion_saved)  # (the kernel set's own tensors, saved last)
         ctx.channels_last = _is_channels_last(x)
         return out
 
@@ -624,7 +625,8 @@ class _KernelGSF(torch.autograd.Function):
             grad_x = grad_out  # its last C - P channels are already the input's gradient
         else:
             grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
-        grads = ctx.kernels.backward(grad_out, grad_x, *saved[:9], tuple(saved[9:]), ctx.num_segments,
+        common = len(saved) - ctx.fusion_saved
+        grads = ctx.kernels.backward(grad_out, grad_x, *saved[:common], tuple(saved[common:]), ctx.num_segments,
                                      ctx.batch_statistics, ctx.channels_last)
         return grad_x, None, None, None, None, None, None, None, *grads
 
