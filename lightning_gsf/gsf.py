@@ -28,7 +28,6 @@ path's hand-written backward.
 from __future__ import annotations
 
 import functools
-import sys
 from types import ModuleType
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from lightning_gsf import compiled_ops, cpu_kernels
+from lightning_gsf import compiled_ops, cpu_kernels, gradient_reuse
 
 
 def gsf_channels(channels: int, ratio: float) -> int:
@@ -268,7 +267,7 @@ class GSF(nn.Module):
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
             if x.is_cpu:
-                _unshared_gradient_counts()  # measured once, before any backward runs
+                gradient_reuse.prepare()  # measured once, before any backward runs
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)
         return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
@@ -618,10 +617,11 @@ class _KernelGSF(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # (the kernels' backward is not itself differentiable: say so clearly)
     def backward(ctx, grad_out):  # noqa: D102
-        counts = _reference_counts(grad_out) if _COUNTS_USABLE and grad_out.is_cpu else None  # first
+        counts = gradient_reuse.counts_on_entry(grad_out)  # first
         saved = ctx.saved_tensors
         p = saved[0].shape[1]
-        if _writable_gradient(grad_out, counts, ctx.channels_last):
+        memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        if gradient_reuse.writable(grad_out, counts, memory_format):
             grad_x = grad_out  # its last C - P channels are already the input's gradient
         else:
             grad_x = _output_after(grad_out[:, p:], p, ctx.channels_last)
@@ -659,10 +659,6 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
             grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
 
 
-# The private use counts that _reference_counts reads (present in torch 2.x).
-_COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
-
-
 def _autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for the device type (``torch.is_autocast_enabled(device_type)``
     from torch 2.4 on, the older per-device functions before; False for a device type that
@@ -673,56 +669,6 @@ def _autocast_enabled(device_type: str) -> bool:
         return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
     except RuntimeError:  # "unknown device type for autocast"
         return False
-
-
-def _reference_counts(grad: torch.Tensor) -> tuple[int, int, int]:
-    """Who holds a gradient, seen from the first line of an autograd Function's backward: its
-    Python references, its C++ references, and the tensors (views) on its storage."""
-    return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
-
-
-class _ReferenceProbe(torch.autograd.Function):
-    """Records, on its node, :func:`_reference_counts` of a freshly computed gradient that
-    nothing else holds."""
-
-    @staticmethod
-    def forward(ctx, x):  # noqa: D102
-        return x.clone()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102
-        counts = _reference_counts(grad_out) if _COUNTS_USABLE and grad_out.is_cpu else None  # first
-        ctx.counts = counts
-        return grad_out
-
-
-@functools.cache
-def _unshared_gradient_counts() -> tuple[int, int, int] | None:
-    """:func:`_reference_counts` of a gradient that only the autograd engine holds, measured on
-    a probe with the same backward prologue as :class:`_KernelGSF` (the counts depend on the
-    torch version, not on the Function); None where torch lacks the private use counts. A
-    probe measured under a debugger that holds extra frame references would set the bar
-    higher than a plain run reaches, which only turns the reuse off."""
-    if not _COUNTS_USABLE:
-        return None
-    with torch.enable_grad():
-        x = torch.zeros(4, device="cpu", requires_grad=True)
-        y = _ReferenceProbe.apply(x)
-        (y * 2.0).sum().backward()
-    return y.grad_fn.counts
-
-
-def _writable_gradient(grad: torch.Tensor, counts: tuple[int, int, int] | None, channels_last: bool) -> bool:
-    """Whether a backward may write the input's gradient over ``grad``, its output's gradient:
-    a dense tensor in the input's layout that nothing but the autograd engine holds (``counts``,
-    taken on entry, equal a probe's: no hook, ``retain_grad``, other consumer or view keeps it),
-    outside a double backward. The input's gradient then needs no new tensor and no copy of
-    the ``C - P`` channels that GSF passes through. CPU tensors only for now: the same
-    reasoning holds on CUDA, but the GPU tests have not run it yet."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return (counts is not None and grad.is_cpu and counts == _unshared_gradient_counts()
-            and not grad.requires_grad and grad.is_contiguous(memory_format=memory_format))
 
 
 def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> torch.Tensor:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
+
+from lightning_gsf import gradient_reuse
 
 
 def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool) -> torch.Tensor:
@@ -46,12 +49,39 @@ def _shift_compilable(x: torch.Tensor, num_segments: int, fold: int) -> torch.Te
     return torch.cat([from_next, from_previous, clips[:, :, 2 * fold:]], dim=2).reshape(nt, c, h, w)
 
 
+def _unshift_in_place(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
+    """The adjoint of the forward shift, written over ``grad`` (non-overlapping): channels
+    ``[0, fold)`` move one frame later, ``[fold, 2 * fold)`` one frame earlier, zero where
+    they leave the clip; the other channels are not touched. One frame at a time, in the
+    order that reads each frame before it is overwritten (a copy between overlapping slices
+    would be refused)."""
+    nt, c, h, w = grad.shape
+    clips = grad.view(nt // num_segments, num_segments, c, h, w)
+    to_later, to_earlier = clips[:, :, :fold], clips[:, :, fold:2 * fold]
+    for t in range(num_segments - 1, 0, -1):
+        to_later[:, t].copy_(to_later[:, t - 1])
+    to_later[:, 0].zero_()
+    for t in range(num_segments - 1):
+        to_earlier[:, t].copy_(to_earlier[:, t + 1])
+    to_earlier[:, -1].zero_()
+    return grad
+
+
+def _dense_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format in which ``x`` would be dense, if any: channels-last or NCHW."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class _TemporalShift(torch.autograd.Function):
     """The shift with its adjoint (the opposite shift) as backward.
 
     Left to autograd, the slice copies of :func:`_shift_copy` would each send a zero-filled
     full-size gradient back to ``x`` and sum them: several passes over the feature map for
-    a module that does no arithmetic. The adjoint is one more shifted copy.
+    a module that does no arithmetic. The adjoint moves the ``2 * fold`` shifted channels
+    within the output's gradient where nothing else holds it (:mod:`gradient_reuse`: in a
+    ResNet block the gradient comes fresh from the convolution that read the shift), else
+    it is one more shifted copy.
     """
 
     @staticmethod
@@ -60,7 +90,11 @@ class _TemporalShift(torch.autograd.Function):
         return _shift_copy(x, num_segments, fold, backwards_first=True)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # noqa: D102
+        counts = gradient_reuse.counts_on_entry(grad_out)  # first
+        if gradient_reuse.writable(grad_out, counts, _dense_format(grad_out)):
+            return _unshift_in_place(grad_out, ctx.num_segments, ctx.fold), None, None
         return _shift_copy(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None
 
 
@@ -78,6 +112,8 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
     if torch.compiler.is_compiling():
         return _shift_compilable(x, num_segments, c // fold_div)
+    if x.is_cpu and x.requires_grad and torch.is_grad_enabled():
+        gradient_reuse.prepare()  # measured once, before any backward runs
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 

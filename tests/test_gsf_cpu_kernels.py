@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from lightning_gsf import cpu_kernels
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
+from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
 from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, make_gsf, make_input,
                       naive_gsf, split_with)
 
@@ -688,29 +689,6 @@ def test_the_baseline_build_computes_the_same(tmp_path):
     assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
 
 
-class GradientSpy(torch.autograd.Function):
-    """Identity that records the data pointer of the gradient passing through it backwards."""
-
-    pointers: list[int] = []
-
-    @staticmethod
-    def forward(ctx, x):  # noqa: D102
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        GradientSpy.pointers.append(grad.data_ptr())
-        return grad
-
-
-def gsf_between_spies(module, x, consumer):
-    """``consumer(spy(GSF(spy(x))))`` backwards; the gradient pointers before and after GSF."""
-    GradientSpy.pointers.clear()
-    consumer(GradientSpy.apply(module.forward_cpu(GradientSpy.apply(x * 1.0)))).backward()
-    after_gsf, before_gsf = GradientSpy.pointers
-    return after_gsf, before_gsf
-
-
 def reference_input_gradient(module, x, consumer):
     x_ref = x.detach().clone().requires_grad_()
     consumer(copy.deepcopy(module).forward_reference(x_ref * 1.0)).backward()
@@ -729,12 +707,12 @@ def test_input_gradient_overwrites_an_output_gradient_nothing_else_holds(kernels
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     weights = weights.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     consumer = lambda y: (y * weights).sum()  # noqa: E731  (its gradient: weights, in their layout)
-    after_gsf, before_gsf = gsf_between_spies(module, x, consumer)
+    after_gsf, before_gsf = between_spies(module.forward_cpu, x, consumer)
     assert before_gsf == after_gsf
     torch.testing.assert_close(x.grad, reference_input_gradient(module, x, consumer), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("holder", ["hook", "hook_view", "two_consumers", "retain_grad", "expanded"])
+@pytest.mark.parametrize("holder", HOLDERS)
 def test_input_gradient_leaves_a_held_output_gradient_alone(kernels, holder):
     """Where anything else holds the output's gradient (a hook keeping it or a view of it, a
     second consumer of the output sharing it), or it is not a dense map, GSF writes the input's
@@ -744,35 +722,15 @@ def test_input_gradient_leaves_a_held_output_gradient_alone(kernels, holder):
     x = make_input(2, 4, 16, 5, seed=2).requires_grad_()
     kept, other = [], torch.randn(x.shape, requires_grad=True)
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
-
-    def consumer(y):
-        if holder == "hook":
-            y.register_hook(lambda g: kept.append((g, g.clone())))
-        elif holder == "hook_view":
-            y.register_hook(lambda g: kept.append((g[:, :4], g[:, :4].clone())))
-        elif holder == "retain_grad":
-            y.retain_grad()
-            kept.append(y)
-        if holder == "two_consumers":  # the sum's backward hands both inputs one tensor
-            return ((y + other) * weights).sum()
-        if holder == "expanded":  # the sum's backward: one value expanded over the map
-            return y.sum()
-        return (y * weights).sum()
-
-    after_gsf, before_gsf = gsf_between_spies(module, x, consumer)
-    if holder == "two_consumers":
-        torch.testing.assert_close(other.grad, weights, rtol=0, atol=0)
+    consumer = holding_consumer(holder, weights, other, kept)
+    after_gsf, before_gsf = between_spies(module.forward_cpu, x, consumer)
     if holder in ("hook", "hook_view", "expanded"):
         # (retain_grad keeps a copy, and a second consumer may have let go before GSF's
         # backward runs: either way the gradient is GSF's to write over, and their values
         # are checked here instead)
         assert before_gsf != after_gsf
+    check_holders_kept_their_values(holder, kept, weights, other)
     torch.testing.assert_close(x.grad, reference_input_gradient(module, x, consumer), rtol=1e-4, atol=1e-5)
-    if holder in ("hook", "hook_view"):
-        held, value = kept[0]
-        torch.testing.assert_close(held, value, rtol=0, atol=0)
-    if holder == "retain_grad":
-        torch.testing.assert_close(kept[0].grad, weights, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
 from lightning_gsf.temporal import TemporalShift, _shift_compilable, temporal_shift
 
 
@@ -61,6 +62,40 @@ def test_matches_naive_shift_values_and_gradients(batch, num_segments, channels,
     assert torch.equal(x.grad, x_naive.grad)
     if channels_last and shift is temporal_shift:  # the compiler picks its own layouts
         assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def naive_input_gradient(x: torch.Tensor, num_segments: int, consumer) -> torch.Tensor:
+    x_naive = x.detach().clone().requires_grad_()
+    consumer(naive_shift(x_naive * 1.0, num_segments, 8)).backward()
+    return x_naive.grad
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("batch,num_segments", [(2, 4), (1, 1), (3, 2)])
+def test_gradient_moves_within_an_output_gradient_nothing_else_holds(batch, num_segments, channels_last):
+    """In a plain chain the backward shifts the output's gradient in place: no new tensor."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch * num_segments, 16, 3, 5).contiguous(memory_format=memory_format).requires_grad_()
+    weights = torch.randn(x.shape).contiguous(memory_format=memory_format)
+    consumer = lambda y: (y * weights).sum()  # noqa: E731  (its gradient: weights, in their layout)
+    after_shift, before_shift = between_spies(lambda v: temporal_shift(v, num_segments), x, consumer)
+    assert before_shift == after_shift
+    assert torch.equal(x.grad, naive_input_gradient(x, num_segments, consumer))
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+def test_gradient_leaves_a_held_output_gradient_alone(holder):
+    """Where anything else holds the output's gradient, or it is not a dense map, the backward
+    writes a new tensor and what the others hold keeps its value."""
+    x = torch.randn(2 * 4, 16, 3, 5, requires_grad=True)
+    kept, other = [], torch.randn(x.shape, requires_grad=True)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    consumer = holding_consumer(holder, weights, other, kept)
+    after_shift, before_shift = between_spies(lambda v: temporal_shift(v, 4), x, consumer)
+    if holder in ("hook", "hook_view", "expanded"):  # (see the GSF test of the same name)
+        assert before_shift != after_shift
+    check_holders_kept_their_values(holder, kept, weights, other)
+    assert torch.equal(x.grad, naive_input_gradient(x, 4, consumer))
 
 
 def test_moves_exactly_one_eighth_of_the_channels_each_way():

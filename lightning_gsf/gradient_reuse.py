@@ -1,0 +1,87 @@
+"""Whether an autograd backward may write its input's gradient over its output's gradient.
+
+A shape-preserving layer (GSF, TSM's shift) can often compute the input's gradient in the
+memory of the output's gradient: no new tensor, and no copy of the channels the layer passes
+through. That is safe only when nothing but the autograd engine holds that gradient: no hook
+or ``retain_grad`` keeps it, no other consumer of the output was handed the same tensor (a
+sum's backward hands both its inputs one), no view of it lives on. The engine says none of
+this, so a backward counts the references to the gradient on entry and compares them with
+those of a gradient known to be unshared, measured once on a probe whose backward has the
+same prologue.
+
+Usage, in an autograd Function::
+
+    forward:   gradient_reuse.prepare()            # (measures the probe, once per process)
+    backward:  @once_differentiable, and as its first line
+               counts = gradient_reuse.counts_on_entry(grad_out)
+               ...
+               if gradient_reuse.writable(grad_out, counts, memory_format): ...
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+from torch.autograd.function import once_differentiable
+
+# The private use counts that the check reads (present in torch 2.x).
+COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
+
+Counts = tuple[int, int, int]
+
+
+def counts_on_entry(grad: torch.Tensor) -> Counts | None:
+    """Who holds ``grad``, taken on the first line of a ``once_differentiable`` backward: its
+    Python references, its C++ references and the tensors (views) on its storage; None for a
+    non-CPU gradient or where torch lacks the private use counts."""
+    if not COUNTS_USABLE or not grad.is_cpu:
+        return None
+    return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
+
+
+class _Probe(torch.autograd.Function):
+    """Records, on its node, :func:`counts_on_entry` of a freshly computed gradient that
+    nothing else holds (the backward prologue every user of this module has)."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        return x.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: D102
+        counts = counts_on_entry(grad_out)  # first
+        ctx.counts = counts
+        return grad_out
+
+
+@functools.cache
+def unshared_counts() -> Counts | None:
+    """:func:`counts_on_entry` of a gradient that only the autograd engine holds, measured on
+    the probe (the counts depend on the torch version, not on the Function); None where torch
+    lacks the use counts. A probe measured under a debugger that holds extra frame references
+    would set the bar higher than a plain run reaches, which only turns the reuse off."""
+    if not COUNTS_USABLE:
+        return None
+    with torch.enable_grad():
+        x = torch.zeros(4, device="cpu", requires_grad=True)
+        y = _Probe.apply(x)
+        (y * 2.0).sum().backward()
+    return y.grad_fn.counts
+
+
+def prepare() -> None:
+    """Measure the probe now (once per process), from a forward: not inside a backward, where
+    a nested backward of the probe would run in the middle of another."""
+    unshared_counts()
+
+
+def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.memory_format) -> bool:
+    """Whether a backward may write over ``grad``, its output's gradient, whose ``counts`` it
+    took on entry: a dense tensor in ``memory_format`` (the input's) that nothing but the
+    autograd engine holds, outside a double backward. CPU tensors only for now: the same
+    reasoning holds on CUDA, but the GPU tests have not run it yet."""
+    return (counts is not None and grad.is_cpu and counts == unshared_counts()
+            and not grad.requires_grad and grad.is_contiguous(memory_format=memory_format))
