@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_gsf import host_memory
 from lightning_gsf.gsf import GSF
 from lightning_gsf.model import VideoClassifier
 
@@ -65,7 +66,7 @@ TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": 
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "device", "threads", "timer", "params_m", "gflops_per_clip", "activation_mb",
+    "channels_last", "compile", "device", "threads", "timer", "malloc", "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "infer_time_vs_tsn",
 )
@@ -88,6 +89,7 @@ class BenchmarkConfig:
     threads: int | None = None
     timer: str = "wall"
     seed: int = 0
+    malloc: str = "retain"  # see lightning_gsf.host_memory
 
     def __post_init__(self) -> None:
         unknown = set(self.temporal_modules) - set(VARIANTS)
@@ -99,6 +101,8 @@ class BenchmarkConfig:
             raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {self.timer!r}")
         if self.timer == "process" and torch.device(self.device).type != "cpu":
             raise ValueError("the process (CPU time) timer only measures CPU devices; use --timer wall")
+        if self.malloc not in host_memory.MODES:
+            raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
             raise ValueError("num_segments, input_size, batch_size and repeats must be >= 1")
 
@@ -284,8 +288,8 @@ def _ratio(value: float | None, baseline: float | None) -> float | None:
     return None if value is None or not baseline else value / baseline
 
 
-def benchmark_backbone(backbone: str, config: BenchmarkConfig) -> list[dict[str, object]]:
-    """All variants of one backbone: one row each."""
+def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> list[dict[str, object]]:
+    """All variants of one backbone: one row each; ``malloc``: the allocator mode in effect."""
     clips, labels = make_batch(config)
     rows: dict[str, dict[str, object]] = {}
     steps: dict[str, Steps] = {}
@@ -303,7 +307,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig) -> list[dict[str,
             "num_segments": config.num_segments, "input_size": config.input_size,
             "batch_size": config.batch_size, "dtype": config.dtype,
             "channels_last": config.channels_last, "compile": config.compile, "device": config.device,
-            "threads": torch.get_num_threads(), "timer": config.timer,
+            "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
             "params_m": count_parameters(model) / 1e6,
             "gflops_per_clip": count_flops(model, clips, config) / 1e9 / config.batch_size,
             "activation_mb": saved_activation_bytes(model, clips, labels, config) / 2**20,
@@ -327,7 +331,11 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig) -> list[dict[str,
 
 
 def run_benchmark(config: BenchmarkConfig) -> list[dict[str, object]]:
-    return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config)]
+    """Every backbone's rows. ``config.malloc == "retain"`` first keeps freed CPU memory in the
+    process (:mod:`lightning_gsf.host_memory`), for the rest of the process; the rows say
+    which mode was in effect."""
+    malloc = "retain" if host_memory.configure(config.malloc) else "default"
+    return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config, malloc)]
 
 
 def _format(value: object) -> str:
@@ -391,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="wall clock, or CPU time of the process (steadier on a shared CPU "
                              "machine with --threads 1)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--malloc", choices=host_memory.MODES, default=None,
+                        help="retain: glibc keeps freed memory for reuse (no page faults each step); "
+                             "default: glibc's own settings (default: $GSF_MALLOC, else retain)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     return parser
 
@@ -405,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         device=args.device, repeats=args.repeats, warmup=args.warmup, gsf_ratio=args.gsf_ratio,
         threads=args.threads, timer=args.timer, seed=args.seed,
+        malloc=args.malloc or host_memory.mode_from_environment(),
     )
     if config.threads is not None:
         torch.set_num_threads(config.threads)

@@ -31,6 +31,9 @@ Defaults that every run gets (each can be changed from a config):
 - reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
   left unset), a ``last.ckpt`` saved on SIGTERM, and the random state and loader position
   saved so a resumed run continues exactly.
+- host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
+  training step does not fault its activations in again every step; ``GSF_MALLOC=default``
+  leaves glibc's settings alone.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-from lightning_gsf import __version__
+from lightning_gsf import __version__, host_memory
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.evaluation import SubmissionWriter
@@ -200,6 +203,7 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:])
+    host_memory.configure(host_memory.mode_from_environment())  # GSF_MALLOC; see host_memory
     return GSFCLI(
         VideoClassificationModule,
         VideoDataModule,

@@ -17,6 +17,7 @@ from lightning_gsf.benchmark import (
     make_batch,
     saved_activation_bytes,
 )
+from lightning_gsf import host_memory
 from lightning_gsf.gsf import GSF
 
 TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", "--batch-size", "1",
@@ -39,6 +40,7 @@ def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
         assert row["train_clips_s"] > 0 and row["infer_clips_s"] > 0
         assert row["activation_mb"] > 0 and row["gflops_per_clip"] > 0
         assert row["cuda_peak_mb"] is None  # CPU run
+        assert row["malloc"] == ("retain" if host_memory.is_glibc() else "default")  # the default mode
     tsn = rows[0]
     assert tsn["params_vs_tsn"] == tsn["gflops_vs_tsn"] == tsn["activation_vs_tsn"] == 1.0
     assert tsn["train_time_vs_tsn"] == tsn["infer_time_vs_tsn"] == 1.0
@@ -131,7 +133,7 @@ def test_activation_bytes_count_each_storage_once():
 @pytest.mark.parametrize(
     "field,value,message",
     [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
-     ("repeats", 0, ">= 1")],
+     ("repeats", 0, ">= 1"), ("malloc", "tcmalloc", "malloc must be one of")],
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
