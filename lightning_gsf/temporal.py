@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from lightning_gsf import gradient_reuse
+from lightning_gsf import compiled_ops, gradient_reuse
 
 
 def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool) -> torch.Tensor:
@@ -23,8 +23,13 @@ def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: 
     ``backwards_first``: channels ``[0, fold)`` take frame ``t + 1`` (TSM's forward shift);
     otherwise they take ``t - 1`` and the next fold ``t + 1`` (its adjoint, used in backward).
     """
+    return _shift_copy_into(x, torch.empty_like(x), num_segments, fold, backwards_first)
+
+
+def _shift_copy_into(x: torch.Tensor, out: torch.Tensor, num_segments: int, fold: int,
+                     backwards_first: bool) -> torch.Tensor:
+    """:func:`_shift_copy` into ``out`` (``x``'s shape, any layout); returns ``out``."""
     nt, c, h, w = x.shape
-    out = torch.empty_like(x)
     # Splitting the frame dimension is a view for any strides (channels_last included).
     src = x.view(nt // num_segments, num_segments, c, h, w)
     dst = out.view(nt // num_segments, num_segments, c, h, w)
@@ -111,6 +116,8 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
     if torch.compiler.is_compiling():
+        if x.device.type == "cpu":  # (an opaque op: inductor's own code for the shift was slow)
+            return compiled_ops.temporal_shift(x, num_segments, c // fold_div)
         return _shift_compilable(x, num_segments, c // fold_div)
     if x.is_cpu and x.requires_grad and torch.is_grad_enabled():
         gradient_reuse.prepare()  # measured once, before any backward runs

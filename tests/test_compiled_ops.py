@@ -351,8 +351,9 @@ def test_inductor_runs_the_ops_on_the_layout_it_picks(channels_last, monkeypatch
     assert len(calls) == 3
 
 
-def test_a_compiled_resnet_trains_and_infers_as_the_eager_one():
-    """Inductor on a whole GSF ResNet-18 (T=2, 32 px): the layouts it picks across a real
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm"])
+def test_a_compiled_resnet_trains_and_infers_as_the_eager_one(temporal_module):
+    """Inductor on a whole GSF (or TSM) ResNet-18 (T=2, 32 px): the layouts it picks across a real
     network (channels-last convolutions, saved tensors in layouts of its choosing) are what
     the small cases above do not reach (it once handed the backward non-contiguous fusion
     weights here). With the batch norms in eval mode (well conditioned: batch statistics of
@@ -363,7 +364,7 @@ def test_a_compiled_resnet_trains_and_infers_as_the_eager_one():
     config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=2)
     clips, labels = make_batch(config)
     torch.manual_seed(0)
-    eager = build_model("resnet18", "gsf", config).eval()
+    eager = build_model("resnet18", temporal_module, config).eval()
     model = copy.deepcopy(eager)
     compiled = torch.compile(model, fullgraph=True)
     loss = loss_of(compiled, clips, labels)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
+from lightning_gsf import compiled_ops
 from lightning_gsf.temporal import TemporalShift, _shift_compilable, temporal_shift
 
 
@@ -152,8 +156,69 @@ def test_compiles_without_graph_breaks():
     compiled = torch.compile(TemporalShift(num_segments=2), fullgraph=True, backend=backend)
     x = torch.randn(4, 16, 2, 2, requires_grad=True)
     out = compiled(x)
-    # the plain-ops shift, not the eager path's autograd function, is what the compiler sees
+    # the custom op, not the eager path's autograd function, is what the compiler sees
     assert len(graphs) == 1 and "autograd_function_apply" not in graphs[0]
+    assert f"{compiled_ops.NAMESPACE}.temporal_shift" in graphs[0]
     assert torch.equal(out, naive_shift(x.detach(), 2, 8))
     out.sum().backward()
     assert x.grad is not None
+
+
+LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+
+
+@LAYOUTS
+def test_shift_ops_pass_opcheck(channels_last):
+    """Schema, fake implementations against the real ones, autograd registration."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2 * 3, 16, 3, 4).contiguous(memory_format=memory_format).requires_grad_()
+    torch.library.opcheck(compiled_ops.temporal_shift, (x, 3, 2))
+    grad = torch.randn(x.shape)  # NCHW, whatever x's layout
+    torch.library.opcheck(compiled_ops.temporal_shift_backward, (grad, x.detach(), 3, 2))
+
+
+@LAYOUTS
+def test_shift_backward_op_writes_the_input_layout(channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2 * 3, 16, 3, 4).contiguous(memory_format=memory_format).requires_grad_()
+    upstream = torch.randn(x.shape)
+    grad = compiled_ops.temporal_shift_backward(upstream, x.detach(), 3, 2)
+    assert grad.is_contiguous(memory_format=memory_format)
+    (naive_shift(x, 3, 8) * upstream).sum().backward()
+    assert torch.equal(grad, x.grad)
+
+
+class ShiftBetweenConvolutions(nn.Module):
+    """conv -> ReLU -> shift -> conv, plus the ReLU's output as a residual: where inductor
+    picks the layouts (channels-last convolutions) and what to save around the shift."""
+
+    def __init__(self, channels: int, num_segments: int) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(channels, channels, 3, padding=1)
+        self.shift = TemporalShift(num_segments)
+        self.second = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.first(x))
+        return self.second(self.shift(y)) + y
+
+
+@LAYOUTS
+def test_inductor_shift_matches_eager(channels_last):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    eager = ShiftBetweenConvolutions(16, 4).to(memory_format=memory_format)
+    model = copy.deepcopy(eager)
+    x = torch.randn(2 * 4, 16, 6, 5).contiguous(memory_format=memory_format)
+    upstream = torch.randn(2 * 4, 16, 6, 5)
+    x_eager, x_compiled = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = torch.compile(model, fullgraph=True)(x_compiled)
+    expected = eager(x_eager)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-5, atol=1e-5)
+    for param, expected_param in zip(model.parameters(), eager.parameters()):
+        torch.testing.assert_close(param.grad, expected_param.grad, rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
