@@ -182,14 +182,26 @@ def test_norm_relu_equals_scale_shift_relu(kernels, size, processed, channels_la
     torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
 
 
-def gate_by_torch_ops(v, scale, shift, module, num_segments):
+def gate_by_torch_ops(v, scale, shift, module, num_segments, magnitudes=False):
     """The gate as the PyTorch-ops path computes it (relu(bn(v)), the products matmul, the
-    fold, the temporal taps, tanh), in float64."""
+    fold, the temporal taps, tanh), in float64; with ``magnitudes``, instead of the gate each
+    pixel's sum of the products' magnitudes (no bias, no tanh), which bounds rounding errors."""
     nt, p, h, w = v.shape
     activated = torch.relu(v.double() * scale.double().view(1, p, 1, 1) + shift.double().view(1, p, 1, 1))
-    products = torch.matmul(module._taps_weight().double(), activated.reshape(nt, 2, p // 2, h * w))
+    taps_weight = module._taps_weight().double()
+    bias = module.conv3D.bias.double()
+    if magnitudes:
+        taps_weight, bias = taps_weight.abs(), torch.zeros_like(bias)
+    products = torch.matmul(taps_weight, activated.reshape(nt, 2, p // 2, h * w))
     taps = gsf_module._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // num_segments, num_segments, 2, 3, h, w)
-    return torch.tanh(gsf_module._sum_temporal_taps(taps, module.conv3D.bias.double())).view(nt, 2, h, w)
+    pre_activation = gsf_module._sum_temporal_taps(taps, bias).view(nt, 2, h, w)
+    return pre_activation if magnitudes else torch.tanh(pre_activation)
+
+
+def bf16_dot_products(kernels) -> bool:
+    """Whether the bfloat16 gate runs in AVX512-BF16 dot products here (relu(bn(v)) and the
+    weights rounded to bfloat16, as autocast rounds a convolution's inputs)."""
+    return kernels.bf16_dot_products()
 
 
 # one task per walk (2 clips x 2 groups), or walks split into 2 or 4 runs (halo frames on one or both sides)
@@ -235,13 +247,62 @@ def check_gate(kernels, size, num_segments, channels_last, dtype, threads, proce
     finally:
         torch.set_num_threads(previous_threads)
     assert actual.dtype == torch.float32 and actual.shape == expected.shape
-    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=1e-5)  # float32 sums of 216 products
+    if dtype == torch.bfloat16 and bf16_dot_products(kernels):
+        # both factors of each product rounded to bfloat16 (relative error 2^-9 each); tanh
+        # does not enlarge an error: within 2^-7 of the products' magnitudes
+        bound = gate_by_torch_ops(v, scale, shift, module, num_segments, magnitudes=True) * 2.0**-7 + 1e-5
+        assert ((actual.double() - expected).abs() <= bound).all()
+    else:
+        torch.testing.assert_close(actual.double(), expected, rtol=0, atol=1e-5)  # float32 sums of 216 products
     torch.testing.assert_close(without_means, actual, rtol=0, atol=0)
     # the spatial means of v and of each group's gated v, as _spatial_means gives them
     expected_means, _ = gsf_module._spatial_means(v.double(), actual.double(), channels_last)
     own_gate = torch.cat([expected_means[:, 1, :processed // 2], expected_means[:, 2, processed // 2:]], dim=1)
     torch.testing.assert_close(means.double(), torch.stack([expected_means[:, 0], own_gate], dim=1),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("processed", [4, 16, 36])
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (10, 10), (9, 33)])
+def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, channels_last):
+    """The AVX512-BF16 gate on inputs that bfloat16 holds exactly (relu(bn(v)) = v >= 0 in
+    bfloat16, weights rounded to bfloat16 beforehand): every product is exact, so the gate
+    matches the float64 one up to float32 sums; a wrong tap, pixel or channel pair would not.
+    Groups of one channel pair, 4 and 9 pairs."""
+    if not bf16_dot_products(kernels):
+        pytest.skip("this CPU or build lacks AVX512-BF16 (the float32 path is tested above)")
+    generator = torch.Generator().manual_seed(7)
+    weight = (torch.randn(2, processed // 2, 3, 3, 3, generator=generator) * 0.2).bfloat16().float()
+    bias = torch.randn(2, generator=generator)
+    x, _, _ = blend_operands(2, 2, processed, processed + 4, size, channels_last, torch.bfloat16, seed=3)
+    v = x[:, :processed].abs()  # (exact in bfloat16)
+    ones, zeros = torch.ones(processed), torch.zeros(processed)
+    actual = kernels.gate(v, ones, zeros, weight, bias, 2)
+    taps_weight = gsf_module._taps_weight(weight).double()
+    nt, p, h, w = v.shape
+    products = torch.matmul(taps_weight, v.double().reshape(nt, 2, p // 2, h * w))
+    taps = gsf_module._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // 2, 2, 2, 3, h, w)
+    expected = torch.tanh(gsf_module._sum_temporal_taps(taps, bias.double())).view(nt, 2, h, w)
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=2e-5)
+
+
+def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
+    """GSF_CPU_BF16_DOT=0 turns the AVX512-BF16 gate off (in a process of its own: the choice
+    is made once): relu(bn(v)) and the weights stay float32, as on CPUs without it."""
+    script = (
+        "import torch\n"
+        "from lightning_gsf import cpu_kernels\n"
+        "from test_gsf_cpu_kernels import check_gate\n"
+        "ops = cpu_kernels.cpu_kernels()\n"
+        "assert not ops.bf16_dot_products()\n"
+        "check_gate(ops, (9, 33), 2, False, torch.bfloat16, 1, processed=16)\n"
+        "check_gate(ops, (10, 10), 2, True, torch.bfloat16, 1, processed=20)\n"
+        "print('float32')\n"
+    )
+    env = {**os.environ, "GSF_CPU_BF16_DOT": "0", "PYTHONPATH": str(Path(__file__).parent)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "float32" in result.stdout, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])

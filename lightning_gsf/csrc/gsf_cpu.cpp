@@ -47,9 +47,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -859,6 +861,91 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
   }
 }
 
+// bfloat16 maps on CPUs with AVX512-BF16: the direct convolution in vdpbf16ps, each instruction
+// two multiply-adds per float lane (a pair of channels) where the float32 FMAs above do one.
+// relu(bn(v)) and the weights are rounded to bfloat16 first, as autocast rounds a convolution's
+// inputs; the products are summed in float32. The build's ISA level (x86-64-v4) does not
+// include the extension, so these functions are compiled for it alone and chosen at run time
+// (bf16_dot_products), which GSF_CPU_BF16_DOT=0 in the environment turns off.
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define GSF_BF16_DOT 1
+
+bool bf16_dot_products() {
+  static const bool available = [] {
+    const char* setting = std::getenv("GSF_CPU_BF16_DOT");
+    const bool allowed = setting == nullptr || std::strcmp(setting, "0") != 0;
+    __builtin_cpu_init();
+    return allowed && __builtin_cpu_supports("avx512bf16");
+  }();
+  return available;
+}
+
+// Two floats as one 32-bit lane of bfloat16 pairs: low half `even`, high half `odd`.
+inline uint32_t bf16_pair(float even, float odd) {
+  return static_cast<uint32_t>(store<uint16_t>(even)) | (static_cast<uint32_t>(store<uint16_t>(odd)) << 16);
+}
+
+// The float planes of a group's channels (each `plane` floats) as planes of channel pairs (a
+// group's channel count, P/2, is even: P is a multiple of 4, as shape_of checks).
+void pair_planes(const float* planes, int64_t channels, int64_t plane, uint32_t* pairs) {
+  for (int64_t j = 0; j < channels / 2; ++j) {
+    const float* even = planes + 2 * j * plane;
+    const float* odd = even + plane;
+    uint32_t* to = pairs + j * plane;
+#pragma omp simd simdlen(GSF_LANES)
+    for (int64_t q = 0; q < plane; ++q) to[q] = bf16_pair(even[q], odd[q]);
+  }
+}
+
+// The conv's weight (2, P/2, 27) as (2, P/4, 27) bfloat16 pairs of consecutive channels.
+std::vector<uint32_t> pair_weights(const float* weight, int64_t half) {
+  const int64_t pairs = half / 2;
+  std::vector<uint32_t> paired(2 * pairs * 27);
+  for (int64_t k = 0; k < 2; ++k) {
+    for (int64_t j = 0; j < pairs; ++j) {
+      const float* even = weight + (k * half + 2 * j) * 27;
+      for (int64_t tap = 0; tap < 27; ++tap) paired[(k * pairs + j) * 27 + tap] = bf16_pair(even[tap], even[27 + tap]);
+    }
+  }
+  return paired;
+}
+
+// taps_of_block over channel pairs: the same sums, each vdpbf16ps adding a pair's two products.
+template <int64_t Vectors>
+__attribute__((target("avx512bf16"))) void taps_of_block_bf16(const uint32_t* pairs, int64_t plane, int64_t row,
+                                                                const uint32_t* weight, int64_t pair_count,
+                                                                float* sums, int64_t tap_stride) {
+  static_assert(kLanes == 16, "one vdpbf16ps lane per float lane of AVX-512");
+  __m512 sum0[Vectors], sum1[Vectors], sum2[Vectors];
+  for (int64_t b = 0; b < Vectors; ++b) sum0[b] = sum1[b] = sum2[b] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < pair_count; ++j) {
+    const uint32_t* wj = weight + j * 27;
+    const uint32_t* base = pairs + j * plane;
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        const uint32_t* src = base + kh * row + kw;
+        const __m512bh w0 = (__m512bh)_mm512_set1_epi32(static_cast<int>(wj[kh * 3 + kw]));
+        const __m512bh w1 = (__m512bh)_mm512_set1_epi32(static_cast<int>(wj[9 + kh * 3 + kw]));
+        const __m512bh w2 = (__m512bh)_mm512_set1_epi32(static_cast<int>(wj[18 + kh * 3 + kw]));
+#pragma GCC unroll 8
+        for (int64_t b = 0; b < Vectors; ++b) {
+          const __m512bh value = (__m512bh)_mm512_loadu_si512(src + b * kLanes);
+          sum0[b] = _mm512_dpbf16_ps(sum0[b], value, w0);
+          sum1[b] = _mm512_dpbf16_ps(sum1[b], value, w1);
+          sum2[b] = _mm512_dpbf16_ps(sum2[b], value, w2);
+        }
+      }
+    }
+  }
+  for (int64_t b = 0; b < Vectors; ++b) {
+    _mm512_storeu_ps(sums + b * kLanes, sum0[b]);
+    _mm512_storeu_ps(sums + tap_stride + b * kLanes, sum1[b]);
+    _mm512_storeu_ps(sums + 2 * tap_stride + b * kLanes, sum2[b]);
+  }
+}
+#else
+bool bf16_dot_products() { return false; }
+#endif
 
 // Zero-bordered planes of (H + 2) rows of W + 2 columns, one per channel of a group, and where
 // each pixel lands in their interior.
@@ -956,27 +1043,58 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
 // channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to kBlock vectors of
 // consecutive q at a time (taps_of_block): 3 accumulators per vector in registers, each load
 // feeding three FMAs (one per temporal tap). padded and sums are the caller's scratch buffers.
+// The channel pairs' scratch planes and weights of the bfloat16 dot-product path (null: float32 FMAs).
+struct PairedTaps {
+  const uint32_t* weight;  // (2, P/4, 27), pair_weights
+  uint32_t* planes;        // (P/4, plane) scratch
+};
+
+// The taps of kBlock vectors at a time, then the remaining vectors in one block: with float32
+// planes and weights (Source float), or with bfloat16 pairs (uint32_t, TapsOfBlock over pairs).
+template <typename Source, typename TapsOfBlock>
+void taps_in_blocks(TapsOfBlock taps_of, const Source* planes, int64_t vectors, float* sums) {
+  int64_t first = 0;  // in vectors
+  for (; first + kBlock <= vectors; first += kBlock) {
+    taps_of(std::integral_constant<int64_t, kBlock>{}, planes + first * kLanes, sums + first * kLanes);
+  }
+  const Source* block_planes = planes + first * kLanes;
+  float* block_sums = sums + first * kLanes;
+  switch (vectors - first) {
+    case 5: taps_of(std::integral_constant<int64_t, 5>{}, block_planes, block_sums); break;
+    case 4: taps_of(std::integral_constant<int64_t, 4>{}, block_planes, block_sums); break;
+    case 3: taps_of(std::integral_constant<int64_t, 3>{}, block_planes, block_sums); break;
+    case 2: taps_of(std::integral_constant<int64_t, 2>{}, block_planes, block_sums); break;
+    case 1: taps_of(std::integral_constant<int64_t, 1>{}, block_planes, block_sums); break;
+    default: break;
+  }
+}
+
 template <typename T>
 void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, const float* scale, const float* shift,
                 const float* weight, const Planes& planes, int64_t tap_stride, float* padded, float* sums,
-                float* taps) {
+                float* taps, const PairedTaps* paired) {
   const int64_t height = planes.height, width = planes.width, row = planes.row, plane = planes.plane;
   const int64_t vectors = tap_stride / kLanes, pixels = height * width;
   fill_planes<T>(v, frame, k, half, scale, shift, planes, padded);
-  const float* w = weight + k * half * 27;
-  int64_t first = 0;  // in vectors
-  for (; first + kBlock <= vectors; first += kBlock) {
-    taps_of_block<kBlock>(padded + first * kLanes, plane, row, w, half, sums + first * kLanes, tap_stride);
-  }
-  const float* block_planes = padded + first * kLanes;
-  float* block_sums = sums + first * kLanes;
-  switch (vectors - first) {
-    case 5: taps_of_block<5>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-    case 4: taps_of_block<4>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-    case 3: taps_of_block<3>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-    case 2: taps_of_block<2>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-    case 1: taps_of_block<1>(block_planes, plane, row, w, half, block_sums, tap_stride); break;
-    default: break;
+#ifdef GSF_BF16_DOT
+  if (paired != nullptr) {
+    const int64_t pair_count = half / 2;
+    pair_planes(padded, half, plane, paired->planes);
+    const uint32_t* w = paired->weight + k * pair_count * 27;
+    taps_in_blocks(
+        [&](auto block, const uint32_t* block_planes, float* block_sums) {
+          taps_of_block_bf16<decltype(block)::value>(block_planes, plane, row, w, pair_count, block_sums, tap_stride);
+        },
+        paired->planes, vectors, sums);
+  } else
+#endif
+  {
+    const float* w = weight + k * half * 27;
+    taps_in_blocks(
+        [&](auto block, const float* block_planes, float* block_sums) {
+          taps_of_block<decltype(block)::value>(block_planes, plane, row, w, half, block_sums, tap_stride);
+        },
+        padded, vectors, sums);
   }
   for (int64_t kt = 0; kt < 3; ++kt) {
     for (int64_t y = 0; y < height; ++y) {
@@ -1083,8 +1201,18 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
   const int64_t walks = s.clips * 2;
   if (walks == 0) return;  // an empty batch
   const int64_t runs = std::min(frames, std::max<int64_t>(1, (at::get_num_threads() + walks - 1) / walks));
+  const bool dot = std::is_same_v<T, uint16_t> && bf16_dot_products();
+#ifdef GSF_BF16_DOT
+  const std::vector<uint32_t> paired_weight = dot ? pair_weights(weight, half) : std::vector<uint32_t>();
+#endif
   at::parallel_for(0, walks * runs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(half * planes.plane, 0.0f), sums(3 * tap_stride), ring(3 * 3 * pixels);
+    std::vector<uint32_t> pair_scratch(dot ? half / 2 * planes.plane : 0);
+    PairedTaps paired_taps{nullptr, pair_scratch.data()};
+#ifdef GSF_BF16_DOT
+    paired_taps.weight = paired_weight.data();
+#endif
+    const PairedTaps* paired = dot ? &paired_taps : nullptr;
     auto taps_of = [&](int64_t t) { return ring.data() + t % 3 * 3 * pixels; };
     for (int64_t index = begin; index < end; ++index) {
       const int64_t walk = index / runs, run = index % runs, clip = walk / 2, k = walk % 2;
@@ -1097,7 +1225,7 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
       };
       for (int64_t t = std::max<int64_t>(first - 1, 0); t <= std::min(last, frames - 1); ++t) {
         frame_taps<T>(v, clip * frames + t, k, half, scale, shift, weight, planes, tap_stride, padded.data(),
-                      sums.data(), taps_of(t));
+                      sums.data(), taps_of(t), paired);
         if (t - 1 >= first && t - 1 < last) finish(t - 1);
       }
       if (last == frames) finish(frames - 1);  // the clip's last frame has no next frame's taps
@@ -1626,6 +1754,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
         " Tensor invstd, Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor fusion_weight, int num_segments,"
         " bool batch_statistics) -> Tensor[]");
   m.def("parallel_threads(int work) -> int");
+  m.def("bf16_dot_products() -> bool");
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
@@ -1647,4 +1776,5 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
   m.impl("parallel_threads", &parallel_threads);  // no tensor arguments: no dispatch key of its own
+  m.impl("bf16_dot_products", &bf16_dot_products);  // whether the bfloat16 gate runs in vdpbf16ps
 }
