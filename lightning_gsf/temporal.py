@@ -7,12 +7,15 @@ residual block: the first ``C/fold_div`` channels take the next frame's values, 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from lightning_gsf import compiled_ops, gradient_reuse
+from lightning_gsf import compiled_ops, cpu_kernels, gradient_reuse
 
 
 def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool) -> torch.Tensor:
@@ -124,8 +127,46 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 
+def shifts_in_place(x: torch.Tensor) -> bool:
+    """Whether :func:`shifted` shifts ``x`` in its own memory: an inference tensor in inference
+    mode (no autograd, no version counter that an in-place write could upset), on the CPU in
+    float32 or bfloat16, dense (NCHW or channels-last), with the C++ kernels built; not while
+    compiling."""
+    return (torch.is_inference_mode_enabled() and x.is_inference() and not torch.compiler.is_compiling()
+            and x.dim() == 4 and cpu_kernels.takes(x)
+            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and cpu_kernels.cpu_kernels() is not None)
+
+
+@contextlib.contextmanager
+def shifted(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> Iterator[torch.Tensor]:
+    """:func:`temporal_shift` of ``x`` for the duration of the ``with`` block, for a caller that
+    reads the shifted map and then needs ``x`` itself again (TSM's identity path).
+
+    Where :func:`shifts_in_place` allows (inference on the CPU), ``x`` itself is shifted (the
+    C++ ``temporal_shift_``: a quarter of the map moves, nothing is allocated) and restored
+    exactly on leaving the block, also when it raises; the frames the shift overwrites are
+    kept meanwhile. Elsewhere the block gets the shifted copy."""
+    if not shifts_in_place(x):
+        yield temporal_shift(x, num_segments, fold_div)
+        return
+    nt, c, h, w = x.shape
+    if nt % num_segments:
+        raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
+    fold = c // fold_div
+    memory_format = torch.channels_last if not x.is_contiguous() else torch.contiguous_format
+    saved = torch.empty((nt // num_segments * 2, fold, h, w), dtype=x.dtype, memory_format=memory_format)
+    ops = cpu_kernels.cpu_kernels()
+    ops.temporal_shift_(x, saved, num_segments, fold)
+    try:
+        yield x
+    finally:
+        ops.temporal_unshift_(x, saved, num_segments, fold)
+
+
 class TemporalShift(nn.Module):
-    """TSM as a parameter-free module with the same ``(N*T, C, H, W)`` interface as GSF."""
+    """TSM as a parameter-free module with the same ``(N*T, C, H, W)`` interface as GSF;
+    :meth:`shifted` for a block that needs the unshifted input afterwards."""
 
     def __init__(self, num_segments: int, fold_div: int = 8) -> None:
         super().__init__()
@@ -137,3 +178,8 @@ class TemporalShift(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return temporal_shift(x, self.num_segments, self.fold_div)
+
+    def shifted(self, x: torch.Tensor) -> contextlib.AbstractContextManager[torch.Tensor]:
+        """``with shift.shifted(x) as y:`` ``y`` is ``shift(x)`` (``x`` itself, shifted in place
+        and restored after the block, in CPU inference; see :func:`shifted`)."""
+        return shifted(x, self.num_segments, self.fold_div)

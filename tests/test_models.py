@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
+from lightning_gsf import temporal
 from lightning_gsf.backbones import BACKBONES, build_backbone
 from lightning_gsf.backbones import weights as weights_module
 from lightning_gsf.backbones.insertion import TEMPORAL_MODULES
@@ -214,6 +215,28 @@ def test_forward_backward(backbone: str, temporal_module: str) -> None:
     if temporal_module == "gsf":
         gates = [g for name, g in grads.items() if name.endswith("conv3D.weight")]
         assert gates and all(g.abs().sum() > 0 for g in gates)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "bninception", "inception_v3"])
+def test_tsm_inference_in_place_gives_the_copy_s_logits(backbone: str, monkeypatch) -> None:
+    """In inference mode TSM shifts each block's input in place and restores it (the identity
+    path, and an Inception block's other branches, read it after): the same logits, to the
+    bit, as the shifted copies under ``no_grad``, and the clip is left as it was."""
+    in_place = []
+    shifts_in_place = temporal.shifts_in_place
+    monkeypatch.setattr(temporal, "shifts_in_place", lambda x: in_place.append(shifts_in_place(x)) or in_place[-1])
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone, "tsm", num_segments=2, num_classes=4).eval()
+    clip = _clip(backbone).float()
+    with torch.no_grad():
+        expected = model(clip)["class"]
+    assert in_place and not any(in_place)
+    in_place.clear()
+    with torch.inference_mode():
+        frames = clip.clone()
+        actual = model(frames)["class"]
+    assert in_place and all(in_place)
+    assert torch.equal(actual, expected) and torch.equal(frames, clip)
 
 
 def test_logits_are_the_average_of_per_frame_logits() -> None:

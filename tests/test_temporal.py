@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
-from lightning_gsf import compiled_ops
+from lightning_gsf import compiled_ops, cpu_kernels, temporal
 from lightning_gsf.temporal import TemporalShift, _shift_compilable, temporal_shift
 
 
@@ -222,3 +222,65 @@ def test_inductor_shift_matches_eager(channels_last):
     for param, expected_param in zip(model.parameters(), eager.parameters()):
         torch.testing.assert_close(param.grad, expected_param.grad, rtol=1e-4, atol=1e-4)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@LAYOUTS
+@pytest.mark.parametrize(
+    "batch,num_segments,channels,fold_div,size",
+    [(2, 4, 16, 8, (3, 5)), (1, 1, 16, 8, (2, 2)), (3, 3, 17, 8, (1, 1)), (2, 5, 12, 4, (4, 3)), (1, 8, 4, 8, (2, 3))],
+)
+def test_inference_shifts_in_place_and_restores(batch, num_segments, channels, fold_div, size, channels_last, dtype):
+    """In inference mode ``shifted`` shifts the map in its own memory (the C++ kernels) and puts
+    it back on leaving, to the bit; 1 x 1 maps are NCHW and channels-last at once."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch * num_segments, channels, *size).to(dtype).contiguous(memory_format=memory_format)
+    expected = naive_shift(x, num_segments, fold_div)
+    with torch.inference_mode():
+        frames = x.clone()
+        assert temporal.shifts_in_place(frames)
+        with temporal.shifted(frames, num_segments, fold_div) as shifted:
+            assert shifted.data_ptr() == frames.data_ptr()
+            assert torch.equal(shifted, expected)
+        assert torch.equal(frames, x)
+
+
+def test_inference_shift_is_undone_when_the_block_raises():
+    x = torch.randn(2 * 3, 16, 2, 2)
+    with torch.inference_mode():
+        frames = x.clone()
+        with pytest.raises(RuntimeError, match="the convolution failed"):
+            with TemporalShift(3).shifted(frames) as shifted:
+                assert not torch.equal(shifted, x)
+                raise RuntimeError("the convolution failed")
+        assert torch.equal(frames, x)
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode_on_a_normal_tensor", "float64", "strided"])
+def test_other_calls_get_a_shifted_copy(mode):
+    """With autograd, outside inference mode, on a tensor made outside it (it has a version
+    counter), in a dtype or layout the kernels do not take: a copy, ``x`` untouched."""
+    x = torch.randn(2 * 3, 16, 3, 4, dtype=torch.float64 if mode == "float64" else torch.float32)
+    if mode == "strided":
+        x = x.transpose(2, 3)
+    original = x.clone()
+    context = {"grad": torch.enable_grad(), "no_grad": torch.no_grad()}.get(mode, torch.inference_mode())
+    with context:
+        if mode in ("float64", "strided"):
+            x = x.clone()  # (an inference tensor: only its dtype or layout stands in the way)
+            original = x.clone()
+        with TemporalShift(3).shifted(x) as shifted:
+            assert shifted.data_ptr() != x.data_ptr()
+            assert torch.equal(shifted, naive_shift(original, 3, 8))
+    assert torch.equal(x, original)
+
+
+def test_in_place_shift_op_checks_its_arguments():
+    ops = cpu_kernels.cpu_kernels()
+    x = torch.randn(2 * 3, 16, 3, 4)
+    with pytest.raises(RuntimeError, match=r"saved must be a contiguous \(N \* 2, fold, H, W\)"):
+        ops.temporal_shift_(x, torch.empty(2, 2, 3, 4), 3, 2)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        ops.temporal_shift_(x.transpose(2, 3), torch.empty(4, 2, 4, 3), 3, 2)
+    with pytest.raises(RuntimeError, match="x must be \\(N\\*T, C, H, W\\) with T = 4"):
+        ops.temporal_shift_(x, torch.empty(4, 2, 3, 4), 4, 2)

@@ -57,7 +57,11 @@ class _TemporalResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.residual(x if self.shift is None else self.shift(x))
+        if self.shift is None:
+            out = self.residual(x)
+        else:
+            with self.shift.shifted(x) as shifted:  # (in CPU inference x itself, restored after)
+                out = self.residual(shifted)
         out += identity  # in place, as torchvision does: one pass less over the feature map
         return self.relu(out)
 
@@ -90,9 +94,11 @@ class TemporalBasicConv2d(nn.Module):
         self.gsf = gsf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shift is not None:
-            x = self.shift(x)
-        x = self.conv(x)
+        if self.shift is None:
+            x = self.conv(x)
+        else:
+            with self.shift.shifted(x) as shifted:  # (the block's other branches read x too)
+                x = self.conv(shifted)
         if self.gsf is not None:
             x = self.gsf(x)
         return nn.functional.relu(self.bn(x), inplace=True)

@@ -1718,6 +1718,116 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
           grad_fusion_weight.to(fusion_weight.scalar_type()), grad_fusion_bias.to(fusion_weight.scalar_type())};
 }
 
+// ---------------------------------------------------------------------------------------------
+// temporal_shift_ / temporal_unshift_: TSM's shift written over x itself (twin: the copy of
+// lightning_gsf.temporal._shift_copy), for inference, where the shifted map is read once, by the
+// next convolution, and x itself is needed after it (the residual): channels [0, fold) take
+// frame t + 1 and [fold, 2 fold) frame t - 1, zero beyond the clip. What the shift overwrites
+// and no frame keeps (each clip's first frame of [0, fold) and last of [fold, 2 fold)) goes
+// to `saved` (N * 2, fold, H, W), from which temporal_unshift_ restores x exactly. A quarter
+// of the map moves each way (and nothing is allocated), where the copy writes all of it.
+
+// `count` channels of frame `from` from channel `from_c0` on, copied to frame `to` from
+// channel `to_c0` on (x, or saved; any strides); from < 0: zeros. Whole blocks where both maps
+// are NCHW, a pixel's run of channels at a time where both are channels-last.
+template <typename T>
+void move_channels(const Map<T>& to_map, int64_t to, int64_t to_c0, const Map<T>& from_map, int64_t from,
+                   int64_t from_c0, int64_t count, int64_t pixels) {
+  T* dst = to_map.at(to, to_c0);
+  const T* src = from < 0 ? nullptr : from_map.at(from, from_c0);
+  const bool zeros = src == nullptr;
+  if (to_map.pixel == 1 && to_map.channel == pixels && (zeros || (from_map.pixel == 1 && from_map.channel == pixels))) {
+    if (zeros) {
+      std::fill(dst, dst + count * pixels, T{});
+    } else {
+      std::memmove(dst, src, count * pixels * sizeof(T));
+    }
+    return;
+  }
+  if (to_map.channel == 1 && (zeros || from_map.channel == 1)) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      T* d = dst + p * to_map.pixel;
+      if (zeros) {
+        std::fill(d, d + count, T{});
+      } else {
+        std::memmove(d, src + p * from_map.pixel, count * sizeof(T));
+      }
+    }
+    return;
+  }
+  for (int64_t c = 0; c < count; ++c) {
+    for (int64_t p = 0; p < pixels; ++p) {
+      dst[c * to_map.channel + p * to_map.pixel] = zeros ? T{} : src[c * from_map.channel + p * from_map.pixel];
+    }
+  }
+}
+
+// One (clip, side) of the shift (restore false) or of its undoing (restore true). Side 0:
+// channels [0, fold), which take frame t + 1; side 1: [fold, 2 fold), which take frame t - 1.
+template <typename T>
+void shift_side(const Map<T>& x, const Map<T>& saved, int64_t clip, int64_t side, int64_t frames, int64_t fold,
+                int64_t pixels, bool restore) {
+  auto move = [&](const Map<T>& to_map, int64_t to, int64_t to_c0, const Map<T>& from_map, int64_t from,
+                  int64_t from_c0) { move_channels(to_map, to, to_c0, from_map, from, from_c0, fold, pixels); };
+  const int64_t first = clip * frames, last = first + frames - 1, kept = clip * 2 + side;
+  const int64_t c0 = side * fold;
+  // Side 0 moves frames down (t <- t + 1) in increasing t; side 1 up, in decreasing t; undoing
+  // either runs the other way. Each frame is read before it is overwritten.
+  const bool down = (side == 0) != restore;
+  const int64_t lost = side == 0 ? first : last;  // the frame the shift overwrites unread
+  if (!restore) move(saved, kept, 0, x, lost, c0);
+  if (down) {
+    for (int64_t f = first; f < last; ++f) move(x, f, c0, x, f + 1, c0);
+  } else {
+    for (int64_t f = last; f > first; --f) move(x, f, c0, x, f - 1, c0);
+  }
+  if (restore) {
+    move(x, lost, c0, saved, kept, 0);
+  } else {
+    move(x, side == 0 ? last : first, c0, x, -1, c0);  // zero beyond the clip
+  }
+}
+
+void check_shift(const at::Tensor& x, const at::Tensor& saved, int64_t num_segments, int64_t fold) {
+  check_dtype(x);
+  TORCH_CHECK(x.dim() == 4 && num_segments > 0 && x.size(0) % num_segments == 0,
+              "TSM shift: x must be (N*T, C, H, W) with T = ", num_segments, ", got ", x.sizes());
+  TORCH_CHECK(fold >= 0 && 2 * fold <= x.size(1), "TSM shift: 2 * fold (", fold, ") exceeds the channels ", x.size(1));
+  auto dense = [](const at::Tensor& t) {
+    return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  TORCH_CHECK(dense(x), "TSM shift: x must be contiguous (NCHW or channels-last), got strides ", x.strides());
+  TORCH_CHECK(saved.scalar_type() == x.scalar_type() && saved.dim() == 4 &&
+                  saved.size(0) == x.size(0) / num_segments * 2 && saved.size(1) == fold &&
+                  saved.size(2) == x.size(2) && saved.size(3) == x.size(3) && dense(saved),
+              "TSM shift: saved must be a contiguous (N * 2, fold, H, W) tensor of x's dtype, got ", saved.sizes(),
+              " ", saved.scalar_type(), " strides ", saved.strides());
+}
+
+void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int64_t fold, bool restore) {
+  check_shift(x, saved, num_segments, fold);
+  const int64_t clips = x.size(0) / num_segments, pixels = x.size(2) * x.size(3);
+  if (fold == 0 || pixels == 0) return;
+  dispatch(x, [&](auto t) {
+    using T = decltype(t);
+    const Map<T> map{static_cast<T*>(x.data_ptr()), x.stride(0), x.stride(1), x.stride(3)};
+    const Map<T> kept{static_cast<T*>(saved.data_ptr()), saved.stride(0), saved.stride(1), saved.stride(3)};
+    at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        shift_side(map, kept, index / 2, index % 2, num_segments, fold, pixels, restore);
+      }
+    });
+  });
+}
+
+void temporal_shift_(at::Tensor x, at::Tensor saved, int64_t num_segments, int64_t fold) {
+  shift_in_place(x, saved, num_segments, fold, false);
+}
+
+void temporal_unshift_(at::Tensor x, at::Tensor saved, int64_t num_segments, int64_t fold) {
+  shift_in_place(x, saved, num_segments, fold, true);
+}
+
 // parallel_threads: how many threads one of the kernels' parallel loops over `work` items runs
 // on (one where the build lacks OpenMP, whatever torch.get_num_threads() says).
 int64_t parallel_threads(int64_t work) {
@@ -1754,6 +1864,8 @@ TORCH_LIBRARY(lightning_gsf, m) {
         " Tensor invstd, Tensor bn_weight, Tensor bn_bias, Tensor conv_weight, Tensor fusion_weight, int num_segments,"
         " bool batch_statistics) -> Tensor[]");
   m.def("parallel_threads(int work) -> int");
+  m.def("temporal_shift_(Tensor(a!) x, Tensor(b!) saved, int num_segments, int fold) -> ()");
+  m.def("temporal_unshift_(Tensor(a!) x, Tensor saved, int num_segments, int fold) -> ()");
   m.def("bf16_dot_products() -> bool");
 }
 
@@ -1772,6 +1884,8 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("input_gradient", &input_gradient);
   m.impl("infer", &infer);
   m.impl("backward", &backward);
+  m.impl("temporal_shift_", &temporal_shift_);
+  m.impl("temporal_unshift_", &temporal_unshift_);
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
