@@ -132,8 +132,8 @@ def shifts_in_place(x: torch.Tensor) -> bool:
     mode (no autograd, no version counter that an in-place write could upset), on the CPU in
     float32 or bfloat16, dense (NCHW or channels-last), with the C++ kernels built; not while
     compiling."""
-    return (torch.is_inference_mode_enabled() and x.is_inference() and not torch.compiler.is_compiling()
-            and x.dim() == 4 and cpu_kernels.takes(x)
+    return (not torch.compiler.is_compiling()  # (first: the compiler cannot trace the inference checks)
+            and torch.is_inference_mode_enabled() and x.is_inference() and x.dim() == 4 and cpu_kernels.takes(x)
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
             and cpu_kernels.cpu_kernels() is not None)
 
