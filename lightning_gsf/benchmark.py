@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--malloc", choices=host_memory.MODES, default=None,
                         help="retain: glibc keeps freed memory for reuse (no page faults each step); "
-                             "default: glibc's own settings (default: $GSF_MALLOC, else retain)")
+                             "default: glibc's own settings (default: $LIGHTNING_GSF_MALLOC, else retain)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     return parser
 

@@ -32,8 +32,8 @@ Defaults that every run gets (each can be changed from a config):
   left unset), a ``last.ckpt`` saved on SIGTERM, and the random state and loader position
   saved so a resumed run continues exactly.
 - host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
-  training step does not fault its activations in again every step; ``GSF_MALLOC=default``
-  leaves glibc's settings alone.
+  training step does not fault its activations in again every step;
+  ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:])
-    host_memory.configure(host_memory.mode_from_environment())  # GSF_MALLOC; see host_memory
+    host_memory.configure(host_memory.mode_from_environment())  # LIGHTNING_GSF_MALLOC; see host_memory
     return GSFCLI(
         VideoClassificationModule,
         VideoDataModule,

@@ -17,8 +17,8 @@ adjustment, and the trim threshold at its largest value (``mallopt``): blocks up
 come from the heap, and freed ones stay there for the next step's allocations (larger ones are
 mapped and unmapped as before). The process keeps its peak heap in exchange, as PyTorch's
 CUDA caching allocator does on the GPU; ResNet-50 training steps kept the same resident
-memory either way (2.3 GB after 12 steps of three models). ``gsf`` (the
-Lightning subcommands) and ``gsf benchmark`` call it; ``GSF_MALLOC=default`` keeps glibc's
+memory either way (2.3 GB after 12 steps of three models). ``gsf`` (the Lightning
+subcommands) and ``gsf benchmark`` call it; ``LIGHTNING_GSF_MALLOC=default`` keeps glibc's
 defaults. An allocator preloaded instead of glibc's (tcmalloc, jemalloc: ``LD_PRELOAD``) has
 its own caching; glibc's settings then change nothing.
 """
@@ -33,7 +33,7 @@ import platform
 log = logging.getLogger(__name__)
 
 #: The environment variable that chooses: ``retain`` (the default) or ``default``.
-ENVIRONMENT_VARIABLE = "GSF_MALLOC"
+ENVIRONMENT_VARIABLE = "LIGHTNING_GSF_MALLOC"
 MODES = ("retain", "default")
 
 # mallopt's parameters (malloc.h) and the values set.
@@ -77,7 +77,7 @@ def retain_freed_memory() -> bool:
 
 
 def mode_from_environment() -> str:
-    """``$GSF_MALLOC``, ``retain`` when unset; a clear error for anything else."""
+    """``$LIGHTNING_GSF_MALLOC``, ``retain`` when unset; a clear error for anything else."""
     mode = os.environ.get(ENVIRONMENT_VARIABLE, "retain").strip().lower() or "retain"
     if mode not in MODES:
         raise ValueError(f"{ENVIRONMENT_VARIABLE}={os.environ[ENVIRONMENT_VARIABLE]!r}: expected one of {MODES}")

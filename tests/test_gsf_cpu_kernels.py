@@ -288,8 +288,8 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
 
 
 def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
-    """GSF_CPU_BF16_DOT=0 turns the AVX512-BF16 gate off (in a process of its own: the choice
-    is made once): relu(bn(v)) and the weights stay float32, as on CPUs without it."""
+    """LIGHTNING_GSF_CPU_BF16_DOT=0 turns the AVX512-BF16 gate off (in a process of its own:
+    the choice is made once): relu(bn(v)) and the weights stay float32, as on CPUs without it."""
     script = (
         "import torch\n"
         "from lightning_gsf import cpu_kernels\n"
@@ -300,7 +300,7 @@ def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
         "check_gate(ops, (10, 10), 2, True, torch.bfloat16, 1, processed=20)\n"
         "print('float32')\n"
     )
-    env = {**os.environ, "GSF_CPU_BF16_DOT": "0", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "LIGHTNING_GSF_CPU_BF16_DOT": "0", "PYTHONPATH": str(Path(__file__).parent)}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "float32" in result.stdout, result.stderr[-2000:]
 

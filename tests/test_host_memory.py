@@ -60,7 +60,7 @@ def test_mode_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(host_memory.ENVIRONMENT_VARIABLE, "Default")
     assert host_memory.mode_from_environment() == "default"
     monkeypatch.setenv(host_memory.ENVIRONMENT_VARIABLE, "jemalloc")
-    with pytest.raises(ValueError, match="GSF_MALLOC='jemalloc': expected one of"):
+    with pytest.raises(ValueError, match="LIGHTNING_GSF_MALLOC='jemalloc': expected one of"):
         host_memory.mode_from_environment()
     with pytest.raises(ValueError, match="malloc mode 'fast'"):
         host_memory.configure("fast")

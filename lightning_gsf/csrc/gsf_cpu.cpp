@@ -866,13 +866,13 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
 // relu(bn(v)) and the weights are rounded to bfloat16 first, as autocast rounds a convolution's
 // inputs; the products are summed in float32. The build's ISA level (x86-64-v4) does not
 // include the extension, so these functions are compiled for it alone and chosen at run time
-// (bf16_dot_products), which GSF_CPU_BF16_DOT=0 in the environment turns off.
+// (bf16_dot_products), which LIGHTNING_GSF_CPU_BF16_DOT=0 in the environment turns off.
 #if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
 #define GSF_BF16_DOT 1
 
 bool bf16_dot_products() {
   static const bool available = [] {
-    const char* setting = std::getenv("GSF_CPU_BF16_DOT");
+    const char* setting = std::getenv("LIGHTNING_GSF_CPU_BF16_DOT");
     const bool allowed = setting == nullptr || std::strcmp(setting, "0") != 0;
     __builtin_cpu_init();
     return allowed && __builtin_cpu_supports("avx512bf16");
