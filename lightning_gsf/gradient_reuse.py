@@ -12,19 +12,20 @@ same prologue.
 Usage, in an autograd Function::
 
     forward:   gradient_reuse.prepare()            # (measures the probe, once per process)
-    backward:  @once_differentiable, and as its first line
-               counts = gradient_reuse.counts_on_entry(grad_out)
-               ...
-               if gradient_reuse.writable(grad_out, counts, memory_format): ...
+    backward:  @staticmethod
+               @gradient_reuse.taking_counts      # (the probe's prologue exactly)
+               def backward(ctx, grad_out, counts):
+                   if gradient_reuse.writable(grad_out, counts, memory_format): ...
 """
 
 from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 # The private use counts that the check reads (present in torch 2.x).
 COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
@@ -33,26 +34,38 @@ Counts = tuple[int, int, int]
 
 
 def counts_on_entry(grad: torch.Tensor) -> Counts | None:
-    """Who holds ``grad``, taken on the first line of a ``once_differentiable`` backward: its
-    Python references, its C++ references and the tensors (views) on its storage; None for a
-    non-CPU gradient or where torch lacks the private use counts."""
+    """Who holds ``grad``: its Python references, its C++ references and the tensors (views)
+    on its storage; None for a non-CPU gradient or where torch lacks the private use counts.
+    Comparable only when taken in the same prologue as the probe's (:func:`taking_counts`)."""
     if not COUNTS_USABLE or not grad.is_cpu:
         return None
     return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
 
 
+def taking_counts(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """A Function's ``backward(ctx, grad_out, counts)`` as ``backward(ctx, grad_out)``, with
+    :func:`counts_on_entry` of ``grad_out`` taken before anything else holds it: the one
+    prologue that every user and the probe share, so that their counts compare. Apply it
+    outermost (``once_differentiable``, where wanted, goes inside it)."""
+
+    @functools.wraps(backward)
+    def with_counts(ctx, grad_out):
+        return backward(ctx, grad_out, counts_on_entry(grad_out))
+
+    return with_counts
+
+
 class _Probe(torch.autograd.Function):
     """Records, on its node, :func:`counts_on_entry` of a freshly computed gradient that
-    nothing else holds (the backward prologue every user of this module has)."""
+    nothing else holds, in the prologue of :func:`taking_counts`."""
 
     @staticmethod
     def forward(ctx, x):  # noqa: D102
         return x.clone()
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102
-        counts = counts_on_entry(grad_out)  # first
+    @taking_counts
+    def backward(ctx, grad_out, counts):  # noqa: D102
         ctx.counts = counts
         return grad_out
 

@@ -615,9 +615,9 @@ class _KernelGSF(torch.autograd.Function):
         return out
 
     @staticmethod
+    @gradient_reuse.taking_counts
     @once_differentiable  # (the kernels' backward is not itself differentiable: say so clearly)
-    def backward(ctx, grad_out):  # noqa: D102
-        counts = gradient_reuse.counts_on_entry(grad_out)  # first
+    def backward(ctx, grad_out, counts):  # noqa: D102
         saved = ctx.saved_tensors
         p = saved[0].shape[1]
         memory_format = torch.channels_last if ctx.channels_last else torch.contiguous_format

@@ -7,15 +7,16 @@ residual block: the first ``C/fold_div`` channels take the next frame's values, 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from lightning_gsf import compiled_ops, cpu_kernels, gradient_reuse
+
+T = TypeVar("T")
 
 
 def _shift_copy(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool) -> torch.Tensor:
@@ -98,11 +99,11 @@ class _TemporalShift(torch.autograd.Function):
         return _shift_copy(x, num_segments, fold, backwards_first=True)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102
-        counts = gradient_reuse.counts_on_entry(grad_out)  # first
+    @gradient_reuse.taking_counts
+    def backward(ctx, grad_out, counts):  # noqa: D102
         if gradient_reuse.writable(grad_out, counts, _dense_format(grad_out)):
             return _unshift_in_place(grad_out, ctx.num_segments, ctx.fold), None, None
+        # (slice copies: differentiable again, for a double backward)
         return _shift_copy(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None
 
 
@@ -127,29 +128,30 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 
-def shifts_in_place(x: torch.Tensor) -> bool:
-    """Whether :func:`shifted` shifts ``x`` in its own memory: an inference tensor in inference
-    mode (no autograd, no version counter that an in-place write could upset), on the CPU in
-    float32 or bfloat16, dense (NCHW or channels-last), with the C++ kernels built; not while
-    compiling."""
+def shifts_in_place(x: torch.Tensor, fold_div: int = 8) -> bool:
+    """Whether :func:`call_with_shifted` shifts ``x`` in its own memory: an inference tensor in
+    inference mode (no autograd, no version counter that an in-place write could upset), on
+    the CPU in float32 or bfloat16, dense (NCHW or channels-last) in a layout the C++ kernels
+    address, two folds within the channels, the kernels built; not while compiling."""
     return (not torch.compiler.is_compiling()  # (first: the compiler cannot trace the inference checks)
             and torch.is_inference_mode_enabled() and x.is_inference() and x.dim() == 4 and cpu_kernels.takes(x)
             and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+            and cpu_kernels.addressable(x) and 2 * (x.shape[1] // fold_div) <= x.shape[1]
             and cpu_kernels.cpu_kernels() is not None)
 
 
-@contextlib.contextmanager
-def shifted(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> Iterator[torch.Tensor]:
-    """:func:`temporal_shift` of ``x`` for the duration of the ``with`` block, for a caller that
-    reads the shifted map and then needs ``x`` itself again (TSM's identity path).
+def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], num_segments: int,
+                      fold_div: int = 8) -> T:
+    """``consumer(temporal_shift(x))``, for a caller that needs ``x`` itself again afterwards
+    (TSM's identity path, an Inception block's other branches).
 
     Where :func:`shifts_in_place` allows (inference on the CPU), ``x`` itself is shifted (the
-    C++ ``temporal_shift_``: a quarter of the map moves, nothing is allocated) and restored
-    exactly on leaving the block, also when it raises; the frames the shift overwrites are
-    kept meanwhile. Elsewhere the block gets the shifted copy."""
-    if not shifts_in_place(x):
-        yield temporal_shift(x, num_segments, fold_div)
-        return
+    C++ ``temporal_shift_``: an eighth of the channels moves each way, no map is allocated;
+    the frames the shift overwrites are kept aside) and restored exactly when ``consumer``
+    returns or raises. So ``consumer`` must not write into its input, and whatever keeps a
+    reference to it (a forward hook on the next convolution, say) sees ``x`` restored."""
+    if not shifts_in_place(x, fold_div):
+        return consumer(temporal_shift(x, num_segments, fold_div))
     nt, c, h, w = x.shape
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
@@ -159,14 +161,14 @@ def shifted(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> Iterator[t
     ops = cpu_kernels.cpu_kernels()
     ops.temporal_shift_(x, saved, num_segments, fold)
     try:
-        yield x
+        return consumer(x)
     finally:
         ops.temporal_unshift_(x, saved, num_segments, fold)
 
 
 class TemporalShift(nn.Module):
     """TSM as a parameter-free module with the same ``(N*T, C, H, W)`` interface as GSF;
-    :meth:`shifted` for a block that needs the unshifted input afterwards."""
+    :meth:`call_with_shifted` for a block that needs the unshifted input afterwards."""
 
     def __init__(self, num_segments: int, fold_div: int = 8) -> None:
         super().__init__()
@@ -179,7 +181,15 @@ class TemporalShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return temporal_shift(x, self.num_segments, self.fold_div)
 
-    def shifted(self, x: torch.Tensor) -> contextlib.AbstractContextManager[torch.Tensor]:
-        """``with shift.shifted(x) as y:`` ``y`` is ``shift(x)`` (``x`` itself, shifted in place
-        and restored after the block, in CPU inference; see :func:`shifted`)."""
-        return shifted(x, self.num_segments, self.fold_div)
+    def call_with_shifted(self, x: torch.Tensor, consumer: Callable[[torch.Tensor], T]) -> T:
+        """``consumer(self(x))``; in CPU inference with ``x`` itself shifted in place and restored
+        after (:func:`call_with_shifted`), unless hooks or a subclass's ``forward`` expect the
+        module to be called."""
+        if self._called_as_usual():
+            return consumer(self(x))
+        return call_with_shifted(x, consumer, self.num_segments, self.fold_div)
+
+    def _called_as_usual(self) -> bool:
+        hooks = (self._forward_hooks, self._forward_pre_hooks, nn.modules.module._global_forward_hooks,
+                 nn.modules.module._global_forward_pre_hooks)
+        return any(hooks) or type(self).forward is not TemporalShift.forward

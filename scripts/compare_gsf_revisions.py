@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_gsf import host_memory
 from lightning_gsf.benchmark import BenchmarkConfig, build_model, make_batch, make_steps, time_round_robin
 from lightning_gsf.gsf import GSF
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    host_memory.configure(host_memory.mode_from_environment())  # as gsf benchmark: no page faults each step
     torch.set_num_threads(args.threads)
     old_gsf = gsf_class_at(args.revision)
 

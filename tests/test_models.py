@@ -224,7 +224,11 @@ def test_tsm_inference_in_place_gives_the_copy_s_logits(backbone: str, monkeypat
     bit, as the shifted copies under ``no_grad``, and the clip is left as it was."""
     in_place = []
     shifts_in_place = temporal.shifts_in_place
-    monkeypatch.setattr(temporal, "shifts_in_place", lambda x: in_place.append(shifts_in_place(x)) or in_place[-1])
+    def recording(*args):
+        in_place.append(shifts_in_place(*args))
+        return in_place[-1]
+
+    monkeypatch.setattr(temporal, "shifts_in_place", recording)
     torch.manual_seed(0)
     model = VideoClassifier(backbone, "tsm", num_segments=2, num_classes=4).eval()
     clip = _clip(backbone).float()

@@ -228,51 +228,89 @@ def test_inductor_shift_matches_eager(channels_last):
 @LAYOUTS
 @pytest.mark.parametrize(
     "batch,num_segments,channels,fold_div,size",
-    [(2, 4, 16, 8, (3, 5)), (1, 1, 16, 8, (2, 2)), (3, 3, 17, 8, (1, 1)), (2, 5, 12, 4, (4, 3)), (1, 8, 4, 8, (2, 3))],
+    [(2, 4, 16, 8, (3, 5)), (1, 1, 16, 8, (2, 2)), (3, 3, 17, 8, (1, 1)), (2, 5, 12, 4, (4, 3)), (1, 8, 4, 8, (2, 3)),
+     (2, 3, 16, 2, (3, 1))],
 )
 def test_inference_shifts_in_place_and_restores(batch, num_segments, channels, fold_div, size, channels_last, dtype):
-    """In inference mode ``shifted`` shifts the map in its own memory (the C++ kernels) and puts
-    it back on leaving, to the bit; 1 x 1 maps are NCHW and channels-last at once."""
+    """In inference mode the consumer gets the map shifted in its own memory (the C++ kernels),
+    which is put back when it returns, to the bit; 1 x 1 maps are NCHW and channels-last at
+    once, 3 x 1 maps have a free stride on W."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch * num_segments, channels, *size).to(dtype).contiguous(memory_format=memory_format)
     expected = naive_shift(x, num_segments, fold_div)
+    seen = []
+
+    def consumer(shifted):
+        seen.append((shifted.data_ptr(), shifted.clone()))
+        return shifted.sum()
+
     with torch.inference_mode():
         frames = x.clone()
-        assert temporal.shifts_in_place(frames)
-        with temporal.shifted(frames, num_segments, fold_div) as shifted:
-            assert shifted.data_ptr() == frames.data_ptr()
-            assert torch.equal(shifted, expected)
+        assert temporal.shifts_in_place(frames, fold_div)
+        temporal.call_with_shifted(frames, consumer, num_segments, fold_div)
         assert torch.equal(frames, x)
+    (pointer, value), = seen
+    assert pointer == frames.data_ptr() and torch.equal(value, expected)
 
 
-def test_inference_shift_is_undone_when_the_block_raises():
+def test_inference_shift_is_undone_when_the_consumer_raises():
     x = torch.randn(2 * 3, 16, 2, 2)
+
+    def failing(shifted):
+        assert not torch.equal(shifted, x)
+        raise RuntimeError("the convolution failed")
+
     with torch.inference_mode():
         frames = x.clone()
         with pytest.raises(RuntimeError, match="the convolution failed"):
-            with TemporalShift(3).shifted(frames) as shifted:
-                assert not torch.equal(shifted, x)
-                raise RuntimeError("the convolution failed")
+            TemporalShift(3).call_with_shifted(frames, failing)
         assert torch.equal(frames, x)
 
 
-@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode_on_a_normal_tensor", "float64", "strided"])
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "inference_mode_on_a_normal_tensor", "float64", "strided",
+                                  "width_one_odd_strides", "fold_div_1", "hook", "subclass"])
 def test_other_calls_get_a_shifted_copy(mode):
     """With autograd, outside inference mode, on a tensor made outside it (it has a version
-    counter), in a dtype or layout the kernels do not take: a copy, ``x`` untouched."""
-    x = torch.randn(2 * 3, 16, 3, 4, dtype=torch.float64 if mode == "float64" else torch.float32)
-    if mode == "strided":
-        x = x.transpose(2, 3)
-    original = x.clone()
-    context = {"grad": torch.enable_grad(), "no_grad": torch.no_grad()}.get(mode, torch.inference_mode())
+    counter), in a dtype or layout the kernels do not take (a W = 1 map whose W stride is not
+    H*W's step), folds that do not fit twice, or a module with hooks or another ``forward``:
+    the module is called and the consumer gets a copy; ``x`` is untouched."""
+    calls = []
+    shift = TemporalShift(3, fold_div=1 if mode == "fold_div_1" else 8)
+    if mode == "hook":
+        shift.register_forward_hook(lambda module, args, output: calls.append("hook"))
+    if mode == "subclass":
+        class CountingShift(TemporalShift):
+            def forward(self, x):
+                calls.append("forward")
+                return super().forward(x)
+
+        shift = CountingShift(3)
+
+    def make():
+        if mode == "strided":
+            return torch.randn(2 * 3, 16, 3, 4).transpose(2, 3)
+        if mode == "width_one_odd_strides":  # contiguous by PyTorch's rule (W = 1), pixels not one stride
+            return torch.randn(2 * 3, 16, 1, 4).permute(0, 1, 3, 2)
+        return torch.randn(2 * 3, 16, 3, 4, dtype=torch.float64 if mode == "float64" else torch.float32)
+
+    context = {"grad": torch.enable_grad(), "no_grad": torch.no_grad(),
+               "inference_mode_on_a_normal_tensor": torch.inference_mode()}.get(mode, torch.inference_mode())
+    x = make() if mode in ("grad", "no_grad", "inference_mode_on_a_normal_tensor") else None
     with context:
-        if mode in ("float64", "strided"):
-            x = x.clone()  # (an inference tensor: only its dtype or layout stands in the way)
-            original = x.clone()
-        with TemporalShift(3).shifted(x) as shifted:
-            assert shifted.data_ptr() != x.data_ptr()
-            assert torch.equal(shifted, naive_shift(original, 3, 8))
+        if x is None:
+            x = make()  # (an inference tensor: only the named reason stands in the way)
+        original = x.clone()
+        seen = shift.call_with_shifted(x, lambda shifted: (shifted.data_ptr(), shifted.clone()))
+        assert seen[0] != x.data_ptr()
+        assert torch.equal(seen[1], naive_shift(original, 3, shift.fold_div))
     assert torch.equal(x, original)
+    assert calls == {"hook": ["hook"], "subclass": ["forward"]}.get(mode, [])
+
+
+def test_double_backward_through_the_shift():
+    """The backward's copy path is differentiable again (gradient penalties, gradgradcheck)."""
+    x = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda v: temporal_shift(v, 3) ** 2, (x,))
 
 
 def test_in_place_shift_op_checks_its_arguments():
@@ -284,3 +322,6 @@ def test_in_place_shift_op_checks_its_arguments():
         ops.temporal_shift_(x.transpose(2, 3), torch.empty(4, 2, 4, 3), 3, 2)
     with pytest.raises(RuntimeError, match="x must be \\(N\\*T, C, H, W\\) with T = 4"):
         ops.temporal_shift_(x, torch.empty(4, 2, 3, 4), 4, 2)
+    odd = torch.randn(2 * 3, 16, 1, 4).permute(0, 1, 3, 2)  # W = 1: contiguous, but W's stride is 4
+    with pytest.raises(RuntimeError, match="pixels must have one stride over H\\*W"):
+        ops.temporal_shift_(odd, torch.empty(4, 2, 4, 1), 3, 2)

@@ -141,7 +141,7 @@ class InceptionNet(nn.Module):
         It is registered as ``gsf_<conv name>`` (output, as in the original release) or
         ``shift_<conv name>`` (input), beside the unit's own layers, which keep their names.
         A module on the input is a :class:`~lightning_gsf.temporal.TemporalShift` (its
-        ``shifted`` context, since the block's other branches read the same input).
+        ``call_with_shifted``, since the block's other branches read the same input).
         """
         name = TEMPORAL_PREFIX[position] + self.names.conv(unit)
         self.add_module(name, module)
@@ -155,9 +155,8 @@ class InceptionNet(nn.Module):
         convolution = getattr(self, self.names.conv(conv.name))
         if before is None:
             x = convolution(x)
-        else:
-            with getattr(self, before).shifted(x) as shifted:  # (the block's other branches read x too)
-                x = convolution(shifted)
+        else:  # (the block's other branches read x too: restored after the conv)
+            x = getattr(self, before).call_with_shifted(x, convolution)
         if after is not None:
             x = getattr(self, after)(x)
         x = getattr(self, self.names.bn(conv.name))(x)

@@ -59,9 +59,8 @@ class _TemporalResidualBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         if self.shift is None:
             out = self.residual(x)
-        else:
-            with self.shift.shifted(x) as shifted:  # (in CPU inference x itself, restored after)
-                out = self.residual(shifted)
+        else:  # (in CPU inference x itself, shifted in place and restored after)
+            out = self.shift.call_with_shifted(x, self.residual)
         out += identity  # in place, as torchvision does: one pass less over the feature map
         return self.relu(out)
 
@@ -96,9 +95,8 @@ class TemporalBasicConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shift is None:
             x = self.conv(x)
-        else:
-            with self.shift.shifted(x) as shifted:  # (the block's other branches read x too)
-                x = self.conv(shifted)
+        else:  # (the block's other branches read x too: restored after the conv)
+            x = self.shift.call_with_shifted(x, self.conv)
         if self.gsf is not None:
             x = self.gsf(x)
         return nn.functional.relu(self.bn(x), inplace=True)

@@ -1724,8 +1724,8 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
 // next convolution, and x itself is needed after it (the residual): channels [0, fold) take
 // frame t + 1 and [fold, 2 fold) frame t - 1, zero beyond the clip. What the shift overwrites
 // and no frame keeps (each clip's first frame of [0, fold) and last of [fold, 2 fold)) goes
-// to `saved` (N * 2, fold, H, W), from which temporal_unshift_ restores x exactly. A quarter
-// of the map moves each way (and nothing is allocated), where the copy writes all of it.
+// to `saved` (N * 2, fold, H, W), from which temporal_unshift_ restores x exactly. An eighth
+// of the channels moves each way (a quarter of the map in all), where the copy writes all of it.
 
 // `count` channels of frame `from` from channel `from_c0` on, copied to frame `to` from
 // channel `to_c0` on (x, or saved; any strides); from < 0: zeros. Whole blocks where both maps
@@ -1810,8 +1810,9 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
   if (fold == 0 || pixels == 0) return;
   dispatch(x, [&](auto t) {
     using T = decltype(t);
-    const Map<T> map{static_cast<T*>(x.data_ptr()), x.stride(0), x.stride(1), x.stride(3)};
-    const Map<T> kept{static_cast<T*>(saved.data_ptr()), saved.stride(0), saved.stride(1), saved.stride(3)};
+    // (map_of refuses a pixel stride that does not step through H*W, as a W = 1 map's may not)
+    const Map<T> map = map_of<T>(x, "x");
+    const Map<T> kept = map_of<T>(saved, "saved");
     at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
         shift_side(map, kept, index / 2, index % 2, num_segments, fold, pixels, restore);
