@@ -300,9 +300,7 @@ def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
         "check_gate(ops, (10, 10), 2, True, torch.bfloat16, 1, processed=20)\n"
         "print('float32')\n"
     )
-    env = {**os.environ, "LIGHTNING_GSF_CPU_BF16_DOT": "0", "PYTHONPATH": str(Path(__file__).parent)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "float32" in result.stdout, result.stderr[-2000:]
+    assert "float32" in run_with_the_tests(script, LIGHTNING_GSF_CPU_BF16_DOT="0")
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
@@ -745,9 +743,17 @@ def test_the_baseline_build_computes_the_same(tmp_path):
         "assert (out - expected).abs().max() < 1e-5 and (x.grad - x_ref.grad).abs().max() < 1e-4\n"
         "print('same')\n"
     )
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONPATH": str(Path(__file__).parent)}
+    assert "same" in run_with_the_tests(script, ATEN_CPU_CAPABILITY="default")
+
+
+def run_with_the_tests(script: str, **environment: str) -> str:
+    """``script`` in a Python process of its own (the kernels' build and run-time choices are
+    made once per process) that can import the test modules, with ``environment`` added; its
+    standard output."""
+    env = {**os.environ, **environment, "PYTHONPATH": str(Path(__file__).parent)}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "same" in result.stdout, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 def reference_input_gradient(module, x, consumer):
