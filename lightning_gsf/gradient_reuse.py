@@ -91,10 +91,12 @@ def prepare() -> None:
     unshared_counts()
 
 
-def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.memory_format) -> bool:
+def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.memory_format | None = None) -> bool:
     """Whether a backward may write over ``grad``, its output's gradient, whose ``counts`` it
-    took on entry: a dense tensor in ``memory_format`` (the input's) that nothing but the
-    autograd engine holds, outside a double backward. CPU tensors only for now: the same
-    reasoning holds on CUDA, but the GPU tests have not run it yet."""
-    return (counts is not None and grad.is_cpu and counts == unshared_counts()
-            and not grad.requires_grad and grad.is_contiguous(memory_format=memory_format))
+    took on entry: a dense tensor in ``memory_format`` (the input's; None: NCHW or
+    channels-last, either will do) that nothing but the autograd engine holds, outside a
+    double backward. CPU tensors only for now: the same reasoning holds on CUDA, but the GPU
+    tests have not run it yet."""
+    formats = (torch.contiguous_format, torch.channels_last) if memory_format is None else (memory_format,)
+    return (counts is not None and grad.is_cpu and counts == unshared_counts() and not grad.requires_grad
+            and any(grad.is_contiguous(memory_format=layout) for layout in formats))

@@ -76,12 +76,6 @@ def _unshift_in_place(grad: torch.Tensor, num_segments: int, fold: int) -> torch
     return grad
 
 
-def _dense_format(x: torch.Tensor) -> torch.memory_format:
-    """The memory format in which ``x`` would be dense, if any: channels-last or NCHW."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 class _TemporalShift(torch.autograd.Function):
     """The shift with its adjoint (the opposite shift) as backward.
 
@@ -101,7 +95,7 @@ class _TemporalShift(torch.autograd.Function):
     @staticmethod
     @gradient_reuse.taking_counts
     def backward(ctx, grad_out, counts):  # noqa: D102
-        if gradient_reuse.writable(grad_out, counts, _dense_format(grad_out)):
+        if gradient_reuse.writable(grad_out, counts):  # (the shift works in either layout)
             return _unshift_in_place(grad_out, ctx.num_segments, ctx.fold), None, None
         # (slice copies: differentiable again, for a double backward)
         return _shift_copy(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None

@@ -866,19 +866,8 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
 // relu(bn(v)) and the weights are rounded to bfloat16 first, as autocast rounds a convolution's
 // inputs; the products are summed in float32. The build's ISA level (x86-64-v4) does not
 // include the extension, so these functions are compiled for it alone and chosen at run time
-// (bf16_dot_products), which LIGHTNING_GSF_CPU_BF16_DOT=0 in the environment turns off.
-#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
-#define GSF_BF16_DOT 1
-
-bool bf16_dot_products() {
-  static const bool available = [] {
-    const char* setting = std::getenv("LIGHTNING_GSF_CPU_BF16_DOT");
-    const bool allowed = setting == nullptr || std::strcmp(setting, "0") != 0;
-    __builtin_cpu_init();
-    return allowed && __builtin_cpu_supports("avx512bf16");
-  }();
-  return available;
-}
+// (bf16_dot_products), which LIGHTNING_GSF_CPU_BF16_DOT=0 in the environment turns off. The
+// pairing below is plain C++; only the kernel and the check need the extension.
 
 // Two floats as one 32-bit lane of bfloat16 pairs: low half `even`, high half `odd`.
 inline uint32_t bf16_pair(float even, float odd) {
@@ -908,6 +897,19 @@ std::vector<uint32_t> pair_weights(const float* weight, int64_t half) {
     }
   }
   return paired;
+}
+
+#if defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__)
+#define GSF_BF16_DOT 1
+
+bool bf16_dot_products() {
+  static const bool available = [] {
+    const char* setting = std::getenv("LIGHTNING_GSF_CPU_BF16_DOT");
+    const bool allowed = setting == nullptr || std::strcmp(setting, "0") != 0;
+    __builtin_cpu_init();
+    return allowed && __builtin_cpu_supports("avx512bf16");
+  }();
+  return available;
 }
 
 // taps_of_block over channel pairs: the same sums, each vdpbf16ps adding a pair's two products.
@@ -1202,16 +1204,11 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
   if (walks == 0) return;  // an empty batch
   const int64_t runs = std::min(frames, std::max<int64_t>(1, (at::get_num_threads() + walks - 1) / walks));
   const bool dot = std::is_same_v<T, uint16_t> && bf16_dot_products();
-#ifdef GSF_BF16_DOT
   const std::vector<uint32_t> paired_weight = dot ? pair_weights(weight, half) : std::vector<uint32_t>();
-#endif
   at::parallel_for(0, walks * runs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(half * planes.plane, 0.0f), sums(3 * tap_stride), ring(3 * 3 * pixels);
     std::vector<uint32_t> pair_scratch(dot ? half / 2 * planes.plane : 0);
-    PairedTaps paired_taps{nullptr, pair_scratch.data()};
-#ifdef GSF_BF16_DOT
-    paired_taps.weight = paired_weight.data();
-#endif
+    const PairedTaps paired_taps{paired_weight.data(), pair_scratch.data()};
     const PairedTaps* paired = dot ? &paired_taps : nullptr;
     auto taps_of = [&](int64_t t) { return ring.data() + t % 3 * 3 * pixels; };
     for (int64_t index = begin; index < end; ++index) {
