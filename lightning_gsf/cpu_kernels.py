@@ -105,7 +105,7 @@ def _import_cpp_extension() -> ModuleType:
 def takes(x: torch.Tensor) -> bool:
     """Whether the kernels take ``x``: a plain (not a subclass such as a fake or distributed
     tensor) float32 or bfloat16 CPU tensor."""
-    return type(x) is torch.Tensor and x.device.type == "cpu" and x.dtype in DTYPES
+    return type(x) is torch.Tensor and x.is_cpu and x.dtype in DTYPES
 
 
 def usable(x: torch.Tensor) -> bool:

@@ -119,7 +119,13 @@ class GSF(nn.Module):
         otherwise; under ``torch.compile`` :meth:`forward_compiled_ops` where the C++
         kernels take the input, else :meth:`forward_compilable`; the reference with
         synchronised batch norm while training. A float32 input under autocast (GSF called on
-        a float32 tensor) runs in float32, as it came."""
+        a float32 tensor) runs in float32, as it came. CPU inference with the running
+        statistics, the common case, is decided first: one call of the C++ ``infer``."""
+        if not torch.is_grad_enabled() and self._infers_in_one_call(x):
+            # CPU inference, the common case, decided first and with little Python: every GSF of
+            # a network pays this per call (the longer way cost ResNet-50 ~1 % of its inference).
+            bn = self._modules["bn"]
+            return self._infer_in_cpu_kernels(x, _tensor(bn, "running_mean"), _tensor(bn, "running_var"))
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.
             return self.forward_reference(x)
@@ -212,11 +218,7 @@ class GSF(nn.Module):
         else:
             mean, var = self.bn.running_mean, self.bn.running_var
         if cpu_ops is not None:  # every pass in C++, one call
-            out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, channels_last)
-            cpu_ops.infer(x, out, p, t, mean, var, self.bn.eps, self.bn.weight, self.bn.bias, self.conv3D.weight,
-                          self.conv3D.bias, self.channel_conv1.weight, self.channel_conv2.weight,
-                          self.channel_conv1.bias, self.channel_conv2.bias)
-            return out
+            return self._infer_in_cpu_kernels(x, mean, var)
         invstd = torch.rsqrt(var + self.bn.eps)
         # relu(bn(v)) as one scale and shift per channel: reads the strided slice v directly
         # (the native batch-norm kernel is several times slower on a strided input).
@@ -241,6 +243,29 @@ class GSF(nn.Module):
         # it writes.
         inplace = self._writes_in_place(x)
         return _gate_shift_fuse(v, gate, blend, x if inplace else x[:, p:], t, channels_last, inplace)
+
+    def _infers_in_one_call(self, x: torch.Tensor) -> bool:
+        """Whether ``forward`` without autograd is :meth:`_infer_in_cpu_kernels` with the
+        running statistics: an input the C++ kernels take, in NCHW or channels-last memory,
+        the batch norm in eval mode, outside ``torch.compile``."""
+        bn = self._modules["bn"]
+        return (not bn.training and bn.track_running_stats and not torch.compiler.is_compiling()
+                and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))
+
+    def _infer_in_cpu_kernels(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """GSF without autograd in one C++ call (``infer``), normalising with ``mean`` and
+        ``var``; the output overwrites ``x`` where GSF writes in place."""
+        self._check_input(x)
+        p = self.processed
+        out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, _is_channels_last(x))
+        modules = self._modules
+        bn, conv, fusion_1, fusion_2 = modules["bn"], modules["conv3D"], modules["channel_conv1"], modules["channel_conv2"]
+        cpu_kernels.cpu_kernels().infer(
+            x, out, p, self.num_segments, mean, var, bn.eps, _tensor(bn, "weight"), _tensor(bn, "bias"),
+            _tensor(conv, "weight"), _tensor(conv, "bias"), _tensor(fusion_1, "weight"), _tensor(fusion_2, "weight"),
+            _tensor(fusion_1, "bias"), _tensor(fusion_2, "bias"),
+        )
+        return out
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
@@ -657,6 +682,16 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
     kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
     return (sum_grad_xhat.to(bn_weight.dtype), sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
             grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """``getattr(module, name)`` for a parameter or buffer, read from the module's own dicts
+    where it is there: ``nn.Module.__getattr__`` costs ~0.5 us a call, and an inference call of
+    GSF reads ten of them. (A parametrised weight is not in ``_parameters``: getattr computes it.)"""
+    tensor = module._parameters.get(name)
+    if tensor is None:
+        tensor = module._buffers.get(name)
+    return tensor if tensor is not None else getattr(module, name)
 
 
 def _autocast_enabled(device_type: str) -> bool:

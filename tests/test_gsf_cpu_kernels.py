@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -812,6 +813,51 @@ def test_forward_takes_the_kernels_for_float32_and_vectorised_bf16(kernels, monk
         monkeypatch.setattr(GSF, name, lambda self, x, name=name: calls.append(name) or x)
     make_gsf(16, 4, 0.25, seed=0).to(dtype)(make_input(1, 4, 16, 3, seed=0).to(dtype))
     assert calls == [path]
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bn_training", [False, True], ids=["running_stats", "batch_stats"])
+def test_inference_is_one_kernel_call_where_the_kernels_take_it(kernels, monkeypatch, dtype, capability, bn_training):
+    """Eval-mode inference goes straight to ``infer`` (no forward_cpu / forward_torch); batch
+    statistics, and bf16 on a build without vector conversions, take the longer way."""
+    monkeypatch.setattr(cpu_kernels, "built_capability", lambda: capability)
+    module = make_gsf(16, 4, 0.25, seed=0).to(dtype).eval()
+    module.bn.train(bn_training)
+    x = make_input(1, 4, 16, 3, seed=0).to(dtype)
+    expected = module.forward_reference(x)
+    kernels_take = dtype == torch.float32 or capability != "DEFAULT"
+    path = "forward_cpu" if kernels_take else "forward_torch"
+    calls = []
+    for name in ("forward_cpu", "forward_torch", "_infer_in_cpu_kernels"):
+        method = getattr(GSF, name)
+        monkeypatch.setattr(GSF, name, lambda self, *args, name=name, method=method: calls.append(name) or method(self, *args))
+    with torch.inference_mode():
+        out = module(x.clone())
+    assert calls[0] == ("_infer_in_cpu_kernels" if kernels_take and not bn_training else path)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+
+
+def test_inference_reads_a_parametrised_weight(kernels):
+    """The one-call inference reads parameters from the modules' own dicts, and a parametrised
+    weight (not among them) as the module computes it."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            return 2 * weight
+
+    module = make_gsf(16, 4, 0.25, seed=3).eval()
+    plain = copy.deepcopy(module)
+    parametrize.register_parametrization(module.conv3D, "weight", Doubled())
+    parametrize.register_parametrization(module.bn, "bias", Doubled())
+    with torch.no_grad():
+        plain.conv3D.weight.mul_(2), plain.bn.bias.mul_(2)
+    x = make_input(1, 4, 16, 5, seed=3)
+    with torch.inference_mode():
+        out, expected = module(x.clone()), plain(x.clone())
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernels, monkeypatch):

@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -115,6 +116,12 @@ void check_floats(const at::Tensor& x, int64_t numel, const char* name) {
 void check_dtype(const at::Tensor& x) {
   TORCH_CHECK(x.device().is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
               "GSF kernels: float32 or bfloat16 CPU tensors only, got ", x.scalar_type(), " on ", x.device());
+}
+
+// t itself where it is a contiguous float32 tensor already (without a dispatched call), else a
+// contiguous float32 copy.
+at::Tensor as_floats(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
 }
 
 // Runs body<T>() for the feature maps' dtype.
@@ -349,17 +356,21 @@ void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate
   });
 }
 
+template <typename T>
+void blend_in_place_of(const at::Tensor& v, const float* gate, const float* weights, const Shape& s) {
+  if (v.stride(3) == 1) {  // (a 1 x 1 map in channels-last memory has pixel stride C: the other kernel)
+    blend_in_place_kernel<T>(v, gate, weights, s);
+  } else {
+    blend_in_place_channels_last_kernel<T>(v, gate, weights, s);
+  }
+}
+
 void blend_in_place(at::Tensor v, const at::Tensor& gate, const at::Tensor& weights, int64_t num_segments) {
   const Shape s = shape_of(v, num_segments);
   check_floats(gate, s.frame_count() * 2 * s.pixels, "gate (N*T, 2, H, W)");
   check_floats(weights, s.frame_count() * 2 * s.half, "weights (N*T, 2, P/2)");
   dispatch(v, [&](auto t) {
-    using T = decltype(t);
-    if (v.stride(3) == 1) {  // (a 1 x 1 map in channels-last memory has pixel stride C: the other kernel)
-      blend_in_place_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
-    } else {
-      blend_in_place_channels_last_kernel<T>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
-    }
+    blend_in_place_of<decltype(t)>(v, gate.data_ptr<float>(), weights.data_ptr<float>(), s);
   });
 }
 
@@ -1625,30 +1636,50 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
   TORCH_CHECK(x.dim() == 4 && processed > 0 && processed <= x.size(1), "GSF infer: x must be (N*T, C, H, W) with C >= ",
               processed, ", got ", x.sizes());
   check_map(out, x, "out");
-  auto floats = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
-  const at::Tensor m = floats(mean), variance = floats(var), weight = floats(bn_weight), bias = floats(bn_bias);
+  TORCH_CHECK(out.is_same(x) || !out.is_alias_of(x), "GSF infer: out must be x itself or not share its memory");
+  const at::Tensor m = as_floats(mean), variance = as_floats(var), weight = as_floats(bn_weight),
+                   bias = as_floats(bn_bias), conv_w = as_floats(conv_weight), conv_b = as_floats(conv_bias);
   check_floats(m, processed, "mean");
   check_floats(variance, processed, "var");
   check_floats(weight, processed, "bn_weight");
   check_floats(bias, processed, "bn_bias");
-  at::Tensor scale = at::empty({processed}, m.options()), shift = at::empty({processed}, m.options());
+  check_floats(conv_w, processed * 27, "conv_weight (2, P/2, 3, 3, 3)");
+  check_floats(conv_b, 2, "conv_bias");
+  std::vector<float> scale(processed), shift(processed);
   for (int64_t c = 0; c < processed; ++c) {
     const float invstd = 1.0f / std::sqrt(variance.data_ptr<float>()[c] + static_cast<float>(eps));
-    scale.data_ptr<float>()[c] = weight.data_ptr<float>()[c] * invstd;
-    shift.data_ptr<float>()[c] = bias.data_ptr<float>()[c] - m.data_ptr<float>()[c] * scale.data_ptr<float>()[c];
+    scale[c] = weight.data_ptr<float>()[c] * invstd;
+    shift[c] = bias.data_ptr<float>()[c] - m.data_ptr<float>()[c] * scale[c];
+  }
+  // Both fusion convs as one (group, [shifted, residual], 3, 3) weight and (group,) bias.
+  float fusion_weight[36], fusion_bias[2];
+  const at::Tensor fusion_parts[4] = {as_floats(fusion_weight_1), as_floats(fusion_weight_2),
+                                      as_floats(fusion_bias_1), as_floats(fusion_bias_2)};
+  for (int64_t k = 0; k < 2; ++k) {
+    check_floats(fusion_parts[k], 18, "fusion weight (1, 2, 3, 3)");
+    check_floats(fusion_parts[2 + k], 1, "fusion bias (1,)");
+    std::copy_n(fusion_parts[k].data_ptr<float>(), 18, fusion_weight + 18 * k);
+    fusion_bias[k] = fusion_parts[2 + k].data_ptr<float>()[0];
   }
   const at::Tensor v = x.narrow(1, 0, processed);
-  at::Tensor means = at::empty({x.size(0), 2, processed}, m.options());
-  const at::Tensor g = gate(v, scale, shift, floats(conv_weight), floats(conv_bias), num_segments, means);
-  const at::Tensor fusion_weight = at::cat({floats(fusion_weight_1).view({1, 2, 3, 3}),
-                                            floats(fusion_weight_2).view({1, 2, 3, 3})});
-  const at::Tensor fusion_bias = at::cat({floats(fusion_bias_1).view({1}), floats(fusion_bias_2).view({1})});
-  const at::Tensor weights = fusion_weights(means, fusion_weight, fusion_bias, num_segments);
-  if (out.is_same(x)) {
-    blend_in_place(v, g, weights, num_segments);
-  } else {
-    blend(v, g, weights, out.narrow(1, 0, processed), num_segments, std::nullopt);
-  }
+  TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1, "GSF infer: x's pixels or channels must be contiguous, got strides ",
+              x.strides());
+  const Shape s = shape_of(v, num_segments);
+  // Scratch without tensors: this runs once per GSF per inference call.
+  const std::unique_ptr<float[]> gate(new float[s.frame_count() * 2 * s.pixels]);
+  const std::unique_ptr<float[]> means(new float[s.frame_count() * 2 * processed]);
+  const std::unique_ptr<float[]> weights(new float[s.frame_count() * 2 * s.half]);
+  dispatch(v, [&](auto t) {
+    using T = decltype(t);
+    gate_kernel<T>(v, scale.data(), shift.data(), conv_w.data_ptr<float>(), conv_b.data_ptr<float>(), gate.get(),
+                   means.get(), s, x.size(2), x.size(3));
+    fusion_weights_kernel(means.get(), fusion_weight, fusion_bias, weights.get(), s);
+    if (out.is_same(x)) {
+      blend_in_place_of<T>(v, gate.get(), weights.get(), s);
+    } else {
+      blend_kernel<T>(v, gate.get(), weights.get(), out.narrow(1, 0, processed), std::nullopt, s);
+    }
+  });
 }
 
 // backward: GSF's training backward through the kernels above, in one call (twin: the kernel
