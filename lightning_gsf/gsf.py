@@ -246,8 +246,9 @@ class GSF(nn.Module):
 
     def _infers_in_one_call(self, x: torch.Tensor) -> bool:
         """Whether ``forward`` without autograd is :meth:`_infer_in_cpu_kernels` with the
-        running statistics: an input the C++ kernels take, in NCHW or channels-last memory,
-        the batch norm in eval mode, outside ``torch.compile``."""
+        running statistics: an input that :func:`lightning_gsf.cpu_kernels.usable` sends to
+        the C++ kernels, in NCHW or channels-last memory; the batch norm in eval mode and
+        tracking running statistics; outside ``torch.compile``."""
         bn = self._modules["bn"]
         return (not bn.training and bn.track_running_stats and not torch.compiler.is_compiling()
                 and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))

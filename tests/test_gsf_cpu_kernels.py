@@ -815,33 +815,63 @@ def test_forward_takes_the_kernels_for_float32_and_vectorised_bf16(kernels, monk
     assert calls == [path]
 
 
-@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("bn_training", [False, True], ids=["running_stats", "batch_stats"])
-def test_inference_is_one_kernel_call_where_the_kernels_take_it(kernels, monkeypatch, dtype, capability, bn_training):
-    """Eval-mode inference goes straight to ``infer`` (no forward_cpu / forward_torch); batch
-    statistics, and bf16 on a build without vector conversions, take the longer way."""
-    monkeypatch.setattr(cpu_kernels, "built_capability", lambda: capability)
-    module = make_gsf(16, 4, 0.25, seed=0).to(dtype).eval()
-    module.bn.train(bn_training)
-    x = make_input(1, 4, 16, 3, seed=0).to(dtype)
-    expected = module.forward_reference(x)
-    kernels_take = dtype == torch.float32 or capability != "DEFAULT"
-    path = "forward_cpu" if kernels_take else "forward_torch"
+def record_paths(monkeypatch, names=("forward_cpu", "forward_torch", "_infer_in_cpu_kernels")) -> list[str]:
+    """The names of GSF's paths as they are called, in order (each still runs)."""
     calls = []
-    for name in ("forward_cpu", "forward_torch", "_infer_in_cpu_kernels"):
+    for name in names:
         method = getattr(GSF, name)
         monkeypatch.setattr(GSF, name, lambda self, *args, name=name, method=method: calls.append(name) or method(self, *args))
+    return calls
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "DEFAULT"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("bn_mode", ["running_stats", "batch_stats", "untracked"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "two_pixel_strides"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_inference_is_one_kernel_call_where_the_kernels_take_it(kernels, monkeypatch, dtype, capability, bn_mode,
+                                                                layout, inplace):
+    """Inference with the running statistics, on a map the kernels take (NCHW or channels-last,
+    float32, or bf16 on a build with vector conversions), goes straight to ``infer``; batch
+    statistics (a training batch norm, or one that tracks none), other layouts and the
+    baseline build's bf16 take the longer way. Either way the numbers are the spec's."""
+    monkeypatch.setattr(cpu_kernels, "built_capability", lambda: capability)
+    module = make_gsf(16, 4, 0.25, seed=0).to(dtype).eval()
+    module.inplace = inplace
+    if bn_mode == "batch_stats":
+        module.bn.train()
+    elif bn_mode == "untracked":
+        module.bn.track_running_stats = False
+        module.bn.running_mean = module.bn.running_var = module.bn.num_batches_tracked = None
+    x = make_input(1, 4, 16, 5, seed=0).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "two_pixel_strides":
+        x = x.transpose(2, 3)
+    expected = module.forward_reference(x)
+    kernels_take = dtype == torch.float32 or capability != "DEFAULT"
+    one_call = kernels_take and bn_mode == "running_stats" and layout != "two_pixel_strides"
+    calls = record_paths(monkeypatch)
     with torch.inference_mode():
         out = module(x.clone())
-    assert calls[0] == ("_infer_in_cpu_kernels" if kernels_take and not bn_training else path)
+    assert calls[0] == ("_infer_in_cpu_kernels" if one_call else "forward_cpu" if kernels_take else "forward_torch")
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
 
-def test_inference_reads_a_parametrised_weight(kernels):
-    """The one-call inference reads parameters from the modules' own dicts, and a parametrised
-    weight (not among them) as the module computes it."""
+def test_the_kernels_take_plain_float32_and_bf16_cpu_tensors():
+    class Subclass(torch.Tensor):
+        pass
+
+    assert cpu_kernels.takes(torch.zeros(1)) and cpu_kernels.takes(torch.zeros(1, dtype=torch.bfloat16))
+    assert not cpu_kernels.takes(torch.zeros(1, device="meta"))
+    assert not cpu_kernels.takes(torch.zeros(1, dtype=torch.float64))
+    assert not cpu_kernels.takes(torch.zeros(1).as_subclass(Subclass))
+
+
+def test_inference_reads_a_parametrised_weight(kernels, monkeypatch):
+    """The one-call inference reads parameters from the modules' own dicts, where a
+    parametrised weight is not: it reads that one as the module computes it."""
     from torch.nn.utils import parametrize
 
     class Doubled(nn.Module):
@@ -855,8 +885,10 @@ def test_inference_reads_a_parametrised_weight(kernels):
     with torch.no_grad():
         plain.conv3D.weight.mul_(2), plain.bn.bias.mul_(2)
     x = make_input(1, 4, 16, 5, seed=3)
+    calls = record_paths(monkeypatch)
     with torch.inference_mode():
         out, expected = module(x.clone()), plain(x.clone())
+    assert calls == ["_infer_in_cpu_kernels"] * 2
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
