@@ -124,6 +124,7 @@ class GSF(nn.Module):
         if not torch.is_grad_enabled() and self._infers_in_one_call(x):
             # CPU inference, the common case, decided first and with little Python: every GSF of
             # a network pays this per call (the longer way cost ResNet-50 ~1 % of its inference).
+            self._check_input(x)
             bn = self._modules["bn"]
             return self._infer_in_cpu_kernels(x, _tensor(bn, "running_mean"), _tensor(bn, "running_var"))
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
@@ -254,13 +255,13 @@ class GSF(nn.Module):
                 and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))
 
     def _infer_in_cpu_kernels(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        """GSF without autograd in one C++ call (``infer``), normalising with ``mean`` and
-        ``var``; the output overwrites ``x`` where GSF writes in place."""
-        self._check_input(x)
+        """GSF without autograd in one C++ call (``infer``) on a checked input, normalising
+        with ``mean`` and ``var``; the output overwrites ``x`` where GSF writes in place."""
         p = self.processed
         out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, _is_channels_last(x))
         modules = self._modules
-        bn, conv, fusion_1, fusion_2 = modules["bn"], modules["conv3D"], modules["channel_conv1"], modules["channel_conv2"]
+        bn, conv = modules["bn"], modules["conv3D"]
+        fusion_1, fusion_2 = modules["channel_conv1"], modules["channel_conv2"]
         cpu_kernels.cpu_kernels().infer(
             x, out, p, self.num_segments, mean, var, bn.eps, _tensor(bn, "weight"), _tensor(bn, "bias"),
             _tensor(conv, "weight"), _tensor(conv, "bias"), _tensor(fusion_1, "weight"), _tensor(fusion_2, "weight"),

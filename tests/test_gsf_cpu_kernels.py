@@ -842,7 +842,11 @@ def record_paths(monkeypatch, names=("forward_cpu", "forward_torch", "_infer_in_
     calls = []
     for name in names:
         method = getattr(GSF, name)
-        monkeypatch.setattr(GSF, name, lambda self, *args, name=name, method=method: calls.append(name) or method(self, *args))
+        def recorded(self, *args, name=name, method=method):
+            calls.append(name)
+            return method(self, *args)
+
+        monkeypatch.setattr(GSF, name, recorded)
     return calls
 
 

@@ -1700,8 +1700,8 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
     fusion_bias[k] = fusion_parts[2 + k].data_ptr<float>()[0];
   }
   const at::Tensor v = x.narrow(1, 0, processed);
-  TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1, "GSF infer: x's pixels or channels must be contiguous, got strides ",
-              x.strides());
+  TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1,
+              "GSF infer: x's pixels or channels must be contiguous, got strides ", x.strides());
   const Shape s = shape_of(v, num_segments);
   // Scratch without tensors: this runs once per GSF per inference call.
   const std::unique_ptr<float[]> gate(new float[s.frame_count() * 2 * s.pixels]);
