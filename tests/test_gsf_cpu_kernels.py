@@ -228,12 +228,13 @@ def test_channels_last_gate_tiles(kernels, size, processed, dtype):
     check_gate(kernels, size, 2, True, dtype, 1, processed=processed)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("size,pixel", [((5, 5), (4, 3)), ((10, 10), (9, 9)), ((20, 20), (10, 19))])
-def test_gate_carries_a_nan_where_the_torch_ops_do(kernels, size, pixel, dtype):
-    """A NaN in v (in a row's last, partial vector, or a small plane's) reaches the same gate
-    pixels as through relu(bn(v)) in PyTorch ops, and its channel's means in its frame."""
-    x, _, _ = blend_operands(1, 3, 16, 20, size, False, dtype, seed=3)
+def test_gate_carries_a_nan_where_the_torch_ops_do(kernels, size, pixel, dtype, channels_last):
+    """A NaN in v (in a row's last, partial vector, a small plane's, or a channels-last tile)
+    reaches the same gate pixels as through relu(bn(v)) in PyTorch ops, and the same means."""
+    x, _, _ = blend_operands(1, 3, 16, 20, size, channels_last, dtype, seed=3)
     x[1, 2, pixel[0], pixel[1]] = float("nan")
     v = x[:, :16]
     module = make_gsf(16, 3, 1.0, seed=4)
@@ -244,7 +245,7 @@ def test_gate_carries_a_nan_where_the_torch_ops_do(kernels, size, pixel, dtype):
     expected = gate_by_torch_ops(v, scale, shift, module, 3)
     assert torch.isnan(expected).any()
     assert torch.equal(torch.isnan(actual), torch.isnan(expected))
-    spatial, _ = gsf_module._spatial_means(v.double(), expected, False)  # as check_gate reads them
+    spatial, _ = gsf_module._spatial_means(v.double(), expected, channels_last)  # as check_gate reads them
     expected_means = torch.stack([spatial[:, 0], torch.cat([spatial[:, 1, :8], spatial[:, 2, 8:]], dim=1)], dim=1)
     assert torch.isnan(means[1, 0, 2])
     assert torch.equal(torch.isnan(means), torch.isnan(expected_means))

@@ -160,9 +160,11 @@ inline uint16_t store<uint16_t>(float x) {
 
 // With AVX-512, a row of fewer than 16 pixels (fill_planes) and a small plane's means
 // (frame_gate) run as vectors under a mask: left to the compiler, the values past the last
-// whole vector ran one at a time (most of a 5 x 5 map's rows, a fifth of a 10 x 10 plane).
+// whole vector ran one at a time (three of a 5 x 5 map's five rows, 9 of its 25 pixels).
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
 #define GSF_MASKED 1
+// The first min(count, 16) lanes; count >= 0.
 inline __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1u);
 }
@@ -535,7 +537,8 @@ inline void transposed_tile(const T* src, int64_t src_stride, float* dst, int64_
   for (int i = 0; i < 8; ++i) r[i] = load_8(src + i * src_stride);
   if (scale) {
     const __m256 a = _mm256_loadu_ps(scale), b = _mm256_loadu_ps(shift), zero = _mm256_setzero_ps();
-    for (int i = 0; i < 8; ++i) r[i] = _mm256_max_ps(_mm256_fmadd_ps(r[i], a, b), zero);
+    // max(0, x): a NaN stays a NaN, as through std::max(x, 0) and torch.relu (max(x, 0) gives 0)
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_max_ps(zero, _mm256_fmadd_ps(r[i], a, b));
   }
   transpose_8x8(r);
   for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + i * dst_stride, r[i]);
