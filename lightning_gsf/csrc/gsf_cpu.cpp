@@ -1687,10 +1687,12 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
   check_floats(conv_w, processed * 27, "conv_weight (2, P/2, 3, 3, 3)");
   check_floats(conv_b, 2, "conv_bias");
   std::vector<float> scale(processed), shift(processed);
+  const float *mean_of = m.data_ptr<float>(), *var_of = variance.data_ptr<float>();
+  const float *weight_of = weight.data_ptr<float>(), *bias_of = bias.data_ptr<float>();
   for (int64_t c = 0; c < processed; ++c) {
-    const float invstd = 1.0f / std::sqrt(variance.data_ptr<float>()[c] + static_cast<float>(eps));
-    scale[c] = weight.data_ptr<float>()[c] * invstd;
-    shift[c] = bias.data_ptr<float>()[c] - m.data_ptr<float>()[c] * scale[c];
+    const float invstd = 1.0f / std::sqrt(var_of[c] + static_cast<float>(eps));
+    scale[c] = weight_of[c] * invstd;
+    shift[c] = bias_of[c] - mean_of[c] * scale[c];
   }
   // Both fusion convs as one (group, [shifted, residual], 3, 3) weight and (group,) bias.
   float fusion_weight[36], fusion_bias[2];
@@ -1749,7 +1751,7 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
   }
   auto [grad_v, grad_gate, grad_weights] = blend_backward(grad, v, gate, weights, num_segments);
   auto [grad_means, grad_fusion_weight, grad_fusion_bias] =
-      fusion_weights_backward(grad_weights, weights, means, fusion_weight.to(at::kFloat).contiguous(), num_segments);
+      fusion_weights_backward(grad_weights, weights, means, as_floats(fusion_weight), num_segments);
   gate_gradient(grad_gate, v, gate, grad_means, num_segments);
   const at::Tensor& grad_z = grad_gate;  // through the fusion means and tanh
 
