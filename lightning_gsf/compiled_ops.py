@@ -9,7 +9,8 @@ backward from an autograd function (another op). Around them the graph keeps the
 in plain ops (batch statistics, the running statistics' update, the fusion parameters).
 
 - ``infer_`` writes GSF's output over its input, without autograd (GSF
-  built ``inplace``, as the backbones build it); ``infer`` returns a new tensor.
+  built ``inplace``, as the backbones build it); ``infer`` returns a new tensor. Their CPU
+  kernels are C++ (registered by :func:`kernels_built`), not Python.
 - ``forward_`` / ``backward_``: training, the steps of ``_KernelGSF``, in place on the input
   and on the output's gradient, in the autograd function :class:`GateShiftFuse`.
 - ``temporal_shift`` / ``temporal_shift_backward``: TSM's shift on the CPU (the eager path's
@@ -42,9 +43,14 @@ _TAGS = (torch.Tag.flexible_layout,)
 
 @torch.compiler.assume_constant_result
 def kernels_built() -> bool:
-    """Whether the C++ kernels are built (building them on first call): a constant to the
-    compiler, which would otherwise trace the build."""
-    return cpu_kernels.cpu_kernels() is not None
+    """Whether the C++ kernels are built (building them on first call, and registering the
+    inference ops' CPU kernels): a constant to the compiler, which would otherwise trace the
+    build."""
+    ops = cpu_kernels.cpu_kernels()
+    if ops is None:
+        return False
+    ops.register_inference_ops(NAMESPACE)  # (once per namespace)
+    return True
 
 
 def usable(x: Tensor) -> bool:
@@ -72,54 +78,33 @@ def _ops():
 
 
 # ---------------------------------------------------------------------------------------------
-# inference
+# inference: schemas and fakes here, CPU kernels in C++ (compiled_infer_ / compiled_infer in
+# csrc/gsf_cpu.cpp, registered by kernels_built): the compiled graph calls them through the
+# dispatcher with no Python in between. A Python custom op's wrapping cost ~80 us a call, cold
+# after every backbone layer: about 1.3 ms of a compiled ResNet-50 clip, T=8 (16 GSFs).
 
-@torch.library.custom_op(f"{NAMESPACE}::infer_", mutates_args=("x",), device_types="cpu", tags=_TAGS)
-def infer_(x: Tensor, processed: int, num_segments: int, mean: Tensor, var: Tensor, eps: float, bn_weight: Tensor,
-           bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor, fusion_weight: Tensor,
-           fusion_bias: Tensor) -> None:
-    """GSF without autograd, its output written over ``x`` (the C++ ``infer``). ``mean`` and
-    ``var``: the statistics the batch norm uses; ``fusion_weight`` / ``fusion_bias``: both
-    groups' ``(2, 2, 3, 3)`` / ``(2,)``."""
-    _infer(x, x, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
-           fusion_bias)
+_LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
+_INFER_ARGUMENTS = ("int processed, int num_segments, Tensor mean, Tensor var, float eps, Tensor bn_weight, "
+                    "Tensor bn_bias, Tensor conv_weight, Tensor conv_bias, Tensor fusion_weight_1, "
+                    "Tensor fusion_weight_2, Tensor fusion_bias_1, Tensor fusion_bias_2")
+# infer_: GSF without autograd, its output written over x (GSF built inplace, as the backbones
+# build it); infer: the same into a new tensor dense in x's layout. mean and var: the
+# statistics the batch norm uses; the fusion convs' parameters one group at a time, as the
+# module holds them (no concatenation in the graph).
+_LIBRARY.define(f"infer_(Tensor(a!) x, {_INFER_ARGUMENTS}) -> ()", tags=_TAGS)
+_LIBRARY.define(f"infer(Tensor x, {_INFER_ARGUMENTS}) -> Tensor", tags=_TAGS)
+infer_ = getattr(torch.ops, NAMESPACE).infer_.default
+infer = getattr(torch.ops, NAMESPACE).infer.default
 
 
-@infer_.register_fake
-def _(x, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
-      fusion_bias):
+@torch.library.register_fake(f"{NAMESPACE}::infer_", lib=_LIBRARY)
+def _(x, *arguments):
     return None
 
 
-@torch.library.custom_op(f"{NAMESPACE}::infer", mutates_args=(), device_types="cpu", tags=_TAGS)
-def infer(x: Tensor, processed: int, num_segments: int, mean: Tensor, var: Tensor, eps: float, bn_weight: Tensor,
-          bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor, fusion_weight: Tensor, fusion_bias: Tensor) -> Tensor:
-    """:func:`infer_` into a new tensor in ``x``'s layout."""
-    from lightning_gsf.gsf import _output_after
-
-    out = _output_after(x[:, processed:], processed, _channels_last(x))
-    _infer(x, out, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
-           fusion_bias)
-    return out
-
-
-@infer.register_fake
-def _(x, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
-      fusion_bias):
+@torch.library.register_fake(f"{NAMESPACE}::infer", lib=_LIBRARY)
+def _(x, *arguments):
     return _dense_like(x)
-
-
-def _infer(x: Tensor, out: Tensor, processed: int, num_segments: int, mean: Tensor, var: Tensor, eps: float,
-           bn_weight: Tensor, bn_bias: Tensor, conv_weight: Tensor, conv_bias: Tensor, fusion_weight: Tensor,
-           fusion_bias: Tensor) -> None:
-    if not cpu_kernels.addressable(x):  # (a layout the compiler chose that the kernels do not address)
-        work = x.contiguous()
-        _infer(work, work, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
-               fusion_weight, fusion_bias)
-        out.copy_(work)
-        return
-    _ops().infer(x, out, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
-                 fusion_weight[0], fusion_weight[1], fusion_bias[:1], fusion_bias[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +119,7 @@ def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias
     ``invstd`` (float32)."""
     from lightning_gsf import gsf
 
-    work = x if cpu_kernels.addressable(x) else x.contiguous()  # (see _infer)
+    work = x if cpu_kernels.addressable(x) else x.contiguous()  # (a layout the kernels do not address)
     with torch.autocast("cpu", enabled=False):
         _, copy, gate, weights, (means,) = gsf._kernel_forward(
             gsf._CppKernels(_ops()), work, mean.contiguous(), invstd.contiguous(), processed, num_segments, True,

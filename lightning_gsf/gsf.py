@@ -313,13 +313,16 @@ class GSF(nn.Module):
             self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
         else:
             mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
-        fusion_weight, fusion_bias = self._fusion_parameters()
-        parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, fusion_weight, fusion_bias)
         if not torch.is_grad_enabled():
+            parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias,
+                          self.channel_conv1.weight, self.channel_conv2.weight, self.channel_conv1.bias,
+                          self.channel_conv2.bias)
             if self._writes_in_place(x):
                 compiled_ops.infer_(x, p, t, mean, var, self.bn.eps, *parameters)
                 return x
             return compiled_ops.infer(x, p, t, mean, var, self.bn.eps, *parameters)
+        fusion_weight, fusion_bias = self._fusion_parameters()
+        parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, fusion_weight, fusion_bias)
         invstd = torch.rsqrt(var + self.bn.eps)
         return compiled_ops.GateShiftFuse.apply(x if self._writes_in_place(x) else x.clone(), mean, invstd,
                                                 *parameters, p, t, batch_statistics)

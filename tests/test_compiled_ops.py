@@ -67,6 +67,14 @@ def gsf_operands(module: GSF, x: torch.Tensor) -> dict[str, object]:
                 fusion_weight=fusion_weight, fusion_bias=fusion_bias)
 
 
+def inference_operands(module: GSF) -> tuple[torch.Tensor, ...]:
+    """The inference ops' parameters after ``eps``: the fusion convs' one group at a time."""
+    parameters = (module.bn.weight, module.bn.bias, module.conv3D.weight, module.conv3D.bias,
+                  module.channel_conv1.weight, module.channel_conv2.weight, module.channel_conv1.bias,
+                  module.channel_conv2.bias)
+    return tuple(parameter.detach() for parameter in parameters)
+
+
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 
@@ -124,7 +132,7 @@ def test_the_ops_take_tensors_in_layouts_the_compiler_may_choose():
     torch.testing.assert_close(other_layout, expected_grad, rtol=0, atol=0)
     for actual, expected in zip(grads, expected_grads):
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-    args = (p, 2, module.bn.running_mean, module.bn.running_var, module.bn.eps, *operands)
+    args = (p, 2, module.bn.running_mean, module.bn.running_var, module.bn.eps, *inference_operands(module))
     expected_infer = x.clone()
     compiled_ops.infer_(expected_infer, *args)
     odd_infer = odd_x.clone().transpose(2, 3).contiguous().transpose(2, 3)
@@ -157,9 +165,8 @@ def test_inference_ops_pass_opcheck(channels_last, dtype, op_name):
     x = make_input(2, 3, 16, 4, seed=0).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    operands = gsf_operands(module, x)
     args = (x, module.processed, 3, module.bn.running_mean, module.bn.running_var, module.bn.eps,
-            *operands.values())
+            *inference_operands(module))
     torch.library.opcheck(getattr(compiled_ops, op_name), args)
 
 
@@ -322,7 +329,8 @@ def test_inputs_the_kernels_do_not_take_compile_the_plain_ops(strides, grad):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_inductor_runs_the_ops_on_the_layout_it_picks(channels_last, monkeypatch):
     """Inductor (the default backend) chooses the layouts itself: training step and inference
-    against the reference, through the ops (forward, backward, inference)."""
+    against the reference, through the ops (forward and backward through ``_ops``, inference
+    through its C++ op)."""
     calls = []
     ops = compiled_ops._ops
     monkeypatch.setattr(compiled_ops, "_ops", lambda: calls.append(1) or ops())
@@ -344,11 +352,12 @@ def test_inductor_runs_the_ops_on_the_layout_it_picks(channels_last, monkeypatch
     expected_grads = torch.autograd.grad(expected.square().sum(), [*reference.parameters(), conv.weight])
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+    assert len(calls) == 2
     module.eval()
     reference.eval()
-    with torch.no_grad():
+    with torch.no_grad(), torch.profiler.profile() as profile:
         torch.testing.assert_close(compiled(x), network(reference.forward_reference)(x), rtol=1e-4, atol=1e-5)
-    assert len(calls) == 3
+    assert {event.name for event in profile.events()} & {f"{compiled_ops.NAMESPACE}::{op}" for op in ("infer", "infer_")}
 
 
 @pytest.mark.parametrize("temporal_module", ["gsf", "tsm"])

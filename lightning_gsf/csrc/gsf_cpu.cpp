@@ -50,7 +50,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -1790,6 +1792,70 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
 }
 
 // ---------------------------------------------------------------------------------------------
+// The compiled graph's inference ops. lightning_gsf/compiled_ops.py defines their schemas and
+// fake implementations, under a namespace that carries a digest of its source;
+// register_inference_ops puts these CPU kernels behind them, so that a compiled graph calls
+// this C++ through the dispatcher with no Python in between (a Python custom op's own
+// wrapping, cold after every backbone layer, cost ~80 us a call). They take maps in any layout
+// (the compiler chooses): one the kernels do not address runs on a dense copy in the layout the
+// fake implementation gives (x's, by compiled_ops._dense_like).
+
+bool addressable(const at::Tensor& x) {  // twin: cpu_kernels.addressable
+  const bool uniform_pixels = x.size(2) == 1 || x.stride(2) == x.size(3) * x.stride(3);
+  return uniform_pixels && (x.stride(3) == 1 || x.stride(1) == 1);
+}
+
+at::MemoryFormat dense_format(const at::Tensor& x) {  // twin: compiled_ops._channels_last
+  return x.stride(1) == 1 && x.stride(3) != 1 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// infer over x itself.
+void compiled_infer_(at::Tensor x, int64_t processed, int64_t num_segments, const at::Tensor& mean,
+                     const at::Tensor& var, double eps, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                     const at::Tensor& conv_weight, const at::Tensor& conv_bias, const at::Tensor& fusion_weight_1,
+                     const at::Tensor& fusion_weight_2, const at::Tensor& fusion_bias_1,
+                     const at::Tensor& fusion_bias_2) {
+  TORCH_CHECK(x.dim() == 4, "GSF infer_: x must be (N*T, C, H, W), got ", x.sizes());
+  at::Tensor work = addressable(x) ? x : x.contiguous(dense_format(x));
+  infer(work, work, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
+        fusion_weight_1, fusion_weight_2, fusion_bias_1, fusion_bias_2);
+  if (!work.is_same(x)) x.copy_(work);
+}
+
+// infer into a new tensor, dense in x's layout.
+at::Tensor compiled_infer(const at::Tensor& x, int64_t processed, int64_t num_segments, const at::Tensor& mean,
+                          const at::Tensor& var, double eps, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+                          const at::Tensor& conv_weight, const at::Tensor& conv_bias,
+                          const at::Tensor& fusion_weight_1, const at::Tensor& fusion_weight_2,
+                          const at::Tensor& fusion_bias_1, const at::Tensor& fusion_bias_2) {
+  TORCH_CHECK(x.dim() == 4 && processed > 0 && processed <= x.size(1),
+              "GSF infer: x must be (N*T, C, H, W) with C >= ", processed, ", got ", x.sizes());
+  const at::MemoryFormat format = dense_format(x);
+  const at::Tensor work = addressable(x) ? x : x.contiguous(format);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(format));
+  out.narrow(1, processed, x.size(1) - processed).copy_(x.narrow(1, processed, x.size(1) - processed));
+  infer(work, out, processed, num_segments, mean, var, eps, bn_weight, bn_bias, conv_weight, conv_bias,
+        fusion_weight_1, fusion_weight_2, fusion_bias_1, fusion_bias_2);
+  return out;
+}
+
+// The CPU kernels of `ns`::infer_ and `ns`::infer, once per namespace (the registrations live
+// as long as the process).
+void register_inference_ops(const std::string& ns) {
+  static std::mutex mutex;
+  static std::vector<std::unique_ptr<torch::Library>> libraries;
+  static std::vector<std::string> registered;
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (std::find(registered.begin(), registered.end(), ns) != registered.end()) return;
+  auto library = std::make_unique<torch::Library>(torch::Library::IMPL, ns, c10::DispatchKey::CPU, __FILE__,
+                                                  __LINE__);
+  library->impl("infer_", TORCH_FN(compiled_infer_));
+  library->impl("infer", TORCH_FN(compiled_infer));
+  libraries.push_back(std::move(library));
+  registered.push_back(ns);
+}
+
+// ---------------------------------------------------------------------------------------------
 // temporal_shift_ / temporal_unshift_: TSM's shift written over x itself (twin: the copy of
 // lightning_gsf.temporal._shift_copy), for inference, where the shifted map is read once, by the
 // next convolution, and x itself is needed after it (the residual): channels [0, fold) take
@@ -1939,6 +2005,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("temporal_shift_(Tensor(a!) x, Tensor(b!) saved, int num_segments, int fold) -> ()");
   m.def("temporal_unshift_(Tensor(a!) x, Tensor saved, int num_segments, int fold) -> ()");
   m.def("bf16_dot_products() -> bool");
+  m.def("register_inference_ops(str ns) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
@@ -1963,4 +2030,5 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
   m.impl("parallel_threads", &parallel_threads);  // no tensor arguments: no dispatch key of its own
   m.impl("bf16_dot_products", &bf16_dot_products);  // whether the bfloat16 gate runs in vdpbf16ps
+  m.impl("register_inference_ops", &register_inference_ops);  // (compiled_ops.kernels_built)
 }
