@@ -13,8 +13,8 @@ in plain ops (batch statistics, the running statistics' update, the fusion param
   kernels are C++ (registered by :func:`kernels_built`), not Python.
 - ``forward_`` / ``backward_``: training, the steps of ``_KernelGSF``, in place on the input
   and on the output's gradient, in the autograd function :class:`GateShiftFuse`.
-- ``temporal_shift`` / ``temporal_shift_backward``: TSM's shift on the CPU (the eager path's
-  copy) and its adjoint.
+- ``temporal_shift`` / ``temporal_shift_backward``: TSM's shift on the CPU into a new tensor
+  (one C++ pass over the map) and its adjoint.
 
 The op bodies run eagerly when the compiled graph runs; they import :mod:`lightning_gsf.gsf`
 then (it imports this module).
@@ -40,16 +40,20 @@ NAMESPACE = "lightning_gsf_" + hashlib.sha256(Path(__file__).read_bytes()).hexdi
 # (The default, the traced strides, made inductor copy every GSF input to NCHW and back.)
 _TAGS = (torch.Tag.flexible_layout,)
 
+# The ops whose CPU kernels are C++ (inference, TSM's shift): defined here, implemented by
+# kernels_built.
+_LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
+
 
 @torch.compiler.assume_constant_result
 def kernels_built() -> bool:
     """Whether the C++ kernels are built (building them on first call, and registering the
-    inference ops' CPU kernels): a constant to the compiler, which would otherwise trace the
-    build."""
+    CPU kernels of the ops defined on ``_LIBRARY``): a constant to the compiler, which would
+    otherwise trace the build."""
     ops = cpu_kernels.cpu_kernels()
     if ops is None:
         return False
-    ops.register_inference_ops(NAMESPACE)  # (once per namespace)
+    ops.register_compiled_ops(NAMESPACE)  # (once per namespace)
     return True
 
 
@@ -83,7 +87,6 @@ def _ops():
 # dispatcher with no Python in between. A Python custom op's wrapping cost ~80 us a call, cold
 # after every backbone layer: about 1.3 ms of a compiled ResNet-50 clip, T=8 (16 GSFs).
 
-_LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 _INFER_ARGUMENTS = ("int processed, int num_segments, Tensor mean, Tensor var, float eps, Tensor bn_weight, "
                     "Tensor bn_bias, Tensor conv_weight, Tensor conv_bias, Tensor fusion_weight_1, "
                     "Tensor fusion_weight_2, Tensor fusion_bias_1, Tensor fusion_bias_2")
@@ -215,43 +218,34 @@ class GateShiftFuse(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# TSM's shift
+# TSM's shift: schemas, fakes and autograd formula here, CPU kernels in C++
+# (compiled_temporal_shift / compiled_temporal_shift_backward in csrc/gsf_cpu.cpp)
 
-@torch.library.custom_op(f"{NAMESPACE}::temporal_shift", mutates_args=(), device_types="cpu", tags=_TAGS)
-def temporal_shift(x: Tensor, num_segments: int, fold: int) -> Tensor:
-    """TSM's shift into a new tensor in ``x``'s layout: the eager path's one write. Inductor's
-    own code for the shift in plain ops was slower than the convolutions around it: it wrote
-    the shifted map NCHW and copied it to channels-last for the next convolution, and the
-    backward's masked loads did not vectorise (a compiled TSM training step cost 1.27x a
-    compiled TSN's)."""
-    from lightning_gsf.temporal import _shift_copy_into
+# temporal_shift: the shift into a new tensor in x's layout, one pass over the map. Inductor's
+# own code for the shift in plain ops was slower than the convolutions around it: it wrote the
+# shifted map NCHW and copied it to channels-last for the next convolution, and the
+# backward's masked loads did not vectorise (a compiled TSM training step cost 1.27x a
+# compiled TSN's).
+_LIBRARY.define("temporal_shift(Tensor x, int num_segments, int fold) -> Tensor", tags=_TAGS)
+# temporal_shift_backward: the shift's adjoint applied to its output's gradient, into a new
+# tensor in the layout of its input x. Taking x keeps it for the backward, which changes what
+# inductor saves around it: the shift's input is a ReLU's output, and without it inductor
+# saved that ReLU's mask as a bool tensor instead, whose store its CPU code writes at some
+# 8 ns a value (26 ms for a 3.3-million-value map, 0.7 ms for the float store beside it):
+# three stage ends of a ResNet-50 took 85 ms of a 900 ms step that way (1.14x TSN; 1.03x with x).
+_LIBRARY.define("temporal_shift_backward(Tensor grad, Tensor x, int num_segments, int fold) -> Tensor", tags=_TAGS)
+temporal_shift = getattr(torch.ops, NAMESPACE).temporal_shift.default
+temporal_shift_backward = getattr(torch.ops, NAMESPACE).temporal_shift_backward.default
 
-    return _shift_copy_into(x, torch.empty_like(x), num_segments, fold, backwards_first=True)
 
-
-@temporal_shift.register_fake
+@torch.library.register_fake(f"{NAMESPACE}::temporal_shift", lib=_LIBRARY)
 def _(x, num_segments, fold):
-    return torch.empty_like(x)
+    return _dense_like(x)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::temporal_shift_backward", mutates_args=(), device_types="cpu", tags=_TAGS)
-def temporal_shift_backward(grad: Tensor, x: Tensor, num_segments: int, fold: int) -> Tensor:
-    """The shift's adjoint applied to its output's gradient, into a new tensor in the layout of
-    its input ``x``.
-
-    Taking ``x`` keeps it for the backward, which changes what inductor saves around it: the
-    shift's input is a ReLU's output, and without it inductor saved that ReLU's mask as a bool
-    tensor instead, whose store its CPU code writes at some 8 ns a value (26 ms for a
-    3.3-million-value map, 0.7 ms for the float store beside it): three stage ends of a
-    ResNet-50 took 85 ms of a 900 ms step that way (1.14x TSN; 1.03x with ``x``)."""
-    from lightning_gsf.temporal import _shift_copy_into
-
-    return _shift_copy_into(grad, torch.empty_like(x), num_segments, fold, backwards_first=False)
-
-
-@temporal_shift_backward.register_fake
+@torch.library.register_fake(f"{NAMESPACE}::temporal_shift_backward", lib=_LIBRARY)
 def _(grad, x, num_segments, fold):
-    return torch.empty_like(x)
+    return _dense_like(x)
 
 
 def _temporal_shift_context(ctx, inputs, output):
@@ -264,7 +258,8 @@ def _temporal_shift_gradient(ctx, grad):
     return temporal_shift_backward(grad, x, ctx.num_segments, ctx.fold), None, None
 
 
-temporal_shift.register_autograd(_temporal_shift_gradient, setup_context=_temporal_shift_context)
+torch.library.register_autograd(f"{NAMESPACE}::temporal_shift", _temporal_shift_gradient,
+                                setup_context=_temporal_shift_context, lib=_LIBRARY)
 
 
 def _channels_last(v: Tensor) -> bool:

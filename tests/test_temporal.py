@@ -167,8 +167,14 @@ def test_compiles_without_graph_breaks():
 LAYOUTS = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 
 
+@pytest.fixture
+def compiled_kernels():
+    """The compiled graph's shift ops have C++ CPU kernels, registered when the kernels build."""
+    assert compiled_ops.kernels_built(), "the C++ CPU kernels failed to build (see the log)"
+
+
 @LAYOUTS
-def test_shift_ops_pass_opcheck(channels_last):
+def test_shift_ops_pass_opcheck(channels_last, compiled_kernels):
     """Schema, fake implementations against the real ones, autograd registration."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2 * 3, 16, 3, 4).contiguous(memory_format=memory_format).requires_grad_()
@@ -177,8 +183,32 @@ def test_shift_ops_pass_opcheck(channels_last):
     torch.library.opcheck(compiled_ops.temporal_shift_backward, (grad, x.detach(), 3, 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.uint8],
+                         ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed"])
+@pytest.mark.parametrize("size", [(6, 16, 3, 4), (6, 16, 1, 1), (6, 5, 2, 3)], ids=str)
+def test_shift_ops_move_every_value_of_any_dtype_and_layout(dtype, layout, size, compiled_kernels):
+    """The C++ shift (values moved by their size in bytes) against the naive shift, and its
+    adjoint against the eager path's, on dense maps of either layout and on a transposed one
+    (which neither addresses); outputs dense in the input's layout, the gradient's own layout
+    whatever it is."""
+    values = torch.arange(torch.Size(size).numel()).view(size) % 97
+    x = {"nchw": values.to(dtype),
+         "channels_last": values.to(dtype).contiguous(memory_format=torch.channels_last),
+         "transposed": values.to(dtype).transpose(2, 3).contiguous().transpose(2, 3)}[layout]
+    fold = size[1] // 4
+    out = compiled_ops.temporal_shift(x, 3, fold)
+    assert torch.equal(out, naive_shift(x, 3, 4))
+    assert out.stride() == compiled_ops._dense_like(x).stride()
+    grad = (values * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last if layout == "nchw" else
+                                                 torch.contiguous_format)
+    back = compiled_ops.temporal_shift_backward(grad, x, 3, fold)
+    assert torch.equal(back, temporal._shift_copy(grad, 3, fold, backwards_first=False))
+    assert back.stride() == compiled_ops._dense_like(x).stride()
+
+
 @LAYOUTS
-def test_shift_backward_op_writes_the_input_layout(channels_last):
+def test_shift_backward_op_writes_the_input_layout(channels_last, compiled_kernels):
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(2 * 3, 16, 3, 4).contiguous(memory_format=memory_format).requires_grad_()
     upstream = torch.randn(x.shape)

@@ -1792,13 +1792,14 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The compiled graph's inference ops. lightning_gsf/compiled_ops.py defines their schemas and
-// fake implementations, under a namespace that carries a digest of its source;
-// register_inference_ops puts these CPU kernels behind them, so that a compiled graph calls
-// this C++ through the dispatcher with no Python in between (a Python custom op's own
-// wrapping, cold after every backbone layer, cost ~80 us a call). They take maps in any layout
-// (the compiler chooses): one the kernels do not address runs on a dense copy in the layout the
-// fake implementation gives (x's, by compiled_ops._dense_like).
+// The compiled graph's C++ ops: GSF's inference and TSM's shift. lightning_gsf/compiled_ops.py
+// defines their schemas, fake implementations (and the shift's autograd formula) under a
+// namespace that carries a digest of its source; register_compiled_ops puts these CPU kernels
+// behind them, so that a compiled graph calls this C++ through the dispatcher with no Python
+// in between (a Python custom op's own wrapping, cold after every backbone layer, cost ~80 us
+// a call). They take maps in any layout (the compiler chooses): one the kernels do not address
+// runs on a dense copy in the layout the fake implementation gives (x's, by
+// compiled_ops._dense_like).
 
 bool addressable(const at::Tensor& x) {  // twin: cpu_kernels.addressable
   const bool uniform_pixels = x.size(2) == 1 || x.stride(2) == x.size(3) * x.stride(3);
@@ -1839,9 +1840,93 @@ at::Tensor compiled_infer(const at::Tensor& x, int64_t processed, int64_t num_se
   return out;
 }
 
-// The CPU kernels of `ns`::infer_ and `ns`::infer, once per namespace (the registrations live
-// as long as the process).
-void register_inference_ops(const std::string& ns) {
+// temporal_shift / temporal_shift_backward: TSM's shift into a new tensor dense in the layout
+// of x (twin: lightning_gsf.temporal._shift_copy_into), the compiled graph's shift and its
+// adjoint: channels [0, fold) take frame t + 1 and [fold, 2 fold) frame t - 1 (the adjoint:
+// the other way round), zero beyond the clip, the others copied. Any dtype (values are moved,
+// not computed: T is an unsigned integer of the element's size). One pass over the map: a
+// frame's three runs of channels as blocks (NCHW) or a pixel's three runs at a time
+// (channels-last).
+template <typename T>
+void shift_copy_kernel(const Map<const T>& x, const Map<T>& out, int64_t frames, int64_t num_segments,
+                       int64_t channels, int64_t fold, int64_t pixels, bool backwards_first) {
+  const int64_t next_c0 = backwards_first ? 0 : fold, previous_c0 = backwards_first ? fold : 0;
+  const bool planes = out.pixel == 1 && out.channel == pixels;
+  at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t f = begin; f < end; ++f) {
+      const int64_t t = f % num_segments;
+      // (source frame, first channel, channels) of each run; source < 0: zeros
+      const int64_t runs[3][3] = {{t + 1 < num_segments ? f + 1 : -1, next_c0, fold},
+                                  {t > 0 ? f - 1 : -1, previous_c0, fold},
+                                  {f, 2 * fold, channels - 2 * fold}};
+      if (planes) {
+        for (const auto& run : runs) {
+          T* dst = out.at(f, run[1]);
+          if (run[0] < 0) {
+            std::fill(dst, dst + run[2] * pixels, T{});
+          } else {
+            std::memcpy(dst, x.at(run[0], run[1]), run[2] * pixels * sizeof(T));
+          }
+        }
+        continue;
+      }
+      for (int64_t p = 0; p < pixels; ++p) {  // channels innermost
+        for (const auto& run : runs) {
+          T* dst = out.at(f, run[1]) + p * out.pixel;
+          const int64_t count = run[2];
+          if (run[0] < 0) {
+#pragma omp simd
+            for (int64_t c = 0; c < count; ++c) dst[c] = T{};
+          } else {
+            const T* src = x.at(run[0], run[1]) + p * x.pixel;
+#pragma omp simd
+            for (int64_t c = 0; c < count; ++c) dst[c] = src[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+// The shifted copy of `source` into a new tensor dense in `layout`'s memory format.
+at::Tensor shift_copy(const at::Tensor& source, const at::Tensor& layout, int64_t num_segments, int64_t fold,
+                      bool backwards_first) {
+  TORCH_CHECK(source.dim() == 4 && num_segments > 0 && source.size(0) % num_segments == 0,
+              "TSM shift: x must be (N*T, C, H, W) with T = ", num_segments, ", got ", source.sizes());
+  TORCH_CHECK(fold >= 0 && 2 * fold <= source.size(1), "TSM shift: 2 * fold (", fold, ") exceeds the channels ",
+              source.size(1));
+  at::Tensor out = at::empty(source.sizes(), source.options().memory_format(dense_format(layout)));
+  const at::Tensor src = source.strides() == out.strides() ? source : at::empty_like(out).copy_(source);
+  const int64_t pixels = source.size(2) * source.size(3);
+  auto run = [&](auto element) {
+    using T = decltype(element);
+    const Map<const T> x{static_cast<const T*>(src.data_ptr()), src.stride(0), src.stride(1), src.stride(3)};
+    const Map<T> to{static_cast<T*>(out.data_ptr()), out.stride(0), out.stride(1), out.stride(3)};
+    shift_copy_kernel<T>(x, to, source.size(0), num_segments, source.size(1), fold, pixels, backwards_first);
+  };
+  switch (source.element_size()) {
+    case 1: run(uint8_t{}); break;
+    case 2: run(uint16_t{}); break;
+    case 4: run(uint32_t{}); break;
+    case 8: run(uint64_t{}); break;
+    default: TORCH_CHECK(false, "TSM shift: unsupported element size ", source.element_size());
+  }
+  return out;
+}
+
+at::Tensor compiled_temporal_shift(const at::Tensor& x, int64_t num_segments, int64_t fold) {
+  return shift_copy(x, x, num_segments, fold, true);
+}
+
+// The adjoint applied to grad, into x's layout.
+at::Tensor compiled_temporal_shift_backward(const at::Tensor& grad, const at::Tensor& x, int64_t num_segments,
+                                            int64_t fold) {
+  return shift_copy(grad, x, num_segments, fold, false);
+}
+
+// The CPU kernels of `ns`::infer_, infer, temporal_shift and temporal_shift_backward, once per
+// namespace (the registrations live as long as the process).
+void register_compiled_ops(const std::string& ns) {
   static std::mutex mutex;
   static std::vector<std::unique_ptr<torch::Library>> libraries;
   static std::vector<std::string> registered;
@@ -1851,6 +1936,8 @@ void register_inference_ops(const std::string& ns) {
                                                   __LINE__);
   library->impl("infer_", TORCH_FN(compiled_infer_));
   library->impl("infer", TORCH_FN(compiled_infer));
+  library->impl("temporal_shift", TORCH_FN(compiled_temporal_shift));
+  library->impl("temporal_shift_backward", TORCH_FN(compiled_temporal_shift_backward));
   libraries.push_back(std::move(library));
   registered.push_back(ns);
 }
@@ -2005,7 +2092,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("temporal_shift_(Tensor(a!) x, Tensor(b!) saved, int num_segments, int fold) -> ()");
   m.def("temporal_unshift_(Tensor(a!) x, Tensor saved, int num_segments, int fold) -> ()");
   m.def("bf16_dot_products() -> bool");
-  m.def("register_inference_ops(str ns) -> ()");
+  m.def("register_compiled_ops(str ns) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
@@ -2030,5 +2117,5 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
   m.impl("parallel_threads", &parallel_threads);  // no tensor arguments: no dispatch key of its own
   m.impl("bf16_dot_products", &bf16_dot_products);  // whether the bfloat16 gate runs in vdpbf16ps
-  m.impl("register_inference_ops", &register_inference_ops);  // (compiled_ops.kernels_built)
+  m.impl("register_compiled_ops", &register_compiled_ops);  // (compiled_ops.kernels_built)
 }
