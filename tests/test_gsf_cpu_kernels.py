@@ -311,6 +311,27 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
     torch.testing.assert_close(actual.double(), expected, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("processed", [4, 36])
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (10, 10), (9, 33), (20, 20)])
+def test_gate_is_the_same_in_both_layouts(kernels, size, processed, dtype):
+    """NCHW and channels-last maps fill the gate's planes by different loops (bfloat16 NCHW
+    maps straight into the dot products' channel pairs, in one pass): the same bits either
+    way, with a batch norm that sends some values below zero (the ReLU) and rounds others."""
+    generator = torch.Generator().manual_seed(12)
+    weight = torch.randn(2, processed // 2, 3, 3, 3, generator=generator) * 0.2
+    bias = torch.randn(2, generator=generator)
+    scale, shift = torch.rand(processed, generator=generator) + 0.5, torch.randn(processed, generator=generator)
+    x, _, _ = blend_operands(2, 3, processed, processed + 4, size, False, dtype, seed=8)
+    v = x[:, :processed]
+    v_last = x.contiguous(memory_format=torch.channels_last)[:, :processed]
+    means, means_last = torch.empty(v.shape[0], 2, processed), torch.empty(v.shape[0], 2, processed)
+    gate = kernels.gate(v, scale, shift, weight, bias, 3, means)
+    gate_last = kernels.gate(v_last, scale, shift, weight, bias, 3, means_last)
+    torch.testing.assert_close(gate_last, gate, rtol=0, atol=0)
+    torch.testing.assert_close(means_last, means, rtol=1e-6, atol=1e-7)  # (sums in another order)
+
+
 def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
     """LIGHTNING_GSF_CPU_BF16_DOT=0 turns the AVX512-BF16 gate off (in a process of its own:
     the choice is made once): relu(bn(v)) and the weights stay float32, as on CPUs without it."""

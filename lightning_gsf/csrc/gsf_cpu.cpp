@@ -175,6 +175,16 @@ inline __m512 load_lanes(const uint16_t* p, __mmask16 lanes) {
   const __m256i bits = _mm256_maskz_loadu_epi16(lanes, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
+// bf16_pair of each lane: store<uint16_t>'s rounding (to nearest even, NaN as 0x7FC0).
+inline __m512i bf16_bits(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  return _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+}
+inline __m512i bf16_pairs(__m512 even, __m512 odd) {
+  return _mm512_or_si512(bf16_bits(even), _mm512_slli_epi32(bf16_bits(odd), 16));
+}
 #endif
 
 // A tensor's data as T: float, or uint16_t for bfloat16.
@@ -1079,6 +1089,49 @@ void fill_planes(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, 
   }
 }
 
+// fill_planes and pair_planes in one pass, for the bfloat16 dot products on NCHW maps: the
+// group's relu(v * scale + shift) rounded to bfloat16 and paired by channels straight into the
+// pair planes' interiors (the float planes are neither written nor read again: at the 40 x 40
+// sites, that pass was half the gate's time outside the dot products). The same bits as the
+// two steps; borders as fill_planes leaves them (written whole vectors from each row's start,
+// padding columns zeroed again after).
+template <typename T>
+void fill_pairs(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, const float* scale,
+                const float* shift, const Planes& planes, uint32_t* pairs) {
+  const int64_t height = planes.height, width = planes.width, row = planes.row, pixels = height * width;
+  const int64_t vector_width = (width + kLanes - 1) / kLanes * kLanes;
+  for (int64_t j = 0; j < half / 2; ++j) {
+    const int64_t channel = k * half + 2 * j;
+    const float a0 = scale[channel], b0 = shift[channel], a1 = scale[channel + 1], b1 = shift[channel + 1];
+    const T* even = v.at(frame, channel);
+    const T* odd = v.at(frame, channel + 1);
+    uint32_t* dst = pairs + j * planes.plane + row + 1;
+    for (int64_t y = 0; y < height; ++y) {
+      const int64_t count = std::min(vector_width, pixels - y * width);
+      const T* from_even = even + y * width;
+      const T* from_odd = odd + y * width;
+      uint32_t* to = dst + y * row;
+#ifdef GSF_MASKED
+      // (GCC's own vectorisation of the loop below ran at half width with its masks juggled)
+      for (int64_t x = 0; x < count; x += kLanes) {  // (a last partial vector under a mask)
+        const __mmask16 lanes = first_lanes(count - x);
+        const __m512 e = _mm512_max_ps(_mm512_setzero_ps(), _mm512_fmadd_ps(load_lanes(from_even + x, lanes),
+                                                                             _mm512_set1_ps(a0), _mm512_set1_ps(b0)));
+        const __m512 o = _mm512_max_ps(_mm512_setzero_ps(), _mm512_fmadd_ps(load_lanes(from_odd + x, lanes),
+                                                                             _mm512_set1_ps(a1), _mm512_set1_ps(b1)));
+        _mm512_mask_storeu_epi32(to + x, lanes, bf16_pairs(e, o));
+      }
+#else
+#pragma omp simd simdlen(GSF_LANES)
+      for (int64_t x = 0; x < count; ++x) {
+        to[x] = bf16_pair(std::max(load(from_even[x]) * a0 + b0, 0.0f), std::max(load(from_odd[x]) * a1 + b1, 0.0f));
+      }
+#endif
+    }
+    for (int64_t y = 0; y + 1 < height; ++y) dst[y * row + width] = dst[y * row + width + 1] = 0u;
+  }
+}
+
 // The three temporal taps of one (frame, group), (3, H*W): the group's relu(bn(v)) into planes
 // (fill_planes), then each output pixel q = y * (W + 2) + x (x < W kept) as the sum over
 // channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to kBlock vectors of
@@ -1116,11 +1169,15 @@ void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, c
                 float* taps, const PairedTaps* paired) {
   const int64_t height = planes.height, width = planes.width, row = planes.row, plane = planes.plane;
   const int64_t vectors = tap_stride / kLanes, pixels = height * width;
-  fill_planes<T>(v, frame, k, half, scale, shift, planes, padded);
 #ifdef GSF_BF16_DOT
   if (paired != nullptr) {
     const int64_t pair_count = half / 2;
-    pair_planes(padded, half, plane, paired->planes);
+    if (v.pixel == 1) {
+      fill_pairs<T>(v, frame, k, half, scale, shift, planes, paired->planes);
+    } else {
+      fill_planes<T>(v, frame, k, half, scale, shift, planes, padded);
+      pair_planes(padded, half, plane, paired->planes);
+    }
     const uint32_t* w = paired->weight + k * pair_count * 27;
     taps_in_blocks(
         [&](auto block, const uint32_t* block_planes, float* block_sums) {
@@ -1130,6 +1187,7 @@ void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, c
   } else
 #endif
   {
+    fill_planes<T>(v, frame, k, half, scale, shift, planes, padded);
     const float* w = weight + k * half * 27;
     taps_in_blocks(
         [&](auto block, const float* block_planes, float* block_sums) {
@@ -1260,7 +1318,9 @@ void gate_kernel(const at::Tensor& v_, const float* scale, const float* shift, c
   const bool dot = std::is_same_v<T, uint16_t> && bf16_dot_products();
   const std::vector<uint32_t> paired_weight = dot ? pair_weights(weight, half) : std::vector<uint32_t>();
   at::parallel_for(0, walks * runs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(half * planes.plane, 0.0f), sums(3 * tap_stride), ring(3 * 3 * pixels);
+    // (the bfloat16 dot products on NCHW maps fill their pair planes straight from v)
+    std::vector<float> padded(dot && v.pixel == 1 ? 0 : half * planes.plane, 0.0f), sums(3 * tap_stride),
+        ring(3 * 3 * pixels);
     std::vector<uint32_t> pair_scratch(dot ? half / 2 * planes.plane : 0);
     const PairedTaps paired_taps{paired_weight.data(), pair_scratch.data()};
     const PairedTaps* paired = dot ? &paired_taps : nullptr;
