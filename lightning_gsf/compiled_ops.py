@@ -10,14 +10,14 @@ in plain ops (batch statistics, the running statistics' update, the fusion param
 
 - ``infer_`` writes GSF's output over its input, without autograd (GSF
   built ``inplace``, as the backbones build it); ``infer`` returns a new tensor. Their CPU
-  kernels are C++ (registered by :func:`kernels_built`), not Python.
+  kernels are C++, registered when the kernels build, not Python.
 - ``forward_`` / ``backward_``: training, the steps of ``_KernelGSF``, in place on the input
   and on the output's gradient, in the autograd function :class:`GateShiftFuse`.
 - ``temporal_shift`` / ``temporal_shift_backward``: TSM's shift on the CPU into a new tensor
   (one C++ pass over the map) and its adjoint.
 
-The op bodies run eagerly when the compiled graph runs; they import :mod:`lightning_gsf.gsf`
-then (it imports this module).
+The training ops' Python bodies run eagerly when the compiled graph runs; they import
+:mod:`lightning_gsf.gsf` then (it imports this module).
 """
 
 from __future__ import annotations
@@ -40,21 +40,18 @@ NAMESPACE = "lightning_gsf_" + hashlib.sha256(Path(__file__).read_bytes()).hexdi
 # (The default, the traced strides, made inductor copy every GSF input to NCHW and back.)
 _TAGS = (torch.Tag.flexible_layout,)
 
-# The ops whose CPU kernels are C++ (inference, TSM's shift): defined here, implemented by
-# kernels_built.
+# The ops whose CPU kernels are C++ (inference, TSM's shift): defined here, their kernels
+# registered when the C++ kernels are built (cpu_kernels._register_compiled_ops); called
+# before that, they have no CPU kernel.
 _LIBRARY = torch.library.Library(NAMESPACE, "FRAGMENT")
 
 
 @torch.compiler.assume_constant_result
 def kernels_built() -> bool:
-    """Whether the C++ kernels are built (building them on first call, and registering the
-    CPU kernels of the ops defined on ``_LIBRARY``): a constant to the compiler, which would
-    otherwise trace the build."""
-    ops = cpu_kernels.cpu_kernels()
-    if ops is None:
-        return False
-    ops.register_compiled_ops(NAMESPACE)  # (once per namespace)
-    return True
+    """Whether the C++ kernels are built (building them on first call; the build puts them
+    behind the ops defined on ``_LIBRARY``): a constant to the compiler, which would otherwise
+    trace the build."""
+    return cpu_kernels.cpu_kernels() is not None
 
 
 def usable(x: Tensor) -> bool:
@@ -83,7 +80,7 @@ def _ops():
 
 # ---------------------------------------------------------------------------------------------
 # inference: schemas and fakes here, CPU kernels in C++ (compiled_infer_ / compiled_infer in
-# csrc/gsf_cpu.cpp, registered by kernels_built): the compiled graph calls them through the
+# csrc/gsf_cpu.cpp, registered when they build): the compiled graph calls them through the
 # dispatcher with no Python in between. A Python custom op's wrapping cost ~80 us a call, cold
 # after every backbone layer: about 1.3 ms of a compiled ResNet-50 clip, T=8 (16 GSFs).
 
@@ -246,6 +243,13 @@ def _(x, num_segments, fold):
 @torch.library.register_fake(f"{NAMESPACE}::temporal_shift_backward", lib=_LIBRARY)
 def _(grad, x, num_segments, fold):
     return _dense_like(x)
+
+
+def shift_usable(x: Tensor, fold: int) -> bool:
+    """Whether the compiled graph shifts ``x`` by :func:`temporal_shift` (traceable): a CPU
+    map of elements of 1, 2, 4 or 8 bytes, two folds within its channels, the kernels built."""
+    return (x.device.type == "cpu" and x.dtype.itemsize in (1, 2, 4, 8) and 2 * fold <= x.shape[1]
+            and kernels_built())
 
 
 def _temporal_shift_context(ctx, inputs, output):

@@ -71,9 +71,18 @@ def _build() -> tuple[Any, str] | None:
         except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
             log.warning("GSF CPU kernels for %s unavailable (%s: %s)", capability, type(error).__name__, error)
             continue
+        _register_compiled_ops()
         return torch.ops.lightning_gsf, capability
     log.warning("GSF runs on PyTorch operations instead of its CPU kernels")
     return None
+
+
+def _register_compiled_ops() -> None:
+    """Put the C++ kernels behind the ops that :mod:`lightning_gsf.compiled_ops` defines for
+    compiled graphs (GSF's inference, TSM's shift): they run wherever the kernels are built."""
+    from lightning_gsf import compiled_ops  # (which imports this module)
+
+    torch.ops.lightning_gsf.register_compiled_ops(compiled_ops.NAMESPACE)
 
 
 def cpu_kernels() -> Any | None:

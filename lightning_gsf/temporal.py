@@ -114,7 +114,7 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
     if torch.compiler.is_compiling():
-        if x.device.type == "cpu" and compiled_ops.kernels_built():  # (inductor's own code for it was slow)
+        if compiled_ops.shift_usable(x, c // fold_div):  # (inductor's own code for it was slow)
             return compiled_ops.temporal_shift(x, num_segments, c // fold_div)
         return _shift_compilable(x, num_segments, c // fold_div)
     if x.is_cpu and x.requires_grad and torch.is_grad_enabled():

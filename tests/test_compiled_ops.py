@@ -170,6 +170,43 @@ def test_inference_ops_pass_opcheck(channels_last, dtype, op_name):
     torch.library.opcheck(getattr(compiled_ops, op_name), args)
 
 
+def test_the_inference_op_counts_its_write_and_has_no_backward():
+    """Autograd sees ``infer_``'s write over its input (a tensor it saved, so overwritten,
+    makes backward fail loudly), and either inference op refuses inputs that require grad
+    with grad enabled."""
+    module = make_gsf(16, 2, 0.5, seed=3)
+    args = (module.processed, 2, module.bn.running_mean, module.bn.running_var, module.bn.eps,
+            *inference_operands(module))
+    leaf = make_input(2, 2, 16, 4, seed=3).requires_grad_()
+    saved = leaf * 1.0
+    loss = (saved * saved).sum()  # saves `saved` for backward
+    version = saved._version
+    with torch.no_grad():
+        compiled_ops.infer_(saved, *args)
+    assert saved._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    for op, tensor in ((compiled_ops.infer, leaf), (compiled_ops.infer_, leaf * 1.0)):
+        with pytest.raises(RuntimeError, match="has no backward"):
+            op(tensor, *args)
+
+
+def test_the_ops_run_once_the_kernels_are_built():
+    """In a fresh process the ops have no CPU kernel until the C++ kernels are built, by
+    whatever builds them first (here GSF's own kernel set), not only by ``kernels_built``."""
+    code = ("import torch\n"
+            "from lightning_gsf import compiled_ops, cpu_kernels\n"
+            "x = torch.arange(8.0).view(4, 2, 1, 1)\n"
+            "try:\n"
+            "    compiled_ops.temporal_shift(x, 2, 1)\n"
+            "except NotImplementedError:\n"
+            "    print('no kernel yet')\n"
+            "assert cpu_kernels.cpu_kernels() is not None\n"
+            "print(compiled_ops.temporal_shift(x, 2, 1).flatten().tolist())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines()[-2:] == ["no kernel yet", "[2.0, 0.0, 0.0, 1.0, 6.0, 0.0, 0.0, 5.0]"]
+
+
 def test_the_fake_outputs_follow_a_sliced_channels_last_map():
     """Inductor hands the ops channels-last maps (the layout it picks for CPU convolutions):
     outputs keep the layout, for one pixel too (where NCHW and channels-last strides

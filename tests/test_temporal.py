@@ -185,26 +185,52 @@ def test_shift_ops_pass_opcheck(channels_last, compiled_kernels):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.uint8],
                          ids=str)
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed", "channel_slice"])
 @pytest.mark.parametrize("size", [(6, 16, 3, 4), (6, 16, 1, 1), (6, 5, 2, 3)], ids=str)
-def test_shift_ops_move_every_value_of_any_dtype_and_layout(dtype, layout, size, compiled_kernels):
-    """The C++ shift (values moved by their size in bytes) against the naive shift, and its
-    adjoint against the eager path's, on dense maps of either layout and on a transposed one
-    (which neither addresses); outputs dense in the input's layout, the gradient's own layout
-    whatever it is."""
-    values = torch.arange(torch.Size(size).numel()).view(size) % 97
-    x = {"nchw": values.to(dtype),
-         "channels_last": values.to(dtype).contiguous(memory_format=torch.channels_last),
-         "transposed": values.to(dtype).transpose(2, 3).contiguous().transpose(2, 3)}[layout]
-    fold = size[1] // 4
+@pytest.mark.parametrize("folds", ["quarter", "none", "half"])
+def test_shift_ops_move_every_value_of_any_dtype_and_layout(dtype, layout, size, folds, compiled_kernels):
+    """The C++ shift (values moved by their size in bytes) and its adjoint against the eager
+    path's, on dense maps of either layout (a 1 x 1 map with the strides a channels-last
+    convolution gives it), a transposed map and a channel slice of a wider map (which the
+    kernel copies dense first); folds of a quarter, none and half the channels. Outputs dense
+    in the input's layout, the gradient's own layout whatever it is."""
+    n, c, h, w = size
+    values = torch.arange(n * (c + 3) * h * w).view(n, c + 3, h, w) % 97
+    channels_last = torch.empty(values.shape, dtype=dtype, memory_format=torch.channels_last).copy_(values)
+    x = {"nchw": values[:, :c].to(dtype).contiguous(),
+         "channels_last": channels_last[:, :c].contiguous(memory_format=torch.channels_last),
+         "transposed": values[:, :c].to(dtype).transpose(2, 3).contiguous().transpose(2, 3),
+         "channel_slice": channels_last[:, :c]}[layout]
+    fold = {"quarter": c // 4, "none": 0, "half": c // 2}[folds]
     out = compiled_ops.temporal_shift(x, 3, fold)
-    assert torch.equal(out, naive_shift(x, 3, 4))
+    assert torch.equal(out, temporal._shift_copy(x, 3, fold, backwards_first=True))
     assert out.stride() == compiled_ops._dense_like(x).stride()
-    grad = (values * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last if layout == "nchw" else
-                                                 torch.contiguous_format)
+    if folds == "quarter":
+        assert torch.equal(out, naive_shift(x, 3, 4))
+    grad = (values[:, :c] * 3 + 1).to(dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last) if layout == "nchw" else grad
     back = compiled_ops.temporal_shift_backward(grad, x, 3, fold)
     assert torch.equal(back, temporal._shift_copy(grad, 3, fold, backwards_first=False))
     assert back.stride() == compiled_ops._dense_like(x).stride()
+
+
+@pytest.mark.parametrize("dtype,fold_div", [(torch.float32, 1), (torch.complex128, 8)], ids=["all_channels_one_way",
+                                                                                        "16_byte_values"])
+def test_compiled_shift_takes_the_plain_ops_where_the_kernel_does_not(dtype, fold_div, compiled_kernels):
+    """Two folds beyond the channels (fold_div 1: every channel takes the next frame) and
+    values of 16 bytes: the compiled graph shifts by the plain-op formulation, as eager does."""
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
+
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, 2, 3, dtype=dtype)
+    out = torch.compile(TemporalShift(num_segments=2, fold_div=fold_div), fullgraph=True, backend=backend)(x)
+    torch._dynamo.reset()
+    assert compiled_ops.NAMESPACE not in graphs[0]
+    assert torch.equal(out, naive_shift(x, 2, fold_div))
 
 
 @LAYOUTS

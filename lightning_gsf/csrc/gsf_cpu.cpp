@@ -24,6 +24,9 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -1856,8 +1859,8 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
 // defines their schemas, fake implementations (and the shift's autograd formula) under a
 // namespace that carries a digest of its source; register_compiled_ops puts these CPU kernels
 // behind them, so that a compiled graph calls this C++ through the dispatcher with no Python
-// in between (a Python custom op's own wrapping, cold after every backbone layer, cost ~80 us
-// a call). They take maps in any layout (the compiler chooses): one the kernels do not address
+// in between in inference (a Python custom op's own wrapping, cold after every backbone layer,
+// cost ~80 us a call; the shift's autograd formula, outside inference, is still Python). They take maps in any layout (the compiler chooses): one the kernels do not address
 // runs on a dense copy in the layout the fake implementation gives (x's, by
 // compiled_ops._dense_like).
 
@@ -1903,8 +1906,8 @@ at::Tensor compiled_infer(const at::Tensor& x, int64_t processed, int64_t num_se
 // temporal_shift / temporal_shift_backward: TSM's shift into a new tensor dense in the layout
 // of x (twin: lightning_gsf.temporal._shift_copy_into), the compiled graph's shift and its
 // adjoint: channels [0, fold) take frame t + 1 and [fold, 2 fold) frame t - 1 (the adjoint:
-// the other way round), zero beyond the clip, the others copied. Any dtype (values are moved,
-// not computed: T is an unsigned integer of the element's size). One pass over the map: a
+// the other way round), zero beyond the clip, the others copied. Elements of 1, 2, 4 or 8 bytes
+// (values are moved, not computed: T is an unsigned integer of the element's size). One pass over the map: a
 // frame's three runs of channels as blocks (NCHW) or a pixel's three runs at a time
 // (channels-last).
 template <typename T>
@@ -1981,24 +1984,61 @@ at::Tensor compiled_temporal_shift(const at::Tensor& x, int64_t num_segments, in
 // The adjoint applied to grad, into x's layout.
 at::Tensor compiled_temporal_shift_backward(const at::Tensor& grad, const at::Tensor& x, int64_t num_segments,
                                             int64_t fold) {
+  TORCH_CHECK(grad.sizes() == x.sizes() && grad.scalar_type() == x.scalar_type(),
+              "TSM shift backward: grad must be like x ", x.sizes(), " ", x.scalar_type(), ", got ", grad.sizes(), " ",
+              grad.scalar_type());
   return shift_copy(grad, x, num_segments, fold, false);
 }
 
+// Autograd kernel of the ops without a backward: an error where autograd would need one (with
+// grad enabled and an input that requires grad), else the op below autograd.
+void refuse_backward(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const size_t arguments = op.schema().arguments().size();
+  if (at::GradMode::is_enabled()) {
+    for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
+      const c10::IValue& value = (*stack)[i];
+      TORCH_CHECK(!(value.isTensor() && value.toTensor().requires_grad()), op.schema().name(),
+                  " has no backward: call it under torch.no_grad() or on tensors that do not require grad");
+    }
+  }
+  at::AutoDispatchBelowAutograd guard;
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
+}
+
+// ADInplaceOrView kernel of infer_: its write over x counted in x's version, as for PyTorch's
+// own in-place ops (autograd then refuses a tensor it saved that infer_ overwrote).
+void count_write(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const at::Tensor x = (*stack)[stack->size() - op.schema().arguments().size()].toTensor();
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+  }
+  torch::autograd::impl::bump_version(x);
+}
+
 // The CPU kernels of `ns`::infer_, infer, temporal_shift and temporal_shift_backward, once per
-// namespace (the registrations live as long as the process).
+// namespace (the registrations live as long as the process); the autograd side of those without
+// a backward (temporal_shift's is registered in Python).
 void register_compiled_ops(const std::string& ns) {
   static std::mutex mutex;
   static std::vector<std::unique_ptr<torch::Library>> libraries;
   static std::vector<std::string> registered;
   const std::lock_guard<std::mutex> lock(mutex);
   if (std::find(registered.begin(), registered.end(), ns) != registered.end()) return;
-  auto library = std::make_unique<torch::Library>(torch::Library::IMPL, ns, c10::DispatchKey::CPU, __FILE__,
-                                                  __LINE__);
-  library->impl("infer_", TORCH_FN(compiled_infer_));
-  library->impl("infer", TORCH_FN(compiled_infer));
-  library->impl("temporal_shift", TORCH_FN(compiled_temporal_shift));
-  library->impl("temporal_shift_backward", TORCH_FN(compiled_temporal_shift_backward));
-  libraries.push_back(std::move(library));
+  auto library = [&](c10::DispatchKey key) {
+    libraries.push_back(std::make_unique<torch::Library>(torch::Library::IMPL, ns, key, __FILE__, __LINE__));
+    return libraries.back().get();
+  };
+  torch::Library* cpu = library(c10::DispatchKey::CPU);
+  cpu->impl("infer_", TORCH_FN(compiled_infer_));
+  cpu->impl("infer", TORCH_FN(compiled_infer));
+  cpu->impl("temporal_shift", TORCH_FN(compiled_temporal_shift));
+  cpu->impl("temporal_shift_backward", TORCH_FN(compiled_temporal_shift_backward));
+  torch::Library* autograd = library(c10::DispatchKey::Autograd);
+  for (const char* op : {"infer_", "infer", "temporal_shift_backward"}) {
+    autograd->impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_backward>());
+  }
+  library(c10::DispatchKey::ADInplaceOrView)->impl("infer_", torch::CppFunction::makeFromBoxedFunction<&count_write>());
   registered.push_back(ns);
 }
 
@@ -2177,5 +2217,5 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
   m.impl("parallel_threads", &parallel_threads);  // no tensor arguments: no dispatch key of its own
   m.impl("bf16_dot_products", &bf16_dot_products);  // whether the bfloat16 gate runs in vdpbf16ps
-  m.impl("register_compiled_ops", &register_compiled_ops);  // (compiled_ops.kernels_built)
+  m.impl("register_compiled_ops", &register_compiled_ops);  // (cpu_kernels, once built)
 }
