@@ -1280,6 +1280,43 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
     }
     return;
   }
+#ifdef GSF_MASKED
+  // Channels innermost: blocks of up to 64 channels, their sums in registers over all pixels,
+  // two pixels at a time on separate sums. (Sums in memory, each pixel's additions waited on
+  // the previous pixel's stores: ResNet-50's channels-last sites, float32, T=8, took 6.4 ms a
+  // clip, 5.85 ms since.)
+  constexpr int64_t kVectors = 4;
+  for (int64_t c0 = 0; c0 < half; c0 += kVectors * 16) {
+    __mmask16 lanes[kVectors];
+    __m512 total[2][kVectors], gated[2][kVectors];
+    for (int64_t b = 0; b < kVectors; ++b) {
+      lanes[b] = first_lanes(std::max<int64_t>(half - c0 - b * 16, 0));
+      total[0][b] = total[1][b] = gated[0][b] = gated[1][b] = _mm512_setzero_ps();
+    }
+    const T* x = v.at(frame, k * half + c0);
+    auto add = [&](int64_t p, int64_t slot) {
+      const __m512 gp = _mm512_set1_ps(g[p]);
+      for (int64_t b = 0; b < kVectors; ++b) {
+        const __m512 value = load_lanes(x + p * v.pixel + b * 16, lanes[b]);
+        total[slot][b] = _mm512_add_ps(total[slot][b], value);
+        gated[slot][b] = _mm512_fmadd_ps(gp, value, gated[slot][b]);
+      }
+    };
+    int64_t p = 0;
+    for (; p + 1 < pixels; p += 2) {
+      add(p, 0);
+      add(p + 1, 1);
+    }
+    if (p < pixels) add(p, 0);
+    const __m512 scale = _mm512_set1_ps(inverse);
+    for (int64_t b = 0; b < kVectors; ++b) {
+      _mm512_mask_storeu_ps(mean_v + c0 + b * 16, lanes[b],
+                            _mm512_mul_ps(_mm512_add_ps(total[0][b], total[1][b]), scale));
+      _mm512_mask_storeu_ps(mean_y + c0 + b * 16, lanes[b],
+                            _mm512_mul_ps(_mm512_add_ps(gated[0][b], gated[1][b]), scale));
+    }
+  }
+#else
   std::fill(mean_v, mean_v + half, 0.0f);  // channels innermost
   std::fill(mean_y, mean_y + half, 0.0f);
   for (int64_t p = 0; p < pixels; ++p) {
@@ -1296,6 +1333,7 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
     mean_v[c] *= inverse;
     mean_y[c] *= inverse;
   }
+#endif
 }
 
 // The gate (and means) of every (clip, group), walking each clip's frames in order: frame f's
