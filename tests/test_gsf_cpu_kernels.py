@@ -454,6 +454,25 @@ def fusion_weights_from_means(means, weight, bias, num_segments):
     return torch.sigmoid(logits).permute(0, 3, 1, 2)
 
 
+def test_fusion_weights_sigmoid_over_a_dense_sweep(kernels):
+    """The fusion weights' sigmoid (plain arithmetic that vectorises) against torch.sigmoid,
+    through logits that are one descriptor each (the centre tap of the residual's mean):
+    dense around 0, out to +-120 and +-1e30 where it saturates, and a NaN (last: the zero
+    weights of its neighbours' other taps carry it to the channel before, as in a conv)."""
+    sweep = torch.cat([torch.linspace(-120, 120, 4801), torch.linspace(-1, 1, 2001), torch.linspace(-20, 20, 4001),
+                       torch.tensor([1e30, -1e30, 0.0, -0.0, 1e-30, -1e-30, float("nan")])])
+    half = sweep.numel()
+    means = torch.zeros(1, 2, 2 * half)
+    means[0, 0] = sweep.repeat(2)  # mean(v); mean(g v) = 0: the residual's mean is the sweep
+    weight = torch.zeros(2, 2, 3, 3)
+    weight[:, 1, 1, 1] = 1.0  # each group's residual descriptor, centre tap
+    out = kernels.fusion_weights(means, weight, torch.zeros(2), 1)
+    expected = torch.sigmoid(sweep.double()).float()
+    for k in range(2):
+        torch.testing.assert_close(out[0, 0, k, :-2], expected[:-2], rtol=4e-7, atol=1e-30)
+        assert out[0, 0, k, -2:].isnan().all()
+
+
 @pytest.mark.parametrize("num_segments,processed", [(1, 8), (2, 4), (5, 12)])
 def test_fusion_weights_backward_equals_autograd(kernels, num_segments, processed):
     """The means' and the fusion convs' gradients, against autograd through the plain-op

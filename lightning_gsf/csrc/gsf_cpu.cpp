@@ -1207,12 +1207,11 @@ void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, c
 }
 
 // tanh in plain arithmetic that vectorises (std::tanh is a scalar call): an odd Taylor
-// polynomial below |x| = 1/8, else 1 - 2 / (exp(2|x|) + 1) with exp from 2^n times a degree-7
-// polynomial on |r| <= ln(2)/2; within 2e-7 of std::tanh. Saturates to +-1, keeps NaN.
-inline float vector_tanh(float x) {
-  const float a = std::fabs(x), x2 = x * x;
-  const float small = x + x * x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835))));
-  const float y = std::min(2.0f * a, 40.0f);  // tanh(20) is 1 in float32
+// polynomial below |x| = 1/8, else 1 - 2 / (exp(2|x|) + 1) with vector_exp; within 2e-7 of
+// std::tanh. Saturates to +-1, keeps NaN.
+// exp(y) for 0 <= y <= 87 (or NaN) in plain arithmetic: 2^n times a degree-7 polynomial on
+// |r| <= ln(2)/2 (relative error ~1e-8 before rounding).
+inline float vector_exp(float y) {
   // n = round(y / ln 2) by the 1.5 * 2^23 trick (y >= 0), r = y - n ln 2 in two parts
   const float shifted = y * 1.44269504f + 12582912.0f;
   const float n = shifted - 12582912.0f;
@@ -1224,8 +1223,22 @@ inline float vector_tanh(float x) {
   const uint32_t scale_bits = (n_bits - 0x4B400000u + 127u) << 23;  // 2^n
   float scale;
   std::memcpy(&scale, &scale_bits, sizeof scale);
-  const float large = 1.0f - 2.0f / (p * scale + 1.0f);
+  return p * scale;
+}
+
+inline float vector_tanh(float x) {
+  const float a = std::fabs(x), x2 = x * x;
+  const float small = x + x * x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835))));
+  const float y = std::min(2.0f * a, 40.0f);  // tanh(20) is 1 in float32
+  const float large = 1.0f - 2.0f / (vector_exp(y) + 1.0f);
   return a < 0.125f ? small : std::copysign(large, x);
+}
+
+// The logistic sigmoid the same way, from e = exp(|x|) (|x| up to 80: beyond, 1 or e^-80, within
+// 2e-35 of the true value): e / (e + 1) for x >= 0, 1 / (e + 1) below. Keeps NaN.
+inline float vector_sigmoid(float x) {
+  const float e = vector_exp(std::min(std::fabs(x), 80.0f));
+  return (x >= 0.0f ? e : 1.0f) / (e + 1.0f);
 }
 
 // One (frame, group)'s gate from its own centre tap and the neighbouring frames' outer taps
@@ -1467,35 +1480,41 @@ at::Tensor gate_backward(const at::Tensor& grad_z, int64_t num_segments, int64_t
 
 void fusion_weights_kernel(const float* means, const float* weight, const float* bias, float* out, const Shape& s) {
   const int64_t half = s.half, frames = s.frames, processed = 2 * half;
-  const int64_t rows = half + 2, cols = frames + 2;  // descriptors (i, c + 1, t + 1), zero borders
+  // descriptors (i, t + 1, c + 1), zero borders: channels innermost, so that each frame's
+  // logits are a loop over channels that vectorises (the sigmoid too)
+  const int64_t cols = half + 2, rows = frames + 2;
   at::parallel_for(0, s.clips * 2, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> descriptors(2 * rows * cols);
+    std::vector<float> logits(half);
     for (int64_t index = begin; index < end; ++index) {
       const int64_t n = index / 2, k = index % 2;
-      auto mean_of = [&](int64_t t, int64_t row, int64_t c) {
-        return means[((n * frames + t) * 2 + row) * processed + k * half + c];
-      };
+      auto means_of = [&](int64_t t, int64_t row) { return means + ((n * frames + t) * 2 + row) * processed + k * half; };
       std::fill(descriptors.begin(), descriptors.end(), 0.0f);
       for (int64_t t = 0; t < frames; ++t) {
         const int64_t source = k == 0 ? t + 1 : t - 1;  // the frame whose gated features t takes
-        for (int64_t c = 0; c < half; ++c) {
-          descriptors[(c + 1) * cols + t + 1] = source < 0 || source >= frames ? 0.0f : mean_of(source, 1, c);
-          descriptors[(rows + c + 1) * cols + t + 1] = mean_of(t, 0, c) - mean_of(t, 1, c);
-        }
+        float* shifted = descriptors.data() + (t + 1) * cols + 1;
+        float* residual = descriptors.data() + (rows + t + 1) * cols + 1;
+        if (source >= 0 && source < frames) std::copy_n(means_of(source, 1), half, shifted);
+        const float *mean_v = means_of(t, 0), *mean_y = means_of(t, 1);
+#pragma omp simd simdlen(GSF_LANES)
+        for (int64_t c = 0; c < half; ++c) residual[c] = mean_v[c] - mean_y[c];
       }
       const float* w = weight + k * 18;
       for (int64_t t = 0; t < frames; ++t) {
-        for (int64_t c = 0; c < half; ++c) {
-          float logit = bias[k];
-          for (int64_t i = 0; i < 2; ++i) {
-            for (int64_t dc = 0; dc < 3; ++dc) {
-              const float* d = descriptors.data() + (i * rows + c + dc) * cols + t;
-              const float* wr = w + i * 9 + dc * 3;
-              logit += wr[0] * d[0] + wr[1] * d[1] + wr[2] * d[2];
-            }
+        std::fill(logits.begin(), logits.end(), bias[k]);
+        for (int64_t i = 0; i < 2; ++i) {
+          for (int64_t dt = 0; dt < 3; ++dt) {
+            const float* d = descriptors.data() + (i * rows + t + dt) * cols;
+            const float w0 = w[i * 9 + dt], w1 = w[i * 9 + 3 + dt], w2 = w[i * 9 + 6 + dt];  // (i, dc, dt)
+            float* logit = logits.data();
+#pragma omp simd simdlen(GSF_LANES)
+            for (int64_t c = 0; c < half; ++c) logit[c] += w0 * d[c] + w1 * d[c + 1] + w2 * d[c + 2];
           }
-          out[((n * frames + t) * 2 + k) * half + c] = 1.0f / (1.0f + std::exp(-logit));
         }
+        float* o = out + ((n * frames + t) * 2 + k) * half;
+        const float* logit = logits.data();
+#pragma omp simd simdlen(GSF_LANES)
+        for (int64_t c = 0; c < half; ++c) o[c] = vector_sigmoid(logit[c]);
       }
     }
   });
