@@ -188,6 +188,33 @@ inline __m512i bf16_bits(__m512 x) {
 inline __m512i bf16_pairs(__m512 even, __m512 odd) {
   return _mm512_or_si512(bf16_bits(even), _mm512_slli_epi32(bf16_bits(odd), 16));
 }
+inline void store_lanes(float* p, __mmask16 lanes, __m512 x) { _mm512_mask_storeu_ps(p, lanes, x); }
+inline void store_lanes(uint16_t* p, __mmask16 lanes, __m512 x) {
+  _mm256_mask_storeu_epi16(p, lanes, _mm512_cvtepi32_epi16(bf16_bits(x)));
+}
+
+// The channels-last blend of one pixel's run of 16 (or `count` < 16) channel pairs: source
+// channels i and Q + i (x, x_n: the pixel's group in its frame and in the neighbour's, from
+// channel i0 on, as float or bfloat16 bits; w0 / w1 the fusion weights from i0 and Q + i0 on)
+// give output channels 2i and 2i + 1, f = (1 - w)(x - g x) + w (g_n x_n), written interleaved
+// to dst. Both channels-last blends (in place and not) use it: the same bits.
+template <typename S, typename T>
+inline void blend_run(const S* x, const S* x_n, int64_t q, __m512 w0, __m512 w1, float g, float g_n, int64_t count,
+                      T* dst) {
+  const __mmask16 lanes = first_lanes(count);
+  const __m512 gate = _mm512_set1_ps(g), gate_n = _mm512_set1_ps(g_n), one = _mm512_set1_ps(1.0f);
+  auto fuse = [&](const S* from, const S* from_n, __m512 w) {
+    const __m512 value = load_lanes(from, lanes);
+    const __m512 residual = _mm512_fnmadd_ps(gate, value, value);
+    const __m512 shifted = _mm512_mul_ps(gate_n, load_lanes(from_n, lanes));
+    return _mm512_fmadd_ps(_mm512_sub_ps(one, w), residual, _mm512_mul_ps(w, shifted));
+  };
+  const __m512 even = fuse(x, x_n, w0), odd = fuse(x + q, x_n + q, w1);
+  const __m512i low = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i high = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  store_lanes(dst, first_lanes(2 * count), _mm512_permutex2var_ps(even, low, odd));
+  if (count > 8) store_lanes(dst + 16, first_lanes(2 * count - 16), _mm512_permutex2var_ps(even, high, odd));
+}
 #endif
 
 // A tensor's data as T: float, or uint16_t for bfloat16.
@@ -244,12 +271,21 @@ void blend_kernel(const at::Tensor& v_, const float* gate, const float* weights,
         const float g_n = neighbour < 0 ? 0.0f : gate_of(neighbour, k)[p];
         const T* src_n = v.at(neighbour < 0 ? frame : neighbour, k * s.half) + p * v.pixel;
         const int64_t q = s.quarter;
+#ifdef GSF_MASKED
+        for (int64_t i0 = 0; i0 < q; i0 += 16) {
+          const int64_t count = std::min<int64_t>(q - i0, 16);
+          const __m512 w0 = _mm512_maskz_loadu_ps(first_lanes(count), w + i0);
+          const __m512 w1 = _mm512_maskz_loadu_ps(first_lanes(count), w + q + i0);
+          blend_run(src + i0, src_n + i0, q, w0, w1, g, g_n, count, dst + 2 * i0);
+        }
+#else
 #pragma omp simd simdlen(GSF_LANES)
         for (int64_t i = 0; i < q; ++i) {  // source channels i and Q + i go to 2i and 2i + 1
           const float x0 = load(src[i]), x1 = load(src[q + i]);
           dst[2 * i] = store<T>((1.0f - w[i]) * (x0 - g * x0) + w[i] * (g_n * load(src_n[i])));
           dst[2 * i + 1] = store<T>((1.0f - w[q + i]) * (x1 - g * x1) + w[q + i] * (g_n * load(src_n[q + i])));
         }
+#endif
         if (copy.data) std::copy(src, src + s.half, copy.at(frame, k * s.half) + p * copy.pixel);
       }
     }
@@ -364,6 +400,31 @@ void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate
           for (int64_t c = 0; c < processed; ++c) dst[c] = load(src[c]);
         }
       }
+#ifdef GSF_MASKED
+      // Each (frame, group) 16 channel pairs at a time across the block's pixels, the fusion
+      // weights loaded once (a loop over a pixel's pairs ran a vector or two per pixel, its
+      // set-up and weights again each time).
+      for (int64_t t = 0; t < s.frames; ++t) {
+        const int64_t frame = clip * s.frames + t;
+        for (int64_t k = 0; k < 2; ++k) {
+          const int64_t neighbour = s.shift_source(frame, k);
+          const float* g = gate + (frame * 2 + k) * pixels;
+          const float* g_n = neighbour < 0 ? nullptr : gate + (neighbour * 2 + k) * pixels;
+          const float* w = weights + (frame * 2 + k) * half;
+          for (int64_t i0 = 0; i0 < q; i0 += 16) {
+            const int64_t count = std::min<int64_t>(q - i0, 16);
+            const __m512 w0 = _mm512_maskz_loadu_ps(first_lanes(count), w + i0);
+            const __m512 w1 = _mm512_maskz_loadu_ps(first_lanes(count), w + q + i0);
+            for (int64_t p = first; p < last; ++p) {
+              const float* x = copy_of(t, p) + k * half + i0;
+              const float* x_n = neighbour < 0 ? x : copy_of(neighbour - clip * s.frames, p) + k * half + i0;
+              blend_run(x, x_n, q, w0, w1, g[p], neighbour < 0 ? 0.0f : g_n[p], count,
+                        v.at(frame, k * half) + p * v.pixel + 2 * i0);
+            }
+          }
+        }
+      }
+#else
       for (int64_t t = 0; t < s.frames; ++t) {
         const int64_t frame = clip * s.frames + t;
         for (int64_t p = first; p < last; ++p) {
@@ -384,6 +445,7 @@ void blend_in_place_channels_last_kernel(const at::Tensor& v_, const float* gate
           }
         }
       }
+#endif
     }
   });
 }
