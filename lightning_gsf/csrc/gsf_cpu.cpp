@@ -165,7 +165,9 @@ inline uint16_t store<uint16_t>(float x) {
 
 // With AVX-512, a row of fewer than 16 pixels (fill_planes) and a small plane's means
 // (frame_gate) run as vectors under a mask: left to the compiler, the values past the last
-// whole vector ran one at a time (three of a 5 x 5 map's five rows, 9 of its 25 pixels).
+// whole vector ran one at a time (three of a 5 x 5 map's five rows, 9 of its 25 pixels). So do
+// loops that GCC vectorised badly: the bfloat16 pair planes' fill (fill_pairs), the
+// channels-last means (frame_gate) and blend (blend_run).
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 #define GSF_MASKED 1
@@ -1198,7 +1200,7 @@ void fill_pairs(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, c
 }
 
 // The three temporal taps of one (frame, group), (3, H*W): the group's relu(bn(v)) into planes
-// (fill_planes), then each output pixel q = y * (W + 2) + x (x < W kept) as the sum over
+// (fill_planes; bfloat16 NCHW maps straight into channel pairs, fill_pairs), then each output pixel q = y * (W + 2) + x (x < W kept) as the sum over
 // channels and (kh, kw) of weight * plane[q + kh * (W + 2) + kw], up to kBlock vectors of
 // consecutive q at a time (taps_of_block): 3 accumulators per vector in registers, each load
 // feeding three FMAs (one per temporal tap). padded and sums are the caller's scratch buffers.
@@ -1268,9 +1270,6 @@ void frame_taps(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, c
   }
 }
 
-// tanh in plain arithmetic that vectorises (std::tanh is a scalar call): an odd Taylor
-// polynomial below |x| = 1/8, else 1 - 2 / (exp(2|x|) + 1) with vector_exp; within 2e-7 of
-// std::tanh. Saturates to +-1, keeps NaN.
 // exp(y) for 0 <= y <= 87 (or NaN) in plain arithmetic: 2^n times a degree-7 polynomial on
 // |r| <= ln(2)/2 (relative error ~1e-8 before rounding).
 inline float vector_exp(float y) {
@@ -1288,6 +1287,9 @@ inline float vector_exp(float y) {
   return p * scale;
 }
 
+// tanh in plain arithmetic that vectorises (std::tanh is a scalar call): an odd Taylor
+// polynomial below |x| = 1/8, else 1 - 2 / (exp(2|x|) + 1) with vector_exp; within 2e-7 of
+// std::tanh. Saturates to +-1, keeps NaN.
 inline float vector_tanh(float x) {
   const float a = std::fabs(x), x2 = x * x;
   const float small = x + x * x2 * (-1.0f / 3 + x2 * (2.0f / 15 + x2 * (-17.0f / 315 + x2 * (62.0f / 2835))));
@@ -1359,7 +1361,7 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
   // Channels innermost: blocks of up to 64 channels, their sums in registers over all pixels,
   // two pixels at a time on separate sums. (Sums in memory, each pixel's additions waited on
   // the previous pixel's stores: ResNet-50's channels-last sites, float32, T=8, took 6.4 ms a
-  // clip, 5.85 ms since.)
+  // clip, 5.85 ms with this loop.)
   constexpr int64_t kVectors = 4;
   for (int64_t c0 = 0; c0 < half; c0 += kVectors * 16) {
     __mmask16 lanes[kVectors];
