@@ -1980,8 +1980,9 @@ std::vector<at::Tensor> backward(const at::Tensor& grad_out, at::Tensor grad_x, 
 // defines their schemas, fake implementations (and the shift's autograd formula) under a
 // namespace that carries a digest of its source; register_compiled_ops puts these CPU kernels
 // behind them, so that a compiled graph calls this C++ through the dispatcher with no Python
-// in between in inference (a Python custom op's own wrapping, cold after every backbone layer,
-// cost ~80 us a call; the shift's autograd formula, outside inference, is still Python). They take maps in any layout (the compiler chooses): one the kernels do not address
+// in between (a Python custom op's own wrapping, cold after every backbone layer, cost ~80 us
+// a call; the compiler traces the shift's autograd formula, which is Python, into its backward
+// graph, so only an eager call with autograd runs it). They take maps in any layout (the compiler chooses): one the kernels do not address
 // runs on a dense copy in the layout the fake implementation gives (x's, by
 // compiled_ops._dense_like).
 
