@@ -259,15 +259,21 @@ class GSF(nn.Module):
         with ``mean`` and ``var``; the output overwrites ``x`` where GSF writes in place."""
         p = self.processed
         out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, _is_channels_last(x))
+        cpu_kernels.cpu_kernels().infer(x, out, p, self.num_segments, mean, var, self._modules["bn"].eps,
+                                         *self._inference_parameters())
+        return out
+
+    def _inference_parameters(self) -> tuple[torch.Tensor, ...]:
+        """The parameters of the C++ ``infer`` (eager) and the compiled ``infer`` ops after
+        ``eps``, in their schema's order: the batch norm's weight and bias, the gate conv's, then
+        the fusion convs' weights and biases one group at a time (read without
+        ``nn.Module.__getattr__``, see :func:`_tensor`)."""
         modules = self._modules
         bn, conv = modules["bn"], modules["conv3D"]
         fusion_1, fusion_2 = modules["channel_conv1"], modules["channel_conv2"]
-        cpu_kernels.cpu_kernels().infer(
-            x, out, p, self.num_segments, mean, var, bn.eps, _tensor(bn, "weight"), _tensor(bn, "bias"),
-            _tensor(conv, "weight"), _tensor(conv, "bias"), _tensor(fusion_1, "weight"), _tensor(fusion_2, "weight"),
-            _tensor(fusion_1, "bias"), _tensor(fusion_2, "bias"),
-        )
-        return out
+        return (_tensor(bn, "weight"), _tensor(bn, "bias"), _tensor(conv, "weight"), _tensor(conv, "bias"),
+                _tensor(fusion_1, "weight"), _tensor(fusion_2, "weight"), _tensor(fusion_1, "bias"),
+                _tensor(fusion_2, "bias"))
 
     def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
         """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
@@ -314,9 +320,7 @@ class GSF(nn.Module):
         else:
             mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
         if not torch.is_grad_enabled():
-            parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias,
-                          self.channel_conv1.weight, self.channel_conv2.weight, self.channel_conv1.bias,
-                          self.channel_conv2.bias)
+            parameters = self._inference_parameters()
             if self._writes_in_place(x):
                 compiled_ops.infer_(x, p, t, mean, var, self.bn.eps, *parameters)
                 return x
