@@ -40,10 +40,14 @@ from lightning_gsf import compiled_ops, cpu_kernels, gradient_reuse
 
 
 def gsf_channels(channels: int, ratio: float) -> int:
-    """Number of channels GSF processes: ``int(C * ratio)``, rounded up to even."""
+    """Number of channels GSF processes: ``int(C * r / 100)`` for the ratio in percent
+    ``r = 100 * ratio``, rounded up to even, as the original release computes it from its
+    integer percentage. (``int(C * ratio)`` differs for some: 180 channels at 35 % give
+    ``int(63.0) = 63`` but ``int(180 * 0.35) = int(62.99...) = 62``.)"""
     if not 0.0 < ratio <= 1.0:
         raise ValueError(f"GSF ratio must be in (0, 1], got {ratio}")
-    processed = int(channels * ratio)
+    percent = round(ratio * 100, 9)  # 0.29 * 100 is 28.999999999999996; the release's r is 29
+    processed = int(channels * percent / 100)
     if processed % 2:
         processed += 1
     if processed < 4:

@@ -508,13 +508,26 @@ def test_parameter_names_and_shapes_match_the_original_release():
 )
 def test_gsf_channels_property(channels, ratio):
     """P is int(C*r) rounded up to even, a positive multiple of 4, at most C; else ValueError."""
-    expected = int(channels * ratio)
+    expected = int(channels * (ratio * 100) / 100)  # the release: r in percent
     expected += expected % 2
     if expected % 4 == 0 and 0 < expected <= channels:
         assert gsf_channels(channels, ratio) == expected
     else:
         with pytest.raises(ValueError):
             gsf_channels(channels, ratio)
+
+
+@pytest.mark.parametrize("percent", range(1, 101))
+def test_gsf_channels_match_the_release_percentages(percent):
+    """For every integer percentage, P is the spec's ``int(C * r / 100)`` (r in percent) rounded
+    up to even, for every C up to 2048 where it is a valid split: ``int(C * r / 100)``
+    (not ``int(C * ratio)``, which float rounding makes smaller for 14 such pairs)."""
+    ratio = percent / 100
+    for channels in range(4, 2049):
+        expected = int(channels * percent / 100)
+        expected += expected % 2
+        if expected % 4 == 0 and 0 < expected <= channels:
+            assert gsf_channels(channels, ratio) == expected, (channels, percent)
 
 
 def split_with(quarter: int, extra: int) -> tuple[int, float]:
