@@ -13,7 +13,9 @@ per (backbone, temporal module) and reports, per variant,
 and each as a ratio to TSN (``temporal_module="none"``, always measured) with the same
 backbone. Timings are taken round-robin over the variants, ``--repeats`` rounds, and
 summarised by medians (time ratios: the median of the per-round ratios), so that a busy,
-shared machine slows all variants alike instead of whichever ran last.
+shared machine slows all variants alike instead of whichever ran last. Beside each time ratio,
+``*_time_iqr`` is the interquartile range of the per-round ratios (0 for TSN itself): how far
+apart the middle half of the rounds lie, to read a single run's ratio against.
 
 The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
 (``GSF.forward_reference``), to show what the fast path saves; ``gsf_compilable`` runs the
@@ -68,7 +70,8 @@ COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
     "channels_last", "compile", "device", "threads", "timer", "malloc", "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
-    "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "infer_time_vs_tsn",
+    "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "train_time_iqr", "infer_time_vs_tsn",
+    "infer_time_iqr",
 )
 
 
@@ -284,6 +287,14 @@ def _median_ratio(times: list[float], baseline: list[float]) -> float:
     return statistics.median(t / b for t, b in zip(times, baseline))
 
 
+def _ratio_iqr(times: list[float], baseline: list[float]) -> float | None:
+    """Interquartile range of the per-round ratios; None with fewer than two rounds."""
+    if len(times) < 2:
+        return None
+    first, _, third = statistics.quantiles([t / b for t, b in zip(times, baseline)], n=4)
+    return third - first
+
+
 def _ratio(value: float | None, baseline: float | None) -> float | None:
     return None if value is None or not baseline else value / baseline
 
@@ -327,6 +338,8 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             row[f"{column}_vs_tsn"] = _ratio(row[unit], base[unit])  # type: ignore[arg-type]
         row["train_time_vs_tsn"] = _median_ratio(train_times[variant], train_times[BASELINE])
         row["infer_time_vs_tsn"] = _median_ratio(infer_times[variant], infer_times[BASELINE])
+        row["train_time_iqr"] = _ratio_iqr(train_times[variant], train_times[BASELINE])
+        row["infer_time_iqr"] = _ratio_iqr(infer_times[variant], infer_times[BASELINE])
     return [rows[v] for v in config.variants]
 
 

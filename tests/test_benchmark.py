@@ -17,7 +17,7 @@ from lightning_gsf.benchmark import (
     make_batch,
     saved_activation_bytes,
 )
-from lightning_gsf import host_memory
+from lightning_gsf import benchmark, host_memory
 from lightning_gsf.gsf import GSF
 
 TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", "--batch-size", "1",
@@ -27,7 +27,8 @@ TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("benchmark") / "result.csv"
-    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "--csv", str(path), "--malloc", "retain"])
+    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "--csv", str(path), "--malloc", "retain",
+                 "--repeats", "3"])
     return rows, path
 
 
@@ -44,6 +45,15 @@ def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
     tsn = rows[0]
     assert tsn["params_vs_tsn"] == tsn["gflops_vs_tsn"] == tsn["activation_vs_tsn"] == 1.0
     assert tsn["train_time_vs_tsn"] == tsn["infer_time_vs_tsn"] == 1.0
+    assert tsn["train_time_iqr"] == tsn["infer_time_iqr"] == 0.0
+    for row in rows[1:]:
+        assert row["train_time_iqr"] >= 0.0 and row["infer_time_iqr"] >= 0.0
+
+
+def test_ratio_spread_is_the_interquartile_range_of_the_rounds():
+    rounds = [2.0, 4.0, 6.0, 8.0, 10.0]  # over a baseline of 1 s each: ratios 2..10
+    assert benchmark._ratio_iqr(rounds, [1.0] * 5) == pytest.approx(9.0 - 3.0)  # quartiles 3 and 9
+    assert benchmark._ratio_iqr([2.0], [1.0]) is None  # one round has no spread
 
 
 def test_costs_relative_to_tsn_are_what_the_modules_imply(tiny_run):
