@@ -5,10 +5,10 @@
     gsf fit      --config configs/epic100/gsf_resnet50.yaml [--ckpt_path last]
     gsf validate --config ... --ckpt_path runs/.../checkpoints/best.ckpt
     gsf test     --config ... --ckpt_path ...
-    gsf predict  --config ... --ckpt_path ...    # writes the submission zip
+    gsf predict  --config ... --ckpt_path ...    # writes the submission zip and results.pkl
     gsf synth    ...                              # write the synthetic dataset
     gsf import-original ...                       # original release checkpoint -> Lightning
-    gsf evaluate PREDICTIONS ANNOTATIONS_CSV      # score a submission
+    gsf evaluate PREDICTIONS ANNOTATIONS_CSV      # score a submission or results.pkl
     gsf benchmark ...                             # GSF speed
 
 The four tools have their own argument parsers and are dispatched before LightningCLI
@@ -25,7 +25,7 @@ Defaults that every run gets (each can be changed from a config):
   a fixed folder, so that ``--ckpt_path last`` finds the last run's latest epoch to resume.
   (Lightning >= 2.6 writes a monitored checkpoint's ``save_last`` only when the metric improves,
   so ``save_last`` alone would resume from the best epoch, not the latest.)
-- ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip``.
+- ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip`` (and ``results.pkl``).
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
   ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
 - reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is

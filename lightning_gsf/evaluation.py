@@ -17,8 +17,18 @@ The SLS (supervision levels scale) fields describe the training: ``sls_pt`` pre-
 (1 = public image dataset, i.e. ImageNet), ``sls_tl`` training labels (3 = temporal
 boundaries used), ``sls_td`` training data (3 = the training split; 4 = train + val).
 
-``gsf evaluate`` scores a submission against a labelled annotation CSV with the same
-functions as the epoch metrics (:func:`lightning_gsf.metrics.compute_accuracies`).
+Results file (the input of the official ``evaluate.py`` and ``create_submission.py``, the
+"dict format" of their ``load_results``), written beside the submission by ``gsf predict``::
+
+    {"verb_output": float32 array (N, 97), "noun_output": float32 array (N, 300),
+     "narration_id": str array (N,)}
+
+pickled into a ``.pkl`` file (their ``.pt`` alternative would need ``torch.load(...,
+weights_only=False)`` on torch >= 2.6 to read its NumPy arrays, so it is not written).
+
+``gsf evaluate`` scores a submission, or a results file (dict or list format), against a
+labelled annotation CSV with the same functions as the epoch metrics
+(:func:`lightning_gsf.metrics.compute_accuracies`).
 """
 
 from __future__ import annotations
@@ -27,12 +37,15 @@ import argparse
 import csv
 import json
 import logging
+import os
+import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
@@ -46,6 +59,8 @@ SUBMISSION_VERSION = "0.2"
 CHALLENGE = "action_recognition"
 SUBMISSION_MEMBER = "test.json"  # the name the challenge server reads inside the zip
 EPIC_HEADS = ("verb", "noun")
+RESULTS_SUFFIX = ".pkl"
+RESULTS_ID_KEY = "narration_id"
 
 # The official side files, looked up beside the annotation CSV when not given.
 TAIL_VERBS_CSV = "EPIC_100_tail_verbs.csv"
@@ -66,13 +81,7 @@ def make_submission(
     challenge: str = CHALLENGE,
 ) -> dict[str, Any]:
     """The submission dict for ``scores`` ``{head: (N, K)}`` of the samples ``ids``."""
-    for head, head_scores in scores.items():
-        if head_scores.ndim != 2 or head_scores.shape[0] != len(ids):
-            raise ValueError(
-                f"expected {head} scores of shape ({len(ids)}, num_classes), got {tuple(head_scores.shape)}"
-            )
-    if len(set(ids)) != len(ids):
-        raise ValueError("sample ids are not unique; de-duplicate the predictions first")
+    _check_predictions(scores, ids)
     as_lists = {head: head_scores.float().cpu().tolist() for head, head_scores in scores.items()}
     results = {
         str(sample_id): {
@@ -88,6 +97,86 @@ def make_submission(
         "sls_td": sls_td,
         "results": results,
     }
+
+
+def _check_predictions(scores: Mapping[str, Tensor], ids: Sequence[str]) -> None:
+    for head, head_scores in scores.items():
+        if head_scores.ndim != 2 or head_scores.shape[0] != len(ids):
+            raise ValueError(
+                f"expected {head} scores of shape ({len(ids)}, num_classes), got {tuple(head_scores.shape)}"
+            )
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample ids are not unique; de-duplicate the predictions first")
+
+
+def write_results(scores: Mapping[str, Tensor], ids: Sequence[str], path: str | Path) -> Path:
+    """Write the official results file (``.pkl``, dict format, see the module doc) of the
+    verb and noun ``scores`` ``{head: (N, K)}`` of the samples ``ids``, atomically."""
+    path = Path(path)
+    if path.suffix.lower() != RESULTS_SUFFIX:
+        raise ValueError(f"{path}: the results file is pickled; name it *{RESULTS_SUFFIX}")
+    missing = [head for head in EPIC_HEADS if head not in scores]
+    if missing:
+        raise ValueError(f"the results file holds verb and noun scores; the predictions have no {missing}")
+    _check_predictions(scores, ids)
+    results = {f"{head}_output": scores[head].float().cpu().numpy() for head in EPIC_HEADS}
+    results[RESULTS_ID_KEY] = np.array([str(sample_id) for sample_id in ids])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        pickle.dump(results, handle, protocol=4)
+    os.replace(partial, path)
+    log.info("wrote the scores of %d samples to %s", len(ids), path)
+    return path
+
+
+def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
+    """Sample ids and verb / noun scores of an official results file: the dict format of
+    :func:`write_results` or the list format (one ``{"verb_output", "noun_output",
+    "narration_id"}`` dict per sample), pickled (``.pkl``), or saved by ``torch.save``
+    (``.pt``, read with ``weights_only=True``: tensors, lists and dicts only). Unpickling runs
+    code from the file: read only results you trust."""
+    path = Path(path)
+    if path.suffix.lower() == ".pt":
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path}: not a results file that torch.load reads with weights_only=True (NumPy arrays "
+                f"need the .pkl format): {error}"
+            ) from None
+    else:
+        with path.open("rb") as handle:
+            loaded = pickle.load(handle)  # noqa: S301 (the official format is a pickle)
+    keys = [f"{head}_output" for head in EPIC_HEADS] + [RESULTS_ID_KEY]
+    if isinstance(loaded, list):  # list format: one dict per sample
+        if not loaded or not all(isinstance(row, Mapping) and set(keys) <= set(row) for row in loaded):
+            raise ValueError(f"{path}: a list-format results file needs a {keys} dict per sample")
+        loaded = {key: [row[key] for row in loaded] for key in keys}
+    if not isinstance(loaded, Mapping) or not set(keys) <= set(loaded):
+        raise ValueError(f"{path}: expected a results dict with the keys {keys}")
+    ids = [str(sample_id) for sample_id in np.asarray(loaded[RESULTS_ID_KEY]).reshape(-1).tolist()]
+    scores = {}
+    for head in EPIC_HEADS:
+        values = torch.as_tensor(np.asarray(loaded[f"{head}_output"], dtype=np.float32))
+        if values.ndim != 2 or values.shape[0] != len(ids):
+            raise ValueError(
+                f"{path}: {head}_output must be ({len(ids)}, num_classes) for {len(ids)} narration ids, "
+                f"got {tuple(values.shape)}"
+            )
+        scores[head] = values
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: the narration ids are not unique")
+    return ids, scores
+
+
+def read_predictions(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
+    """Sample ids and verb / noun scores of a submission (zip or JSON) or a results file
+    (``.pkl`` or ``.pt``)."""
+    path = Path(path)
+    if path.suffix.lower() in {RESULTS_SUFFIX, ".pt"}:
+        return read_results(path)
+    return submission_scores(read_submission(path), EPIC_HEADS, str(path))
 
 
 def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
@@ -191,12 +280,29 @@ def evaluate_submission(
     unseen_participants: AbstractSet[str] | None = None,
     source: str = "submission",
 ) -> dict[str, float]:
-    """Accuracies (percent, official flat keys) of a submission on labelled annotations.
+    """Accuracies (percent, official flat keys) of a submission on labelled annotations
+    (see :func:`evaluate_scores`)."""
+    ids, scores = submission_scores(submission, EPIC_HEADS, source)
+    return evaluate_scores(ids, scores, annotations, tail_verbs=tail_verbs, tail_nouns=tail_nouns,
+                           unseen_participants=unseen_participants, source=source)
+
+
+def evaluate_scores(
+    ids: Sequence[str],
+    scores: Mapping[str, Tensor],
+    annotations: Mapping[str, tuple[str, int, int]],
+    *,
+    tail_verbs: AbstractSet[int] | None = None,
+    tail_nouns: AbstractSet[int] | None = None,
+    unseen_participants: AbstractSet[str] | None = None,
+    source: str = "predictions",
+) -> dict[str, float]:
+    """Accuracies (percent, official flat keys) of verb and noun ``scores`` ``{head: (N, K)}``
+    of the samples ``ids`` on labelled annotations.
 
     Like the official evaluator, only the predicted samples are scored; a prediction for a
     sample the annotations lack is an error, annotated samples without a prediction a warning.
     """
-    ids, scores = submission_scores(submission, EPIC_HEADS, source)
     unknown = [sample_id for sample_id in ids if sample_id not in annotations]
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} predicted ids are not in the annotations, e.g. {unknown[:3]}")
@@ -252,9 +358,15 @@ def _side_file(explicit: Path | None, default: Path, what: str) -> Path | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gsf evaluate",
-        description="Score an EPIC-KITCHENS-100 submission (zip or JSON) against labelled annotations.",
+        description="Score EPIC-KITCHENS-100 predictions (a submission, or the official results file) "
+        "against labelled annotations.",
     )
-    parser.add_argument("predictions", type=Path, help="submission zip (holding test.json) or JSON")
+    parser.add_argument(
+        "predictions",
+        type=Path,
+        help="submission zip (holding test.json) or JSON; or a results file (.pkl, as gsf predict writes "
+        "and the official evaluate.py reads, or .pt): unpickling runs code from the file, so only files you trust",
+    )
     parser.add_argument("annotations", type=Path, help="labelled annotation CSV, e.g. EPIC_100_validation.csv")
     parser.add_argument("--tail-verbs", type=Path, help=f"default: {TAIL_VERBS_CSV} beside the annotations")
     parser.add_argument("--tail-nouns", type=Path, help=f"default: {TAIL_NOUNS_CSV} beside the annotations")
@@ -279,8 +391,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     unseen_csv = _side_file(
         args.unseen_participants, folder / UNSEEN_PARTICIPANTS_CSV.format(split=split), "unseen participants"
     )
-    results = evaluate_submission(
-        read_submission(args.predictions),
+    results = evaluate_scores(
+        *read_predictions(args.predictions),
         read_labelled_annotations(args.annotations),
         tail_verbs=read_tail_classes(tail_verbs_csv, "verb") if tail_verbs_csv else None,
         tail_nouns=read_tail_classes(tail_nouns_csv, "noun") if tail_nouns_csv else None,
@@ -313,22 +425,29 @@ def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], 
 
 
 class SubmissionWriter(BasePredictionWriter):
-    """Writes ``gsf predict`` outputs as a submission zip (the EPIC-KITCHENS-100 format).
+    """Writes ``gsf predict`` outputs as a submission zip (the EPIC-KITCHENS-100 format) and,
+    for verb and noun heads, the official results file beside it.
 
     Every process hands its predictions to process 0, which de-duplicates them by dataset
-    index and writes one file. Works for any heads; for EPIC (verb, noun) the zip is the
-    challenge's upload.
+    index and writes the files. Works for any heads; for EPIC (verb, noun) the zip is the
+    challenge's upload, and the results file what the official ``evaluate.py`` and
+    ``create_submission.py`` read.
 
     Args:
         output: the zip (or ``.json``) to write; default ``<trainer.default_root_dir>/submission.zip``.
+        results: the results file (``.pkl``) to write; default ``results.pkl`` beside the
+            submission. Written only for verb and noun heads.
         sls_pt, sls_tl, sls_td: the supervision levels declared in the submission.
     """
 
-    def __init__(self, output: str | None = None, sls_pt: int = 1, sls_tl: int = 3, sls_td: int = 3) -> None:
+    def __init__(self, output: str | None = None, results: str | None = None, sls_pt: int = 1, sls_tl: int = 3,
+                 sls_td: int = 3) -> None:
         super().__init__(write_interval="epoch")
         self.output = output
+        self.results = results
         self.sls = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
         self.written: Path | None = None
+        self.written_results: Path | None = None
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # noqa: ANN001
         batches = list(predictions)
@@ -343,3 +462,8 @@ class SubmissionWriter(BasePredictionWriter):
         ids, scores = merge_predictions(batches)
         output = Path(self.output) if self.output else Path(trainer.default_root_dir) / "submission.zip"
         self.written = write_submission(make_submission(scores, ids, **self.sls), output)
+        if set(scores) == set(EPIC_HEADS):
+            results = Path(self.results) if self.results else output.with_name("results" + RESULTS_SUFFIX)
+            self.written_results = write_results(scores, ids, results)
+        elif self.results:
+            raise ValueError(f"the results file holds verb and noun scores; these predictions have {sorted(scores)}")

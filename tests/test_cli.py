@@ -118,6 +118,11 @@ def test_fit_validate_test_predict_and_evaluate(tmp_path, dataset):
     evaluated = json.loads(out.read_text())
     for key, value in evaluated.items():
         assert value == pytest.approx(validated[f"val/{key}"].item(), abs=1e-4), key
+    # ... and so does the official results file written beside the submission.
+    out_results = tmp_path / "metrics_from_results.json"
+    main(["evaluate", str(root / "results.pkl"), str(dataset / "annotations" / "EPIC_100_validation.csv"),
+          "--json", str(out_results)])
+    assert json.loads(out_results.read_text()) == evaluated
 
 
 def test_resume_from_last_continues_at_the_saved_step(tmp_path, dataset):

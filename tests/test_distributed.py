@@ -8,7 +8,10 @@ sampler would score one twice), and the model a ResNet-18 GSF on 2 segments of 3
 from __future__ import annotations
 
 import csv
+import json
 import os
+import pickle
+import zipfile
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -143,3 +146,33 @@ def test_sync_batchnorm_converts_every_norm_and_keeps_names_and_partial_bn():
     converted.train()
     still_training = sorted(name for name in frozen_names if converted.get_submodule(name).training)
     assert not still_training, f"partial BN lost by the SyncBatchNorm conversion: {still_training[:3]}"
+
+
+def test_ddp_predictions_equal_one_process_on_the_same_checkpoint(tiny_epic, torchrun_checkpoint, tmp_path):
+    """``gsf predict`` under DDP: process 0 gathers every process's predictions and writes each
+    of the 7 validation samples once (the padding sampler's repeat dropped), in the submission
+    and the results file alike, with the scores of one process."""
+    runs = {devices: tmp_path / f"predict_{devices}" for devices in (1, 2)}
+    commands = [
+        gsf("predict", *gsf_arguments(tiny_epic, run_dir, devices), f"--ckpt_path={torchrun_checkpoint}",
+            "--data.init_args.predict_split=val")
+        for devices, run_dir in runs.items()
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(run, commands))
+    submissions, results = {}, {}
+    for devices, run_dir in runs.items():
+        with zipfile.ZipFile(run_dir / "submission.zip") as archive:
+            submissions[devices] = json.loads(archive.read("test.json"))["results"]
+        with (run_dir / "results.pkl").open("rb") as handle:
+            results[devices] = pickle.load(handle)
+    assert len(submissions[2]) == NUM_VAL and sorted(submissions[2]) == sorted(submissions[1])
+    assert results[2]["narration_id"].tolist() == results[1]["narration_id"].tolist()
+    assert sorted(results[2]["narration_id"].tolist()) == sorted(submissions[2])
+    for sample_id, entry in submissions[2].items():
+        for head, head_scores in entry.items():
+            assert head_scores == pytest.approx(submissions[1][sample_id][head], rel=1e-5, abs=1e-6), (sample_id, head)
+    for key in ("verb_output", "noun_output"):
+        assert results[2][key].shape[0] == NUM_VAL
+        torch.testing.assert_close(torch.from_numpy(results[2][key]), torch.from_numpy(results[1][key]),
+                                   rtol=1e-5, atol=1e-6)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,9 +14,11 @@ from lightning_gsf.evaluation import (
     evaluate_main,
     make_submission,
     read_labelled_annotations,
+    read_predictions,
     read_submission,
     results_table,
     submission_scores,
+    write_results,
     write_submission,
 )
 from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
@@ -89,6 +93,74 @@ def test_malformed_submission_is_rejected(mutate, message):
 def test_duplicate_ids_are_rejected():
     with pytest.raises(ValueError, match="unique"):
         make_submission({"verb": torch.zeros(2, 3)}, ["a", "a"])
+
+
+def test_results_file_is_the_official_dict_format(tmp_path):
+    """What the official evaluate.py / create_submission.py load: a pickled dict of float32
+    arrays (N, 97) and (N, 300) and a string array of narration ids."""
+    generator = torch.Generator().manual_seed(2)
+    scores = {"verb": torch.randn(3, NUM_VERBS, generator=generator), "noun": torch.randn(3, NUM_NOUNS, generator=generator)}
+    ids = ["P01_11_0", "P01_11_1", "P02_109_12"]
+    path = write_results(scores, ids, tmp_path / "results.pkl")
+    with path.open("rb") as handle:
+        loaded = pickle.load(handle)
+    assert set(loaded) == {"verb_output", "noun_output", "narration_id"}
+    assert loaded["verb_output"].dtype == np.float32 and loaded["verb_output"].shape == (3, NUM_VERBS)
+    assert loaded["noun_output"].dtype == np.float32 and loaded["noun_output"].shape == (3, NUM_NOUNS)
+    assert loaded["narration_id"].tolist() == ids
+    np.testing.assert_array_equal(loaded["noun_output"], scores["noun"].numpy())
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def _list_format(scores, ids, as_tensors):
+    convert = (lambda row: row) if as_tensors else (lambda row: row.numpy())
+    return [{"verb_output": convert(scores["verb"][i]), "noun_output": convert(scores["noun"][i]), "narration_id": ids[i]}
+            for i in range(len(ids))]
+
+
+@pytest.mark.parametrize("layout", ["dict.pkl", "list.pkl", "list.pt"])
+def test_results_files_read_back(tmp_path, layout):
+    """gsf evaluate reads the official results file in its dict and list formats (.pkl, and .pt of tensors)."""
+    generator = torch.Generator().manual_seed(3)
+    scores = {"verb": torch.randn(4, NUM_VERBS, generator=generator), "noun": torch.randn(4, NUM_NOUNS, generator=generator)}
+    ids = ["a", "b", "c", "d"]
+    path = tmp_path / f"results_{layout}"
+    if layout == "dict.pkl":
+        write_results(scores, ids, path)
+    elif layout == "list.pkl":
+        path.write_bytes(pickle.dumps(_list_format(scores, ids, as_tensors=False)))
+    else:
+        torch.save(_list_format(scores, ids, as_tensors=True), path)
+    read_ids, read_scores = read_predictions(path)
+    assert read_ids == ids
+    for head in scores:
+        torch.testing.assert_close(read_scores[head], scores[head], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ({"verb_output": np.zeros((2, 3)), "narration_id": np.array(["a", "b"])}, "keys"),
+        ({"verb_output": np.zeros((2, 3)), "noun_output": np.zeros((3, 5)), "narration_id": np.array(["a", "b"])},
+         r"noun_output must be \(2, num_classes\)"),
+        ({"verb_output": np.zeros((2, 3)), "noun_output": np.zeros((2, 5)), "narration_id": np.array(["a", "a"])},
+         "not unique"),
+        ([{"verb_output": np.zeros(3), "narration_id": "a"}], "dict per sample"),
+    ],
+)
+def test_malformed_results_file_is_rejected_naming_it(tmp_path, content, message):
+    path = tmp_path / "bad_results.pkl"
+    path.write_bytes(pickle.dumps(content))
+    with pytest.raises(ValueError, match=message) as error:
+        read_predictions(path)
+    assert "bad_results.pkl" in str(error.value)
+
+
+def test_results_file_needs_verb_and_noun_and_a_pkl_name(tmp_path):
+    with pytest.raises(ValueError, match="no \\['noun'\\]"):
+        write_results({"verb": torch.zeros(1, 3)}, ["a"], tmp_path / "results.pkl")
+    with pytest.raises(ValueError, match=r"\*\.pkl"):
+        write_results({"verb": torch.zeros(1, 3), "noun": torch.zeros(1, 4)}, ["a"], tmp_path / "results.pt")
 
 
 def test_official_side_files(shared_data):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gsf.evaluation import evaluate_main, make_submission, write_submission
+from lightning_gsf.evaluation import evaluate_main, make_submission, write_results, write_submission
 
 NUM_VERBS, NUM_NOUNS = 97, 300
 
@@ -121,3 +122,15 @@ def test_gsf_evaluate_equals_the_official_definitions(tmp_path, shared_data, see
         assert ours[key] == pytest.approx(value, rel=1e-12), key  # percentages in float64, as NumPy gives them
     assert 5 < expected["all_action_accuracy_at_1"] < 95
     assert json.loads(out.read_text()) == pytest.approx(ours)
+
+    # The results file that gsf predict writes beside the submission, loaded as the official
+    # load_results loads a .pkl (pickle.load, then the dict's arrays), scored both ways.
+    results_path = write_results({"verb": torch.from_numpy(verb), "noun": torch.from_numpy(noun)}, ids,
+                                 tmp_path / "results.pkl")
+    with results_path.open("rb") as handle:
+        loaded = pickle.load(handle)
+    expected_from_file = _official_metrics(folder, list(loaded["narration_id"]), loaded["verb_output"],
+                                           loaded["noun_output"])
+    ours_from_file = evaluate_main([str(results_path), str(folder / "EPIC_100_validation.csv")])
+    for key, value in expected_from_file.items():
+        assert ours_from_file[key] == pytest.approx(value, rel=1e-12), key
