@@ -8,10 +8,11 @@
     gsf predict  --config ... --ckpt_path ...    # writes the submission zip and results.pkl
     gsf synth    ...                              # write the synthetic dataset
     gsf import-original ...                       # original release checkpoint -> Lightning
+    gsf export-original ...                       # Lightning checkpoint -> original release layout
     gsf evaluate PREDICTIONS ANNOTATIONS_CSV      # score a submission or results.pkl
     gsf benchmark ...                             # GSF speed
 
-The four tools have their own argument parsers and are dispatched before LightningCLI
+The five tools have their own argument parsers and are dispatched before LightningCLI
 parses anything. For the Lightning subcommands the config is the interface: the model's and
 the data module's typed ``__init__`` are the ``model:`` and ``data:`` sections, and the data
 module's ``num_classes`` and ``num_segments`` are linked into the model so a config states
@@ -108,6 +109,26 @@ def _import_original(argv: Sequence[str]) -> Any:
     return info
 
 
+def _export_original(argv: Sequence[str]) -> Any:
+    from lightning_gsf.convert import export_original
+
+    parser = argparse.ArgumentParser(
+        prog="gsf export-original",
+        description="Write a Lightning checkpoint (one head; GSF or no temporal module; ResNet, BNInception or "
+        "inception_v3_tf) in the original GSF release's layout, for its code or `gsf import-original`.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint of gsf fit or gsf import-original (.ckpt)")
+    parser.add_argument("output", type=Path, help="the file to write (e.g. .pth.tar)")
+    parser.add_argument("--head", help="the head that becomes new_fc (default: the only one)")
+    parser.add_argument(
+        "--trust-pickle", "--trust_pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
+    )
+    args = parser.parse_args(list(argv))
+    info = export_original(args.checkpoint, args.output, head=args.head, trust_pickle=args.trust_pickle)
+    log.info("wrote %s: %s", args.output, info)
+    return info
+
+
 def _evaluate(argv: Sequence[str]) -> Any:
     from lightning_gsf.evaluation import evaluate_main
 
@@ -124,6 +145,7 @@ def _benchmark(argv: Sequence[str]) -> Any:
 TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
     "synth": _synth,
     "import-original": _import_original,
+    "export-original": _export_original,
     "evaluate": _evaluate,
     "benchmark": _benchmark,
 }
@@ -131,7 +153,7 @@ TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
 DESCRIPTION = (
     f"Gate-Shift-Fuse video recognition (lightning-gsf {__version__}). "
     "Lightning subcommands: fit, validate, test, predict. "
-    "Tools (each with its own --help): synth, import-original, evaluate, benchmark."
+    "Tools (each with its own --help): synth, import-original, export-original, evaluate, benchmark."
 )
 
 

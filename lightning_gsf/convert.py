@@ -1,4 +1,5 @@
-"""Import of the original GSF release's checkpoints (ResNet-50, BNInception, InceptionV3).
+"""Import of the original GSF release's checkpoints (ResNet-50, BNInception, InceptionV3), and
+export of ours back to that layout.
 
 The release saves ``torch.save({..., "model_state_dict": state})`` (older files:
 ``"state_dict"``), where ``state`` comes from a ``DataParallel`` model: every name starts with
@@ -10,6 +11,11 @@ only head. The import is strict: every tensor of the file must be used, every te
 model covered, every shape equal; otherwise the error lists what is missing, unexpected or
 mis-shaped. The release does not record the GSF channel ratio: it is read off the gate
 convolutions, whose second dimension is half the number of processed channels.
+
+:func:`export_original` writes the reverse: a checkpoint of ours (one head, GSF or no
+temporal module, a backbone with the release's layer names) as ``{"model_state_dict":
+{"module.base_model.*", "module.new_fc.*"}}``, which the release's code and
+:func:`load_original_checkpoint` read.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ CheckpointSource = Union[str, Path, Mapping[str, Any]]
 
 GATE_SUFFIX = ".conv3D.weight"
 # Bottleneck / BasicBlock counts of layer3, which tell the ResNets apart.
+# Backbones whose layer names are the release's (torchvision's InceptionV3 is not).
+RELEASE_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "bninception", "inception_v3_tf")
 RESNET_BY_LAYER3 = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
                     (True, 23): "resnet101", (True, 36): "resnet152"}
 
@@ -253,4 +261,66 @@ def import_original(
     )
     info = replace(info, source=source)
     log.info("wrote %s from %s", out_path, source)
+    return info
+
+
+def export_original(
+    in_path: str | Path, out_path: str | Path, *, head: str | None = None, trust_pickle: bool = False
+) -> OriginalCheckpointInfo:
+    """Write a Lightning checkpoint of ``VideoClassificationModule`` (``gsf fit`` or
+    :func:`import_original`) in the original release's layout.
+
+    The file holds ``{"model_state_dict": state}``, ``state`` named as by the release's
+    ``DataParallel`` model: ``module.base_model.<layer>`` for every backbone tensor (GSF's
+    included) and ``module.new_fc.{weight,bias}`` for the classifier ``head`` (default: the
+    only one). TSM, torchvision's InceptionV3 and several heads have no place in that layout
+    and are refused. Lightning checkpoints are read with ``weights_only=True`` unless
+    ``trust_pickle``.
+    """
+    in_path = Path(in_path)
+    try:
+        checkpoint = torch.load(in_path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{in_path}: holds Python objects besides tensors; if you trust the file, pass trust_pickle=True ({err})"
+        ) from err
+    if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise ValueError(f"{in_path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    backbone, temporal_module = hyper_parameters.get("backbone"), hyper_parameters.get("temporal_module")
+    if backbone not in RELEASE_BACKBONES:
+        raise ValueError(
+            f"{in_path}: backbone {backbone!r} has no layout in the original release (one of {RELEASE_BACKBONES})"
+        )
+    if temporal_module not in ("gsf", "none"):
+        raise ValueError(f"{in_path}: temporal module {temporal_module!r}; the original release has GSF (or none)")
+    state = {key.removeprefix("model."): value for key, value in checkpoint["state_dict"].items()
+             if key.startswith("model.")}
+    heads = sorted({key.split(".")[1] for key in state if key.startswith("heads.")})
+    if head is None and len(heads) != 1:
+        raise ValueError(f"{in_path}: the original release has one classifier; choose one of the heads {heads}")
+    head = head if head is not None else heads[0]
+    if head not in heads:
+        raise ValueError(f"{in_path}: no head {head!r}; the heads are {heads}")
+    exported = {f"module.{key}": value for key, value in state.items() if key.startswith("base_model.")}
+    exported.update({f"module.new_fc.{key.rpartition('.')[2]}": value for key, value in state.items()
+                     if key.startswith(f"heads.{head}.")})
+    unused = sorted(key for key in state if not key.startswith(("base_model.", "heads.")))
+    if unused:
+        raise ValueError(f"{in_path}: tensors outside the backbone and the heads, which the layout has no place for: "
+                         f"{unused[:5]}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model_state_dict": exported}, out_path)
+    plain = {key.removeprefix("module."): value for key, value in exported.items()}
+    ratio, count = infer_gsf_ratio(plain)
+    info = OriginalCheckpointInfo(
+        source=str(in_path), backbone=backbone, gsf_ratio=ratio, num_gsf_modules=count,
+        num_classes=plain["new_fc.weight"].shape[0],
+        normalization=hyper_parameters.get("normalization") or DEFAULT_NORMALIZATION[backbone],
+    )
+    if info.normalization != DEFAULT_NORMALIZATION[backbone]:
+        log.warning("%s was trained with %s normalisation; the release's code feeds %s inputs to a %s",
+                    in_path, info.normalization, DEFAULT_NORMALIZATION[backbone], backbone)
+    log.info("wrote %s (original layout) from %s", out_path, in_path)
     return info

@@ -1,4 +1,5 @@
-"""Import of the original release's checkpoints: layout, strictness, ratio inference, CLI route."""
+"""Import of the original release's checkpoints (layout, strictness, ratio inference, CLI route)
+and export back to that layout."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 from lightning_gsf.convert import (
     OriginalCheckpointInfo,
     detect_backbone,
+    export_original,
     import_original,
     infer_gsf_ratio,
     load_original_checkpoint,
@@ -315,3 +317,75 @@ def test_ratio_and_backbone_are_read_off_the_tensors(backbone: str, ratio: float
     state = {k.removeprefix("module."): v for k, v in state.items()}
     assert detect_backbone(state) == backbone
     assert infer_gsf_ratio(state)[0] == ratio
+
+
+def test_export_original_round_trips_an_imported_checkpoint(tmp_path: Path, resnet18_checkpoint) -> None:
+    """original -> gsf import-original -> gsf export-original gives back every tensor of the
+    original's model_state_dict, under the same names."""
+    from lightning_gsf.cli import run
+
+    _, checkpoint = resnet18_checkpoint
+    original, imported, exported = tmp_path / "original.pth.tar", tmp_path / "imported.ckpt", tmp_path / "exported.pth.tar"
+    torch.save(checkpoint, original)
+    import_original(original, imported, num_segments=T)
+    info = run(["export-original", str(imported), str(exported)])
+    assert (info.backbone, info.gsf_ratio, info.num_gsf_modules, info.num_classes) == ("resnet18", 0.25, 8, CLASSES)
+    written = torch.load(exported, map_location="cpu", weights_only=True)
+    assert list(written) == ["model_state_dict"]
+    expected = checkpoint["model_state_dict"]
+    assert sorted(written["model_state_dict"]) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.equal(written["model_state_dict"][key], value), key
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "bninception"])
+def test_a_trained_module_exports_to_a_file_the_importer_reads(tmp_path: Path, backbone: str) -> None:
+    """A ``VideoClassificationModule`` checkpoint (state under ``model.``, its hyper-parameters)
+    exports to the release's layout, and a model loaded from the export gives the same logits."""
+    from lightning_gsf.module import VideoClassificationModule
+
+    torch.manual_seed(0)
+    module = VideoClassificationModule({"class": CLASSES}, num_segments=T, backbone=backbone, pretrained=None).eval()
+    _randomise_statistics(module.model, seed=6)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    export_original(path, tmp_path / "exported.pth.tar")
+
+    model = VideoClassifier(backbone, "gsf", num_segments=T, num_classes=CLASSES, pretrained=None).eval()
+    load_original_checkpoint(model, tmp_path / "exported.pth.tar")
+    clip = _clip(backbone)
+    with torch.no_grad():
+        torch.testing.assert_close(model(clip)["class"], module(clip)["class"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"num_classes": {"verb": 3, "noun": 4}}, r"one classifier; choose one of the heads \['noun', 'verb'\]"),
+        ({"temporal_module": "tsm"}, "temporal module 'tsm'"),
+        ({"backbone": "inception_v3"}, "backbone 'inception_v3' has no layout"),
+    ],
+)
+def test_export_refuses_what_the_release_cannot_hold(tmp_path: Path, arguments: dict, message: str) -> None:
+    from lightning_gsf.module import VideoClassificationModule
+
+    settings = {"num_classes": {"class": CLASSES}, "num_segments": T, "backbone": "resnet18", "pretrained": None,
+                **arguments}
+    module = VideoClassificationModule(**settings)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    with pytest.raises(ValueError, match=message):
+        export_original(path, tmp_path / "exported.pth.tar")
+    assert not (tmp_path / "exported.pth.tar").exists()
+
+
+def test_export_picks_a_named_head(tmp_path: Path) -> None:
+    from lightning_gsf.module import VideoClassificationModule
+
+    module = VideoClassificationModule({"verb": 3, "noun": 4}, num_segments=T, backbone="resnet18", pretrained=None)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    info = export_original(path, tmp_path / "noun.pth.tar", head="noun")
+    assert info.num_classes == 4
+    with pytest.raises(ValueError, match=r"no head 'action'"):
+        export_original(path, tmp_path / "x.pth.tar", head="action")
