@@ -147,7 +147,10 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
             ) from None
     else:
         with path.open("rb") as handle:
-            loaded = pickle.load(handle)  # noqa: S301 (the official format is a pickle)
+            try:
+                loaded = pickle.load(handle)  # noqa: S301 (the official format is a pickle)
+            except (pickle.UnpicklingError, EOFError) as error:
+                raise ValueError(f"{path}: not a pickled results file ({error!r})") from None
     keys = [f"{head}_output" for head in EPIC_HEADS] + [RESULTS_ID_KEY]
     if isinstance(loaded, list):  # list format: one dict per sample
         if not loaded or not all(isinstance(row, Mapping) and set(keys) <= set(row) for row in loaded):

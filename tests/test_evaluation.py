@@ -156,6 +156,14 @@ def test_malformed_results_file_is_rejected_naming_it(tmp_path, content, message
     assert "bad_results.pkl" in str(error.value)
 
 
+@pytest.mark.parametrize("content", [b"", b"not a pickle"])
+def test_a_results_file_that_is_no_pickle_is_named(tmp_path, content):
+    path = tmp_path / "broken_results.pkl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="broken_results.pkl: not a pickled results file"):
+        read_predictions(path)
+
+
 def test_results_file_needs_verb_and_noun_and_a_pkl_name(tmp_path):
     with pytest.raises(ValueError, match="no \\['noun'\\]"):
         write_results({"verb": torch.zeros(1, 3)}, ["a"], tmp_path / "results.pkl")
