@@ -75,6 +75,12 @@ def _synth(argv: Sequence[str]) -> Any:
     return main(list(argv))
 
 
+def _add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-pickle", "--trust_pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
+    )
+
+
 def _import_original(argv: Sequence[str]) -> Any:
     from lightning_gsf.convert import import_original
 
@@ -91,9 +97,7 @@ def _import_original(argv: Sequence[str]) -> Any:
     parser.add_argument("--num-classes", "--num_classes", type=int, help="check the classifier's number of classes")
     parser.add_argument("--head", default="class", help="name of the classification head (default: class)")
     parser.add_argument("--dropout", type=float, default=0.5)
-    parser.add_argument(
-        "--trust-pickle", "--trust_pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
-    )
+    _add_trust_pickle(parser)
     args = parser.parse_args(list(argv))
     info = import_original(
         args.checkpoint,
@@ -120,9 +124,7 @@ def _export_original(argv: Sequence[str]) -> Any:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint of gsf fit or gsf import-original (.ckpt)")
     parser.add_argument("output", type=Path, help="the file to write (e.g. .pth.tar)")
     parser.add_argument("--head", help="the head that becomes new_fc (default: the only one)")
-    parser.add_argument(
-        "--trust-pickle", "--trust_pickle", action="store_true", help="allow arbitrary pickled objects (only for files you trust)"
-    )
+    _add_trust_pickle(parser)
     args = parser.parse_args(list(argv))
     info = export_original(args.checkpoint, args.output, head=args.head, trust_pickle=args.trust_pickle)
     log.info("wrote %s: %s", args.output, info)

@@ -71,13 +71,7 @@ def read_original_state_dict(source: CheckpointSource, *, trust_pickle: bool = F
         loaded, name = source, "<state dict>"
     else:
         name = str(source)
-        try:
-            loaded = torch.load(source, map_location="cpu", weights_only=not trust_pickle)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{name}: holds Python objects besides tensors; if you trust the file, pass "
-                f"trust_pickle=True ({err})"
-            ) from err
+        loaded = _load_file(source, trust_pickle)
     for entry in ("model_state_dict", "state_dict"):
         if isinstance(loaded, Mapping) and entry in loaded:
             loaded = loaded[entry]
@@ -86,6 +80,16 @@ def read_original_state_dict(source: CheckpointSource, *, trust_pickle: bool = F
         raise ValueError(f"{name}: expected a 'model_state_dict' or 'state_dict' entry mapping names to tensors")
     state = {key.removeprefix("module."): value for key, value in loaded.items()}
     return state, name
+
+
+def _load_file(path: str | Path, trust_pickle: bool) -> Any:
+    """``torch.load`` on the CPU, with ``weights_only=True`` unless ``trust_pickle``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: holds Python objects besides tensors; if you trust the file, pass trust_pickle=True ({err})"
+        ) from err
 
 
 def detect_backbone(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -278,12 +282,7 @@ def export_original(
     ``trust_pickle``.
     """
     in_path = Path(in_path)
-    try:
-        checkpoint = torch.load(in_path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{in_path}: holds Python objects besides tensors; if you trust the file, pass trust_pickle=True ({err})"
-        ) from err
+    checkpoint = _load_file(in_path, trust_pickle)
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise ValueError(f"{in_path}: not a Lightning checkpoint (no 'state_dict' entry)")
     hyper_parameters = checkpoint.get("hyper_parameters") or {}
