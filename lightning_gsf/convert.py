@@ -41,9 +41,9 @@ StateDict = dict[str, torch.Tensor]
 CheckpointSource = Union[str, Path, Mapping[str, Any]]
 
 GATE_SUFFIX = ".conv3D.weight"
-# Bottleneck / BasicBlock counts of layer3, which tell the ResNets apart.
 # Backbones whose layer names are the release's (torchvision's InceptionV3 is not).
 RELEASE_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "bninception", "inception_v3_tf")
+# Bottleneck / BasicBlock counts of layer3, which tell the ResNets apart.
 RESNET_BY_LAYER3 = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
                     (True, 23): "resnet101", (True, 36): "resnet152"}
 
