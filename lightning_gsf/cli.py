@@ -3,7 +3,7 @@
 ::
 
     gsf fit      --config configs/epic100/gsf_resnet50.yaml [--ckpt_path last]
-    gsf validate --config ... --ckpt_path runs/.../checkpoints/best.ckpt
+    gsf validate --config ... --ckpt_path runs/.../checkpoints/best-epochNNN-accXX.ckpt
     gsf test     --config ... --ckpt_path ...
     gsf predict  --config ... --ckpt_path ...    # writes the submission zip and results.pkl
     gsf synth    ...                              # write the synthetic dataset
