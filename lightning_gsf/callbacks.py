@@ -303,9 +303,9 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
     current_hparams = _flatten(getattr(model, "hparams", {}) or {})
     hparam_differences = [
         f"{key}: checkpoint {saved_hparams.get(key, '<absent>')!r}, this run {current_hparams.get(key, '<absent>')!r}"
-        for key in sorted(saved_hparams.keys() | current_hparams.keys())
+        for key in sorted(saved_hparams.keys() - {"pretrained"} | current_hparams.keys() - {"pretrained"})
         if saved_hparams.get(key, "<absent>") != current_hparams.get(key, "<absent>")
-    ]
+    ]  # ("pretrained" names the starting point of training, which a restore replaces)
 
     saved = checkpoint.get("state_dict")
     if saved is None:

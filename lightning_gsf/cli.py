@@ -164,6 +164,15 @@ def checkpoint_dir(default_root_dir: str | Path | None) -> str:
     return str(Path(default_root_dir or ".") / "checkpoints")
 
 
+def restored_checkpoint(ckpt_path: str | None, default_root_dir: str | Path | None) -> Path | None:
+    """The checkpoint file ``--ckpt_path`` restores, where it exists: a path, or ``last`` in
+    :func:`checkpoint_dir`; None otherwise (no checkpoint, ``best``, ``hpc``, a missing file)."""
+    if not ckpt_path:
+        return None
+    path = Path(checkpoint_dir(default_root_dir)) / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    return path if path.is_file() else None
+
+
 class GSFCLI(LightningCLI):
     """LightningCLI with the project's links, checkpointing, loggers and prediction writer."""
 
@@ -200,6 +209,20 @@ class GSFCLI(LightningCLI):
         )
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.add_lightning_class_args(SubmissionWriter, "submission")
+
+    def before_instantiate_classes(self) -> None:
+        """A run that restores a checkpoint takes every weight from it: the backbone's ImageNet
+        starting point (``model.pretrained``) is then not loaded, so ``gsf validate/test/predict
+        --ckpt_path`` and a resumed ``gsf fit`` need neither the weights file nor a download
+        (an offline node). Only a checkpoint that exists counts: ``--ckpt_path last`` before
+        the first checkpoint starts from scratch, from the ImageNet weights."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("model") is None or config.model.get("pretrained") is None:
+            return
+        restored = restored_checkpoint(config.get("ckpt_path"), config.get("trainer", {}).get("default_root_dir"))
+        if restored is not None:
+            log.info("restoring %s: not loading model.pretrained=%s", restored, config.model.pretrained)
+            config.model.pretrained = None
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})

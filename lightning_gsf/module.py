@@ -152,6 +152,13 @@ class VideoClassificationModule(pl.LightningModule):
         self.test_loss = MeanMetric()
         self._compiled = False
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        # The checkpoint holds every weight: the ImageNet starting point it was trained from
+        # (hparams "pretrained") is not loaded again, so the file need not exist here.
+        kwargs.setdefault("pretrained", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def configure_model(self) -> None:
         # Lightning calls this at every stage's start: compile once. nn.Module.compile wraps
         # the call in place, so the state-dict names stay those of the eager model.

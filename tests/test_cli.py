@@ -218,3 +218,37 @@ def test_imported_original_checkpoint_validates(tmp_path, dataset):
     for key, value in original.state_dict().items():
         torch.testing.assert_close(loaded[key], value, msg=key)
     assert "val/all_class_accuracy_at_1" in cli.trainer.callback_metrics
+
+
+def test_a_restored_checkpoint_does_not_need_the_imagenet_weights(tmp_path, dataset):
+    """``pretrained`` is the starting point of training: fitted from a weights file that is then
+    gone (another machine, an offline node), the checkpoint still validates, resumes and loads
+    with ``load_from_checkpoint``; without a checkpoint to restore the file is still read."""
+    from lightning_gsf.module import VideoClassificationModule
+
+    weights = tmp_path / "resnet18_imagenet.pth"
+    torch.manual_seed(1)
+    imagenet = VideoClassifier("resnet18", "none", NUM_SEGMENTS, {"class": 2}).base_model.state_dict()
+    torch.save(imagenet, weights)
+    config = _config(tmp_path, dataset)
+    run(["fit", "--config", str(config), "--model.pretrained", str(weights)])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["hyper_parameters"]["pretrained"] == str(weights)
+    weights.unlink()
+
+    cli = run(["validate", "--config", str(config), "--model.pretrained", str(weights), "--ckpt_path", str(last)])
+    assert cli.model.hparams.pretrained is None
+    restored = cli.model.model.state_dict()
+    for key, value in saved["state_dict"].items():
+        torch.testing.assert_close(restored[key.removeprefix("model.")], value, msg=key)
+    resumed = run(["fit", "--config", str(config), "--model.pretrained", str(weights), "--trainer.max_epochs", "2",
+                   "--ckpt_path", "last"])
+    assert resumed.trainer.current_epoch == 2
+    module = VideoClassificationModule.load_from_checkpoint(last, map_location="cpu")
+    assert module.hparams.pretrained is None
+
+    (tmp_path / "fresh").mkdir()
+    fresh = _config(tmp_path / "fresh", dataset)  # nothing to resume: `last` starts from the weights
+    with pytest.raises(FileNotFoundError, match="resnet18_imagenet.pth"):
+        run(["fit", "--config", str(fresh), "--model.pretrained", str(weights), "--ckpt_path", "last"])
