@@ -274,14 +274,39 @@ def test_missing_video_is_an_error_naming_the_annotation(tmp_path: Path, ssv2_di
     assert len(report) == 2 and report[1].startswith("151151\t")
 
 
-@pytest.mark.parametrize(
-    ("present", "count"), [(range(1, 8), 7), ([1, 2, 3, 5, 6], 3), ([2, 3], 0), ([], 0)]
-)
+@pytest.mark.parametrize(("present", "count"), [(range(1, 8), 7), ([1], 1), ([], 0)])
 def test_frame_count_is_the_run_of_consecutive_files(tmp_path: Path, present, count: int) -> None:
     for number in present:
         (tmp_path / f"{number:05d}.jpg").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a frame")
+    (tmp_path / "7.jpg").write_text("another spelling of a number, not a frame of this template")
     assert count_frame_files(tmp_path, "{:05d}.jpg", first_index=1) == count
+
+
+@pytest.mark.parametrize(
+    ("present", "first_index", "message"),
+    [
+        ([1, 2, 3, 5, 6], 1, r"frame 00004.jpg is missing, but 2 later frames \(from 00005.jpg\) exist"),
+        ([2, 3], 1, r"frame 00001.jpg is missing, but 2 later frames \(from 00002.jpg\) exist"),
+        ([0, 1, 2], 1, r"frame 00000.jpg is numbered below the first frame index 1 \(frames numbered from 0"),
+    ],
+)
+def test_a_frame_folder_with_a_gap_is_an_error_not_a_shorter_video(tmp_path: Path, present, first_index, message):
+    for number in present:
+        (tmp_path / f"{number:05d}.jpg").write_bytes(b"")
+    with pytest.raises(SampleReadError, match=message) as error:
+        count_frame_files(tmp_path, "{:05d}.jpg", first_index=first_index)
+    assert str(tmp_path) in str(error.value)
+
+
+def test_a_frame_folder_with_a_gap_is_reported_with_the_missing_media(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    frames = sorted((tmp_path / "videos" / "74225").iterdir())
+    frames[1].unlink()  # a gap after the first frame
+    datamodule = SomethingSomethingV2DataModule(**arguments, missing_videos="drop")
+    assert [sample.id for sample in datamodule.samples("train")] == ["151151", "183708", "137878"]
+    report = (tmp_path / "logs" / "missing_ssv2_train.tsv").read_text().splitlines()
+    assert report[1].split("\t")[2].startswith(f"unreadable: {tmp_path / 'videos' / '74225'}: frame ")
 
 
 def test_empty_frame_folder_is_reported(tmp_path: Path, ssv2_dir: Path) -> None:

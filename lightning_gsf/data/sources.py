@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import re
+import string
 import tempfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,17 +93,45 @@ class MediaLayout:
 
 
 def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
-    """Length of the run of frame files ``template.format(first_index), ...`` in ``folder``.
+    """Number of frame files ``template.format(first_index), ...`` in ``folder``, which must be
+    one run of consecutive numbers starting at ``first_index``.
 
-    The run stops at the first gap, so a folder with a missing frame counts only the frames
-    before it (the reader could not read past the gap anyway). One directory listing, no stat
-    per file.
+    A gap (a missing frame with later ones present) or frames numbered below ``first_index``
+    raise :class:`SampleReadError` naming the folder and the frame, rather than cut the video
+    short; the parse reports it with the other unreadable media. One directory listing, no
+    stat per file.
     """
-    names = set(os.listdir(folder))
+    numbers = sorted(frame_numbers(os.listdir(folder), template))
     count = 0
-    while template.format(first_index + count) in names:
+    for number in numbers:
+        if number < first_index:
+            raise SampleReadError(
+                f"{folder}: frame {template.format(number)} is numbered below the first frame index "
+                f"{first_index} (frames numbered from {numbers[0]}? set the dataset's first frame index)"
+            )
+        if number != first_index + count:
+            raise SampleReadError(
+                f"{folder}: frame {template.format(first_index + count)} is missing, but "
+                f"{len(numbers) - count} later frames (from {template.format(number)}) exist"
+            )
         count += 1
     return count
+
+
+def frame_numbers(names: Iterable[str], template: str) -> list[int]:
+    """The frame numbers of the ``names`` that ``template`` (one integer field between a literal
+    prefix and suffix, such as ``frame_{:010d}.jpg``) formats; other names are ignored."""
+    (prefix, _, _, _), *rest = string.Formatter().parse(template)
+    suffix = rest[0][0] if rest else ""
+    if rest[1:] or (rest and rest[0][1] is not None):
+        raise ValueError(f"frame template {template!r} must hold one number field")
+    pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
+    numbers = []
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match and template.format(int(match.group(1))) == name:  # the template's own spelling
+            numbers.append(int(match.group(1)))
+    return numbers
 
 
 @dataclass(frozen=True)
