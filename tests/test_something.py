@@ -18,7 +18,7 @@ from lightning_gsf.data.something import (
     read_id_class_csv,
     sorted_class_index,
 )
-from lightning_gsf.data.sources import count_frame_files
+from lightning_gsf.data.sources import MediaLayout, SampleCandidate, count_frame_files, locate_samples
 from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule
 from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule
 from media_writers import (
@@ -325,3 +325,25 @@ def test_ssv2_config_trains_one_epoch(tmp_path: Path, ssv2_dir: Path, config: st
     arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "video")
     fit_one_epoch_with_config(config, arguments, tmp_path / "runs")
     assert list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+def test_a_repeated_video_id_names_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-train.csv"
+    path.write_text("1;Pushing something\n2;Pulling something\n1;Pulling something\n")
+    with pytest.raises(AnnotationError, match=r"train.csv, line 3: video id '1' repeats line 1"):
+        read_id_class_csv(path, {"Pushing something": 0, "Pulling something": 1})
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-train.csv"
+    path.write_bytes("\ufeff17;Pushing something\n".encode("utf-8"))
+    assert read_id_class_csv(path, {"Pushing something": 0}) == [("17", 0)]
+
+
+def test_a_sample_annotated_twice_is_an_error_for_every_dataset(tmp_path: Path) -> None:
+    """``locate_samples``, which every whole-video dataset parses through, refuses a repeated id."""
+    candidates = [SampleCandidate(id=name, source=tmp_path / name, where=f"list.json, entry {i}")
+                  for i, name in enumerate(["a", "b", "a"])]
+    with pytest.raises(AnnotationError, match=r"list.json, entry 2: sample id 'a' repeats list.json, entry 0"):
+        locate_samples(candidates, MediaLayout("frames", "{:05d}.jpg", 1, 1), missing="drop",
+                       report_path=tmp_path / "missing.tsv")

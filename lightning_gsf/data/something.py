@@ -91,7 +91,9 @@ def read_id_class_csv(
     otherwise each line must hold exactly an id and a known class name.
     """
     rows: list[tuple[str, int | None]] = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    first_line: dict[str, int] = {}
+    # utf-8-sig: a byte-order mark (an editor's export) is not part of the first id
+    for line_number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split(";")
@@ -112,6 +114,9 @@ def read_id_class_csv(
                 f"{path}, line {line_number}: unknown class {class_name!r} "
                 f"(not among the {len(class_to_index)} classes of the label file)"
             )
+        if video_id in first_line:
+            raise AnnotationError(f"{path}, line {line_number}: video id {video_id!r} repeats line {first_line[video_id]}")
+        first_line[video_id] = line_number
         rows.append((video_id, class_to_index[class_name]))
     return rows
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
-from lightning_gsf.data.errors import MissingMediaError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
 from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader, count_video_frames
 
 __all__ = [
@@ -192,6 +192,15 @@ def _write_missing_report(path: Path, missing: Sequence[tuple[SampleCandidate, s
     _write_rows_atomically(path, [header, *rows], delimiter="\t")
 
 
+def _check_unique_ids(candidates: Sequence[SampleCandidate]) -> None:
+    """A sample id twice in a split (a repeated annotation row) is an error naming both rows."""
+    first_row: dict[str, str] = {}
+    for candidate in candidates:
+        if candidate.id in first_row:
+            raise AnnotationError(f"{candidate.where}: sample id {candidate.id!r} repeats {first_row[candidate.id]}")
+        first_row[candidate.id] = candidate.where
+
+
 def locate_samples(
     candidates: Sequence[SampleCandidate],
     layout: MediaLayout,
@@ -216,6 +225,7 @@ def locate_samples(
     """
     if missing not in ("error", "drop"):
         raise ValueError(f"missing must be 'error' or 'drop', got {missing!r}")
+    _check_unique_ids(candidates)
     cached = read_frame_count_cache(frame_count_cache) if frame_count_cache and frame_count_cache.is_file() else {}
     counted: dict[str, int] = {}
     samples: list[ClipSample] = []
