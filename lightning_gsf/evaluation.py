@@ -183,15 +183,18 @@ def read_predictions(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
 
 
 def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``)."""
+    """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``),
+    atomically: a crash leaves the previous file or none, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(submission)
+    partial = path.with_name(path.name + ".partial")
     if path.suffix == ".json":
-        path.write_text(text)
+        partial.write_text(text)
     else:
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(SUBMISSION_MEMBER, text)
+    os.replace(partial, path)
     log.info("wrote %d predictions to %s", len(submission["results"]), path)
     return path
 
@@ -454,8 +457,11 @@ class SubmissionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:  # noqa: ANN001
         batches = list(predictions)
-        if batches and isinstance(batches[0], list):  # several predict dataloaders
-            batches = [batch for loader in batches for batch in loader]
+        if batches and isinstance(batches[0], list):  # one list per predict dataloader
+            if len(batches) > 1:
+                # Dataset indices restart in every loader: merging by index would drop rows.
+                raise ValueError(f"the submission takes one predict dataloader, got {len(batches)}")
+            batches = batches[0]
         if trainer.world_size > 1:
             gathered: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(gathered, batches)

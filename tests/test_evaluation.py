@@ -52,6 +52,7 @@ def test_submission_schema(tmp_path):
     with zipfile.ZipFile(path) as archive:
         assert archive.namelist() == ["test.json"]
         submission = json.loads(archive.read("test.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.zip"]  # written through a renamed file
     assert submission["version"] == "0.2"
     assert submission["challenge"] == "action_recognition"
     assert {key: submission[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 1, "sls_tl": 3, "sls_td": 3}
