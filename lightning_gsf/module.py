@@ -75,14 +75,16 @@ class VideoClassificationModule(pl.LightningModule):
     Args:
         num_classes: head name -> number of classes (linked from ``data.num_classes``).
         num_segments: frames per clip ``T`` (linked from ``data.num_segments``).
-        backbone: ``resnet18|34|50|101|152``, ``bninception`` or ``inception_v3``.
+        backbone: ``resnet18|34|50|101|152``, ``bninception``, ``inception_v3`` (torchvision) or
+            ``inception_v3_tf`` (the original release's TF-converted InceptionV3).
         temporal_module: ``"gsf"``, ``"tsm"`` or ``"none"`` (TSN).
         gsf_ratio: fraction of each GSF layer's channels that GSF processes; ``None``: the
             paper's value for the backbone (0.25 for ResNets, 1.0 for the Inceptions).
         dropout: dropout before the heads (0.5 in the paper).
         pretrained: the backbone's ImageNet weights: a torchvision weights name
             (``"IMAGENET1K_V1"``, the weights the paper's ResNet-50 started from) or a
-            state-dict file; ``None`` trains from scratch.
+            state-dict file; ``None`` trains from scratch. Only the starting point: a restored
+            checkpoint (``load_from_checkpoint``, ``gsf ... --ckpt_path``) does not load it.
         normalization: input normalisation name (``"imagenet"``, ``"bgr255"``); ``None``
             takes the backbone's own.
         label_smoothing: cross-entropy label smoothing.
