@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The torch / torchvision pair pinned for this project's machines (CPU); pyproject keeps open ranges.
+# The torch / torchvision pair pinned for this project's machines (the same wheels on the CPU-only
+# development machine and the GPU ones); pyproject keeps open ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 
