@@ -347,3 +347,24 @@ def test_a_sample_annotated_twice_is_an_error_for_every_dataset(tmp_path: Path) 
     with pytest.raises(AnnotationError, match=r"list.json, entry 2: sample id 'a' repeats list.json, entry 0"):
         locate_samples(candidates, MediaLayout("frames", "{:05d}.jpg", 1, 1), missing="drop",
                        report_path=tmp_path / "missing.tsv")
+
+
+def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(tmp_path: Path, caplog) -> None:
+    """A frame folder with fewer frames than its annotation's stop: the sample ends at the last
+    extracted frame and the parse warns; a range that starts past them is reported missing."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for number in range(1, 6):
+        (folder / f"{number:05d}.jpg").write_bytes(b"")
+    candidates = [
+        SampleCandidate(id="short", source=folder, where="list.json, entry 0", start=1, stop=8),
+        SampleCandidate(id="past", source=folder, where="list.json, entry 1", start=6, stop=8),
+    ]
+    with caplog.at_level("WARNING"):
+        samples = locate_samples(candidates, MediaLayout("frames", "{:05d}.jpg", 1, 1), missing="drop",
+                                 report_path=tmp_path / "missing.tsv")
+    assert [(sample.id, sample.start, sample.stop) for sample in samples] == [("short", 1, 5)]
+    assert "2 annotated frame ranges run past their extracted frames, by up to 3 frames" in caplog.text
+    assert "list.json, entry 0: frames up to 8 annotated, 5 in" in caplog.text
+    report = (tmp_path / "missing.tsv").read_text().splitlines()
+    assert report[1].split("\t")[2] == "no frames in [6, 5)"

@@ -230,6 +230,7 @@ def locate_samples(
     counted: dict[str, int] = {}
     samples: list[ClipSample] = []
     absent: list[tuple[SampleCandidate, str]] = []
+    beyond: list[tuple[SampleCandidate, int, int]] = []
     for position, candidate in enumerate(candidates):
         if progress is not None and position and position % _PROGRESS_EVERY == 0:
             progress(position, len(candidates))
@@ -237,13 +238,19 @@ def locate_samples(
         if not layout.exists(candidate.source):
             absent.append((candidate, f"no such {'folder' if layout.kind == 'frames' else 'file'}"))
             continue
-        if stop is None:
+        if stop is None or layout.kind == "frames":  # counted: a whole video, or the range's check
             try:
-                stop = layout.count_frames(candidate.source)
+                frames = cached.get(candidate.id)
+                if frames is None:
+                    frames = counted[candidate.id] = layout.count_frames(candidate.source)
             except SampleReadError as error:
                 absent.append((candidate, f"unreadable: {error}"))
                 continue
-            counted[candidate.id] = stop
+            if stop is not None and frames < stop:
+                # An annotated range past the extracted frames (one short is common with
+                # ffmpeg): the frames that exist are read, and the parse says so.
+                beyond.append((candidate, stop, frames))
+            stop = frames if stop is None else min(stop, frames)
         if stop <= candidate.start:
             absent.append((candidate, f"no frames in [{candidate.start}, {stop})"))
             continue
@@ -256,6 +263,13 @@ def locate_samples(
                 labels=candidate.labels,
                 metadata=candidate.metadata,
             )
+        )
+    if beyond:
+        candidate, stop, frames = beyond[0]
+        logger.warning(
+            "%d annotated frame ranges run past their extracted frames, by up to %d frames (e.g. %s: frames up to "
+            "%d annotated, %d in %s); they are read up to their last extracted frame",
+            len(beyond), max(s - f for _, s, f in beyond), candidate.where, stop, frames, candidate.source,
         )
     if counted and frame_count_cache is not None:
         write_frame_count_cache(frame_count_cache, {**cached, **counted})
