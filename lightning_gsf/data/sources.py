@@ -234,18 +234,18 @@ def locate_samples(
     for position, candidate in enumerate(candidates):
         if progress is not None and position and position % _PROGRESS_EVERY == 0:
             progress(position, len(candidates))
-        stop = candidate.stop if candidate.stop is not None else cached.get(candidate.id)
         if not layout.exists(candidate.source):
             absent.append((candidate, f"no such {'folder' if layout.kind == 'frames' else 'file'}"))
             continue
-        if stop is None or layout.kind == "frames":  # counted: a whole video, or the range's check
-            try:
-                frames = cached.get(candidate.id)
-                if frames is None:
+        stop = candidate.stop
+        if stop is None or layout.kind == "frames":  # the whole video's frames, or an annotated range's check
+            frames = cached.get(candidate.id)
+            if frames is None:
+                try:
                     frames = counted[candidate.id] = layout.count_frames(candidate.source)
-            except SampleReadError as error:
-                absent.append((candidate, f"unreadable: {error}"))
-                continue
+                except SampleReadError as error:
+                    absent.append((candidate, f"unreadable: {error}"))
+                    continue
             if stop is not None and frames < stop:
                 # An annotated range past the extracted frames (one short is common with
                 # ffmpeg): the frames that exist are read, and the parse says so.
