@@ -23,7 +23,7 @@ from lightning_gsf.data.epic import (
     read_tail_classes,
     read_video_info,
 )
-from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
 from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
 
@@ -39,6 +39,22 @@ def synthetic_root(tmp_path_factory) -> Path:
         root, num_train=10, num_val=6, num_test=4, size=32, fps=25, min_frames=8, max_frames=14,
         actions_per_video=(2, 4), seed=1,
     )  # fmt: skip
+    return root
+
+
+def stub_media(root: Path, annotations: Path, layout: str = "frames") -> Path:
+    """Empty frame folders (or empty video files) for every video of the val and test CSVs
+    under ``root``: what the parse checks exists, for tests of the annotations alone."""
+    for name in ("EPIC_100_validation.csv", "EPIC_100_test_timestamps.csv"):
+        if not (annotations / name).is_file():
+            continue
+        for action in read_actions(annotations / name):
+            participant = root / action.participant_id
+            if layout == "frames":
+                (participant / "rgb_frames" / action.video_id).mkdir(parents=True, exist_ok=True)
+            else:
+                (participant / "videos").mkdir(parents=True, exist_ok=True)
+                (participant / "videos" / f"{action.video_id}.MP4").touch()
     return root
 
 
@@ -93,7 +109,7 @@ def test_class_tail_unseen_and_video_info_files(epic):
 
 
 def test_datamodule_samples_from_the_real_validation_file(epic, tmp_path):
-    frames = datamodule(tmp_path, annotations_dir=epic)
+    frames = datamodule(stub_media(tmp_path, epic), annotations_dir=epic)
     assert frames.num_classes == {"verb": 97, "noun": 300}
     samples = frames.samples("val")
     first = samples[0]
@@ -112,6 +128,7 @@ def test_datamodule_samples_from_the_real_validation_file(epic, tmp_path):
 
 def test_video_layout_indexes_the_video_by_its_own_frame_rate(epic, tmp_path):
     """The CSV frame numbers count frames extracted at 60 fps; a 29.97 fps video has half as many."""
+    stub_media(stub_media(tmp_path, epic), epic, layout="video")
     video = {s.id: s for s in datamodule(tmp_path, annotations_dir=epic, layout="video").samples("val")}
     frames = {s.id: s for s in datamodule(tmp_path, annotations_dir=epic).samples("val")}
     slow = video["P09_07_0"]  # P09_07 is a 29.97 fps video
@@ -163,7 +180,7 @@ def with_field(row_index: int, column: str, value: str) -> list[list[str]]:
 
 def test_the_valid_example_parses(tmp_path):
     path = write_annotations(tmp_path, GOOD_ROWS)
-    samples = datamodule(tmp_path, layout="video").samples("val")
+    samples = datamodule(stub_media(tmp_path, tmp_path / "annotations", "video"), layout="video").samples("val")
     assert [(s.start, s.stop, s.fps) for s in samples] == [(5, 20, 25.0), (25, 40, 25.0)]
     assert samples[1].subsets == {"tail_verb": True, "tail_noun": False, "unseen": False}
     assert len(read_actions(path)) == 2
@@ -323,3 +340,23 @@ def test_benchmark_runs_on_both_layouts(synthetic_root):
     results = main(["--root", str(synthetic_root), "--workers", "0", "--batches", "2", "--batch-size", "2", "--input-size", "32"])
     assert [(r.layout, r.num_workers, r.clips) for r in results] == [("frames", 0, 4), ("video", 0, 4)]
     assert all(r.clips_per_second > 0 for r in results)
+
+
+@pytest.mark.parametrize("layout", ["frames", "video"])
+def test_a_missing_video_is_found_when_the_split_is_parsed(synthetic_root, tmp_path, layout):
+    """Before any sample is read: the parse names the CSV row and the missing folder or file,
+    writes one report row per video, and with ``missing_videos="drop"`` leaves its segments out."""
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns("rgb_frames" if layout == "video" else "videos"))
+    complete = datamodule(root, layout=layout).samples("val")
+    gone = complete[0]
+    shutil.rmtree(gone.source) if layout == "frames" else gone.source.unlink()
+    videos = {s.metadata["video_id"] for s in complete}
+    reports = tmp_path / "reports"
+    with pytest.raises(MissingMediaError, match=rf"1 of {len(videos)} annotated videos .*EPIC_100_validation.csv, "
+                                                rf"line \d+: {gone.source} \(no such {'folder' if layout == 'frames' else 'file'}\)"):
+        datamodule(root, layout=layout, missing_report_dir=reports).samples("val")
+    dropped = datamodule(root, layout=layout, missing_videos="drop", missing_report_dir=reports).samples("val")
+    assert [s.id for s in dropped] == [s.id for s in complete if s.source != gone.source]
+    report = (reports / "missing_epic100_val.tsv").read_text().splitlines()
+    assert len(report) == 2 and report[1].split("\t")[:2] == [gone.metadata["video_id"], str(gone.source)]

@@ -48,7 +48,7 @@ from typing import Literal, TypeVar
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError
-from lightning_gsf.data.sources import MediaLayout
+from lightning_gsf.data.sources import MediaLayout, MissingPolicy, SampleCandidate, missing_report_path, report_missing_media
 from lightning_gsf.data.video import ClipReader
 
 __all__ = [
@@ -401,8 +401,16 @@ class EpicKitchensDataModule(VideoDataModule):
         frame_template: file name of frame number ``n`` (1-based) in a frame folder.
         video_extension: extension of the video files.
         video_threads: decoder threads per video (0: FFmpeg chooses).
+        missing_videos: ``"error"`` (default) stops the parse of a split when frame folders or
+            video files of its annotated videos are missing; ``"drop"`` leaves their segments
+            out. Both write the list of them (one row per video, its first annotation row) to
+            a report.
+        missing_report_dir: where the report ``missing_epic100_<split>.tsv`` goes; default the
+            trainer's log directory, or the working directory outside a trainer.
         **kwargs: the shared options of :class:`~lightning_gsf.data.base.VideoDataModule`.
     """
+
+    dataset_name = "epic100"
 
     def __init__(
         self,
@@ -422,9 +430,15 @@ class EpicKitchensDataModule(VideoDataModule):
         frame_template: str = "frame_{:010d}.jpg",
         video_extension: str = ".MP4",
         video_threads: int = 0,
+        missing_videos: MissingPolicy = "error",
+        missing_report_dir: str | Path | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if missing_videos not in ("error", "drop"):
+            raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
+        self.missing_videos: MissingPolicy = missing_videos
+        self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
         self.media_layout = MediaLayout(layout, frame_template, first_index=1, video_threads=video_threads)
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir) if annotations_dir is not None else self.root / "annotations"
@@ -475,7 +489,26 @@ class EpicKitchensDataModule(VideoDataModule):
         }
         unseen_file = self.unseen_files.get(split)
         unseen = read_participant_ids(self.annotation_path(unseen_file)) if unseen_file else None
-        return [self._sample(action, path, tail, unseen) for action in actions]
+        samples = [self._sample(action, path, tail, unseen) for action in actions]
+        missing = self._missing_videos(actions, path, split)
+        return [sample for sample in samples if sample.metadata["video_id"] not in missing]
+
+    def _missing_videos(self, actions: Sequence[EpicAction], path: Path, split: str) -> set[str]:
+        """The videos of ``actions`` whose frame folder or video file is missing, checked once
+        per video and handled by ``missing_videos`` (:func:`report_missing_media`)."""
+        first_action: dict[str, EpicAction] = {}
+        for action in actions:
+            first_action.setdefault(action.video_id, action)
+        what = "folder" if self.media_layout.kind == "frames" else "file"
+        absent = [
+            (SampleCandidate(id=video_id, source=self.source(action), where=f"{path}, line {action.line}"),
+             f"no such {what}")
+            for video_id, action in first_action.items()
+            if not self.media_layout.exists(self.source(action))
+        ]
+        report_missing_media(absent, len(first_action), missing=self.missing_videos,
+                             report_path=missing_report_path(self, split))
+        return {candidate.id for candidate, _ in absent}
 
     def _sample(
         self,

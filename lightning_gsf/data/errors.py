@@ -2,12 +2,11 @@
 
 They are kept apart because they call for different responses: a bad annotation is a bug in
 the dataset description and must stop the run, while an unreadable sample (a corrupt video, a
-missing frame) may be skipped when the user opts in with ``skip_unreadable=True``. In the
-whole-video datasets (Something-Something, Kinetics, Diving48), annotated videos that are
-missing altogether are found while the annotations are parsed, before any sample is read;
-they are a :class:`MissingMediaError`, handled by ``missing_videos="drop"``. EPIC-KITCHENS
-segments name their frame ranges, so a missing EPIC video or frame is a
-:class:`SampleReadError` when its sample is read.
+missing frame) may be skipped when the user opts in with ``skip_unreadable=True``. Annotated
+videos (frame folders or video files) that are missing altogether are found while the
+annotations are parsed, before any sample is read; they are a :class:`MissingMediaError`,
+handled by ``missing_videos="drop"``. A missing frame inside an EPIC-KITCHENS segment's range
+is a :class:`SampleReadError` when its sample is read.
 Messages name the file, the row or frame, and what was expected, so the user can fix the data.
 """
 

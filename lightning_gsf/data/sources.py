@@ -274,19 +274,40 @@ def locate_samples(
     if counted and frame_count_cache is not None:
         write_frame_count_cache(frame_count_cache, {**cached, **counted})
         logger.info("wrote %d frame counts to %s", len(cached) + len(counted), frame_count_cache)
-    if absent:
-        _write_missing_report(report_path, absent)
-        listed = "; ".join(f"{c.where}: {c.source} ({problem})" for c, problem in absent[:_LISTED_IN_ERROR])
-        summary = f"{len(absent)} of {len(candidates)} annotated videos are missing or unreadable"
-        if missing == "error":
-            raise MissingMediaError(
-                f"{summary}, e.g. {listed}. Full list: {report_path}. Fix the dataset root or layout, or set "
-                f"missing_videos='drop' to train without them",
-                report_path=report_path,
-                count=len(absent),
-            )
-        logger.warning("%s; dropped them (missing_videos='drop'). Full list: %s", summary, report_path)
+    report_missing_media(absent, len(candidates), missing=missing, report_path=report_path)
     return samples
+
+
+def missing_report_path(datamodule: VideoDataModule, split: str) -> Path:
+    """``missing_<dataset>_<split>.tsv`` in ``datamodule.missing_report_dir``, by default the
+    trainer's log directory, or the working directory outside a trainer."""
+    directory = datamodule.missing_report_dir
+    if directory is None:
+        trainer = datamodule.trainer
+        log_dir = trainer.log_dir if trainer is not None else None
+        directory = Path(log_dir) if log_dir else Path.cwd()
+    return directory / f"missing_{datamodule.dataset_name}_{split}.tsv"
+
+
+def report_missing_media(
+    absent: Sequence[tuple[SampleCandidate, str]], total: int, *, missing: MissingPolicy, report_path: Path
+) -> None:
+    """With ``absent`` (annotated videos and what is wrong with each) of ``total``: write the
+    report, then raise :class:`MissingMediaError` (``missing="error"``) or warn that they are
+    dropped (``"drop"``). Nothing happens when nothing is absent."""
+    if not absent:
+        return
+    _write_missing_report(report_path, absent)
+    listed = "; ".join(f"{c.where}: {c.source} ({problem})" for c, problem in absent[:_LISTED_IN_ERROR])
+    summary = f"{len(absent)} of {total} annotated videos are missing or unreadable"
+    if missing == "error":
+        raise MissingMediaError(
+            f"{summary}, e.g. {listed}. Full list: {report_path}. Fix the dataset root or layout, or set "
+            f"missing_videos='drop' to train without them",
+            report_path=report_path,
+            count=len(absent),
+        )
+    logger.warning("%s; dropped them (missing_videos='drop'). Full list: %s", summary, report_path)
 
 
 class WholeVideoDataModule(VideoDataModule):
@@ -365,9 +386,4 @@ class WholeVideoDataModule(VideoDataModule):
         return self.media_layout.reader()
 
     def missing_report_path(self, split: str) -> Path:
-        directory = self.missing_report_dir
-        if directory is None:
-            trainer = self.trainer
-            log_dir = trainer.log_dir if trainer is not None else None
-            directory = Path(log_dir) if log_dir else Path.cwd()
-        return directory / f"missing_{self.dataset_name}_{split}.tsv"
+        return missing_report_path(self, split)
