@@ -34,13 +34,14 @@ labelled annotation CSV with the same functions as the epoch metrics
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,16 @@ def _check_predictions(scores: Mapping[str, Tensor], ids: Sequence[str]) -> None
         raise ValueError("sample ids are not unique; de-duplicate the predictions first")
 
 
+@contextlib.contextmanager
+def _replaced_atomically(path: Path) -> Iterator[Path]:
+    """A sibling file to write ``path``'s content to, renamed onto ``path`` when the block ends
+    without an error: a crash leaves the previous file or none, never a truncated one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    yield partial
+    os.replace(partial, path)
+
+
 def write_results(scores: Mapping[str, Tensor], ids: Sequence[str], path: str | Path) -> Path:
     """Write the official results file (``.pkl``, dict format, see the module doc) of the
     verb and noun ``scores`` ``{head: (N, K)}`` of the samples ``ids``, atomically."""
@@ -121,11 +132,8 @@ def write_results(scores: Mapping[str, Tensor], ids: Sequence[str], path: str | 
     _check_predictions(scores, ids)
     results = {f"{head}_output": scores[head].float().cpu().numpy() for head in EPIC_HEADS}
     results[RESULTS_ID_KEY] = np.array([str(sample_id) for sample_id in ids])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
+    with _replaced_atomically(path) as partial, partial.open("wb") as handle:
         pickle.dump(results, handle, protocol=4)
-    os.replace(partial, path)
     log.info("wrote the scores of %d samples to %s", len(ids), path)
     return path
 
@@ -186,15 +194,13 @@ def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
     """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``),
     atomically: a crash leaves the previous file or none, never a truncated one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(submission)
-    partial = path.with_name(path.name + ".partial")
-    if path.suffix == ".json":
-        partial.write_text(text)
-    else:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(SUBMISSION_MEMBER, text)
-    os.replace(partial, path)
+    with _replaced_atomically(path) as partial:
+        if path.suffix == ".json":
+            partial.write_text(text)
+        else:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(SUBMISSION_MEMBER, text)
     log.info("wrote %d predictions to %s", len(submission["results"]), path)
     return path
 
@@ -275,22 +281,6 @@ def _read_int(path: Path, line: int, row: Mapping[str, str], column: str) -> int
 
 
 # --------------------------------------------------------------------------- evaluate
-
-
-def evaluate_submission(
-    submission: Mapping[str, Any],
-    annotations: Mapping[str, tuple[str, int, int]],
-    *,
-    tail_verbs: AbstractSet[int] | None = None,
-    tail_nouns: AbstractSet[int] | None = None,
-    unseen_participants: AbstractSet[str] | None = None,
-    source: str = "submission",
-) -> dict[str, float]:
-    """Accuracies (percent, official flat keys) of a submission on labelled annotations
-    (see :func:`evaluate_scores`)."""
-    ids, scores = submission_scores(submission, EPIC_HEADS, source)
-    return evaluate_scores(ids, scores, annotations, tail_verbs=tail_verbs, tail_nouns=tail_nouns,
-                           unseen_participants=unseen_participants, source=source)
 
 
 def evaluate_scores(

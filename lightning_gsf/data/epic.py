@@ -499,13 +499,10 @@ class EpicKitchensDataModule(VideoDataModule):
         first_action: dict[str, EpicAction] = {}
         for action in actions:
             first_action.setdefault(action.video_id, action)
-        what = "folder" if self.media_layout.kind == "frames" else "file"
-        absent = [
-            (SampleCandidate(id=video_id, source=self.source(action), where=f"{path}, line {action.line}"),
-             f"no such {what}")
-            for video_id, action in first_action.items()
-            if not self.media_layout.exists(self.source(action))
-        ]
+        videos = [SampleCandidate(id=video_id, source=self.source(action), where=f"{path}, line {action.line}")
+                  for video_id, action in first_action.items()]
+        absent = [(video, f"no such {self.media_layout.medium}") for video in videos
+                  if not self.media_layout.exists(video.source)]
         report_missing_media(absent, len(first_action), missing=self.missing_videos,
                              report_path=missing_report_path(self, split))
         return {candidate.id for candidate, _ in absent}

@@ -83,6 +83,11 @@ class MediaLayout:
             return FrameFolderReader(self.frame_template, self.first_index)
         return VideoFileReader(threads=self.video_threads)
 
+    @property
+    def medium(self) -> str:
+        """What one video is on disk: ``"folder"`` (of frames) or ``"file"``."""
+        return "folder" if self.kind == "frames" else "file"
+
     def exists(self, source: Path) -> bool:
         return source.is_dir() if self.kind == "frames" else source.is_file()
 
@@ -235,7 +240,7 @@ def locate_samples(
         if progress is not None and position and position % _PROGRESS_EVERY == 0:
             progress(position, len(candidates))
         if not layout.exists(candidate.source):
-            absent.append((candidate, f"no such {'folder' if layout.kind == 'frames' else 'file'}"))
+            absent.append((candidate, f"no such {layout.medium}"))
             continue
         stop = candidate.stop
         if stop is None or layout.kind == "frames":  # the whole video's frames, or an annotated range's check
