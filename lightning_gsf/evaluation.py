@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -67,6 +68,7 @@ RESULTS_ID_KEY = "narration_id"
 TAIL_VERBS_CSV = "EPIC_100_tail_verbs.csv"
 TAIL_NOUNS_CSV = "EPIC_100_tail_nouns.csv"
 UNSEEN_PARTICIPANTS_CSV = "EPIC_100_unseen_participant_ids_{split}.csv"
+SPLITS = ("validation", "test")
 
 
 # --------------------------------------------------------------------------- submission
@@ -339,6 +341,13 @@ def results_table(results: Mapping[str, float], title: str = "accuracy (%)"):
     return table
 
 
+def split_of(annotations: Path) -> str:
+    """The split an annotation file holds, by the words of its name (``EPIC_100_test.csv``:
+    test; ``EPIC_100_validation.csv``, or any name without ``test`` as a word: validation)."""
+    words = re.split(r"[^0-9a-z]+", annotations.name.lower())
+    return "test" if "test" in words else "validation"
+
+
 def _side_file(explicit: Path | None, default: Path, what: str) -> Path | None:
     """An explicitly given side file must exist; a default one is used when present."""
     if explicit is not None:
@@ -369,7 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unseen-participants",
         type=Path,
-        help=UNSEEN_PARTICIPANTS_CSV.format(split="validation") + " (or _test) beside the annotations",
+        help=UNSEEN_PARTICIPANTS_CSV.format(split="{split}") + " beside the annotations",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="which unseen-participants file is the default: 'test' when the annotation file's name has "
+        "'test' as a word (EPIC_100_test.csv), else 'validation'",
     )
     parser.add_argument("--json", type=Path, help="also write the accuracies to this JSON file")
     return parser
@@ -381,7 +396,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     args = build_parser().parse_args(argv)
     folder = args.annotations.parent
-    split = "test" if "test" in args.annotations.name else "validation"
+    split = args.split or split_of(args.annotations)
     tail_verbs_csv = _side_file(args.tail_verbs, folder / TAIL_VERBS_CSV, "tail verbs")
     tail_nouns_csv = _side_file(args.tail_nouns, folder / TAIL_NOUNS_CSV, "tail nouns")
     unseen_csv = _side_file(

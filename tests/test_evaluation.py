@@ -17,6 +17,7 @@ from lightning_gsf.evaluation import (
     read_predictions,
     read_submission,
     results_table,
+    split_of,
     submission_scores,
     write_results,
     write_submission,
@@ -223,6 +224,44 @@ def test_evaluate_rejects_unknown_ids(tmp_path, shared_data):
     )
     with pytest.raises(ValueError, match="not in the annotations"):
         evaluate_main([str(zip_path), str(shared_data / "epic100" / "EPIC_100_validation.csv")])
+
+
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("EPIC_100_validation.csv", "validation"),
+        ("EPIC_100_test.csv", "test"),
+        ("EPIC_100_test_labelled.csv", "test"),
+        ("my-test.csv", "test"),
+        ("EPIC_100_validation_latest.csv", "validation"),  # "test" inside a word is no split
+        ("contested_validation.csv", "validation"),
+    ],
+)
+def test_the_split_is_a_word_of_the_annotation_file_name(tmp_path, name, split):
+    assert split_of(tmp_path / "tests" / name) == split  # (a folder's name does not count)
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])
+def test_gsf_evaluate_takes_the_unseen_participants_of_the_split(tmp_path, shared_data, validation, split):
+    """The default unseen-participants file is the one of --split, or of the file name's split."""
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    ids = list(validation)[:20]
+    (folder / "EPIC_100_latest.csv").write_text(
+        (shared_data / "epic100" / "EPIC_100_validation.csv").read_text()
+    )
+    # Every scored sample's participant is unseen in one split's file, none in the other's.
+    participants = sorted({validation[i][0] for i in ids})
+    (folder / f"EPIC_100_unseen_participant_ids_{split}.csv").write_text(
+        "participant_id\n" + "".join(f"{p}\n" for p in participants)
+    )
+    other = "test" if split == "validation" else "validation"
+    (folder / f"EPIC_100_unseen_participant_ids_{other}.csv").write_text("participant_id\nP99\n")
+    zip_path = write_submission(make_submission(_scores_for(validation, ids), ids), tmp_path / "submission.zip")
+    results = evaluate_main([str(zip_path), str(folder / "EPIC_100_latest.csv"), "--split", split])
+    assert results["unseen_verb_accuracy_at_1"] == results["all_verb_accuracy_at_1"]
+    if split == "validation":  # also the default for a name without "test" as a word
+        assert evaluate_main([str(zip_path), str(folder / "EPIC_100_latest.csv")]) == results
 
 
 def test_annotation_errors_name_the_file_and_line(tmp_path):
