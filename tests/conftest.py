@@ -23,6 +23,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_root_left_alone():
+    """Fail the run if a test leaves a file in the repository's root (a report or log written
+    to the working directory, say), where it would be committed by mistake."""
+    expected = {".pytest_cache", "__pycache__"}
+    before = {path.name for path in REPO_ROOT.iterdir()}
+    yield
+    stray = sorted({path.name for path in REPO_ROOT.iterdir()} - before - expected)
+    assert not stray, f"tests left {stray} in {REPO_ROOT}; write to tmp_path instead"
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real annotation files in ``../shared/data`` (never copied into the repository)."""

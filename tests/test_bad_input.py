@@ -196,10 +196,10 @@ def build_epic(root: Path, pristine: Path, layout: str) -> BuiltDataset:
     unknown[0] = last[0] + "_unknown"
     return BuiltDataset(
         EpicKitchensDataModule,
-        dict(root=root, layout=layout, **TINY),
+        dict(root=root, layout=layout, missing_report_dir=root / "logs", **TINY),
         _append_line(train, ",".join(last[:5]), line),
         _append_line(train, ",".join(unknown), line),
-        lenient=dict(skip_unreadable=True),
+        lenient=dict(skip_unreadable=True, missing_videos="drop"),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from lightning_gsf.data.epic import (
     read_video_info,
 )
 from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
+from lightning_gsf.data.sources import MediaLayout
 from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
 
@@ -43,15 +45,18 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def stub_media(root: Path, annotations: Path, layout: str = "frames") -> Path:
-    """Empty frame folders (or empty video files) for every video of the val and test CSVs
-    under ``root``: what the parse checks exists, for tests of the annotations alone."""
+    """Frame folders holding each video's last annotated frame as an empty file (or empty
+    video files) for every video of the val and test CSVs under ``root``: what the parse
+    checks exists, for tests of the annotations alone."""
     for name in ("EPIC_100_validation.csv", "EPIC_100_test_timestamps.csv"):
         if not (annotations / name).is_file():
             continue
         for action in read_actions(annotations / name):
             participant = root / action.participant_id
             if layout == "frames":
-                (participant / "rgb_frames" / action.video_id).mkdir(parents=True, exist_ok=True)
+                folder = participant / "rgb_frames" / action.video_id
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / f"frame_{action.stop_frame:010d}.jpg").touch()  # (so the folder is never listed)
             else:
                 (participant / "videos").mkdir(parents=True, exist_ok=True)
                 (participant / "videos" / f"{action.video_id}.MP4").touch()
@@ -59,7 +64,8 @@ def stub_media(root: Path, annotations: Path, layout: str = "frames") -> Path:
 
 
 def datamodule(root: Path, **kwargs) -> EpicKitchensDataModule:
-    options = dict(num_segments=4, batch_size=2, num_workers=0, input_size=32, resize_size=32, seed=0)
+    options = dict(num_segments=4, batch_size=2, num_workers=0, input_size=32, resize_size=32, seed=0,
+                   missing_report_dir=root)
     options.update(kwargs)
     return EpicKitchensDataModule(root, **options)
 
@@ -360,3 +366,61 @@ def test_a_missing_video_is_found_when_the_split_is_parsed(synthetic_root, tmp_p
     assert [s.id for s in dropped] == [s.id for s in complete if s.source != gone.source]
     report = (reports / "missing_epic100_val.tsv").read_text().splitlines()
     assert len(report) == 2 and report[1].split("\t")[:2] == [gone.metadata["video_id"], str(gone.source)]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("frame_*.jpg"))
+
+
+def test_segments_past_the_extracted_frames_are_read_to_the_last_one(synthetic_root, tmp_path, caplog):
+    """A folder short of its video's last annotated frame is counted at parse time: segments
+    running past its frames end at its last frame, with a warning naming the CSV row."""
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    complete = datamodule(root).samples("val")
+    last = max(complete, key=lambda s: s.stop)
+    for path in _frame_files(last.source)[last.stop - 2:]:
+        path.unlink()
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.sources"):
+        samples = datamodule(root).samples("val")
+    assert [s.id for s in samples] == [s.id for s in complete]
+    clipped = samples[[s.id for s in samples].index(last.id)]
+    assert (clipped.start, clipped.stop) == (last.start, last.stop - 2)
+    unchanged = [(a.start, a.stop) == (b.start, b.stop) for a, b in zip(samples, complete) if a.id != last.id]
+    assert all(unchanged)
+    assert re.search(rf"run past their extracted frames, by up to 2 frames .*EPIC_100_validation.csv, line \d+: "
+                     rf"frames up to {last.stop} annotated, {last.stop - 2} in {last.source}", caplog.text)
+    datamodule(root).dataset("val", training=False)[samples.index(clipped)]  # reads
+
+
+@pytest.mark.parametrize("damage", ["short", "gap"])
+def test_a_frame_folder_that_cannot_hold_its_segments_is_reported_at_parse_time(synthetic_root, tmp_path, damage):
+    """Frames ending before a segment starts, or a gap in the frames, is an unreadable video:
+    an error naming the row and the folder, or with ``missing_videos="drop"`` its segments left out."""
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+    complete = datamodule(root).samples("val")
+    last = max(complete, key=lambda s: s.start)
+    frames = _frame_files(last.source)
+    video_stop = max(s.stop for s in complete if s.source == last.source)
+    # (a gap alone goes unseen at parse time: the folder is listed when its last annotated frame is missing)
+    for path in (frames[last.start:] if damage == "short" else [frames[1], frames[video_stop - 1]]):
+        path.unlink()
+    problem = (rf"its {last.start} extracted frames end before the segment of line \d+ "
+               rf"\(frames {last.start + 1}\.\.{last.stop}\)" if damage == "short" else r"unreadable: .*frame_0000000002\.jpg is missing")
+    with pytest.raises(MissingMediaError, match=rf"1 of \d+ annotated videos .*EPIC_100_validation.csv, line \d+: "
+                                                rf"{last.source} \({problem}"):
+        datamodule(root).samples("val")
+    dropped = datamodule(root, missing_videos="drop").samples("val")
+    assert [s.id for s in dropped] == [s.id for s in complete if s.source != last.source]
+    report = (root / "missing_epic100_val.tsv").read_text().splitlines()
+    assert len(report) == 2 and report[1].split("\t")[:2] == [last.metadata["video_id"], str(last.source)]
+
+
+def test_frame_folders_holding_their_last_annotated_frame_are_not_listed(synthetic_root, tmp_path, monkeypatch):
+    """The parse looks up one file per video; a folder is listed only when that file is missing."""
+    root = copy_dataset(synthetic_root, tmp_path / "data")
+
+    def no_listing(self, source):
+        raise AssertionError(f"listed {source}")
+
+    monkeypatch.setattr(MediaLayout, "count_frames", no_listing)
+    assert datamodule(root).samples("val")

@@ -41,14 +41,21 @@ import csv
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
 from lightning_gsf.data.base import ClipSample, VideoDataModule
-from lightning_gsf.data.errors import AnnotationError
-from lightning_gsf.data.sources import MediaLayout, MissingPolicy, SampleCandidate, missing_report_path, report_missing_media
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data.sources import (
+    MediaLayout,
+    MissingPolicy,
+    SampleCandidate,
+    missing_report_path,
+    report_missing_media,
+    warn_ranges_past_frames,
+)
 from lightning_gsf.data.video import ClipReader
 
 __all__ = [
@@ -402,9 +409,11 @@ class EpicKitchensDataModule(VideoDataModule):
         video_extension: extension of the video files.
         video_threads: decoder threads per video (0: FFmpeg chooses).
         missing_videos: ``"error"`` (default) stops the parse of a split when frame folders or
-            video files of its annotated videos are missing; ``"drop"`` leaves their segments
-            out. Both write the list of them (one row per video, its first annotation row) to
-            a report.
+            video files of its annotated videos are missing, or (frames layout) a folder's
+            frames end before one of its segments starts or have a gap; ``"drop"`` leaves
+            their segments out. Both write the list of them (one row per video, its first
+            annotation row) to a report. Segments running past a folder's last frame are read
+            up to it, with a warning.
         missing_report_dir: where the report ``missing_epic100_<split>.tsv`` goes; default the
             trainer's log directory, or the working directory outside a trainer.
         **kwargs: the shared options of :class:`~lightning_gsf.data.base.VideoDataModule`.
@@ -490,22 +499,67 @@ class EpicKitchensDataModule(VideoDataModule):
         unseen_file = self.unseen_files.get(split)
         unseen = read_participant_ids(self.annotation_path(unseen_file)) if unseen_file else None
         samples = [self._sample(action, path, tail, unseen) for action in actions]
-        missing = self._missing_videos(actions, path, split)
-        return [sample for sample in samples if sample.metadata["video_id"] not in missing]
+        return self._with_media(samples, actions, path, split)
 
-    def _missing_videos(self, actions: Sequence[EpicAction], path: Path, split: str) -> set[str]:
-        """The videos of ``actions`` whose frame folder or video file is missing, checked once
-        per video and handled by ``missing_videos`` (:func:`report_missing_media`)."""
-        first_action: dict[str, EpicAction] = {}
-        for action in actions:
-            first_action.setdefault(action.video_id, action)
-        videos = [SampleCandidate(id=video_id, source=self.source(action), where=f"{path}, line {action.line}")
-                  for video_id, action in first_action.items()]
-        absent = [(video, f"no such {self.media_layout.medium}") for video in videos
-                  if not self.media_layout.exists(video.source)]
-        report_missing_media(absent, len(first_action), missing=self.missing_videos,
+    def _with_media(self, samples: Sequence[ClipSample], actions: Sequence[EpicAction], path: Path,
+                    split: str) -> list[ClipSample]:
+        """``samples`` (of ``actions``, in order) checked against their media once per video.
+
+        A missing frame folder or video file goes to ``missing_videos`` (:func:`report_missing_media`,
+        one report row per video). In the frames layout, the frame file of each video's last
+        annotated frame is looked up; only where it is missing is the folder listed
+        (:meth:`MediaLayout.count_frames`): segments that run past the extracted frames are read
+        up to the last one (one warning), and a folder that is unreadable (a gap in its frames)
+        or whose frames end before one of its segments starts is reported like a missing one.
+        """
+        segments: dict[str, list[tuple[EpicAction, ClipSample]]] = {}
+        for action, sample in zip(actions, samples):
+            segments.setdefault(action.video_id, []).append((action, sample))
+        absent: list[tuple[SampleCandidate, str]] = []
+        extracted: dict[str, int] = {}  # frame counts of the folders short of their last annotated frame
+        for video_id, video_segments in segments.items():
+            first = video_segments[0][0]
+            video = SampleCandidate(id=video_id, source=self.source(first), where=f"{path}, line {first.line}")
+            problem, frames = self._media_problem(video.source, video_segments)
+            if problem is not None:
+                absent.append((video, problem))
+            elif frames is not None:
+                extracted[video_id] = frames
+        report_missing_media(absent, len(segments), missing=self.missing_videos,
                              report_path=missing_report_path(self, split))
-        return {candidate.id for candidate, _ in absent}
+        dropped = {video.id for video, _ in absent}
+        beyond: list[tuple[str, Path, int, int]] = []
+        kept = []
+        for action, sample in zip(actions, samples):
+            if action.video_id in dropped:
+                continue
+            frames = extracted.get(action.video_id)
+            if frames is not None and sample.stop > frames:
+                beyond.append((f"{path}, line {action.line}", sample.source, sample.stop, frames))
+                sample = replace(sample, stop=frames)
+            kept.append(sample)
+        warn_ranges_past_frames(beyond)
+        return kept
+
+    def _media_problem(self, source: Path, segments: Sequence[tuple[EpicAction, ClipSample]]
+                       ) -> tuple[str | None, int | None]:
+        """``(problem, frames)`` of one video's media for its ``segments``: what makes it
+        missing or unreadable (None if nothing), and its frame count where its frame folder
+        ends before its last annotated frame (None where it does not, or is not counted)."""
+        if not self.media_layout.exists(source):
+            return f"no such {self.media_layout.medium}", None
+        last = max(sample.stop for _, sample in segments)
+        if self.media_layout.kind != "frames" or self.media_layout.has_frame(source, last - 1):
+            return None, None
+        try:
+            frames = self.media_layout.count_frames(source)
+        except SampleReadError as error:
+            return f"unreadable: {error}", None
+        for action, sample in segments:
+            if sample.start >= frames:
+                return (f"its {frames} extracted frames end before the segment of line {action.line} "
+                        f"(frames {sample.start + 1}..{sample.stop})"), None
+        return None, frames
 
     def _sample(
         self,

@@ -91,6 +91,10 @@ class MediaLayout:
     def exists(self, source: Path) -> bool:
         return source.is_dir() if self.kind == "frames" else source.is_file()
 
+    def has_frame(self, folder: Path, index: int) -> bool:
+        """Whether the frame file of 0-based frame ``index`` is in ``folder`` (frames layout)."""
+        return (folder / self.frame_template.format(index + self.first_index)).is_file()
+
     def count_frames(self, source: Path) -> int:
         if self.kind == "frames":
             return count_frame_files(source, self.frame_template, self.first_index)
@@ -235,7 +239,7 @@ def locate_samples(
     counted: dict[str, int] = {}
     samples: list[ClipSample] = []
     absent: list[tuple[SampleCandidate, str]] = []
-    beyond: list[tuple[SampleCandidate, int, int]] = []
+    beyond: list[tuple[str, Path, int, int]] = []
     for position, candidate in enumerate(candidates):
         if progress is not None and position and position % _PROGRESS_EVERY == 0:
             progress(position, len(candidates))
@@ -252,9 +256,7 @@ def locate_samples(
                     absent.append((candidate, f"unreadable: {error}"))
                     continue
             if stop is not None and frames < stop:
-                # An annotated range past the extracted frames (one short is common with
-                # ffmpeg): the frames that exist are read, and the parse says so.
-                beyond.append((candidate, stop, frames))
+                beyond.append((candidate.where, candidate.source, stop, frames))
             stop = frames if stop is None else min(stop, frames)
         if stop <= candidate.start:
             absent.append((candidate, f"no frames in [{candidate.start}, {stop})"))
@@ -269,18 +271,26 @@ def locate_samples(
                 metadata=candidate.metadata,
             )
         )
-    if beyond:
-        candidate, stop, frames = beyond[0]
-        logger.warning(
-            "%d annotated frame ranges run past their extracted frames, by up to %d frames (e.g. %s: frames up to "
-            "%d annotated, %d in %s); they are read up to their last extracted frame",
-            len(beyond), max(s - f for _, s, f in beyond), candidate.where, stop, frames, candidate.source,
-        )
+    warn_ranges_past_frames(beyond)
     if counted and frame_count_cache is not None:
         write_frame_count_cache(frame_count_cache, {**cached, **counted})
         logger.info("wrote %d frame counts to %s", len(cached) + len(counted), frame_count_cache)
     report_missing_media(absent, len(candidates), missing=missing, report_path=report_path)
     return samples
+
+
+def warn_ranges_past_frames(beyond: Sequence[tuple[str, Path, int, int]]) -> None:
+    """One warning for the annotated ranges ``(row, source, stop, frames)`` that run past their
+    video's ``frames`` extracted frames; they are read up to the last one (one frame short is
+    common with ffmpeg's extraction)."""
+    if not beyond:
+        return
+    where, source, stop, frames = beyond[0]
+    logger.warning(
+        "%d annotated frame ranges run past their extracted frames, by up to %d frames (e.g. %s: frames up to "
+        "%d annotated, %d in %s); they are read up to their last extracted frame",
+        len(beyond), max(stop - frames for _, _, stop, frames in beyond), where, stop, frames, source,
+    )
 
 
 def missing_report_path(datamodule: VideoDataModule, split: str) -> Path:
