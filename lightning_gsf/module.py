@@ -5,14 +5,18 @@ Its typed ``__init__`` is the ``model:`` section of a config. ``num_classes`` an
 
 Training policy (the GSF release, inherited from TSN/TSM):
 
-- SGD, momentum 0.9, weight decay 5e-4 on convolution and linear *weights* only; biases
-  and normalisation parameters (every parameter with fewer than two dimensions) get none.
+- SGD, momentum 0.9, weight decay 5e-4 on every parameter, biases and normalisation
+  parameters included: the release builds TSN's parameter groups with their ``decay_mult``
+  of 0 for biases and BN, but its SGD applies one ``weight_decay`` to every group and never
+  reads the multipliers (nor the ``lr_mult`` of 2 for biases). ``decay_biases_and_norms=False``
+  exempts every parameter with fewer than two dimensions instead (the common ImageNet recipe).
 - ``lr`` is explicit: 0.01 is the paper's value for a batch of 32. Scale it linearly with the
   global batch (``batch_size x devices x accumulate_grad_batches``), e.g. 0.02 for 64;
   each config states the value it was tuned for.
-- Learning rate updated every optimiser step: linear warm-up from ``lr / warmup_steps`` to
-  ``lr`` over ``warmup_epochs``, then a cosine decay to zero at the trainer's last step
-  (``max_epochs``, 60 in the paper's EPIC recipe).
+- Learning rate updated every optimiser step: linear warm-up from ``warmup_start_factor x
+  lr`` (0.1, the release's ``WarmupCosineLR``) to ``lr`` over ``warmup_epochs``, then a cosine
+  decay to zero at the trainer's last step (``max_epochs``, 60 in the paper's recipe). The
+  release steps the same curve once per epoch (0.1, 0.19, ... 0.91 x lr over 10 warm-up epochs).
 - ``freeze_bn`` ("partial BN", as the TSN/TSM EPIC baselines): every BatchNorm of the
   backbone but the first keeps its pre-trained statistics and affine parameters. The BN
   inside GSF modules is new (no pre-trained statistics), so it always trains.
@@ -47,14 +51,15 @@ from lightning_gsf.model import VideoClassifier
 log = logging.getLogger(__name__)
 
 
-def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, start_factor: float = 0.1) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based).
 
-    Linear warm-up ``(step + 1) / warmup_steps`` for the first ``warmup_steps`` steps, then
+    Linear warm-up from ``start_factor`` at step 0 towards 1 over the first ``warmup_steps``
+    steps (``start_factor + (1 - start_factor) * step / warmup_steps``), then
     ``0.5 * (1 + cos(pi * progress))`` with ``progress`` going from 0 to 1 over the rest.
     """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return start_factor + (1.0 - start_factor) * step / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -91,8 +96,12 @@ class VideoClassificationModule(pl.LightningModule):
         loss_weights: head -> weight of its loss in the sum (default 1 for every head).
         lr: peak learning rate (0.01 for a global batch of 32; scale linearly).
         momentum: SGD momentum.
-        weight_decay: L2 on weights (not on biases and normalisation parameters).
+        weight_decay: L2 penalty (SGD's ``weight_decay``).
+        decay_biases_and_norms: apply ``weight_decay`` to biases and normalisation parameters
+            too, as the release does; ``False`` exempts every parameter of fewer than two
+            dimensions.
         warmup_epochs: epochs of linear warm-up before the cosine decay.
+        warmup_start_factor: the warm-up's first learning rate as a fraction of ``lr``.
         freeze_bn: partial BN: freeze all backbone BatchNorms but the first.
         compile: run the network under ``torch.compile`` (in place: checkpoints keep their
             parameter names): ``true``, or a dict of ``torch.compile`` arguments such as
@@ -116,7 +125,9 @@ class VideoClassificationModule(pl.LightningModule):
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
+        decay_biases_and_norms: bool = True,
         warmup_epochs: float = 10.0,
+        warmup_start_factor: float = 0.1,
         freeze_bn: bool = False,
         compile: bool | dict[str, Any] = False,
     ) -> None:
@@ -259,14 +270,15 @@ class VideoClassificationModule(pl.LightningModule):
     # ------------------------------------------------------------------ optimiser
 
     def parameter_groups(self) -> list[dict[str, Any]]:
-        """Weights with weight decay; biases and normalisation parameters without."""
-        decay, no_decay = [], []
-        for parameter in self.model.parameters():
-            if parameter.requires_grad:
-                (decay if parameter.ndim > 1 else no_decay).append(parameter)
+        """The trainable parameters with weight decay: all of them in one group, or (with
+        ``decay_biases_and_norms=False``) the weights, then biases and normalisation
+        parameters without."""
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        if self.hparams.decay_biases_and_norms:
+            return [{"params": trainable, "weight_decay": self.hparams.weight_decay}]
         return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": [p for p in trainable if p.ndim > 1], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
         ]
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -276,5 +288,6 @@ class VideoClassificationModule(pl.LightningModule):
         steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
         warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
         log.info("lr schedule: %d warm-up steps, cosine to step %d", warmup_steps, total_steps)
-        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps))
+        start_factor = self.hparams.warmup_start_factor
+        scheduler = LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, start_factor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

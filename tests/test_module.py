@@ -73,7 +73,15 @@ def test_loss_weights_must_name_known_heads():
         _module(loss_weights={"action": 1.0})
 
 
-def test_no_weight_decay_on_biases_and_norms(module):
+def test_weight_decay_on_every_parameter_as_the_release(module):
+    """The release's SGD decays every parameter (its groups' decay_mult is never read)."""
+    (group,) = module.parameter_groups()
+    assert group["weight_decay"] == 5e-4
+    assert {id(p) for p in group["params"]} == {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def test_no_weight_decay_on_biases_and_norms_when_asked():
+    module = _module(decay_biases_and_norms=False)
     decay, no_decay = module.parameter_groups()
     assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.named_parameters()}
@@ -94,11 +102,19 @@ def test_no_weight_decay_on_biases_and_norms(module):
 
 @pytest.mark.parametrize(
     "step,expected",
-    [(0, 0.25), (3, 1.0), (4, 1.0), (7, 0.5), (10, 0.0), (12, 0.0)],
+    [(0, 0.1), (1, 0.325), (3, 0.775), (4, 1.0), (7, 0.5), (10, 0.0), (12, 0.0)],
 )
 def test_warmup_cosine_factor(step, expected):
-    # 4 warm-up steps, then cosine over steps 4..10.
+    # 4 warm-up steps from 0.1 x lr, then cosine over steps 4..10.
     assert warmup_cosine_factor(step, warmup_steps=4, total_steps=10) == pytest.approx(expected, abs=1e-9)
+
+
+def test_warmup_per_epoch_is_the_release_schedule():
+    """One step per epoch gives the release's WarmupCosineLR (warmup_factor 0.1, 10 warm-up
+    epochs, cosine to 60): 0.1, 0.19, ..., 0.91 x lr, then 1 at epoch 10 and half at 35."""
+    factors = [warmup_cosine_factor(epoch, warmup_steps=10, total_steps=60) for epoch in range(60)]
+    assert factors[:10] == pytest.approx([0.1 * (1 - e / 10) + e / 10 for e in range(10)])
+    assert factors[10] == 1.0 and factors[35] == pytest.approx(0.5)
 
 
 def test_scheduler_warms_up_per_step_over_warmup_epochs():
@@ -115,7 +131,7 @@ def test_scheduler_warms_up_per_step_over_warmup_epochs():
         optimizer.step()
         scheduler.step()
     warmup = 2 * 3  # 2 epochs of 3 optimiser steps
-    assert lrs[:warmup] == pytest.approx([0.04 * (s + 1) / warmup for s in range(warmup)])
+    assert lrs[:warmup] == pytest.approx([0.04 * (0.1 + 0.9 * s / warmup) for s in range(warmup)])
     decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (15 - warmup))) for s in range(15 - warmup)]
     assert lrs[warmup:] == pytest.approx(decay)
 
