@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -45,8 +46,20 @@ def test_eval_indices_pinned(start: int, stop: int, num_segments: int, expected:
 
 
 def test_multi_clip_indices_pinned() -> None:
-    # 30 frames in 3 parts of 10; clips at offsets 1/6, 3/6 and 5/6 of each part.
-    assert multi_clip_indices(0, 30, 3, num_clips=3) == [[1, 11, 21], [5, 15, 25], [8, 18, 28]]
+    # 30 frames in 3 parts of 10; clips at offsets 0, 1/3 and 2/3 of each part.
+    assert multi_clip_indices(0, 30, 3, num_clips=3) == [[0, 10, 20], [3, 13, 23], [6, 16, 26]]
+
+
+@pytest.mark.parametrize("num_frames", [1, 7, 8, 16, 30, 49, 100, 333, 1001])
+@pytest.mark.parametrize("num_segments", [3, 8, 16])
+def test_two_clips_are_the_release_test_indices(num_frames: int, num_segments: int) -> None:
+    """The release's 2-clip test indices: int(tick * i) and int(tick * i + tick / 2), tick = n / T
+    (0-based here; exact rationals, where the release's floats could round a boundary down)."""
+    tick = Fraction(num_frames, num_segments)
+    release = [[math.floor(tick * i) for i in range(num_segments)],
+               [math.floor(tick * i + tick / 2) for i in range(num_segments)]]
+    assert multi_clip_indices(0, num_frames, num_segments, num_clips=2) == release
+    assert multi_clip_indices(5, 5 + num_frames, num_segments, num_clips=2) == [[5 + f for f in c] for c in release]
 
 
 @pytest.mark.parametrize(("start", "stop", "num_segments"), [(0, 100, 8), (17, 20, 8), (0, 1, 16), (5, 1000, 3)])

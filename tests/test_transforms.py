@@ -195,18 +195,27 @@ def test_one_eval_crop_resizes_the_short_side() -> None:
 @pytest.mark.parametrize(
     ("height", "width", "expected_slices"),
     [
-        (40, 70, [(slice(0, 40), slice(0, 40)), (slice(0, 40), slice(15, 55)), (slice(0, 40), slice(30, 70))]),
-        (70, 40, [(slice(0, 40), slice(0, 40)), (slice(15, 55), slice(0, 40)), (slice(30, 70), slice(0, 40))]),
-        (40, 40, [(slice(0, 40), slice(0, 40))] * 3),
+        # The release's GroupFullResSample: steps of (side - crop) // 4, crops at 0, 2 and 4 steps
+        # along the long side, 2 steps along the short side (48 x 70: steps 2 and 7).
+        (48, 70, [(slice(4, 44), slice(0, 40)), (slice(4, 44), slice(14, 54)), (slice(4, 44), slice(28, 68))]),
+        (70, 48, [(slice(0, 40), slice(4, 44)), (slice(14, 54), slice(4, 44)), (slice(28, 68), slice(4, 44))]),
+        (48, 48, [(slice(4, 44), slice(0, 40)), (slice(4, 44), slice(4, 44)), (slice(4, 44), slice(8, 48))]),
     ],
     ids=["landscape", "portrait", "square"],
 )
 def test_three_eval_crops_positions(height: int, width: int, expected_slices: list[tuple[slice, slice]]) -> None:
+    # The short side is already resize_size, so the resize keeps the pixels.
     clip = coordinate_clip(2, height, width)
     out = EvalClipTransform(input_size=40, resize_size=48, num_crops=3)(clip)
     assert out.shape == (3, 2, 3, 40, 40)
     for crop, (rows, cols) in zip(out, expected_slices):
         assert torch.equal(crop, clip[..., rows, cols])
+
+
+def test_three_eval_crops_resize_the_short_side_to_resize_size() -> None:
+    out = EvalClipTransform(input_size=40, resize_size=48, num_crops=3)(random_clip(2, 96, 140))
+    resized = F.resize(random_clip(2, 96, 140), [48, 70], antialias=True)
+    assert torch.equal(out[1], resized[..., 4:44, 14:54])
 
 
 @pytest.mark.parametrize("num_crops", [1, 3])

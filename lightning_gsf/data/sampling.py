@@ -8,8 +8,9 @@ Segment Networks", ECCV 2016):
   ``torch.Generator``, never from the global RNG);
 - ``eval_indices``: the frame at the centre of each part (TSN's test-time formula, computed
   exactly rather than in floating point);
-- ``multi_clip_indices``: ``num_clips`` clips whose frames sit at evenly spaced offsets inside
-  each part (``num_clips=1`` gives ``eval_indices``), for multi-clip testing.
+- ``multi_clip_indices``: ``num_clips`` clips for multi-clip testing: one clip is
+  ``eval_indices``; ``K >= 2`` clips take the frames at offsets ``0, 1/K, ..., (K-1)/K`` of each
+  part (the original release's two clips: the first frame and the middle frame of each part).
 
 The parts are measured exactly, not in whole frames: part ``i`` covers the continuous range
 ``[i * n / T, (i + 1) * n / T)`` of the ``n = stop - start`` frames, and a position ``x`` in it
@@ -56,18 +57,24 @@ def eval_indices(start: int, stop: int, num_segments: int) -> list[int]:
 
 
 def multi_clip_indices(start: int, stop: int, num_segments: int, num_clips: int) -> list[list[int]]:
-    """``num_clips`` clips of ``num_segments`` frames each, at evenly spaced offsets.
+    """``num_clips`` clips of ``num_segments`` frames each.
 
-    Clip ``k`` takes, in part ``i``, the frame at relative position ``(k + 0.5) / num_clips``:
-    ``start + floor((i + (k + 0.5) / K) * n / T)``. The clips interleave, so together they cover
-    the segment as evenly as ``K * T`` frames can, and ``K = 1`` is the centre frame of each part.
+    One clip is the centre frame of each part (``eval_indices``). With ``K >= 2`` clips, clip
+    ``k`` takes, in part ``i``, the frame at relative position ``k / K``:
+    ``start + floor((i + k / K) * n / T)``; for two clips the start and the middle of each part,
+    the original release's ``int(tick * i)`` and ``int(tick * i + tick / 2)`` with ``tick = n / T``
+    (computed exactly here, in integers). The clips interleave and later clips sit later in
+    every part.
     """
     num_frames = _check_range(start, stop, num_segments)
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}")
-    # (i + (k + 0.5) / K) * n / T == (2 * (i * K + k) + 1) * n / (2 * T * K), exactly in integers.
-    denominator = 2 * num_segments * num_clips
+    if num_clips == 1:
+        # (i + 1/2) * n / T == (2 * i + 1) * n / (2 * T), exactly in integers.
+        return [[start + (2 * i + 1) * num_frames // (2 * num_segments) for i in range(num_segments)]]
+    # (i + k / K) * n / T == (i * K + k) * n / (T * K)
+    denominator = num_segments * num_clips
     return [
-        [start + (2 * (i * num_clips + k) + 1) * num_frames // denominator for i in range(num_segments)]
+        [start + (i * num_clips + k) * num_frames // denominator for i in range(num_segments)]
         for k in range(num_clips)
     ]

@@ -9,7 +9,7 @@ Training follows TSN (and so TSM and the original GSF release): a multi-scale cr
 are scales of the frame's short side, placed at one of a few fixed positions rather than
 anywhere (the fixed positions favour the borders, which a uniformly random crop rarely reaches),
 resized to the input size, then a horizontal flip. Evaluation resizes and centre-crops, or takes
-three crops along the long side.
+three crops along the long side (the release's positions).
 
 Randomness is explicit: ``TrainClipTransform`` draws every parameter from the
 ``torch.Generator`` it is given, in a fixed order (scale pair, crop position, flip, RandAugment
@@ -143,8 +143,11 @@ class EvalClipTransform:
     """Deterministic evaluation crops: ``(num_crops, T, C, input_size, input_size)``.
 
     - 1 crop: resize the short side to ``resize_size``, then take the centre crop.
-    - 3 crops: resize the short side to ``input_size``, then take three full crops along the
-      long side (left, centre, right; top, centre, bottom for portrait frames).
+    - 3 crops: resize the short side to ``resize_size``, then take three crops along the long
+      side, as the original release's ``GroupFullResSample``: with steps of ``(side - crop) // 4``,
+      at 0, 2 and 4 steps along the long side (left, centre, right; top, centre, bottom for
+      portrait frames, where the release would still step along the width) and 2 steps along
+      the short side.
     """
 
     def __init__(self, input_size: int = 224, resize_size: int = 256, num_crops: int = 1) -> None:
@@ -162,10 +165,11 @@ class EvalClipTransform:
         if self.num_crops == 1:
             clip = F.resize(clip, [self.resize_size], antialias=True)
             return F.center_crop(clip, [size, size]).unsqueeze(0)
-        clip = F.resize(clip, [size], antialias=True)
+        clip = F.resize(clip, [self.resize_size], antialias=True)
         height, width = clip.shape[-2:]
+        row_step, column_step = (height - size) // 4, (width - size) // 4
         if width >= height:
-            positions = [(0, left) for left in (0, (width - size) // 2, width - size)]
+            positions = [(2 * row_step, steps * column_step) for steps in (0, 2, 4)]
         else:
-            positions = [(top, 0) for top in (0, (height - size) // 2, height - size)]
+            positions = [(steps * row_step, 2 * column_step) for steps in (0, 2, 4)]
         return torch.stack([F.crop(clip, top, left, size, size) for top, left in positions])
