@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ class IndexFrames:
     def __init__(self, unreadable: Sequence[str] = ()) -> None:
         self.unreadable = set(unreadable)
 
-    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+    def read(self, source: Path, indices: Sequence[int], fps: float | None = None) -> torch.Tensor:
         if Path(source).name in self.unreadable:
             raise SampleReadError(f"{source}: cannot decode (a test's unreadable source)")
         frames = torch.empty(len(indices), 3, HEIGHT, WIDTH, dtype=torch.uint8)
@@ -364,3 +365,20 @@ def test_package_exports_resolve_to_their_modules():
     assert set(data.__all__) <= set(dir(data))
     with pytest.raises(AttributeError, match="no attribute 'NotAName'"):
         data.NotAName  # noqa: B018
+
+
+def test_readers_get_the_samples_frame_rate():
+    """A sample's fps (the rate its annotations count at) reaches the reader, for training
+    and evaluation reads alike."""
+    rates = []
+
+    class RecordingFrames(IndexFrames):
+        def read(self, source, indices, fps=None):
+            rates.append(fps)
+            return super().read(source, indices)
+
+    samples = [replace(sample, fps=50.0) for sample in make_samples(2)]
+    for transform in (dict(train_transform=TrainClipTransform(input_size=32)),
+                      dict(eval_transform=EvalClipTransform(input_size=32, resize_size=36))):
+        ClipDataset(samples, RecordingFrames(), num_segments=4, **transform)[0]
+    assert rates == [50.0, 50.0]

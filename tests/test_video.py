@@ -287,3 +287,53 @@ def test_invalid_indices(
     source = frame_folder if isinstance(reader, FrameFolderReader) else write_video(tmp_path / "v.mp4", "libx264")
     with pytest.raises(ValueError, match="indices|no frame"):
         reader.read(source, indices)
+
+
+def test_seeking_in_mpeg_ts_falls_back_to_the_very_start(tmp_path: Path) -> None:
+    """MPEG-TS seeks by timestamp inexactly: a seek to the first frame's timestamp can land on
+    a later key frame, so the fallback goes back to the start of the file."""
+    path = write_video(tmp_path / "clip.ts", "libx264", num_frames=NUM_FRAMES)
+    for index in range(NUM_FRAMES):
+        assert identify(VideoFileReader().read(path, [index])) == [index]
+    assert torch.equal(VideoFileReader().read(path, list(range(NUM_FRAMES))),
+                       VideoFileReader(seek=False).read(path, list(range(NUM_FRAMES))))
+
+
+def cut_without_reencoding(source: Path, path: Path, hidden: int) -> Path:
+    """``source`` with its first ``hidden`` frames' timestamps moved before zero, as a cut with
+    ``ffmpeg -ss ... -c copy`` leaves them: MP4 keeps their packets behind an edit list."""
+    with av.open(str(source)) as original, av.open(str(path), "w") as cut:
+        stream_in = original.streams.video[0]
+        stream_out = cut.add_stream_from_template(stream_in)
+        shift = hidden * round(1 / (stream_in.time_base * FPS))
+        for packet in original.demux(stream_in):
+            if packet.dts is None:
+                continue
+            packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+            packet.stream = stream_out
+            cut.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["header", "demuxed"])
+def test_frames_an_edit_list_hides_are_not_counted(tmp_path: Path, exact: bool) -> None:
+    source = write_video(tmp_path / "source.mp4", "libx264")
+    cut = cut_without_reencoding(source, tmp_path / "cut.mp4", hidden=KEYFRAME_INTERVAL // 2)
+    with av.open(str(cut)) as container:
+        decodable = sum(1 for _ in container.decode(video=0))
+    assert decodable == NUM_FRAMES - KEYFRAME_INTERVAL // 2
+    assert count_video_frames(cut, exact=exact) == decodable
+    last = VideoFileReader().read(cut, [decodable - 1])
+    assert identify(last) == [NUM_FRAMES - 1]
+
+
+@pytest.mark.parametrize(
+    ("fps", "expected"),
+    [(None, [0, 1, 5, 19]), (FPS, [0, 1, 5, 19]), (FPS * 1.0005, [0, 1, 5, 19]),  # the same rate
+     (FPS / 2, [0, 2, 10, 38]), (FPS * 2, [0, 0, 2, 9]), (FPS * 1.5, [0, 0, 3, 12])],
+)
+def test_indices_counted_at_another_rate_are_read_by_time(video_path: Path, fps: float | None,
+                                                        expected: list[int]) -> None:
+    """Index i at ``fps`` is the stream's frame on screen at i / fps (a copy of a video at
+    another rate than its annotations count at)."""
+    assert identify(VideoFileReader().read(video_path, [0, 1, 5, 19], fps=fps)) == expected

@@ -254,7 +254,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         assert self.train_transform is not None
         generator = self.generator(index)
         indices = train_indices(sample.start, sample.stop, self.num_segments, generator)
-        clip, flipped = self.train_transform(self.reader.read(sample.source, indices), generator)
+        clip, flipped = self.train_transform(self.reader.read(sample.source, indices, fps=sample.fps), generator)
         labels = sample.labels
         if labels is not None and self.label_transform is not None:
             labels = self.label_transform(dict(labels), flipped)
@@ -264,7 +264,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         assert self.eval_transform is not None
         clips = multi_clip_indices(sample.start, sample.stop, self.num_segments, self.num_clips)
         # One read for all clips: the reader decodes each distinct frame once.
-        frames = self.reader.read(sample.source, [i for clip in clips for i in clip])
+        frames = self.reader.read(sample.source, [i for clip in clips for i in clip], fps=sample.fps)
         crops = self.eval_transform(frames)  # (crops, clips * T, 3, S, S), the same crop on every frame
         views = crops.unflatten(1, (self.num_clips, self.num_segments)).transpose(0, 1)
         return views.reshape(-1, *views.shape[2:])  # (clips * crops, T, 3, S, S), clip-major

@@ -53,8 +53,12 @@ logger = logging.getLogger(__name__)
 class ClipReader(Protocol):
     """What a dataset needs from a reader."""
 
-    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
-        """Return the frames ``indices`` of ``source`` as a uint8 ``(T, 3, H, W)`` RGB tensor."""
+    def read(self, source: Path, indices: Sequence[int], fps: float | None = None) -> torch.Tensor:
+        """Return the frames ``indices`` of ``source`` as a uint8 ``(T, 3, H, W)`` RGB tensor.
+
+        ``fps``: the frame rate the indices count at, where the annotations say (EPIC's video
+        information); None counts the source's own frames.
+        """
         ...
 
 
@@ -90,7 +94,9 @@ class FrameFolderReader:
     def frame_path(self, source: Path, index: int) -> Path:
         return Path(source) / self.template.format(index + self.first_index)
 
-    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+    def read(self, source: Path, indices: Sequence[int], fps: float | None = None) -> torch.Tensor:
+        """The frames ``indices``; ``fps`` is not used (a folder's frames are numbered at the rate
+        they were extracted at, which is the rate its annotations count at)."""
         source = Path(source)
         if not source.is_dir():
             raise SampleReadError(f"frame folder {source} does not exist or is not a directory")
@@ -115,7 +121,8 @@ class VideoFileReader:
     with ``fps`` the stream's average rate. For constant-frame-rate videos (what the datasets'
     preprocessing produces) this is the i-th frame; a variable-frame-rate video should be
     re-encoded at a constant rate first, or an index may fall between two frames and be
-    reported missing.
+    reported missing. Indices counted at another rate (``read(..., fps=...)``, the rate of the
+    annotations) are read by time: index ``i`` is the stream's frame on screen at ``i / fps``.
 
     Args:
         threads: decoder threads; 0 lets FFmpeg choose (one per core). Use 1 to decode in the
@@ -134,17 +141,20 @@ class VideoFileReader:
         self.thread_type = thread_type
         self.seek = seek
 
-    def read(self, source: Path, indices: Sequence[int]) -> torch.Tensor:
+    def read(self, source: Path, indices: Sequence[int], fps: float | None = None) -> torch.Tensor:
         source = Path(source)
-        wanted = _distinct_sorted(indices, source)
+        _distinct_sorted(indices, source)  # (checks them)
         if not source.is_file():
             raise SampleReadError(f"video file {source} does not exist")
         try:
             with av.open(str(source)) as container:
-                frames = self._decode(container, source, wanted)
+                stream = self._video_stream(container, source)
+                timing = _StreamTiming.of(stream, source)
+                stream_indices = [timing.stream_index(index, fps) for index in indices]
+                frames = self._decode(container, stream, timing, source, _distinct_sorted(stream_indices, source))
         except av.FFmpegError as error:
             raise SampleReadError(f"{source}: cannot decode the video ({error})") from error
-        return _gather(frames, indices, source)
+        return _gather(frames, stream_indices, source)
 
     def _video_stream(self, container: av.container.InputContainer, source: Path) -> av.video.stream.VideoStream:
         if not container.streams.video:
@@ -155,10 +165,13 @@ class VideoFileReader:
         return stream
 
     def _decode(
-        self, container: av.container.InputContainer, source: Path, wanted: list[int]
+        self,
+        container: av.container.InputContainer,
+        stream: av.video.stream.VideoStream,
+        timing: _StreamTiming,
+        source: Path,
+        wanted: list[int],
     ) -> dict[int, torch.Tensor]:
-        stream = self._video_stream(container, source)
-        timing = _StreamTiming.of(stream, source)
         if self.seek and wanted[0] > 0:
             container.seek(timing.pts_of(wanted[0]), stream=stream, backward=True, any_frame=False)
             decoded = _decode_until(container, stream, timing, wanted)
@@ -170,8 +183,16 @@ class VideoFileReader:
                 wanted[0],
                 decoded.first_seen,
             )
-            container.seek(timing.start_pts, stream=stream, backward=True, any_frame=False)
-        return _decode_until(container, stream, timing, wanted).check_complete(wanted, source)
+            # Back to the container's very start: a seek to the stream's first timestamp can
+            # land on a later key frame in containers whose seeking is inexact (MPEG-TS).
+            container.seek(0)
+        decoded = _decode_until(container, stream, timing, wanted)
+        if decoded.first_seen is not None and decoded.first_seen > wanted[0]:
+            raise SampleReadError(
+                f"{source}: frame {wanted[0]} cannot be reached: decoding from the start of the file begins at "
+                f"frame {decoded.first_seen}"
+            )
+        return decoded.check_complete(wanted, source)
 
 
 @dataclass
@@ -244,6 +265,16 @@ class _StreamTiming:
         """
         return self.start_pts + math.ceil((index + Fraction(1, 2)) / (self.fps * self.time_base)) - 1
 
+    def stream_index(self, index: int, fps: float | None) -> int:
+        """The stream's frame on screen when frame ``index`` counted at ``fps`` starts:
+        ``floor(index * stream fps / fps)``; ``index`` itself without ``fps`` or when the two rates
+        agree within 0.1 % (59.94 in a CSV and 60000/1001 in the stream)."""
+        if fps is None or abs(Fraction(fps) - self.fps) <= self.fps / 1000:
+            return index
+        if fps <= 0:
+            raise ValueError(f"{self.source}: frame rate must be > 0, got {fps}")
+        return math.floor(index * self.fps / Fraction(fps))
+
     def index_of(self, frame: av.VideoFrame) -> int:
         if frame.pts is None:
             raise SampleReadError(f"{self.source}: a decoded frame has no timestamp; expected timestamped frames")
@@ -251,8 +282,11 @@ class _StreamTiming:
 
 
 def count_video_frames(source: Path, exact: bool = False) -> int:
-    """Number of frames of a video: from the container's header, or by demuxing when ``exact``
-    (or when the header does not say). Demuxing reads packets without decoding them."""
+    """Number of frames of a video that decode: from the container's header, or by demuxing
+    when ``exact`` or when the header does not say. Demuxing reads packets without decoding
+    them and leaves out packets marked to be discarded (the frames before the cut of an MP4
+    trimmed without re-encoding, which an edit list hides). The header's count includes those,
+    so it is used only when it agrees with the stream's duration."""
     source = Path(source)
     if not source.is_file():
         raise SampleReadError(f"video file {source} does not exist")
@@ -261,8 +295,17 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
             if not container.streams.video:
                 raise SampleReadError(f"{source}: no video stream; expected a video file")
             stream = container.streams.video[0]
-            if stream.frames > 0 and not exact:
+            if stream.frames > 0 and not exact and _header_count_fits_duration(stream):
                 return stream.frames
-            return sum(1 for packet in container.demux(stream) if packet.size > 0)
+            return sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
     except av.FFmpegError as error:
         raise SampleReadError(f"{source}: cannot read the video ({error})") from error
+
+
+def _header_count_fits_duration(stream: av.video.stream.VideoStream) -> bool:
+    """Whether the header's frame count is the stream's duration times its rate, within a
+    frame (or the header gives no duration to check it against)."""
+    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not stream.duration or stream.time_base is None or not fps:
+        return True
+    return abs(stream.duration * Fraction(stream.time_base) * Fraction(fps) - stream.frames) <= 1
