@@ -424,3 +424,11 @@ def test_frame_folders_holding_their_last_annotated_frame_are_not_listed(synthet
 
     monkeypatch.setattr(MediaLayout, "count_frames", no_listing)
     assert datamodule(root).samples("val")
+
+
+@pytest.mark.parametrize(("video_threads", "num_workers", "threads"), [(None, 0, 0), (None, 4, 1), (3, 4, 3), (0, 4, 0)])
+def test_decoder_threads_default_to_one_per_worker(tmp_path, video_threads, num_workers, threads):
+    """DataLoader workers already share the cores: by default each decodes on one thread."""
+    dm = datamodule(tmp_path, layout="video", video_threads=video_threads, num_workers=num_workers)
+    assert dm.media_layout.video_threads == threads
+    assert dm.build_reader().threads == threads

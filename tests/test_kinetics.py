@@ -205,3 +205,10 @@ def test_config_trains_one_epoch(tmp_path: Path, k400_dir: Path) -> None:
     arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
     fit_one_epoch_with_config("configs/kinetics400/gsf_resnet50_8f.yaml", arguments, tmp_path / "runs")
     assert list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(("video_threads", "num_workers", "threads"), [(None, 0, 0), (None, 2, 1), (2, 2, 2)])
+def test_decoder_threads_default_to_one_per_worker(tmp_path: Path, video_threads, num_workers: int, threads: int) -> None:
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, video_threads=video_threads,
+                                       num_workers=num_workers)
+    assert datamodule.build_reader().threads == threads

@@ -349,19 +349,24 @@ def test_a_sample_annotated_twice_is_an_error_for_every_dataset(tmp_path: Path) 
                        report_path=tmp_path / "missing.tsv")
 
 
-def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(tmp_path: Path, caplog) -> None:
-    """A frame folder with fewer frames than its annotation's stop: the sample ends at the last
-    extracted frame and the parse warns; a range that starts past them is reported missing."""
-    folder = tmp_path / "clip"
-    folder.mkdir()
-    for number in range(1, 6):
-        (folder / f"{number:05d}.jpg").write_bytes(b"")
+@pytest.mark.parametrize("layout", ["frames", "video"])
+def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(tmp_path: Path, caplog,
+                                                                                 layout: str) -> None:
+    """A frame folder or video with fewer frames than its annotation's stop: the sample ends at
+    the last frame and the parse warns; a range that starts past them is reported missing."""
+    if layout == "frames":
+        source = tmp_path / "clip"
+        source.mkdir()
+        for number in range(1, 6):
+            (source / f"{number:05d}.jpg").write_bytes(b"")
+    else:
+        write_video(source := tmp_path / "clip.mp4", 1, 5)
     candidates = [
-        SampleCandidate(id="short", source=folder, where="list.json, entry 0", start=1, stop=8),
-        SampleCandidate(id="past", source=folder, where="list.json, entry 1", start=6, stop=8),
+        SampleCandidate(id="short", source=source, where="list.json, entry 0", start=1, stop=8),
+        SampleCandidate(id="past", source=source, where="list.json, entry 1", start=6, stop=8),
     ]
     with caplog.at_level("WARNING"):
-        samples = locate_samples(candidates, MediaLayout("frames", "{:05d}.jpg", 1, 1), missing="drop",
+        samples = locate_samples(candidates, MediaLayout(layout, "{:05d}.jpg", 1, 1), missing="drop",
                                  report_path=tmp_path / "missing.tsv")
     assert [(sample.id, sample.start, sample.stop) for sample in samples] == [("short", 1, 5)]
     assert "2 annotated frame ranges run past their extracted frames, by up to 3 frames" in caplog.text

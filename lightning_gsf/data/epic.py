@@ -52,6 +52,7 @@ from lightning_gsf.data.sources import (
     MediaLayout,
     MissingPolicy,
     SampleCandidate,
+    decoder_threads,
     missing_report_path,
     report_missing_media,
     warn_ranges_past_frames,
@@ -407,7 +408,8 @@ class EpicKitchensDataModule(VideoDataModule):
         video_info_file: fps and duration of every video, needed by the video layout.
         frame_template: file name of frame number ``n`` (1-based) in a frame folder.
         video_extension: extension of the video files.
-        video_threads: decoder threads per video (0: FFmpeg chooses).
+        video_threads: decoder threads per video (0: FFmpeg chooses; None: 1 with DataLoader
+            workers, else 0).
         missing_videos: ``"error"`` (default) stops the parse of a split when frame folders or
             video files of its annotated videos are missing, or (frames layout) a folder's
             frames end before one of its segments starts or have a gap; ``"drop"`` leaves
@@ -438,7 +440,7 @@ class EpicKitchensDataModule(VideoDataModule):
         video_info_file: str = "EPIC_100_video_info.csv",
         frame_template: str = "frame_{:010d}.jpg",
         video_extension: str = ".MP4",
-        video_threads: int = 0,
+        video_threads: int | None = None,
         missing_videos: MissingPolicy = "error",
         missing_report_dir: str | Path | None = None,
         **kwargs,
@@ -448,7 +450,8 @@ class EpicKitchensDataModule(VideoDataModule):
             raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
         self.missing_videos: MissingPolicy = missing_videos
         self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
-        self.media_layout = MediaLayout(layout, frame_template, first_index=1, video_threads=video_threads)
+        self.media_layout = MediaLayout(layout, frame_template, first_index=1,
+                                        video_threads=decoder_threads(video_threads, self.num_workers))
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir) if annotations_dir is not None else self.root / "annotations"
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}

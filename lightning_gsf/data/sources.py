@@ -101,6 +101,15 @@ class MediaLayout:
         return count_video_frames(source)
 
 
+def decoder_threads(video_threads: int | None, num_workers: int) -> int:
+    """Decoder threads per video: ``video_threads``, or when None one thread per DataLoader
+    worker process (the workers already share the cores; FFmpeg's own threads on top would
+    oversubscribe them) and FFmpeg's choice (0) when the main process decodes."""
+    if video_threads is not None:
+        return video_threads
+    return 1 if num_workers > 0 else 0
+
+
 def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
     """Number of frame files ``template.format(first_index), ...`` in ``folder``, which must be
     one run of consecutive numbers starting at ``first_index``.
@@ -246,18 +255,18 @@ def locate_samples(
         if not layout.exists(candidate.source):
             absent.append((candidate, f"no such {layout.medium}"))
             continue
+        # The whole video's frames, or the check of an annotated range, in either layout.
+        frames = cached.get(candidate.id)
+        if frames is None:
+            try:
+                frames = counted[candidate.id] = layout.count_frames(candidate.source)
+            except SampleReadError as error:
+                absent.append((candidate, f"unreadable: {error}"))
+                continue
         stop = candidate.stop
-        if stop is None or layout.kind == "frames":  # the whole video's frames, or an annotated range's check
-            frames = cached.get(candidate.id)
-            if frames is None:
-                try:
-                    frames = counted[candidate.id] = layout.count_frames(candidate.source)
-                except SampleReadError as error:
-                    absent.append((candidate, f"unreadable: {error}"))
-                    continue
-            if stop is not None and frames < stop:
-                beyond.append((candidate.where, candidate.source, stop, frames))
-            stop = frames if stop is None else min(stop, frames)
+        if stop is not None and frames < stop:
+            beyond.append((candidate.where, candidate.source, stop, frames))
+        stop = frames if stop is None else min(stop, frames)
         if stop <= candidate.start:
             absent.append((candidate, f"no frames in [{candidate.start}, {stop})"))
             continue
@@ -338,7 +347,8 @@ class WholeVideoDataModule(VideoDataModule):
         layout: ``"video"`` (video files) or ``"frames"`` (a folder of JPEG frames per video).
         frame_template: file name of a frame, formatted with its number.
         first_frame_index: the number in the name of a video's first frame file.
-        video_threads: decoder threads per video file (0: FFmpeg chooses).
+        video_threads: decoder threads per video file (0: FFmpeg chooses; None: 1 with
+            DataLoader workers, else 0).
         missing_videos: ``"error"`` (default) stops when annotated videos are missing or
             unreadable; ``"drop"`` leaves them out. Both write the list of them to a report.
         missing_report_dir: where the report ``missing_<dataset>_<split>.tsv`` goes; default
@@ -359,7 +369,7 @@ class WholeVideoDataModule(VideoDataModule):
         layout: MediaKind = "video",
         frame_template: str = "{:05d}.jpg",
         first_frame_index: int = 1,
-        video_threads: int = 0,
+        video_threads: int | None = None,
         missing_videos: MissingPolicy = "error",
         missing_report_dir: str | Path | None = None,
         frame_count_cache: str | Path | None = None,
@@ -370,7 +380,8 @@ class WholeVideoDataModule(VideoDataModule):
             raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir)
-        self.media_layout = MediaLayout(layout, frame_template, first_frame_index, video_threads)
+        self.media_layout = MediaLayout(layout, frame_template, first_frame_index,
+                                        decoder_threads(video_threads, self.num_workers))
         self.missing_videos: MissingPolicy = missing_videos
         self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
         self.frame_count_cache = Path(frame_count_cache) if frame_count_cache is not None else None
