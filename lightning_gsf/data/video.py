@@ -121,7 +121,8 @@ class VideoFileReader:
     with ``fps`` the stream's average rate. For constant-frame-rate videos (what the datasets'
     preprocessing produces) this is the i-th frame; a variable-frame-rate video should be
     re-encoded at a constant rate first, or an index may fall between two frames and be
-    reported missing. Indices counted at another rate (``read(..., fps=...)``, the rate of the
+    reported missing. AVI files with B-frames carry no presentation timestamps to index by:
+    re-mux them to MP4 or Matroska. Indices counted at another rate (``read(..., fps=...)``, the rate of the
     annotations) are read by time: index ``i`` is the stream's frame on screen at ``i / fps``.
 
     Args:
@@ -211,7 +212,7 @@ class _Decoded:
             raise SampleReadError(
                 f"{source}: frame {missing[-1]} requested but decoding ended at frame {self.last_seen} "
                 f"({len(missing)} of {len(wanted)} requested frames missing); the video is shorter than "
-                f"expected or truncated"
+                f"expected or truncated, or its frame rate varies (re-encode it at a constant rate)"
             )
         return self.frames
 
