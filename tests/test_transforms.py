@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torchvision.transforms.v2 import functional as F
 
 from lightning_gsf.data import transforms
+from lightning_gsf.data.randaugment import ClipRandAugment
 from lightning_gsf.data.transforms import (
     EvalClipTransform,
     TrainClipTransform,
@@ -130,12 +131,8 @@ def test_flip_happens_exactly_when_reported(seed: int, randaugment: bool) -> Non
     out, flipped = flipping(clip, _generator(seed))
     reference, never_flipped = not_flipping(clip, _generator(seed))
     assert not never_flipped
-    if randaugment:
-        # RandAugment runs after the flip and some of its operations (shear, translate) are not
-        # mirror-symmetric, so compare the crops only through which flag came back.
-        assert flipped == TrainClipTransform(input_size=32)(clip, _generator(seed))[1]
-    else:
-        assert torch.equal(out, F.horizontal_flip(reference) if flipped else reference)
+    # (RandAugment, when on, runs first and draws first: the same for both.)
+    assert torch.equal(out, F.horizontal_flip(reference) if flipped else reference)
 
 
 def test_both_flip_outcomes_occur() -> None:
@@ -166,9 +163,19 @@ def test_randaugment_changes_clips() -> None:
     clip = random_clip()
     plain = TrainClipTransform(input_size=32)
     augmented = TrainClipTransform(input_size=32, randaugment=True)
-    # The crop and flip draws come first, so with the same seed the clips differ only by RandAugment.
     differs = [not torch.equal(plain(clip, _generator(s))[0], augmented(clip, _generator(s))[0]) for s in range(4)]
     assert any(differs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_randaugment_is_the_releases_on_the_frames_as_read_before_the_crop(seed: int) -> None:
+    """The release applies RandAugment to the frames as read, then the multi-scale crop and
+    flip; its draws come first from the same generator."""
+    clip = random_clip()
+    generator = _generator(seed)
+    expected = TrainClipTransform(input_size=32)(ClipRandAugment()(clip, generator), generator)
+    actual = TrainClipTransform(input_size=32, randaugment=True)(clip, _generator(seed))
+    assert torch.equal(actual[0], expected[0]) and actual[1] == expected[1]
 
 
 @pytest.mark.parametrize(("height", "width"), [(60, 80), (80, 60), (50, 50), (34, 200)])

@@ -12,10 +12,10 @@ resized to the input size, then a horizontal flip. Evaluation resizes and centre
 three crops along the long side (the release's positions).
 
 Randomness is explicit: ``TrainClipTransform`` draws every parameter from the
-``torch.Generator`` it is given, in a fixed order (scale pair, crop position, flip, RandAugment
-seed), so a sample's augmentation depends only on the generator's seed. ``v2.RandAugment`` only
-knows the global RNG, so it runs inside ``torch.random.fork_rng`` seeded from the generator,
-which leaves the caller's global RNG untouched.
+``torch.Generator`` it is given, in a fixed order (RandAugment's draws when it is on, scale
+pair, crop position, flip), so a sample's augmentation depends only on the generator's seed.
+RandAugment is the original release's (``lightning_gsf.data.randaugment``), on the frames as
+read, before the crop, as the release applies it.
 
 Normalisation is deliberately absent: clips stay uint8 up to the model
 (``lightning_gsf.normalization``), which normalises on the accelerator.
@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from lightning_gsf.data.randaugment import ClipRandAugment
 
 __all__ = ["EvalClipTransform", "TrainClipTransform", "crop_positions", "multi_scale_crop_sizes"]
 
@@ -82,7 +83,7 @@ def _draw(upper: int, generator: torch.Generator) -> int:
 
 
 class TrainClipTransform:
-    """TSN multi-scale crop, horizontal flip and optional RandAugment, the same for every frame.
+    """Optional RandAugment, TSN multi-scale crop and horizontal flip, the same for every frame.
 
     Args:
         input_size: side of the square crop fed to the model.
@@ -90,7 +91,9 @@ class TrainClipTransform:
         flip: flip horizontally with probability 0.5. Datasets whose labels depend on left and
             right (Something-Something) either disable it or swap the labels, using the
             ``flipped`` flag returned with the clip.
-        randaugment: apply ``v2.RandAugment`` (default parameters) after the crop.
+        randaugment: apply the release's RandAugment (``rand-m9-mstd0.5``:
+            :class:`~lightning_gsf.data.randaugment.ClipRandAugment`) to the frames as read,
+            before the crop.
         more_positions: choose the crop among 13 fixed positions (centre, corners, edge middles
             and quarter points; the default of TSN, TSM and the original GSF release) rather
             than among the centre and the four corners only.
@@ -110,10 +113,12 @@ class TrainClipTransform:
         self.scales = tuple(scales)
         self.flip = flip
         self.more_positions = more_positions
-        self.randaugment = v2.RandAugment() if randaugment else None
+        self.randaugment = ClipRandAugment() if randaugment else None
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, bool]:
         _check_clip(clip)
+        if self.randaugment is not None:
+            clip = self.randaugment(clip, generator)
         height, width = clip.shape[-2:]
         crop_sizes = multi_scale_crop_sizes(height, width, self.input_size, self.scales)
         crop_height, crop_width = crop_sizes[_draw(len(crop_sizes), generator)]
@@ -129,13 +134,6 @@ class TrainClipTransform:
         flipped = self.flip and heads
         if flipped:
             clip = F.horizontal_flip(clip)
-        if self.randaugment is not None:
-            # RandAugment takes no generator and draws from the global RNG: seed that from our
-            # generator inside fork_rng, so the draw is reproducible and the caller's RNG untouched.
-            seed = _draw(2**62, generator)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                clip = self.randaugment(clip)
         return clip, flipped
 
 
