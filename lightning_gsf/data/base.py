@@ -299,7 +299,8 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         resize_size: short side before the single centre crop at evaluation.
         scales: multi-scale crop sizes, as fractions of the short side (TSN).
         flip: random horizontal flip in training.
-        randaugment: RandAugment in training.
+        randaugment: the original release's RandAugment in training (``rand-m9-mstd0.5``,
+            :mod:`lightning_gsf.data.randaugment`), before the crop.
         val_clips: clips per validation sample.
         val_crops: crops per validation clip (1: centre; 3: left, centre, right).
         test_clips: clips per test / predict sample.
