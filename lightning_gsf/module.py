@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
-from lightning_gsf.callbacks import check_checkpoint_matches
+from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
 from lightning_gsf.gsf import GSF
 from lightning_gsf.metrics import ClassificationScores
 from lightning_gsf.model import VideoClassifier
@@ -133,6 +133,8 @@ class VideoClassificationModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not 0.0 <= warmup_start_factor <= 1.0:
+            raise ValueError(f"warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
         unknown = set(loss_weights or {}) - set(num_classes)
         if unknown:
             raise ValueError(f"loss_weights names heads {sorted(unknown)} that num_classes {dict(num_classes)} lacks")
@@ -208,7 +210,24 @@ class VideoClassificationModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Say which setting differs before Lightning's strict load lists tensor names.
-        check_checkpoint_matches(self, checkpoint, getattr(self._trainer, "ckpt_path", None))
+        source = getattr(self._trainer, "ckpt_path", None)
+        check_checkpoint_matches(self, checkpoint, source)
+        self._check_optimizer_groups(checkpoint, source)
+
+    def _check_optimizer_groups(self, checkpoint: Mapping[str, Any], source: str | None) -> None:
+        """A resumed optimiser needs this run's parameter groups: checkpoints written before
+        weight decay covered every parameter (two groups) resume with ``decay_biases_and_norms:
+        false``; say so rather than let the optimiser's load fail on a group count."""
+        states = checkpoint.get("optimizer_states") or []
+        if not states or "param_groups" not in states[0]:
+            return
+        saved, current = len(states[0]["param_groups"]), len(self.parameter_groups())
+        if saved != current:
+            raise CheckpointMismatchError(
+                f"checkpoint {source or ''} holds an optimiser with {saved} parameter groups, this run builds "
+                f"{current}: set model.decay_biases_and_norms to {'false' if saved == 2 else 'true'} to resume it "
+                f"(two groups exempt biases and norms from weight decay, one decays every parameter)"
+            )
 
     def train(self, mode: bool = True) -> VideoClassificationModule:
         super().train(mode)

@@ -27,7 +27,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def repository_root_left_alone():
     """Fail the run if a test leaves a file in the repository's root (a report or log written
     to the working directory, say), where it would be committed by mistake."""
-    expected = {".pytest_cache", "__pycache__"}
+    expected = {".pytest_cache", "__pycache__", ".hypothesis", ".coverage"}  # (the tools' own caches)
     before = {path.name for path in REPO_ROOT.iterdir()}
     yield
     stray = sorted({path.name for path in REPO_ROOT.iterdir()} - before - expected)

@@ -173,6 +173,12 @@ def test_clip_sample_rejects_empty_or_negative_ranges(start, stop):
         ClipSample("x", Path("v"), start, stop)
 
 
+@pytest.mark.parametrize("fps", [0.0, -25.0, float("nan"), float("inf")])
+def test_clip_sample_rejects_a_frame_rate_that_is_no_rate(fps):
+    with pytest.raises(ValueError, match="sample 'x': expected a frame rate > 0"):
+        ClipSample("x", Path("v"), 0, 4, fps=fps)
+
+
 def test_datamodule_rejects_unknown_splits():
     with pytest.raises(ValueError, match="predict_split"):
         toy(predict_split="holdout")

@@ -394,8 +394,10 @@ def test_segments_past_the_extracted_frames_are_read_to_the_last_one(synthetic_r
 
 @pytest.mark.parametrize("damage", ["short", "gap"])
 def test_a_frame_folder_that_cannot_hold_its_segments_is_reported_at_parse_time(synthetic_root, tmp_path, damage):
-    """Frames ending before a segment starts, or a gap in the frames, is an unreadable video:
-    an error naming the row and the folder, or with ``missing_videos="drop"`` its segments left out."""
+    """Frames ending before a segment starts, or a gap in the frames (found when the video's last
+    annotated frame is missing), is reported with the video's row: an error naming the row and
+    the folder, or with ``missing_videos="drop"`` the segments left out (the gapped video's all,
+    the short one's those that start past its frames, the others read to its last frame)."""
     root = copy_dataset(synthetic_root, tmp_path / "data")
     complete = datamodule(root).samples("val")
     last = max(complete, key=lambda s: s.start)
@@ -404,13 +406,19 @@ def test_a_frame_folder_that_cannot_hold_its_segments_is_reported_at_parse_time(
     # (a gap alone goes unseen at parse time: the folder is listed when its last annotated frame is missing)
     for path in (frames[last.start:] if damage == "short" else [frames[1], frames[video_stop - 1]]):
         path.unlink()
-    problem = (rf"its {last.start} extracted frames end before the segment of line \d+ "
-               rf"\(frames {last.start + 1}\.\.{last.stop}\)" if damage == "short" else r"unreadable: .*frame_0000000002\.jpg is missing")
+    past = [s for s in complete if s.source == last.source and s.start >= last.start]
+    problem = (rf"its {last.start} extracted frames end before {len(past)} of its segments start \(line \d+: "
+               rf"frames {last.start + 1}\.\.{last.stop}\)" if damage == "short"
+               else r"unreadable: .*frame_0000000002\.jpg is missing")
     with pytest.raises(MissingMediaError, match=rf"1 of \d+ annotated videos .*EPIC_100_validation.csv, line \d+: "
                                                 rf"{last.source} \({problem}"):
         datamodule(root).samples("val")
     dropped = datamodule(root, missing_videos="drop").samples("val")
-    assert [s.id for s in dropped] == [s.id for s in complete if s.source != last.source]
+    lost = {s.id for s in past} if damage == "short" else {s.id for s in complete if s.source == last.source}
+    assert [s.id for s in dropped] == [s.id for s in complete if s.id not in lost]
+    if damage == "short":
+        assert {s.id for s in dropped if s.source == last.source}  # the video's other segments stay
+        assert all(s.stop <= last.start for s in dropped if s.source == last.source)
     report = (root / "missing_epic100_val.tsv").read_text().splitlines()
     assert len(report) == 2 and report[1].split("\t")[:2] == [last.metadata["video_id"], str(last.source)]
 

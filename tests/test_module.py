@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from lightning_gsf.gsf import GSF
+from lightning_gsf.callbacks import CheckpointMismatchError
 from lightning_gsf.module import VideoClassificationModule, partial_batchnorms, warmup_cosine_factor
 
 NUM_CLASSES = {"verb": 3, "noun": 4}
@@ -247,3 +248,22 @@ def test_compile_option_with_inductor_trains_like_eager():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
     for (name, param), compiled_param in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-7, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(("saved_groups", "decay_biases_and_norms"), [(2, True), (1, False)])
+def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, decay_biases_and_norms):
+    """A checkpoint from before weight decay covered every parameter (two groups) resumes
+    with decay_biases_and_norms false; the mismatch is named instead of failing in the load."""
+    module = _module(decay_biases_and_norms=decay_biases_and_norms)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "optimizer_states": [{"state": {}, "param_groups": [{"params": []}] * saved_groups}]}
+    with pytest.raises(CheckpointMismatchError, match=rf"{saved_groups} parameter groups.*decay_biases_and_norms"):
+        module.on_load_checkpoint(checkpoint)
+    checkpoint["optimizer_states"][0]["param_groups"] = [{"params": []}] * len(module.parameter_groups())
+    module.on_load_checkpoint(checkpoint)  # the same groups: fine
+
+
+@pytest.mark.parametrize("factor", [-0.1, 1.5])
+def test_warmup_start_factor_is_a_fraction(factor):
+    with pytest.raises(ValueError, match="warmup_start_factor"):
+        _module(warmup_start_factor=factor)

@@ -329,7 +329,8 @@ def test_frames_an_edit_list_hides_are_not_counted(tmp_path: Path, exact: bool) 
 
 @pytest.mark.parametrize(
     ("fps", "expected"),
-    [(None, [0, 1, 5, 19]), (FPS, [0, 1, 5, 19]), (FPS * 1.0005, [0, 1, 5, 19]),  # the same rate
+    [(None, [0, 1, 5, 19]), (FPS, [0, 1, 5, 19]), (FPS * (1 + 1e-9), [0, 1, 5, 19]),  # the same rate
+     (FPS * 1.0005, [0, 0, 4, 18]),  # 30.015 fps: NTSC-like drift is read by time too
      (FPS / 2, [0, 2, 10, 38]), (FPS * 2, [0, 0, 2, 9]), (FPS * 1.5, [0, 0, 3, 12])],
 )
 def test_indices_counted_at_another_rate_are_read_by_time(video_path: Path, fps: float | None,

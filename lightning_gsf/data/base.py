@@ -43,6 +43,7 @@ the DataModule logs the count when a stage ends. ``VideoDataModule.skipped_sampl
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,8 @@ class ClipSample:
         labels: ``{head: class index}``, or ``None`` for an unlabelled split.
         subsets: evaluation subsets the sample belongs to (EPIC: ``tail_verb``, ``tail_noun``,
             ``unseen``); empty when the dataset defines none.
-        fps: frame rate of ``source`` when known (videos), for readers and tools that need it.
+        fps: the frame rate ``start`` and ``stop`` count at when the annotations give one
+            (EPIC's video information); a video file at another rate is read by time.
         metadata: anything else a dataset wants to keep with the sample (participant, video id).
     """
 
@@ -115,6 +117,8 @@ class ClipSample:
             raise ValueError(
                 f"sample {self.id!r}: expected 0 <= start < stop, got the frame range [{self.start}, {self.stop})"
             )
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"sample {self.id!r}: expected a frame rate > 0, got fps={self.fps}")
 
     @property
     def num_frames(self) -> int:
@@ -296,7 +300,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
             defaults to ``batch_size``.
         num_workers: DataLoader worker processes.
         input_size: side of the square crops the model sees.
-        resize_size: short side before the single centre crop at evaluation.
+        resize_size: short side before the evaluation crops (the centre one, or three).
         scales: multi-scale crop sizes, as fractions of the short side (TSN).
         flip: random horizontal flip in training.
         randaugment: the original release's RandAugment in training (``rand-m9-mstd0.5``,

@@ -411,11 +411,12 @@ class EpicKitchensDataModule(VideoDataModule):
         video_threads: decoder threads per video (0: FFmpeg chooses; None: 1 with DataLoader
             workers, else 0).
         missing_videos: ``"error"`` (default) stops the parse of a split when frame folders or
-            video files of its annotated videos are missing, or (frames layout) a folder's
-            frames end before one of its segments starts or have a gap; ``"drop"`` leaves
-            their segments out. Both write the list of them (one row per video, its first
-            annotation row) to a report. Segments running past a folder's last frame are read
-            up to it, with a warning.
+            video files of its annotated videos are missing, or (frames layout) when a folder
+            short of its video's last annotated frame has a gap in its numbering or ends
+            before some of its segments start; ``"drop"`` leaves out those videos' segments
+            (only the segments that start past the frames, in the last case). Both write the
+            list of them (one row per video, its first annotation row) to a report. Segments
+            running past a folder's last frame are read up to it, with a warning.
         missing_report_dir: where the report ``missing_epic100_<split>.tsv`` goes; default the
             trainer's log directory, or the working directory outside a trainer.
         **kwargs: the shared options of :class:`~lightning_gsf.data.base.VideoDataModule`.
@@ -512,14 +513,16 @@ class EpicKitchensDataModule(VideoDataModule):
         one report row per video). In the frames layout, the frame file of each video's last
         annotated frame is looked up; only where it is missing is the folder listed
         (:meth:`MediaLayout.count_frames`): segments that run past the extracted frames are read
-        up to the last one (one warning), and a folder that is unreadable (a gap in its frames)
-        or whose frames end before one of its segments starts is reported like a missing one.
+        up to the last one (one warning); a folder with a gap in its numbering is reported like
+        a missing one, and so are segments that start past its last frame (the video's row names
+        them; ``"drop"`` leaves out those segments only).
         """
         segments: dict[str, list[tuple[EpicAction, ClipSample]]] = {}
         for action, sample in zip(actions, samples):
             segments.setdefault(action.video_id, []).append((action, sample))
         absent: list[tuple[SampleCandidate, str]] = []
         extracted: dict[str, int] = {}  # frame counts of the folders short of their last annotated frame
+        past_the_frames: set[str] = set()  # segments starting after their folder's last frame
         for video_id, video_segments in segments.items():
             first = video_segments[0][0]
             video = SampleCandidate(id=video_id, source=self.source(first), where=f"{path}, line {first.line}")
@@ -528,13 +531,19 @@ class EpicKitchensDataModule(VideoDataModule):
                 absent.append((video, problem))
             elif frames is not None:
                 extracted[video_id] = frames
+                past = [(action, sample) for action, sample in video_segments if sample.start >= frames]
+                if past:
+                    action, sample = past[0]
+                    absent.append((video, f"its {frames} extracted frames end before {len(past)} of its segments "
+                                          f"start (line {action.line}: frames {sample.start + 1}..{sample.stop})"))
+                    past_the_frames.update(sample.id for _, sample in past)
         report_missing_media(absent, len(segments), missing=self.missing_videos,
                              report_path=missing_report_path(self, split))
-        dropped = {video.id for video, _ in absent}
+        dropped = {video.id for video, _ in absent if video.id not in extracted}
         beyond: list[tuple[str, Path, int, int]] = []
         kept = []
         for action, sample in zip(actions, samples):
-            if action.video_id in dropped:
+            if action.video_id in dropped or sample.id in past_the_frames:
                 continue
             frames = extracted.get(action.video_id)
             if frames is not None and sample.stop > frames:
@@ -555,14 +564,9 @@ class EpicKitchensDataModule(VideoDataModule):
         if self.media_layout.kind != "frames" or self.media_layout.has_frame(source, last - 1):
             return None, None
         try:
-            frames = self.media_layout.count_frames(source)
+            return None, self.media_layout.count_frames(source)
         except SampleReadError as error:
             return f"unreadable: {error}", None
-        for action, sample in segments:
-            if sample.start >= frames:
-                return (f"its {frames} extracted frames end before the segment of line {action.line} "
-                        f"(frames {sample.start + 1}..{sample.stop})"), None
-        return None, frames
 
     def _sample(
         self,
