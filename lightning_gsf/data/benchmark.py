@@ -3,7 +3,7 @@
 ``python -m lightning_gsf.data.benchmark [--root data/synthetic]`` loads training batches through
 ``EpicKitchensDataModule`` exactly as ``gsf fit`` does (TSN sampling, reading, multi-scale crop),
 from the extracted JPEG frames and from the MP4 videos, with 0, 1 and 2 DataLoader workers, and
-reports clips per second for each. Without ``--root`` (or if it does not exist) it first writes
+reports clips per second for each (``--randaugment``: with the configs' RandAugment). Without ``--root`` (or if it does not exist) it first writes
 the default synthetic dataset to a temporary folder.
 
 Measure, not test: the figures depend on the machine, its load and the dataset's resolution;
@@ -51,6 +51,7 @@ def measure(
     num_segments: int = 8,
     input_size: int = 64,
     video_threads: int = 0,
+    randaugment: bool = False,
 ) -> Throughput:
     """Time ``num_batches`` training batches (after a first, untimed one) of one configuration."""
     datamodule = EpicKitchensDataModule(
@@ -62,6 +63,7 @@ def measure(
         input_size=input_size,
         resize_size=input_size,
         video_threads=video_threads,
+        randaugment=randaugment,
         pin_memory=False,
         drop_last=True,
     )
@@ -92,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> list[Throughput]:
     parser.add_argument("--num-segments", type=int, default=8)
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--video-threads", type=int, default=0, help="decoder threads per video (0: FFmpeg chooses)")
+    parser.add_argument("--randaugment", action="store_true", help="the training RandAugment on (as the real configs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("lightning_gsf.data.base").setLevel(logging.WARNING)  # per-split sample counts
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> list[Throughput]:
                     num_segments=args.num_segments,
                     input_size=args.input_size,
                     video_threads=args.video_threads,
+                    randaugment=args.randaugment,
                 )
                 results.append(result)
                 logger.info("%-7s %8d %8d %10.1f", layout, workers, result.clips, result.clips_per_second)
