@@ -178,9 +178,11 @@ def write_annotations(root: Path, rows: list[list[str]], columns=EPIC_ACTION_COL
     return folder / "EPIC_100_validation.csv"
 
 
-def with_field(row_index: int, column: str, value: str) -> list[list[str]]:
+def with_field(row_index: int, column: str, value: str, **more: str) -> list[list[str]]:
+    """GOOD_ROWS with ``column`` (and the ``more`` columns) of one row replaced."""
     rows = [list(row) for row in GOOD_ROWS]
-    rows[row_index][EPIC_ACTION_COLUMNS.index(column)] = value
+    for name, text in {column: value, **more}.items():
+        rows[row_index][EPIC_ACTION_COLUMNS.index(name)] = text
     return rows
 
 
@@ -207,9 +209,13 @@ def test_the_valid_example_parses(tmp_path):
         (with_field(0, "all_noun_classes", "[1"), EPIC_ACTION_COLUMNS, r"column 'all_noun_classes' is '\[1'; expected a list of int"),
         (with_field(0, "all_nouns", "['cup', 'tap']"), EPIC_ACTION_COLUMNS, r"expected two lists of the same, non-zero length"),
         (with_field(1, "narration_id", "P01_01_0"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_0\): narration_id repeats line 2"),
+        (with_field(1, "participant_id", "P02"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): video_id P01_01 is not a video of participant P02"),
+        (with_field(1, "video_id", "P01_02"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): narration_id P01_01_1 is not a narration of video P01_02"),
+        (with_field(0, "noun_class", "0"), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): noun_class 0 is not the first of all_noun_classes \[1\]"),
     ],
     ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
-         "frame-zero", "bad-class", "bad-list", "list-lengths", "duplicate-id"],
+         "frame-zero", "bad-class", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
+         "noun-class-not-first"],
 )  # fmt: skip
 def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, message):
     path = write_annotations(tmp_path, rows, columns)
@@ -222,9 +228,9 @@ def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, m
     ("rows", "layout", "message"),
     [
         (with_field(1, "verb_class", "2"), "frames", r"line 3 \(narration_id P01_01_1\): verb_class 2 is outside the 2 classes of EPIC_100_verb_classes.csv"),
-        (with_field(0, "noun_class", "-1"), "frames", r"line 2 \(narration_id P01_01_0\): noun_class -1 is outside the 2 classes"),
+        (with_field(0, "noun_class", "-1", all_noun_classes="[-1]"), "frames", r"line 2 \(narration_id P01_01_0\): noun_class -1 is outside the 2 classes"),
         (with_field(1, "stop_timestamp", "00:00:02.30"), "video", r"line 3 \(narration_id P01_01_1\): the segment ends at 2.30 s, past the end of video P01_01 \(2.00 s, 50 frames"),
-        (with_field(1, "video_id", "P01_02"), "video", r"line 3 \(narration_id P01_01_1\): video P01_02 is not in EPIC_100_video_info.csv"),
+        (with_field(1, "video_id", "P01_02", narration_id="P01_02_1"), "video", r"line 3 \(narration_id P01_02_1\): video P01_02 is not in EPIC_100_video_info.csv"),
     ],
     ids=["verb-class", "noun-class", "past-the-end", "unknown-video"],
 )  # fmt: skip

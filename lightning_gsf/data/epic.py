@@ -314,10 +314,17 @@ def _parse_action(row: _Row, labelled: bool) -> EpicAction:
     start_time, stop_time = row.timestamp("start_timestamp"), row.timestamp("stop_timestamp")
     if stop_time < start_time:
         raise row.error(f"stop_timestamp {stop_time:.2f} s is before start_timestamp {start_time:.2f} s")
+    narration_id, participant_id, video_id = row.text("narration_id"), row.text("participant_id"), row.text("video_id")
+    if not video_id.startswith(f"{participant_id}_"):
+        raise row.error(f"video_id {video_id} is not a video of participant {participant_id}; "
+                        f"expected {participant_id}_<number>")
+    if not narration_id.startswith(f"{video_id}_"):
+        raise row.error(f"narration_id {narration_id} is not a narration of video {video_id}; "
+                        f"expected {video_id}_<number>")
     fields = dict(
-        narration_id=row.text("narration_id"),
-        participant_id=row.text("participant_id"),
-        video_id=row.text("video_id"),
+        narration_id=narration_id,
+        participant_id=participant_id,
+        video_id=video_id,
         narration_timestamp=row.optional_timestamp("narration_timestamp"),
         start_timestamp=start_time,
         stop_timestamp=stop_time,
@@ -333,12 +340,16 @@ def _parse_action(row: _Row, labelled: bool) -> EpicAction:
                 f"all_nouns {list(all_nouns)} and all_noun_classes {list(all_noun_classes)}; "
                 "expected two lists of the same, non-zero length"
             )
+        noun_class = row.integer("noun_class")
+        if noun_class != all_noun_classes[0]:
+            raise row.error(f"noun_class {noun_class} is not the first of all_noun_classes {list(all_noun_classes)}; "
+                            "expected the main noun's class first, as in the official files")
         fields.update(
             narration=row.optional_text("narration"),
             verb=row.text("verb"),
             verb_class=row.integer("verb_class"),
             noun=row.text("noun"),
-            noun_class=row.integer("noun_class"),
+            noun_class=noun_class,
             all_nouns=all_nouns,
             all_noun_classes=all_noun_classes,
         )
