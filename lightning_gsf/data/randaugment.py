@@ -129,6 +129,19 @@ def _cubic(v0: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, v3: torch.Tenso
     return v1 + t * (c1 + t * (c2 + t * c3))
 
 
+def _source_points(coeffs: tuple[float, float, float, float, float, float], height: int, width: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, inside)``, each ``(H, W)``: the source point (float64) of every output pixel
+    centre ``(j + 0.5, i + 0.5)`` under PIL's output-to-input affine ``coeffs``, and whether it
+    falls in the frame ``[0, W) x [0, H)`` (outside, the pixel takes the fill colour)."""
+    a, b, c, d, e, f = coeffs
+    ys = torch.arange(height, dtype=torch.float64).add_(0.5).view(height, 1)
+    xs = torch.arange(width, dtype=torch.float64).add_(0.5).view(1, width)
+    src_x = a * xs + b * ys + c
+    src_y = d * xs + e * ys + f
+    return src_x, src_y, (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+
+
 def _warp_like_pil(
     clip: torch.Tensor,
     coeffs: tuple[float, float, float, float, float, float],
@@ -143,12 +156,7 @@ def _warp_like_pil(
     indices clamped to the frame), clamped to [0, 255] and truncated, as PIL does.
     """
     frames, channels, height, width = clip.shape
-    a, b, c, d, e, f = coeffs
-    ys = torch.arange(height, dtype=torch.float64).add_(0.5).view(height, 1)
-    xs = torch.arange(width, dtype=torch.float64).add_(0.5).view(1, width)
-    src_x = a * xs + b * ys + c
-    src_y = d * xs + e * ys + f
-    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    src_x, src_y, inside = _source_points(coeffs, height, width)
     # Pixel-index coordinates: the pixel left of (above) the point, and the offset from it.
     src_x, src_y = src_x - 0.5, src_y - 0.5
     x0, y0 = src_x.floor(), src_y.floor()
@@ -188,12 +196,7 @@ def _warp(
     About 20x faster (an EPIC clip of 8 x 256 x 456 frames: 12 ms bilinear where the exact
     warp took ~250 ms); the values differ (``tests/test_randaugment.py`` bounds by how much)."""
     frames, channels, height, width = clip.shape
-    a, b, c, d, e, f = coeffs
-    ys = torch.arange(height, dtype=torch.float64).add_(0.5).view(height, 1)
-    xs = torch.arange(width, dtype=torch.float64).add_(0.5).view(1, width)
-    src_x = a * xs + b * ys + c
-    src_y = d * xs + e * ys + f
-    inside = (src_x >= 0) & (src_x < width) & (src_y >= 0) & (src_y < height)
+    src_x, src_y, inside = _source_points(coeffs, height, width)
     # align_corners=False: -1 and 1 are the frame's outer edges, so a pixel centre k + 0.5 is
     # 2 (k + 0.5) / size - 1, and PIL's continuous coordinate x is 2 x / size - 1.
     grid = torch.stack([src_x * (2.0 / width) - 1.0, src_y * (2.0 / height) - 1.0], dim=-1).float()
