@@ -338,3 +338,19 @@ def test_indices_counted_at_another_rate_are_read_by_time(video_path: Path, fps:
     """Index i at ``fps`` is the stream's frame on screen at i / fps (a copy of a video at
     another rate than its annotations count at)."""
     assert identify(VideoFileReader().read(video_path, [0, 1, 5, 19], fps=fps)) == expected
+
+
+@pytest.mark.parametrize(("codec", "suffix"), [("libvpx-vp9", "webm"), ("mpeg4", "mkv")])
+def test_a_truncated_video_counted_short_is_warned_about(tmp_path: Path, codec: str, suffix: str, caplog) -> None:
+    """Matroska / WebM give no frame count, so frames are demuxed: a file cut short demuxes fewer
+    frames than its duration implies, and the count says so instead of passing silently."""
+    whole = write_video(tmp_path / f"whole.{suffix}", codec, num_frames=NUM_FRAMES)
+    with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+        assert count_video_frames(whole) == NUM_FRAMES
+    assert not caplog.records
+    cut = tmp_path / f"cut.{suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+        frames = count_video_frames(cut)
+    assert frames < NUM_FRAMES - 2
+    assert re.search(rf"cut.{suffix}: {frames} frames demuxed, where its duration implies \d+: truncated", caplog.text)

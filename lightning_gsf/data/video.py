@@ -300,9 +300,29 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
             stream = container.streams.video[0]
             if stream.frames > 0 and not exact and _header_count_fits_duration(stream):
                 return stream.frames
-            return sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
+            frames = sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
+            expected = _frames_by_duration(container, stream)
+            if expected is not None and frames < expected - max(2, expected // 100):
+                logger.warning("%s: %d frames demuxed, where its duration implies %d: truncated? (it is read as "
+                               "%d frames)", source, frames, expected, frames)
+            return frames
     except av.FFmpegError as error:
         raise SampleReadError(f"{source}: cannot read the video ({error})") from error
+
+
+def _frames_by_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
+    """The frame count the video stream's duration (or, with no other stream, the container's)
+    implies at its rate; None when neither is known."""
+    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not fps:
+        return None
+    if stream.duration and stream.time_base is not None:
+        seconds = stream.duration * Fraction(stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        seconds = Fraction(container.duration, av.time_base)
+    else:
+        return None
+    return round(seconds * Fraction(fps))
 
 
 def _header_count_fits_duration(stream: av.video.stream.VideoStream) -> bool:
