@@ -315,10 +315,12 @@ def _break_first_sample(built: BuiltDataset, kind: str) -> tuple[Path, int, int]
 @pytest.mark.parametrize(("dataset", "kind"), MEDIA_CASES)
 def test_unreadable_media_stops_with_an_error_naming_the_file(build, dataset, kind):
     built = build(dataset)
+    row = built.datamodule().samples("train")[0].where  # (the sample _break_first_sample breaks)
     source, _, _ = _break_first_sample(built, kind)
     with pytest.raises(SampleReadError) as error:
         run_training_pipeline(built.datamodule())
     assert str(source) in str(error.value) or source.name in str(error.value)
+    assert row and row in str(error.value), "the annotation row is named too"
 
 
 @pytest.mark.parametrize(("dataset", "kind"), MEDIA_CASES)

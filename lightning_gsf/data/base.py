@@ -100,6 +100,7 @@ class ClipSample:
         fps: the frame rate ``start`` and ``stop`` count at when the annotations give one
             (EPIC's video information); a video file at another rate is read by time.
         metadata: anything else a dataset wants to keep with the sample (participant, video id).
+        where: the annotation row that names the sample (``"<file>, line 12"``), for messages.
     """
 
     id: str
@@ -110,6 +111,7 @@ class ClipSample:
     subsets: Mapping[str, bool] = field(default_factory=dict)
     fps: float | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    where: str | None = None
 
     def __post_init__(self) -> None:
         # A safety net: parsers check their rows and raise AnnotationError naming the file and line.
@@ -241,8 +243,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
             else:
                 clip, labels = self._evaluation_views(sample), sample.labels
         except SampleReadError as error:
+            row = f"{sample.where}; " if sample.where else ""
             raise SampleReadError(
-                f"sample {sample.id!r} (index {index} of {self.name or 'the split'}, frames "
+                f"sample {sample.id!r} ({row}index {index} of {self.name or 'the split'}, frames "
                 f"[{sample.start}, {sample.stop}) of {sample.source}): {error}"
             ) from error
         item: dict[str, Any] = {"clip": clip, "index": index, "id": sample.id, "subsets": dict(sample.subsets)}

@@ -613,6 +613,7 @@ class EpicKitchensDataModule(VideoDataModule):
             subsets=subsets,
             fps=fps,
             metadata={"participant_id": action.participant_id, "video_id": action.video_id},
+            where=f"{path}, line {action.line}",
         )
 
     def _frame_range(self, action: EpicAction, where: str) -> tuple[int, int, float | None]:

@@ -278,6 +278,7 @@ def locate_samples(
                 stop=stop,
                 labels=candidate.labels,
                 metadata=candidate.metadata,
+                where=candidate.where,
             )
         )
     warn_ranges_past_frames(beyond)
