@@ -252,11 +252,11 @@ class _StreamTiming:
 
     @classmethod
     def of(cls, stream: av.video.stream.VideoStream, source: Path) -> _StreamTiming:
-        fps = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if not fps or stream.time_base is None:
+        fps = _nominal_rate(stream)
+        if fps is None or stream.time_base is None:
             raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
         start_pts = stream.start_time if stream.start_time is not None else 0
-        return cls(Fraction(stream.time_base), Fraction(fps), start_pts, source)
+        return cls(Fraction(stream.time_base), fps, start_pts, source)
 
     def pts_of(self, index: int) -> int:
         """The last timestamp that still rounds to frame ``index``, the target of a backward seek.
@@ -310,25 +310,34 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
         raise SampleReadError(f"{source}: cannot read the video ({error})") from error
 
 
+def _nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The stream's frame rate: its average, else FFmpeg's guess, else its base rate."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return Fraction(rate) if rate else None
+
+
+def _stream_seconds(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The video stream's own duration in seconds, when its header gives one."""
+    if stream.duration and stream.time_base is not None:
+        return stream.duration * Fraction(stream.time_base)
+    return None
+
+
 def _frames_by_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int | None:
     """The frame count the video stream's duration (or, with no other stream, the container's)
     implies at its rate; None when neither is known."""
-    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if not fps:
-        return None
-    if stream.duration and stream.time_base is not None:
-        seconds = stream.duration * Fraction(stream.time_base)
-    elif container.duration and len(container.streams) == 1:
+    fps, seconds = _nominal_rate(stream), _stream_seconds(stream)
+    if seconds is None and container.duration and len(container.streams) == 1:
         seconds = Fraction(container.duration, av.time_base)
-    else:
+    if fps is None or seconds is None:
         return None
-    return round(seconds * Fraction(fps))
+    return round(seconds * fps)
 
 
 def _header_count_fits_duration(stream: av.video.stream.VideoStream) -> bool:
     """Whether the header's frame count is the stream's duration times its rate, within a
     frame (or the header gives no duration to check it against)."""
-    fps = stream.average_rate or stream.guessed_rate or stream.base_rate
-    if not stream.duration or stream.time_base is None or not fps:
+    fps, seconds = _nominal_rate(stream), _stream_seconds(stream)
+    if fps is None or seconds is None:
         return True
-    return abs(stream.duration * Fraction(stream.time_base) * Fraction(fps) - stream.frames) <= 1
+    return abs(seconds * fps - stream.frames) <= 1
