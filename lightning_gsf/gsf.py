@@ -295,11 +295,9 @@ class GSF(nn.Module):
         p = self.processed
         batch_statistics = self._check_batch_statistics(x)
         if batch_statistics:
-            mean, var = kernels.channel_moments(x[:, :p])
-            self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
+            mean, invstd = self._batch_statistics_through(kernels, x[:, :p])
         else:
-            mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
-        invstd = torch.rsqrt(var + self.bn.eps)
+            mean, invstd = self.bn.running_mean.float(), torch.rsqrt(self.bn.running_var.float() + self.bn.eps)
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
@@ -308,6 +306,24 @@ class GSF(nn.Module):
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)
         return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
+
+    def _batch_statistics_through(self, kernels: Any, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's mean and inverse std for the batch norm, the running statistics updated:
+        in one call of the kernel set where it has one (Triton's ``batch_norm_statistics``)
+        and the update is the usual one (a momentum; dense float32 buffers), else from its
+        ``channel_moments`` and :meth:`_update_running_statistics`."""
+        bn = self.bn
+        update = bn.training and bn.track_running_stats
+        in_one_call = hasattr(kernels, "batch_norm_statistics") and (not update or (bn.momentum is not None and all(
+            t.dtype == torch.float32 and t.is_contiguous() for t in (bn.running_mean, bn.running_var))))
+        if in_one_call:
+            if update:
+                bn.num_batches_tracked.add_(1)
+                return kernels.batch_norm_statistics(v, bn.eps, bn.running_mean, bn.running_var, bn.momentum)
+            return kernels.batch_norm_statistics(v, bn.eps)
+        mean, var = kernels.channel_moments(v)
+        self._update_running_statistics(mean, var, count=v.numel() // v.shape[1])
+        return mean, torch.rsqrt(var + bn.eps)
 
     def forward_compiled_ops(self, x: torch.Tensor) -> torch.Tensor:
         """The C++ kernels as custom ops (:mod:`lightning_gsf.compiled_ops`), which ``forward``
@@ -559,33 +575,6 @@ class _CppKernels:
         return tuple(self.ops.backward(grad_out, grad_x, v, gate, weights, means, mean.contiguous(),
                                        invstd.contiguous(), bn_weight, bn_bias, conv_weight, fusion_weight,
                                        num_segments, batch_statistics))
-
-
-def _torch_fusion_weights(v: torch.Tensor, gate: torch.Tensor, fusion_weight: torch.Tensor,
-                          fusion_bias: torch.Tensor, num_segments: int,
-                          channels_last: bool) -> tuple[torch.Tensor, tuple]:
-    """The fusion weights ``(N, T, 2, P/2)`` of ``v`` with its gate ``(NT, 2, H*W)`` in
-    PyTorch operations (the Triton kernel set's), and what
-    :func:`_torch_fusion_backward` needs."""
-    nt, _, h, w = v.shape
-    blend, _, padded = _fusion_weights(v, gate.view(nt // num_segments, num_segments, 2, h, w), fusion_weight,
-                                       fusion_bias, num_segments, channels_last)
-    return blend.permute(0, 3, 1, 2).contiguous(), (blend, padded)
-
-
-def _torch_fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
-                           saved: tuple, fusion_weight: torch.Tensor, num_segments: int,
-                           channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """:func:`_torch_fusion_weights`' adjoint and the gate's tanh: ``(grad_z (NT, 2, H*W),
-    grad_means (NT, 3, P), grad_fusion_weight, grad_fusion_bias)`` from the blend's gradients
-    of the weights and the gate."""
-    nt, p, h, w = v.shape
-    blend, padded = saved
-    grad_means, grad_gate_means, grad_fusion_weight, grad_fusion_bias = _fusion_weights_backward(
-        grad_weights.view(nt // num_segments, num_segments, 2, p // 2), v, padded, fusion_weight, blend,
-        channels_last)
-    grad_z = (grad_gate + grad_gate_means.view(nt, 2, h * w)).mul_(1 - gate * gate)  # through tanh
-    return grad_z, grad_means, grad_fusion_weight, grad_fusion_bias
 
 
 def _taps_weight(conv_weight: torch.Tensor) -> torch.Tensor:

@@ -6,39 +6,59 @@ that touches the ``P`` processed channels is one kernel that reads its operands 
 lie (any strides: NCHW and channels-last alike), computes in float32 and writes once:
 
 forward
-    :func:`channel_moments` (batch-norm statistics, two passes), :func:`gate_products`
+    :func:`batch_norm_statistics` (the batch norm's mean and inverse std from two passes, the
+    running statistics updated), :func:`gate_products`
     (``relu(bn(v))`` on the fly times the gate conv's kernel: each pixel's 27 products, one
     matrix product per tile), :func:`gate` (the products summed over each pixel's 3x3x3
-    neighbourhood, bias, tanh), and :func:`gate_map`, the two in turn,
-    :func:`blend` (gate, shift, fuse and interleave into the output, optionally saving a copy
-    of ``v`` for the backward);
+    neighbourhood, bias, tanh), and :func:`gate_map`, the two in turn; :func:`gated_means`
+    (the spatial means of ``v`` and of the gated maps), :func:`fusion_weights` (both groups'
+    fusion convs and sigmoid, from the means), :func:`blend` (gate, shift, fuse and interleave
+    into the output, optionally saving a copy of ``v`` for the backward);
 backward
     :func:`blend_backward` (the gradients of ``v``, the gate and the fusion weights through
-    the blend), :func:`gate_backward` (through the gate conv and the ReLU: the gradient at
+    the blend), :func:`fusion_weights_backward` (the means' and the fusion convs' gradients),
+    :func:`gate_gradient` (the means' share of the gate's gradient, through the tanh),
+    :func:`gate_backward` (through the gate conv and the ReLU: the gradient at
     the batch norm's output, the conv's weight gradient and the per-channel sums the batch-norm
     backward needs), :func:`input_gradient` (the batch norm's backward and the fusion weights'
     means, summed with the blend's gradient into the input gradient).
 
-The fusion weights themselves (a few numbers per frame and channel) are left to PyTorch.
 Index conventions are those of :mod:`lightning_gsf.gsf`: ``v`` is ``(N*T, P, H, W)``, groups
-of ``P/2`` channels, the gate ``(N*T, 2, H*W)`` and the fusion weights ``(N*T, 2, P/2)`` as
-dense float32 / ``v``-dtype tensors. Importing this module needs Triton; the kernels run on
+of ``P/2`` channels, the gate ``(N*T, 2, H*W)``, the means ``(N*T, 2, P)`` and the fusion weights
+``(N*T, 2, P/2)`` as dense float32 tensors. Importing this module needs Triton; the kernels run on
 CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before
 the import), which is how the CPU test suite checks them.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
 import triton
 import triton.language as tl
 
-# Tile sizes: channels x pixels. Fixed rather than autotuned: autotuning reruns per shape and
-# is not available under the interpreter.
+# Tile sizes (channels x pixels) and launch settings of the kernels that pass over the feature
+# map. Fixed rather than autotuned: autotuning reruns per shape and is not available under the
+# interpreter; scripts/tune_gsf_kernels.py times the alternatives on a GPU.
 BLOCK_CHANNELS = 16
 MAX_BLOCK_PIXELS = 128
+NUM_WARPS = 4
+# The gate conv's matrix products (forward and backward) on GPUs with TF32 tensor cores
+# (compute capability 8.0 and later): "tf32x3", three TF32 products per product, float32's
+# accuracy to ~1e-6 (13 % less GSF kernel time than float32 FMAs on an H200, see
+# docs/performance.md); "ieee" (float32 FMAs) elsewhere.
+DOT_PRECISION = "tf32x3"
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tf32(device: torch.device) -> bool:
+    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def _dot_precision(device: torch.device) -> str:
+    return DOT_PRECISION if _has_tf32(device) else "ieee"
 
 
 def _block_pixels(pixels: int) -> int:
@@ -48,16 +68,28 @@ def _block_pixels(pixels: int) -> int:
 
 
 @triton.jit
-def _channel_moments_kernel(v_ptr, center_ptr, out_ptr, channels, pixels, width,
-                            s_n, s_c, s_h, s_w, CENTERED: tl.constexpr,
+def _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The per-frame sums ``(frames, channels)`` at channels ``c`` summed over the frames."""
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, frames, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        total += tl.sum(tl.load(sums_ptr + r[:, None] * channels + c[None, :],
+                                mask=(r < frames)[:, None] & c_mask[None, :], other=0.0), axis=0)
+    return total
+
+
+@triton.jit
+def _channel_moments_kernel(v_ptr, sums_ptr, out_ptr, channels, pixels, width, frames, count,
+                            s_n, s_c, s_h, s_w, CENTERED: tl.constexpr, BLOCK_R: tl.constexpr,
                             BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Per frame and channel: the sum of ``v`` (or of ``(v - center)**2``) over the pixels."""
+    """Per frame and channel: the sum of ``v`` over the pixels, or (``CENTERED``) of ``(v -
+    mean)**2``, the mean from the first pass's per-frame ``sums``."""
     frame = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
     base = v_ptr + frame * s_n + c[:, None] * s_c
     if CENTERED:
-        center = tl.load(center_ptr + c, mask=c_mask, other=0.0)
+        center = _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for p0 in range(0, pixels, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
@@ -72,24 +104,73 @@ def _channel_moments_kernel(v_ptr, center_ptr, out_ptr, channels, pixels, width,
     tl.store(out_ptr + frame * channels + c, acc, mask=c_mask)
 
 
+@triton.jit
+def _batch_norm_statistics_kernel(sums_ptr, squares_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels,
+                                  frames, count, eps, momentum, variance_momentum, UPDATE: tl.constexpr,
+                                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``stats = [mean, 1 / sqrt(var + eps)]`` per channel from the two passes' per-frame
+    sums; with ``UPDATE`` the running statistics too, as ``BatchNorm`` does
+    (``running = (1 - momentum) * running + momentum * batch``, the variance unbiased)."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < channels
+    mean = _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
+    var = _frame_sums(squares_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
+    tl.store(stats_ptr + c, mean, mask=c_mask)
+    tl.store(stats_ptr + channels + c, 1.0 / tl.sqrt(var + eps), mask=c_mask)
+    if UPDATE:
+        running_mean = tl.load(running_mean_ptr + c, mask=c_mask, other=0.0)
+        running_var = tl.load(running_var_ptr + c, mask=c_mask, other=0.0)
+        tl.store(running_mean_ptr + c, running_mean * (1.0 - momentum) + mean * momentum, mask=c_mask)
+        tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + var * variance_momentum, mask=c_mask)
+
+
+_BLOCK_FRAMES = 32  # frames per tile where the per-frame sums are summed
+
+
+def _moment_sums(v: torch.Tensor) -> torch.Tensor:
+    """The two passes' per-frame sums ``(2, NT, P)`` float32: of ``v``, then of its squared
+    deviations from the batch mean."""
+    nt, p, h, w = v.shape
+    grid = (nt, triton.cdiv(p, BLOCK_CHANNELS))
+    sums = torch.empty((2, nt, p), dtype=torch.float32, device=v.device)
+    for centered in (False, True):
+        _channel_moments_kernel[grid](v, sums[0], sums[int(centered)], p, h * w, w, nt, nt * h * w, *v.stride(),
+                                      CENTERED=centered, BLOCK_R=_BLOCK_FRAMES, BLOCK_C=BLOCK_CHANNELS,
+                                      BLOCK_P=_block_pixels(h * w), num_warps=NUM_WARPS)
+    return sums
+
+
 def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of ``v`` ``(NT, P, H, W)``, in float32: two
     passes (sum, then squared deviations from the mean), per-frame partial sums."""
+    nt, _, h, w = v.shape
+    sums = _moment_sums(v).sum(dim=1) / (nt * h * w)
+    return sums[0], sums[1]
+
+
+def batch_norm_statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None = None,
+                          running_var: torch.Tensor | None = None,
+                          momentum: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's per-channel mean and inverse standard deviation ``1 / sqrt(var + eps)``
+    (float32; :func:`channel_moments`' two passes) in three kernels, and where given the
+    running statistics (dense float32, updated in place with ``momentum`` as ``BatchNorm``
+    does; its ``num_batches_tracked`` is the caller's)."""
     nt, p, h, w = v.shape
-    grid = (nt, triton.cdiv(p, BLOCK_CHANNELS))
-    partial = torch.empty((nt, p), dtype=torch.float32, device=v.device)
     count = nt * h * w
-    _channel_moments_kernel[grid](v, partial, partial, p, h * w, w, *v.stride(), CENTERED=False,
-                                  BLOCK_C=BLOCK_CHANNELS, BLOCK_P=_block_pixels(h * w))
-    mean = partial.sum(dim=0) / count
-    _channel_moments_kernel[grid](v, mean, partial, p, h * w, w, *v.stride(), CENTERED=True,
-                                  BLOCK_C=BLOCK_CHANNELS, BLOCK_P=_block_pixels(h * w))
-    return mean, partial.sum(dim=0) / count
+    sums = _moment_sums(v)
+    stats = torch.empty((2, p), dtype=torch.float32, device=v.device)
+    update = running_mean is not None
+    block_c = 64
+    _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
+        sums[0], sums[1], stats, running_mean if update else stats, running_var if update else stats, p, nt, count,
+        eps, momentum, momentum * count / (count - 1), UPDATE=update, BLOCK_R=_BLOCK_FRAMES, BLOCK_C=block_c)
+    return stats[0], stats[1]
 
 
 @triton.jit
 def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr, half, pixels, width,
-                          s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                          s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr, BLOCK_C: tl.constexpr,
+                          BLOCK_P: tl.constexpr):
     """``products[frame, k, (j, kh, kw), p] = sum_c weight[k, c, j, kh, kw] * a[frame, k*half + c, p]``
     with ``a = relu(v * scale + shift)``: each pixel's 27 products with the gate conv's
     kernel, one matrix product per channel tile (``v`` is read once)."""
@@ -111,7 +192,7 @@ def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr,
         a = tl.where(mask, tl.maximum(x * scale + shift, 0.0), 0.0)
         w = tl.load(weight_ptr + ch[None, :] * 27 + taps[:, None], mask=(taps < 27)[:, None] & c_mask[None, :],
                     other=0.0)
-        acc = tl.dot(w, a, acc, input_precision="ieee")
+        acc = tl.dot(w, a, acc, input_precision=DOT_PRECISION)
     out = products_ptr + ((frame * 2 + group) * 27 + taps[:, None]) * pixels + p[None, :]
     tl.store(out, acc, mask=(taps < 27)[:, None] & p_mask[None, :])
 
@@ -125,7 +206,9 @@ def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, wei
     block_p = _block_pixels(h * w)
     grid = (nt, 2, triton.cdiv(h * w, block_p))
     _gate_products_kernel[grid](v, scale, shift, weight.float().contiguous(), products, p // 2, h * w, w,
-                                *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+                                *v.stride(), DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS,
+                                BLOCK_P=block_p,
+                                num_warps=NUM_WARPS)
     return products
 
 
@@ -160,7 +243,7 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
     out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
     block_p = min(256, triton.next_power_of_2(pixels))
     _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, bias.float().contiguous(), out, num_segments,
-                                                        height, width, BLOCK_P=block_p)
+                                                        height, width, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return out
 
 
@@ -171,27 +254,237 @@ def gate_map(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_wei
     return gate(gate_products(v, scale, shift, conv_weight), conv_bias, num_segments, h, w)
 
 
+@triton.jit
+def _gated_means_kernel(v_ptr, gate_ptr, means_ptr, half, pixels, width, s_n, s_c, s_h, s_w,
+                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``means[frame, 0, c] = mean(v[frame, c])`` and ``means[frame, 1, c] = mean(gate_k *
+    v[frame, c])`` over the pixels, ``k`` the group of channel ``c``: one pass over ``v``."""
+    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
+    frame, group = row // 2, row % 2
+    cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = cl < half
+    ch = group * half + cl
+    base = v_ptr + frame * s_n + ch[:, None] * s_c
+    total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    gated = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for p0 in range(0, pixels, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        p_mask = p < pixels
+        x = tl.load(base + ((p // width) * s_h + (p % width) * s_w)[None, :], mask=c_mask[:, None] & p_mask[None, :],
+                    other=0.0).to(tl.float32)
+        g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
+        total += x
+        gated += g * x
+    out = means_ptr + frame * 4 * half + ch
+    tl.store(out, tl.sum(total, axis=1) / pixels, mask=c_mask)
+    tl.store(out + 2 * half, tl.sum(gated, axis=1) / pixels, mask=c_mask)
+
+
+def gated_means(v: torch.Tensor, gate_map: torch.Tensor) -> torch.Tensor:
+    """The spatial means that the fusion weights need, ``(NT, 2, P)`` float32: row 0
+    ``mean(v)``, row 1 ``mean(g_k * v)`` for the channels of group ``k`` (the C++ gate op's
+    layout)."""
+    nt, p, h, w = v.shape
+    means = torch.empty((nt, 2, p), dtype=torch.float32, device=v.device)
+    block_p = _block_pixels(h * w)
+    _gated_means_kernel[(nt * 2, triton.cdiv(p // 2, BLOCK_CHANNELS))](
+        v, gate_map, means, p // 2, h * w, w, *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+        num_warps=NUM_WARPS)
+    return means
+
+
+@triton.jit
+def _mean_at(means_ptr, clip, t, c, row, k, num_segments, half, valid):
+    """``means[clip * T + t, row, k * half + c]``, 0 where not ``valid``."""
+    return tl.load(means_ptr + ((clip * num_segments + t) * 2 + row) * 2 * half + k * half + c, mask=valid, other=0.0)
+
+
+@triton.jit
+def _descriptors_at(means_ptr, clip, t, c, k, num_segments, half, t_mask, c_mask):
+    """Group ``k``'s two fusion descriptors at frames ``t``, channels ``c`` (zero outside the
+    clip and the group, the convs' padding): the shifted map's mean (``mean(g_k v)`` of frame
+    ``t + 1`` for group 0, ``t - 1`` for group 1) and the residual's, ``mean(v) - mean(g_k v)``."""
+    inside = t_mask & (t >= 0) & (t < num_segments) & c_mask & (c >= 0) & (c < half)
+    source = t + 1 - 2 * k
+    shifted = _mean_at(means_ptr, clip, source, c, 1, k, num_segments, half,
+                       inside & (source >= 0) & (source < num_segments))
+    residual = (_mean_at(means_ptr, clip, t, c, 0, k, num_segments, half, inside)
+                - _mean_at(means_ptr, clip, t, c, 1, k, num_segments, half, inside))
+    return shifted, residual
+
+
+@triton.jit
+def _fusion_weights_kernel(means_ptr, weight_ptr, bias_ptr, out_ptr, num_segments, half,
+                           BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out[clip, t, k, c] = sigmoid(bias[k] + sum_{i, dc, dt} weight[k, i, dc, dt] *
+    descriptor_i[t + dt - 1, c + dc - 1])``: group ``k``'s 3x3 fusion conv over (channel, time)."""
+    clip = tl.program_id(0) // 2
+    k = tl.program_id(0) % 2
+    t = tl.arange(0, BLOCK_T)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    t_mask, c_mask = t < num_segments, c < half
+    logits = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32) + tl.load(bias_ptr + k)
+    for dc in tl.static_range(3):
+        for dt in tl.static_range(3):
+            shifted, residual = _descriptors_at(means_ptr, clip, t + dt - 1, c + dc - 1, k, num_segments, half,
+                                                t_mask, c_mask)
+            logits += (tl.load(weight_ptr + k * 18 + dc * 3 + dt) * shifted
+                       + tl.load(weight_ptr + k * 18 + 9 + dc * 3 + dt) * residual)
+    out = out_ptr + ((clip * num_segments + t) * 2 + k) * half + c
+    tl.store(out, 1.0 / (1.0 + tl.exp(-logits)), mask=t_mask & c_mask)
+
+
+def _fusion_tiles(num_segments: int, half: int) -> tuple[int, int]:
+    """(frames, channels) of a fusion-weights tile: the whole clip, up to 4096 values."""
+    block_t = triton.next_power_of_2(num_segments)
+    return block_t, max(1, min(triton.next_power_of_2(half), 4096 // block_t))
+
+
+def fusion_weights(means: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """The fusion weights ``(N, T, 2, P/2)`` float32 from :func:`gated_means`' ``(NT, 2, P)``
+    and both groups' fusion convs (weight ``(2, 2, 3, 3)``, bias ``(2,)``)."""
+    nt, _, p = means.shape
+    half = p // 2
+    out = torch.empty((nt // num_segments, num_segments, 2, half), dtype=torch.float32, device=means.device)
+    block_t, block_c = _fusion_tiles(num_segments, half)
+    _fusion_weights_kernel[(nt // num_segments * 2, triton.cdiv(half, block_c))](
+        means, weight.float().contiguous(), bias.float().contiguous(), out, num_segments, half,
+        BLOCK_T=block_t, BLOCK_C=block_c)
+    return out
+
+
+@triton.jit
+def _grad_logits_at(grad_weights_ptr, weights_ptr, clip, t, c, k, num_segments, half, t_mask, c_mask):
+    """The fusion conv's output gradient (through the sigmoid) at frames ``t``, channels
+    ``c`` of group ``k``; zero outside the clip and the group."""
+    inside = t_mask & (t >= 0) & (t < num_segments) & c_mask & (c >= 0) & (c < half)
+    at = ((clip * num_segments + t) * 2 + k) * half + c
+    w = tl.load(weights_ptr + at, mask=inside, other=0.0)
+    return tl.load(grad_weights_ptr + at, mask=inside, other=0.0) * w * (1.0 - w)
+
+
+@triton.jit
+def _descriptor_gradient_at(grad_weights_ptr, weights_ptr, weight_ptr, clip, t, c, k, i, num_segments, half,
+                            t_mask, c_mask, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The gradient of group ``k``'s descriptor ``i`` at (``t``, ``c``): the fusion conv's
+    adjoint, a full correlation of the logits' gradient with the kernel."""
+    grad = tl.zeros([BLOCK_T, BLOCK_C], dtype=tl.float32)
+    for dc in tl.static_range(3):
+        for dt in tl.static_range(3):
+            grad += tl.load(weight_ptr + k * 18 + i * 9 + dc * 3 + dt) * _grad_logits_at(
+                grad_weights_ptr, weights_ptr, clip, t - dt + 1, c - dc + 1, k, num_segments, half, t_mask, c_mask)
+    return grad
+
+
+@triton.jit
+def _fusion_weights_backward_kernel(grad_weights_ptr, weights_ptr, means_ptr, weight_ptr, grad_means_ptr,
+                                    partials_ptr, num_segments, half,
+                                    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The adjoint of :func:`_fusion_weights_kernel`: the means' gradient ``(NT, 2, P)``
+    (each value computed where it lands, no scatter), and per program the partial sums of the
+    fusion conv's weight and bias gradients (19 numbers: ``(i, dc, dt)``, then the bias)."""
+    clip = tl.program_id(0) // 2
+    k = tl.program_id(0) % 2
+    t = tl.arange(0, BLOCK_T)[:, None]
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+    t_mask, c_mask = t < num_segments, c < half
+    mask = t_mask & c_mask
+    # mean(v) feeds the residual; mean(g_k v) the residual (negated) and, one frame over, the
+    # shifted map: group 0's frame t took frame t + 1's, group 1's frame t - 1's.
+    grad_residual = _descriptor_gradient_at(grad_weights_ptr, weights_ptr, weight_ptr, clip, t, c, k, 1,
+                                            num_segments, half, t_mask, c_mask, BLOCK_T, BLOCK_C)
+    taker = t - 1 + 2 * k
+    grad_shifted = _descriptor_gradient_at(grad_weights_ptr, weights_ptr, weight_ptr, clip, taker, c, k, 0,
+                                           num_segments, half, t_mask, c_mask, BLOCK_T, BLOCK_C)
+    grad_shifted = tl.where((taker >= 0) & (taker < num_segments), grad_shifted, 0.0)
+    out = grad_means_ptr + (clip * num_segments + t) * 4 * half + k * half + c
+    tl.store(out, grad_residual, mask=mask)
+    tl.store(out + 2 * half, grad_shifted - grad_residual, mask=mask)
+    grad_logits = _grad_logits_at(grad_weights_ptr, weights_ptr, clip, t, c, k, num_segments, half, t_mask, c_mask)
+    partials = partials_ptr + ((clip * tl.num_programs(1) + tl.program_id(1)) * 2 + k) * 19
+    for dc in tl.static_range(3):
+        for dt in tl.static_range(3):
+            shifted, residual = _descriptors_at(means_ptr, clip, t + dt - 1, c + dc - 1, k, num_segments, half,
+                                                t_mask, c_mask)
+            tl.store(partials + dc * 3 + dt, tl.sum(tl.sum(grad_logits * shifted, axis=1), axis=0))
+            tl.store(partials + 9 + dc * 3 + dt, tl.sum(tl.sum(grad_logits * residual, axis=1), axis=0))
+    tl.store(partials + 18, tl.sum(tl.sum(grad_logits, axis=1), axis=0))
+
+
+def fusion_weights_backward(grad_weights: torch.Tensor, weights: torch.Tensor, means: torch.Tensor,
+                            weight: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fusion_weights`' adjoint for the gradient ``(NT, 2, P/2)`` of its output:
+    ``(grad_means (NT, 2, P), grad_weight (2, 2, 3, 3), grad_bias (2,))``, float32."""
+    nt, _, p = means.shape
+    half, clips = p // 2, nt // num_segments
+    block_t, block_c = _fusion_tiles(num_segments, half)
+    tiles = triton.cdiv(half, block_c)
+    grad_means = torch.empty((nt, 2, p), dtype=torch.float32, device=means.device)
+    partials = torch.empty((clips * tiles, 2, 19), dtype=torch.float32, device=means.device)
+    _fusion_weights_backward_kernel[(clips * 2, tiles)](
+        grad_weights.contiguous(), weights, means, weight.float().contiguous(), grad_means, partials, num_segments,
+        half, BLOCK_T=block_t, BLOCK_C=block_c)
+    sums = partials.sum(dim=0)
+    return grad_means, sums[:, :18].reshape(2, 2, 3, 3), sums[:, 18]
+
+
+@triton.jit
+def _gate_gradient_kernel(grad_gate_ptr, v_ptr, gate_ptr, grad_means_ptr, half, pixels, width, s_n, s_c, s_h, s_w,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``grad_z = (grad_gate + sum_c grad_means[frame, 1, c] * v[frame, c] / (H*W)) * (1 -
+    gate**2)`` over group ``k``'s channels ``c``, written over ``grad_gate``."""
+    row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
+    frame, group = row // 2, row % 2
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_mask = p < pixels
+    pix = ((p // width) * s_h + (p % width) * s_w)[None, :]
+    total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, half, BLOCK_C):
+        cl = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cl < half
+        ch = group * half + cl
+        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=c_mask[:, None] & p_mask[None, :],
+                    other=0.0).to(tl.float32)
+        total += tl.load(grad_means_ptr + (frame * 2 + 1) * 2 * half + ch, mask=c_mask, other=0.0)[:, None] * x
+    g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)
+    grad = tl.load(grad_gate_ptr + row * pixels + p, mask=p_mask, other=0.0) + tl.sum(total, axis=0) / pixels
+    tl.store(grad_gate_ptr + row * pixels + p, grad * (1.0 - g * g), mask=p_mask)
+
+
+def gate_gradient(grad_gate: torch.Tensor, v: torch.Tensor, gate_map: torch.Tensor, grad_means: torch.Tensor,
+                  num_segments: int) -> None:
+    """The gradient of the gate's pre-activation, written over ``grad_gate`` ``(NT, 2, H*W)``
+    (the blend's gradient of the gate): the fusion means' share (``grad_means`` ``(NT, 2,
+    P)``, row 1) added, then through the tanh."""
+    nt, p, h, w = v.shape
+    block_p = _block_pixels(h * w)
+    _gate_gradient_kernel[(nt * 2, triton.cdiv(h * w, block_p))](
+        grad_gate, v, gate_map, grad_means, p // 2, h * w, w, *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+        num_warps=NUM_WARPS)
+
+
 def gate_and_weights(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
                      conv_bias: torch.Tensor, fusion_weight: torch.Tensor, fusion_bias: torch.Tensor,
                      num_segments: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """:func:`gate_map`, then the fusion weights ``(N, T, 2, P/2)`` in PyTorch operations (a
-    few numbers per frame and channel), and what :func:`fusion_backward` needs."""
-    from lightning_gsf import gsf
-
+    """:func:`gate_map`, its :func:`gated_means` and from them the :func:`fusion_weights`
+    ``(N, T, 2, P/2)``; the means are kept for :func:`fusion_backward`."""
     gate = gate_map(v, scale, shift, conv_weight, conv_bias, num_segments)
-    weights, saved = gsf._torch_fusion_weights(v, gate, fusion_weight, fusion_bias, num_segments, channels_last)
-    return gate, weights, saved
+    means = gated_means(v, gate)
+    return gate, fusion_weights(means, fusion_weight, fusion_bias, num_segments), (means,)
 
 
 def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torch.Tensor, gate: torch.Tensor,
                     weights: torch.Tensor, saved: tuple, fusion_weight: torch.Tensor, num_segments: int,
                     channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """Back through the fusion weights and the gate's tanh, in PyTorch operations: ``(grad_z,
-    grad_means (NT, 3, P), grad_fusion_weight, grad_fusion_bias)``."""
-    from lightning_gsf import gsf
-
-    return gsf._torch_fusion_backward(grad_weights, grad_gate, v, gate, saved, fusion_weight, num_segments,
-                                      channels_last)
+    """Back through the fusion weights and the gate's tanh: ``(grad_z (NT, 2, H*W),
+    grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``; ``grad_gate`` (the
+    blend's) is overwritten."""
+    (means,) = saved
+    grad_means, grad_fusion_weight, grad_fusion_bias = fusion_weights_backward(grad_weights, weights, means,
+                                                                               fusion_weight, num_segments)
+    gate_gradient(grad_gate, v, gate, grad_means, num_segments)
+    return (grad_gate, grad_means, grad_fusion_weight.to(fusion_weight.dtype),
+            grad_fusion_bias.to(fusion_weight.dtype))
 
 
 def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
@@ -259,7 +552,7 @@ def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: t
     copy_arg = copy if copy is not None else out
     _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h, w, *v.stride(),
                         *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,
-                        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+                        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
 
 
 @triton.jit
@@ -327,14 +620,15 @@ def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
     grad_weights = torch.empty((nt, 2, half, blocks), dtype=torch.float32, device=v.device)
     _blend_backward_kernel[(nt * 2, blocks)](
         grad_out, v, gate_map, weights, grad_v, grad_gate, grad_weights, num_segments, half, h, w, blocks,
-        *grad_out.stride(), *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+        *grad_out.stride(), *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad_v, grad_gate, grad_weights.sum(dim=-1)
 
 
 @triton.jit
 def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
                           grad_normed_ptr, grad_weight_ptr, sums_ptr, num_segments, half, height, width,
-                          num_pixel_blocks, s_n, s_c, s_h, s_w, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                          num_pixel_blocks, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
     pre-activation gradient): the gradient at the batch norm's output (``grad_normed``,
     float32 ``(NT, P, H*W)``), and per (frame, pixel block) partial sums of the conv weight's
@@ -379,8 +673,8 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
         w_mask = c_mask[:, None] & (taps < 27)[None, :]
         w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=w_mask, other=0.0)  # (BLOCK_C, 32)
-        grad_a = tl.dot(w, grad_taps, input_precision="ieee")
-        grad_w = tl.dot(a, tl.trans(grad_taps), input_precision="ieee")
+        grad_a = tl.dot(w, grad_taps, input_precision=DOT_PRECISION)
+        grad_w = tl.dot(a, tl.trans(grad_taps), input_precision=DOT_PRECISION)
         tl.store(grad_weight_ptr + ((program * 2 + group) * half + cl[:, None]) * 27 + taps[None, :], grad_w,
                  mask=w_mask)
         grad_normed = tl.where(mask & (normed > 0), grad_a, 0.0)
@@ -406,7 +700,7 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
     _gate_backward_kernel[(nt, 2, blocks)](
         v, mean, invstd, bn_weight.float().contiguous(), bn_bias.float().contiguous(), weight.float().contiguous(),
         grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, *v.stride(),
-        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+        DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     sums = sums.sum(dim=0)
     return grad_normed, grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
 
@@ -417,7 +711,7 @@ def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_
                            sv_n, sv_c, sv_h, sv_w, sx_n, sx_c, sx_h, sx_w,
                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``grad_x[:, :P] = grad_blend_v + coef * (grad_normed - centre - xhat * slope)`` (the
-    batch norm's backward) ``+ (grad_means[0] + grad_means[1 + k] * gate_k) / (H*W)`` (the
+    batch norm's backward) ``+ (grad_means[0] + grad_means[1] * gate_k) / (H*W)`` (the
     fusion weights' spatial means)."""
     row = tl.program_id(0).to(tl.int64)
     frame, group = row // 2, row % 2
@@ -442,8 +736,8 @@ def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_
     slope = tl.load(slope_ptr + ch, mask=c_mask, other=0.0)[:, None]
     grad += coef * (grad_normed - centre - (x - mean) * invstd * slope)
     g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
-    grad_mean_v = tl.load(grad_means_ptr + frame * 3 * channels + ch, mask=c_mask, other=0.0)[:, None]
-    grad_mean_y = tl.load(grad_means_ptr + (frame * 3 + 1 + group) * channels + ch, mask=c_mask, other=0.0)[:, None]
+    grad_mean_v = tl.load(grad_means_ptr + frame * 2 * channels + ch, mask=c_mask, other=0.0)[:, None]
+    grad_mean_y = tl.load(grad_means_ptr + (frame * 2 + 1) * channels + ch, mask=c_mask, other=0.0)[:, None]
     grad += (grad_mean_v + grad_mean_y * g) / pixels
     out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + (ph * sx_h + pw * sx_w)[None, :]
     tl.store(out, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
@@ -455,9 +749,9 @@ def input_gradient(v: torch.Tensor, grad_normed: torch.Tensor, grad_blend_v: tor
     """Write the gradient of GSF's input's first ``P`` channels into ``grad_x`` (any strides):
     the blend's ``grad_blend_v``, the batch norm's backward of ``grad_normed`` (per channel
     ``coef * (g - centre - xhat * slope)``) and the fusion means' ``grad_means``
-    ``(NT, 3, P)`` (columns ``[1, gate_1, gate_2] / (H*W)``)."""
+    ``(NT, 2, P)`` (of ``mean(v)`` and ``mean(g_k v)``)."""
     nt, p, h, w = v.shape
     grid, block_p = _tile_grid(nt, p // 2, h * w)
     _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, grad_means.float().contiguous(), gate_map, coef,
                                  centre, slope, mean, invstd, grad_x, p // 2, h, w, *v.stride(), *grad_x.stride(),
-                                 BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p)
+                                 BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)

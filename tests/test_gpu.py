@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_gsf import gsf as gsf_module
 from lightning_gsf.cli import main
 from lightning_gsf.gsf import GSF
 from lightning_gsf.model import VideoClassifier
@@ -68,13 +69,17 @@ def test_forward_on_cuda_takes_the_triton_path(cuda, monkeypatch):
     assert calls == [torch.device("cuda", torch.cuda.current_device())]
 
 
+@pytest.mark.parametrize("dot_precision", ["tf32x3", "ieee"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training, inplace, channels_last):
+def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, monkeypatch, training, inplace, channels_last,
+                                             dot_precision):
     """The compiled Triton kernels: values, input and parameter gradients and running
     statistics, on a ResNet stage-2-like map (64 processed channels: several channel tiles;
-    28x28: several pixel tiles)."""
+    28x28: several pixel tiles), with the gate conv's products in three TF32 products (the
+    default) and in float32 FMAs."""
+    monkeypatch.setattr(gsf_module._triton_kernels(), "DOT_PRECISION", dot_precision)
     torch.manual_seed(0)
     module = GSF(256, num_segments=8, ratio=0.25, inplace=inplace).to(cuda).train(training)
     with torch.no_grad():

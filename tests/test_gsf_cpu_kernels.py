@@ -38,6 +38,18 @@ def kernels():
     return built
 
 
+@pytest.fixture(params=["cpp", "triton"])
+def fusion_kernels(request, kernels):
+    """The fusion weights' kernels (``fusion_weights``, ``fusion_weights_backward``,
+    ``gate_gradient``; one interface) of the C++ set, or of the Triton set (under Triton's
+    interpreter on the CPU)."""
+    if request.param == "cpp":
+        return kernels
+    triton_kernels = gsf_module._triton_kernels()
+    assert triton_kernels is not None, "the Triton kernels need Triton (pip install triton)"
+    return triton_kernels
+
+
 class BlendContext:
     """The ``ctx`` that ``_GateShiftFuse.backward`` reads, for calling it directly."""
 
@@ -402,7 +414,7 @@ def test_gate_tanh_is_within_2e7_of_tanh(kernels):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("num_segments,processed", [(1, 8), (3, 4), (4, 16), (3, 72)])  # (72: vectors of 16 and a tail)
-def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channels_last):
+def test_fusion_weights_equal_torch_ops(fusion_kernels, num_segments, processed, channels_last):
     module = make_gsf(processed, num_segments, 1.0, seed=6)
     x, gate, _ = blend_operands(2, num_segments, processed, processed, (4, 3), channels_last, torch.float32)
     weight, bias = module._fusion_parameters()
@@ -411,8 +423,8 @@ def test_fusion_weights_equal_torch_ops(kernels, num_segments, processed, channe
         means, _ = gsf_module._spatial_means(x, gate, channels_last)  # (NT, [v, g_1 v, g_2 v], P)
         half = processed // 2
         own_gate = torch.cat([means[:, 1, :half], means[:, 2, half:]], dim=1)  # the gate op's (NT, 2, P)
-        actual = kernels.fusion_weights(torch.stack([means[:, 0], own_gate], dim=1), weight.contiguous(),
-                                        bias.contiguous(), num_segments)
+        actual = fusion_kernels.fusion_weights(torch.stack([means[:, 0], own_gate], dim=1), weight.contiguous(),
+                                               bias.contiguous(), num_segments)
     torch.testing.assert_close(actual, expected.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
 
 
@@ -482,8 +494,9 @@ def test_fusion_weights_sigmoid_over_a_dense_sweep(kernels):
         assert out[0, 0, k, -2:].isnan().all()
 
 
-@pytest.mark.parametrize("num_segments,processed", [(1, 8), (2, 4), (5, 12)])
-def test_fusion_weights_backward_equals_autograd(kernels, num_segments, processed):
+# (33, 144): Triton's tiles of 64 frames x 64 channels, two per group
+@pytest.mark.parametrize("num_segments,processed", [(1, 8), (2, 4), (5, 12), (33, 144)])
+def test_fusion_weights_backward_equals_autograd(fusion_kernels, num_segments, processed):
     """The means' and the fusion convs' gradients, against autograd through the plain-op
     twin in float64 (whose forward matches the kernel's too)."""
     generator = torch.Generator().manual_seed(num_segments + processed)
@@ -492,12 +505,12 @@ def test_fusion_weights_backward_equals_autograd(kernels, num_segments, processe
     weight = torch.randn(2, 2, 3, 3, generator=generator, dtype=torch.float64).requires_grad_()
     bias = torch.randn(2, generator=generator, dtype=torch.float64).requires_grad_()
     expected = fusion_weights_from_means(means, weight, bias, num_segments)
-    weights = kernels.fusion_weights(means.detach().float(), weight.detach().float(), bias.detach().float(),
-                                     num_segments)
+    weights = fusion_kernels.fusion_weights(means.detach().float(), weight.detach().float(), bias.detach().float(),
+                                            num_segments)
     torch.testing.assert_close(weights.double(), expected, rtol=1e-5, atol=1e-6)
     grad_weights = torch.randn(expected.shape, generator=generator, dtype=torch.float64)
     expected.backward(grad_weights)
-    grad_means, grad_weight, grad_bias = kernels.fusion_weights_backward(
+    grad_means, grad_weight, grad_bias = fusion_kernels.fusion_weights_backward(
         grad_weights.float().view(nt, 2, processed // 2), weights, means.detach().float(), weight.detach().float(),
         num_segments)
     torch.testing.assert_close(grad_means.double(), means.grad, rtol=1e-5, atol=1e-5)
@@ -508,7 +521,7 @@ def test_fusion_weights_backward_equals_autograd(kernels, num_segments, processe
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("size", [(1, 1), (5, 4), (3, 9)])
-def test_gate_gradient_adds_the_means_gradient_through_tanh(kernels, size, channels_last, dtype):
+def test_gate_gradient_adds_the_means_gradient_through_tanh(fusion_kernels, size, channels_last, dtype):
     """grad_z = (the blend's gate gradient + sum over group k's channels of the gradient of
     mean(g_k v) times v / (H*W)) * (1 - g^2), from a channel slice of the input."""
     (h, w), nt, p = size, 6, 12
@@ -521,7 +534,7 @@ def test_gate_gradient_adds_the_means_gradient_through_tanh(kernels, size, chann
     groups = v.double().reshape(nt, 2, p // 2, h * w)
     from_means = (grad_means[:, 1].double().view(nt, 2, p // 2, 1) * groups).sum(dim=2) / (h * w)
     expected = (grad_gate.double() + from_means) * (1 - gate.double() ** 2)
-    kernels.gate_gradient(grad_gate, v, gate, grad_means, 3)
+    fusion_kernels.gate_gradient(grad_gate, v, gate, grad_means, 3)
     torch.testing.assert_close(grad_gate.double(), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -28,6 +28,14 @@ def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, si
     check_path_matches_naive_spec("forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_triton_path_with_float32_products(monkeypatch, training):
+    """The gate conv's products in float32 FMAs (``DOT_PRECISION="ieee"``, the choice on
+    GPUs without TF32 tensor cores) rather than the default three TF32 products."""
+    monkeypatch.setattr(gsf_module._triton_kernels(), "DOT_PRECISION", "ieee")
+    check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 13, training)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -101,6 +109,73 @@ def test_triton_path_equals_reference_property(quarter, extra, num_segments, bat
     out_ref.square().sum().backward()
     assert_close_to_float64(x.grad, x_ref.grad)
     assert_close_to_float64(module.bn.running_var, reference.bn.running_var)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (13, 12)])  # (13x12: two pixel tiles)
+def test_gated_means_are_the_fusion_descriptors_means(size, dtype, channels_last):
+    """``gated_means``: per frame, ``mean(v)`` and ``mean(g_k v)`` over the pixels for the
+    channels of group ``k`` (36 per group: three channel tiles), from a channel slice."""
+    (h, w), nt, p = size, 4, 72
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(nt, p + 8, h, w, generator=generator).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    v = x[:, :p]
+    gate = torch.rand(nt, 2, h * w, generator=generator) * 2 - 1
+    means = gsf_module._triton_kernels().gated_means(v, gate)
+    values = v.double().reshape(nt, 2, p // 2, h * w)
+    expected_gated = (values * gate.double().view(nt, 2, 1, h * w)).mean(dim=-1).reshape(nt, p)
+    torch.testing.assert_close(means[:, 0].double(), values.mean(dim=-1).reshape(nt, p), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(means[:, 1].double(), expected_gated, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bn_mode", ["momentum_0.3", "cumulative", "untracked"])
+def test_triton_path_keeps_batch_norm_semantics(bn_mode):
+    """The batch statistics and their running averages as the module's batch norm has them
+    set: another momentum, the cumulative average (momentum None: the statistics' update in
+    PyTorch), none tracked; the numbers are the reference path's."""
+    module = make_gsf(16, 4, 0.5, seed=4).train()
+    if bn_mode == "momentum_0.3":
+        module.bn.momentum = 0.3
+    elif bn_mode == "cumulative":
+        module.bn.momentum = None
+        module.bn.num_batches_tracked.fill_(3)
+    else:
+        module.bn.track_running_stats = False
+        module.bn.running_mean = module.bn.running_var = module.bn.num_batches_tracked = None
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=4)
+    torch.testing.assert_close(module.forward_triton(x.clone()), reference.forward_reference(x.clone()),
+                               rtol=1e-5, atol=1e-5)
+    for name, buffer in module.bn.named_buffers():
+        torch.testing.assert_close(buffer, getattr(reference.bn, name), rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0], ids=["centred", "mean_300_std_0.01"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("frames", [3, 70])  # (70: three tiles of the per-frame sums)
+def test_batch_norm_statistics_equal_float64_and_batch_norm(frames, channels_last, offset):
+    """The mean and inverse std of a channel slice against float64 (two passes: values far
+    from zero do not cancel), and the running statistics' update against ``BatchNorm2d``'s."""
+    generator = torch.Generator().manual_seed(frames)
+    x = torch.randn(frames, 80, 3, 4, generator=generator) * (0.01 if offset else 1.0) + offset
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    v = x[:, :72]  # 72 channels: two tiles of the statistics kernel
+    batch_norm = torch.nn.BatchNorm2d(72, momentum=0.2).train()
+    torch.nn.init.uniform_(batch_norm.running_mean)
+    running_mean, running_var = batch_norm.running_mean.clone(), batch_norm.running_var.clone()
+    mean, invstd = gsf_module._triton_kernels().batch_norm_statistics(v, batch_norm.eps, running_mean, running_var,
+                                                                     0.2)
+    batch_norm(v)
+    expected_var = v.double().var(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), v.double().mean(dim=(0, 2, 3)), rtol=3e-7, atol=1e-6)
+    # (float32's rounding of the mean, squared, is ~1e-5 of a variance of 1e-4 around 300)
+    torch.testing.assert_close(invstd.double(), (expected_var + batch_norm.eps).rsqrt(), rtol=3e-5, atol=0)
+    torch.testing.assert_close(running_mean, batch_norm.running_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(running_var, batch_norm.running_var, rtol=1e-5, atol=1e-8)
 
 
 def test_forward_uses_triton_only_for_cuda_tensors(monkeypatch):

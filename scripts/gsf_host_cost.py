@@ -1,0 +1,103 @@
+"""What one GSF call costs the host (Python, PyTorch's dispatch, kernel launches) on a GPU.
+
+On a tiny feature map the GPU's work is negligible, so ``--calls`` calls issued back to back
+(one synchronisation at the end) take as long as the host needs to issue them. Reported in
+microseconds per call, for each of GSF's CUDA paths, in inference and as a training step
+(forward and backward), next to single launches of one Triton kernel and of small PyTorch
+operations; then a ``cProfile`` of the default path's training step, to show which Python
+functions the time goes to.
+
+    python scripts/gsf_host_cost.py --calls 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+from collections.abc import Callable
+
+import torch
+
+from lightning_gsf import gsf_kernels
+from lightning_gsf.gsf import GSF
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def host_us(call: Callable[[], object], calls: int) -> float:
+    for _ in range(5):
+        call()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--profile-rows", type=int, default=30)
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    module = GSF(64, num_segments=8, ratio=0.25).to(device)
+    x = torch.randn(16, 64, 8, 8, device=device)
+    grad = torch.randn_like(x)
+
+    def training_step(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            inp = x.clone().requires_grad_(True)
+            forward(inp).backward(grad)
+        return step
+
+    def inference(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                forward(x)
+        return step
+
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"host microseconds per call ({args.calls} calls back to back; {name}, "
+          f"torch {torch.__version__})")
+    module.train()
+    print(f"{'training step: x.clone() + forward + backward, nothing else':>62}: "
+          f"{host_us(training_step(lambda inp: inp * 1.0), args.calls):8.1f}")
+    for name in ("forward_triton", "forward_torch", "forward_reference"):
+        print(f"{'training step, ' + name:>62}: {host_us(training_step(getattr(module, name)), args.calls):8.1f}")
+    module.eval()
+    for name in ("forward_triton", "forward_torch", "forward_reference"):
+        print(f"{'inference, ' + name:>62}: {host_us(inference(getattr(module, name)), args.calls):8.1f}")
+    v = x[:, :16].contiguous()
+    gate = torch.rand(16, 2, 64, device=device)
+    weights = torch.rand(16, 2, 8, device=device)
+    out = torch.empty_like(v)
+    small = torch.randn(16, 3, 16, device=device)
+    print(f"{'one Triton launch (gsf_kernels.blend, 20 arguments)':>62}: "
+          f"{host_us(lambda: gsf_kernels.blend(v, gate, weights, out, 8), args.calls):8.1f}")
+    print(f"{'one Triton launch (gsf_kernels.gate, 6 arguments + allocation)':>62}: "
+          f"{host_us(lambda: gsf_kernels.gate(torch.empty(16, 2, 27, 64, device=device), module.conv3D.bias, 8, 8, 8), args.calls):8.1f}")
+    print(f"{'torch.add of two small tensors':>62}: {host_us(lambda: small + small, args.calls):8.1f}")
+    print(f"{'torch.bmm, small':>62}: {host_us(lambda: torch.bmm(small, small.transpose(1, 2)), args.calls):8.1f}")
+    print(f"{'torch.einsum, small':>62}: "
+          f"{host_us(lambda: torch.einsum('nij,nkj->nik', small, small), args.calls):8.1f}")
+    module.train()
+    step = training_step(module.forward_triton)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(args.calls):
+        step()
+    synchronize()
+    profiler.disable()
+    print(f"\ncProfile of {args.calls} training steps of forward_triton (tottime: the function's own time)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile_rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""GPU time of one GSF site under each launch setting of its Triton kernels.
+
+Each ResNet-50 stage's GSF (``--batch-size`` clips of ``--num-segments`` frames at
+``--input-size``) runs a training step (forward and backward) and an inference forward,
+captured as CUDA graphs: replays cost the kernels' time alone, whatever the host's launch
+overhead. Settings vary one at a time from the defaults of :mod:`lightning_gsf.gsf_kernels`:
+the gate conv's matrix-product precision, warps per program, the largest pixel tile. The
+last row weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel time per step.
+
+    python scripts/tune_gsf_kernels.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+from lightning_gsf import gsf_kernels
+from lightning_gsf.gsf import GSF
+
+STAGES = ((256, 4, 3), (512, 8, 4), (1024, 16, 6), (2048, 32, 3))  # channels, stride, blocks
+SETTINGS = {  # name -> (NUM_WARPS, MAX_BLOCK_PIXELS, DOT_PRECISION)
+    "default": (4, 128, "tf32x3"),
+    "float32 FMA": (4, 128, "ieee"),
+    "8 warps": (8, 128, "tf32x3"),
+    "256 px": (4, 256, "tf32x3"),
+    "2 warps, 64 px": (2, 64, "tf32x3"),
+}
+
+
+def replay_ms(step: Callable[[], None], replays: int) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # compiles the kernels for this setting and shape
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(replays):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / replays * 1e3
+
+
+def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: int) -> tuple[float, float]:
+    device = torch.device("cuda")
+    generator = torch.Generator().manual_seed(0)
+    module = GSF(channels, num_segments, 0.25).to(device)
+    x = torch.randn(frames, channels, size, size, generator=generator).to(device).requires_grad_()
+    grad = torch.randn(x.shape, generator=generator).to(device)
+
+    def train() -> None:
+        module.forward_triton(x).backward(grad)
+
+    def infer() -> None:
+        with torch.no_grad():
+            module.forward_triton(x)
+
+    module.train()
+    train_ms = replay_ms(train, replays)
+    module.eval()
+    return train_ms, replay_ms(infer, replays)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-segments", type=int, default=8)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA device")
+    torch.backends.cudnn.allow_tf32 = False  # (GSF's own kernels are what is timed)
+    frames = args.batch_size * args.num_segments
+    print(f"GSF site kernel time, ms (train: forward + backward / inference); {frames} frames, "
+          f"{args.input_size} px input, {torch.cuda.get_device_name()}")
+    print(f"{'setting':>16} " + " ".join(f"{f'{c}x{args.input_size // s}':>16}" for c, s, _ in STAGES)
+          + f" {'ResNet-50 total':>16}")
+    defaults = gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION
+    for name in args.settings:
+        gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION = SETTINGS[name]
+        cells, train_total, infer_total = [], 0.0, 0.0
+        for channels, stride, blocks in STAGES:
+            train_ms, infer_ms = site_ms(channels, args.input_size // stride, frames, args.num_segments,
+                                         args.replays)
+            train_total += blocks * train_ms
+            infer_total += blocks * infer_ms
+            cells.append(f"{train_ms:7.3f}/{infer_ms:7.3f}")
+        print(f"{name:>16} " + " ".join(f"{c:>16}" for c in cells) + f" {train_total:7.2f}/{infer_total:7.2f}",
+              flush=True)
+    gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION = defaults
+
+
+if __name__ == "__main__":
+    main()
