@@ -297,7 +297,9 @@ class GSF(nn.Module):
         if batch_statistics:
             mean, invstd = self._batch_statistics_through(kernels, x[:, :p])
         else:
-            mean, invstd = self.bn.running_mean.float(), torch.rsqrt(self.bn.running_var.float() + self.bn.eps)
+            bn = self.bn
+            mean = _as_dtype(bn.running_mean, torch.float32)
+            invstd = torch.rsqrt(_as_dtype(bn.running_var, torch.float32) + bn.eps)
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
@@ -597,8 +599,8 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
     nt, _, h, w = x.shape
     p, t = processed, num_segments
     v = x[:, :p]
-    scale = bn_weight.float() * invstd
-    shift = bn_bias.float() - mean * scale
+    scale = _as_dtype(bn_weight, torch.float32) * invstd
+    shift = _as_dtype(bn_bias, torch.float32) - mean * scale
     if channels_last is None:
         channels_last = _is_channels_last(x)
     # the gate (NT, 2, H*W) float32 and the fusion weights (N, T, 2, P/2)
@@ -676,14 +678,21 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
         grad_weights, grad_gate, v, gate, weights, fusion_saved, fusion_weight, t, channels_last)
     grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
         v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
-    coef = bn_weight.float() * invstd
+    coef = _as_dtype(bn_weight, torch.float32) * invstd
     if batch_statistics:  # the statistics' own gradient, over N*T*H*W values per channel
         centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
     else:
         centre = slope = torch.zeros_like(coef)
     kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
-    return (sum_grad_xhat.to(bn_weight.dtype), sum_grad.to(bn_bias.dtype), grad_conv_weight.to(conv_weight.dtype),
-            grad_z.sum(dim=(0, 2)).to(conv_weight.dtype), grad_fusion_weight, grad_fusion_bias)
+    return (_as_dtype(sum_grad_xhat, bn_weight.dtype), _as_dtype(sum_grad, bn_bias.dtype),
+            _as_dtype(grad_conv_weight, conv_weight.dtype), _as_dtype(grad_z.sum(dim=(0, 2)), conv_weight.dtype),
+            grad_fusion_weight, grad_fusion_bias)
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: ``t`` itself where it is, with no operation dispatched (the kernel
+    paths' glue runs per GSF and step; each dispatch costs the host microseconds)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:

@@ -61,6 +61,16 @@ def _dot_precision(device: torch.device) -> str:
     return DOT_PRECISION if _has_tf32(device) else "ieee"
 
 
+def _floats(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a dense float32 kernel operand: ``t`` itself where it is one already, with no
+    operation dispatched (each costs the host microseconds, per GSF and step)."""
+    return t if t.dtype == torch.float32 and t.is_contiguous() else _floats(t)
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _block_pixels(pixels: int) -> int:
     """Pixel tile: up to 128 pixels, but at least 8 tiles per map down to 32-pixel tiles, so
     that the small maps of late stages still give the GPU enough programs."""
@@ -205,7 +215,7 @@ def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, wei
     products = torch.empty((nt, 2, 27, h * w), dtype=torch.float32, device=v.device)
     block_p = _block_pixels(h * w)
     grid = (nt, 2, triton.cdiv(h * w, block_p))
-    _gate_products_kernel[grid](v, scale, shift, weight.float().contiguous(), products, p // 2, h * w, w,
+    _gate_products_kernel[grid](v, scale, shift, _floats(weight), products, p // 2, h * w, w,
                                 *v.stride(), DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS,
                                 BLOCK_P=block_p,
                                 num_warps=NUM_WARPS)
@@ -242,7 +252,7 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
     pixels = height * width
     out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
     block_p = min(256, triton.next_power_of_2(pixels))
-    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, bias.float().contiguous(), out, num_segments,
+    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, _floats(bias), out, num_segments,
                                                         height, width, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return out
 
@@ -348,7 +358,7 @@ def fusion_weights(means: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     out = torch.empty((nt // num_segments, num_segments, 2, half), dtype=torch.float32, device=means.device)
     block_t, block_c = _fusion_tiles(num_segments, half)
     _fusion_weights_kernel[(nt // num_segments * 2, triton.cdiv(half, block_c))](
-        means, weight.float().contiguous(), bias.float().contiguous(), out, num_segments, half,
+        means, _floats(weight), _floats(bias), out, num_segments, half,
         BLOCK_T=block_t, BLOCK_C=block_c)
     return out
 
@@ -422,7 +432,7 @@ def fusion_weights_backward(grad_weights: torch.Tensor, weights: torch.Tensor, m
     grad_means = torch.empty((nt, 2, p), dtype=torch.float32, device=means.device)
     partials = torch.empty((clips * tiles, 2, 19), dtype=torch.float32, device=means.device)
     _fusion_weights_backward_kernel[(clips * 2, tiles)](
-        grad_weights.contiguous(), weights, means, weight.float().contiguous(), grad_means, partials, num_segments,
+        grad_weights.contiguous(), weights, means, _floats(weight), grad_means, partials, num_segments,
         half, BLOCK_T=block_t, BLOCK_C=block_c)
     sums = partials.sum(dim=0)
     return grad_means, sums[:, :18].reshape(2, 2, 3, 3), sums[:, 18]
@@ -483,8 +493,8 @@ def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torc
     grad_means, grad_fusion_weight, grad_fusion_bias = fusion_weights_backward(grad_weights, weights, means,
                                                                                fusion_weight, num_segments)
     gate_gradient(grad_gate, v, gate, grad_means, num_segments)
-    return (grad_gate, grad_means, grad_fusion_weight.to(fusion_weight.dtype),
-            grad_fusion_bias.to(fusion_weight.dtype))
+    return (grad_gate, grad_means, _as_dtype(grad_fusion_weight, fusion_weight.dtype),
+            _as_dtype(grad_fusion_bias, fusion_weight.dtype))
 
 
 def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
@@ -698,7 +708,7 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
     grad_weight = torch.empty((nt * blocks, 2, p // 2, 27), dtype=torch.float32, device=v.device)
     sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
     _gate_backward_kernel[(nt, 2, blocks)](
-        v, mean, invstd, bn_weight.float().contiguous(), bn_bias.float().contiguous(), weight.float().contiguous(),
+        v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight),
         grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, *v.stride(),
         DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     sums = sums.sum(dim=0)
@@ -752,6 +762,6 @@ def input_gradient(v: torch.Tensor, grad_normed: torch.Tensor, grad_blend_v: tor
     ``(NT, 2, P)`` (of ``mean(v)`` and ``mean(g_k v)``)."""
     nt, p, h, w = v.shape
     grid, block_p = _tile_grid(nt, p // 2, h * w)
-    _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, grad_means.float().contiguous(), gate_map, coef,
+    _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, _floats(grad_means), gate_map, coef,
                                  centre, slope, mean, invstd, grad_x, p // 2, h, w, *v.stride(), *grad_x.stride(),
                                  BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)

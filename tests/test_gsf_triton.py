@@ -178,6 +178,64 @@ def test_batch_norm_statistics_equal_float64_and_batch_norm(frames, channels_las
     torch.testing.assert_close(running_var, batch_norm.running_var, rtol=1e-5, atol=1e-8)
 
 
+class RecordedLaunches:
+    """Stand-ins for the Triton kernels: each launch is recorded by name, nothing runs."""
+
+    def __init__(self, monkeypatch):
+        self.names = []
+        kernels = gsf_module._triton_kernels()
+        for name in dir(kernels):
+            if name.startswith("_") and name.endswith("_kernel") and hasattr(getattr(kernels, name), "__getitem__"):
+                monkeypatch.setattr(kernels, name, _Launcher(self.names, name[1:-len("_kernel")]))
+
+
+class _Launcher:
+    def __init__(self, names, name):
+        self.names, self.name = names, name
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.names.append(self.name)
+
+
+def top_level_aten_operations(step) -> int:
+    """The ATen operations that ``step`` dispatches from Python (not those inside others)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        step()
+    return sum(1 for event in profiler.events() if event.name.startswith("aten::")
+               and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::")))
+
+
+def test_triton_path_is_its_kernels_and_little_else(monkeypatch):
+    """On a GPU the host pays for every PyTorch operation around the kernels, per GSF and
+    step (~8 us each on an H200 machine's host, ~20 us per Triton launch): a training step
+    is the kernels below and at most 75 ATen operations (181 with the fusion weights in
+    PyTorch operations, as before), inference 5 kernels and at most 20 operations (the step's
+    own input copy, autograd's gradient sums and the test's ``* 1.0`` included)."""
+    module = make_gsf(64, 4, 0.25, seed=0).train()
+    x = make_input(2, 4, 64, 6, seed=0)
+    grad = torch.randn_like(x)
+    launches = RecordedLaunches(monkeypatch)
+
+    def training_step():
+        inp = x.clone().requires_grad_(True)
+        module.forward_triton(inp * 1.0).backward(grad)
+
+    def inference():
+        with torch.no_grad():
+            module.forward_triton(x)
+
+    training_step()  # (first calls: one-off work)
+    launches.names.clear()
+    assert top_level_aten_operations(training_step) <= 75
+    assert launches.names == ["channel_moments", "channel_moments", "batch_norm_statistics", "gate_products", "gate",
+                              "gated_means", "fusion_weights", "blend", "blend_backward", "fusion_weights_backward",
+                              "gate_gradient", "gate_backward", "input_gradient"]
+    module.eval()
+    launches.names.clear()
+    assert top_level_aten_operations(inference) <= 20
+    assert launches.names == ["gate_products", "gate", "gated_means", "fusion_weights", "blend"]
+
+
 def test_forward_uses_triton_only_for_cuda_tensors(monkeypatch):
     calls = []
     monkeypatch.setattr(GSF, "forward_triton", lambda self, x: calls.append(x) or x)
