@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The project's GPU checks in one go, for a machine with one CUDA GPU:
-#   1. the CUDA tests (`pytest -m gpu`),
-#   2. GSF per site (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation,
-#      literal spec),
+#   1. the CUDA tests (`pytest -m gpu`; the `gsf fit` one alone takes about a minute),
+#   2. what a GSF call costs the host (scripts/gsf_host_cost.py), where a ResNet-50 step's
+#      time goes, TSN next to GSF: eager, its kernels, as a CUDA graph (scripts/trace_gpu_step.py),
+#      the GSF kernels' time per launch setting (scripts/tune_gsf_kernels.py), and GSF per site
+#      (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation, literal spec),
 #   3. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px): float32 at 8 segments
 #      (GSF's default = Triton, its PyTorch-ops path, the literal spec) and 16, bf16 autocast,
 #      bf16 channels-last,
@@ -31,6 +33,9 @@ step() {  # step NAME COMMAND...: run, append to checks.log, remember the first 
 step gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step versions "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 step test_gpu "$python" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+step host_cost "$python" scripts/gsf_host_cost.py --calls 200
+step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch --steps 10
+step tune "$python" scripts/tune_gsf_kernels.py
 step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
        --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
