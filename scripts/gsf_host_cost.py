@@ -29,8 +29,8 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def host_us(call: Callable[[], object], calls: int) -> float:
-    for _ in range(5):
+def host_us(call: Callable[[], object], calls: int, warmup: int = 5) -> float:
+    for _ in range(warmup):
         call()
     synchronize()
     start = time.perf_counter()
@@ -43,6 +43,7 @@ def host_us(call: Callable[[], object], calls: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=5, help="calls before the timed ones")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
     args = parser.parse_args(argv)
@@ -63,30 +64,34 @@ def main(argv: list[str] | None = None) -> None:
                 forward(x)
         return step
 
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"host microseconds per call ({args.calls} calls back to back; {name}, "
+    def time_us(call: Callable[[], object]) -> float:
+        return host_us(call, args.calls, args.warmup)
+
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"host microseconds per call ({args.calls} calls back to back; {device_name}, "
           f"torch {torch.__version__})")
     module.train()
     print(f"{'training step: x.clone() + forward + backward, nothing else':>62}: "
-          f"{host_us(training_step(lambda inp: inp * 1.0), args.calls):8.1f}")
+          f"{time_us(training_step(lambda inp: inp * 1.0)):8.1f}")
     for name in ("forward_triton", "forward_torch", "forward_reference"):
-        print(f"{'training step, ' + name:>62}: {host_us(training_step(getattr(module, name)), args.calls):8.1f}")
+        print(f"{'training step, ' + name:>62}: {time_us(training_step(getattr(module, name))):8.1f}")
     module.eval()
     for name in ("forward_triton", "forward_torch", "forward_reference"):
-        print(f"{'inference, ' + name:>62}: {host_us(inference(getattr(module, name)), args.calls):8.1f}")
+        print(f"{'inference, ' + name:>62}: {time_us(inference(getattr(module, name))):8.1f}")
     v = x[:, :16].contiguous()
     gate = torch.rand(16, 2, 64, device=device)
     weights = torch.rand(16, 2, 8, device=device)
     out = torch.empty_like(v)
     small = torch.randn(16, 3, 16, device=device)
     print(f"{'one Triton launch (gsf_kernels.blend, 20 arguments)':>62}: "
-          f"{host_us(lambda: gsf_kernels.blend(v, gate, weights, out, 8), args.calls):8.1f}")
+          f"{time_us(lambda: gsf_kernels.blend(v, gate, weights, out, 8)):8.1f}")
+    products = torch.empty(16, 2, 27, 64, device=device)
     print(f"{'one Triton launch (gsf_kernels.gate, 6 arguments + allocation)':>62}: "
-          f"{host_us(lambda: gsf_kernels.gate(torch.empty(16, 2, 27, 64, device=device), module.conv3D.bias, 8, 8, 8), args.calls):8.1f}")
-    print(f"{'torch.add of two small tensors':>62}: {host_us(lambda: small + small, args.calls):8.1f}")
-    print(f"{'torch.bmm, small':>62}: {host_us(lambda: torch.bmm(small, small.transpose(1, 2)), args.calls):8.1f}")
+          f"{time_us(lambda: gsf_kernels.gate(products, module.conv3D.bias, 8, 8, 8)):8.1f}")
+    print(f"{'torch.add of two small tensors':>62}: {time_us(lambda: small + small):8.1f}")
+    print(f"{'torch.bmm, small':>62}: {time_us(lambda: torch.bmm(small, small.transpose(1, 2))):8.1f}")
     print(f"{'torch.einsum, small':>62}: "
-          f"{host_us(lambda: torch.einsum('nij,nkj->nik', small, small), args.calls):8.1f}")
+          f"{time_us(lambda: torch.einsum('nij,nkj->nik', small, small)):8.1f}")
     module.train()
     step = training_step(module.forward_triton)
     profiler = cProfile.Profile()

@@ -13,10 +13,9 @@ last row weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel tim
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
+from trace_gpu_step import graph_ms  # (scripts/, on the path when this script runs)
 
 from lightning_gsf import gsf_kernels
 from lightning_gsf.gsf import GSF
@@ -29,25 +28,6 @@ SETTINGS = {  # name -> (NUM_WARPS, MAX_BLOCK_PIXELS, DOT_PRECISION)
     "256 px": (4, 256, "tf32x3"),
     "2 warps, 64 px": (2, 64, "tf32x3"),
 }
-
-
-def replay_ms(step: Callable[[], None], replays: int) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # compiles the kernels for this setting and shape
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / replays * 1e3
 
 
 def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: int) -> tuple[float, float]:
@@ -65,9 +45,9 @@ def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: i
             module.forward_triton(x)
 
     module.train()
-    train_ms = replay_ms(train, replays)
+    train_ms = graph_ms(train, replays)  # (its warm-up compiles the kernels for this setting and shape)
     module.eval()
-    return train_ms, replay_ms(infer, replays)
+    return train_ms, graph_ms(infer, replays)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -25,6 +26,36 @@ def test_profile_gsf_prints_every_formulation_for_every_stage(capsys, monkeypatc
     assert stages == ["256x8x8", "512x4x4", "1024x2x2", "2048x1x1"] * 2
     totals = [line for line in output.splitlines() if line.strip().startswith("GSF ms per clip")]
     assert len(totals) == 2 and all(len(line.split()) == 4 + 3 for line in totals)
+
+
+def test_gsf_host_cost_dry_run_on_the_cpu(capsys, monkeypatch):
+    """``--device cpu`` (the Triton kernels under the interpreter): every row and the profile
+    of the Triton path's training step are printed."""
+    monkeypatch.setattr(sys, "argv", ["gsf_host_cost.py", "--device", "cpu", "--calls", "1", "--warmup", "0",
+                                      "--profile-rows", "3"])
+    runpy.run_path(str(SCRIPTS / "gsf_host_cost.py"), run_name="__main__")
+    output = capsys.readouterr().out
+    rows = [line.rsplit(":", 1)[0].strip() for line in output.splitlines() if line.rstrip()[-1:].isdigit()
+            and ":" in line and not line.lstrip()[:1].isdigit()]
+    assert rows[:7] == ["training step: x.clone() + forward + backward, nothing else",
+                        "training step, forward_triton", "training step, forward_torch",
+                        "training step, forward_reference", "inference, forward_triton", "inference, forward_torch",
+                        "inference, forward_reference"]
+    assert "cProfile of 1 training steps of forward_triton" in output
+
+
+@pytest.mark.parametrize("script", ["trace_gpu_step.py", "tune_gsf_kernels.py"])
+def test_gpu_profiling_scripts_say_they_need_a_gpu(script, capsys, monkeypatch):
+    """Without CUDA they stop with an argparse error naming what is missing (on a GPU
+    machine they run; their figures are in docs/performance.md)."""
+    if torch.cuda.is_available():
+        pytest.fail("this test checks the behaviour on a machine without CUDA")
+    monkeypatch.setattr(sys, "argv", [script])
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # (as when the script runs: its folder first)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(SCRIPTS / script), run_name="__main__")
+    assert exit_info.value.code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", ["gpu_checks.sh", "slurm_gsf.sbatch", "torchrun_gsf.sh"])
