@@ -624,9 +624,9 @@ def _kernel_forward(kernels: Any, x: torch.Tensor, mean: torch.Tensor, invstd: t
 
 class _KernelGSF(torch.autograd.Function):
     """:func:`_kernel_forward` with its backward in the same kernel set (the set's
-    ``backward``): the blend's adjoint, the fusion weights' (C++, or PyTorch for Triton's
-    set), then back through the gate conv, the ReLU and the batch norm, all summed into the
-    input gradient in one last kernel."""
+    ``backward``): the blend's adjoint, the fusion weights', then back through the gate
+    conv, the ReLU and the batch norm, all summed into the input gradient in one last
+    kernel."""
 
     @staticmethod
     def forward(ctx, x, kernels, mean, invstd, processed, num_segments, batch_statistics, inplace, bn_weight,
