@@ -522,14 +522,13 @@ class _CppKernels:
                         gate: torch.Tensor, weights: torch.Tensor, saved: tuple, fusion_weight: torch.Tensor,
                         num_segments: int, channels_last: bool) -> tuple[torch.Tensor, ...]:
         """Back through the fusion weights and the gate's tanh: ``(grad_z (NT, 2, H*W),
-        grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``; ``grad_gate`` (the
-        blend's) is overwritten."""
+        grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``, float32; ``grad_gate``
+        (the blend's) is overwritten. (``channels_last``: the kernel sets' shared interface.)"""
         (means,) = saved
         grad_means, grad_fusion_weight, grad_fusion_bias = self.ops.fusion_weights_backward(
             grad_weights.contiguous(), weights, means, fusion_weight.float().contiguous(), num_segments)
         self.ops.gate_gradient(grad_gate, v, gate, grad_means, num_segments)
-        return (grad_gate, grad_means, grad_fusion_weight.to(fusion_weight.dtype),
-                grad_fusion_bias.to(fusion_weight.dtype))
+        return grad_gate, grad_means, grad_fusion_weight, grad_fusion_bias
 
     def blend(self, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
               copy: torch.Tensor | None = None) -> None:
@@ -686,7 +685,7 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
     kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
     return (_as_dtype(sum_grad_xhat, bn_weight.dtype), _as_dtype(sum_grad, bn_bias.dtype),
             _as_dtype(grad_conv_weight, conv_weight.dtype), _as_dtype(grad_z.sum(dim=(0, 2)), conv_weight.dtype),
-            grad_fusion_weight, grad_fusion_bias)
+            _as_dtype(grad_fusion_weight, fusion_weight.dtype), _as_dtype(grad_fusion_bias, fusion_weight.dtype))
 
 
 def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

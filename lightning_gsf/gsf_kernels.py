@@ -44,7 +44,7 @@ import triton.language as tl
 # interpreter; scripts/tune_gsf_kernels.py times the alternatives on a GPU.
 BLOCK_CHANNELS = 16
 MAX_BLOCK_PIXELS = 128
-NUM_WARPS = 4
+NUM_WARPS = 4  # (the small kernels on per-frame and per-channel numbers keep Triton's default)
 # The gate conv's matrix products (forward and backward) on GPUs with TF32 tensor cores
 # (compute capability 8.0 and later): "tf32x3", three TF32 products per product, float32's
 # accuracy to ~1e-6 (13 % less GSF kernel time than float32 FMAs on an H200, see
@@ -54,7 +54,11 @@ DOT_PRECISION = "tf32x3"
 
 @functools.lru_cache(maxsize=None)
 def _has_tf32(device: torch.device) -> bool:
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 8
+    """NVIDIA GPUs from compute capability 8.0 on (ROCm's report capabilities too, but Triton's
+    AMD backend takes no "tf32x3"); the CPU, under the interpreter, emulates it."""
+    if device.type != "cuda":
+        return True
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def _dot_precision(device: torch.device) -> str:
@@ -64,11 +68,7 @@ def _dot_precision(device: torch.device) -> str:
 def _floats(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a dense float32 kernel operand: ``t`` itself where it is one already, with no
     operation dispatched (each costs the host microseconds, per GSF and step)."""
-    return t if t.dtype == torch.float32 and t.is_contiguous() else _floats(t)
-
-
-def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 def _block_pixels(pixels: int) -> int:
@@ -78,28 +78,16 @@ def _block_pixels(pixels: int) -> int:
 
 
 @triton.jit
-def _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The per-frame sums ``(frames, channels)`` at channels ``c`` summed over the frames."""
-    total = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, frames, BLOCK_R):
-        r = r0 + tl.arange(0, BLOCK_R)
-        total += tl.sum(tl.load(sums_ptr + r[:, None] * channels + c[None, :],
-                                mask=(r < frames)[:, None] & c_mask[None, :], other=0.0), axis=0)
-    return total
-
-
-@triton.jit
-def _channel_moments_kernel(v_ptr, sums_ptr, out_ptr, channels, pixels, width, frames, count,
-                            s_n, s_c, s_h, s_w, CENTERED: tl.constexpr, BLOCK_R: tl.constexpr,
-                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _channel_moments_kernel(v_ptr, mean_ptr, out_ptr, channels, pixels, width, s_n, s_c, s_h, s_w,
+                            CENTERED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Per frame and channel: the sum of ``v`` over the pixels, or (``CENTERED``) of ``(v -
-    mean)**2``, the mean from the first pass's per-frame ``sums``."""
+    mean)**2``."""
     frame = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
     base = v_ptr + frame * s_n + c[:, None] * s_c
     if CENTERED:
-        center = _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
+        center = tl.load(mean_ptr + c, mask=c_mask, other=0.0)
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for p0 in range(0, pixels, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
@@ -115,66 +103,76 @@ def _channel_moments_kernel(v_ptr, sums_ptr, out_ptr, channels, pixels, width, f
 
 
 @triton.jit
-def _batch_norm_statistics_kernel(sums_ptr, squares_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels,
-                                  frames, count, eps, momentum, variance_momentum, UPDATE: tl.constexpr,
+def _batch_norm_statistics_kernel(sums_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels, frames, count,
+                                  eps, momentum, variance_momentum, FINAL: tl.constexpr, UPDATE: tl.constexpr,
                                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``stats = [mean, 1 / sqrt(var + eps)]`` per channel from the two passes' per-frame
-    sums; with ``UPDATE`` the running statistics too, as ``BatchNorm`` does
-    (``running = (1 - momentum) * running + momentum * batch``, the variance unbiased)."""
+    """Per channel, from a pass's per-frame ``sums`` ``(frames, channels)``: the mean
+    (``stats[0]``, after the first pass), or (``FINAL``, after the second) the biased
+    variance and ``1 / sqrt(var + eps)`` (``stats[1]``, ``stats[2]``) and, with ``UPDATE``,
+    the running statistics as ``BatchNorm`` updates them (``running = (1 - momentum) *
+    running + momentum * batch``, the variance unbiased)."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
-    mean = _frame_sums(sums_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
-    var = _frame_sums(squares_ptr, c, c_mask, channels, frames, BLOCK_R, BLOCK_C) / count
-    tl.store(stats_ptr + c, mean, mask=c_mask)
-    tl.store(stats_ptr + channels + c, 1.0 / tl.sqrt(var + eps), mask=c_mask)
-    if UPDATE:
-        running_mean = tl.load(running_mean_ptr + c, mask=c_mask, other=0.0)
-        running_var = tl.load(running_var_ptr + c, mask=c_mask, other=0.0)
-        tl.store(running_mean_ptr + c, running_mean * (1.0 - momentum) + mean * momentum, mask=c_mask)
-        tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + var * variance_momentum, mask=c_mask)
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, frames, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        total += tl.sum(tl.load(sums_ptr + r[:, None] * channels + c[None, :],
+                                mask=(r < frames)[:, None] & c_mask[None, :], other=0.0), axis=0)
+    value = total / count
+    if FINAL:
+        tl.store(stats_ptr + channels + c, value, mask=c_mask)
+        tl.store(stats_ptr + 2 * channels + c, 1.0 / tl.sqrt(value + eps), mask=c_mask)
+        if UPDATE:
+            mean = tl.load(stats_ptr + c, mask=c_mask, other=0.0)
+            running_mean = tl.load(running_mean_ptr + c, mask=c_mask, other=0.0)
+            running_var = tl.load(running_var_ptr + c, mask=c_mask, other=0.0)
+            tl.store(running_mean_ptr + c, running_mean * (1.0 - momentum) + mean * momentum, mask=c_mask)
+            tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + value * variance_momentum, mask=c_mask)
+    else:
+        tl.store(stats_ptr + c, value, mask=c_mask)
 
 
-_BLOCK_FRAMES = 32  # frames per tile where the per-frame sums are summed
+_STATISTICS_TILE = (32, 64)  # (frames, channels) of the statistics kernel's tiles
 
 
-def _moment_sums(v: torch.Tensor) -> torch.Tensor:
-    """The two passes' per-frame sums ``(2, NT, P)`` float32: of ``v``, then of its squared
-    deviations from the batch mean."""
+def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                momentum: float) -> torch.Tensor:
+    """``(3, P)`` float32: the batch mean, biased variance and ``1 / sqrt(var + eps)`` per
+    channel of ``v`` ``(NT, P, H, W)``, in two passes over ``v`` (the sum, then the squared
+    deviations from the mean), each summed over the frames by the statistics kernel."""
     nt, p, h, w = v.shape
-    grid = (nt, triton.cdiv(p, BLOCK_CHANNELS))
+    count = nt * h * w
     sums = torch.empty((2, nt, p), dtype=torch.float32, device=v.device)
-    for centered in (False, True):
-        _channel_moments_kernel[grid](v, sums[0], sums[int(centered)], p, h * w, w, nt, nt * h * w, *v.stride(),
-                                      CENTERED=centered, BLOCK_R=_BLOCK_FRAMES, BLOCK_C=BLOCK_CHANNELS,
-                                      BLOCK_P=_block_pixels(h * w), num_warps=NUM_WARPS)
-    return sums
+    stats = torch.empty((3, p), dtype=torch.float32, device=v.device)
+    block_r, block_c = _STATISTICS_TILE
+    for final in (False, True):
+        # (the first pass reads no mean: ``stats`` is passed for the pointer only)
+        _channel_moments_kernel[(nt, triton.cdiv(p, BLOCK_CHANNELS))](
+            v, stats, sums[int(final)], p, h * w, w, *v.stride(), CENTERED=final, BLOCK_C=BLOCK_CHANNELS,
+            BLOCK_P=_block_pixels(h * w), num_warps=NUM_WARPS)
+        update = final and running_mean is not None
+        _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
+            sums[int(final)], stats, running_mean if update else stats, running_var if update else stats, p, nt,
+            count, eps, momentum, momentum * count / (count - 1), FINAL=final, UPDATE=update, BLOCK_R=block_r,
+            BLOCK_C=block_c)
+    return stats
 
 
 def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``v`` ``(NT, P, H, W)``, in float32: two
-    passes (sum, then squared deviations from the mean), per-frame partial sums."""
-    nt, _, h, w = v.shape
-    sums = _moment_sums(v).sum(dim=1) / (nt * h * w)
-    return sums[0], sums[1]
+    """Per-channel mean and biased variance of ``v`` ``(NT, P, H, W)``, in float32."""
+    stats = _statistics(v, 1.0, None, None, 0.0)  # (an eps for the unused inverse std)
+    return stats[0], stats[1]
 
 
 def batch_norm_statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None = None,
                           running_var: torch.Tensor | None = None,
                           momentum: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's per-channel mean and inverse standard deviation ``1 / sqrt(var + eps)``
-    (float32; :func:`channel_moments`' two passes) in three kernels, and where given the
-    running statistics (dense float32, updated in place with ``momentum`` as ``BatchNorm``
-    does; its ``num_batches_tracked`` is the caller's)."""
-    nt, p, h, w = v.shape
-    count = nt * h * w
-    sums = _moment_sums(v)
-    stats = torch.empty((2, p), dtype=torch.float32, device=v.device)
-    update = running_mean is not None
-    block_c = 64
-    _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
-        sums[0], sums[1], stats, running_mean if update else stats, running_var if update else stats, p, nt, count,
-        eps, momentum, momentum * count / (count - 1), UPDATE=update, BLOCK_R=_BLOCK_FRAMES, BLOCK_C=block_c)
-    return stats[0], stats[1]
+    (float32) in four kernels, and where given the running statistics (dense float32,
+    updated in place with ``momentum`` as ``BatchNorm`` does; its ``num_batches_tracked`` is
+    the caller's)."""
+    stats = _statistics(v, eps, running_mean, running_var, momentum)
+    return stats[0], stats[2]
 
 
 @triton.jit
@@ -477,7 +475,8 @@ def gate_and_weights(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, 
                      conv_bias: torch.Tensor, fusion_weight: torch.Tensor, fusion_bias: torch.Tensor,
                      num_segments: int, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """:func:`gate_map`, its :func:`gated_means` and from them the :func:`fusion_weights`
-    ``(N, T, 2, P/2)``; the means are kept for :func:`fusion_backward`."""
+    ``(N, T, 2, P/2)``; the means are kept for :func:`fusion_backward`. (``channels_last``:
+    the kernel sets' shared interface; these kernels read any strides.)"""
     gate = gate_map(v, scale, shift, conv_weight, conv_bias, num_segments)
     means = gated_means(v, gate)
     return gate, fusion_weights(means, fusion_weight, fusion_bias, num_segments), (means,)
@@ -487,14 +486,13 @@ def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torc
                     weights: torch.Tensor, saved: tuple, fusion_weight: torch.Tensor, num_segments: int,
                     channels_last: bool) -> tuple[torch.Tensor, ...]:
     """Back through the fusion weights and the gate's tanh: ``(grad_z (NT, 2, H*W),
-    grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``; ``grad_gate`` (the
-    blend's) is overwritten."""
+    grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``, float32; ``grad_gate``
+    (the blend's) is overwritten. (``channels_last``: the kernel sets' shared interface.)"""
     (means,) = saved
     grad_means, grad_fusion_weight, grad_fusion_bias = fusion_weights_backward(grad_weights, weights, means,
                                                                                fusion_weight, num_segments)
     gate_gradient(grad_gate, v, gate, grad_means, num_segments)
-    return (grad_gate, grad_means, _as_dtype(grad_fusion_weight, fusion_weight.dtype),
-            _as_dtype(grad_fusion_bias, fusion_weight.dtype))
+    return grad_gate, grad_means, grad_fusion_weight, grad_fusion_bias
 
 
 def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,

@@ -104,6 +104,28 @@ def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, monkeypat
         torch.testing.assert_close(fast, expected, atol=1e-5 * scale, rtol=1e-4, msg=f"result {index}")
 
 
+@pytest.mark.parametrize("channels,num_segments,clips,size", [(64, 1, 4, 9), (576, 33, 2, 7)],
+                         ids=["one_segment", "33_segments_two_fusion_tiles"])
+def test_triton_gsf_equals_reference_on_cuda_at_the_fusion_tiles_edges(cuda, float32_arithmetic, channels,
+                                                                       num_segments, clips, size):
+    """One segment (tiles of one frame), and 33 segments with 72 channels per group (the
+    fusion kernels' tiles of 64 frames x 64 channels, two per group): values and gradients."""
+    torch.manual_seed(1)
+    module = GSF(channels, num_segments=num_segments, ratio=0.25).to(cuda).train()
+    reference = copy.deepcopy(module)
+    x = torch.randn(clips * num_segments, channels, size, size, device=cuda)
+    upstream = torch.randn(x.shape, device=cuda)
+    results = []
+    for gsf, forward in ((module, module.forward_triton), (reference, reference.forward_reference)):
+        inp = x.clone().requires_grad_(True)
+        out = forward(inp * 1.0)
+        (out * upstream).sum().backward()
+        results.append([out.detach(), inp.grad, *(p.grad for p in gsf.parameters()), gsf.bn.running_var])
+    for index, (fast, expected) in enumerate(zip(*results)):
+        scale = max(1.0, expected.abs().max().item())
+        torch.testing.assert_close(fast, expected, atol=1e-5 * scale, rtol=1e-4, msg=f"result {index}")
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 def test_triton_gsf_without_autograd_on_cuda(cuda, float32_arithmetic, inplace):
     torch.manual_seed(0)
