@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch.autograd.profiler_util import EventList
 from torch.profiler import ProfilerActivity, profile
 
 from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, build_model, loss_of, make_batch
@@ -59,14 +60,16 @@ def eager_ms(step: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def kernel_ms(step: Callable[[], None], steps: int) -> tuple[float, profile]:
+def kernel_ms(step: Callable[[], None], steps: int) -> tuple[float, EventList]:
+    """The step's summed GPU kernel time in ms, and the profile's per-operation averages."""
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    total_us = sum(event.self_device_time_total for event in prof.key_averages()
+    averages = prof.key_averages()  # (computed once: it walks every event)
+    total_us = sum(event.self_device_time_total for event in averages
                    if event.device_type == torch.autograd.DeviceType.CUDA)
-    return total_us / steps / 1e3, prof
+    return total_us / steps / 1e3, averages
 
 
 def graph_ms(step: Callable[[], None], steps: int) -> float:
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
             for _ in range(3):  # warm-up: cuDNN's choices, Triton's compilation
                 step()
             figures: dict[str, float | None] = {"eager": eager_ms(step, args.steps)}
-            figures["kernels"], prof = kernel_ms(step, args.steps)
+            figures["kernels"], averages = kernel_ms(step, args.steps)
             try:
                 figures["graph"] = graph_ms(step, args.steps)
             except RuntimeError:
@@ -125,9 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             logger.info("%s %s: %s", variant, kind, figures)
             if variant != "none":
                 print(f"\n== {variant} {kind}: costliest GPU kernels")
-                print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=args.top))
+                print(averages.table(sort_by="self_device_time_total", row_limit=args.top))
                 print(f"\n== {variant} {kind}: costliest host operations")
-                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+                print(averages.table(sort_by="self_cpu_time_total", row_limit=args.top))
         del model
         torch.cuda.empty_cache()
     print(f"\nms per step ({args.backbone}, {args.batch_size} clips x {args.num_segments} frames, "

@@ -5,7 +5,8 @@ Each ResNet-50 stage's GSF (``--batch-size`` clips of ``--num-segments`` frames 
 captured as CUDA graphs: replays cost the kernels' time alone, whatever the host's launch
 overhead. Settings vary one at a time from the defaults of :mod:`lightning_gsf.gsf_kernels`:
 the gate conv's matrix-product precision, warps per program, the largest pixel tile. The
-last row weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel time per step.
+last column weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel time per step.
+Then the training step of the first and last stages, profiled kernel by kernel.
 
     python scripts/tune_gsf_kernels.py
 """
@@ -13,8 +14,10 @@ last row weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel tim
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from trace_gpu_step import graph_ms  # (scripts/, on the path when this script runs)
 
 from lightning_gsf import gsf_kernels
@@ -30,7 +33,8 @@ SETTINGS = {  # name -> (NUM_WARPS, MAX_BLOCK_PIXELS, DOT_PRECISION)
 }
 
 
-def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: int) -> tuple[float, float]:
+def site_steps(channels: int, size: int, frames: int, num_segments: int) -> tuple[GSF, Callable, Callable]:
+    """One stage's GSF on CUDA and its training step (forward and backward) and inference."""
     device = torch.device("cuda")
     generator = torch.Generator().manual_seed(0)
     module = GSF(channels, num_segments, 0.25).to(device)
@@ -44,10 +48,30 @@ def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: i
         with torch.no_grad():
             module.forward_triton(x)
 
+    return module, train, infer
+
+
+def site_ms(channels: int, size: int, frames: int, num_segments: int, replays: int) -> tuple[float, float]:
+    module, train, infer = site_steps(channels, size, frames, num_segments)
     module.train()
     train_ms = graph_ms(train, replays)  # (its warm-up compiles the kernels for this setting and shape)
     module.eval()
     return train_ms, graph_ms(infer, replays)
+
+
+def print_kernel_times(channels: int, size: int, frames: int, num_segments: int, steps: int) -> None:
+    """Each kernel's GPU time in one stage's training step (the default setting; kernel
+    durations are the device's, whatever the host's pace)."""
+    module, train, _ = site_steps(channels, size, frames, num_segments)
+    module.train()
+    for _ in range(3):
+        train()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            train()
+        torch.cuda.synchronize()
+    print(f"\nkernels of the {channels}x{size} site's training step, {steps} steps")
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=20))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--kernel-stages", nargs="*", type=int, default=[1, 4], choices=[1, 2, 3, 4],
+                        help="stages whose training step is then profiled kernel by kernel")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device")
@@ -79,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:>16} " + " ".join(f"{c:>16}" for c in cells) + f" {train_total:7.2f}/{infer_total:7.2f}",
               flush=True)
     gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION = defaults
+    for stage in args.kernel_stages:
+        channels, stride, _ = STAGES[stage - 1]
+        print_kernel_times(channels, args.input_size // stride, frames, args.num_segments, args.replays)
 
 
 if __name__ == "__main__":
