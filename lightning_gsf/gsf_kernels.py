@@ -23,6 +23,14 @@ backward
     backward needs), :func:`input_gradient` (the batch norm's backward and the fusion weights'
     means, summed with the blend's gradient into the input gradient).
 
+Where a map's rows lie one after the other (NCHW and channels-last maps, not crops) a kernel
+addresses pixel ``p`` as ``p`` times the pixel stride, with no division into row and column,
+and loads runs of pixels as vectors. A kernel whose programs loop over the pixels (the
+statistics, the means) or over the channels (the gate conv's products, the blend's and the
+gate's backward) cuts that loop across more programs where its grid has fewer than
+:data:`MIN_PROGRAMS` (stage 1's few large maps, stage 4's many channels), the partial sums
+added after.
+
 Index conventions are those of :mod:`lightning_gsf.gsf`: ``v`` is ``(N*T, P, H, W)``, groups
 of ``P/2`` channels, the gate ``(N*T, 2, H*W)``, the means ``(N*T, 2, P)`` and the fusion weights
 ``(N*T, 2, P/2)`` as dense float32 tensors. Importing this module needs Triton; the kernels run on
@@ -45,6 +53,11 @@ import triton.language as tl
 BLOCK_CHANNELS = 16
 MAX_BLOCK_PIXELS = 128
 NUM_WARPS = 4  # (the small kernels on per-frame and per-channel numbers keep Triton's default)
+# Programs per launch that a kernel looping over pixels or channels aims for: such a loop is cut
+# across more programs (partial results summed after) where the grid alone has fewer, as the
+# reductions over the pixels of stage 1's large maps and the loops over stage 4's many channels
+# have (a few hundred programs for 132 SMs). 0: no loop is cut.
+MIN_PROGRAMS = 1024
 # The gate conv's matrix products (forward and backward) on GPUs with TF32 tensor cores
 # (compute capability 8.0 and later): "tf32x3", three TF32 products per product, float32's
 # accuracy to ~1e-6 (13 % less GSF kernel time than float32 FMAs on an H200, see
@@ -77,11 +90,38 @@ def _block_pixels(pixels: int) -> int:
     return min(MAX_BLOCK_PIXELS, max(32, triton.next_power_of_2(pixels // 8)))
 
 
+def _split(programs: int, blocks: int, block: int) -> tuple[int, int]:
+    """``(splits, items)``: a loop over ``blocks`` blocks of ``block`` items (pixels or channels),
+    run by each of ``programs`` programs, cut into ``splits`` programs of ``items`` items each
+    (whole blocks, the last run possibly shorter), at least as many as bring the launch to
+    :data:`MIN_PROGRAMS` programs, at most one per block."""
+    per_split = max(1, blocks // max(1, min(blocks, triton.cdiv(MIN_PROGRAMS, programs))))
+    return triton.cdiv(blocks, per_split), per_split * block
+
+
+def _flat_pixels(*maps: torch.Tensor) -> bool:
+    """Whether each ``(N, C, H, W)`` map's pixels lie at one stride, row after row (NCHW and
+    channels-last alike): the kernels then address pixel ``p`` as ``p * stride``, with no
+    division into row and column, and load neighbouring pixels as vectors."""
+    return all(m.shape[2] == 1 or m.stride(2) == m.shape[3] * m.stride(3) for m in maps)
+
+
 @triton.jit
-def _channel_moments_kernel(v_ptr, mean_ptr, out_ptr, channels, pixels, width, s_n, s_c, s_h, s_w,
-                            CENTERED: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Per frame and channel: the sum of ``v`` over the pixels, or (``CENTERED``) of ``(v -
-    mean)**2``."""
+def _pixel_offsets(p, width, s_h, s_w, FLAT: tl.constexpr):
+    """The offsets of the (row-major) pixels ``p`` in a map of pixel strides ``(s_h, s_w)``."""
+    if FLAT:
+        offsets = p * s_w
+    else:
+        offsets = (p // width) * s_h + (p % width) * s_w
+    return offsets
+
+
+@triton.jit
+def _channel_moments_kernel(v_ptr, mean_ptr, out_ptr, channels, pixels, width, s_n, s_c, s_h, s_w, split_pixels,
+                            CENTERED: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr,
+                            BLOCK_P: tl.constexpr):
+    """Per frame, channel and run of ``split_pixels`` pixels (the ``program_id(2)``-th): the sum of
+    ``v``, or (``CENTERED``) of ``(v - mean)**2``, at row ``split * frames + frame`` of ``out``."""
     frame = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
@@ -89,25 +129,27 @@ def _channel_moments_kernel(v_ptr, mean_ptr, out_ptr, channels, pixels, width, s
     if CENTERED:
         center = tl.load(mean_ptr + c, mask=c_mask, other=0.0)
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for p0 in range(0, pixels, BLOCK_P):
+    start = tl.program_id(2) * split_pixels  # (runs of whole tiles: only the map's end is masked)
+    for p0 in range(start, tl.minimum(start + split_pixels, pixels), BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = c_mask[:, None] & (p < pixels)[None, :]
-        x = tl.load(base + ((p // width) * s_h + (p % width) * s_w)[None, :], mask=mask, other=0.0)
+        x = tl.load(base + _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :], mask=mask, other=0.0)
         x = x.to(tl.float32)
         if CENTERED:
             d = tl.where(mask, x - center[:, None], 0.0)
             acc += tl.sum(d * d, axis=1)
         else:
             acc += tl.sum(x, axis=1)
-    tl.store(out_ptr + frame * channels + c, acc, mask=c_mask)
+    row = tl.program_id(2) * tl.num_programs(0) + frame
+    tl.store(out_ptr + row * channels + c, acc, mask=c_mask)
 
 
 @triton.jit
 def _batch_norm_statistics_kernel(sums_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels, frames, count,
                                   eps, momentum, variance_momentum, FINAL: tl.constexpr, UPDATE: tl.constexpr,
                                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per channel, from a pass's per-frame ``sums`` ``(frames, channels)``: the mean
-    (``stats[0]``, after the first pass), or (``FINAL``, after the second) the biased
+    """Per channel, from a pass's partial ``sums`` (``frames`` rows, ``channels`` columns): the
+    mean (``stats[0]``, after the first pass), or (``FINAL``, after the second) the biased
     variance and ``1 / sqrt(var + eps)`` (``stats[1]``, ``stats[2]``) and, with ``UPDATE``,
     the running statistics as ``BatchNorm`` updates them (``running = (1 - momentum) *
     running + momentum * batch``, the variance unbiased)."""
@@ -139,22 +181,25 @@ def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, 
                 momentum: float) -> torch.Tensor:
     """``(3, P)`` float32: the batch mean, biased variance and ``1 / sqrt(var + eps)`` per
     channel of ``v`` ``(NT, P, H, W)``, in two passes over ``v`` (the sum, then the squared
-    deviations from the mean), each summed over the frames by the statistics kernel."""
+    deviations from the mean), each summed per frame and run of pixels, then over those by the
+    statistics kernel."""
     nt, p, h, w = v.shape
     count = nt * h * w
-    sums = torch.empty((2, nt, p), dtype=torch.float32, device=v.device)
+    block_p, tiles = _block_pixels(h * w), triton.cdiv(p, BLOCK_CHANNELS)
+    splits, split_pixels = _split(nt * tiles, triton.cdiv(h * w, block_p), block_p)
+    sums = torch.empty((2, splits * nt, p), dtype=torch.float32, device=v.device)
     stats = torch.empty((3, p), dtype=torch.float32, device=v.device)
     block_r, block_c = _STATISTICS_TILE
     for final in (False, True):
         # (the first pass reads no mean: ``stats`` is passed for the pointer only)
-        _channel_moments_kernel[(nt, triton.cdiv(p, BLOCK_CHANNELS))](
-            v, stats, sums[int(final)], p, h * w, w, *v.stride(), CENTERED=final, BLOCK_C=BLOCK_CHANNELS,
-            BLOCK_P=_block_pixels(h * w), num_warps=NUM_WARPS)
+        _channel_moments_kernel[(nt, tiles, splits)](
+            v, stats, sums[int(final)], p, h * w, w, *v.stride(), split_pixels, CENTERED=final,
+            FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
         update = final and running_mean is not None
         _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
-            sums[int(final)], stats, running_mean if update else stats, running_var if update else stats, p, nt,
-            count, eps, momentum, momentum * count / (count - 1), FINAL=final, UPDATE=update, BLOCK_R=block_r,
-            BLOCK_C=block_c)
+            sums[int(final)], stats, running_mean if update else stats, running_var if update else stats, p,
+            splits * nt, count, eps, momentum, momentum * count / (count - 1), FINAL=final, UPDATE=update,
+            BLOCK_R=block_r, BLOCK_C=block_c)
     return stats
 
 
@@ -177,19 +222,22 @@ def batch_norm_statistics(v: torch.Tensor, eps: float, running_mean: torch.Tenso
 
 @triton.jit
 def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr, half, pixels, width,
-                          s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr, BLOCK_C: tl.constexpr,
-                          BLOCK_P: tl.constexpr):
-    """``products[frame, k, (j, kh, kw), p] = sum_c weight[k, c, j, kh, kw] * a[frame, k*half + c, p]``
-    with ``a = relu(v * scale + shift)``: each pixel's 27 products with the gate conv's
-    kernel, one matrix product per channel tile (``v`` is read once)."""
+                          s_n, s_c, s_h, s_w, split_channels, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``products[split, frame, k, (j, kh, kw), p] = sum_c weight[k, c, j, kh, kw] * a[frame, k*half + c, p]``
+    with ``a = relu(v * scale + shift)`` over the split's ``split_channels`` channels: each
+    pixel's 27 products with the gate conv's kernel, one matrix product per channel tile (``v``
+    is read once). ``program_id(1)`` is ``group * splits + split``."""
     frame = tl.program_id(0).to(tl.int64)
-    group = tl.program_id(1)
+    splits = tl.num_programs(1) // 2
+    group, split = tl.program_id(1) // splits, tl.program_id(1) % splits
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    pix = ((p // width) * s_h + (p % width) * s_w)[None, :]
+    pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     taps = tl.arange(0, 32)  # (j, kh, kw) flattened, 27 of 32 used
     acc = tl.zeros([32, BLOCK_P], dtype=tl.float32)
-    for c0 in range(0, half, BLOCK_C):
+    start = split * split_channels
+    for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
         ch = group * half + cl
@@ -201,28 +249,31 @@ def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr,
         w = tl.load(weight_ptr + ch[None, :] * 27 + taps[:, None], mask=(taps < 27)[:, None] & c_mask[None, :],
                     other=0.0)
         acc = tl.dot(w, a, acc, input_precision=DOT_PRECISION)
-    out = products_ptr + ((frame * 2 + group) * 27 + taps[:, None]) * pixels + p[None, :]
+    row = (split * tl.num_programs(0) + frame) * 2 + group
+    out = products_ptr + (row * 27 + taps[:, None]) * pixels + p[None, :]
     tl.store(out, acc, mask=(taps < 27)[:, None] & p_mask[None, :])
 
 
 def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Each pixel's products with the gate conv's kernel, ``(NT, 2, 27, H*W)`` float32, of
-    ``relu(v * scale + shift)`` (per-channel float32 ``scale``, ``shift``; ``weight`` the
-    conv's ``(2, P/2, 3, 3, 3)``)."""
+    """Each pixel's products with the gate conv's kernel, ``(splits, NT, 2, 27, H*W)`` float32
+    (partial sums over runs of channels, to be summed), of ``relu(v * scale + shift)``
+    (per-channel float32 ``scale``, ``shift``; ``weight`` the conv's ``(2, P/2, 3, 3, 3)``)."""
     nt, p, h, w = v.shape
-    products = torch.empty((nt, 2, 27, h * w), dtype=torch.float32, device=v.device)
     block_p = _block_pixels(h * w)
-    grid = (nt, 2, triton.cdiv(h * w, block_p))
-    _gate_products_kernel[grid](v, scale, shift, _floats(weight), products, p // 2, h * w, w,
-                                *v.stride(), DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS,
-                                BLOCK_P=block_p,
-                                num_warps=NUM_WARPS)
+    blocks = triton.cdiv(h * w, block_p)
+    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS)
+    products = torch.empty((splits, nt, 2, 27, h * w), dtype=torch.float32, device=v.device)
+    _gate_products_kernel[(nt, 2 * splits, blocks)](
+        v, scale, shift, _floats(weight), products, p // 2, h * w, w, *v.stride(), split_channels,
+        DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+        num_warps=NUM_WARPS)
     return products
 
 
 @triton.jit
-def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, BLOCK_P: tl.constexpr):
-    """``gate[frame, k, q] = tanh(bias[k] + sum_{j, kh, kw} products[frame + j - 1, k, (j, kh, kw),
+def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, splits, split_stride,
+                 BLOCK_P: tl.constexpr):
+    """``gate[frame, k, q] = tanh(bias[k] + sum_{s, j, kh, kw} products[s, frame + j - 1, k, (j, kh, kw),
     q + (kh - 1, kw - 1)])``: the 3x3x3 conv, zero-padded in space and within the clip."""
     row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
     t = (row // 2) % num_segments
@@ -239,19 +290,22 @@ def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, 
             for kw in tl.static_range(3):
                 ww = pw + (kw - 1)
                 inside = p_mask & in_clip & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-                z += tl.load(base + (kh * 3 + kw) * pixels + hh * width + ww, mask=inside, other=0.0)
+                at = base + (kh * 3 + kw) * pixels + hh * width + ww
+                for split in range(splits):
+                    z += tl.load(at + split * split_stride, mask=inside, other=0.0)
     # tanh(z) = 2 * sigmoid(2z) - 1 (saturates to -1 / 1 without overflow trouble)
     tl.store(gate_ptr + row * pixels + p, 2.0 / (1.0 + tl.exp(-2.0 * z)) - 1.0, mask=p_mask)
 
 
 def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: int, width: int) -> torch.Tensor:
     """The gate ``(NT, 2, H*W)`` float32 from :func:`gate_products`' output and the conv's bias."""
-    nt = products.shape[0]
+    splits, nt = products.shape[:2]
     pixels = height * width
     out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
     block_p = min(256, triton.next_power_of_2(pixels))
-    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, _floats(bias), out, num_segments,
-                                                        height, width, BLOCK_P=block_p, num_warps=NUM_WARPS)
+    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, _floats(bias), out, num_segments, height, width,
+                                                        splits, products.stride(0), BLOCK_P=block_p,
+                                                        num_warps=NUM_WARPS)
     return out
 
 
@@ -263,10 +317,11 @@ def gate_map(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_wei
 
 
 @triton.jit
-def _gated_means_kernel(v_ptr, gate_ptr, means_ptr, half, pixels, width, s_n, s_c, s_h, s_w,
-                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """``means[frame, 0, c] = mean(v[frame, c])`` and ``means[frame, 1, c] = mean(gate_k *
-    v[frame, c])`` over the pixels, ``k`` the group of channel ``c``: one pass over ``v``."""
+def _gated_means_kernel(v_ptr, gate_ptr, means_ptr, half, pixels, width, s_n, s_c, s_h, s_w, split_pixels,
+                        FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``means[split, frame, 0, c] = sum(v[frame, c]) / (H*W)`` and ``means[split, frame, 1, c] =
+    sum(gate_k * v[frame, c]) / (H*W)`` over the run of ``split_pixels`` pixels of split
+    ``program_id(2)``, ``k`` the group of channel ``c``: one pass over ``v``."""
     row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
     frame, group = row // 2, row % 2
     cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -275,15 +330,16 @@ def _gated_means_kernel(v_ptr, gate_ptr, means_ptr, half, pixels, width, s_n, s_
     base = v_ptr + frame * s_n + ch[:, None] * s_c
     total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     gated = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for p0 in range(0, pixels, BLOCK_P):
+    start = tl.program_id(2) * split_pixels  # (runs of whole tiles: only the map's end is masked)
+    for p0 in range(start, tl.minimum(start + split_pixels, pixels), BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         p_mask = p < pixels
-        x = tl.load(base + ((p // width) * s_h + (p % width) * s_w)[None, :], mask=c_mask[:, None] & p_mask[None, :],
-                    other=0.0).to(tl.float32)
+        x = tl.load(base + _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :],
+                    mask=c_mask[:, None] & p_mask[None, :], other=0.0).to(tl.float32)
         g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
         total += x
         gated += g * x
-    out = means_ptr + frame * 4 * half + ch
+    out = means_ptr + (tl.program_id(2) * (tl.num_programs(0) // 2) + frame) * 4 * half + ch
     tl.store(out, tl.sum(total, axis=1) / pixels, mask=c_mask)
     tl.store(out + 2 * half, tl.sum(gated, axis=1) / pixels, mask=c_mask)
 
@@ -293,12 +349,13 @@ def gated_means(v: torch.Tensor, gate_map: torch.Tensor) -> torch.Tensor:
     ``mean(v)``, row 1 ``mean(g_k * v)`` for the channels of group ``k`` (the C++ gate op's
     layout)."""
     nt, p, h, w = v.shape
-    means = torch.empty((nt, 2, p), dtype=torch.float32, device=v.device)
-    block_p = _block_pixels(h * w)
-    _gated_means_kernel[(nt * 2, triton.cdiv(p // 2, BLOCK_CHANNELS))](
-        v, gate_map, means, p // 2, h * w, w, *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
-        num_warps=NUM_WARPS)
-    return means
+    block_p, tiles = _block_pixels(h * w), triton.cdiv(p // 2, BLOCK_CHANNELS)
+    splits, split_pixels = _split(nt * 2 * tiles, triton.cdiv(h * w, block_p), block_p)
+    means = torch.empty((splits, nt, 2, p), dtype=torch.float32, device=v.device)
+    _gated_means_kernel[(nt * 2, tiles, splits)](
+        v, gate_map, means, p // 2, h * w, w, *v.stride(), split_pixels, FLAT=_flat_pixels(v),
+        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+    return means[0] if splits == 1 else means.sum(dim=0)
 
 
 @triton.jit
@@ -438,14 +495,14 @@ def fusion_weights_backward(grad_weights: torch.Tensor, weights: torch.Tensor, m
 
 @triton.jit
 def _gate_gradient_kernel(grad_gate_ptr, v_ptr, gate_ptr, grad_means_ptr, half, pixels, width, s_n, s_c, s_h, s_w,
-                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """``grad_z = (grad_gate + sum_c grad_means[frame, 1, c] * v[frame, c] / (H*W)) * (1 -
-    gate**2)`` over group ``k``'s channels ``c``, written over ``grad_gate``."""
+                          splits, split_stride, FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """``grad_z = (sum_s grad_gate[s] + sum_c grad_means[frame, 1, c] * v[frame, c] / (H*W)) * (1 -
+    gate**2)`` over group ``k``'s channels ``c``, written over ``grad_gate[0]``."""
     row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
     frame, group = row // 2, row % 2
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    pix = ((p // width) * s_h + (p % width) * s_w)[None, :]
+    pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     total = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for c0 in range(0, half, BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
@@ -455,20 +512,24 @@ def _gate_gradient_kernel(grad_gate_ptr, v_ptr, gate_ptr, grad_means_ptr, half, 
                     other=0.0).to(tl.float32)
         total += tl.load(grad_means_ptr + (frame * 2 + 1) * 2 * half + ch, mask=c_mask, other=0.0)[:, None] * x
     g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)
-    grad = tl.load(grad_gate_ptr + row * pixels + p, mask=p_mask, other=0.0) + tl.sum(total, axis=0) / pixels
+    grad = tl.sum(total, axis=0) / pixels
+    for split in range(splits):
+        grad += tl.load(grad_gate_ptr + split * split_stride + row * pixels + p, mask=p_mask, other=0.0)
     tl.store(grad_gate_ptr + row * pixels + p, grad * (1.0 - g * g), mask=p_mask)
 
 
 def gate_gradient(grad_gate: torch.Tensor, v: torch.Tensor, gate_map: torch.Tensor, grad_means: torch.Tensor,
-                  num_segments: int) -> None:
-    """The gradient of the gate's pre-activation, written over ``grad_gate`` ``(NT, 2, H*W)``
-    (the blend's gradient of the gate): the fusion means' share (``grad_means`` ``(NT, 2,
-    P)``, row 1) added, then through the tanh."""
+                  num_segments: int) -> torch.Tensor:
+    """The gradient of the gate's pre-activation ``(NT, 2, H*W)``, written over ``grad_gate[0]``
+    (``grad_gate``: :func:`blend_backward`'s partial gradients of the gate, ``(splits, NT, 2,
+    H*W)``): the fusion means' share (``grad_means`` ``(NT, 2, P)``, row 1) added, then through
+    the tanh."""
     nt, p, h, w = v.shape
     block_p = _block_pixels(h * w)
     _gate_gradient_kernel[(nt * 2, triton.cdiv(h * w, block_p))](
-        grad_gate, v, gate_map, grad_means, p // 2, h * w, w, *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
-        num_warps=NUM_WARPS)
+        grad_gate, v, gate_map, grad_means, p // 2, h * w, w, *v.stride(), grad_gate.shape[0], grad_gate.stride(0),
+        FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+    return grad_gate[0]
 
 
 def gate_and_weights(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, conv_weight: torch.Tensor,
@@ -487,12 +548,13 @@ def fusion_backward(grad_weights: torch.Tensor, grad_gate: torch.Tensor, v: torc
                     channels_last: bool) -> tuple[torch.Tensor, ...]:
     """Back through the fusion weights and the gate's tanh: ``(grad_z (NT, 2, H*W),
     grad_means (NT, 2, P), grad_fusion_weight, grad_fusion_bias)``, float32; ``grad_gate``
-    (the blend's) is overwritten. (``channels_last``: the kernel sets' shared interface.)"""
+    (the blend's partial gradients) is overwritten. (``channels_last``: the kernel sets' shared
+    interface.)"""
     (means,) = saved
     grad_means, grad_fusion_weight, grad_fusion_bias = fusion_weights_backward(grad_weights, weights, means,
                                                                                fusion_weight, num_segments)
-    gate_gradient(grad_gate, v, gate, grad_means, num_segments)
-    return grad_gate, grad_means, grad_fusion_weight, grad_fusion_bias
+    grad_z = gate_gradient(grad_gate, v, gate, grad_means, num_segments)
+    return grad_z, grad_means, grad_fusion_weight, grad_fusion_bias
 
 
 def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
@@ -510,7 +572,7 @@ def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate
 @triton.jit
 def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,
                   sv_n, sv_c, sv_h, sv_w, so_n, so_c, so_h, so_w, sc_n, sc_c, sc_h, sc_w,
-                  SAVE_COPY: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                  SAVE_COPY: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``out`` (interleaved) ``= r + w * (s - r)`` with ``y = gate * v``, ``r = v - y`` and
     ``s`` = ``y`` of the next frame (group 0) or the previous one (group 1), zero at the
     clip's ends; with ``SAVE_COPY`` also ``copy = v``."""
@@ -524,10 +586,9 @@ def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, h
     c_mask = cl < half
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    ph, pw = p // width, p % width
     mask = c_mask[:, None] & p_mask[None, :]
     ch = (group * half + cl)[:, None]
-    v_pix = (ph * sv_h + pw * sv_w)[None, :]
+    v_pix = _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :]
     v = tl.load(v_ptr + frame * sv_n + ch * sv_c + v_pix, mask=mask, other=0.0)
     x = v.to(tl.float32)
     x_next = tl.load(v_ptr + (frame + step) * sv_n + ch * sv_c + v_pix, mask=mask & has_neighbour,
@@ -539,10 +600,11 @@ def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, h
     fused = residual + w * (g_next * x_next - residual)
     quarter = half // 2
     out_ch = (group * half + 2 * (cl % quarter) + cl // quarter)[:, None]
-    out = out_ptr + frame * so_n + out_ch * so_c + (ph * so_h + pw * so_w)[None, :]
+    out = out_ptr + frame * so_n + out_ch * so_c + _pixel_offsets(p, width, so_h, so_w, FLAT)[None, :]
     tl.store(out, fused.to(out_ptr.dtype.element_ty), mask=mask)
     if SAVE_COPY:
-        tl.store(copy_ptr + frame * sc_n + ch * sc_c + (ph * sc_h + pw * sc_w)[None, :], v, mask=mask)
+        copy = copy_ptr + frame * sc_n + ch * sc_c + _pixel_offsets(p, width, sc_h, sc_w, FLAT)[None, :]
+        tl.store(copy, v, mask=mask)
 
 
 def _tile_grid(nt: int, half: int, pixels: int) -> tuple[tuple[int, int, int], int]:
@@ -560,17 +622,19 @@ def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: t
     copy_arg = copy if copy is not None else out
     _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h, w, *v.stride(),
                         *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,
-                        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+                        FLAT=_flat_pixels(v, out, copy_arg), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+                        num_warps=NUM_WARPS)
 
 
 @triton.jit
 def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr, grad_gate_ptr, grad_blend_ptr,
-                           num_segments, half, height, width, num_pixel_blocks,
+                           num_segments, half, height, width, num_pixel_blocks, split_channels,
                            sg_n, sg_c, sg_h, sg_w, sv_n, sv_c, sv_h, sv_w,
-                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                           FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Through ``f = r + w * (s - r)``: ``grad_v`` (float32 ``(NT, P, H*W)``), the gate's
-    gradient (summed over the group's channels) and per-pixel-block partial sums of the
-    fusion weights' gradient ``(NT, 2, P/2, blocks)``."""
+    gradient summed over the ``split_channels`` channels of split ``program_id(2)`` (partials
+    ``(splits, NT, 2, H*W)``) and per-pixel-block partial sums of the fusion weights'
+    gradient ``(NT, 2, P/2, blocks)``."""
     row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     frame, group = row // 2, row % 2
@@ -581,14 +645,14 @@ def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr,
     pixels = height * width
     p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    ph, pw = p // width, p % width
-    g_pix = (ph * sg_h + pw * sg_w)[None, :]
-    v_pix = (ph * sv_h + pw * sv_w)[None, :]
+    g_pix = _pixel_offsets(p, width, sg_h, sg_w, FLAT)[None, :]
+    v_pix = _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :]
     g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
     g_next = tl.load(gate_ptr + (row + 2 * step) * pixels + p, mask=p_mask & has_next, other=0.0)[None, :]
     quarter = half // 2
     grad_gate = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)  # summed over channels at the end
-    for c0 in range(0, half, BLOCK_C):
+    start = tl.program_id(2) * split_channels
+    for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
         mask = c_mask[:, None] & p_mask[None, :]
@@ -611,43 +675,49 @@ def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr,
         shifted_minus_residual = g_next * x_next - (1.0 - g) * x
         grad_w = tl.sum(grad_f * shifted_minus_residual, axis=1)
         tl.store(grad_blend_ptr + (row * half + cl) * num_pixel_blocks + block, grad_w, mask=c_mask)
-    tl.store(grad_gate_ptr + row * pixels + p, tl.sum(grad_gate, axis=0), mask=p_mask)
+    rows = tl.num_programs(0)
+    tl.store(grad_gate_ptr + (tl.program_id(2) * rows + row) * pixels + p, tl.sum(grad_gate, axis=0), mask=p_mask)
 
 
 def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor,
                    num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The adjoint of :func:`blend` for the output gradient's first ``P`` channels
-    ``grad_out``: ``(grad_v (NT, P, H*W), grad_gate (NT, 2, H*W), grad_weights (NT, 2, P/2))``,
-    float32."""
+    ``grad_out``: ``(grad_v (NT, P, H*W), grad_gate (splits, NT, 2, H*W), grad_weights (NT,
+    2, P/2))``, float32; the gate's gradient in partial sums over runs of channels, which
+    :func:`gate_gradient` adds up."""
     nt, p, h, w = v.shape
     half, pixels = p // 2, h * w
     block_p = _block_pixels(pixels)
     blocks = triton.cdiv(pixels, block_p)
+    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(half, BLOCK_CHANNELS), BLOCK_CHANNELS)
     grad_v = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
-    grad_gate = torch.empty((nt, 2, pixels), dtype=torch.float32, device=v.device)
+    grad_gate = torch.empty((splits, nt, 2, pixels), dtype=torch.float32, device=v.device)
     grad_weights = torch.empty((nt, 2, half, blocks), dtype=torch.float32, device=v.device)
-    _blend_backward_kernel[(nt * 2, blocks)](
+    _blend_backward_kernel[(nt * 2, blocks, splits)](
         grad_out, v, gate_map, weights, grad_v, grad_gate, grad_weights, num_segments, half, h, w, blocks,
-        *grad_out.stride(), *v.stride(), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+        split_channels, *grad_out.stride(), *v.stride(), FLAT=_flat_pixels(grad_out, v), BLOCK_C=BLOCK_CHANNELS,
+        BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad_v, grad_gate, grad_weights.sum(dim=-1)
 
 
 @triton.jit
 def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
                           grad_normed_ptr, grad_weight_ptr, sums_ptr, num_segments, half, height, width,
-                          num_pixel_blocks, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr,
-                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                          num_pixel_blocks, split_channels, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr,
+                          FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
     pre-activation gradient): the gradient at the batch norm's output (``grad_normed``,
     float32 ``(NT, P, H*W)``), and per (frame, pixel block) partial sums of the conv weight's
     gradient ``(.., 2, P/2, 27)`` and of ``grad_normed`` and ``grad_normed * xhat`` per
-    channel ``(.., 2, P)``.
+    channel ``(.., 2, P)``; ``program_id(1)`` is ``group * splits + split``, each split a run of
+    ``split_channels`` channels.
 
     With ``G[(j, kh, kw), p]`` the gradient of tap ``j`` at pixel ``p - (kh - 1, kw - 1)``
     (tap 0 of a frame fed the next frame's gate, tap 2 the previous one's), both gradients
     are matrix products: ``grad_a = weight @ G`` and ``grad_weight = a @ G^T``."""
     frame = tl.program_id(0).to(tl.int64)
-    group = tl.program_id(1)
+    splits = tl.num_programs(1) // 2
+    group, split = tl.program_id(1) // splits, tl.program_id(1) % splits
     block = tl.program_id(2)
     program = frame * num_pixel_blocks + block
     t = frame % num_segments
@@ -665,8 +735,9 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
     g_mask = g_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
     g_rows = ((frame + step) * 2 + group) * pixels
     grad_taps = tl.load(grad_z_ptr + g_rows[:, None] + hh * width + ww, mask=g_mask, other=0.0)  # (32, BLOCK_P)
-    pix = (ph * s_h + pw * s_w)[None, :]
-    for c0 in range(0, half, BLOCK_C):
+    pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
+    start = split * split_channels
+    for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
         c_mask = cl < half
         mask = c_mask[:, None] & p_mask[None, :]
@@ -702,13 +773,15 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
     pixels = h * w
     block_p = _block_pixels(pixels)
     blocks = triton.cdiv(pixels, block_p)
+    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS)
     grad_normed = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
     grad_weight = torch.empty((nt * blocks, 2, p // 2, 27), dtype=torch.float32, device=v.device)
     sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
-    _gate_backward_kernel[(nt, 2, blocks)](
+    _gate_backward_kernel[(nt, 2 * splits, blocks)](
         v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight),
-        grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, *v.stride(),
-        DOT_PRECISION=_dot_precision(v.device), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+        grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, split_channels, *v.stride(),
+        DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+        num_warps=NUM_WARPS)
     sums = sums.sum(dim=0)
     return grad_normed, grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
 
@@ -717,7 +790,7 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
 def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_ptr, gate_ptr, coef_ptr,
                            centre_ptr, slope_ptr, mean_ptr, invstd_ptr, grad_x_ptr, half, height, width,
                            sv_n, sv_c, sv_h, sv_w, sx_n, sx_c, sx_h, sx_w,
-                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                           FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``grad_x[:, :P] = grad_blend_v + coef * (grad_normed - centre - xhat * slope)`` (the
     batch norm's backward) ``+ (grad_means[0] + grad_means[1] * gate_k) / (H*W)`` (the
     fusion weights' spatial means)."""
@@ -729,11 +802,10 @@ def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_
     c_mask = cl < half
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    ph, pw = p // width, p % width
     mask = c_mask[:, None] & p_mask[None, :]
     ch = group * half + cl
-    x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + (ph * sv_h + pw * sv_w)[None, :], mask=mask,
-                other=0.0).to(tl.float32)
+    x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :],
+                mask=mask, other=0.0).to(tl.float32)
     dense = (frame * channels + ch[:, None]) * pixels + p[None, :]
     grad_normed = tl.load(grad_normed_ptr + dense, mask=mask, other=0.0)
     grad = tl.load(grad_blend_v_ptr + dense, mask=mask, other=0.0)
@@ -747,7 +819,7 @@ def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_
     grad_mean_v = tl.load(grad_means_ptr + frame * 2 * channels + ch, mask=c_mask, other=0.0)[:, None]
     grad_mean_y = tl.load(grad_means_ptr + (frame * 2 + 1) * channels + ch, mask=c_mask, other=0.0)[:, None]
     grad += (grad_mean_v + grad_mean_y * g) / pixels
-    out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + (ph * sx_h + pw * sx_w)[None, :]
+    out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :]
     tl.store(out, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
@@ -762,4 +834,5 @@ def input_gradient(v: torch.Tensor, grad_normed: torch.Tensor, grad_blend_v: tor
     grid, block_p = _tile_grid(nt, p // 2, h * w)
     _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, _floats(grad_means), gate_map, coef,
                                  centre, slope, mean, invstd, grad_x, p // 2, h, w, *v.stride(), *grad_x.stride(),
-                                 BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+                                 FLAT=_flat_pixels(v, grad_x), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+                                 num_warps=NUM_WARPS)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     small = torch.randn(16, 3, 16, device=device)
     print(f"{'one Triton launch (gsf_kernels.blend, 20 arguments)':>62}: "
           f"{time_us(lambda: gsf_kernels.blend(v, gate, weights, out, 8)):8.1f}")
-    products = torch.empty(16, 2, 27, 64, device=device)
+    products = torch.empty(1, 16, 2, 27, 64, device=device)
     print(f"{'one Triton launch (gsf_kernels.gate, 6 arguments + allocation)':>62}: "
           f"{time_us(lambda: gsf_kernels.gate(products, module.conv3D.bias, 8, 8, 8)):8.1f}")
     print(f"{'torch.add of two small tensors':>62}: {time_us(lambda: small + small):8.1f}")

@@ -4,7 +4,8 @@ Each ResNet-50 stage's GSF (``--batch-size`` clips of ``--num-segments`` frames 
 ``--input-size``) runs a training step (forward and backward) and an inference forward,
 captured as CUDA graphs: replays cost the kernels' time alone, whatever the host's launch
 overhead. Settings vary one at a time from the defaults of :mod:`lightning_gsf.gsf_kernels`:
-the gate conv's matrix-product precision, warps per program, the largest pixel tile. The
+the programs that loops over pixels or channels are cut across, the gate conv's
+matrix-product precision, warps per program, the largest pixel tile. The
 last column weights the stages by ResNet-50's blocks (3, 4, 6, 3): GSF's kernel time per step.
 Then the training step of the first and last stages, profiled kernel by kernel.
 
@@ -24,13 +25,21 @@ from lightning_gsf import gsf_kernels
 from lightning_gsf.gsf import GSF
 
 STAGES = ((256, 4, 3), (512, 8, 4), (1024, 16, 6), (2048, 32, 3))  # channels, stride, blocks
-SETTINGS = {  # name -> (NUM_WARPS, MAX_BLOCK_PIXELS, DOT_PRECISION)
-    "default": (4, 128, "tf32x3"),
-    "float32 FMA": (4, 128, "ieee"),
-    "8 warps": (8, 128, "tf32x3"),
-    "256 px": (4, 256, "tf32x3"),
-    "2 warps, 64 px": (2, 64, "tf32x3"),
+CONSTANTS = ("NUM_WARPS", "MAX_BLOCK_PIXELS", "DOT_PRECISION", "MIN_PROGRAMS")  # of gsf_kernels
+SETTINGS = {  # name -> the CONSTANTS' values
+    "default": (4, 128, "tf32x3", 1024),
+    "loops uncut": (4, 128, "tf32x3", 0),  # (the grids before loops were cut across programs)
+    "4096 programs": (4, 128, "tf32x3", 4096),
+    "float32 FMA": (4, 128, "ieee", 1024),
+    "8 warps": (8, 128, "tf32x3", 1024),
+    "256 px": (4, 256, "tf32x3", 1024),
+    "2 warps, 64 px": (2, 64, "tf32x3", 1024),
 }
+
+
+def use_setting(values: tuple) -> None:
+    for name, value in zip(CONSTANTS, values, strict=True):
+        setattr(gsf_kernels, name, value)
 
 
 def site_steps(channels: int, size: int, frames: int, num_segments: int) -> tuple[GSF, Callable, Callable]:
@@ -92,9 +101,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.input_size} px input, {torch.cuda.get_device_name()}")
     print(f"{'setting':>16} " + " ".join(f"{f'{c}x{args.input_size // s}':>16}" for c, s, _ in STAGES)
           + f" {'ResNet-50 total':>16}")
-    defaults = gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION
+    defaults = tuple(getattr(gsf_kernels, name) for name in CONSTANTS)
     for name in args.settings:
-        gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION = SETTINGS[name]
+        use_setting(SETTINGS[name])
         cells, train_total, infer_total = [], 0.0, 0.0
         for channels, stride, blocks in STAGES:
             train_ms, infer_ms = site_ms(channels, args.input_size // stride, frames, args.num_segments,
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             cells.append(f"{train_ms:7.3f}/{infer_ms:7.3f}")
         print(f"{name:>16} " + " ".join(f"{c:>16}" for c in cells) + f" {train_total:7.2f}/{infer_total:7.2f}",
               flush=True)
-    gsf_kernels.NUM_WARPS, gsf_kernels.MAX_BLOCK_PIXELS, gsf_kernels.DOT_PRECISION = defaults
+    use_setting(defaults)
     for stage in args.kernel_stages:
         channels, stride, _ = STAGES[stage - 1]
         print_kernel_times(channels, args.input_size // stride, frames, args.num_segments, args.replays)

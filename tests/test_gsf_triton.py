@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+import triton
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -92,6 +93,75 @@ def test_triton_path_on_several_tiles(training, inplace, channels_last):
     module = check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 13, training, inplace,
                                            channels_last=channels_last)
     assert module.processed // 2 > 2 * gsf_module._triton_kernels().BLOCK_CHANNELS
+
+
+@pytest.mark.parametrize("min_programs", [0, 40, 10**6], ids=["uncut", "cut_in_uneven_runs", "cut_per_block"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_triton_path_with_loops_cut_across_programs(monkeypatch, training, min_programs):
+    """The loops over pixels (batch statistics, spatial means) and over channels (the gate
+    conv's products, the blend's and the gate's backward) run whole in one program, cut into
+    runs of unequal length (the last shorter), or one program per tile; partial sums added
+    after: the same numbers and gradients. (14x14 maps: seven 32-pixel tiles; groups of 36
+    channels: three channel tiles.)"""
+    kernels = gsf_module._triton_kernels()
+    monkeypatch.setattr(kernels, "MIN_PROGRAMS", min_programs)
+    cuts = []
+    original_split = kernels._split
+    monkeypatch.setattr(kernels, "_split", lambda *args: cuts.append((args, original_split(*args))) or cuts[-1][1])
+    check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 14, training)
+    splits = {result[0] for _, result in cuts}
+    if min_programs == 0:
+        assert splits == {1}
+    else:
+        assert max(splits) > 1
+    if min_programs == 40:  # some loop cut into runs that do not divide it evenly
+        assert any(blocks % triton.cdiv(blocks, result[0]) for (_, blocks, _), result in cuts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(programs=st.integers(1, 5000), blocks=st.integers(1, 300), block=st.sampled_from([16, 32, 128]),
+       min_programs=st.sampled_from([0, 1, 1024, 4096]))
+def test_split_covers_the_loop_in_whole_blocks(programs, blocks, block, min_programs):
+    """``_split``: runs of whole blocks that cover the loop exactly once, none empty, and
+    enough programs where the loop has enough blocks (no cut at all for 0)."""
+    kernels = gsf_module._triton_kernels()
+    original, kernels.MIN_PROGRAMS = kernels.MIN_PROGRAMS, min_programs
+    try:
+        splits, items = kernels._split(programs, blocks, block)
+    finally:
+        kernels.MIN_PROGRAMS = original
+    per_split = items // block
+    assert items % block == 0 and 1 <= splits <= blocks
+    assert (splits - 1) * per_split < blocks <= splits * per_split  # every run non-empty, all blocks covered
+    assert programs * splits >= min(min_programs, programs * blocks) or splits == blocks
+    if min_programs <= programs:
+        assert splits == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
+def test_triton_path_on_maps_whose_rows_are_not_adjacent(channels_last, inplace):
+    """A crop of a larger map (rows ``W + 3`` apart, for ``W`` pixels each): the kernels
+    address its pixels by row and column rather than as one run; the same numbers and
+    gradients, and in place the crop's pixels alone are written."""
+    module = make_gsf(16, 4, 0.5, seed=7).train()
+    module.inplace = inplace
+    reference = copy.deepcopy(module)
+    generator = torch.Generator().manual_seed(7)
+    big = torch.randn(8, 16, 9, 10, generator=generator)
+    if channels_last:
+        big = big.contiguous(memory_format=torch.channels_last)
+    leaf, leaf_reference = big.clone().requires_grad_(), big.clone().requires_grad_()
+    inp = (leaf * 1.0)[..., 1:-1, 2:-1]
+    assert not gsf_module._triton_kernels()._flat_pixels(inp)
+    out, expected = module.forward_triton(inp), reference.forward_reference((leaf_reference * 1.0)[..., 1:-1, 2:-1])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=generator)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-5, atol=1e-5)
+    for (name, param), param_reference in zip(module.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(param.grad, param_reference.grad, rtol=1e-5, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
@@ -254,8 +324,9 @@ def top_level_aten_operations(step) -> int:
 def test_triton_path_is_its_kernels_and_little_else(monkeypatch):
     """On a GPU the host pays for every PyTorch operation around the kernels, per GSF and
     step (~8 us each on an H200 machine's host, ~20 us per Triton launch): a training step
-    is the kernels below and at most 70 ATen operations (181 with the fusion weights in
-    PyTorch operations, as before), inference 5 kernels and at most 17 operations (the step's
+    is the kernels below and at most 72 ATen operations (181 with the fusion weights in
+    PyTorch operations, as before; 2 of the 72 add the partial sums of loops cut across
+    programs and take the first), inference 5 kernels and at most 18 operations (the step's
     own input copy, autograd's gradient sums and the test's ``* 1.0`` included)."""
     module = make_gsf(64, 4, 0.25, seed=0).train()
     x = make_input(2, 4, 64, 6, seed=0)
@@ -272,13 +343,13 @@ def test_triton_path_is_its_kernels_and_little_else(monkeypatch):
 
     training_step()  # (first calls: one-off work)
     launches.names.clear()
-    assert top_level_aten_operations(training_step) <= 70
+    assert top_level_aten_operations(training_step) <= 72
     assert launches.names == ["channel_moments", "batch_norm_statistics", "channel_moments", "batch_norm_statistics",
                               "gate_products", "gate", "gated_means", "fusion_weights", "blend", "blend_backward",
                               "fusion_weights_backward", "gate_gradient", "gate_backward", "input_gradient"]
     module.eval()
     launches.names.clear()
-    assert top_level_aten_operations(inference) <= 17
+    assert top_level_aten_operations(inference) <= 18
     assert launches.names == ["gate_products", "gate", "gated_means", "fusion_weights", "blend"]
 
 

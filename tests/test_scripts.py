@@ -74,3 +74,14 @@ def test_compare_gsf_revisions_runs_both_gsfs_next_to_tsn(capsys, monkeypatch):
     assert lines[0] == "8 GSF modules run the code of HEAD"  # one per BasicBlock
     assert lines[1].startswith("train, resnet18, T=2, 32 px")
     assert [line.split(":")[0].strip() for line in lines[2:]] == ["TSN", "GSF@HEAD", "GSF@checkout", "old - checkout"]
+
+
+def test_tune_script_default_setting_is_the_kernels_defaults(monkeypatch):
+    """``tune_gsf_kernels.py``'s "default" row times the settings the kernels ship with, and
+    every row sets each tuned constant (a renamed constant fails here, not on the GPU)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    tune = runpy.run_path(str(SCRIPTS / "tune_gsf_kernels.py"))
+    from lightning_gsf import gsf_kernels
+
+    assert tune["SETTINGS"]["default"] == tuple(getattr(gsf_kernels, name) for name in tune["CONSTANTS"])
+    assert all(len(values) == len(tune["CONSTANTS"]) for values in tune["SETTINGS"].values())
