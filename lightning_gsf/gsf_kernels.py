@@ -6,7 +6,7 @@ that touches the ``P`` processed channels is one kernel that reads its operands 
 lie (any strides: NCHW and channels-last alike), computes in float32 and writes once:
 
 forward
-    :func:`batch_norm_statistics` (the batch norm's mean and inverse std from two passes, the
+    :func:`batch_norm_statistics` (the batch norm's mean and inverse std from one pass, the
     running statistics updated), :func:`gate_products`
     (``relu(bn(v))`` on the fly times the gate conv's kernel: each pixel's 27 products, one
     matrix product per tile), :func:`gate` (the products summed over each pixel's 3x3x3
@@ -117,89 +117,112 @@ def _pixel_offsets(p, width, s_h, s_w, FLAT: tl.constexpr):
 
 
 @triton.jit
-def _channel_moments_kernel(v_ptr, mean_ptr, out_ptr, channels, pixels, width, s_n, s_c, s_h, s_w, split_pixels,
-                            CENTERED: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr,
-                            BLOCK_P: tl.constexpr):
-    """Per frame, channel and run of ``split_pixels`` pixels (the ``program_id(2)``-th): the sum of
-    ``v``, or (``CENTERED``) of ``(v - mean)**2``, at row ``split * frames + frame`` of ``out``."""
+def _channel_moments_kernel(v_ptr, out_ptr, channels, pixels, width, s_n, s_c, s_h, s_w, split_pixels,
+                            FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Per frame, channel and run of ``split_pixels`` pixels (the ``program_id(2)``-th), in one
+    pass: the mean of ``d = v - v[0, c, 0]`` (relative to the channel's first value, so that
+    the deviations of a channel far from zero keep their digits) at ``out[0, row, c]``, the sum
+    of squared deviations from it at ``out[1, row, c]`` and the sum of ``v`` at ``out[2, row,
+    c]``, ``row = split * frames + frame``. Each tile's own mean and deviations, merged tile by
+    tile (Chan, Golub and LeVeque's update): no sum of squares that cancels."""
     frame = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
     base = v_ptr + frame * s_n + c[:, None] * s_c
-    if CENTERED:
-        center = tl.load(mean_ptr + c, mask=c_mask, other=0.0)
-    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    reference = tl.load(v_ptr + c * s_c, mask=c_mask, other=0.0).to(tl.float32)[:, None]
+    count = tl.zeros([BLOCK_C], dtype=tl.float32)
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    squares = tl.zeros([BLOCK_C], dtype=tl.float32)
+    total = tl.zeros([BLOCK_C], dtype=tl.float32)
     start = tl.program_id(2) * split_pixels  # (runs of whole tiles: only the map's end is masked)
     for p0 in range(start, tl.minimum(start + split_pixels, pixels), BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         mask = c_mask[:, None] & (p < pixels)[None, :]
         x = tl.load(base + _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :], mask=mask, other=0.0)
         x = x.to(tl.float32)
-        if CENTERED:
-            d = tl.where(mask, x - center[:, None], 0.0)
-            acc += tl.sum(d * d, axis=1)
-        else:
-            acc += tl.sum(x, axis=1)
+        total += tl.sum(x, axis=1)
+        d = tl.where(mask, x - reference, 0.0)
+        tile_count = tl.minimum(pixels - p0, BLOCK_P).to(tl.float32)
+        tile_mean = tl.sum(d, axis=1) / tile_count
+        deviation = tl.where(mask, d - tile_mean[:, None], 0.0)
+        delta = tile_mean - mean
+        merged = count + tile_count
+        mean += delta * (tile_count / merged)
+        squares += tl.sum(deviation * deviation, axis=1) + delta * delta * (count * tile_count / merged)
+        count = merged
     row = tl.program_id(2) * tl.num_programs(0) + frame
-    tl.store(out_ptr + row * channels + c, acc, mask=c_mask)
+    rows = tl.num_programs(2) * tl.num_programs(0)
+    tl.store(out_ptr + row * channels + c, mean, mask=c_mask)
+    tl.store(out_ptr + (rows + row) * channels + c, squares, mask=c_mask)
+    tl.store(out_ptr + (2 * rows + row) * channels + c, total, mask=c_mask)
 
 
 @triton.jit
-def _batch_norm_statistics_kernel(sums_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels, frames, count,
-                                  eps, momentum, variance_momentum, FINAL: tl.constexpr, UPDATE: tl.constexpr,
-                                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per channel, from a pass's partial ``sums`` (``frames`` rows, ``channels`` columns): the
-    mean (``stats[0]``, after the first pass), or (``FINAL``, after the second) the biased
-    variance and ``1 / sqrt(var + eps)`` (``stats[1]``, ``stats[2]``) and, with ``UPDATE``,
-    the running statistics as ``BatchNorm`` updates them (``running = (1 - momentum) *
-    running + momentum * batch``, the variance unbiased)."""
+def _batch_norm_statistics_kernel(partials_ptr, stats_ptr, running_mean_ptr, running_var_ptr, channels, frames,
+                                  rows, pixels, split_pixels, eps, momentum, variance_momentum,
+                                  UPDATE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel, from the moments kernel's ``rows`` partial sums, relative means and squared
+    deviations (each over ``min(split_pixels, pixels - split * split_pixels)`` values, ``split = row //
+    frames``): the batch's mean, biased variance and ``1 / sqrt(var + eps)`` (``stats[0..2]``)
+    and, with ``UPDATE``, the running statistics as ``BatchNorm`` updates them (``running =
+    (1 - momentum) * running + momentum * batch``, the variance unbiased)."""
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = c < channels
+    count = frames * pixels
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)  # relative to the moments' reference, then absolute
     total = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for r0 in range(0, frames, BLOCK_R):
+    for r0 in range(0, rows, BLOCK_R):
         r = r0 + tl.arange(0, BLOCK_R)
-        total += tl.sum(tl.load(sums_ptr + r[:, None] * channels + c[None, :],
-                                mask=(r < frames)[:, None] & c_mask[None, :], other=0.0), axis=0)
-    value = total / count
-    if FINAL:
-        tl.store(stats_ptr + channels + c, value, mask=c_mask)
-        tl.store(stats_ptr + 2 * channels + c, 1.0 / tl.sqrt(value + eps), mask=c_mask)
-        if UPDATE:
-            mean = tl.load(stats_ptr + c, mask=c_mask, other=0.0)
-            running_mean = tl.load(running_mean_ptr + c, mask=c_mask, other=0.0)
-            running_var = tl.load(running_var_ptr + c, mask=c_mask, other=0.0)
-            tl.store(running_mean_ptr + c, running_mean * (1.0 - momentum) + mean * momentum, mask=c_mask)
-            tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + value * variance_momentum, mask=c_mask)
-    else:
-        tl.store(stats_ptr + c, value, mask=c_mask)
+        mask = (r < rows)[:, None] & c_mask[None, :]
+        n = tl.where(r < rows, tl.minimum(split_pixels, pixels - (r // frames) * split_pixels), 0).to(tl.float32)
+        mean += tl.sum(n[:, None] * tl.load(partials_ptr + r[:, None] * channels + c[None, :], mask=mask, other=0.0),
+                       axis=0)
+        total += tl.sum(tl.load(partials_ptr + (2 * rows + r[:, None]) * channels + c[None, :], mask=mask, other=0.0),
+                        axis=0)
+    mean = mean / count
+    squares = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for r0 in range(0, rows, BLOCK_R):
+        r = r0 + tl.arange(0, BLOCK_R)
+        mask = (r < rows)[:, None] & c_mask[None, :]
+        n = tl.where(r < rows, tl.minimum(split_pixels, pixels - (r // frames) * split_pixels), 0).to(tl.float32)
+        delta = tl.load(partials_ptr + r[:, None] * channels + c[None, :], mask=mask, other=0.0) - mean[None, :]
+        partial_squares = tl.load(partials_ptr + (rows + r[:, None]) * channels + c[None, :], mask=mask, other=0.0)
+        squares += tl.sum(partial_squares + n[:, None] * delta * delta, axis=0)
+    var = squares / count
+    mean = total / count  # (the plain sum: a reference far from the mean would cost the mean digits)
+    tl.store(stats_ptr + c, mean, mask=c_mask)
+    tl.store(stats_ptr + channels + c, var, mask=c_mask)
+    tl.store(stats_ptr + 2 * channels + c, 1.0 / tl.sqrt(var + eps), mask=c_mask)
+    if UPDATE:
+        running_mean = tl.load(running_mean_ptr + c, mask=c_mask, other=0.0)
+        running_var = tl.load(running_var_ptr + c, mask=c_mask, other=0.0)
+        tl.store(running_mean_ptr + c, running_mean * (1.0 - momentum) + mean * momentum, mask=c_mask)
+        tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + var * variance_momentum, mask=c_mask)
 
 
-_STATISTICS_TILE = (32, 64)  # (frames, channels) of the statistics kernel's tiles
+_STATISTICS_TILE = (32, 64)  # (rows, channels) of the statistics kernel's tiles
 
 
 def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                 momentum: float) -> torch.Tensor:
     """``(3, P)`` float32: the batch mean, biased variance and ``1 / sqrt(var + eps)`` per
-    channel of ``v`` ``(NT, P, H, W)``, in two passes over ``v`` (the sum, then the squared
-    deviations from the mean), each summed per frame and run of pixels, then over those by the
-    statistics kernel."""
+    channel of ``v`` ``(NT, P, H, W)``, in one pass over ``v`` (per frame and run of pixels,
+    the mean and squared deviations) and their merge by the statistics kernel."""
     nt, p, h, w = v.shape
     count = nt * h * w
     block_p, tiles = _block_pixels(h * w), triton.cdiv(p, BLOCK_CHANNELS)
     splits, split_pixels = _split(nt * tiles, triton.cdiv(h * w, block_p), block_p)
-    sums = torch.empty((2, splits * nt, p), dtype=torch.float32, device=v.device)
+    partials = torch.empty((3, splits * nt, p), dtype=torch.float32, device=v.device)
     stats = torch.empty((3, p), dtype=torch.float32, device=v.device)
+    _channel_moments_kernel[(nt, tiles, splits)](
+        v, partials, p, h * w, w, *v.stride(), split_pixels, FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS,
+        BLOCK_P=block_p, num_warps=NUM_WARPS)
+    update = running_mean is not None
     block_r, block_c = _STATISTICS_TILE
-    for final in (False, True):
-        # (the first pass reads no mean: ``stats`` is passed for the pointer only)
-        _channel_moments_kernel[(nt, tiles, splits)](
-            v, stats, sums[int(final)], p, h * w, w, *v.stride(), split_pixels, CENTERED=final,
-            FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
-        update = final and running_mean is not None
-        _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
-            sums[int(final)], stats, running_mean if update else stats, running_var if update else stats, p,
-            splits * nt, count, eps, momentum, momentum * count / (count - 1), FINAL=final, UPDATE=update,
-            BLOCK_R=block_r, BLOCK_C=block_c)
+    _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
+        partials, stats, running_mean if update else stats, running_var if update else stats, p, nt, splits * nt,
+        h * w, split_pixels, eps, momentum, momentum * count / max(count - 1, 1),
+        UPDATE=update, BLOCK_R=block_r, BLOCK_C=block_c)
     return stats
 
 
@@ -213,7 +236,7 @@ def batch_norm_statistics(v: torch.Tensor, eps: float, running_mean: torch.Tenso
                           running_var: torch.Tensor | None = None,
                           momentum: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's per-channel mean and inverse standard deviation ``1 / sqrt(var + eps)``
-    (float32) in four kernels, and where given the running statistics (dense float32,
+    (float32) in two kernels, and where given the running statistics (dense float32,
     updated in place with ``momentum`` as ``BatchNorm`` does; its ``num_batches_tracked`` is
     the caller's)."""
     stats = _statistics(v, eps, running_mean, running_var, momentum)
