@@ -487,10 +487,12 @@ class _CppKernels:
     interface, so that :class:`_KernelGSF` runs either: the gate (``relu(bn(v))`` and the
     gate conv as one direct convolution), the blend, their backward and the input gradient
     are C++ loops; the gate conv's two gradients stay batched matmuls over the 27 products
-    per pixel (PyTorch's are faster than a hand-written loop). One
-    difference: the blend's ``grad_v`` and ``grad_normed`` come back in ``v``'s dtype and
-    layout (Triton's in float32), so in bf16 the input gradient is rounded at each of them,
-    as in :meth:`GSF.forward_torch`."""
+    per pixel (PyTorch's are faster than a hand-written loop). Two
+    differences: the blend's ``grad_v`` and the gradient at the batch norm's output,
+    ``grad_normed``, come back in ``v``'s dtype and layout (Triton's ``grad_v`` in float32;
+    its ``grad_normed`` is never stored), so in bf16 the input gradient is rounded at each of
+    them, as in :meth:`GSF.forward_torch`; and the C++ set's backward is
+    :func:`_kernel_backward`'s steps as they are."""
 
     def __init__(self, ops: Any) -> None:
         self.ops = ops
@@ -665,11 +667,13 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
                      fusion_saved: tuple, num_segments: int, batch_statistics: bool,
                      channels_last: bool) -> tuple[torch.Tensor, ...]:
     """The backward of :func:`_kernel_forward` (given what it saved), step by step through a
-    kernel set's kernels (each set's ``backward``: Triton's runs this, the C++ set the same
-    steps in one C++ call): the input's gradient written into ``grad_x[:, :P]`` (whose other
-    channels the caller has filled), and the parameters' ``(bn_weight, bn_bias, conv_weight,
-    conv_bias, fusion_weight, fusion_bias)`` gradients returned. The blend's adjoint, the fusion weights' and the gate's tanh, then back
-    through the gate conv, the ReLU and the batch norm, all summed in one last kernel."""
+    kernel set's kernels (the C++ set runs these steps in one C++ call; Triton's ``backward``
+    the same, the batch norm's output gradient recomputed rather than stored): the input's
+    gradient written into ``grad_x[:, :P]`` (whose other channels the caller has filled), and
+    the parameters' ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
+    fusion_bias)`` gradients returned. The blend's adjoint, the fusion weights' and the gate's
+    tanh, then back through the gate conv, the ReLU and the batch norm, all summed in one last
+    kernel."""
     t = num_segments
     nt, p, h, w = v.shape
     grad_v, grad_gate, grad_weights = kernels.blend_backward(grad_out[:, :p], v, gate, weights, t)
@@ -677,12 +681,34 @@ def _kernel_backward(kernels: Any, grad_out: torch.Tensor, grad_x: torch.Tensor,
         grad_weights, grad_gate, v, gate, weights, fusion_saved, fusion_weight, t, channels_last)
     grad_normed, grad_conv_weight, sum_grad, sum_grad_xhat = kernels.gate_backward(
         v, mean, invstd, bn_weight, bn_bias, conv_weight, grad_z, t)
+    coef, centre, slope = _batch_norm_backward_terms(bn_weight, invstd, sum_grad, sum_grad_xhat, nt * h * w,
+                                                     batch_statistics)
+    kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
+    return _parameter_gradients(sum_grad_xhat, sum_grad, grad_conv_weight, grad_z, grad_fusion_weight,
+                                grad_fusion_bias, bn_weight, bn_bias, conv_weight, fusion_weight)
+
+
+def _batch_norm_backward_terms(bn_weight: torch.Tensor, invstd: torch.Tensor, sum_grad: torch.Tensor,
+                               sum_grad_xhat: torch.Tensor, count: int,
+                               batch_statistics: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(coef, centre, slope)`` per channel, float32: the batch norm's input gradient is
+    ``coef * (g - centre - xhat * slope)`` for the gradient ``g`` at its output, whose sums
+    over the ``count`` values of a channel are given (with running statistics ``centre`` and
+    ``slope`` are 0: the statistics are constants)."""
     coef = _as_dtype(bn_weight, torch.float32) * invstd
     if batch_statistics:  # the statistics' own gradient, over N*T*H*W values per channel
-        centre, slope = sum_grad / (nt * h * w), sum_grad_xhat / (nt * h * w)
-    else:
-        centre = slope = torch.zeros_like(coef)
-    kernels.input_gradient(v, grad_normed, grad_v, grad_means, gate, coef, centre, slope, mean, invstd, grad_x[:, :p])
+        return coef, sum_grad / count, sum_grad_xhat / count
+    zeros = torch.zeros_like(coef)
+    return coef, zeros, zeros
+
+
+def _parameter_gradients(sum_grad_xhat: torch.Tensor, sum_grad: torch.Tensor, grad_conv_weight: torch.Tensor,
+                         grad_z: torch.Tensor, grad_fusion_weight: torch.Tensor, grad_fusion_bias: torch.Tensor,
+                         bn_weight: torch.Tensor, bn_bias: torch.Tensor, conv_weight: torch.Tensor,
+                         fusion_weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The kernel backward's ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
+    fusion_bias)`` gradients, each in its parameter's dtype (the conv bias's from the gate's
+    pre-activation gradient ``grad_z`` ``(NT, 2, H*W)``)."""
     return (_as_dtype(sum_grad_xhat, bn_weight.dtype), _as_dtype(sum_grad, bn_bias.dtype),
             _as_dtype(grad_conv_weight, conv_weight.dtype), _as_dtype(grad_z.sum(dim=(0, 2)), conv_weight.dtype),
             _as_dtype(grad_fusion_weight, fusion_weight.dtype), _as_dtype(grad_fusion_bias, fusion_weight.dtype))

@@ -18,10 +18,11 @@ backward
     :func:`blend_backward` (the gradients of ``v``, the gate and the fusion weights through
     the blend), :func:`fusion_weights_backward` (the means' and the fusion convs' gradients),
     :func:`gate_gradient` (the means' share of the gate's gradient, through the tanh),
-    :func:`gate_backward` (through the gate conv and the ReLU: the gradient at
-    the batch norm's output, the conv's weight gradient and the per-channel sums the batch-norm
-    backward needs), :func:`input_gradient` (the batch norm's backward and the fusion weights'
-    means, summed with the blend's gradient into the input gradient).
+    :func:`gate_backward` (through the gate conv and the ReLU: the conv's weight gradient and
+    the per-channel sums the batch-norm backward needs), :func:`input_gradient` (the gradient
+    at the batch norm's output recomputed as in :func:`gate_backward`, rather than stored and
+    read back, through the batch norm's backward; the fusion weights' means; summed with the
+    blend's gradient into the input gradient); :func:`backward` runs them in turn.
 
 Where a map's rows lie one after the other (NCHW and channels-last maps, not crops) a kernel
 addresses pixel ``p`` as ``p`` times the pixel stride, with no division into row and column,
@@ -545,9 +546,11 @@ def gate_gradient(grad_gate: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
                   num_segments: int) -> torch.Tensor:
     """The gradient of the gate's pre-activation ``(NT, 2, H*W)``, written over ``grad_gate[0]``
     (``grad_gate``: :func:`blend_backward`'s partial gradients of the gate, ``(splits, NT, 2,
-    H*W)``): the fusion means' share (``grad_means`` ``(NT, 2, P)``, row 1) added, then through
-    the tanh."""
+    H*W)``, or one ``(NT, 2, H*W)`` as the C++ set has it): the fusion means' share
+    (``grad_means`` ``(NT, 2, P)``, row 1) added, then through the tanh."""
     nt, p, h, w = v.shape
+    if grad_gate.dim() == 3:
+        grad_gate = grad_gate.unsqueeze(0)
     block_p = _block_pixels(h * w)
     _gate_gradient_kernel[(nt * 2, triton.cdiv(h * w, block_p))](
         grad_gate, v, gate_map, grad_means, p // 2, h * w, w, *v.stride(), grad_gate.shape[0], grad_gate.stride(0),
@@ -584,12 +587,25 @@ def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate
              mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
              conv_weight: torch.Tensor, fusion_weight: torch.Tensor, fusion_saved: tuple, num_segments: int,
              batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """GSF's training backward with these kernels, step by step (``gsf._kernel_backward``)."""
+    """GSF's training backward with these kernels: ``gsf._kernel_backward``'s steps, except
+    that the gradient at the batch norm's output is not stored by :func:`gate_backward` and
+    read back, but recomputed by :func:`input_gradient` where it is summed (a float32 map
+    neither written nor read)."""
     from lightning_gsf import gsf
 
-    return gsf._kernel_backward(sys.modules[__name__], grad_out, grad_x, v, gate, weights, mean, invstd, bn_weight,
-                                bn_bias, conv_weight, fusion_weight, fusion_saved, num_segments, batch_statistics,
-                                channels_last)
+    t = num_segments
+    nt, p, h, w = v.shape
+    grad_v, grad_gate, grad_weights = blend_backward(grad_out[:, :p], v, gate, weights, t)
+    grad_z, grad_means, grad_fusion_weight, grad_fusion_bias = fusion_backward(
+        grad_weights, grad_gate, v, gate, weights, fusion_saved, fusion_weight, t, channels_last)
+    grad_conv_weight, sum_grad, sum_grad_xhat = gate_backward(v, mean, invstd, bn_weight, bn_bias, conv_weight,
+                                                              grad_z, t)
+    coef, centre, slope = gsf._batch_norm_backward_terms(bn_weight, invstd, sum_grad, sum_grad_xhat, nt * h * w,
+                                                         batch_statistics)
+    input_gradient(v, grad_v, grad_z, grad_means, gate, mean, invstd, bn_weight, bn_bias, conv_weight, coef, centre,
+                   slope, grad_x[:, :p], t)
+    return gsf._parameter_gradients(sum_grad_xhat, sum_grad, grad_conv_weight, grad_z, grad_fusion_weight,
+                                    grad_fusion_bias, bn_weight, bn_bias, conv_weight, fusion_weight)
 
 
 @triton.jit
@@ -710,9 +726,7 @@ def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
     :func:`gate_gradient` adds up."""
     nt, p, h, w = v.shape
     half, pixels = p // 2, h * w
-    block_p = _block_pixels(pixels)
-    blocks = triton.cdiv(pixels, block_p)
-    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(half, BLOCK_CHANNELS), BLOCK_CHANNELS)
+    block_p, blocks, splits, split_channels = _channel_split(nt, p, pixels)
     grad_v = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
     grad_gate = torch.empty((splits, nt, 2, pixels), dtype=torch.float32, device=v.device)
     grad_weights = torch.empty((nt, 2, half, blocks), dtype=torch.float32, device=v.device)
@@ -724,40 +738,60 @@ def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
 
 
 @triton.jit
-def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
-                          grad_normed_ptr, grad_weight_ptr, sums_ptr, num_segments, half, height, width,
-                          num_pixel_blocks, split_channels, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr,
-                          FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
-    pre-activation gradient): the gradient at the batch norm's output (``grad_normed``,
-    float32 ``(NT, P, H*W)``), and per (frame, pixel block) partial sums of the conv weight's
-    gradient ``(.., 2, P/2, 27)`` and of ``grad_normed`` and ``grad_normed * xhat`` per
-    channel ``(.., 2, P)``; ``program_id(1)`` is ``group * splits + split``, each split a run of
-    ``split_channels`` channels.
+def _tap_gradients(grad_z_ptr, frame, group, t, num_segments, p, p_mask, height, width):
+    """``G[(j, kh, kw), p]`` ``(32, BLOCK_P)``, 27 rows used: the gradient of the gate's
+    pre-activation that tap ``(j, kh, kw)`` of pixel ``p`` fed, the one at pixel ``p - (kh -
+    1, kw - 1)`` of frame ``frame + 1 - j`` (tap 0 of a frame fed the next frame's gate, tap 2
+    the previous one's); zero outside the map and the clip."""
+    ph, pw = p // width, p % width
+    taps = tl.arange(0, 32)
+    j, kh, kw = taps // 9, (taps % 9) // 3, taps % 3
+    step = 1 - j
+    hh = ph[None, :] - (kh[:, None] - 1)
+    ww = pw[None, :] - (kw[:, None] - 1)
+    mask = ((taps < 27) & (t + step >= 0) & (t + step < num_segments))[:, None] & p_mask[None, :]
+    mask = mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
+    rows = ((frame + step) * 2 + group) * (height * width)
+    return tl.load(grad_z_ptr + rows[:, None] + hh * width + ww, mask=mask, other=0.0)
 
-    With ``G[(j, kh, kw), p]`` the gradient of tap ``j`` at pixel ``p - (kh - 1, kw - 1)``
-    (tap 0 of a frame fed the next frame's gate, tap 2 the previous one's), both gradients
-    are matrix products: ``grad_a = weight @ G`` and ``grad_weight = a @ G^T``."""
+
+@triton.jit
+def _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr):
+    """``(xhat, normed)``: ``x`` ``(BLOCK_C, BLOCK_P)`` of channels ``ch`` standardised, and the
+    batch norm's output ``xhat * weight + bias``."""
+    mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    xhat = (x - mean) * invstd
+    gamma = tl.load(bn_weight_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    beta = tl.load(bn_bias_ptr + ch, mask=c_mask, other=0.0)[:, None]
+    return xhat, xhat * gamma + beta
+
+
+@triton.jit
+def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
+                          grad_weight_ptr, sums_ptr, num_segments, half, height, width, num_pixel_blocks,
+                          split_channels, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
+    pre-activation gradient): per (frame, pixel block) partial sums of the conv weight's
+    gradient ``(.., 2, P/2, 27)`` and, per channel, of the gradient at the batch norm's output
+    ``grad_normed`` and of ``grad_normed * xhat`` ``(.., 2, P)`` (``grad_normed`` itself is not
+    stored: :func:`_input_gradient_kernel` recomputes it); ``program_id(1)`` is ``group * splits
+    + split``, each split a run of ``split_channels`` channels.
+
+    With ``G`` the tap gradients (:func:`_tap_gradients`) both gradients are matrix products:
+    ``grad_a = weight @ G`` and ``grad_weight = a @ G^T``."""
     frame = tl.program_id(0).to(tl.int64)
     splits = tl.num_programs(1) // 2
     group, split = tl.program_id(1) // splits, tl.program_id(1) % splits
     block = tl.program_id(2)
     program = frame * num_pixel_blocks + block
-    t = frame % num_segments
-    pixels = height * width
     channels = 2 * half
     p = block * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < pixels
-    ph, pw = p // width, p % width
-    taps = tl.arange(0, 32)  # (j, kh, kw) flattened, 27 of 32 used
-    j, kh, kw = taps // 9, (taps % 9) // 3, taps % 3
-    step = 1 - j  # tap j of this frame fed the gate of frame + 1 - j
-    hh = ph[None, :] - (kh[:, None] - 1)
-    ww = pw[None, :] - (kw[:, None] - 1)
-    g_mask = ((taps < 27) & (t + step >= 0) & (t + step < num_segments))[:, None] & p_mask[None, :]
-    g_mask = g_mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-    g_rows = ((frame + step) * 2 + group) * pixels
-    grad_taps = tl.load(grad_z_ptr + g_rows[:, None] + hh * width + ww, mask=g_mask, other=0.0)  # (32, BLOCK_P)
+    p_mask = p < height * width
+    taps = tl.arange(0, 32)
+    grad_taps = _tap_gradients(grad_z_ptr, frame, group, frame % num_segments, num_segments, p, p_mask, height,
+                               width)
     pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     start = split * split_channels
     for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
@@ -765,13 +799,8 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         c_mask = cl < half
         mask = c_mask[:, None] & p_mask[None, :]
         ch = group * half + cl
-        mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
-        invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
-        gamma = tl.load(bn_weight_ptr + ch, mask=c_mask, other=0.0)[:, None]
-        beta = tl.load(bn_bias_ptr + ch, mask=c_mask, other=0.0)[:, None]
         x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
-        xhat = (x - mean) * invstd
-        normed = xhat * gamma + beta
+        xhat, normed = _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr)
         a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
         w_mask = c_mask[:, None] & (taps < 27)[None, :]
         w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=w_mask, other=0.0)  # (BLOCK_C, 32)
@@ -780,82 +809,97 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         tl.store(grad_weight_ptr + ((program * 2 + group) * half + cl[:, None]) * 27 + taps[None, :], grad_w,
                  mask=w_mask)
         grad_normed = tl.where(mask & (normed > 0), grad_a, 0.0)
-        tl.store(grad_normed_ptr + (frame * channels + ch[:, None]) * pixels + p[None, :], grad_normed, mask=mask)
         tl.store(sums_ptr + (program * 2) * channels + ch, tl.sum(grad_normed, axis=1), mask=c_mask)
         tl.store(sums_ptr + (program * 2 + 1) * channels + ch, tl.sum(grad_normed * xhat, axis=1), mask=c_mask)
 
 
-def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
-                  bn_bias: torch.Tensor, weight: torch.Tensor, grad_z: torch.Tensor,
-                  num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`gate_products` and :func:`gate`'s sums, backwards from the gate's
-    pre-activation gradient ``grad_z`` ``(NT, 2, H*W)``: ``(grad_normed (NT, P, H*W), the
-    conv weight's gradient (2, P/2, 3, 3, 3), sum of grad_normed (P,), sum of grad_normed *
-    xhat (P,))``, float32."""
-    nt, p, h, w = v.shape
-    pixels = h * w
+def _channel_split(nt: int, p: int, pixels: int) -> tuple[int, int, int, int]:
+    """``(block_p, blocks, splits, split_channels)`` of the kernels whose programs take one
+    frame, group and pixel tile and loop over the group's channels."""
     block_p = _block_pixels(pixels)
     blocks = triton.cdiv(pixels, block_p)
-    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS)
-    grad_normed = torch.empty((nt, p, pixels), dtype=torch.float32, device=v.device)
+    return (block_p, blocks, *_split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
+
+
+def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                  bn_bias: torch.Tensor, weight: torch.Tensor, grad_z: torch.Tensor,
+                  num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`gate_products` and :func:`gate`'s sums, backwards from the gate's
+    pre-activation gradient ``grad_z`` ``(NT, 2, H*W)``: ``(the conv weight's gradient (2, P/2,
+    3, 3, 3), sum of grad_normed (P,), sum of grad_normed * xhat (P,))``, float32, where
+    ``grad_normed`` is the gradient at the batch norm's output."""
+    nt, p, h, w = v.shape
+    block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w)
     grad_weight = torch.empty((nt * blocks, 2, p // 2, 27), dtype=torch.float32, device=v.device)
     sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
     _gate_backward_kernel[(nt, 2 * splits, blocks)](
-        v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight),
-        grad_z, grad_normed, grad_weight, sums, num_segments, p // 2, h, w, blocks, split_channels, *v.stride(),
-        DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
-        num_warps=NUM_WARPS)
+        v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight), grad_z, grad_weight, sums,
+        num_segments, p // 2, h, w, blocks, split_channels, *v.stride(), DOT_PRECISION=_dot_precision(v.device),
+        FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     sums = sums.sum(dim=0)
-    return grad_normed, grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
+    return grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
 
 
 @triton.jit
-def _input_gradient_kernel(v_ptr, grad_normed_ptr, grad_blend_v_ptr, grad_means_ptr, gate_ptr, coef_ptr,
-                           centre_ptr, slope_ptr, mean_ptr, invstd_ptr, grad_x_ptr, half, height, width,
-                           sv_n, sv_c, sv_h, sv_w, sx_n, sx_c, sx_h, sx_w,
-                           FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+def _input_gradient_kernel(v_ptr, grad_blend_v_ptr, grad_z_ptr, grad_means_ptr, gate_ptr, mean_ptr, invstd_ptr,
+                           bn_weight_ptr, bn_bias_ptr, weight_ptr, coef_ptr, centre_ptr, slope_ptr, grad_x_ptr,
+                           num_segments, half, height, width, split_channels, sv_n, sv_c, sv_h, sv_w,
+                           sx_n, sx_c, sx_h, sx_w, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
+                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``grad_x[:, :P] = grad_blend_v + coef * (grad_normed - centre - xhat * slope)`` (the
-    batch norm's backward) ``+ (grad_means[0] + grad_means[1] * gate_k) / (H*W)`` (the
-    fusion weights' spatial means)."""
-    row = tl.program_id(0).to(tl.int64)
-    frame, group = row // 2, row % 2
+    batch norm's backward of ``grad_normed``, recomputed here as in
+    :func:`_gate_backward_kernel`) ``+ (grad_means[0] + grad_means[1] * gate_k) / (H*W)`` (the
+    fusion weights' spatial means); programs as in :func:`_gate_backward_kernel`."""
+    frame = tl.program_id(0).to(tl.int64)
+    splits = tl.num_programs(1) // 2
+    group, split = tl.program_id(1) // splits, tl.program_id(1) % splits
     pixels = height * width
     channels = 2 * half
-    cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = cl < half
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
-    mask = c_mask[:, None] & p_mask[None, :]
-    ch = group * half + cl
-    x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :],
-                mask=mask, other=0.0).to(tl.float32)
-    dense = (frame * channels + ch[:, None]) * pixels + p[None, :]
-    grad_normed = tl.load(grad_normed_ptr + dense, mask=mask, other=0.0)
-    grad = tl.load(grad_blend_v_ptr + dense, mask=mask, other=0.0)
-    mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
-    invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
-    coef = tl.load(coef_ptr + ch, mask=c_mask, other=0.0)[:, None]
-    centre = tl.load(centre_ptr + ch, mask=c_mask, other=0.0)[:, None]
-    slope = tl.load(slope_ptr + ch, mask=c_mask, other=0.0)[:, None]
-    grad += coef * (grad_normed - centre - (x - mean) * invstd * slope)
-    g = tl.load(gate_ptr + row * pixels + p, mask=p_mask, other=0.0)[None, :]
-    grad_mean_v = tl.load(grad_means_ptr + frame * 2 * channels + ch, mask=c_mask, other=0.0)[:, None]
-    grad_mean_y = tl.load(grad_means_ptr + (frame * 2 + 1) * channels + ch, mask=c_mask, other=0.0)[:, None]
-    grad += (grad_mean_v + grad_mean_y * g) / pixels
-    out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :]
-    tl.store(out, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    taps = tl.arange(0, 32)
+    grad_taps = _tap_gradients(grad_z_ptr, frame, group, frame % num_segments, num_segments, p, p_mask, height,
+                               width)
+    g = tl.load(gate_ptr + (frame * 2 + group) * pixels + p, mask=p_mask, other=0.0)[None, :]
+    v_pix = _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :]
+    x_pix = _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :]
+    start = split * split_channels
+    for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
+        cl = c0 + tl.arange(0, BLOCK_C)
+        c_mask = cl < half
+        mask = c_mask[:, None] & p_mask[None, :]
+        ch = group * half + cl
+        x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + v_pix, mask=mask, other=0.0).to(tl.float32)
+        xhat, normed = _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr)
+        w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=c_mask[:, None] & (taps < 27)[None, :],
+                    other=0.0)
+        grad_normed = tl.where(mask & (normed > 0), tl.dot(w, grad_taps, input_precision=DOT_PRECISION), 0.0)
+        grad = tl.load(grad_blend_v_ptr + (frame * channels + ch[:, None]) * pixels + p[None, :], mask=mask,
+                       other=0.0)
+        coef = tl.load(coef_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        centre = tl.load(centre_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        slope = tl.load(slope_ptr + ch, mask=c_mask, other=0.0)[:, None]
+        grad += coef * (grad_normed - centre - xhat * slope)
+        grad_mean_v = tl.load(grad_means_ptr + frame * 2 * channels + ch, mask=c_mask, other=0.0)[:, None]
+        grad_mean_y = tl.load(grad_means_ptr + (frame * 2 + 1) * channels + ch, mask=c_mask, other=0.0)[:, None]
+        grad += (grad_mean_v + grad_mean_y * g) / pixels
+        out = grad_x_ptr + frame * sx_n + ch[:, None] * sx_c + x_pix
+        tl.store(out, grad.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
-def input_gradient(v: torch.Tensor, grad_normed: torch.Tensor, grad_blend_v: torch.Tensor, grad_means: torch.Tensor,
-                   gate_map: torch.Tensor, coef: torch.Tensor, centre: torch.Tensor, slope: torch.Tensor,
-                   mean: torch.Tensor, invstd: torch.Tensor, grad_x: torch.Tensor) -> None:
+def input_gradient(v: torch.Tensor, grad_blend_v: torch.Tensor, grad_z: torch.Tensor, grad_means: torch.Tensor,
+                   gate_map: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
+                   bn_bias: torch.Tensor, conv_weight: torch.Tensor, coef: torch.Tensor, centre: torch.Tensor,
+                   slope: torch.Tensor, grad_x: torch.Tensor, num_segments: int) -> None:
     """Write the gradient of GSF's input's first ``P`` channels into ``grad_x`` (any strides):
-    the blend's ``grad_blend_v``, the batch norm's backward of ``grad_normed`` (per channel
-    ``coef * (g - centre - xhat * slope)``) and the fusion means' ``grad_means``
-    ``(NT, 2, P)`` (of ``mean(v)`` and ``mean(g_k v)``)."""
+    the blend's ``grad_blend_v``, the batch norm's backward (per channel ``coef * (g - centre -
+    xhat * slope)``) of the gradient ``g`` at its output, recomputed from the gate's
+    pre-activation gradient ``grad_z`` through the gate conv and the ReLU, and the fusion
+    means' ``grad_means`` ``(NT, 2, P)`` (of ``mean(v)`` and ``mean(g_k v)``)."""
     nt, p, h, w = v.shape
-    grid, block_p = _tile_grid(nt, p // 2, h * w)
-    _input_gradient_kernel[grid](v, grad_normed, grad_blend_v, _floats(grad_means), gate_map, coef,
-                                 centre, slope, mean, invstd, grad_x, p // 2, h, w, *v.stride(), *grad_x.stride(),
-                                 FLAT=_flat_pixels(v, grad_x), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
-                                 num_warps=NUM_WARPS)
+    block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w)
+    _input_gradient_kernel[(nt, 2 * splits, blocks)](
+        v, grad_blend_v, grad_z, _floats(grad_means), gate_map, mean, invstd, _floats(bn_weight), _floats(bn_bias),
+        _floats(conv_weight), coef, centre, slope, grad_x, num_segments, p // 2, h, w, split_channels, *v.stride(),
+        *grad_x.stride(), DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v, grad_x),
+        BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)

@@ -93,15 +93,16 @@ def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, monkeypat
     assert_triton_path_equals_reference(module, x)
 
 
-def assert_triton_path_equals_reference(module, x):
-    """``forward_triton`` against ``forward_reference`` on a copy of ``module``: output, input
-    and parameter gradients, running statistics (scaled tolerance for the batch sums)."""
+def assert_triton_path_equals_reference(module, x, view=lambda inp: inp):
+    """``forward_triton`` against ``forward_reference`` on a copy of ``module``, given
+    ``view(x)``: output, input and parameter gradients, running statistics (scaled tolerance
+    for the batch sums)."""
     reference = copy.deepcopy(module)
-    upstream = torch.randn(x.shape, device=x.device)
-    results = []
+    results, upstream = [], None
     for gsf, forward in ((module, module.forward_triton), (reference, reference.forward_reference)):
         inp = x.clone().requires_grad_(True)
-        out = forward(inp * 1.0)
+        out = forward(view(inp * 1.0))
+        upstream = torch.randn(out.shape, device=x.device) if upstream is None else upstream
         (out * upstream).sum().backward()
         results.append([out.detach(), inp.grad, *(p.grad for p in gsf.parameters()),
                         gsf.bn.running_mean, gsf.bn.running_var])
@@ -119,6 +120,25 @@ def test_triton_gsf_equals_reference_on_cuda_at_the_fusion_tiles_edges(cuda, flo
     torch.manual_seed(1)
     module = GSF(channels, num_segments=num_segments, ratio=0.25).to(cuda).train()
     assert_triton_path_equals_reference(module, torch.randn(clips * num_segments, channels, size, size, device=cuda))
+
+
+@pytest.mark.parametrize("min_programs", [0, 1024, 10**6], ids=["uncut", "default", "cut_per_tile"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "crop"])
+def test_triton_gsf_equals_reference_on_cuda_whatever_the_cuts_and_layout(cuda, float32_arithmetic, monkeypatch,
+                                                                         layout, min_programs):
+    """Loops over pixels and channels run whole, cut to reach 1024 programs, or cut into one
+    program per tile (64 channels per group: four channel tiles; 14x14 maps: seven pixel
+    tiles), on NCHW and channels-last maps (pixels addressed as one run) and on a crop
+    (rows not adjacent): values and gradients."""
+    monkeypatch.setattr(gsf_module._triton_kernels(), "MIN_PROGRAMS", min_programs)
+    torch.manual_seed(2)
+    module = GSF(512, num_segments=8, ratio=0.25).to(cuda).train()
+    x = torch.randn(16, 512, 16, 17, device=cuda)
+    if layout == "crop":
+        assert_triton_path_equals_reference(module, x, lambda inp: inp[..., 1:-1, 1:-2])  # 14x14, rows 17 apart
+    else:
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert_triton_path_equals_reference(module, x[..., :14, :14].contiguous(memory_format=memory_format))
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
