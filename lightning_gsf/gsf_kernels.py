@@ -96,7 +96,7 @@ def _split(programs: int, blocks: int, block: int) -> tuple[int, int]:
     run by each of ``programs`` programs, cut into ``splits`` programs of ``items`` items each
     (whole blocks, the last run possibly shorter), at least as many as bring the launch to
     :data:`MIN_PROGRAMS` programs, at most one per block."""
-    per_split = max(1, blocks // max(1, min(blocks, triton.cdiv(MIN_PROGRAMS, programs))))
+    per_split = max(1, blocks // max(1, min(blocks, triton.cdiv(MIN_PROGRAMS, max(programs, 1)))))
     return triton.cdiv(blocks, per_split), per_split * block
 
 
@@ -756,9 +756,11 @@ def _tap_gradients(grad_z_ptr, frame, group, t, num_segments, p, p_mask, height,
 
 
 @triton.jit
-def _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr):
-    """``(xhat, normed)``: ``x`` ``(BLOCK_C, BLOCK_P)`` of channels ``ch`` standardised, and the
-    batch norm's output ``xhat * weight + bias``."""
+def _normalized_tile(frame_ptr, ch, pix, s_c, mask, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr):
+    """``(xhat, normed)`` of the tile of channels ``ch`` at pixel offsets ``pix`` of one frame
+    (``frame_ptr``): the values standardised, and the batch norm's output ``xhat * weight +
+    bias``, in float32."""
+    x = tl.load(frame_ptr + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
     mean = tl.load(mean_ptr + ch, mask=c_mask, other=0.0)[:, None]
     invstd = tl.load(invstd_ptr + ch, mask=c_mask, other=0.0)[:, None]
     xhat = (x - mean) * invstd
@@ -799,8 +801,8 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         c_mask = cl < half
         mask = c_mask[:, None] & p_mask[None, :]
         ch = group * half + cl
-        x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
-        xhat, normed = _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr)
+        xhat, normed = _normalized_tile(v_ptr + frame * s_n, ch, pix, s_c, mask, c_mask, mean_ptr, invstd_ptr,
+                                        bn_weight_ptr, bn_bias_ptr)
         a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
         w_mask = c_mask[:, None] & (taps < 27)[None, :]
         w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=w_mask, other=0.0)  # (BLOCK_C, 32)
@@ -869,8 +871,8 @@ def _input_gradient_kernel(v_ptr, grad_blend_v_ptr, grad_z_ptr, grad_means_ptr, 
         c_mask = cl < half
         mask = c_mask[:, None] & p_mask[None, :]
         ch = group * half + cl
-        x = tl.load(v_ptr + frame * sv_n + ch[:, None] * sv_c + v_pix, mask=mask, other=0.0).to(tl.float32)
-        xhat, normed = _normalized(x, ch, c_mask, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr)
+        xhat, normed = _normalized_tile(v_ptr + frame * sv_n, ch, v_pix, sv_c, mask, c_mask, mean_ptr, invstd_ptr,
+                                        bn_weight_ptr, bn_bias_ptr)
         w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=c_mask[:, None] & (taps < 27)[None, :],
                     other=0.0)
         grad_normed = tl.where(mask & (normed > 0), tl.dot(w, grad_taps, input_precision=DOT_PRECISION), 0.0)

@@ -138,6 +138,19 @@ def test_split_covers_the_loop_in_whole_blocks(programs, blocks, block, min_prog
         assert splits == 1
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_triton_path_takes_an_empty_batch(grad):
+    """No frames in, none out, as on the other paths (launches of no programs)."""
+    module = make_gsf(16, 4, 0.5, seed=2).eval()
+    x = torch.randn(0, 16, 5, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = module.forward_triton(x * 1.0)
+    assert out.shape == x.shape
+    if grad:
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 def test_triton_path_on_maps_whose_rows_are_not_adjacent(channels_last, inplace):
