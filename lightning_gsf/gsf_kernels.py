@@ -423,10 +423,14 @@ def _fusion_weights_kernel(means_ptr, weight_ptr, bias_ptr, out_ptr, num_segment
     tl.store(out, 1.0 / (1.0 + tl.exp(-logits)), mask=t_mask & c_mask)
 
 
+FUSION_TILE_VALUES = 1024  # (larger tiles spill registers: scripts/kernel_resources.py)
+
+
 def _fusion_tiles(num_segments: int, half: int) -> tuple[int, int]:
-    """(frames, channels) of a fusion-weights tile: the whole clip, up to 4096 values."""
+    """(frames, channels) of a fusion-weights tile: the whole clip, up to
+    :data:`FUSION_TILE_VALUES` values (more where the clip alone has more frames)."""
     block_t = triton.next_power_of_2(num_segments)
-    return block_t, max(1, min(triton.next_power_of_2(half), 4096 // block_t))
+    return block_t, max(1, min(triton.next_power_of_2(half), FUSION_TILE_VALUES // block_t))
 
 
 def fusion_weights(means: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import subprocess
 import sys
@@ -85,3 +86,23 @@ def test_tune_script_default_setting_is_the_kernels_defaults(monkeypatch):
 
     assert tune["SETTINGS"]["default"] == tuple(getattr(gsf_kernels, name) for name in tune["CONSTANTS"])
     assert all(len(values) == len(tune["CONSTANTS"]) for values in tune["SETTINGS"].values())
+
+
+def test_kernel_resources_compiles_each_kernel_offline():
+    """``kernel_resources.py`` builds kernels for sm_90 with Triton's bundled ptxas (no GPU)
+    and prints each one's registers and the occupancy they allow; in a process of its own,
+    since this suite imports the kernels for Triton's interpreter."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(SCRIPTS / "kernel_resources.py"), "--kernels", "gate", "gated_means",
+                             "--warps", "4", "8"], env=env, capture_output=True, text=True, check=True)
+    rows = [line.split() for line in result.stdout.splitlines()[2:]]
+    assert [row[:2] for row in rows] == [["gate", "4"], ["gate", "8"], ["gated_means", "4"], ["gated_means", "8"]]
+    assert all(0 < int(row[2]) <= 255 and 0 < int(row[5]) <= 64 for row in rows)
+
+
+def test_kernel_resources_refuses_interpreted_kernels(capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(sys, "argv", ["kernel_resources.py"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(SCRIPTS / "kernel_resources.py"), run_name="__main__")
+    assert "TRITON_INTERPRET is set" in capsys.readouterr().err
