@@ -8,6 +8,7 @@ residual block: the first ``C/fold_div`` channels take the next frame's values, 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import TypeVar
 
 import torch
@@ -84,21 +85,42 @@ class _TemporalShift(torch.autograd.Function):
     a module that does no arithmetic. The adjoint moves the ``2 * fold`` shifted channels
     within the output's gradient where nothing else holds it (:mod:`gradient_reuse`: in a
     ResNet block the gradient comes fresh from the convolution that read the shift), else
-    it is one more shifted copy.
+    it is one more shifted copy. On CUDA each way is one Triton kernel
+    (:mod:`lightning_gsf.shift_kernels`).
     """
 
     @staticmethod
     def forward(ctx, x, num_segments, fold):  # noqa: D102
         ctx.num_segments, ctx.fold = num_segments, fold
+        kernels = _shift_kernels(x)
+        if kernels is not None:
+            return kernels.shift(x, num_segments, fold)
         return _shift_copy(x, num_segments, fold, backwards_first=True)
 
     @staticmethod
     @gradient_reuse.taking_counts
     def backward(ctx, grad_out, counts):  # noqa: D102
+        # (with create_graph, slice copies: differentiable again, for a double backward)
+        kernels = None if torch.is_grad_enabled() else _shift_kernels(grad_out)
         if gradient_reuse.writable(grad_out, counts):  # (the shift works in either layout)
-            return _unshift_in_place(grad_out, ctx.num_segments, ctx.fold), None, None
-        # (slice copies: differentiable again, for a double backward)
+            unshift = _unshift_in_place if kernels is None else kernels.unshift_
+            return unshift(grad_out, ctx.num_segments, ctx.fold), None, None
+        if kernels is not None:
+            return kernels.shift(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None
         return _shift_copy(grad_out, ctx.num_segments, ctx.fold, backwards_first=False), None, None
+
+
+def _shift_kernels(x: torch.Tensor) -> ModuleType | None:
+    """:mod:`lightning_gsf.shift_kernels` (one Triton launch each way, for the GPU, where the
+    slice copies' launches cost the host more than their copies cost the GPU) for CUDA
+    tensors where Triton is installed; else None."""
+    if not x.is_cuda:
+        return None
+    try:
+        from lightning_gsf import shift_kernels
+    except ImportError:
+        return None
+    return shift_kernels
 
 
 def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> torch.Tensor:

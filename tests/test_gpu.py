@@ -142,6 +142,34 @@ def test_triton_gsf_equals_reference_on_cuda_whatever_the_cuts_and_layout(cuda, 
         assert_triton_path_equals_reference(module, x[..., :14, :14].contiguous(memory_format=memory_format))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, channels_last, dtype):
+    """TSM on CUDA takes one Triton kernel each way: the PyTorch slice copies' values and
+    input gradient bit for bit (the in-place backward, and the copy for a held gradient)."""
+    from lightning_gsf import temporal
+
+    original, calls = temporal._shift_kernels, []
+
+    def recording(tensor):
+        calls.append(tensor.device.type)
+        return original(tensor)
+
+    monkeypatch.setattr(temporal, "_shift_kernels", recording)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(16, 200, 28, 28, device=cuda).to(dtype).contiguous(memory_format=memory_format)
+    upstream = torch.randn(x.shape, device=cuda).to(dtype)
+    gradients = []
+    for on_cuda in (True, False):
+        inp = (x if on_cuda else x.cpu()).clone().requires_grad_()
+        out = temporal.temporal_shift(inp, num_segments=8)
+        (out * (upstream if on_cuda else upstream.cpu())).sum().backward()
+        gradients.append((out.cpu(), inp.grad.cpu()))
+    assert calls[:2] == ["cuda", "cuda"] and original(x) is not None  # (forward, backward)
+    for fast, expected in zip(*gradients):
+        assert torch.equal(fast, expected)
+
+
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 def test_triton_gsf_without_autograd_on_cuda(cuda, float32_arithmetic, inplace):
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -381,3 +382,102 @@ def test_in_place_shift_op_checks_its_arguments():
     odd = torch.randn(2 * 3, 16, 1, 4).permute(0, 1, 3, 2)  # W = 1: contiguous, but W's stride is 4
     with pytest.raises(RuntimeError, match="pixels must have one stride over H\\*W"):
         ops.temporal_shift_(odd, torch.empty(4, 2, 4, 1), 3, 2)
+
+
+@pytest.fixture
+def triton_shift(monkeypatch) -> list[str]:
+    """TSM's eager shift through the Triton kernels it takes on CUDA (one launch each way),
+    here on CPU tensors under Triton's interpreter; returns the kernels' calls, recorded."""
+    from lightning_gsf import shift_kernels
+
+    calls: list[str] = []
+
+    def recorded(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return getattr(shift_kernels, name)(*args, **kwargs)
+        return call
+
+    kernels = types.SimpleNamespace(shift=recorded("shift"), unshift_=recorded("unshift_"))
+    monkeypatch.setattr(temporal, "_shift_kernels", lambda x: kernels)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "crop"])
+@pytest.mark.parametrize(
+    "batch,num_segments,channels,fold_div",
+    [(2, 4, 16, 8), (3, 3, 17, 8), (2, 5, 12, 4), (1, 1, 16, 8), (2, 3, 4, 8), (1, 2, 72, 2)],
+)
+def test_triton_shift_matches_naive_shift_values_and_gradients(triton_shift, batch, num_segments, channels, fold_div,
+                                                               layout):
+    """One kernel forward, one in place backward: the naive shift's values and gradients bit
+    for bit, NCHW, channels-last (kept) and on a crop (rows not adjacent); folds that are
+    not multiples of the channel tile, and folds of 0 and of half the channels."""
+    generator = torch.Generator().manual_seed(channels)
+    leaf = torch.randn(batch * num_segments, channels, 5, 6, generator=generator)
+    if layout == "channels_last":
+        leaf = leaf.contiguous(memory_format=torch.channels_last)
+    leaf.requires_grad_()
+    leaf_naive = leaf.detach().clone().requires_grad_()
+    view = (lambda v: v[..., 1:, :-2]) if layout == "crop" else (lambda v: v)
+    out = temporal_shift(view(leaf * 1.0), num_segments, fold_div)
+    expected = naive_shift(view(leaf_naive * 1.0), num_segments, fold_div)
+    assert torch.equal(out, expected)
+    upstream = torch.randn(out.shape, generator=generator)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.equal(leaf.grad, leaf_naive.grad)
+    assert triton_shift == ["shift", "unshift_"]
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("holder", HOLDERS)
+def test_triton_shift_leaves_a_held_output_gradient_alone(triton_shift, holder):
+    """The kernels' backward also writes a new tensor where anything else holds the output's
+    gradient (the opposite shift, one launch)."""
+    x = torch.randn(2 * 4, 16, 3, 5, requires_grad=True)
+    kept, other = [], torch.randn(x.shape, requires_grad=True)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    consumer = holding_consumer(holder, weights, other, kept)
+    between_spies(lambda v: temporal_shift(v, 4), x, consumer)
+    check_holders_kept_their_values(holder, kept, weights, other)
+    assert torch.equal(x.grad, naive_input_gradient(x, 4, consumer))
+    assert triton_shift[0] == "shift" and len(triton_shift) == 2
+
+
+def test_triton_shift_double_backward_takes_the_slice_copies(triton_shift):
+    """With ``create_graph`` the backward is the differentiable slice copies, not a kernel
+    (whose output autograd could not differentiate); the first-order backwards are kernels."""
+    x = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradgradcheck(lambda v: temporal_shift(v, 3) ** 2, (x,))
+    assert "shift" in triton_shift
+
+
+def test_shift_kernels_serve_cuda_tensors_only():
+    assert temporal._shift_kernels(torch.randn(2, 8, 2, 2)) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    clips=st.integers(0, 2), num_segments=st.integers(1, 5), channels=st.integers(1, 40), folds=st.data(),
+    height=st.integers(1, 6), width=st.integers(1, 6), channels_last=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16),
+)
+def test_shift_kernels_equal_the_slice_copies(clips, num_segments, channels, folds, height, width, channels_last,
+                                              dtype, seed):
+    """``shift_kernels.shift`` (both directions) and ``unshift_`` against the PyTorch slice
+    copies, bit for bit and layout kept, for any fold up to half the channels, empty batches
+    included."""
+    from lightning_gsf import shift_kernels
+
+    fold = folds.draw(st.integers(0, channels // 2))
+    x = torch.randn(clips * num_segments, channels, height, width, generator=torch.Generator().manual_seed(seed))
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for backwards_first in (True, False):
+        expected = temporal._shift_copy(x, num_segments, fold, backwards_first)
+        out = shift_kernels.shift(x, num_segments, fold, backwards_first)
+        assert torch.equal(out, expected) and out.stride() == expected.stride()
+    in_place = x.clone()
+    assert shift_kernels.unshift_(in_place, num_segments, fold) is in_place
+    assert torch.equal(in_place, temporal._unshift_in_place(x.clone(), num_segments, fold))
