@@ -1,6 +1,7 @@
-"""Registers, spills and shared memory of GSF's Triton kernels, compiled offline (no GPU needed).
+"""Registers, spills and shared memory of the Triton kernels, compiled offline (no GPU needed).
 
-Triton compiles each kernel of :mod:`lightning_gsf.gsf_kernels` for an NVIDIA compute
+Triton compiles each kernel of :mod:`lightning_gsf.gsf_kernels` (GSF) and
+:mod:`lightning_gsf.shift_kernels` (TSM) for an NVIDIA compute
 capability (``--sm``, default 90: H100 / H200) with the ptxas it bundles, and cuobjdump
 (bundled too) reads the resources from the binary. From them, the occupancy a kernel can
 reach: an SM holds 65536 registers, so at ``R`` registers per thread and ``W`` warps a
@@ -23,20 +24,23 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lightning_gsf import gsf_kernels
+from lightning_gsf import gsf_kernels, shift_kernels
 
 REGISTERS_PER_SM, MAX_WARPS_PER_SM = 65536, 64
 UNIT_STRIDES = ("s_w", "sv_w", "sg_w", "sx_w", "so_w", "sc_w")  # (specialised to 1, as Triton does for NCHW)
 
 
+MODULES = (gsf_kernels, shift_kernels)
+
+
 def kernel_names() -> list[str]:
-    return sorted(name[1:-len("_kernel")] for name in dir(gsf_kernels)
+    return sorted(name[1:-len("_kernel")] for module in MODULES for name in dir(module)
                   if name.startswith("_") and name.endswith("_kernel"))
 
 
 def constants(name: str) -> dict:
     """The compile-time arguments a launch of kernel ``name`` passes (module defaults)."""
-    values = dict(DOT_PRECISION=gsf_kernels.DOT_PRECISION, FLAT=True, SAVE_COPY=True, UPDATE=True,
+    values = dict(DOT_PRECISION=gsf_kernels.DOT_PRECISION, FLAT=True, SAVE_COPY=True, UPDATE=True, BACKWARDS_FIRST=True,
                   BLOCK_C=gsf_kernels.BLOCK_CHANNELS, BLOCK_P=gsf_kernels.MAX_BLOCK_PIXELS)
     if name == "gate":
         values["BLOCK_P"] = 256
@@ -49,7 +53,7 @@ def constants(name: str) -> dict:
 
 def resources(name: str, sm: int, warps: int) -> dict[str, int]:
     """``{"REG": .., "STACK": .., "SHARED": .., ...}`` of kernel ``name`` built for ``sm``."""
-    fn = getattr(gsf_kernels, f"_{name}_kernel")
+    fn = next(getattr(module, f"_{name}_kernel") for module in MODULES if hasattr(module, f"_{name}_kernel"))
     values = constants(name)
     signature, constexprs = {}, {}
     for param in fn.params:
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: the kernels were imported for the interpreter, not for compiling")
-    print(f"GSF Triton kernels built for sm_{args.sm} (Triton {triton.__version__})")
+    print(f"Triton kernels built for sm_{args.sm} (Triton {triton.__version__})")
     print(f"{'kernel':>24} {'warps':>5} {'registers':>9} {'stack B':>7} {'shared B':>8} {'warps / SM':>10}")
     for name in args.kernels:
         for warps in args.warps:
