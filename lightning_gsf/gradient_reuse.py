@@ -21,6 +21,7 @@ Usage, in an autograd Function::
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -29,15 +30,21 @@ import torch
 
 # The private use counts that the check reads (present in torch 2.x).
 COUNTS_USABLE = hasattr(torch.Tensor, "_use_count") and hasattr(torch._C, "_storage_Use_Count")
+# CUDA gradients too (``LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1``): the same reasoning holds there,
+# but until the GPU tests (tests/test_gpu.py, which run it both ways) have passed on a GPU the
+# default keeps CUDA backwards writing new tensors. On CUDA it saves GSF's backward a copy of
+# the C - P channels it passes through, and TSM's a copy of the whole map.
+ON_CUDA = os.environ.get("LIGHTNING_GSF_CUDA_GRADIENT_REUSE", "0") == "1"
 
 Counts = tuple[int, int, int]
 
 
 def counts_on_entry(grad: torch.Tensor) -> Counts | None:
     """Who holds ``grad``: its Python references, its C++ references and the tensors (views)
-    on its storage; None for a non-CPU gradient or where torch lacks the private use counts.
-    Comparable only when taken in the same prologue as the probe's (:func:`taking_counts`)."""
-    if not COUNTS_USABLE or not grad.is_cpu:
+    on its storage; None for a gradient on another device than the CPU (or CUDA, with
+    :data:`ON_CUDA`) or where torch lacks the private use counts. Comparable only when taken
+    in the same prologue as the probe's (:func:`taking_counts`)."""
+    if not COUNTS_USABLE or not _device_allowed(grad):
         return None
     return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
 
@@ -95,8 +102,11 @@ def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.mem
     """Whether a backward may write over ``grad``, its output's gradient, whose ``counts`` it
     took on entry: a dense tensor in ``memory_format`` (the input's; None: NCHW or
     channels-last, either will do) that nothing but the autograd engine holds, outside a
-    double backward. CPU tensors only for now: the same reasoning holds on CUDA, but the GPU
-    tests have not run it yet."""
+    double backward. CPU tensors, and CUDA ones with :data:`ON_CUDA`."""
     formats = (torch.contiguous_format, torch.channels_last) if memory_format is None else (memory_format,)
-    return (counts is not None and grad.is_cpu and counts == unshared_counts() and not grad.requires_grad
+    return (counts is not None and _device_allowed(grad) and counts == unshared_counts() and not grad.requires_grad
             and any(grad.is_contiguous(memory_format=layout) for layout in formats))
+
+
+def _device_allowed(grad: torch.Tensor) -> bool:
+    return grad.is_cpu or (ON_CUDA and grad.is_cuda)

@@ -58,7 +58,7 @@ def shift(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool =
 
 
 @triton.jit
-def _unshift_kernel(grad_ptr, num_segments, fold, height, width, s_n, s_c, s_h, s_w, FLAT: tl.constexpr,
+def _unshift_kernel(grad_ptr, num_segments, channels, fold, height, width, s_n, s_c, s_h, s_w, FLAT: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """In place, for one clip, channel tile and pixel tile: channels ``[0, fold)`` move one
     frame later and ``[fold, 2 * fold)`` one frame earlier (``program_id(1)`` says which fold
@@ -67,14 +67,14 @@ def _unshift_kernel(grad_ptr, num_segments, fold, height, width, s_n, s_c, s_h, 
     tiles = tl.num_programs(1) // 2
     later = tl.program_id(1) < tiles
     c = (tl.program_id(1) % tiles) * BLOCK_C + tl.arange(0, BLOCK_C) + tl.where(later, 0, fold)
-    c_mask = c < tl.where(later, fold, 2 * fold)
+    c_mask = (c < tl.where(later, fold, 2 * fold)) & (c < channels)  # (the second fold may be cut short)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask = c_mask[:, None] & (p < height * width)[None, :]
     tile = c[:, None] * s_c + _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     clip = grad_ptr + tl.program_id(0).to(tl.int64) * num_segments * s_n + tile
     source_step = tl.where(later, -1, 1)
     for i in range(num_segments):
-        t = tl.where(later, num_segments - 1 - i, i)
+        t = tl.where(later, num_segments - 1 - i, i).to(tl.int64)
         source = t + source_step
         values = tl.load(clip + source * s_n, mask=mask & (source >= 0) & (source < num_segments), other=0.0)
         tl.store(clip + t * s_n, values, mask=mask)
@@ -84,10 +84,10 @@ def unshift_(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
     """The adjoint of :func:`shift` written over ``grad`` ``(N*T, C, H, W)``, any strides that
     do not overlap: the ``2 * fold`` shifted channels move back, the others are untouched.
     Returns ``grad``."""
-    nt, _, h, w = grad.shape
+    nt, c, h, w = grad.shape
     block_p = _block_pixels(h * w)
     if fold > 0 and grad.numel() > 0:
         grid = (nt // num_segments, 2 * triton.cdiv(fold, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
-        _unshift_kernel[grid](grad, num_segments, fold, h, w, *grad.stride(), FLAT=_flat_pixels(grad),
+        _unshift_kernel[grid](grad, num_segments, c, fold, h, w, *grad.stride(), FLAT=_flat_pixels(grad),
                               BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.cli import main
 from lightning_gsf.gsf import GSF
@@ -146,7 +147,8 @@ def test_triton_gsf_equals_reference_on_cuda_whatever_the_cuts_and_layout(cuda, 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, channels_last, dtype):
     """TSM on CUDA takes one Triton kernel each way: the PyTorch slice copies' values and
-    input gradient bit for bit (the in-place backward, and the copy for a held gradient)."""
+    input gradient bit for bit (the backward's opposite shift into a new tensor; the in-place
+    one, with gradient reuse switched on, in the reuse test below)."""
     from lightning_gsf import temporal
 
     original, calls = temporal._shift_kernels, []
@@ -168,6 +170,39 @@ def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, cha
     assert calls[:2] == ["cuda", "cuda"] and original(x) is not None  # (forward, backward)
     for fast, expected in zip(*gradients):
         assert torch.equal(fast, expected)
+
+
+@pytest.mark.parametrize("holder", ["none", *HOLDERS])
+@pytest.mark.parametrize("layer", ["gsf", "tsm"])
+def test_cuda_gradient_reuse_writes_over_unheld_gradients_only(cuda, float32_arithmetic, monkeypatch, layer, holder):
+    """With ``LIGHTNING_GSF_CUDA_GRADIENT_REUSE`` on (``gradient_reuse.ON_CUDA``), GSF's and
+    TSM's backwards write the input's gradient over the output's where nothing else holds it
+    (the same memory before and after the layer), and leave held gradients alone; the input
+    gradient is the reference's either way. Run this before turning the switch on by default."""
+    from lightning_gsf import gradient_reuse, temporal
+
+    monkeypatch.setattr(gradient_reuse, "ON_CUDA", True)
+    torch.manual_seed(3)
+    x = torch.randn(16, 64, 14, 14, device=cuda, requires_grad=True)
+    if layer == "gsf":
+        module = GSF(64, num_segments=8, ratio=0.25).to(cuda).train()
+        reference = copy.deepcopy(module)
+        fast, slow = module.forward_triton, reference.forward_reference
+    else:
+        fast = slow = lambda v: temporal.temporal_shift(v, 8)
+    kept, other = [], torch.randn(x.shape, device=cuda, requires_grad=True)
+    weights = torch.randn(x.shape, device=cuda)
+    consumer = (lambda y: (y * weights).sum()) if holder == "none" else holding_consumer(holder, weights, other, kept)
+    after_layer, before_layer = between_spies(fast, x, consumer)
+    if holder == "none":
+        assert after_layer == before_layer  # (written over)
+    check_holders_kept_their_values(holder, kept, weights, other)
+    x_reference = x.detach().clone().requires_grad_()
+    other.grad = None
+    reference_consumer = (lambda y: (y * weights).sum()) if holder == "none" else holding_consumer(holder, weights,
+                                                                                               other, [])
+    reference_consumer(slow(x_reference * 1.0)).backward()
+    torch.testing.assert_close(x.grad, x_reference.grad, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])

@@ -467,17 +467,20 @@ def test_shift_kernels_serve_cuda_tensors_only():
 def test_shift_kernels_equal_the_slice_copies(clips, num_segments, channels, folds, height, width, channels_last,
                                               dtype, seed):
     """``shift_kernels.shift`` (both directions) and ``unshift_`` against the PyTorch slice
-    copies, bit for bit and layout kept, for any fold up to half the channels, empty batches
-    included."""
+    copies, bit for bit and layout kept, for any fold up to all the channels (the second
+    cut short), empty batches included; ``unshift_`` of a channel slice leaves the channels
+    after it alone."""
     from lightning_gsf import shift_kernels
 
-    fold = folds.draw(st.integers(0, channels // 2))
+    fold = folds.draw(st.integers(0, channels))  # (past C/2 the second fold is cut short, as fold_div=1 has it)
     x = torch.randn(clips * num_segments, channels, height, width, generator=torch.Generator().manual_seed(seed))
     x = x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for backwards_first in (True, False):
         expected = temporal._shift_copy(x, num_segments, fold, backwards_first)
         out = shift_kernels.shift(x, num_segments, fold, backwards_first)
         assert torch.equal(out, expected) and out.stride() == expected.stride()
-    in_place = x.clone()
+    wider = torch.cat([x, x[:, :3]], dim=1)  # (three channels after the slice)
+    in_place, after = wider[:, :channels], wider[:, channels:].clone()
     assert shift_kernels.unshift_(in_place, num_segments, fold) is in_place
     assert torch.equal(in_place, temporal._unshift_in_place(x.clone(), num_segments, fold))
+    assert torch.equal(wider[:, channels:], after)
