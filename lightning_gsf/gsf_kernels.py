@@ -295,13 +295,12 @@ def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, wei
 
 
 @triton.jit
-def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, splits, split_stride,
+def _gate_kernel(products_ptr, bias_ptr, gate_ptr, num_segments, height, width, pixels, splits, split_stride,
                  BLOCK_P: tl.constexpr):
     """``gate[frame, k, q] = tanh(bias[k] + sum_{s, j, kh, kw} products[s, frame + j - 1, k, (j, kh, kw),
     q + (kh - 1, kw - 1)])``: the 3x3x3 conv, zero-padded in space and within the clip."""
     row = tl.program_id(0).to(tl.int64)  # frame * 2 + group
     t = (row // 2) % num_segments
-    pixels = height * width
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
     ph, pw = p // width, p % width
@@ -328,7 +327,7 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
     out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
     block_p = min(256, triton.next_power_of_2(pixels))
     _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, _floats(bias), out, num_segments, height, width,
-                                                        splits, products.stride(0), BLOCK_P=block_p,
+                                                        pixels, splits, products.stride(0), BLOCK_P=block_p,
                                                         num_warps=NUM_WARPS)
     return out
 
@@ -613,7 +612,7 @@ def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate
 
 
 @triton.jit
-def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, height, width,
+def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, half, pixels, width,
                   sv_n, sv_c, sv_h, sv_w, so_n, so_c, so_h, so_w, sc_n, sc_c, sc_h, sc_w,
                   SAVE_COPY: tl.constexpr, FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``out`` (interleaved) ``= r + w * (s - r)`` with ``y = gate * v``, ``r = v - y`` and
@@ -624,7 +623,6 @@ def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, h
     t = frame % num_segments
     step = 1 - 2 * group  # where the shifted values come from: t + 1 for group 0, t - 1 for group 1
     has_neighbour = (t + step >= 0) & (t + step < num_segments)
-    pixels = height * width
     cl = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = cl < half
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -663,7 +661,7 @@ def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: t
     nt, p, h, w = v.shape
     grid, block_p = _tile_grid(nt, p // 2, h * w)
     copy_arg = copy if copy is not None else out
-    _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h, w, *v.stride(),
+    _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h * w, w, *v.stride(),
                         *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,
                         FLAT=_flat_pixels(v, out, copy_arg), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
                         num_warps=NUM_WARPS)
@@ -671,7 +669,7 @@ def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: t
 
 @triton.jit
 def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr, grad_gate_ptr, grad_blend_ptr,
-                           num_segments, half, height, width, num_pixel_blocks, split_channels,
+                           num_segments, half, pixels, width, num_pixel_blocks, split_channels,
                            sg_n, sg_c, sg_h, sg_w, sv_n, sv_c, sv_h, sv_w,
                            FLAT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Through ``f = r + w * (s - r)``: ``grad_v`` (float32 ``(NT, P, H*W)``), the gate's
@@ -685,7 +683,6 @@ def _blend_backward_kernel(grad_out_ptr, v_ptr, gate_ptr, blend_ptr, grad_v_ptr,
     step = 1 - 2 * group
     has_next = (t + step >= 0) & (t + step < num_segments)  # the frame this one's s came from
     has_prev = (t - step >= 0) & (t - step < num_segments)  # the frame whose s came from this one
-    pixels = height * width
     p = block * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
     g_pix = _pixel_offsets(p, width, sg_h, sg_w, FLAT)[None, :]
@@ -735,14 +732,14 @@ def blend_backward(grad_out: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
     grad_gate = torch.empty((splits, nt, 2, pixels), dtype=torch.float32, device=v.device)
     grad_weights = torch.empty((nt, 2, half, blocks), dtype=torch.float32, device=v.device)
     _blend_backward_kernel[(nt * 2, blocks, splits)](
-        grad_out, v, gate_map, weights, grad_v, grad_gate, grad_weights, num_segments, half, h, w, blocks,
+        grad_out, v, gate_map, weights, grad_v, grad_gate, grad_weights, num_segments, half, pixels, w, blocks,
         split_channels, *grad_out.stride(), *v.stride(), FLAT=_flat_pixels(grad_out, v), BLOCK_C=BLOCK_CHANNELS,
         BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad_v, grad_gate, grad_weights.sum(dim=-1)
 
 
 @triton.jit
-def _tap_gradients(grad_z_ptr, frame, group, t, num_segments, p, p_mask, height, width):
+def _tap_gradients(grad_z_ptr, frame, group, t, num_segments, p, p_mask, height, width, pixels):
     """``G[(j, kh, kw), p]`` ``(32, BLOCK_P)``, 27 rows used: the gradient of the gate's
     pre-activation that tap ``(j, kh, kw)`` of pixel ``p`` fed, the one at pixel ``p - (kh -
     1, kw - 1)`` of frame ``frame + 1 - j`` (tap 0 of a frame fed the next frame's gate, tap 2
@@ -755,7 +752,7 @@ def _tap_gradients(grad_z_ptr, frame, group, t, num_segments, p, p_mask, height,
     ww = pw[None, :] - (kw[:, None] - 1)
     mask = ((taps < 27) & (t + step >= 0) & (t + step < num_segments))[:, None] & p_mask[None, :]
     mask = mask & (hh >= 0) & (hh < height) & (ww >= 0) & (ww < width)
-    rows = ((frame + step) * 2 + group) * (height * width)
+    rows = ((frame + step) * 2 + group) * pixels
     return tl.load(grad_z_ptr + rows[:, None] + hh * width + ww, mask=mask, other=0.0)
 
 
@@ -775,7 +772,7 @@ def _normalized_tile(frame_ptr, ch, pix, s_c, mask, c_mask, mean_ptr, invstd_ptr
 
 @triton.jit
 def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_ptr, weight_ptr, grad_z_ptr,
-                          grad_weight_ptr, sums_ptr, num_segments, half, height, width, num_pixel_blocks,
+                          grad_weight_ptr, sums_ptr, num_segments, half, height, width, pixels, num_pixel_blocks,
                           split_channels, s_n, s_c, s_h, s_w, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
                           BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """Back through the gate conv and the ReLU, from ``grad_z`` ``(NT, 2, H*W)`` (the gate's
@@ -794,10 +791,10 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
     program = frame * num_pixel_blocks + block
     channels = 2 * half
     p = block * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < height * width
+    p_mask = p < pixels
     taps = tl.arange(0, 32)
     grad_taps = _tap_gradients(grad_z_ptr, frame, group, frame % num_segments, num_segments, p, p_mask, height,
-                               width)
+                               width, pixels)
     pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     start = split * split_channels
     for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
@@ -840,7 +837,8 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
     sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
     _gate_backward_kernel[(nt, 2 * splits, blocks)](
         v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight), grad_z, grad_weight, sums,
-        num_segments, p // 2, h, w, blocks, split_channels, *v.stride(), DOT_PRECISION=_dot_precision(v.device),
+        num_segments, p // 2, h, w, h * w, blocks, split_channels, *v.stride(),
+        DOT_PRECISION=_dot_precision(v.device),
         FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     sums = sums.sum(dim=0)
     return grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
@@ -849,7 +847,7 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
 @triton.jit
 def _input_gradient_kernel(v_ptr, grad_blend_v_ptr, grad_z_ptr, grad_means_ptr, gate_ptr, mean_ptr, invstd_ptr,
                            bn_weight_ptr, bn_bias_ptr, weight_ptr, coef_ptr, centre_ptr, slope_ptr, grad_x_ptr,
-                           num_segments, half, height, width, split_channels, sv_n, sv_c, sv_h, sv_w,
+                           num_segments, half, height, width, pixels, split_channels, sv_n, sv_c, sv_h, sv_w,
                            sx_n, sx_c, sx_h, sx_w, DOT_PRECISION: tl.constexpr, FLAT: tl.constexpr,
                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``grad_x[:, :P] = grad_blend_v + coef * (grad_normed - centre - xhat * slope)`` (the
@@ -859,13 +857,12 @@ def _input_gradient_kernel(v_ptr, grad_blend_v_ptr, grad_z_ptr, grad_means_ptr, 
     frame = tl.program_id(0).to(tl.int64)
     splits = tl.num_programs(1) // 2
     group, split = tl.program_id(1) // splits, tl.program_id(1) % splits
-    pixels = height * width
     channels = 2 * half
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_mask = p < pixels
     taps = tl.arange(0, 32)
     grad_taps = _tap_gradients(grad_z_ptr, frame, group, frame % num_segments, num_segments, p, p_mask, height,
-                               width)
+                               width, pixels)
     g = tl.load(gate_ptr + (frame * 2 + group) * pixels + p, mask=p_mask, other=0.0)[None, :]
     v_pix = _pixel_offsets(p, width, sv_h, sv_w, FLAT)[None, :]
     x_pix = _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :]
@@ -906,6 +903,7 @@ def input_gradient(v: torch.Tensor, grad_blend_v: torch.Tensor, grad_z: torch.Te
     block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w)
     _input_gradient_kernel[(nt, 2 * splits, blocks)](
         v, grad_blend_v, grad_z, _floats(grad_means), gate_map, mean, invstd, _floats(bn_weight), _floats(bn_bias),
-        _floats(conv_weight), coef, centre, slope, grad_x, num_segments, p // 2, h, w, split_channels, *v.stride(),
+        _floats(conv_weight), coef, centre, slope, grad_x, num_segments, p // 2, h, w, h * w, split_channels,
+        *v.stride(),
         *grad_x.stride(), DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v, grad_x),
         BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)

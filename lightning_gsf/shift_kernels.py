@@ -20,7 +20,7 @@ from lightning_gsf.gsf_kernels import BLOCK_CHANNELS, NUM_WARPS, _block_pixels, 
 
 
 @triton.jit
-def _shift_kernel(x_ptr, out_ptr, num_segments, channels, fold, height, width, sx_n, sx_c, sx_h, sx_w,
+def _shift_kernel(x_ptr, out_ptr, num_segments, channels, fold, pixels, width, sx_n, sx_c, sx_h, sx_w,
                   so_n, so_c, so_h, so_w, BACKWARDS_FIRST: tl.constexpr, FLAT: tl.constexpr,
                   BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """``out[frame, c] = x[frame + step(c), c]``, zero where that frame is outside the clip:
@@ -33,7 +33,7 @@ def _shift_kernel(x_ptr, out_ptr, num_segments, channels, fold, height, width, s
     first = 1 if BACKWARDS_FIRST else -1
     step = tl.where(c < fold, first, tl.where(c < 2 * fold, -first, 0))
     inside = (c < channels) & (t + step >= 0) & (t + step < num_segments)
-    p_mask = p < height * width
+    p_mask = p < pixels
     values = tl.load(x_ptr + (frame + step)[:, None] * sx_n + c[:, None] * sx_c
                      + _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :],
                      mask=inside[:, None] & p_mask[None, :], other=0.0)
@@ -51,14 +51,14 @@ def shift(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool =
         return out
     block_p = _block_pixels(h * w)
     grid = (nt, triton.cdiv(c, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
-    _shift_kernel[grid](x, out, num_segments, c, fold, h, w, *x.stride(), *out.stride(),
+    _shift_kernel[grid](x, out, num_segments, c, fold, h * w, w, *x.stride(), *out.stride(),
                         BACKWARDS_FIRST=backwards_first, FLAT=_flat_pixels(x, out), BLOCK_C=BLOCK_CHANNELS,
                         BLOCK_P=block_p, num_warps=NUM_WARPS)
     return out
 
 
 @triton.jit
-def _unshift_kernel(grad_ptr, num_segments, channels, fold, height, width, s_n, s_c, s_h, s_w, FLAT: tl.constexpr,
+def _unshift_kernel(grad_ptr, num_segments, channels, fold, pixels, width, s_n, s_c, s_h, s_w, FLAT: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     """In place, for one clip, channel tile and pixel tile: channels ``[0, fold)`` move one
     frame later and ``[fold, 2 * fold)`` one frame earlier (``program_id(1)`` says which fold
@@ -69,7 +69,7 @@ def _unshift_kernel(grad_ptr, num_segments, channels, fold, height, width, s_n, 
     c = (tl.program_id(1) % tiles) * BLOCK_C + tl.arange(0, BLOCK_C) + tl.where(later, 0, fold)
     c_mask = (c < tl.where(later, fold, 2 * fold)) & (c < channels)  # (the second fold may be cut short)
     p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask = c_mask[:, None] & (p < height * width)[None, :]
+    mask = c_mask[:, None] & (p < pixels)[None, :]
     tile = c[:, None] * s_c + _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     clip = grad_ptr + tl.program_id(0).to(tl.int64) * num_segments * s_n + tile
     source_step = tl.where(later, -1, 1)
@@ -88,6 +88,6 @@ def unshift_(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
     block_p = _block_pixels(h * w)
     if fold > 0 and grad.numel() > 0:
         grid = (nt // num_segments, 2 * triton.cdiv(fold, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
-        _unshift_kernel[grid](grad, num_segments, c, fold, h, w, *grad.stride(), FLAT=_flat_pixels(grad),
+        _unshift_kernel[grid](grad, num_segments, c, fold, h * w, w, *grad.stride(), FLAT=_flat_pixels(grad),
                               BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad

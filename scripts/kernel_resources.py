@@ -6,8 +6,11 @@ capability (``--sm``, default 90: H100 / H200) with the ptxas it bundles, and cu
 (bundled too) reads the resources from the binary. From them, the occupancy a kernel can
 reach: an SM holds 65536 registers, so at ``R`` registers per thread and ``W`` warps a
 program, at most ``65536 // (R * 32 * W)`` programs (and 64 warps) run on it at once, and a
-memory-bound kernel wants many. The kernels are built as for float32 NCHW maps (pixels in
-one run, unit pixel stride) with the module's tile sizes.
+memory-bound kernel wants many. The kernels are built as a launch at ResNet-50's first GSF
+site would build them (float32 NCHW 56 x 56 maps, 64 frames: :data:`STAGE_1`), with the
+module's tile sizes; the last column counts the global loads in the PTX, and in brackets
+those that load 2 or 4 values at once (vector loads, which need runs the compiler can prove
+aligned and uniformly masked).
 
     python scripts/kernel_resources.py [--sm 90] [--warps 4 8] [--kernels blend gate_backward]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -51,29 +55,68 @@ def constants(name: str) -> dict:
     return values
 
 
+# The integer arguments of a launch at ResNet-50's first GSF site (8 clips x 8 frames, 256
+# channels at 56 x 56, NCHW; 64 processed), which decide Triton's specialisation of each
+# (1: a constant; a multiple of 16: known divisible, so that loads of 16-aligned runs become
+# vector loads).
+STAGE_1 = dict(num_segments=8, channels=64, half=32, fold=32, height=56, width=56, pixels=3136, frames=64,
+               rows=320, split_pixels=768, split_channels=32, num_pixel_blocks=25, splits=1,
+               split_stride=64 * 2 * 27 * 3136, s_n=256 * 3136, s_c=3136, s_h=56, s_w=1)
+
+
+def _launch_value(name: str) -> int | float:
+    if name in ("eps", "momentum", "variance_momentum"):
+        return 0.1
+    if name[:2] == "s" + name[1:2] and name[2:3] == "_" and name not in STAGE_1:  # sv_n, sx_c, ...: a map's strides
+        return STAGE_1["s" + name[2:]]
+    return STAGE_1[name]
+
+
 def resources(name: str, sm: int, warps: int) -> dict[str, int]:
-    """``{"REG": .., "STACK": .., "SHARED": .., ...}`` of kernel ``name`` built for ``sm``."""
+    """``{"REG": .., "STACK": .., "SHARED": .., "LOADS": .., "VECTOR_LOADS": ..}`` of kernel
+    ``name`` built for ``sm``, specialised as a launch at :data:`STAGE_1` would be (the
+    loads: global loads in its PTX, and how many of them load 2 or 4 values at once)."""
     fn = next(getattr(module, f"_{name}_kernel") for module in MODULES if hasattr(module, f"_{name}_kernel"))
     values = constants(name)
-    signature, constexprs = {}, {}
-    for param in fn.params:
+    signature, constexprs, attributes = {}, {}, {}
+    for index, param in enumerate(fn.params):
         if param.is_constexpr:
             signature[param.name], constexprs[param.name] = "constexpr", values[param.name]
-        elif param.name in UNIT_STRIDES:
+            continue
+        value = 0 if param.name.endswith("_ptr") else _launch_value(param.name)
+        if param.name.endswith("_ptr"):
+            signature[param.name] = "*fp32"
+        elif isinstance(value, float):
+            signature[param.name] = "fp32"
+        elif value == 1:
             signature[param.name], constexprs[param.name] = "constexpr", 1
+            continue
         else:
-            signature[param.name] = "*fp32" if param.name.endswith("_ptr") else "i32"
-    compiled = triton.compile(ASTSource(fn, signature, constexprs), target=GPUTarget("cuda", sm, 32),
+            signature[param.name] = "i32"
+        if param.name.endswith("_ptr") or (isinstance(value, int) and value % 16 == 0):
+            attributes[(index,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(fn, signature, constexprs, attributes), target=GPUTarget("cuda", sm, 32),
                               options={"num_warps": warps})
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
         cubin.write(compiled.asm["cubin"])
         cubin.flush()
-        dump = subprocess.run([str(cuobjdump), "--dump-resource-usage", cubin.name], capture_output=True, text=True,
+        dump = subprocess.run([_cuobjdump(), "--dump-resource-usage", cubin.name], capture_output=True, text=True,
                               check=True).stdout
     line = next(line for line in dump.splitlines() if "REG:" in line)
     fields = (field.split(":") for field in line.split("Resource usage:")[-1].split())
-    return {key: int(value) for key, value in fields if value.isdigit()}
+    used = {key: int(value) for key, value in fields if value.isdigit()}
+    loads = re.findall(r"ld\.global(?:\.\w+)*", compiled.asm["ptx"])
+    used["LOADS"] = len(loads)
+    used["VECTOR_LOADS"] = sum(1 for load in loads if ".v2" in load or ".v4" in load)
+    return used
+
+
+def _cuobjdump() -> str:
+    """Triton's cuobjdump (``TRITON_CUOBJDUMP_PATH`` or the one its wheel bundles)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None and hasattr(knobs, "nvidia"):
+        return knobs.nvidia.cuobjdump.path
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,14 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("TRITON_INTERPRET is set: the kernels were imported for the interpreter, not for compiling")
     print(f"Triton kernels built for sm_{args.sm} (Triton {triton.__version__})")
-    print(f"{'kernel':>24} {'warps':>5} {'registers':>9} {'stack B':>7} {'shared B':>8} {'warps / SM':>10}")
+    print(f"{'kernel':>24} {'warps':>5} {'registers':>9} {'stack B':>7} {'shared B':>8} {'warps / SM':>10} "
+          f"{'loads (vector)':>14}")
     for name in args.kernels:
         for warps in args.warps:
             used = resources(name, args.sm, warps)
             programs = REGISTERS_PER_SM // (max(used["REG"], 1) * 32 * warps)
             occupancy = min(programs * warps, MAX_WARPS_PER_SM - MAX_WARPS_PER_SM % warps)
-            print(f"{name:>24} {warps:>5} {used['REG']:>9} {used['STACK']:>7} {used['SHARED']:>8} {occupancy:>10}",
-                  flush=True)
+            loads = f"{used['LOADS']} ({used['VECTOR_LOADS']})"
+            print(f"{name:>24} {warps:>5} {used['REG']:>9} {used['STACK']:>7} {used['SHARED']:>8} {occupancy:>10} "
+                  f"{loads:>14}", flush=True)
 
 
 if __name__ == "__main__":
