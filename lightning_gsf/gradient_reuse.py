@@ -44,7 +44,7 @@ def counts_on_entry(grad: torch.Tensor) -> Counts | None:
     on its storage; None for a gradient on another device than the CPU (or CUDA, with
     :data:`ON_CUDA`) or where torch lacks the private use counts. Comparable only when taken
     in the same prologue as the probe's (:func:`taking_counts`)."""
-    if not COUNTS_USABLE or not _device_allowed(grad):
+    if not COUNTS_USABLE or not applies_to(grad):
         return None
     return sys.getrefcount(grad), grad._use_count(), torch._C._storage_Use_Count(grad.untyped_storage()._cdata)
 
@@ -104,9 +104,11 @@ def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.mem
     channels-last, either will do) that nothing but the autograd engine holds, outside a
     double backward. CPU tensors, and CUDA ones with :data:`ON_CUDA`."""
     formats = (torch.contiguous_format, torch.channels_last) if memory_format is None else (memory_format,)
-    return (counts is not None and _device_allowed(grad) and counts == unshared_counts() and not grad.requires_grad
+    return (counts is not None and applies_to(grad) and counts == unshared_counts() and not grad.requires_grad
             and any(grad.is_contiguous(memory_format=layout) for layout in formats))
 
 
-def _device_allowed(grad: torch.Tensor) -> bool:
-    return grad.is_cpu or (ON_CUDA and grad.is_cuda)
+def applies_to(x: torch.Tensor) -> bool:
+    """Whether gradients on ``x``'s device may be written over at all: the CPU's, and CUDA's with
+    :data:`ON_CUDA` (a forward calls :func:`prepare` where this holds)."""
+    return x.is_cpu or (ON_CUDA and x.is_cuda)

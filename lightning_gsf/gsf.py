@@ -303,7 +303,7 @@ class GSF(nn.Module):
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
         if torch.is_grad_enabled():
-            if x.is_cpu:
+            if gradient_reuse.applies_to(x):
                 gradient_reuse.prepare()  # measured once, before any backward runs
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)

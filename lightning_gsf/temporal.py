@@ -139,7 +139,7 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
         if compiled_ops.shift_usable(x, c // fold_div):  # (inductor's own code for it was slow)
             return compiled_ops.temporal_shift(x, num_segments, c // fold_div)
         return _shift_compilable(x, num_segments, c // fold_div)
-    if x.is_cpu and x.requires_grad and torch.is_grad_enabled():
+    if x.requires_grad and torch.is_grad_enabled() and gradient_reuse.applies_to(x):
         gradient_reuse.prepare()  # measured once, before any backward runs
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 

@@ -9,7 +9,10 @@
 #      (GSF's default = Triton, its PyTorch-ops path, the literal spec) and 16, bf16 autocast,
 #      bf16 channels-last,
 #   4. TSN and GSF under torch.compile (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it:
-#      compiling ResNet-50 takes minutes).
+#      compiling ResNet-50 takes minutes),
+#   5. float32 at 8 segments again with LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 (GSF's and TSM's
+#      backwards writing over their output's gradient, off by default until its test passes),
+#      and the kernels' registers and loads for this GPU (scripts/kernel_resources.py).
 # Usage: scripts/gpu_checks.sh [OUTPUT_DIR]   (checks.log and one CSV per table land there;
 # default runs/gpu_checks)
 # PYTHON picks the interpreter (default: python3); STEP_TIMEOUT caps each step in seconds
@@ -50,4 +53,8 @@ if [ "${GPU_CHECKS_COMPILE:-1}" = 1 ]; then
   step compile_t8 "${bench[@]}" --num-segments 8 --temporal-modules gsf --compile --repeats 10 \
     --csv "$out/compile_t8.csv"
 fi
+step reuse_fp32_t8 env LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 "${bench[@]}" --num-segments 8 \
+  --temporal-modules tsm gsf --csv "$out/reuse_fp32_t8.csv"
+sm=$("$python" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
+step resources env -u TRITON_INTERPRET "$python" scripts/kernel_resources.py --sm "$sm" --warps 4 8
 exit $status

@@ -30,3 +30,22 @@ def test_only_cpu_and_switched_on_cuda_gradients_count(monkeypatch, on_cuda):
     assert gradient_reuse.counts_on_entry(torch.empty(4, device="meta")) is None
     assert not gradient_reuse.writable(torch.empty(2, 3, 4, 4, device="meta"), gradient_reuse.unshared_counts())
     assert gradient_reuse.writable(torch.empty(2, 3, 4, 4), gradient_reuse.unshared_counts())
+
+
+def test_the_probe_is_measured_in_the_forward_where_reuse_applies(monkeypatch):
+    """GSF's and TSM's forwards measure the probe before any backward runs (a nested backward
+    of the probe inside another would be measured in the middle of it): wherever
+    ``applies_to`` holds, so on CUDA too once switched on."""
+    from lightning_gsf import temporal
+    from lightning_gsf.gsf import GSF
+
+    prepared = []
+    monkeypatch.setattr(gradient_reuse, "prepare", lambda: prepared.append(True))
+    x = torch.randn(4, 16, 3, 3, requires_grad=True)
+    temporal.temporal_shift(x, 2)
+    GSF(16, 2, 0.5).train().forward_triton(x * 1.0)
+    assert len(prepared) == 2
+    monkeypatch.setattr(gradient_reuse, "applies_to", lambda tensor: False)
+    temporal.temporal_shift(x, 2)
+    GSF(16, 2, 0.5).train().forward_triton(x * 1.0)
+    assert len(prepared) == 2
