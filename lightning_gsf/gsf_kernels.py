@@ -816,12 +816,28 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         tl.store(sums_ptr + (program * 2 + 1) * channels + ch, tl.sum(grad_normed * xhat, axis=1), mask=c_mask)
 
 
-def _channel_split(nt: int, p: int, pixels: int) -> tuple[int, int, int, int]:
+def _channel_split(nt: int, p: int, pixels: int, max_block_p: int | None = None) -> tuple[int, int, int, int]:
     """``(block_p, blocks, splits, split_channels)`` of the kernels whose programs take one
-    frame, group and pixel tile and loop over the group's channels."""
-    block_p = _block_pixels(pixels)
+    frame, group and pixel tile (at most ``max_block_p`` pixels) and loop over the group's
+    channels."""
+    block_p = min(_block_pixels(pixels), max_block_p or MAX_BLOCK_PIXELS)
     blocks = triton.cdiv(pixels, block_p)
     return (block_p, blocks, *_split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_backward_launch(device: torch.device) -> tuple[int, int]:
+    """``(largest pixel tile, pipeline stages)`` of :func:`gate_backward` on ``device``. Its two
+    matrix products stage their tiles in shared memory: 100.5 KiB at 128-pixel tiles and
+    Triton's 3 stages (Triton 3.8, ``scripts/kernel_resources.py``), more than a block may
+    have on compute capability 8.6 and 8.9 (99 KiB: RTX 30 and 40 series, A10, A40, L4, L40),
+    where the launch would fail; 2 stages take 90 KiB, 64-pixel tiles 46 KiB."""
+    if device.type != "cuda":
+        return MAX_BLOCK_PIXELS, 3
+    shared = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    if shared >= 128 * 1024:  # (A100: 163 KiB, H100 / H200: 227 KiB)
+        return MAX_BLOCK_PIXELS, 3
+    return (MAX_BLOCK_PIXELS, 2) if shared >= 96 * 1024 else (64, 2)
 
 
 def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor,
@@ -832,14 +848,15 @@ def gate_backward(v: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, bn_
     3, 3, 3), sum of grad_normed (P,), sum of grad_normed * xhat (P,))``, float32, where
     ``grad_normed`` is the gradient at the batch norm's output."""
     nt, p, h, w = v.shape
-    block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w)
+    max_block_p, stages = _gate_backward_launch(v.device)
+    block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w, max_block_p)
     grad_weight = torch.empty((nt * blocks, 2, p // 2, 27), dtype=torch.float32, device=v.device)
     sums = torch.empty((nt * blocks, 2, p), dtype=torch.float32, device=v.device)
     _gate_backward_kernel[(nt, 2 * splits, blocks)](
         v, mean, invstd, _floats(bn_weight), _floats(bn_bias), _floats(weight), grad_z, grad_weight, sums,
         num_segments, p // 2, h, w, h * w, blocks, split_channels, *v.stride(),
-        DOT_PRECISION=_dot_precision(v.device),
-        FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
+        DOT_PRECISION=_dot_precision(v.device), FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p,
+        num_warps=NUM_WARPS, num_stages=stages)
     sums = sums.sum(dim=0)
     return grad_weight.sum(dim=0).view(2, p // 2, 3, 3, 3), sums[0], sums[1]
 

@@ -105,6 +105,7 @@ def resources(name: str, sm: int, warps: int) -> dict[str, int]:
     line = next(line for line in dump.splitlines() if "REG:" in line)
     fields = (field.split(":") for field in line.split("Resource usage:")[-1].split())
     used = {key: int(value) for key, value in fields if value.isdigit()}
+    used["SHARED"] = compiled.metadata.shared  # (Triton's dynamic shared memory; cuobjdump sees the static part)
     loads = re.findall(r"ld\.global(?:\.\w+)*", compiled.asm["ptx"])
     used["LOADS"] = len(loads)
     used["VECTOR_LOADS"] = sum(1 for load in loads if ".v2" in load or ".v4" in load)

@@ -10,6 +10,7 @@ bf16. ``tests/test_gpu.py`` runs the same path compiled on CUDA.
 from __future__ import annotations
 
 import copy
+import types
 
 import pytest
 import torch
@@ -27,6 +28,36 @@ from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_s
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
 def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, size, training, inplace):
     check_path_matches_naive_spec("forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
+
+
+@pytest.mark.parametrize("shared_kib,expected", [(227, (128, 3)), (163, (128, 3)), (99, (128, 2)), (96, (128, 2)),
+                                                 (64, (64, 2))])
+def test_gate_backward_fits_the_gpus_shared_memory(monkeypatch, shared_kib, expected):
+    """The gate backward's tiles and pipeline stages by the shared memory a block may have: all
+    of Triton's defaults from 128 KiB (A100, H100, H200), two stages from 96 KiB (the 99 KiB
+    of RTX 30 / 40, A10, L4: three would need 100.5 KiB), 64-pixel tiles below (T4's 64)."""
+    kernels = gsf_module._triton_kernels()
+    properties = types.SimpleNamespace(shared_memory_per_block_optin=shared_kib * 1024)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+    kernels._gate_backward_launch.cache_clear()
+    try:
+        assert kernels._gate_backward_launch(torch.device("cuda", 0)) == expected
+    finally:
+        kernels._gate_backward_launch.cache_clear()
+    assert kernels._gate_backward_launch(torch.device("cpu")) == (kernels.MAX_BLOCK_PIXELS, 3)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_triton_path_with_the_gate_backward_in_64_pixel_tiles(monkeypatch, training):
+    """On a GPU with less shared memory the gate backward takes 64-pixel tiles while the other
+    kernels keep 128 (24 x 24 maps: 576 pixels): the same numbers and gradients."""
+    kernels = gsf_module._triton_kernels()
+    monkeypatch.setattr(kernels, "_gate_backward_launch", lambda device: (64, 2))
+    tiles, original_split = [], kernels._channel_split
+    monkeypatch.setattr(kernels, "_channel_split", lambda *args: tiles.append(original_split(*args)[0]) or
+                        original_split(*args))
+    check_path_matches_naive_spec("forward_triton", 16, 2, 0.5, 1, 24, training)
+    assert set(tiles) == {64, 128}  # (the gate backward's; the blend backward's and the input gradient's)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
