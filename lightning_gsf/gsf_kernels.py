@@ -422,7 +422,10 @@ def _fusion_weights_kernel(means_ptr, weight_ptr, bias_ptr, out_ptr, num_segment
     tl.store(out, 1.0 / (1.0 + tl.exp(-logits)), mask=t_mask & c_mask)
 
 
-FUSION_TILE_VALUES = 1024  # (larger tiles spill registers: scripts/kernel_resources.py)
+# Values per fusion-weights tile. These kernels are latency-bound (a few thousand values per
+# clip, 9 or 27 gathers each): small tiles, more programs, fewer loads per thread (at 1024,
+# 400 loads a thread in the backward; at 4096, stage 4's tiles spilled registers).
+FUSION_TILE_VALUES = 256
 
 
 def _fusion_tiles(num_segments: int, half: int) -> tuple[int, int]:

@@ -113,11 +113,11 @@ def assert_triton_path_equals_reference(module, x, view=lambda inp: inp):
 
 
 @pytest.mark.parametrize("channels,num_segments,clips,size", [(64, 1, 4, 9), (576, 33, 2, 7)],
-                         ids=["one_segment", "33_segments_five_fusion_tiles"])
+                         ids=["one_segment", "33_segments_eighteen_fusion_tiles"])
 def test_triton_gsf_equals_reference_on_cuda_at_the_fusion_tiles_edges(cuda, float32_arithmetic, channels,
                                                                        num_segments, clips, size):
     """One segment (tiles of one frame), and 33 segments with 72 channels per group (the
-    fusion kernels' tiles of 64 frames x 16 channels, five per group, the last partial):
+    fusion kernels' tiles of 64 frames x 4 channels, eighteen per group):
     values and gradients."""
     torch.manual_seed(1)
     module = GSF(channels, num_segments=num_segments, ratio=0.25).to(cuda).train()
