@@ -81,8 +81,9 @@ class _Probe(torch.autograd.Function):
 def unshared_counts() -> Counts | None:
     """:func:`counts_on_entry` of a gradient that only the autograd engine holds, measured on
     the probe (the counts depend on the torch version, not on the Function); None where torch
-    lacks the use counts. A probe measured under a debugger that holds extra frame references
-    would set the bar higher than a plain run reaches, which only turns the reuse off."""
+    lacks the use counts. Measure it in a plain run (forwards call :func:`prepare`): a probe
+    measured while a debugger holds extra frame references would set the bar as many
+    references higher, and a gradient held that many more times would then pass the check."""
     if not COUNTS_USABLE:
         return None
     with torch.enable_grad():

@@ -201,7 +201,10 @@ def _batch_norm_statistics_kernel(partials_ptr, stats_ptr, running_mean_ptr, run
         tl.store(running_var_ptr + c, running_var * (1.0 - momentum) + var * variance_momentum, mask=c_mask)
 
 
-_STATISTICS_TILE = (32, 64)  # (rows, channels) of the statistics kernel's tiles
+# (rows, channels) of the statistics kernel's tiles: narrow, so that the few channels of
+# stage 1 (64) still make 4 programs, each summing its rows (frames x runs of pixels: 320
+# there) in few, large steps.
+_STATISTICS_TILE = (64, 16)
 
 
 def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,

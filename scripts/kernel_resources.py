@@ -31,7 +31,6 @@ from triton.compiler import ASTSource
 from lightning_gsf import gsf_kernels, shift_kernels
 
 REGISTERS_PER_SM, MAX_WARPS_PER_SM = 65536, 64
-UNIT_STRIDES = ("s_w", "sv_w", "sg_w", "sx_w", "so_w", "sc_w")  # (specialised to 1, as Triton does for NCHW)
 
 
 MODULES = (gsf_kernels, shift_kernels)
@@ -64,10 +63,15 @@ STAGE_1 = dict(num_segments=8, channels=64, half=32, fold=32, height=56, width=5
                split_stride=64 * 2 * 27 * 3136, s_n=256 * 3136, s_c=3136, s_h=56, s_w=1)
 
 
-def _launch_value(name: str) -> int | float:
+TSM_STAGE_1 = dict(channels=256, fold=32)  # (TSM's shift at a 256-channel block input there)
+
+
+def _launch_value(kernel: str, name: str) -> int | float:
     if name in ("eps", "momentum", "variance_momentum"):
         return 0.1
-    if name[:2] == "s" + name[1:2] and name[2:3] == "_" and name not in STAGE_1:  # sv_n, sx_c, ...: a map's strides
+    if kernel in ("shift", "unshift") and name in TSM_STAGE_1:
+        return TSM_STAGE_1[name]
+    if len(name) == 4 and name[0] == "s" and name[2] == "_":  # sv_n, sx_c, ...: another map's strides
         return STAGE_1["s" + name[2:]]
     return STAGE_1[name]
 
@@ -75,7 +79,8 @@ def _launch_value(name: str) -> int | float:
 def resources(name: str, sm: int, warps: int) -> dict[str, int]:
     """``{"REG": .., "STACK": .., "SHARED": .., "LOADS": .., "VECTOR_LOADS": ..}`` of kernel
     ``name`` built for ``sm``, specialised as a launch at :data:`STAGE_1` would be (the
-    loads: global loads in its PTX, and how many of them load 2 or 4 values at once)."""
+    loads: global loads in its PTX and asynchronous copies into shared memory, and how many
+    of them move 2 or 4 values at once)."""
     fn = next(getattr(module, f"_{name}_kernel") for module in MODULES if hasattr(module, f"_{name}_kernel"))
     values = constants(name)
     signature, constexprs, attributes = {}, {}, {}
@@ -83,7 +88,7 @@ def resources(name: str, sm: int, warps: int) -> dict[str, int]:
         if param.is_constexpr:
             signature[param.name], constexprs[param.name] = "constexpr", values[param.name]
             continue
-        value = 0 if param.name.endswith("_ptr") else _launch_value(param.name)
+        value = 0 if param.name.endswith("_ptr") else _launch_value(name, param.name)
         if param.name.endswith("_ptr"):
             signature[param.name] = "*fp32"
         elif isinstance(value, float):
@@ -106,9 +111,12 @@ def resources(name: str, sm: int, warps: int) -> dict[str, int]:
     fields = (field.split(":") for field in line.split("Resource usage:")[-1].split())
     used = {key: int(value) for key, value in fields if value.isdigit()}
     used["SHARED"] = compiled.metadata.shared  # (Triton's dynamic shared memory; cuobjdump sees the static part)
-    loads = re.findall(r"ld\.global(?:\.\w+)*", compiled.asm["ptx"])
-    used["LOADS"] = len(loads)
-    used["VECTOR_LOADS"] = sum(1 for load in loads if ".v2" in load or ".v4" in load)
+    ptx = compiled.asm["ptx"]
+    loads = re.findall(r"ld\.global(?:\.\w+)*", ptx)
+    copies = re.findall(r"cp\.async\.\w+\.shared\.global \[[^]]*\], \[[^]]*\], (\w+)", ptx)  # (size in bytes)
+    used["LOADS"] = len(loads) + len(copies)
+    used["VECTOR_LOADS"] = (sum(1 for load in loads if ".v2" in load or ".v4" in load)
+                            + sum(1 for size in copies if int(size, 0) > 4))
     return used
 
 

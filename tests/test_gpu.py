@@ -188,8 +188,8 @@ def test_cuda_gradient_reuse_writes_over_unheld_gradients_only(cuda, float32_ari
         module = GSF(64, num_segments=8, ratio=0.25).to(cuda).train()
         reference = copy.deepcopy(module)
         fast, slow = module.forward_triton, reference.forward_reference
-    else:
-        fast = slow = lambda v: temporal.temporal_shift(v, 8)
+    else:  # (the reference shifts on the CPU: not the in-place CUDA kernel under test)
+        fast, slow = (lambda v: temporal.temporal_shift(v, 8)), (lambda v: temporal.temporal_shift(v.cpu(), 8).to(cuda))
     kept, other = [], torch.randn(x.shape, device=cuda, requires_grad=True)
     weights = torch.randn(x.shape, device=cuda)
     consumer = (lambda y: (y * weights).sum()) if holder == "none" else holding_consumer(holder, weights, other, kept)

@@ -316,7 +316,7 @@ def test_triton_path_keeps_batch_norm_semantics(bn_mode):
 @pytest.mark.parametrize("offset,first_value", [(0.0, 0.0), (300.0, 0.0), (0.0, -1000.0)],
                          ids=["centred", "mean_300_std_0.01", "first_value_1000_std_out"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-@pytest.mark.parametrize("frames", [3, 70])  # (70: three tiles of the per-frame sums)
+@pytest.mark.parametrize("frames", [3, 70])  # (70: two tiles of 64 rows of partial sums)
 def test_batch_norm_statistics_equal_float64_and_batch_norm(frames, channels_last, offset, first_value):
     """The mean and inverse std of a channel slice against float64 (values far from zero do
     not cancel: deviations are taken from each tile's own mean, relative to the channel's
@@ -327,7 +327,7 @@ def test_batch_norm_statistics_equal_float64_and_batch_norm(frames, channels_las
     x[0, :, 0, 0] += first_value
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    v = x[:, :72]  # 72 channels: two tiles of the statistics kernel
+    v = x[:, :72]  # 72 channels: five tiles of the statistics kernel, the last partial
     batch_norm = torch.nn.BatchNorm2d(72, momentum=0.2).train()
     torch.nn.init.uniform_(batch_norm.running_mean)
     running_mean, running_var = batch_norm.running_mean.clone(), batch_norm.running_var.clone()
