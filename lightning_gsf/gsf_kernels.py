@@ -42,7 +42,6 @@ the import), which is how the CPU test suite checks them.
 from __future__ import annotations
 
 import functools
-import sys
 
 import torch
 import triton
@@ -115,6 +114,16 @@ def _pixel_offsets(p, width, s_h, s_w, FLAT: tl.constexpr):
     else:
         offsets = (p // width) * s_h + (p % width) * s_w
     return offsets
+
+
+@triton.jit
+def _channel_tile(c0, group, half, p_mask, BLOCK_C: tl.constexpr):
+    """``(cl, c_mask, mask, ch)`` of the channel tile from ``c0`` within group ``group`` (of
+    ``half`` channels): its channels in the group and in ``v``, which of them exist, and the
+    ``(BLOCK_C, BLOCK_P)`` mask with the pixels ``p_mask``."""
+    cl = c0 + tl.arange(0, BLOCK_C)
+    c_mask = cl < half
+    return cl, c_mask, c_mask[:, None] & p_mask[None, :], group * half + cl
 
 
 @triton.jit
@@ -265,10 +274,7 @@ def _gate_products_kernel(v_ptr, scale_ptr, shift_ptr, weight_ptr, products_ptr,
     acc = tl.zeros([32, BLOCK_P], dtype=tl.float32)
     start = split * split_channels
     for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
-        cl = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cl < half
-        ch = group * half + cl
-        mask = c_mask[:, None] & p_mask[None, :]
+        cl, c_mask, mask, ch = _channel_tile(c0, group, half, p_mask, BLOCK_C)
         x = tl.load(v_ptr + frame * s_n + ch[:, None] * s_c + pix, mask=mask, other=0.0).to(tl.float32)
         scale = tl.load(scale_ptr + ch, mask=c_mask, other=0.0)[:, None]
         shift = tl.load(shift_ptr + ch, mask=c_mask, other=0.0)[:, None]
@@ -804,10 +810,7 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
     pix = _pixel_offsets(p, width, s_h, s_w, FLAT)[None, :]
     start = split * split_channels
     for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
-        cl = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cl < half
-        mask = c_mask[:, None] & p_mask[None, :]
-        ch = group * half + cl
+        cl, c_mask, mask, ch = _channel_tile(c0, group, half, p_mask, BLOCK_C)
         xhat, normed = _normalized_tile(v_ptr + frame * s_n, ch, pix, s_c, mask, c_mask, mean_ptr, invstd_ptr,
                                         bn_weight_ptr, bn_bias_ptr)
         a = tl.where(mask, tl.maximum(normed, 0.0), 0.0)
@@ -891,10 +894,7 @@ def _input_gradient_kernel(v_ptr, grad_blend_v_ptr, grad_z_ptr, grad_means_ptr, 
     x_pix = _pixel_offsets(p, width, sx_h, sx_w, FLAT)[None, :]
     start = split * split_channels
     for c0 in range(start, tl.minimum(start + split_channels, half), BLOCK_C):
-        cl = c0 + tl.arange(0, BLOCK_C)
-        c_mask = cl < half
-        mask = c_mask[:, None] & p_mask[None, :]
-        ch = group * half + cl
+        cl, c_mask, mask, ch = _channel_tile(c0, group, half, p_mask, BLOCK_C)
         xhat, normed = _normalized_tile(v_ptr + frame * sv_n, ch, v_pix, sv_c, mask, c_mask, mean_ptr, invstd_ptr,
                                         bn_weight_ptr, bn_bias_ptr)
         w = tl.load(weight_ptr + ch[:, None] * 27 + taps[None, :], mask=c_mask[:, None] & (taps < 27)[None, :],

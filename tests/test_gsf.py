@@ -198,6 +198,18 @@ def check_path_matches_naive_spec(path, channels, num_segments, ratio, batch, si
     return module
 
 
+def check_path_takes_an_empty_batch(path, grad):
+    """``GSF.<path>`` on no frames: none out, and (``grad``) an empty input gradient."""
+    module = make_gsf(16, 4, 0.5, seed=2).eval()
+    x = torch.randn(0, 16, 5, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = getattr(module, path)(x * 1.0)
+    assert out.shape == x.shape
+    if grad:
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
 CASES = [
     # (channels, num_segments, ratio, batch, size)
     (16, 4, 0.25, 2, 5),

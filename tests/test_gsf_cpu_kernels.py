@@ -27,8 +27,8 @@ from lightning_gsf import cpu_kernels
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
-from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, make_gsf, make_input,
-                      naive_gsf, split_with)
+from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, check_path_takes_an_empty_batch,
+                      make_gsf, make_input, naive_gsf, split_with)
 
 
 @pytest.fixture(scope="module")
@@ -371,14 +371,7 @@ def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 def test_cpu_path_takes_an_empty_batch(kernels, grad):
     """No frames in, none out (as the PyTorch-ops path): the gate's frame walk has no clips."""
-    module = make_gsf(16, 4, 0.5, seed=2).eval()
-    x = torch.randn(0, 16, 5, 5, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        out = module.forward_cpu(x * 1.0)
-    assert out.shape == x.shape
-    if grad:
-        out.sum().backward()
-        assert x.grad.shape == x.shape
+    check_path_takes_an_empty_batch("forward_cpu", grad)
 
 
 def test_gate_refuses_other_layouts_and_means_shapes(kernels):
