@@ -840,8 +840,9 @@ def _gate_backward_launch(device: torch.device) -> tuple[int, int]:
     matrix products stage their tiles in shared memory: 100.5 KiB at 128-pixel tiles and
     Triton's 3 stages (Triton 3.8, ``scripts/kernel_resources.py``), more than a block may
     have on compute capability 8.6 and 8.9 (99 KiB: RTX 30 and 40 series, A10, A40, L4, L40),
-    where the launch would fail; 2 stages take 90 KiB, 64-pixel tiles 46 KiB."""
-    if device.type != "cuda":
+    where the launch would fail; 2 stages take 90 KiB, 64-pixel tiles 46 KiB. Without TF32
+    (before compute capability 8.0) the products take float32 FMAs and 26 KiB."""
+    if device.type != "cuda" or not _has_tf32(device):
         return MAX_BLOCK_PIXELS, 3
     shared = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     if shared >= 128 * 1024:  # (A100: 163 KiB, H100 / H200: 227 KiB)

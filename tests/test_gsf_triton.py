@@ -30,16 +30,24 @@ def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, si
     check_path_matches_naive_spec("forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
 
 
-@pytest.mark.parametrize("shared_kib,expected", [(227, (128, 3)), (163, (128, 3)), (99, (128, 2)), (96, (128, 2)),
-                                                 (64, (64, 2))])
-def test_gate_backward_fits_the_gpus_shared_memory(monkeypatch, shared_kib, expected):
+@pytest.mark.parametrize("capability,shared_kib,expected", [((9, 0), 227, (128, 3)), ((8, 0), 163, (128, 3)),
+                                                            ((8, 6), 99, (128, 2)), ((8, 9), 96, (128, 2)),
+                                                            ((8, 7), 64, (64, 2)), ((7, 5), 64, (128, 3))])
+def test_gate_backward_fits_the_gpus_shared_memory(monkeypatch, capability, shared_kib, expected):
     """The gate backward's tiles and pipeline stages by the shared memory a block may have: all
     of Triton's defaults from 128 KiB (A100, H100, H200), two stages from 96 KiB (the 99 KiB
-    of RTX 30 / 40, A10, L4: three would need 100.5 KiB), 64-pixel tiles below (T4's 64)."""
+    of RTX 30 / 40, A10, L4: three would need 100.5 KiB), 64-pixel tiles below; GPUs without
+    TF32 (T4: 64 KiB) need only 26 KiB at the defaults."""
     kernels = gsf_module._triton_kernels()
     properties = types.SimpleNamespace(shared_memory_per_block_optin=shared_kib * 1024)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
-    assert cached_for_a_fake_gpu(kernels._gate_backward_launch) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", None)
+    kernels._has_tf32.cache_clear()
+    try:
+        assert cached_for_a_fake_gpu(kernels._gate_backward_launch) == expected
+    finally:
+        kernels._has_tf32.cache_clear()
     assert kernels._gate_backward_launch(torch.device("cpu")) == (kernels.MAX_BLOCK_PIXELS, 3)
 
 
