@@ -99,6 +99,15 @@ def _split(programs: int, blocks: int, block: int) -> tuple[int, int]:
     return triton.cdiv(blocks, per_split), per_split * block
 
 
+def _channel_split(nt: int, p: int, pixels: int, max_block_p: int | None = None) -> tuple[int, int, int, int]:
+    """``(block_p, blocks, splits, split_channels)`` of the kernels whose programs take one
+    frame, group and pixel tile (at most ``max_block_p`` pixels) and loop over the group's
+    channels."""
+    block_p = min(_block_pixels(pixels), max_block_p or MAX_BLOCK_PIXELS)
+    blocks = triton.cdiv(pixels, block_p)
+    return (block_p, blocks, *_split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
+
+
 def _flat_pixels(*maps: torch.Tensor) -> bool:
     """Whether each ``(N, C, H, W)`` map's pixels lie at one stride, row after row (NCHW and
     channels-last alike): the kernels then address pixel ``p`` as ``p * stride``, with no
@@ -292,9 +301,7 @@ def gate_products(v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, wei
     (partial sums over runs of channels, to be summed), of ``relu(v * scale + shift)``
     (per-channel float32 ``scale``, ``shift``; ``weight`` the conv's ``(2, P/2, 3, 3, 3)``)."""
     nt, p, h, w = v.shape
-    block_p = _block_pixels(h * w)
-    blocks = triton.cdiv(h * w, block_p)
-    splits, split_channels = _split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS)
+    block_p, blocks, splits, split_channels = _channel_split(nt, p, h * w)
     products = torch.empty((splits, nt, 2, 27, h * w), dtype=torch.float32, device=v.device)
     _gate_products_kernel[(nt, 2 * splits, blocks)](
         v, scale, shift, _floats(weight), products, p // 2, h * w, w, *v.stride(), split_channels,
@@ -660,18 +667,14 @@ def _blend_kernel(v_ptr, gate_ptr, blend_ptr, out_ptr, copy_ptr, num_segments, h
         tl.store(copy, v, mask=mask)
 
 
-def _tile_grid(nt: int, half: int, pixels: int) -> tuple[tuple[int, int, int], int]:
-    block_p = _block_pixels(pixels)
-    return (nt * 2, triton.cdiv(half, BLOCK_CHANNELS), triton.cdiv(pixels, block_p)), block_p
-
-
 def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, num_segments: int,
           copy: torch.Tensor | None = None) -> None:
     """Write GSF's fused, interleaved ``P`` channels of ``v`` into ``out`` (``(NT, P, H, W)``,
     any strides, not overlapping ``v``) given the gate ``(NT, 2, H*W)`` and fusion weights
     ``(NT, 2, P/2)``; also copy ``v`` into ``copy`` if given."""
     nt, p, h, w = v.shape
-    grid, block_p = _tile_grid(nt, p // 2, h * w)
+    block_p = _block_pixels(h * w)
+    grid = (nt * 2, triton.cdiv(p // 2, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
     copy_arg = copy if copy is not None else out
     _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h * w, w, *v.stride(),
                         *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,
@@ -823,15 +826,6 @@ def _gate_backward_kernel(v_ptr, mean_ptr, invstd_ptr, bn_weight_ptr, bn_bias_pt
         grad_normed = tl.where(mask & (normed > 0), grad_a, 0.0)
         tl.store(sums_ptr + (program * 2) * channels + ch, tl.sum(grad_normed, axis=1), mask=c_mask)
         tl.store(sums_ptr + (program * 2 + 1) * channels + ch, tl.sum(grad_normed * xhat, axis=1), mask=c_mask)
-
-
-def _channel_split(nt: int, p: int, pixels: int, max_block_p: int | None = None) -> tuple[int, int, int, int]:
-    """``(block_p, blocks, splits, split_channels)`` of the kernels whose programs take one
-    frame, group and pixel tile (at most ``max_block_p`` pixels) and loop over the group's
-    channels."""
-    block_p = min(_block_pixels(pixels), max_block_p or MAX_BLOCK_PIXELS)
-    blocks = triton.cdiv(pixels, block_p)
-    return (block_p, blocks, *_split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
 
 
 @functools.lru_cache(maxsize=None)
