@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The project's GPU checks in one go, for a machine with one CUDA GPU:
+# The project's GPU checks in one go, for a machine with one CUDA GPU, most wanted first (a
+# run cut short by a time cap keeps what it finished: every step appends to checks.log as it
+# goes):
 #   1. the CUDA tests (`pytest -m gpu`; the `gsf fit` one alone takes about a minute),
-#   2. what a GSF call costs the host (scripts/gsf_host_cost.py), where a ResNet-50 step's
-#      time goes, TSN next to GSF: eager, its kernels, as a CUDA graph (scripts/trace_gpu_step.py),
-#      the GSF kernels' time per launch setting (scripts/tune_gsf_kernels.py), and GSF per site
+#   2. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px, float32, 8 segments),
+#      then the same with LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 (GSF's and TSM's backwards
+#      writing over their output's gradient, off by default until its test has passed here),
+#   3. the GSF kernels' time per launch setting (scripts/tune_gsf_kernels.py), what a GSF call
+#      costs the host (scripts/gsf_host_cost.py), where a ResNet-50 step's time goes, TSN next
+#      to GSF: eager, its kernels, as a CUDA graph (scripts/trace_gpu_step.py), and GSF per site
 #      (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation, literal spec),
-#   3. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px): float32 at 8 segments
-#      (GSF's default = Triton, its PyTorch-ops path, the literal spec) and 16, bf16 autocast,
-#      bf16 channels-last,
-#   4. TSN and GSF under torch.compile (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it:
-#      compiling ResNet-50 takes minutes),
-#   5. float32 at 8 segments again with LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 (GSF's and TSM's
-#      backwards writing over their output's gradient, off by default until its test passes),
-#      and the kernels' registers and loads for this GPU (scripts/kernel_resources.py).
+#   4. the other cost tables: GSF's PyTorch-ops path and the literal spec at 8 segments,
+#      16 segments, bf16 autocast, bf16 channels-last,
+#   5. TSN and GSF under torch.compile (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it:
+#      compiling ResNet-50 takes minutes), and the kernels' registers and loads for this GPU
+#      (scripts/kernel_resources.py).
 # Usage: scripts/gpu_checks.sh [OUTPUT_DIR]   (checks.log and one CSV per table land there;
 # default runs/gpu_checks)
 # PYTHON picks the interpreter (default: python3); STEP_TIMEOUT caps each step in seconds
 # (default 0: no cap; the compile step alone takes minutes). Each step runs even if an
 # earlier one failed; the exit status is that of the first failure.
 set -uo pipefail
+export PYTHONUNBUFFERED=1  # (output piped through tee reaches checks.log line by line, even if a cap kills the step)
 out=${1:-runs/gpu_checks}
 python=${PYTHON:-python3}
 mkdir -p "$out"
@@ -36,14 +39,17 @@ step() {  # step NAME COMMAND...: run, append to checks.log, remember the first 
 step gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step versions "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 step test_gpu "$python" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
-step host_cost "$python" scripts/gsf_host_cost.py --calls 200
-step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch --steps 10
-step tune "$python" scripts/tune_gsf_kernels.py
-step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
        --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
-step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_torch gsf_reference \
-  --csv "$out/fp32_t8.csv"
+step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --csv "$out/fp32_t8.csv"
+step reuse_fp32_t8 env LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 "${bench[@]}" --num-segments 8 \
+  --temporal-modules tsm gsf --csv "$out/reuse_fp32_t8.csv"
+step tune "$python" scripts/tune_gsf_kernels.py
+step host_cost "$python" scripts/gsf_host_cost.py --calls 200
+step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch --steps 10
+step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
+step fp32_t8_slow_paths "${bench[@]}" --num-segments 8 --temporal-modules gsf_torch gsf_reference \
+  --csv "$out/fp32_t8_slow_paths.csv"
 step fp32_t16 "${bench[@]}" --num-segments 16 --temporal-modules tsm gsf --csv "$out/fp32_t16.csv"
 step bf16_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_torch --dtype bf16 \
   --csv "$out/bf16_t8.csv"
@@ -53,8 +59,6 @@ if [ "${GPU_CHECKS_COMPILE:-1}" = 1 ]; then
   step compile_t8 "${bench[@]}" --num-segments 8 --temporal-modules gsf --compile --repeats 10 \
     --csv "$out/compile_t8.csv"
 fi
-step reuse_fp32_t8 env LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 "${bench[@]}" --num-segments 8 \
-  --temporal-modules tsm gsf --csv "$out/reuse_fp32_t8.csv"
 sm=$("$python" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))" || echo 90)
 step resources env -u TRITON_INTERPRET "$python" scripts/kernel_resources.py --sm "$sm" --warps 4 8
 exit $status

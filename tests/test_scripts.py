@@ -64,6 +64,32 @@ def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=True)
 
 
+def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
+    """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (and fails the
+    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs without and with gradient reuse, then the
+    kernels' tuning; every later step still runs, each logged as it ends, and the exit status
+    is the first failure's."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"-m pytest"*) exit 3;; esac\n')
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/usr/bin/env bash\necho 'NVIDIA H200, 143771 MiB'\n")
+    for tool in (fake, smi):
+        tool.chmod(0o755)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_checks.sh"), str(out)], cwd=SCRIPTS.parent,
+                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0",
+                                 "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                            capture_output=True, text=True)
+    assert result.returncode == 3
+    log = (out / "checks.log").read_text()
+    ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
+    assert ended[2:6] == ["test_gpu", "fp32_t8", "reuse_fp32_t8", "tune"]
+    assert ended[-1] == "resources" and "compile_t8" not in ended and len(ended) == 14
+    assert "== test_gpu: exit 3" in log and "== fp32_t8: exit 0" in log
+    assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1" in next(line for line in log.splitlines()
+                                                        if line.startswith("== reuse_fp32_t8:"))
+
+
 def test_compare_gsf_revisions_runs_both_gsfs_next_to_tsn(capsys, monkeypatch):
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True).returncode:
         pytest.fail("the checkout has no git history for the script to read an older GSF from")
