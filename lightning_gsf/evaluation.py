@@ -15,7 +15,8 @@ The file is uploaded as a zip holding it under the name ``test.json``.
 
 The SLS (supervision levels scale) fields describe the training: ``sls_pt`` pre-training
 (1 = public image dataset, i.e. ImageNet), ``sls_tl`` training labels (3 = temporal
-boundaries used), ``sls_td`` training data (3 = the training split; 4 = train + val).
+boundaries used), ``sls_td`` training data (3 = the training split; 4 = train + val); each
+is a level from 0 to 5.
 
 Results file (the input of the official ``evaluate.py`` and ``create_submission.py``, the
 "dict format" of their ``load_results``), written beside the submission by ``gsf predict``::
@@ -27,8 +28,10 @@ pickled into a ``.pkl`` file (their ``.pt`` alternative would need ``torch.load(
 weights_only=False)`` on torch >= 2.6 to read its NumPy arrays, so it is not written).
 
 ``gsf evaluate`` scores a submission, or a results file (dict or list format), against a
-labelled annotation CSV with the same functions as the epoch metrics
-(:func:`lightning_gsf.metrics.compute_accuracies`).
+labelled annotation CSV as the official ``evaluate.py`` does: classes and actions ranked by
+its steps (:mod:`lightning_gsf.official_ranking`, NumPy, in the file's dtype; ties and
+underflows included), subsets and keys by the functions of the epoch metrics
+(:func:`lightning_gsf.metrics.accuracies_from_hits`).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +56,9 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
 from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
-from lightning_gsf.metrics import HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, UNSEEN, compute_accuracies, first_per_index
+from lightning_gsf.metrics import (HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, TOP_K, UNSEEN, accuracies_from_hits,
+                                   check_evaluation_inputs, first_per_index)
+from lightning_gsf.official_ranking import action_id, action_ranking, class_ranking, topk_hits
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ def make_submission(
 ) -> dict[str, Any]:
     """The submission dict for ``scores`` ``{head: (N, K)}`` of the samples ``ids``."""
     _check_predictions(scores, ids)
+    check_supervision_levels(sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td)
     as_lists = {head: head_scores.float().cpu().tolist() for head, head_scores in scores.items()}
     results = {
         str(sample_id): {
@@ -110,6 +116,19 @@ def _check_predictions(scores: Mapping[str, Tensor], ids: Sequence[str]) -> None
             )
     if len(set(ids)) != len(ids):
         raise ValueError("sample ids are not unique; de-duplicate the predictions first")
+    for head, head_scores in scores.items():
+        finite = torch.isfinite(head_scores).all(dim=-1)
+        if not finite.all():
+            first = int((~finite).nonzero()[0])
+            raise ValueError(f"{int((~finite).sum())} samples have non-finite {head} scores (NaN or inf), the "
+                             f"first {ids[first]!r}: the submission and results files take finite scores")
+
+
+def check_supervision_levels(**levels: int) -> None:
+    """Raise ``ValueError`` unless every ``sls_*`` level is an integer from 0 to 5."""
+    for name, level in levels.items():
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 5:
+            raise ValueError(f"{name} must be a supervision level from 0 to 5, got {level!r}")
 
 
 @contextlib.contextmanager
@@ -144,8 +163,9 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
     """Sample ids and verb / noun scores of an official results file: the dict format of
     :func:`write_results` or the list format (one ``{"verb_output", "noun_output",
     "narration_id"}`` dict per sample), pickled (``.pkl``), or saved by ``torch.save``
-    (``.pt``, read with ``weights_only=True``: tensors, lists and dicts only). Unpickling runs
-    code from the file: read only results you trust."""
+    (``.pt``, read with ``weights_only=True``: tensors, lists and dicts only). The scores keep
+    the file's floating-point dtype, as the official evaluator ranks them in it. Unpickling
+    runs code from the file: read only results you trust."""
     path = Path(path)
     if path.suffix.lower() == ".pt":
         try:
@@ -171,7 +191,10 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
     ids = [str(sample_id) for sample_id in np.asarray(loaded[RESULTS_ID_KEY]).reshape(-1).tolist()]
     scores = {}
     for head in EPIC_HEADS:
-        values = torch.as_tensor(np.asarray(loaded[f"{head}_output"], dtype=np.float32))
+        values = np.asarray(loaded[f"{head}_output"])
+        if not np.issubdtype(values.dtype, np.floating):  # (kept otherwise: the evaluator ranks in it)
+            values = values.astype(np.float64)
+        values = torch.as_tensor(values)
         if values.ndim != 2 or values.shape[0] != len(ids):
             raise ValueError(
                 f"{path}: {head}_output must be ({len(ids)}, num_classes) for {len(ids)} narration ids, "
@@ -233,53 +256,90 @@ def submission_scores(
     first = results[ids[0]]
     num_classes = {}
     for head in heads:
-        if head not in first:
-            raise ValueError(f"{source}: entry {ids[0]!r} has no {head!r} scores")
+        if not isinstance(first, dict) or not isinstance(first.get(head), dict):
+            raise ValueError(f"{source}: entry {ids[0]!r} must map {head} classes to scores, found "
+                             f"{_describe_keys(first, head, [])}")
         num_classes[head] = len(first[head])
     rows: dict[str, list[list[float]]] = {head: [] for head in heads}
     for sample_id in ids:
+        entry = results[sample_id]
         for head in heads:
-            head_scores = results[sample_id].get(head)
             expected = [str(c) for c in range(num_classes[head])]
-            if not isinstance(head_scores, dict) or sorted(head_scores, key=int) != expected:
+            head_scores = entry.get(head) if isinstance(entry, dict) else None
+            if not isinstance(head_scores, dict) or set(head_scores) != set(expected):
                 raise ValueError(
-                    f"{source}: entry {sample_id!r} must score {head} classes '0'..'{num_classes[head] - 1}'"
+                    f"{source}: entry {sample_id!r} must map {head} classes '0'..'{num_classes[head] - 1}' "
+                    f"to scores, found {_describe_keys(entry, head, expected)}"
                 )
-            rows[head].append([float(head_scores[c]) for c in expected])
+            try:
+                rows[head].append([float(head_scores[c]) for c in expected])
+            except (TypeError, ValueError):
+                raise ValueError(f"{source}: entry {sample_id!r} has a {head} score that is not a number") from None
     return ids, {head: torch.tensor(values) for head, values in rows.items()}
+
+
+def _describe_keys(entry: Any, head: str, expected: Sequence[str]) -> str:
+    """What a malformed submission entry holds for ``head``, briefly, for an error message."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__} instead of an object"
+    if not isinstance(entry.get(head), dict):
+        return f"no {head!r} object" if head not in entry else f"a JSON {type(entry[head]).__name__} as {head!r}"
+    keys = set(entry[head])
+    unexpected = sorted(keys - set(expected))[:3]
+    missing = [key for key in expected if key not in keys][:3]
+    return "; ".join([f"unexpected keys {', '.join(map(repr, unexpected))}"] * bool(unexpected)
+                     + [f"no keys {', '.join(map(repr, missing))}"] * bool(missing))
 
 
 # --------------------------------------------------------------------------- annotations
 
 
-def read_labelled_annotations(path: str | Path) -> dict[str, tuple[str, int, int]]:
-    """``narration_id -> (participant_id, verb_class, noun_class)`` of a labelled EPIC CSV.
+class LabelledSample(NamedTuple):
+    """A labelled annotation row as ``gsf evaluate`` needs it, and where it was read."""
+
+    participant_id: str
+    verb_class: int
+    noun_class: int
+    where: str = "annotations"
+
+
+def read_labelled_annotations(path: str | Path) -> dict[str, LabelledSample]:
+    """``narration_id -> (participant_id, verb_class, noun_class, where)`` of a labelled EPIC CSV.
 
     Only these four columns are needed to score a submission, so unlike
-    :func:`lightning_gsf.data.epic.read_actions` this accepts any CSV that has them.
+    :func:`lightning_gsf.data.epic.read_actions` this accepts any CSV that has them (a byte
+    order mark, as spreadsheet programs write, included). A row with too few fields, a class
+    that is not an integer or a narration_id seen before raises ``ValueError`` naming the
+    file and line.
     """
     path = Path(path)
     columns = ["narration_id", "participant_id", "verb_class", "noun_class"]
-    annotations = {}
-    with path.open(newline="") as handle:
+    annotations: dict[str, LabelledSample] = {}
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [column for column in columns if column not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: expected columns {columns}, missing {missing}")
         for row in reader:
-            annotations[row["narration_id"]] = (
-                row["participant_id"],
-                _read_int(path, reader.line_num, row, "verb_class"),
-                _read_int(path, reader.line_num, row, "noun_class"),
+            where = f"{path}, line {reader.line_num}"
+            if None in row.values():
+                raise ValueError(f"{where}: expected {len(reader.fieldnames)} fields, got "
+                                 f"{sum(value is not None for value in row.values())}")
+            narration_id = row["narration_id"]
+            if narration_id in annotations:
+                raise ValueError(f"{where}: narration_id {narration_id!r} again (first at "
+                                 f"{annotations[narration_id].where.rpartition(', ')[2]})")
+            annotations[narration_id] = LabelledSample(
+                row["participant_id"], _read_int(where, row, "verb_class"), _read_int(where, row, "noun_class"), where
             )
     return annotations
 
 
-def _read_int(path: Path, line: int, row: Mapping[str, str], column: str) -> int:
+def _read_int(where: str, row: Mapping[str, str], column: str) -> int:
     try:
         return int(row[column])
     except (TypeError, ValueError):
-        raise ValueError(f"{path}, line {line}: expected an integer {column}, got {row[column]!r}") from None
+        raise ValueError(f"{where}: expected an integer {column}, got {row[column]!r}") from None
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -296,31 +356,56 @@ def evaluate_scores(
     source: str = "predictions",
 ) -> dict[str, float]:
     """Accuracies (percent, official flat keys) of verb and noun ``scores`` ``{head: (N, K)}``
-    of the samples ``ids`` on labelled annotations.
+    of the samples ``ids`` on labelled annotations (``narration_id -> (participant_id,
+    verb_class, noun_class[, where])``), ranked as the official evaluator ranks them
+    (:mod:`lightning_gsf.official_ranking`).
 
     Like the official evaluator, only the predicted samples are scored; a prediction for a
-    sample the annotations lack is an error, annotated samples without a prediction a warning.
+    sample the annotations lack is an error, annotated samples without a prediction a warning,
+    and so is a label outside the scored classes.
     """
     unknown = [sample_id for sample_id in ids if sample_id not in annotations]
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} predicted ids are not in the annotations, e.g. {unknown[:3]}")
     if len(ids) < len(annotations):
         log.warning("%s: %d of %d annotated samples have no prediction", source, len(annotations) - len(ids), len(annotations))
-    participants = [annotations[i][0] for i in ids]
-    labels = {
-        "verb": torch.tensor([annotations[i][1] for i in ids]),
-        "noun": torch.tensor([annotations[i][2] for i in ids]),
-    }
+    rows = [annotations[i] for i in ids]
+    for column, head in ((1, "verb"), (2, "noun")):
+        num_classes = scores[head].shape[-1]
+        outside = next((i for i, row in enumerate(rows) if not 0 <= row[column] < num_classes), None)
+        if outside is not None:
+            row = rows[outside]
+            where = row[3] if len(row) > 3 else "annotations"
+            raise ValueError(f"{where}: {head}_class {row[column]} of {ids[outside]} is outside the {num_classes} "
+                             f"{head} classes that {source} scores; expected 0..{num_classes - 1}")
+    labels = {"verb": torch.tensor([row[1] for row in rows]), "noun": torch.tensor([row[2] for row in rows])}
     subsets = {}
     if tail_verbs is not None:
         subsets[TAIL_VERB] = torch.tensor([v in tail_verbs for v in labels["verb"].tolist()])
     if tail_nouns is not None:
         subsets[TAIL_NOUN] = torch.tensor([n in tail_nouns for n in labels["noun"].tolist()])
     if unseen_participants is not None:
-        subsets[UNSEEN] = torch.tensor([p in unseen_participants for p in participants])
-    results = compute_accuracies(scores, labels, subsets)
+        subsets[UNSEEN] = torch.tensor([row[0] in unseen_participants for row in rows])
+    check_evaluation_inputs(scores, labels, subsets)
+    results = accuracies_from_hits(official_hits(scores["verb"], scores["noun"], labels["verb"], labels["noun"]),
+                                   subsets)
     results.pop(HEADLINE_METRIC)
     return results
+
+
+def official_hits(verb_scores: Tensor, noun_scores: Tensor, verb_labels: Tensor,
+                  noun_labels: Tensor) -> dict[str, dict[int, Tensor]]:
+    """``{task: {k: bool (N,)}}`` for verb, noun and action at every k of ``TOP_K``, ranked as
+    the official evaluator ranks (NumPy, in the scores' dtype)."""
+    verb, noun = (_as_numpy_floats(scores) for scores in (verb_scores, noun_scores))
+    verb_labels, noun_labels = verb_labels.cpu().numpy(), noun_labels.cpu().numpy()
+    rankings = {
+        "verb": (class_ranking(verb), verb_labels),
+        "noun": (class_ranking(noun), noun_labels),
+        "action": (action_ranking(verb, noun), action_id(verb_labels, noun_labels)),
+    }
+    return {task: {k: torch.from_numpy(topk_hits(ranking, task_labels, k)) for k in TOP_K}
+            for task, (ranking, task_labels) in rankings.items()}
 
 
 def results_table(results: Mapping[str, float], title: str = "accuracy (%)"):
@@ -417,6 +502,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
     return results
 
 
+def _as_numpy_floats(scores: Tensor) -> np.ndarray:
+    """``scores`` in NumPy, float32 / float64 kept, other dtypes (bf16, half, ints) as float32."""
+    scores = scores.detach().cpu()
+    return (scores if scores.dtype in (torch.float32, torch.float64) else scores.float()).numpy()
+
+
 # --------------------------------------------------------------------------- prediction writer
 
 
@@ -457,6 +548,7 @@ class SubmissionWriter(BasePredictionWriter):
         self.output = output
         self.results = results
         self.sls = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
+        check_supervision_levels(**self.sls)  # (now, not after the predictions have run)
         self.written: Path | None = None
         self.written_results: Path | None = None
 

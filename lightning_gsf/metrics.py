@@ -11,7 +11,10 @@ The definitions follow the official EPIC-KITCHENS-100 action recognition evaluat
 - **action**: the ``(verb, noun)`` pairs are ranked by ``p(verb) * p(noun)``, the product
   of the two heads' softmax probabilities, i.e. by the sum of their log-softmaxes; a sample
   is right at ``k`` when its true pair is among the ``k`` best. (The official code ranks
-  only the 100 best verbs x 100 best nouns, renormalised; that changes no top-5 ranking.)
+  the 100 best verbs x 100 best nouns with a softmax over all samples' scores at once and
+  NumPy's sort: the same ranking unless scores tie or that softmax underflows, which happens
+  with large logits. ``gsf evaluate`` follows it step by step,
+  :mod:`lightning_gsf.official_ranking`; the epoch metrics rank with torch, here.)
 - **all**: every sample, top-1 and top-5 for verb, noun and action.
 - **unseen**: samples of participants absent from training, top-1 only.
 - **tail**: top-1 only; verb accuracy over samples whose *verb* is a tail class, noun
@@ -107,6 +110,25 @@ def compute_accuracies(
             ``unseen`` are understood. A subset with no sample yields no key (the official
             evaluator drops "unseen" the same way).
     """
+    check_evaluation_inputs(scores, labels, subsets)
+    # hits[task][k]: bool (N,), for every head and (for verb + noun) the action.
+    hits: dict[str, dict[int, Tensor]] = {
+        head: {k: topk_hits(scores[head], labels[head], k) for k in TOP_K} for head in scores
+    }
+    if set(ACTION_HEADS) <= set(scores):
+        hits["action"] = {
+            k: action_topk_hits(scores["verb"], scores["noun"], labels["verb"], labels["noun"], k)
+            for k in TOP_K
+        }
+    return accuracies_from_hits(hits, subsets)
+
+
+def check_evaluation_inputs(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor],
+                            subsets: Mapping[str, Tensor] | None = None) -> None:
+    """Raise ``ValueError`` unless ``scores`` and ``labels`` have the same heads and scores,
+    labels and subsets the same number of samples, at least one; and every label names one
+    of its head's classes (an action id made of an out-of-range noun could equal another
+    pair's)."""
     if set(scores) != set(labels):
         raise ValueError(f"scores have heads {sorted(scores)} but labels have {sorted(labels)}")
     num_samples = {head: s.shape[0] for head, s in scores.items()}
@@ -116,18 +138,21 @@ def compute_accuracies(
         raise ValueError(f"scores, labels and subsets disagree on the number of samples: {num_samples}")
     if not num_samples or next(iter(num_samples.values())) == 0:
         raise ValueError("need at least one sample to compute accuracies")
+    for head, head_labels in labels.items():
+        num_classes = scores[head].shape[-1]
+        outside = ((head_labels < 0) | (head_labels >= num_classes)).nonzero().flatten()
+        if len(outside):
+            raise ValueError(
+                f"{len(outside)} {head} labels are outside the {num_classes} scored classes, the first "
+                f"{int(head_labels[outside[0]])} (sample {int(outside[0])}); expected 0..{num_classes - 1}"
+            )
 
-    # hits[task][k]: bool (N,), for every head and (for verb + noun) the action.
-    hits: dict[str, dict[int, Tensor]] = {
-        head: {k: topk_hits(scores[head], labels[head], k) for k in TOP_K} for head in scores
-    }
-    has_action = set(ACTION_HEADS) <= set(scores)
-    if has_action:
-        hits["action"] = {
-            k: action_topk_hits(scores["verb"], scores["noun"], labels["verb"], labels["noun"], k)
-            for k in TOP_K
-        }
 
+def accuracies_from_hits(hits: Mapping[str, Mapping[int, Tensor]],
+                         subsets: Mapping[str, Tensor] | None = None) -> dict[str, float]:
+    """The accuracies of :func:`compute_accuracies` from each task's hits: ``{task: {k: bool
+    (N,)}}`` for every head and (verb + noun) ``"action"``, at every k of :data:`TOP_K`."""
+    has_action = "action" in hits
     results: dict[str, float] = {}
     for task, task_hits in hits.items():
         for k in TOP_K:
@@ -139,7 +164,7 @@ def compute_accuracies(
     if UNSEEN in subsets:
         subset_masks["unseen"] = {task: subsets[UNSEEN] for task in hits}
     if has_action and (TAIL_VERB in subsets or TAIL_NOUN in subsets):
-        nobody = torch.zeros_like(labels["verb"], dtype=torch.bool)
+        nobody = torch.zeros_like(hits["action"][1])
         tail_verb = subsets.get(TAIL_VERB, nobody).bool()
         tail_noun = subsets.get(TAIL_NOUN, nobody).bool()
         subset_masks["tail"] = {"verb": tail_verb, "noun": tail_noun, "action": tail_verb | tail_noun}
@@ -154,7 +179,7 @@ def compute_accuracies(
     if has_action:
         results[HEADLINE_METRIC] = results["all_action_accuracy_at_1"]
     else:
-        top1 = [results[f"all_{head}_accuracy_at_1"] for head in scores]
+        top1 = [results[f"all_{head}_accuracy_at_1"] for head in hits]
         results[HEADLINE_METRIC] = sum(top1) / len(top1)
     return results
 

@@ -12,6 +12,7 @@ import torch
 
 from lightning_gsf.evaluation import (
     evaluate_main,
+    evaluate_scores,
     make_submission,
     read_labelled_annotations,
     read_predictions,
@@ -83,13 +84,40 @@ def test_submission_round_trip(tmp_path, suffix):
         (lambda s: s["results"]["a"].pop("noun"), "no 'noun'"),
         (lambda s: s["results"]["b"]["verb"].pop("96"), "verb classes"),
         (lambda s: s["results"].clear(), "empty"),
+        (lambda s: s["results"]["b"]["verb"].update({"x": s["results"]["b"]["verb"].pop("5")}),
+         "entry 'b' must map verb classes '0'..'96' to scores, found unexpected keys 'x'; no keys '5'"),
+        (lambda s: s["results"].update(b=[1, 2]), "entry 'b' .* found a JSON list instead of an object"),
+        (lambda s: s["results"]["a"].update(verb=3), "entry 'a' .* found a JSON int as 'verb'"),
+        (lambda s: s["results"]["b"]["noun"].update({"7": "high"}), "entry 'b' has a noun score that is not a number"),
     ],
 )
 def test_malformed_submission_is_rejected(mutate, message):
     submission = make_submission({"verb": torch.zeros(2, NUM_VERBS), "noun": torch.zeros(2, NUM_NOUNS)}, ["a", "b"])
     mutate(submission)
-    with pytest.raises(ValueError, match=message):
-        submission_scores(submission)
+    with pytest.raises(ValueError, match=f"^my.zip: .*{message}"):
+        submission_scores(submission, source="my.zip")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_scores_are_rejected_naming_the_sample(tmp_path, value):
+    scores = {"verb": torch.zeros(3, NUM_VERBS), "noun": torch.zeros(3, NUM_NOUNS)}
+    scores["noun"][1, 7] = value
+    with pytest.raises(ValueError, match="1 samples have non-finite noun scores .*, the first 'b'"):
+        make_submission(scores, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="non-finite noun scores"):
+        write_results(scores, ["a", "b", "c"], tmp_path / "results.pkl")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("levels", [{"sls_pt": 6}, {"sls_tl": -1}, {"sls_td": 2.5}, {"sls_pt": True}])
+def test_supervision_levels_are_0_to_5(levels):
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    name = next(iter(levels))
+    with pytest.raises(ValueError, match=f"{name} must be a supervision level from 0 to 5"):
+        make_submission({"verb": torch.zeros(1, 3)}, ["a"], **levels)
+    with pytest.raises(ValueError, match=f"{name} must be a supervision level"):
+        SubmissionWriter(**levels)
 
 
 def test_duplicate_ids_are_rejected():
@@ -272,6 +300,55 @@ def test_annotation_errors_name_the_file_and_line(tmp_path):
     path.write_text("narration_id,verb_class\n")
     with pytest.raises(ValueError, match=r"bad.csv: expected columns .*missing \['participant_id', 'noun_class'\]"):
         read_labelled_annotations(path)
+
+
+def test_annotations_with_a_byte_order_mark_read_as_without(tmp_path):
+    text = "narration_id,participant_id,verb_class,noun_class\nP01_1_0,P01,3,4\n"
+    plain, marked = tmp_path / "plain.csv", tmp_path / "marked.csv"
+    plain.write_text(text)
+    marked.write_text("\ufeff" + text, encoding="utf-8")
+    assert [row[:3] for row in read_labelled_annotations(marked).values()] == [("P01", 3, 4)]
+    assert read_labelled_annotations(marked)["P01_1_0"][:3] == read_labelled_annotations(plain)["P01_1_0"][:3]
+
+
+@pytest.mark.parametrize("rows,message", [
+    ("P01_1_0,P01,3,4\nP01_1_0,P01,5,6\n", r"bad.csv, line 3: narration_id 'P01_1_0' again \(first at line 2\)"),
+    ("P01_1_0,P01,3\n", r"bad.csv, line 2: expected 4 fields, got 3"),
+])
+def test_repeated_or_short_annotation_rows_are_named(tmp_path, rows, message):
+    path = tmp_path / "bad.csv"
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + rows)
+    with pytest.raises(ValueError, match=message):
+        read_labelled_annotations(path)
+
+
+@pytest.mark.parametrize("head,column", [("verb", 2), ("noun", 3)])
+def test_evaluate_rejects_labels_outside_the_scored_classes(tmp_path, head, column):
+    """A label past the scored classes (annotations of another class list, say) is named by
+    file, line and sample: scored anyway, an out-of-range noun's action id could equal
+    another pair's and count a wrong answer as right."""
+    rows = [["P01_1_0", "P01", "0", "1"], ["P01_1_1", "P01", "1", "2"]]
+    rows[1][column] = "3"
+    path = tmp_path / "labels.csv"
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows))
+    scores = {"verb": torch.randn(2, 3), "noun": torch.randn(2, 3)}
+    with pytest.raises(ValueError, match=rf"labels.csv, line 3: {head}_class 3 of P01_1_1 is outside the 3 {head} "
+                                         rf"classes that preds scores; expected 0..2"):
+        evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
+    labels = {"verb": torch.tensor([0, 1]), "noun": torch.tensor([1, 2])}
+    labels[head][1] = 3
+    with pytest.raises(ValueError, match=rf"1 {head} labels are outside the 3 scored classes, the first 3 \(sample 1\)"):
+        compute_accuracies(scores, labels)
+
+
+def test_results_file_scores_keep_their_dtype(tmp_path):
+    """The official evaluator ranks a results file's scores in the dtype it holds them in."""
+    path = tmp_path / "results.pkl"
+    content = {"verb_output": np.zeros((1, 3)), "noun_output": np.zeros((1, 4), dtype=np.float32),
+               "narration_id": np.array(["a"])}
+    path.write_bytes(pickle.dumps(content))
+    _, scores = read_predictions(path)
+    assert (scores["verb"].dtype, scores["noun"].dtype) == (torch.float64, torch.float32)
 
 
 def test_results_table_has_a_row_per_subset():

@@ -2,11 +2,16 @@
 action-recognition evaluator's definitions, on the real validation annotations.
 
 The official evaluator (epic-kitchens/C1-Action-Recognition) ranks classes by arg-sorting the
-scores; for actions it softmaxes the 100 best verb and the 100 best noun scores separately,
-ranks their outer product, and keeps the 100 best pairs. Tail subsets: verb accuracy over
-samples whose verb is a tail class, noun over tail nouns, action over samples with either;
-unseen: samples of the unseen participants; both top-1 only. Everything below is written from
-that description with NumPy and the ``csv`` module, sharing no code with ``lightning_gsf``.
+scores (NumPy's default sort) and reversing; for actions it takes the 100 best verb and the
+100 best noun scores of every sample, softmaxes each (N, 100) array as a whole (SciPy's
+``softmax`` without an axis: one maximum and one sum over all samples), ranks their outer
+product, keeps the 100 best pairs as a {verb * 1000 + noun: probability} dict per sample and
+ranks each dict again by arg-sorting its values. Tail subsets: verb accuracy over samples
+whose verb is a tail class, noun over tail nouns, action over samples with either; unseen:
+samples of the unseen participants; both top-1 only. Everything below is written from that
+description with NumPy and the ``csv`` module, sharing no code with ``lightning_gsf``; the
+scores come continuous, tied (bf16-rounded and coarsely rounded, where the sort's order among
+equal scores decides) and large (where the whole-array softmax underflows).
 """
 
 from __future__ import annotations
@@ -24,24 +29,31 @@ import torch
 from lightning_gsf.evaluation import evaluate_main, make_submission, write_results, write_submission
 
 NUM_VERBS, NUM_NOUNS = 97, 300
+ACTION_MULTIPLIER = 1000
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def _softmax_of_the_whole_array(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
 
 
 def _official_action_ranking(verb: np.ndarray, noun: np.ndarray, top_n: int = 100) -> np.ndarray:
-    """(N, top_n) action ids ``verb * 300 + noun``, best first, the way the evaluator builds them."""
+    """(N, top_n) action ids ``verb * 1000 + noun``, best first, the way the evaluator builds them."""
     top_verbs = np.argsort(verb, axis=1)[:, ::-1][:, :top_n]
     top_nouns = np.argsort(noun, axis=1)[:, ::-1][:, :top_n]
     rows = np.arange(len(verb))[:, None]
-    verb_probs = _softmax(verb[rows, top_verbs])
-    noun_probs = _softmax(noun[rows, top_nouns])
+    verb_probs = _softmax_of_the_whole_array(verb[rows, top_verbs])
+    noun_probs = _softmax_of_the_whole_array(noun[rows, top_nouns])
     pairs = (verb_probs[:, :, None] * noun_probs[:, None, :]).reshape(len(verb), -1)
     best = np.argsort(pairs, axis=1)[:, ::-1][:, :top_n]
     verb_pos, noun_pos = np.unravel_index(best, (top_verbs.shape[1], top_nouns.shape[1]))
-    return top_verbs[rows, verb_pos] * NUM_NOUNS + top_nouns[rows, noun_pos]
+    ranking = []
+    for i in range(len(verb)):  # per sample, {action id: probability} in rank order, then ranked by its values
+        kept = {int(top_verbs[i, v]) * ACTION_MULTIPLIER + int(top_nouns[i, n]): pairs[i, b]
+                for v, n, b in zip(verb_pos[i], noun_pos[i], best[i])}
+        ids, probs = np.array(list(kept)), np.array(list(kept.values()))
+        ranking.append(ids[np.argsort(probs)[::-1]])
+    return np.array(ranking)
 
 
 def _topk(ranking: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -63,7 +75,7 @@ def _official_metrics(folder: Path, ids, verb, noun) -> dict[str, float]:
         rows = {row["narration_id"]: row for row in csv.DictReader(f)}
     verb_labels = np.array([int(rows[i]["verb_class"]) for i in ids])
     noun_labels = np.array([int(rows[i]["noun_class"]) for i in ids])
-    action_labels = verb_labels * NUM_NOUNS + noun_labels
+    action_labels = verb_labels * ACTION_MULTIPLIER + noun_labels
     participants = np.array([rows[i]["participant_id"] for i in ids])
     tail_verbs = {int(v) for v in _read_column(folder / "EPIC_100_tail_verbs.csv", "verb")}
     tail_nouns = {int(n) for n in _read_column(folder / "EPIC_100_tail_nouns.csv", "noun")}
@@ -91,8 +103,22 @@ def _official_metrics(folder: Path, ids, verb, noun) -> dict[str, float]:
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_gsf_evaluate_equals_the_official_definitions(tmp_path, shared_data, seed):
+def _scores_of_kind(scores: np.ndarray, kind: str) -> np.ndarray:
+    """float32 scores as they come: continuous; from bf16 heads (ties at the top in about one
+    sample of a hundred); coarsely rounded (ties everywhere); or large logits (the whole-array
+    softmax underflows for most samples, whose actions then tie at probability 0)."""
+    if kind == "bf16":
+        return torch.from_numpy(scores).bfloat16().float().numpy()
+    if kind == "rounded":
+        return np.round(scores).astype(np.float32)
+    if kind == "large":
+        return scores * np.float32(30)
+    return scores
+
+
+@pytest.mark.parametrize("seed,kind", [(0, "continuous"), (1, "continuous"), (0, "bf16"), (0, "rounded"),
+                                       (0, "large")])
+def test_gsf_evaluate_equals_the_official_definitions(tmp_path, shared_data, seed, kind):
     folder = shared_data / "epic100"
     with (folder / "EPIC_100_validation.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -105,22 +131,27 @@ def test_gsf_evaluate_equals_the_official_definitions(tmp_path, shared_data, see
     for i, sample_id in enumerate(ids):
         verb[i, int(by_id[sample_id]["verb_class"])] += rng.uniform(0, 3)
         noun[i, int(by_id[sample_id]["noun_class"])] += rng.uniform(0, 4)
+    verb, noun = _scores_of_kind(verb * 3, kind), _scores_of_kind(noun * 3, kind)
 
     submission = make_submission({"verb": torch.from_numpy(verb), "noun": torch.from_numpy(noun)}, ids)
     zip_path = write_submission(submission, tmp_path / "submission.zip")
     out = tmp_path / "metrics.json"
     ours = evaluate_main([str(zip_path), str(folder / "EPIC_100_validation.csv"), "--json", str(out)])
 
-    # JSON round trip of float32 scores: rank the same values the evaluator would read.
+    # JSON round trip of float32 scores: rank the same values the evaluator would read (the
+    # float32 values that were written, as the results file beside the submission holds them).
     results = _submitted_json(zip_path)["results"]
-    verb_read = np.array([[results[i]["verb"][str(c)] for c in range(NUM_VERBS)] for i in ids])
-    noun_read = np.array([[results[i]["noun"][str(c)] for c in range(NUM_NOUNS)] for i in ids])
+    verb_read = np.array([[results[i]["verb"][str(c)] for c in range(NUM_VERBS)] for i in ids], dtype=np.float32)
+    noun_read = np.array([[results[i]["noun"][str(c)] for c in range(NUM_NOUNS)] for i in ids], dtype=np.float32)
     expected = _official_metrics(folder, ids, verb_read, noun_read)
 
     assert set(ours) == set(expected)
     for key, value in expected.items():
         assert ours[key] == pytest.approx(value, rel=1e-12), key  # percentages in float64, as NumPy gives them
-    assert 5 < expected["all_action_accuracy_at_1"] < 95
+    if kind == "large":  # most samples' actions underflow to probability 0 and tie: near-chance action accuracy
+        assert expected["all_action_accuracy_at_1"] < 1 < expected["all_verb_accuracy_at_1"] - 5
+    else:
+        assert 5 < expected["all_action_accuracy_at_1"] < 95
     assert json.loads(out.read_text()) == pytest.approx(ours)
 
     # The results file that gsf predict writes beside the submission, loaded as the official
