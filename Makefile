@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The torch / torchvision pair pinned for this project's machines (the same wheels on the CPU-only
-# development machine and the GPU ones); pyproject keeps open ranges.
+# The torch / torchvision pair pinned for this project's development machine (CPU only: other
+# pairs fail to install there; the GPU figures in the docs came from the GPU machines' own torch
+# 2.11); pyproject keeps open ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
 

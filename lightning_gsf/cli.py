@@ -180,7 +180,7 @@ class GSFCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.init_args.num_segments", "model.num_segments")
 
-        # The monitored checkpoint comes first: it is trainer.checkpoint_callback (--ckpt_path best).
+        # The monitored checkpoint comes first: it is trainer.checkpoint_callback.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
