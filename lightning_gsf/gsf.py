@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,15 +79,21 @@ class GSF(nn.Module):
             (autograd's version check raises if something saved it for backward). Ignored
             for a leaf that requires grad, and under ``torch.compile`` where the C++ kernels
             do not take the input (the plain-op formulation is out of place).
+        fusion_init: the two fusion convs' initial weights: ``"kaiming"`` (Kaiming normal,
+            fan_out, ReLU), as the authors' ResNet initialises every ``Conv2d``, or
+            ``"default"`` (PyTorch's own), as their BNInception and InceptionV3 leave them.
 
     Parameter names (``conv3D``, ``bn``, ``channel_conv1``, ``channel_conv2``) are those of
     the original release, so its checkpoints map onto this module one to one.
     """
 
-    def __init__(self, channels: int, num_segments: int, ratio: float = 0.25, inplace: bool = False) -> None:
+    def __init__(self, channels: int, num_segments: int, ratio: float = 0.25, inplace: bool = False,
+                 fusion_init: Literal["kaiming", "default"] = "kaiming") -> None:
         super().__init__()
         if num_segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        if fusion_init not in ("kaiming", "default"):
+            raise ValueError(f"fusion_init must be 'kaiming' or 'default', got {fusion_init!r}")
         self.channels = channels
         self.num_segments = num_segments
         self.ratio = ratio
@@ -98,8 +104,9 @@ class GSF(nn.Module):
         self.conv3D = nn.Conv3d(p, 2, kernel_size=3, padding=1, groups=2)
         self.channel_conv1 = nn.Conv2d(2, 1, kernel_size=3, padding=1)
         self.channel_conv2 = nn.Conv2d(2, 1, kernel_size=3, padding=1)
-        for conv in (self.channel_conv1, self.channel_conv2):
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        if fusion_init == "kaiming":
+            for conv in (self.channel_conv1, self.channel_conv2):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
     def extra_repr(self) -> str:
         inplace = ", inplace=True" if self.inplace else ""

@@ -282,6 +282,28 @@ def test_heads_are_initialised_small() -> None:
         assert torch.count_nonzero(head.bias) == 0
 
 
+@pytest.mark.parametrize(("backbone", "fusion_init"), [("resnet18", "kaiming"), ("bninception", "default"),
+                                                    ("inception_v3", "default"), ("inception_v3_tf", "default")])
+def test_fusion_convs_start_as_in_the_authors_networks(backbone: str, fusion_init: str) -> None:
+    """Kaiming normal (fan_out, ReLU: std sqrt(2 / 9)) in their ResNet, which initialises every
+    Conv2d so; PyTorch's default (uniform within 1 / sqrt(fan_in = 18)) in their BNInception and
+    InceptionV3, which leave the fusion convs alone."""
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone, "gsf", num_segments=2, num_classes=3)
+    weights = torch.cat([conv.weight.flatten() for module in model.modules() if isinstance(module, GSF)
+                         for conv in (module.channel_conv1, module.channel_conv2)])
+    if fusion_init == "kaiming":
+        assert weights.std().item() == pytest.approx((2 / 9) ** 0.5, rel=0.2)
+    else:
+        assert weights.abs().max().item() <= 18 ** -0.5
+        assert weights.std().item() == pytest.approx(18 ** -0.5 / 3 ** 0.5, rel=0.2)
+
+
+def test_gsf_fusion_init_is_checked() -> None:
+    with pytest.raises(ValueError, match="fusion_init must be 'kaiming' or 'default', got 'xavier'"):
+        GSF(16, 2, 0.5, fusion_init="xavier")
+
+
 @pytest.mark.parametrize(
     ("backbone", "ratio", "normalization"),
     [("resnet50", 0.25, "imagenet"), ("bninception", 1.0, "bgr255"),

@@ -103,7 +103,7 @@ class TemporalBasicConv2d(nn.Module):
 
 
 def _temporal_pair(
-    kind: str, channels: int, num_segments: int, gsf_ratio: float, site: str
+    kind: str, channels: int, num_segments: int, gsf_ratio: float, site: str, fusion_init: str
 ) -> tuple[nn.Module | None, nn.Module | None]:
     """``(shift, gsf)`` modules for one site; the GSF acts on ``channels`` output channels."""
     if kind == "tsm":
@@ -111,7 +111,7 @@ def _temporal_pair(
     try:
         # Every GSF site is a convolution's output that only GSF reads, so in inference GSF
         # may overwrite it (see GSF's ``inplace``).
-        return None, GSF(channels, num_segments, gsf_ratio, inplace=True)
+        return None, GSF(channels, num_segments, gsf_ratio, inplace=True, fusion_init=fusion_init)
     except ValueError as err:
         raise ValueError(f"cannot insert GSF after {site}: {err}") from err
 
@@ -123,8 +123,12 @@ def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int
     if kind == "none":
         return backbone
 
+    # The fusion convs start as the authors' networks start them: Kaiming normal in their
+    # ResNet (which initialises every Conv2d so), PyTorch's default in their Inceptions.
+    fusion_init = "kaiming" if isinstance(backbone, ResNet) else "default"
+
     def pair(channels: int, site: str) -> tuple[nn.Module | None, nn.Module | None]:
-        return _temporal_pair(kind, channels, num_segments, gsf_ratio, site)
+        return _temporal_pair(kind, channels, num_segments, gsf_ratio, site, fusion_init)
 
     if isinstance(backbone, ResNet):
         for layer_name in ("layer1", "layer2", "layer3", "layer4"):
