@@ -4,6 +4,8 @@ and export back to that layout."""
 from __future__ import annotations
 
 import argparse
+import math
+import zlib
 from pathlib import Path
 
 import pytest
@@ -172,6 +174,58 @@ def test_inception_checkpoints_round_trip(tmp_path: Path, backbone: str, keys: d
     clip = _clip(backbone)
     with torch.no_grad():
         torch.testing.assert_close(model(clip)["class"], source(clip)["class"], rtol=1e-4, atol=1e-5)
+
+
+def _pattern(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A tensor for the release's state-dict key ``name``, from a formula of the name and shape
+    alone (no random generator), sized like a trained network's: BN statistics and gains near
+    1, small biases, He-scaled weights."""
+    phase = zlib.crc32(name.encode()) % 997 / 97.0
+    s = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 0.618034 + phase).reshape(shape)
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "running_var":
+        return 1 + 0.5 * s ** 2
+    if leaf == "running_mean":
+        return 0.1 * s
+    if len(shape) == 1:
+        return 1 + 0.1 * s if leaf == "weight" else 0.01 * s
+    return s * (6.0 / math.prod(shape[1:])) ** 0.5
+
+
+# Logits of the authors' own networks (their backbones/pytorch_load.py BNInception_gsf and
+# InceptionV3_gsf from bn_inception_gsf.yaml / inceptionv3_gsf.yaml, ratio 100, 3 segments, a
+# 5-way new_fc, eval mode, float64) with every tensor of their state dict set by _pattern and
+# the input below: run out of tree on 2026-11-27 (their code is not part of this project).
+RELEASE_LOGITS = {
+    "bninception": (96, [[0.7270104229169893, -0.002630143409469756, -0.7096577225487302, 0.24184240501668808,
+                          0.6261123684606763],
+                         [0.7269157473361858, -0.0025551466247878316, -0.7095875511378745, 0.24174448068671997,
+                          0.6260741924804747]]),
+    "inception_v3_tf": (139, [[1.0327940693020068, -1.1084779352315588, 1.0955216463629298, -0.9523927045391808,
+                               0.6994390452114599],
+                              [1.032784713980947, -1.1084727244827437, 1.095521136468147, -0.9523969499330601,
+                               0.6994475926702169]]),
+}
+
+
+@pytest.mark.parametrize("backbone", sorted(RELEASE_LOGITS))
+def test_inception_networks_give_the_release_networks_logits(backbone: str) -> None:
+    """The BNInception and InceptionV3 GSF networks, loaded with a checkpoint in the release's
+    layout, give the logits that the authors' own networks gave for that checkpoint: every
+    layer, pool, concatenation and GSF site in place (the two clips differ by ~1e-4 and
+    1e-5, their frames reversed by as much, far above float64 rounding)."""
+    size, expected = RELEASE_LOGITS[backbone]
+    num_segments = 3
+    model = VideoClassifier(backbone, "gsf", num_segments=num_segments, num_classes=5).double().eval()
+    release_names = {key: "new_fc." + key.removeprefix("heads.class.") if key.startswith("heads.") else key
+                     for key in model.state_dict()}
+    state = {release: _pattern(release, tuple(model.state_dict()[key].shape))
+             for key, release in release_names.items() if model.state_dict()[key].is_floating_point()}
+    load_original_checkpoint(model, {"model_state_dict": {"module." + key: value for key, value in state.items()}})
+    clip = torch.sin(torch.arange(2 * num_segments * 3 * size * size, dtype=torch.float64) * 0.37)
+    with torch.no_grad():
+        logits = model(clip.reshape(2, num_segments, 3, size, size))["class"]
+    torch.testing.assert_close(logits, torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-9)
 
 
 def test_import_original_writes_a_lightning_checkpoint(tmp_path: Path, resnet18_checkpoint) -> None:
