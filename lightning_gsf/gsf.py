@@ -145,7 +145,7 @@ class GSF(nn.Module):
             if compiled_ops.usable(x):
                 return self.forward_compiled_ops(x)
             return self.forward_compilable(x)
-        if x.dtype == torch.float32 and _autocast_enabled(x.device.type):
+        if x.dtype == torch.float32 and autocast_enabled(x.device.type):
             # The fast paths' matmuls would run in the autocast dtype and their hand-written
             # backward meet float32 and bf16 operands: keep GSF in its input's float32.
             with torch.autocast(x.device.type, enabled=False):
@@ -737,7 +737,7 @@ def _tensor(module: nn.Module, name: str) -> torch.Tensor:
     return tensor if tensor is not None else getattr(module, name)
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for the device type (``torch.is_autocast_enabled(device_type)``
     from torch 2.4 on, the older per-device functions before; False for a device type that
     has no autocast, such as ``meta``)."""

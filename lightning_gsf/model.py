@@ -11,6 +11,7 @@ normalisation its weights expect.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from lightning_gsf.backbones import DEFAULT_NORMALIZATION, build_backbone, check_backbone_name
+from lightning_gsf.gsf import autocast_enabled
 from lightning_gsf.normalization import get_normalization, normalize
 
 
@@ -94,7 +96,10 @@ class VideoClassifier(nn.Module):
         """Logits ``{head: (B, K)}`` of clips ``(B, T, 3, H, W)``.
 
         uint8 clips are RGB in [0, 255] and are normalised with ``self.normalization``;
-        float clips are taken as already normalised.
+        float clips are taken as already normalised. Under autocast (``bf16-mixed``,
+        ``16-mixed``) the heads and the average over frames run in the heads' own dtype
+        (float32): bf16 logits keep 8 bits of mantissa, so the best two classes of a sample
+        would tie about once in a hundred samples, and the tie would decide its ranking.
         """
         self._check_clip(clip)
         if clip.dtype == torch.uint8:
@@ -102,4 +107,8 @@ class VideoClassifier(nn.Module):
             clip = normalize(clip, self.normalization, dtype=next(self.heads.parameters()).dtype)
         b, t = clip.shape[:2]
         features = self.dropout(self.base_model(clip.flatten(0, 1)))
-        return {name: head(features).view(b, t, -1).mean(dim=1) for name, head in self.heads.items()}
+        with contextlib.ExitStack() as context:
+            if autocast_enabled(features.device.type):
+                context.enter_context(torch.autocast(features.device.type, enabled=False))
+                features = features.to(next(self.heads.parameters()).dtype)
+            return {name: head(features).view(b, t, -1).mean(dim=1) for name, head in self.heads.items()}

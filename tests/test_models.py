@@ -272,6 +272,26 @@ def test_temporal_modules_see_time_and_tsn_does_not() -> None:
         assert same != order_matters, temporal_module
 
 
+def test_heads_run_in_float32_under_autocast() -> None:
+    """Under bf16 autocast the backbone runs in bf16 and the heads in float32 on its features
+    (bf16 logits would tie at the top about once in a hundred samples); without autocast
+    nothing changes."""
+    torch.manual_seed(0)
+    model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes={"verb": 97, "noun": 300}).eval()
+    clip = torch.randint(0, 256, (3, 2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(clip)
+        features = model.base_model(normalize(clip, model.normalization).flatten(0, 1))
+    assert features.dtype == torch.bfloat16
+    for name, head in model.heads.items():
+        assert logits[name].dtype == torch.float32
+        with torch.no_grad():
+            expected = head(features.float()).view(3, 2, -1).mean(dim=1)
+        torch.testing.assert_close(logits[name], expected, rtol=0, atol=0)
+    with torch.no_grad():
+        assert all(value.dtype == torch.float32 for value in model(clip).values())
+
+
 def test_heads_are_initialised_small() -> None:
     model = VideoClassifier("resnet18", "none", num_segments=2, num_classes={"verb": 97, "noun": 300})
     assert isinstance(model.heads, nn.ModuleDict) and list(model.heads) == ["verb", "noun"]
