@@ -23,6 +23,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.fixture(autouse=True)
+def no_run_seed_from_an_earlier_test(monkeypatch):
+    """Lightning's ``seed_everything`` leaves its seed in ``PL_GLOBAL_SEED``, which data modules
+    take as their default seed: a test starts without one, whatever ran before it."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def repository_root_left_alone():
     """Fail the run if a test leaves a file in the repository's root (a report or log written

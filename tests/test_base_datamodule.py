@@ -205,6 +205,19 @@ def test_training_clip_is_a_function_of_seed_epoch_and_index():
     assert sum(not torch.equal(a, other_seed[i]["clip"]) for i, a in enumerate(epoch0)) >= 8
 
 
+def test_the_data_seed_is_the_runs_unless_given():
+    """Without a seed of its own a data module takes the one ``seed_everything`` set (0 when
+    none was), so that runs differing by ``seed_everything`` differ in their samples too."""
+    import pytorch_lightning as pl
+
+    assert toy(seed=None).seed == 0
+    pl.seed_everything(11)
+    assert toy(seed=None).seed == 11
+    assert toy(seed=3).seed == 3
+    assert not torch.equal(toy(seed=None).dataset("train", training=True)[2]["clip"],
+                           train_dataset(seed=0)[2]["clip"])
+
+
 def test_the_epoch_reaches_persistent_workers_through_the_sampler():
     datamodule = toy(num_workers=2, persistent_workers=True, drop_last=False)
     datamodule.setup("fit")

@@ -171,6 +171,15 @@ def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand
     assert misspelt_name in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", [0, 5])
+def test_seed_everything_seeds_the_data(tmp_path, dataset, seed):
+    """``--seed_everything`` reaches the data module's shuffling and augmentation."""
+    config = _config(tmp_path, dataset)
+    cli = run(["fit", "--config", str(config), "--seed_everything", str(seed), "--trainer.max_steps=1",
+               "--trainer.limit_val_batches=0", "--trainer.logger=false"])  # fmt: skip
+    assert cli.datamodule.seed == seed
+
+
 @pytest.mark.parametrize("no_logger", ["false", "[]"])
 def test_fit_without_a_logger(tmp_path, dataset, no_logger):
     """``--trainer.logger=false``: no loggers, and no learning-rate monitor (it needs a logger)."""

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ __all__ = [
     "LabelTransform",
     "SPLITS",
     "VideoDataModule",
+    "run_seed",
     "sample_seed",
 ]
 
@@ -125,6 +127,13 @@ class ClipSample:
     @property
     def num_frames(self) -> int:
         return self.stop - self.start
+
+
+def run_seed() -> int:
+    """The seed that Lightning's ``seed_everything`` set for this run (it keeps it in the
+    ``PL_GLOBAL_SEED`` environment variable, inherited by DDP's processes), or 0."""
+    value = os.environ.get("PL_GLOBAL_SEED")
+    return int(value) if value is not None else 0
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -314,7 +323,10 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         test_crops: crops per test / predict clip.
         test_split: the split ``trainer.test`` evaluates.
         predict_split: the split ``trainer.predict`` runs on.
-        seed: seed of the shuffling and of every augmentation.
+        seed: seed of the shuffling and of every augmentation; ``None`` (default): the run's
+            seed, as ``seed_everything`` (a config's top-level key, or Lightning's
+            ``seed_everything()``) set it, 0 if nothing set one; so runs that differ by
+            ``seed_everything`` see their samples in different orders and crops.
         skip_unreadable: replace an unreadable sample by the next readable one, logging each
             skip and the count, instead of stopping with an error.
         pin_memory: pin batches in page-locked memory for faster copies to a CUDA device
@@ -340,7 +352,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         test_crops: int = 1,
         test_split: str = "test",
         predict_split: str = "test",
-        seed: int = 0,
+        seed: int | None = None,
         skip_unreadable: bool = False,
         pin_memory: bool = True,
         persistent_workers: bool = False,
@@ -368,7 +380,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         self.test_clips, self.test_crops = test_clips, test_crops
         self.test_split = test_split
         self.predict_split = predict_split
-        self.seed = seed
+        self.seed = run_seed() if seed is None else seed
         self.skip_unreadable = skip_unreadable
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
