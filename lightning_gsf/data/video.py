@@ -122,8 +122,9 @@ class VideoFileReader:
     with ``fps`` the stream's average rate. For constant-frame-rate videos (what the datasets'
     preprocessing produces) this is the i-th frame; a variable-frame-rate video should be
     re-encoded at a constant rate first, or an index may fall between two frames and be
-    reported missing. AVI files with B-frames carry no presentation timestamps to index by:
-    re-mux them to MP4 or Matroska. Indices counted at another rate (``read(..., fps=...)``, the rate of the
+    reported missing. AVI stores no presentation timestamps (FFmpeg numbers its frames in
+    decoding order, so with B-frames the first frame shown is numbered 1, not 0): there
+    frame 0 is the first frame the decoder outputs. Indices counted at another rate (``read(..., fps=...)``, the rate of the
     annotations) are read by time: index ``i`` is the stream's frame on screen at ``i / fps``.
 
     Args:
@@ -151,7 +152,7 @@ class VideoFileReader:
         try:
             with av.open(str(source)) as container:
                 stream = self._video_stream(container, source)
-                timing = _StreamTiming.of(stream, source)
+                timing = _StreamTiming.of(container, stream, source)
                 stream_indices = [timing.stream_index(index, fps) for index in indices]
                 frames = self._decode(container, stream, timing, source, _distinct_sorted(stream_indices, source))
         except av.FFmpegError as error:
@@ -251,11 +252,19 @@ class _StreamTiming:
         self.source = source
 
     @classmethod
-    def of(cls, stream: av.video.stream.VideoStream, source: Path) -> _StreamTiming:
+    def of(cls, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+           source: Path) -> _StreamTiming:
+        """The timing of ``stream``, a video stream of ``container`` (just opened: for AVI the
+        first frame is decoded, then the container is rewound)."""
         fps = _nominal_rate(stream)
         if fps is None or stream.time_base is None:
             raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
         start_pts = stream.start_time if stream.start_time is not None else 0
+        if container.format.name == "avi":  # (numbered in decoding order: frame 0 is the first one shown)
+            first = next(iter(container.decode(stream)), None)
+            if first is not None and first.pts is not None:
+                start_pts = first.pts
+            container.seek(0)
         return cls(Fraction(stream.time_base), fps, start_pts, source)
 
     def pts_of(self, index: int) -> int:
