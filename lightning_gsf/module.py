@@ -231,11 +231,19 @@ class VideoClassificationModule(pl.LightningModule):
 
     def train(self, mode: bool = True) -> VideoClassificationModule:
         super().train(mode)
-        # Lightning switches to train mode at every epoch start; keep partial BN in eval.
-        if mode:
-            for norm in self.frozen_norms:
-                norm.eval()
+        if mode:  # (partial BN stays in eval mode whoever switches the module to training)
+            self._freeze_norms()
         return self
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning never calls ``train()`` while fitting (a new module is in training mode
+        # already, and around validation it restores each submodule's own flag), so partial
+        # BN is set here, before the first step of every epoch (a resumed one included).
+        self._freeze_norms()
+
+    def _freeze_norms(self) -> None:
+        for norm in self.frozen_norms:
+            norm.eval()
 
     # ------------------------------------------------------------------ steps
 

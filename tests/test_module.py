@@ -267,3 +267,39 @@ def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, d
 def test_warmup_start_factor_is_a_fraction(factor):
     with pytest.raises(ValueError, match="warmup_start_factor"):
         _module(warmup_start_factor=factor)
+
+
+def test_partial_bn_holds_through_a_lightning_fit():
+    """Under ``Trainer.fit`` (which never calls ``train()``) the frozen norms normalise with
+    their own statistics and keep them, through two epochs with a validation in between;
+    the first norm and GSF's learn."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader
+
+    class Clips(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return {"clip": _clips(1, seed=index)[0], "labels": {"verb": index % 3, "noun": index % 4},
+                    "index": index}
+
+    module = _module(freeze_bn=True, lr=0.1)
+    frozen_before = [(m.running_mean.clone(), m.running_var.clone()) for m in module.frozen_norms]
+    first = next(m for m in module.model.base_model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+    first_before = first.running_mean.clone()
+    modes: list[bool] = []
+
+    class RecordModes(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            modes.append(any(m.training for m in pl_module.frozen_norms))
+
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordModes()],
+                         num_sanity_val_steps=0)
+    loader = DataLoader(Clips(), batch_size=2)
+    trainer.fit(module, loader, loader)
+    assert modes == [False] * 4
+    for (mean, var), norm in zip(frozen_before, module.frozen_norms):
+        assert torch.equal(mean, norm.running_mean) and torch.equal(var, norm.running_var)
+    assert not torch.equal(first_before, first.running_mean)
