@@ -125,14 +125,18 @@ def test_fit_validate_test_predict_and_evaluate(tmp_path, dataset):
     assert json.loads(out_results.read_text()) == evaluated
 
 
-def test_resume_from_last_continues_at_the_saved_step(tmp_path, dataset):
+@pytest.mark.parametrize("data_seed", [None, 1], ids=["same_data", "other_data_seed"])
+def test_resume_from_last_continues_at_the_saved_step(tmp_path, dataset, data_seed):
+    """From the end-of-epoch last.ckpt, with the same data settings or another data seed (the
+    next epoch's order owes nothing to the saved one)."""
     config = _config(tmp_path, dataset)
     checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
     main(["fit", "--config", str(config)])
     first = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert (first["global_step"], first["epoch"]) == (2, 0)
 
-    cli = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    other_seed = [] if data_seed is None else ["--data.init_args.seed", str(data_seed)]
+    cli = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last", *other_seed])
     assert cli.trainer.ckpt_path == str(checkpoint)
     assert cli.trainer.global_step == 4  # two more steps after the saved two, not four from zero
     assert _saved_step(checkpoint) == 4

@@ -144,11 +144,20 @@ def test_resume_on_a_different_number_of_processes_covers_the_rest_once():
 
 @pytest.mark.parametrize(("key", "value"), [("seed", 99), ("dataset_size", 11), ("shuffle", False)])
 def test_resume_with_changed_sampler_settings_names_the_difference(key, value):
+    """Mid-epoch, a changed seed, dataset or shuffling cannot continue the saved order: the
+    resumed iteration says which; a new epoch (an end-of-epoch checkpoint) starts afresh."""
     (loader,) = _loaders(12, 1, 2)
+    _consume([loader], num_batches=2)
     state = loader.state_dict()
     state["sampler"][key] = value
-    with pytest.raises(ValueError, match=key):
-        _loaders(12, 1, 2)[0].load_state_dict(state)
+    (resumed,) = _loaders(12, 1, 2)
+    resumed.load_state_dict(state)
+    with pytest.raises(ValueError, match=f"cannot resume the training order mid-epoch.*{key}: checkpoint"):
+        next(iter(resumed))
+    (next_epoch,) = _loaders(12, 1, 2)
+    next_epoch.load_state_dict(state)
+    next_epoch.sampler.set_epoch(state["sampler"]["epoch"] + 1)
+    assert sorted(int(i) for batch in next_epoch for i in batch) == list(range(12))
 
 
 @pytest.mark.parametrize(("size", "num_replicas"), [(7, 2), (5, 3), (4, 4), (9, 1)])

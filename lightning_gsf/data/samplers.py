@@ -101,6 +101,9 @@ class ResumableDistributedSampler(DistributedSampler):
         self.position = 0
         # Where the current iteration started; ``None`` until one starts in this epoch.
         self._iteration_start: int | None = None
+        # Why the restored position cannot be continued (settings changed since the checkpoint),
+        # raised only if this run would continue it: a new epoch starts afresh.
+        self._unresumable: str | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch's order; a *new* epoch starts from its beginning.
@@ -111,6 +114,7 @@ class ResumableDistributedSampler(DistributedSampler):
         if epoch != self.epoch:
             self.position = 0
             self._iteration_start = None
+            self._unresumable = None
         self.epoch = epoch
         self._tell_dataset(epoch)
 
@@ -146,6 +150,9 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         start = self.position
+        if start and self._unresumable:
+            raise ValueError(self._unresumable)
+        self._unresumable = None
         self._iteration_start = start
         # The restored position applies once: the next iteration is a whole epoch.
         self.position = 0
@@ -170,19 +177,21 @@ class ResumableDistributedSampler(DistributedSampler):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from a :meth:`state_dict`; raises ``ValueError`` naming what no longer matches."""
+        """Continue from a :meth:`state_dict`. If the seed, shuffling or dataset size differ
+        from the checkpoint's, the next iteration raises ``ValueError`` naming them, unless it
+        starts a new epoch (an end-of-epoch checkpoint: Lightning moves on to the next epoch,
+        whose order owes nothing to the saved one) or the saved position is an epoch's start."""
         expected = {"seed": self.seed, "shuffle": self.shuffle, "dataset_size": len(self.dataset)}
         differences = [
             f"{key}: checkpoint {state.get(key)!r}, this run {value!r}"
             for key, value in expected.items()
             if state.get(key) != value
         ]
-        if differences:
-            raise ValueError(
-                "cannot resume the training order mid-epoch, the sampler differs from the checkpoint's ("
-                + "; ".join(differences)
-                + "); resume from an end-of-epoch checkpoint or restore the original data settings"
-            )
+        self._unresumable = (
+            "cannot resume the training order mid-epoch, the sampler differs from the checkpoint's ("
+            + "; ".join(differences)
+            + "); resume from an end-of-epoch checkpoint or restore the original data settings"
+        ) if differences else None
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
         self._iteration_start = None
