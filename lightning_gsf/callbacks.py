@@ -8,7 +8,9 @@
 - :class:`PreemptionCheckpoint` saves a checkpoint when the job is told to stop. SLURM (and
   most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
   already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks and
-  raises ``SIGTERMException``; this callback only adds the save, at that clean batch boundary.
+  raises ``SIGTERMException``; this callback only adds the save, at that clean batch boundary
+  (a training batch, or a validation batch of ``fit``: then the resumed run validates that
+  epoch again, from its first batch).
 - :class:`ExactResume` saves every rank's global random state (dropout draws from
   it) and restores it before the first batch after a resume, so a resumed run takes the
   same random draws as an uninterrupted one, and makes sure the position of the
@@ -38,6 +40,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
@@ -108,13 +111,28 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # --- saving on preemption ----------------------------------------------------------------------
 
 
+def restart_validation_on_resume(checkpoint: dict[str, Any]) -> None:
+    """Mark ``fit``'s validation in ``checkpoint`` as begun with no batch processed: the state
+    in which Lightning resumes in the middle of a validation, which it then runs again from
+    its first batch (it iterates the validation loader afresh)."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
+    for counts in (progress["total"], progress["current"]):
+        counts.update(ready=1, started=1, processed=0, completed=0)
+    progress["is_last_batch"] = False
+
+
 class PreemptionCheckpoint(pl.Callback):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
-    all DDP ranks at once); this callback then saves ``<dirpath>/<filename>.ckpt`` with the
-    full training state (model, optimiser, loops, the data loader's position) and lets the
-    process exit. The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
+    all DDP ranks at once), or during ``fit``'s validation after the current validation
+    batch; this callback then saves ``<dirpath>/<filename>.ckpt`` with the full training state
+    (model, optimiser, loops, the data loader's position) and lets the process exit. Stopped
+    during validation, the checkpoint says so in Lightning's terms (a validation batch
+    started, none processed), so the resumed run validates that epoch from its first batch
+    before training on: the metrics, which no checkpoint holds, cover the whole validation
+    set, and the epoch keeps its chance to be the best checkpoint. (Left as Lightning saves
+    it, the resumed run would skip that validation.) The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
     the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
 
     It is a plain ``Callback``, not a Lightning ``Checkpoint``: those count as the run's
@@ -137,6 +155,7 @@ class PreemptionCheckpoint(pl.Callback):
             raise ValueError("PreemptionCheckpoint needs a non-empty filename")
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.filename = filename
+        self._saving_mid_validation = False
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the preemption checkpoint of ``trainer`` goes."""
@@ -149,13 +168,22 @@ class PreemptionCheckpoint(pl.Callback):
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}{self.FILE_EXTENSION}"
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._saving_mid_validation:
+            restart_validation_on_resume(checkpoint)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):
             return
         path = self.checkpoint_path(trainer)
         # Every rank gets here together (Lightning broadcasts the signal), as save_checkpoint's
         # collectives need; only rank 0 writes.
-        trainer.save_checkpoint(path)
+        self._saving_mid_validation = trainer.state.fn == TrainerFn.FITTING and trainer.validating
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving_mid_validation = False
         if trainer.is_global_zero:
             log.warning(
                 "SIGTERM: saved a checkpoint at epoch %d, step %d to %s; resume with --ckpt_path %s",

@@ -57,6 +57,7 @@ class DropoutNet(pl.LightningModule):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
         self.seen: list[int] = []
+        self.validated: list[tuple[int, int]] = []  # (epoch, batch) of every validation batch
 
     def training_step(self, batch, batch_idx):
         inputs, labels, indices = batch
@@ -74,6 +75,19 @@ class DropoutNet(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
+class ValidatedDropoutNet(DropoutNet):
+    """The same with a validation set, scored after every epoch."""
+
+    def validation_step(self, batch, batch_idx):
+        inputs, labels, _ = batch
+        if not self.trainer.sanity_checking:
+            self.validated.append((self.current_epoch, batch_idx))
+        self.log("val_loss", nn.functional.cross_entropy(self.net(inputs), labels))
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(FixedVectors(9), batch_size=BATCH_SIZE)
+
+
 class WaitForSignalAt(pl.Callback):
     """At ``step``, announce it in ``ready_file`` and wait for the parent's SIGTERM."""
 
@@ -82,6 +96,21 @@ class WaitForSignalAt(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != self.step:
+            return
+        self.ready_file.write_text(str(os.getpid()))
+        deadline = time.monotonic() + 60
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+class WaitForSignalInValidation(pl.Callback):
+    """After validation batch ``batch`` of epoch ``epoch``, announce it and wait for the SIGTERM."""
+
+    def __init__(self, epoch: int, batch: int, ready_file: Path) -> None:
+        self.epoch, self.batch, self.ready_file = epoch, batch, ready_file
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.sanity_checking or (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
             return
         self.ready_file.write_text(str(os.getpid()))
         deadline = time.monotonic() + 60
@@ -105,6 +134,8 @@ def train(args: argparse.Namespace) -> None:
     callbacks: list[pl.Callback] = [PreemptionCheckpoint(), ExactResume()]
     if args.wait_at_step is not None:
         callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file)))
+    if args.wait_in_validation is not None:
+        callbacks.append(WaitForSignalInValidation(*args.wait_in_validation, Path(args.ready_file)))
     trainer = pl.Trainer(
         default_root_dir=args.root,
         max_epochs=args.max_epochs,
@@ -119,10 +150,11 @@ def train(args: argparse.Namespace) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    model = DropoutNet()
+    model = ValidatedDropoutNet() if args.validate else DropoutNet()
     trainer.fit(model, ckpt_path=args.ckpt_path)
     if trainer.is_global_zero:
-        torch.save({"state_dict": model.state_dict(), "seen": model.seen, "step": trainer.global_step}, args.out)
+        torch.save({"state_dict": model.state_dict(), "seen": model.seen, "step": trainer.global_step,
+                    "validated": model.validated}, args.out)
 
 
 def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
@@ -155,13 +187,7 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     preempted = _run(
         tmp_path, "preempted", *run_options, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready)
     )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        assert preempted.poll() is None, preempted.communicate()[0]
-        assert time.monotonic() < deadline, "the training process never reached the step"
-        time.sleep(0.05)
-    preempted.send_signal(signal.SIGTERM)  # to rank 0; Lightning passes it on to the other ranks
-    output = _finish(preempted)
+    output = _stop_when_ready(preempted, ready)  # (to rank 0; Lightning passes it on to the other ranks)
     checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert checkpoint_path.is_file(), output
     assert not (tmp_path / "preempted.pt").exists(), "the preempted run must stop, not finish"
@@ -182,6 +208,41 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     # After the resume, rank 0 saw exactly the samples it saw after the stop in the reference.
     seen_before_stop = samples_per_rank * epoch + BATCH_SIZE * steps_into_epoch
     assert actual["seen"] == expected["seen"][seen_before_stop:]
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def _stop_when_ready(process: subprocess.Popen, ready: Path) -> str:
+    """SIGTERM to ``process`` once it has written ``ready``; its output once it has exited."""
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "the training process never reached the point to stop at"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    return _finish(process)
+
+
+def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_path):
+    """Stopped after the first of three validation batches of epoch 0, the resumed run scores
+    all of epoch 0's validation again (no metric state survives a checkpoint), then trains
+    epoch 1 to the uninterrupted run's weights."""
+    run_options = ["--max-epochs", "2", "--validate"]
+    reference = _run(tmp_path, "reference", *run_options)
+    ready = tmp_path / "ready"
+    output = _stop_when_ready(
+        _run(tmp_path, "preempted", *run_options, "--wait-in-validation", "0", "0", "--ready-file", str(ready)), ready)
+    checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert checkpoint_path.is_file(), output
+    assert torch.load(checkpoint_path, weights_only=True)["global_step"] == 6  # the whole first epoch
+
+    _finish(_run(tmp_path, "preempted", *run_options, "--ckpt-path", str(checkpoint_path)))
+    _finish(reference)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
+    assert expected["validated"] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert actual["validated"] == expected["validated"]  # (the resumed process's own record)
+    assert actual["step"] == expected["step"] == 12
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
@@ -257,6 +318,8 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--ckpt-path")
     parser.add_argument("--wait-at-step", type=int)
+    parser.add_argument("--validate", action="store_true", help="validate after every epoch")
+    parser.add_argument("--wait-in-validation", type=int, nargs=2, metavar=("EPOCH", "BATCH"))
     parser.add_argument("--ready-file")
     return parser.parse_args(argv)
 
