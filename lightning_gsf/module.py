@@ -51,6 +51,10 @@ from lightning_gsf.model import VideoClassifier
 log = logging.getLogger(__name__)
 
 
+# The optimiser steps per epoch of the run that saved a checkpoint (its schedule counts them).
+STEPS_PER_EPOCH_KEY = "lr_schedule_steps_per_epoch"
+
+
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, start_factor: float = 0.1) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based).
 
@@ -213,6 +217,37 @@ class VideoClassificationModule(pl.LightningModule):
         source = getattr(self._trainer, "ckpt_path", None)
         check_checkpoint_matches(self, checkpoint, source)
         self._check_optimizer_groups(checkpoint, source)
+        self._saved_steps_per_epoch = checkpoint.get(STEPS_PER_EPOCH_KEY)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        steps_per_epoch = getattr(self, "_steps_per_epoch", None)
+        if steps_per_epoch is not None:
+            checkpoint[STEPS_PER_EPOCH_KEY] = steps_per_epoch
+
+    def on_train_start(self) -> None:
+        self._rescale_schedule_to_this_run()
+
+    def _rescale_schedule_to_this_run(self) -> None:
+        """The learning-rate schedule counts optimiser steps. A run resumed with another number
+        of steps per epoch (other GPUs, batch size or accumulation) would read the saved count
+        in its own steps, away from the saved point in the schedule (on twice the GPUs, twice
+        as far): the count is rescaled to this run's steps, so the schedule goes on from the
+        same fraction of training."""
+        saved = getattr(self, "_saved_steps_per_epoch", None)
+        current = getattr(self, "_steps_per_epoch", None)
+        schedulers = self.trainer.lr_scheduler_configs if self._trainer is not None else []
+        if not saved or not current or saved == current or not schedulers:
+            return
+        scheduler = schedulers[0].scheduler
+        step = round(scheduler.last_epoch * current / saved)
+        log.info("resumed with %d optimiser steps per epoch where the checkpoint had %d: the learning-rate "
+                 "schedule goes on from step %d of this run (step %d of the saved one)", current, saved, step,
+                 scheduler.last_epoch)
+        scheduler.last_epoch = step
+        for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base_lr * factor(step)
+        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+        self._saved_steps_per_epoch = None
 
     def _check_optimizer_groups(self, checkpoint: Mapping[str, Any], source: str | None) -> None:
         """A resumed optimiser needs this run's parameter groups: checkpoints written before
@@ -313,6 +348,7 @@ class VideoClassificationModule(pl.LightningModule):
         total_steps = int(self.trainer.estimated_stepping_batches)
         # estimated_stepping_batches has loaded the train loader, so this is known now.
         steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        self._steps_per_epoch = steps_per_epoch
         warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
         log.info("lr schedule: %d warm-up steps, cosine to step %d", warmup_steps, total_steps)
         start_factor = self.hparams.warmup_start_factor

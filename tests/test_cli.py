@@ -145,6 +145,21 @@ def test_resume_from_last_continues_at_the_saved_step(tmp_path, dataset, data_se
     assert resumed["lr_schedulers"][0]["last_epoch"] == 4
 
 
+def test_resume_with_other_steps_per_epoch_keeps_the_schedules_place(tmp_path, dataset):
+    """Saved after epoch 0 of 2 at 2 steps an epoch (half-way through the schedule), resumed at
+    4 steps an epoch (as on twice the GPUs): the schedule goes on from half-way, step 4 of 8,
+    and ends at its end (step 8, learning rate 0), not at step 2 + 4 = 6 of 8."""
+    config = _config(tmp_path, dataset)
+    main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--trainer.max_steps", "2"])
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["lr_schedule_steps_per_epoch"] == 2 and checkpoint["global_step"] == 2
+    cli = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", "last",
+               "--data.init_args.batch_size", "2"])
+    scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == 8
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_print_config_is_runnable(tmp_path, dataset, capsys):
     config = _config(tmp_path, dataset)
     with pytest.raises(SystemExit) as exit_info:
