@@ -68,7 +68,8 @@ TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": 
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "device", "threads", "timer", "malloc", "params_m", "gflops_per_clip", "activation_mb",
+    "channels_last", "compile", "device", "threads", "timer", "malloc", "gsf_ratio", "repeats", "warmup", "seed",
+    "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "train_time_iqr", "infer_time_vs_tsn",
     "infer_time_iqr",
@@ -104,6 +105,9 @@ class BenchmarkConfig:
             raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {self.timer!r}")
         if self.timer == "process" and torch.device(self.device).type != "cpu":
             raise ValueError("the process (CPU time) timer only measures CPU devices; use --timer wall")
+        if self.timer == "process" and (self.threads or torch.get_num_threads()) > 1:
+            raise ValueError("the process timer adds up the CPU time of every thread, which is not time per clip "
+                             "with several threads: use it with --threads 1, or --timer wall")
         if self.malloc not in host_memory.MODES:
             raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
@@ -202,14 +206,17 @@ def saved_activation_bytes(model: nn.Module, clips: torch.Tensor, labels: torch.
                            config: BenchmarkConfig) -> int:
     """Bytes of the tensors autograd keeps for backward in one training step, each storage
     counted once (views and tensors saved by several ops share it); parameters and buffers
-    (which exist with or without training) are left out."""
+    (which exist with or without training) are left out, and so are autocast's copies of the
+    weights in bf16 (one per weight, whatever the temporal module: counted, they would add
+    the same constant to every variant and pull the ratios towards 1)."""
     model.train()
     state_storages = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    parameters = {id(p) for p in model.parameters()}
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in state_storages:
+        if storage.data_ptr() not in state_storages and not _is_cast_of_a_parameter(tensor, parameters):
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
@@ -218,6 +225,16 @@ def saved_activation_bytes(model: nn.Module, clips: torch.Tensor, labels: torch.
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(saved.values())
+
+
+def _is_cast_of_a_parameter(tensor: torch.Tensor, parameters: set[int]) -> bool:
+    """Whether ``tensor`` is a dtype copy of one of ``parameters`` (autocast casts a weight with
+    a differentiable ``to``, whose backward leads straight to the parameter)."""
+    grad_fn = tensor.grad_fn
+    if grad_fn is None or type(grad_fn).__name__ != "ToCopyBackward0":
+        return False
+    source = grad_fn.next_functions[0][0] if grad_fn.next_functions else None
+    return id(getattr(source, "variable", None)) in parameters
 
 
 def cuda_peak_bytes(step: Callable[[], None], device: str) -> int | None:
@@ -291,7 +308,9 @@ def _ratio_iqr(times: list[float], baseline: list[float]) -> float | None:
     """Interquartile range of the per-round ratios; None with fewer than two rounds."""
     if len(times) < 2:
         return None
-    first, _, third = statistics.quantiles([t / b for t, b in zip(times, baseline)], n=4)
+    # (inclusive: the quartiles interpolate between the rounds, as NumPy's; the "exclusive"
+    # default extrapolates past them with few rounds: 1.5x the full range with two)
+    first, _, third = statistics.quantiles([t / b for t, b in zip(times, baseline)], n=4, method="inclusive")
     return third - first
 
 
@@ -319,9 +338,11 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "batch_size": config.batch_size, "dtype": config.dtype,
             "channels_last": config.channels_last, "compile": config.compile, "device": config.device,
             "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
+            "gsf_ratio": config.gsf_ratio, "repeats": config.repeats, "warmup": config.warmup, "seed": config.seed,
             "params_m": count_parameters(model) / 1e6,
             "gflops_per_clip": count_flops(model, clips, config) / 1e9 / config.batch_size,
-            "activation_mb": saved_activation_bytes(model, clips, labels, config) / 2**20,
+            # (of the eager model: under the compiler the saved tensors are its choice, unseen here)
+            "activation_mb": None if config.compile else saved_activation_bytes(model, clips, labels, config) / 2**20,
             "cuda_peak_mb": None if peak is None else peak / 2**20,
         }
     timer = TIMERS[config.timer]
@@ -348,7 +369,21 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, object]]:
     process (:mod:`lightning_gsf.host_memory`), for the rest of the process; the rows say
     which mode was in effect."""
     malloc = "retain" if host_memory.configure(config.malloc) else "default"
-    return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config, malloc)]
+    with _room_for_every_compiled_model(config):
+        return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config, malloc)]
+
+
+def _room_for_every_compiled_model(config: BenchmarkConfig) -> contextlib.AbstractContextManager:
+    """With ``--compile``, a recompile limit that every model fits in: the models share
+    ``VideoClassifier.forward``'s code, and each adds its own compiled versions (training and
+    inference), where torch's default limit of 8 versions per code object (a hard failure
+    under ``fullgraph=True``) stops at four models."""
+    if not config.compile:
+        return contextlib.nullcontext()
+    dynamo_config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    models = len(config.backbones) * len(config.variants)
+    return dynamo_config.patch(**{name: max(getattr(dynamo_config, name), 4 * models + 8)})
 
 
 def _format(value: object) -> str:
@@ -362,14 +397,17 @@ def _format(value: object) -> str:
 def format_table(rows: Sequence[dict[str, object]]) -> str:
     """The rows as an aligned text table (the configuration columns shown once above it)."""
     shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
-                                              "channels_last", "compile", "device", "threads", "timer")]
+                                              "channels_last", "compile", "device", "threads", "timer",
+                                              "gsf_ratio", "repeats", "warmup", "seed")]
     header = ""
     if rows:
         first = rows[0]
         header = (f"T={first['num_segments']} size={first['input_size']} batch={first['batch_size']} "
                   f"threads={first['threads']} timer={first['timer']} "
                   f"dtype={first['dtype']} channels_last={first['channels_last']} "
-                  f"compile={first['compile']} device={first['device']}\n")
+                  f"compile={first['compile']} device={first['device']} "
+                  f"gsf_ratio={_format(first['gsf_ratio'])} repeats={first['repeats']} warmup={first['warmup']} "
+                  f"seed={first['seed']}\n")
     cells = [list(shown)] + [[_format(row[c]) for c in shown] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
