@@ -5,9 +5,10 @@ A "site" is what GSF sits in inside a Bottleneck: the block's last 1x1 convoluti
 the same site without GSF, in inference (eval, ``inference_mode``) and as a training step
 (forward and backward):
 
-- ``fast``: ``GSF.forward``, the eager default (on CUDA the Triton kernels),
-- ``torch`` / ``triton`` (CUDA only): ``GSF.forward_torch`` / ``GSF.forward_triton``, the
-  PyTorch-ops and Triton fast paths (on the CPU, ``fast`` is the PyTorch-ops path),
+- ``fast``: ``GSF.forward``, the eager default (on CUDA the Triton kernels, on the CPU the
+  C++ kernels of ``forward_cpu``),
+- ``torch``: ``GSF.forward_torch``, the PyTorch-ops path, and ``triton`` (CUDA only):
+  ``GSF.forward_triton``, the Triton kernels called directly,
 - ``compilable``: ``GSF.forward_compilable`` run eagerly,
 - ``reference``: ``GSF.forward_reference``, the literal spec,
 - ``compiled``: the GSF module under ``torch.compile`` (``--compile``; it runs
@@ -47,7 +48,7 @@ def gsf_call(gsf: GSF, formulation: str) -> Callable[[torch.Tensor], torch.Tenso
 def formulations_for(args: argparse.Namespace) -> list[str]:
     on_cuda = torch.device(args.device).type == "cuda"
     return [f for f in FORMULATIONS
-            if (f != "compiled" or args.compile) and (f not in ("torch", "triton") or on_cuda)]
+            if (f != "compiled" or args.compile) and (f != "triton" or on_cuda)]
 
 
 def time_site(channels: int, size: int, args: argparse.Namespace, formulation: str | None,

@@ -354,6 +354,27 @@ def test_benchmark_runs_on_both_layouts(synthetic_root):
     assert all(r.clips_per_second > 0 for r in results)
 
 
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_benchmark_times_no_batch_a_worker_prepared_while_another_started(monkeypatch, synthetic_root, workers):
+    """One untimed batch per worker (at least one): the batches the other workers made ready
+    during the first one's start-up would otherwise be counted as free."""
+    from lightning_gsf.data import benchmark
+
+    handed_out = []
+
+    class Loader(list):
+        def __iter__(self):
+            for batch in super().__iter__():
+                handed_out.append(batch)
+                yield batch
+
+    batch = {"clip": torch.zeros(2, 1)}
+    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
+    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader", lambda self: Loader([batch] * 10))
+    result = benchmark.measure(synthetic_root, "frames", workers, num_batches=4, batch_size=2)
+    assert result.clips == 8 and len(handed_out) == max(1, workers) + 4
+
+
 @pytest.mark.parametrize("layout", ["frames", "video"])
 def test_a_missing_video_is_found_when_the_split_is_parsed(synthetic_root, tmp_path, layout):
     """Before any sample is read: the parse names the CSV row and the missing folder or file,

@@ -22,11 +22,11 @@ def test_profile_gsf_prints_every_formulation_for_every_stage(capsys, monkeypatc
     for mode in ("inference", "training step"):
         assert mode in output
     header = next(line for line in output.splitlines() if line.strip().startswith("stage"))
-    assert header.split() == ["stage", "no", "GSF", "fast", "compilable", "reference"]
+    assert header.split() == ["stage", "no", "GSF", "fast", "torch", "compilable", "reference"]
     stages = [line.split()[0] for line in output.splitlines() if line.strip()[:1].isdigit()]
     assert stages == ["256x8x8", "512x4x4", "1024x2x2", "2048x1x1"] * 2
     totals = [line for line in output.splitlines() if line.strip().startswith("GSF ms per clip")]
-    assert len(totals) == 2 and all(len(line.split()) == 4 + 3 for line in totals)
+    assert len(totals) == 2 and all(len(line.split()) == 4 + 4 for line in totals)
 
 
 def test_gsf_host_cost_dry_run_on_the_cpu(capsys, monkeypatch):

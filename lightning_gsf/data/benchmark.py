@@ -53,7 +53,9 @@ def measure(
     video_threads: int = 0,
     randaugment: bool = False,
 ) -> Throughput:
-    """Time ``num_batches`` training batches (after a first, untimed one) of one configuration."""
+    """Time ``num_batches`` training batches of one configuration, after one untimed batch per
+    worker (each worker's start-up and first-touch costs are not throughput, and the batches
+    the other workers prepared while the first one started would be counted at no cost)."""
     datamodule = EpicKitchensDataModule(
         root,
         layout=layout,  # type: ignore[arg-type]
@@ -69,11 +71,13 @@ def measure(
     )
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    available = len(loader) - 1
+    untimed = max(1, num_workers)
+    available = len(loader) - untimed
     if available < 1:
-        raise ValueError(f"{root}: too few training clips for batches of {batch_size}")
+        raise ValueError(f"{root}: too few training clips for {untimed + 1} batches of {batch_size}")
     batches = iter(loader)
-    next(batches)  # worker start-up and first-touch costs are not throughput
+    for _ in range(untimed):
+        next(batches)
     clips, start = 0, time.perf_counter()
     for _, batch in zip(range(min(num_batches, available)), batches):
         clips += batch["clip"].shape[0]
