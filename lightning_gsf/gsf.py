@@ -262,16 +262,19 @@ class GSF(nn.Module):
         the C++ kernels, in NCHW or channels-last memory; the batch norm in eval mode and
         tracking running statistics; outside ``torch.compile``."""
         bn = self._modules["bn"]
-        return (not bn.training and bn.track_running_stats and not torch.compiler.is_compiling()
+        return (not bn.training and bn.running_mean is not None and not torch.compiler.is_compiling()
                 and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))
 
     def _infer_in_cpu_kernels(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """GSF without autograd in one C++ call (``infer``) on a checked input, normalising
         with ``mean`` and ``var``; the output overwrites ``x`` where GSF writes in place."""
         p = self.processed
-        out = x if self._writes_in_place(x) else _output_after(x[:, p:], p, _is_channels_last(x))
+        inplace = self._writes_in_place(x)
+        out = x if inplace else _output_after(x[:, p:], p, _is_channels_last(x))
         cpu_kernels.cpu_kernels().infer(x, out, p, self.num_segments, mean, var, self._modules["bn"].eps,
                                          *self._inference_parameters())
+        if inplace:  # (a kernel's write is not an ATen op: say so, as an in-place op would)
+            torch.autograd.graph.increment_version(x)
         return out
 
     def _inference_parameters(self) -> tuple[torch.Tensor, ...]:
@@ -314,7 +317,10 @@ class GSF(nn.Module):
                 gradient_reuse.prepare()  # measured once, before any backward runs
             return _KernelGSF.apply(x, kernels, mean, invstd, p, self.num_segments, batch_statistics, inplace,
                                     *parameters)
-        return _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
+        out = _kernel_forward(kernels, x, mean, invstd, p, self.num_segments, inplace, False, *parameters)[0]
+        if inplace:  # (a kernel's write is not an ATen op: say so, as an in-place op would)
+            torch.autograd.graph.increment_version(x)
+        return out
 
     def _batch_statistics_through(self, kernels: Any, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's mean and inverse std for the batch norm, the running statistics updated:
@@ -412,8 +418,12 @@ class GSF(nn.Module):
         return weight, torch.cat([self.channel_conv1.bias, self.channel_conv2.bias])
 
     def _writes_in_place(self, x: torch.Tensor) -> bool:
-        """``inplace``, except for a leaf that requires grad (the caller's own tensor)."""
-        return self.inplace and not (x.is_leaf and x.requires_grad)
+        """``inplace``, except for a leaf that requires grad (the caller's own tensor), a view
+        while autograd records (autograd lets a function that writes into a view return one
+        tensor only, and the PyTorch-ops path returns two) and a map whose elements share
+        memory (an expanded tensor: written in place, one write would overwrite another)."""
+        return (self.inplace and not (x.is_leaf and x.requires_grad)
+                and not (x._base is not None and torch.is_grad_enabled()) and _elements_apart(x))
 
     def _taps_weight(self) -> torch.Tensor:
         return _taps_weight(self.conv3D.weight)
@@ -429,8 +439,11 @@ class GSF(nn.Module):
 
     def _uses_batch_statistics(self) -> bool:
         # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
-        # bn.eval() inside a training GSF).
-        return self.bn.training or not self.bn.track_running_stats
+        # bn.eval() inside a training GSF), by BatchNorm's own rule: in eval mode, the running
+        # statistics wherever there are any (track_running_stats turned off after they were
+        # made keeps them, and BatchNorm normalises with them).
+        bn = self.bn
+        return bn.training or (bn.running_mean is None and bn.running_var is None)
 
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -759,6 +772,18 @@ def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> to
     return out
 
 
+def _elements_apart(x: torch.Tensor) -> bool:
+    """Whether no two elements of ``x`` share memory, by its strides (a sufficient test: taken
+    from the smallest stride up, each dimension must step past everything the smaller ones
+    reach; an expanded dimension, stride 0, never does)."""
+    reach = 0
+    for stride, size in sorted((s, n) for s, n in zip(x.stride(), x.shape) if n > 1):
+        if stride <= reach:
+            return False
+        reach += stride * (size - 1)
+    return True
+
+
 def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -882,7 +907,9 @@ def _norm_relu(v: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: floa
     """``relu(bn(v))`` with given statistics, contiguous NCHW, through the native
     inference-mode batch-norm kernel (faster on the CPU than one broadcast ``addcmul`` with
     per-channel scale and shift)."""
-    normed = F.batch_norm(v, mean, var, weight, bias, False, 0.0, eps)
+    # (the statistics are float32 for half / bf16 maps too: the affine parameters follow them,
+    # as the native kernel's mixed-type path takes a half / bf16 input with float32 parameters)
+    normed = F.batch_norm(v, mean, var, _as_dtype(weight, mean.dtype), _as_dtype(bias, mean.dtype), False, 0.0, eps)
     # relu in place: on CPU a fresh feature-map-sized tensor costs more (page faults) than a pass.
     return normed.relu_().to(v.dtype).contiguous()
 

@@ -749,8 +749,8 @@ def test_cpu_path_trains_in_bf16_close_to_float64(kernels):
 
 def test_cpu_path_hands_other_inputs_to_torch_ops_or_refuses_them(kernels):
     """An input in neither NCHW nor channels-last memory (channels innermost, frames not
-    outermost): PyTorch ops, in training too; one that overlaps itself, in place: PyTorch's own
-    error; not 4D: GSF's; a second-order gradient: a clear refusal."""
+    outermost): PyTorch ops, in training too; one that overlaps itself, in place: written out of
+    place, the spec's values; not 4D: GSF's error; a second-order gradient: a clear refusal."""
     module = make_gsf(16, 4, 0.5, seed=1)
     x = make_input(1, 4, 16, 5, seed=1)
     permuted = x.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1).requires_grad_()  # (H, W, NT, C) memory
@@ -762,8 +762,10 @@ def test_cpu_path_hands_other_inputs_to_torch_ops_or_refuses_them(kernels):
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(permuted.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
     module.inplace = True
-    with pytest.raises(RuntimeError, match="single memory location"):
-        module.forward_cpu(x[:1].expand(4, -1, -1, -1))
+    expanded = x[:1].expand(4, -1, -1, -1)
+    out = module.forward_cpu(expanded)
+    torch.testing.assert_close(out, copy.deepcopy(module).forward_reference(expanded.clone()), rtol=1e-5, atol=1e-5)
+    assert torch.equal(expanded, x[:1].expand(4, -1, -1, -1))
     with pytest.raises(ValueError, match=r"expects \(N\*T, 16, H, W\)"):
         module.forward_cpu(x[0])
     y = make_input(1, 4, 16, 5, seed=2).requires_grad_()

@@ -1,0 +1,105 @@
+"""GSF's fast paths on inputs off the network's beaten track, against the literal spec
+(``forward_reference``): half-precision modules, in-place calls on views and on expanded
+maps, in-place inference on a tensor autograd still needs, and BatchNorm's rule for eval
+mode with ``track_running_stats`` turned off. (Triton's kernels run under the interpreter.)"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from test_gsf import make_gsf, make_input
+
+FAST_PATHS = ["forward", "forward_cpu", "forward_torch", "forward_triton"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_a_half_precision_module_normalises_with_float32_statistics(dtype, training):
+    """fp16 / bf16 module and map: the PyTorch-ops path (fp16's on the CPU) gives the spec's
+    numbers within the dtype's rounding; it failed on float32 statistics with half-precision
+    BN parameters."""
+    module = make_gsf(16, 2, 1.0, seed=0).train(training).to(dtype)
+    reference = copy.deepcopy(module)
+    x = make_input(2, 2, 16, 5, seed=0).to(dtype)
+    expected = reference.forward_reference(x.clone())
+    torch.testing.assert_close(module.forward_torch(x.clone()), expected, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(module.bn.running_mean, reference.bn.running_mean, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("view", ["channel_slice", "frame_slice", "transposed"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_in_place_on_a_view_with_autograd_writes_out_of_place(path, view):
+    """An in-place GSF given a view of a non-leaf while autograd records: the spec's values and
+    gradient (out of place); the PyTorch-ops path had raised, unable to return two tensors
+    from a function that writes into a view."""
+    module = make_gsf(16, 2, 0.5, seed=1).train()
+    module.inplace = True
+    reference = copy.deepcopy(module)
+    base = make_input(2, 2, 20 if view == "channel_slice" else 16, 5, seed=1)
+    cut = {"channel_slice": lambda t: t[:, 2:18], "frame_slice": lambda t: t[2:],
+           "transposed": lambda t: t.transpose(2, 3)}[view]
+    if view == "frame_slice":
+        base = torch.cat([base[:2], base])
+    leaf, leaf_reference = base.clone().requires_grad_(), base.clone().requires_grad_()
+    out = getattr(module, path)(cut(leaf * 1.0))
+    expected = reference.forward_reference(cut(leaf_reference * 1.0))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_in_place_on_an_expanded_map_writes_out_of_place(path, training):
+    """Frames expanded from one (stride 0): written in place, one frame's output would land on
+    another's input; out of place, the spec's values (Triton's in-place write had given wrong
+    ones)."""
+    module = make_gsf(16, 2, 0.5, seed=2).train(training)
+    module.inplace = True
+    reference = copy.deepcopy(module)
+    x = make_input(1, 1, 16, 5, seed=2).expand(4, 16, 5, 5)
+    with torch.no_grad():
+        out, expected = getattr(module, path)(x), reference.forward_reference(x.clone())
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_in_place_inference_tells_autograd_it_wrote(path, training):
+    """In place under ``no_grad`` on a tensor a graph saved (``exp`` saves its output): the
+    backward raises autograd's in-place error, as after ``nn.ReLU(inplace=True)``, rather than
+    differentiating with the overwritten values (the C++ and Triton kernels' writes did not
+    count as modifications)."""
+    module = make_gsf(16, 2, 0.5, seed=3).train(training)
+    module.inplace = True
+    leaf = make_input(2, 2, 16, 5, seed=3).requires_grad_()
+    x = leaf.exp()
+    with torch.no_grad():
+        assert getattr(module, path)(x) is x
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        x.sum().backward()
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_eval_without_tracking_but_with_running_statistics_uses_them(path):
+    """``track_running_stats`` turned off after the statistics were made: in eval mode
+    BatchNorm still normalises with them, and so does every path (they took batch
+    statistics)."""
+    module = make_gsf(16, 2, 0.5, seed=4).eval()
+    module.bn.track_running_stats = False
+    reference = copy.deepcopy(module)
+    x = make_input(2, 2, 16, 5, seed=4)
+    leaf, leaf_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = getattr(module, path)(leaf * 1.0)
+    expected = reference.forward_reference(leaf_reference * 1.0)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x.clone()), reference.forward_reference(x.clone()), rtol=1e-4, atol=1e-5)
