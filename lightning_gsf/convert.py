@@ -88,8 +88,11 @@ def _load_file(path: str | Path, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
         raise ValueError(
-            f"{path}: holds Python objects besides tensors; if you trust the file, pass trust_pickle=True ({err})"
+            f"{path}: holds Python objects besides tensors, or is no checkpoint at all; if you trust the file and "
+            f"it is a checkpoint, pass trust_pickle=True ({err})"
         ) from err
+    except (RuntimeError, EOFError) as err:  # (torch's zip reader: a truncated or corrupt file)
+        raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt? ({err})") from err
 
 
 def detect_backbone(state: Mapping[str, torch.Tensor]) -> str | None:

@@ -233,13 +233,16 @@ def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
 def read_submission(path: str | Path) -> dict[str, Any]:
     """Read a submission written by :func:`write_submission` (zip or JSON)."""
     path = Path(path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            if SUBMISSION_MEMBER not in archive.namelist():
-                raise ValueError(f"{path}: expected a member named {SUBMISSION_MEMBER}, found {archive.namelist()}")
-            submission = json.loads(archive.read(SUBMISSION_MEMBER))
-    else:
-        submission = json.loads(path.read_text())
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                if SUBMISSION_MEMBER not in archive.namelist():
+                    raise ValueError(f"{path}: expected a member named {SUBMISSION_MEMBER}, found {archive.namelist()}")
+                submission = json.loads(archive.read(SUBMISSION_MEMBER))
+        else:
+            submission = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable submission (JSON, or a zip holding {SUBMISSION_MEMBER}): {error}") from None
     if not isinstance(submission, dict) or not isinstance(submission.get("results"), dict):
         raise ValueError(f"{path}: expected a JSON object with a 'results' object")
     return submission

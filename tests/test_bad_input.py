@@ -37,11 +37,13 @@ from lightning_gsf.data.kinetics import VIDEO_TEMPLATE_FLAT, Kinetics400DataModu
 from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule
 from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule
 from lightning_gsf.data.synthetic import generate_synthetic_dataset
+from conftest import SHARED_DATA
 from media_writers import write_frame_folder, write_video
 
 TINY = dict(num_segments=2, batch_size=2, num_workers=0, input_size=16, resize_size=16, seed=0)
 NUM_FRAMES = 12
-CLASSES = ["Pushing something", "Pulling something"]
+# Two of the real classes, in the real class lists (a list must hold all 174).
+CLASSES = ["Pushing something from left to right", "Pulling something from right to left"]
 
 
 @dataclass
@@ -80,7 +82,7 @@ def _append_json_entry(path: Path, entry: Any) -> Callable[[], str]:
 def build_ssv1(root: Path) -> BuiltDataset:
     annotations = root / "annotations"
     annotations.mkdir(parents=True)
-    (annotations / "labels.csv").write_text("\n".join(CLASSES) + "\n")
+    shutil.copy(SHARED_DATA / "ssv1" / "mmaction2_sthv1_label_map.txt", annotations / "labels.csv")
     ids = ["101", "102", "103"]
     (annotations / "train.csv").write_text("".join(f"{i};{CLASSES[n % 2]}\n" for n, i in enumerate(ids)))
     (annotations / "val.csv").write_text(f"104;{CLASSES[0]}\n")
@@ -100,7 +102,7 @@ def build_ssv1(root: Path) -> BuiltDataset:
 def build_ssv2(root: Path) -> BuiltDataset:
     annotations = root / "annotations"
     annotations.mkdir(parents=True)
-    (annotations / "labels.json").write_text(json.dumps({name: str(i) for i, name in enumerate(CLASSES)}))
+    shutil.copy(SHARED_DATA / "ssv2" / "something-something-v2-labels.json", annotations / "labels.json")
 
     def entry(video_id: str, n: int) -> dict:
         name = CLASSES[n % 2]
@@ -391,3 +393,77 @@ def test_config_with_unknown_key_or_wrong_type_is_refused_naming_the_key(
         gsf_main(["fit", f"--config={path}", "--print_config"])
     assert exit_info.value.code != 0
     assert named in capsys.readouterr().err
+
+
+# --- annotation files: encodings and class lists -------------------------------------------------
+
+
+def test_annotation_text_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Every reader goes through ``read_text``: a spreadsheet's byte-order mark is not part of
+    the first class name (a Kinetics label map's first class was lost to it)."""
+    from lightning_gsf.data.annotation_files import read_class_name_lines, read_json
+    from lightning_gsf.data.kinetics import read_label_map
+
+    names = tmp_path / "names.txt"
+    names.write_text("\ufeffabseiling\nair drumming\n", encoding="utf-8")
+    assert read_class_name_lines(names) == ["abseiling", "air drumming"]
+    assert list(read_label_map(names)) == ["abseiling", "air drumming"]
+    document = tmp_path / "doc.json"
+    document.write_text("\ufeff[1, 2]", encoding="utf-8")
+    assert read_json(document, list) == [1, 2]
+
+
+@pytest.mark.parametrize("reader", ["class_names", "json", "epic_csv", "kinetics_csv", "ssv1_csv"])
+def test_annotation_text_in_another_encoding_names_the_file_and_line(tmp_path, reader):
+    from lightning_gsf.data import annotation_files, epic, kinetics, something
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("first line\nCaf\xe9 something\n".encode("latin-1"))
+    read = {"class_names": annotation_files.read_class_name_lines,
+            "json": lambda p: annotation_files.read_json(p, list), "epic_csv": epic.read_actions,
+            "kinetics_csv": kinetics.read_csv, "ssv1_csv": lambda p: something.read_id_class_csv(p, None)}[reader]
+    with pytest.raises(AnnotationError, match=r"latin1.txt, line 2: not UTF-8 text \(byte 0xe9\)"):
+        read(path)
+
+
+@pytest.mark.parametrize("dataset,listed", [("ssv1", 175), ("ssv1", 173), ("ssv2", 175), ("diving48", 49)])
+def test_a_class_list_of_another_length_is_refused(tmp_path, dataset, listed):
+    """The head has the dataset's classes; a list with one more or one fewer would shift every
+    later index (silently, where the split names no class the list lacks)."""
+    if dataset == "ssv1":
+        names = (SHARED_DATA / "ssv1" / "mmaction2_sthv1_label_map.txt").read_text().splitlines()
+        names = names + ["Juggling something"] if listed > 174 else names[:-1]
+        (tmp_path / "labels.csv").write_text("\n".join(names) + "\n")
+        datamodule = SomethingSomethingV1DataModule(root=tmp_path, annotations_dir=tmp_path, labels_file="labels.csv")
+        read = lambda: datamodule.class_to_index  # noqa: E731
+        expected = 174
+    elif dataset == "ssv2":
+        classes = json.loads((SHARED_DATA / "ssv2" / "something-something-v2-labels.json").read_text())
+        classes["Juggling something"] = str(len(classes))
+        (tmp_path / "labels.json").write_text(json.dumps(classes))
+        datamodule = SomethingSomethingV2DataModule(root=tmp_path, annotations_dir=tmp_path, labels_file="labels.json")
+        read = lambda: datamodule.class_to_index  # noqa: E731
+        expected = 174
+    else:
+        vocabulary = json.loads((SHARED_DATA / "diving48" / "Diving48_vocab.json").read_text())
+        (tmp_path / "vocab.json").write_text(json.dumps(vocabulary + [["Back", "1som", "NoTwis", "TUCK"]]))
+        datamodule = Diving48DataModule(root=tmp_path, annotations_dir=tmp_path, vocab_file="vocab.json")
+        read = lambda: datamodule.class_names  # noqa: E731
+        expected = 48
+    with pytest.raises(AnnotationError, match=rf"{listed} classes, where .* has {expected}"):
+        read()
+
+
+def test_a_truncated_submission_or_checkpoint_is_named(tmp_path):
+    from lightning_gsf.convert import read_original_state_dict
+    from lightning_gsf.evaluation import read_submission
+
+    submission = tmp_path / "submission.json"
+    submission.write_text('{"version": "0.2", "results": {"a": {"verb": {"0": 1.')
+    with pytest.raises(ValueError, match=r"submission.json: not a readable submission"):
+        read_submission(submission)
+    checkpoint = tmp_path / "gsf.pth.tar"
+    torch.save({"model_state_dict": {"w": torch.zeros(100)}}, checkpoint)
+    checkpoint.write_bytes(checkpoint.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"gsf.pth.tar: not a readable checkpoint"):
+        read_original_state_dict(checkpoint)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_gsf.data.base import ClipDataset, ClipSample, VideoDataModule, sample_seed
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 
 HEIGHT, WIDTH = 40, 52
@@ -401,3 +401,42 @@ def test_readers_get_the_samples_frame_rate():
                       dict(eval_transform=EvalClipTransform(input_size=32, resize_size=36))):
         ClipDataset(samples, RecordingFrames(), num_segments=4, **transform)[0]
     assert rates == [50.0, 50.0]
+
+
+# --- splits that cannot serve their stage --------------------------------------------------
+
+
+class OddSplits(ToyDataModule):
+    """The toy data with an empty val split and an unlabelled train split on request."""
+
+    def __init__(self, unlabelled_train: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.unlabelled_train = unlabelled_train
+
+    def parse_split(self, split: str) -> list[ClipSample]:
+        if split == "val":
+            return []
+        samples = super().parse_split(split)
+        if split == "train" and self.unlabelled_train:
+            samples = [ClipSample(s.id, s.source, s.start, s.stop, None, {}, where=f"train.csv, line {i + 2}")
+                       for i, s in enumerate(samples)]
+        return samples
+
+
+def test_an_unlabelled_train_split_is_refused_naming_its_first_row():
+    options = dict(num_segments=4, batch_size=4, num_workers=0, input_size=32, resize_size=36)
+    with pytest.raises(AnnotationError, match=r"train.csv, line 2: sample '.*' of the train split has no labels"):
+        OddSplits(unlabelled_train=True, **options).setup("fit")
+
+
+def test_an_empty_split_is_refused():
+    options = dict(num_segments=4, batch_size=4, num_workers=0, input_size=32, resize_size=36)
+    with pytest.raises(AnnotationError, match="the val split has no samples .*nothing to val on"):
+        OddSplits(**options).setup("validate")
+
+
+def test_an_unlabelled_split_to_test_on_is_warned_about(caplog):
+    datamodule = toy()
+    with caplog.at_level(logging.WARNING):
+        datamodule.setup("test")
+    assert "the test split (its annotation file) has no labels" in caplog.text

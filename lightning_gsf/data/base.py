@@ -56,7 +56,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
 from lightning_gsf.data.sampling import multi_clip_indices, train_indices
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
@@ -472,7 +472,28 @@ class VideoDataModule(pl.LightningDataModule, ABC):
             wanted["predict"] = (self.predict_split, False, self.test_clips, self.test_crops)
         for role, (split, training, clips, crops) in wanted.items():
             if role not in self._datasets:
+                self._check_split_serves(role, split)
                 self._datasets[role] = self.dataset(split, training=training, num_clips=clips, num_crops=crops)
+
+    def _check_split_serves(self, role: str, split: str) -> None:
+        """A split must hold samples, and the training split labelled ones: say so, naming the
+        file and the first sample, rather than train on nothing or fail on a missing key
+        mid-epoch. An unlabelled split to validate or test on is measured on nothing (EPIC's
+        test split): a warning says so."""
+        samples = self.samples(split)
+        source = getattr(self, "split_files", {}).get(split, "its annotation file")
+        if not samples:
+            raise AnnotationError(f"the {split} split has no samples ({source}): nothing to {role} on")
+        unlabelled = next((sample for sample in samples if sample.labels is None), None)
+        if unlabelled is None or role == "predict":
+            return
+        if role == "train":
+            raise AnnotationError(
+                f"{unlabelled.where}: sample {unlabelled.id!r} of the train split has no labels, which training "
+                f"needs; give a labelled annotation file for the train split"
+            )
+        logger.warning("the %s split (%s) has no labels (e.g. %s): %s measures no accuracy or loss on it",
+                       split, source, unlabelled.where, role)
 
     def teardown(self, stage: str | None = None) -> None:
         for role, count in self.skipped_samples.items():

@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import read_json
+from lightning_gsf.data.annotation_files import check_class_count, read_json
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -125,7 +125,10 @@ class Diving48DataModule(WholeVideoDataModule):
     @cached_property
     def class_names(self) -> list[str]:
         """The 48 classes as ``"<takeoff> <somersault> <twist> <flight position>"``, in index order."""
-        return read_vocabulary(self.annotations_dir / self.vocab_file)
+        path = self.annotations_dir / self.vocab_file
+        names = read_vocabulary(path)
+        check_class_count(len(names), DIVING48_NUM_CLASSES, path, "Diving48")
+        return names
 
     @property
     def num_classes(self) -> dict[str, int]:

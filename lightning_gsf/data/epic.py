@@ -46,6 +46,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from lightning_gsf.data.annotation_files import text_stream
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.sources import (
@@ -240,8 +241,7 @@ def _read_rows(path: Path, required: Sequence[str], name_column: str | None = No
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column's name.
-    with path.open(newline="", encoding="utf-8-sig") as file:
+    with text_stream(path) as file:  # (a byte-order mark is not part of the first column's name)
         reader = csv.DictReader(file)
         header = reader.fieldnames or []
         missing = [column for column in required if column not in header]
@@ -291,7 +291,7 @@ def read_actions(path: Path) -> list[EpicAction]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with path.open(newline="", encoding="utf-8-sig") as file:
+    with text_stream(path) as file:
         header = next(csv.reader(file), [])
     labelled = "verb_class" in header
     actions: list[EpicAction] = []

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import read_class_name_lines
+from lightning_gsf.data.annotation_files import read_class_name_lines, text_stream
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -113,7 +113,7 @@ def read_csv(path: Path, labelled: bool | None = None) -> list[KineticsClip]:
     list has none); True requires one, False ignores it.
     """
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as handle:
+    with text_stream(path) as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         if labelled is None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 
-from lightning_gsf.data.annotation_files import read_class_name_lines
+from lightning_gsf.data.annotation_files import read_class_name_lines, read_text
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import SampleCandidate, WholeVideoDataModule
 
@@ -92,8 +92,7 @@ def read_id_class_csv(
     """
     rows: list[tuple[str, int | None]] = []
     first_line: dict[str, int] = {}
-    # utf-8-sig: a byte-order mark (an editor's export) is not part of the first id
-    for line_number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split(";")

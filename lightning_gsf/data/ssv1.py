@@ -18,8 +18,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from lightning_gsf.data.annotation_files import check_class_count
 from lightning_gsf.data.sources import MediaKind
 from lightning_gsf.data.something import (
+    SOMETHING_SOMETHING_NUM_CLASSES,
     SomethingSomethingDataModule,
     read_class_names,
     read_id_class_csv,
@@ -69,7 +71,9 @@ class SomethingSomethingV1DataModule(SomethingSomethingDataModule):
     @cached_property
     def class_to_index(self) -> dict[str, int]:
         path = self.annotations_dir / self.labels_file
-        return sorted_class_index(read_class_names(path), path)
+        names = read_class_names(path)
+        check_class_count(len(names), SOMETHING_SOMETHING_NUM_CLASSES, path, "Something-Something")
+        return sorted_class_index(names, path)
 
     def read_split_rows(self, split: str, path: Path) -> list[tuple[str, int | None]]:
         return read_id_class_csv(path, None if split == "test" else self.class_to_index)

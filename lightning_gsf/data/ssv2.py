@@ -20,9 +20,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import read_json
+from lightning_gsf.data.annotation_files import check_class_count, read_json
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.something import (
+    SOMETHING_SOMETHING_NUM_CLASSES,
     SomethingSomethingDataModule,
     class_name_from_template,
     read_id_class_csv,
@@ -114,7 +115,10 @@ class SomethingSomethingV2DataModule(SomethingSomethingDataModule):
 
     @cached_property
     def class_to_index(self) -> dict[str, int]:
-        return read_label_map(self.annotations_dir / self.labels_file)
+        path = self.annotations_dir / self.labels_file
+        classes = read_label_map(path)
+        check_class_count(len(classes), SOMETHING_SOMETHING_NUM_CLASSES, path, "Something-Something")
+        return classes
 
     def read_split_rows(self, split: str, path: Path) -> list[tuple[str, int | None]]:
         rows = read_split(path, None if split == "test" else self.class_to_index)
