@@ -241,6 +241,17 @@ def test_bad_segments_are_refused_by_the_datamodule(tmp_path, rows, layout, mess
     assert str(error.value).startswith(str(path))
 
 
+def test_a_video_of_no_frames_by_its_info_is_named(tmp_path):
+    """A duration that rounds to no frame at the video's rate (a bad row of the video info)."""
+    path = write_annotations(tmp_path, GOOD_ROWS)
+    info = tmp_path / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("video_id,duration,fps,resolution\nP01_01,0.01,25.0,32x24\n")
+    with pytest.raises(AnnotationError, match=r"line 2 \(narration_id P01_01_0\): video P01_01 has no frame by "
+                                               r".*EPIC_100_video_info.csv \(0.01 s at 25 fps\)") as error:
+        datamodule(tmp_path, layout="video").samples("val")
+    assert str(error.value).startswith(str(path))
+
+
 def test_bad_class_list_and_missing_files(tmp_path):
     write_annotations(tmp_path, GOOD_ROWS)
     (tmp_path / "annotations" / "EPIC_100_noun_classes.csv").write_text("id,key,instances,category\n0,tap,['tap'],a\n2,cup,['cup'],b\n")

@@ -626,6 +626,11 @@ class EpicKitchensDataModule(VideoDataModule):
                 f"{where}: video {action.video_id} is not in {self.video_info_file}; "
                 "expected its fps and duration there (the video layout needs them)"
             )
+        if info.num_frames < 1:
+            raise AnnotationError(
+                f"{where}: video {action.video_id} has no frame by {self.video_info_file} ({info.duration:.2f} s at "
+                f"{info.fps:g} fps); expected its duration and rate there"
+            )
         if action.stop_timestamp > info.duration + _END_TOLERANCE_SECONDS:
             raise AnnotationError(
                 f"{where}: the segment ends at {action.stop_timestamp:.2f} s, past the end of video "
