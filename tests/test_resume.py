@@ -212,15 +212,16 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
-def _stop_when_ready(process: subprocess.Popen, ready: Path) -> str:
-    """SIGTERM to ``process`` once it has written ``ready``; its output once it has exited."""
-    deadline = time.monotonic() + 120
+def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120) -> str:
+    """SIGTERM to ``process`` once it has written ``ready``; its output once it has exited
+    (``timeout`` seconds for each)."""
+    deadline = time.monotonic() + timeout
     while not ready.exists():
         assert process.poll() is None, process.communicate()[0]
         assert time.monotonic() < deadline, "the training process never reached the point to stop at"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    return _finish(process)
+    return _finish(process, timeout=timeout)
 
 
 def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_path):
@@ -277,13 +278,7 @@ def test_gsf_fit_preempted_by_sigterm_resumes_to_the_same_weights(tmp_path):
         data, tmp_path / "preempted", "--trainer.callbacks+=test_resume.WaitForSignalAt",
         f"--trainer.callbacks.step={stop_at_step}", f"--trainer.callbacks.ready_file={ready}",
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        assert preempted.poll() is None, preempted.communicate()[0]
-        assert time.monotonic() < deadline, "gsf fit never reached the step"
-        time.sleep(0.1)
-    preempted.send_signal(signal.SIGTERM)
-    _finish(preempted, timeout=300)
+    _stop_when_ready(preempted, ready, timeout=300)
     last = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == stop_at_step
 
