@@ -112,13 +112,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def restart_validation_on_resume(checkpoint: dict[str, Any]) -> None:
-    """Mark ``fit``'s validation in ``checkpoint`` as begun with no batch processed: the state
-    in which Lightning resumes in the middle of a validation, which it then runs again from
-    its first batch (it iterates the validation loader afresh)."""
+    """Mark ``fit``'s current validation in ``checkpoint`` as begun with no batch processed: the
+    state in which Lightning (2.6, :func:`resumes_mid_validation`) resumes in the middle of a
+    validation, which it then runs again from its first batch (it iterates the validation
+    loader afresh). The epoch's earlier validations (``val_check_interval`` < 1) keep their
+    counts in ``total``."""
     progress = checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"]
-    for counts in (progress["total"], progress["current"]):
-        counts.update(ready=1, started=1, processed=0, completed=0)
+    current, total = progress["current"], progress["total"]
+    done_before = total["completed"] - current["completed"]
+    total.update(ready=done_before + 1, started=done_before + 1, processed=done_before, completed=done_before)
+    current.update(ready=1, started=1, processed=0, completed=0)
     progress["is_last_batch"] = False
+
+
+def resumes_mid_validation(trainer: pl.Trainer) -> bool:
+    """Whether this Lightning resumes a run stopped in the middle of a validation by running it
+    (the restart stage its evaluation loop has from 2.6 on; before, the resumed run goes on
+    after the validation)."""
+    return hasattr(trainer.fit_loop.epoch_loop.val_loop, "restarted_mid_evaluation")
 
 
 class PreemptionCheckpoint(pl.Callback):
@@ -180,6 +191,9 @@ class PreemptionCheckpoint(pl.Callback):
         # Every rank gets here together (Lightning broadcasts the signal), as save_checkpoint's
         # collectives need; only rank 0 writes.
         self._saving_mid_validation = trainer.state.fn == TrainerFn.FITTING and trainer.validating
+        if self._saving_mid_validation and not resumes_mid_validation(trainer):
+            log.warning("SIGTERM during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
+                        "(Lightning 2.6 runs it again)", trainer.current_epoch)
         try:
             trainer.save_checkpoint(path)
         finally:

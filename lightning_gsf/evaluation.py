@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import logging
 import os
@@ -55,7 +54,7 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor
 
-from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
+from lightning_gsf.data.epic import read_csv_rows, read_participant_ids, read_tail_classes
 from lightning_gsf.metrics import (HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, TOP_K, UNSEEN, accuracies_from_hits,
                                    check_evaluation_inputs, first_per_index)
 from lightning_gsf.official_ranking import action_id, action_ranking, class_ranking, topk_hits
@@ -191,7 +190,10 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
     ids = [str(sample_id) for sample_id in np.asarray(loaded[RESULTS_ID_KEY]).reshape(-1).tolist()]
     scores = {}
     for head in EPIC_HEADS:
-        values = np.asarray(loaded[f"{head}_output"])
+        values = loaded[f"{head}_output"]
+        if isinstance(values, torch.Tensor) and values.dtype == torch.bfloat16:
+            values = values.float()  # (NumPy has no bf16)
+        values = np.asarray(values)
         if not np.issubdtype(values.dtype, np.floating):  # (kept otherwise: the evaluator ranks in it)
             values = values.astype(np.float64)
         values = torch.as_tensor(values)
@@ -310,39 +312,23 @@ def read_labelled_annotations(path: str | Path) -> dict[str, LabelledSample]:
     """``narration_id -> (participant_id, verb_class, noun_class, where)`` of a labelled EPIC CSV.
 
     Only these four columns are needed to score a submission, so unlike
-    :func:`lightning_gsf.data.epic.read_actions` this accepts any CSV that has them (a byte
-    order mark, as spreadsheet programs write, included). A row with too few fields, a class
-    that is not an integer or a narration_id seen before raises ``ValueError`` naming the
-    file and line.
+    :func:`lightning_gsf.data.epic.read_actions` this accepts any CSV that has them; rows are
+    read and checked as that reader reads them (:func:`~lightning_gsf.data.epic.read_csv_rows`:
+    UTF-8 with or without a byte-order mark, every row as long as the header, integers where
+    classes go), and a narration_id seen before is an error naming both lines.
     """
     path = Path(path)
-    columns = ["narration_id", "participant_id", "verb_class", "noun_class"]
+    columns = ("narration_id", "participant_id", "verb_class", "noun_class")
     annotations: dict[str, LabelledSample] = {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in columns if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: expected columns {columns}, missing {missing}")
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if None in row.values():
-                raise ValueError(f"{where}: expected {len(reader.fieldnames)} fields, got "
-                                 f"{sum(value is not None for value in row.values())}")
-            narration_id = row["narration_id"]
-            if narration_id in annotations:
-                raise ValueError(f"{where}: narration_id {narration_id!r} again (first at "
-                                 f"{annotations[narration_id].where.rpartition(', ')[2]})")
-            annotations[narration_id] = LabelledSample(
-                row["participant_id"], _read_int(where, row, "verb_class"), _read_int(where, row, "noun_class"), where
-            )
+    lines: dict[str, int] = {}
+    for row in read_csv_rows(path, columns, "narration_id"):
+        narration_id = row.text("narration_id")
+        if narration_id in annotations:
+            raise row.error(f"narration_id {narration_id!r} again (first at line {lines[narration_id]})")
+        lines[narration_id] = row.line
+        annotations[narration_id] = LabelledSample(row.text("participant_id"), row.integer("verb_class"),
+                                                   row.integer("noun_class"), f"{path}, line {row.line}")
     return annotations
-
-
-def _read_int(where: str, row: Mapping[str, str], column: str) -> int:
-    try:
-        return int(row[column])
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected an integer {column}, got {row[column]!r}") from None
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -506,9 +492,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 def _as_numpy_floats(scores: Tensor) -> np.ndarray:
-    """``scores`` in NumPy, float32 / float64 kept, other dtypes (bf16, half, ints) as float32."""
+    """``scores`` in NumPy, its float dtype kept (the evaluator ranks in it); bf16, which NumPy
+    lacks, and integers as float32."""
     scores = scores.detach().cpu()
-    return (scores if scores.dtype in (torch.float32, torch.float64) else scores.float()).numpy()
+    return (scores if scores.dtype in (torch.float16, torch.float32, torch.float64) else scores.float()).numpy()
 
 
 # --------------------------------------------------------------------------- prediction writer

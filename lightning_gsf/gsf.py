@@ -77,8 +77,10 @@ class GSF(nn.Module):
             which saves allocating a feature map and copying its ``C - P`` untouched
             channels. Safe where GSF sits, on a convolution's output that nothing else reads
             (autograd's version check raises if something saved it for backward). Ignored
-            for a leaf that requires grad, and under ``torch.compile`` where the C++ kernels
-            do not take the input (the plain-op formulation is out of place).
+            (the output is a new tensor) for a leaf that requires grad, a view while autograd
+            records, a map whose elements share memory (an expanded tensor), and under
+            ``torch.compile`` where the C++ kernels do not take the input (the plain-op
+            formulation is out of place).
         fusion_init: the two fusion convs' initial weights: ``"kaiming"`` (Kaiming normal,
             fan_out, ReLU), as the authors' ResNet initialises every ``Conv2d``, or
             ``"default"`` (PyTorch's own), as their BNInception and InceptionV3 leave them.
@@ -259,10 +261,10 @@ class GSF(nn.Module):
     def _infers_in_one_call(self, x: torch.Tensor) -> bool:
         """Whether ``forward`` without autograd is :meth:`_infer_in_cpu_kernels` with the
         running statistics: an input that :func:`lightning_gsf.cpu_kernels.usable` sends to
-        the C++ kernels, in NCHW or channels-last memory; the batch norm in eval mode and
-        tracking running statistics; outside ``torch.compile``."""
+        the C++ kernels, in NCHW or channels-last memory; the batch norm normalising with its
+        running statistics (:func:`_uses_batch_statistics`); outside ``torch.compile``."""
         bn = self._modules["bn"]
-        return (not bn.training and bn.running_mean is not None and not torch.compiler.is_compiling()
+        return (not _uses_batch_statistics(bn) and not torch.compiler.is_compiling()
                 and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))
 
     def _infer_in_cpu_kernels(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -423,7 +425,8 @@ class GSF(nn.Module):
         tensor only, and the PyTorch-ops path returns two) and a map whose elements share
         memory (an expanded tensor: written in place, one write would overwrite another)."""
         return (self.inplace and not (x.is_leaf and x.requires_grad)
-                and not (x._base is not None and torch.is_grad_enabled()) and _elements_apart(x))
+                and not (x._base is not None and torch.is_grad_enabled())
+                and (x.is_contiguous() or _elements_apart(x)))
 
     def _taps_weight(self) -> torch.Tensor:
         return _taps_weight(self.conv3D.weight)
@@ -438,12 +441,7 @@ class GSF(nn.Module):
         return batch_statistics
 
     def _uses_batch_statistics(self) -> bool:
-        # The BN's own mode decides, as in forward_reference (a "freeze all BN" helper may set
-        # bn.eval() inside a training GSF), by BatchNorm's own rule: in eval mode, the running
-        # statistics wherever there are any (track_running_stats turned off after they were
-        # made keeps them, and BatchNorm normalises with them).
-        bn = self.bn
-        return bn.training or (bn.running_mean is None and bn.running_var is None)
+        return _uses_batch_statistics(self.bn)
 
     @torch.no_grad()
     def _update_running_statistics(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -770,6 +768,14 @@ def _output_after(rest: torch.Tensor, processed: int, channels_last: bool) -> to
     out = torch.empty((nt, processed + tail, h, w), dtype=rest.dtype, device=rest.device, memory_format=memory_format)
     out[:, processed:].copy_(rest)
     return out
+
+
+def _uses_batch_statistics(bn: nn.Module) -> bool:
+    """Whether ``bn`` normalises with the batch's statistics. Its own mode decides, as in
+    forward_reference (a "freeze all BN" helper may set bn.eval() inside a training GSF), by
+    BatchNorm's rule: in eval mode, the running statistics wherever there are any
+    (track_running_stats turned off after they were made keeps them, and BatchNorm uses them)."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
 
 
 def _elements_apart(x: torch.Tensor) -> bool:

@@ -11,7 +11,6 @@ normalisation its weights expect.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -107,8 +106,11 @@ class VideoClassifier(nn.Module):
             clip = normalize(clip, self.normalization, dtype=next(self.heads.parameters()).dtype)
         b, t = clip.shape[:2]
         features = self.dropout(self.base_model(clip.flatten(0, 1)))
-        with contextlib.ExitStack() as context:
-            if autocast_enabled(features.device.type):
-                context.enter_context(torch.autocast(features.device.type, enabled=False))
-                features = features.to(next(self.heads.parameters()).dtype)
-            return {name: head(features).view(b, t, -1).mean(dim=1) for name, head in self.heads.items()}
+        if autocast_enabled(features.device.type):
+            with torch.autocast(features.device.type, enabled=False):
+                return self._logits(features.to(next(self.heads.parameters()).dtype), b, t)
+        return self._logits(features, b, t)
+
+    def _logits(self, features: torch.Tensor, clips: int, frames: int) -> dict[str, torch.Tensor]:
+        """Each head's logits of the frames' features, averaged over the frames of a clip."""
+        return {name: head(features).view(clips, frames, -1).mean(dim=1) for name, head in self.heads.items()}

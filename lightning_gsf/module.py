@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -165,6 +166,10 @@ class VideoClassificationModule(pl.LightningModule):
                 parameter.requires_grad_(False)
         self.val_scores = ClassificationScores(num_classes)
         self.test_scores = ClassificationScores(num_classes)
+        # Optimiser steps per epoch: this run's (set with the optimiser) and a resumed
+        # checkpoint's, which the learning-rate schedule is rescaled by (see on_train_start).
+        self._steps_per_epoch: int | None = None
+        self._saved_steps_per_epoch: int | None = None
         # Lightning's own epoch mean of a logged tensor weights by an integer batch count that
         # it averages (and truncates) across processes; a metric sums exactly instead.
         self.val_loss = MeanMetric()
@@ -220,9 +225,8 @@ class VideoClassificationModule(pl.LightningModule):
         self._saved_steps_per_epoch = checkpoint.get(STEPS_PER_EPOCH_KEY)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        steps_per_epoch = getattr(self, "_steps_per_epoch", None)
-        if steps_per_epoch is not None:
-            checkpoint[STEPS_PER_EPOCH_KEY] = steps_per_epoch
+        if self._steps_per_epoch is not None:
+            checkpoint[STEPS_PER_EPOCH_KEY] = self._steps_per_epoch
 
     def on_train_start(self) -> None:
         self._rescale_schedule_to_this_run()
@@ -232,10 +236,11 @@ class VideoClassificationModule(pl.LightningModule):
         of steps per epoch (other GPUs, batch size or accumulation) would read the saved count
         in its own steps, away from the saved point in the schedule (on twice the GPUs, twice
         as far): the count is rescaled to this run's steps, so the schedule goes on from the
-        same fraction of training."""
-        saved = getattr(self, "_saved_steps_per_epoch", None)
-        current = getattr(self, "_steps_per_epoch", None)
-        schedulers = self.trainer.lr_scheduler_configs if self._trainer is not None else []
+        same fraction of training. (``trainer.global_step``, and with it ``max_steps``, counts
+        on as before: optimiser steps taken.)"""
+        saved, current = self._saved_steps_per_epoch, self._steps_per_epoch
+        self._saved_steps_per_epoch = None
+        schedulers = self.trainer.lr_scheduler_configs
         if not saved or not current or saved == current or not schedulers:
             return
         scheduler = schedulers[0].scheduler
@@ -243,11 +248,10 @@ class VideoClassificationModule(pl.LightningModule):
         log.info("resumed with %d optimiser steps per epoch where the checkpoint had %d: the learning-rate "
                  "schedule goes on from step %d of this run (step %d of the saved one)", current, saved, step,
                  scheduler.last_epoch)
-        scheduler.last_epoch = step
-        for group, base_lr, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base_lr * factor(step)
-        scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
-        self._saved_steps_per_epoch = None
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # (stepping the schedule before this run's first optimiser step, knowingly)
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()  # to ``step``, the learning rates set as the schedule sets them
 
     def _check_optimizer_groups(self, checkpoint: Mapping[str, Any], source: str | None) -> None:
         """A resumed optimiser needs this run's parameter groups: checkpoints written before

@@ -431,7 +431,7 @@ def test_an_unlabelled_train_split_is_refused_naming_its_first_row():
 
 def test_an_empty_split_is_refused():
     options = dict(num_segments=4, batch_size=4, num_workers=0, input_size=32, resize_size=36)
-    with pytest.raises(AnnotationError, match="the val split has no samples .*nothing to val on"):
+    with pytest.raises(AnnotationError, match="the val split has no samples .*nothing to validate on"):
         OddSplits(**options).setup("validate")
 
 

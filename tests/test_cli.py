@@ -190,7 +190,7 @@ def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand
     assert misspelt_name in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("seed", [5, 11])
 def test_seed_everything_seeds_the_data(tmp_path, dataset, seed):
     """``--seed_everything`` reaches the data module's shuffling and augmentation."""
     config = _config(tmp_path, dataset)

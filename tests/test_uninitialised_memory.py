@@ -1,7 +1,8 @@
-"""No fast path reads memory it has not written: every tensor allocated without values
-(``torch.empty``, ``empty_like``, ``empty_strided``, ``new_empty``) is filled with NaN
-(integers with their largest value, booleans with True) before the kernels see it, and
-the results must still be the spec's.
+"""No fast path reads memory it has not written: every tensor allocated without values from
+Python (``torch.empty``, ``empty_like``, ``empty_strided``, ``new_empty``: the buffers that
+the Triton kernels and the glue around the C++ ones fill; what C++ allocates itself is not
+covered) is filled with NaN (integers with their largest value, booleans with True) before
+the kernels see it, and the results must still be the spec's.
 
 On a GPU a fresh allocation holds whatever the caching allocator last kept there, so a
 partial sum that no program writes, or an output channel that no kernel fills, gives wrong

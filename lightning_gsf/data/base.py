@@ -407,6 +407,15 @@ class VideoDataModule(pl.LightningDataModule, ABC):
     def num_classes(self) -> dict[str, int]:
         """``{head: number of classes}``, e.g. ``{"verb": 97, "noun": 300}``."""
 
+    def split_source(self, split: str) -> str:
+        """Where ``split``'s samples come from, for messages: the annotation file of data modules
+        that keep one per split (``split_files`` under ``annotations_dir``)."""
+        name = getattr(self, "split_files", {}).get(split)
+        folder = getattr(self, "annotations_dir", None)
+        if name is None:
+            return "its annotation file"
+        return str(Path(folder) / name) if folder is not None else str(name)
+
     def transform_labels(self, labels: dict[str, int], flipped: bool) -> dict[str, int]:
         """The labels of a training clip after augmentation; ``flipped`` says it was mirrored.
 
@@ -481,9 +490,10 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         mid-epoch. An unlabelled split to validate or test on is measured on nothing (EPIC's
         test split): a warning says so."""
         samples = self.samples(split)
-        source = getattr(self, "split_files", {}).get(split, "its annotation file")
+        source = self.split_source(split)
         if not samples:
-            raise AnnotationError(f"the {split} split has no samples ({source}): nothing to {role} on")
+            stage = {"train": "train", "val": "validate", "test": "test", "predict": "predict"}[role]
+            raise AnnotationError(f"the {split} split has no samples ({source}): nothing to {stage} on")
         unlabelled = next((sample for sample in samples if sample.labels is None), None)
         if unlabelled is None or role == "predict":
             return

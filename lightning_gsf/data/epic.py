@@ -233,7 +233,7 @@ class _Row:
         return tuple(items)
 
 
-def _read_rows(path: Path, required: Sequence[str], name_column: str | None = None) -> Iterator[_Row]:
+def read_csv_rows(path: Path, required: Sequence[str], name_column: str | None = None) -> Iterator[_Row]:
     """The rows of a headed CSV file, after checking that the header holds the ``required`` columns.
 
     Rows with fewer or more fields than the header are errors, not padded or truncated.
@@ -291,12 +291,13 @@ def read_actions(path: Path) -> list[EpicAction]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with text_stream(path) as file:
-        header = next(csv.reader(file), [])
+    with path.open("rb") as file:  # (the header line only; read_csv_rows reads and checks the rest)
+        first_line = file.readline().decode("utf-8-sig", errors="replace")
+    header = next(csv.reader([first_line]), [])
     labelled = "verb_class" in header
     actions: list[EpicAction] = []
     lines_by_id: dict[str, int] = {}
-    for row in _read_rows(path, EPIC_ACTION_COLUMNS if labelled else EPIC_TIMESTAMP_COLUMNS, "narration_id"):
+    for row in read_csv_rows(path, EPIC_ACTION_COLUMNS if labelled else EPIC_TIMESTAMP_COLUMNS, "narration_id"):
         action = _parse_action(row, labelled)
         if action.narration_id in lines_by_id:
             raise row.error(f"narration_id repeats line {lines_by_id[action.narration_id]}; expected unique ids")
@@ -359,7 +360,7 @@ def _parse_action(row: _Row, labelled: bool) -> EpicAction:
 def read_classes(path: Path) -> list[EpicClass]:
     """Read ``EPIC_100_verb_classes.csv`` or ``EPIC_100_noun_classes.csv``; ids must be 0, 1, 2, ..."""
     classes: list[EpicClass] = []
-    for row in _read_rows(path, EPIC_CLASS_COLUMNS):
+    for row in read_csv_rows(path, EPIC_CLASS_COLUMNS):
         class_id = row.integer("id")
         if class_id != len(classes):
             raise row.error(f"class id {class_id}; expected {len(classes)} (ids count from 0 in file order)")
@@ -371,18 +372,18 @@ def read_classes(path: Path) -> list[EpicClass]:
 
 def read_tail_classes(path: Path, column: Literal["verb", "noun"]) -> frozenset[int]:
     """The class ids of ``EPIC_100_tail_verbs.csv`` (column ``verb``) or ``..._tail_nouns.csv`` (``noun``)."""
-    return frozenset(row.integer(column) for row in _read_rows(path, (column,)))
+    return frozenset(row.integer(column) for row in read_csv_rows(path, (column,)))
 
 
 def read_participant_ids(path: Path) -> frozenset[str]:
     """The participants of ``EPIC_100_unseen_participant_ids_{validation,test}.csv``."""
-    return frozenset(row.text("participant_id") for row in _read_rows(path, ("participant_id",)))
+    return frozenset(row.text("participant_id") for row in read_csv_rows(path, ("participant_id",)))
 
 
 def read_video_info(path: Path) -> dict[str, EpicVideoInfo]:
     """``EPIC_100_video_info.csv`` as ``{video_id: EpicVideoInfo}``."""
     videos: dict[str, EpicVideoInfo] = {}
-    for row in _read_rows(path, EPIC_VIDEO_INFO_COLUMNS):
+    for row in read_csv_rows(path, EPIC_VIDEO_INFO_COLUMNS):
         video_id, resolution = row.text("video_id"), row.text("resolution")
         size = _RESOLUTION.fullmatch(resolution)
         if size is None:

@@ -242,6 +242,12 @@ def _decode_until(
     return decoded
 
 
+# AVI files' first shown timestamps, by (path, mtime, size): found once per file and process
+# (a DataLoader worker reads a video many times), the oldest forgotten past this many files.
+_AVI_FIRST_PTS: dict[tuple[str, int, int], int | None] = {}
+_AVI_FIRST_PTS_KEPT = 100_000
+
+
 class _StreamTiming:
     """Conversions between frame indices and a stream's timestamps."""
 
@@ -254,17 +260,23 @@ class _StreamTiming:
     @classmethod
     def of(cls, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
            source: Path) -> _StreamTiming:
-        """The timing of ``stream``, a video stream of ``container`` (just opened: for AVI the
-        first frame is decoded, then the container is rewound)."""
+        """The timing of ``stream``, a video stream of ``container`` (just opened: the first
+        time an AVI file is read, its first frame is decoded, then the container rewound)."""
         fps = _nominal_rate(stream)
         if fps is None or stream.time_base is None:
             raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
         start_pts = stream.start_time if stream.start_time is not None else 0
         if container.format.name == "avi":  # (numbered in decoding order: frame 0 is the first one shown)
-            first = next(iter(container.decode(stream)), None)
-            if first is not None and first.pts is not None:
-                start_pts = first.pts
-            container.seek(0)
+            status = source.stat()
+            key = (str(source), status.st_mtime_ns, status.st_size)
+            if key not in _AVI_FIRST_PTS:
+                first = next(iter(container.decode(stream)), None)
+                container.seek(0)
+                if len(_AVI_FIRST_PTS) >= _AVI_FIRST_PTS_KEPT:
+                    _AVI_FIRST_PTS.pop(next(iter(_AVI_FIRST_PTS)))
+                _AVI_FIRST_PTS[key] = None if first is None else first.pts
+            if _AVI_FIRST_PTS[key] is not None:
+                start_pts = _AVI_FIRST_PTS[key]
         return cls(Fraction(stream.time_base), fps, start_pts, source)
 
     def pts_of(self, index: int) -> int:
