@@ -252,6 +252,23 @@ def test_a_video_of_no_frames_by_its_info_is_named(tmp_path):
     assert str(error.value).startswith(str(path))
 
 
+def test_tail_classes_outside_the_class_list_are_refused(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    (tmp_path / "annotations" / "EPIC_100_tail_nouns.csv").write_text("noun\n0\n9999\n")
+    with pytest.raises(AnnotationError, match=r"EPIC_100_tail_nouns.csv: noun classes \[9999\] are not among the 2 "
+                                               r"noun classes; expected ids 0..1"):
+        datamodule(tmp_path).samples("val")
+
+
+def test_a_video_listed_twice_in_the_video_info_is_refused(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    info = tmp_path / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("video_id,duration,fps,resolution\nP01_01,2.0,25.0,32x24\nP01_01,3.0,25.0,32x24\n")
+    with pytest.raises(AnnotationError, match=r"EPIC_100_video_info.csv, line 3: video_id 'P01_01' again \(first at "
+                                               r"line 2\)"):
+        datamodule(tmp_path, layout="video").samples("val")
+
+
 def test_bad_class_list_and_missing_files(tmp_path):
     write_annotations(tmp_path, GOOD_ROWS)
     (tmp_path / "annotations" / "EPIC_100_noun_classes.csv").write_text("id,key,instances,category\n0,tap,['tap'],a\n2,cup,['cup'],b\n")

@@ -381,10 +381,15 @@ def read_participant_ids(path: Path) -> frozenset[str]:
 
 
 def read_video_info(path: Path) -> dict[str, EpicVideoInfo]:
-    """``EPIC_100_video_info.csv`` as ``{video_id: EpicVideoInfo}``."""
+    """``EPIC_100_video_info.csv`` as ``{video_id: EpicVideoInfo}``; a video listed twice is an
+    error naming both lines."""
     videos: dict[str, EpicVideoInfo] = {}
+    lines: dict[str, int] = {}
     for row in read_csv_rows(path, EPIC_VIDEO_INFO_COLUMNS):
         video_id, resolution = row.text("video_id"), row.text("resolution")
+        if video_id in lines:
+            raise row.error(f"video_id {video_id!r} again (first at line {lines[video_id]}); expected one row a video")
+        lines[video_id] = row.line
         size = _RESOLUTION.fullmatch(resolution)
         if size is None:
             raise row.error(f"resolution {resolution!r}; expected WIDTHxHEIGHT, e.g. 1920x1080")
@@ -508,7 +513,7 @@ class EpicKitchensDataModule(VideoDataModule):
         path = self.annotation_path(self.split_files[split])
         actions = read_actions(path)
         tail = {
-            name: read_tail_classes(self.annotation_path(file), name.removeprefix("tail_"))
+            name: self._tail_classes(name.removeprefix("tail_"), self.annotation_path(file))
             for name, file in self.tail_files.items()
             if file is not None
         }
@@ -516,6 +521,16 @@ class EpicKitchensDataModule(VideoDataModule):
         unseen = read_participant_ids(self.annotation_path(unseen_file)) if unseen_file else None
         samples = [self._sample(action, path, tail, unseen) for action in actions]
         return self._with_media(samples, actions, path, split)
+
+    def _tail_classes(self, head: str, path: Path) -> frozenset[int]:
+        """The tail classes of ``head`` in ``path``, checked to be among the head's classes."""
+        classes = read_tail_classes(path, head)  # type: ignore[arg-type]
+        count = len(self.verb_classes if head == "verb" else self.noun_classes)
+        outside = sorted(c for c in classes if not 0 <= c < count)
+        if outside:
+            raise AnnotationError(f"{path}: {head} classes {outside[:5]} are not among the {count} {head} classes; "
+                                  f"expected ids 0..{count - 1}")
+        return classes
 
     def _with_media(self, samples: Sequence[ClipSample], actions: Sequence[EpicAction], path: Path,
                     split: str) -> list[ClipSample]:
