@@ -774,8 +774,9 @@ def _uses_batch_statistics(bn: nn.Module) -> bool:
     """Whether ``bn`` normalises with the batch's statistics. Its own mode decides, as in
     forward_reference (a "freeze all BN" helper may set bn.eval() inside a training GSF), by
     BatchNorm's rule: in eval mode, the running statistics wherever there are any
-    (track_running_stats turned off after they were made keeps them, and BatchNorm uses them)."""
-    return bn.training or (bn.running_mean is None and bn.running_var is None)
+    (track_running_stats turned off after they were made keeps them, and BatchNorm uses them).
+    The buffers are read as :func:`_tensor` reads them: CPU inference asks this in every call."""
+    return bn.training or (_tensor(bn, "running_mean") is None and _tensor(bn, "running_var") is None)
 
 
 def _elements_apart(x: torch.Tensor) -> bool:
