@@ -115,6 +115,26 @@ def test_training_item_layout():
     assert indices == sorted(indices) and all(sample.start <= i < sample.stop for i in indices)
 
 
+@pytest.mark.parametrize(("train_sampling", "reachable"), [("exact", range(15)), ("release", range(12))])
+def test_train_sampling_picks_the_frame_sampler(train_sampling, reachable):
+    """Sample 3 has 15 frames; at T = 4 the release's parts are 3 whole frames, so its sampler
+    never draws the last 3 frames, while the exact parts of 3.75 frames reach every one."""
+    dataset = train_dataset(train_sampling=train_sampling)
+    start = dataset.samples[3].start
+    seen = set()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        seen.update(index - start for index in frame_indices(dataset[3]["clip"]))
+    assert seen == set(reachable)
+
+
+def test_an_unknown_train_sampling_is_refused():
+    with pytest.raises(ValueError, match="train_sampling must be one of"):
+        toy(train_sampling="dense")
+    with pytest.raises(ValueError, match="train_sampling must be one of"):
+        ClipDataset(make_samples(), IndexFrames(), num_segments=4, train_transform=TrainClipTransform(32), train_sampling="x")
+
+
 @pytest.mark.parametrize(("clips", "crops"), [(1, 1), (1, 3), (2, 1), (3, 3)])
 def test_evaluation_item_has_clips_times_crops_views_clip_major(clips, crops):
     datamodule = toy()

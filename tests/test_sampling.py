@@ -10,7 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_gsf.data.sampling import eval_indices, multi_clip_indices, train_indices
+from lightning_gsf.data.sampling import (
+    TRAIN_SAMPLERS,
+    eval_indices,
+    multi_clip_indices,
+    release_train_indices,
+    train_indices,
+)
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -73,9 +79,40 @@ def test_train_indices_reach_every_frame() -> None:
     assert seen == set(range(10))
 
 
-def test_train_indices_leave_the_global_rng_alone() -> None:
+@pytest.mark.parametrize(
+    ("seed", "start", "stop", "num_segments", "expected"),
+    [
+        (0, 0, 100, 8, [8, 15, 29, 36, 55, 63, 79, 91]),  # parts of 12 frames: 96-99 never drawn
+        (3, 0, 31, 16, list(range(16))),  # parts of one frame: always the first 16 frames
+        (0, 10, 13, 8, [10, 10, 10, 11, 11, 12, 12, 12]),  # fewer frames than segments: centres
+    ],
+)
+def test_release_train_indices_pinned(seed: int, start: int, stop: int, num_segments: int, expected: list[int]) -> None:
+    assert release_train_indices(start, stop, num_segments, _generator(seed)) == expected
+
+
+@pytest.mark.parametrize(("num_frames", "num_segments"), [(10, 3), (47, 16), (100, 8), (5, 8), (16, 16)])
+def test_release_train_indices_draw_what_the_release_draws(num_frames: int, num_segments: int) -> None:
+    """The release's ``_sample_indices`` (0-based here): ``i * (n // T) + randint(n // T)``, or
+    the centres ``int(tick / 2 + tick * i)`` when ``n < T``. Every frame it can draw for part
+    ``i`` is drawn here for part ``i``, and no other."""
+    part = num_frames // num_segments
+    if part == 0:
+        tick = Fraction(num_frames, num_segments)
+        reachable = [{math.floor(tick / 2 + tick * i)} for i in range(num_segments)]
+    else:
+        reachable = [set(range(i * part, (i + 1) * part)) for i in range(num_segments)]
+    seen: list[set[int]] = [set() for _ in range(num_segments)]
+    for seed in range(300):
+        for i, index in enumerate(release_train_indices(0, num_frames, num_segments, _generator(seed))):
+            seen[i].add(index)
+    assert seen == reachable
+
+
+@pytest.mark.parametrize("sampler", sorted(TRAIN_SAMPLERS))
+def test_train_samplers_leave_the_global_rng_alone(sampler: str) -> None:
     state = torch.random.get_rng_state()
-    train_indices(0, 100, 8, _generator(0))
+    TRAIN_SAMPLERS[sampler](0, 100, 8, _generator(0))
     assert torch.equal(torch.random.get_rng_state(), state)
 
 
@@ -85,8 +122,9 @@ def test_train_indices_leave_the_global_rng_alone() -> None:
     ids=["empty", "reversed", "negative-start", "no-segments"],
 )
 def test_invalid_ranges_raise(start: int, stop: int, num_segments: int) -> None:
-    with pytest.raises(ValueError, match="must"):
-        train_indices(start, stop, num_segments, _generator(0))
+    for sampler in TRAIN_SAMPLERS.values():
+        with pytest.raises(ValueError, match="must"):
+            sampler(start, stop, num_segments, _generator(0))
     with pytest.raises(ValueError, match="must"):
         eval_indices(start, stop, num_segments)
 
@@ -119,6 +157,20 @@ def test_train_indices_properties(segment: tuple[int, int, int], seed: int) -> N
     indices = train_indices(start, start + num_frames, num_segments, _generator(seed))
     _check_clip_indices(indices, start, num_frames, num_segments)
     assert train_indices(start, start + num_frames, num_segments, _generator(seed)) == indices
+
+
+@settings(max_examples=200, deadline=None)
+@given(segment=segments, seed=st.integers(0, 2**32 - 1))
+def test_release_train_indices_properties(segment: tuple[int, int, int], seed: int) -> None:
+    start, num_frames, num_segments = segment
+    indices = release_train_indices(start, start + num_frames, num_segments, _generator(seed))
+    part = num_frames // num_segments
+    if part:  # frame i from the whole-frame part [i * part, (i + 1) * part)
+        assert len(indices) == num_segments
+        assert all(i * part <= index - start < (i + 1) * part for i, index in enumerate(indices))
+    else:
+        assert indices == eval_indices(start, start + num_frames, num_segments)
+    assert release_train_indices(start, start + num_frames, num_segments, _generator(seed)) == indices
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,7 +4,7 @@ A dataset's own file (``epic.py``, ``ssv2.py``, ...) only turns its annotation f
 of :class:`ClipSample` and picks a reader; everything from frame indices to batches happens
 here, identically for every dataset:
 
-- training item: ``train_indices`` -> reader -> ``TrainClipTransform`` ->
+- training item: ``train_indices`` (or the release's sampler) -> reader -> ``TrainClipTransform`` ->
   ``clip`` uint8 ``(T, 3, H, W)``;
 - evaluation item (val / test / predict): ``multi_clip_indices`` -> reader ->
   ``EvalClipTransform`` -> ``clip`` uint8 ``(V, T, 3, S, S)`` with ``V = clips x crops`` views,
@@ -49,7 +49,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
-from lightning_gsf.data.sampling import multi_clip_indices, train_indices
+from lightning_gsf.data.sampling import TRAIN_SAMPLERS, multi_clip_indices
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 from lightning_gsf.data.video import ClipReader
 
@@ -159,6 +159,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         eval_transform: makes an evaluation dataset (fixed frames, ``num_clips`` x crops views).
             Give exactly one of the two transforms.
         num_clips: clips per evaluation item (multi-clip testing); 1 for training.
+        train_sampling: the training frame sampler, a name of
+            :data:`~lightning_gsf.data.sampling.TRAIN_SAMPLERS` (``exact`` or ``release``).
         seed: base seed of the per-sample generators.
         label_transform: applied to a training sample's labels with the flip flag (see
             ``VideoDataModule.transform_labels``); ``None`` keeps the labels.
@@ -176,6 +178,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         train_transform: TrainClipTransform | None = None,
         eval_transform: EvalClipTransform | None = None,
         num_clips: int = 1,
+        train_sampling: str = "exact",
         seed: int = 0,
         label_transform: LabelTransform | None = None,
         skip_unreadable: bool = False,
@@ -187,12 +190,15 @@ class ClipDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"num_segments and num_clips must be >= 1, got {num_segments} and {num_clips}")
         if train_transform is not None and num_clips != 1:
             raise ValueError(f"training items hold one clip, got num_clips={num_clips}")
+        if train_sampling not in TRAIN_SAMPLERS:
+            raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {train_sampling!r}")
         self.samples = list(samples)
         self.reader = reader
         self.num_segments = num_segments
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.num_clips = num_clips
+        self.train_sampler = TRAIN_SAMPLERS[train_sampling]
         self.seed = seed
         self.label_transform = label_transform
         self.skip_unreadable = skip_unreadable
@@ -269,7 +275,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
     def _training_clip(self, sample: ClipSample, index: int) -> tuple[torch.Tensor, Mapping[str, int] | None]:
         assert self.train_transform is not None
         generator = self.generator(index)
-        indices = train_indices(sample.start, sample.stop, self.num_segments, generator)
+        indices = self.train_sampler(sample.start, sample.stop, self.num_segments, generator)
         clip, flipped = self.train_transform(self.reader.read(sample.source, indices, fps=sample.fps), generator)
         labels = sample.labels
         if labels is not None and self.label_transform is not None:
@@ -307,6 +313,11 @@ class VideoDataModule(pl.LightningDataModule, ABC):
 
     Args:
         num_segments: frames per clip (T), linked into the model.
+        train_sampling: how training picks a clip's frames (:mod:`lightning_gsf.data.sampling`):
+            ``exact`` (default) splits the segment into T exactly equal parts, so every frame
+            can be drawn; ``release`` uses the original release's (TSN's) parts of ``n // T``
+            whole frames, which never draw the last ``n mod T`` frames: the paper's numbers
+            were trained with it, and the real-dataset configs select it.
         batch_size: clips per training batch.
         eval_batch_size: items per evaluation batch (each holds clips x crops views);
             defaults to ``batch_size``.
@@ -338,6 +349,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
     def __init__(
         self,
         num_segments: int = 8,
+        train_sampling: Literal["exact", "release"] = "exact",
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -367,7 +379,10 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         for name, value in (("test_split", test_split), ("predict_split", predict_split)):
             if value not in SPLITS:
                 raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
+        if train_sampling not in TRAIN_SAMPLERS:
+            raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {train_sampling!r}")
         self.num_segments = num_segments
+        self.train_sampling = train_sampling
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -460,6 +475,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
             train_transform=self.train_transform() if training else None,
             eval_transform=None if training else self.eval_transform(num_crops),
             num_clips=num_clips,
+            train_sampling=self.train_sampling,
             seed=self.seed,
             label_transform=self.transform_labels if training and overridden else None,
             skip_unreadable=self.skip_unreadable,

@@ -6,6 +6,8 @@ Segment Networks", ECCV 2016):
 
 - ``train_indices``: a uniformly random frame inside each part (drawn from the passed
   ``torch.Generator``, never from the global RNG);
+- ``release_train_indices``: the original release's training sampler (TSN's), for exact
+  reproductions: parts of ``n // T`` whole frames, a random frame in each;
 - ``eval_indices``: the frame at the centre of each part (TSN's test-time formula, computed
   exactly rather than in floating point);
 - ``multi_clip_indices``: ``num_clips`` clips for multi-clip testing: one clip is
@@ -19,13 +21,16 @@ Unlike TSN's training sampler, whose parts are ``n // T`` whole frames (so the l
 ``n mod T`` frames are never sampled), every frame of the segment can be sampled, and segments
 shorter than T frames (down to a single frame) simply repeat frames instead of needing a
 special case. Indices are therefore always sorted and inside ``[start, stop)``.
+``TRAIN_SAMPLERS`` names the two training samplers for configs (``exact`` and ``release``).
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["eval_indices", "multi_clip_indices", "train_indices"]
+from collections.abc import Callable
+
+__all__ = ["TRAIN_SAMPLERS", "eval_indices", "multi_clip_indices", "release_train_indices", "train_indices"]
 
 
 def _check_range(start: int, stop: int, num_segments: int) -> int:
@@ -49,6 +54,30 @@ def train_indices(start: int, stop: int, num_segments: int, generator: torch.Gen
     num_frames = _check_range(start, stop, num_segments)
     offsets = torch.randint(0, num_frames, (num_segments,), generator=generator).tolist()
     return [start + (i * num_frames + r) // num_segments for i, r in enumerate(offsets)]
+
+
+def release_train_indices(start: int, stop: int, num_segments: int, generator: torch.Generator) -> list[int]:
+    """The original release's (and TSN's) training sampler: parts of ``n // T`` whole frames.
+
+    Frame ``i`` is ``start + i * (n // T) + r_i`` with integer ``r_i`` uniform in ``[0, n // T)``,
+    so the last ``n mod T`` frames are never drawn (a 31-frame clip at T = 16 always gives frames
+    0-15). A segment of fewer than T frames gives the centre frames, ``eval_indices``, as the
+    release does.
+    """
+    num_frames = _check_range(start, stop, num_segments)
+    part = num_frames // num_segments
+    if part == 0:
+        return eval_indices(start, stop, num_segments)
+    offsets = torch.randint(0, part, (num_segments,), generator=generator).tolist()
+    return [start + i * part + r for i, r in enumerate(offsets)]
+
+
+#: ``(start, stop, num_segments, generator) -> indices`` by the name a config gives
+#: (``data.train_sampling``).
+TRAIN_SAMPLERS: dict[str, Callable[[int, int, int, torch.Generator], list[int]]] = {
+    "exact": train_indices,
+    "release": release_train_indices,
+}
 
 
 def eval_indices(start: int, stop: int, num_segments: int) -> list[int]:
