@@ -50,12 +50,13 @@ def test_multi_scale_crop_sizes_snap_to_the_input_size() -> None:
 
 
 def test_crop_positions_pinned() -> None:
-    # A 26 x 26 crop in a 40 x 60 frame: row slack 14, column slack 34, in quarters.
-    assert crop_positions(40, 60, 26, 26, more_positions=False) == [(7, 17), (0, 0), (0, 34), (14, 0), (14, 34)]
+    # A 26 x 26 crop in a 40 x 60 frame: row slack 14, column slack 34, in steps of 14 // 4 = 3
+    # and 34 // 4 = 8 pixels (the release's GroupMultiScaleCrop.fill_fix_offset).
+    assert crop_positions(40, 60, 26, 26, more_positions=False) == [(6, 16), (0, 0), (0, 32), (12, 0), (12, 32)]
     assert crop_positions(40, 60, 26, 26) == [
-        (7, 17), (0, 0), (0, 34), (14, 0), (14, 34),  # centre, corners
-        (7, 0), (7, 34), (0, 17), (14, 17),  # middles of the edges
-        (3, 8), (3, 25), (10, 8), (10, 25),  # quarter points
+        (6, 16), (0, 0), (0, 32), (12, 0), (12, 32),  # centre, corners
+        (6, 0), (6, 32), (0, 16), (12, 16),  # middles of the edges
+        (3, 8), (3, 24), (9, 8), (9, 24),  # quarter points
     ]  # fmt: skip
 
 

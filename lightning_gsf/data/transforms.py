@@ -61,9 +61,10 @@ def multi_scale_crop_sizes(
     ]
 
 
-# Crop positions as quarters of the slack (frame side minus crop side), (row, column): the
-# centre and the four corners, then TSN's "more fixed crops": the middles of the four edges and
-# the four quarter points. Quarters of the exact slack put the corners exactly at the edges.
+# Crop positions in steps of a quarter of the slack (frame side minus crop side), rounded down
+# as the release and TSN do, (row, column): the centre and the four corners, then TSN's "more
+# fixed crops": the middles of the four edges and the four quarter points. With a slack that
+# is no multiple of 4 the far corners stop short of the edge by up to 3 pixels, as there.
 _CENTRE_AND_CORNERS = ((2, 2), (0, 0), (0, 4), (4, 0), (4, 4))
 _EDGES_AND_QUARTERS = ((2, 0), (2, 4), (0, 2), (4, 2), (1, 1), (1, 3), (3, 1), (3, 3))
 
@@ -74,7 +75,8 @@ def crop_positions(
     """``(top, left)`` of the fixed positions TSN's multi-scale crop chooses from (5 or 13)."""
     quarters = _CENTRE_AND_CORNERS + (_EDGES_AND_QUARTERS if more_positions else ())
     bottom, right = height - crop_height, width - crop_width
-    return [(bottom * row // 4, right * col // 4) for row, col in quarters]
+    row_step, column_step = bottom // 4, right // 4
+    return [(row_step * row, column_step * col) for row, col in quarters]
 
 
 def _draw(upper: int, generator: torch.Generator) -> int:
