@@ -16,8 +16,16 @@ Choices, and why:
   start would cost time proportional to the segment's position in the video.
 - A decoded frame's index is computed from its timestamp, ``round((pts - start_pts) *
   time_base * fps)``, not by counting frames, because counting is impossible after a seek and
-  because many videos do not start at ``pts = 0``. If a seek lands after the first needed frame
-  (a container with a sparse or inexact index), the reader decodes again from the start.
+  because many videos do not start at ``pts = 0``. ``fps`` is FFmpeg's guess of the stream's
+  rate (its timestamps' rate), not the average rate, which a last frame held longer than the
+  others lowers. Frame ``i`` is the frame on screen at index ``i``: where a variable rate or a
+  dropped frame leaves no frame at ``i``, the frame shown before it stands in, as in a
+  constant-rate copy of the video; :func:`count_video_frames` counts the same way. If a seek
+  lands after the first needed frame (a container with a sparse or inexact index), the reader
+  seeks again further back, then, failing that, decodes from the start.
+- AVI stores no presentation timestamps (FFmpeg gives frames their decoding-order numbers, which
+  B-frames permute): its frames are numbered in the order the decoder shows them, decoding from
+  the start of the file every time (slower on long AVIs; the datasets here ship MP4 and WebM).
 - Measured on a 256 x 456 H.264 video with the default 250-frame GOP (8 frames per clip from
   segments of 30 to 200 frames, shared 2-core CPU): seeking cut the time per clip from about
   300 to 120-135 ms, and the CPU time from about 200 to 100-115 ms. The decoder's threading
@@ -118,23 +126,22 @@ class FrameFolderReader:
 class VideoFileReader:
     """Reads frames from a video file with PyAV, seeking near the first needed frame.
 
-    Frame ``i`` is the frame shown at ``i / fps`` seconds after the stream's first timestamp,
-    with ``fps`` the stream's average rate. For constant-frame-rate videos (what the datasets'
-    preprocessing produces) this is the i-th frame; a variable-frame-rate video should be
-    re-encoded at a constant rate first, or an index may fall between two frames and be
-    reported missing. AVI stores no presentation timestamps (FFmpeg numbers its frames in
-    decoding order, so with B-frames the first frame shown is numbered 1, not 0): there
-    frame 0 is the first frame the decoder outputs. Indices counted at another rate (``read(..., fps=...)``, the rate of the
-    annotations) are read by time: index ``i`` is the stream's frame on screen at ``i / fps``.
+    Frame ``i`` is the frame on screen at ``i / fps`` seconds after the stream's first
+    timestamp, with ``fps`` the stream's (guessed) rate. For constant-frame-rate videos (what the
+    datasets' preprocessing produces) this is the i-th frame; in a variable-rate video or one
+    with dropped frames it is the frame a constant-rate copy would hold there. AVI frames are
+    numbered in the order they are shown, decoding from the start (see the module doc). Indices
+    counted at another rate (``read(..., fps=...)``, the rate of the annotations) are read by
+    time too: index ``i`` is the stream's frame on screen at ``i / fps``.
 
     Args:
         threads: decoder threads; 0 lets FFmpeg choose (one per core). Use 1 to decode in the
             calling thread only, e.g. with one DataLoader worker per core.
         thread_type: FFmpeg's threading mode, ``"AUTO"`` (frame and slice threading where the
             codec supports them), ``"FRAME"``, ``"SLICE"`` or ``"NONE"``.
-        seek: seek to the key frame before the first needed frame. ``False`` decodes from the
-            start of the video every time; it exists as the reference the seeking path is
-            tested against.
+        seek: seek to the key frame before the first needed frame (never in AVI). ``False``
+            decodes from the start of the video every time; it exists as the reference the
+            seeking path is tested against.
     """
 
     def __init__(self, threads: int = 0, thread_type: str = "AUTO", seek: bool = True) -> None:
@@ -150,22 +157,16 @@ class VideoFileReader:
         if not source.is_file():
             raise SampleReadError(f"video file {source} does not exist")
         try:
-            with av.open(str(source)) as container:
-                stream = self._video_stream(container, source)
+            with _open(source) as container:
+                stream = _video_stream(container, source)
+                stream.thread_type = self.thread_type
+                stream.thread_count = self.threads
                 timing = _StreamTiming.of(container, stream, source)
                 stream_indices = [timing.stream_index(index, fps) for index in indices]
                 frames = self._decode(container, stream, timing, source, _distinct_sorted(stream_indices, source))
         except av.FFmpegError as error:
             raise SampleReadError(f"{source}: cannot decode the video ({error})") from error
         return _gather(frames, stream_indices, source)
-
-    def _video_stream(self, container: av.container.InputContainer, source: Path) -> av.video.stream.VideoStream:
-        if not container.streams.video:
-            raise SampleReadError(f"{source}: no video stream; expected a video file")
-        stream = container.streams.video[0]
-        stream.thread_type = self.thread_type
-        stream.thread_count = self.threads
-        return stream
 
     def _decode(
         self,
@@ -175,17 +176,18 @@ class VideoFileReader:
         source: Path,
         wanted: list[int],
     ) -> dict[int, torch.Tensor]:
-        if self.seek and wanted[0] > 0:
-            container.seek(timing.pts_of(wanted[0]), stream=stream, backward=True, any_frame=False)
-            decoded = _decode_until(container, stream, timing, wanted)
-            if decoded.first_seen is not None and decoded.first_seen <= wanted[0]:
-                return decoded.check_complete(wanted, source)
-            logger.debug(
-                "%s: seek to frame %d landed on frame %s; decoding from the start",
-                source,
-                wanted[0],
-                decoded.first_seen,
-            )
+        if self.seek and not timing.by_output_order:
+            # Aim at the first wanted frame, then further back each time a seek lands after it
+            # (an index that points at a later key frame, B-frames shown before their key frame).
+            target, back = wanted[0], _SEEK_BACK_FRAMES
+            while target > 0:
+                container.seek(timing.pts_of(target), stream=stream, backward=True, any_frame=False)
+                decoded = _decode_until(container, stream, timing, wanted)
+                if decoded.first_seen is not None and decoded.first_seen <= wanted[0]:
+                    return decoded.check_complete(wanted, source)
+                logger.debug("%s: seek to frame %d for frame %d landed on frame %s", source, target, wanted[0],
+                             decoded.first_seen)
+                target, back = wanted[0] - back, 4 * back
             # Back to the container's very start: a seek to the stream's first timestamp can
             # land on a later key frame in containers whose seeking is inexact (MPEG-TS).
             container.seek(0)
@@ -225,59 +227,95 @@ def _decode_until(
     timing: _StreamTiming,
     wanted: list[int],
 ) -> _Decoded:
-    """Decode from the container's current position up to the last of the (sorted) ``wanted`` frames."""
-    wanted_set = set(wanted)
+    """Decode from the container's current position up to the last of the (sorted, distinct)
+    ``wanted`` frames. Wanted frame ``i`` is the last decoded frame whose index is at most ``i``
+    (the frame on screen at ``i``), so a frame that a variable rate or a dropped frame leaves
+    out is stood in for by the one shown before it; a frame with the index of the one before
+    it is not shown (the earlier one is)."""
     decoded = _Decoded()
-    for frame in container.decode(stream):
-        index = timing.index_of(frame)
+    shown: torch.Tensor | av.VideoFrame | None = None  # the frame on screen, converted when first wanted
+    next_wanted = 0
+    for position, frame in enumerate(container.decode(stream)):
+        index = position if timing.by_output_order else timing.index_of(frame)
         if decoded.first_seen is None:
             decoded.first_seen = index
             if index > wanted[0]:
-                break  # the seek overshot; the caller decodes again from the start
-        decoded.last_seen = index
-        if index in wanted_set and index not in decoded.frames:
-            decoded.frames[index] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-        if index >= wanted[-1]:
+                break  # the seek overshot; the caller seeks further back
+        elif index <= decoded.last_seen:
+            if index < decoded.last_seen:
+                raise SampleReadError(
+                    f"{timing.source}: timestamps go backwards (frame {index} after frame {decoded.last_seen}); "
+                    "expected frames in display order (re-encode the video)"
+                )
+            continue
+        while next_wanted < len(wanted) and wanted[next_wanted] < index:  # shown before this frame
+            shown = _as_tensor(shown)
+            decoded.frames[wanted[next_wanted]] = shown
+            next_wanted += 1
+        decoded.last_seen, shown = index, frame
+        if next_wanted < len(wanted) and wanted[next_wanted] == index:
+            shown = _as_tensor(shown)
+            decoded.frames[index] = shown
+            next_wanted += 1
+        if next_wanted == len(wanted):
             break
     return decoded
 
 
-# AVI files' first shown timestamps, by (path, mtime, size): found once per file and process
-# (a DataLoader worker reads a video many times), the oldest forgotten past this many files.
-_AVI_FIRST_PTS: dict[tuple[str, int, int], int | None] = {}
-_AVI_FIRST_PTS_KEPT = 100_000
+def _as_tensor(frame: torch.Tensor | av.VideoFrame | None) -> torch.Tensor:
+    """A decoded frame as a uint8 ``(3, H, W)`` RGB tensor (converted once)."""
+    if isinstance(frame, torch.Tensor):
+        return frame
+    assert frame is not None  # (the first frame decoded is at or before the first wanted one)
+    return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+
+
+# A seek that lands after the first wanted frame is retried this many frames further back, then
+# four times as far each time, before decoding from the start.
+_SEEK_BACK_FRAMES = 30
+
+# First shown timestamps of streams whose header gives none, by (path, mtime, size): found
+# once per file and process (a DataLoader worker reads a video many times), the oldest
+# forgotten past this many files.
+_FIRST_PTS: dict[tuple[str, int, int], int | None] = {}
+_FIRST_PTS_KEPT = 100_000
 
 
 class _StreamTiming:
     """Conversions between frame indices and a stream's timestamps."""
 
-    def __init__(self, time_base: Fraction, fps: Fraction, start_pts: int, source: Path) -> None:
+    def __init__(self, time_base: Fraction, fps: Fraction, start_pts: int, source: Path,
+                 by_output_order: bool = False) -> None:
         self.time_base = time_base
         self.fps = fps
         self.start_pts = start_pts
         self.source = source
+        self.by_output_order = by_output_order
 
     @classmethod
     def of(cls, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
            source: Path) -> _StreamTiming:
         """The timing of ``stream``, a video stream of ``container`` (just opened: the first
-        time an AVI file is read, its first frame is decoded, then the container rewound)."""
+        time a stream whose header gives no start time is read, its first frame is decoded,
+        then the container rewound)."""
         fps = _nominal_rate(stream)
         if fps is None or stream.time_base is None:
             raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
-        start_pts = stream.start_time if stream.start_time is not None else 0
-        if container.format.name == "avi":  # (numbered in decoding order: frame 0 is the first one shown)
+        time_base = Fraction(stream.time_base)
+        if _numbers_frames_in_decoding_order(container):
+            return cls(time_base, fps, 0, source, by_output_order=True)
+        start_pts = stream.start_time
+        if start_pts is None:  # (short Matroska files): the first frame shown
             status = source.stat()
             key = (str(source), status.st_mtime_ns, status.st_size)
-            if key not in _AVI_FIRST_PTS:
+            if key not in _FIRST_PTS:
                 first = next(iter(container.decode(stream)), None)
                 container.seek(0)
-                if len(_AVI_FIRST_PTS) >= _AVI_FIRST_PTS_KEPT:
-                    _AVI_FIRST_PTS.pop(next(iter(_AVI_FIRST_PTS)))
-                _AVI_FIRST_PTS[key] = None if first is None else first.pts
-            if _AVI_FIRST_PTS[key] is not None:
-                start_pts = _AVI_FIRST_PTS[key]
-        return cls(Fraction(stream.time_base), fps, start_pts, source)
+                if len(_FIRST_PTS) >= _FIRST_PTS_KEPT:
+                    _FIRST_PTS.pop(next(iter(_FIRST_PTS)))
+                _FIRST_PTS[key] = None if first is None else first.pts
+            start_pts = _FIRST_PTS[key]
+        return cls(time_base, fps, start_pts or 0, source)
 
     def pts_of(self, index: int) -> int:
         """The last timestamp that still rounds to frame ``index``, the target of a backward seek.
@@ -315,15 +353,15 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
     if not source.is_file():
         raise SampleReadError(f"video file {source} does not exist")
     try:
-        with av.open(str(source)) as container:
-            if not container.streams.video:
-                raise SampleReadError(f"{source}: no video stream; expected a video file")
-            stream = container.streams.video[0]
+        with _open(source) as container:
+            stream = _video_stream(container, source)
             if stream.frames > 0 and not exact and _header_count_fits_duration(stream):
                 return stream.frames
-            frames = sum(1 for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard)
+            frames, leading = _demuxed_frame_count(container, stream)
             expected = _frames_by_duration(container, stream)
-            if expected is not None and frames < expected - max(2, expected // 100):
+            # (Matroska and WebM give the time the last frame ends at as the duration, so a
+            # video whose first frame is late has its leading frames allowed for.)
+            if expected is not None and frames < expected - max(2, expected // 100) - leading:
                 logger.warning("%s: %d frames demuxed, where its duration implies %d: truncated? (it is read as "
                                "%d frames)", source, frames, expected, frames)
             return frames
@@ -331,9 +369,49 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
         raise SampleReadError(f"{source}: cannot read the video ({error})") from error
 
 
+def _open(source: Path) -> av.container.InputContainer:
+    """Open a video file; metadata that is not UTF-8 (a Latin-1 title) is decoded with
+    replacement characters rather than stopping the read."""
+    return av.open(str(source), metadata_errors="replace")
+
+
+def _video_stream(container: av.container.InputContainer, source: Path) -> av.video.stream.VideoStream:
+    """FFmpeg's best video stream (``av_find_best_stream``: not a cover picture, and with the
+    most frames probed where a file holds several, e.g. a still image as its first track)."""
+    if not container.streams.video:
+        raise SampleReadError(f"{source}: no video stream; expected a video file")
+    return container.streams.best("video")
+
+
+def _numbers_frames_in_decoding_order(container: av.container.InputContainer) -> bool:
+    """Whether the container gives frames decoding-order numbers rather than presentation
+    timestamps (AVI), so that frames are numbered in the order they are shown instead."""
+    return container.format.name == "avi"
+
+
+def _demuxed_frame_count(container: av.container.InputContainer,
+                         stream: av.video.stream.VideoStream) -> tuple[int, int]:
+    """The frame count by demuxing (reading packets without decoding them): one more than the
+    last frame's index, as the reader computes indices; packets marked to be discarded (frames
+    an MP4 edit list hides) are left out. In AVI, the number of packets. Also returns the frames
+    the first one comes after (its timestamp in frames, 0 when it is at or before 0)."""
+    packets = [packet for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard]
+    timestamps = [packet.pts for packet in packets if packet.pts is not None]
+    fps = _nominal_rate(stream)
+    if not timestamps or fps is None or stream.time_base is None:
+        return len(packets), 0
+    frame_of = Fraction(stream.time_base) * fps  # frames per timestamp unit
+    leading = max(0, round(min(timestamps) * frame_of))
+    if _numbers_frames_in_decoding_order(container):
+        return len(packets), leading
+    start = stream.start_time if stream.start_time is not None else min(timestamps)
+    return round((max(timestamps) - start) * frame_of) + 1, leading
+
+
 def _nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
-    """The stream's frame rate: its average, else FFmpeg's guess, else its base rate."""
-    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    """The stream's frame rate: FFmpeg's guess (the rate its timestamps step at, or the average
+    where that looks wrong), else its average, else its base rate."""
+    rate = stream.guessed_rate or stream.average_rate or stream.base_rate
     return Fraction(rate) if rate else None
 
 
