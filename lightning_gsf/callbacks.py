@@ -137,7 +137,7 @@ class PreemptionCheckpoint(pl.Callback):
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
     all DDP ranks at once), or during ``fit``'s validation after the current validation
-    batch; this callback then saves ``<dirpath>/<filename>.ckpt`` with the full training state
+    batch of one process (under DDP, see below); this callback then saves ``<dirpath>/<filename>.ckpt`` with the full training state
     (model, optimiser, loops, the data loader's position) and lets the process exit. Stopped
     during validation, the checkpoint says so in Lightning's terms (a validation batch
     started, none processed), so the resumed run validates that epoch from its first batch
@@ -145,6 +145,15 @@ class PreemptionCheckpoint(pl.Callback):
     set, and the epoch keeps its chance to be the best checkpoint. (Left as Lightning saves
     it, the resumed run would skip that validation.) The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
     the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
+
+    Under DDP a SIGTERM during validation is held until the validation ends: Lightning raises
+    it per process, and never on a process's last validation batch, so one process would wait
+    in the checkpoint's collectives while another waits in the metrics' (processes have
+    different numbers of validation batches), both forever. Here every process finishes the
+    validation, the processes agree whether any got the signal, and the next training batch
+    stops them all together (or training ends, if that was the last validation). The signal
+    is held from this callback's ``on_validation_batch_end`` on; one arriving in the few
+    instructions between that hook and Lightning's check still stops a single process.
 
     It is a plain ``Callback``, not a Lightning ``Checkpoint``: those count as the run's
     checkpoint callback, and ``trainer.checkpoint_callback`` (``ckpt_path="best"``) must stay
@@ -167,6 +176,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.filename = filename
         self._saving_mid_validation = False
+        self._held_sigterm = False
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the preemption checkpoint of ``trainer`` goes."""
@@ -179,6 +189,23 @@ class PreemptionCheckpoint(pl.Callback):
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}{self.FILE_EXTENSION}"
 
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if _holds_sigterm_in_validation(trainer) and trainer.received_sigterm:
+            # (Lightning's flag, which its evaluation loop checks right after this hook)
+            trainer._signal_connector.received_sigterm = False
+            self._held_sigterm = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not _holds_sigterm_in_validation(trainer):
+            return
+        received = trainer.strategy.reduce_boolean_decision(self._held_sigterm or trainer.received_sigterm, all=False)
+        self._held_sigterm = False
+        if received:
+            trainer._signal_connector.received_sigterm = True
+            if trainer.is_global_zero:
+                log.warning("SIGTERM during validation: validation finished; stopping at the next training batch")
+
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         if self._saving_mid_validation:
@@ -188,8 +215,9 @@ class PreemptionCheckpoint(pl.Callback):
         if not isinstance(exception, SIGTERMException):
             return
         path = self.checkpoint_path(trainer)
-        # Every rank gets here together (Lightning broadcasts the signal), as save_checkpoint's
-        # collectives need; only rank 0 writes.
+        # Every rank gets here together (Lightning broadcasts the signal in training, and this
+        # callback holds it in validation), as save_checkpoint's collectives need; only rank 0
+        # writes.
         self._saving_mid_validation = trainer.state.fn == TrainerFn.FITTING and trainer.validating
         if self._saving_mid_validation and not resumes_mid_validation(trainer):
             log.warning("SIGTERM during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
@@ -206,6 +234,11 @@ class PreemptionCheckpoint(pl.Callback):
                 path,
                 path,
             )
+
+
+def _holds_sigterm_in_validation(trainer: pl.Trainer) -> bool:
+    """Whether a SIGTERM during validation waits for its end: in ``fit`` with several processes."""
+    return trainer.world_size > 1 and trainer.state.fn == TrainerFn.FITTING
 
 
 # --- random state ------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
-from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler
+from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
 
 SCRIPT = Path(__file__).resolve()
 DATASET_SIZE, BATCH_SIZE = 23, 4
@@ -82,10 +82,16 @@ class ValidatedDropoutNet(DropoutNet):
         inputs, labels, _ = batch
         if not self.trainer.sanity_checking:
             self.validated.append((self.current_epoch, batch_idx))
-        self.log("val_loss", nn.functional.cross_entropy(self.net(inputs), labels))
+        # (synchronised across processes at the epoch's end, as the real module's metrics are)
+        self.log("val_loss", nn.functional.cross_entropy(self.net(inputs), labels), sync_dist=True)
 
     def val_dataloader(self):
-        return torch.utils.data.DataLoader(FixedVectors(9), batch_size=BATCH_SIZE)
+        dataset = FixedVectors(9)
+        if self.trainer.world_size == 1:
+            return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE)
+        # As the data modules evaluate under DDP: unpadded, so rank 0 has 5 samples (2 batches)
+        # and rank 1 has 4 (1 batch).
+        return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, sampler=UnpaddedDistributedSampler(dataset))
 
 
 class WaitForSignalAt(pl.Callback):
@@ -112,7 +118,8 @@ class WaitForSignalInValidation(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
             return
-        self.ready_file.write_text(str(os.getpid()))
+        if trainer.is_global_zero:  # (under DDP the other ranks wait too; Lightning passes the signal on)
+            self.ready_file.write_text(str(os.getpid()))
         deadline = time.monotonic() + 60
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -131,11 +138,12 @@ class SaveFinalWeights(pl.Callback):
 
 def train(args: argparse.Namespace) -> None:
     pl.seed_everything(0, workers=True)
-    callbacks: list[pl.Callback] = [PreemptionCheckpoint(), ExactResume()]
+    callbacks: list[pl.Callback] = []  # (the waits first: the signal arrives before the other hooks run)
     if args.wait_at_step is not None:
         callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file)))
     if args.wait_in_validation is not None:
         callbacks.append(WaitForSignalInValidation(*args.wait_in_validation, Path(args.ready_file)))
+    callbacks += [PreemptionCheckpoint(), ExactResume()]
     trainer = pl.Trainer(
         default_root_dir=args.root,
         max_epochs=args.max_epochs,
@@ -160,11 +168,18 @@ def train(args: argparse.Namespace) -> None:
 def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
     command = [sys.executable, str(SCRIPT), "--root", str(tmp_path / name), "--out", str(tmp_path / f"{name}.pt")]
     command += extra
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # (a session of its own, so that a run that hangs is killed with the processes it started)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # (the run and the DDP processes it started)
+        output, _ = process.communicate()
+        raise AssertionError(f"the run did not finish within {timeout} s:\n{output}") from None
     assert process.returncode == 0, output
     return output
 
@@ -248,6 +263,36 @@ def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_pa
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+def test_ddp_sigterm_during_validation_stops_after_it_on_every_rank(tmp_path):
+    """Two processes, rank 0 with two validation batches and rank 1 with one: the signal comes
+    while both sit after their first batch, rank 1's last. Both finish the validation (Lightning
+    alone raises on rank 0 only, which then waits in the checkpoint's collectives while rank 1
+    waits in the metrics', forever), then stop together at the next training batch, and the
+    run resumed from there ends with the uninterrupted run's weights."""
+    run_options = ["--max-epochs", "2", "--validate", "--devices", "2"]
+    reference = _run(tmp_path, "reference", *run_options)
+    ready = tmp_path / "ready"
+    output = _stop_when_ready(
+        _run(tmp_path, "preempted", *run_options, "--wait-in-validation", "0", "0", "--ready-file", str(ready)),
+        ready, timeout=90)
+    checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    assert checkpoint_path.is_file(), output
+    assert "validation finished; stopping at the next training batch" in output
+    steps_per_epoch = math.ceil(math.ceil(DATASET_SIZE / 2) / BATCH_SIZE)
+    assert torch.load(checkpoint_path, weights_only=True)["global_step"] == steps_per_epoch
+
+    _finish(_run(tmp_path, "preempted", *run_options, "--ckpt-path", str(checkpoint_path)))
+    _finish(reference)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
+    assert expected["validated"] == [(0, 0), (0, 1), (1, 0), (1, 1)]  # (rank 0's record)
+    assert actual["validated"] == [(1, 0), (1, 1)]  # epoch 0's validation ran whole before the stop
+    assert actual["step"] == expected["step"] == 2 * steps_per_epoch
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 def _gsf_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     """``gsf fit`` on the tiny synthetic set (ResNet-18 GSF, 2 segments of 32 px, CPU), two epochs."""
     command = [
@@ -261,7 +306,8 @@ def _gsf_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     ]  # fmt: skip
     command += ["--trainer.callbacks+=test_resume.SaveFinalWeights", f"--trainer.callbacks.path={run_dir}.pt"]
     environment = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
+                            start_new_session=True)
 
 
 @pytest.mark.slow
