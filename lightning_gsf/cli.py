@@ -210,6 +210,13 @@ class GSFCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.add_lightning_class_args(SubmissionWriter, "submission")
 
+    def _parse_ckpt_path(self) -> None:
+        """Leave the model's configuration as given. (LightningCLI replaces every ``model``
+        setting by the checkpoint's hyper-parameters when ``--ckpt_path`` names a file, but not
+        for ``last``: a checkpoint named by its path then silently overrode ``--model.lr`` or
+        ``--model.compile``, and a model of another configuration loaded without the error
+        ``check_checkpoint_matches`` gives.)"""
+
     def before_instantiate_classes(self) -> None:
         """A run that restores a checkpoint takes every weight from it: the backbone's ImageNet
         starting point (``model.pretrained``) is then not loaded, so ``gsf validate/test/predict

@@ -15,7 +15,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from lightning_gsf.callbacks import PreemptionCheckpoint
+from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.model import VideoClassifier
@@ -246,6 +246,21 @@ def test_imported_original_checkpoint_validates(tmp_path, dataset):
     for key, value in original.state_dict().items():
         torch.testing.assert_close(loaded[key], value, msg=key)
     assert "val/all_class_accuracy_at_1" in cli.trainer.callback_metrics
+
+
+def test_a_checkpoint_named_by_its_path_keeps_the_runs_model_settings(tmp_path, dataset):
+    """``--ckpt_path FILE`` behaves as ``--ckpt_path last``: the run's own model settings stand
+    (LightningCLI replaced them with the checkpoint's), and a model of another configuration is
+    an error naming the difference rather than a silent switch to the checkpoint's."""
+    config = _config(tmp_path, dataset)
+    run(["fit", "--config", str(config)])
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    for ckpt_path in (str(last), "last"):
+        with pytest.raises(CheckpointMismatchError, match="backbone: checkpoint 'resnet18', this run 'resnet34'"):
+            run(["validate", "--config", str(config), "--model.backbone", "resnet34", "--ckpt_path", ckpt_path])
+    resumed = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--model.lr", "0.5",
+                   "--ckpt_path", str(last)])
+    assert resumed.model.hparams.lr == 0.5 and resumed.trainer.current_epoch == 2
 
 
 def test_a_restored_checkpoint_does_not_need_the_imagenet_weights(tmp_path, dataset):
