@@ -25,9 +25,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from lightning_gsf.atomic_files import atomic_file
 from lightning_gsf.data.samplers import ResumableDataLoader
 
 log = logging.getLogger(__name__)
@@ -60,23 +59,12 @@ __all__ = [
 # --- atomic writes ---------------------------------------------------------------------------
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that never leaves a partly written checkpoint at the target path.
 
     The checkpoint goes to a hidden temporary file next to the target, is flushed to disk,
-    and replaces the target with ``os.replace`` (atomic within one file system). A failure
+    and replaces the target with ``os.replace`` (atomic within one file system; see
+    :mod:`lightning_gsf.atomic_files`, which also gives it the permissions of a new file). A failure
     at any point removes the temporary file and leaves the old checkpoint as it was. Remote
     paths (``s3://`` and the like) are left to Lightning's writer.
 
@@ -90,22 +78,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not isinstance(get_filesystem(path), LocalFileSystem):
             super().save_checkpoint(checkpoint, path)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        temporary = Path(temporary_name)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            # Interrupted or failed (disk full, a kill turned into an exception): the target
-            # still holds the previous checkpoint; only our partial file goes.
-            temporary.unlink(missing_ok=True)
-            raise
-        _fsync_directory(target.parent)
+        # Interrupted or failed (disk full, a kill turned into an exception), the target still
+        # holds the previous checkpoint; only the partial temporary file goes.
+        with atomic_file(path, "wb", durable=True) as file:
+            torch.save(checkpoint, file)
 
 
 # --- saving on preemption ----------------------------------------------------------------------

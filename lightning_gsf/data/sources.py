@@ -20,13 +20,13 @@ import logging
 import os
 import re
 import string
-import tempfile
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from lightning_gsf.atomic_files import atomic_file
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
 from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader, count_video_frames
@@ -194,10 +194,8 @@ def read_frame_count_cache(path: Path) -> dict[str, int]:
 def _write_rows_atomically(path: Path, rows: Iterable[Sequence[str | int]], delimiter: str) -> None:
     """Write a CSV file through a temporary file and a rename, so that processes parsing the same
     split at once (one per DDP rank) never see, or leave, a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="") as handle:
+    with atomic_file(path, "w", newline="") as handle:
         csv.writer(handle, delimiter=delimiter).writerows(rows)
-    os.replace(handle.name, path)
 
 
 def write_frame_count_cache(path: Path, counts: Mapping[str, int]) -> None:
