@@ -192,12 +192,30 @@ def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) 
     cache = tmp_path / "frame_counts.csv"
     first = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in first] == [12, 12]
-    assert cache.read_text().splitlines()[0] == "id,num_frames"
+    lines = cache.read_text().splitlines()
+    assert lines[0] == "counted_as,num_frames"
+    assert lines[1] == f"{first[0].source / 'img_{:05d}.jpg'},12"  # (Kinetics' frame template)
     # A cached count wins over the folder, which is then no longer listed.
     rows = cache.read_text().replace(",12\n", ",7\n")
     cache.write_text(rows)
     second = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in second] == [7, 7]
+    # Counts of another layout (or root, or template) are not taken for these: counted again.
+    cache.write_text("".join(f"{sample.source}.mp4,24\n" for sample in first).join(["counted_as,num_frames\n", ""]))
+    third = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    assert [sample.num_frames for sample in third] == [12, 12]
+
+
+def test_a_frame_count_cache_keyed_by_sample_id_is_counted_again(tmp_path: Path, k400_dir: Path, caplog) -> None:
+    """A cache of the earlier format (``id,num_frames``) knew nothing of the layout it counted."""
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", layout="frames")
+    cache = tmp_path / "frame_counts.csv"
+    ids = [sample.id for sample in Kinetics400DataModule(**arguments).samples("val")]
+    cache.write_text("id,num_frames\n" + "".join(f"{clip},24\n" for clip in ids))
+    samples = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    assert [sample.num_frames for sample in samples] == [12, 12]
+    assert "counting the frames again" in caplog.text
+    assert cache.read_text().startswith("counted_as,num_frames\n")
 
 
 @pytest.mark.slow

@@ -95,6 +95,11 @@ class MediaLayout:
         """Whether the frame file of 0-based frame ``index`` is in ``folder`` (frames layout)."""
         return (folder / self.frame_template.format(index + self.first_index)).is_file()
 
+    def counted_as(self, source: Path) -> str:
+        """What a frame count of ``source`` depends on, the key of the frame-count cache: the
+        video file's path, or the folder's path joined with the frame file template."""
+        return str(source / self.frame_template) if self.kind == "frames" else str(source)
+
     def count_frames(self, source: Path) -> int:
         if self.kind == "frames":
             return count_frame_files(source, self.frame_template, self.first_index)
@@ -176,18 +181,26 @@ class SampleCandidate:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+#: The frame-count cache's header: counts keyed by what they were counted from
+#: (:meth:`MediaLayout.counted_as`), so that another root, layout or frame template counts again.
+FRAME_COUNT_CACHE_HEADER = ("counted_as", "num_frames")
+
+
 def read_frame_count_cache(path: Path) -> dict[str, int]:
-    """``{sample id: frames}`` from a cache written by :func:`write_frame_count_cache`."""
+    """``{what was counted: frames}`` from a cache written by :func:`write_frame_count_cache`;
+    empty, with a warning, for a cache of another format (it is then rewritten)."""
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames != ["id", "num_frames"]:
-            raise ValueError(f"{path}: expected the header 'id,num_frames', got {reader.fieldnames}")
+        if tuple(reader.fieldnames or ()) != FRAME_COUNT_CACHE_HEADER:
+            logger.warning("%s: header %s, not %s (a cache keyed by sample id, of an earlier version?): "
+                           "counting the frames again", path, reader.fieldnames, ",".join(FRAME_COUNT_CACHE_HEADER))
+            return {}
         counts = {}
         for row in reader:
             try:
-                counts[row["id"]] = int(row["num_frames"])
+                counts[row["counted_as"]] = int(row["num_frames"])
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}, line {reader.line_num}: expected '<id>,<frames>', got {row}") from error
+                raise ValueError(f"{path}, line {reader.line_num}: expected '<path>,<frames>', got {row}") from error
         return counts
 
 
@@ -199,7 +212,7 @@ def _write_rows_atomically(path: Path, rows: Iterable[Sequence[str | int]], deli
 
 
 def write_frame_count_cache(path: Path, counts: Mapping[str, int]) -> None:
-    _write_rows_atomically(path, [("id", "num_frames"), *sorted(counts.items())], delimiter=",")
+    _write_rows_atomically(path, [FRAME_COUNT_CACHE_HEADER, *sorted(counts.items())], delimiter=",")
 
 
 def _write_missing_report(path: Path, missing: Sequence[tuple[SampleCandidate, str]]) -> None:
@@ -254,10 +267,10 @@ def locate_samples(
             absent.append((candidate, f"no such {layout.medium}"))
             continue
         # The whole video's frames, or the check of an annotated range, in either layout.
-        frames = cached.get(candidate.id)
+        frames = cached.get(layout.counted_as(candidate.source))
         if frames is None:
             try:
-                frames = counted[candidate.id] = layout.count_frames(candidate.source)
+                frames = counted[layout.counted_as(candidate.source)] = layout.count_frames(candidate.source)
             except SampleReadError as error:
                 absent.append((candidate, f"unreadable: {error}"))
                 continue
@@ -352,8 +365,11 @@ class WholeVideoDataModule(VideoDataModule):
             unreadable; ``"drop"`` leaves them out. Both write the list of them to a report.
         missing_report_dir: where the report ``missing_<dataset>_<split>.tsv`` goes; default
             the trainer's log directory, or the working directory outside a trainer.
-        frame_count_cache: a CSV file (``id,num_frames``) of frame counts, read when it exists
-            and updated after counting, so that a large dataset is counted once.
+        frame_count_cache: a CSV file (``counted_as,num_frames``: a video file's path, or a
+            frame folder's path joined with ``frame_template``) of frame counts, read when it
+            exists and updated after counting, so that a large dataset is counted once; another
+            root, layout or template counts again. (A video re-encoded in place keeps its
+            path: delete the cache then.)
         **kwargs: the shared DataModule settings (:class:`VideoDataModule`).
     """
 
