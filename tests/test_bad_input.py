@@ -124,11 +124,10 @@ def build_ssv2(root: Path) -> BuiltDataset:
     )  # fmt: skip
 
 
-def build_kinetics(root: Path) -> BuiltDataset:
+def build_kinetics(root: Path, shared: Path) -> BuiltDataset:
     annotations = root / "annotations"
     annotations.mkdir(parents=True)
-    labels = ["abseiling", "air drumming"]
-    (annotations / "labels.txt").write_text("\n".join(labels) + "\n")
+    (annotations / "labels.txt").write_bytes((shared / "kinetics400" / "label_map_k400.txt").read_bytes())
     header = "label,youtube_id,time_start,time_end,split\n"
     rows = {"train": [("abseiling", "aaaaaaaaaaa"), ("air drumming", "bbbbbbbbbbb"), ("abseiling", "ccccccccccc")],
             "val": [("air drumming", "ddddddddddd")]}  # fmt: skip
@@ -211,7 +210,7 @@ DATASETS: dict[str, tuple[str, Callable[..., BuiltDataset]]] = {
     "epic-video": ("video", lambda root, shared, epic: build_epic(root, epic, "video")),
     "ssv1": ("frames", lambda root, shared, epic: build_ssv1(root)),
     "ssv2": ("video", lambda root, shared, epic: build_ssv2(root)),
-    "kinetics400": ("video", lambda root, shared, epic: build_kinetics(root)),
+    "kinetics400": ("video", lambda root, shared, epic: build_kinetics(root, shared)),
     "diving48": ("video", lambda root, shared, epic: build_diving48(root, shared)),
 }
 

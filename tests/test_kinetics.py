@@ -140,10 +140,35 @@ def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, temp
     assert not (tmp_path / "logs").exists()  # nothing missing, no report
 
 
+def _train_csv_of(tmp_path: Path, k400_dir: Path, skip: int | None = None) -> Path:
+    """A train CSV of the real val excerpt's rows (one per class, all 400), one class left out
+    with ``skip``."""
+    lines = (k400_dir / "kinetics-400_val.excerpt.csv").read_text().splitlines(keepends=True)
+    folder = tmp_path / "annotations_all"
+    folder.mkdir()
+    (folder / "kinetics-400_train.csv").write_text("".join(line for i, line in enumerate(lines) if i != skip))
+    return folder
+
+
 def test_classes_default_to_the_sorted_train_labels(tmp_path: Path, k400_dir: Path) -> None:
-    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
-    datamodule = Kinetics400DataModule(**{**arguments, "class_names_file": None})
-    assert datamodule.class_names == ["abseiling", "air drumming", "hurling (sport)", "massaging person's head"]
+    annotations = _train_csv_of(tmp_path, k400_dir)
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=annotations, class_names_file=None)
+    assert datamodule.class_names == sorted(kinetics.read_label_map(k400_dir / "label_map_k400.txt"))
+    assert datamodule.class_names[:3] == ["abseiling", "air drumming", "answering questions"]
+
+
+def test_class_lists_of_other_than_400_classes_are_refused(tmp_path: Path, k400_dir: Path) -> None:
+    """A train CSV missing a class would shift every later index; a label map of Kinetics-600
+    would make a 600-way head."""
+    annotations = _train_csv_of(tmp_path, k400_dir, skip=5)
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=annotations, class_names_file=None)
+    with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv: 399 classes, where Kinetics-400 has 400"):
+        datamodule.num_classes
+    label_map = tmp_path / "label_map.txt"
+    label_map.write_text((k400_dir / "label_map_k400.txt").read_text() + "zumba dancing\n")
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, class_names_file="label_map.txt")
+    with pytest.raises(AnnotationError, match=r"label_map.txt: 401 classes"):
+        datamodule.num_classes
 
 
 def _remove_one_train_video(tmp_path: Path) -> str:

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import read_class_name_lines, text_stream
+from lightning_gsf.data.annotation_files import check_class_count, read_class_name_lines, text_stream
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -186,11 +186,16 @@ class Kinetics400DataModule(WholeVideoDataModule):
 
     @cached_property
     def class_names(self) -> list[str]:
-        """Class names in index order."""
+        """Class names in index order: the label map's, or the train CSV's labels sorted. Either
+        must name the 400 classes (a train CSV missing a class would shift every later index)."""
         if self.class_names_file is not None:
-            return read_label_map(self.annotations_dir / self.class_names_file)
-        train_path = self.annotations_dir / self.split_files["train"]
-        return sorted({clip.label for clip in read_csv(train_path, labelled=True) if clip.label is not None})
+            path = self.annotations_dir / self.class_names_file
+            names = read_label_map(path)
+        else:
+            path = self.annotations_dir / self.split_files["train"]
+            names = sorted({clip.label for clip in read_csv(path, labelled=True) if clip.label is not None})
+        check_class_count(len(names), KINETICS400_NUM_CLASSES, path, "Kinetics-400")
+        return names
 
     @cached_property
     def class_to_index(self) -> dict[str, int]:
