@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,6 +225,9 @@ class GSFCLI(LightningCLI):
         (an offline node). Only a checkpoint that exists counts: ``--ckpt_path last`` before
         the first checkpoint starts from scratch, from the ImageNet weights."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+            log.warning("gsf %s without --ckpt_path: scoring the model as configured, with untrained heads, "
+                        "not a trained checkpoint (pass --ckpt_path <run>/checkpoints/best-*.ckpt)", self.subcommand)
         if config.get("model") is None or config.model.get("pretrained") is None:
             return
         restored = restored_checkpoint(config.get("ckpt_path"), config.get("trainer", {}).get("default_root_dir"))
@@ -280,12 +284,36 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
     )
 
 
+class _FirstProcessInfo(logging.Filter):
+    """Lets warnings and errors through from every process, information from the first only
+    (``RANK`` / ``LOCAL_RANK`` 0 or unset), as Lightning prints its own messages."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+        return record.levelno >= logging.WARNING or rank == "0"
+
+
+def show_info_messages() -> None:
+    """Print the project's information messages (the files a command wrote, the learning-rate
+    schedule, the samples found) on stderr, unless the program has configured logging itself.
+    Python shows only warnings by default, so ``gsf predict`` did not say where it wrote."""
+    project = logging.getLogger("lightning_gsf")
+    if project.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_FirstProcessInfo())
+    project.addHandler(handler)
+    project.setLevel(logging.INFO)
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list).
 
     Returns nothing, so that the console script's ``sys.exit(main())`` exits 0; :func:`run`
     returns the CLI object (trainer, model) for callers that want it.
     """
+    show_info_messages()
     run(args)
 
 

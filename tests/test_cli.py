@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import sys
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
-from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run
+from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.model import VideoClassifier
 
@@ -295,3 +296,44 @@ def test_a_restored_checkpoint_does_not_need_the_imagenet_weights(tmp_path, data
     fresh = _config(tmp_path / "fresh", dataset)  # nothing to resume: `last` starts from the weights
     with pytest.raises(FileNotFoundError, match="resnet18_imagenet.pth"):
         run(["fit", "--config", str(fresh), "--model.pretrained", str(weights), "--ckpt_path", "last"])
+
+
+@pytest.fixture
+def unconfigured_logging(monkeypatch):
+    """Logging as a fresh ``gsf`` process finds it: no handlers. (Pytest adds its own to the
+    root logger when the test itself starts: the test takes them away, ``no_root_handlers``.)"""
+    project = logging.getLogger("lightning_gsf")
+    monkeypatch.setattr(project, "handlers", [])
+    monkeypatch.setattr(project, "level", logging.NOTSET)
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    return project
+
+
+def test_gsf_prints_the_projects_information_messages(unconfigured_logging, monkeypatch, capsys):
+    """Where ``gsf predict`` wrote its files, the schedule, ... were info messages Python does
+    not show by default; now the first process prints them, every process its warnings."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    show_info_messages()
+    logging.getLogger("lightning_gsf.evaluation").info("wrote 4 predictions to %s", "submission.zip")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    logging.getLogger("lightning_gsf.evaluation").info("rank 1 information")
+    logging.getLogger("lightning_gsf.evaluation").warning("rank 1 warning")
+    assert capsys.readouterr().err.splitlines() == ["wrote 4 predictions to submission.zip", "rank 1 warning"]
+
+
+def test_gsf_leaves_logging_configured_by_the_program_alone(unconfigured_logging, monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
+    show_info_messages()
+    assert unconfigured_logging.handlers == []
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_scoring_without_a_checkpoint_is_warned_about(tmp_path, dataset, subcommand, caplog):
+    """After ``gsf fit`` it is easy to forget ``--ckpt_path``: the untrained model then scores
+    (and ``predict`` writes a submission) without a word."""
+    config = _config(tmp_path, dataset)
+    limit = {"validate": "limit_val_batches", "test": "limit_test_batches", "predict": "limit_predict_batches"}
+    with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
+        run([subcommand, "--config", str(config), f"--trainer.{limit[subcommand]}", "1"])
+    assert f"gsf {subcommand} without --ckpt_path" in caplog.text
