@@ -225,6 +225,13 @@ class GSFCLI(LightningCLI):
         (an offline node). Only a checkpoint that exists counts: ``--ckpt_path last`` before
         the first checkpoint starts from scratch, from the ImageNet weights."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") == "best":
+            folder = Path(checkpoint_dir(config.get("trainer", {}).get("default_root_dir")))
+            found = sorted(str(path) for path in folder.glob("best-*.ckpt"))
+            raise ValueError(
+                f"--ckpt_path best names the best checkpoint of a fit run in the same process, and gsf {self.subcommand} "
+                f"is a process of its own: pass the checkpoint's file ({', '.join(found) or f'none in {folder}'})"
+            )
         if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
             log.warning("gsf %s without --ckpt_path: scoring the model as configured, with untrained heads, "
                         "not a trained checkpoint (pass --ckpt_path <run>/checkpoints/best-*.ckpt)", self.subcommand)

@@ -350,8 +350,8 @@ def evaluate_scores(
     (:mod:`lightning_gsf.official_ranking`).
 
     Like the official evaluator, only the predicted samples are scored; a prediction for a
-    sample the annotations lack is an error, annotated samples without a prediction a warning,
-    and so is a label outside the scored classes.
+    sample the annotations lack is an error, annotated samples without a prediction a warning;
+    a label outside the scored classes is an error naming its row.
     """
     unknown = [sample_id for sample_id in ids if sample_id not in annotations]
     if unknown:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import logging
 import sys
 import zipfile
@@ -337,3 +338,14 @@ def test_scoring_without_a_checkpoint_is_warned_about(tmp_path, dataset, subcomm
     with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
         run([subcommand, "--config", str(config), f"--trainer.{limit[subcommand]}", "1"])
     assert f"gsf {subcommand} without --ckpt_path" in caplog.text
+
+
+def test_ckpt_path_best_in_a_command_of_its_own_names_the_best_files(tmp_path, dataset):
+    """Lightning's error said ModelCheckpoint was not configured to save the best model, which it is."""
+    config = _config(tmp_path, dataset)
+    with pytest.raises(ValueError, match=r"--ckpt_path best .* pass the checkpoint's file \(none in .*checkpoints\)"):
+        run(["validate", "--config", str(config), "--ckpt_path", "best"])
+    run(["fit", "--config", str(config)])
+    best = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+    with pytest.raises(ValueError, match=re.escape(f"pass the checkpoint's file ({best})")):
+        run(["test", "--config", str(config), "--ckpt_path", "best"])

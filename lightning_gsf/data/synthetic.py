@@ -633,7 +633,7 @@ def generate_synthetic_dataset(
         )
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True")
+            raise FileExistsError(f"{out} exists and is not empty; choose another folder or overwrite it (gsf synth --overwrite, or overwrite=True)")
         shutil.rmtree(out)
     width = 2 * round(size * 4 / 3 / 2)
     settings = _Settings(
