@@ -501,6 +501,20 @@ def _as_numpy_floats(scores: Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------- prediction writer
 
 
+def _warn_of_samples_without_prediction(loader: Any, ids: Sequence[str], output: Path) -> None:
+    """Warn when the predicted split has samples without a prediction: the unreadable ones that
+    ``skip_unreadable`` replaced. A challenge submission must score every sample."""
+    samples = getattr(getattr(loader, "dataset", None), "samples", None)
+    if samples is None or len(ids) >= len(samples):
+        return
+    predicted = set(ids)
+    missing = [sample.id for sample in samples if sample.id not in predicted]
+    log.warning(
+        "%s: %d of the %d samples have no prediction (unreadable, skipped by skip_unreadable), e.g. %s; a "
+        "challenge submission must score every sample", output, len(missing), len(samples), missing[:5],
+    )
+
+
 def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Tensor]]:
     """Join ``predict_step`` outputs, keeping one row per dataset index, in index order.
 
@@ -557,6 +571,7 @@ class SubmissionWriter(BasePredictionWriter):
             return
         ids, scores = merge_predictions(batches)
         output = Path(self.output) if self.output else Path(trainer.default_root_dir) / "submission.zip"
+        _warn_of_samples_without_prediction(trainer.predict_dataloaders, ids, output)
         self.written = write_submission(make_submission(scores, ids, **self.sls), output)
         if set(scores) == set(EPIC_HEADS):
             results = Path(self.results) if self.results else output.with_name("results" + RESULTS_SUFFIX)

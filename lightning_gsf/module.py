@@ -40,6 +40,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
@@ -50,6 +51,13 @@ from lightning_gsf.metrics import ClassificationScores
 from lightning_gsf.model import VideoClassifier
 
 log = logging.getLogger(__name__)
+
+# Lightning recommends sync_dist=True for every epoch-level tensor logged under DDP. The
+# accuracies are gathered and de-duplicated across processes before they are logged, so its
+# warning (one per metric and run) is silenced for them alone.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/", category=PossibleUserWarning
+)
 
 
 # The optimiser steps per epoch of the run that saved a checkpoint (its schedule counts them).

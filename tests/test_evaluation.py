@@ -377,3 +377,29 @@ def test_merge_predictions_drops_sampler_padding():
     ids, merged = merge_predictions([rank0, rank1])
     assert ids == ["n0", "n1", "n2", "n3", "n4"]
     torch.testing.assert_close(merged["verb"], scores)
+
+
+@pytest.mark.parametrize("skipped", [0, 1])
+def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped):
+    """With ``skip_unreadable`` an unreadable sample is replaced by the next one, whose copy the
+    merge drops: its id is then absent from the submission, which says so."""
+    from types import SimpleNamespace
+
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    samples = [SimpleNamespace(id=f"P01_01_{i}") for i in range(4)]
+    kept = [i for i in range(4) if i != 2] if skipped else list(range(4))
+    index = torch.tensor([i + 1 if i == 2 and skipped else i for i in range(4)])  # 2 replaced by 3
+    batch = {"id": [samples[i].id for i in index.tolist()], "index": index,
+             "scores": {"verb": torch.zeros(4, NUM_VERBS), "noun": torch.zeros(4, NUM_NOUNS)}}
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
+                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    writer = SubmissionWriter()
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        writer.write_on_epoch_end(trainer, None, [batch], None)
+    with zipfile.ZipFile(writer.written) as archive:
+        assert sorted(json.loads(archive.read("test.json"))["results"]) == [samples[i].id for i in kept]
+    if skipped:
+        assert "1 of the 4 samples have no prediction" in caplog.text and "P01_01_2" in caplog.text
+    else:
+        assert not caplog.records
