@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_gsf import __version__, host_memory
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
@@ -292,12 +292,12 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
 
 
 class _FirstProcessInfo(logging.Filter):
-    """Lets warnings and errors through from every process, information from the first only
-    (``RANK`` / ``LOCAL_RANK`` 0 or unset), as Lightning prints its own messages."""
+    """Lets warnings and errors through from every process, information from the first only, as
+    Lightning prints its own messages (its global rank: from ``RANK``, ``SLURM_PROCID`` and the
+    like, then set by the Trainer)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
-        return record.levelno >= logging.WARNING or rank == "0"
+        return record.levelno >= logging.WARNING or getattr(rank_zero_only, "rank", 0) == 0
 
 
 def show_info_messages() -> None:

@@ -503,15 +503,17 @@ def _as_numpy_floats(scores: Tensor) -> np.ndarray:
 
 def _warn_of_samples_without_prediction(loader: Any, ids: Sequence[str], output: Path) -> None:
     """Warn when the predicted split has samples without a prediction: the unreadable ones that
-    ``skip_unreadable`` replaced. A challenge submission must score every sample."""
+    ``skip_unreadable`` replaced, or those past ``trainer.limit_predict_batches``. A challenge
+    submission must score every sample."""
     samples = getattr(getattr(loader, "dataset", None), "samples", None)
     if samples is None or len(ids) >= len(samples):
         return
     predicted = set(ids)
     missing = [sample.id for sample in samples if sample.id not in predicted]
     log.warning(
-        "%s: %d of the %d samples have no prediction (unreadable, skipped by skip_unreadable), e.g. %s; a "
-        "challenge submission must score every sample", output, len(missing), len(samples), missing[:5],
+        "%s: %d of the %d samples have no prediction (unreadable ones skipped by skip_unreadable, or "
+        "trainer.limit_predict_batches), e.g. %s; a challenge submission must score every sample",
+        output, len(missing), len(samples), missing[:5],
     )
 
 

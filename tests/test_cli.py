@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run, show_info_messages
@@ -306,8 +307,7 @@ def unconfigured_logging(monkeypatch):
     project = logging.getLogger("lightning_gsf")
     monkeypatch.setattr(project, "handlers", [])
     monkeypatch.setattr(project, "level", logging.NOTSET)
-    monkeypatch.delenv("RANK", raising=False)
-    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
     return project
 
 
@@ -317,7 +317,7 @@ def test_gsf_prints_the_projects_information_messages(unconfigured_logging, monk
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
     show_info_messages()
     logging.getLogger("lightning_gsf.evaluation").info("wrote 4 predictions to %s", "submission.zip")
-    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # (as Lightning sets it: RANK, SLURM_PROCID, the Trainer)
     logging.getLogger("lightning_gsf.evaluation").info("rank 1 information")
     logging.getLogger("lightning_gsf.evaluation").warning("rank 1 warning")
     assert capsys.readouterr().err.splitlines() == ["wrote 4 predictions to submission.zip", "rank 1 warning"]

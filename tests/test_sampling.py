@@ -91,15 +91,15 @@ def test_release_train_indices_pinned(seed: int, start: int, stop: int, num_segm
     assert release_train_indices(start, stop, num_segments, _generator(seed)) == expected
 
 
-@pytest.mark.parametrize(("num_frames", "num_segments"), [(10, 3), (47, 16), (100, 8), (5, 8), (16, 16)])
+@pytest.mark.parametrize(("num_frames", "num_segments"), [(10, 3), (47, 16), (100, 8), (5, 8), (16, 16), (6, 7)])
 def test_release_train_indices_draw_what_the_release_draws(num_frames: int, num_segments: int) -> None:
     """The release's ``_sample_indices`` (0-based here): ``i * (n // T) + randint(n // T)``, or
     the centres ``int(tick / 2 + tick * i)`` when ``n < T``. Every frame it can draw for part
     ``i`` is drawn here for part ``i``, and no other."""
     part = num_frames // num_segments
-    if part == 0:
-        tick = Fraction(num_frames, num_segments)
-        reachable = [{math.floor(tick / 2 + tick * i)} for i in range(num_segments)]
+    if part == 0:  # (the release's floating point)
+        tick = num_frames / float(num_segments)
+        reachable = [{int(tick / 2.0 + tick * i)} for i in range(num_segments)]
     else:
         reachable = [set(range(i * part, (i + 1) * part)) for i in range(num_segments)]
     seen: list[set[int]] = [set() for _ in range(num_segments)]
@@ -168,8 +168,10 @@ def test_release_train_indices_properties(segment: tuple[int, int, int], seed: i
     if part:  # frame i from the whole-frame part [i * part, (i + 1) * part)
         assert len(indices) == num_segments
         assert all(i * part <= index - start < (i + 1) * part for i, index in enumerate(indices))
-    else:
-        assert indices == eval_indices(start, start + num_frames, num_segments)
+    else:  # the centres, exact where T is a power of two (the release computes them in floats)
+        assert len(indices) == num_segments and all(start <= index < start + num_frames for index in indices)
+        if num_segments & (num_segments - 1) == 0:
+            assert indices == eval_indices(start, start + num_frames, num_segments)
     assert release_train_indices(start, start + num_frames, num_segments, _generator(seed)) == indices
 
 

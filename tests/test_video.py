@@ -141,10 +141,12 @@ def test_seeking_starts_at_the_previous_key_frame(video_path: Path, monkeypatch:
         return passes[-1]
 
     monkeypatch.setattr(video, "_decode_until", recording_decode_until)
-    # AVI numbers frames in decoding order, not by timestamps: it is decoded from the start.
-    avi = video_path.suffix == ".avi"
-    keys = [0] if avi else key_frames(video_path)
-    if not avi:
+    # AVI with B-frames numbers frames in decoding order, not by timestamps: it is decoded
+    # from the start.
+    with av.open(str(video_path)) as container:
+        by_output_order = video._StreamTiming.of(container, container.streams.video[0], video_path).by_output_order
+    keys = [0] if by_output_order else key_frames(video_path)
+    if not by_output_order:
         assert keys == list(range(0, NUM_FRAMES, KEYFRAME_INTERVAL))
     for first in range(1, NUM_FRAMES - 1):
         passes.clear()
@@ -509,3 +511,27 @@ def test_timestamps_that_go_backwards_are_an_error_naming_the_file(
     monkeypatch.setattr(video._StreamTiming, "index_of", lambda self, frame: 9 - original(self, frame) % 10)
     with _raises_naming(path, "timestamps go backwards"):
         VideoFileReader(seek=False).read(path, [9, 12])
+
+
+@pytest.mark.parametrize(("codec", "options", "by_output_order"), [
+    ("mpeg4", None, False), ("mpeg4", {"bf": "3", "qscale": "1"}, True),
+    ("libx264", None, True), ("libx264", {"bf": "0"}, False),  # (x264 without B-frames numbers from 1)
+])
+def test_avi_is_read_by_its_numbers_unless_b_frames_permute_them(tmp_path: Path, codec: str, options, by_output_order):
+    path = write_video(tmp_path / "clip.avi", codec, options=options)
+    with av.open(str(path)) as container:
+        assert video._StreamTiming.of(container, container.streams.video[0], path).by_output_order == by_output_order
+    assert count_video_frames(path) == count_video_frames(path, exact=True) == NUM_FRAMES
+    indices = [0, 7, 8, 21, 39, 3]
+    assert identify(VideoFileReader().read(path, indices)) == indices
+
+
+def test_dropped_frames_in_avi_are_the_frames_on_screen(tmp_path: Path) -> None:
+    """AVI keeps a dropped frame as an empty chunk: without B-frames its frames are numbered by
+    their chunks, so the count and the reader see the gap as the other formats do."""
+    timestamps = [i for i in range(NUM_FRAMES + 3) if i not in (9, 20, 21)]
+    path = write_video(tmp_path / "dropped.avi", "mpeg4", timestamps=timestamps)
+    slots = timestamps[-1] + 1
+    assert count_video_frames(path) == count_video_frames(path, exact=True) == slots
+    on_screen = [max(k for k, pts in enumerate(timestamps) if pts <= i) for i in range(slots)]
+    assert identify(VideoFileReader().read(path, list(range(slots)))) == on_screen

@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from lightning_gsf.data.epic import EpicKitchensDataModule
     from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
     from lightning_gsf.data.kinetics import Kinetics400DataModule
-    from lightning_gsf.data.sampling import eval_indices, multi_clip_indices, train_indices
+    from lightning_gsf.data.sampling import (
+        TRAIN_SAMPLERS,
+        eval_indices,
+        multi_clip_indices,
+        release_train_indices,
+        train_indices,
+    )
     from lightning_gsf.data.sources import WholeVideoDataModule
     from lightning_gsf.data.ssv1 import SomethingSomethingV1DataModule
     from lightning_gsf.data.ssv2 import SomethingSomethingV2DataModule
@@ -45,6 +51,8 @@ _SOURCES = {
     "count_video_frames": "video",
     # frame sampling
     "train_indices": "sampling",
+    "release_train_indices": "sampling",
+    "TRAIN_SAMPLERS": "sampling",
     "eval_indices": "sampling",
     "multi_clip_indices": "sampling",
     # clip transforms

@@ -61,13 +61,15 @@ def release_train_indices(start: int, stop: int, num_segments: int, generator: t
 
     Frame ``i`` is ``start + i * (n // T) + r_i`` with integer ``r_i`` uniform in ``[0, n // T)``,
     so the last ``n mod T`` frames are never drawn (a 31-frame clip at T = 16 always gives frames
-    0-15). A segment of fewer than T frames gives the centre frames, ``eval_indices``, as the
-    release does.
+    0-15). A segment of fewer than T frames gives the release's centre frames,
+    ``int(tick / 2 + tick * i)`` with ``tick = n / T`` in floating point as there (for T a power
+    of two the exact centres, ``eval_indices``; for n = 6, T = 7 frame 2 where those give 3).
     """
     num_frames = _check_range(start, stop, num_segments)
     part = num_frames // num_segments
     if part == 0:
-        return eval_indices(start, stop, num_segments)
+        tick = num_frames / num_segments
+        return [start + int(tick / 2.0 + tick * i) for i in range(num_segments)]
     offsets = torch.randint(0, part, (num_segments,), generator=generator).tolist()
     return [start + i * part + r for i, r in enumerate(offsets)]
 

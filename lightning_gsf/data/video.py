@@ -23,9 +23,11 @@ Choices, and why:
   constant-rate copy of the video; :func:`count_video_frames` counts the same way. If a seek
   lands after the first needed frame (a container with a sparse or inexact index), the reader
   seeks again further back, then, failing that, decodes from the start.
-- AVI stores no presentation timestamps (FFmpeg gives frames their decoding-order numbers, which
-  B-frames permute): its frames are numbered in the order the decoder shows them, decoding from
-  the start of the file every time (slower on long AVIs; the datasets here ship MP4 and WebM).
+- AVI stores no presentation timestamps: FFmpeg numbers its frames in decoding order. Without
+  B-frames that is the display order (counted from the first frame shown, which can be
+  numbered 1); with B-frames, which permute the numbers, frames are numbered in the order the
+  decoder shows them, decoding from the start of the file every time (slower on long AVIs; the
+  datasets here ship MP4 and WebM), and a dropped frame is not accounted for.
 - Measured on a 256 x 456 H.264 video with the default 250-frame GOP (8 frames per clip from
   segments of 30 to 200 frames, shared 2-core CPU): seeking cut the time per clip from about
   300 to 120-135 ms, and the CPU time from about 200 to 100-115 ms. The decoder's threading
@@ -129,8 +131,9 @@ class VideoFileReader:
     Frame ``i`` is the frame on screen at ``i / fps`` seconds after the stream's first
     timestamp, with ``fps`` the stream's (guessed) rate. For constant-frame-rate videos (what the
     datasets' preprocessing produces) this is the i-th frame; in a variable-rate video or one
-    with dropped frames it is the frame a constant-rate copy would hold there. AVI frames are
-    numbered in the order they are shown, decoding from the start (see the module doc). Indices
+    with dropped frames it is the frame a constant-rate copy would hold there. AVI frames with
+    B-frames are numbered in the order they are shown, decoding from the start (see the module
+    doc). Indices
     counted at another rate (``read(..., fps=...)``, the rate of the annotations) are read by
     time too: index ``i`` is the stream's frame on screen at ``i / fps``.
 
@@ -139,7 +142,7 @@ class VideoFileReader:
             calling thread only, e.g. with one DataLoader worker per core.
         thread_type: FFmpeg's threading mode, ``"AUTO"`` (frame and slice threading where the
             codec supports them), ``"FRAME"``, ``"SLICE"`` or ``"NONE"``.
-        seek: seek to the key frame before the first needed frame (never in AVI). ``False``
+        seek: seek to the key frame before the first needed frame (not in AVI with B-frames). ``False``
             decodes from the start of the video every time; it exists as the reference the
             seeking path is tested against.
     """
@@ -281,6 +284,20 @@ _FIRST_PTS: dict[tuple[str, int, int], int | None] = {}
 _FIRST_PTS_KEPT = 100_000
 
 
+def _first_shown_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                     source: Path) -> int | None:
+    """The timestamp of the first frame the decoder shows, found once per file and process."""
+    status = source.stat()
+    key = (str(source), status.st_mtime_ns, status.st_size)
+    if key not in _FIRST_PTS:
+        first = next(iter(container.decode(stream)), None)
+        container.seek(0)
+        if len(_FIRST_PTS) >= _FIRST_PTS_KEPT:
+            _FIRST_PTS.pop(next(iter(_FIRST_PTS)))
+        _FIRST_PTS[key] = None if first is None else first.pts
+    return _FIRST_PTS[key]
+
+
 class _StreamTiming:
     """Conversions between frame indices and a stream's timestamps."""
 
@@ -296,25 +313,17 @@ class _StreamTiming:
     def of(cls, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
            source: Path) -> _StreamTiming:
         """The timing of ``stream``, a video stream of ``container`` (just opened: the first
-        time a stream whose header gives no start time is read, its first frame is decoded,
-        then the container rewound)."""
+        time an AVI file, or a stream whose header gives no start time, is read, its first
+        frame is decoded, then the container rewound)."""
         fps = _nominal_rate(stream)
         if fps is None or stream.time_base is None:
             raise SampleReadError(f"{source}: the video stream has no frame rate or time base")
         time_base = Fraction(stream.time_base)
-        if _numbers_frames_in_decoding_order(container):
+        if _numbers_frames_in_decoding_order(container, stream):
             return cls(time_base, fps, 0, source, by_output_order=True)
         start_pts = stream.start_time
-        if start_pts is None:  # (short Matroska files): the first frame shown
-            status = source.stat()
-            key = (str(source), status.st_mtime_ns, status.st_size)
-            if key not in _FIRST_PTS:
-                first = next(iter(container.decode(stream)), None)
-                container.seek(0)
-                if len(_FIRST_PTS) >= _FIRST_PTS_KEPT:
-                    _FIRST_PTS.pop(next(iter(_FIRST_PTS)))
-                _FIRST_PTS[key] = None if first is None else first.pts
-            start_pts = _FIRST_PTS[key]
+        if start_pts is None or _is_avi(container):  # (short Matroska files; AVI may number from 1)
+            start_pts = _first_shown_pts(container, stream, source)
         return cls(time_base, fps, start_pts or 0, source)
 
     def pts_of(self, index: int) -> int:
@@ -355,7 +364,9 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
     try:
         with _open(source) as container:
             stream = _video_stream(container, source)
-            if stream.frames > 0 and not exact and _header_count_fits_duration(stream):
+            # (AVI with B-frames: numbered as shown, so its empty chunks, dropped frames, do not count)
+            header_counts = not exact and not _numbers_frames_in_decoding_order(container, stream)
+            if stream.frames > 0 and header_counts and _header_count_fits_duration(stream):
                 return stream.frames
             frames, leading = _demuxed_frame_count(container, stream)
             expected = _frames_by_duration(container, stream)
@@ -383,29 +394,41 @@ def _video_stream(container: av.container.InputContainer, source: Path) -> av.vi
     return container.streams.best("video")
 
 
-def _numbers_frames_in_decoding_order(container: av.container.InputContainer) -> bool:
-    """Whether the container gives frames decoding-order numbers rather than presentation
-    timestamps (AVI), so that frames are numbered in the order they are shown instead."""
+def _is_avi(container: av.container.InputContainer) -> bool:
     return container.format.name == "avi"
+
+
+def _numbers_frames_in_decoding_order(container: av.container.InputContainer,
+                                      stream: av.video.stream.VideoStream) -> bool:
+    """Whether the frames' numbers are in decoding order and B-frames make it differ from the
+    display order (AVI, which stores no presentation timestamps), so that frames are numbered
+    in the order they are shown instead."""
+    return _is_avi(container) and bool(stream.codec_context.has_b_frames)
 
 
 def _demuxed_frame_count(container: av.container.InputContainer,
                          stream: av.video.stream.VideoStream) -> tuple[int, int]:
     """The frame count by demuxing (reading packets without decoding them): one more than the
     last frame's index, as the reader computes indices; packets marked to be discarded (frames
-    an MP4 edit list hides) are left out. In AVI, the number of packets. Also returns the frames
+    an MP4 edit list hides) are left out. In AVI with B-frames, the number of packets. Also returns the frames
     the first one comes after (its timestamp in frames, 0 when it is at or before 0)."""
-    packets = [packet for packet in container.demux(stream) if packet.size > 0 and not packet.is_discard]
-    timestamps = [packet.pts for packet in packets if packet.pts is not None]
+    packets, first, last = 0, None, None  # (packets are counted, not kept: their data can be gigabytes)
+    for packet in container.demux(stream):
+        if packet.size == 0 or packet.is_discard:
+            continue
+        packets += 1
+        if packet.pts is not None:
+            first = packet.pts if first is None else min(first, packet.pts)
+            last = packet.pts if last is None else max(last, packet.pts)
     fps = _nominal_rate(stream)
-    if not timestamps or fps is None or stream.time_base is None:
-        return len(packets), 0
+    if first is None or last is None or fps is None or stream.time_base is None:
+        return packets, 0
     frame_of = Fraction(stream.time_base) * fps  # frames per timestamp unit
-    leading = max(0, round(min(timestamps) * frame_of))
-    if _numbers_frames_in_decoding_order(container):
-        return len(packets), leading
-    start = stream.start_time if stream.start_time is not None else min(timestamps)
-    return round((max(timestamps) - start) * frame_of) + 1, leading
+    leading = max(0, round(first * frame_of))
+    if _numbers_frames_in_decoding_order(container, stream):
+        return packets, leading
+    start = first if stream.start_time is None or _is_avi(container) else stream.start_time  # (as the reader)
+    return round((last - start) * frame_of) + 1, leading
 
 
 def _nominal_rate(stream: av.video.stream.VideoStream) -> Fraction | None:
