@@ -304,14 +304,15 @@ def show_info_messages() -> None:
     """Print the project's information messages (the files a command wrote, the learning-rate
     schedule, the samples found) on stderr, unless the program has configured logging itself.
     Python shows only warnings by default, so ``gsf predict`` did not say where it wrote."""
-    project = logging.getLogger("lightning_gsf")
-    if project.handlers or logging.getLogger().handlers:
+    root = logging.getLogger()
+    if root.handlers:
         return
+    # On the root logger, so that a tool's own logging.basicConfig then adds no second handler.
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_FirstProcessInfo())
-    project.addHandler(handler)
-    project.setLevel(logging.INFO)
+    root.addHandler(handler)
+    logging.getLogger("lightning_gsf").setLevel(logging.INFO)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -460,3 +460,14 @@ def test_an_unlabelled_split_to_test_on_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING):
         datamodule.setup("test")
     assert "the test split (its annotation file) has no labels" in caplog.text
+
+
+def test_a_train_split_smaller_than_one_dropped_batch_is_an_error():
+    """Lightning only said "`Trainer.fit` stopped: No training batches" (10 samples, batch 16)."""
+    datamodule = toy(batch_size=16)
+    datamodule.setup("fit")
+    with pytest.raises(ValueError, match="the train split has 10 samples: fewer than one batch of 16, and drop_last"):
+        datamodule.train_dataloader()
+    kept = toy(batch_size=16, drop_last=False)
+    kept.setup("fit")
+    assert len(kept.train_dataloader()) == 1

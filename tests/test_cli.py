@@ -324,9 +324,19 @@ def test_gsf_prints_the_projects_information_messages(unconfigured_logging, monk
 
 
 def test_gsf_leaves_logging_configured_by_the_program_alone(unconfigured_logging, monkeypatch):
-    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])
+    configured = [logging.NullHandler()]
+    monkeypatch.setattr(logging.getLogger(), "handlers", configured)
     show_info_messages()
-    assert unconfigured_logging.handlers == []
+    assert logging.getLogger().handlers == configured and unconfigured_logging.level == logging.NOTSET
+
+
+def test_a_tool_that_configures_logging_prints_each_message_once(unconfigured_logging, monkeypatch, capsys):
+    """``gsf synth`` calls ``logging.basicConfig``: its line came out twice."""
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    show_info_messages()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("lightning_gsf.data.synthetic").info("wrote data/synthetic")
+    assert capsys.readouterr().err.splitlines() == ["wrote data/synthetic"]
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])

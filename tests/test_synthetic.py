@@ -171,7 +171,8 @@ def test_main_writes_the_dataset_and_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(size=33), dict(size=30), dict(fps=60), dict(num_val=0), dict(min_frames=9, max_frames=8)],
+    [dict(size=33), dict(size=30), dict(fps=60), dict(num_val=0), dict(min_frames=9, max_frames=8),
+     dict(num_participants=0)],
 )
 def test_bad_settings_are_refused(tmp_path, options):
     with pytest.raises(ValueError, match="expected"):

@@ -537,6 +537,13 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         dataset = self._built("train")
         # The process group (if any) exists by now: the sampler reads the world size from it.
         sampler = ResumableDistributedSampler(dataset, shuffle=True, seed=self.seed)
+        if self.drop_last and sampler.num_samples < self.batch_size:
+            # (Lightning would only say "No training batches" and stop)
+            shares = f", {sampler.num_samples} for each of {sampler.num_replicas} processes" if sampler.num_replicas > 1 else ""
+            raise ValueError(
+                f"the train split has {len(dataset)} samples{shares}: fewer than one batch of {self.batch_size}, "
+                "and drop_last drops it; lower batch_size or set drop_last: false"
+            )
         return ResumableDataLoader(
             dataset, sampler=sampler, batch_size=self.batch_size, drop_last=self.drop_last, **self._loader_options()
         )

@@ -23,11 +23,12 @@ one large, saturated object (the *noun*: a shape and a colour) does one thing (t
 The ten verbs form five time-reversal pairs: move left / right, move up / down, appear /
 disappear, grow / shrink, rotate clockwise / anticlockwise. A clip of a verb is generated as
 a trajectory of the pair's first verb, then played backwards for the second, with all other
-randomness (camera jitter, clutter drift, easing, idle margins) drawn from time-symmetric
-distributions. A verb and its reverse therefore have exactly the same distribution of single
-frames, and of unordered sets of frames: a model that averages per-frame predictions (TSN) can
-at best tell which *pair* a clip belongs to (about 20% + 80% / 2 = 60% verb accuracy if it
-gets the pair right), while a temporal model (GSF, TSM) can reach 100%. The noun is visible in
+randomness (camera jitter, easing, idle margins; the clutter is static) drawn from
+time-symmetric distributions. A verb and its reverse therefore have exactly the same
+distribution of single frames, and of unordered sets of frames (a clip and its reverse give
+an average over frames the same scores): a model that averages per-frame predictions (TSN) can
+at best tell which *pair* a clip belongs to, 50% verb accuracy in expectation if it always
+gets the pair right, while a temporal model (GSF, TSM) can reach 100%. The noun is visible in
 every frame, so any model learns it. Participants differ by their background (their
 "kitchen"); the validation and test sets each add one participant never seen in training
 (the ``unseen`` subset). Class frequencies are mildly long-tailed (the tail subsets), but the
@@ -621,10 +622,10 @@ def generate_synthetic_dataset(
     """
     start_time = time.perf_counter()
     out = Path(out_dir)
-    if min(num_train, num_val, num_test) < 1 or size < 32 or size % 2 or not 1 <= fps <= 50:
+    if min(num_train, num_val, num_test, num_participants) < 1 or size < 32 or size % 2 or not 1 <= fps <= 50:
         raise ValueError(
-            f"expected >= 1 action per split, an even size >= 32 and 1 <= fps <= 50; got {num_train}/{num_val}/"
-            f"{num_test} actions, size {size}, fps {fps}"
+            f"expected >= 1 action per split, >= 1 participant, an even size >= 32 and 1 <= fps <= 50; got "
+            f"{num_train}/{num_val}/{num_test} actions, {num_participants} participants, size {size}, fps {fps}"
         )
     if not 1 <= min_frames <= max_frames or not 1 <= actions_per_video[0] <= actions_per_video[1]:
         raise ValueError(
