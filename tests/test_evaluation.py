@@ -403,3 +403,23 @@ def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped)
         assert "1 of the 4 samples have no prediction" in caplog.text and "P01_01_2" in caplog.text
     else:
         assert not caplog.records
+
+
+def test_declared_supervision_levels_reach_the_submission(tmp_path):
+    """Distinct levels, so that a swap of two fields or a writer that ignores them shows."""
+    from types import SimpleNamespace
+
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    scores = {"verb": torch.zeros(1, NUM_VERBS), "noun": torch.zeros(1, NUM_NOUNS)}
+    submission = make_submission(scores, ["P01_11_0"], sls_pt=2, sls_tl=4, sls_td=5)
+    assert {key: submission[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 2, "sls_tl": 4, "sls_td": 5}
+
+    samples = [SimpleNamespace(id="P01_11_0")]
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
+                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    writer = SubmissionWriter(sls_pt=0, sls_tl=2, sls_td=4)  # (as --submission.sls_pt 0 ... on the command line)
+    writer.write_on_epoch_end(trainer, None, [{"id": ["P01_11_0"], "index": torch.tensor([0]), "scores": scores}], None)
+    with zipfile.ZipFile(writer.written) as archive:
+        written = json.loads(archive.read("test.json"))
+    assert {key: written[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 0, "sls_tl": 2, "sls_td": 4}

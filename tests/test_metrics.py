@@ -94,6 +94,19 @@ def test_epic_accuracies_hand_computed():
     assert result == pytest.approx(expected)
 
 
+def test_subsets_of_a_correct_action_hand_computed():
+    """Sample 0, the one correct action, made an unseen participant's with a tail verb and a
+    common noun: a tail action is one whose verb *or* noun is a tail class (official rule)."""
+    scores, labels, subsets = _epic_example()
+    subsets["tail_verb"][0] = True
+    subsets["unseen"][0] = True
+    result = compute_accuracies(scores, labels, subsets)
+    assert result["tail_verb_accuracy_at_1"] == pytest.approx(200 / 3)  # samples 0, 1, 3: 0 and 1 right
+    assert result["tail_action_accuracy_at_1"] == pytest.approx(25.0)  # samples 0-3: 0 right
+    assert result["unseen_action_accuracy_at_1"] == pytest.approx(100 / 3)  # samples 0-2: 0 right
+    assert result["unseen_noun_accuracy_at_1"] == pytest.approx(200 / 3)
+
+
 def test_single_head_accuracies_and_headline():
     scores = {"class": torch.tensor([[2.0, 1.0], [2.0, 1.0]])}
     result = compute_accuracies(scores, {"class": torch.tensor([0, 1])})
