@@ -7,10 +7,11 @@
   directory, that move is a copy, and a kill during it truncates the target.)
 - :class:`PreemptionCheckpoint` saves a checkpoint when the job is told to stop. SLURM (and
   most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
-  already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks and
-  raises ``SIGTERMException``; this callback only adds the save, at that clean batch boundary
-  (a training batch, or a validation batch of ``fit``: then the resumed run validates that
-  epoch again, from its first batch).
+  already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks in
+  training and raises ``SIGTERMException``; this callback adds the save, at that clean batch
+  boundary (a training batch, or with one process a validation batch of ``fit``: then the
+  resumed run validates that epoch again, from its first batch), and under DDP holds a
+  SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
 - :class:`ExactResume` saves every rank's global random state (dropout draws from
   it) and restores it before the first batch after a resume, so a resumed run takes the
   same random draws as an uninterrupted one, and makes sure the position of the
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -338,13 +339,16 @@ def _listing(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], source: str | Path | None = None) -> None:
+def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], source: str | Path | None = None,
+                             must_match: Collection[str] = ()) -> None:
     """Raise :class:`CheckpointMismatchError` if ``checkpoint``'s weights do not fit ``model``.
 
     The message names the hyper-parameters that differ between the checkpoint and the model
     (``checkpoint["hyper_parameters"]`` against ``model.hparams``), the parameters missing on
     either side and those whose shape differs. Hyper-parameters that differ while every
-    tensor still fits (a new learning rate, more segments at test time) are only logged.
+    tensor still fits (a new learning rate, more segments at test time) are only logged,
+    except those in ``must_match``: settings that change what the same tensors compute (a TSN
+    checkpoint's weights fit a TSM network, which has no parameters of its own).
 
     Call it from ``LightningModule.on_load_checkpoint(checkpoint)``; ``source`` (e.g.
     ``self.trainer.ckpt_path``) names the file in the message.
@@ -372,7 +376,8 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
         if hasattr(saved[name], "shape") and tuple(saved[name].shape) != tuple(expected[name].shape)
     ]
 
-    if not (missing or unexpected or reshaped):
+    computing_differently = [difference for difference in hparam_differences if difference.split(":")[0] in must_match]
+    if not (missing or unexpected or reshaped or computing_differently):
         if hparam_differences:
             log.warning(
                 "%s was saved with other hyper-parameters (%s); its weights fit, loading it",

@@ -1,4 +1,4 @@
-"""The ``gsf`` command: LightningCLI for training, plus four small tools.
+"""The ``gsf`` command: LightningCLI for training, plus five small tools.
 
 ::
 

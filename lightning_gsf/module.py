@@ -52,6 +52,11 @@ from lightning_gsf.model import VideoClassifier
 
 log = logging.getLogger(__name__)
 
+#: Hyper-parameters a checkpoint must share with the model it loads into, even where every
+#: tensor fits: a TSN ResNet's weights load into a TSM one (TSM has no parameters), which then
+#: computes something else.
+ARCHITECTURE_HPARAMS = ("backbone", "temporal_module")
+
 # Lightning recommends sync_dist=True for every epoch-level tensor logged under DDP. The
 # accuracies are gathered and de-duplicated across processes before they are logged, so its
 # warning (one per metric and run) is silenced for them alone.
@@ -228,7 +233,7 @@ class VideoClassificationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Say which setting differs before Lightning's strict load lists tensor names.
         source = getattr(self._trainer, "ckpt_path", None)
-        check_checkpoint_matches(self, checkpoint, source)
+        check_checkpoint_matches(self, checkpoint, source, must_match=ARCHITECTURE_HPARAMS)
         self._check_optimizer_groups(checkpoint, source)
         self._saved_steps_per_epoch = checkpoint.get(STEPS_PER_EPOCH_KEY)
 

@@ -228,3 +228,24 @@ def test_exact_resume_on_another_world_size_keeps_fresh_random_state_and_says_so
         callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 0)
     assert torch.equal(torch.get_rng_state(), before)
     assert "random state of 2 processes, this run has 1" in caplog.text
+
+
+def test_hyper_parameters_that_change_what_the_tensors_compute_are_an_error():
+    """``must_match``: a TSN checkpoint fits a TSM network tensor for tensor (TSM has no
+    parameters) but computes something else there."""
+    with pytest.raises(CheckpointMismatchError, match="hyper-parameters differ: lr: checkpoint 0.1, this run 0.01"):
+        check_checkpoint_matches(Tiny(lr=0.01), _checkpoint(Tiny(lr=0.1)), must_match=("lr",))
+
+
+def test_a_tsn_checkpoint_does_not_load_into_a_tsm_module():
+    from lightning_gsf.module import VideoClassificationModule
+
+    def module(temporal_module: str) -> VideoClassificationModule:
+        return VideoClassificationModule({"class": 3}, num_segments=2, backbone="resnet18",
+                                         temporal_module=temporal_module)
+
+    tsn = module("none")
+    checkpoint = {"state_dict": tsn.state_dict(), "hyper_parameters": dict(tsn.hparams)}
+    with pytest.raises(CheckpointMismatchError, match="temporal_module: checkpoint 'none', this run 'tsm'"):
+        module("tsm").on_load_checkpoint(checkpoint)
+    module("none").on_load_checkpoint(checkpoint)

@@ -5,7 +5,8 @@ videos, so a sample's frame range is ``[0, number of frames)``. Only Diving48's 
 that number; for the others it comes from the media: the run of consecutively numbered frame
 files in a folder, or the frames of a video file (read from its header, or by demuxing its
 packets when the header does not say, as for WebM). Counting a large dataset's videos takes a
-while, so the counts can be kept in a cache file (``id,num_frames`` lines) and reused.
+while, so the counts can be kept in a cache file (``counted_as,num_frames`` lines, keyed by
+the video file or the frame folder with its template) and reused.
 
 Missing media are never dropped silently. Every missing (or empty) source is collected and
 written, with the annotation row that asked for it, to a report file; then, depending on
