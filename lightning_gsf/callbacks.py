@@ -114,8 +114,9 @@ class PreemptionCheckpoint(pl.Callback):
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
     all DDP ranks at once), or during ``fit``'s validation after the current validation
-    batch of one process (under DDP, see below); this callback then saves ``<dirpath>/<filename>.ckpt`` with the full training state
-    (model, optimiser, loops, the data loader's position) and lets the process exit. Stopped
+    batch of a single process (under DDP, see below); this callback then saves
+    ``<dirpath>/<filename>.ckpt`` with the full training state (model, optimiser, loops, the
+    data loader's position) and lets the process exit. Stopped
     during validation, the checkpoint says so in Lightning's terms (a validation batch
     started, none processed), so the resumed run validates that epoch from its first batch
     before training on: the metrics, which no checkpoint holds, cover the whole validation
@@ -356,11 +357,14 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
     where = f"checkpoint {source}" if source else "the checkpoint"
     saved_hparams = _flatten(checkpoint.get("hyper_parameters") or {})
     current_hparams = _flatten(getattr(model, "hparams", {}) or {})
-    hparam_differences = [
-        f"{key}: checkpoint {saved_hparams.get(key, '<absent>')!r}, this run {current_hparams.get(key, '<absent>')!r}"
-        for key in sorted(saved_hparams.keys() - {"pretrained"} | current_hparams.keys() - {"pretrained"})
+    differing = [
+        key for key in sorted(saved_hparams.keys() - {"pretrained"} | current_hparams.keys() - {"pretrained"})
         if saved_hparams.get(key, "<absent>") != current_hparams.get(key, "<absent>")
     ]  # ("pretrained" names the starting point of training, which a restore replaces)
+    hparam_differences = [
+        f"{key}: checkpoint {saved_hparams.get(key, '<absent>')!r}, this run {current_hparams.get(key, '<absent>')!r}"
+        for key in differing
+    ]
 
     saved = checkpoint.get("state_dict")
     if saved is None:
@@ -376,7 +380,7 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
         if hasattr(saved[name], "shape") and tuple(saved[name].shape) != tuple(expected[name].shape)
     ]
 
-    computing_differently = [difference for difference in hparam_differences if difference.split(":")[0] in must_match]
+    computing_differently = [key for key in differing if key in must_match]
     if not (missing or unexpected or reshaped or computing_differently):
         if hparam_differences:
             log.warning(
