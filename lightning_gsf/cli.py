@@ -232,7 +232,7 @@ class GSFCLI(LightningCLI):
                 f"--ckpt_path best names the best checkpoint of a fit run in the same process, and gsf {self.subcommand} "
                 f"is a process of its own: pass the checkpoint's file ({', '.join(found) or f'none in {folder}'})"
             )
-        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path"):
+        if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and rank_zero_only.rank == 0:
             log.warning("gsf %s without --ckpt_path: scoring the model as configured, with untrained heads, "
                         "not a trained checkpoint (pass --ckpt_path <run>/checkpoints/best-*.ckpt)", self.subcommand)
         if config.get("model") is None or config.model.get("pretrained") is None:

@@ -59,10 +59,12 @@ ARCHITECTURE_HPARAMS = ("backbone", "temporal_module")
 
 # Lightning recommends sync_dist=True for every epoch-level tensor logged under DDP. The
 # accuracies are gathered and de-duplicated across processes before they are logged, so its
-# warning (one per metric and run) is silenced for them alone.
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('(val|test)/", category=PossibleUserWarning
+# warning (one per metric and run) is silenced for their names alone (ClassificationScores'
+# keys), so that it still speaks for any other metric in the process.
+GATHERED_METRICS_ADVICE = (
+    r"It is recommended to use `self\.log\('(val|test)/((all|tail|unseen)_\w+_accuracy_at_\d+|accuracy_at_1)'"
 )
+warnings.filterwarnings("ignore", message=GATHERED_METRICS_ADVICE, category=PossibleUserWarning)
 
 
 # The optimiser steps per epoch of the run that saved a checkpoint (its schedule counts them).

@@ -340,7 +340,7 @@ def test_a_tool_that_configures_logging_prints_each_message_once(unconfigured_lo
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
-def test_scoring_without_a_checkpoint_is_warned_about(tmp_path, dataset, subcommand, caplog):
+def test_scoring_without_a_checkpoint_is_warned_about(tmp_path, dataset, subcommand, caplog, monkeypatch):
     """After ``gsf fit`` it is easy to forget ``--ckpt_path``: the untrained model then scores
     (and ``predict`` writes a submission) without a word."""
     config = _config(tmp_path, dataset)
@@ -348,6 +348,12 @@ def test_scoring_without_a_checkpoint_is_warned_about(tmp_path, dataset, subcomm
     with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
         run([subcommand, "--config", str(config), f"--trainer.{limit[subcommand]}", "1"])
     assert f"gsf {subcommand} without --ckpt_path" in caplog.text
+    if subcommand == "validate":  # once a run, not once a process
+        caplog.clear()
+        monkeypatch.setattr(rank_zero_only, "rank", 1)
+        with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
+            run([subcommand, "--config", str(config), f"--trainer.{limit[subcommand]}", "1"])
+        assert "without --ckpt_path" not in caplog.text
 
 
 def test_ckpt_path_best_in_a_command_of_its_own_names_the_best_files(tmp_path, dataset):

@@ -303,3 +303,18 @@ def test_partial_bn_holds_through_a_lightning_fit():
     for (mean, var), norm in zip(frozen_before, module.frozen_norms):
         assert torch.equal(mean, norm.running_mean) and torch.equal(var, norm.running_var)
     assert not torch.equal(first_before, first.running_mean)
+
+
+@pytest.mark.parametrize(("name", "silenced"), [
+    ("val/all_verb_accuracy_at_1", True), ("test/unseen_action_accuracy_at_1", True), ("val/accuracy_at_1", True),
+    ("val/all_class_accuracy_at_5", True), ("val/my_extra_metric", False), ("train/accuracy_at_1", False),
+])
+def test_lightnings_sync_dist_advice_is_silenced_for_the_gathered_accuracies_only(name, silenced):
+    """They are gathered across processes before they are logged; any other metric keeps the advice."""
+    import re
+
+    from lightning_gsf.module import GATHERED_METRICS_ADVICE
+
+    advice = (f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging on epoch level in "
+              "distributed setting to accumulate the metric across devices.")
+    assert bool(re.match(GATHERED_METRICS_ADVICE, advice)) == silenced
