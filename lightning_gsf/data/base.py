@@ -60,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
-from lightning_gsf.data.sampling import TRAIN_SAMPLERS, multi_clip_indices
+from lightning_gsf.data.sampling import multi_clip_indices, train_sampler
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 from lightning_gsf.data.video import ClipReader
 
@@ -192,15 +192,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"num_segments and num_clips must be >= 1, got {num_segments} and {num_clips}")
         if train_transform is not None and num_clips != 1:
             raise ValueError(f"training items hold one clip, got num_clips={num_clips}")
-        if train_sampling not in TRAIN_SAMPLERS:
-            raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {train_sampling!r}")
         self.samples = list(samples)
         self.reader = reader
         self.num_segments = num_segments
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.num_clips = num_clips
-        self.train_sampler = TRAIN_SAMPLERS[train_sampling]
+        self.train_sampler = train_sampler(train_sampling)
         self.seed = seed
         self.label_transform = label_transform
         self.skip_unreadable = skip_unreadable
@@ -381,8 +379,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         for name, value in (("test_split", test_split), ("predict_split", predict_split)):
             if value not in SPLITS:
                 raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
-        if train_sampling not in TRAIN_SAMPLERS:
-            raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {train_sampling!r}")
+        train_sampler(train_sampling)  # (checks the name now rather than when the first loader is built)
         self.num_segments = num_segments
         self.train_sampling = train_sampling
         self.batch_size = batch_size

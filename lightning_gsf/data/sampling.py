@@ -30,7 +30,9 @@ import torch
 
 from collections.abc import Callable
 
-__all__ = ["TRAIN_SAMPLERS", "eval_indices", "multi_clip_indices", "release_train_indices", "train_indices"]
+__all__ = [
+    "TRAIN_SAMPLERS", "eval_indices", "multi_clip_indices", "release_train_indices", "train_indices", "train_sampler",
+]
 
 
 def _check_range(start: int, stop: int, num_segments: int) -> int:
@@ -80,6 +82,13 @@ TRAIN_SAMPLERS: dict[str, Callable[[int, int, int, torch.Generator], list[int]]]
     "exact": train_indices,
     "release": release_train_indices,
 }
+
+
+def train_sampler(name: str) -> Callable[[int, int, int, torch.Generator], list[int]]:
+    """The training sampler a config names (``data.train_sampling``); an unknown name is an error."""
+    if name not in TRAIN_SAMPLERS:
+        raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {name!r}")
+    return TRAIN_SAMPLERS[name]
 
 
 def eval_indices(start: int, stop: int, num_segments: int) -> list[int]:

@@ -321,9 +321,8 @@ class _StreamTiming:
         time_base = Fraction(stream.time_base)
         if _numbers_frames_in_decoding_order(container, stream):
             return cls(time_base, fps, 0, source, by_output_order=True)
-        start_pts = stream.start_time
-        if start_pts is None or _is_avi(container):  # (short Matroska files; AVI may number from 1)
-            start_pts = _first_shown_pts(container, stream, source)
+        start_pts = _first_shown_pts(container, stream, source) if _starts_at_first_frame(container, stream) \
+            else stream.start_time
         return cls(time_base, fps, start_pts or 0, source)
 
     def pts_of(self, index: int) -> int:
@@ -398,6 +397,12 @@ def _is_avi(container: av.container.InputContainer) -> bool:
     return container.format.name == "avi"
 
 
+def _starts_at_first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """Whether frame 0 is the first frame shown rather than the stream's start time: where the
+    header gives none (short Matroska files) and in AVI (whose numbers may start at 1)."""
+    return stream.start_time is None or _is_avi(container)
+
+
 def _numbers_frames_in_decoding_order(container: av.container.InputContainer,
                                       stream: av.video.stream.VideoStream) -> bool:
     """Whether the frames' numbers are in decoding order and B-frames make it differ from the
@@ -410,8 +415,8 @@ def _demuxed_frame_count(container: av.container.InputContainer,
                          stream: av.video.stream.VideoStream) -> tuple[int, int]:
     """The frame count by demuxing (reading packets without decoding them): one more than the
     last frame's index, as the reader computes indices; packets marked to be discarded (frames
-    an MP4 edit list hides) are left out. In AVI with B-frames, the number of packets. Also returns the frames
-    the first one comes after (its timestamp in frames, 0 when it is at or before 0)."""
+    an MP4 edit list hides) are left out. In AVI with B-frames, the number of packets. Also
+    returns the frames the first one comes after (its timestamp in frames, 0 when at or before 0)."""
     packets, first, last = 0, None, None  # (packets are counted, not kept: their data can be gigabytes)
     for packet in container.demux(stream):
         if packet.size == 0 or packet.is_discard:
@@ -427,7 +432,7 @@ def _demuxed_frame_count(container: av.container.InputContainer,
     leading = max(0, round(first * frame_of))
     if _numbers_frames_in_decoding_order(container, stream):
         return packets, leading
-    start = first if stream.start_time is None or _is_avi(container) else stream.start_time  # (as the reader)
+    start = first if _starts_at_first_frame(container, stream) else stream.start_time  # (as the reader)
     return round((last - start) * frame_of) + 1, leading
 
 
