@@ -66,28 +66,36 @@ def test_shell_scripts_parse(script):
 
 def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (and fails the
-    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs without and with gradient reuse, then the
-    kernels' tuning; every later step still runs, each logged as it ends, and the exit status
-    is the first failure's."""
+    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs without and
+    with gradient reuse, the other cost tables, the profiles, then the loader on the synthetic
+    set generated during the tests; every later step still runs, each logged as it ends, and
+    the exit status is the first failure's."""
     fake = tmp_path / "python"
-    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"-m pytest"*) exit 3;; esac\n')
+    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"-m pytest"*) exit 3;; '
+                    '*"import xdist"*) exit 0;; esac\n')
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/usr/bin/env bash\necho 'NVIDIA H200, 143771 MiB'\n")
     for tool in (fake, smi):
         tool.chmod(0o755)
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPTS / "gpu_checks.sh"), str(out)], cwd=SCRIPTS.parent,
-                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0",
+                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0", "PYTEST_WORKERS": "5",
                                  "PATH": f"{tmp_path}:{os.environ['PATH']}"},
                             capture_output=True, text=True)
     assert result.returncode == 3
     log = (out / "checks.log").read_text()
     ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
-    assert ended[2:6] == ["test_gpu", "fp32_t8", "reuse_fp32_t8", "tune"]
-    assert ended[-1] == "resources" and "compile_t8" not in ended and len(ended) == 14
+    assert ended[2:] == ["test_gpu", "fp32_t8", "reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8", "trace",
+                         "host_cost", "tune", "profile", "loader_data", "loader", "fp32_t8_slow_paths", "resources"]
     assert "== test_gpu: exit 3" in log and "== fp32_t8: exit 0" in log
-    assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1" in next(line for line in log.splitlines()
-                                                        if line.startswith("== reuse_fp32_t8:"))
+    started = {line.split()[1].rstrip(":"): line for line in log.splitlines() if line.startswith("== ") and " exit " not in line}
+    assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1" in started["reuse_fp32_t8"]
+    assert started["test_gpu"].endswith("-n 5")
+    synthetic = next(line for line in log.splitlines() if line.startswith("ran: -m lightning_gsf.data.synthetic"))
+    loader_root = synthetic.split("--out ")[1].split()[0]
+    assert f"--root {loader_root} " in started["loader"] and "--size 256" in synthetic
+    assert not Path(loader_root).parent.exists()  # the generated set is removed at the end
+    assert sorted(path.name for path in out.iterdir()) == ["checks.log"]  # the stand-in wrote no CSVs
 
 
 def test_compare_gsf_revisions_runs_both_gsfs_next_to_tsn(capsys, monkeypatch):
