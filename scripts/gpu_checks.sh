@@ -5,8 +5,8 @@
 #   1. the CUDA tests (`pytest -m gpu`; the `gsf fit` one alone takes about a minute; with
 #      pytest-xdist installed, PYTEST_WORKERS processes compile Triton's kernels side by side),
 #   2. the cost of GSF / TSM next to TSN (ResNet-50, batch 8, 224 px, float32, 8 segments),
-#      then the same with LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 (GSF's and TSM's backwards
-#      writing over their output's gradient, off by default until its test has passed here),
+#      then the same with LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0 (GSF's and TSM's backwards
+#      then write new gradients; by default they write over their output's gradient),
 #   3. the other cost tables: 16 segments, bf16 autocast, bf16 channels-last,
 #   4. where a ResNet-50 step's time goes, TSN next to GSF: eager, its kernels, as a CUDA graph
 #      (scripts/trace_gpu_step.py), what a GSF call costs the host (scripts/gsf_host_cost.py),
@@ -54,8 +54,8 @@ STEP_TIMEOUT=${TEST_TIMEOUT:-${STEP_TIMEOUT:-0}} step test_gpu "$python" -m pyte
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
        --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
 step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --csv "$out/fp32_t8.csv"
-step reuse_fp32_t8 env LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1 "${bench[@]}" --num-segments 8 \
-  --temporal-modules tsm gsf --csv "$out/reuse_fp32_t8.csv"
+step no_reuse_fp32_t8 env LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0 "${bench[@]}" --num-segments 8 \
+  --temporal-modules tsm gsf --csv "$out/no_reuse_fp32_t8.csv"
 step fp32_t16 "${bench[@]}" --num-segments 16 --temporal-modules tsm gsf --csv "$out/fp32_t16.csv"
 step bf16_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf gsf_torch --dtype bf16 \
   --csv "$out/bf16_t8.csv"

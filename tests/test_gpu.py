@@ -46,8 +46,14 @@ def test_fast_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training, p
     torch.testing.assert_close(getattr(module, path)(x), module.forward_reference(x), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
 @pytest.mark.parametrize("path", ["forward", "forward_torch"])
-def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic, path):
+def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic, monkeypatch, path, reuse):
+    """With gradient reuse (the default: the input's gradient written over the output's) and
+    without (``LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0``: a new tensor)."""
+    from lightning_gsf import gradient_reuse
+
+    monkeypatch.setattr(gradient_reuse, "ON_CUDA", reuse)
     torch.manual_seed(0)
     module = GSF(64, num_segments=4, ratio=0.5).to(cuda)
     x = torch.randn(8, 64, 14, 14, device=cuda)
@@ -143,13 +149,16 @@ def test_triton_gsf_equals_reference_on_cuda_whatever_the_cuts_and_layout(cuda, 
         assert_triton_path_equals_reference(module, x[..., :14, :14].contiguous(memory_format=memory_format))
 
 
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, channels_last, dtype):
+def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, channels_last, dtype, reuse):
     """TSM on CUDA takes one Triton kernel each way: the PyTorch slice copies' values and
-    input gradient bit for bit (the backward's opposite shift into a new tensor; the in-place
-    one, with gradient reuse switched on, in the reuse test below)."""
-    from lightning_gsf import temporal
+    input gradient bit for bit (the backward's opposite shift in place, over the unheld output
+    gradient, with gradient reuse, the default; into a new tensor without)."""
+    from lightning_gsf import gradient_reuse, temporal
+
+    monkeypatch.setattr(gradient_reuse, "ON_CUDA", reuse)
 
     original, calls = temporal._shift_kernels, []
 
@@ -175,10 +184,10 @@ def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, cha
 @pytest.mark.parametrize("holder", ["none", *HOLDERS])
 @pytest.mark.parametrize("layer", ["gsf", "tsm"])
 def test_cuda_gradient_reuse_writes_over_unheld_gradients_only(cuda, float32_arithmetic, monkeypatch, layer, holder):
-    """With ``LIGHTNING_GSF_CUDA_GRADIENT_REUSE`` on (``gradient_reuse.ON_CUDA``), GSF's and
-    TSM's backwards write the input's gradient over the output's where nothing else holds it
-    (the same memory before and after the layer), and leave held gradients alone; the input
-    gradient is the reference's either way. Run this before turning the switch on by default."""
+    """With ``LIGHTNING_GSF_CUDA_GRADIENT_REUSE`` on (``gradient_reuse.ON_CUDA``, the default),
+    GSF's and TSM's backwards write the input's gradient over the output's where nothing else
+    holds it (the same memory before and after the layer), and leave held gradients alone; the
+    input gradient is the reference's either way."""
     from lightning_gsf import gradient_reuse, temporal
 
     monkeypatch.setattr(gradient_reuse, "ON_CUDA", True)

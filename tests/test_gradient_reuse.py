@@ -1,4 +1,4 @@
-"""The switch that lets CUDA backwards write over their output's gradient (off by default)."""
+"""The switch that lets CUDA backwards write over their output's gradient (on by default)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from lightning_gsf import gradient_reuse
 
 
-@pytest.mark.parametrize("value,expected", [(None, "False"), ("0", "False"), ("1", "True")])
-def test_cuda_reuse_is_off_unless_the_environment_turns_it_on(value, expected):
+@pytest.mark.parametrize("value,expected", [(None, "True"), ("0", "False"), ("1", "True")])
+def test_cuda_reuse_is_on_unless_the_environment_turns_it_off(value, expected):
     env = {key: val for key, val in os.environ.items() if key != "LIGHTNING_GSF_CUDA_GRADIENT_REUSE"}
     if value is not None:
         env["LIGHTNING_GSF_CUDA_GRADIENT_REUSE"] = value

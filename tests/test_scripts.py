@@ -66,8 +66,8 @@ def test_shell_scripts_parse(script):
 
 def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (and fails the
-    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs without and
-    with gradient reuse, the other cost tables, the profiles, then the loader on the synthetic
+    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs with and
+    without gradient reuse, the other cost tables, the profiles, then the loader on the synthetic
     set generated during the tests; every later step still runs, each logged as it ends, and
     the exit status is the first failure's."""
     fake = tmp_path / "python"
@@ -85,11 +85,11 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     assert result.returncode == 3
     log = (out / "checks.log").read_text()
     ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
-    assert ended[2:] == ["test_gpu", "fp32_t8", "reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8", "trace",
+    assert ended[2:] == ["test_gpu", "fp32_t8", "no_reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8", "trace",
                          "host_cost", "tune", "profile", "loader_data", "loader", "fp32_t8_slow_paths", "resources"]
     assert "== test_gpu: exit 3" in log and "== fp32_t8: exit 0" in log
     started = {line.split()[1].rstrip(":"): line for line in log.splitlines() if line.startswith("== ") and " exit " not in line}
-    assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=1" in started["reuse_fp32_t8"]
+    assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0" in started["no_reuse_fp32_t8"]
     assert started["test_gpu"].endswith("-n 5")
     synthetic = next(line for line in log.splitlines() if line.startswith("ran: -m lightning_gsf.data.synthetic"))
     loader_root = synthetic.split("--out ")[1].split()[0]
