@@ -13,7 +13,8 @@
 #      the GSF kernels' time per launch setting (scripts/tune_gsf_kernels.py), GSF per site
 #      (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation, literal spec),
 #   5. the loader on this machine's cores next to the model: training clips/s of a synthetic
-#      set with EPIC's frame height (256 px, generated while the tests run) at 224 px crops,
+#      set with EPIC's frame height (256 px, generated while the tests run, and waited for
+#      before the first timed step) at 224 px crops,
 #   6. GSF's PyTorch-ops path and the literal spec at 8 segments, the kernels' registers and
 #      loads for this GPU (scripts/kernel_resources.py), TSN and GSF under torch.compile
 #      (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it: compiling ResNet-50 takes minutes).
@@ -42,15 +43,20 @@ step() {  # step NAME COMMAND...: run, append to checks.log, remember the first 
 }
 step gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step versions "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-loader_dir=$(mktemp -d)  # the loader's data set, written on the CPU while the tests run
+# The loader's data set, written on the CPU while the tests run (and waited for before the
+# first timed step: on 2026-11-27 a larger set took 204 s beside the tests and shared the
+# host with the first cost tables, which the host's share of GSF's GPU step makes noisy)
+loader_dir=$(mktemp -d)
 loader_root=$loader_dir/synthetic
-"$python" -m lightning_gsf.data.synthetic --out "$loader_root" --num-train 384 --num-val 8 --num-test 8 \
+"$python" -m lightning_gsf.data.synthetic --out "$loader_root" --num-train 256 --num-val 8 --num-test 8 \
   --size 256 > "$loader_dir/synthetic.log" 2>&1 &
 synth=$!
 workers=()
 if "$python" -c "import xdist" 2> /dev/null; then workers=(-n "${PYTEST_WORKERS:-8}"); fi
 STEP_TIMEOUT=${TEST_TIMEOUT:-${STEP_TIMEOUT:-0}} step test_gpu "$python" -m pytest -q -m gpu tests/test_gpu.py \
   -p no:cacheprovider --durations 8 "${workers[@]}"
+wait "$synth"
+step loader_data cat "$loader_dir/synthetic.log"
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
        --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
 step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --csv "$out/fp32_t8.csv"
@@ -65,8 +71,6 @@ step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch 
 step host_cost "$python" scripts/gsf_host_cost.py --calls 200
 step tune "$python" scripts/tune_gsf_kernels.py
 step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
-wait "$synth"
-step loader_data cat "$loader_dir/synthetic.log"
 step loader env OMP_NUM_THREADS=1 "$python" -m lightning_gsf.data.benchmark --root "$loader_root" \
   --input-size 224 --num-segments 8 --batch-size 8 --workers 0 4 8 16 --batches 40 --randaugment
 step fp32_t8_slow_paths "${bench[@]}" --num-segments 8 --temporal-modules gsf_torch gsf_reference \

@@ -67,9 +67,9 @@ def test_shell_scripts_parse(script):
 def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (and fails the
     CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs with and
-    without gradient reuse, the other cost tables, the profiles, then the loader on the synthetic
-    set generated during the tests; every later step still runs, each logged as it ends, and
-    the exit status is the first failure's."""
+    without gradient reuse, the other cost tables, the profiles, then the loader on the
+    synthetic set generated during the tests (and finished before the first timed step); every
+    later step still runs, each logged as it ends, and the exit status is the first failure's."""
     fake = tmp_path / "python"
     fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"-m pytest"*) exit 3;; '
                     '*"import xdist"*) exit 0;; esac\n')
@@ -85,8 +85,8 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     assert result.returncode == 3
     log = (out / "checks.log").read_text()
     ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
-    assert ended[2:] == ["test_gpu", "fp32_t8", "no_reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8", "trace",
-                         "host_cost", "tune", "profile", "loader_data", "loader", "fp32_t8_slow_paths", "resources"]
+    assert ended[2:] == ["test_gpu", "loader_data", "fp32_t8", "no_reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8",
+                         "trace", "host_cost", "tune", "profile", "loader", "fp32_t8_slow_paths", "resources"]
     assert "== test_gpu: exit 3" in log and "== fp32_t8: exit 0" in log
     started = {line.split()[1].rstrip(":"): line for line in log.splitlines() if line.startswith("== ") and " exit " not in line}
     assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0" in started["no_reuse_fp32_t8"]
