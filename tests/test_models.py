@@ -203,6 +203,36 @@ def _forward_backward_cases() -> list:
     return cases
 
 
+@pytest.mark.parametrize("backbone", ["bninception", "inception_v3_tf"])
+def test_caffe_style_inceptions_name_the_input_sides_they_take(backbone: str, monkeypatch) -> None:
+    """Their pools round up and their strided convolutions down, so a reduction block's branches
+    meet only at some input sides (224 px breaks InceptionV3-TF deep inside, with a
+    ``torch.cat`` size error naming no input): the sides that a shape-only run shows the
+    network takes are exactly those it admits, and any other is refused up front, naming the
+    nearest it takes."""
+    from lightning_gsf.backbones import inception_net
+
+    net = build_backbone(backbone, temporal_module="none").to("meta")
+    sides = [*range(216, 241), *range(280, 305)]  # (each run of sides taken, with its edges)
+    admitted = {side for side in sides if net.input_sides.admits(side)}
+    monkeypatch.setattr(inception_net.InputSides, "check", lambda self, height, width: None)
+    runs = set()
+    for side in sides:
+        try:
+            net(torch.empty(1, 3, side, side, device="meta"))
+            runs.add(side)
+        except RuntimeError as err:
+            assert "Sizes of tensors must match" in str(err)
+    assert runs == admitted and len(admitted) == 16
+    monkeypatch.undo()
+    usual = 224 if backbone == "bninception" else 229
+    net(torch.empty(1, 3, usual, usual + 1, device="meta"))
+    height, width, message = (240, 240, "got 240x240: use 230 or 255 instead of 240") if backbone == "bninception" \
+        else (224, 229, "got 224x229: use 204 or 229 instead of 224")
+    with pytest.raises(ValueError, match=message):
+        net(torch.empty(1, 3, height, width, device="meta"))
+
+
 @pytest.mark.parametrize(("backbone", "temporal_module"), _forward_backward_cases())
 def test_forward_backward(backbone: str, temporal_module: str) -> None:
     torch.manual_seed(0)

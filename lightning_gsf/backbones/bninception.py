@@ -13,9 +13,11 @@ max-pool branch without projection. Inputs are BGR in [0, 255] minus (104, 117, 
 
 from __future__ import annotations
 
-from lightning_gsf.backbones.inception_net import Block, Conv, InceptionNet, LayerNames, Pool
+from lightning_gsf.backbones.inception_net import Block, Conv, InceptionNet, InputSides, LayerNames, Pool
 
 NAMES = LayerNames(conv_suffix="", bn_suffix="_bn")
+# Sides 32k - 1 to 32k + 6 pixels (223 to 230 around the usual 224).
+INPUT_SIDES = InputSides(first=31, count=8)
 
 STEM = (
     Conv("conv1_7x7_s2", 64, 7, stride=2, padding=3),
@@ -82,4 +84,4 @@ BLOCKS = (
 
 def bninception() -> InceptionNet:
     """BN-Inception without classifier: ``(N, 3, 224, 224) -> (N, 1024)``."""
-    return InceptionNet(STEM, BLOCKS, NAMES)
+    return InceptionNet(STEM, BLOCKS, NAMES, INPUT_SIDES)

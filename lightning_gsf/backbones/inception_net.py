@@ -81,6 +81,35 @@ class LayerNames:
         return base + self.bn_suffix
 
 
+@dataclass(frozen=True)
+class InputSides:
+    """The input heights and widths a network takes: ``first`` to ``first + count - 1`` pixels
+    modulo ``period``. Caffe pools round their output size up and stride-2 convolutions round
+    down, so a reduction block's branches come out the same size only where the map's side
+    suits both; at other inputs ``torch.cat`` would fail deep in the network."""
+
+    first: int
+    count: int
+    period: int = 32
+
+    def admits(self, side: int) -> bool:
+        return (side - self.first) % self.period < self.count
+
+    def check(self, height: int, width: int) -> None:
+        """Raise a ValueError naming the nearest sides taken, unless both are taken."""
+        for side in (height, width):
+            if not self.admits(side):
+                below = next((s for s in range(side - 1, 0, -1) if self.admits(s)), None)
+                above = next(s for s in range(side + 1, side + self.period + 1) if self.admits(s))
+                nearest = f"{below} or {above}" if below is not None else str(above)
+                last = self.first + self.count - 1
+                raise ValueError(
+                    f"this Inception network takes inputs whose height and width are {self.first} to {last} "
+                    f"pixels plus a multiple of {self.period} (its pools round sizes up, its strided "
+                    f"convolutions down); got {height}x{width}: use {nearest} instead of {side} "
+                    "(the data's input_size)")
+
+
 # Attribute prefixes of attached temporal modules, after the original release's "gsf_<conv>".
 TEMPORAL_PREFIX: dict[Position, str] = {"after_conv": "gsf_", "before_conv": "shift_"}
 
@@ -88,8 +117,10 @@ TEMPORAL_PREFIX: dict[Position, str] = {"after_conv": "gsf_", "before_conv": "sh
 class InceptionNet(nn.Module):
     """Stem layers, then Inception blocks, then global average pooling: ``(N, 3, H, W) -> (N, D)``."""
 
-    def __init__(self, stem: tuple[Layer, ...], blocks: tuple[Block, ...], names: LayerNames) -> None:
+    def __init__(self, stem: tuple[Layer, ...], blocks: tuple[Block, ...], names: LayerNames,
+                 input_sides: InputSides | None = None) -> None:
         super().__init__()
+        self.input_sides = input_sides
         self.stem = stem
         self.blocks = blocks
         self.names = names
@@ -182,6 +213,8 @@ class InceptionNet(nn.Module):
         return torch.cat(outputs, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_sides is not None:
+            self.input_sides.check(x.shape[-2], x.shape[-1])
         for layer in self.stem:
             x = self._layer(layer, x)
         for block in self.blocks:

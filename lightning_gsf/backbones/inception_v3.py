@@ -30,7 +30,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.inception import Inception3
 
-from lightning_gsf.backbones.inception_net import Block, Conv, InceptionNet, LayerNames, Pool
+from lightning_gsf.backbones.inception_net import Block, Conv, InceptionNet, InputSides, LayerNames, Pool
 
 # -- torchvision ------------------------------------------------------------------------------
 
@@ -63,6 +63,8 @@ def torchvision_inception_v3() -> Inception3:
 # -- the original release's TensorFlow-converted InceptionV3 ------------------------------------
 
 TF_NAMES = LayerNames(conv_suffix="_Conv2D", bn_suffix="_batchnorm")
+# Sides 32k + 5 to 32k + 12 pixels (229 to 236 around the release's 229, 293 to 300 around 299).
+TF_INPUT_SIDES = InputSides(first=5, count=8)
 
 TF_STEM = (
     Conv("conv", 32, 3, stride=2),
@@ -197,4 +199,4 @@ TF_BLOCKS = (
 
 def tf_inception_v3() -> InceptionNet:
     """The original release's InceptionV3: ``(N, 3, 229, 229) -> (N, 2048)``."""
-    return InceptionNet(TF_STEM, TF_BLOCKS, TF_NAMES)
+    return InceptionNet(TF_STEM, TF_BLOCKS, TF_NAMES, TF_INPUT_SIDES)
