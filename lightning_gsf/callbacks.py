@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -341,7 +341,8 @@ def _listing(names: list[str], limit: int = 5) -> str:
 
 
 def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], source: str | Path | None = None,
-                             must_match: Collection[str] = ()) -> None:
+                             must_match: Collection[str] = (),
+                             effective: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Raise :class:`CheckpointMismatchError` if ``checkpoint``'s weights do not fit ``model``.
 
     The message names the hyper-parameters that differ between the checkpoint and the model
@@ -351,18 +352,25 @@ def check_checkpoint_matches(model: nn.Module, checkpoint: Mapping[str, Any], so
     except those in ``must_match``: settings that change what the same tensors compute (a TSN
     checkpoint's weights fit a TSM network, which has no parameters of its own).
 
+    Hyper-parameters the checkpoint does not record (a file an importer wrote, or older code)
+    are not compared. ``effective`` maps a flattened hyper-parameter dict (dotted keys) to the
+    values that decide the model, e.g. a None that stands for a default to that default; it
+    is applied to both sides before they are compared.
+
     Call it from ``LightningModule.on_load_checkpoint(checkpoint)``; ``source`` (e.g.
     ``self.trainer.ckpt_path``) names the file in the message.
     """
     where = f"checkpoint {source}" if source else "the checkpoint"
     saved_hparams = _flatten(checkpoint.get("hyper_parameters") or {})
     current_hparams = _flatten(getattr(model, "hparams", {}) or {})
+    if effective is not None:
+        saved_hparams, current_hparams = effective(saved_hparams), effective(current_hparams)
     differing = [
-        key for key in sorted(saved_hparams.keys() - {"pretrained"} | current_hparams.keys() - {"pretrained"})
-        if saved_hparams.get(key, "<absent>") != current_hparams.get(key, "<absent>")
+        key for key in sorted(saved_hparams.keys() - {"pretrained"})
+        if saved_hparams[key] != current_hparams.get(key, "<absent>")
     ]  # ("pretrained" names the starting point of training, which a restore replaces)
     hparam_differences = [
-        f"{key}: checkpoint {saved_hparams.get(key, '<absent>')!r}, this run {current_hparams.get(key, '<absent>')!r}"
+        f"{key}: checkpoint {saved_hparams[key]!r}, this run {current_hparams.get(key, '<absent>')!r}"
         for key in differing
     ]
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from lightning_gsf.backbones import DEFAULT_GSF_RATIO, DEFAULT_NORMALIZATION
 from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
 from lightning_gsf.gsf import GSF
 from lightning_gsf.metrics import ClassificationScores
@@ -56,6 +57,19 @@ log = logging.getLogger(__name__)
 #: tensor fits: a TSN ResNet's weights load into a TSM one (TSM has no parameters), which then
 #: computes something else.
 ARCHITECTURE_HPARAMS = ("backbone", "temporal_module")
+
+
+def effective_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` (flattened) with the settings that ``None`` leaves to the backbone resolved as
+    :class:`VideoClassifier` resolves them (``gsf_ratio``, ``normalization``): a checkpoint that
+    records the resolved value (``gsf import-original`` does) then matches a run that leaves it
+    unset."""
+    backbone = hparams.get("backbone")
+    if backbone not in DEFAULT_GSF_RATIO:
+        return hparams
+    defaults = {"gsf_ratio": DEFAULT_GSF_RATIO[backbone], "normalization": DEFAULT_NORMALIZATION[backbone]}
+    return {key: defaults[key] if key in defaults and value is None else value for key, value in hparams.items()}
+
 
 # Lightning recommends sync_dist=True for every epoch-level tensor logged under DDP. The
 # accuracies are gathered and de-duplicated across processes before they are logged, so its
@@ -235,7 +249,8 @@ class VideoClassificationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Say which setting differs before Lightning's strict load lists tensor names.
         source = getattr(self._trainer, "ckpt_path", None)
-        check_checkpoint_matches(self, checkpoint, source, must_match=ARCHITECTURE_HPARAMS)
+        check_checkpoint_matches(self, checkpoint, source, must_match=ARCHITECTURE_HPARAMS,
+                                 effective=effective_hparams)
         self._check_optimizer_groups(checkpoint, source)
         self._saved_steps_per_epoch = checkpoint.get(STEPS_PER_EPOCH_KEY)
 

@@ -140,6 +140,36 @@ def test_hyper_parameters_that_leave_shapes_alone_only_warn(caplog):
     assert "lr: checkpoint 0.1, this run 0.01" in caplog.text
 
 
+def test_settings_the_checkpoint_does_not_record_are_not_compared(caplog):
+    """A file an importer wrote (or older code) records fewer hyper-parameters: those it lacks
+    are not differences (they were listed as "checkpoint '<absent>'"); one it records that this
+    run lacks still is."""
+    checkpoint = _checkpoint(Tiny())
+    del checkpoint["hyper_parameters"]["lr"]
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(lr=0.01), checkpoint)
+    assert caplog.text == ""
+    checkpoint["hyper_parameters"]["schedule"] = "cosine"
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(lr=0.01), checkpoint)
+    assert "(schedule: checkpoint 'cosine', this run '<absent>')" in caplog.text
+
+
+def test_effective_values_are_compared(caplog):
+    """``effective`` resolves both sides first (here: a None width stands for 4)."""
+    def effective(hparams):
+        return {**hparams, "width": 4 if hparams.get("width") is None else hparams["width"]}
+
+    checkpoint = _checkpoint(Tiny())
+    checkpoint["hyper_parameters"]["width"] = None
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(), checkpoint, effective=effective)
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(), checkpoint)
+    assert "width: checkpoint None, this run 4" in caplog.text
+
+
 def test_a_file_that_is_not_a_lightning_checkpoint_is_named():
     with pytest.raises(CheckpointMismatchError, match="no 'state_dict'"):
         check_checkpoint_matches(Tiny(), {"model": {}}, source="weights.pth")

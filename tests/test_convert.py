@@ -269,6 +269,32 @@ def test_imported_checkpoint_loads_into_the_lightning_module(tmp_path: Path, res
         torch.testing.assert_close(module(clip)["class"], source(clip)["class"])
 
 
+def test_an_imported_checkpoint_matches_a_run_that_leaves_the_defaults_unset(tmp_path: Path, resnet18_checkpoint,
+                                                                            caplog) -> None:
+    """``gsf validate --ckpt_path imported.ckpt`` with a config that leaves ``gsf_ratio`` and
+    ``normalization`` to the backbone warns of nothing (it listed twelve differences: the
+    training settings the release does not record, and the resolved ratio and normalisation
+    against None); a setting that really differs is still named, alone."""
+    import logging
+
+    from lightning_gsf.module import VideoClassificationModule
+
+    in_path, out_path = tmp_path / "original.pth.tar", tmp_path / "imported.ckpt"
+    torch.save(resnet18_checkpoint[1], in_path)
+    import_original(in_path, out_path, num_segments=T)
+    checkpoint = torch.load(out_path, map_location="cpu", weights_only=False)
+    for dropout in (0.5, 0.3):
+        module = VideoClassificationModule({"class": CLASSES}, num_segments=T, backbone="resnet18",
+                                           temporal_module="gsf", dropout=dropout)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+            module.on_load_checkpoint(checkpoint)
+        if dropout == 0.5:
+            assert "hyper-parameters" not in caplog.text
+        else:  # (the parenthesis: the only difference listed)
+            assert "other hyper-parameters (dropout: checkpoint 0.5, this run 0.3)" in caplog.text
+
+
 def test_import_original_checks_what_it_is_told(tmp_path: Path, resnet18_checkpoint) -> None:
     _, checkpoint = resnet18_checkpoint
     in_path = tmp_path / "original.pth.tar"
