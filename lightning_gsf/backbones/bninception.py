@@ -16,8 +16,8 @@ from __future__ import annotations
 from lightning_gsf.backbones.inception_net import Block, Conv, InceptionNet, InputSides, LayerNames, Pool
 
 NAMES = LayerNames(conv_suffix="", bn_suffix="_bn")
-# Sides 32k - 1 to 32k + 6 pixels (223 to 230 around the usual 224).
-INPUT_SIDES = InputSides(first=31, count=8)
+# Sides 31-38, 63-70, ... pixels (223 to 230 around the usual 224).
+INPUT_SIDES = InputSides(smallest=31, count=8)
 
 STEM = (
     Conv("conv1_7x7_s2", 64, 7, stride=2, padding=3),

@@ -83,31 +83,33 @@ class LayerNames:
 
 @dataclass(frozen=True)
 class InputSides:
-    """The input heights and widths a network takes: ``first`` to ``first + count - 1`` pixels
-    modulo ``period``. Caffe pools round their output size up and stride-2 convolutions round
-    down, so a reduction block's branches come out the same size only where the map's side
-    suits both; at other inputs ``torch.cat`` would fail deep in the network."""
+    """The input heights and widths a network takes: runs of ``count`` sides every ``period``
+    pixels, the first run starting at ``smallest``. Caffe pools round their output size up and
+    stride-2 convolutions round down, so a reduction block's branches come out the same size
+    only where the map's side suits both (and the maps must not shrink to nothing); at other
+    inputs ``torch.cat`` would fail deep in the network."""
 
-    first: int
+    smallest: int
     count: int
     period: int = 32
 
     def admits(self, side: int) -> bool:
-        return (side - self.first) % self.period < self.count
+        return side >= self.smallest and (side - self.smallest) % self.period < self.count
 
     def check(self, height: int, width: int) -> None:
         """Raise a ValueError naming the nearest sides taken, unless both are taken."""
         for side in (height, width):
             if not self.admits(side):
-                below = next((s for s in range(side - 1, 0, -1) if self.admits(s)), None)
-                above = next(s for s in range(side + 1, side + self.period + 1) if self.admits(s))
+                below = next((s for s in range(side - 1, self.smallest - 1, -1) if self.admits(s)), None)
+                above = next(s for s in range(max(side + 1, self.smallest), side + self.period + self.smallest)
+                             if self.admits(s))
                 nearest = f"{below} or {above}" if below is not None else str(above)
-                last = self.first + self.count - 1
+                runs = ", ".join(f"{start}-{start + self.count - 1}"
+                                 for start in range(self.smallest, self.smallest + 3 * self.period, self.period))
                 raise ValueError(
-                    f"this Inception network takes inputs whose height and width are {self.first} to {last} "
-                    f"pixels plus a multiple of {self.period} (its pools round sizes up, its strided "
-                    f"convolutions down); got {height}x{width}: use {nearest} instead of {side} "
-                    "(the data's input_size)")
+                    f"this Inception network takes heights and widths of {runs}, ... pixels (every "
+                    f"{self.period}; its pools round sizes up, its strided convolutions down); got "
+                    f"{height}x{width}: use {nearest} instead of {side} (the data's input_size)")
 
 
 # Attribute prefixes of attached temporal modules, after the original release's "gsf_<conv>".

@@ -63,8 +63,8 @@ def torchvision_inception_v3() -> Inception3:
 # -- the original release's TensorFlow-converted InceptionV3 ------------------------------------
 
 TF_NAMES = LayerNames(conv_suffix="_Conv2D", bn_suffix="_batchnorm")
-# Sides 32k + 5 to 32k + 12 pixels (229 to 236 around the release's 229, 293 to 300 around 299).
-TF_INPUT_SIDES = InputSides(first=5, count=8)
+# Sides 69-76, 101-108, ... pixels (229 to 236 around the release's 229, 293 to 300 around 299).
+TF_INPUT_SIDES = InputSides(smallest=69, count=8)
 
 TF_STEM = (
     Conv("conv", 32, 3, stride=2),
