@@ -382,6 +382,15 @@ def test_benchmark_runs_on_both_layouts(synthetic_root):
     assert all(r.clips_per_second > 0 for r in results)
 
 
+def test_benchmark_refuses_a_root_that_is_not_there(tmp_path, capsys):
+    """A mistyped --root was replaced by a generated 72-px set, timed as if it were the data."""
+    from lightning_gsf.data.benchmark import main
+
+    with pytest.raises(SystemExit):
+        main(["--root", str(tmp_path / "missing"), "--workers", "0", "--batches", "1"])
+    assert f"--root {tmp_path / 'missing'}: no such dataset folder" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_benchmark_times_no_batch_a_worker_prepared_while_another_started(monkeypatch, synthetic_root, workers):
     """One untimed batch per worker (at least one): the batches the other workers made ready

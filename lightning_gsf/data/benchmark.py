@@ -3,8 +3,9 @@
 ``python -m lightning_gsf.data.benchmark [--root data/synthetic]`` loads training batches through
 ``EpicKitchensDataModule`` exactly as ``gsf fit`` does (TSN sampling, reading, multi-scale crop),
 from the extracted JPEG frames and from the MP4 videos, with 0, 1 and 2 DataLoader workers, and
-reports clips per second for each (``--randaugment``: with the configs' RandAugment). Without ``--root`` (or if it does not exist) it first writes
-the default synthetic dataset to a temporary folder.
+reports clips per second for each (``--randaugment``: with the configs' RandAugment). Without ``--root`` it first writes
+the default synthetic dataset to a temporary folder (a ``--root`` that does not exist is an
+error, not a reason to time other data).
 
 Measure, not test: the figures depend on the machine, its load and the dataset's resolution;
 ``data/README.md`` records some. The first batch of every run is excluded, so worker start-up
@@ -100,11 +101,13 @@ def main(argv: Sequence[str] | None = None) -> list[Throughput]:
     parser.add_argument("--video-threads", type=int, default=0, help="decoder threads per video (0: FFmpeg chooses)")
     parser.add_argument("--randaugment", action="store_true", help="the training RandAugment on (as the real configs)")
     args = parser.parse_args(argv)
+    if args.root is not None and not args.root.is_dir():
+        parser.error(f"--root {args.root}: no such dataset folder (leave --root out to time a generated synthetic set)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("lightning_gsf.data.base").setLevel(logging.WARNING)  # per-split sample counts
     with tempfile.TemporaryDirectory(prefix="gsf-benchmark-") as scratch:
         root = args.root
-        if root is None or not root.exists():
+        if root is None:
             root = Path(scratch) / "synthetic"
             logger.info("no dataset given: writing the default synthetic dataset to %s", root)
             generate_synthetic_dataset(root)
