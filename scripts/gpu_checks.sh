@@ -45,7 +45,9 @@ step gpu nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step versions "$python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 # The loader's data set, written on the CPU while the tests run (and waited for before the
 # first timed step: on 2026-11-27 a larger set took 204 s beside the tests and shared the
-# host with the first cost tables, which the host's share of GSF's GPU step makes noisy)
+# host with the first cost tables, which the host's share of GSF's GPU step makes noisy; the
+# GPU may idle for a minute if the tests finish first). 256 training segments: 16 timed
+# batches of 8 at 16 workers (one batch per worker is left untimed).
 loader_dir=$(mktemp -d)
 loader_root=$loader_dir/synthetic
 "$python" -m lightning_gsf.data.synthetic --out "$loader_root" --num-train 256 --num-val 8 --num-test 8 \
@@ -56,7 +58,8 @@ if "$python" -c "import xdist" 2> /dev/null; then workers=(-n "${PYTEST_WORKERS:
 STEP_TIMEOUT=${TEST_TIMEOUT:-${STEP_TIMEOUT:-0}} step test_gpu "$python" -m pytest -q -m gpu tests/test_gpu.py \
   -p no:cacheprovider --durations 8 "${workers[@]}"
 wait "$synth"
-step loader_data cat "$loader_dir/synthetic.log"
+synth_status=$?  # (the loader step below is skipped, and this one fails, if the set was not written)
+step loader_data bash -c 'cat "$1"; [ "$2" -eq 0 ]' _ "$loader_dir/synthetic.log" "$synth_status"
 bench=("$python" -m lightning_gsf.benchmark --backbones resnet50 --device cuda --timer wall
        --batch-size 8 --input-size 224 --repeats 15 --warmup 3)
 step fp32_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --csv "$out/fp32_t8.csv"
@@ -71,7 +74,7 @@ step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch 
 step host_cost "$python" scripts/gsf_host_cost.py --calls 200
 step tune "$python" scripts/tune_gsf_kernels.py
 step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
-step loader env OMP_NUM_THREADS=1 "$python" -m lightning_gsf.data.benchmark --root "$loader_root" \
+[ "$synth_status" -eq 0 ] && step loader env OMP_NUM_THREADS=1 "$python" -m lightning_gsf.data.benchmark --root "$loader_root" \
   --input-size 224 --num-segments 8 --batch-size 8 --workers 0 4 8 16 --batches 40 --randaugment
 step fp32_t8_slow_paths "${bench[@]}" --num-segments 8 --temporal-modules gsf_torch gsf_reference \
   --csv "$out/fp32_t8_slow_paths.csv"

@@ -46,11 +46,12 @@ def test_fast_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, training, p
     torch.testing.assert_close(getattr(module, path)(x), module.forward_reference(x), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "no_reuse"])
-@pytest.mark.parametrize("path", ["forward", "forward_torch"])
+@pytest.mark.parametrize(("path", "reuse"), [("forward", True), ("forward", False), ("forward_torch", True)],
+                         ids=["forward-reuse", "forward-no_reuse", "forward_torch"])
 def test_fast_gsf_gradients_equal_reference_on_cuda(cuda, float32_arithmetic, monkeypatch, path, reuse):
-    """With gradient reuse (the default: the input's gradient written over the output's) and
-    without (``LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0``: a new tensor)."""
+    """The Triton path with gradient reuse (the default: the input's gradient written over the
+    output's) and without (``LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0``: a new tensor); the
+    PyTorch-ops path, which reuse does not concern."""
     from lightning_gsf import gradient_reuse
 
     monkeypatch.setattr(gradient_reuse, "ON_CUDA", reuse)

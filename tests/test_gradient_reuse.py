@@ -12,7 +12,8 @@ import torch
 from lightning_gsf import gradient_reuse
 
 
-@pytest.mark.parametrize("value,expected", [(None, "True"), ("0", "False"), ("1", "True")])
+@pytest.mark.parametrize("value,expected", [(None, "True"), ("0", "False"), ("1", "True"), ("off", "False"),
+                                            (" False", "False"), ("no", "False"), ("yes", "True")])
 def test_cuda_reuse_is_on_unless_the_environment_turns_it_off(value, expected):
     env = {key: val for key, val in os.environ.items() if key != "LIGHTNING_GSF_CUDA_GRADIENT_REUSE"}
     if value is not None:

@@ -98,6 +98,25 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == ["checks.log"]  # the stand-in wrote no CSVs
 
 
+def test_gpu_checks_skip_the_loader_when_its_data_set_was_not_written(tmp_path):
+    """A failed generation fails its step and skips the loader's (whose benchmark would have
+    timed a set of its own instead)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"data.synthetic"*) exit 5;; esac\n')
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/usr/bin/env bash\necho 'NVIDIA H200, 143771 MiB'\n")
+    for tool in (fake, smi):
+        tool.chmod(0o755)
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(SCRIPTS / "gpu_checks.sh"), str(out)], cwd=SCRIPTS.parent,
+                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0",
+                                 "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                            capture_output=True, text=True)
+    log = (out / "checks.log").read_text()
+    assert result.returncode == 1 and "== loader_data: exit 1" in log and "ran: -m lightning_gsf.data.synthetic" in log
+    assert "== loader:" not in log and "== resources: exit 0" in log
+
+
 def test_compare_gsf_revisions_runs_both_gsfs_next_to_tsn(capsys, monkeypatch):
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True).returncode:
         pytest.fail("the checkout has no git history for the script to read an older GSF from")
