@@ -64,26 +64,32 @@ def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=True)
 
 
-def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
-    """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (and fails the
-    CUDA tests) and a stand-in ``nvidia-smi``: the tests, then the float32 costs with and
-    without gradient reuse, the other cost tables, the profiles, then the loader on the
-    synthetic set generated during the tests (and finished before the first timed step); every
-    later step still runs, each logged as it ends, and the exit status is the first failure's."""
+def run_gpu_checks(tmp_path: Path, cases: str, **env: str) -> tuple[subprocess.CompletedProcess, str, Path]:
+    """``gpu_checks.sh`` with a stand-in interpreter that records its arguments (exit codes by
+    ``cases``, a bash ``case`` body matched against them) and a stand-in ``nvidia-smi``:
+    the result, its checks.log and its output folder."""
     fake = tmp_path / "python"
-    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"-m pytest"*) exit 3;; '
-                    '*"import xdist"*) exit 0;; esac\n')
+    fake.write_text(f'#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in {cases} esac\n')
     smi = tmp_path / "nvidia-smi"
     smi.write_text("#!/usr/bin/env bash\necho 'NVIDIA H200, 143771 MiB'\n")
     for tool in (fake, smi):
         tool.chmod(0o755)
     out = tmp_path / "out"
     result = subprocess.run(["bash", str(SCRIPTS / "gpu_checks.sh"), str(out)], cwd=SCRIPTS.parent,
-                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0", "PYTEST_WORKERS": "5",
-                                 "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0",
+                                 "PATH": f"{tmp_path}:{os.environ['PATH']}", **env},
                             capture_output=True, text=True)
+    return result, (out / "checks.log").read_text(), out
+
+
+def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
+    """The tests (failing here), then the float32 costs with and without gradient reuse, the
+    other cost tables, the profiles, then the loader on the synthetic set generated during the
+    tests (and finished before the first timed step); every later step still runs, each
+    logged as it ends, and the exit status is the first failure's."""
+    result, log, out = run_gpu_checks(tmp_path, '*"-m pytest"*) exit 3;; *"import xdist"*) exit 0;;',
+                                      PYTEST_WORKERS="5")
     assert result.returncode == 3
-    log = (out / "checks.log").read_text()
     ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
     assert ended[2:] == ["test_gpu", "loader_data", "fp32_t8", "no_reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8",
                          "trace", "host_cost", "tune", "profile", "loader", "fp32_t8_slow_paths", "resources"]
@@ -101,18 +107,7 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
 def test_gpu_checks_skip_the_loader_when_its_data_set_was_not_written(tmp_path):
     """A failed generation fails its step and skips the loader's (whose benchmark would have
     timed a set of its own instead)."""
-    fake = tmp_path / "python"
-    fake.write_text('#!/usr/bin/env bash\necho "ran: $*"\ncase "$*" in *"data.synthetic"*) exit 5;; esac\n')
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/usr/bin/env bash\necho 'NVIDIA H200, 143771 MiB'\n")
-    for tool in (fake, smi):
-        tool.chmod(0o755)
-    out = tmp_path / "out"
-    result = subprocess.run(["bash", str(SCRIPTS / "gpu_checks.sh"), str(out)], cwd=SCRIPTS.parent,
-                            env={**os.environ, "PYTHON": str(fake), "GPU_CHECKS_COMPILE": "0",
-                                 "PATH": f"{tmp_path}:{os.environ['PATH']}"},
-                            capture_output=True, text=True)
-    log = (out / "checks.log").read_text()
+    result, log, _ = run_gpu_checks(tmp_path, '*"data.synthetic"*) exit 5;;')
     assert result.returncode == 1 and "== loader_data: exit 1" in log and "ran: -m lightning_gsf.data.synthetic" in log
     assert "== loader:" not in log and "== resources: exit 0" in log
 
