@@ -84,10 +84,22 @@ def _floats(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
+def cdiv(a: int, b: int) -> int:
+    """``triton.cdiv`` for launch sizes on the host: Triton's is a constexpr function, whose
+    call unwraps its arguments in Python (some forty calls per GSF training step, ~0.1 ms of
+    the host's time per call of GSF on an H200 machine)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for the host (0 for 0, as Triton's), without its call cost."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def _block_pixels(pixels: int) -> int:
     """Pixel tile: up to 128 pixels, but at least 8 tiles per map down to 32-pixel tiles, so
     that the small maps of late stages still give the GPU enough programs."""
-    return min(MAX_BLOCK_PIXELS, max(32, triton.next_power_of_2(pixels // 8)))
+    return min(MAX_BLOCK_PIXELS, max(32, next_power_of_2(pixels // 8)))
 
 
 def _split(programs: int, blocks: int, block: int) -> tuple[int, int]:
@@ -95,8 +107,8 @@ def _split(programs: int, blocks: int, block: int) -> tuple[int, int]:
     run by each of ``programs`` programs, cut into ``splits`` programs of ``items`` items each
     (whole blocks, the last run possibly shorter), at least as many as bring the launch to
     :data:`MIN_PROGRAMS` programs, at most one per block."""
-    per_split = max(1, blocks // max(1, min(blocks, triton.cdiv(MIN_PROGRAMS, max(programs, 1)))))
-    return triton.cdiv(blocks, per_split), per_split * block
+    per_split = max(1, blocks // max(1, min(blocks, cdiv(MIN_PROGRAMS, max(programs, 1)))))
+    return cdiv(blocks, per_split), per_split * block
 
 
 def _channel_split(nt: int, p: int, pixels: int, max_block_p: int | None = None) -> tuple[int, int, int, int]:
@@ -104,8 +116,8 @@ def _channel_split(nt: int, p: int, pixels: int, max_block_p: int | None = None)
     frame, group and pixel tile (at most ``max_block_p`` pixels) and loop over the group's
     channels."""
     block_p = min(_block_pixels(pixels), max_block_p or MAX_BLOCK_PIXELS)
-    blocks = triton.cdiv(pixels, block_p)
-    return (block_p, blocks, *_split(nt * 2 * blocks, triton.cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
+    blocks = cdiv(pixels, block_p)
+    return (block_p, blocks, *_split(nt * 2 * blocks, cdiv(p // 2, BLOCK_CHANNELS), BLOCK_CHANNELS))
 
 
 def _flat_pixels(*maps: torch.Tensor) -> bool:
@@ -232,8 +244,8 @@ def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, 
     the mean and squared deviations) and their merge by the statistics kernel."""
     nt, p, h, w = v.shape
     count = nt * h * w
-    block_p, tiles = _block_pixels(h * w), triton.cdiv(p, BLOCK_CHANNELS)
-    splits, split_pixels = _split(nt * tiles, triton.cdiv(h * w, block_p), block_p)
+    block_p, tiles = _block_pixels(h * w), cdiv(p, BLOCK_CHANNELS)
+    splits, split_pixels = _split(nt * tiles, cdiv(h * w, block_p), block_p)
     partials = torch.empty((3, splits * nt, p), dtype=torch.float32, device=v.device)
     stats = torch.empty((3, p), dtype=torch.float32, device=v.device)
     _channel_moments_kernel[(nt, tiles, splits)](
@@ -241,7 +253,7 @@ def _statistics(v: torch.Tensor, eps: float, running_mean: torch.Tensor | None, 
         BLOCK_P=block_p, num_warps=NUM_WARPS)
     update = running_mean is not None
     block_r, block_c = _STATISTICS_TILE
-    _batch_norm_statistics_kernel[(triton.cdiv(p, block_c),)](
+    _batch_norm_statistics_kernel[(cdiv(p, block_c),)](
         partials, stats, running_mean if update else stats, running_var if update else stats, p, nt, splits * nt,
         h * w, split_pixels, eps, momentum, momentum * count / max(count - 1, 1),
         UPDATE=update, BLOCK_R=block_r, BLOCK_C=block_c)
@@ -341,8 +353,8 @@ def gate(products: torch.Tensor, bias: torch.Tensor, num_segments: int, height: 
     splits, nt = products.shape[:2]
     pixels = height * width
     out = torch.empty((nt, 2, pixels), dtype=torch.float32, device=products.device)
-    block_p = min(256, triton.next_power_of_2(pixels))
-    _gate_kernel[(nt * 2, triton.cdiv(pixels, block_p))](products, _floats(bias), out, num_segments, height, width,
+    block_p = min(256, next_power_of_2(pixels))
+    _gate_kernel[(nt * 2, cdiv(pixels, block_p))](products, _floats(bias), out, num_segments, height, width,
                                                         pixels, splits, products.stride(0), BLOCK_P=block_p,
                                                         num_warps=NUM_WARPS)
     return out
@@ -388,8 +400,8 @@ def gated_means(v: torch.Tensor, gate_map: torch.Tensor) -> torch.Tensor:
     ``mean(v)``, row 1 ``mean(g_k * v)`` for the channels of group ``k`` (the C++ gate op's
     layout)."""
     nt, p, h, w = v.shape
-    block_p, tiles = _block_pixels(h * w), triton.cdiv(p // 2, BLOCK_CHANNELS)
-    splits, split_pixels = _split(nt * 2 * tiles, triton.cdiv(h * w, block_p), block_p)
+    block_p, tiles = _block_pixels(h * w), cdiv(p // 2, BLOCK_CHANNELS)
+    splits, split_pixels = _split(nt * 2 * tiles, cdiv(h * w, block_p), block_p)
     means = torch.empty((splits, nt, 2, p), dtype=torch.float32, device=v.device)
     _gated_means_kernel[(nt * 2, tiles, splits)](
         v, gate_map, means, p // 2, h * w, w, *v.stride(), split_pixels, FLAT=_flat_pixels(v),
@@ -447,8 +459,8 @@ FUSION_TILE_VALUES = 256
 def _fusion_tiles(num_segments: int, half: int) -> tuple[int, int]:
     """(frames, channels) of a fusion-weights tile: the whole clip, up to
     :data:`FUSION_TILE_VALUES` values (more where the clip alone has more frames)."""
-    block_t = triton.next_power_of_2(num_segments)
-    return block_t, max(1, min(triton.next_power_of_2(half), FUSION_TILE_VALUES // block_t))
+    block_t = next_power_of_2(num_segments)
+    return block_t, max(1, min(next_power_of_2(half), FUSION_TILE_VALUES // block_t))
 
 
 def fusion_weights(means: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -458,7 +470,7 @@ def fusion_weights(means: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     half = p // 2
     out = torch.empty((nt // num_segments, num_segments, 2, half), dtype=torch.float32, device=means.device)
     block_t, block_c = _fusion_tiles(num_segments, half)
-    _fusion_weights_kernel[(nt // num_segments * 2, triton.cdiv(half, block_c))](
+    _fusion_weights_kernel[(nt // num_segments * 2, cdiv(half, block_c))](
         means, _floats(weight), _floats(bias), out, num_segments, half,
         BLOCK_T=block_t, BLOCK_C=block_c)
     return out
@@ -529,7 +541,7 @@ def fusion_weights_backward(grad_weights: torch.Tensor, weights: torch.Tensor, m
     nt, _, p = means.shape
     half, clips = p // 2, nt // num_segments
     block_t, block_c = _fusion_tiles(num_segments, half)
-    tiles = triton.cdiv(half, block_c)
+    tiles = cdiv(half, block_c)
     grad_means = torch.empty((nt, 2, p), dtype=torch.float32, device=means.device)
     partials = torch.empty((clips * tiles, 2, 19), dtype=torch.float32, device=means.device)
     _fusion_weights_backward_kernel[(clips * 2, tiles)](
@@ -574,7 +586,7 @@ def gate_gradient(grad_gate: torch.Tensor, v: torch.Tensor, gate_map: torch.Tens
     if grad_gate.dim() == 3:
         grad_gate = grad_gate.unsqueeze(0)
     block_p = _block_pixels(h * w)
-    _gate_gradient_kernel[(nt * 2, triton.cdiv(h * w, block_p))](
+    _gate_gradient_kernel[(nt * 2, cdiv(h * w, block_p))](
         grad_gate, v, gate_map, grad_means, p // 2, h * w, w, *v.stride(), grad_gate.shape[0], grad_gate.stride(0),
         FLAT=_flat_pixels(v), BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad_gate[0]
@@ -674,7 +686,7 @@ def blend(v: torch.Tensor, gate_map: torch.Tensor, weights: torch.Tensor, out: t
     ``(NT, 2, P/2)``; also copy ``v`` into ``copy`` if given."""
     nt, p, h, w = v.shape
     block_p = _block_pixels(h * w)
-    grid = (nt * 2, triton.cdiv(p // 2, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
+    grid = (nt * 2, cdiv(p // 2, BLOCK_CHANNELS), cdiv(h * w, block_p))
     copy_arg = copy if copy is not None else out
     _blend_kernel[grid](v, gate_map, weights, out, copy_arg, num_segments, p // 2, h * w, w, *v.stride(),
                         *out.stride(), *copy_arg.stride(), SAVE_COPY=copy is not None,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lightning_gsf.gsf_kernels import BLOCK_CHANNELS, NUM_WARPS, _block_pixels, _flat_pixels, _pixel_offsets
+from lightning_gsf.gsf_kernels import BLOCK_CHANNELS, NUM_WARPS, _block_pixels, _flat_pixels, _pixel_offsets, cdiv
 
 
 @triton.jit
@@ -50,7 +50,7 @@ def shift(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool =
     if out.numel() == 0:
         return out
     block_p = _block_pixels(h * w)
-    grid = (nt, triton.cdiv(c, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
+    grid = (nt, cdiv(c, BLOCK_CHANNELS), cdiv(h * w, block_p))
     _shift_kernel[grid](x, out, num_segments, c, fold, h * w, w, *x.stride(), *out.stride(),
                         BACKWARDS_FIRST=backwards_first, FLAT=_flat_pixels(x, out), BLOCK_C=BLOCK_CHANNELS,
                         BLOCK_P=block_p, num_warps=NUM_WARPS)
@@ -87,7 +87,7 @@ def unshift_(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
     nt, c, h, w = grad.shape
     block_p = _block_pixels(h * w)
     if fold > 0 and grad.numel() > 0:
-        grid = (nt // num_segments, 2 * triton.cdiv(fold, BLOCK_CHANNELS), triton.cdiv(h * w, block_p))
+        grid = (nt // num_segments, 2 * cdiv(fold, BLOCK_CHANNELS), cdiv(h * w, block_p))
         _unshift_kernel[grid](grad, num_segments, c, fold, h * w, w, *grad.stride(), FLAT=_flat_pixels(grad),
                               BLOCK_C=BLOCK_CHANNELS, BLOCK_P=block_p, num_warps=NUM_WARPS)
     return grad

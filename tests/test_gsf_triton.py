@@ -403,6 +403,35 @@ def test_triton_path_is_its_kernels_and_little_else(monkeypatch):
     assert launches.names == ["gate_products", "gate", "gated_means", "fusion_weights", "blend"]
 
 
+def test_launch_sizes_are_computed_without_triton_s_constexpr_functions(monkeypatch):
+    """``triton.cdiv`` and ``triton.next_power_of_2`` are constexpr functions whose every call
+    unwraps its arguments in Python (~3 us; some forty calls per GSF training step): the host
+    code uses plain twins, equal to them, and calls neither of Triton's."""
+    import triton
+
+    from lightning_gsf import gsf_kernels, shift_kernels
+
+    for a in range(0, 600):
+        assert gsf_kernels.next_power_of_2(a) == triton.next_power_of_2(a)
+        for b in (1, 2, 3, 7, 16, 128, 1024):
+            assert gsf_kernels.cdiv(a, b) == triton.cdiv(a, b)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("triton's constexpr function called on the host")
+
+    monkeypatch.setattr(triton, "cdiv", refused)
+    monkeypatch.setattr(triton, "next_power_of_2", refused)
+    x = make_input(2, 4, 64, 6, seed=0)
+    shifted = shift_kernels.shift(x, 4, 8)  # (TSM's kernels, run under the interpreter)
+    shift_kernels.unshift_(shifted, 4, 8)
+    RecordedLaunches(monkeypatch)
+    module = make_gsf(64, 4, 0.25, seed=0).train()
+    module.forward_triton(x.requires_grad_() * 1.0).sum().backward()
+    module.eval()
+    with torch.no_grad():
+        module.forward_triton(x)
+
+
 def test_forward_uses_triton_only_for_cuda_tensors(monkeypatch):
     calls = []
     monkeypatch.setattr(GSF, "forward_triton", lambda self, x: calls.append(x) or x)
