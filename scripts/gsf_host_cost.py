@@ -8,6 +8,11 @@ operations; then a ``cProfile`` of the default path's training step, to show whi
 functions the time goes to.
 
     python scripts/gsf_host_cost.py --calls 200
+    python scripts/gsf_host_cost.py --device cpu --stub-kernels --calls 500   # the glue alone, no GPU
+
+``--stub-kernels`` replaces every Triton kernel of GSF by a stand-in that launches nothing,
+so the Triton path's rows time its host glue alone (Python, PyTorch's dispatch and small
+operations; their numbers are meaningless), on any device.
 """
 
 from __future__ import annotations
@@ -40,14 +45,34 @@ def host_us(call: Callable[[], object], calls: int, warmup: int = 5) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
+class _NoLaunch:
+    """A Triton kernel's stand-in: ``kernel[grid](...)`` launches nothing."""
+
+    def __getitem__(self, grid: object) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+
+def stub_kernels() -> int:
+    """Replace GSF's Triton kernels by :class:`_NoLaunch`; the number replaced."""
+    names = [name for name in dir(gsf_kernels) if name.startswith("_") and name.endswith("_kernel")
+             and hasattr(getattr(gsf_kernels, name), "__getitem__")]
+    for name in names:
+        setattr(gsf_kernels, name, _NoLaunch())
+    return len(names)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5, help="calls before the timed ones")
     parser.add_argument("--profile-rows", type=int, default=30)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
+    parser.add_argument("--stub-kernels", action="store_true",
+                        help="GSF's Triton kernels launch nothing: the Triton path's host glue alone")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.stub_kernels:
+        print(f"{stub_kernels()} Triton kernels stubbed out: the Triton rows time the host glue alone")
     module = GSF(64, num_segments=8, ratio=0.25).to(device)
     x = torch.randn(16, 64, 8, 8, device=device)
     grad = torch.randn_like(x)

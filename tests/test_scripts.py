@@ -45,6 +45,23 @@ def test_gsf_host_cost_dry_run_on_the_cpu(capsys, monkeypatch):
     assert "cProfile of 1 training steps of forward_triton" in output
 
 
+def test_gsf_host_cost_with_stubbed_kernels_times_the_glue_alone(capsys, monkeypatch):
+    """``--stub-kernels``: GSF's Triton kernels launch nothing (each launch goes to a stand-in)."""
+    from lightning_gsf import gsf_kernels
+
+    launched = []
+    for name in [name for name in dir(gsf_kernels) if name.endswith("_kernel") and name.startswith("_")]:
+        monkeypatch.setattr(gsf_kernels, name, getattr(gsf_kernels, name))  # (restored after the test)
+    real = gsf_kernels._blend_kernel
+    monkeypatch.setattr(type(real), "__getitem__", lambda self, grid: launched.append(grid))
+    monkeypatch.setattr(sys, "argv", ["gsf_host_cost.py", "--device", "cpu", "--stub-kernels", "--calls", "1",
+                                      "--warmup", "0", "--profile-rows", "1"])
+    runpy.run_path(str(SCRIPTS / "gsf_host_cost.py"), run_name="__main__")
+    output = capsys.readouterr().out
+    assert output.startswith("12 Triton kernels stubbed out")
+    assert "training step, forward_triton" in output and launched == []
+
+
 @pytest.mark.parametrize("script", ["trace_gpu_step.py", "tune_gsf_kernels.py"])
 def test_gpu_profiling_scripts_say_they_need_a_gpu(script, capsys, monkeypatch):
     """Without CUDA they stop with an argparse error naming what is missing (on a GPU
