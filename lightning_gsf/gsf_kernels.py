@@ -86,8 +86,8 @@ def _floats(t: torch.Tensor) -> torch.Tensor:
 
 def cdiv(a: int, b: int) -> int:
     """``triton.cdiv`` for launch sizes on the host: Triton's is a constexpr function, whose
-    call unwraps its arguments in Python (some forty calls per GSF training step, ~0.1 ms of
-    the host's time per call of GSF on an H200 machine)."""
+    call unwraps its arguments in Python (with ``next_power_of_2``, 44 calls per GSF training
+    step and 18 per inference call; ~2 us each on this project's CPU machine)."""
     return -(-a // b)
 
 

@@ -66,13 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=5, help="calls before the timed ones")
     parser.add_argument("--profile-rows", type=int, default=30)
-    parser.add_argument("--device", default="cuda", help="cpu: a dry run under TRITON_INTERPRET=1")
+    parser.add_argument("--device", default="cuda",
+                        help="cpu: a dry run under TRITON_INTERPRET=1 (not needed with --stub-kernels)")
     parser.add_argument("--stub-kernels", action="store_true",
                         help="GSF's Triton kernels launch nothing: the Triton path's host glue alone")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.stub_kernels:
         print(f"{stub_kernels()} Triton kernels stubbed out: the Triton rows time the host glue alone")
+    torch.manual_seed(0)  # (the same map and weights every run)
     module = GSF(64, num_segments=8, ratio=0.25).to(device)
     x = torch.randn(16, 64, 8, 8, device=device)
     grad = torch.randn_like(x)

@@ -53,7 +53,7 @@ def test_gsf_host_cost_with_stubbed_kernels_times_the_glue_alone(capsys, monkeyp
     for name in [name for name in dir(gsf_kernels) if name.endswith("_kernel") and name.startswith("_")]:
         monkeypatch.setattr(gsf_kernels, name, getattr(gsf_kernels, name))  # (restored after the test)
     real = gsf_kernels._blend_kernel
-    monkeypatch.setattr(type(real), "__getitem__", lambda self, grid: launched.append(grid))
+    monkeypatch.setattr(type(real), "__getitem__", lambda self, grid: launched.append(grid) or (lambda *a, **k: None))
     monkeypatch.setattr(sys, "argv", ["gsf_host_cost.py", "--device", "cpu", "--stub-kernels", "--calls", "1",
                                       "--warmup", "0", "--profile-rows", "1"])
     runpy.run_path(str(SCRIPTS / "gsf_host_cost.py"), run_name="__main__")
