@@ -9,7 +9,8 @@
 #      then write new gradients; by default they write over their output's gradient),
 #   3. the other cost tables: 16 segments, bf16 autocast, bf16 channels-last,
 #   4. where a ResNet-50 step's time goes, TSN next to GSF: eager, its kernels, as a CUDA graph
-#      (scripts/trace_gpu_step.py), what a GSF call costs the host (scripts/gsf_host_cost.py),
+#      (scripts/trace_gpu_step.py), what a GSF call costs the host (scripts/gsf_host_cost.py;
+#      then with the kernels stubbed out: the glue around the launches alone),
 #      the GSF kernels' time per launch setting (scripts/tune_gsf_kernels.py), GSF per site
 #      (scripts/profile_gsf.py: Triton, PyTorch-ops, compile formulation, literal spec),
 #   5. the loader on this machine's cores next to the model: training clips/s of a synthetic
@@ -72,6 +73,7 @@ step bf16_cl_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --dtyp
   --csv "$out/bf16_cl_t8.csv"
 step trace "$python" scripts/trace_gpu_step.py --temporal-modules gsf gsf_torch --steps 10
 step host_cost "$python" scripts/gsf_host_cost.py --calls 200
+step host_glue "$python" scripts/gsf_host_cost.py --calls 200 --stub-kernels --profile-rows 15
 step tune "$python" scripts/tune_gsf_kernels.py
 step profile "$python" scripts/profile_gsf.py --device cuda --batch-size 8 --input-size 224 --repeats 10
 [ "$synth_status" -eq 0 ] && step loader env OMP_NUM_THREADS=1 "$python" -m lightning_gsf.data.benchmark --root "$loader_root" \

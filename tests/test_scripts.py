@@ -109,10 +109,12 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     assert result.returncode == 3
     ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
     assert ended[2:] == ["test_gpu", "loader_data", "fp32_t8", "no_reuse_fp32_t8", "fp32_t16", "bf16_t8", "bf16_cl_t8",
-                         "trace", "host_cost", "tune", "profile", "loader", "fp32_t8_slow_paths", "resources"]
+                         "trace", "host_cost", "host_glue", "tune", "profile", "loader", "fp32_t8_slow_paths",
+                         "resources"]
     assert "== test_gpu: exit 3" in log and "== fp32_t8: exit 0" in log
     started = {line.split()[1].rstrip(":"): line for line in log.splitlines() if line.startswith("== ") and " exit " not in line}
     assert "LIGHTNING_GSF_CUDA_GRADIENT_REUSE=0" in started["no_reuse_fp32_t8"]
+    assert "--stub-kernels" in started["host_glue"] and "--stub-kernels" not in started["host_cost"]
     assert started["test_gpu"].endswith("-n 5")
     synthetic = next(line for line in log.splitlines() if line.startswith("ran: -m lightning_gsf.data.synthetic"))
     loader_root = synthetic.split("--out ")[1].split()[0]
