@@ -330,14 +330,16 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
-@pytest.mark.parametrize("processed", [4, 36, 164])
+# groups of 2, 18, 50, 70 and 82 channels: the channels-last means in blocks of 64 channels,
+# each in 1, 2 or 4 vectors (2; 18; 50; 64 + 6; 64 + 18)
+@pytest.mark.parametrize("processed", [4, 36, 100, 140, 164])
 @pytest.mark.parametrize("size", [(1, 1), (5, 5), (10, 10), (9, 33), (20, 20)])
 def test_gate_is_the_same_in_both_layouts(kernels, size, processed, dtype):
     """NCHW and channels-last maps fill the gate's planes by different loops (bfloat16 NCHW
     maps straight into the dot products' channel pairs, in one pass): the same bits either
     way, with a batch norm that sends some values below zero (the ReLU) and rounds others.
-    The spatial means too, up to the order of the sums (channels-last: blocks of 64 channels,
-    82 a group here: a whole block and a partial one)."""
+    The spatial means too, up to the order of the sums (channels-last: blocks of up to 64
+    channels, each summed in as few vectors as it needs)."""
     generator = torch.Generator().manual_seed(12)
     weight = torch.randn(2, processed // 2, 3, 3, 3, generator=generator) * 0.2
     bias = torch.randn(2, generator=generator)
