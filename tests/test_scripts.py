@@ -173,3 +173,38 @@ def test_kernel_resources_refuses_interpreted_kernels(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         runpy.run_path(str(SCRIPTS / "kernel_resources.py"), run_name="__main__")
     assert "TRITON_INTERPRET is set" in capsys.readouterr().err
+
+
+def _compare_cpu_kernels():
+    return runpy.run_path(str(SCRIPTS / "compare_cpu_kernels.py"))
+
+
+def test_compare_cpu_kernels_renames_every_library_block():
+    """The revision's kernels are built under a namespace of their own: every
+    ``TORCH_LIBRARY`` / ``TORCH_LIBRARY_IMPL`` block of the source moves to it (one left behind
+    would register the revision's kernels over the checkout's), and nothing else changes."""
+    with_namespace = _compare_cpu_kernels()["with_namespace"]
+    source = (SCRIPTS.parent / "lightning_gsf" / "csrc" / "gsf_cpu.cpp").read_text()
+    renamed = with_namespace(source, "lightning_gsf_at_0123456789ab")
+    blocks = source.count("TORCH_LIBRARY(lightning_gsf,") + source.count("TORCH_LIBRARY_IMPL(lightning_gsf,")
+    assert blocks >= 3
+    assert "(lightning_gsf," not in renamed
+    assert renamed.count("(lightning_gsf_at_0123456789ab,") == blocks
+    assert renamed.replace("lightning_gsf_at_0123456789ab,", "lightning_gsf,") == source
+    with pytest.raises(ValueError, match="no TORCH_LIBRARY block"):
+        with_namespace("int main() {}", "other")
+
+
+@pytest.mark.slow  # (builds a second copy of the kernels: about a minute)
+def test_compare_cpu_kernels_times_both_builds_on_the_same_inputs(capsys, monkeypatch):
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True).returncode:
+        pytest.fail("the checkout has no git history for the script to read older kernels from")
+    monkeypatch.setattr(sys, "argv", ["compare_cpu_kernels.py", "--revision", "HEAD", "--input-size", "64",
+                                      "--num-segments", "2", "--rounds", "1", "--warmup", "0", "--channels-last"])
+    runpy.run_path(str(SCRIPTS / "compare_cpu_kernels.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("GSF infer, in place, channels-last, float32, T=2")
+    sites = lines[2:6]
+    assert [line.split()[0] for line in sites] == ["256", "512", "1024", "2048"]
+    assert all(line.endswith("True") for line in sites)  # HEAD's kernels are the checkout's: the same bits
+    assert lines[6].strip().startswith("per clip (16 sites)")
