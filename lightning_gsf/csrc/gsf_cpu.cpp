@@ -2283,7 +2283,7 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
     const Map<T> kept = map_of<T>(saved, "saved");
     // Channels-last maps a block of pixels at a time, every frame's run of it in turn (whole
     // frames in turn, with a memmove per pixel and run: the shift and its undoing at ResNet-50's
-    // sites, T=8, 160 px, float32, took 7.1-7.5 ms a clip; with the loop 6.4-6.6, and in blocks
+    // sites, T=8, 160 px, float32, took 6.9-7.5 ms a clip; with the loop 6.4-6.6, and in blocks
     // 5.9-6.1; bfloat16 3.5-3.6 either way; NCHW moves whole planes, 3.3).
     const int64_t block = map.channel == 1 && kept.channel == 1 ? 64 : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
