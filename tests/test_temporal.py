@@ -187,13 +187,14 @@ def test_shift_ops_pass_opcheck(channels_last, compiled_kernels):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.int64, torch.uint8],
                          ids=str)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed", "channel_slice"])
-@pytest.mark.parametrize("size", [(6, 16, 3, 4), (6, 16, 1, 1), (6, 5, 2, 3)], ids=str)
+@pytest.mark.parametrize("size", [(6, 16, 3, 4), (6, 16, 1, 1), (6, 5, 2, 3), (6, 16, 9, 15)], ids=str)
 @pytest.mark.parametrize("folds", ["quarter", "none", "half"])
 def test_shift_ops_move_every_value_of_any_dtype_and_layout(dtype, layout, size, folds, compiled_kernels):
     """The C++ shift (values moved by their size in bytes) and its adjoint against the eager
     path's, on dense maps of either layout (a 1 x 1 map with the strides a channels-last
     convolution gives it), a transposed map and a channel slice of a wider map (which the
-    kernel copies dense first); folds of a quarter, none and half the channels. Outputs dense
+    kernel copies dense first); folds of a quarter, none and half the channels; 135 pixels:
+    channels-last maps move in blocks of 64 pixels, two whole and a part. Outputs dense
     in the input's layout, the gradient's own layout whatever it is."""
     n, c, h, w = size
     values = torch.arange(n * (c + 3) * h * w).view(n, c + 3, h, w) % 97

@@ -48,6 +48,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -2053,16 +2054,17 @@ template <typename T>
 void shift_copy_kernel(const Map<const T>& x, const Map<T>& out, int64_t frames, int64_t num_segments,
                        int64_t channels, int64_t fold, int64_t pixels, bool backwards_first) {
   const int64_t next_c0 = backwards_first ? 0 : fold, previous_c0 = backwards_first ? fold : 0;
-  const bool planes = out.pixel == 1 && out.channel == pixels;
-  at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t f = begin; f < end; ++f) {
-      const int64_t t = f % num_segments;
-      // (source frame, first channel, channels) of each run; source < 0: zeros
-      const int64_t runs[3][3] = {{t + 1 < num_segments ? f + 1 : -1, next_c0, fold},
-                                  {t > 0 ? f - 1 : -1, previous_c0, fold},
-                                  {f, 2 * fold, channels - 2 * fold}};
-      if (planes) {
-        for (const auto& run : runs) {
+  // (source frame, first channel, channels) of each of frame f's runs; source < 0: zeros
+  auto runs_of = [&](int64_t f) {
+    const int64_t t = f % num_segments;
+    return std::array<std::array<int64_t, 3>, 3>{{{t + 1 < num_segments ? f + 1 : -1, next_c0, fold},
+                                                  {t > 0 ? f - 1 : -1, previous_c0, fold},
+                                                  {f, 2 * fold, channels - 2 * fold}}};
+  };
+  if (out.pixel == 1 && out.channel == pixels) {  // planes: each run one block
+    at::parallel_for(0, frames, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t f = begin; f < end; ++f) {
+        for (const auto& run : runs_of(f)) {
           T* dst = out.at(f, run[1]);
           if (run[0] < 0) {
             std::fill(dst, dst + run[2] * pixels, T{});
@@ -2070,19 +2072,33 @@ void shift_copy_kernel(const Map<const T>& x, const Map<T>& out, int64_t frames,
             std::memcpy(dst, x.at(run[0], run[1]), run[2] * pixels * sizeof(T));
           }
         }
-        continue;
       }
-      for (int64_t p = 0; p < pixels; ++p) {  // channels innermost
-        for (const auto& run : runs) {
-          T* dst = out.at(f, run[1]) + p * out.pixel;
-          const int64_t count = run[2];
-          if (run[0] < 0) {
+    });
+    return;
+  }
+  // Channels innermost: a block of pixels at a time through every frame of a clip, so that a
+  // frame's values, read for its neighbours' runs and its own, are read while in cache. (Whole
+  // frames in turn, the float32 shift at ResNet-50's TSM sites, 160 px, took a median 1.20x a
+  // channels-last clone() of the same maps over five runs; in blocks 1.10x over six.)
+  constexpr int64_t block = 64;
+  const int64_t blocks = (pixels + block - 1) / block, clips = frames / num_segments;
+  at::parallel_for(0, clips * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t clip = index / blocks, first = index % blocks * block, last = std::min(first + block, pixels);
+      for (int64_t f = clip * num_segments; f < (clip + 1) * num_segments; ++f) {
+        const auto runs = runs_of(f);
+        for (int64_t p = first; p < last; ++p) {
+          for (const auto& run : runs) {
+            T* dst = out.at(f, run[1]) + p * out.pixel;
+            const int64_t count = run[2];
+            if (run[0] < 0) {
 #pragma omp simd
-            for (int64_t c = 0; c < count; ++c) dst[c] = T{};
-          } else {
-            const T* src = x.at(run[0], run[1]) + p * x.pixel;
+              for (int64_t c = 0; c < count; ++c) dst[c] = T{};
+            } else {
+              const T* src = x.at(run[0], run[1]) + p * x.pixel;
 #pragma omp simd
-            for (int64_t c = 0; c < count; ++c) dst[c] = src[c];
+              for (int64_t c = 0; c < count; ++c) dst[c] = src[c];
+            }
           }
         }
       }
