@@ -330,9 +330,9 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
-# groups of 2, 18, 50, 70 and 82 channels: the channels-last means in blocks of 64 channels,
-# each in 1, 2 or 4 vectors (2; 18; 50; 64 + 6; 64 + 18)
-@pytest.mark.parametrize("processed", [4, 36, 100, 140, 164])
+# groups of 2, 18, 32, 40, 50, 64, 70 and 82 channels: the channels-last means in blocks of up
+# to 64 channels, each in 1, 2, 3 or 4 vectors (2; 18; 32; 40; 50; 64; 64 + 6; 64 + 18)
+@pytest.mark.parametrize("processed", [4, 36, 64, 80, 100, 128, 140, 164])
 @pytest.mark.parametrize("size", [(1, 1), (5, 5), (10, 10), (9, 33), (20, 20)])
 def test_gate_is_the_same_in_both_layouts(kernels, size, processed, dtype):
     """NCHW and channels-last maps fill the gate's planes by different loops (bfloat16 NCHW

@@ -195,16 +195,22 @@ def test_compare_cpu_kernels_renames_every_library_block():
         with_namespace("int main() {}", "other")
 
 
-@pytest.mark.slow  # (builds a second copy of the kernels: about a minute)
-def test_compare_cpu_kernels_times_both_builds_on_the_same_inputs(capsys, monkeypatch):
+@pytest.mark.slow  # (builds a second copy of the kernels: about a minute, once)
+@pytest.mark.parametrize("op,header,sites", [
+    ("gsf", "GSF infer, in place, channels-last, float32, T=2", ["256", "512", "1024", "2048"]),
+    ("tsm", "TSM shift and unshift, in place, channels-last, float32, T=2", ["64", "256", "512", "1024", "2048"]),
+])
+def test_compare_cpu_kernels_times_both_builds_on_the_same_inputs(op, header, sites, capsys, monkeypatch):
+    """Against HEAD, whose kernels are a clean checkout's own: every site's outputs bitwise
+    equal (with uncommitted kernel changes they may differ)."""
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=SCRIPTS.parent, capture_output=True).returncode:
         pytest.fail("the checkout has no git history for the script to read older kernels from")
-    monkeypatch.setattr(sys, "argv", ["compare_cpu_kernels.py", "--revision", "HEAD", "--input-size", "64",
-                                      "--num-segments", "2", "--rounds", "1", "--warmup", "0", "--channels-last"])
+    monkeypatch.setattr(sys, "argv", ["compare_cpu_kernels.py", "--revision", "HEAD", "--op", op, "--input-size", "64",
+                                      "--num-segments", "2", "--rounds", "2", "--warmup", "0", "--channels-last"])
     runpy.run_path(str(SCRIPTS / "compare_cpu_kernels.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("GSF infer, in place, channels-last, float32, T=2")
-    sites = lines[2:6]
-    assert [line.split()[0] for line in sites] == ["256", "512", "1024", "2048"]
-    assert all(line.endswith("True") for line in sites)  # HEAD's kernels are the checkout's: the same bits
-    assert lines[6].strip().startswith("per clip (16 sites)")
+    assert lines[0].startswith(header)
+    rows = lines[2:2 + len(sites)]
+    assert [line.split()[0] for line in rows] == sites
+    assert all(line.endswith("True") for line in rows)
+    assert lines[2 + len(sites)].strip().startswith("per clip (16 sites)")

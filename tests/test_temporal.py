@@ -287,13 +287,13 @@ def test_inductor_shift_matches_eager(channels_last):
 @pytest.mark.parametrize(
     "batch,num_segments,channels,fold_div,size",
     [(2, 4, 16, 8, (3, 5)), (1, 1, 16, 8, (2, 2)), (3, 3, 17, 8, (1, 1)), (2, 5, 12, 4, (4, 3)), (1, 8, 4, 8, (2, 3)),
-     (2, 3, 16, 2, (3, 1)), (2, 3, 16, 8, (8, 16)), (1, 4, 24, 8, (9, 15))],
+     (2, 3, 16, 2, (3, 1)), (2, 3, 16, 8, (8, 16)), (1, 4, 24, 8, (9, 15)), (1, 3, 160, 8, (9, 15))],
 )
 def test_inference_shifts_in_place_and_restores(batch, num_segments, channels, fold_div, size, channels_last, dtype):
     """In inference mode the consumer gets the map shifted in its own memory (the C++ kernels),
     which is put back when it returns, to the bit; 1 x 1 maps are NCHW and channels-last at
     once, 3 x 1 maps have a free stride on W; channels-last maps move in blocks of 64 pixels
-    (128 pixels: two whole blocks; 135: two and a part)."""
+    (128 pixels: two whole blocks; 135: two and a part, with runs of 3 and of 20 channels)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch * num_segments, channels, *size).to(dtype).contiguous(memory_format=memory_format)
     expected = naive_shift(x, num_segments, fold_div)

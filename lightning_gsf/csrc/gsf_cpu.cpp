@@ -1311,10 +1311,10 @@ inline float vector_sigmoid(float x) {
 // x + p * pixel_stride) and of the gated map, their sums in registers over all pixels, two
 // pixels at a time on separate sums. (Sums in memory, each pixel's additions waited on the
 // previous pixel's stores: ResNet-50's channels-last sites, float32, T=8, took 6.4 ms a clip,
-// 5.85 ms with this loop.) No more vectors than the channels need: a load under an empty mask
-// still costs its cache line, here the next channels' (always four vectors, a group of 32
-// channels read twice the lines it needed: ResNet-50's 40 x 40 sites at T=8, 160 px, took 11 %
-// longer over the gate, and the gate of every site 6 % longer).
+// 5.85 ms with this loop.) No more vectors than the channels need: with four vectors always,
+// a group of 32 channels (ResNet-50's 40 x 40 sites) ran two under empty masks, loads that
+// seemingly still fetched the next channels' cache lines, and the gate op of those sites took
+// ~11 % longer (T=8, 160 px; all 16 sites' gates together ~6 %).
 template <typename T, int64_t Vectors>
 void channels_last_means(const T* x, int64_t pixel_stride, int64_t count, int64_t pixels, const float* g,
                          float inverse, float* mean_v, float* mean_y) {
@@ -1407,6 +1407,8 @@ void frame_gate(const Map<const T>& v, int64_t frame, int64_t k, int64_t half, i
       channels_last_means<T, 1>(x, v.pixel, count, pixels, g, inverse, mean_v + c0, mean_y + c0);
     } else if (count <= 32) {
       channels_last_means<T, 2>(x, v.pixel, count, pixels, g, inverse, mean_v + c0, mean_y + c0);
+    } else if (count <= 48) {
+      channels_last_means<T, 3>(x, v.pixel, count, pixels, g, inverse, mean_v + c0, mean_y + c0);
     } else {
       channels_last_means<T, 4>(x, v.pixel, count, pixels, g, inverse, mean_v + c0, mean_y + c0);
     }
@@ -2297,19 +2299,20 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
     // (map_of refuses a pixel stride that does not step through H*W, as a W = 1 map's may not)
     const Map<T> map = map_of<T>(x, "x");
     const Map<T> kept = map_of<T>(saved, "saved");
-    // Channels-last maps a block of pixels at a time, every frame's run of it in turn (whole
-    // frames in turn, with a memmove per pixel and run: the shift and its undoing at ResNet-50's
-    // sites, T=8, 160 px, float32, took 6.9-7.5 ms a clip; with the loop 6.4-6.6, and in blocks
-    // 5.9-6.1; bfloat16 3.5-3.6 either way; NCHW moves whole planes, 3.3).
+    // Channels-last maps a block of pixels at a time, every frame's run of it in turn (block =
+    // pixels otherwise: move_channels tells NCHW planes by a channel stride of `pixels`). Against
+    // whole frames in turn with a memmove per pixel and run, the shift and its undoing at
+    // ResNet-50's sites (T=8, 160 px, float32; three runs each) took 0.86-0.90 of the time with
+    // the loop alone, 0.84-0.85 with the loop and the blocks; bfloat16 the same either way.
     const int64_t block = map.channel == 1 && kept.channel == 1 ? 64 : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
     at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
         for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t first = b * block, count = std::min(block, pixels - first);
-          const Map<T> part{map.data + first * map.pixel, map.frame, map.channel, map.pixel};
-          const Map<T> kept_part{kept.data + first * kept.pixel, kept.frame, kept.channel, kept.pixel};
-          shift_side(part, kept_part, index / 2, index % 2, num_segments, fold, count, restore);
+          const int64_t first_pixel = b * block, block_pixels = std::min(block, pixels - first_pixel);
+          const Map<T> part{map.data + first_pixel * map.pixel, map.frame, map.channel, map.pixel};
+          const Map<T> kept_part{kept.data + first_pixel * kept.pixel, kept.frame, kept.channel, kept.pixel};
+          shift_side(part, kept_part, index / 2, index % 2, num_segments, fold, block_pixels, restore);
         }
       }
     });
