@@ -53,6 +53,14 @@ def extension_name(capability: str) -> str:
     return f"lightning_gsf_cpu_{re.sub(r'[^0-9A-Za-z]', '_', torch.__version__)}_{capability.lower()}"
 
 
+def load_build(name: str, source: Path, capability: str) -> None:
+    """Build ``source`` (or load its cached build) as the extension ``name`` with this project's
+    compiler and linker flags for ``capability``, registering its ops (also how
+    ``scripts/compare_cpu_kernels.py`` builds another revision's kernels)."""
+    _import_cpp_extension().load(name=name, sources=[str(source)], extra_cflags=CFLAGS + ISA_FLAGS.get(capability, []),
+                                 extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
+
+
 @functools.cache
 def _build() -> tuple[Any, str] | None:
     """Build (or load the cached build of) the kernels: ``(torch.ops.lightning_gsf, the
@@ -62,12 +70,9 @@ def _build() -> tuple[Any, str] | None:
     if os.environ.get("LIGHTNING_GSF_CPU_KERNELS", "1") == "0":
         log.info("GSF CPU kernels turned off by LIGHTNING_GSF_CPU_KERNELS=0")
         return None
-    cpp_extension = _import_cpp_extension()
     for capability in dict.fromkeys((cpu_capability(), "DEFAULT")):
         try:
-            cpp_extension.load(name=extension_name(capability), sources=[str(SOURCE)],
-                               extra_cflags=CFLAGS + ISA_FLAGS.get(capability, []), extra_ldflags=LDFLAGS,
-                               is_python_module=False, verbose=False)
+            load_build(extension_name(capability), SOURCE, capability)
         except (OSError, RuntimeError, ImportError) as error:  # no compiler / ninja, or a failed build
             log.warning("GSF CPU kernels for %s unavailable (%s: %s)", capability, type(error).__name__, error)
             continue

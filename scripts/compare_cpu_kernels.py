@@ -71,12 +71,8 @@ def kernels_at(revision: str) -> object:
     if not path.exists() or path.read_text() != renamed:  # (unchanged: ninja keeps the cached build)
         path.write_text(renamed)
     capability = cpu_kernels.built_capability() or "DEFAULT"
-    from torch.utils import cpp_extension
-
     # (the checkout's build name, torch version and instruction set included, with the commit's)
-    cpp_extension.load(name=f"{cpu_kernels.extension_name(capability)}_at_{commit}", sources=[str(path)],
-                       extra_cflags=cpu_kernels.CFLAGS + cpu_kernels.ISA_FLAGS.get(capability, []),
-                       extra_ldflags=cpu_kernels.LDFLAGS, is_python_module=False, verbose=False)
+    cpu_kernels.load_build(f"{cpu_kernels.extension_name(capability)}_at_{commit}", path, capability)
     return getattr(torch.ops, namespace)
 
 

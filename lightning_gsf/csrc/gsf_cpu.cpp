@@ -2045,13 +2045,17 @@ at::Tensor compiled_infer(const at::Tensor& x, int64_t processed, int64_t num_se
   return out;
 }
 
+// TSM's shifts on channels-last maps (the compiled graph's copy and the in-place one) go
+// through a clip's frames a block of this many pixels at a time.
+constexpr int64_t kShiftPixelBlock = 64;
+
 // temporal_shift / temporal_shift_backward: TSM's shift into a new tensor dense in the layout
 // of x (twin: lightning_gsf.temporal._shift_copy_into), the compiled graph's shift and its
 // adjoint: channels [0, fold) take frame t + 1 and [fold, 2 fold) frame t - 1 (the adjoint:
 // the other way round), zero beyond the clip, the others copied. Elements of 1, 2, 4 or 8 bytes
 // (values are moved, not computed: T is an unsigned integer of the element's size). One pass over the map: a
-// frame's three runs of channels as blocks (NCHW) or a pixel's three runs at a time
-// (channels-last).
+// frame's three runs of channels as blocks (NCHW), or each pixel's three runs, a block of
+// pixels through a clip's frames at a time (channels-last).
 template <typename T>
 void shift_copy_kernel(const Map<const T>& x, const Map<T>& out, int64_t frames, int64_t num_segments,
                        int64_t channels, int64_t fold, int64_t pixels, bool backwards_first) {
@@ -2082,7 +2086,7 @@ void shift_copy_kernel(const Map<const T>& x, const Map<T>& out, int64_t frames,
   // frame's values, read for its neighbours' runs and its own, are read while in cache. (Whole
   // frames in turn, the float32 shift at ResNet-50's TSM sites, 160 px, took a median 1.20x a
   // channels-last clone() of the same maps over five runs; in blocks 1.10x over six.)
-  constexpr int64_t block = 64;
+  constexpr int64_t block = kShiftPixelBlock;
   const int64_t blocks = (pixels + block - 1) / block, clips = frames / num_segments;
   at::parallel_for(0, clips * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
@@ -2304,7 +2308,7 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
     // whole frames in turn with a memmove per pixel and run, the shift and its undoing at
     // ResNet-50's sites (T=8, 160 px, float32; three runs each) took 0.86-0.90 of the time with
     // the loop alone, 0.84-0.85 with the loop and the blocks; bfloat16 the same either way.
-    const int64_t block = map.channel == 1 && kept.channel == 1 ? 64 : pixels;
+    const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
     at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
