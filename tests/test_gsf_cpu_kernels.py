@@ -980,6 +980,34 @@ def test_inference_reads_a_parametrised_weight(kernels, monkeypatch):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("weight_layout", ["channels_last", "transposed"])
+def test_inference_reads_fusion_weights_in_any_layout_without_copies(kernels, monkeypatch, weight_layout):
+    """A network's conv weights made channels-last include the fusion convs' (1, 2, 3, 3)
+    ones: ``infer`` reads them through their strides (the same bits as contiguous weights),
+    without a copy op on every call."""
+    module = make_gsf(16, 4, 0.25, seed=5).eval()
+    module.inplace = True  # (out of place, the other channels are copied)
+    plain = copy.deepcopy(module)
+    with torch.no_grad():
+        for conv in (module.channel_conv1, module.channel_conv2):
+            if weight_layout == "channels_last":
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+            else:  # the same values, stored with the last two dimensions swapped
+                conv.weight.data = conv.weight.data.transpose(2, 3).contiguous().transpose(2, 3)
+            assert not conv.weight.is_contiguous()
+    x = make_input(1, 4, 16, 5, seed=5).contiguous(memory_format=torch.channels_last)
+    calls = record_paths(monkeypatch)
+    out = x.clone()
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        out = module(out)
+    copies = [event.name for event in profile.events() if event.name in ("aten::clone", "aten::copy_", "aten::to")]
+    with torch.inference_mode():
+        expected = plain(x.clone())
+    assert calls[0] == "_infer_in_cpu_kernels"
+    assert copies == []
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernels, monkeypatch):
     module = make_gsf(16, 4, 0.5, seed=1)
     with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors, got torch.float64"):

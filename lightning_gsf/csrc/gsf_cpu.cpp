@@ -130,6 +130,28 @@ at::Tensor as_floats(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat && t.is_contiguous() ? t : t.to(at::kFloat).contiguous();
 }
 
+// t's `count` values in row-major order into dst: read through t's strides where t is float32
+// (a channels-last copy of a network's conv weights includes the fusion convs' (1, 2, 3, 3)
+// weights: read as they are, with no dispatched copy per call), else from a float32 copy.
+void copy_floats(const at::Tensor& t, int64_t count, const char* name, float* dst) {
+  TORCH_CHECK(t.device().is_cpu() && t.numel() == count && t.dim() <= 8, "GSF kernels: ", name, " must be a CPU tensor of ",
+              count, " values, got ", t.sizes(), " on ", t.device());
+  if (t.scalar_type() != at::kFloat) {
+    const at::Tensor floats = t.to(at::kFloat).contiguous();
+    std::copy_n(floats.data_ptr<float>(), count, dst);
+    return;
+  }
+  const float* data = t.data_ptr<float>();
+  const int64_t dims = t.dim();
+  int64_t index[8] = {};  // the odometer of t's indices, last dimension fastest
+  for (int64_t i = 0; i < count; ++i) {
+    int64_t offset = 0;
+    for (int64_t d = 0; d < dims; ++d) offset += index[d] * t.stride(d);
+    dst[i] = data[offset];
+    for (int64_t d = dims - 1; d >= 0 && ++index[d] == t.size(d); --d) index[d] = 0;
+  }
+}
+
 // Runs body<T>() for the feature maps' dtype.
 template <typename Body>
 void dispatch(const at::Tensor& x, Body body) {
@@ -1902,14 +1924,10 @@ void infer(at::Tensor x, at::Tensor out, int64_t processed, int64_t num_segments
   }
   // Both fusion convs as one (group, [shifted, residual], 3, 3) weight and (group,) bias.
   float fusion_weight[36], fusion_bias[2];
-  const at::Tensor fusion_parts[4] = {as_floats(fusion_weight_1), as_floats(fusion_weight_2),
-                                      as_floats(fusion_bias_1), as_floats(fusion_bias_2)};
-  for (int64_t k = 0; k < 2; ++k) {
-    check_floats(fusion_parts[k], 18, "fusion weight (1, 2, 3, 3)");
-    check_floats(fusion_parts[2 + k], 1, "fusion bias (1,)");
-    std::copy_n(fusion_parts[k].data_ptr<float>(), 18, fusion_weight + 18 * k);
-    fusion_bias[k] = fusion_parts[2 + k].data_ptr<float>()[0];
-  }
+  copy_floats(fusion_weight_1, 18, "fusion weight (1, 2, 3, 3)", fusion_weight);
+  copy_floats(fusion_weight_2, 18, "fusion weight (1, 2, 3, 3)", fusion_weight + 18);
+  copy_floats(fusion_bias_1, 1, "fusion bias (1,)", fusion_bias);
+  copy_floats(fusion_bias_2, 1, "fusion bias (1,)", fusion_bias + 1);
   const at::Tensor v = x.narrow(1, 0, processed);
   TORCH_CHECK(v.stride(3) == 1 || v.stride(1) == 1,
               "GSF infer: x's pixels or channels must be contiguous, got strides ", x.strides());
