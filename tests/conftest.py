@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,49 @@ if not torch.cuda.is_available():
     # GSF's Triton kernels then run under Triton's interpreter, on CPU tensors (the flag is
     # read when lightning_gsf.gsf_kernels is imported, so it is set before any test runs).
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _interpreter_builder() -> object | None:
+    """Triton's interpreter state (its ``options``), where Triton is installed and interprets."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return None
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # (no Triton: the Triton tests fail on their own import)
+        return None
+    return getattr(interpreter, "interpreter_builder", None)
+
+
+def _set_overflow_checks(builder: object, enabled: bool) -> None:
+    """The int32 overflow checks of every integer add, sub and mul (``sanitize_overflow``)
+    and the ``debug`` mode without which their failures are dropped."""
+    builder.options = dataclasses.replace(builder.options, sanitize_overflow=enabled, debug=enabled)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def interpreter_without_overflow_checks() -> Iterator[None]:
+    """By default Triton's interpreter computes an int32 overflow check for every integer add,
+    sub and mul of a kernel, then drops it outside debug mode: a third of the Triton tests'
+    time for nothing. Off for the suite; the tests that use ``triton_overflow_checks`` run
+    every kernel with the checks on and failing."""
+    builder = _interpreter_builder()
+    if builder is None or not hasattr(builder.options, "sanitize_overflow"):
+        yield
+        return
+    original = builder.options
+    _set_overflow_checks(builder, False)
+    yield
+    builder.options = original
+
+
+@pytest.fixture
+def triton_overflow_checks() -> Iterator[None]:
+    """Triton's interpreter with its int32 overflow checks on and failing, for this test."""
+    builder = _interpreter_builder()
+    assert builder is not None and hasattr(builder.options, "sanitize_overflow"), "no Triton interpreter to check in"
+    _set_overflow_checks(builder, True)
+    yield
+    _set_overflow_checks(builder, False)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

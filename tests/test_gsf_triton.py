@@ -15,6 +15,7 @@ import types
 import pytest
 import torch
 import triton
+import triton.language as tl
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,9 @@ from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_s
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("channels,num_segments,ratio,batch,size", CASES)
-def test_triton_path_matches_naive_spec(channels, num_segments, ratio, batch, size, training, inplace):
+def test_triton_path_matches_naive_spec(triton_overflow_checks, channels, num_segments, ratio, batch, size, training,
+                                        inplace):
+    """Every kernel, forward and backward, under the interpreter's int32 overflow checks."""
     check_path_matches_naive_spec("forward_triton", channels, num_segments, ratio, batch, size + 2, training, inplace)
 
 
@@ -453,3 +456,17 @@ def test_without_triton_the_triton_path_says_so(monkeypatch):
     module = make_gsf(16, 4, 0.25, seed=0)
     with pytest.raises(RuntimeError, match="needs Triton"):
         module.forward_triton(make_input(1, 4, 16, 3, seed=0))
+
+
+def test_the_overflow_checks_fixture_turns_the_interpreters_checks_on(request):
+    """``triton_overflow_checks``: an int32 product past 2^31 fails under it, and passes
+    quietly in the rest of the suite (the interpreter's checks off, see ``conftest.py``)."""
+    @triton.jit
+    def scaled(x_ptr, out_ptr, factor):
+        tl.store(out_ptr, tl.load(x_ptr) * factor)
+
+    x, out = torch.tensor([1 << 20], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    scaled[(1,)](x, out, 1 << 12)  # (wraps around, unchecked)
+    request.getfixturevalue("triton_overflow_checks")
+    with pytest.raises(Exception, match="overflow"):
+        scaled[(1,)](x, out, 1 << 12)
