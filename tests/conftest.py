@@ -9,11 +9,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from _pytest.mark.expression import Expression  # (the -m expression language; no public API)
 
-if not torch.cuda.is_available():
-    # GSF's Triton kernels then run under Triton's interpreter, on CPU tensors (the flag is
-    # read when lightning_gsf.gsf_kernels is imported, so it is set before any test runs).
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+def interprets_triton(markexpr: str, cuda_available: bool) -> bool:
+    """Whether GSF's Triton kernels run under Triton's interpreter (on CPU tensors) in a run
+    selecting ``markexpr``: always without a GPU; with one, unless the run selects the ``gpu``
+    tests, which need the kernels compiled (one process cannot have both: Triton reads the
+    flag when a kernel is defined). So ``make test`` on a GPU machine runs the CPU suite as
+    it runs in CI, and ``make test-gpu`` (``-m gpu``) the CUDA checks."""
+    if not cuda_available:
+        return True
+    if not markexpr.strip():  # (no -m: every test, the gpu ones too)
+        return False
+    return not Expression.compile(markexpr).evaluate(lambda name, **kwargs: name == "gpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # (before collection imports lightning_gsf.gsf_kernels; a TRITON_INTERPRET already set wins)
+    if interprets_triton(config.option.markexpr, torch.cuda.is_available()):
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _interpreter_builder() -> object | None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
+from conftest import interprets_triton
 from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, check_path_takes_an_empty_batch,
                       make_gsf, make_input, naive_gsf, split_with)
 
@@ -473,3 +474,14 @@ def test_the_overflow_checks_fixture_turns_the_interpreters_checks_on(request):
     request.getfixturevalue("triton_overflow_checks")
     with pytest.raises(Exception, match="overflow"):
         scaled[(1,)](x, out, 1 << 12)
+
+
+@pytest.mark.parametrize("markexpr,cuda_available,compiles", [
+    ("not slow and not gpu", False, False), ("gpu", False, False),  # no GPU: always interpreted
+    ("not slow and not gpu", True, False), ("not gpu", True, False), ("slow", True, False),  # the CPU suite
+    ("gpu", True, True), ("gpu and not slow", True, True), ("", True, True)])  # the CUDA checks selected
+def test_the_suite_compiles_triton_only_where_it_runs_the_gpu_tests(markexpr, cuda_available, compiles):
+    """``conftest.py``'s choice, for each ``-m`` of the Makefile and a few others: the CPU
+    suite interprets the kernels even on a GPU machine; a run that selects the ``gpu`` tests
+    there compiles them."""
+    assert interprets_triton(markexpr, cuda_available) is not compiles
