@@ -34,6 +34,7 @@ import logging
 from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
@@ -184,6 +185,16 @@ def accuracies_from_hits(hits: Mapping[str, Mapping[int, Tensor]],
     return results
 
 
+def classification_loss(
+    logits: Mapping[str, Tensor], labels: Mapping[str, Tensor], weights: Mapping[str, float], label_smoothing: float = 0.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The weighted sum of the heads' cross-entropies (each a mean over the samples), and each
+    head's own: the training loss, and the evaluation loss over every sample once."""
+    per_head = {head: F.cross_entropy(logits[head], labels[head], label_smoothing=label_smoothing) for head in weights}
+    total = sum(weights[head] * loss for head, loss in per_head.items())
+    return total, per_head
+
+
 def first_per_index(index: Tensor) -> Tensor:
     """Positions that keep one sample per dataset index, ordered by index.
 
@@ -205,7 +216,10 @@ class ClassificationScores(Metric):
 
     Accuracies over subsets and over actions need all scores, so this metric keeps them
     (EPIC validation: ~10k x 397 floats) rather than running sums. States are concatenated
-    across processes, then de-duplicated by dataset index (:func:`first_per_index`).
+    across processes, then de-duplicated by dataset index (:func:`first_per_index`). Given
+    ``loss_weights``, ``compute`` also gives ``loss``, :func:`classification_loss` over the
+    same de-duplicated samples: a sample that a ``DistributedSampler`` pads in, or that
+    ``skip_unreadable`` substitutes for an unreadable one, counts once, as in the accuracies.
     """
 
     full_state_update = False
@@ -215,10 +229,14 @@ class ClassificationScores(Metric):
         self,
         num_classes: Mapping[str, int],
         subset_names: tuple[str, ...] = (TAIL_VERB, TAIL_NOUN, UNSEEN),
+        loss_weights: Mapping[str, float] | None = None,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.heads = tuple(num_classes)
         self.subset_names = subset_names
+        self.loss_weights = dict(loss_weights) if loss_weights is not None else None
+        self.label_smoothing = label_smoothing
         self.add_state("index", default=[], dist_reduce_fx="cat")
         for head in self.heads:
             self.add_state(f"scores_{head}", default=[], dist_reduce_fx="cat")
@@ -253,4 +271,8 @@ class ClassificationScores(Metric):
         subsets = {name: dim_zero_cat(getattr(self, f"subset_{name}"))[keep] for name in self.subset_names}
         # Subsets nobody belongs to are not measured (e.g. no tail classes in a dataset).
         subsets = {name: flags for name, flags in subsets.items() if flags.any()}
-        return compute_accuracies(scores, labels, subsets)
+        results = compute_accuracies(scores, labels, subsets)
+        if self.loss_weights is not None:
+            loss, _ = classification_loss(scores, labels, self.loss_weights, self.label_smoothing)
+            results["loss"] = float(loss)
+        return results

@@ -24,9 +24,9 @@ Training policy (the GSF release, inherited from TSN/TSM):
 
 Evaluation batches hold ``V = clips x crops`` views per sample, ``(B, V, T, 3, H, W)``: each
 view is scored and the logits averaged over views. Metrics are computed once per epoch over
-all samples (see ``metrics.py``), de-duplicated by dataset index under DDP. The evaluation
-loss is a sample-weighted mean (a ``MeanMetric``) summed over processes, so it is the same
-with one process or several, even when the processes hold different numbers of samples.
+all samples (see ``metrics.py``), de-duplicated by dataset index under DDP, and so is the
+evaluation loss (the training loss over those samples, each once): the same with one process
+or several, whatever the sampler padded in or ``skip_unreadable`` substituted.
 """
 
 from __future__ import annotations
@@ -39,16 +39,14 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torchmetrics import MeanMetric
 
 from lightning_gsf.backbones import DEFAULT_GSF_RATIO, DEFAULT_NORMALIZATION
 from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
 from lightning_gsf.gsf import GSF
-from lightning_gsf.metrics import ClassificationScores
+from lightning_gsf.metrics import ClassificationScores, classification_loss
 from lightning_gsf.model import VideoClassifier
 
 log = logging.getLogger(__name__)
@@ -193,16 +191,14 @@ class VideoClassificationModule(pl.LightningModule):
         for norm in self.frozen_norms:
             for parameter in norm.parameters():
                 parameter.requires_grad_(False)
-        self.val_scores = ClassificationScores(num_classes)
-        self.test_scores = ClassificationScores(num_classes)
+        self.val_scores = ClassificationScores(num_classes, loss_weights=self.loss_weights,
+                                               label_smoothing=label_smoothing)
+        self.test_scores = ClassificationScores(num_classes, loss_weights=self.loss_weights,
+                                                label_smoothing=label_smoothing)
         # Optimiser steps per epoch: this run's (set with the optimiser) and a resumed
         # checkpoint's, which the learning-rate schedule is rescaled by (see on_train_start).
         self._steps_per_epoch: int | None = None
         self._saved_steps_per_epoch: int | None = None
-        # Lightning's own epoch mean of a logged tensor weights by an integer batch count that
-        # it averages (and truncates) across processes; a metric sums exactly instead.
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
         self._compiled = False
 
     @classmethod
@@ -239,12 +235,7 @@ class VideoClassificationModule(pl.LightningModule):
 
     def compute_loss(self, logits: Mapping[str, Tensor], labels: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Weighted sum of the heads' cross-entropies, and each head's own loss."""
-        per_head = {
-            head: F.cross_entropy(logits[head], labels[head], label_smoothing=self.hparams.label_smoothing)
-            for head in self.loss_weights
-        }
-        total = sum(self.loss_weights[head] * loss for head, loss in per_head.items())
-        return total, per_head
+        return classification_loss(logits, labels, self.loss_weights, self.hparams.label_smoothing)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Say which setting differs before Lightning's strict load lists tensor names.
@@ -325,18 +316,11 @@ class VideoClassificationModule(pl.LightningModule):
             self.log(f"train/loss_{head}", head_loss, batch_size=batch_size)
         return loss
 
-    def _evaluation_step(
-        self, batch: Mapping[str, Any], stage: str, scores: ClassificationScores, mean_loss: MeanMetric
-    ) -> None:
+    def _evaluation_step(self, batch: Mapping[str, Any], scores: ClassificationScores) -> None:
         logits = self(batch["clip"])
         labels = batch.get("labels")
         if labels is None:  # an unlabelled split (EPIC test): nothing to measure
             return
-        loss, _ = self.compute_loss(logits, labels)
-        # Weighted by this batch's samples; the metric sums values and weights over processes
-        # when Lightning computes it at the epoch's end.
-        mean_loss.update(loss.detach(), weight=batch["clip"].shape[0])
-        self.log(f"{stage}/loss", mean_loss, prog_bar=stage == "val", on_step=False, on_epoch=True)
         scores.update(logits, labels, batch["index"], batch.get("subsets"))
 
     def _log_epoch_metrics(self, stage: str, scores: ClassificationScores) -> None:
@@ -344,16 +328,17 @@ class VideoClassificationModule(pl.LightningModule):
             return
         results = scores.compute()  # already gathered and de-duplicated across processes
         scores.reset()
+        self.log(f"{stage}/loss", results.pop("loss"), prog_bar=stage == "val", sync_dist=False)
         self.log_dict({f"{stage}/{key}": value for key, value in results.items()}, sync_dist=False)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "val", self.val_scores, self.val_loss)
+        self._evaluation_step(batch, self.val_scores)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val", self.val_scores)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._evaluation_step(batch, "test", self.test_scores, self.test_loss)
+        self._evaluation_step(batch, self.test_scores)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test", self.test_scores)

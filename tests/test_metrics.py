@@ -11,6 +11,7 @@ from lightning_gsf.metrics import (
     HEADLINE_METRIC,
     ClassificationScores,
     action_topk_hits,
+    classification_loss,
     compute_accuracies,
     first_per_index,
     top_actions,
@@ -152,14 +153,15 @@ def _split_like_distributed_sampler(num_samples: int, world_size: int) -> list[l
 @pytest.mark.parametrize("world_size", [3, 5, 8])
 def test_gathered_duplicates_give_one_process_numbers(world_size):
     """Concatenating every rank's states (what ``dist_reduce_fx="cat"`` does) with the
-    sampler's padding must give exactly the single-process accuracies."""
+    sampler's padding must give exactly the single-process accuracies and loss."""
     scores, labels, subsets = _epic_example()
     num_classes = {"verb": 3, "noun": 2}
+    loss = {"loss_weights": {"verb": 1.0, "noun": 0.5}, "label_smoothing": 0.1}
 
-    single = ClassificationScores(num_classes)
+    single = ClassificationScores(num_classes, **loss)
     single.update(scores, labels, torch.arange(4), subsets)
 
-    gathered = ClassificationScores(num_classes)
+    gathered = ClassificationScores(num_classes, **loss)
     for rank_indices in _split_like_distributed_sampler(4, world_size):
         idx = torch.tensor(rank_indices)
         gathered.update(
@@ -169,7 +171,10 @@ def test_gathered_duplicates_give_one_process_numbers(world_size):
             {n: f[idx] for n, f in subsets.items()},
         )
     assert sum(i.numel() for i in gathered.index) > 4  # the padding did add duplicates
-    assert gathered.compute() == single.compute()
+    results = gathered.compute()
+    assert results == single.compute()
+    expected, _ = classification_loss(scores, labels, loss["loss_weights"], label_smoothing=0.1)
+    assert results["loss"] == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_padded_duplicates_are_removed():

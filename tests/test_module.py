@@ -165,31 +165,31 @@ def test_without_freeze_bn_every_norm_trains(module):
     assert all(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
-@pytest.mark.parametrize("batch_sizes", [(4,), (3, 1), (1, 2, 1)], ids=["one-batch", "3+1", "1+2+1"])
-def test_evaluation_loss_is_the_mean_over_samples_whatever_the_batches(module, batch_sizes):
-    """Uneven batches (a short last batch, a rank with fewer samples) weigh by their samples."""
+@pytest.mark.parametrize("batch_sizes,repeated", [((4,), ()), ((3, 1), ()), ((1, 2, 1), ()), ((4, 2), (0, 3))],
+                         ids=["one-batch", "3+1", "1+2+1", "4+repeats"])
+def test_evaluation_loss_is_the_mean_over_samples_whatever_the_batches(module, monkeypatch, batch_sizes, repeated):
+    """Uneven batches (a short last batch, a rank with fewer samples) weigh by their samples,
+    and a sample seen twice (a ``DistributedSampler``'s padding, a ``skip_unreadable``
+    substitute) counts once, as in the accuracies."""
     module.eval()
-    module.log = lambda *args, **kwargs: None  # no trainer to log to
-    clips = _clips(sum(batch_sizes), seed=1)
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(name, value), raising=False)
+    monkeypatch.setattr(module, "log_dict", lambda values, **kwargs: logged.update(values), raising=False)
+    clips = _clips(4, seed=1)
     labels = {"verb": torch.tensor([0, 2, 1, 1]), "noun": torch.tensor([3, 0, 2, 1])}
+    order = torch.cat([torch.arange(4), torch.tensor(repeated, dtype=torch.long)])
     with torch.no_grad():
-        expected, _ = module.compute_loss(module(clips), labels)  # one mean over all samples
+        expected, _ = module.compute_loss(module(clips), labels)  # one mean over the four samples
         start = 0
         for size in batch_sizes:
-            rows = slice(start, start + size)
-            batch = {
-                "clip": clips[rows],
-                "labels": {head: values[rows] for head, values in labels.items()},
-                "index": torch.arange(start, start + size),
-            }
+            rows = order[start:start + size]
+            batch = {"clip": clips[rows], "labels": {head: values[rows] for head, values in labels.items()},
+                     "index": rows}
             module.validation_step(batch, 0)
             start += size
-    try:
-        torch.testing.assert_close(module.val_loss.compute(), expected)
-    finally:
-        module.val_loss.reset()
-        module.val_scores.reset()
-        del module.log
+    module.on_validation_epoch_end()
+    assert float(expected) == pytest.approx(logged["val/loss"], rel=1e-6)
+    assert "val/all_verb_accuracy_at_1" in logged
 
 
 @pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
