@@ -1008,6 +1008,25 @@ def test_inference_reads_fusion_weights_in_any_layout_without_copies(kernels, mo
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
+def test_infer_takes_fusion_weights_of_any_shape_with_their_values(kernels):
+    """``infer`` reads a fusion weight as its 18 values in order: viewed with more dimensions
+    than it walks by strides (nine), or as bfloat16 (both read through a float32 copy), the
+    same as the (1, 2, 3, 3) float32 weight."""
+    module = make_gsf(16, 4, 0.25, seed=6).eval()
+    x = make_input(1, 4, 16, 5, seed=6)
+    parameters = list(module._inference_parameters())
+    head = (module.processed, module.num_segments, module.bn.running_mean, module.bn.running_var, module.bn.eps)
+    weight = parameters[4]
+    for given, as_float32 in ((weight.reshape(1, 1, 1, 1, 1, 1, 1, 2, 9), weight),
+                              (weight.bfloat16(), weight.bfloat16().float())):
+        out, expected = x.clone(), x.clone()
+        kernels.infer(expected, expected, *head, *parameters[:4], as_float32, *parameters[5:])
+        kernels.infer(out, out, *head, *parameters[:4], given, *parameters[5:])
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="fusion weight .* must be a CPU tensor of 18 values"):
+        kernels.infer(x.clone(), x.clone(), *head, *parameters[:4], parameters[4][:, :1], *parameters[5:])
+
+
 def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernels, monkeypatch):
     module = make_gsf(16, 4, 0.5, seed=1)
     with pytest.raises(ValueError, match="float32 or bfloat16 CPU tensors, got torch.float64"):

@@ -1,8 +1,9 @@
 """GSF's Triton kernels (``GSF.forward_triton``, the CUDA fast path) against the literal
 spec of ``tests/test_gsf.py``.
 
-Without a GPU the kernels run under Triton's interpreter on CPU tensors (``conftest.py``
-sets ``TRITON_INTERPRET=1``), so the CPU suite checks their arithmetic: values, input and
+In the CPU suite (on a GPU machine too, unless the run selects the ``gpu`` tests) the kernels
+run under Triton's interpreter on CPU tensors (``conftest.py`` sets ``TRITON_INTERPRET=1``), so
+the suite checks their arithmetic: values, input and
 parameter gradients, running statistics, in place and not, channels-last, no autograd,
 bf16. ``tests/test_gpu.py`` runs the same path compiled on CUDA.
 """
@@ -469,6 +470,9 @@ def test_the_overflow_checks_fixture_turns_the_interpreters_checks_on(request):
     def scaled(x_ptr, out_ptr, factor):
         tl.store(out_ptr, tl.load(x_ptr) * factor)
 
+    from triton.runtime import interpreter
+
+    assert interpreter.interpreter_builder.options.sanitize_overflow is False  # (the suite's default, conftest.py)
     x, out = torch.tensor([1 << 20], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
     scaled[(1,)](x, out, 1 << 12)  # (wraps around, unchecked)
     request.getfixturevalue("triton_overflow_checks")
@@ -479,7 +483,8 @@ def test_the_overflow_checks_fixture_turns_the_interpreters_checks_on(request):
 @pytest.mark.parametrize("markexpr,cuda_available,compiles", [
     ("not slow and not gpu", False, False), ("gpu", False, False),  # no GPU: always interpreted
     ("not slow and not gpu", True, False), ("not gpu", True, False), ("slow", True, False),  # the CPU suite
-    ("gpu", True, True), ("gpu and not slow", True, True), ("", True, True)])  # the CUDA checks selected
+    ("gpu", True, True), ("gpu and not slow", True, True), ("", True, True),  # the CUDA checks selected
+    ("not (", True, False)])  # (a malformed -m: pytest reports it, after this choice)
 def test_the_suite_compiles_triton_only_where_it_runs_the_gpu_tests(markexpr, cuda_available, compiles):
     """``conftest.py``'s choice, for each ``-m`` of the Makefile and a few others: the CPU
     suite interprets the kernels even on a GPU machine; a run that selects the ``gpu`` tests

@@ -134,16 +134,17 @@ at::Tensor as_floats(const at::Tensor& t) {
 // (a channels-last copy of a network's conv weights includes the fusion convs' (1, 2, 3, 3)
 // weights: read as they are, with no dispatched copy per call), else from a float32 copy.
 void copy_floats(const at::Tensor& t, int64_t count, const char* name, float* dst) {
-  TORCH_CHECK(t.device().is_cpu() && t.numel() == count && t.dim() <= 8, "GSF kernels: ", name, " must be a CPU tensor of ",
-              count, " values, got ", t.sizes(), " on ", t.device());
-  if (t.scalar_type() != at::kFloat) {
+  TORCH_CHECK(t.device().is_cpu() && t.numel() == count, "GSF kernels: ", name, " must be a CPU tensor of ", count,
+              " values, got ", t.sizes(), " on ", t.device());
+  constexpr int64_t kMaxDims = 8;  // (the odometer's length; more dimensions go through the copy)
+  if (t.scalar_type() != at::kFloat || t.dim() > kMaxDims) {
     const at::Tensor floats = t.to(at::kFloat).contiguous();
     std::copy_n(floats.data_ptr<float>(), count, dst);
     return;
   }
   const float* data = t.data_ptr<float>();
   const int64_t dims = t.dim();
-  int64_t index[8] = {};  // the odometer of t's indices, last dimension fastest
+  int64_t index[kMaxDims] = {};  // the odometer of t's indices, last dimension fastest
   for (int64_t i = 0; i < count; ++i) {
     int64_t offset = 0;
     for (int64_t d = 0; d < dims; ++d) offset += index[d] * t.stride(d);
