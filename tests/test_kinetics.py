@@ -219,12 +219,16 @@ def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) 
     assert [sample.num_frames for sample in first] == [12, 12]
     lines = cache.read_text().splitlines()
     assert lines[0] == "counted_as,num_frames"
-    assert lines[1] == f"{first[0].source / 'img_{:05d}.jpg'},12"  # (Kinetics' frame template)
+    assert lines[1] == f"{first[0].source / 'img_00001.jpg'},12"  # (the first frame of Kinetics' template)
     # A cached count wins over the folder, which is then no longer listed.
     rows = cache.read_text().replace(",12\n", ",7\n")
     cache.write_text(rows)
     second = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in second] == [7, 7]
+    # Another first frame index does not take these counts: counted again, the folders are found
+    # not to start at frame 0.
+    with pytest.raises(Exception, match="img_00000.jpg is missing"):
+        Kinetics400DataModule(**arguments, first_frame_index=0, frame_count_cache=cache).samples("val")
     # Counts of another layout (or root, or template) are not taken for these: counted again.
     cache.write_text("".join(f"{sample.source}.mp4,24\n" for sample in first).join(["counted_as,num_frames\n", ""]))
     third = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")

@@ -6,7 +6,7 @@ that number; for the others it comes from the media: the run of consecutively nu
 files in a folder, or the frames of a video file (read from its header, or by demuxing its
 packets when the header does not say, as for WebM). Counting a large dataset's videos takes a
 while, so the counts can be kept in a cache file (``counted_as,num_frames`` lines, keyed by
-the video file or the frame folder with its template) and reused.
+the video file or the frame folder's first frame file) and reused.
 
 Missing media are never dropped silently. Every missing (or empty) source is collected and
 written, with the annotation row that asked for it, to a report file; then, depending on
@@ -98,8 +98,10 @@ class MediaLayout:
 
     def counted_as(self, source: Path) -> str:
         """What a frame count of ``source`` depends on, the key of the frame-count cache: the
-        video file's path, or the folder's path joined with the frame file template."""
-        return str(source / self.frame_template) if self.kind == "frames" else str(source)
+        video file's path, or the path of the folder's first frame file (its template and first
+        index: a folder counted from another first index, or with another template, counts
+        again)."""
+        return str(source / self.frame_template.format(self.first_index)) if self.kind == "frames" else str(source)
 
     def count_frames(self, source: Path) -> int:
         if self.kind == "frames":
@@ -183,7 +185,8 @@ class SampleCandidate:
 
 
 #: The frame-count cache's header: counts keyed by what they were counted from
-#: (:meth:`MediaLayout.counted_as`), so that another root, layout or frame template counts again.
+#: (:meth:`MediaLayout.counted_as`), so that another root, layout, frame template or first frame
+#: index counts again.
 FRAME_COUNT_CACHE_HEADER = ("counted_as", "num_frames")
 
 
@@ -367,9 +370,9 @@ class WholeVideoDataModule(VideoDataModule):
         missing_report_dir: where the report ``missing_<dataset>_<split>.tsv`` goes; default
             the trainer's log directory, or the working directory outside a trainer.
         frame_count_cache: a CSV file (``counted_as,num_frames``: a video file's path, or a
-            frame folder's path joined with ``frame_template``) of frame counts, read when it
-            exists and updated after counting, so that a large dataset is counted once; another
-            root, layout or template counts again. (A video re-encoded in place keeps its
+            frame folder's first frame file) of frame counts, read when it exists and updated
+            after counting, so that a large dataset is counted once; another root, layout,
+            template or first frame index counts again. (A video re-encoded in place keeps its
             path: delete the cache then.)
         **kwargs: the shared DataModule settings (:class:`VideoDataModule`).
     """
