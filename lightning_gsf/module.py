@@ -70,11 +70,11 @@ def effective_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 # Lightning recommends sync_dist=True for every epoch-level tensor logged under DDP. The
-# accuracies are gathered and de-duplicated across processes before they are logged, so its
-# warning (one per metric and run) is silenced for their names alone (ClassificationScores'
-# keys), so that it still speaks for any other metric in the process.
+# accuracies and the evaluation loss are gathered and de-duplicated across processes before
+# they are logged, so its warning (one per metric and run) is silenced for their names alone
+# (ClassificationScores' keys), so that it still speaks for any other metric in the process.
 GATHERED_METRICS_ADVICE = (
-    r"It is recommended to use `self\.log\('(val|test)/((all|tail|unseen)_\w+_accuracy_at_\d+|accuracy_at_1)'"
+    r"It is recommended to use `self\.log\('(val|test)/(loss|(all|tail|unseen)_\w+_accuracy_at_\d+|accuracy_at_1)'"
 )
 warnings.filterwarnings("ignore", message=GATHERED_METRICS_ADVICE, category=PossibleUserWarning)
 

@@ -307,10 +307,12 @@ def test_partial_bn_holds_through_a_lightning_fit():
 
 @pytest.mark.parametrize(("name", "silenced"), [
     ("val/all_verb_accuracy_at_1", True), ("test/unseen_action_accuracy_at_1", True), ("val/accuracy_at_1", True),
-    ("val/all_class_accuracy_at_5", True), ("val/my_extra_metric", False), ("train/accuracy_at_1", False),
+    ("val/all_class_accuracy_at_5", True), ("val/loss", True), ("test/loss", True), ("val/my_extra_metric", False),
+    ("train/accuracy_at_1", False), ("train/loss", False), ("val/loss_verb", False),
 ])
 def test_lightnings_sync_dist_advice_is_silenced_for_the_gathered_accuracies_only(name, silenced):
-    """They are gathered across processes before they are logged; any other metric keeps the advice."""
+    """They and the evaluation loss are gathered across processes before they are logged; any
+    other metric keeps the advice."""
     import re
 
     from lightning_gsf.module import GATHERED_METRICS_ADVICE
