@@ -11,7 +11,6 @@ bf16. ``tests/test_gpu.py`` runs the same path compiled on CUDA.
 from __future__ import annotations
 
 import copy
-import os
 import types
 
 import pytest
@@ -464,8 +463,6 @@ def test_without_triton_the_triton_path_says_so(monkeypatch):
 def test_the_overflow_checks_fixture_turns_the_interpreters_checks_on(request):
     """``triton_overflow_checks``: an int32 product past 2^31 fails under it, and passes
     quietly in the rest of the suite (the interpreter's checks off, see ``conftest.py``)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("checks Triton's interpreter, and this run compiles the kernels (TRITON_INTERPRET is not 1)")
     @triton.jit
     def scaled(x_ptr, out_ptr, factor):
         tl.store(out_ptr, tl.load(x_ptr) * factor)
