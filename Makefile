@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 # 2.11); pyproject keeps open ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 DATA ?= data/synthetic
+# The suite runs in one pytest-xdist process per core (at most 8), each test handed to whichever
+# process is free (worksteal: a few tests take 10-20 s); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --maxprocesses 8 --dist worksteal
 
 .PHONY: install test test-all test-gpu demo clean
 
@@ -20,10 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-all: install
-	$(PY) -m pytest -q -m 'not gpu'
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m 'not gpu'
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu

@@ -32,10 +32,24 @@ def interprets_triton(markexpr: str, cuda_available: bool) -> bool:
     return not expression.evaluate(lambda name, **kwargs: name == "gpu")
 
 
+def threads_per_worker(worker_count: str | None, cores: int) -> int | None:
+    """PyTorch's intra-op threads for one of ``worker_count`` pytest-xdist processes (``make
+    test`` runs the suite in one per core) sharing ``cores``: its share of them, at least one;
+    None outside xdist (PyTorch's own choice). Left to PyTorch, each process took every core:
+    2 processes x 2 threads on 2 cores ran the suite in 9 min 44 s against 8 min 49 s with
+    one thread each (a test that needs more threads sets them itself)."""
+    if not worker_count:
+        return None
+    return max(1, cores // int(worker_count))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # (before collection imports lightning_gsf.gsf_kernels; a TRITON_INTERPRET already set wins)
     if interprets_triton(config.option.markexpr, torch.cuda.is_available()):
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    threads = threads_per_worker(os.environ.get("PYTEST_XDIST_WORKER_COUNT"), len(os.sched_getaffinity(0)))
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _interpreter_builder() -> object | None:
