@@ -65,10 +65,14 @@ NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
 # "process" (CPU time of this process) is steadier than wall time on a shared CPU machine
 # when the benchmark runs single-threaded: time spent waiting for a core is not counted.
 TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+# torch.compile's modes: "reduce-overhead" replays the compiled graphs as CUDA graphs (on a GPU:
+# no host work per kernel), the max-autotune ones tune inductor's kernels first.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "device", "threads", "timer", "malloc", "gsf_ratio", "repeats", "warmup", "seed",
+    "channels_last", "compile", "compile_mode", "device", "threads", "timer", "malloc", "gsf_ratio", "repeats",
+    "warmup", "seed",
     "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "train_time_iqr", "infer_time_vs_tsn",
@@ -86,6 +90,7 @@ class BenchmarkConfig:
     dtype: str = "float32"
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs on the GPU
     device: str = "cpu"
     repeats: int = 5
     warmup: int = 1
@@ -108,6 +113,10 @@ class BenchmarkConfig:
         if self.timer == "process" and (self.threads or torch.get_num_threads()) > 1:
             raise ValueError("the process timer adds up the CPU time of every thread, which is not time per clip "
                              "with several threads: use it with --threads 1, or --timer wall")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"compile_mode {self.compile_mode!r} needs compile=True (--compile)")
         if self.malloc not in host_memory.MODES:
             raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
@@ -259,10 +268,15 @@ class Steps:
 
 def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, config: BenchmarkConfig) -> Steps:
     # fullgraph: a graph break fails the run instead of silently timing a split graph
-    runner = torch.compile(model, fullgraph=True) if config.compile else model
+    runner = torch.compile(model, fullgraph=True, mode=config.compile_mode) if config.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+    # (CUDA graphs reuse their outputs' memory: each step tells them that the previous step's
+    # outputs are no longer read)
+    cuda_graphs = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
 
     def train() -> None:
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         model.train()
         optimizer.zero_grad(set_to_none=True)
         with autocast_context(config):
@@ -271,6 +285,8 @@ def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, conf
         optimizer.step()
 
     def infer() -> None:
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         model.eval()
         with torch.inference_mode(), autocast_context(config):
             runner(clips)
@@ -336,7 +352,8 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "backbone": backbone, "temporal_module": variant,
             "num_segments": config.num_segments, "input_size": config.input_size,
             "batch_size": config.batch_size, "dtype": config.dtype,
-            "channels_last": config.channels_last, "compile": config.compile, "device": config.device,
+            "channels_last": config.channels_last, "compile": config.compile,
+            "compile_mode": config.compile_mode if config.compile else None, "device": config.device,
             "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
             "gsf_ratio": config.gsf_ratio, "repeats": config.repeats, "warmup": config.warmup, "seed": config.seed,
             "params_m": count_parameters(model) / 1e6,
@@ -397,7 +414,7 @@ def _format(value: object) -> str:
 def format_table(rows: Sequence[dict[str, object]]) -> str:
     """The rows as an aligned text table (the configuration columns shown once above it)."""
     shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
-                                              "channels_last", "compile", "device", "threads", "timer",
+                                              "channels_last", "compile", "compile_mode", "device", "threads", "timer",
                                               "gsf_ratio", "repeats", "warmup", "seed")]
     header = ""
     if rows:
@@ -405,7 +422,7 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
         header = (f"T={first['num_segments']} size={first['input_size']} batch={first['batch_size']} "
                   f"threads={first['threads']} timer={first['timer']} "
                   f"dtype={first['dtype']} channels_last={first['channels_last']} "
-                  f"compile={first['compile']} device={first['device']} "
+                  f"compile={first['compile']} compile_mode={_format(first['compile_mode'])} device={first['device']} "
                   f"gsf_ratio={_format(first['gsf_ratio'])} repeats={first['repeats']} warmup={first['warmup']} "
                   f"seed={first['seed']}\n")
     cells = [list(shown)] + [[_format(row[c]) for c in shown] for row in rows]
@@ -439,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bf16: autocast to bfloat16 (weights stay float32)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=defaults.compile_mode,
+                        help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs on a GPU)")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)
@@ -464,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     config = BenchmarkConfig(
         backbones=tuple(args.backbones), temporal_modules=tuple(args.temporal_modules),
         num_segments=args.num_segments, input_size=args.input_size, batch_size=args.batch_size,
-        dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        dtype=args.dtype, channels_last=args.channels_last, compile=args.compile, compile_mode=args.compile_mode,
         device=args.device, repeats=args.repeats, warmup=args.warmup, gsf_ratio=args.gsf_ratio,
         threads=args.threads, timer=args.timer, seed=args.seed,
         malloc=args.malloc or host_memory.mode_from_environment(),

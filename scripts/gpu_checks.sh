@@ -17,8 +17,10 @@
 #      set with EPIC's frame height (256 px, generated while the tests run, and waited for
 #      before the first timed step) at 224 px crops,
 #   6. GSF's PyTorch-ops path and the literal spec at 8 segments, the kernels' registers and
-#      loads for this GPU (scripts/kernel_resources.py), TSN and GSF under torch.compile
-#      (float32, 8 segments; GPU_CHECKS_COMPILE=0 skips it: compiling ResNet-50 takes minutes).
+#      loads for this GPU (scripts/kernel_resources.py), then TSN, TSM and GSF compiled and
+#      replayed as CUDA graphs (torch.compile's reduce-overhead: what the networks cost with no
+#      host work per kernel), and TSN and GSF under plain torch.compile (float32, 8 segments;
+#      GPU_CHECKS_COMPILE=0 skips both: compiling ResNet-50 takes minutes).
 # Usage: scripts/gpu_checks.sh [OUTPUT_DIR]   (checks.log and one CSV per table land there;
 # default runs/gpu_checks)
 # PYTHON picks the interpreter (default: python3); STEP_TIMEOUT caps each step in seconds
@@ -83,6 +85,8 @@ step fp32_t8_slow_paths "${bench[@]}" --num-segments 8 --temporal-modules gsf_to
 sm=$("$python" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))" || echo 90)
 step resources env -u TRITON_INTERPRET "$python" scripts/kernel_resources.py --sm "$sm" --warps 4 8
 if [ "${GPU_CHECKS_COMPILE:-1}" = 1 ]; then
+  step cuda_graphs_t8 "${bench[@]}" --num-segments 8 --temporal-modules tsm gsf --compile \
+    --compile-mode reduce-overhead --repeats 10 --csv "$out/cuda_graphs_t8.csv"
   step compile_t8 "${bench[@]}" --num-segments 8 --temporal-modules gsf --compile --repeats 10 \
     --csv "$out/compile_t8.csv"
 fi

@@ -41,6 +41,7 @@ def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
         assert row["train_clips_s"] > 0 and row["infer_clips_s"] > 0
         assert row["activation_mb"] > 0 and row["gflops_per_clip"] > 0
         assert row["cuda_peak_mb"] is None  # CPU run
+        assert row["compile"] is False and row["compile_mode"] is None  # (eager: no mode)
         assert row["malloc"] == ("retain" if host_memory.is_glibc() else "default")  # (glibc only)
     tsn = rows[0]
     assert tsn["params_vs_tsn"] == tsn["gflops_vs_tsn"] == tsn["activation_vs_tsn"] == 1.0
@@ -182,11 +183,34 @@ def test_activation_bytes_count_each_storage_once():
 @pytest.mark.parametrize(
     "field,value,message",
     [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
-     ("repeats", 0, ">= 1"), ("malloc", "tcmalloc", "malloc must be one of")],
+     ("repeats", 0, ">= 1"), ("malloc", "tcmalloc", "malloc must be one of"),
+     ("compile_mode", "fastest", "compile_mode must be one of"), ("compile_mode", "reduce-overhead", "needs compile")],
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         BenchmarkConfig(**{field: value})
+
+
+@pytest.mark.parametrize("mode,graphed", [("default", False), ("reduce-overhead", True), ("max-autotune", True),
+                                          ("max-autotune-no-cudagraphs", False)])
+def test_compile_mode_reaches_the_compiler_and_cuda_graphs_hear_of_each_step(mode, graphed, monkeypatch):
+    """``--compile-mode`` is torch.compile's ``mode``; in the modes that replay CUDA graphs
+    (which reuse their outputs' memory) every timed step starts with
+    ``cudagraph_mark_step_begin``, so that a graph's replay may overwrite the previous
+    step's outputs."""
+    compiled, steps_begun = [], []
+    monkeypatch.setattr(benchmark.torch, "compile", lambda model, **kwargs: compiled.append(kwargs) or model)
+    monkeypatch.setattr(benchmark.torch.compiler, "cudagraph_mark_step_begin", lambda: steps_begun.append(1))
+    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, compile=True, compile_mode=mode)
+    model = build_model("resnet18", "none", config)
+    clips, labels = make_batch(config)
+    steps = benchmark.make_steps(model, clips, labels, config)
+    steps.train()
+    steps.infer()
+    assert compiled == [{"fullgraph": True, "mode": mode}]
+    assert len(steps_begun) == (2 if graphed else 0)
+    rows = main([*TINY, "--temporal-modules", "tsm", "--compile", "--compile-mode", mode])
+    assert [(row["compile"], row["compile_mode"]) for row in rows] == [(True, mode)] * 2
 
 
 @pytest.mark.slow

@@ -123,6 +123,18 @@ def test_gpu_checks_run_every_step_most_wanted_first(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == ["checks.log"]  # the stand-in wrote no CSVs
 
 
+def test_gpu_checks_end_with_the_compiled_networks_unless_told_not_to(tmp_path):
+    """GPU_CHECKS_COMPILE=1 (the default) adds the networks replayed as CUDA graphs, then
+    compiled plainly, after every other step."""
+    result, log, _ = run_gpu_checks(tmp_path, "", GPU_CHECKS_COMPILE="1")
+    assert result.returncode == 0
+    ended = [line.split()[1].rstrip(":") for line in log.splitlines() if line.startswith("== ") and " exit " in line]
+    assert ended[-3:] == ["resources", "cuda_graphs_t8", "compile_t8"]
+    started = {line.split()[1].rstrip(":"): line for line in log.splitlines() if line.startswith("== ") and " exit " not in line}
+    assert "--compile --compile-mode reduce-overhead" in started["cuda_graphs_t8"]
+    assert "--compile " in started["compile_t8"] and "--compile-mode" not in started["compile_t8"]
+
+
 def test_gpu_checks_skip_the_loader_when_its_data_set_was_not_written(tmp_path):
     """A failed generation fails its step and skips the loader's (whose benchmark would have
     timed a set of its own instead)."""
