@@ -65,9 +65,17 @@ NUM_CLASSES = 174  # Something-Something v1, the paper's main benchmark
 # "process" (CPU time of this process) is steadier than wall time on a shared CPU machine
 # when the benchmark runs single-threaded: time spent waiting for a core is not counted.
 TIMERS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
-# torch.compile's modes: "reduce-overhead" replays the compiled graphs as CUDA graphs (on a GPU:
-# no host work per kernel), the max-autotune ones tune inductor's kernels first.
+# torch.compile's modes: "reduce-overhead" and "max-autotune" replay the compiled graphs as CUDA
+# graphs (on a GPU: no host work per kernel; uses_cuda_graphs), the max-autotune ones tune
+# inductor's kernels first.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# CUDA graphs are recorded in a compiled function's second call and replayed from the third.
+CUDA_GRAPH_WARMUP = 2
+
+
+def uses_cuda_graphs(compile_mode: str) -> bool:
+    """Whether torch.compile's ``compile_mode`` replays CUDA graphs (inductor's own settings)."""
+    return bool(torch._inductor.list_mode_options(compile_mode).get("triton.cudagraphs", False))
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
@@ -90,7 +98,7 @@ class BenchmarkConfig:
     dtype: str = "float32"
     channels_last: bool = False
     compile: bool = False
-    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead: CUDA graphs on the GPU
+    compile_mode: str = "default"  # torch.compile's mode (COMPILE_MODES)
     device: str = "cpu"
     repeats: int = 5
     warmup: int = 1
@@ -117,6 +125,12 @@ class BenchmarkConfig:
             raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"compile_mode {self.compile_mode!r} needs compile=True (--compile)")
+        if uses_cuda_graphs(self.compile_mode):
+            if torch.device(self.device).type != "cuda":  # (inductor would skip the graphs and say so in a log)
+                raise ValueError(f"compile_mode {self.compile_mode!r} replays CUDA graphs: it needs --device cuda")
+            if self.warmup < CUDA_GRAPH_WARMUP:
+                raise ValueError(f"compile_mode {self.compile_mode!r} needs warmup >= {CUDA_GRAPH_WARMUP}: CUDA graphs "
+                                 "are recorded in the second call, which would otherwise be timed")
         if self.malloc not in host_memory.MODES:
             raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
@@ -272,7 +286,7 @@ def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, conf
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     # (CUDA graphs reuse their outputs' memory: each step tells them that the previous step's
     # outputs are no longer read)
-    cuda_graphs = config.compile and config.compile_mode in ("reduce-overhead", "max-autotune")
+    cuda_graphs = config.compile and uses_cuda_graphs(config.compile_mode)
 
     def train() -> None:
         if cuda_graphs:
@@ -345,7 +359,8 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
         logger.info("measuring %s + %s", backbone, variant)
         peak = None
         steps[variant] = make_steps(model, clips, labels, config)
-        if torch.device(config.device).type == "cuda":
+        # (not with CUDA graphs: these two calls would be the graphs' warm-up and recording)
+        if torch.device(config.device).type == "cuda" and not (config.compile and uses_cuda_graphs(config.compile_mode)):
             steps[variant].train()  # allocate gradients and optimiser state first
             peak = cuda_peak_bytes(steps[variant].train, config.device)
         rows[variant] = {
@@ -386,8 +401,19 @@ def run_benchmark(config: BenchmarkConfig) -> list[dict[str, object]]:
     process (:mod:`lightning_gsf.host_memory`), for the rest of the process; the rows say
     which mode was in effect."""
     malloc = "retain" if host_memory.configure(config.malloc) else "default"
-    with _room_for_every_compiled_model(config):
+    with _room_for_every_compiled_model(config), _cuda_graphs_or_error(config):
         return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config, malloc)]
+
+
+def _cuda_graphs_or_error(config: BenchmarkConfig) -> contextlib.AbstractContextManager:
+    """In a mode with CUDA graphs, a graph that inductor would skip (an op it cannot capture,
+    say; it only logs why) fails the run instead of timing the network without graphs, as
+    ``fullgraph=True`` does for graph breaks."""
+    inductor = torch._inductor.config
+    if not (config.compile and uses_cuda_graphs(config.compile_mode)) or not hasattr(inductor.triton,
+                                                                                   "cudagraph_or_error"):
+        return contextlib.nullcontext()
+    return inductor.patch({"triton.cudagraph_or_error": True})
 
 
 def _room_for_every_compiled_model(config: BenchmarkConfig) -> contextlib.AbstractContextManager:
@@ -457,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model")
     parser.add_argument("--compile-mode", choices=COMPILE_MODES, default=defaults.compile_mode,
-                        help="torch.compile's mode, with --compile (reduce-overhead: CUDA graphs on a GPU)")
+                        help="torch.compile's mode, with --compile (reduce-overhead and max-autotune replay CUDA "
+                             f"graphs: --device cuda and --warmup >= {CUDA_GRAPH_WARMUP})")
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--repeats", type=int, default=defaults.repeats)
     parser.add_argument("--warmup", type=int, default=defaults.warmup)

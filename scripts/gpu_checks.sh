@@ -18,8 +18,9 @@
 #      before the first timed step) at 224 px crops,
 #   6. GSF's PyTorch-ops path and the literal spec at 8 segments, the kernels' registers and
 #      loads for this GPU (scripts/kernel_resources.py), then TSN, TSM and GSF compiled and
-#      replayed as CUDA graphs (torch.compile's reduce-overhead: what the networks cost with no
-#      host work per kernel), and TSN and GSF under plain torch.compile (float32, 8 segments;
+#      replayed as CUDA graphs (torch.compile's reduce-overhead: the networks without their host
+#      work per kernel; loss, backward launch and SGD step stay eager), and TSN and GSF under
+#      plain torch.compile (float32, 8 segments;
 #      GPU_CHECKS_COMPILE=0 skips both: compiling ResNet-50 takes minutes).
 # Usage: scripts/gpu_checks.sh [OUTPUT_DIR]   (checks.log and one CSV per table land there;
 # default runs/gpu_checks)

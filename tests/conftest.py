@@ -35,21 +35,28 @@ def interprets_triton(markexpr: str, cuda_available: bool) -> bool:
 def threads_per_worker(worker_count: str | None, cores: int) -> int | None:
     """PyTorch's intra-op threads for one of ``worker_count`` pytest-xdist processes (``make
     test`` runs the suite in one per core) sharing ``cores``: its share of them, at least one;
-    None outside xdist (PyTorch's own choice). Left to PyTorch, each process took every core:
-    2 processes x 2 threads on 2 cores ran the suite in 9 min 44 s against 8 min 49 s with
-    one thread each (a test that needs more threads sets them itself)."""
+    None outside xdist (PyTorch's own choice, every core). On this project's two-core machine
+    the suite took 9 min 44 s in 2 processes of 2 threads (and xdist's default distribution)
+    against 8 min 49 s in 2 of one thread each (worksteal). A test that needs more threads
+    sets them itself."""
     if not worker_count:
         return None
     return max(1, cores // int(worker_count))
+
+
+def _cores() -> int:
+    """The cores this process may run on (the affinity mask where the OS has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)  # (Linux)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # (before collection imports lightning_gsf.gsf_kernels; a TRITON_INTERPRET already set wins)
     if interprets_triton(config.option.markexpr, torch.cuda.is_available()):
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    threads = threads_per_worker(os.environ.get("PYTEST_XDIST_WORKER_COUNT"), len(os.sched_getaffinity(0)))
-    if threads is not None:
-        torch.set_num_threads(threads)
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")  # (set in xdist's worker processes)
+    if workers:
+        torch.set_num_threads(threads_per_worker(workers, _cores()))
 
 
 def _interpreter_builder() -> object | None:

@@ -194,23 +194,40 @@ def test_config_rejects_bad_values(field, value, message):
 @pytest.mark.parametrize("mode,graphed", [("default", False), ("reduce-overhead", True), ("max-autotune", True),
                                           ("max-autotune-no-cudagraphs", False)])
 def test_compile_mode_reaches_the_compiler_and_cuda_graphs_hear_of_each_step(mode, graphed, monkeypatch):
-    """``--compile-mode`` is torch.compile's ``mode``; in the modes that replay CUDA graphs
-    (which reuse their outputs' memory) every timed step starts with
-    ``cudagraph_mark_step_begin``, so that a graph's replay may overwrite the previous
-    step's outputs."""
+    """``--compile-mode`` is torch.compile's ``mode`` (one that torch knows, replaying CUDA
+    graphs where inductor's settings for it say so); in those modes (which reuse their
+    outputs' memory) every timed step starts with ``cudagraph_mark_step_begin``, so that a
+    graph's replay may overwrite the previous step's outputs, and a graph that inductor would
+    skip fails the run."""
+    import torch._inductor
+
+    assert mode in torch._inductor.list_mode_options() and benchmark.uses_cuda_graphs(mode) is graphed
     compiled, steps_begun = [], []
     monkeypatch.setattr(benchmark.torch, "compile", lambda model, **kwargs: compiled.append(kwargs) or model)
     monkeypatch.setattr(benchmark.torch.compiler, "cudagraph_mark_step_begin", lambda: steps_begun.append(1))
-    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, compile=True, compile_mode=mode)
-    model = build_model("resnet18", "none", config)
-    clips, labels = make_batch(config)
-    steps = benchmark.make_steps(model, clips, labels, config)
+    # (the graph modes need a CUDA device: the model and clips stay on the CPU, stand-ins)
+    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, compile=True, compile_mode=mode,
+                             device="cuda" if graphed else "cpu", warmup=benchmark.CUDA_GRAPH_WARMUP)
+    eager = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1)
+    steps = benchmark.make_steps(build_model("resnet18", "none", eager), *make_batch(eager), config)
     steps.train()
     steps.infer()
     assert compiled == [{"fullgraph": True, "mode": mode}]
     assert len(steps_begun) == (2 if graphed else 0)
-    rows = main([*TINY, "--temporal-modules", "tsm", "--compile", "--compile-mode", mode])
-    assert [(row["compile"], row["compile_mode"]) for row in rows] == [(True, mode)] * 2
+    with benchmark._cuda_graphs_or_error(config):
+        assert torch._inductor.config.triton.cudagraph_or_error is graphed
+    assert torch._inductor.config.triton.cudagraph_or_error is False
+    if not graphed:  # (the rows of a CPU run, compiled by the stand-in above)
+        rows = main([*TINY, "--temporal-modules", "tsm", "--compile", "--compile-mode", mode])
+        assert [(row["compile"], row["compile_mode"]) for row in rows] == [(True, mode)] * 2
+
+
+@pytest.mark.parametrize("device,warmup,message", [("cpu", 3, "needs --device cuda"), ("cuda", 1, "needs warmup >= 2")])
+def test_cuda_graph_modes_refuse_what_would_time_no_graphs(device, warmup, message):
+    """On the CPU inductor skips CUDA graphs (and says so only in a log), and with one warm-up
+    call the timed rounds would include the graphs' recording."""
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(compile=True, compile_mode="reduce-overhead", device=device, warmup=warmup)
 
 
 @pytest.mark.slow
