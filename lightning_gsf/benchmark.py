@@ -77,6 +77,7 @@ def uses_cuda_graphs(compile_mode: str) -> bool:
     """Whether torch.compile's ``compile_mode`` replays CUDA graphs (inductor's own settings)."""
     return bool(torch._inductor.list_mode_options(compile_mode).get("triton.cudagraphs", False))
 
+
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
     "channels_last", "compile", "compile_mode", "device", "threads", "timer", "malloc", "gsf_ratio", "repeats",
@@ -135,6 +136,11 @@ class BenchmarkConfig:
             raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
             raise ValueError("num_segments, input_size, batch_size and repeats must be >= 1")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled networks are replayed as CUDA graphs."""
+        return self.compile and uses_cuda_graphs(self.compile_mode)
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -286,7 +292,7 @@ def make_steps(model: nn.Module, clips: torch.Tensor, labels: torch.Tensor, conf
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
     # (CUDA graphs reuse their outputs' memory: each step tells them that the previous step's
     # outputs are no longer read)
-    cuda_graphs = config.compile and uses_cuda_graphs(config.compile_mode)
+    cuda_graphs = config.cuda_graphs
 
     def train() -> None:
         if cuda_graphs:
@@ -360,7 +366,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
         peak = None
         steps[variant] = make_steps(model, clips, labels, config)
         # (not with CUDA graphs: these two calls would be the graphs' warm-up and recording)
-        if torch.device(config.device).type == "cuda" and not (config.compile and uses_cuda_graphs(config.compile_mode)):
+        if torch.device(config.device).type == "cuda" and not config.cuda_graphs:
             steps[variant].train()  # allocate gradients and optimiser state first
             peak = cuda_peak_bytes(steps[variant].train, config.device)
         rows[variant] = {
@@ -410,8 +416,7 @@ def _cuda_graphs_or_error(config: BenchmarkConfig) -> contextlib.AbstractContext
     say; it only logs why) fails the run instead of timing the network without graphs, as
     ``fullgraph=True`` does for graph breaks."""
     inductor = torch._inductor.config
-    if not (config.compile and uses_cuda_graphs(config.compile_mode)) or not hasattr(inductor.triton,
-                                                                                   "cudagraph_or_error"):
+    if not config.cuda_graphs or not hasattr(inductor.triton, "cudagraph_or_error"):
         return contextlib.nullcontext()
     return inductor.patch({"triton.cudagraph_or_error": True})
 
