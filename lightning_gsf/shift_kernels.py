@@ -80,6 +80,12 @@ def _unshift_kernel(grad_ptr, num_segments, channels, fold, pixels, width, s_n, 
         tl.store(clip + t * s_n, values, mask=mask)
 
 
+def unshifts_in_place(grad: torch.Tensor) -> bool:
+    """Whether :func:`unshift_` takes ``grad``: always (any strides; the caller has checked that
+    no two of its elements share memory)."""
+    return True
+
+
 def unshift_(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
     """The adjoint of :func:`shift` written over ``grad`` ``(N*T, C, H, W)``, any strides that
     do not overlap: the ``2 * fold`` shifted channels move back, the others are untouched.

@@ -163,9 +163,9 @@ def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, cha
 
     original, calls = temporal._shift_kernels, []
 
-    def recording(tensor):
+    def recording(tensor, fold):
         calls.append(tensor.device.type)
-        return original(tensor)
+        return original(tensor, fold)
 
     monkeypatch.setattr(temporal, "_shift_kernels", recording)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -177,7 +177,7 @@ def test_tsm_shift_kernels_on_cuda_equal_the_slice_copies(cuda, monkeypatch, cha
         out = temporal.temporal_shift(inp, num_segments=8)
         (out * (upstream if on_cuda else upstream.cpu())).sum().backward()
         gradients.append((out.cpu(), inp.grad.cpu()))
-    assert calls[:2] == ["cuda", "cuda"] and original(x) is not None  # (forward, backward)
+    assert calls[:2] == ["cuda", "cuda"] and original(x, 25) is not None  # (forward, backward)
     for fast, expected in zip(*gradients):
         assert torch.equal(fast, expected)
 

@@ -384,24 +384,40 @@ def test_in_place_shift_op_checks_its_arguments():
     odd = torch.randn(2 * 3, 16, 1, 4).permute(0, 1, 3, 2)  # W = 1: contiguous, but W's stride is 4
     with pytest.raises(RuntimeError, match="pixels must have one stride over H\\*W"):
         ops.temporal_shift_(odd, torch.empty(4, 2, 4, 1), 3, 2)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        ops.temporal_shift_adjoint_(x.transpose(2, 3), 3, 2)
+    with pytest.raises(RuntimeError, match="exceeds the channels"):
+        ops.temporal_shift_adjoint_(x, 3, 9)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        ops.temporal_shift_adjoint_(x.double(), 3, 2)
 
 
-@pytest.fixture
-def triton_shift(monkeypatch) -> list[str]:
-    """TSM's eager shift through the Triton kernels it takes on CUDA (one launch each way),
-    here on CPU tensors under Triton's interpreter; returns the kernels' calls, recorded."""
-    from lightning_gsf import shift_kernels
+def shift_kernel_set(name: str):
+    """TSM's kernels for one device: ``triton`` (CUDA's; here under Triton's interpreter) or
+    ``cpp`` (the CPU's C++ kernels)."""
+    if name == "triton":
+        from lightning_gsf import shift_kernels
+        return shift_kernels
+    return temporal._CppShift
 
+
+@pytest.fixture(params=["triton", "cpp"])
+def kernel_shift(request, monkeypatch) -> list[str]:
+    """TSM's eager shift through the kernels it takes on CUDA (Triton, one launch each way;
+    here on CPU tensors under Triton's interpreter) or on the CPU (C++), whatever the
+    tensors' device; returns the kernels' calls, recorded."""
+    kernels = shift_kernel_set(request.param)
     calls: list[str] = []
 
     def recorded(name):
         def call(*args, **kwargs):
             calls.append(name)
-            return getattr(shift_kernels, name)(*args, **kwargs)
+            return getattr(kernels, name)(*args, **kwargs)
         return call
 
-    kernels = types.SimpleNamespace(shift=recorded("shift"), unshift_=recorded("unshift_"))
-    monkeypatch.setattr(temporal, "_shift_kernels", lambda x: kernels)
+    recording = types.SimpleNamespace(shift=recorded("shift"), unshift_=recorded("unshift_"),
+                                      unshifts_in_place=kernels.unshifts_in_place)
+    monkeypatch.setattr(temporal, "_shift_kernels", lambda x, fold: recording)
     return calls
 
 
@@ -410,7 +426,7 @@ def triton_shift(monkeypatch) -> list[str]:
     "batch,num_segments,channels,fold_div",
     [(2, 4, 16, 8), (3, 3, 17, 8), (2, 5, 12, 4), (1, 1, 16, 8), (2, 3, 4, 8), (1, 2, 72, 2)],
 )
-def test_triton_shift_matches_naive_shift_values_and_gradients(triton_shift, batch, num_segments, channels, fold_div,
+def test_kernel_shift_matches_naive_shift_values_and_gradients(kernel_shift, batch, num_segments, channels, fold_div,
                                                                layout):
     """One kernel forward, one in place backward: the naive shift's values and gradients bit
     for bit, NCHW, channels-last (kept) and on a crop (rows not adjacent); folds that are
@@ -429,15 +445,15 @@ def test_triton_shift_matches_naive_shift_values_and_gradients(triton_shift, bat
     (out * upstream).sum().backward()
     (expected * upstream).sum().backward()
     assert torch.equal(leaf.grad, leaf_naive.grad)
-    assert triton_shift == ["shift", "unshift_"]
+    assert kernel_shift == ["shift", "unshift_"]
     if layout == "channels_last":
         assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("holder", HOLDERS)
-def test_triton_shift_leaves_a_held_output_gradient_alone(triton_shift, holder):
+def test_kernel_shift_leaves_a_held_output_gradient_alone(kernel_shift, holder):
     """The kernels' backward also writes a new tensor where anything else holds the output's
-    gradient (the opposite shift, one launch)."""
+    gradient (the opposite shift, one launch or one C++ pass)."""
     x = torch.randn(2 * 4, 16, 3, 5, requires_grad=True)
     kept, other = [], torch.randn(x.shape, requires_grad=True)
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
@@ -445,46 +461,89 @@ def test_triton_shift_leaves_a_held_output_gradient_alone(triton_shift, holder):
     between_spies(lambda v: temporal_shift(v, 4), x, consumer)
     check_holders_kept_their_values(holder, kept, weights, other)
     assert torch.equal(x.grad, naive_input_gradient(x, 4, consumer))
-    assert triton_shift[0] == "shift" and len(triton_shift) == 2
+    assert kernel_shift[0] == "shift" and len(kernel_shift) == 2
 
 
-def test_triton_shift_double_backward_takes_the_slice_copies(triton_shift):
+def test_kernel_shift_double_backward_takes_the_slice_copies(kernel_shift):
     """With ``create_graph`` the backward is the differentiable slice copies, not a kernel
     (whose output autograd could not differentiate); the first-order backwards are kernels.
     (A small map: each of gradgradcheck's many evaluations runs the kernels under the
     interpreter.)"""
     x = torch.randn(2 * 2, 8, 1, 2, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradgradcheck(lambda v: temporal_shift(v, 2) ** 2, (x,))
-    assert "shift" in triton_shift
+    assert "shift" in kernel_shift
 
 
-def test_shift_kernels_serve_cuda_tensors_only():
-    assert temporal._shift_kernels(torch.randn(2, 8, 2, 2)) is None
+def test_shift_kernels_by_device(monkeypatch):
+    """The C++ kernels for CPU tensors (of any element size: the copy only moves values) where
+    they are built, Triton's for CUDA ones; the slice copies without the C++ kernels."""
+    assert temporal._shift_kernels(torch.randn(2, 8, 2, 2), 1) is temporal._CppShift
+    assert temporal._shift_kernels(torch.zeros(2, 8, 2, 2, dtype=torch.int16), 4) is temporal._CppShift
+    assert temporal._shift_kernels(torch.randn(2, 8, 2, 2), 5) is None  # (2 * fold past the channels)
+    # its in-place adjoint: dense float32 / bfloat16 maps, NCHW or channels-last
+    maps = torch.randn(4, 6, 3, 3)
+    assert temporal._CppShift.unshifts_in_place(maps) and temporal._CppShift.unshifts_in_place(
+        maps.contiguous(memory_format=torch.channels_last).bfloat16())
+    assert not any(map(temporal._CppShift.unshifts_in_place, (maps[:, :4], maps.double(), maps.transpose(2, 3))))
+    monkeypatch.setattr(cpu_kernels, "cpu_kernels", lambda: None)
+    assert temporal._shift_kernels(torch.randn(2, 8, 2, 2), 1) is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cpu_training_shift_takes_the_cpp_kernels(channels_last, dtype, monkeypatch):
+    """On the CPU a training shift calls the C++ kernels (the copy forward, the in-place adjoint
+    backward over the unheld gradient), with the naive shift's values and gradient."""
+    calls = []
+    for name in ("temporal_shift", "temporal_shift_backward"):
+        original = getattr(compiled_ops, name)
+        monkeypatch.setattr(compiled_ops, name, lambda *args, _o=original, _n=name: calls.append(_n) or _o(*args))
+    original_adjoint = temporal._CppShift.unshift_
+    monkeypatch.setattr(temporal._CppShift, "unshift_",
+                        staticmethod(lambda *args: calls.append("adjoint") or original_adjoint(*args)))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    leaf = torch.randn(2 * 4, 16, 3, 5).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
+    leaf_naive = leaf.detach().clone().requires_grad_()
+    out = temporal_shift(leaf * 1.0, 4)
+    expected = naive_shift(leaf_naive * 1.0, 4, 8)
+    upstream = torch.randn(out.shape).to(dtype)
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert torch.equal(out, expected) and torch.equal(leaf.grad, leaf_naive.grad)
+    assert out.is_contiguous(memory_format=memory_format)
+    assert calls == ["temporal_shift", "adjoint"]
+
+
+@pytest.mark.parametrize("kernel_set", ["triton", "cpp"])
 @settings(max_examples=25, deadline=None)
 @given(
     clips=st.integers(0, 2), num_segments=st.integers(1, 5), channels=st.integers(1, 40), folds=st.data(),
     height=st.integers(1, 6), width=st.integers(1, 6), channels_last=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 2**16),
 )
-def test_shift_kernels_equal_the_slice_copies(clips, num_segments, channels, folds, height, width, channels_last,
-                                              dtype, seed):
-    """``shift_kernels.shift`` (both directions) and ``unshift_`` against the PyTorch slice
-    copies, bit for bit and layout kept, for any fold up to all the channels (the second
-    cut short), empty batches included; ``unshift_`` of a channel slice leaves the channels
-    after it alone."""
-    from lightning_gsf import shift_kernels
+def test_shift_kernels_equal_the_slice_copies(kernel_set, clips, num_segments, channels, folds, height, width,
+                                              channels_last, dtype, seed):
+    """Each kernel set's ``shift`` (both directions) and ``unshift_`` against the PyTorch slice
+    copies, bit for bit and layout kept, for any fold the set takes (Triton's up to all the
+    channels, the second cut short; C++ up to half), empty batches included; ``unshift_`` of a channel slice (Triton's; the C++
+    one takes dense maps only) leaves the channels after it alone."""
+    shift_kernels = shift_kernel_set(kernel_set)
 
-    fold = folds.draw(st.integers(0, channels))  # (past C/2 the second fold is cut short, as fold_div=1 has it)
+    # (past C/2 the second fold is cut short, as fold_div=1 has it: Triton's kernels take it, the
+    # C++ ones are not given it, shift_usable)
+    fold = folds.draw(st.integers(0, channels if kernel_set == "triton" else channels // 2))
     x = torch.randn(clips * num_segments, channels, height, width, generator=torch.Generator().manual_seed(seed))
     x = x.to(dtype).contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for backwards_first in (True, False):
         expected = temporal._shift_copy(x, num_segments, fold, backwards_first)
         out = shift_kernels.shift(x, num_segments, fold, backwards_first)
         assert torch.equal(out, expected) and out.stride() == expected.stride()
-    wider = torch.cat([x, x[:, :3]], dim=1)  # (three channels after the slice)
-    in_place, after = wider[:, :channels], wider[:, channels:].clone()
-    assert shift_kernels.unshift_(in_place, num_segments, fold) is in_place
-    assert torch.equal(in_place, temporal._unshift_in_place(x.clone(), num_segments, fold))
-    assert torch.equal(wider[:, channels:], after)
+    expected = temporal._unshift_in_place(x.clone(), num_segments, fold)
+    dense = x.clone()
+    assert shift_kernels.unshifts_in_place(dense)
+    assert shift_kernels.unshift_(dense, num_segments, fold) is dense and torch.equal(dense, expected)
+    if kernel_set == "triton":  # (any strides; the C++ adjoint takes dense maps, test_shift_kernels_by_device)
+        wider = torch.cat([x, x[:, :3]], dim=1)  # (three channels after the slice)
+        in_place, after = wider[:, :channels], wider[:, channels:].clone()
+        assert shift_kernels.unshift_(in_place, num_segments, fold) is in_place
+        assert torch.equal(in_place, expected) and torch.equal(wider[:, channels:], after)

@@ -104,14 +104,17 @@ def test_triton_partial_sums_are_all_written(monkeypatch, poisoned_allocations, 
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "crop"])
-@pytest.mark.parametrize("kernels", ["triton", "default"])
+@pytest.mark.parametrize("kernels", ["triton", "default", "slice_copies"])
 def test_tsm_shift_writes_every_value_it_reads(monkeypatch, poisoned_allocations, kernels, layout):
     """TSM's shift and its backward, through the Triton kernels (under the interpreter) and
-    through the CPU's own path: the zeroed ends of the shifted channels are written, not
-    left as allocated."""
+    PyTorch's slice copies: the zeroed ends of the shifted channels are written, not left as
+    allocated. (The CPU's default, C++, allocates in C++, out of the poison's reach: for it
+    this is a values check; its adjoint writes over a gradient, whose old values would show.)"""
     if kernels == "triton":
         from lightning_gsf import shift_kernels
-        monkeypatch.setattr(temporal, "_shift_kernels", lambda x: shift_kernels)
+        monkeypatch.setattr(temporal, "_shift_kernels", lambda x, fold: shift_kernels)
+    elif kernels == "slice_copies":
+        monkeypatch.setattr(temporal, "_shift_kernels", lambda x, fold: None)
     leaf = torch.randn(2 * 3, 17, 5, 6, generator=torch.Generator().manual_seed(0))
     if layout == "channels_last":
         leaf = leaf.contiguous(memory_format=torch.channels_last)

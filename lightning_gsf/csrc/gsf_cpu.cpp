@@ -2230,6 +2230,9 @@ void register_compiled_ops(const std::string& ns) {
 // and no frame keeps (each clip's first frame of [0, fold) and last of [fold, 2 fold)) goes
 // to `saved` (N * 2, fold, H, W), from which temporal_unshift_ restores x exactly. An eighth
 // of the channels moves each way (a quarter of the map in all), where the copy writes all of it.
+// temporal_shift_adjoint_: the shift's adjoint written over a gradient (twin:
+// lightning_gsf.temporal._unshift_in_place): the moves of temporal_unshift_, with zeros where it
+// would restore from `saved` (a frame's values that leave the clip).
 
 // `count` channels of frame `from` from channel `from_c0` on, copied to frame `to` from
 // channel `to_c0` on (x, or saved; any strides); from < 0: zeros. Whole blocks where both maps
@@ -2271,10 +2274,11 @@ void move_channels(const Map<T>& to_map, int64_t to, int64_t to_c0, const Map<T>
   }
 }
 
-// One (clip, side) of the shift (restore false) or of its undoing (restore true). Side 0:
-// channels [0, fold), which take frame t + 1; side 1: [fold, 2 fold), which take frame t - 1.
+// One (clip, side) of the shift (restore false) or of its undoing (restore true; without
+// `saved`, the adjoint: zeros instead of the saved frame). Side 0: channels [0, fold), which
+// take frame t + 1; side 1: [fold, 2 fold), which take frame t - 1.
 template <typename T>
-void shift_side(const Map<T>& x, const Map<T>& saved, int64_t clip, int64_t side, int64_t frames, int64_t fold,
+void shift_side(const Map<T>& x, const Map<T>* saved, int64_t clip, int64_t side, int64_t frames, int64_t fold,
                 int64_t pixels, bool restore) {
   auto move = [&](const Map<T>& to_map, int64_t to, int64_t to_c0, const Map<T>& from_map, int64_t from,
                   int64_t from_c0) { move_channels(to_map, to, to_c0, from_map, from, from_c0, fold, pixels); };
@@ -2284,19 +2288,24 @@ void shift_side(const Map<T>& x, const Map<T>& saved, int64_t clip, int64_t side
   // either runs the other way. Each frame is read before it is overwritten.
   const bool down = (side == 0) != restore;
   const int64_t lost = side == 0 ? first : last;  // the frame the shift overwrites unread
-  if (!restore) move(saved, kept, 0, x, lost, c0);
+  if (!restore) move(*saved, kept, 0, x, lost, c0);
   if (down) {
     for (int64_t f = first; f < last; ++f) move(x, f, c0, x, f + 1, c0);
   } else {
     for (int64_t f = last; f > first; --f) move(x, f, c0, x, f - 1, c0);
   }
   if (restore) {
-    move(x, lost, c0, saved, kept, 0);
+    if (saved != nullptr) {
+      move(x, lost, c0, *saved, kept, 0);
+    } else {
+      move(x, lost, c0, x, -1, c0);  // (the adjoint: what leaves the clip is lost)
+    }
   } else {
     move(x, side == 0 ? last : first, c0, x, -1, c0);  // zero beyond the clip
   }
 }
 
+// `saved` undefined: the adjoint's call, which has none.
 void check_shift(const at::Tensor& x, const at::Tensor& saved, int64_t num_segments, int64_t fold) {
   check_dtype(x);
   TORCH_CHECK(x.dim() == 4 && num_segments > 0 && x.size(0) % num_segments == 0,
@@ -2306,6 +2315,7 @@ void check_shift(const at::Tensor& x, const at::Tensor& saved, int64_t num_segme
     return t.is_contiguous() || t.is_contiguous(at::MemoryFormat::ChannelsLast);
   };
   TORCH_CHECK(dense(x), "TSM shift: x must be contiguous (NCHW or channels-last), got strides ", x.strides());
+  if (!saved.defined()) return;
   TORCH_CHECK(saved.scalar_type() == x.scalar_type() && saved.dim() == 4 &&
                   saved.size(0) == x.size(0) / num_segments * 2 && saved.size(1) == fold &&
                   saved.size(2) == x.size(2) && saved.size(3) == x.size(3) && dense(saved),
@@ -2313,7 +2323,7 @@ void check_shift(const at::Tensor& x, const at::Tensor& saved, int64_t num_segme
               " ", saved.scalar_type(), " strides ", saved.strides());
 }
 
-void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int64_t fold, bool restore) {
+void shift_in_place(at::Tensor& x, const at::Tensor& saved, int64_t num_segments, int64_t fold, bool restore) {
   check_shift(x, saved, num_segments, fold);
   const int64_t clips = x.size(0) / num_segments, pixels = x.size(2) * x.size(3);
   if (fold == 0 || pixels == 0) return;
@@ -2321,13 +2331,14 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
     using T = decltype(t);
     // (map_of refuses a pixel stride that does not step through H*W, as a W = 1 map's may not)
     const Map<T> map = map_of<T>(x, "x");
-    const Map<T> kept = map_of<T>(saved, "saved");
+    const bool has_saved = saved.defined();
+    const Map<T> kept = has_saved ? map_of<T>(saved, "saved") : map;  // (unread without saved)
     // Channels-last maps a block of pixels at a time, every frame's run of it in turn (block =
     // pixels otherwise: move_channels tells NCHW planes by a channel stride of `pixels`). Against
     // whole frames in turn with a memmove per pixel and run, the shift and its undoing at
     // ResNet-50's sites (T=8, 160 px, float32; three runs each) took 0.86-0.90 of the time with
     // the loop alone, 0.84-0.85 with the loop and the blocks; bfloat16 the same either way.
-    const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;
+    const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;  // (kept: map without saved)
     const int64_t blocks = (pixels + block - 1) / block;
     at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
@@ -2335,7 +2346,8 @@ void shift_in_place(at::Tensor& x, at::Tensor& saved, int64_t num_segments, int6
           const int64_t first_pixel = b * block, block_pixels = std::min(block, pixels - first_pixel);
           const Map<T> part{map.data + first_pixel * map.pixel, map.frame, map.channel, map.pixel};
           const Map<T> kept_part{kept.data + first_pixel * kept.pixel, kept.frame, kept.channel, kept.pixel};
-          shift_side(part, kept_part, index / 2, index % 2, num_segments, fold, block_pixels, restore);
+          shift_side(part, has_saved ? &kept_part : nullptr, index / 2, index % 2, num_segments, fold, block_pixels,
+                     restore);
         }
       }
     });
@@ -2348,6 +2360,10 @@ void temporal_shift_(at::Tensor x, at::Tensor saved, int64_t num_segments, int64
 
 void temporal_unshift_(at::Tensor x, at::Tensor saved, int64_t num_segments, int64_t fold) {
   shift_in_place(x, saved, num_segments, fold, true);
+}
+
+void temporal_shift_adjoint_(at::Tensor x, int64_t num_segments, int64_t fold) {
+  shift_in_place(x, at::Tensor(), num_segments, fold, true);
 }
 
 // parallel_threads: how many threads one of the kernels' parallel loops over `work` items runs
@@ -2388,6 +2404,7 @@ TORCH_LIBRARY(lightning_gsf, m) {
   m.def("parallel_threads(int work) -> int");
   m.def("temporal_shift_(Tensor(a!) x, Tensor(b!) saved, int num_segments, int fold) -> ()");
   m.def("temporal_unshift_(Tensor(a!) x, Tensor saved, int num_segments, int fold) -> ()");
+  m.def("temporal_shift_adjoint_(Tensor(a!) x, int num_segments, int fold) -> ()");
   m.def("bf16_dot_products() -> bool");
   m.def("register_compiled_ops(str ns) -> ()");
 }
@@ -2409,6 +2426,7 @@ TORCH_LIBRARY_IMPL(lightning_gsf, CPU, m) {
   m.impl("backward", &backward);
   m.impl("temporal_shift_", &temporal_shift_);
   m.impl("temporal_unshift_", &temporal_unshift_);
+  m.impl("temporal_shift_adjoint_", &temporal_shift_adjoint_);
 }
 
 TORCH_LIBRARY_IMPL(lightning_gsf, CompositeExplicitAutograd, m) {
