@@ -2332,13 +2332,13 @@ void shift_in_place(at::Tensor& x, const at::Tensor& saved, int64_t num_segments
     // (map_of refuses a pixel stride that does not step through H*W, as a W = 1 map's may not)
     const Map<T> map = map_of<T>(x, "x");
     const bool has_saved = saved.defined();
-    const Map<T> kept = has_saved ? map_of<T>(saved, "saved") : map;  // (unread without saved)
+    const Map<T> kept = has_saved ? map_of<T>(saved, "saved") : map;  // (without saved: unread, and x's layout)
     // Channels-last maps a block of pixels at a time, every frame's run of it in turn (block =
     // pixels otherwise: move_channels tells NCHW planes by a channel stride of `pixels`). Against
     // whole frames in turn with a memmove per pixel and run, the shift and its undoing at
     // ResNet-50's sites (T=8, 160 px, float32; three runs each) took 0.86-0.90 of the time with
     // the loop alone, 0.84-0.85 with the loop and the blocks; bfloat16 the same either way.
-    const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;  // (kept: map without saved)
+    const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
     at::parallel_for(0, clips * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
