@@ -127,9 +127,8 @@ class _CppShift:
 
     @staticmethod
     def unshifts_in_place(grad: torch.Tensor) -> bool:
-        """Whether :meth:`unshift_` takes ``grad``: float32 or bfloat16, NCHW or channels-last."""
-        return (grad.dtype in cpu_kernels.DTYPES and grad.dim() == 4 and cpu_kernels.addressable(grad)
-                and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last)))
+        """Whether :meth:`unshift_` takes ``grad`` (:func:`_moved_in_place_by_cpp`)."""
+        return _moved_in_place_by_cpp(grad)
 
     @staticmethod
     def unshift_(grad: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
@@ -172,16 +171,22 @@ def temporal_shift(x: torch.Tensor, num_segments: int, fold_div: int = 8) -> tor
     return _TemporalShift.apply(x, num_segments, c // fold_div)
 
 
+def _moved_in_place_by_cpp(x: torch.Tensor) -> bool:
+    """Whether the C++ in-place shifts (``temporal_shift_`` and its undoing, the adjoint) take
+    ``x``: a plain float32 or bfloat16 CPU map, dense (NCHW or channels-last), in a layout the
+    kernels address."""
+    return (x.dim() == 4 and cpu_kernels.takes(x) and (x.is_contiguous() or x.is_contiguous(
+        memory_format=torch.channels_last)) and cpu_kernels.addressable(x))
+
+
 def shifts_in_place(x: torch.Tensor, fold_div: int = 8) -> bool:
     """Whether :func:`call_with_shifted` shifts ``x`` in its own memory: an inference tensor in
     inference mode (no autograd, no version counter that an in-place write could upset), on
     the CPU in float32 or bfloat16, dense (NCHW or channels-last) in a layout the C++ kernels
     address, two folds within the channels, the kernels built; not while compiling."""
     return (not torch.compiler.is_compiling()  # (first: the compiler cannot trace the inference checks)
-            and torch.is_inference_mode_enabled() and x.is_inference() and x.dim() == 4 and cpu_kernels.takes(x)
-            and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-            and cpu_kernels.addressable(x) and 2 * (x.shape[1] // fold_div) <= x.shape[1]
-            and cpu_kernels.cpu_kernels() is not None)
+            and torch.is_inference_mode_enabled() and x.is_inference() and _moved_in_place_by_cpp(x)
+            and 2 * (x.shape[1] // fold_div) <= x.shape[1] and cpu_kernels.cpu_kernels() is not None)
 
 
 def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], num_segments: int,

@@ -54,9 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # (before collection imports lightning_gsf.gsf_kernels; a TRITON_INTERPRET already set wins)
     if interprets_triton(config.option.markexpr, torch.cuda.is_available()):
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")  # (set in xdist's worker processes)
-    if workers:
-        torch.set_num_threads(threads_per_worker(workers, _cores()))
+    # (PYTEST_XDIST_WORKER_COUNT: set in xdist's worker processes)
+    threads = threads_per_worker(os.environ.get("PYTEST_XDIST_WORKER_COUNT"), _cores())
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def _interpreter_builder() -> object | None:
