@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -11,6 +13,7 @@ from lightning_gsf import temporal
 from lightning_gsf.backbones import BACKBONES, build_backbone
 from lightning_gsf.backbones import weights as weights_module
 from lightning_gsf.backbones.insertion import TEMPORAL_MODULES
+from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, saved_activation_bytes
 from lightning_gsf.gsf import GSF
 from lightning_gsf.model import VideoClassifier
 from lightning_gsf.normalization import normalize
@@ -266,7 +269,8 @@ def test_tsm_inference_in_place_gives_the_copy_s_logits(backbone: str, monkeypat
     torch.manual_seed(0)
     model = VideoClassifier(backbone, "tsm", num_segments=2, num_classes=4).eval()
     clip = _clip(backbone).float()
-    with torch.no_grad():
+    with torch.no_grad(), monkeypatch.context() as patch:
+        patch.setattr(temporal, "convolves_in_place", lambda *args: False)  # (the copies)
         expected = model(clip)["class"]
     assert in_place and not any(in_place)
     in_place.clear()
@@ -275,6 +279,46 @@ def test_tsm_inference_in_place_gives_the_copy_s_logits(backbone: str, monkeypat
         actual = model(frames)["class"]
     assert in_place and all(in_place)
     assert torch.equal(actual, expected) and torch.equal(frames, clip)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "bninception", "inception_v3"])
+def test_tsm_training_convolves_the_shift_in_place(backbone: str, dtype: str, monkeypatch) -> None:
+    """In training (float32, or under bf16 autocast), each TSM site's convolution reads its
+    input shifted in place (restored for the identity path, or an Inception block's other
+    branches): the loss and every gradient of the shifted copies, to the bit, the clip left as
+    it was, and nothing saved for backward beyond what TSN saves."""
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone, "tsm", num_segments=2, num_classes=4, dropout=0.0)
+    reference = copy.deepcopy(model)
+    clip = normalize(_clip(backbone), "imagenet")
+    config = BenchmarkConfig(num_segments=2, batch_size=2, input_size=clip.shape[-1], dtype=dtype)
+    frames = clip.clone()
+    in_place = []
+    convolves_in_place = temporal.convolves_in_place
+
+    def recording(*args):
+        in_place.append(convolves_in_place(*args))
+        return in_place[-1]
+
+    with monkeypatch.context() as patch, autocast_context(config):
+        patch.setattr(temporal, "convolves_in_place", lambda *args: False)
+        expected = reference(clip)["class"]
+    expected.float().square().sum().backward()
+    monkeypatch.setattr(temporal, "convolves_in_place", recording)
+    with autocast_context(config):
+        actual = model(frames)["class"]
+    actual.float().square().sum().backward()
+    sites = sum(isinstance(module, TemporalShift) for module in model.modules())
+    assert len(in_place) == sites > 0 and all(in_place)
+    assert torch.equal(actual, expected) and torch.equal(frames, clip)
+    for (name, param), wanted in zip(model.named_parameters(), reference.parameters()):
+        assert torch.equal(param.grad, wanted.grad), name
+
+    torch.manual_seed(0)
+    tsn = VideoClassifier(backbone, "none", num_segments=2, num_classes=4, dropout=0.0)
+    labels = torch.tensor([0, 1])
+    assert saved_activation_bytes(model, clip, labels, config) == saved_activation_bytes(tsn, clip, labels, config)
 
 
 def test_logits_are_the_average_of_per_frame_logits() -> None:

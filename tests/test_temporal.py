@@ -372,6 +372,172 @@ def test_double_backward_through_the_shift():
     torch.autograd.gradgradcheck(lambda v: temporal_shift(v, 3) ** 2, (x,))
 
 
+CONVOLUTIONS = {
+    "1x1": dict(kernel_size=1, bias=False),
+    "3x3_stride_2_bias": dict(kernel_size=3, stride=2, padding=1, bias=True),
+    "grouped_dilated": dict(kernel_size=3, padding=(2, 1), dilation=(2, 1), groups=4, bias=False),
+}
+
+
+def layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.fixture
+def convolution_inputs(monkeypatch) -> list[int]:
+    """The data pointers of the maps that ``F.conv2d`` is called on, from now on."""
+    pointers = []
+    conv2d = torch.nn.functional.conv2d
+
+    def recording(input, *args, **kwargs):
+        pointers.append(input.data_ptr())
+        return conv2d(input, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", recording)
+    return pointers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@LAYOUTS
+@pytest.mark.parametrize("convolution", CONVOLUTIONS)
+@pytest.mark.parametrize("trained", ["all", "input", "weights"])
+def test_convolution_reads_the_shift_in_place(convolution, trained, channels_last, dtype, convolution_inputs):
+    """Outside inference mode, a plain convolution reads ``x`` shifted in its own memory, and
+    its backward shifts ``x`` again for the weight gradient: the values and every gradient of
+    the convolution of the shifted copy, to the bit; ``x`` is restored, its version unchanged."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, **CONVOLUTIONS[convolution]).to(dtype)
+    conv.weight.data = layout(conv.weight.data, channels_last)
+    conv.requires_grad_(trained != "input")
+    reference = copy.deepcopy(conv)
+    x = layout(torch.randn(2 * 3, 16, 5, 6).to(dtype), channels_last).requires_grad_(trained != "weights")
+    copied = x.detach().clone().requires_grad_(x.requires_grad)
+    original, version = x.detach().clone(), x._version
+
+    assert temporal.convolves_in_place(x, conv)
+    out = TemporalShift(3).call_with_shifted(x, conv)
+    assert convolution_inputs == [x.data_ptr()] and type(out.grad_fn).__name__ == "_ShiftedConvolutionBackward"
+    assert torch.equal(x, original) and x._version == version
+    expected = reference(layout(naive_shift(copied, 3, 8), channels_last))
+    assert torch.equal(out, expected)
+
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    assert torch.equal(x, original) and x._version == version
+    pairs = [(x, copied), *zip(conv.parameters(), reference.parameters())]
+    for actual, wanted in pairs:
+        assert (actual.grad is None) == (wanted.grad is None)
+        if wanted.grad is not None:
+            assert torch.equal(actual.grad, wanted.grad)
+
+
+@LAYOUTS
+@pytest.mark.parametrize("convolution", CONVOLUTIONS)
+def test_convolution_under_autocast_reads_the_shift_in_place(convolution, channels_last, convolution_inputs):
+    """Under bf16 autocast, a bf16 map into a float32 convolution: shifted in place too, with
+    the output and the float32 gradients of the copy's convolution under autocast, to the bit."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, **CONVOLUTIONS[convolution])
+    conv.weight.data = layout(conv.weight.data, channels_last)
+    reference = copy.deepcopy(conv)
+    x = layout(torch.randn(2 * 3, 16, 5, 6).bfloat16(), channels_last).requires_grad_()
+    copied = x.detach().clone().requires_grad_()
+    original = x.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert temporal.convolves_in_place(x, conv)
+        out = temporal.call_with_shifted(x, conv, 3)
+        expected = reference(layout(naive_shift(copied, 3, 8), channels_last))
+    assert convolution_inputs[0] == x.data_ptr() and torch.equal(x, original)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    assert torch.equal(x, original) and torch.equal(x.grad, copied.grad)
+    for actual, wanted in zip(conv.parameters(), reference.parameters()):
+        assert actual.grad.dtype == torch.float32 and torch.equal(actual.grad, wanted.grad)
+
+
+@pytest.mark.parametrize("context", ["no_grad", "nothing_requires_grad"])
+def test_convolution_without_autograd_reads_the_shift_in_place(context, convolution_inputs):
+    """Under ``no_grad`` (and with nothing to differentiate) too: no copy, ``x`` restored."""
+    conv = nn.Conv2d(16, 8, 1).requires_grad_(False)
+    x = torch.randn(2 * 3, 16, 4, 4)
+    original = x.clone()
+    with torch.no_grad() if context == "no_grad" else torch.enable_grad():
+        out = temporal.call_with_shifted(x, conv, 3)
+    assert convolution_inputs == [x.data_ptr()] and torch.equal(x, original)
+    assert torch.equal(out, conv(naive_shift(original, 3, 8)))
+
+
+def test_convolution_double_backward_matches_the_copy():
+    """With ``create_graph`` the backward is differentiable again: a gradient penalty gives the
+    copy's second-order gradients."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    reference = copy.deepcopy(conv)
+    x = torch.randn(2 * 3, 16, 4, 5, requires_grad=True)
+    copied = x.detach().clone().requires_grad_()
+    for module, inputs, shifted in ((conv, x, lambda v: temporal.call_with_shifted(v, conv, 3)),
+                                    (reference, copied, lambda v: reference(naive_shift(v, 3, 8)))):
+        out = shifted(inputs)
+        grad_x, = torch.autograd.grad(out.square().sum(), inputs, create_graph=True)
+        grad_x.square().sum().backward()
+    torch.testing.assert_close(x.grad, copied.grad)
+    for actual, wanted in zip(conv.parameters(), reference.parameters()):
+        torch.testing.assert_close(actual.grad, wanted.grad)
+
+
+def test_convolution_failure_restores_the_input():
+    conv = nn.Conv2d(8, 4, 1)  # (16 channels come: the convolution raises)
+    x = torch.randn(2 * 3, 16, 2, 2, requires_grad=True)
+    original = x.detach().clone()
+    assert temporal.convolves_in_place(x, conv)
+    with pytest.raises(RuntimeError, match="channels"):
+        temporal.call_with_shifted(x, conv, 3)
+    assert torch.equal(x, original)
+
+
+class CountingConv2d(nn.Conv2d):
+    pass
+
+
+@pytest.mark.parametrize("reason", ["inference_mode", "hook", "subclass", "same_padding", "reflect_padding",
+                                    "autocast_of_a_float32_map", "dtype_mismatch", "float64", "strided",
+                                    "not_a_convolution"])
+def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs):
+    """Only a plain ``nn.Conv2d`` computing in ``x``'s dtype (not a float32 map that autocast
+    would cast), with numeric zero padding and no hooks, outside inference mode, on a map the
+    C++ shifts take, reads ``x`` shifted in place (inference mode has its own in-place shift,
+    around any consumer)."""
+    conv = (CountingConv2d if reason == "subclass" else nn.Conv2d)(
+        16, 8, 3, padding="same" if reason == "same_padding" else 1,
+        padding_mode="reflect" if reason == "reflect_padding" else "zeros")
+    if reason == "hook":
+        conv.register_forward_pre_hook(lambda module, args: None)
+    if reason == "float64":
+        conv.double()
+    consumer = (lambda v: conv(v)) if reason == "not_a_convolution" else conv
+    context = (torch.inference_mode() if reason == "inference_mode"
+               else torch.autocast("cpu", dtype=torch.bfloat16, enabled=reason == "autocast_of_a_float32_map"))
+    with context:
+        x = torch.randn(2 * 3, 16, 4, 5, dtype=torch.float64 if reason == "float64" else torch.float32)
+        if reason == "dtype_mismatch":
+            x = x.bfloat16()
+        if reason == "strided":
+            x = x.transpose(2, 3)
+        original = x.clone()
+        assert not temporal.convolves_in_place(x, consumer)
+        if reason == "dtype_mismatch":
+            with pytest.raises(RuntimeError):
+                temporal.call_with_shifted(x, consumer, 3)
+        else:
+            temporal.call_with_shifted(x, consumer, 3)
+    if reason not in ("inference_mode", "dtype_mismatch"):
+        assert convolution_inputs and convolution_inputs[0] != x.data_ptr()
+    assert torch.equal(x, original)
+
+
 def test_in_place_shift_op_checks_its_arguments():
     ops = cpu_kernels.cpu_kernels()
     x = torch.randn(2 * 3, 16, 3, 4)

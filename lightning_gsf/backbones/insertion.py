@@ -55,12 +55,14 @@ class _TemporalResidualBlock(nn.Module):
     def temporal(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.gsf is None else self.gsf(x)
 
+    def first_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv1`` of ``x``, shifted first with TSM (on the CPU ``x`` itself, shifted in
+        place and restored after: the identity path reads it too)."""
+        return self.conv1(x) if self.shift is None else self.shift.call_with_shifted(x, self.conv1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.shift is None:
-            out = self.residual(x)
-        else:  # (in CPU inference x itself, shifted in place and restored after)
-            out = self.shift.call_with_shifted(x, self.residual)
+        out = self.residual(x)
         out += identity  # in place, as torchvision does: one pass less over the feature map
         return self.relu(out)
 
@@ -69,7 +71,7 @@ class TemporalBottleneck(_TemporalResidualBlock):
     """A torchvision ``Bottleneck`` with TSM before ``conv1`` and/or GSF after ``conv3``."""
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.first_conv(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         return self.bn3(self.temporal(self.conv3(out)))
 
@@ -78,7 +80,7 @@ class TemporalBasicBlock(_TemporalResidualBlock):
     """A torchvision ``BasicBlock`` with TSM before ``conv1`` and/or GSF after ``conv2``."""
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.first_conv(x)))
         return self.bn2(self.temporal(self.conv2(out)))
 
 
