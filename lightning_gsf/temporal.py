@@ -259,8 +259,8 @@ class _ShiftedConvolution(torch.autograd.Function):
     ``create_graph`` the backward is made of differentiable operations (shifted copies)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, conv, num_segments, fold):  # noqa: D102
-        ctx.geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+    def forward(ctx, x, weight, bias, geometry, num_segments, fold):  # noqa: D102
+        ctx.geometry = geometry  # (stride, padding, dilation, groups)
         ctx.num_segments, ctx.fold = num_segments, fold
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(x, weight)
@@ -322,7 +322,8 @@ def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], nu
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
     fold = c // fold_div
     if not in_place:
-        return _ShiftedConvolution.apply(x, consumer.weight, consumer.bias, consumer, num_segments, fold)
+        geometry = (consumer.stride, consumer.padding, consumer.dilation, consumer.groups)
+        return _ShiftedConvolution.apply(x, consumer.weight, consumer.bias, geometry, num_segments, fold)
     with _shifted_in_place(x, num_segments, fold):
         return consumer(x)
 
