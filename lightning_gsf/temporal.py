@@ -210,9 +210,11 @@ def _computing_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _has_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks (its own or global ones) around its ``forward``."""
-    return any((module._forward_hooks, module._forward_pre_hooks, nn.modules.module._global_forward_hooks,
-                nn.modules.module._global_forward_pre_hooks))
+    """Whether calling ``module`` runs hooks, its own or global ones, forward or backward."""
+    hooks = nn.modules.module
+    return any((module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                module._backward_pre_hooks, hooks._global_forward_hooks, hooks._global_forward_pre_hooks,
+                hooks._global_backward_hooks, hooks._global_backward_pre_hooks))
 
 
 def _saved_frames(x: torch.Tensor, num_segments: int, fold: int) -> torch.Tensor:
@@ -254,9 +256,12 @@ class _ShiftedConvolution(torch.autograd.Function):
     as autocast does, and the backward casts it again and returns the weight's and bias's
     gradients in their own dtypes, as autograd's ``to`` would.
 
-    Safe because nothing else reads ``x`` while it is shifted (the autograd engine runs a CPU
-    backward in one thread, node by node) and because it is restored bit for bit. With
-    ``create_graph`` the backward is made of differentiable operations (shifted copies)."""
+    Safe because nothing else reads ``x`` while it is shifted (the autograd engine runs one
+    backward's CPU nodes one after another, in one thread) and because it is restored bit for
+    bit. Not for several backwards of one graph run at once from several threads (which
+    PyTorch allows with ``retain_graph``): two of them could shift the same ``x`` at once.
+    With ``create_graph`` the backward is made of differentiable operations (shifted
+    copies)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, geometry, num_segments, fold):  # noqa: D102
@@ -281,7 +286,9 @@ class _ShiftedConvolution(torch.autograd.Function):
             return [None if grad is None else grad.to(dtype)  # (autocast's casts, undone)
                     for grad, dtype in zip(grads, (x.dtype, weight.dtype, ctx.bias_dtype))]
 
-        if torch.is_grad_enabled():  # create_graph: differentiable, for a double backward
+        if torch.is_grad_enabled() or not _moved_in_place_by_cpp(x):
+            # create_graph (differentiable, for a double backward), or a saved x that came back
+            # unlike the forward's (a saved-tensor hook's copy in another layout, say)
             grad_x, grad_weight, grad_bias = convolution_backward(
                 _shift_copy(x, ctx.num_segments, ctx.fold, backwards_first=True))
             if grad_x is not None:
@@ -344,9 +351,9 @@ class TemporalShift(nn.Module):
         return temporal_shift(x, self.num_segments, self.fold_div)
 
     def call_with_shifted(self, x: torch.Tensor, consumer: Callable[[torch.Tensor], T]) -> T:
-        """``consumer(self(x))``; in CPU inference with ``x`` itself shifted in place and restored
-        after (:func:`call_with_shifted`), unless hooks or a subclass's ``forward`` expect the
-        module to be called."""
+        """``consumer(self(x))``; on the CPU with ``x`` itself shifted in place and restored after
+        (:func:`call_with_shifted`: in inference, or around a plain convolution), unless hooks
+        or a subclass's ``forward`` expect the module to be called."""
         if self._called_as_usual():
             return consumer(self(x))
         return call_with_shifted(x, consumer, self.num_segments, self.fold_div)

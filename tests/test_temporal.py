@@ -488,6 +488,25 @@ def test_convolution_double_backward_matches_the_copy():
         torch.testing.assert_close(actual.grad, wanted.grad)
 
 
+def test_convolution_backward_takes_a_saved_input_that_came_back_changed():
+    """A saved-tensor hook may hand backward a copy of ``x`` in another layout (one the
+    in-place shift does not take): the backward shifts a copy instead, with the same gradients."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 1)
+    reference = copy.deepcopy(conv)
+    x = torch.randn(2 * 3, 16, 4, 5, requires_grad=True)
+    copied = x.detach().clone().requires_grad_()
+    transposed = lambda tensor: tensor.transpose(2, 3).contiguous().transpose(2, 3)  # noqa: E731
+    with torch.autograd.graph.saved_tensors_hooks(transposed, lambda tensor: tensor):
+        out = temporal.call_with_shifted(x, conv, 3)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    reference(naive_shift(copied, 3, 8)).backward(grad_out)
+    torch.testing.assert_close(x.grad, copied.grad)
+    for actual, wanted in zip(conv.parameters(), reference.parameters()):
+        torch.testing.assert_close(actual.grad, wanted.grad)
+
+
 def test_convolution_failure_restores_the_input():
     conv = nn.Conv2d(8, 4, 1)  # (16 channels come: the convolution raises)
     x = torch.randn(2 * 3, 16, 2, 2, requires_grad=True)
@@ -502,12 +521,13 @@ class CountingConv2d(nn.Conv2d):
     pass
 
 
-@pytest.mark.parametrize("reason", ["inference_mode", "hook", "subclass", "same_padding", "reflect_padding",
+@pytest.mark.parametrize("reason", ["inference_mode", "hook", "backward_hook", "global_backward_hook", "subclass", "same_padding", "reflect_padding",
                                     "autocast_of_a_float32_map", "dtype_mismatch", "float64", "strided",
                                     "not_a_convolution"])
-def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs):
+def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs, request):
     """Only a plain ``nn.Conv2d`` computing in ``x``'s dtype (not a float32 map that autocast
-    would cast), with numeric zero padding and no hooks, outside inference mode, on a map the
+    would cast), with numeric zero padding and no hooks (forward or backward, its own or
+    global: calling the module runs them), outside inference mode, on a map the
     C++ shifts take, reads ``x`` shifted in place (inference mode has its own in-place shift,
     around any consumer)."""
     conv = (CountingConv2d if reason == "subclass" else nn.Conv2d)(
@@ -515,6 +535,11 @@ def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs):
         padding_mode="reflect" if reason == "reflect_padding" else "zeros")
     if reason == "hook":
         conv.register_forward_pre_hook(lambda module, args: None)
+    if reason == "backward_hook":
+        conv.register_full_backward_hook(lambda module, grad_input, grad_output: None)
+    if reason == "global_backward_hook":
+        handle = nn.modules.module.register_module_full_backward_hook(lambda module, grad_input, grad_output: None)
+        request.addfinalizer(handle.remove)
     if reason == "float64":
         conv.double()
     consumer = (lambda v: conv(v)) if reason == "not_a_convolution" else conv
