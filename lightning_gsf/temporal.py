@@ -247,9 +247,9 @@ class _ShiftedConvolution(torch.autograd.Function):
     convolution and undone after it, and again in backward for the weight gradient; the input
     gradient (a new tensor, the convolution's) gets the adjoint in place. Nothing is kept for
     backward that TSN would not keep: the shifted copy that the convolution would save made
-    TSM's activation memory 1.26x TSN's (ResNet-50, 8 x 112). In time the four in-place
-    moves of a quarter of the channels cost about what the copy and its adjoint did. The
-    values are those of the convolution of the copy: the same operations on the same numbers
+    TSM's activation memory 1.26x TSN's (ResNet-50, 8 x 112). In time it is about even: the
+    four in-place moves of a quarter of the channels cost a little more than the copy on
+    channels-last maps and less on NCHW ones. The values are those of the convolution of the copy: the same operations on the same numbers
     in the same layout.
 
     Under autocast (``x`` already in its dtype) the forward's convolution casts the weight
