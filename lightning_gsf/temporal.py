@@ -186,8 +186,14 @@ def shifts_in_place(x: torch.Tensor, fold_div: int = 8) -> bool:
     the CPU in float32 or bfloat16, dense (NCHW or channels-last) in a layout the C++ kernels
     address, two folds within the channels, the kernels built; not while compiling."""
     return (not torch.compiler.is_compiling()  # (first: the compiler cannot trace the inference checks)
-            and torch.is_inference_mode_enabled() and x.is_inference() and _moved_in_place_by_cpp(x)
-            and 2 * (x.shape[1] // fold_div) <= x.shape[1] and cpu_kernels.cpu_kernels() is not None)
+            and torch.is_inference_mode_enabled() and x.is_inference() and _shifted_in_place_by_cpp(x, fold_div))
+
+
+def _shifted_in_place_by_cpp(x: torch.Tensor, fold_div: int) -> bool:
+    """Whether the C++ in-place shift takes ``x`` (:func:`_moved_in_place_by_cpp`) with two
+    folds within its channels, the kernels built."""
+    return (_moved_in_place_by_cpp(x) and 2 * (x.shape[1] // fold_div) <= x.shape[1]
+            and cpu_kernels.cpu_kernels() is not None)
 
 
 def convolves_in_place(x: torch.Tensor, conv: object, fold_div: int = 8) -> bool:
@@ -200,8 +206,8 @@ def convolves_in_place(x: torch.Tensor, conv: object, fold_div: int = 8) -> bool
     return (not torch.compiler.is_compiling()
             and type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
             and not _has_hooks(conv) and not torch.is_inference_mode_enabled() and not x.is_inference()
-            and conv.weight.is_cpu and x.dtype == _computing_dtype(conv.weight) and _moved_in_place_by_cpp(x)
-            and 2 * (x.shape[1] // fold_div) <= x.shape[1] and cpu_kernels.cpu_kernels() is not None)
+            and conv.weight.is_cpu and x.dtype == _computing_dtype(conv.weight)
+            and _shifted_in_place_by_cpp(x, fold_div))
 
 
 def _computing_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -249,8 +255,8 @@ class _ShiftedConvolution(torch.autograd.Function):
     backward that TSN would not keep: the shifted copy that the convolution would save made
     TSM's activation memory 1.26x TSN's (ResNet-50, 8 x 112). In time it is about even: the
     four in-place moves of a quarter of the channels cost a little more than the copy on
-    channels-last maps and less on NCHW ones. The values are those of the convolution of the copy: the same operations on the same numbers
-    in the same layout.
+    channels-last maps and less on NCHW ones. The values are those of the convolution of the
+    copy: the same operations on the same numbers in the same layout.
 
     Under autocast (``x`` already in its dtype) the forward's convolution casts the weight
     as autocast does, and the backward casts it again and returns the weight's and bias's
@@ -321,14 +327,14 @@ def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], nu
     - where ``consumer`` is a plain convolution (:func:`convolves_in_place`; training among
       others), the same around the convolution and its weight gradient
       (:class:`_ShiftedConvolution`)."""
-    in_place = shifts_in_place(x, fold_div)
-    if not in_place and not convolves_in_place(x, consumer, fold_div):
+    in_inference = shifts_in_place(x, fold_div)
+    if not in_inference and not convolves_in_place(x, consumer, fold_div):
         return consumer(temporal_shift(x, num_segments, fold_div))
     nt, c = x.shape[:2]
     if nt % num_segments:
         raise ValueError(f"temporal_shift got {nt} frames, not a multiple of num_segments={num_segments}")
     fold = c // fold_div
-    if not in_place:
+    if not in_inference:
         geometry = (consumer.stride, consumer.padding, consumer.dilation, consumer.groups)
         return _ShiftedConvolution.apply(x, consumer.weight, consumer.bias, geometry, num_segments, fold)
     with _shifted_in_place(x, num_segments, fold):

@@ -521,7 +521,8 @@ class CountingConv2d(nn.Conv2d):
     pass
 
 
-@pytest.mark.parametrize("reason", ["inference_mode", "hook", "backward_hook", "global_backward_hook", "subclass", "same_padding", "reflect_padding",
+@pytest.mark.parametrize("reason", ["inference_mode", "hook", "backward_hook", "global_backward_hook", "subclass",
+                                    "same_padding", "reflect_padding",
                                     "autocast_of_a_float32_map", "dtype_mismatch", "float64", "strided",
                                     "not_a_convolution"])
 def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs, request):
