@@ -2341,7 +2341,7 @@ void shift_in_place(at::Tensor& x, const at::Tensor& saved, int64_t num_segments
     // Both sides of a block in turn (a pixel's two runs are adjacent), the (clip, block) pairs
     // spread over the threads: against every block of one side and then of the other,
     // 0.85-0.87 of the time (scripts/compare_cpu_kernels.py --op tsm --channels-last, float32,
-    // three runs), bf16 0.92, NCHW (one block a frame) 0.99.
+    // two runs), bf16 0.92, NCHW (one block a frame) 0.99.
     const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
     at::parallel_for(0, clips * blocks, 1, [&](int64_t begin, int64_t end) {
