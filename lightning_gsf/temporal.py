@@ -113,12 +113,15 @@ class _TemporalShift(torch.autograd.Function):
 
 
 class _CppShift:
-    """TSM's shift in the C++ CPU kernels, for training: the shifted copy in one pass over the
-    map (the compiled graph's op), the adjoint over the gradient moving the two shifted folds
-    only. Against the slice copies and per-frame copies of PyTorch ops, at ResNet-50's TSM
-    sites (T = 8, 160 px, float32, one thread, ms a clip): the copy 17.4-18.2 -> 12.6-13.0 in
-    channels-last, 11.9-12.4 -> 11.0-11.5 in NCHW; the adjoint 5.5-5.6 -> 2.1-2.2 and
-    2.7-2.8 -> 1.4. The same values either way (the shift only moves them)."""
+    """TSM's shift in the C++ CPU kernels, for the training calls that
+    :class:`_ShiftedConvolution` does not take (the consumer not a plain convolution, a
+    float32 map under autocast): the shifted copy in one pass over the map (the compiled
+    graph's op), the adjoint over the gradient moving the two shifted folds only (also
+    :class:`_ShiftedConvolution`'s). Against the slice copies and per-frame copies of PyTorch
+    ops, at ResNet-50's TSM sites (T = 8, 160 px, float32, one thread, ms a clip): the copy
+    17.4-18.2 -> 12.6-13.0 in channels-last, 11.9-12.4 -> 11.0-11.5 in NCHW; the adjoint
+    5.5-5.6 -> 2.1-2.2 and 2.7-2.8 -> 1.4. The same values either way (the shift only moves
+    them)."""
 
     @staticmethod
     def shift(x: torch.Tensor, num_segments: int, fold: int, backwards_first: bool = True) -> torch.Tensor:
@@ -306,10 +309,8 @@ class _ShiftedConvolution(torch.autograd.Function):
         else:
             grad_x, grad_weight, grad_bias = convolution_backward(x)
         if grad_x is not None:  # (a new tensor, the convolution's: the adjoint goes over it)
-            if _moved_in_place_by_cpp(grad_x):
-                cpu_kernels.cpu_kernels().temporal_shift_adjoint_(grad_x, ctx.num_segments, ctx.fold)
-            else:
-                _unshift_in_place(grad_x, ctx.num_segments, ctx.fold)
+            unshift = _CppShift.unshift_ if _CppShift.unshifts_in_place(grad_x) else _unshift_in_place
+            unshift(grad_x, ctx.num_segments, ctx.fold)
         return grad_x, grad_weight, grad_bias, None, None, None
 
 

@@ -2338,21 +2338,23 @@ void shift_in_place(at::Tensor& x, const at::Tensor& saved, int64_t num_segments
     // whole frames in turn with a memmove per pixel and run, the shift and its undoing at
     // ResNet-50's sites (T=8, 160 px, float32; three runs each) took 0.86-0.90 of the time with
     // the loop alone, 0.84-0.85 with the loop and the blocks; bfloat16 the same either way.
-    // Both sides of a block in turn (a pixel's two runs are adjacent), the (clip, block) pairs
-    // spread over the threads: against every block of one side and then of the other,
-    // 0.85-0.87 of the time (scripts/compare_cpu_kernels.py --op tsm --channels-last, float32,
-    // two runs), bf16 0.92, NCHW (one block a frame) 0.99.
+    // Both sides of a block in turn (a pixel's two runs are adjacent): against every block of
+    // one side and then of the other, 0.85-0.87 of the time (scripts/compare_cpu_kernels.py
+    // --op tsm --channels-last, float32, one thread, two runs), bf16 0.92, NCHW 0.99; on two
+    // threads, channels-last 0.78, NCHW 1.04 (the sides of its one block a clip on two threads,
+    // as before).
     const int64_t block = map.channel == 1 && kept.channel == 1 ? kShiftPixelBlock : pixels;
     const int64_t blocks = (pixels + block - 1) / block;
-    at::parallel_for(0, clips * blocks, 1, [&](int64_t begin, int64_t end) {
+    // (index: clip, block, side; a block's two sides are neighbours, so a thread takes both,
+    // except where a range splits them, as NCHW's one block a clip with one clip)
+    at::parallel_for(0, clips * blocks * 2, 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
-        const int64_t clip = index / blocks, first_pixel = index % blocks * block;
+        const int64_t clip = index / 2 / blocks, first_pixel = index / 2 % blocks * block;
         const int64_t block_pixels = std::min(block, pixels - first_pixel);
         const Map<T> part{map.data + first_pixel * map.pixel, map.frame, map.channel, map.pixel};
         const Map<T> kept_part{kept.data + first_pixel * kept.pixel, kept.frame, kept.channel, kept.pixel};
-        for (int64_t side = 0; side < 2; ++side) {
-          shift_side(part, has_saved ? &kept_part : nullptr, clip, side, num_segments, fold, block_pixels, restore);
-        }
+        shift_side(part, has_saved ? &kept_part : nullptr, clip, index % 2, num_segments, fold, block_pixels,
+                   restore);
       }
     });
   });
