@@ -15,6 +15,8 @@ in plain ops (batch statistics, the running statistics' update, the fusion param
   and on the output's gradient, in the autograd function :class:`GateShiftFuse`.
 - ``temporal_shift`` / ``temporal_shift_backward``: TSM's shift on the CPU into a new tensor
   (one C++ pass over the map) and its adjoint.
+- ``shifted_convolution`` / ``shifted_convolution_backward``: TSM's shift and the convolution
+  that reads it, without the shifted copy (the input shifted in its own memory and restored).
 
 The training ops' Python bodies run eagerly when the compiled graph runs; they import
 :mod:`lightning_gsf.gsf` then (it imports this module).
@@ -264,6 +266,54 @@ def _temporal_shift_gradient(ctx, grad):
 
 torch.library.register_autograd(f"{NAMESPACE}::temporal_shift", _temporal_shift_gradient,
                                 setup_context=_temporal_shift_context, lib=_LIBRARY)
+
+
+# ---------------------------------------------------------------------------------------------
+# TSM's shift and the convolution that reads it: schemas, fakes and autograd formula here, CPU
+# kernels in C++ (compiled_shifted_convolution / compiled_shifted_convolution_backward), the
+# compiled twin of the eager temporal._ShiftedConvolution. The block's input is shifted in its
+# own memory around the convolution (and the weight gradient's) and restored after, so to the
+# compiler the op is functional, and no shifted copy is written nor saved for backward: on a
+# compiled ResNet-50 (T=8, 160 px, one thread) the shift ops took 12.7 ms of a 255 ms inference
+# and 28 ms of a 970 ms training step as copies, and TSM saved 1.26x TSN's activations.
+
+_CONVOLUTION_GEOMETRY = "int[2] stride, int[2] padding, int[2] dilation, int groups, int num_segments, int fold"
+_LIBRARY.define(f"shifted_convolution(Tensor x, Tensor weight, Tensor? bias, {_CONVOLUTION_GEOMETRY}) -> Tensor",
+                tags=_TAGS)
+# the gradients of x, weight and bias where output_mask asks for them, else empty tensors
+_LIBRARY.define(f"shifted_convolution_backward(Tensor grad_out, Tensor x, Tensor weight, {_CONVOLUTION_GEOMETRY}, "
+                "bool[3] output_mask) -> (Tensor, Tensor, Tensor)", tags=_TAGS)
+shifted_convolution = getattr(torch.ops, NAMESPACE).shifted_convolution.default
+shifted_convolution_backward = getattr(torch.ops, NAMESPACE).shifted_convolution_backward.default
+
+
+@torch.library.register_fake(f"{NAMESPACE}::shifted_convolution", lib=_LIBRARY)
+def _(x, weight, bias, stride, padding, dilation, groups, num_segments, fold):
+    return torch.ops.aten.convolution(x, weight, bias, stride, padding, dilation, False, [0, 0], groups)
+
+
+@torch.library.register_fake(f"{NAMESPACE}::shifted_convolution_backward", lib=_LIBRARY)
+def _(grad_out, x, weight, stride, padding, dilation, groups, num_segments, fold, output_mask):
+    grads = torch.ops.aten.convolution_backward(grad_out, x, weight, [weight.shape[0]] if output_mask[2] else None,
+                                                stride, padding, dilation, False, [0, 0], groups, output_mask)
+    return tuple(x.new_empty(0) if grad is None else grad for grad in grads)
+
+
+def _shifted_convolution_context(ctx, inputs, output):
+    x, weight, bias, *ctx.geometry = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _shifted_convolution_gradient(ctx, grad):
+    x, weight = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+    grads = shifted_convolution_backward(grad, x, weight, *ctx.geometry, mask)
+    return *(grad if needed else None for grad, needed in zip(grads, mask)), *[None] * len(ctx.geometry)
+
+
+torch.library.register_autograd(f"{NAMESPACE}::shifted_convolution", _shifted_convolution_gradient,
+                                setup_context=_shifted_convolution_context, lib=_LIBRARY)
 
 
 def _channels_last(v: Tensor) -> bool:

@@ -206,11 +206,27 @@ def convolves_in_place(x: torch.Tensor, conv: object, fold_div: int = 8) -> bool
     CPU ``nn.Conv2d`` (numeric padding, zero padded, no hooks) that computes in ``x``'s dtype
     (its weight's, or autocast's, which would otherwise cast ``x``), and ``x`` one the C++
     in-place shifts take; not while compiling."""
-    return (not torch.compiler.is_compiling()
-            and type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
-            and not _has_hooks(conv) and not torch.is_inference_mode_enabled() and not x.is_inference()
+    return (not torch.compiler.is_compiling() and _is_plain_convolution(conv)
+            and not torch.is_inference_mode_enabled() and not x.is_inference()
             and conv.weight.is_cpu and x.dtype == _computing_dtype(conv.weight)
             and _shifted_in_place_by_cpp(x, fold_div))
+
+
+def _convolves_shifted_when_compiled(x: torch.Tensor, conv: object, fold: int) -> bool:
+    """Whether the compiled graph runs ``conv(temporal_shift(x))`` as the op
+    :func:`compiled_ops.shifted_convolution` (``x`` shifted in its own memory around the
+    convolution, in training and inference): ``conv`` a plain ``nn.Conv2d`` (as for
+    :func:`convolves_in_place`) that computes in ``x``'s dtype, ``x`` a float32 or bfloat16 CPU
+    map, the C++ kernels built. Traceable."""
+    return (_is_plain_convolution(conv) and x.device.type == "cpu" and x.dtype in cpu_kernels.DTYPES
+            and x.dtype == _computing_dtype(conv.weight) and compiled_ops.shift_usable(x, fold))
+
+
+def _is_plain_convolution(conv: object) -> bool:
+    """Whether ``conv`` is an ``nn.Conv2d`` itself (no subclass's ``forward``), zero padded by
+    numbers (not ``"same"``), without hooks: a call of ``F.conv2d`` with its parameters."""
+    return (type(conv) is nn.Conv2d and isinstance(conv.padding, tuple) and conv.padding_mode == "zeros"
+            and not _has_hooks(conv))
 
 
 def _computing_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -327,7 +343,11 @@ def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], nu
       reference to it (a forward hook on the next convolution, say) sees ``x`` restored;
     - where ``consumer`` is a plain convolution (:func:`convolves_in_place`; training among
       others), the same around the convolution and its weight gradient
-      (:class:`_ShiftedConvolution`)."""
+      (:class:`_ShiftedConvolution`);
+    - under ``torch.compile``, the same around a plain convolution as one op
+      (:func:`compiled_ops.shifted_convolution`)."""
+    if torch.compiler.is_compiling():
+        return _compiled_call_with_shifted(x, consumer, num_segments, fold_div)
     in_inference = shifts_in_place(x, fold_div)
     if not in_inference and not convolves_in_place(x, consumer, fold_div):
         return consumer(temporal_shift(x, num_segments, fold_div))
@@ -340,6 +360,22 @@ def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], nu
         return _ShiftedConvolution.apply(x, consumer.weight, consumer.bias, geometry, num_segments, fold)
     with _shifted_in_place(x, num_segments, fold):
         return consumer(x)
+
+
+def _compiled_call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], num_segments: int,
+                                fold_div: int) -> T:
+    """:func:`call_with_shifted` while compiling."""
+    if x.dim() != 4 or x.shape[0] % num_segments:
+        return consumer(temporal_shift(x, num_segments, fold_div))  # (which raises)
+    fold = x.shape[1] // fold_div
+    if not _convolves_shifted_when_compiled(x, consumer, fold):
+        return consumer(temporal_shift(x, num_segments, fold_div))
+    # (autocast casts a convolution's parameters to its dtype, x's here; the op computes in
+    # its inputs' dtypes)
+    weight = consumer.weight.to(x.dtype)
+    bias = None if consumer.bias is None else consumer.bias.to(x.dtype)
+    return compiled_ops.shifted_convolution(x, weight, bias, consumer.stride, consumer.padding, consumer.dilation,
+                                            consumer.groups, num_segments, fold)
 
 
 class TemporalShift(nn.Module):

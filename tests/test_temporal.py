@@ -564,6 +564,160 @@ def test_convolution_of_a_shifted_copy_otherwise(reason, convolution_inputs, req
     assert torch.equal(x, original)
 
 
+def geometry(conv: nn.Conv2d, num_segments: int = 3, fold: int = 2) -> tuple:
+    """The arguments of :func:`compiled_ops.shifted_convolution` after ``x, weight, bias``."""
+    return list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups, num_segments, fold
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@LAYOUTS
+@pytest.mark.parametrize("convolution", CONVOLUTIONS)
+def test_shifted_convolution_ops_pass_opcheck(convolution, channels_last, dtype, compiled_kernels):
+    """Schema (``x`` comes back unchanged), fakes against the kernels, autograd registration."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, **CONVOLUTIONS[convolution]).to(dtype)
+    x = layout(torch.randn(2 * 3, 16, 5, 6).to(dtype), channels_last).requires_grad_()
+    torch.library.opcheck(compiled_ops.shifted_convolution, (x, conv.weight, conv.bias, *geometry(conv)))
+    grad_out = torch.randn(conv(x).shape).to(dtype)  # NCHW, whatever x's layout
+    mask = [True, True, conv.bias is not None]
+    torch.library.opcheck(compiled_ops.shifted_convolution_backward,
+                          (grad_out, x.detach(), conv.weight.detach(), *geometry(conv), mask))
+
+
+SHIFTED_CONVOLUTION_INPUTS = {  # (16 channels of 5 x 6 pixels, 2 * 3 frames)
+    "nchw": lambda values: values[:, :16].contiguous(),
+    "channels_last": lambda values: values[:, :16].contiguous(memory_format=torch.channels_last),
+    "transposed": lambda values: values[:, :16].transpose(2, 3).contiguous().transpose(2, 3),
+    "channel_slice": lambda values: values.contiguous(memory_format=torch.channels_last)[:, :16],
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("inputs", SHIFTED_CONVOLUTION_INPUTS)
+@pytest.mark.parametrize("convolution", CONVOLUTIONS)
+@pytest.mark.parametrize("trained", ["all", "input", "weights"])
+def test_shifted_convolution_op_equals_the_convolution_of_the_shifted_copy(convolution, trained, inputs, dtype,
+                                                                         compiled_kernels):
+    """The compiled graph's op (called with autograd, as the compiled graph's backward calls
+    its backward op): the values and every gradient of the convolution of the shifted copy, to
+    the bit, ``x`` unchanged after the forward and after the backward. Dense float32 / bf16
+    maps are shifted in place; the others (a transposed map, a channel slice, float64) through a
+    shifted copy."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, **CONVOLUTIONS[convolution]).to(dtype).requires_grad_(trained != "input")
+    reference = copy.deepcopy(conv)
+    x = SHIFTED_CONVOLUTION_INPUTS[inputs](torch.randn(2 * 3, 19, 5, 6).to(dtype)).requires_grad_(trained != "weights")
+    copied = x.detach().clone().requires_grad_(x.requires_grad)
+    original = x.detach().clone()
+
+    out = compiled_ops.shifted_convolution(x, conv.weight, conv.bias, *geometry(conv))
+    assert torch.equal(x, original)
+    expected = reference(compiled_ops.temporal_shift(copied, 3, 2))
+    assert torch.equal(out, expected) and out.stride() == expected.stride()
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    expected.backward(grad_out)
+    assert torch.equal(x, original)
+    for actual, wanted in [(x, copied), *zip(conv.parameters(), reference.parameters())]:
+        assert (actual.grad is None) == (wanted.grad is None)
+        if wanted.grad is not None:
+            assert torch.equal(actual.grad, wanted.grad)
+
+
+@pytest.mark.parametrize("step", ["forward", "backward"])
+def test_shifted_convolution_op_restores_x_when_the_convolution_fails(step, compiled_kernels):
+    x = torch.randn(2 * 3, 16, 2, 2)
+    original = x.clone()
+    weight = torch.randn(4, 8 if step == "forward" else 16, 1, 1)  # (16 channels come: the forward raises)
+    arguments = ([1, 1], [0, 0], [1, 1], 1, 3, 2)
+    with pytest.raises(RuntimeError):
+        if step == "forward":
+            compiled_ops.shifted_convolution(x, weight, None, *arguments)
+        else:  # an output gradient of the wrong shape
+            compiled_ops.shifted_convolution_backward(torch.randn(6, 4, 3, 3), x, weight, *arguments,
+                                                      [True, True, False])
+    assert torch.equal(x, original)
+
+
+class ShiftedConvolutionBlock(nn.Module):
+    """TSM's use in a residual block: ``conv(shift(x)) + x``."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+        self.shift = TemporalShift(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shift.call_with_shifted(x, self.conv) + x
+
+
+def compiled_graph(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """``module(x)`` compiled (``aot_eager``, ``fullgraph``), and the graph dynamo traced."""
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module.code)
+        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
+
+    torch._dynamo.reset()
+    try:
+        return torch.compile(module, fullgraph=True, backend=backend)(x), graphs[0]
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("reason", ["hook", "subclass", "autocast_of_a_float32_map", "float64", "kernels_off"])
+def test_compiled_convolution_of_a_shifted_copy_otherwise(reason, compiled_kernels, monkeypatch):
+    """Under the compiler, only a plain ``nn.Conv2d`` computing in ``x``'s dtype, on a float32
+    or bfloat16 map, with the kernels built, takes :func:`compiled_ops.shifted_convolution`; the
+    others convolve the shift op's copy (or the plain-op shift's), with the same values."""
+    conv = (CountingConv2d if reason == "subclass" else nn.Conv2d)(16, 16, 3, padding=1)
+    if reason == "hook":
+        conv.register_forward_pre_hook(lambda module, args: None)
+    if reason == "float64":
+        conv.double()
+    if reason == "kernels_off":
+        monkeypatch.setattr(compiled_ops, "kernels_built", lambda: False)
+    x = torch.randn(2 * 3, 16, 4, 5, dtype=torch.float64 if reason == "float64" else torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=reason == "autocast_of_a_float32_map"):
+        out, graph = compiled_graph(ShiftedConvolutionBlock(conv), x)
+        expected = conv(naive_shift(x, 3, 8)) + x
+    assert "shifted_convolution" not in graph
+    assert ("temporal_shift" in graph) == (reason != "kernels_off")
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+@LAYOUTS
+def test_compiled_tsm_resnet_convolves_the_shift_in_place(dtype, channels_last, compiled_kernels, monkeypatch):
+    """A compiled TSM ResNet-18 calls :func:`compiled_ops.shifted_convolution` in every block
+    (no shift op, no shifted copy) in training, float32 or under bf16 autocast, NCHW or
+    channels-last: its outputs and every gradient equal those of the graph that convolves the
+    shift op's copy, to the bit."""
+    from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, build_model
+
+    config = BenchmarkConfig(num_segments=3, input_size=32, channels_last=channels_last, dtype=dtype)
+    clips = torch.randn(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    results = []
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(temporal, "_convolves_shifted_when_compiled", lambda *args: False)
+        torch.manual_seed(0)
+        model = build_model("resnet18", "tsm", config)
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0  # (dropout draws differ between the two graphs)
+        with autocast_context(config):
+            out, graph = compiled_graph(model, clips)
+        out["class"].float().sum().backward()
+        results.append((out["class"], [param.grad for param in model.parameters()]))
+        assert graph.count(f"{compiled_ops.NAMESPACE}.shifted_convolution.default(") == (8 if in_place else 0)
+        assert ("temporal_shift" in graph) != in_place
+    (out, grads), (expected, expected_grads) = results
+    assert torch.equal(out, expected)
+    assert all(torch.equal(grad, expected_grad) for grad, expected_grad in zip(grads, expected_grads))
+
+
 def test_in_place_shift_op_checks_its_arguments():
     ops = cpu_kernels.cpu_kernels()
     x = torch.randn(2 * 3, 16, 3, 4)
@@ -590,6 +744,9 @@ def shift_kernel_set(name: str):
     if name == "triton":
         from lightning_gsf import shift_kernels
         return shift_kernels
+    # (built here: with _shift_kernels replaced, nothing else builds them, and the compiled
+    # shift ops that _CppShift calls have no CPU kernel until they are)
+    assert compiled_ops.kernels_built(), "the C++ CPU kernels failed to build (see the log)"
     return temporal._CppShift
 
 

@@ -20,12 +20,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/convolution_backward.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/library.h>
 
@@ -2170,6 +2173,16 @@ at::Tensor compiled_temporal_shift_backward(const at::Tensor& grad, const at::Te
   return shift_copy(grad, x, num_segments, fold, false);
 }
 
+// (below, with TSM's in-place shift)
+at::Tensor compiled_shifted_convolution(const at::Tensor& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                        int64_t num_segments, int64_t fold);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compiled_shifted_convolution_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t num_segments, int64_t fold,
+    std::array<bool, 3> output_mask);
+
 // Autograd kernel of the ops without a backward: an error where autograd would need one (with
 // grad enabled and an input that requires grad), else the op below autograd.
 void refuse_backward(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
@@ -2196,9 +2209,10 @@ void count_write(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch:
   torch::autograd::impl::bump_version(x);
 }
 
-// The CPU kernels of `ns`::infer_, infer, temporal_shift and temporal_shift_backward, once per
-// namespace (the registrations live as long as the process); the autograd side of those without
-// a backward (temporal_shift's is registered in Python).
+// The CPU kernels of `ns`::infer_, infer, temporal_shift, shifted_convolution and their
+// backwards, once per namespace (the registrations live as long as the process); the autograd
+// side of those without a backward (temporal_shift's and shifted_convolution's are registered in
+// Python).
 void register_compiled_ops(const std::string& ns) {
   static std::mutex mutex;
   static std::vector<std::unique_ptr<torch::Library>> libraries;
@@ -2214,8 +2228,10 @@ void register_compiled_ops(const std::string& ns) {
   cpu->impl("infer", TORCH_FN(compiled_infer));
   cpu->impl("temporal_shift", TORCH_FN(compiled_temporal_shift));
   cpu->impl("temporal_shift_backward", TORCH_FN(compiled_temporal_shift_backward));
+  cpu->impl("shifted_convolution", TORCH_FN(compiled_shifted_convolution));
+  cpu->impl("shifted_convolution_backward", TORCH_FN(compiled_shifted_convolution_backward));
   torch::Library* autograd = library(c10::DispatchKey::Autograd);
-  for (const char* op : {"infer_", "infer", "temporal_shift_backward"}) {
+  for (const char* op : {"infer_", "infer", "temporal_shift_backward", "shifted_convolution_backward"}) {
     autograd->impl(op, torch::CppFunction::makeFromBoxedFunction<&refuse_backward>());
   }
   library(c10::DispatchKey::ADInplaceOrView)->impl("infer_", torch::CppFunction::makeFromBoxedFunction<&count_write>());
@@ -2370,6 +2386,98 @@ void temporal_unshift_(at::Tensor x, at::Tensor saved, int64_t num_segments, int
 
 void temporal_shift_adjoint_(at::Tensor x, int64_t num_segments, int64_t fold) {
   shift_in_place(x, at::Tensor(), num_segments, fold, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// shifted_convolution / shifted_convolution_backward: conv2d(temporal_shift(x), weight, bias)
+// and its gradients without the shifted copy, for the compiled graph (twin: the eager
+// lightning_gsf.temporal._ShiftedConvolution). x is shifted in its own memory around the
+// convolution and around the weight gradient's, and restored bit for bit after; the input
+// gradient (the convolution's new tensor) takes the adjoint in place. To the compiler the ops
+// are functional: x comes back as it was, and nothing else runs while it is shifted (a compiled
+// graph's CPU ops run one after another). A map the in-place shift does not take (not dense in
+// NCHW or channels-last, another dtype) is convolved from a shifted copy. Both compute in
+// their inputs' dtypes: autocast, which would cast them, is the caller's (the graph's) to apply.
+
+// Whether the in-place shift (shift_in_place) takes x.
+bool shiftable_in_place(const at::Tensor& x) {
+  const bool dense = x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return x.dim() == 4 && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && dense &&
+         addressable(x);
+}
+
+// x shifted while the guard lives: x itself, shifted in place and restored when the guard goes
+// (also when what runs in between throws), or a shifted copy where the in-place shift does not
+// take x.
+class ShiftedInput {
+ public:
+  ShiftedInput(const at::Tensor& x, int64_t num_segments, int64_t fold)
+      : x_(x), num_segments_(num_segments), fold_(fold) {
+    if (!shiftable_in_place(x)) {
+      shifted_ = shift_copy(x, x, num_segments, fold, true);
+      return;
+    }
+    TORCH_CHECK(num_segments > 0 && x.size(0) % num_segments == 0, "TSM shift: x must be (N*T, C, H, W) with T = ",
+                num_segments, ", got ", x.sizes());
+    // what the shift overwrites and no frame keeps (as temporal._saved_frames)
+    const at::MemoryFormat format = x.is_contiguous() ? at::MemoryFormat::Contiguous : at::MemoryFormat::ChannelsLast;
+    saved_ = at::empty({x.size(0) / num_segments * 2, fold, x.size(2), x.size(3)}, x.options().memory_format(format));
+    shift_in_place(x_, saved_, num_segments, fold, false);
+    shifted_ = x_;
+  }
+  ~ShiftedInput() {
+    if (saved_.defined()) shift_in_place(x_, saved_, num_segments_, fold_, true);
+  }
+  ShiftedInput(const ShiftedInput&) = delete;
+  ShiftedInput& operator=(const ShiftedInput&) = delete;
+
+  const at::Tensor& tensor() const { return shifted_; }
+
+ private:
+  at::Tensor x_, saved_, shifted_;
+  int64_t num_segments_, fold_;
+};
+
+constexpr std::array<int64_t, 2> kNoOutputPadding{0, 0};
+
+at::Tensor compiled_shifted_convolution(const at::Tensor& x, const at::Tensor& weight,
+                                        const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                                        int64_t num_segments, int64_t fold) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const ShiftedInput shifted(x, num_segments, fold);
+  return at::convolution(shifted.tensor(), weight, bias, stride, padding, dilation, false, kNoOutputPadding, groups);
+}
+
+// The gradients of x, weight and bias where output_mask asks for them, else empty tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> compiled_shifted_convolution_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t num_segments, int64_t fold,
+    std::array<bool, 3> output_mask) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const std::array<int64_t, 1> bias_size{weight.size(0)};
+  const at::OptionalIntArrayRef bias_sizes =
+      output_mask[2] ? at::OptionalIntArrayRef(bias_size) : at::OptionalIntArrayRef(std::nullopt);
+  auto gradients = [&](const at::Tensor& input) {
+    return at::convolution_backward(grad_out, input, weight, bias_sizes, stride, padding, dilation, false,
+                                    kNoOutputPadding, groups, output_mask);
+  };
+  at::Tensor grad_x, grad_weight, grad_bias;
+  if (output_mask[1]) {  // (the weight's gradient reads the shifted input; the input's only its shape)
+    const ShiftedInput shifted(x, num_segments, fold);
+    std::tie(grad_x, grad_weight, grad_bias) = gradients(shifted.tensor());
+  } else {
+    std::tie(grad_x, grad_weight, grad_bias) = gradients(x);
+  }
+  if (grad_x.defined()) {  // the shift's adjoint, over the convolution's new tensor where it can
+    if (shiftable_in_place(grad_x) && !grad_x.is_alias_of(grad_out)) {
+      shift_in_place(grad_x, at::Tensor(), num_segments, fold, true);
+    } else {
+      grad_x = shift_copy(grad_x, grad_x, num_segments, fold, false);
+    }
+  }
+  auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, x.options()); };
+  return {or_empty(grad_x), or_empty(grad_weight), or_empty(grad_bias)};
 }
 
 // parallel_threads: how many threads one of the kernels' parallel loops over `work` items runs
