@@ -421,11 +421,19 @@ def test_a_compiled_resnet_trains_and_infers_as_the_eager_one(temporal_module):
     for (name, param), expected_param in zip(model.named_parameters(), eager.parameters()):
         scale = expected_param.grad.abs().max().item()
         torch.testing.assert_close(param.grad, expected_param.grad, rtol=1e-3, atol=1e-3 * scale, msg=name)
-    with torch.profiler.profile() as profile, torch.inference_mode():
+    with torch.inference_mode():
         torch.testing.assert_close(compiled(clips)["class"], eager(clips)["class"], rtol=1e-4, atol=1e-5)
-    if temporal_module == "tsm":  # (each block's conv1 reading the shift in place, on inductor's layouts)
-        assert f"{compiled_ops.NAMESPACE}::shifted_convolution" in {event.name for event in profile.events()}
+        with torch.profiler.profile() as inference:  # (compiled by now: what the graph runs)
+            compiled(clips)
     model.train().zero_grad()
-    loss = loss_of(compiled, clips, labels)
-    loss.backward()
+    loss_of(compiled, clips, labels).backward()
+    model.zero_grad()
+    with torch.profiler.profile() as training:
+        loss = loss_of(compiled, clips, labels)
+        loss.backward()
+    if temporal_module == "tsm":  # each of the 8 blocks' conv1 and its shift as one op, both ways
+        for profile, ops in ((inference, ["shifted_convolution"]),
+                             (training, ["shifted_convolution", "shifted_convolution_backward"])):
+            names = [event.name for event in profile.events()]
+            assert [names.count(f"{compiled_ops.NAMESPACE}::{op}") for op in ops] == [8] * len(ops)
     assert torch.isfinite(loss) and all(torch.isfinite(param.grad).all() for param in model.parameters())

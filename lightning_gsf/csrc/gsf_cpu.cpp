@@ -2394,10 +2394,12 @@ void temporal_shift_adjoint_(at::Tensor x, int64_t num_segments, int64_t fold) {
 // lightning_gsf.temporal._ShiftedConvolution). x is shifted in its own memory around the
 // convolution and around the weight gradient's, and restored bit for bit after; the input
 // gradient (the convolution's new tensor) takes the adjoint in place. To the compiler the ops
-// are functional: x comes back as it was, and nothing else runs while it is shifted (a compiled
-// graph's CPU ops run one after another). A map the in-place shift does not take (not dense in
-// NCHW or channels-last, another dtype) is convolved from a shifted copy. Both compute in
-// their inputs' dtypes: autocast, which would cast them, is the caller's (the graph's) to apply.
+// are functional: x comes back as it was, and nothing else of the graph runs while it is shifted
+// (a compiled graph's CPU ops run one after another; x must be writable, and another thread
+// must not read it meanwhile, as for eager inference's in-place shift). A map the in-place shift
+// does not take (not dense in NCHW or channels-last, another dtype) is convolved from a shifted
+// copy. Both compute in their inputs' dtypes: autocast, which would cast them, is the caller's
+// (the graph's) to apply.
 
 // Whether the in-place shift (shift_in_place) takes x.
 bool shiftable_in_place(const at::Tensor& x) {
@@ -2426,7 +2428,12 @@ class ShiftedInput {
     shifted_ = x_;
   }
   ~ShiftedInput() {
-    if (saved_.defined()) shift_in_place(x_, saved_, num_segments_, fold_, true);
+    if (!saved_.defined()) return;
+    try {  // (the constructor's checks passed on the same tensors: this does not throw)
+      shift_in_place(x_, saved_, num_segments_, fold_, true);
+    } catch (const std::exception& error) {  // a destructor must not throw (while unwinding: terminate)
+      TORCH_WARN("TSM shift: restoring the shifted input failed: ", error.what());
+    }
   }
   ShiftedInput(const ShiftedInput&) = delete;
   ShiftedInput& operator=(const ShiftedInput&) = delete;
