@@ -365,11 +365,9 @@ def call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], nu
 def _compiled_call_with_shifted(x: torch.Tensor, consumer: Callable[[torch.Tensor], T], num_segments: int,
                                 fold_div: int) -> T:
     """:func:`call_with_shifted` while compiling."""
-    if x.dim() != 4 or x.shape[0] % num_segments:
-        return consumer(temporal_shift(x, num_segments, fold_div))  # (which raises)
-    fold = x.shape[1] // fold_div
-    if not _convolves_shifted_when_compiled(x, consumer, fold):
-        return consumer(temporal_shift(x, num_segments, fold_div))
+    fold = x.shape[1] // fold_div if x.dim() == 4 else 0
+    if x.dim() != 4 or x.shape[0] % num_segments or not _convolves_shifted_when_compiled(x, consumer, fold):
+        return consumer(temporal_shift(x, num_segments, fold_div))  # (which raises on a wrong shape)
     # (autocast casts a convolution's parameters to its dtype, x's here; the op computes in
     # its inputs' dtypes)
     weight = consumer.weight.to(x.dtype)
