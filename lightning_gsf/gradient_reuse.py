@@ -77,13 +77,37 @@ class _Probe(torch.autograd.Function):
         return grad_out
 
 
-@functools.cache
+# The probe's counts, by interpreter state (:func:`_call_references`).
+_PROBES: dict[int, Counts | None] = {}
+
+
+def _call_references() -> int:
+    """The references to a new object inside a call that takes it: 2 in CPython (the callee's
+    argument and ``getrefcount``'s). A failed ``torch.compile`` leaves CPython 3.11 counting one
+    more in every call, in every thread, for the rest of the process (torch 2.14; seen with a
+    plain Python object too); the Python references of a gradient on a backward's entry then
+    read one more as well, so the probe is measured again for that state."""
+    return _references_inside_a_call(object())
+
+
+def _references_inside_a_call(value: object) -> int:
+    return sys.getrefcount(value)
+
+
 def unshared_counts() -> Counts | None:
     """:func:`counts_on_entry` of a gradient that only the autograd engine holds, measured on
-    the probe (the counts depend on the torch version, not on the Function); None where torch
-    lacks the use counts. Measure it in a plain run (forwards call :func:`prepare`): a probe
-    measured while a debugger holds extra frame references would set the bar as many
-    references higher, and a gradient held that many more times would then pass the check."""
+    the probe (the counts depend on the torch version, not on the Function) once per
+    interpreter state (:func:`_call_references`); None where torch lacks the use counts.
+    Measure it in a plain run (forwards call :func:`prepare`): a probe measured while a
+    debugger holds extra frame references would set the bar as many references higher, and a
+    gradient held that many more times would then pass the check."""
+    state = _call_references()
+    if state not in _PROBES:
+        _PROBES[state] = _measure_probe()
+    return _PROBES[state]
+
+
+def _measure_probe() -> Counts | None:
     if not COUNTS_USABLE:
         return None
     with torch.enable_grad():
@@ -94,8 +118,9 @@ def unshared_counts() -> Counts | None:
 
 
 def prepare() -> None:
-    """Measure the probe now (once per process), from a forward: not inside a backward, where
-    a nested backward of the probe would run in the middle of another."""
+    """Measure the probe now (once per process and interpreter state), from a forward: not
+    inside a backward, where a nested backward of the probe would run in the middle of
+    another."""
     unshared_counts()
 
 
@@ -103,9 +128,12 @@ def writable(grad: torch.Tensor, counts: Counts | None, memory_format: torch.mem
     """Whether a backward may write over ``grad``, its output's gradient, whose ``counts`` it
     took on entry: a dense tensor in ``memory_format`` (the input's; None: NCHW or
     channels-last, either will do) that nothing but the autograd engine holds, outside a
-    double backward. CPU tensors, and CUDA ones with :data:`ON_CUDA` (the default)."""
+    double backward. CPU tensors, and CUDA ones with :data:`ON_CUDA` (the default). Against
+    the probe measured in the interpreter's present state; where it has not been (the state
+    changed since the forward), not writable: the probe is not measured inside a backward."""
     formats = (torch.contiguous_format, torch.channels_last) if memory_format is None else (memory_format,)
-    return (counts is not None and applies_to(grad) and counts == unshared_counts() and not grad.requires_grad
+    probe = _PROBES.get(_call_references())
+    return (counts is not None and counts == probe and applies_to(grad) and not grad.requires_grad
             and any(grad.is_contiguous(memory_format=layout) for layout in formats))
 
 

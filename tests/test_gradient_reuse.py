@@ -50,3 +50,52 @@ def test_the_probe_is_measured_in_the_forward_where_reuse_applies(monkeypatch):
     temporal.temporal_shift(x, 2)
     GSF(16, 2, 0.5).train().forward_triton(x * 1.0)
     assert len(prepared) == 2
+
+
+def test_the_probe_is_measured_again_where_the_interpreter_counts_differently(monkeypatch):
+    """The probe's counts hold for one interpreter state (after a failed ``torch.compile``
+    CPython 3.11 counts one more reference in every call): a backward in a state that no
+    forward measured writes over nothing; the next forward measures the probe for it."""
+    monkeypatch.setattr(gradient_reuse, "_PROBES", dict(gradient_reuse._PROBES))
+    gradient_reuse.prepare()
+    probe = gradient_reuse.unshared_counts()
+    grad = torch.empty(2, 3, 4, 4)
+    assert gradient_reuse.writable(grad, probe)
+    state = gradient_reuse._call_references()
+    monkeypatch.setattr(gradient_reuse, "_call_references", lambda: state + 1)
+    assert not gradient_reuse.writable(grad, probe)
+    gradient_reuse.prepare()
+    assert gradient_reuse._PROBES[state + 1] == probe  # (measured for the new state, here the same counts)
+    assert gradient_reuse.writable(grad, probe)
+
+
+def test_reuse_holds_after_a_failed_compile():
+    """In a process where a ``torch.compile`` failed (which leaves CPython 3.11 counting one
+    more reference in every call), TSM's CPU backward still writes its adjoint over the output's
+    gradient once a forward has run, with the right gradient (in a subprocess: the state
+    lasts as long as the process)."""
+    code = (
+        "import torch\n"
+        "from lightning_gsf import gradient_reuse, temporal\n"
+        "decisions = []\n"
+        "writable = gradient_reuse.writable\n"
+        "gradient_reuse.writable = lambda *args: decisions.append(writable(*args)) or decisions[-1]\n"
+        "def step():\n"
+        "    x = torch.randn(6, 16, 4, 5, requires_grad=True)\n"
+        "    weights = torch.randn(6, 16, 4, 5)\n"
+        "    (temporal.temporal_shift(x * 1.0, 3) * weights).sum().backward()  # (a new gradient, unheld)\n"
+        "    expected = temporal._shift_copy(weights, 3, 2, backwards_first=False)\n"
+        "    assert torch.equal(x.grad, expected)\n"
+        "step()\n"
+        "try:\n"
+        "    torch.compile(lambda t: t + torch.zeros(3), fullgraph=True, backend='eager')(torch.zeros(2))\n"
+        "except Exception:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('the compile was meant to fail')\n"
+        "step()\n"
+        "print(decisions)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    decisions = result.stdout.strip().splitlines()[-1]
+    assert decisions == "[True, True]", decisions
