@@ -6,12 +6,12 @@ through. That is safe only when nothing but the autograd engine holds that gradi
 or ``retain_grad`` keeps it, no other consumer of the output was handed the same tensor (a
 sum's backward hands both its inputs one), no view of it lives on. The engine says none of
 this, so a backward counts the references to the gradient on entry and compares them with
-those of a gradient known to be unshared, measured once on a probe whose backward has the
-same prologue.
+those of a gradient known to be unshared, measured on a probe whose backward has the same
+prologue (once per interpreter state: :func:`_call_references`).
 
 Usage, in an autograd Function::
 
-    forward:   gradient_reuse.prepare()            # (measures the probe, once per process)
+    forward:   gradient_reuse.prepare()            # (measures the probe, once per state)
     backward:  @staticmethod
                @gradient_reuse.taking_counts      # (the probe's prologue exactly)
                def backward(ctx, grad_out, counts):
