@@ -146,17 +146,25 @@ def test_shift_property(batch, num_segments, channels, fold_div, seed):
     assert torch.equal(temporal_shift(x, num_segments, fold_div), naive_shift(x, num_segments, fold_div))
 
 
-def test_compiles_without_graph_breaks():
-    torch._dynamo.reset()
+def compiled_graphs(module: nn.Module, x: torch.Tensor) -> tuple[object, list[str]]:
+    """``module(x)`` compiled (``aot_eager``, ``fullgraph``), and the code of the graphs dynamo
+    traced, in a fresh compiler state (reset again after)."""
     graphs = []
 
-    def backend(graph_module, example_inputs):  # records what dynamo traced, then aot_eager
+    def backend(graph_module, example_inputs):
         graphs.append(graph_module.code)
         return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
 
-    compiled = torch.compile(TemporalShift(num_segments=2), fullgraph=True, backend=backend)
+    torch._dynamo.reset()
+    try:
+        return torch.compile(module, fullgraph=True, backend=backend)(x), graphs
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compiles_without_graph_breaks():
     x = torch.randn(4, 16, 2, 2, requires_grad=True)
-    out = compiled(x)
+    out, graphs = compiled_graphs(TemporalShift(num_segments=2), x)
     # the custom op, not the eager path's autograd function, is what the compiler sees
     assert len(graphs) == 1 and "autograd_function_apply" not in graphs[0]
     assert f"{compiled_ops.NAMESPACE}.temporal_shift" in graphs[0]
@@ -221,16 +229,8 @@ def test_shift_ops_move_every_value_of_any_dtype_and_layout(dtype, layout, size,
 def test_compiled_shift_takes_the_plain_ops_where_the_kernel_does_not(dtype, fold_div, compiled_kernels):
     """Two folds beyond the channels (fold_div 1: every channel takes the next frame) and
     values of 16 bytes: the compiled graph shifts by the plain-op formulation, as eager does."""
-    graphs = []
-
-    def backend(graph_module, example_inputs):
-        graphs.append(graph_module.code)
-        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
-
-    torch._dynamo.reset()
     x = torch.randn(4, 8, 2, 3, dtype=dtype)
-    out = torch.compile(TemporalShift(num_segments=2, fold_div=fold_div), fullgraph=True, backend=backend)(x)
-    torch._dynamo.reset()
+    out, graphs = compiled_graphs(TemporalShift(num_segments=2, fold_div=fold_div), x)
     assert compiled_ops.NAMESPACE not in graphs[0]
     assert torch.equal(out, naive_shift(x, 2, fold_div))
 
@@ -651,21 +651,6 @@ class ShiftedConvolutionBlock(nn.Module):
         return self.shift.call_with_shifted(x, self.conv) + x
 
 
-def compiled_graph(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """``module(x)`` compiled (``aot_eager``, ``fullgraph``), and the graph dynamo traced."""
-    graphs = []
-
-    def backend(graph_module, example_inputs):
-        graphs.append(graph_module.code)
-        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
-
-    torch._dynamo.reset()
-    try:
-        return torch.compile(module, fullgraph=True, backend=backend)(x), graphs[0]
-    finally:
-        torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("reason", ["hook", "subclass", "autocast_of_a_float32_map", "float64", "kernels_off"])
 def test_compiled_convolution_of_a_shifted_copy_otherwise(reason, compiled_kernels, monkeypatch):
     """Under the compiler, only a plain ``nn.Conv2d`` computing in ``x``'s dtype, on a float32
@@ -680,10 +665,10 @@ def test_compiled_convolution_of_a_shifted_copy_otherwise(reason, compiled_kerne
         monkeypatch.setattr(compiled_ops, "kernels_built", lambda: False)
     x = torch.randn(2 * 3, 16, 4, 5, dtype=torch.float64 if reason == "float64" else torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=reason == "autocast_of_a_float32_map"):
-        out, graph = compiled_graph(ShiftedConvolutionBlock(conv), x)
+        out, graphs = compiled_graphs(ShiftedConvolutionBlock(conv), x)
         expected = conv(naive_shift(x, 3, 8)) + x
-    assert "shifted_convolution" not in graph
-    assert ("temporal_shift" in graph) == (reason != "kernels_off")
+    assert "shifted_convolution" not in graphs[0]
+    assert ("temporal_shift" in graphs[0]) == (reason != "kernels_off")
     assert torch.equal(out, expected)
 
 
@@ -708,11 +693,11 @@ def test_compiled_tsm_resnet_convolves_the_shift_in_place(dtype, channels_last, 
             if isinstance(module, nn.Dropout):
                 module.p = 0.0  # (dropout draws differ between the two graphs)
         with autocast_context(config):
-            out, graph = compiled_graph(model, clips)
+            out, graphs = compiled_graphs(model, clips)
         out["class"].float().sum().backward()
         results.append((out["class"], [param.grad for param in model.parameters()]))
-        assert graph.count(f"{compiled_ops.NAMESPACE}.shifted_convolution.default(") == (8 if in_place else 0)
-        assert ("temporal_shift" in graph) != in_place
+        assert graphs[0].count(f"{compiled_ops.NAMESPACE}.shifted_convolution.default(") == (8 if in_place else 0)
+        assert ("temporal_shift" in graphs[0]) != in_place
     (out, grads), (expected, expected_grads) = results
     assert torch.equal(out, expected)
     assert all(torch.equal(grad, expected_grad) for grad, expected_grad in zip(grads, expected_grads))
