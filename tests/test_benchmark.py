@@ -27,14 +27,14 @@ TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("benchmark") / "result.csv"
-    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "--csv", str(path), "--malloc", "retain",
+    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "none_control", "--csv", str(path), "--malloc", "retain",
                  "--repeats", "3"])
     return rows, path
 
 
 def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
     rows, _ = tiny_run
-    assert [row["temporal_module"] for row in rows] == ["none", "gsf", "tsm", "gsf_reference"]
+    assert [row["temporal_module"] for row in rows] == ["none", "gsf", "tsm", "gsf_reference", "none_control"]
     for row in rows:
         assert set(row) == set(COLUMNS)
         assert row["backbone"] == "resnet18" and row["num_segments"] == 2 and row["input_size"] == 32
@@ -104,6 +104,26 @@ def test_costs_relative_to_tsn_are_what_the_modules_imply(tiny_run):
     assert by_module["gsf"]["gflops_vs_tsn"] > 1.0
     # The fast path saves less for backward than the literal one.
     assert by_module["gsf"]["activation_mb"] < by_module["gsf_reference"]["activation_mb"]
+
+
+def test_the_control_is_a_second_tsn(tiny_run):
+    """``none_control`` is TSN again (same weights, same outputs), timed beside the others:
+    every cost but time reads 1.0 against TSN, and its time ratio is the run's own spread."""
+    control = {row["temporal_module"]: row for row in tiny_run[0]}["none_control"]
+    assert control["params_vs_tsn"] == control["gflops_vs_tsn"] == control["activation_vs_tsn"] == 1.0
+    assert control["train_time_vs_tsn"] > 0 and control["infer_time_vs_tsn"] > 0
+    config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1)
+    torch.manual_seed(0)
+    tsn = build_model("resnet18", "none", config).eval()
+    torch.manual_seed(0)
+    again = build_model("resnet18", "none_control", config).eval()
+    assert not any(isinstance(m, GSF) for m in again.modules())
+    assert tsn.state_dict().keys() == again.state_dict().keys()
+    for name, value in tsn.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    clips, _ = make_batch(config)
+    with torch.no_grad():
+        assert torch.equal(tsn(clips)["class"], again(clips)["class"])
 
 
 def test_csv_holds_the_same_rows(tiny_run):
