@@ -157,7 +157,12 @@ class BenchmarkConfig:
 
 def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Module:
     """A randomly initialised ``VideoClassifier`` for one variant, on the benchmark's device."""
-    temporal_module = "gsf" if variant in GSF_FORMULATIONS else BASELINE if variant == CONTROL else variant
+    if variant in GSF_FORMULATIONS:
+        temporal_module = "gsf"
+    elif variant == CONTROL:
+        temporal_module = BASELINE
+    else:
+        temporal_module = variant
     model = VideoClassifier(
         backbone=backbone,
         temporal_module=temporal_module,
@@ -486,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = BenchmarkConfig()
     parser.add_argument("--backbones", nargs="+", default=list(defaults.backbones))
     parser.add_argument("--temporal-modules", nargs="+", default=list(defaults.temporal_modules),
-                        choices=VARIANTS, help="TSN ('none') is always measured, as the baseline")
+                        choices=VARIANTS, help="TSN ('none') is always measured, as the baseline; "
+                        f"{CONTROL}: TSN again, what the run reads for identical models")
     parser.add_argument("--num-segments", type=int, default=defaults.num_segments)
     parser.add_argument("--input-size", type=int, default=defaults.input_size)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

@@ -27,8 +27,8 @@ TINY = ["--backbones", "resnet18", "--num-segments", "2", "--input-size", "32", 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("benchmark") / "result.csv"
-    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "none_control", "--csv", str(path), "--malloc", "retain",
-                 "--repeats", "3"])
+    rows = main([*TINY, "--temporal-modules", "gsf", "tsm", "gsf_reference", "none_control", "--csv", str(path),
+                 "--malloc", "retain", "--repeats", "3"])
     return rows, path
 
 
