@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import csv
 import logging
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -87,7 +88,7 @@ def uses_cuda_graphs(compile_mode: str) -> bool:
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "compile_mode", "device", "threads", "timer", "malloc", "gsf_ratio", "repeats",
+    "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer", "malloc", "gsf_ratio", "repeats",
     "warmup", "seed",
     "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
@@ -153,6 +154,24 @@ class BenchmarkConfig:
     def variants(self) -> tuple[str, ...]:
         """The requested temporal modules, TSN first (it is every ratio's denominator)."""
         return (BASELINE, *(m for m in self.temporal_modules if m != BASELINE))
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux's ``/proc/cpuinfo``), else what :mod:`platform` knows: runs
+    on different machines give different ratios, so every row names its machine."""
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []  # (no /proc: not Linux)
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_name(device: str) -> str:
+    """The CUDA card's name, or the CPU's model name."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
 
 
 def build_model(backbone: str, variant: str, config: BenchmarkConfig) -> nn.Module:
@@ -387,6 +406,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "batch_size": config.batch_size, "dtype": config.dtype,
             "channels_last": config.channels_last, "compile": config.compile,
             "compile_mode": config.compile_mode if config.compile else None, "device": config.device,
+            "device_name": device_name(config.device),
             "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
             "gsf_ratio": config.gsf_ratio, "repeats": config.repeats, "warmup": config.warmup, "seed": config.seed,
             "params_m": count_parameters(model) / 1e6,
@@ -457,7 +477,7 @@ def _format(value: object) -> str:
 def format_table(rows: Sequence[dict[str, object]]) -> str:
     """The rows as an aligned text table (the configuration columns shown once above it)."""
     shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
-                                              "channels_last", "compile", "compile_mode", "device", "threads", "timer",
+                                              "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer",
                                               "gsf_ratio", "repeats", "warmup", "seed")]
     header = ""
     if rows:
@@ -465,7 +485,8 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
         header = (f"T={first['num_segments']} size={first['input_size']} batch={first['batch_size']} "
                   f"threads={first['threads']} timer={first['timer']} "
                   f"dtype={first['dtype']} channels_last={first['channels_last']} "
-                  f"compile={first['compile']} compile_mode={_format(first['compile_mode'])} device={first['device']} "
+                  f"compile={first['compile']} compile_mode={_format(first['compile_mode'])} "
+                  f"device={first['device']} ({first['device_name']}) "
                   f"gsf_ratio={_format(first['gsf_ratio'])} repeats={first['repeats']} warmup={first['warmup']} "
                   f"seed={first['seed']}\n")
     cells = [list(shown)] + [[_format(row[c]) for c in shown] for row in rows]

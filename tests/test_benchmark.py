@@ -43,12 +43,25 @@ def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
         assert row["cuda_peak_mb"] is None  # CPU run
         assert row["compile"] is False and row["compile_mode"] is None  # (eager: no mode)
         assert row["malloc"] == ("retain" if host_memory.is_glibc() else "default")  # (glibc only)
+        assert row["device_name"] == benchmark.cpu_model() != ""  # the machine, named in every row
     tsn = rows[0]
     assert tsn["params_vs_tsn"] == tsn["gflops_vs_tsn"] == tsn["activation_vs_tsn"] == 1.0
     assert tsn["train_time_vs_tsn"] == tsn["infer_time_vs_tsn"] == 1.0
     assert tsn["train_time_iqr"] == tsn["infer_time_iqr"] == 0.0
     for row in rows[1:]:
         assert row["train_time_iqr"] >= 0.0 and row["infer_time_iqr"] >= 0.0
+
+
+def test_cpu_model_is_read_from_cpuinfo_else_from_platform(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n"
+                       "flags\t\t: fpu avx512f\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R14\n")
+    assert benchmark.cpu_model(cpuinfo) == "AMD EPYC 9R14"
+    monkeypatch.setattr(benchmark.platform, "processor", lambda: "")
+    monkeypatch.setattr(benchmark.platform, "machine", lambda: "x86_64")
+    assert benchmark.cpu_model(tmp_path / "missing") == "x86_64"  # (not Linux)
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: \n")  # an empty name is no name
+    assert benchmark.cpu_model(cpuinfo) == "x86_64"
 
 
 def test_ratio_spread_is_the_interquartile_range_of_the_rounds():
