@@ -88,8 +88,8 @@ def uses_cuda_graphs(compile_mode: str) -> bool:
 
 COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
-    "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer", "malloc", "gsf_ratio", "repeats",
-    "warmup", "seed",
+    "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer", "malloc", "gsf_ratio",
+    "repeats", "warmup", "seed",
     "params_m", "gflops_per_clip", "activation_mb",
     "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "train_time_iqr", "infer_time_vs_tsn",
@@ -390,6 +390,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
     clips, labels = make_batch(config)
     rows: dict[str, dict[str, object]] = {}
     steps: dict[str, Steps] = {}
+    machine = device_name(config.device)
     for variant in config.variants:
         torch.manual_seed(config.seed)  # same initial weights for the layers variants share
         model = build_model(backbone, variant, config)
@@ -406,7 +407,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "batch_size": config.batch_size, "dtype": config.dtype,
             "channels_last": config.channels_last, "compile": config.compile,
             "compile_mode": config.compile_mode if config.compile else None, "device": config.device,
-            "device_name": device_name(config.device),
+            "device_name": machine,
             "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
             "gsf_ratio": config.gsf_ratio, "repeats": config.repeats, "warmup": config.warmup, "seed": config.seed,
             "params_m": count_parameters(model) / 1e6,
@@ -477,8 +478,8 @@ def _format(value: object) -> str:
 def format_table(rows: Sequence[dict[str, object]]) -> str:
     """The rows as an aligned text table (the configuration columns shown once above it)."""
     shown = [c for c in COLUMNS if c not in ("num_segments", "input_size", "batch_size", "dtype",
-                                              "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer",
-                                              "gsf_ratio", "repeats", "warmup", "seed")]
+                                              "channels_last", "compile", "compile_mode", "device", "device_name",
+                                              "threads", "timer", "gsf_ratio", "repeats", "warmup", "seed")]
     header = ""
     if rows:
         first = rows[0]
