@@ -65,6 +65,7 @@ SUBMISSION_VERSION = "0.2"
 CHALLENGE = "action_recognition"
 SUBMISSION_MEMBER = "test.json"  # the name the challenge server reads inside the zip
 EPIC_HEADS = ("verb", "noun")
+EPIC_CLASS_COUNTS = {"verb": 97, "noun": 300}  # every class scored, as the challenge checks
 RESULTS_SUFFIX = ".pkl"
 RESULTS_ID_KEY = "narration_id"
 
@@ -87,8 +88,11 @@ def make_submission(
     sls_td: int = 3,
     challenge: str = CHALLENGE,
 ) -> dict[str, Any]:
-    """The submission dict for ``scores`` ``{head: (N, K)}`` of the samples ``ids``."""
+    """The submission dict for ``scores`` ``{head: (N, K)}`` of the samples ``ids``. Verb and
+    noun scores of other class counts than EPIC-KITCHENS-100's (a synthetic dataset's) are
+    written with a warning: the challenge's ``create_submission.py`` refuses them."""
     _check_predictions(scores, ids)
+    _warn_unless_epic_class_counts(scores, challenge)
     check_supervision_levels(sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td)
     as_lists = {head: head_scores.float().cpu().tolist() for head, head_scores in scores.items()}
     results = {
@@ -105,6 +109,14 @@ def make_submission(
         "sls_td": sls_td,
         "results": results,
     }
+
+
+def _warn_unless_epic_class_counts(scores: Mapping[str, Tensor], challenge: str) -> None:
+    counts = {head: head_scores.shape[1] for head, head_scores in scores.items()}
+    if challenge == CHALLENGE and set(counts) == set(EPIC_HEADS) and counts != EPIC_CLASS_COUNTS:
+        log.warning("the submission has %d verb and %d noun scores a sample; the %s challenge takes %d and %d "
+                    "(its create_submission.py refuses other counts): this file is for gsf evaluate, not for upload",
+                    counts["verb"], counts["noun"], challenge, EPIC_CLASS_COUNTS["verb"], EPIC_CLASS_COUNTS["noun"])
 
 
 def _check_predictions(scores: Mapping[str, Tensor], ids: Sequence[str]) -> None:

@@ -78,6 +78,23 @@ def test_submission_round_trip(tmp_path, suffix):
         torch.testing.assert_close(read_scores[head], scores[head])
 
 
+@pytest.mark.parametrize("counts,warns", [((NUM_VERBS, NUM_NOUNS), False), ((5, 7), True), ((NUM_VERBS, 299), True)])
+def test_submission_of_other_class_counts_than_epic_warns(caplog, counts, warns):
+    """The challenge's create_submission.py refuses verb and noun scores of other counts than
+    97 and 300; a synthetic dataset's submission is still written, with a warning."""
+    scores = {"verb": torch.zeros(1, counts[0]), "noun": torch.zeros(1, counts[1])}
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        submission = make_submission(scores, ["a"])
+    assert len(submission["results"]["a"]["noun"]) == counts[1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if warns:
+        assert warnings == [f"the submission has {counts[0]} verb and {counts[1]} noun scores a sample; the "
+                            "action_recognition challenge takes 97 and 300 (its create_submission.py refuses "
+                            "other counts): this file is for gsf evaluate, not for upload"]
+    else:
+        assert warnings == []
+
+
 @pytest.mark.parametrize(
     "mutate,message",
     [
