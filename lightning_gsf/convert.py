@@ -13,9 +13,11 @@ mis-shaped. The release does not record the GSF channel ratio: it is read off th
 convolutions, whose second dimension is half the number of processed channels.
 
 :func:`export_original` writes the reverse: a checkpoint of ours (one head, GSF or no
-temporal module, a backbone with the release's layer names) as ``{"model_state_dict":
-{"module.base_model.*", "module.new_fc.*"}}``, which the release's code and
-:func:`load_original_checkpoint` read.
+temporal module, a backbone with the release's layer names) as the dict the release's
+``main.py`` saves, ``model_state_dict`` holding ``{"module.base_model.*", "module.new_fc.*"}``
+beside the entries its ``--resume`` reads (``epoch``, ``best_prec1``, ``scaler_state_dict``),
+for the release's ``test_models.py`` and ``main.py --resume``, and for
+:func:`load_original_checkpoint`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from lightning_gsf.backbones import DEFAULT_NORMALIZATION
 from lightning_gsf.backbones.weights import describe_state_dict_mismatch
 from lightning_gsf.gsf import GSF, gsf_channels
+from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.model import VideoClassifier
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,16 @@ CheckpointSource = Union[str, Path, Mapping[str, Any]]
 GATE_SUFFIX = ".conv3D.weight"
 # Backbones whose layer names are the release's (torchvision's InceptionV3 is not).
 RELEASE_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "bninception", "inception_v3_tf")
+# The release's --arch for each (its main.py saves it as the checkpoint's 'arch'); its GSF
+# ResNets are the 50- and 101-layer ones (backbones/resnetGSFModels.py), its TSN ResNets
+# torchvision's of every depth.
+RELEASE_ARCH = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "resnet101": "resnet101",
+                "resnet152": "resnet152", "bninception": "bninception", "inception_v3_tf": "inceptionv3"}
+RELEASE_GSF_RESNETS = ("resnet50", "resnet101")
+# A new torch.amp.GradScaler's state (its defaults), for an export of a run without a scaler:
+# the release's --resume loads it into its scaler, enabled (--with_amp) or not.
+NEW_GRAD_SCALER_STATE = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                         "_growth_tracker": 0}
 # Bottleneck / BasicBlock counts of layer3, which tell the ResNets apart.
 RESNET_BY_LAYER3 = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
                     (True, 23): "resnet101", (True, 36): "resnet152"}
@@ -277,12 +290,14 @@ def export_original(
     """Write a Lightning checkpoint of ``VideoClassificationModule`` (``gsf fit`` or
     :func:`import_original`) in the original release's layout.
 
-    The file holds ``{"model_state_dict": state}``, ``state`` named as by the release's
-    ``DataParallel`` model: ``module.base_model.<layer>`` for every backbone tensor (GSF's
-    included) and ``module.new_fc.{weight,bias}`` for the classifier ``head`` (default: the
-    only one). TSM, torchvision's InceptionV3 and several heads have no place in that layout
-    and are refused. Lightning checkpoints are read with ``weights_only=True`` unless
-    ``trust_pickle``.
+    The file holds what the release's ``main.py`` saves (:func:`release_entries`), its
+    ``model_state_dict`` named as by the release's ``DataParallel`` model:
+    ``module.base_model.<layer>`` for every backbone tensor (GSF's included) and
+    ``module.new_fc.{weight,bias}`` for the classifier ``head`` (default: the only one). TSM,
+    torchvision's InceptionV3 and several heads have no place in that layout and are refused;
+    GSF ResNets other than the release's 50- and 101-layer ones are written with a warning
+    (its code builds no model for them). Lightning checkpoints are read with
+    ``weights_only=True`` unless ``trust_pickle``.
     """
     in_path = Path(in_path)
     checkpoint = _load_file(in_path, trust_pickle)
@@ -313,7 +328,10 @@ def export_original(
                          f"{unused[:5]}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_state_dict": exported}, out_path)
+    if temporal_module == "gsf" and backbone.startswith("resnet") and backbone not in RELEASE_GSF_RESNETS:
+        log.warning("%s: the release builds GSF ResNets of 50 and 101 layers only; its code has no model for this "
+                    "%s checkpoint", in_path, backbone)
+    torch.save(release_entries(checkpoint, exported, backbone, single_head=len(heads) == 1), out_path)
     plain = {key.removeprefix("module."): value for key, value in exported.items()}
     ratio, count = infer_gsf_ratio(plain)
     info = OriginalCheckpointInfo(
@@ -326,3 +344,49 @@ def export_original(
                     in_path, info.normalization, DEFAULT_NORMALIZATION[backbone], backbone)
     log.info("wrote %s (original layout) from %s", out_path, in_path)
     return info
+
+
+def release_entries(checkpoint: Mapping[str, Any], state: StateDict, backbone: str, *,
+                    single_head: bool) -> dict[str, Any]:
+    """The dict the release's ``main.py`` saves (``save_checkpoint``), in its order, for the
+    Lightning ``checkpoint`` whose exported tensors are ``state``:
+
+    - ``epoch``: the epochs trained, as the release counts them after each epoch (the fit
+      loop's epochs whose training steps all ran: ``processed``, which Lightning counts as
+      ``completed`` only after the checkpoint of the epoch's end; 0 for a checkpoint never
+      trained here, such as an import);
+    - ``arch``: the release's ``--arch`` for ``backbone``;
+    - ``scaler_state_dict``: the run's gradient scaler (16-bit mixed precision), else a new
+      scaler's;
+    - ``best_prec1`` and ``current_prec1``: the monitored checkpoint's best and latest
+      validation top-1 (percent) where the model has one head, whose top-1 it is; else 0, the
+      release's value before any validation;
+    - ``lr``: the last parameter group's learning rate in the optimizer's state, else None.
+    """
+    epochs = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    scaler = checkpoint.get("MixedPrecision")  # (Lightning's key for its precision plugin's scaler)
+    best, current = 0.0, 0.0
+    if single_head:
+        for callback_state in (checkpoint.get("callbacks") or {}).values():
+            if isinstance(callback_state, Mapping) and callback_state.get("monitor") == f"val/{HEADLINE_METRIC}":
+                best = _as_float(callback_state.get("best_model_score"), best)
+                current = _as_float(callback_state.get("current_score"), current)
+    optimizers = checkpoint.get("optimizer_states") or [{}]
+    groups = optimizers[0].get("param_groups") or [{}]
+    return {
+        "epoch": int((epochs.get("current") or {}).get("processed", 0)),
+        "arch": RELEASE_ARCH[backbone],
+        "model_state_dict": state,
+        "scaler_state_dict": dict(scaler) if isinstance(scaler, Mapping) and "scale" in scaler
+        else dict(NEW_GRAD_SCALER_STATE),
+        "best_prec1": best,
+        "current_prec1": current,
+        "lr": groups[-1].get("lr"),
+    }
+
+
+def _as_float(value: Any, default: float) -> float:
+    """A checkpoint callback's score (a tensor, or None before any) as a float."""
+    if value is None:
+        return default
+    return float(value.item() if isinstance(value, torch.Tensor) else value)

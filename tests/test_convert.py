@@ -415,7 +415,11 @@ def test_export_original_round_trips_an_imported_checkpoint(tmp_path: Path, resn
     info = run(["export-original", str(imported), str(exported)])
     assert (info.backbone, info.gsf_ratio, info.num_gsf_modules, info.num_classes) == ("resnet18", 0.25, 8, CLASSES)
     written = torch.load(exported, map_location="cpu", weights_only=True)
-    assert list(written) == ["model_state_dict"]
+    # The entries of the release's main.py, in its order; an import was never trained here.
+    assert list(written) == ["epoch", "arch", "model_state_dict", "scaler_state_dict", "best_prec1", "current_prec1",
+                             "lr"]
+    assert {key: written[key] for key in ("epoch", "arch", "best_prec1", "current_prec1", "lr")} == {
+        "epoch": 0, "arch": "resnet18", "best_prec1": 0.0, "current_prec1": 0.0, "lr": None}
     expected = checkpoint["model_state_dict"]
     assert sorted(written["model_state_dict"]) == sorted(expected)
     for key, value in expected.items():
@@ -473,3 +477,72 @@ def test_export_picks_a_named_head(tmp_path: Path) -> None:
     assert info.num_classes == 4
     with pytest.raises(ValueError, match=r"no head 'action'"):
         export_original(path, tmp_path / "x.pth.tar", head="action")
+
+
+def _resume_as_the_release_does(path: Path) -> tuple[int, float]:
+    """What the release's main.py --resume reads of a checkpoint: its epoch, its best top-1, the
+    model's tensors, and the gradient scaler's state, loaded into a scaler enabled (--with_amp)
+    and into a disabled one."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    for enabled in (True, False):
+        torch.amp.GradScaler("cpu", enabled=enabled).load_state_dict(checkpoint["scaler_state_dict"])
+    assert all(key.startswith("module.") for key in checkpoint["model_state_dict"])
+    return checkpoint["epoch"], checkpoint["best_prec1"]
+
+
+def test_export_of_a_gsf_fit_holds_what_the_release_resumes_from(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint of `gsf fit` exports with the entries the release's main.py saves and its
+    --resume reads: the epochs completed, the arch, the optimizer's learning rate, a scaler's
+    state; the best top-1 is the monitored checkpoint's where the model has one head."""
+    import sys
+
+    from lightning_gsf.cli import main
+    from lightning_gsf.convert import release_entries
+    from lightning_gsf.data.synthetic import generate_synthetic_dataset
+
+    monkeypatch.setattr(sys, "argv", ["gsf"])
+    data = tmp_path / "data"
+    generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
+    main([
+        "fit", "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data}",
+        "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
+        "--data.init_args.input_size=32", "--data.init_args.resize_size=32",
+        "--model.backbone=resnet18", "--model.pretrained=null", "--model.warmup_epochs=0",
+        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+    ])  # fmt: skip
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    exported = tmp_path / "verb.pth.tar"
+    export_original(last, exported, head="verb")
+    written = torch.load(exported, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    assert written["arch"] == "resnet18"
+    assert written["lr"] == checkpoint["optimizer_states"][0]["param_groups"][-1]["lr"]
+    # Two heads: the monitored top-1 is the action's, not the verb head's: none recorded.
+    assert _resume_as_the_release_does(exported) == (2, 0.0)
+    assert written["current_prec1"] == 0.0
+
+    # With one head the monitored top-1 is that head's, the release's prec1.
+    (monitored,) = [state for key, state in checkpoint["callbacks"].items() if "val/accuracy_at_1" in key]
+    entries = release_entries(checkpoint, written["model_state_dict"], "resnet18", single_head=True)
+    assert entries["best_prec1"] == monitored["best_model_score"].item()
+    assert entries["current_prec1"] == monitored["current_score"].item()
+    # A 16-bit mixed-precision run's scaler goes with it.
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0).state_dict()
+    entries = release_entries({**checkpoint, "MixedPrecision": scaler}, {}, "bninception", single_head=False)
+    assert (entries["scaler_state_dict"], entries["arch"]) == (scaler, "bninception")
+
+
+def test_export_of_a_gsf_resnet_the_release_cannot_build_warns(tmp_path: Path, caplog) -> None:
+    from lightning_gsf.module import VideoClassificationModule
+
+    module = VideoClassificationModule({"class": CLASSES}, num_segments=T, backbone="resnet18", pretrained=None)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    with caplog.at_level("WARNING", logger="lightning_gsf.convert"):
+        export_original(path, tmp_path / "exported.pth.tar")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{path}: the release builds GSF ResNets of 50 and 101 layers only; its code has no model for this resnet18 "
+        "checkpoint"]
+    assert _resume_as_the_release_does(tmp_path / "exported.pth.tar") == (0, 0.0)
+
