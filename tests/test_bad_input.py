@@ -425,6 +425,51 @@ def test_annotation_text_in_another_encoding_names_the_file_and_line(tmp_path, r
         read(path)
 
 
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        # 13,092 rows past the quote: more than the csv module's field size limit.
+        ("epic100/EPIC_100_test_timestamps.csv", r"line 5: not a CSV row \(field larger than field limit"),
+        # Its quoted noun lists end the stray quote's field 22 lines on: a row of lines 5-26.
+        ("epic100/EPIC_100_validation.csv",
+         r"lines 5-26 \(narration_id P01_11_100,P01,P01_11,00:05:27.840,00:05:27.28,00:05:31.97,1 ...\): 3 fields"),
+        # 96 rows past the quote, in one field to the end of the file.
+        ("kinetics400/kinetics-400_test.excerpt.csv", r"lines 5-101: expected 4 fields \(youtube_id,"),
+    ],
+)
+def test_a_stray_quote_names_the_line_it_is_on(tmp_path, source, message):
+    """An unbalanced quote makes the csv module read on through later lines (to the end of the
+    file, past its field size limit, where the file quotes nothing else): the error names the
+    line of the quote, where the row starts, not the line where the csv module stopped."""
+    from lightning_gsf.data import epic, kinetics
+
+    lines = (SHARED_DATA / source).read_text().splitlines(keepends=True)
+    lines[4] = '"' + lines[4]
+    path = tmp_path / Path(source).name
+    path.write_text("".join(lines))
+    read = kinetics.read_csv if source.startswith("kinetics") else epic.read_actions
+    with pytest.raises(AnnotationError, match=rf"^{path}, {message}") as error:
+        read(path)
+    assert len(str(error.value)) < 1000  # (not the swallowed rows)
+
+
+def test_a_misspelled_kinetics_train_label_is_named(tmp_path):
+    """With the classes taken from the train CSV, a misspelled label makes 401: the error names
+    the rarest labels and their lines, the misspelling first."""
+    from lightning_gsf.data import kinetics
+
+    header, *rows = (SHARED_DATA / "kinetics400" / "kinetics-400_val.excerpt.csv").read_text().splitlines(keepends=True)
+    assert rows[1].startswith('"air drumming",')
+    (tmp_path / "kinetics-400_train.csv").write_text(header + "".join(rows) + rows[1].replace("air", "Air", 1)
+                                                     + "".join(rows))
+    datamodule = kinetics.Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path)
+    misspelled = "Air drumming"
+    with pytest.raises(AnnotationError, match=rf"kinetics-400_train.csv: 401 labels, where Kinetics-400 has 400 "
+                                              rf"classes; the rarest: '{misspelled}' \(1 row, first on line "
+                                              rf"{len(rows) + 2}\), "):
+        datamodule.class_names
+
+
 @pytest.mark.parametrize("dataset,listed", [("ssv1", 175), ("ssv1", 173), ("ssv2", 175), ("diving48", 49)])
 def test_a_class_list_of_another_length_is_refused(tmp_path, dataset, listed):
     """The head has the dataset's classes; a list with one more or one fewer would shift every

@@ -7,14 +7,18 @@ dataset reports a malformed file with the same :class:`AnnotationError` wording.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lightning_gsf.data.errors import AnnotationError
 
-__all__ = ["check_class_count", "read_class_name_lines", "read_json", "read_text", "text_stream"]
+__all__ = ["CsvRow", "check_class_count", "read_class_name_lines", "read_headed_csv", "read_json", "read_text",
+           "text_stream"]
 
 
 def read_text(path: Path) -> str:
@@ -34,6 +38,79 @@ def read_text(path: Path) -> str:
 def text_stream(path: Path) -> io.StringIO:
     """:func:`read_text` as a file for the ``csv`` module (line endings left to it)."""
     return io.StringIO(read_text(path), newline="")
+
+
+@dataclass(frozen=True)
+class CsvRow:
+    """One row of a headed CSV file: ``values`` as :class:`csv.DictReader` gives them (fields
+    past the header's under the key None, missing ones None), and the lines it spans."""
+
+    first_line: int
+    last_line: int
+    values: dict[str | None, Any]
+
+    @property
+    def lines(self) -> str:
+        """``line 5``; ``lines 5-9`` for a row whose quoted field runs over several lines (in
+        the official formats, which quote no line break, an unbalanced ``"``)."""
+        if self.last_line == self.first_line:
+            return f"line {self.first_line}"
+        return f"lines {self.first_line}-{self.last_line}"
+
+
+class _CountedLines:
+    """The lines of a text stream, counted as the ``csv`` module reads them."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def __iter__(self) -> _CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.stream)
+        self.count += 1
+        return line
+
+
+def read_headed_csv(path: Path) -> tuple[list[str], Iterator[CsvRow]]:
+    """The header of a CSV annotation file (:func:`text_stream`) and an iterator over its
+    rows, blank lines skipped, each with the line it starts on: an error in a row that runs
+    over several lines then names the line where it went wrong, not the line where the
+    ``csv`` module stopped. A row the ``csv`` module cannot read (a stray quote that swallows
+    the rest of the file past its field size limit) is an :class:`AnnotationError` naming
+    that line."""
+    lines = _CountedLines(text_stream(path))
+    reader = csv.reader(lines)
+
+    def next_row() -> tuple[int, list[str]] | None:
+        while True:
+            first_line = lines.count + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return None
+            except csv.Error as error:
+                raise AnnotationError(f"{path}, line {first_line}: not a CSV row ({error}); an unbalanced '\"' "
+                                      "on this line?") from None
+            if values:
+                return first_line, values
+
+    first = next_row()
+    header = first[1] if first else []
+
+    def rows() -> Iterator[CsvRow]:
+        while (row := next_row()) is not None:
+            first_line, values = row
+            fields: dict[str | None, Any] = dict(zip(header, values))
+            if len(values) > len(header):
+                fields[None] = values[len(header):]
+            for column in header[len(values):]:
+                fields[column] = None
+            yield CsvRow(first_line, lines.count, fields)
+
+    return header, rows()
 
 
 def check_class_count(count: int, expected: int, path: Path, dataset: str) -> None:

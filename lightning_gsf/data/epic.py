@@ -46,7 +46,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from lightning_gsf.data.annotation_files import text_stream
+from lightning_gsf.data.annotation_files import read_headed_csv
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.sources import (
@@ -179,16 +179,21 @@ class EpicVideoInfo:
 class _Row:
     """One CSV row with typed accessors whose errors name the file, line and narration_id."""
 
-    def __init__(self, path: Path, line: int, values: dict[str, str], name: str | None) -> None:
+    def __init__(self, path: Path, line: int, values: dict[str, str], name: str | None,
+                 lines: str | None = None) -> None:
         self.path = path
-        self.line = line
+        self.line = line  # the row's first line
+        self.lines = lines or f"line {line}"  # (``lines 5-9`` for a row over several lines)
         self.values = values
         self.name = name
 
     def error(self, message: str) -> AnnotationError:
-        where = f"{self.path}, line {self.line}"
-        if self.name:
-            where += f" (narration_id {self.name})"
+        where = f"{self.path}, {self.lines}"
+        if self.name:  # (an unbalanced quote's field runs over lines: its first 60 characters)
+            shown = self.name
+            if len(shown) > 60 or "\n" in shown:
+                shown = f"{shown.splitlines()[0][:60]} ..."
+            where += f" (narration_id {shown})"
         return AnnotationError(f"{where}: {message}")
 
     def text(self, column: str) -> str:
@@ -241,24 +246,22 @@ def read_csv_rows(path: Path, required: Sequence[str], name_column: str | None =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with text_stream(path) as file:  # (a byte-order mark is not part of the first column's name)
-        reader = csv.DictReader(file)
-        header = reader.fieldnames or []
-        missing = [column for column in required if column not in header]
-        if missing:
-            raise AnnotationError(
-                f"{path}, line 1: missing column(s) {missing}; expected a header with {list(required)}"
-            )
-        for values in reader:
-            line = reader.line_num
-            name = values.get(name_column) if name_column else None
-            row = _Row(path, line, values, name)
-            if None in values:
-                raise row.error(f"{len(header) + len(values[None])} fields; expected the header's {len(header)}")
-            if any(value is None for value in values.values()):
-                count = sum(value is not None for value in values.values())
-                raise row.error(f"{count} fields; expected the header's {len(header)}")
-            yield row
+    header, records = read_headed_csv(path)  # (a byte-order mark is not part of the first column's name)
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise AnnotationError(
+            f"{path}, line 1: missing column(s) {missing}; expected a header with {list(required)}"
+        )
+    for record in records:
+        values = record.values
+        name = values.get(name_column) if name_column else None
+        row = _Row(path, record.first_line, values, name, record.lines)
+        if None in values:
+            raise row.error(f"{len(header) + len(values[None])} fields; expected the header's {len(header)}")
+        if any(value is None for value in values.values()):
+            count = sum(value is not None for value in values.values())
+            raise row.error(f"{count} fields; expected the header's {len(header)}")
+        yield row
 
 
 def parse_timestamp(text: str) -> float:

@@ -19,13 +19,13 @@ lists them, and ``missing_videos="drop"`` drops them, logs the count and writes 
 
 from __future__ import annotations
 
-import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import check_class_count, read_class_name_lines, text_stream
+from lightning_gsf.data.annotation_files import check_class_count, read_class_name_lines, read_headed_csv
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -113,33 +113,43 @@ def read_csv(path: Path, labelled: bool | None = None) -> list[KineticsClip]:
     list has none); True requires one, False ignores it.
     """
     path = Path(path)
-    with text_stream(path) as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if labelled is None:
-            labelled = "label" in header
-        required = (("label",) if labelled else ()) + _REQUIRED_COLUMNS
-        missing = [column for column in required if column not in header]
-        if missing:
-            raise AnnotationError(
-                f"{path}, line 1: header {header} lacks the columns {missing}; expected "
-                f"{'label,' if labelled else ''}youtube_id,time_start,time_end,split"
-            )
-        clips: list[KineticsClip] = []
-        for row in reader:
-            where = f"{path}, line {reader.line_num}"
-            if None in row or any(row[column] is None for column in header):
-                raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {row}")
-            youtube_id = row["youtube_id"].strip()
-            label = row["label"].strip() if labelled else None
-            if not youtube_id or (labelled and not label):
-                raise AnnotationError(f"{where}: empty youtube_id or label in {row}")
-            start = _parse_second(row["time_start"], "time_start", where)
-            end = _parse_second(row["time_end"], "time_end", where)
-            if not 0 <= start < end:
-                raise AnnotationError(f"{where}: expected 0 <= time_start < time_end, got {start}, {end}")
-            clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label, line=reader.line_num))
+    header, records = read_headed_csv(path)
+    if labelled is None:
+        labelled = "label" in header
+    required = (("label",) if labelled else ()) + _REQUIRED_COLUMNS
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise AnnotationError(
+            f"{path}, line 1: header {header} lacks the columns {missing}; expected "
+            f"{'label,' if labelled else ''}youtube_id,time_start,time_end,split"
+        )
+    clips: list[KineticsClip] = []
+    for record in records:
+        row, where = record.values, f"{path}, {record.lines}"
+        if None in row or any(row[column] is None for column in header):
+            shown = str(row) if len(str(row)) <= 300 else f"{str(row)[:300]} ..."
+            raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {shown}")
+        youtube_id = row["youtube_id"].strip()
+        label = row["label"].strip() if labelled else None
+        if not youtube_id or (labelled and not label):
+            raise AnnotationError(f"{where}: empty youtube_id or label in {row}")
+        start = _parse_second(row["time_start"], "time_start", where)
+        end = _parse_second(row["time_end"], "time_end", where)
+        if not 0 <= start < end:
+            raise AnnotationError(f"{where}: expected 0 <= time_start < time_end, got {start}, {end}")
+        clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label, line=record.first_line))
     return clips
+
+
+def _rarest_labels(clips: list[KineticsClip], count: int = 3) -> str:
+    """The ``count`` labels of fewest rows, each with its number of rows and first line."""
+    rows = Counter(clip.label for clip in clips)
+    first_line: dict[str | None, int] = {}
+    for clip in clips:
+        first_line.setdefault(clip.label, clip.line)
+    rarest = sorted(rows, key=lambda label: (rows[label], first_line[label]))[:count]
+    return ", ".join(f"{label!r} ({rows[label]} row{'s' * (rows[label] > 1)}, first on line {first_line[label]})"
+                     for label in rarest)
 
 
 class Kinetics400DataModule(WholeVideoDataModule):
@@ -193,7 +203,12 @@ class Kinetics400DataModule(WholeVideoDataModule):
             names = read_label_map(path)
         else:
             path = self.annotations_dir / self.split_files["train"]
-            names = sorted({clip.label for clip in read_csv(path, labelled=True) if clip.label is not None})
+            clips = read_csv(path, labelled=True)
+            names = sorted({clip.label for clip in clips if clip.label is not None})
+            if len(names) != KINETICS400_NUM_CLASSES:
+                raise AnnotationError(f"{path}: {len(names)} labels, where Kinetics-400 has {KINETICS400_NUM_CLASSES} "
+                                      f"classes; the rarest: {_rarest_labels(clips)}; a misspelled or missing label? "
+                                      f"(or give class_names_file, label_map_k400.txt)")
         check_class_count(len(names), KINETICS400_NUM_CLASSES, path, "Kinetics-400")
         return names
 
