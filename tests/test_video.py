@@ -6,6 +6,7 @@ levels, far above the codec's error) rather than compared to the original exactl
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -413,6 +414,26 @@ def test_frames_missing_from_the_timestamps_are_the_frames_on_screen(tmp_path: P
         assert identify(VideoFileReader().read(path, list(range(slots)))) == on_screen
         for i in range(0, slots, 3):  # one by one, seeking
             assert identify(VideoFileReader().read(path, [i])) == [on_screen[i]]
+
+
+def test_a_long_run_without_frames_is_read_with_one_warning(tmp_path: Path, caplog, monkeypatch) -> None:
+    """A second without decodable frames (a damaged stretch, which the decoder skips) is read
+    as the frame shown before it, as for a variable rate, but said once per file; a gap of a few
+    frames (dropped frames) is not."""
+    monkeypatch.setattr(video, "_warned_of_stale_frames", set())
+    gap = [i for i in range(10)] + [i + 30 for i in range(10, NUM_FRAMES)]  # frames 10-39 missing
+    short_gap = [i for i in range(NUM_FRAMES + 3) if i not in (9, 20, 21)]
+    damaged = write_video(tmp_path / "damaged.mp4", "libx264", options={"bf": "0"}, timestamps=gap)
+    dropped = write_video(tmp_path / "dropped.mp4", "libx264", options={"bf": "0"}, timestamps=short_gap)
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.video"):
+        assert identify(VideoFileReader().read(dropped, list(range(43)))) == [
+            max(k for k, pts in enumerate(short_gap) if pts <= i) for i in range(43)]
+        assert identify(VideoFileReader().read(damaged, [5, 25, 35])) == [5, 9, 9]
+        assert identify(VideoFileReader().read(damaged, [30])) == [9]  # (said once)
+        assert identify(VideoFileReader().read(damaged, [20])) == [9]  # (within half a second of frame 9: not said)
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{damaged}: no frame decodes between frame 9 and frame 40 (1.0 s at 30 fps): frame 25 is frame 9's image; "
+        "a damaged stretch of the video? (check the file, or re-encode it; said once per file)"]
 
 
 def test_a_short_matroska_file_without_a_start_time(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ Choices, and why:
   rate (its timestamps' rate), not the average rate, which a last frame held longer than the
   others lowers. Frame ``i`` is the frame on screen at index ``i``: where a variable rate or a
   dropped frame leaves no frame at ``i``, the frame shown before it stands in, as in a
-  constant-rate copy of the video; :func:`count_video_frames` counts the same way. If a seek
+  constant-rate copy of the video (a stand-in more than half a second older, more likely a
+  damaged stretch that the decoder skipped, is logged as a warning, once per file);
+  :func:`count_video_frames` counts the same way. If a seek
   lands after the first needed frame (a container with a sparse or inexact index), the reader
   seeks again further back, then, failing that, decodes from the start.
 - AVI stores no presentation timestamps: FFmpeg numbers its frames in decoding order. Without
@@ -233,8 +235,9 @@ def _decode_until(
     """Decode from the container's current position up to the last of the (sorted, distinct)
     ``wanted`` frames. Wanted frame ``i`` is the last decoded frame whose index is at most ``i``
     (the frame on screen at ``i``), so a frame that a variable rate or a dropped frame leaves
-    out is stood in for by the one shown before it; a frame with the index of the one before
-    it is not shown (the earlier one is)."""
+    out is stood in for by the one shown before it (with a warning where that one is more than
+    ``STALE_STAND_IN_SECONDS`` older: a damaged stretch, more likely); a frame with the index of
+    the one before it is not shown (the earlier one is)."""
     decoded = _Decoded()
     shown: torch.Tensor | av.VideoFrame | None = None  # the frame on screen, converted when first wanted
     next_wanted = 0
@@ -252,6 +255,8 @@ def _decode_until(
                 )
             continue
         while next_wanted < len(wanted) and wanted[next_wanted] < index:  # shown before this frame
+            if wanted[next_wanted] - decoded.last_seen > timing.fps * STALE_STAND_IN_SECONDS:
+                _warn_of_stale_stand_in(timing, wanted[next_wanted], decoded.last_seen, index)
             shown = _as_tensor(shown)
             decoded.frames[wanted[next_wanted]] = shown
             next_wanted += 1
@@ -263,6 +268,24 @@ def _decode_until(
         if next_wanted == len(wanted):
             break
     return decoded
+
+
+# A frame that stands in for one more than this long after it (no frame decoded in between)
+# is more likely a damaged stretch of the file, which the decoder skips, than a variable rate.
+STALE_STAND_IN_SECONDS = Fraction(1, 2)
+_warned_of_stale_frames: set[Path] = set()  # (once per file and process: a file is read every epoch)
+
+
+def _warn_of_stale_stand_in(timing: _StreamTiming, wanted: int, shown: int, next_decoded: int) -> None:
+    """Say, once per file, that frame ``wanted`` is frame ``shown``'s image, no frame having
+    been decoded before ``next_decoded``: the read goes on, as for a variable rate."""
+    if timing.source in _warned_of_stale_frames:
+        return
+    _warned_of_stale_frames.add(timing.source)
+    logger.warning("%s: no frame decodes between frame %d and frame %d (%.1f s at %.6g fps): frame %d is frame "
+                   "%d's image; a damaged stretch of the video? (check the file, or re-encode it; said once per "
+                   "file)", timing.source, shown, next_decoded, (next_decoded - shown) / timing.fps,
+                   float(timing.fps), wanted, shown)
 
 
 def _as_tensor(frame: torch.Tensor | av.VideoFrame | None) -> torch.Tensor:
