@@ -24,6 +24,7 @@ from lightning_gsf.callbacks import (
     PreemptionCheckpoint,
     check_checkpoint_matches,
 )
+from media_writers import fit_tiny_synthetic_epic
 
 OLD = {"state_dict": {"weight": torch.ones(3)}, "epoch": 1}
 NEW = {"state_dict": {"weight": torch.zeros(300_000)}, "epoch": 2}
@@ -195,22 +196,10 @@ def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_pa
     With ``lr=0`` the metric cannot improve after the first epoch. When validation runs less
     often than every epoch, ``last.ckpt`` must still be written at every epoch's end.
     """
-    from lightning_gsf.cli import main
-    from lightning_gsf.data.synthetic import generate_synthetic_dataset
-
     monkeypatch.setattr(sys, "argv", ["gsf"])  # the arguments are passed, not read from pytest's command line
-    data = tmp_path / "data"
-    generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
-    main([
-        "fit", "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data}",
-        "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
-        "--data.init_args.input_size=32", "--data.init_args.resize_size=32",
-        "--model.backbone=resnet18", "--model.pretrained=null", "--model.lr=0", "--model.warmup_epochs=0",
-        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-        f"--trainer.check_val_every_n_epoch={check_val_every_n_epoch}",
-    ])  # fmt: skip
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run = fit_tiny_synthetic_epic(tmp_path, "--model.lr=0",
+                                  f"--trainer.check_val_every_n_epoch={check_val_every_n_epoch}")
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (1, 2)  # end of the second epoch
 
 

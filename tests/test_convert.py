@@ -496,22 +496,11 @@ def test_export_of_a_gsf_fit_holds_what_the_release_resumes_from(tmp_path: Path,
     state; the best top-1 is the monitored checkpoint's where the model has one head."""
     import sys
 
-    from lightning_gsf.cli import main
     from lightning_gsf.convert import release_entries
-    from lightning_gsf.data.synthetic import generate_synthetic_dataset
+    from media_writers import fit_tiny_synthetic_epic
 
     monkeypatch.setattr(sys, "argv", ["gsf"])
-    data = tmp_path / "data"
-    generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
-    main([
-        "fit", "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data}",
-        "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",
-        "--data.init_args.input_size=32", "--data.init_args.resize_size=32",
-        "--model.backbone=resnet18", "--model.pretrained=null", "--model.warmup_epochs=0",
-        f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
-        "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
-    ])  # fmt: skip
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last = fit_tiny_synthetic_epic(tmp_path) / "checkpoints" / "last.ckpt"
     exported = tmp_path / "verb.pth.tar"
     export_original(last, exported, head="verb")
     written = torch.load(exported, map_location="cpu", weights_only=True)
