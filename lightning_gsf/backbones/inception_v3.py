@@ -1,7 +1,7 @@
 """InceptionV3 (Szegedy et al., 2016), in two variants.
 
 ``inception_v3``
-    torchvision's ``Inception3`` (auxiliary classifier off, no input transform, classifier
+    torchvision's ``Inception3`` (auxiliary classifier off, its input transform on, classifier
     removed), for training from torchvision's ImageNet weights (normalisation ``"imagenet"``).
 
 ``inception_v3_tf``
