@@ -134,12 +134,14 @@ def fit_one_epoch_with_config(config: str, data_arguments: dict, run_dir: Path) 
 def fit_tiny_synthetic_epic(tmp_path: Path, *extra: str) -> Path:
     """``gsf fit`` for two epochs of one batch on a tiny synthetic EPIC dataset (frames, 32 px,
     a random ResNet-18, CPU) with ``extra`` arguments; the run's folder (``tmp_path / "run"``).
-    The caller keeps pytest's command line from ``gsf`` (``sys.argv``)."""
+    The dataset is written once per ``tmp_path`` (a second call, to resume, reuses it). The
+    caller keeps pytest's command line from ``gsf`` (``sys.argv``)."""
     from lightning_gsf.cli import main
     from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
     data, run = tmp_path / "data", tmp_path / "run"
-    generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
+    if not data.exists():
+        generate_synthetic_dataset(data, num_train=4, num_val=2, num_test=1, size=32, videos=False)
     main([
         "fit", "--data=lightning_gsf.data.epic.EpicKitchensDataModule", f"--data.init_args.root={data}",
         "--data.init_args.num_segments=2", "--data.init_args.batch_size=2", "--data.init_args.num_workers=0",

@@ -203,6 +203,24 @@ def test_gsf_last_checkpoint_is_the_latest_epoch_even_without_improvement(tmp_pa
     assert (last["epoch"], last["global_step"]) == (1, 2)  # end of the second epoch
 
 
+def test_gsf_fit_with_an_ema_of_the_weights_saves_and_resumes_it(tmp_path, monkeypatch):
+    """Lightning's EMAWeightAveraging, added from the command line (or a config's
+    ``trainer.callbacks``), works beside gsf's own callbacks: checkpoints hold the averaged
+    weights (what validation scored, and what export-original writes) and the training weights
+    apart, and a run resumes from them."""
+    monkeypatch.setattr(sys, "argv", ["gsf"])
+    ema = ("--trainer.callbacks+=pytorch_lightning.callbacks.EMAWeightAveraging", "--trainer.callbacks.decay=0.5")
+    run = fit_tiny_synthetic_epic(tmp_path, *ema)
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "EMAWeightAveraging" in last["callbacks"] and "averaging_state" in last
+    averaged, trained = last["state_dict"], last["current_model_state"]
+    assert averaged.keys() == trained.keys()
+    assert not torch.equal(averaged["model.heads.verb.weight"], trained["model.heads.verb.weight"])
+    run = fit_tiny_synthetic_epic(tmp_path, *ema, "--trainer.max_epochs=3", "--ckpt_path=last")
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (resumed["epoch"], resumed["global_step"]) == (2, 3)
+
+
 @pytest.mark.parametrize(
     ("dirpath", "model_checkpoint_dir", "expected"),
     [
