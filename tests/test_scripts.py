@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,40 @@ def test_gpu_profiling_scripts_say_they_need_a_gpu(script, capsys, monkeypatch):
 @pytest.mark.parametrize("script", ["gpu_checks.sh", "slurm_gsf.sbatch", "torchrun_gsf.sh"])
 def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=True)
+
+
+def test_slurm_script_signals_the_job_step_not_srun_then_requeues(tmp_path):
+    """Near the time limit (USR1) the sbatch script has SLURM send SIGTERM to the training
+    tasks (scancel on step 0: srun answers a SIGTERM of its own with a SIGKILL of its tasks, and
+    no checkpoint would be written), waits for them to stop and requeues the job. SLURM's
+    commands are stand-ins that record their arguments."""
+    log, stop = tmp_path / "calls.log", tmp_path / "stop"
+    tools = {
+        # srun: runs until the step is signalled (the stand-in scancel's flag); a SIGTERM to
+        # srun itself is recorded, as the defect it would be.
+        "srun": f'echo "srun $*" >> {log}; echo $$ > {tmp_path}/srun.pid\n'
+                f'trap \'echo "srun got SIGTERM" >> {log}; exit 143\' TERM\n'
+                f'while [ ! -f {stop} ]; do sleep 0.05; done; echo "tasks stopped" >> {log}',
+        "scancel": f'echo "scancel $*" >> {log}; touch {stop}',
+        "scontrol": f'echo "scontrol $*" >> {log}',
+    }
+    for name, body in tools.items():
+        (tmp_path / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (tmp_path / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1",
+           "SLURM_NTASKS_PER_NODE": "2", "SLURM_CPUS_PER_TASK": "3"}
+    script = subprocess.Popen(["bash", str(SCRIPTS / "slurm_gsf.sbatch"), "configs/x.yaml", "--model.lr", "0.02"],
+                              env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "srun.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    script.send_signal(signal.SIGUSR1)
+    script.wait(timeout=30)
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("srun --kill-on-bad-exit=1 gsf fit --config configs/x.yaml --trainer.num_nodes 1 "
+                               "--trainer.devices 2 --trainer.strategy ddp --data.init_args.num_workers 2 "
+                               "--ckpt_path last --model.lr 0.02")
+    assert calls[1:] == ["scancel --signal=TERM 4242.0", "tasks stopped", "scontrol requeue 4242"]
 
 
 def run_gpu_checks(tmp_path: Path, cases: str, **env: str) -> tuple[subprocess.CompletedProcess, str, Path]:
