@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
@@ -242,7 +243,8 @@ class VideoClassificationModule(pl.LightningModule):
         source = getattr(self._trainer, "ckpt_path", None)
         check_checkpoint_matches(self, checkpoint, source, must_match=ARCHITECTURE_HPARAMS,
                                  effective=effective_hparams)
-        self._check_optimizer_groups(checkpoint, source)
+        if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:  # (a fit loads the optimiser;
+            self._check_optimizer_groups(checkpoint, source)  # validate, test, predict, load_from_checkpoint do not)
         self._saved_steps_per_epoch = checkpoint.get(STEPS_PER_EPOCH_KEY)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -258,7 +260,9 @@ class VideoClassificationModule(pl.LightningModule):
         in its own steps, away from the saved point in the schedule (on twice the GPUs, twice
         as far): the count is rescaled to this run's steps, so the schedule goes on from the
         same fraction of training. (``trainer.global_step``, and with it ``max_steps``, counts
-        on as before: optimiser steps taken.)"""
+        on as before: optimiser steps taken. So a schedule that ends at ``max_steps`` is already
+        at the same fraction: :meth:`configure_optimizers` keeps the saved steps per epoch for
+        it, and nothing is rescaled.)"""
         saved, current = self._saved_steps_per_epoch, self._steps_per_epoch
         self._saved_steps_per_epoch = None
         schedulers = self.trainer.lr_scheduler_configs
@@ -364,9 +368,27 @@ class VideoClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.SGD(self.parameter_groups(), lr=self.hparams.lr, momentum=self.hparams.momentum)
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        # estimated_stepping_batches has loaded the train loader, so this is known now.
-        steps_per_epoch = max(1, math.ceil(self.trainer.num_training_batches / self.trainer.accumulate_grad_batches))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the learning-rate schedule (cosine to the end of training) needs the training's length: "
+                             "set trainer.max_epochs or trainer.max_steps")
+        total_steps = int(total)
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            # max_steps without max_epochs: estimated_stepping_batches returned max_steps without
+            # loading the train loader, which the warm-up (in epochs) needs.
+            self.trainer.fit_loop.setup_data()
+            batches = self.trainer.num_training_batches
+        if not math.isfinite(batches):
+            if self.hparams.warmup_epochs:
+                raise ValueError("the warm-up is in epochs, and the train loader has no length (an iterable "
+                                 "dataset?): set model.warmup_epochs to 0")
+            batches = total_steps * self.trainer.accumulate_grad_batches  # (one epoch of max_steps; not used)
+        steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
+        if total_steps == self.trainer.max_steps and self._saved_steps_per_epoch:
+            # A schedule to max_steps is in optimiser steps, which global_step goes on counting:
+            # resumed, it stays the saved one (its warm-up included), whatever this run's epochs.
+            steps_per_epoch = self._saved_steps_per_epoch
         self._steps_per_epoch = steps_per_epoch
         warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
         log.info("lr schedule: %d warm-up steps, cosine to step %d", warmup_steps, total_steps)

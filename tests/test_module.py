@@ -6,7 +6,9 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from lightning_gsf.gsf import GSF
@@ -121,7 +123,8 @@ def test_warmup_per_epoch_is_the_release_schedule():
 def test_scheduler_warms_up_per_step_over_warmup_epochs():
     policy = _module(lr=0.04, warmup_epochs=2)
     # The few trainer attributes configure_optimizers reads: 5 epochs of 6 batches, accumulating 2.
-    policy._trainer = SimpleNamespace(estimated_stepping_batches=15, num_training_batches=6, accumulate_grad_batches=2)
+    policy._trainer = SimpleNamespace(estimated_stepping_batches=15, num_training_batches=6, accumulate_grad_batches=2,
+                                      max_steps=-1)
     config = policy.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
@@ -257,6 +260,11 @@ def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, d
     module = _module(decay_biases_and_norms=decay_biases_and_norms)
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
                   "optimizer_states": [{"state": {}, "param_groups": [{"params": []}] * saved_groups}]}
+    module.on_load_checkpoint(checkpoint)  # outside a fit (load_from_checkpoint): no optimiser is loaded
+    for fn in (TrainerFn.VALIDATING, TrainerFn.TESTING, TrainerFn.PREDICTING):  # nor to evaluate it
+        module._trainer = SimpleNamespace(state=SimpleNamespace(fn=fn), ckpt_path="x.ckpt")
+        module.on_load_checkpoint(checkpoint)
+    module._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path="x.ckpt")
     with pytest.raises(CheckpointMismatchError, match=rf"{saved_groups} parameter groups.*decay_biases_and_norms"):
         module.on_load_checkpoint(checkpoint)
     checkpoint["optimizer_states"][0]["param_groups"] = [{"params": []}] * len(module.parameter_groups())
@@ -320,3 +328,62 @@ def test_lightnings_sync_dist_advice_is_silenced_for_the_gathered_accuracies_onl
     advice = (f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging on epoch level in "
               "distributed setting to accumulate the metric across devices.")
     assert bool(re.match(GATHERED_METRICS_ADVICE, advice)) == silenced
+
+
+class _LabelledClips(torch.utils.data.Dataset):
+    """Twenty random clips with labels, for tiny Lightning fits."""
+
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, index: int) -> dict:
+        return {"clip": _clips(1, seed=index)[0], "labels": {"verb": index % 3, "noun": index % 4}, "index": index}
+
+
+class _LearningRates(pl.Callback):
+    """Records the learning rate of every optimiser step."""
+
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def _fit(module, *, callbacks=(), ckpt_path=None, **trainer_settings):
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0, callbacks=list(callbacks),
+                         **trainer_settings)
+    trainer.fit(module, torch.utils.data.DataLoader(_LabelledClips(), batch_size=2), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_a_run_of_max_steps_alone_schedules_to_them(tmp_path):
+    """max_steps without max_epochs (Lightning then leaves the train loader unloaded when it
+    estimates the steps): the warm-up takes its epochs of the loader, the cosine ends at
+    max_steps; without either length the schedule says what it needs."""
+    record = _LearningRates()
+    _fit(_module(temporal_module="none", lr=1.0, warmup_epochs=0.2), callbacks=[record], max_steps=7)
+    warmup = 2  # 0.2 of 10 steps an epoch
+    assert record.lrs == pytest.approx([warmup_cosine_factor(s, warmup, 7) for s in range(7)])
+    with pytest.raises(ValueError, match="set trainer.max_epochs or trainer.max_steps"):
+        _fit(_module(temporal_module="none"), max_epochs=-1)
+
+
+def test_a_schedule_to_max_steps_resumes_where_it_was_with_other_steps_per_epoch(tmp_path):
+    """Resumed with twice the accumulation (half the optimiser steps an epoch), a run that ends
+    at max_steps goes on with the learning rates of the uninterrupted run."""
+    class SaveAtStep(pl.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 10 and not (tmp_path / "step10.ckpt").exists():
+                trainer.save_checkpoint(tmp_path / "step10.ckpt")
+
+    uninterrupted = _LearningRates()
+    _fit(_module(temporal_module="none", lr=1.0, warmup_epochs=0.5), callbacks=[uninterrupted, SaveAtStep()],
+         max_steps=20, max_epochs=100)
+    resumed = _LearningRates()
+    trainer = _fit(_module(temporal_module="none", lr=1.0, warmup_epochs=0.5), callbacks=[resumed], max_steps=20,
+                   max_epochs=100, accumulate_grad_batches=2, ckpt_path=tmp_path / "step10.ckpt")
+    assert trainer.global_step == 20
+    assert resumed.lrs == pytest.approx(uninterrupted.lrs[10:])
+
