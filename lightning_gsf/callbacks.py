@@ -9,7 +9,8 @@
   most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
   already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks in
   training and raises ``SIGTERMException``; this callback adds the save, at that clean batch
-  boundary (a training batch, or with one process a validation batch of ``fit``: then the
+  boundary (a training batch that ends a gradient-accumulation window, or with one process
+  a validation batch of ``fit``: then the
   resumed run validates that epoch again, from its first batch), and under DDP holds a
   SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
 - :class:`ExactResume` saves every rank's global random state (dropout draws from
@@ -137,6 +138,10 @@ class PreemptionCheckpoint(pl.Callback):
     checkpoint callback, and ``trainer.checkpoint_callback`` (``ckpt_path="best"``) must stay
     the ``ModelCheckpoint``.
 
+    With gradient accumulation, a SIGTERM inside an accumulation window is held to the window's
+    last batch: the gradients of its earlier batches live in no checkpoint, and a run resumed
+    from its middle would step on part of a window.
+
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
 
@@ -155,6 +160,7 @@ class PreemptionCheckpoint(pl.Callback):
         self.filename = filename
         self._saving_mid_validation = False
         self._held_sigterm = False
+        self._held_for_accumulation = False
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the preemption checkpoint of ``trainer`` goes."""
@@ -166,6 +172,22 @@ class PreemptionCheckpoint(pl.Callback):
         else:
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}{self.FILE_EXTENSION}"
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        # Inside an accumulation window (no optimiser step after this batch) the gradients of
+        # its batches so far are in no checkpoint: hold the signal to the window's last batch.
+        # (Every rank's windows end at the same batch; Lightning checks the flag after this hook.)
+        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()
+        if accumulating and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False
+            self._held_for_accumulation = True
+        elif not accumulating and self._held_for_accumulation:
+            trainer._signal_connector.received_sigterm = True
+            self._held_for_accumulation = False
+            if trainer.is_global_zero:
+                log.warning("SIGTERM inside a gradient-accumulation window: stopping at its end, step %d",
+                            trainer.global_step)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:

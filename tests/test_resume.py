@@ -351,6 +351,45 @@ def test_sigterm_checkpoint_is_not_written_on_other_errors(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+class SignalAfterBatch(pl.Callback):
+    """Raise Lightning's SIGTERM flag during training batch ``batch`` of the first epoch (as the
+    signal handler does when a SIGTERM arrives while the batch runs)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            trainer._signal_connector.received_sigterm = True
+
+
+@pytest.mark.parametrize(("signalled_in_batch", "saved_at_step"), [(1, 1), (2, 2), (4, 3)])
+def test_sigterm_inside_an_accumulation_window_stops_at_its_end(tmp_path, signalled_in_batch, saved_at_step):
+    """With two batches accumulated per optimiser step, a SIGTERM in the window's first batch
+    stops after its second (the first's gradients are in no checkpoint): resumed, the run ends
+    with the weights of an uninterrupted one."""
+
+    def fit(*callbacks: pl.Callback, ckpt_path: Path | None = None) -> tuple[DropoutNet, pl.Trainer]:
+        torch.manual_seed(0)
+        model = DropoutNet()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=2, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             deterministic=True, default_root_dir=tmp_path,
+                             callbacks=[*callbacks, ExactResume(), PreemptionCheckpoint(dirpath=tmp_path)])
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return model, trainer
+
+    uninterrupted, _ = fit()
+    with pytest.raises(SystemExit):
+        fit(SignalAfterBatch(signalled_in_batch))
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == saved_at_step
+    resumed, trainer = fit(ckpt_path=tmp_path / "last.ckpt")
+    assert trainer.global_step == 6  # (3 steps an epoch: 6 batches, the last one steps alone)
+    for name, value in uninterrupted.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True)
