@@ -316,8 +316,10 @@ class ExactResume(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state, self._pending_loader_state = self._pending_loader_state, None
-        if state is not None and isinstance(trainer.train_dataloader, ResumableDataLoader):
-            trainer.train_dataloader.load_state_dict(state)
+        loader = trainer.train_dataloader
+        if state is not None and isinstance(loader, ResumableDataLoader):
+            loader.load_state_dict(state)
+            _count_batches_in_this_layout(trainer, loader)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -334,6 +336,24 @@ class ExactResume(pl.Callback):
             )
             return
         _set_random_state(states[trainer.global_rank])
+
+
+def _count_batches_in_this_layout(trainer: pl.Trainer, loader: ResumableDataLoader) -> None:
+    """Lightning ends an epoch when its count of this process's batches reaches the epoch's
+    length, and restores that count from the checkpoint. Resumed mid-epoch on more processes
+    (or a smaller batch), the saved count is of bigger shares and would end the epoch before the
+    rest of the data; on fewer, the data runs out first (which is right). The count becomes the
+    batches of this run's layout that the restored position stands for: the epoch's length less
+    the batches still to come."""
+    if trainer.num_training_batches != len(loader):  # (limit_train_batches: the epoch is the limit's)
+        return
+    progress = trainer.fit_loop.epoch_loop.batch_progress.current
+    done = len(loader) - loader.batches_to_come()
+    if done < 0 or done == progress.ready:
+        return
+    log.info("resumed mid-epoch in another layout of processes or batches: %d batches of this process's epoch of "
+             "%d count as done (the checkpoint counted %d)", done, len(loader), progress.ready)
+    progress.ready = progress.started = progress.processed = progress.completed = done
 
 
 # --- configuration mismatches ----------------------------------------------------------------

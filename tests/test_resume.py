@@ -160,6 +160,7 @@ def train(args: argparse.Namespace) -> None:
     )
     model = ValidatedDropoutNet() if args.validate else DropoutNet()
     trainer.fit(model, ckpt_path=args.ckpt_path)
+    torch.save(model.seen, f"{args.out}.seen{trainer.global_rank}")  # (every rank's samples)
     if trainer.is_global_zero:
         torch.save({"state_dict": model.state_dict(), "seen": model.seen, "step": trainer.global_step,
                     "validated": model.validated}, args.out)
@@ -225,6 +226,22 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     assert actual["seen"] == expected["seen"][seen_before_stop:]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_resumed_mid_epoch_on_more_processes_the_epoch_trains_every_remaining_sample(tmp_path):
+    """Stopped at step 2 of one process (8 of 23 samples), resumed on two: Lightning's restored
+    count of batches is of the one process's shares; the epoch must still run to the end of the
+    data, every remaining sample trained once (and one repeated to pad the shares)."""
+    ready = tmp_path / "ready"
+    preempted = _run(tmp_path, "preempted", "--max-epochs", "1", "--wait-at-step", "2", "--ready-file", str(ready))
+    _stop_when_ready(preempted, ready)
+    checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    _finish(_run(tmp_path, "preempted", "--max-epochs", "1", "--devices", "2", "--ckpt-path", str(checkpoint_path)))
+    seen = [torch.load(tmp_path / f"preempted.pt.seen{rank}", weights_only=True) for rank in (0, 1)]
+    order = ResumableDistributedSampler(FixedVectors(), seed=7, num_replicas=1, rank=0).epoch_order()
+    remaining = order[2 * BATCH_SIZE:]  # 15 samples, padded with the order's first to 16
+    assert sorted(seen[0] + seen[1]) == sorted(remaining + order[:1])
+    assert (seen[0], seen[1]) == ((remaining + order[:1])[0::2], (remaining + order[:1])[1::2])
 
 
 def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120) -> str:

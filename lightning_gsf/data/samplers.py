@@ -268,3 +268,11 @@ class ResumableDataLoader(DataLoader):
         """Resume the sampler; the next iteration yields the rest of the saved epoch."""
         self.sampler.load_state_dict(state["sampler"])
         self._batches_handed_out = 0
+
+    def batches_to_come(self) -> int:
+        """The batches the next iteration yields to this process: the rest of a restored
+        epoch (from the sampler's position, in this run's layout of processes), else an epoch."""
+        assert self.batch_size is not None
+        sampler = self.sampler
+        samples = len(sampler._remaining_global(sampler.position)[sampler.rank :: sampler.num_replicas])
+        return samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
