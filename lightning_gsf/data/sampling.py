@@ -102,9 +102,11 @@ def multi_clip_indices(start: int, stop: int, num_segments: int, num_clips: int)
     One clip is the centre frame of each part (``eval_indices``). With ``K >= 2`` clips, clip
     ``k`` takes, in part ``i``, the frame at relative position ``k / K``:
     ``start + floor((i + k / K) * n / T)``; for two clips the start and the middle of each part,
-    the original release's ``int(tick * i)`` and ``int(tick * i + tick / 2)`` with ``tick = n / T``
-    (computed exactly here, in integers). The clips interleave and later clips sit later in
-    every part.
+    the original release's ``int(tick * i)`` and ``int(tick * i + tick / 2)`` with ``tick = n / T``,
+    computed exactly here, in integers. (The release's floating point can land one frame early
+    where the exact value is a whole number: for some n at T = 7, 10, 12 or 24; at the configs'
+    T = 8 and 16 the two agree for every n up to 1999.) The clips interleave and later clips sit
+    later in every part.
     """
     num_frames = _check_range(start, stop, num_segments)
     if num_clips < 1:
