@@ -383,7 +383,7 @@ class VideoClassificationModule(pl.LightningModule):
             if self.hparams.warmup_epochs:
                 raise ValueError("the warm-up is in epochs, and the train loader has no length (an iterable "
                                  "dataset?): set model.warmup_epochs to 0")
-            batches = total_steps * self.trainer.accumulate_grad_batches  # (one epoch of max_steps; not used)
+            batches = total_steps * self.trainer.accumulate_grad_batches  # (the run as one epoch; no warm-up)
         steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
         if total_steps == self.trainer.max_steps and self._saved_steps_per_epoch:
             # A schedule to max_steps is in optimiser steps, which global_step goes on counting:
