@@ -121,6 +121,9 @@ class BenchmarkConfig:
         unknown = set(self.temporal_modules) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown temporal modules {sorted(unknown)}; expected some of {VARIANTS}")
+        repeated = sorted({m for m in self.temporal_modules if self.temporal_modules.count(m) > 1})
+        if repeated:  # (rows are keyed by name: one model would be measured and shown twice)
+            raise ValueError(f"temporal modules {repeated} listed twice; for a second TSN, use none_control")
         if self.dtype not in ("float32", "bf16"):
             raise ValueError(f"dtype must be float32 or bf16, got {self.dtype!r}")
         if self.timer not in TIMERS:
@@ -440,8 +443,11 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
 def run_benchmark(config: BenchmarkConfig) -> list[dict[str, object]]:
     """Every backbone's rows. ``config.malloc == "retain"`` first keeps freed CPU memory in the
     process (:mod:`lightning_gsf.host_memory`), for the rest of the process; the rows say
-    which mode was in effect."""
+    which mode was in effect. ``config.threads``, if given, sets torch's thread count, also for
+    the rest of the process."""
     malloc = "retain" if host_memory.configure(config.malloc) else "default"
+    if config.threads is not None:  # (for the process timer's one thread, set for callers of this function too)
+        torch.set_num_threads(config.threads)
     with _room_for_every_compiled_model(config), _cuda_graphs_or_error(config):
         return [row for backbone in config.backbones for row in benchmark_backbone(backbone, config, malloc)]
 
@@ -557,8 +563,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         threads=args.threads, timer=args.timer, seed=args.seed,
         malloc=args.malloc or host_memory.mode_from_environment(),
     )
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
     if torch.device(config.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training; the warm-up rounds pick the kernels
     rows = run_benchmark(config)

@@ -94,6 +94,16 @@ def test_the_process_timer_takes_one_thread():
     assert benchmark.BenchmarkConfig(timer="process", threads=1).timer == "process"
 
 
+def test_run_benchmark_sets_the_thread_count_it_is_given(monkeypatch):
+    """Not only the command line: a caller of run_benchmark gets the one thread that the
+    process timer's figures assume."""
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    monkeypatch.setattr(benchmark, "benchmark_backbone", lambda backbone, config, malloc: [])
+    benchmark.run_benchmark(benchmark.BenchmarkConfig(timer="process", threads=1, malloc="default"))
+    assert set_to == [1]
+
+
 def test_autocast_weight_copies_are_not_activations():
     """In bf16 the convolutions save autocast's bf16 copies of their weights: parameter
     memory, the same for every variant, left out of the activations (TSN's ResNet-18 saved
@@ -218,6 +228,7 @@ def test_activation_bytes_count_each_storage_once():
 @pytest.mark.parametrize(
     "field,value,message",
     [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
+     ("temporal_modules", ("gsf", "tsm", "gsf"), r"temporal modules \['gsf'\] listed twice; .* none_control"),
      ("repeats", 0, ">= 1"), ("malloc", "tcmalloc", "malloc must be one of"),
      ("compile_mode", "fastest", "compile_mode must be one of"), ("compile_mode", "reduce-overhead", "needs compile")],
 )
