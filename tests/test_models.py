@@ -480,15 +480,46 @@ def test_imagenet_weights_load_after_insertion_too() -> None:
     assert result.missing_keys and all(".gsf." in key for key in result.missing_keys)
 
 
-def test_caffe_converted_bninception_weights_load(tmp_path) -> None:
-    # The widely shared BNInception file stores BN vectors as (1, C) and keeps its classifier.
-    source = build_backbone("bninception", temporal_module="none")
-    state = {k: (v.unsqueeze(0) if "_bn." in k and v.dim() == 1 else v) for k, v in source.state_dict().items()}
+@pytest.mark.parametrize("backbone", ["bninception", "inception_v3_tf"])
+def test_caffe_and_tensorflow_converted_inception_weights_load(tmp_path, backbone) -> None:
+    # The widely shared BNInception and InceptionV3 files (2017, before PyTorch 0.4.1) store BN
+    # vectors as (1, C), keep their classifier and have no num_batches_tracked.
+    source = build_backbone(backbone, temporal_module="none")
+    for module in source.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.5, 2.0)
+    state = {k: (v.unsqueeze(0) if "_bn" in k and v.dim() == 1 else v) for k, v in source.state_dict().items()
+             if not k.endswith(".num_batches_tracked")}
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 1024), torch.zeros(1000)
-    path = tmp_path / "bn_inception.pth"
+    path = tmp_path / f"{backbone}.pth"
     torch.save(state, path)
-    net = build_backbone("bninception", temporal_module="gsf", num_segments=2, weights=path)
-    torch.testing.assert_close(net.inception_5b_1x1_bn.running_var, source.inception_5b_1x1_bn.running_var)
+    net = build_backbone(backbone, temporal_module="gsf", num_segments=2, weights=path)
+    own = net.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.endswith(".num_batches_tracked"):
+            torch.testing.assert_close(own[key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", b"PK\x03\x04 truncated zip"])
+def test_an_unreadable_pretrained_file_is_named(tmp_path, content) -> None:
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^{path}: not a readable weights file"):
+        build_backbone("resnet18", temporal_module="none", weights=path)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        build_backbone("resnet18", temporal_module="none", weights=tmp_path)
+
+
+def test_torchvision_weights_that_cannot_be_fetched_say_where_the_file_goes(monkeypatch) -> None:
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+    def offline(*args, **kwargs):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(type(weights), "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match=r"ResNet18_Weights.IMAGENET1K_V1 could not be loaded .*offline, put "
+                                           r"resnet18-f37072fd.pth in .*checkpoints"):
+        weights_module.fetch_torchvision_weights(weights)
 
 
 def test_a_wrong_pretrained_file_is_rejected_with_the_keys(tmp_path) -> None:

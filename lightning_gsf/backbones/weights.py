@@ -10,6 +10,7 @@ the backbone, and every layer of the backbone must be covered, so a wrong file f
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Mapping
 from collections.abc import Set
 from pathlib import Path
@@ -53,19 +54,30 @@ def resolve_torchvision_weights(backbone: str, name: str) -> WeightsEnum:
     try:
         return enum[name]
     except KeyError:
-        choices = ["DEFAULT", *enum.__members__]
+        choices = list(dict.fromkeys(["DEFAULT", *enum.__members__]))
         raise ValueError(f"unknown {builder} weights {name!r}; expected a file or one of {choices}") from None
 
 
 def fetch_torchvision_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     """Download (or read from torch's hub cache) and hash-check torchvision weights."""
     log.info("loading torchvision weights %s", weights)
-    return weights.get_state_dict(progress=True, check_hash=True)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # no network, a corrupt cache file
+        raise RuntimeError(
+            f"torchvision weights {weights} could not be loaded ({type(error).__name__}: {error}); offline, put "
+            f"{weights.url.rsplit('/', 1)[-1]} in {Path(torch.hub.get_dir()) / 'checkpoints'} (a corrupt one there: "
+            f"delete it), or pass pretrained= a local file"
+        ) from error
 
 
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict saved with ``torch.save``, bare or under a ``state_dict`` entry."""
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # truncated, not a torch file, or objects
+        raise ValueError(f"{path}: not a readable weights file, truncated or corrupt? ({type(error).__name__}: "
+                         f"{error})") from None
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
@@ -75,9 +87,11 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 def pretrained_state_dict(backbone: str, pretrained: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """The state dict that ``pretrained`` names, and a description of where it came from."""
-    path = Path(pretrained)
+    path = Path(pretrained).expanduser()
     if path.is_file():
         return read_state_dict_file(path), str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"pretrained weights {path} is a folder; expected a weights file in it")
     if path.suffix in {".pth", ".pt", ".ckpt", ".bin"} or len(path.parts) > 1:
         raise FileNotFoundError(f"pretrained weights file {path} does not exist")
     weights = resolve_torchvision_weights(backbone, str(pretrained))
@@ -104,7 +118,10 @@ def load_imagenet_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
         if key in own and value.dim() == own[key].dim() + 1 and value.shape[0] == 1:
             value = value.squeeze(0)  # the Caffe conversion stores BN vectors as (1, C)
         loaded[key] = value
-    problems = describe_state_dict_mismatch(loaded, own, required=set(own) - temporal_module_keys(backbone))
+    # (files saved before PyTorch 0.4.1, such as the Caffe- and TensorFlow-converted Inception
+    # weights, have no num_batches_tracked: the batch norms keep their own count, as PyTorch's load)
+    required = {key for key in set(own) - temporal_module_keys(backbone) if not key.endswith(".num_batches_tracked")}
+    problems = describe_state_dict_mismatch(loaded, own, required=required)
     if problems:
         raise ValueError(f"{source} does not fit the backbone: {problems}")
     backbone.load_state_dict(loaded, strict=False)
