@@ -351,30 +351,36 @@ def release_entries(checkpoint: Mapping[str, Any], state: StateDict, backbone: s
     """The dict the release's ``main.py`` saves (``save_checkpoint``), in its order, for the
     Lightning ``checkpoint`` whose exported tensors are ``state``:
 
-    - ``epoch``: the epochs trained, as the release counts them after each epoch (the fit
-      loop's epochs whose training steps all ran: ``processed``, which Lightning counts as
-      ``completed`` only after the checkpoint of the epoch's end; 0 for a checkpoint never
-      trained here, such as an import);
+    - ``epoch``: the epochs trained, as the release counts them after each epoch: the
+      checkpoint's epoch index, plus one where that epoch's last training batch has run (an
+      end-of-epoch or end-of-validation checkpoint; Lightning's own epoch counters are
+      incremented at different points of the epoch's end); 0 for a checkpoint never trained
+      here, such as an import;
     - ``arch``: the release's ``--arch`` for ``backbone``;
     - ``scaler_state_dict``: the run's gradient scaler (16-bit mixed precision), else a new
       scaler's;
-    - ``best_prec1`` and ``current_prec1``: the monitored checkpoint's best and latest
-      validation top-1 (percent) where the model has one head, whose top-1 it is; else 0, the
-      release's value before any validation;
+    - ``best_prec1`` and ``current_prec1``: the best and the latest validation top-1
+      (percent) of the checkpoints monitoring it (the best of them all; the latest of the first,
+      gsf's own), where the model has one head, whose top-1 it is; else 0, the release's value
+      before any validation;
     - ``lr``: the last parameter group's learning rate in the optimizer's state, else None.
     """
-    epochs = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    trained = "state_dict" in fit_loop  # (an import has no loops)
+    last_batch_ran = bool((fit_loop.get("epoch_loop.batch_progress") or {}).get("is_last_batch"))
+    epochs = int(checkpoint.get("epoch", 0)) + last_batch_ran if trained else 0
     scaler = checkpoint.get("MixedPrecision")  # (Lightning's key for its precision plugin's scaler)
     best, current = 0.0, 0.0
     if single_head:
-        for callback_state in (checkpoint.get("callbacks") or {}).values():
-            if isinstance(callback_state, Mapping) and callback_state.get("monitor") == f"val/{HEADLINE_METRIC}":
-                best = _as_float(callback_state.get("best_model_score"), best)
-                current = _as_float(callback_state.get("current_score"), current)
+        monitors = [state for state in (checkpoint.get("callbacks") or {}).values()
+                    if isinstance(state, Mapping) and state.get("monitor") == f"val/{HEADLINE_METRIC}"]
+        bests = [_as_float(state.get("best_model_score"), None) for state in monitors]
+        best = max((value for value in bests if value is not None), default=0.0)
+        current = _as_float(monitors[0].get("current_score"), 0.0) if monitors else 0.0
     optimizers = checkpoint.get("optimizer_states") or [{}]
     groups = optimizers[0].get("param_groups") or [{}]
     return {
-        "epoch": int((epochs.get("current") or {}).get("processed", 0)),
+        "epoch": epochs,
         "arch": RELEASE_ARCH[backbone],
         "model_state_dict": state,
         "scaler_state_dict": dict(scaler) if isinstance(scaler, Mapping) and "scale" in scaler
@@ -385,7 +391,7 @@ def release_entries(checkpoint: Mapping[str, Any], state: StateDict, backbone: s
     }
 
 
-def _as_float(value: Any, default: float) -> float:
+def _as_float(value: Any, default: float | None) -> float | None:
     """A checkpoint callback's score (a tensor, or None before any) as a float."""
     if value is None:
         return default

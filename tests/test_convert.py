@@ -500,7 +500,13 @@ def test_export_of_a_gsf_fit_holds_what_the_release_resumes_from(tmp_path: Path,
     from media_writers import fit_tiny_synthetic_epic
 
     monkeypatch.setattr(sys, "argv", ["gsf"])
-    last = fit_tiny_synthetic_epic(tmp_path) / "checkpoints" / "last.ckpt"
+    # (validation every second epoch: the best checkpoint is written at the validation's end,
+    # where Lightning's epoch counters stand otherwise than at the epoch's end)
+    checkpoints = fit_tiny_synthetic_epic(tmp_path, "--trainer.check_val_every_n_epoch=2") / "checkpoints"
+    last = checkpoints / "last.ckpt"
+    (best,) = checkpoints.glob("best-*.ckpt")
+    export_original(best, tmp_path / "best.pth.tar", head="verb")
+    assert _resume_as_the_release_does(tmp_path / "best.pth.tar") == (2, 0.0)  # both written after epoch 2
     exported = tmp_path / "verb.pth.tar"
     export_original(last, exported, head="verb")
     written = torch.load(exported, map_location="cpu", weights_only=True)
@@ -514,6 +520,14 @@ def test_export_of_a_gsf_fit_holds_what_the_release_resumes_from(tmp_path: Path,
     # With one head the monitored top-1 is that head's, the release's prec1.
     (monitored,) = [state for key, state in checkpoint["callbacks"].items() if "val/accuracy_at_1" in key]
     entries = release_entries(checkpoint, written["model_state_dict"], "resnet18", single_head=True)
+    assert entries["best_prec1"] == monitored["best_model_score"].item()
+    assert entries["current_prec1"] == monitored["current_score"].item()
+    # A second monitor added by the user (saving less often, with older scores) changes neither.
+    callbacks = {**checkpoint["callbacks"],
+                 "ModelCheckpoint{'every_n_epochs': 10}": {"monitor": "val/accuracy_at_1",
+                                                            "best_model_score": torch.tensor(-1.0),
+                                                            "current_score": torch.tensor(-1.0)}}
+    entries = release_entries({**checkpoint, "callbacks": callbacks}, {}, "resnet18", single_head=True)
     assert entries["best_prec1"] == monitored["best_model_score"].item()
     assert entries["current_prec1"] == monitored["current_score"].item()
     # A 16-bit mixed-precision run's scaler goes with it.
