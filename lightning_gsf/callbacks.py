@@ -138,9 +138,10 @@ class PreemptionCheckpoint(pl.Callback):
     checkpoint callback, and ``trainer.checkpoint_callback`` (``ckpt_path="best"``) must stay
     the ``ModelCheckpoint``.
 
-    With gradient accumulation, a SIGTERM inside an accumulation window is held to the window's
-    last batch: the gradients of its earlier batches live in no checkpoint, and a run resumed
-    from its middle would step on part of a window.
+    With gradient accumulation, a SIGTERM inside an accumulation window (in a training batch,
+    or in a validation that ``val_check_interval`` puts between two of its batches) is held to
+    the window's last batch: the gradients of its earlier batches live in no checkpoint, and a
+    run resumed from its middle would step on part of a window.
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
@@ -178,7 +179,7 @@ class PreemptionCheckpoint(pl.Callback):
         # Inside an accumulation window (no optimiser step after this batch) the gradients of
         # its batches so far are in no checkpoint: hold the signal to the window's last batch.
         # (Every rank's windows end at the same batch; Lightning checks the flag after this hook.)
-        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()
+        accumulating = _inside_accumulation_window(trainer)
         if accumulating and trainer.received_sigterm:
             trainer._signal_connector.received_sigterm = False
             self._held_for_accumulation = True
@@ -191,20 +192,31 @@ class PreemptionCheckpoint(pl.Callback):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if _holds_sigterm_in_validation(trainer) and trainer.received_sigterm:
+        if (_holds_sigterm_in_validation(trainer) or _inside_accumulation_window(trainer)) and trainer.received_sigterm:
             # (Lightning's flag, which its evaluation loop checks right after this hook)
             trainer._signal_connector.received_sigterm = False
             self._held_sigterm = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not _holds_sigterm_in_validation(trainer):
+        if _holds_sigterm_in_validation(trainer):
+            received = trainer.strategy.reduce_boolean_decision(self._held_sigterm or trainer.received_sigterm,
+                                                                all=False)
+        elif _inside_accumulation_window(trainer):
+            received = self._held_sigterm or trainer.received_sigterm
+        else:
             return
-        received = trainer.strategy.reduce_boolean_decision(self._held_sigterm or trainer.received_sigterm, all=False)
         self._held_sigterm = False
-        if received:
+        if not received:
+            return
+        if _inside_accumulation_window(trainer):  # (a validation between two batches of a window)
+            trainer._signal_connector.received_sigterm = False
+            self._held_for_accumulation = True
+            message = "stopping at the end of the gradient-accumulation window it is in"
+        else:
             trainer._signal_connector.received_sigterm = True
-            if trainer.is_global_zero:
-                log.warning("SIGTERM during validation: validation finished; stopping at the next training batch")
+            message = "stopping at the next training batch"
+        if trainer.is_global_zero:
+            log.warning("SIGTERM during validation: validation finished; %s", message)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -234,6 +246,12 @@ class PreemptionCheckpoint(pl.Callback):
                 path,
                 path,
             )
+
+
+def _inside_accumulation_window(trainer: pl.Trainer) -> bool:
+    """Whether ``fit``'s last training batch left its gradient-accumulation window open (no
+    optimiser step after it), so that stopping now would lose the window's gradients."""
+    return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop._should_accumulate()
 
 
 def _holds_sigterm_in_validation(trainer: pl.Trainer) -> bool:
@@ -346,6 +364,8 @@ def _count_batches_in_this_layout(trainer: pl.Trainer, loader: ResumableDataLoad
     batches of this run's layout that the restored position stands for: the epoch's length less
     the batches still to come."""
     if trainer.num_training_batches != len(loader):  # (limit_train_batches: the epoch is the limit's)
+        return
+    if not 0 < loader.sampler.position < len(loader.sampler.dataset):  # (an epoch's start or end: Lightning's)
         return
     progress = trainer.fit_loop.epoch_loop.batch_progress.current
     done = len(loader) - loader.batches_to_come()

@@ -407,6 +407,45 @@ def test_sigterm_inside_an_accumulation_window_stops_at_its_end(tmp_path, signal
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
+class SignalInValidationBatch(pl.Callback):
+    """Raise Lightning's SIGTERM flag in the first validation's batch ``batch`` of a fit."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch, self.done = batch, False
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and not self.done and batch_idx == self.batch:
+            self.done = True
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_sigterm_in_a_validation_inside_an_accumulation_window_stops_at_its_end(tmp_path):
+    """val_check_interval=3 with two batches a window validates after the first batch of the
+    second window: a SIGTERM there is held through the validation to the window's end (step 2),
+    and the resumed run ends with the uninterrupted weights."""
+
+    def fit(*callbacks: pl.Callback, ckpt_path: Path | None = None) -> tuple[DropoutNet, pl.Trainer]:
+        torch.manual_seed(0)
+        model = ValidatedDropoutNet()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, accumulate_grad_batches=2, val_check_interval=3,
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, deterministic=True, default_root_dir=tmp_path,
+                             num_sanity_val_steps=0,
+                             callbacks=[*callbacks, ExactResume(), PreemptionCheckpoint(dirpath=tmp_path)])
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return model, trainer
+
+    uninterrupted, _ = fit()
+    with pytest.raises(SystemExit):
+        fit(SignalInValidationBatch(0))
+    saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 2
+    resumed, trainer = fit(ckpt_path=tmp_path / "last.ckpt")
+    assert trainer.global_step == 6
+    for name, value in uninterrupted.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+
+
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True)
