@@ -201,15 +201,15 @@ class Kinetics400DataModule(WholeVideoDataModule):
         if self.class_names_file is not None:
             path = self.annotations_dir / self.class_names_file
             names = read_label_map(path)
-        else:
-            path = self.annotations_dir / self.split_files["train"]
-            clips = read_csv(path, labelled=True)
-            names = sorted({clip.label for clip in clips if clip.label is not None})
-            if len(names) != KINETICS400_NUM_CLASSES:
-                raise AnnotationError(f"{path}: {len(names)} labels, where Kinetics-400 has {KINETICS400_NUM_CLASSES} "
-                                      f"classes; the rarest: {_rarest_labels(clips)}; a misspelled or missing label? "
-                                      f"(or give class_names_file, label_map_k400.txt)")
-        check_class_count(len(names), KINETICS400_NUM_CLASSES, path, "Kinetics-400")
+            check_class_count(len(names), KINETICS400_NUM_CLASSES, path, "Kinetics-400")
+            return names
+        path = self.annotations_dir / self.split_files["train"]
+        clips = read_csv(path, labelled=True)
+        names = sorted({clip.label for clip in clips if clip.label is not None})
+        if len(names) != KINETICS400_NUM_CLASSES:  # (check_class_count's check, naming the rows to look at)
+            raise AnnotationError(f"{path}: {len(names)} labels, where Kinetics-400 has {KINETICS400_NUM_CLASSES} "
+                                  f"classes; the rarest: {_rarest_labels(clips)}; a misspelled or missing label? "
+                                  f"(or give class_names_file, label_map_k400.txt)")
         return names
 
     @cached_property
