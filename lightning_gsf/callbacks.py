@@ -46,6 +46,7 @@ from torch import nn
 
 from lightning_gsf.atomic_files import atomic_file
 from lightning_gsf.data.samplers import ResumableDataLoader
+from lightning_gsf.fit_loop import install_step_limited_resume
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,9 @@ class ExactResume(pl.Callback):
       restored and never loads the saved state; Lightning-AI/pytorch-lightning#20550), which a
       per-step schedule does. This callback applies it at ``on_train_start``, before the first
       batch is drawn; where Lightning did restore it, loading the same state again changes nothing.
+    - **A run limited by ``max_steps``** is resumed as one limited by epochs
+      (:mod:`lightning_gsf.fit_loop`): Lightning 2.6 trains one batch or none of the epoch after
+      an end-of-epoch checkpoint, and counts an epoch cut short by ``max_steps`` twice.
     """
 
     def __init__(self) -> None:
@@ -325,6 +329,8 @@ class ExactResume(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # state_dict() gets no trainer, but must read the loader's position.
         self._trainer = trainer
+        if stage == TrainerFn.FITTING:
+            install_step_limited_resume(trainer)  # before the checkpoint's loop state is loaded
 
     @property
     def _loader_state(self) -> dict[str, Any] | None:

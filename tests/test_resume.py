@@ -446,6 +446,51 @@ def test_sigterm_in_a_validation_inside_an_accumulation_window_stops_at_its_end(
         assert torch.equal(resumed.state_dict()[name], value), name
 
 
+class RecordBatches(pl.Callback):
+    """Record (epoch, batch index) of every training batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches.append((trainer.current_epoch, batch_idx))
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["no-validation", "validation"])
+@pytest.mark.parametrize(
+    ("first_run", "stopped_at_step"),
+    [
+        ({"max_epochs": 2, "max_steps": 100}, 12),  # the end of a fit limited by epochs
+        ({"max_epochs": 3, "max_steps": 12}, 12),  # max_steps at an epoch's last batch
+        ({"max_epochs": 3, "max_steps": 9}, 9),  # max_steps in the middle of the second epoch
+    ],
+    ids=["epochs", "steps-at-epoch-end", "steps-mid-epoch"],
+)
+def test_a_run_limited_by_max_steps_resumes_every_remaining_batch(tmp_path, first_run, stopped_at_step, validate):
+    """Resumed from ``last.ckpt`` with ``max_steps`` set, a run trains the batches an
+    uninterrupted one trains after that point, in the same epochs (Lightning 2.6 alone trains
+    one batch or none of the next epoch, or counts an epoch cut by ``max_steps`` twice;
+    ``lightning_gsf.fit_loop``)."""
+
+    def fit(name: str, max_epochs: int, max_steps: int, ckpt_path: Path | None = None) -> tuple[DropoutNet, RecordBatches]:
+        torch.manual_seed(0)
+        model, record = (ValidatedDropoutNet() if validate else DropoutNet()), RecordBatches()
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_last=True, save_top_k=0)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, max_steps=max_steps, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                             callbacks=[record, checkpoint, ExactResume()])
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return model, record
+
+    uninterrupted, all_batches = fit("uninterrupted", max_epochs=3, max_steps=100)
+    assert len(all_batches.batches) == 18  # (3 epochs of 6 batches)
+    fit("stopped", **first_run)
+    resumed, rest = fit("resumed", max_epochs=3, max_steps=100, ckpt_path=tmp_path / "stopped" / "last.ckpt")
+    assert rest.batches == all_batches.batches[stopped_at_step:]
+    epochs, batches = divmod(stopped_at_step, 6)
+    assert resumed.seen == uninterrupted.seen[epochs * DATASET_SIZE + batches * BATCH_SIZE :]
+
+
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True)
