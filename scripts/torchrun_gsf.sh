@@ -2,6 +2,8 @@
 # Train GSF with DDP under torchrun (no SLURM): NPROC processes on this node, NNODES nodes.
 #
 #   scripts/torchrun_gsf.sh configs/epic100/gsf_resnet50.yaml                # all GPUs of this node
+#   # the configs' lr is for 32 clips a step, batch_size is per process: on 8 GPUs keep it with
+#   scripts/torchrun_gsf.sh configs/epic100/gsf_resnet50.yaml --data.init_args.batch_size 4
 #   NPROC=4 scripts/torchrun_gsf.sh configs/ssv2/gsf_resnet50_8f.yaml --trainer.max_epochs 1
 #   # two nodes: run on each, with the same MASTER_ADDR and NODE_RANK 0 / 1
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 scripts/torchrun_gsf.sh CONFIG.yaml

@@ -77,3 +77,22 @@ def test_real_dataset_configs_state_the_release_recipe(config):
     for section, values in RELEASE_RECIPE.items():
         for key, value in values.items():
             assert stated[section].get(key) == value, f"{config}: {section}.{key}"
+
+
+@pytest.mark.parametrize("config", REAL_DATASET_CONFIGS, ids=lambda p: p.relative_to(REPO_ROOT / "configs").as_posix())
+def test_real_dataset_configs_train_with_the_release_global_batch_and_shapes(config):
+    """The recipe's lr is for 32 clips a step: one process, no accumulation (a user scales from
+    there). The paper's channel ratio per backbone, the release's crop sizes, the frames the
+    file's name says, and the precision docs/training.md states (the release used float16 AMP)."""
+    source = yaml.safe_load(config.read_text())
+    model, trainer, data = source["model"], source["trainer"], source["data"]["init_args"]
+    name = config.stem
+    processes = trainer.get("devices") * trainer.get("num_nodes", 1) * trainer.get("accumulate_grad_batches", 1)
+    assert data["batch_size"] * processes == 32, name
+    assert trainer["precision"] == "bf16-mixed"
+    if model["temporal_module"] == "gsf":
+        assert model["gsf_ratio"] == (0.25 if model["backbone"].startswith("resnet") else 1.0), name
+    sizes = (229, 261) if model["backbone"].startswith("inception_v3") else (224, 256)
+    assert (data["input_size"], data["resize_size"]) == sizes, name
+    frames = {"8f": 8, "16f": 16}.get(name.rsplit("_", 1)[-1], 8)  # (EPIC's names carry no count: 8)
+    assert data["num_segments"] == frames, name

@@ -171,6 +171,13 @@ def test_class_lists_of_other_than_400_classes_are_refused(tmp_path: Path, k400_
         datamodule.num_classes
 
 
+def test_without_a_label_map_a_missing_train_csv_says_what_to_give(tmp_path: Path, k400_dir: Path) -> None:
+    """Even ``gsf validate`` needs the class list; without a label map it comes from the train CSV."""
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, class_names_file=None)
+    with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv: not found; .*class_names_file \(label_map_k400.txt\)"):
+        datamodule.num_classes
+
+
 def _remove_one_train_video(tmp_path: Path) -> str:
     missing = tmp_path / "kinetics400" / "train" / "air drumming" / "--nQbRBEz2s_000104_000114.mp4"
     missing.unlink()

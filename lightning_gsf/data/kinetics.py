@@ -204,6 +204,10 @@ class Kinetics400DataModule(WholeVideoDataModule):
             check_class_count(len(names), KINETICS400_NUM_CLASSES, path, "Kinetics-400")
             return names
         path = self.annotations_dir / self.split_files["train"]
+        if not path.is_file():
+            raise AnnotationError(f"{path}: not found; with class_names_file null the class list is the train split's "
+                                  f"labels (even to validate, test or predict): give that file, or class_names_file "
+                                  f"(label_map_k400.txt)")
         clips = read_csv(path, labelled=True)
         names = sorted({clip.label for clip in clips if clip.label is not None})
         if len(names) != KINETICS400_NUM_CLASSES:  # (check_class_count's check, naming the rows to look at)
