@@ -267,13 +267,31 @@ PIL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("image", ["noise", "smooth"])
+def narrow_clip() -> torch.Tensor:
+    """The smooth frame squeezed into another narrow range per channel (a dim, tinted frame):
+    AutoContrast and Equalize change it, unlike frames that span 0-255 in every channel."""
+    low, span = torch.tensor([40.0, 90.0, 3.0]).view(1, 3, 1, 1), torch.tensor([97.0, 60.0, 201.0]).view(1, 3, 1, 1)
+    return (low + smooth_clip().float() * span / 255).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("image", ["noise", "smooth", "narrow"])
 @pytest.mark.parametrize(("name", "argument", "pil_op", "tolerance"), PIL_CASES)
 def test_pixel_op_matches_pil(name: str, argument: object, pil_op, tolerance: int, image: str) -> None:
-    frame = random_clip(1, seed=7) if image == "noise" else smooth_clip()
+    frame = {"noise": lambda: random_clip(1, seed=7), "smooth": smooth_clip, "narrow": narrow_clip}[image]()
     ours = apply_op(name, frame, argument)
     theirs = from_pil(pil_op(to_pil(frame)))
     assert int(abs_diff(ours, theirs).max()) <= tolerance
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_auto_contrast_is_pil_on_any_range(seed: int) -> None:
+    """Random per-channel ranges, flat channels included: PIL's table to the level."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.randint(0, 256, (3,), generator=generator)
+    high = torch.minimum(low + torch.randint(0, 120, (3,), generator=generator), torch.tensor(255))
+    frame = (low.view(1, 3, 1, 1) + torch.rand(1, 3, 20, 24, generator=generator) * (high - low + 1).view(1, 3, 1, 1))
+    frame = frame.floor().clamp(max=255).to(torch.uint8)
+    assert torch.equal(apply_op("AutoContrast", frame, None), from_pil(ImageOps.autocontrast(to_pil(frame))))
 
 
 def test_posterize_zero_bits_is_black() -> None:

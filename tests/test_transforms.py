@@ -204,7 +204,8 @@ def test_one_eval_crop_resizes_the_short_side() -> None:
     ("height", "width", "expected_slices"),
     [
         # The release's GroupFullResSample: steps of (side - crop) // 4, crops at 0, 2 and 4 steps
-        # along the long side, 2 steps along the short side (48 x 70: steps 2 and 7).
+        # along the width, 2 steps along the height (48 x 70: steps 2 and 7). On portrait frames
+        # ours step along the height instead (the release's would step along the width).
         (48, 70, [(slice(4, 44), slice(0, 40)), (slice(4, 44), slice(14, 54)), (slice(4, 44), slice(28, 68))]),
         (70, 48, [(slice(0, 40), slice(4, 44)), (slice(14, 54), slice(4, 44)), (slice(28, 68), slice(4, 44))]),
         (48, 48, [(slice(4, 44), slice(0, 40)), (slice(4, 44), slice(4, 44)), (slice(4, 44), slice(8, 48))]),
@@ -248,11 +249,24 @@ def test_invalid_arguments(make) -> None:
         make()
 
 
-def test_clip_must_have_four_dims() -> None:
-    with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
-        EvalClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8))
-    with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):
-        TrainClipTransform()(torch.zeros(3, 64, 64, dtype=torch.uint8), _generator(0))
+@pytest.mark.parametrize(
+    "clip",
+    [
+        torch.zeros(3, 64, 64, dtype=torch.uint8),  # no time axis
+        torch.zeros(4, 64, 80, 3, dtype=torch.uint8),  # channels last
+        torch.zeros(4, 1, 64, 80, dtype=torch.uint8),  # grey
+        torch.zeros(4, 4, 64, 80, dtype=torch.uint8),  # RGBA
+        torch.zeros(4, 3, 64, 80),  # float: the model would take it as normalised already
+    ],
+    ids=["3d", "channels-last", "grey", "rgba", "float"],
+)
+@pytest.mark.parametrize("randaugment", [False, True])
+def test_clips_must_be_uint8_rgb_t_c_h_w(clip: torch.Tensor, randaugment: bool) -> None:
+    message = r"expected a uint8 RGB clip of shape \(T, 3, H, W\), got "
+    with pytest.raises(ValueError, match=message):
+        EvalClipTransform()(clip)
+    with pytest.raises(ValueError, match=message):
+        TrainClipTransform(randaugment=randaugment)(clip, _generator(0))
 
 
 @settings(max_examples=60, deadline=None)

@@ -38,8 +38,11 @@ _SNAP_PIXELS = 3
 
 
 def _check_clip(clip: torch.Tensor) -> None:
-    if clip.ndim != 4:
-        raise ValueError(f"expected a clip of shape (T, C, H, W), got shape {tuple(clip.shape)}")
+    # What the readers return; the model treats a float clip as normalised already, so a float or
+    # channels-last clip from a custom reader would otherwise go through without an error.
+    if clip.ndim != 4 or clip.shape[1] != 3 or clip.dtype != torch.uint8:
+        raise ValueError(f"expected a uint8 RGB clip of shape (T, 3, H, W), got {clip.dtype} of shape "
+                         f"{tuple(clip.shape)}")
 
 
 def multi_scale_crop_sizes(
@@ -124,7 +127,7 @@ class TrainClipTransform:
         height, width = clip.shape[-2:]
         crop_sizes = multi_scale_crop_sizes(height, width, self.input_size, self.scales)
         crop_height, crop_width = crop_sizes[_draw(len(crop_sizes), generator)]
-        # A size snapped up to input_size may exceed a frame barely larger than input_size.
+        # A size snapped up to input_size exceeds a frame side just short of it (222 or 223 px at 224).
         crop_height, crop_width = min(crop_height, height), min(crop_width, width)
         positions = crop_positions(height, width, crop_height, crop_width, self.more_positions)
         top, left = positions[_draw(len(positions), generator)]
