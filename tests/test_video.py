@@ -48,10 +48,11 @@ def identify(clip: torch.Tensor) -> list[int]:
 
 
 def write_video(path: Path, codec: str, first_pts: int = 0, num_frames: int = NUM_FRAMES,
-                options: dict[str, str] | None = None, timestamps: Sequence[int] | None = None) -> Path:
+                options: dict[str, str] | None = None, timestamps: Sequence[int] | None = None,
+                container_options: dict[str, str] | None = None) -> Path:
     """Frames 0..num_frames-1 at 30 fps from ``first_pts``; ``timestamps`` gives frame i the
     timestamp ``timestamps[i]`` (in frames) instead (a variable rate, dropped frames)."""
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=FPS)
         stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         stream.time_base = Fraction(1, FPS)
@@ -333,13 +334,16 @@ def cut_without_reencoding(source: Path, path: Path, hidden: int) -> Path:
     return path
 
 
+@pytest.mark.parametrize("hidden", [1, 2, KEYFRAME_INTERVAL // 2])
 @pytest.mark.parametrize("exact", [False, True], ids=["header", "demuxed"])
-def test_frames_an_edit_list_hides_are_not_counted(tmp_path: Path, exact: bool) -> None:
+def test_frames_an_edit_list_hides_are_not_counted(tmp_path: Path, exact: bool, hidden: int) -> None:
+    """One hidden frame leaves the duration a whole frame short of the header's count, which
+    must not pass for rounding."""
     source = write_video(tmp_path / "source.mp4", "libx264")
-    cut = cut_without_reencoding(source, tmp_path / "cut.mp4", hidden=KEYFRAME_INTERVAL // 2)
+    cut = cut_without_reencoding(source, tmp_path / "cut.mp4", hidden=hidden)
     with av.open(str(cut)) as container:
         decodable = sum(1 for _ in container.decode(video=0))
-    assert decodable == NUM_FRAMES - KEYFRAME_INTERVAL // 2
+    assert decodable == NUM_FRAMES - hidden
     assert count_video_frames(cut, exact=exact) == decodable
     last = VideoFileReader().read(cut, [decodable - 1])
     assert identify(last) == [NUM_FRAMES - 1]
@@ -372,6 +376,29 @@ def test_a_truncated_video_counted_short_is_warned_about(tmp_path: Path, codec: 
         frames = count_video_frames(cut)
     assert frames < NUM_FRAMES - 2
     assert re.search(rf"cut.{suffix}: {frames} frames demuxed, where its duration implies \d+: truncated", caplog.text)
+
+
+@pytest.mark.parametrize("bframes", ["0", "3"])
+def test_a_truncated_mp4_with_its_index_first_is_not_counted_by_its_header(tmp_path: Path, bframes: str,
+                                                                           caplog, monkeypatch) -> None:
+    """``faststart`` puts the index before the data: cut short, the file keeps a header that
+    counts every frame, so the count checks that the last frame's packet is in the file. A
+    whole file is still counted from its header, B-frames or not (no demuxing)."""
+    whole = write_video(tmp_path / "whole.mp4", "libx264", options={"bf": bframes},
+                        container_options={"movflags": "faststart"})
+    with monkeypatch.context() as patch:
+        patch.setattr(video, "_demuxed_frame_count", lambda *_: pytest.fail("demuxed a whole file"))
+        with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+            assert count_video_frames(whole) == NUM_FRAMES
+    assert not caplog.records
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    with av.open(str(cut)) as container:
+        assert container.streams.video[0].frames == NUM_FRAMES  # (the case this test is about)
+    with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+        frames = count_video_frames(cut)
+    assert frames < NUM_FRAMES - 2
+    assert re.search(rf"cut.mp4: {frames} frames demuxed, where its duration implies {NUM_FRAMES}: truncated", caplog.text)
 
 
 def remux(source: Path, path: Path, change: Callable[[int, av.Packet], None]) -> Path:

@@ -388,8 +388,11 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
             stream = _video_stream(container, source)
             # (AVI with B-frames: numbered as shown, so its empty chunks, dropped frames, do not count)
             header_counts = not exact and not _numbers_frames_in_decoding_order(container, stream)
-            if stream.frames > 0 and header_counts and _header_count_fits_duration(stream):
+            if (stream.frames > 0 and header_counts and _header_count_fits_duration(stream)
+                    and _last_frame_is_in_the_file(container, stream)):
                 return stream.frames
+        with _open(source) as container:  # (from its start: the check above seeks)
+            stream = _video_stream(container, source)
             frames, leading = _demuxed_frame_count(container, stream)
             expected = _frames_by_duration(container, stream)
             # (Matroska and WebM give the time the last frame ends at as the duration, so a
@@ -485,9 +488,41 @@ def _frames_by_duration(container: av.container.InputContainer, stream: av.video
 
 
 def _header_count_fits_duration(stream: av.video.stream.VideoStream) -> bool:
-    """Whether the header's frame count is the stream's duration times its rate, within a
-    frame (or the header gives no duration to check it against)."""
+    """Whether the header's frame count is the stream's duration times its rate, to less than a
+    frame (or the header gives no duration to check it against). A frame apart is a frame an
+    MP4 edit list hides (a cut one frame after a key frame), not rounding: encoders' files
+    agree exactly."""
     fps, seconds = _nominal_rate(stream), _stream_seconds(stream)
     if fps is None or seconds is None:
         return True
-    return abs(seconds * fps - stream.frames) <= 1
+    return abs(seconds * fps - stream.frames) < 1
+
+
+# The check of a file's end seeks this many frames before its last one, and reads the packets
+# from there to the end: in decoding order (what a seek goes by) the last frame shown may come a
+# few packets before the end (B-frames).
+_END_FRAMES = 16
+
+
+def _last_frame_is_in_the_file(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> bool:
+    """Whether the packet of the last frame the header times can be read. A file cut short whose
+    index is at its start (an MP4 written with ``faststart``) keeps a header that counts and
+    times every frame; the seek then lands past the end of the data, or the packets stop short
+    of the last frame. True where the header gives no times to check. Reads at most a few
+    dozen packets (no decoding)."""
+    if stream.duration is None or stream.start_time is None or stream.time_base is None:
+        return True
+    fps = _nominal_rate(stream)
+    if fps is None:
+        return True
+    frame_period = 1 / (Fraction(stream.time_base) * fps)  # in timestamp units
+    last = stream.start_time + stream.duration - frame_period
+    container.seek(max(stream.start_time, math.floor(last - _END_FRAMES * frame_period)), stream=stream,
+                   backward=True, any_frame=True)
+    for count, packet in enumerate(container.demux(stream)):
+        if packet.size > 0 and packet.pts is not None and packet.pts >= last - frame_period / 2:
+            return True
+        if count >= 4 * _END_FRAMES:
+            return False
+    return False
+    return False
