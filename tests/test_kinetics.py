@@ -130,6 +130,7 @@ def _build_kinetics(tmp_path: Path, k400_dir: Path, template: str, layout: str =
         (kinetics.VIDEO_TEMPLATE_BY_CLASS, "video"),
         (kinetics.VIDEO_TEMPLATE_FLAT, "video"),
         ("{split}/{label_underscored}/{clip_id}", "frames"),
+        (kinetics.FRAMES_TEMPLATE, "frames"),
     ],
 )
 def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, template: str, layout: str) -> None:
@@ -176,6 +177,16 @@ def test_without_a_label_map_a_missing_train_csv_says_what_to_give(tmp_path: Pat
     datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, class_names_file=None)
     with pytest.raises(AnnotationError, match=r"kinetics-400_train.csv: not found; .*class_names_file \(label_map_k400.txt\)"):
         datamodule.num_classes
+
+
+def test_the_path_template_follows_the_layout(tmp_path: Path) -> None:
+    """Frames default to one folder per clip; a video template with frames is refused by name."""
+    frames = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, layout="frames")
+    assert frames.path_template == kinetics.FRAMES_TEMPLATE == "{split}/{clip_id}"
+    assert Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path).path_template == kinetics.VIDEO_TEMPLATE_BY_CLASS
+    with pytest.raises(ValueError, match=r"names a video file, but layout is 'frames': .*'\{split\}/\{clip_id\}'"):
+        Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, layout="frames",
+                              path_template=kinetics.VIDEO_TEMPLATE_BY_CLASS)
 
 
 def _remove_one_train_video(tmp_path: Path) -> str:

@@ -4,7 +4,8 @@ Layout (the video path is a template, so other arrangements need only a config c
 
     <root>/<split>/<label>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4   (default), or
     <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>.mp4            (flat), or
-    <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>/img_00001.jpg  (extracted frames)
+    <root>/<split>/<youtube_id>_<time_start:06d>_<time_end:06d>/img_00001.jpg  (extracted frames,
+                                                                  FRAMES_TEMPLATE, the default then)
     kinetics-400_{train,val,test}.csv    label,youtube_id,time_start,time_end,split[,is_cc]
                                          (the test CSV has no label column)
 
@@ -30,6 +31,7 @@ from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
 __all__ = [
+    "FRAMES_TEMPLATE",
     "VIDEO_TEMPLATE_BY_CLASS",
     "VIDEO_TEMPLATE_FLAT",
     "Kinetics400DataModule",
@@ -42,6 +44,8 @@ KINETICS400_NUM_CLASSES = 400
 
 VIDEO_TEMPLATE_BY_CLASS = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
 VIDEO_TEMPLATE_FLAT = "{split}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+FRAMES_TEMPLATE = "{split}/{clip_id}"  # one folder of frames per clip
+_VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
 _REQUIRED_COLUMNS = ("youtube_id", "time_start", "time_end", "split")
 
@@ -162,8 +166,10 @@ class Kinetics400DataModule(WholeVideoDataModule):
         class_names_file: class names one per line in index order (``label_map_k400.txt``);
             default: the train CSV's labels, sorted.
         path_template: where a clip's video (or frame folder) is under ``root``, with the
-            fields of :meth:`KineticsClip.relative_path`. Default
-            ``VIDEO_TEMPLATE_BY_CLASS``; ``VIDEO_TEMPLATE_FLAT`` for one folder per split.
+            fields of :meth:`KineticsClip.relative_path`. Default ``VIDEO_TEMPLATE_BY_CLASS``
+            for videos (``VIDEO_TEMPLATE_FLAT`` for one folder per split) and
+            ``FRAMES_TEMPLATE`` for frames; a template naming a video file with
+            ``layout="frames"`` is refused.
         layout, frame_template, first_frame_index, missing_videos, missing_report_dir,
             **kwargs: see ``WholeVideoDataModule`` and ``VideoDataModule``. Kinetics copies
             always miss some videos: ``missing_videos="drop"`` trains on the rest and writes
@@ -181,7 +187,7 @@ class Kinetics400DataModule(WholeVideoDataModule):
         val_file: str = "kinetics-400_val.csv",
         test_file: str = "kinetics-400_test.csv",
         class_names_file: str | None = None,
-        path_template: str = VIDEO_TEMPLATE_BY_CLASS,
+        path_template: str | None = None,
         layout: MediaKind = "video",
         frame_template: str = "img_{:05d}.jpg",
         first_frame_index: int = 1,
@@ -192,6 +198,11 @@ class Kinetics400DataModule(WholeVideoDataModule):
         )
         self.split_files = {"train": train_file, "val": val_file, "test": test_file}
         self.class_names_file = class_names_file
+        if path_template is None:
+            path_template = FRAMES_TEMPLATE if layout == "frames" else VIDEO_TEMPLATE_BY_CLASS
+        elif layout == "frames" and path_template.lower().endswith(_VIDEO_SUFFIXES):
+            raise ValueError(f"path_template {path_template!r} names a video file, but layout is 'frames': give the "
+                             f"clips' frame folders, e.g. {FRAMES_TEMPLATE!r} (or leave path_template out)")
         self.path_template = path_template
 
     @cached_property
