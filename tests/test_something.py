@@ -274,13 +274,25 @@ def test_missing_video_is_an_error_naming_the_annotation(tmp_path: Path, ssv2_di
     assert len(report) == 2 and report[1].startswith("151151\t")
 
 
-@pytest.mark.parametrize(("present", "count"), [(range(1, 8), 7), ([1], 1), ([], 0)])
+@pytest.mark.parametrize(("present", "count"), [(range(1, 8), 7), ([1], 1)])
 def test_frame_count_is_the_run_of_consecutive_files(tmp_path: Path, present, count: int) -> None:
     for number in present:
         (tmp_path / f"{number:05d}.jpg").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a frame")
     (tmp_path / "7.jpg").write_text("another spelling of a number, not a frame of this template")
     assert count_frame_files(tmp_path, "{:05d}.jpg", first_index=1) == count
+
+
+def test_a_frame_folder_of_other_names_names_the_template(tmp_path: Path) -> None:
+    """An empty folder has no frames; one whose files the template does not name (another
+    dataset's naming, a wrong frame_template) says so, rather than "no frames"."""
+    (tmp_path / ".DS_Store").write_bytes(b"")
+    assert count_frame_files(tmp_path, "{:05d}.jpg", first_index=1) == 0
+    for number in (1, 2):
+        (tmp_path / f"{number:06d}.jpg").write_bytes(b"")
+    with pytest.raises(SampleReadError, match=r"none of its 2 files is named as the frame template '\{:05d\}.jpg' "
+                                              r"names frames \(00001.jpg, ...\), e.g. '000001.jpg': another frame_template\?"):
+        count_frame_files(tmp_path, "{:05d}.jpg", first_index=1)
 
 
 @pytest.mark.parametrize(
@@ -369,7 +381,8 @@ def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(
         samples = locate_samples(candidates, MediaLayout(layout, "{:05d}.jpg", 1, 1), missing="drop",
                                  report_path=tmp_path / "missing.tsv")
     assert [(sample.id, sample.start, sample.stop) for sample in samples] == [("short", 1, 5)]
-    assert "2 annotated frame ranges run past their extracted frames, by up to 3 frames" in caplog.text
+    # (the range that starts past them is dropped and reported, not read short: not counted here)
+    assert "1 annotated frame ranges run past their extracted frames, by up to 3 frames" in caplog.text
     assert "list.json, entry 0: frames up to 8 annotated, 5 in" in caplog.text
     report = (tmp_path / "missing.tsv").read_text().splitlines()
     assert report[1].split("\t")[2] == "no frames in [6, 5)"

@@ -124,10 +124,16 @@ def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
 
     A gap (a missing frame with later ones present) or frames numbered below ``first_index``
     raise :class:`SampleReadError` naming the folder and the frame, rather than cut the video
-    short; the parse reports it with the other unreadable media. One directory listing, no
-    stat per file.
+    short, and so do files none of which the template names (another dataset's naming); the
+    parse reports it with the other unreadable media. One directory listing, no stat per file.
     """
-    numbers = sorted(frame_numbers(os.listdir(folder), template))
+    names = os.listdir(folder)
+    numbers = sorted(frame_numbers(names, template))
+    if not numbers and (files := sorted(name for name in names if not name.startswith("."))):
+        raise SampleReadError(
+            f"{folder}: none of its {len(files)} files is named as the frame template {template!r} names frames "
+            f"({template.format(first_index)}, ...), e.g. {files[0]!r}: another frame_template?"
+        )
     count = 0
     for number in numbers:
         if number < first_index:
@@ -278,13 +284,12 @@ def locate_samples(
             except SampleReadError as error:
                 absent.append((candidate, f"unreadable: {error}"))
                 continue
-        stop = candidate.stop
-        if stop is not None and frames < stop:
-            beyond.append((candidate.where, candidate.source, stop, frames))
-        stop = frames if stop is None else min(stop, frames)
+        stop = frames if candidate.stop is None else min(candidate.stop, frames)
         if stop <= candidate.start:
             absent.append((candidate, f"no frames in [{candidate.start}, {stop})"))
             continue
+        if candidate.stop is not None and frames < candidate.stop:  # (read short, not dropped: warned about)
+            beyond.append((candidate.where, candidate.source, candidate.stop, frames))
         samples.append(
             ClipSample(
                 id=candidate.id,
