@@ -532,8 +532,8 @@ def _warn_of_samples_without_prediction(loader: Any, ids: Sequence[str], output:
 def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Tensor]]:
     """Join ``predict_step`` outputs, keeping one row per dataset index, in index order.
 
-    A distributed sampler repeats samples to even out the processes; the gathered
-    predictions therefore hold duplicates, removed here by their ``index``.
+    The gathered predictions can hold a sample twice (``skip_unreadable``'s substitute, or a
+    padding sampler, which the evaluation sampler is not); duplicates are removed by ``index``.
     """
     if not batches:
         raise ValueError("no predictions to merge")

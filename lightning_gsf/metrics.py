@@ -127,9 +127,10 @@ def compute_accuracies(
 def check_evaluation_inputs(scores: Mapping[str, Tensor], labels: Mapping[str, Tensor],
                             subsets: Mapping[str, Tensor] | None = None) -> None:
     """Raise ``ValueError`` unless ``scores`` and ``labels`` have the same heads and scores,
-    labels and subsets the same number of samples, at least one; and every label names one
-    of its head's classes (an action id made of an out-of-range noun could equal another
-    pair's)."""
+    labels and subsets the same number of samples, at least one; every label names one of its
+    head's classes (an action id made of an out-of-range noun could equal another pair's); and
+    every score is finite (the classes a NaN row "ranks" first are arbitrary, and torch and
+    NumPy pick different ones: a diverged model would get accuracies)."""
     if set(scores) != set(labels):
         raise ValueError(f"scores have heads {sorted(scores)} but labels have {sorted(labels)}")
     num_samples = {head: s.shape[0] for head, s in scores.items()}
@@ -139,6 +140,12 @@ def check_evaluation_inputs(scores: Mapping[str, Tensor], labels: Mapping[str, T
         raise ValueError(f"scores, labels and subsets disagree on the number of samples: {num_samples}")
     if not num_samples or next(iter(num_samples.values())) == 0:
         raise ValueError("need at least one sample to compute accuracies")
+    for head, head_scores in scores.items():
+        finite = torch.isfinite(head_scores).all(dim=-1)
+        if not finite.all():
+            first = int((~finite).nonzero()[0])
+            raise ValueError(f"{int((~finite).sum())} of {len(finite)} samples have non-finite {head} scores (NaN or "
+                             f"inf), the first sample {first}: has the model diverged?")
     for head, head_labels in labels.items():
         num_classes = scores[head].shape[-1]
         outside = ((head_labels < 0) | (head_labels >= num_classes)).nonzero().flatten()

@@ -152,7 +152,7 @@ def test_sync_batchnorm_converts_every_norm_and_keeps_names_and_partial_bn():
 
 def test_ddp_predictions_equal_one_process_on_the_same_checkpoint(tiny_epic, torchrun_checkpoint, tmp_path):
     """``gsf predict`` under DDP: process 0 gathers every process's predictions and writes each
-    of the 7 validation samples once (the padding sampler's repeat dropped), in the submission
+    of the 7 validation samples once (split unpadded, 4 and 3), in the submission
     and the results file alike, with the scores of one process."""
     runs = {devices: tmp_path / f"predict_{devices}" for devices in (1, 2)}
     commands = [

@@ -195,6 +195,47 @@ def test_evaluation_loss_is_the_mean_over_samples_whatever_the_batches(module, m
     assert "val/all_verb_accuracy_at_1" in logged
 
 
+def _validate(module, monkeypatch, clips, labels) -> dict[str, float]:
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(name, value), raising=False)
+    monkeypatch.setattr(module, "log_dict", lambda values, **kwargs: logged.update(values), raising=False)
+    with torch.no_grad():
+        for rows in (torch.arange(0, 3), torch.arange(3, len(clips))):
+            module.validation_step({"clip": clips[rows], "index": rows,
+                                    "labels": {head: values[rows] for head, values in labels.items()}}, 0)
+    module.on_validation_epoch_end()
+    return logged
+
+
+def test_each_validation_scores_only_its_own_predictions(monkeypatch):
+    """The second validation of a run (other weights) gets what a fresh module would: the
+    metric's states are emptied after each (de-duplication by index would otherwise keep the
+    first validation's scores, e.g. the sanity check's, and the metrics would stand still)."""
+    clips = _clips(6, seed=2)
+    labels = {"verb": torch.tensor([0, 2, 1, 1, 0, 2]), "noun": torch.tensor([3, 0, 2, 1, 1, 0])}
+    trained = _module().eval()
+    first = _validate(trained, monkeypatch, clips, labels)
+    with torch.no_grad():
+        for head in trained.model.heads.values():
+            head.bias.copy_(torch.arange(len(head.bias), dtype=torch.float32) * 100)  # always the last class
+    second = _validate(trained, monkeypatch, clips, labels)
+    fresh = _module().eval()
+    fresh.load_state_dict(trained.state_dict())
+    assert second == _validate(fresh, monkeypatch, clips, labels)
+    assert second != first
+    assert second["val/all_verb_accuracy_at_1"] == pytest.approx(100 * 2 / 6)  # (labels 2 of verb class 2)
+
+
+def test_a_model_giving_nan_scores_is_an_error_not_an_accuracy(monkeypatch):
+    module = _module().eval()
+    with torch.no_grad():
+        module.model.heads["noun"].bias[1] = float("nan")
+    labels = {"verb": torch.tensor([0, 2, 1, 1, 0, 2]), "noun": torch.tensor([3, 0, 2, 1, 1, 0])}
+    with pytest.raises(ValueError, match=r"6 of 6 samples have non-finite noun scores \(NaN or inf\), the first "
+                                         r"sample 0: has the model diverged\?"):
+        _validate(module, monkeypatch, _clips(6, seed=2), labels)
+
+
 @pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
 def test_training_step_backpropagates(temporal_module):
     model = _module(temporal_module=temporal_module)

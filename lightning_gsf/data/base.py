@@ -34,9 +34,9 @@ Unreadable samples. By default a sample whose frames cannot be read raises
 reason, and returns the next readable sample of the split in its place (the substitute keeps its
 own ``index``, ``id`` and labels). Substituting rather than dropping keeps every batch full (a
 batch of one or zero clips would upset batch norm, or crash), and at evaluation the metrics'
-de-duplication by ``index`` removes the substitute's second copy, so no accuracy counts it
-twice (the mean loss, a running mean over batches, does; a submission lacks the unreadable
-sample's id, and ``gsf predict`` warns of it).
+de-duplication by ``index`` removes the substitute's second copy, so neither the accuracies
+nor the mean loss count it twice (a submission lacks the unreadable sample's id, and
+``gsf predict`` warns of it).
 Unreadable samples are flagged in a shared-memory array (one flag per sample, so workers need
 no lock and a sample found by two workers counts once); a flagged sample is not read again, and
 the DataModule logs the count when a stage ends. ``VideoDataModule.skipped_samples`` reads it.
