@@ -393,7 +393,9 @@ def test_pickled_objects_need_trust(tmp_path: Path, resnet18_checkpoint) -> None
     assert load_original_checkpoint(model, path, trust_pickle=True).num_gsf_modules == 8
 
 
-@pytest.mark.parametrize(("backbone", "ratio"), [("resnet18", 0.5), ("resnet50", 0.125), ("bninception", 1.0)])
+@pytest.mark.parametrize(("backbone", "ratio"), [("resnet18", 0.5), ("resnet34", 0.25), ("resnet50", 0.125),
+                                               ("resnet101", 0.25), ("resnet152", 0.25), ("bninception", 1.0),
+                                               ("inception_v3_tf", 1.0)])
 def test_ratio_and_backbone_are_read_off_the_tensors(backbone: str, ratio: float) -> None:
     with torch.device("meta"):
         model = VideoClassifier(backbone, "gsf", num_segments=T, num_classes=CLASSES, gsf_ratio=ratio)

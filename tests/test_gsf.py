@@ -339,19 +339,22 @@ def test_batch_norm_is_called_with_a_positive_eps(training, monkeypatch):
         assert eps > 0, f"batch_norm called with eps={eps}"
         return batch_norm(*args, **kwargs)
 
-    monkeypatch.setattr(gsf_module.F, "batch_norm", checked_batch_norm)
+    calls = []
+    monkeypatch.setattr(gsf_module.F, "batch_norm", lambda *a, **k: calls.append(1) or checked_batch_norm(*a, **k))
     module = make_gsf(16, 4, 0.25, seed=0).train(training)
     x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
-    module(x * 1.0).sum().backward()
-    assert x.grad is not None
+    module.forward_torch(x * 1.0).sum().backward()  # (the PyTorch-ops path: the CPU kernels call no F.batch_norm)
+    assert calls and x.grad is not None
 
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_without_autograd_equals_reference_on_large_maps(training, no_grad, inplace, monkeypatch):
-    """Without autograd the fast path skips its autograd functions; on 24x24 maps it also
-    takes the slice fold. Values and running statistics must not change."""
+    """Without autograd the fast path skips its autograd functions. Values and running
+    statistics must not change. (On the CPU in float32 this runs the C++ kernels; the
+    PyTorch-ops path's slice fold of large maps is tested in float64 and by
+    test_slice_fold_and_unfold_equal_torch.)"""
 
     def refuse(*args):
         raise AssertionError("an autograd.Function ran without autograd")

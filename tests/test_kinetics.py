@@ -143,11 +143,13 @@ def test_datamodule_yields_labelled_batches(tmp_path: Path, k400_dir: Path, temp
 
 def _train_csv_of(tmp_path: Path, k400_dir: Path, skip: int | None = None) -> Path:
     """A train CSV of the real val excerpt's rows (one per class, all 400), one class left out
-    with ``skip``."""
-    lines = (k400_dir / "kinetics-400_val.excerpt.csv").read_text().splitlines(keepends=True)
+    with ``skip``; rows in reverse order (the excerpt's are alphabetical, so the class order
+    could not tell sorting from reading order)."""
+    header, *rows = (k400_dir / "kinetics-400_val.excerpt.csv").read_text().splitlines(keepends=True)
+    kept = [row for i, row in enumerate(rows, start=1) if i != skip]
     folder = tmp_path / "annotations_all"
     folder.mkdir()
-    (folder / "kinetics-400_train.csv").write_text("".join(line for i, line in enumerate(lines) if i != skip))
+    (folder / "kinetics-400_train.csv").write_text(header + "".join(reversed(kept)))
     return folder
 
 

@@ -120,23 +120,31 @@ def test_warmup_per_epoch_is_the_release_schedule():
     assert factors[10] == 1.0 and factors[35] == pytest.approx(0.5)
 
 
-def test_scheduler_warms_up_per_step_over_warmup_epochs():
-    policy = _module(lr=0.04, warmup_epochs=2)
-    # The few trainer attributes configure_optimizers reads: 5 epochs of 6 batches, accumulating 2.
-    policy._trainer = SimpleNamespace(estimated_stepping_batches=15, num_training_batches=6, accumulate_grad_batches=2,
-                                      max_steps=-1)
+@pytest.mark.parametrize(
+    ("batches", "accumulate", "warmup_epochs", "warmup"),
+    [
+        (6, 2, 2, 6),  # 2 epochs of 3 optimiser steps
+        (10, 3, 2, 8),  # 4 steps an epoch (Lightning steps on the epoch's short last window too)
+        (6, 2, 1.25, 4),  # 3.75 warm-up steps round to 4
+    ],
+)
+def test_scheduler_warms_up_per_step_over_warmup_epochs(batches, accumulate, warmup_epochs, warmup):
+    policy = _module(lr=0.04, warmup_epochs=warmup_epochs)
+    # The few trainer attributes configure_optimizers reads: 5 epochs of `batches` batches.
+    total = 5 * math.ceil(batches / accumulate)
+    policy._trainer = SimpleNamespace(estimated_stepping_batches=total, num_training_batches=batches,
+                                      accumulate_grad_batches=accumulate, max_steps=-1)
     config = policy.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
     lrs = []
-    for _ in range(15):
+    for _ in range(total):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
-    warmup = 2 * 3  # 2 epochs of 3 optimiser steps
     assert lrs[:warmup] == pytest.approx([0.04 * (0.1 + 0.9 * s / warmup) for s in range(warmup)])
-    decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (15 - warmup))) for s in range(15 - warmup)]
+    decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (total - warmup))) for s in range(total - warmup)]
     assert lrs[warmup:] == pytest.approx(decay)
 
 
