@@ -731,3 +731,26 @@ def test_a_float32_input_under_autocast_runs_in_float32(training):
     out.square().sum().backward()
     expected.square().sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bn_mode", ["momentum_0.3", "cumulative", "untracked"])
+@pytest.mark.parametrize("path", ["forward", "forward_torch"], ids=["cpu_kernels", "torch_ops"])
+def test_cpu_paths_keep_batch_norm_semantics(path, bn_mode):
+    """The module's batch norm as it is set (another momentum, the cumulative average of
+    momentum None, no running statistics) is what the CPU paths apply and update, as the
+    reference's own BatchNorm3d does."""
+    module = make_gsf(16, 4, 0.5, seed=4).train()
+    if bn_mode == "momentum_0.3":
+        module.bn.momentum = 0.3
+    elif bn_mode == "cumulative":
+        module.bn.momentum = None
+        module.bn.num_batches_tracked.fill_(3)
+    else:
+        module.bn.track_running_stats = False
+        module.bn.running_mean = module.bn.running_var = module.bn.num_batches_tracked = None
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=4)
+    torch.testing.assert_close(getattr(module, path)(x.clone()), reference.forward_reference(x.clone()),
+                               rtol=1e-5, atol=1e-5)
+    for name, buffer in module.bn.named_buffers():
+        torch.testing.assert_close(buffer, getattr(reference.bn, name), rtol=1e-6, atol=1e-7, msg=name)
