@@ -12,7 +12,7 @@ DATA ?= data/synthetic
 TEST_WORKERS ?= auto
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --maxprocesses 8 --dist worksteal
 
-.PHONY: install test test-all test-gpu demo clean
+.PHONY: install test test-quick test-gpu demo clean
 
 install: $(VENV)/.installed
 
@@ -23,13 +23,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: install
-	$(PY) -m pytest -q $(PYTEST_PARALLEL)
-
-# The slow tests in this process: several start processes or threads of their own, and two of
-# them at a time took longer (3 min 54 s against 3 min 3 s on two cores).
-test-all: test
+# Every CPU test: the default suite in parallel, then the `slow` ones (real SIGTERMs and resumes,
+# inductor, every backbone x temporal module, one-epoch runs of each dataset's config) in this
+# process: several start processes or threads of their own, and two of them at a time took
+# longer (3 min 54 s against 3 min 3 s on two cores). CI runs this.
+test: test-quick
 	$(PY) -m pytest -q -m slow
+
+# The default suite alone (what to run while editing).
+test-quick: install
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu
