@@ -9,8 +9,8 @@ __version__ = "0.1.0"
 
 from lightning_gsf.gsf import GSF  # noqa: E402
 
-# Imported on first use: the model pulls in torchvision and the importer Lightning, which
-# `gsf --version` or a data-loading worker should not pay for.
+# Imported on first use: the model pulls in torchvision and the importer Lightning, which a
+# data-loading worker (or a script that needs only GSF) should not pay for.
 _LAZY = {
     "VideoClassifier": "lightning_gsf.model",
     "load_original_checkpoint": "lightning_gsf.convert",

@@ -19,7 +19,8 @@ apart the middle half of the rounds lie, to read a single run's ratio against.
 
 The variant ``gsf_reference`` is GSF with its literal, spec-order implementation
 (``GSF.forward_reference``), to show what the fast path saves; ``gsf_compilable`` runs the
-formulation that GSF uses under ``torch.compile`` (``GSF.forward_compilable``) in eager mode;
+formulation that GSF uses under ``torch.compile`` where the C++ custom ops do not apply
+(``GSF.forward_compilable``, e.g. on CUDA) in eager mode;
 ``gsf_torch``, ``gsf_cpu`` and ``gsf_triton`` pick the PyTorch-ops, the C++ and the Triton
 fast path, whatever the device (``gsf`` itself takes Triton on CUDA and the C++ kernels on the
 CPU, where they build).

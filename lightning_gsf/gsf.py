@@ -65,7 +65,8 @@ def gsf_channels(channels: int, ratio: float) -> int:
 
 
 class GSF(nn.Module):
-    """Gate-Shift-Fuse on the first ``int(channels * ratio)`` channels of each frame.
+    """Gate-Shift-Fuse on the first ``gsf_channels(channels, ratio)`` channels of each frame
+    (the spec's ``int(C * r / 100)`` of the ratio in percent, made even; its halves must be even too).
 
     Args:
         channels: channels ``C`` of the input feature map.

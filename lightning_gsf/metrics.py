@@ -205,9 +205,10 @@ def classification_loss(
 def first_per_index(index: Tensor) -> Tensor:
     """Positions that keep one sample per dataset index, ordered by index.
 
-    A ``DistributedSampler`` pads the last batches with repeated samples so every process
-    gets the same count; scores gathered from all processes therefore hold duplicates.
-    Keeping the first occurrence of each index makes the metrics equal those of one process.
+    Scores gathered from all processes can hold a sample twice (the copy ``skip_unreadable``
+    substitutes for an unreadable sample; the repeats of a padding ``DistributedSampler``,
+    which evaluation does not use). Keeping the first occurrence of each index makes the
+    metrics equal those of one process.
     """
     if index.ndim != 1:
         raise ValueError(f"expected a 1-D tensor of dataset indices, got shape {tuple(index.shape)}")
@@ -225,8 +226,8 @@ class ClassificationScores(Metric):
     (EPIC validation: ~10k x 397 floats) rather than running sums. States are concatenated
     across processes, then de-duplicated by dataset index (:func:`first_per_index`). Given
     ``loss_weights``, ``compute`` also gives ``loss``, :func:`classification_loss` over the
-    same de-duplicated samples: a sample that a ``DistributedSampler`` pads in, or that
-    ``skip_unreadable`` substitutes for an unreadable one, counts once, as in the accuracies.
+    same de-duplicated samples: a sample that ``skip_unreadable`` substitutes for an unreadable
+    one counts once, as in the accuracies.
     """
 
     full_state_update = False

@@ -26,7 +26,7 @@ Evaluation batches hold ``V = clips x crops`` views per sample, ``(B, V, T, 3, H
 view is scored and the logits averaged over views. Metrics are computed once per epoch over
 all samples (see ``metrics.py``), de-duplicated by dataset index under DDP, and so is the
 evaluation loss (the training loss over those samples, each once): the same with one process
-or several, whatever the sampler padded in or ``skip_unreadable`` substituted.
+or several, whatever ``skip_unreadable`` substituted.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ class VideoClassificationModule(pl.LightningModule):
         freeze_bn: partial BN: freeze all backbone BatchNorms but the first.
         compile: run the network under ``torch.compile`` (in place: checkpoints keep their
             parameter names): ``true``, or a dict of ``torch.compile`` arguments such as
-            ``{mode: max-autotune}``. GSF and TSM switch to formulations the compiler fuses
-            (``docs/performance.md`` has what it saves). The first steps of each stage
+            ``{mode: max-autotune}``. On the CPU GSF and TSM enter the graph as their C++
+            kernels (custom ops); elsewhere GSF switches to a formulation the compiler fuses
+            (``docs/performance.md`` has what each saves). The first steps of each stage
             compile, which takes a minute or two.
     """
 

@@ -11,8 +11,9 @@ the same site without GSF, in inference (eval, ``inference_mode``) and as a trai
   ``GSF.forward_triton``, the Triton kernels called directly,
 - ``compilable``: ``GSF.forward_compilable`` run eagerly,
 - ``reference``: ``GSF.forward_reference``, the literal spec,
-- ``compiled``: the GSF module under ``torch.compile`` (``--compile``; it runs
-  ``forward_compilable``).
+- ``compiled``: the GSF module under ``torch.compile`` (``--compile``; it runs the C++
+  kernels as custom ops on the CPU, ``forward_compiled_ops``, and ``forward_compilable``
+  elsewhere).
 
 The last column weights the four stages by ResNet-50's blocks per stage (3, 4, 6, 3): GSF's
 cost per clip of ``--batch-size`` clips in milliseconds. On the CPU, use ``--threads 1

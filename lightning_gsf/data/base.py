@@ -12,8 +12,8 @@ here, identically for every dataset:
   included.
 
 Every item also carries ``labels`` (``{head: int}``, absent for unlabelled splits), ``index``
-(its position in the split, which the metrics use to drop the duplicates a distributed sampler
-pads with), ``id`` and ``subsets`` (``{name: bool}``).
+(its position in the split, by which the metrics count a sample once, e.g. the second copy
+``skip_unreadable`` substitutes), ``id`` and ``subsets`` (``{name: bool}``).
 
 Reproducible augmentation. Each training item draws its frames and its augmentation from a
 ``torch.Generator`` seeded with ``(seed, epoch, index)``. The clip therefore does not depend on
@@ -309,7 +309,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
     """The DataModule every dataset shares; its typed ``__init__`` is the ``data:`` config schema.
 
     Subclasses implement :meth:`parse_split`, :meth:`build_reader` and :attr:`num_classes`, and may
-    override :meth:`transform_labels` and :meth:`class_counts`.
+    override :meth:`transform_labels`.
 
     Args:
         num_segments: frames per clip (T), linked into the model.

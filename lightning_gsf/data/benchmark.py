@@ -8,8 +8,8 @@ the default synthetic dataset to a temporary folder (a ``--root`` that does not 
 error, not a reason to time other data).
 
 Measure, not test: the figures depend on the machine, its load and the dataset's resolution;
-``data/README.md`` records some. The first batch of every run is excluded, so worker start-up
-does not count.
+``data/README.md`` records some. The first batches of every run (one per worker, at least one)
+are excluded, so worker start-up does not count.
 """
 
 from __future__ import annotations

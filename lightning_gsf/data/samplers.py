@@ -11,8 +11,9 @@ three pieces:
   start part-way through an epoch. Its position is a *global* position in the epoch's
   order, so a run may resume on a different number of processes.
 - :class:`ResumableDataLoader`: a ``DataLoader`` that counts the batches it has handed out
-  and saves ``(epoch, position)`` through its sampler. Lightning then restores it before
-  the first batch of the resumed epoch.
+  and saves ``(epoch, position)`` through its sampler. It is restored before the first
+  batch of the resumed epoch (by Lightning, or by ``callbacks.ExactResume`` where Lightning
+  drops the state: Lightning-AI/pytorch-lightning#20550).
 - :class:`UnpaddedDistributedSampler`: evaluation. Each process takes every
   ``num_replicas``-th sample, with no padding, so no sample is scored twice and the
   metrics of N processes equal those of one.
@@ -230,8 +231,9 @@ class ResumableDataLoader(DataLoader):
 
     It counts the batches it has handed out in the current iteration; :meth:`state_dict`
     turns that into the sampler's resume position. Lightning saves it under
-    ``loops.fit_loop.state_dict.combined_loader`` and calls :meth:`load_state_dict` before
-    the resumed epoch's first batch. Iteration is lazy (nothing is read before the first
+    ``loops.fit_loop.state_dict.combined_loader``, and ``callbacks.ExactResume`` under its own
+    state; :meth:`load_state_dict` is called before the resumed epoch's first batch (by
+    ``ExactResume`` where Lightning drops the state, Lightning-AI/pytorch-lightning#20550). Iteration is lazy (nothing is read before the first
     ``next``), so a state loaded after ``iter()`` but before the first batch still applies.
 
     Worker seeds come from the loader's own generator (seeded from the sampler's seed)

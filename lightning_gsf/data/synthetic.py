@@ -690,9 +690,9 @@ def generate_synthetic_dataset(
     return result
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``gsf synth`` options (a parser of its own, or added to the given sub-parser)."""
-    parser = parser or argparse.ArgumentParser(
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gsf synth`` options."""
+    parser = argparse.ArgumentParser(
         prog="gsf synth", description="Write a synthetic dataset in the EPIC-KITCHENS-100 layout."
     )
     parser.add_argument("--out", type=Path, required=True, help="dataset root to create, e.g. data/synthetic")

@@ -525,4 +525,3 @@ def _last_frame_is_in_the_file(container: av.container.InputContainer, stream: a
         if count >= 4 * _END_FRAMES:
             return False
     return False
-    return False
