@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -73,7 +74,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Use it with ``trainer.plugins``: ``Trainer(plugins=[AtomicCheckpointIO()])``, or in a
     config ``trainer: {plugins: [{class_path: lightning_gsf.callbacks.AtomicCheckpointIO}]}``.
+
+    Reading, a file that is not a checkpoint (empty, truncated, some other file) is an error
+    that names it, rather than ``torch.load``'s bare ``EOFError`` or zip-reader error.
     """
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as error:
+            raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt? "
+                             f"({type(error).__name__}: {error})") from error
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         if storage_options is not None:

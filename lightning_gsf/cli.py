@@ -232,6 +232,7 @@ class GSFCLI(LightningCLI):
                 f"--ckpt_path best names the best checkpoint of a fit run in the same process, and gsf {self.subcommand} "
                 f"is a process of its own: pass the checkpoint's file ({', '.join(found) or f'none in {folder}'})"
             )
+        self._check_last_checkpoint(config)
         if self.subcommand in ("validate", "test", "predict") and not config.get("ckpt_path") and rank_zero_only.rank == 0:
             log.warning("gsf %s without --ckpt_path: scoring the model as configured, with untrained heads, "
                         "not a trained checkpoint (pass --ckpt_path <run>/checkpoints/best-*.ckpt)", self.subcommand)
@@ -241,6 +242,26 @@ class GSFCLI(LightningCLI):
         if restored is not None:
             log.info("restoring %s: not loading model.pretrained=%s", restored, config.model.pretrained)
             config.model.pretrained = None
+
+    def _check_last_checkpoint(self, config: Any) -> None:
+        """``last.ckpt`` is what ``--ckpt_path last`` resumes and what every epoch overwrites:
+        ``gsf validate/test/predict --ckpt_path last`` without one is an error (Lightning would
+        score the untrained model), and ``gsf fit`` without ``--ckpt_path`` refuses a folder
+        that holds a previous run's (its first epoch would overwrite it)."""
+        ckpt_path = config.get("ckpt_path")
+        folder = Path(checkpoint_dir(config.get("trainer", {}).get("default_root_dir")))
+        last = folder / "last.ckpt"
+        if self.subcommand in ("validate", "test", "predict") and ckpt_path == "last" and not last.is_file():
+            found = sorted(str(path) for path in folder.glob("*.ckpt"))
+            raise ValueError(f"--ckpt_path last: no last.ckpt in {folder} (trainer.default_root_dir "
+                             f"{config.get('trainer', {}).get('default_root_dir')!r}); checkpoints there: "
+                             f"{', '.join(found) or 'none'}")
+        if self.subcommand == "fit" and ckpt_path == "last" and not last.is_file() and rank_zero_only.rank == 0:
+            log.warning("--ckpt_path last: no last.ckpt in %s yet, so this run starts from scratch", folder)
+        if self.subcommand == "fit" and not ckpt_path and last.is_file():
+            raise ValueError(f"{last} is a previous run's, and this run would overwrite it: resume that run with "
+                             f"--ckpt_path last, or give this one another --trainer.default_root_dir (or remove "
+                             f"{folder})")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import random
 import subprocess
 import sys
@@ -286,3 +287,14 @@ def test_a_tsn_checkpoint_does_not_load_into_a_tsm_module():
     with pytest.raises(CheckpointMismatchError, match="temporal_module: checkpoint 'none', this run 'tsm'"):
         module("tsm").on_load_checkpoint(checkpoint)
     module("none").on_load_checkpoint(checkpoint)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint\n", "truncated"], ids=["empty", "text", "truncated"])
+def test_a_checkpoint_that_cannot_be_read_is_named(tmp_path, content):
+    path = tmp_path / "broken.ckpt"
+    if content == "truncated":
+        torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable checkpoint, truncated or corrupt\? \("):
+        AtomicCheckpointIO().load_checkpoint(path)

@@ -365,3 +365,28 @@ def test_ckpt_path_best_in_a_command_of_its_own_names_the_best_files(tmp_path, d
     best = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
     with pytest.raises(ValueError, match=re.escape(f"pass the checkpoint's file ({best})")):
         run(["test", "--config", str(config), "--ckpt_path", "best"])
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_ckpt_path_last_without_a_last_checkpoint_is_an_error_when_scoring(tmp_path, dataset, subcommand):
+    """Lightning scores the untrained model (and predict writes its submission) with a hint to
+    turn on save_last, which is on."""
+    config = _config(tmp_path, dataset)
+    with pytest.raises(ValueError, match=r"--ckpt_path last: no last.ckpt in .*run/checkpoints \(trainer.default_root_dir "
+                                         r".*\); checkpoints there: none"):
+        run([subcommand, "--config", str(config), "--ckpt_path", "last"])
+
+
+def test_fit_refuses_to_overwrite_a_previous_runs_last_checkpoint(tmp_path, dataset, caplog):
+    """Run again in the same folder without --ckpt_path, a fit's first epoch overwrote the
+    previous run's last.ckpt; with --ckpt_path last it resumes it."""
+    config = _config(tmp_path, dataset)
+    with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
+        run(["fit", "--config", str(config), "--ckpt_path", "last"])  # the first run of a job: nothing yet
+    assert "no last.ckpt in" in caplog.text and "starts from scratch" in caplog.text
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    with pytest.raises(ValueError, match=r"last.ckpt is a previous run's, and this run would overwrite it: resume that "
+                                         r"run with --ckpt_path last, or give this one another --trainer.default_root_dir"):
+        run(["fit", "--config", str(config)])
+    assert last.read_bytes() == saved
