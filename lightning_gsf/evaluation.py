@@ -369,7 +369,11 @@ def evaluate_scores(
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} predicted ids are not in the annotations, e.g. {unknown[:3]}")
     if len(ids) < len(annotations):
-        log.warning("%s: %d of %d annotated samples have no prediction", source, len(annotations) - len(ids), len(annotations))
+        predicted = set(ids)
+        absent = [sample_id for sample_id in annotations if sample_id not in predicted]
+        log.warning("%s: %d of %d annotated samples have no prediction, e.g. %s; the accuracies are over the %d "
+                    "predicted ones (as the official evaluator scores)", source, len(absent), len(annotations),
+                    absent[:3], len(ids))
     rows = [annotations[i] for i in ids]
     for column, head in ((1, "verb"), (2, "noun")):
         num_classes = scores[head].shape[-1]

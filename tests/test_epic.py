@@ -274,7 +274,7 @@ def test_bad_class_list_and_missing_files(tmp_path):
     (tmp_path / "annotations" / "EPIC_100_noun_classes.csv").write_text("id,key,instances,category\n0,tap,['tap'],a\n2,cup,['cup'],b\n")
     with pytest.raises(AnnotationError, match=r"EPIC_100_noun_classes.csv, line 3: class id 2; expected 1"):
         datamodule(tmp_path).num_classes
-    with pytest.raises(FileNotFoundError, match="EPIC_100_train.csv does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"EPIC_100_train.csv does not exist \(set data.init_args.root, or data.init_args.annotations_dir"):
         datamodule(tmp_path).samples("train")
 
 

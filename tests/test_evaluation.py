@@ -440,3 +440,16 @@ def test_declared_supervision_levels_reach_the_submission(tmp_path):
     with zipfile.ZipFile(writer.written) as archive:
         written = json.loads(archive.read("test.json"))
     assert {key: written[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 0, "sls_tl": 2, "sls_td": 4}
+
+
+def test_evaluating_a_subset_names_the_samples_left_out(tmp_path, caplog):
+    """As the official evaluator, the predicted samples are scored; the warning says which
+    annotated ones were not, and over how many the accuracies are."""
+    rows = [["P01_1_0", "P01", "0", "1"], ["P01_1_1", "P01", "1", "2"], ["P01_1_2", "P01", "2", "0"]]
+    path = tmp_path / "labels.csv"
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows))
+    scores = {"verb": torch.eye(3)[:2] * 5, "noun": torch.eye(3)[[1, 2]] * 5}
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        results = evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
+    assert "preds: 1 of 3 annotated samples have no prediction, e.g. ['P01_1_2']; the accuracies are over the 2" in caplog.text
+    assert results["all_action_accuracy_at_1"] == 100.0

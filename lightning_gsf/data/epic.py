@@ -245,7 +245,8 @@ def read_csv_rows(path: Path, required: Sequence[str], name_column: str | None =
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
+        raise FileNotFoundError(f"annotation file {path} does not exist (set data.init_args.root, or "
+                                f"data.init_args.annotations_dir where the annotations are elsewhere)")
     header, records = read_headed_csv(path)  # (a byte-order mark is not part of the first column's name)
     missing = [column for column in required if column not in header]
     if missing:
@@ -293,7 +294,8 @@ def read_actions(path: Path) -> list[EpicAction]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
+        raise FileNotFoundError(f"annotation file {path} does not exist (set data.init_args.root, or "
+                                f"data.init_args.annotations_dir where the annotations are elsewhere)")
     with path.open("rb") as file:  # (the header line only; read_csv_rows reads and checks the rest)
         first_line = file.readline().decode("utf-8-sig", errors="replace")
     header = next(csv.reader([first_line]), [])
