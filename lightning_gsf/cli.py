@@ -40,6 +40,7 @@ Defaults that every run gets (each can be changed from a config):
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -289,6 +290,12 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in TOOLS:
         return TOOLS[argv[0]](argv[1:])
+    if argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_SUBCOMMANDS:
+        # (LightningCLI's own message lists its four subcommands only)
+        known = [*LIGHTNING_SUBCOMMANDS, *TOOLS]
+        close = difflib.get_close_matches(argv[0], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SystemExit(f"gsf: unknown subcommand {argv[0]!r}{hint} (choose from {', '.join(known)})")
     host_memory.configure(host_memory.mode_from_environment())  # LIGHTNING_GSF_MALLOC; see host_memory
     return GSFCLI(
         VideoClassificationModule,

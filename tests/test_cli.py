@@ -390,3 +390,10 @@ def test_fit_refuses_to_overwrite_a_previous_runs_last_checkpoint(tmp_path, data
                                          r"run with --ckpt_path last, or give this one another --trainer.default_root_dir"):
         run(["fit", "--config", str(config)])
     assert last.read_bytes() == saved
+
+
+def test_an_unknown_subcommand_lists_every_subcommand_and_the_closest():
+    with pytest.raises(SystemExit, match=r"gsf: unknown subcommand 'evalute'; did you mean 'evaluate'\? \(choose from "
+                                         r"fit, validate, test, predict, synth, import-original, export-original, "
+                                         r"evaluate, benchmark\)"):
+        run(["evalute", "x", "y"])
