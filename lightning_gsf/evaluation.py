@@ -56,7 +56,7 @@ from torch import Tensor
 
 from lightning_gsf.data.epic import read_csv_rows, read_participant_ids, read_tail_classes
 from lightning_gsf.metrics import (HEADLINE_METRIC, TAIL_NOUN, TAIL_VERB, TOP_K, UNSEEN, accuracies_from_hits,
-                                   check_evaluation_inputs, first_per_index)
+                                   check_evaluation_inputs, first_per_index, non_finite_rows)
 from lightning_gsf.official_ranking import action_id, action_ranking, class_ranking, topk_hits
 
 log = logging.getLogger(__name__)
@@ -128,11 +128,9 @@ def _check_predictions(scores: Mapping[str, Tensor], ids: Sequence[str]) -> None
     if len(set(ids)) != len(ids):
         raise ValueError("sample ids are not unique; de-duplicate the predictions first")
     for head, head_scores in scores.items():
-        finite = torch.isfinite(head_scores).all(dim=-1)
-        if not finite.all():
-            first = int((~finite).nonzero()[0])
-            raise ValueError(f"{int((~finite).sum())} samples have non-finite {head} scores (NaN or inf), the "
-                             f"first {ids[first]!r}: the submission and results files take finite scores")
+        if (rows := non_finite_rows(head_scores)).numel():
+            raise ValueError(f"{len(rows)} samples have non-finite {head} scores (NaN or inf), the "
+                             f"first {ids[int(rows[0])]!r}: the submission and results files take finite scores")
 
 
 def check_supervision_levels(**levels: int) -> None:

@@ -141,11 +141,9 @@ def check_evaluation_inputs(scores: Mapping[str, Tensor], labels: Mapping[str, T
     if not num_samples or next(iter(num_samples.values())) == 0:
         raise ValueError("need at least one sample to compute accuracies")
     for head, head_scores in scores.items():
-        finite = torch.isfinite(head_scores).all(dim=-1)
-        if not finite.all():
-            first = int((~finite).nonzero()[0])
-            raise ValueError(f"{int((~finite).sum())} of {len(finite)} samples have non-finite {head} scores (NaN or "
-                             f"inf), the first sample {first}: has the model diverged?")
+        if (rows := non_finite_rows(head_scores)).numel():
+            raise ValueError(f"{len(rows)} of {len(head_scores)} samples have non-finite {head} scores (NaN or "
+                             f"inf), the first sample {int(rows[0])}: has the model diverged?")
     for head, head_labels in labels.items():
         num_classes = scores[head].shape[-1]
         outside = ((head_labels < 0) | (head_labels >= num_classes)).nonzero().flatten()
@@ -154,6 +152,11 @@ def check_evaluation_inputs(scores: Mapping[str, Tensor], labels: Mapping[str, T
                 f"{len(outside)} {head} labels are outside the {num_classes} scored classes, the first "
                 f"{int(head_labels[outside[0]])} (sample {int(outside[0])}); expected 0..{num_classes - 1}"
             )
+
+
+def non_finite_rows(scores: Tensor) -> Tensor:
+    """Positions of the rows of ``scores`` ``(N, K)`` holding a NaN or an infinity."""
+    return (~torch.isfinite(scores).all(dim=-1)).nonzero().flatten()
 
 
 def accuracies_from_hits(hits: Mapping[str, Mapping[int, Tensor]],

@@ -733,12 +733,13 @@ def test_a_float32_input_under_autocast_runs_in_float32(training):
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("bn_mode", ["momentum_0.3", "cumulative", "untracked"])
-@pytest.mark.parametrize("path", ["forward", "forward_torch"], ids=["cpu_kernels", "torch_ops"])
-def test_cpu_paths_keep_batch_norm_semantics(path, bn_mode):
-    """The module's batch norm as it is set (another momentum, the cumulative average of
-    momentum None, no running statistics) is what the CPU paths apply and update, as the
-    reference's own BatchNorm3d does."""
+BN_MODES = ["momentum_0.3", "cumulative", "untracked"]
+
+
+def check_path_keeps_batch_norm_semantics(path: str, bn_mode: str) -> None:
+    """GSF ``path`` (a method name) applies and updates the module's batch norm as it is set
+    (another momentum, the cumulative average of momentum None, no running statistics), as
+    the reference's own BatchNorm3d does."""
     module = make_gsf(16, 4, 0.5, seed=4).train()
     if bn_mode == "momentum_0.3":
         module.bn.momentum = 0.3
@@ -754,3 +755,9 @@ def test_cpu_paths_keep_batch_norm_semantics(path, bn_mode):
                                rtol=1e-5, atol=1e-5)
     for name, buffer in module.bn.named_buffers():
         torch.testing.assert_close(buffer, getattr(reference.bn, name), rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("bn_mode", BN_MODES)
+@pytest.mark.parametrize("path", ["forward", "forward_torch"], ids=["cpu_kernels", "torch_ops"])
+def test_cpu_paths_keep_batch_norm_semantics(path, bn_mode):
+    check_path_keeps_batch_norm_semantics(path, bn_mode)

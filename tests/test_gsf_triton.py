@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
 from conftest import interprets_triton
-from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, check_path_takes_an_empty_batch,
-                      make_gsf, make_input, naive_gsf, split_with)
+from test_gsf import (BN_MODES, CASES, assert_close_to_float64, check_path_keeps_batch_norm_semantics,
+                      check_path_matches_naive_spec, check_path_takes_an_empty_batch, make_gsf, make_input, naive_gsf,
+                      split_with)
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -299,26 +300,12 @@ def test_gated_means_are_the_fusion_descriptors_means(size, dtype, channels_last
     torch.testing.assert_close(means[:, 1].double(), expected_gated, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bn_mode", ["momentum_0.3", "cumulative", "untracked"])
+@pytest.mark.parametrize("bn_mode", BN_MODES)
 def test_triton_path_keeps_batch_norm_semantics(bn_mode):
     """The batch statistics and their running averages as the module's batch norm has them
     set: another momentum, the cumulative average (momentum None: the statistics' update in
     PyTorch), none tracked; the numbers are the reference path's."""
-    module = make_gsf(16, 4, 0.5, seed=4).train()
-    if bn_mode == "momentum_0.3":
-        module.bn.momentum = 0.3
-    elif bn_mode == "cumulative":
-        module.bn.momentum = None
-        module.bn.num_batches_tracked.fill_(3)
-    else:
-        module.bn.track_running_stats = False
-        module.bn.running_mean = module.bn.running_var = module.bn.num_batches_tracked = None
-    reference = copy.deepcopy(module)
-    x = make_input(2, 4, 16, 5, seed=4)
-    torch.testing.assert_close(module.forward_triton(x.clone()), reference.forward_reference(x.clone()),
-                               rtol=1e-5, atol=1e-5)
-    for name, buffer in module.bn.named_buffers():
-        torch.testing.assert_close(buffer, getattr(reference.bn, name), rtol=1e-6, atol=1e-7, msg=name)
+    check_path_keeps_batch_norm_semantics("forward_triton", bn_mode)
 
 
 @pytest.mark.parametrize("offset,first_value", [(0.0, 0.0), (300.0, 0.0), (0.0, -1000.0)],
