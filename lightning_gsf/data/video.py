@@ -388,21 +388,28 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
             stream = _video_stream(container, source)
             # (AVI with B-frames: numbered as shown, so its empty chunks, dropped frames, do not count)
             header_counts = not exact and not _numbers_frames_in_decoding_order(container, stream)
-            if (stream.frames > 0 and header_counts and _header_count_fits_duration(stream)
-                    and _last_frame_is_in_the_file(container, stream)):
+            if not (stream.frames > 0 and header_counts and _header_count_fits_duration(stream)):
+                return _demuxed_count(container, stream, source)
+            if _last_frame_is_in_the_file(container, stream):
                 return stream.frames
-        with _open(source) as container:  # (from its start: the check above seeks)
-            stream = _video_stream(container, source)
-            frames, leading = _demuxed_frame_count(container, stream)
-            expected = _frames_by_duration(container, stream)
-            # (Matroska and WebM give the time the last frame ends at as the duration, so a
-            # video whose first frame is late has its leading frames allowed for.)
-            if expected is not None and frames < expected - max(2, expected // 100) - leading:
-                logger.warning("%s: %d frames demuxed, where its duration implies %d: truncated? (it is read as "
-                               "%d frames)", source, frames, expected, frames)
-            return frames
+        with _open(source) as container:  # (from its start again: the check above has seeked)
+            return _demuxed_count(container, _video_stream(container, source), source)
     except av.FFmpegError as error:
         raise SampleReadError(f"{source}: cannot read the video ({error})") from error
+
+
+def _demuxed_count(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   source: Path) -> int:
+    """:func:`_demuxed_frame_count` from the container's start, with a warning where it falls
+    short of what the duration implies (a truncated file)."""
+    frames, leading = _demuxed_frame_count(container, stream)
+    expected = _frames_by_duration(container, stream)
+    # (Matroska and WebM give the time the last frame ends at as the duration, so a video whose
+    # first frame is late has its leading frames allowed for.)
+    if expected is not None and frames < expected - max(2, expected // 100) - leading:
+        logger.warning("%s: %d frames demuxed, where its duration implies %d: truncated? (it is read as %d frames)",
+                       source, frames, expected, frames)
+    return frames
 
 
 def _open(source: Path) -> av.container.InputContainer:
