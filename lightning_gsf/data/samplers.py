@@ -233,8 +233,9 @@ class ResumableDataLoader(DataLoader):
     turns that into the sampler's resume position. Lightning saves it under
     ``loops.fit_loop.state_dict.combined_loader``, and ``callbacks.ExactResume`` under its own
     state; :meth:`load_state_dict` is called before the resumed epoch's first batch (by
-    ``ExactResume`` where Lightning drops the state, Lightning-AI/pytorch-lightning#20550). Iteration is lazy (nothing is read before the first
-    ``next``), so a state loaded after ``iter()`` but before the first batch still applies.
+    ``ExactResume`` where Lightning drops the state, Lightning-AI/pytorch-lightning#20550).
+    Iteration is lazy (nothing is read before the first ``next``), so a state loaded after
+    ``iter()`` but before the first batch still applies.
 
     Worker seeds come from the loader's own generator (seeded from the sampler's seed)
     instead of the global RNG, so iterating does not shift the global random stream that a
