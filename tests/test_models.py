@@ -447,6 +447,30 @@ def test_bad_configurations_are_rejected(kwargs: dict, message: str) -> None:
         VideoClassifier(**config)
 
 
+@pytest.mark.parametrize(
+    ("backbone", "bad_ratio", "fitting"),
+    [
+        ("resnet18", 0.1, [0.25, 0.5, 0.75, 1.0]),
+        ("resnet50", 0.3, [0.25, 0.5, 0.75, 1.0]),
+        ("bninception", 0.3, [0.25, 0.5, 0.75, 1.0]),
+        ("inception_v3", 0.9, [0.06, 0.19, 0.25, 0.31, 0.44, 0.5, 0.56, 0.69, 0.75, 0.81, 0.94, 1.0]),
+    ],
+)
+def test_a_ratio_gsf_cannot_split_names_the_ratios_that_fit(backbone: str, bad_ratio: float, fitting: list) -> None:
+    """The error lists the whole-percent ratios that fit every site, and exactly those build."""
+    with torch.device("meta"):
+        with pytest.raises(ValueError, match="cannot insert GSF after") as error:
+            VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2, gsf_ratio=bad_ratio)
+        listed = str(error.value).rsplit(": ", 1)[1]
+        assert [float(ratio) for ratio in listed.split(", ")] == fitting
+        for percent in (1, 12, 24, 26, 40, 49, 51, 99):  # (a sample of those left out)
+            assert percent / 100 not in fitting
+            with pytest.raises(ValueError, match="cannot insert GSF after"):
+                VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2, gsf_ratio=percent / 100)
+        for ratio in fitting:
+            VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2, gsf_ratio=ratio)
+
+
 # -- ImageNet weights ------------------------------------------------------------------------
 
 

@@ -23,6 +23,9 @@ release; TSM has no parameters.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torchvision.models.inception import BasicConv2d, Inception3
@@ -30,7 +33,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from lightning_gsf.backbones.inception_net import InceptionNet
 from lightning_gsf.backbones.inception_v3 import TORCHVISION_TEMPORAL_SITES
-from lightning_gsf.gsf import GSF
+from lightning_gsf.gsf import GSF, gsf_channels
 from lightning_gsf.temporal import TemporalShift
 
 TEMPORAL_MODULES = ("gsf", "tsm", "none")
@@ -104,18 +107,83 @@ class TemporalBasicConv2d(nn.Module):
         return nn.functional.relu(self.bn(x), inplace=True)
 
 
-def _temporal_pair(
-    kind: str, channels: int, num_segments: int, gsf_ratio: float, site: str, fusion_init: str
-) -> tuple[nn.Module | None, nn.Module | None]:
-    """``(shift, gsf)`` modules for one site; the GSF acts on ``channels`` output channels."""
-    if kind == "tsm":
-        return TemporalShift(num_segments), None
-    try:
-        # Every GSF site is a convolution's output that only GSF reads, so in inference GSF
-        # may overwrite it (see GSF's ``inplace``).
-        return None, GSF(channels, num_segments, gsf_ratio, inplace=True, fusion_init=fusion_init)
-    except ValueError as err:
-        raise ValueError(f"cannot insert GSF after {site}: {err}") from err
+# Installs a (shift, gsf) pair, either of them None, at one site.
+_Install = Callable[[nn.Module | None, nn.Module | None], None]
+
+
+def _wrap_residual_block(layer: nn.Sequential, index: int, wrapper: type[_TemporalResidualBlock],
+                         shift: nn.Module | None, gsf: nn.Module | None) -> None:
+    layer[index] = wrapper(layer[index], shift, gsf)
+
+
+def _wrap_basic_conv(parent: nn.Module, name: str, shift: nn.Module | None, gsf: nn.Module | None) -> None:
+    setattr(parent, name, TemporalBasicConv2d(getattr(parent, name), shift, gsf))
+
+
+def _attach_to_conv(backbone: InceptionNet, site: str, shift: nn.Module | None, gsf: nn.Module | None) -> None:
+    if shift is not None:
+        backbone.attach(site, "before_conv", shift)
+    if gsf is not None:
+        backbone.attach(site, "after_conv", gsf)
+
+
+def _temporal_sites(backbone: nn.Module) -> list[tuple[str, int, _Install]]:
+    """``(site, channels, install)`` for every place of ``backbone`` that takes a temporal
+    module: the conv GSF follows, its output channels, and a function that installs a
+    ``(shift, gsf)`` pair there."""
+    sites: list[tuple[str, int, _Install]] = []
+    if isinstance(backbone, ResNet):
+        for layer_name in ("layer1", "layer2", "layer3", "layer4"):
+            layer: nn.Sequential = getattr(backbone, layer_name)
+            for index, block in enumerate(layer):
+                if isinstance(block, Bottleneck):
+                    wrapper, conv = TemporalBottleneck, "conv3"
+                elif isinstance(block, BasicBlock):
+                    wrapper, conv = TemporalBasicBlock, "conv2"
+                else:
+                    raise TypeError(f"{layer_name}.{index}: no temporal insertion rule for {type(block).__name__}")
+                install = functools.partial(_wrap_residual_block, layer, index, wrapper)
+                sites.append((f"{layer_name}.{index}.{conv}", getattr(block, conv).out_channels, install))
+    elif isinstance(backbone, Inception3):
+        for site in TORCHVISION_TEMPORAL_SITES:
+            parent_name, name = site.rsplit(".", 1)
+            parent = backbone.get_submodule(parent_name)
+            unit: BasicConv2d = getattr(parent, name)
+            sites.append((f"{site}.conv", unit.conv.out_channels, functools.partial(_wrap_basic_conv, parent, name)))
+    elif isinstance(backbone, InceptionNet):
+        for block in backbone.blocks:
+            if block.temporal_site is not None:
+                channels = backbone.conv_layer(block.temporal_site).out_channels
+                sites.append((block.temporal_site, channels,
+                              functools.partial(_attach_to_conv, backbone, block.temporal_site)))
+    else:
+        raise TypeError(f"no temporal insertion rule for a {type(backbone).__name__} backbone")
+    return sites
+
+
+def _percent_ratios_that_fit(channel_counts: list[int]) -> list[int]:
+    """The ratios, in whole percent, at which GSF can split every one of ``channel_counts``."""
+    fitting = []
+    for percent in range(1, 101):
+        try:
+            for channels in channel_counts:
+                gsf_channels(channels, percent / 100)
+        except ValueError:
+            continue
+        fitting.append(percent)
+    return fitting
+
+
+def _check_gsf_ratio(sites: list[tuple[str, int, _Install]], gsf_ratio: float) -> None:
+    """Raise, naming the first site GSF cannot split at ``gsf_ratio`` and the ratios that fit them all."""
+    for site, channels, _ in sites:
+        try:
+            gsf_channels(channels, gsf_ratio)
+        except ValueError as err:
+            fitting = _percent_ratios_that_fit([channels for _, channels, _ in sites])
+            listed = ", ".join(f"{percent / 100:g}" for percent in fitting) or "none"
+            raise ValueError(f"cannot insert GSF after {site}: {err}. The ratios of whole percent that fit "
+                             f"every site of this backbone: {listed}") from err
 
 
 def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int, gsf_ratio: float) -> nn.Module:
@@ -124,41 +192,18 @@ def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int
         raise ValueError(f"unknown temporal module {kind!r}; expected one of {TEMPORAL_MODULES}")
     if kind == "none":
         return backbone
+    sites = _temporal_sites(backbone)
+    if kind == "tsm":
+        for _, _, install in sites:
+            install(TemporalShift(num_segments), None)
+        return backbone
 
+    _check_gsf_ratio(sites, gsf_ratio)
     # The fusion convs start as the authors' networks start them: Kaiming normal in their
     # ResNet (which initialises every Conv2d so), PyTorch's default in their Inceptions.
     fusion_init = "kaiming" if isinstance(backbone, ResNet) else "default"
-
-    def pair(channels: int, site: str) -> tuple[nn.Module | None, nn.Module | None]:
-        return _temporal_pair(kind, channels, num_segments, gsf_ratio, site, fusion_init)
-
-    if isinstance(backbone, ResNet):
-        for layer_name in ("layer1", "layer2", "layer3", "layer4"):
-            layer: nn.Sequential = getattr(backbone, layer_name)
-            for index, block in enumerate(layer):
-                site = f"{layer_name}.{index}"
-                if isinstance(block, Bottleneck):
-                    layer[index] = TemporalBottleneck(block, *pair(block.conv3.out_channels, site + ".conv3"))
-                elif isinstance(block, BasicBlock):
-                    layer[index] = TemporalBasicBlock(block, *pair(block.conv2.out_channels, site + ".conv2"))
-                else:
-                    raise TypeError(f"{site}: no temporal insertion rule for {type(block).__name__}")
-    elif isinstance(backbone, Inception3):
-        for site in TORCHVISION_TEMPORAL_SITES:
-            parent_name, child_name = site.rsplit(".", 1)
-            parent = backbone.get_submodule(parent_name)
-            unit: BasicConv2d = getattr(parent, child_name)
-            setattr(parent, child_name, TemporalBasicConv2d(unit, *pair(unit.conv.out_channels, site + ".conv")))
-    elif isinstance(backbone, InceptionNet):
-        for block in backbone.blocks:
-            if block.temporal_site is None:
-                continue
-            conv = backbone.conv_layer(block.temporal_site)
-            shift, gsf = pair(conv.out_channels, block.temporal_site)
-            if shift is not None:
-                backbone.attach(block.temporal_site, "before_conv", shift)
-            if gsf is not None:
-                backbone.attach(block.temporal_site, "after_conv", gsf)
-    else:
-        raise TypeError(f"no temporal insertion rule for a {type(backbone).__name__} backbone")
+    for _, channels, install in sites:
+        # Every GSF site is a convolution's output that only GSF reads, so in inference GSF
+        # may overwrite it (see GSF's ``inplace``).
+        install(None, GSF(channels, num_segments, gsf_ratio, inplace=True, fusion_init=fusion_init))
     return backbone
