@@ -546,6 +546,13 @@ def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], 
     return [ids[i] for i in keep.tolist()], {head: head_scores[keep] for head, head_scores in scores.items()}
 
 
+def default_results_path(submission: Path) -> Path:
+    """Where ``gsf predict`` writes the results file by default: ``results.pkl`` beside the
+    default ``submission.zip``, ``<name>_results.pkl`` beside any other ``<name>.zip``."""
+    prefix = "" if submission.stem == "submission" else f"{submission.stem}_"
+    return submission.with_name(f"{prefix}results{RESULTS_SUFFIX}")
+
+
 class SubmissionWriter(BasePredictionWriter):
     """Writes ``gsf predict`` outputs as a submission zip (the EPIC-KITCHENS-100 format) and,
     for verb and noun heads, the official results file beside it.
@@ -557,8 +564,10 @@ class SubmissionWriter(BasePredictionWriter):
 
     Args:
         output: the zip (or ``.json``) to write; default ``<trainer.default_root_dir>/submission.zip``.
-        results: the results file (``.pkl``) to write; default ``results.pkl`` beside the
-            submission. Written only for verb and noun heads.
+        results: the results file (``.pkl``) to write; default beside the submission,
+            ``results.pkl`` beside ``submission.zip`` and ``<name>_results.pkl`` beside any
+            other ``<name>.zip`` (so that two predictions written to one folder keep both).
+            Written only for verb and noun heads.
         sls_pt, sls_tl, sls_td: the supervision levels declared in the submission.
     """
 
@@ -590,7 +599,7 @@ class SubmissionWriter(BasePredictionWriter):
         _warn_of_samples_without_prediction(trainer.predict_dataloaders, ids, output)
         self.written = write_submission(make_submission(scores, ids, **self.sls), output)
         if set(scores) == set(EPIC_HEADS):
-            results = Path(self.results) if self.results else output.with_name("results" + RESULTS_SUFFIX)
+            results = Path(self.results) if self.results else default_results_path(output)
             self.written_results = write_results(scores, ids, results)
         elif self.results:
             raise ValueError(f"the results file holds verb and noun scores; these predictions have {sorted(scores)}")

@@ -16,6 +16,7 @@ from lightning_gsf.evaluation import (
     make_submission,
     read_labelled_annotations,
     read_predictions,
+    read_results,
     read_submission,
     results_table,
     split_of,
@@ -420,6 +421,29 @@ def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped)
         assert "1 of the 4 samples have no prediction" in caplog.text and "P01_01_2" in caplog.text
     else:
         assert not caplog.records
+
+
+def test_predictions_written_to_one_folder_under_two_names_keep_both_results_files(tmp_path):
+    """``results.pkl`` beside the default ``submission.zip``; ``<name>_results.pkl`` beside any
+    other name, so that a second ``gsf predict`` into the folder does not overwrite the first's."""
+    from types import SimpleNamespace
+
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    samples = [SimpleNamespace(id="P01_11_0")]
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
+                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    written = {}
+    for output, verb in ((None, 1), (tmp_path / "val.zip", 2), (tmp_path / "test.json", 3)):
+        scores = {"verb": torch.eye(NUM_VERBS)[[verb]], "noun": torch.zeros(1, NUM_NOUNS)}
+        writer = SubmissionWriter(output=None if output is None else str(output))
+        writer.write_on_epoch_end(trainer, None, [{"id": ["P01_11_0"], "index": torch.tensor([0]), "scores": scores}],
+                                  None)
+        written[writer.written.name] = writer.written_results
+    assert written == {"submission.zip": tmp_path / "results.pkl", "val.zip": tmp_path / "val_results.pkl",
+                       "test.json": tmp_path / "test_results.pkl"}
+    for verb, path in enumerate(written.values(), start=1):
+        assert read_results(path)[1]["verb"].argmax().item() == verb
 
 
 def test_declared_supervision_levels_reach_the_submission(tmp_path):
