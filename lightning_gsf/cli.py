@@ -35,6 +35,8 @@ Defaults that every run gets (each can be changed from a config):
 - host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
   training step does not fault its activations in again every step;
   ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
+- CPU DDP (``gloo_exit.py``): every process gives gloo's worker threads the GIL before the
+  interpreter finalizes, which otherwise aborts a finished run at exit now and then.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from lightning_gsf import __version__, host_memory
+from lightning_gsf import __version__, gloo_exit, host_memory
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.evaluation import SubmissionWriter
@@ -350,6 +352,7 @@ def main(args: Sequence[str] | None = None) -> None:
     returns the CLI object (trainer, model) for callers that want it.
     """
     show_info_messages()
+    gloo_exit.release_gloo_workers_at_exit()  # (CPU DDP: exit 0, not an abort, once the work is done)
     run(args)
 
 

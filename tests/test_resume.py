@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
 
 SCRIPT = Path(__file__).resolve()
@@ -506,4 +507,5 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    release_gloo_workers_at_exit()  # (as ``gsf`` does: two-process runs would abort at exit now and then)
     train(_arguments())
