@@ -241,6 +241,11 @@ def count_flops(model: nn.Module, clips: torch.Tensor, config: BenchmarkConfig) 
     return counter.get_total_flops()
 
 
+def gflops_per_clip(model: nn.Module, clips: torch.Tensor, config: BenchmarkConfig) -> float:
+    """GFLOPs of one clip's inference forward (all its frames), from a batch of ``clips``."""
+    return count_flops(model, clips, config) / 1e9 / clips.shape[0]
+
+
 @contextlib.contextmanager
 def gsf_as_reference(model: nn.Module) -> Iterator[None]:
     """Run every GSF of ``model`` as :meth:`GSF.forward_reference`, the spec's computation,
@@ -417,7 +422,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "threads": torch.get_num_threads(), "timer": config.timer, "malloc": malloc,
             "gsf_ratio": config.gsf_ratio, "repeats": config.repeats, "warmup": config.warmup, "seed": config.seed,
             "params_m": count_parameters(model) / 1e6,
-            "gflops_per_clip": count_flops(model, clips, config) / 1e9 / config.batch_size,
+            "gflops_per_clip": gflops_per_clip(model, clips, config),
             # (of the eager model: under the compiler the saved tensors are its choice, unseen here)
             "activation_mb": None if config.compile else saved_activation_bytes(model, clips, labels, config) / 2**20,
             "cuda_peak_mb": None if peak is None else peak / 2**20,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -13,9 +15,13 @@ from lightning_gsf.benchmark import (
     BenchmarkConfig,
     build_model,
     count_flops,
+    gflops_per_clip,
+    gsf_as_reference,
     main,
     make_batch,
+    make_steps,
     saved_activation_bytes,
+    time_round_robin,
 )
 from lightning_gsf import benchmark, host_memory
 from lightning_gsf.gsf import GSF
@@ -208,6 +214,114 @@ def test_channels_last_variant_runs_in_channels_last():
     handle.remove()
     assert logits.shape == (1, 174) and torch.isfinite(logits).all()
     assert features[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def _multiply_add_flops(model: nn.Module, clips: torch.Tensor) -> int:
+    """2 x the multiply-adds of every convolution and linear layer in a forward of ``clips``,
+    from the layers' shapes (GSF run as its reference, whose gate and fusion are such layers)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * output.numel() * module.in_features
+        else:
+            total += 2 * output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+
+    layers = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, layers)]
+    with torch.no_grad(), gsf_as_reference(model):
+        model.eval()(clips)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+@pytest.mark.parametrize("variant", ["none", "tsm", "gsf", "gsf_torch"])
+def test_gflops_per_clip_are_the_layers_multiply_adds_twice_over_one_clip(variant):
+    """Against the layers' shapes, with a batch of 3 (a count left undivided by the batch, a
+    count of multiply-adds, or one that included backward would all be off)."""
+    config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=3)
+    clips, _ = make_batch(config)
+    model = build_model("resnet18", variant, config)
+    expected = _multiply_add_flops(model, clips) / 3
+    assert gflops_per_clip(model, clips, config) * 1e9 == pytest.approx(expected, rel=1e-12)
+    assert expected > 0
+
+
+class _RecordsItsMode(nn.Module):
+    """Records, at every forward, whether it trains, whether grad and inference mode are on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, NUM_CLASSES_OF_PROBE)
+        self.calls: list[tuple[bool, bool, bool]] = []
+
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.calls.append((self.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return {"class": self.layer(clips.mean(dim=(1, 3, 4)))}
+
+
+NUM_CLASSES_OF_PROBE = 5
+
+
+def test_the_timed_steps_train_with_an_optimiser_step_and_infer_in_eval_inference_mode():
+    config = BenchmarkConfig(num_segments=2, input_size=4, batch_size=2)
+    model = _RecordsItsMode()
+    clips = torch.randn(2, 2, 3, 4, 4)
+    labels = torch.tensor([0, 1])
+    steps = make_steps(model, clips, labels, config)
+    before = model.layer.weight.detach().clone()
+    steps.train()
+    assert model.calls == [(True, True, False)]
+    assert not torch.equal(model.layer.weight, before)  # (the optimiser's step is part of a training step)
+    steps.infer()
+    assert model.calls[-1] == (False, False, True)
+    steps.train()  # (and back to training mode)
+    assert model.calls[-1] == (True, True, False)
+
+
+def test_round_robin_times_only_the_calls_after_the_warm_up_each_round_in_turn():
+    """A fake clock that each call advances: a step's first calls are slow (as a first call's
+    allocations and compilation are), later ones cost 1 + the step's index."""
+    clock = [0.0]
+    order: list[str] = []
+
+    def step(name: str, cost: float) -> Callable[[], None]:
+        calls = [0]
+
+        def call() -> None:
+            calls[0] += 1
+            order.append(name)
+            clock[0] += 100.0 if calls[0] <= 2 else cost
+        return call
+
+    steps = {"a": step("a", 1.0), "b": step("b", 2.0)}
+    times = time_round_robin(steps, repeats=3, warmup=2, device="cpu", timer=lambda: clock[0])
+    assert times == {"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0, 2.0]}
+    assert order == ["a", "b"] * 5  # (warm-up rounds, then timed rounds, one call per step in turn)
+
+
+def test_time_ratios_are_the_median_of_the_rounds_ratios():
+    """Paired by round (a slow round slows both), not a ratio of medians (here 1.5)."""
+    times, baseline = [1.0, 10.0, 3.0], [1.0, 2.0, 10.0]
+    assert benchmark._median_ratio(times, baseline) == 1.0
+
+
+class _SavesTwoSlicesOfOneStorage(nn.Module):
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = clips.flatten(1) * 2  # a new storage of 2 x 48 floats
+        a, b = x[:, :8], x[:, 8:16]  # two views of a third of it, both saved by a * b
+        return {"class": (a * b).sum(1, keepdim=True)}
+
+
+def test_activation_bytes_count_a_storage_whole_once_for_all_its_saved_views():
+    config = BenchmarkConfig(num_segments=1, input_size=4, batch_size=2)
+    clips = torch.randn(2, 1, 3, 4, 4, requires_grad=True)
+    labels = torch.zeros(2, dtype=torch.long)
+    counted = saved_activation_bytes(_SavesTwoSlicesOfOneStorage(), clips, labels, config)
+    storage_bytes = 2 * 48 * 4
+    assert storage_bytes <= counted < storage_bytes + 64  # x's storage once, plus the loss's few bytes
 
 
 class _SavesTheSameTensorTwice(nn.Module):
