@@ -374,12 +374,25 @@ def test_skip_unreadable_logs_each_sample_and_the_count(synthetic_root, tmp_path
     assert f"{len(skipped)} unreadable val samples were skipped" in messages
 
 
-def test_benchmark_runs_on_both_layouts(synthetic_root):
-    from lightning_gsf.data.benchmark import main
+@pytest.mark.parametrize("model", [["--model", "resnet18", "gsf"], ["--no-model"]])
+def test_benchmark_runs_on_both_layouts_beside_the_models_training(synthetic_root, model, monkeypatch):
+    from lightning_gsf.data import benchmark
 
-    results = main(["--root", str(synthetic_root), "--workers", "0", "--batches", "2", "--batch-size", "2", "--input-size", "32"])
+    timed = []
+    measure_model = benchmark.measure_model
+    monkeypatch.setattr(benchmark, "measure_model", lambda *a, **k: timed.append((a, k)) or measure_model(*a, **k))
+    results = benchmark.main(["--root", str(synthetic_root), "--workers", "0", "--batches", "2", "--batch-size", "2",
+                              "--input-size", "32", "--num-segments", "2", *model])
     assert [(r.layout, r.num_workers, r.clips) for r in results] == [("frames", 0, 4), ("video", 0, 4)]
     assert all(r.clips_per_second > 0 for r in results)
+    if model == ["--no-model"]:
+        assert not timed and all(r.model_clips_per_second is None and r.vs_model is None for r in results)
+        return
+    # The model trained on clips of the loader's shape, once, and every row is compared with it.
+    assert timed == [(("resnet18", "gsf"), {"batch_size": 2, "num_segments": 2, "input_size": 32})]
+    model_rate = results[0].model_clips_per_second
+    assert model_rate > 0 and all(r.model_clips_per_second == model_rate for r in results)
+    assert all(r.vs_model == pytest.approx(r.clips_per_second / model_rate) for r in results)
 
 
 def test_benchmark_refuses_a_root_that_is_not_there(tmp_path, capsys):
