@@ -548,7 +548,8 @@ def merge_predictions(batches: Sequence[Mapping[str, Any]]) -> tuple[list[str], 
 
 def default_results_path(submission: Path) -> Path:
     """Where ``gsf predict`` writes the results file by default: ``results.pkl`` beside the
-    default ``submission.zip``, ``<name>_results.pkl`` beside any other ``<name>.zip``."""
+    default ``submission.zip`` (or ``.json``), ``<name>_results.pkl`` beside any other
+    ``<name>.zip`` or ``<name>.json``."""
     prefix = "" if submission.stem == "submission" else f"{submission.stem}_"
     return submission.with_name(f"{prefix}results{RESULTS_SUFFIX}")
 
@@ -565,8 +566,9 @@ class SubmissionWriter(BasePredictionWriter):
     Args:
         output: the zip (or ``.json``) to write; default ``<trainer.default_root_dir>/submission.zip``.
         results: the results file (``.pkl``) to write; default beside the submission,
-            ``results.pkl`` beside ``submission.zip`` and ``<name>_results.pkl`` beside any
-            other ``<name>.zip`` (so that two predictions written to one folder keep both).
+            ``results.pkl`` beside ``submission.zip`` (or ``.json``) and ``<name>_results.pkl``
+            beside any other ``<name>.zip`` or ``<name>.json`` (so that two predictions written
+            to one folder keep both).
             Written only for verb and noun heads.
         sls_pt, sls_tl, sls_td: the supervision levels declared in the submission.
     """

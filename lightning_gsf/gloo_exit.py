@@ -15,7 +15,9 @@ two-process resumes aborted so in 2 of 7 repetitions while other jobs ran.
 
 :func:`release_gloo_workers_at_exit` registers an exit handler that, while the interpreter
 is still whole, releases the GIL for a moment so that the workers finish those destructors
-(0 of 50 runs aborted). ``gsf`` calls it in every process it starts.
+(0 of 50 runs aborted). ``gsf``'s ``main`` calls it, so every rank that Lightning's DDP
+launcher, ``torchrun`` or ``srun`` starts with ``gsf`` has it (``ddp_spawn``'s workers, which
+no config uses, would not).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lightning_gsf import cli, gloo_exit
+
 RUNS = 10
 
 
@@ -41,11 +43,34 @@ def test_two_process_gloo_runs_exit_zero(tmp_path):
                              stderr=subprocess.STDOUT, text=True)
             for rank in (0, 1)
         ]
-        for rank, process in enumerate(processes):
-            output, _ = process.communicate(timeout=120)
-            if process.returncode != 0:
-                failures.append(f"run {run}, rank {rank}: exit status {process.returncode}\n{output[-2000:]}")
+        try:
+            for rank, process in enumerate(processes):
+                output, _ = process.communicate(timeout=120)
+                if process.returncode != 0:
+                    failures.append(f"run {run}, rank {rank}: exit status {process.returncode}\n{output[-2000:]}")
+        finally:
+            for process in processes:  # (after a timeout: none left running)
+                process.kill()
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("initialized", "backend", "sleeps"), [(False, None, False), (True, "gloo", True),
+                                                                 (True, "nccl", False)])
+def test_the_exit_handler_waits_only_in_a_process_with_a_gloo_group(monkeypatch, initialized, backend, sleeps):
+    slept = []
+    monkeypatch.setattr(gloo_exit.dist, "is_initialized", lambda: initialized)
+    monkeypatch.setattr(gloo_exit.dist, "get_backend", lambda: backend)
+    monkeypatch.setattr(gloo_exit.time, "sleep", slept.append)
+    gloo_exit._release_gloo_workers()
+    assert slept == ([gloo_exit.RELEASE_SECONDS] if sleeps else [])
+
+
+def test_gsf_registers_the_exit_handler_before_it_runs_a_command(monkeypatch):
+    events = []
+    monkeypatch.setattr(cli.gloo_exit, "release_gloo_workers_at_exit", lambda: events.append("registered"))
+    monkeypatch.setattr(cli, "run", lambda args: events.append(("run", args)))
+    cli.main(["fit"])
+    assert events == ["registered", ("run", ["fit"])]
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
-from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
+from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 
 SCRIPT = Path(__file__).resolve()
 DATASET_SIZE, BATCH_SIZE = 23, 4

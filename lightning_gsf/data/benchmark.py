@@ -9,8 +9,10 @@ error, not a reason to time other data).
 
 Beside them it times the model's training on clips of the same shape on the same machine
 (``--model BACKBONE TEMPORAL_MODULE``, ResNet-50 GSF by default; ``gsf benchmark``'s training
-step: forward, backward and SGD step) and gives each loader's clips per second as a multiple
-of the model's: above 1, the loader keeps ahead of training. ``--no-model`` leaves it out.
+step: forward, backward and SGD step, on the CPU) and gives each loader's clips per second as
+a multiple of the model's: above 1, the loader keeps ahead of training. ``--no-model`` leaves
+it out. Timing the model first sets glibc's malloc as ``gsf fit`` does
+(:mod:`lightning_gsf.host_memory`), for the loaders too, as in training.
 
 Measure, not test: the figures depend on the machine, its load and the dataset's resolution;
 ``data/README.md`` records some. The first batches of every run (one per worker, at least one)
@@ -133,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> list[Throughput]:
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--video-threads", type=int, default=0, help="decoder threads per video (0: FFmpeg chooses)")
     parser.add_argument("--randaugment", action="store_true", help="the training RandAugment on (as the real configs)")
-    parser.add_argument("--model", nargs=2, default=["resnet50", "gsf"], metavar=("BACKBONE", "TEMPORAL_MODULE"),
-                        help="the model whose training clips/s each loader is compared with (default: resnet50 gsf)")
-    parser.add_argument("--no-model", action="store_true", help="time the loader alone")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", nargs=2, default=["resnet50", "gsf"], metavar=("BACKBONE", "TEMPORAL_MODULE"),
+                       help="the model whose training clips/s (on the CPU) each loader is compared with "
+                            "(default: resnet50 gsf)")
+    model.add_argument("--no-model", action="store_true", help="time the loader alone")
     args = parser.parse_args(argv)
     if args.root is not None and not args.root.is_dir():
         parser.error(f"--root {args.root}: no such dataset folder (leave --root out to time a generated synthetic set)")
