@@ -197,7 +197,7 @@ def test_the_valid_example_parses(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "columns", "message"),
     [
-        (GOOD_ROWS, EPIC_ACTION_COLUMNS[:7] + EPIC_ACTION_COLUMNS[8:], r"line 1: missing column\(s\) \['stop_frame'\]"),
+        (GOOD_ROWS, EPIC_ACTION_COLUMNS[:7] + EPIC_ACTION_COLUMNS[8:], r"header: missing column\(s\) \['stop_frame'\]"),
         ([GOOD_ROWS[0], GOOD_ROWS[1][:12]], EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): 12 fields; expected the header's 15"),
         ([GOOD_ROWS[0] + ["extra"]], EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): 16 fields"),
         (with_field(1, "start_timestamp", "00:00:1.0"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): column 'start_timestamp' is '00:00:1.0'; expected a timestamp"),
@@ -212,16 +212,25 @@ def test_the_valid_example_parses(tmp_path):
         (with_field(1, "participant_id", "P02"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): video_id P01_01 is not a video of participant P02"),
         (with_field(1, "video_id", "P01_02"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): narration_id P01_01_1 is not a narration of video P01_02"),
         (with_field(0, "noun_class", "0"), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): noun_class 0 is not the first of all_noun_classes \[1\]"),
+        # (a label column misnamed: an error, not a file read as unlabelled, whose labels would be lost)
+        (GOOD_ROWS, tuple(c + " " if c == "verb_class" else c for c in EPIC_ACTION_COLUMNS), r"header: missing column\(s\) \['verb_class'\]; .* found \[.*'verb_class '"),
     ],
     ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
          "frame-zero", "bad-class", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
-         "noun-class-not-first"],
+         "noun-class-not-first", "misnamed-label-column"],
 )  # fmt: skip
 def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, message):
     path = write_annotations(tmp_path, rows, columns)
     with pytest.raises(AnnotationError, match=message) as error:
         read_actions(path)
     assert str(error.value).startswith(str(path))
+
+
+def test_a_labelled_file_with_blank_lines_before_its_header_keeps_its_labels(tmp_path):
+    path = write_annotations(tmp_path, GOOD_ROWS)
+    path.write_text("\n\n" + path.read_text())
+    actions = read_actions(path)
+    assert [(a.verb_class, a.noun_class) for a in actions] == [(int(r[10]), int(r[12])) for r in GOOD_ROWS]
 
 
 @pytest.mark.parametrize(

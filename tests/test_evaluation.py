@@ -316,7 +316,7 @@ def test_annotation_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad.csv, line 3 \(narration_id P01_1_1\): column 'verb_class' is 'x'"):
         read_labelled_annotations(path)
     path.write_text("narration_id,verb_class\n")
-    with pytest.raises(ValueError, match=r"bad.csv, line 1: missing column\(s\) \['participant_id', 'noun_class'\]"):
+    with pytest.raises(ValueError, match=r"bad.csv, header: missing column\(s\) \['participant_id', 'noun_class'\]"):
         read_labelled_annotations(path)
 
 

@@ -69,6 +69,8 @@ def test_relative_path_templates(template: str, expected: str) -> None:
          r"line 3: expected a whole number of seconds in 'time_start'"),
         ("label,youtube_id,time_start,time_end,split\n\"air drumming\",abc,1,11\n", r"line 2: expected 5 fields"),
         ("label,youtube_id,time_start,time_end,split\nabseiling,abc,11,1,val\n", r"line 2: expected 0 <= time_start < time_end"),
+        # (an empty split made the path "/abc_...mp4", outside the dataset root)
+        ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1,11, \n", r"line 2: empty youtube_id, split or label"),
     ],
 )
 def test_bad_rows_name_file_and_line(tmp_path: Path, content: str, message: str) -> None:

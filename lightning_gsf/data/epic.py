@@ -37,7 +37,6 @@ splits only) and ``unseen`` (participants absent from training).
 from __future__ import annotations
 
 import ast
-import csv
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -99,6 +98,8 @@ EPIC_ACTION_COLUMNS = EPIC_TIMESTAMP_COLUMNS + (
     "all_nouns",
     "all_noun_classes",
 )
+#: The columns only labelled files have.
+EPIC_LABEL_COLUMNS = EPIC_ACTION_COLUMNS[len(EPIC_TIMESTAMP_COLUMNS):]
 #: The columns of ``EPIC_100_verb_classes.csv`` and ``EPIC_100_noun_classes.csv``.
 EPIC_CLASS_COLUMNS = ("id", "key", "instances", "category")
 #: The columns of ``EPIC_100_video_info.csv``.
@@ -251,7 +252,7 @@ def read_csv_rows(path: Path, required: Sequence[str], name_column: str | None =
     missing = [column for column in required if column not in header]
     if missing:
         raise AnnotationError(
-            f"{path}, line 1: missing column(s) {missing}; expected a header with {list(required)}"
+            f"{path}, header: missing column(s) {missing}; expected a header with {list(required)}, found {header}"
         )
     for record in records:
         values = record.values
@@ -288,18 +289,17 @@ def format_timestamp(seconds: float, decimals: int = 2) -> str:
 def read_actions(path: Path) -> list[EpicAction]:
     """Read ``EPIC_100_{train,validation}.csv`` (labelled) or ``EPIC_100_test_timestamps.csv``.
 
-    A file is labelled when its header has ``verb_class``; then all 15 official columns are
-    required, otherwise the 8 timing columns. Checks each row's types, that the frames and
-    times are ordered, and that narration_ids are unique.
+    A file is labelled when its header has any of the label columns (``verb``, ``verb_class``,
+    ...); then all 15 official columns are required (so a misnamed one is an error, not a
+    file read as unlabelled), otherwise the 8 timing columns. Checks each row's types, that
+    the frames and times are ordered, and that narration_ids are unique.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} does not exist (set data.init_args.root, or "
                                 f"data.init_args.annotations_dir where the annotations are elsewhere)")
-    with path.open("rb") as file:  # (the header line only; read_csv_rows reads and checks the rest)
-        first_line = file.readline().decode("utf-8-sig", errors="replace")
-    header = next(csv.reader([first_line]), [])
-    labelled = "verb_class" in header
+    header, _ = read_headed_csv(path)  # (the header only; read_csv_rows reads and checks the rest)
+    labelled = any(column in header for column in EPIC_LABEL_COLUMNS)
     actions: list[EpicAction] = []
     lines_by_id: dict[str, int] = {}
     for row in read_csv_rows(path, EPIC_ACTION_COLUMNS if labelled else EPIC_TIMESTAMP_COLUMNS, "narration_id"):

@@ -133,15 +133,15 @@ def read_csv(path: Path, labelled: bool | None = None) -> list[KineticsClip]:
         if None in row or any(row[column] is None for column in header):
             shown = str(row) if len(str(row)) <= 300 else f"{str(row)[:300]} ..."
             raise AnnotationError(f"{where}: expected {len(header)} fields ({','.join(header)}), got {shown}")
-        youtube_id = row["youtube_id"].strip()
+        youtube_id, split = row["youtube_id"].strip(), row["split"].strip()
         label = row["label"].strip() if labelled else None
-        if not youtube_id or (labelled and not label):
-            raise AnnotationError(f"{where}: empty youtube_id or label in {row}")
+        if not youtube_id or not split or (labelled and not label):  # (an empty split: a path outside the root)
+            raise AnnotationError(f"{where}: empty youtube_id, split or label in {row}")
         start = _parse_second(row["time_start"], "time_start", where)
         end = _parse_second(row["time_end"], "time_end", where)
         if not 0 <= start < end:
             raise AnnotationError(f"{where}: expected 0 <= time_start < time_end, got {start}, {end}")
-        clips.append(KineticsClip(youtube_id, start, end, row["split"].strip(), label, line=record.first_line))
+        clips.append(KineticsClip(youtube_id, start, end, split, label, line=record.first_line))
     return clips
 
 
