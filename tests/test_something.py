@@ -339,11 +339,27 @@ def test_ssv2_config_trains_one_epoch(tmp_path: Path, ssv2_dir: Path, config: st
     assert list((tmp_path / "runs").rglob("*.ckpt"))
 
 
-def test_a_repeated_video_id_names_both_lines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_repeated_video_id_names_both_lines(tmp_path: Path, labelled: bool) -> None:
+    """In a labelled list and in the test list of ids alone (which named neither line)."""
     path = tmp_path / "something-something-v1-train.csv"
-    path.write_text("1;Pushing something\n2;Pulling something\n1;Pulling something\n")
-    with pytest.raises(AnnotationError, match=r"train.csv, line 3: video id '1' repeats line 1"):
-        read_id_class_csv(path, {"Pushing something": 0, "Pulling something": 1})
+    lines = ["1;Pushing something", "2;Pulling something", "1;Pulling something"]
+    path.write_text("".join((line if labelled else line.split(";")[0]) + "\n" for line in lines))
+    classes = {"Pushing something": 0, "Pulling something": 1} if labelled else None
+    with pytest.raises(AnnotationError, match=r"train.csv, line 3: video id '1' repeats line 1$"):
+        read_id_class_csv(path, classes)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_repeated_video_id_in_a_json_list_names_both_entries(tmp_path: Path, ssv2_dir: Path,
+                                                               ssv2_classes: dict, labelled: bool) -> None:
+    entries = json.loads((ssv2_dir / "something-something-v2-validation.excerpt.json").read_text())[:3]
+    entries.append(dict(entries[1], template=entries[0]["template"]))  # (the same id, another class)
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps(entries if labelled else [{"id": entry["id"]} for entry in entries]))
+    expected = rf"list.json, entry 3: video id '{entries[1]['id']}' repeats entry 1$"
+    with pytest.raises(AnnotationError, match=expected):
+        ssv2.read_split(path, ssv2_classes if labelled else None)
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_id(tmp_path: Path) -> None:

@@ -101,21 +101,23 @@ def read_id_class_csv(
                 raise AnnotationError(
                     f"{path}, line {line_number}: expected a video id alone, got {line!r}"
                 )
-            rows.append((fields[0].strip(), None))
-            continue
-        if len(fields) != 2 or not fields[0].strip():
+        elif len(fields) != 2 or not fields[0].strip():
             raise AnnotationError(
                 f"{path}, line {line_number}: expected '<video id>;<class name>', got {line!r}"
             )
-        video_id, class_name = fields[0].strip(), fields[1].strip()
+        video_id = fields[0].strip()
+        if video_id in first_line:
+            raise AnnotationError(f"{path}, line {line_number}: video id {video_id!r} repeats line {first_line[video_id]}")
+        first_line[video_id] = line_number
+        if class_to_index is None:
+            rows.append((video_id, None))
+            continue
+        class_name = fields[1].strip()
         if class_name not in class_to_index:
             raise AnnotationError(
                 f"{path}, line {line_number}: unknown class {class_name!r} "
                 f"(not among the {len(class_to_index)} classes of the label file)"
             )
-        if video_id in first_line:
-            raise AnnotationError(f"{path}, line {line_number}: video id {video_id!r} repeats line {first_line[video_id]}")
-        first_line[video_id] = line_number
         rows.append((video_id, class_to_index[class_name]))
     return rows
 

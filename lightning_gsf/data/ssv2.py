@@ -52,11 +52,15 @@ def read_split(path: Path, class_to_index: Mapping[str, int] | None) -> list[tup
     the class index is None.
     """
     rows: list[tuple[str, int | None]] = []
+    first_entry: dict[str, int] = {}
     for position, entry in enumerate(read_json(path, list)):
         where = f"{path}, entry {position}"
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str | int) or entry["id"] == "":
             raise AnnotationError(f"{where}: expected an object with an 'id', got {entry!r}")
         video_id = str(entry["id"])
+        if video_id in first_entry:
+            raise AnnotationError(f"{where}: video id {video_id!r} repeats entry {first_entry[video_id]}")
+        first_entry[video_id] = position
         if class_to_index is None:
             rows.append((video_id, None))
             continue
