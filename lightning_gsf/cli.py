@@ -37,6 +37,10 @@ Defaults that every run gets (each can be changed from a config):
   ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
 - CPU DDP (``gloo_exit.py``): every process gives gloo's worker threads the GIL before the
   interpreter finalizes, which otherwise aborts a finished run at exit now and then.
+- exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143) when a
+  SIGTERM stopped it, after its checkpoint was saved (from rank 0; see :func:`main`). (Lightning ends such a run with a bare
+  ``SystemExit``, status 0, so ``gsf fit ... && gsf test ...``, or a SLURM job that depends on
+  the training job with ``afterok``, would go on as if training had finished.)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +58,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, Pr
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import __version__, gloo_exit, host_memory
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
@@ -64,6 +70,10 @@ from lightning_gsf.module import VideoClassificationModule
 log = logging.getLogger(__name__)
 
 CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
+
+#: ``gsf``'s exit status when a SIGTERM stopped the command: the shell's status of a process that
+#: SIGTERM ended, 128 + 15. The run is unfinished (``--ckpt_path last`` resumes it).
+EXIT_STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 
 #: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
@@ -349,11 +359,23 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list).
 
     Returns nothing, so that the console script's ``sys.exit(main())`` exits 0; :func:`run`
-    returns the CLI object (trainer, model) for callers that want it.
+    returns the CLI object (trainer, model) for callers that want it. A command stopped by
+    SIGTERM raises ``SystemExit(EXIT_STOPPED_BY_SIGTERM)`` on global rank 0 (Lightning's
+    ``SystemExit`` of status 0 on the others) once Lightning has run its callbacks: the
+    checkpoint is saved by then.
     """
     show_info_messages()
     gloo_exit.release_gloo_workers_at_exit()  # (CPU DDP: exit 0, not an abort, once the work is done)
-    run(args)
+    try:
+        run(args)
+    except SIGTERMException:
+        # Every process has passed the checkpoint's barrier. Only rank 0 reports the stop: a
+        # launcher that kills the other processes when one fails (srun --kill-on-bad-exit,
+        # torchrun) must not cut short rank 0's last flush of the loggers; a job's status is
+        # the worst of its processes'.
+        if rank_zero_only.rank == 0:
+            raise SystemExit(EXIT_STOPPED_BY_SIGTERM) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import dataclasses
 import json
 import re
 import logging
+import os
+import signal
 import sys
 import zipfile
 from pathlib import Path
@@ -15,11 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lightning_gsf import cli
 from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
-from lightning_gsf.cli import CHECKPOINT_MONITOR, main, run, show_info_messages
+from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.model import VideoClassifier
 
@@ -161,6 +166,42 @@ def test_resume_with_other_steps_per_epoch_keeps_the_schedules_place(tmp_path, d
     scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
     assert scheduler.last_epoch == 8
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+class SigtermInFirstBatch(pl.Callback):
+    """Send this process a SIGTERM while the first training batch runs (Lightning's handler,
+    installed for the run, takes it)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_gsf_stopped_by_sigterm_saves_last_then_exits_143(tmp_path, dataset):
+    """A run that SIGTERM stopped is unfinished: ``gsf`` exits with status 128 + 15, as a process
+    ended by SIGTERM does, so ``gsf fit ... && gsf test ...`` stops there (Lightning's own exit
+    is a ``SystemExit`` of status 0); the checkpoint is written first."""
+    config = _config(tmp_path, dataset)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.max_epochs", "2",
+              "--trainer.callbacks+=test_cli.SigtermInFirstBatch"])  # fmt: skip
+    assert exit_info.value.code == EXIT_STOPPED_BY_SIGTERM == 143
+    assert _saved_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 1
+
+
+def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):
+    """Under DDP the other processes end with Lightning's status 0: a launcher that kills the
+    remaining processes once one fails must not kill rank 0 while it flushes its loggers."""
+    def stopped(args):
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli, "run", stopped)
+    monkeypatch.setattr(cli.gloo_exit, "release_gloo_workers_at_exit", lambda: None)
+    for rank, status in [(0, EXIT_STOPPED_BY_SIGTERM), (1, None)]:
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit"])
+        assert exit_info.value.code == status
 
 
 def test_print_config_is_runnable(tmp_path, dataset, capsys):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from lightning_gsf.cli import EXIT_STOPPED_BY_SIGTERM
 from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
 from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 
@@ -175,14 +176,14 @@ def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _finish(process: subprocess.Popen, timeout: float = 120) -> str:
+def _finish(process: subprocess.Popen, timeout: float = 120, returncode: int = 0) -> str:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # (the run and the DDP processes it started)
         output, _ = process.communicate()
         raise AssertionError(f"the run did not finish within {timeout} s:\n{output}") from None
-    assert process.returncode == 0, output
+    assert process.returncode == returncode, output
     return output
 
 
@@ -245,16 +246,17 @@ def test_resumed_mid_epoch_on_more_processes_the_epoch_trains_every_remaining_sa
     assert (seen[0], seen[1]) == ((remaining + order[:1])[0::2], (remaining + order[:1])[1::2])
 
 
-def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120) -> str:
+def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120, returncode: int = 0) -> str:
     """SIGTERM to ``process`` once it has written ``ready``; its output once it has exited
-    (``timeout`` seconds for each)."""
+    with ``returncode`` (``timeout`` seconds for each). (Lightning's own exit after a SIGTERM is
+    status 0; ``gsf``'s is 143.)"""
     deadline = time.monotonic() + timeout
     while not ready.exists():
         assert process.poll() is None, process.communicate()[0]
         assert time.monotonic() < deadline, "the training process never reached the point to stop at"
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
-    return _finish(process, timeout=timeout)
+    return _finish(process, timeout=timeout, returncode=returncode)
 
 
 def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_path):
@@ -342,7 +344,7 @@ def test_gsf_fit_preempted_by_sigterm_resumes_to_the_same_weights(tmp_path):
         data, tmp_path / "preempted", "--trainer.callbacks+=test_resume.WaitForSignalAt",
         f"--trainer.callbacks.step={stop_at_step}", f"--trainer.callbacks.ready_file={ready}",
     )  # fmt: skip
-    _stop_when_ready(preempted, ready, timeout=300)
+    _stop_when_ready(preempted, ready, timeout=300, returncode=EXIT_STOPPED_BY_SIGTERM)
     last = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == stop_at_step
 
