@@ -241,6 +241,16 @@ def _empty(path: Path) -> None:
     path.write_bytes(b"")
 
 
+def _folder_instead_of_file(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _file_instead_of_folder(path: Path) -> None:
+    shutil.rmtree(path)
+    path.write_bytes(b"")
+
+
 def _frame_files(folder: Path, start: int, stop: int) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
     return files[start:stop]
@@ -272,11 +282,13 @@ VIDEO_BREAKAGES: dict[str, Callable[[Any], range | None]] = {
     "corrupt_video": lambda sample: _corrupt(sample.source),
     "truncated_video": lambda sample: _truncate(sample.source),
     "empty_video": lambda sample: _empty(sample.source),
+    "folder_instead_of_video": lambda sample: _folder_instead_of_file(sample.source),
 }
 FRAME_BREAKAGES: dict[str, Callable[[Any], range | None]] = {
     "missing_frames": _remove_frames_in_range,
     "no_frames": _empty_frame_folder,
     "frame_of_another_size": _frames_of_two_sizes,
+    "file_instead_of_folder": lambda sample: _file_instead_of_folder(sample.source),
 }
 # A frame-folder dataset without frame ranges in its annotations (SSv1) counts the frames on
 # disk, so frames missing at the end of a folder only shorten the video: that is no error.
@@ -336,6 +348,24 @@ def test_unreadable_media_is_skipped_and_counted_when_opted_in(build, dataset, k
     report_dir = built.kwargs.get("missing_report_dir")
     reports = [path.read_text() for path in report_dir.glob("*.tsv")] if report_dir else []
     assert any(source.name in text for text in [record.getMessage() for record in caplog.records] + reports)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "kind", "problem"),
+    [
+        ("kinetics400", "folder_instead_of_video", "a folder, not a video file"),
+        ("epic-frames", "file_instead_of_folder", "a file, not a folder of frames"),
+        ("epic-video", "folder_instead_of_video", "a folder, not a video file"),
+        ("kinetics400", "empty_video", "unreadable"),
+    ],
+)
+def test_what_stands_where_a_video_should_be_is_said(build, dataset, kind, problem):
+    """Something else at a video's path is named as what it is, not as a missing file."""
+    built = build(dataset)
+    source, _, _ = _break_first_sample(built, kind)
+    with pytest.raises(SampleReadError, match=r"missing or unreadable") as error:
+        built.datamodule().setup("fit")
+    assert f"{source} ({problem}" in str(error.value)
 
 
 # --- annotations ---------------------------------------------------------------------------------

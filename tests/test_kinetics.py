@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -255,6 +256,17 @@ def test_frame_count_cache_is_written_then_used(tmp_path: Path, k400_dir: Path) 
     cache.write_text("".join(f"{sample.source}.mp4,24\n" for sample in first).join(["counted_as,num_frames\n", ""]))
     third = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
     assert [sample.num_frames for sample in third] == [12, 12]
+
+
+@pytest.mark.parametrize(("count", "problem"), [("-3", "a negative frame count, -3"), ("twelve", "expected '<path>,<frames>'")])
+def test_a_bad_frame_count_cache_row_is_blamed_on_the_cache(tmp_path: Path, k400_dir: Path, count, problem) -> None:
+    """A count that no video can have names the cache file and its line, not the video."""
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", layout="frames")
+    cache = tmp_path / "frame_counts.csv"
+    Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    cache.write_text(cache.read_text().replace(",12\n", f",{count}\n", 1))
+    with pytest.raises(ValueError, match=rf"frame_counts.csv, line 2: {re.escape(problem)}.*delete the file"):
+        Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
 
 
 def test_a_frame_count_cache_keyed_by_sample_id_is_counted_again(tmp_path: Path, k400_dir: Path, caplog) -> None:

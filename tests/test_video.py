@@ -260,9 +260,14 @@ def test_frames_of_different_sizes(tmp_path: Path) -> None:
         FrameFolderReader(TEMPLATE).read(folder, [0, 2])
 
 
-def test_missing_video(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read", [lambda path: VideoFileReader().read(path, [0]), count_video_frames],
+                         ids=["read", "count"])
+def test_missing_video_or_a_folder_in_its_place(tmp_path: Path, read) -> None:
     with _raises_naming(tmp_path / "absent.mp4", "does not exist"):
-        VideoFileReader().read(tmp_path / "absent.mp4", [0])
+        read(tmp_path / "absent.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    with _raises_naming(tmp_path / "folder.mp4", "is a folder"):
+        read(tmp_path / "folder.mp4")
 
 
 def _corrupt(path: Path, source: Path, kind: str) -> Path:

@@ -590,8 +590,8 @@ class EpicKitchensDataModule(VideoDataModule):
         """``(problem, frames)`` of one video's media for its ``segments``: what makes it
         missing or unreadable (None if nothing), and its frame count where its frame folder
         ends before its last annotated frame (None where it does not, or is not counted)."""
-        if not self.media_layout.exists(source):
-            return f"no such {self.media_layout.medium}", None
+        if (absence := self.media_layout.absence(source)) is not None:
+            return absence, None
         last = max(sample.stop for _, sample in segments)
         if self.media_layout.kind != "frames" or self.media_layout.has_frame(source, last - 1):
             return None, None

@@ -84,13 +84,17 @@ class MediaLayout:
             return FrameFolderReader(self.frame_template, self.first_index)
         return VideoFileReader(threads=self.video_threads)
 
-    @property
-    def medium(self) -> str:
-        """What one video is on disk: ``"folder"`` (of frames) or ``"file"``."""
-        return "folder" if self.kind == "frames" else "file"
-
     def exists(self, source: Path) -> bool:
         return source.is_dir() if self.kind == "frames" else source.is_file()
+
+    def absence(self, source: Path) -> str | None:
+        """Why ``source`` is not one video on disk, for the missing-media report: ``"no such
+        file"`` (or folder), or what stands at its path instead; None where it is."""
+        if self.exists(source):
+            return None
+        if self.kind == "frames":
+            return "a file, not a folder of frames" if source.exists() else "no such folder"
+        return "a folder, not a video file" if source.is_dir() else "no such file"
 
     def has_frame(self, folder: Path, index: int) -> bool:
         """Whether the frame file of 0-based frame ``index`` is in ``folder`` (frames layout)."""
@@ -210,7 +214,11 @@ def read_frame_count_cache(path: Path) -> dict[str, int]:
             try:
                 counts[row["counted_as"]] = int(row["num_frames"])
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{path}, line {reader.line_num}: expected '<path>,<frames>', got {row}") from error
+                raise ValueError(f"{path}, line {reader.line_num}: expected '<path>,<frames>', got {row}; "
+                                 f"delete the file to count the frames again") from error
+            if counts[row["counted_as"]] < 0:
+                raise ValueError(f"{path}, line {reader.line_num}: a negative frame count, {row['num_frames']}; "
+                                 f"delete the file to count the frames again")
         return counts
 
 
@@ -273,8 +281,8 @@ def locate_samples(
     for position, candidate in enumerate(candidates):
         if progress is not None and position and position % _PROGRESS_EVERY == 0:
             progress(position, len(candidates))
-        if not layout.exists(candidate.source):
-            absent.append((candidate, f"no such {layout.medium}"))
+        if (absence := layout.absence(candidate.source)) is not None:
+            absent.append((candidate, absence))
             continue
         # The whole video's frames, or the check of an annotated range, in either layout.
         frames = cached.get(layout.counted_as(candidate.source))

@@ -159,8 +159,7 @@ class VideoFileReader:
     def read(self, source: Path, indices: Sequence[int], fps: float | None = None) -> torch.Tensor:
         source = Path(source)
         _distinct_sorted(indices, source)  # (checks them)
-        if not source.is_file():
-            raise SampleReadError(f"video file {source} does not exist")
+        _check_is_a_file(source)
         try:
             with _open(source) as container:
                 stream = _video_stream(container, source)
@@ -381,8 +380,7 @@ def count_video_frames(source: Path, exact: bool = False) -> int:
     trimmed without re-encoding, which an edit list hides). The header's count includes those,
     so it is used only when it agrees with the stream's duration."""
     source = Path(source)
-    if not source.is_file():
-        raise SampleReadError(f"video file {source} does not exist")
+    _check_is_a_file(source)
     try:
         with _open(source) as container:
             stream = _video_stream(container, source)
@@ -410,6 +408,11 @@ def _demuxed_count(container: av.container.InputContainer, stream: av.video.stre
         logger.warning("%s: %d frames demuxed, where its duration implies %d: truncated? (it is read as %d frames)",
                        source, frames, expected, frames)
     return frames
+
+
+def _check_is_a_file(source: Path) -> None:
+    if not source.is_file():
+        raise SampleReadError(f"video file {source} " + ("is a folder" if source.is_dir() else "does not exist"))
 
 
 def _open(source: Path) -> av.container.InputContainer:
