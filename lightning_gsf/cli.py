@@ -260,7 +260,8 @@ class GSFCLI(LightningCLI):
         """``last.ckpt`` is what ``--ckpt_path last`` resumes and what every epoch overwrites:
         ``gsf validate/test/predict --ckpt_path last`` without one is an error (Lightning would
         score the untrained model), and ``gsf fit`` without ``--ckpt_path`` refuses a folder
-        that holds a previous run's (its first epoch would overwrite it)."""
+        that holds a previous run's (its first epoch would overwrite it). ``gsf fit --ckpt_path
+        last`` before the first checkpoint (a job's first run) starts from scratch, saying so."""
         ckpt_path = config.get("ckpt_path")
         folder = Path(checkpoint_dir(config.get("trainer", {}).get("default_root_dir")))
         last = folder / "last.ckpt"
@@ -269,8 +270,12 @@ class GSFCLI(LightningCLI):
             raise ValueError(f"--ckpt_path last: no last.ckpt in {folder} (trainer.default_root_dir "
                              f"{config.get('trainer', {}).get('default_root_dir')!r}); checkpoints there: "
                              f"{', '.join(found) or 'none'}")
-        if self.subcommand == "fit" and ckpt_path == "last" and not last.is_file() and rank_zero_only.rank == 0:
-            log.warning("--ckpt_path last: no last.ckpt in %s yet, so this run starts from scratch", folder)
+        if self.subcommand == "fit" and ckpt_path == "last" and not last.is_file():
+            if rank_zero_only.rank == 0:
+                log.warning("--ckpt_path last: no last.ckpt in %s yet, so this run starts from scratch", folder)
+            # (Lightning would add a hint to turn on ModelCheckpoint's save_last, which gsf's
+            # last_checkpoint does the work of)
+            config["ckpt_path"] = None
         if self.subcommand == "fit" and not ckpt_path and last.is_file():
             raise ValueError(f"{last} is a previous run's, and this run would overwrite it: resume that run with "
                              f"--ckpt_path last, or give this one another --trainer.default_root_dir (or remove "

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -422,9 +423,12 @@ def test_fit_refuses_to_overwrite_a_previous_runs_last_checkpoint(tmp_path, data
     """Run again in the same folder without --ckpt_path, a fit's first epoch overwrote the
     previous run's last.ckpt; with --ckpt_path last it resumes it."""
     config = _config(tmp_path, dataset)
-    with caplog.at_level("WARNING", logger="lightning_gsf.cli"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.cli"), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         run(["fit", "--config", str(config), "--ckpt_path", "last"])  # the first run of a job: nothing yet
     assert "no last.ckpt in" in caplog.text and "starts from scratch" in caplog.text
+    # (and not Lightning's hint to turn on save_last: gsf's last_checkpoint writes last.ckpt)
+    assert not [w for w in warned if "save_last" in str(w.message)]
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     saved = last.read_bytes()
     with pytest.raises(ValueError, match=r"last.ckpt is a previous run's, and this run would overwrite it: resume that "
