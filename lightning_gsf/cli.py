@@ -364,15 +364,24 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list).
 
     Returns nothing, so that the console script's ``sys.exit(main())`` exits 0; :func:`run`
-    returns the CLI object (trainer, model) for callers that want it. A command stopped by
+    returns the CLI object (trainer, model) for callers that want it. A tool (``gsf evaluate``,
+    ``import-original``, ...) that fails on its input (``ValueError``, ``OSError``) exits with
+    a one-line message instead of a traceback. A command stopped by
     SIGTERM raises ``SystemExit(EXIT_STOPPED_BY_SIGTERM)`` on global rank 0 (Lightning's
     ``SystemExit`` of status 0 on the others) once Lightning has run its callbacks: the
     checkpoint is saved by then.
     """
     show_info_messages()
     gloo_exit.release_gloo_workers_at_exit()  # (CPU DDP: exit 0, not an abort, once the work is done)
+    command = next(iter(sys.argv[1:] if args is None else args), None)
     try:
         run(args)
+    except (ValueError, OSError) as error:
+        # A tool's errors are about its input (a file it cannot read, an argument it cannot use)
+        # and name it: one line, as argparse gives, not a traceback.
+        if command in TOOLS:
+            raise SystemExit(f"gsf {command}: error: {error}") from None
+        raise
     except SIGTERMException:
         # Every process has passed the checkpoint's barrier. Only rank 0 reports the stop: a
         # launcher that kills the other processes when one fails (srun --kill-on-bad-exit,

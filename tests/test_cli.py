@@ -205,6 +205,28 @@ def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):
         assert exit_info.value.code == status
 
 
+@pytest.mark.parametrize(
+    ("argv", "culprit"),
+    [
+        (["import-original", "{tmp}/missing.pth.tar", "{tmp}/out.ckpt", "--num-segments", "8"], "missing.pth.tar"),
+        (["export-original", "{tmp}/garbage.ckpt", "{tmp}/out.pth.tar"], "garbage.ckpt"),
+        (["evaluate", "{tmp}/garbage.ckpt", "{tmp}/missing.csv"], "garbage.ckpt"),
+    ],
+    ids=["missing_file", "not_a_checkpoint", "not_a_submission"],
+)
+def test_a_tool_that_fails_on_its_input_ends_with_a_message_not_a_traceback(tmp_path, argv, culprit):
+    """``gsf``'s tools end with ``gsf TOOL: error: ...`` naming the file (status 1); ``run`` (for
+    programs) still raises the error itself."""
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    argv = [argument.format(tmp=tmp_path) for argument in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith(f"gsf {argv[0]}: error: ") and culprit in message
+    with pytest.raises((ValueError, OSError)):
+        run(argv)
+
+
 def test_print_config_is_runnable(tmp_path, dataset, capsys):
     config = _config(tmp_path, dataset)
     with pytest.raises(SystemExit) as exit_info:
