@@ -37,10 +37,11 @@ Defaults that every run gets (each can be changed from a config):
   ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
 - CPU DDP (``gloo_exit.py``): every process gives gloo's worker threads the GIL before the
   interpreter finalizes, which otherwise aborts a finished run at exit now and then.
-- exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143) when a
-  SIGTERM stopped it, after its checkpoint was saved (from rank 0; see :func:`main`). (Lightning ends such a run with a bare
-  ``SystemExit``, status 0, so ``gsf fit ... && gsf test ...``, or a SLURM job that depends on
-  the training job with ``afterok``, would go on as if training had finished.)
+- exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143, from
+  rank 0; see :func:`main`) when a SIGTERM stopped it, after its checkpoint was saved.
+  (Lightning ends such a run with a bare ``SystemExit``, status 0, so ``gsf fit ... && gsf
+  test ...``, or a SLURM job that depends on the training job with ``afterok``, would go on as
+  if training had finished.)
 """
 
 from __future__ import annotations

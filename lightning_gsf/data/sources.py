@@ -84,16 +84,15 @@ class MediaLayout:
             return FrameFolderReader(self.frame_template, self.first_index)
         return VideoFileReader(threads=self.video_threads)
 
-    def exists(self, source: Path) -> bool:
-        return source.is_dir() if self.kind == "frames" else source.is_file()
-
     def absence(self, source: Path) -> str | None:
         """Why ``source`` is not one video on disk, for the missing-media report: ``"no such
-        file"`` (or folder), or what stands at its path instead; None where it is."""
-        if self.exists(source):
-            return None
+        file"`` (or folder), or what stands at its path instead; None where it is one."""
         if self.kind == "frames":
+            if source.is_dir():
+                return None
             return "a file, not a folder of frames" if source.exists() else "no such folder"
+        if source.is_file():
+            return None
         return "a folder, not a video file" if source.is_dir() else "no such file"
 
     def has_frame(self, folder: Path, index: int) -> bool:
