@@ -290,7 +290,21 @@ def submission_scores(
                 rows[head].append([float(head_scores[c]) for c in expected])
             except (TypeError, ValueError):
                 raise ValueError(f"{source}: entry {sample_id!r} has a {head} score that is not a number") from None
+    _warn_of_unused_entries(results, heads, source)
     return ids, {head: torch.tensor(values) for head, values in rows.items()}
+
+
+def _warn_of_unused_entries(results: Mapping[str, Any], heads: Sequence[str], source: str) -> None:
+    """A submission's scores besides ``heads`` (its own ``action`` rankings, say) are not used:
+    actions are ranked from the verb and noun scores, as the official ``evaluate.py`` ranks them."""
+    unused: dict[str, int] = {}
+    for entry in results.values():
+        for key in set(entry) - set(heads):
+            unused[key] = unused.get(key, 0) + 1
+    if unused:
+        listed = ", ".join(f"{key!r} in {count} of {len(results)} entries" for key, count in sorted(unused.items()))
+        log.warning("%s: scores under %s are not used; only %s are read (actions are ranked from the verb and noun "
+                    "scores, as the official evaluate.py ranks them)", source, listed, " and ".join(heads))
 
 
 def _describe_keys(entry: Any, head: str, expected: Sequence[str]) -> str:

@@ -79,6 +79,22 @@ def test_submission_round_trip(tmp_path, suffix):
         torch.testing.assert_close(read_scores[head], scores[head])
 
 
+def test_scores_a_submission_holds_besides_verb_and_noun_are_named_as_unused(caplog):
+    """A submission's own action rankings would be silently ignored: the evaluator ranks actions
+    from the verb and noun scores (as the official evaluate.py does) and says so."""
+    scores = {"verb": torch.randn(3, NUM_VERBS), "noun": torch.randn(3, NUM_NOUNS)}
+    submission = make_submission(scores, ["a", "b", "c"])
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        submission_scores(submission, source="plain.zip")
+    assert "not used" not in caplog.text
+    for entry in list(submission["results"].values())[:2]:
+        entry["action"] = {"3,5": 0.9}
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        ids, read = submission_scores(submission, source="ranked.zip")
+    assert "ranked.zip: scores under 'action' in 2 of 3 entries are not used; only verb and noun are read" in caplog.text
+    torch.testing.assert_close(read["verb"], scores["verb"])
+
+
 @pytest.mark.parametrize("counts,warns", [((NUM_VERBS, NUM_NOUNS), False), ((5, 7), True), ((NUM_VERBS, 299), True)])
 def test_submission_of_other_class_counts_than_epic_warns(caplog, counts, warns):
     """The challenge's create_submission.py refuses verb and noun scores of other counts than
