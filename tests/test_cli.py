@@ -16,9 +16,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
-import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
