@@ -238,10 +238,11 @@ def test_a_labelled_file_with_blank_lines_before_its_header_keeps_its_labels(tmp
     [
         (with_field(1, "verb_class", "2"), "frames", r"line 3 \(narration_id P01_01_1\): verb_class 2 is outside the 2 classes of EPIC_100_verb_classes.csv"),
         (with_field(0, "noun_class", "-1", all_noun_classes="[-1]"), "frames", r"line 2 \(narration_id P01_01_0\): noun_class -1 is outside the 2 classes"),
+        (with_field(1, "all_nouns", "['cup', 'tap']", all_noun_classes="[1, 4200]"), "frames", r"line 3 \(narration_id P01_01_1\): all_noun_classes \[1, 4200\] holds \[4200\], outside the 2 classes of EPIC_100_noun_classes.csv"),
         (with_field(1, "stop_timestamp", "00:00:02.30"), "video", r"line 3 \(narration_id P01_01_1\): the segment ends at 2.30 s, past the end of video P01_01 \(2.00 s, 50 frames"),
         (with_field(1, "video_id", "P01_02", narration_id="P01_02_1"), "video", r"line 3 \(narration_id P01_02_1\): video P01_02 is not in EPIC_100_video_info.csv"),
     ],
-    ids=["verb-class", "noun-class", "past-the-end", "unknown-video"],
+    ids=["verb-class", "noun-class", "secondary-noun-class", "past-the-end", "unknown-video"],
 )  # fmt: skip
 def test_bad_segments_are_refused_by_the_datamodule(tmp_path, rows, layout, message):
     path = write_annotations(tmp_path, rows)
