@@ -622,11 +622,12 @@ class EpicKitchensDataModule(VideoDataModule):
                         f"expected 0..{len(classes) - 1}"
                     )
             # (the secondary nouns are no label, but a class no file has is a corrupt row all the same)
-            outside = [c for c in action.all_noun_classes if not 0 <= c < len(self.noun_classes)]
+            nouns = len(self.noun_classes)
+            outside = [c for c in action.all_noun_classes if not 0 <= c < nouns]
             if outside:
                 raise AnnotationError(
                     f"{where}: all_noun_classes {list(action.all_noun_classes)} holds {outside}, outside the "
-                    f"{len(self.noun_classes)} classes of {self.noun_classes_file}; expected 0..{len(self.noun_classes) - 1}"
+                    f"{nouns} classes of {self.noun_classes_file}; expected 0..{nouns - 1}"
                 )
             subsets.update({name: labels[name.removeprefix("tail_")] in classes for name, classes in tail.items()})
         if unseen is not None:
