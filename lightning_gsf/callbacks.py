@@ -13,6 +13,9 @@
   a validation batch of ``fit``: then the
   resumed run validates that epoch again, from its first batch), and under DDP holds a
   SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
+- :class:`DataErrorCheckpoint` saves a checkpoint before a training batch that cannot be read
+  (a corrupt video, a missing frame), on every process at once, then stops with the error
+  that names the sample: once the data is mended, the run resumes at that batch.
 - :class:`ExactResume` saves every rank's global random state (dropout draws from
   it) and restores it before the first batch after a resume, so a resumed run takes the
   same random draws as an uninterrupted one, and makes sure the position of the
@@ -46,7 +49,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_gsf.atomic_files import atomic_file
-from lightning_gsf.data.samplers import ResumableDataLoader
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.samplers import ResumableDataLoader, UnreadableBatch
 from lightning_gsf.fit_loop import install_step_limited_resume
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
+    "DataErrorCheckpoint",
     "PreemptionCheckpoint",
     "ExactResume",
     "check_checkpoint_matches",
@@ -165,8 +170,6 @@ class PreemptionCheckpoint(pl.Callback):
         filename: file name without ``.ckpt``.
     """
 
-    FILE_EXTENSION = ".ckpt"
-
     def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
         if not filename:
             raise ValueError("PreemptionCheckpoint needs a non-empty filename")
@@ -178,14 +181,7 @@ class PreemptionCheckpoint(pl.Callback):
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         """Where the preemption checkpoint of ``trainer`` goes."""
-        folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-        if self.dirpath is not None:
-            directory = self.dirpath
-        elif folders:
-            directory = Path(folders[0])
-        else:
-            directory = Path(trainer.default_root_dir) / "checkpoints"
-        return directory / f"{self.filename}{self.FILE_EXTENSION}"
+        return _stop_checkpoint_path(trainer, self.dirpath, self.filename)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -259,6 +255,121 @@ class PreemptionCheckpoint(pl.Callback):
                 path,
                 path,
             )
+
+
+def _last_line(error: BaseException) -> str:
+    """An error's message without the traceback that a ``DataLoader`` worker's error carries
+    (its last line is the original message)."""
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else type(error).__name__
+
+
+def _stop_checkpoint_path(trainer: pl.Trainer, dirpath: Path | None, filename: str) -> Path:
+    """``<dirpath>/<filename>.ckpt``; without ``dirpath``, in the ``ModelCheckpoint``'s
+    directory, else ``<default_root_dir>/checkpoints``."""
+    folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    if dirpath is not None:
+        directory = dirpath
+    elif folders:
+        directory = Path(folders[0])
+    else:
+        directory = Path(trainer.default_root_dir) / "checkpoints"
+    return directory / f"{filename}.ckpt"
+
+
+class DataErrorCheckpoint(pl.Callback):
+    """Save a checkpoint before a training batch that cannot be read, then stop with its error.
+
+    An unreadable sample (a corrupt video, a missing frame: ``SampleReadError``, naming the
+    sample, its file and row) would otherwise end the run where the loader raises, losing
+    everything trained since the last checkpoint. With this callback the training loader
+    (:class:`~lightning_gsf.data.samplers.ResumableDataLoader`) hands the error over as an
+    :class:`~lightning_gsf.data.samplers.UnreadableBatch`; at that batch's start, before any
+    forward pass, every process learns whether any process got one (one small all-reduce a
+    step under DDP, where all processes are at the same batch), all save the state after the
+    previous batch to ``<dirpath>/<filename>.ckpt`` (the same file as
+    :class:`PreemptionCheckpoint`'s: ``--ckpt_path last`` resumes from it) and each raises the
+    error: its own, or one quoting the processes' that failed. Once the data is mended, the
+    resumed run reads that batch again and goes on as an uninterrupted run would.
+
+    Nothing is saved when no training batch has completed in this run (the state is the one it
+    started from), nor inside a gradient-accumulation window (its earlier batches' gradients are
+    in no checkpoint, and a run resumed in its middle would step on part of a window); the
+    error then says so. With ``skip_unreadable=True`` the datasets substitute unreadable samples
+    themselves, and only a run of unreadable sources ends up here.
+
+    Args:
+        dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
+            ``<default_root_dir>/checkpoints``.
+        filename: file name without ``.ckpt``.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
+        if not filename:
+            raise ValueError("DataErrorCheckpoint needs a non-empty filename")
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.filename = filename
+        self._trained = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trained = False
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableDataLoader):
+            loader.hand_over_read_errors = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release_loader(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._release_loader(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._trained = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        unreadable = isinstance(batch, UnreadableBatch)
+        if trainer.world_size > 1:
+            flag = torch.tensor(int(unreadable), device=trainer.strategy.root_device)
+            if int(trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
+                return
+            messages: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(messages, _last_line(batch.error) if unreadable else None)
+        elif not unreadable:
+            return
+        else:
+            messages = [str(batch.error)]
+        outcome = self._save(trainer)
+        if unreadable:
+            log.error("rank %d: a training batch cannot be read; %s", trainer.global_rank, outcome)
+            raise batch.error
+        failed = "; ".join(f"rank {rank}: {message}" for rank, message in enumerate(messages) if message is not None)
+        raise SampleReadError(f"another process could not read its training batch, so every process stops; {outcome}. "
+                              f"{failed}")
+
+    def _save(self, trainer: pl.Trainer) -> str:
+        """Save the state before this batch, on every process (as ``save_checkpoint`` needs),
+        where there is something to save; what happened, for the error."""
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        if not self._trained:
+            return "no batch has been trained in this run, so no checkpoint was written"
+        if (progress.ready - 1) % trainer.accumulate_grad_batches != 0:  # (ready counts this batch)
+            return ("no checkpoint was written: the batch is inside a gradient-accumulation window, whose earlier "
+                    "batches' gradients no checkpoint holds")
+        path = _stop_checkpoint_path(trainer, self.dirpath, self.filename)
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableDataLoader):
+            loader.give_back_last_batch()  # (the batch in hand, read or not, is the resumed run's first)
+        trainer.save_checkpoint(path)
+        return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
+                f"data and resume with --ckpt_path {path}")
+
+    @staticmethod
+    def _release_loader(trainer: pl.Trainer) -> None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableDataLoader):
+            loader.hand_over_read_errors = False
 
 
 def _inside_accumulation_window(trainer: pl.Trainer) -> bool:

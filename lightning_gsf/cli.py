@@ -30,8 +30,8 @@ Defaults that every run gets (each can be changed from a config):
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
   ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
 - reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
-  left unset), a ``last.ckpt`` saved on SIGTERM, and the random state and loader position
-  saved so a resumed run continues exactly.
+  left unset), a ``last.ckpt`` saved on SIGTERM and before a training batch that cannot be
+  read, and the random state and loader position saved so a resumed run continues exactly.
 - host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
   training step does not fault its activations in again every step;
   ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
@@ -62,7 +62,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import __version__, gloo_exit, host_memory
-from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, ExactResume, PreemptionCheckpoint
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
@@ -323,6 +323,7 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
         trainer_defaults={
             "callbacks": [
                 PreemptionCheckpoint(),
+                DataErrorCheckpoint(),
                 ExactResume(),
             ]
         },

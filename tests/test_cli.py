@@ -9,6 +9,7 @@ import json
 import re
 import logging
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -27,6 +28,7 @@ from lightning_gsf import cli
 from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
+from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.model import VideoClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -188,6 +190,34 @@ def test_gsf_stopped_by_sigterm_saves_last_then_exits_143(tmp_path, dataset):
               "--trainer.callbacks+=test_cli.SigtermInFirstBatch"])  # fmt: skip
     assert exit_info.value.code == EXIT_STOPPED_BY_SIGTERM == 143
     assert _saved_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 1
+
+
+def test_gsf_fit_stopped_by_an_unreadable_sample_saves_last_and_resumes_once_mended(tmp_path, dataset):
+    """A sample of the second training batch whose frames are corrupt: ``gsf fit`` stops with the
+    error naming its folder, after saving ``last.ckpt`` at step 1; with the frames mended,
+    ``--ckpt_path last`` trains the second batch and ends at step 2."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    config = _config(tmp_path, data)
+    probe = run(["fit", "--config", str(config), "--trainer.max_steps", "1",
+                 "--trainer.default_root_dir", str(tmp_path / "probe")]).trainer.train_dataloader  # fmt: skip
+    probe.sampler.set_epoch(0)
+    sample = probe.dataset.samples[probe.sampler.epoch_order()[4]]  # the second batch's first
+    folder = Path(sample.source)  # (a video's frames, shared with other segments: only this one's are broken)
+    pristine = {frame: frame.read_bytes() for frame in folder.iterdir()
+                if sample.start <= int(re.sub(r"\D", "", frame.name)) <= sample.stop + 1}
+    for frame in pristine:
+        frame.write_bytes(b"not a JPEG")
+
+    with pytest.raises(SampleReadError, match=re.escape(str(folder))):
+        run(["fit", "--config", str(config)])
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert _saved_step(checkpoint) == 1
+
+    for frame, content in pristine.items():
+        frame.write_bytes(content)
+    assert run(["fit", "--config", str(config), "--ckpt_path", "last"]).trainer.global_step == 2
+    assert _saved_step(checkpoint) == 2
 
 
 def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):

@@ -15,6 +15,8 @@ state, Lightning-AI/pytorch-lightning#20550).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import signal
@@ -29,9 +31,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lightning_gsf.callbacks import AtomicCheckpointIO, ExactResume, PreemptionCheckpoint
+from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, ExactResume, PreemptionCheckpoint
 from lightning_gsf.cli import EXIT_STOPPED_BY_SIGTERM
-from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.samplers import (
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    UnpaddedDistributedSampler,
+    UnreadableBatch,
+)
 from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 
 SCRIPT = Path(__file__).resolve()
@@ -40,23 +48,32 @@ DATASET_SIZE, BATCH_SIZE = 23, 4
 
 
 class FixedVectors(Dataset):
-    """Item ``i`` is a fixed random vector and a label, both a function of ``i`` only."""
+    """Item ``i`` is a fixed random vector and a label, both a function of ``i`` only; with
+    ``unreadable=(epoch, index)``, that item cannot be read in that epoch."""
 
-    def __init__(self, size: int = DATASET_SIZE) -> None:
+    def __init__(self, size: int = DATASET_SIZE, unreadable: tuple[int, int] | None = None) -> None:
         generator = torch.Generator().manual_seed(1234)
         self.inputs = torch.randn(size, 6, generator=generator)
         self.labels = (self.inputs.sum(dim=1) > 0).long()
+        self.unreadable = unreadable
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # (called by the sampler, in the workers' copies too)
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if (self.epoch, index) == self.unreadable:
+            raise SampleReadError(f"sample {index} (vectors.csv, line {index + 2}): cannot be read")
         return self.inputs[index], self.labels[index], index
 
 
 class DropoutNet(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, unreadable: tuple[int, int] | None = None, num_workers: int = 0) -> None:
         super().__init__()
+        self.unreadable, self.num_workers = unreadable, num_workers
         self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
         self.seen: list[int] = []
         self.validated: list[tuple[int, int]] = []  # (epoch, batch) of every validation batch
@@ -67,8 +84,9 @@ class DropoutNet(pl.LightningModule):
         return nn.functional.cross_entropy(self.net(inputs), labels)
 
     def train_dataloader(self):
-        dataset = FixedVectors()
-        return ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7), batch_size=BATCH_SIZE)
+        dataset = FixedVectors(unreadable=self.unreadable)
+        return ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7), batch_size=BATCH_SIZE,
+                                   num_workers=self.num_workers)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
@@ -145,7 +163,7 @@ def train(args: argparse.Namespace) -> None:
         callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file)))
     if args.wait_in_validation is not None:
         callbacks.append(WaitForSignalInValidation(*args.wait_in_validation, Path(args.ready_file)))
-    callbacks += [PreemptionCheckpoint(), ExactResume()]
+    callbacks += [PreemptionCheckpoint(), DataErrorCheckpoint(), ExactResume()]
     trainer = pl.Trainer(
         default_root_dir=args.root,
         max_epochs=args.max_epochs,
@@ -160,7 +178,8 @@ def train(args: argparse.Namespace) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    model = ValidatedDropoutNet() if args.validate else DropoutNet()
+    unreadable = None if args.unreadable is None else tuple(args.unreadable)
+    model = (ValidatedDropoutNet if args.validate else DropoutNet)(unreadable, args.num_workers)
     trainer.fit(model, ckpt_path=args.ckpt_path)
     torch.save(model.seen, f"{args.out}.seen{trainer.global_rank}")  # (every rank's samples)
     if trainer.is_global_zero:
@@ -226,6 +245,51 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_a
     # After the resume, rank 0 saw exactly the samples it saw after the stop in the reference.
     seen_before_stop = samples_per_rank * epoch + BATCH_SIZE * steps_into_epoch
     assert actual["seen"] == expected["seen"][seen_before_stop:]
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("devices", "num_workers"),
+    [
+        (1, 0),
+        pytest.param(1, 2, marks=pytest.mark.slow),  # the error raised in a worker process
+        pytest.param(2, 0, marks=pytest.mark.slow),  # DDP: only rank 1's batch is unreadable
+    ],
+)
+def test_unreadable_sample_saves_the_state_before_its_batch_and_the_mended_run_resumes_exactly(
+        tmp_path, devices, num_workers):
+    """A sample that cannot be read in the second epoch stops the run with its error (naming it)
+    after a checkpoint of the state before its batch, on every process; resumed once the data
+    reads again, the run ends with the weights of an uninterrupted one."""
+    run_options = ["--max-epochs", "2", "--devices", str(devices), "--num-workers", str(num_workers)]
+    samples_per_rank = math.ceil(DATASET_SIZE / devices)
+    steps_per_epoch = math.ceil(samples_per_rank / BATCH_SIZE)
+    reference = _run(tmp_path, "reference", *run_options)
+
+    position = 2 * BATCH_SIZE * devices + devices - 1  # epoch 1's third batch, on the last rank
+    sampler = ResumableDistributedSampler(FixedVectors(), seed=7, num_replicas=1, rank=0)
+    sampler.set_epoch(1)
+    bad = sampler.epoch_order()[position]
+    failed = _finish(_run(tmp_path, "failed", *run_options, "--unreadable", "1", str(bad)), returncode=1)
+    assert f"sample {bad} (vectors.csv, line {bad + 2}): cannot be read" in failed
+    if devices > 1:  # (rank 0 read its batch, and says whose failed)
+        assert "another process could not read its training batch" in failed and "rank 1: " in failed
+    saved_at = steps_per_epoch + 2
+    checkpoint_path = tmp_path / "failed" / "checkpoints" / "last.ckpt"
+    assert f"saved a checkpoint at epoch 1, step {saved_at} to {checkpoint_path}" in failed
+    assert not (tmp_path / "failed.pt").exists()
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["global_step"] == saved_at
+    loader_state = checkpoint["callbacks"]["ExactResume"]["train_loader"]["sampler"]
+    assert (loader_state["epoch"], loader_state["position"]) == (1, 2 * BATCH_SIZE * devices)
+
+    _finish(_run(tmp_path, "failed", *run_options, "--ckpt-path", str(checkpoint_path)))
+    _finish(reference)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "failed.pt", weights_only=True)
+    assert actual["step"] == expected["step"] == 2 * steps_per_epoch
+    assert actual["seen"] == expected["seen"][samples_per_rank + 2 * BATCH_SIZE:]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
@@ -371,6 +435,58 @@ def test_sigterm_checkpoint_is_not_written_on_other_errors(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize(
+    ("batch", "accumulate", "outcome"),
+    [
+        (0, 1, "no batch has been trained in this run, so no checkpoint was written"),
+        (1, 2, "no checkpoint was written: the batch is inside a gradient-accumulation window"),
+    ],
+)
+def test_unreadable_sample_saves_nothing_where_no_clean_state_is_new(tmp_path, batch, accumulate, outcome):
+    """An unreadable sample in the run's first batch, or in the second batch of an accumulation
+    window, stops the run with its error and writes no checkpoint, and says why."""
+    order = ResumableDistributedSampler(FixedVectors(), seed=7, num_replicas=1, rank=0).epoch_order()
+    unreadable = (0, order[batch * BATCH_SIZE])
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, accumulate_grad_batches=accumulate,
+        callbacks=[DataErrorCheckpoint(), ExactResume()], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, enable_checkpointing=False,
+    )
+    with pytest.raises(SampleReadError, match=f"sample {unreadable[1]} "):
+        with _log_records("lightning_gsf.callbacks") as records:
+            trainer.fit(DropoutNet(unreadable))
+    assert any(outcome in record for record in records), records
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_without_the_callback_an_unreadable_sample_raises_in_the_loader():
+    dataset = FixedVectors(unreadable=(0, 5))
+    loader = ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, shuffle=False), batch_size=4)
+    with pytest.raises(SampleReadError, match="sample 5 "):
+        list(loader)
+    loader.hand_over_read_errors = True
+    batches = list(loader)
+    assert len(batches) == 2 and isinstance(batches[1], UnreadableBatch)  # (and the iteration ends there)
+    assert "sample 5 " in str(batches[1].error)
+    loader.give_back_last_batch()
+    assert loader.state_dict()["sampler"]["position"] == 4
+
+
+@contextlib.contextmanager
+def _log_records(name: str):
+    """The messages logged to ``name`` inside the block (a handler of its own: Lightning's
+    logging setup leaves pytest's caplog out of some loggers)."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
 class SignalAfterBatch(pl.Callback):
     """Raise Lightning's SIGTERM flag during training batch ``batch`` of the first epoch (as the
     signal handler does when a SIGTERM arrives while the batch runs)."""
@@ -505,6 +621,9 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--validate", action="store_true", help="validate after every epoch")
     parser.add_argument("--wait-in-validation", type=int, nargs=2, metavar=("EPOCH", "BATCH"))
     parser.add_argument("--ready-file")
+    parser.add_argument("--unreadable", type=int, nargs=2, metavar=("EPOCH", "INDEX"),
+                        help="the training sample INDEX cannot be read in EPOCH")
+    parser.add_argument("--num-workers", type=int, default=0)
     return parser.parse_args(argv)
 
 

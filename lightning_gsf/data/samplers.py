@@ -34,10 +34,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lightning_gsf.data.errors import SampleReadError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ResumableDataLoader",
+    "UnreadableBatch",
     "ResumableDistributedSampler",
     "UnpaddedDistributedSampler",
     "process_group_layout",
@@ -226,6 +229,18 @@ class UnpaddedDistributedSampler(DistributedSampler):
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
 
 
+class UnreadableBatch:
+    """What :class:`ResumableDataLoader` hands over, with ``hand_over_read_errors``, in place
+    of a batch that could not be read: the ``SampleReadError`` (naming the sample, its file
+    and row), to be raised once the training loop has saved its state."""
+
+    def __init__(self, error: SampleReadError) -> None:
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"UnreadableBatch({self.error!r})"
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ResumableDistributedSampler` whose position survives a checkpoint.
 
@@ -240,6 +255,12 @@ class ResumableDataLoader(DataLoader):
     Worker seeds come from the loader's own generator (seeded from the sampler's seed)
     instead of the global RNG, so iterating does not shift the global random stream that a
     resumed run restores.
+
+    With ``hand_over_read_errors`` (set by ``callbacks.DataErrorCheckpoint``), a batch whose
+    samples cannot be read (``SampleReadError``, raised in the loader or in a worker) is handed
+    to the loop as an :class:`UnreadableBatch` instead of raising there, and ends the
+    iteration. The training loop can then :meth:`give_back_last_batch` on every process and
+    save at a clean point, before the batch: the resumed run starts with it.
     """
 
     def __init__(self, dataset: Any, *, sampler: ResumableDistributedSampler, **kwargs: Any) -> None:
@@ -251,16 +272,34 @@ class ResumableDataLoader(DataLoader):
             kwargs["generator"] = generator
         super().__init__(dataset, sampler=sampler, **kwargs)
         self._batches_handed_out = 0
+        self.hand_over_read_errors = False
 
     def __iter__(self) -> Iterator[Any]:
         return self._counting_iterator()
 
     def _counting_iterator(self) -> Iterator[Any]:
         self._batches_handed_out = 0
-        for batch in super().__iter__():
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except SampleReadError as error:
+                if not self.hand_over_read_errors:
+                    raise
+                self._batches_handed_out += 1
+                yield UnreadableBatch(error)
+                return
             # Counted before the hand-over: once the loop holds the batch, it is consumed.
             self._batches_handed_out += 1
             yield batch
+
+    def give_back_last_batch(self) -> None:
+        """Count the last batch handed out as not consumed: a state saved now resumes with it."""
+        if self._batches_handed_out < 1:
+            raise RuntimeError("no batch of this iteration has been handed out to give back")
+        self._batches_handed_out -= 1
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's resume state, counting the samples of the batches handed out so far."""
