@@ -13,9 +13,10 @@
   a validation batch of ``fit``: then the
   resumed run validates that epoch again, from its first batch), and under DDP holds a
   SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
-- :class:`DataErrorCheckpoint` saves a checkpoint before a training batch that cannot be read
-  (a corrupt video, a missing frame), on every process at once, then stops with the error
-  that names the sample: once the data is mended, the run resumes at that batch.
+- :class:`DataErrorCheckpoint` saves a checkpoint when ``fit`` meets a batch that cannot be
+  read (a corrupt video, a broken frame): before a training batch, or at the end of a
+  validation (whose epoch the resumed run validates again), on every process at once, then
+  stops with the error that names the sample. Once the data is mended, the run resumes there.
 - :class:`ExactResume` saves every rank's global random state (dropout draws from
   it) and restores it before the first batch after a resume, so a resumed run takes the
   same random draws as an uninterrupted one, and makes sure the position of the
@@ -50,7 +51,7 @@ from torch import nn
 
 from lightning_gsf.atomic_files import atomic_file
 from lightning_gsf.data.errors import SampleReadError
-from lightning_gsf.data.samplers import ResumableDataLoader, UnreadableBatch
+from lightning_gsf.data.samplers import EvaluationDataLoader, ResumableDataLoader, UnreadableBatch
 from lightning_gsf.fit_loop import install_step_limited_resume
 
 log = logging.getLogger(__name__)
@@ -278,25 +279,36 @@ def _stop_checkpoint_path(trainer: pl.Trainer, dirpath: Path | None, filename: s
 
 
 class DataErrorCheckpoint(pl.Callback):
-    """Save a checkpoint before a training batch that cannot be read, then stop with its error.
+    """Save a checkpoint when ``fit`` meets data it cannot read, then stop with the error.
 
-    An unreadable sample (a corrupt video, a missing frame: ``SampleReadError``, naming the
+    An unreadable sample (a corrupt video, a broken frame: ``SampleReadError``, naming the
     sample, its file and row) would otherwise end the run where the loader raises, losing
-    everything trained since the last checkpoint. With this callback the training loader
-    (:class:`~lightning_gsf.data.samplers.ResumableDataLoader`) hands the error over as an
-    :class:`~lightning_gsf.data.samplers.UnreadableBatch`; at that batch's start, before any
-    forward pass, every process learns whether any process got one (one small all-reduce a
-    step under DDP, where all processes are at the same batch), all save the state after the
-    previous batch to ``<dirpath>/<filename>.ckpt`` (the same file as
-    :class:`PreemptionCheckpoint`'s: ``--ckpt_path last`` resumes from it) and each raises the
-    error: its own, or one quoting the processes' that failed. Once the data is mended, the
-    resumed run reads that batch again and goes on as an uninterrupted run would.
+    everything trained since the last checkpoint. With this callback ``fit``'s loaders
+    (:class:`~lightning_gsf.data.samplers.ResumableDataLoader` for training,
+    :class:`~lightning_gsf.data.samplers.EvaluationDataLoader` for validation) hand the error
+    over as an :class:`~lightning_gsf.data.samplers.UnreadableBatch`, and the processes stop
+    together at a clean point, all saving ``<dirpath>/<filename>.ckpt`` (the file of
+    :class:`PreemptionCheckpoint`: ``--ckpt_path last`` resumes from it), each raising the
+    error, or one quoting the failed processes' errors:
+
+    - **A training batch**: at its start, before any forward pass, every process learns
+      whether any got one (one small all-reduce a step under DDP, where all processes are at
+      the same batch) and the state after the previous batch is saved. Resumed once the data
+      is mended, the run reads that batch again and goes on as an uninterrupted run would.
+    - **A validation batch**: the validation goes on (processes hold different numbers of
+      validation batches, so they can only meet at its end), and at its end, before the
+      epoch's metrics are computed or any checkpoint is selected on them, the processes agree
+      and save the state as a SIGTERM during validation does: the resumed run validates that
+      epoch again from its first batch. (A LightningModule that logs with ``sync_dist=True``
+      from ``validation_step`` needs a readable batch on every process: Lightning syncs such a
+      value only on the processes that logged it. gsf's module logs its metrics at the epoch's
+      end.)
 
     Nothing is saved when no training batch has completed in this run (the state is the one it
-    started from), nor inside a gradient-accumulation window (its earlier batches' gradients are
-    in no checkpoint, and a run resumed in its middle would step on part of a window); the
-    error then says so. With ``skip_unreadable=True`` the datasets substitute unreadable samples
-    themselves, and only a run of unreadable sources ends up here.
+    started from, e.g. in the sanity check), nor inside a gradient-accumulation window (its
+    earlier batches' gradients are in no checkpoint, and a run resumed in its middle would step
+    on part of a window); the error then says so. With ``skip_unreadable=True`` the datasets
+    substitute unreadable samples themselves, and only a run of unreadable sources ends up here.
 
     Args:
         dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
@@ -310,18 +322,29 @@ class DataErrorCheckpoint(pl.Callback):
         self.dirpath = None if dirpath is None else Path(dirpath)
         self.filename = filename
         self._trained = False
+        self._unreadable_in_validation: list[SampleReadError] = []
+        self._saving_mid_validation = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._trained = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trained = False
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableDataLoader):
-            loader.hand_over_read_errors = True
+        _hand_over_read_errors(trainer.train_dataloader, True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._release_loader(trainer)
+        _hand_over_read_errors(trainer.train_dataloader, False)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._unreadable_in_validation = []
+        if trainer.state.fn == TrainerFn.FITTING:  # (gsf validate has nothing to save)
+            _hand_over_read_errors(trainer.val_dataloaders, True)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _hand_over_read_errors(trainer.val_dataloaders, False)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._release_loader(trainer)
+        _hand_over_read_errors(trainer.train_dataloader, False)
+        _hand_over_read_errors(trainer.val_dataloaders, False)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -330,46 +353,95 @@ class DataErrorCheckpoint(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         unreadable = isinstance(batch, UnreadableBatch)
-        if trainer.world_size > 1:
-            flag = torch.tensor(int(unreadable), device=trainer.strategy.root_device)
-            if int(trainer.strategy.reduce(flag, reduce_op="sum")) == 0:
-                return
-            messages: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(messages, _last_line(batch.error) if unreadable else None)
-        elif not unreadable:
+        failures = _failures_of_every_rank(trainer, [batch.error] if unreadable else [])
+        if not failures:
             return
+        if (trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1) % trainer.accumulate_grad_batches != 0:
+            outcome = _NOT_SAVED_IN_A_WINDOW  # (ready counts this batch)
         else:
-            messages = [str(batch.error)]
-        outcome = self._save(trainer)
+            loader = trainer.train_dataloader
+            if isinstance(loader, ResumableDataLoader):  # (the batch in hand, read or not, is the resumed run's first)
+                loader.give_back_last_batch()
+            outcome = self._save(trainer)
         if unreadable:
             log.error("rank %d: a training batch cannot be read; %s", trainer.global_rank, outcome)
             raise batch.error
-        failed = "; ".join(f"rank {rank}: {message}" for rank, message in enumerate(messages) if message is not None)
-        raise SampleReadError(f"another process could not read its training batch, so every process stops; {outcome}. "
-                              f"{failed}")
+        raise SampleReadError(f"another process could not read its training batch, so every process stops; "
+                              f"{outcome}. {_listing_failures(failures)}")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if isinstance(batch, UnreadableBatch):
+            log.error("rank %d: validation batch %d cannot be read; the validation goes on, then the run stops: %s",
+                      trainer.global_rank, batch_idx, _last_line(batch.error))
+            self._unreadable_in_validation.append(batch.error)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # (before the LightningModule's own hook computes the metrics, and before any
+        # ModelCheckpoint could select a checkpoint on them)
+        errors, self._unreadable_in_validation = self._unreadable_in_validation, []
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        failures = _failures_of_every_rank(trainer, errors)
+        if not failures:
+            return
+        if _inside_accumulation_window(trainer):  # (val_check_interval inside a window)
+            outcome = _NOT_SAVED_IN_A_WINDOW
+        else:
+            self._saving_mid_validation = True
+            try:
+                outcome = self._save(trainer)
+            finally:
+                self._saving_mid_validation = False
+            if outcome.startswith("saved"):
+                outcome += " (the resumed run validates this epoch again)"
+        raise SampleReadError(f"{len(failures)} validation batch(es) cannot be read, so the run stops before scoring "
+                              f"epoch {trainer.current_epoch}; {outcome}. {_listing_failures(failures)}") \
+            from (errors[0] if errors else None)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._saving_mid_validation:
+            restart_validation_on_resume(checkpoint)
 
     def _save(self, trainer: pl.Trainer) -> str:
-        """Save the state before this batch, on every process (as ``save_checkpoint`` needs),
-        where there is something to save; what happened, for the error."""
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        """Save the state, on every process (as ``save_checkpoint`` needs), where something has
+        been trained since the run started; what happened, for the error."""
         if not self._trained:
             return "no batch has been trained in this run, so no checkpoint was written"
-        if (progress.ready - 1) % trainer.accumulate_grad_batches != 0:  # (ready counts this batch)
-            return ("no checkpoint was written: the batch is inside a gradient-accumulation window, whose earlier "
-                    "batches' gradients no checkpoint holds")
         path = _stop_checkpoint_path(trainer, self.dirpath, self.filename)
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableDataLoader):
-            loader.give_back_last_batch()  # (the batch in hand, read or not, is the resumed run's first)
         trainer.save_checkpoint(path)
         return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
                 f"data and resume with --ckpt_path {path}")
 
-    @staticmethod
-    def _release_loader(trainer: pl.Trainer) -> None:
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableDataLoader):
-            loader.hand_over_read_errors = False
+
+_NOT_SAVED_IN_A_WINDOW = ("no checkpoint was written: the batch is inside a gradient-accumulation window, whose "
+                          "earlier batches' gradients no checkpoint holds")
+
+
+def _hand_over_read_errors(loaders: Any, hand_over: bool) -> None:
+    """Set ``hand_over_read_errors`` on ``loaders`` (one, a list of them, or ``None``)."""
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        if isinstance(loader, (ResumableDataLoader, EvaluationDataLoader)):
+            loader.hand_over_read_errors = hand_over
+
+
+def _failures_of_every_rank(trainer: pl.Trainer, errors: list[SampleReadError]) -> list[tuple[int, str]]:
+    """``(rank, message)`` of every process's ``errors``; a collective under DDP (one small
+    all-reduce when no process has any, as in nearly every call)."""
+    messages = [_last_line(error) for error in errors]
+    if trainer.world_size == 1:
+        return [(0, message) for message in messages]
+    count = torch.tensor(len(messages), device=trainer.strategy.root_device)
+    if int(trainer.strategy.reduce(count, reduce_op="sum")) == 0:
+        return []
+    gathered: list[Any] = [None] * trainer.world_size
+    dist.all_gather_object(gathered, messages)
+    return [(rank, message) for rank, ranks_messages in enumerate(gathered) for message in ranks_messages]
+
+
+def _listing_failures(failures: list[tuple[int, str]]) -> str:
+    return "; ".join(f"rank {rank}: {message}" for rank, message in failures)
 
 
 def _inside_accumulation_window(trainer: pl.Trainer) -> bool:

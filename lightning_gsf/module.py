@@ -46,6 +46,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_gsf.backbones import DEFAULT_GSF_RATIO, DEFAULT_NORMALIZATION
 from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
+from lightning_gsf.data.samplers import UnreadableBatch
 from lightning_gsf.gsf import GSF
 from lightning_gsf.metrics import ClassificationScores, classification_loss
 from lightning_gsf.model import VideoClassifier
@@ -337,6 +338,8 @@ class VideoClassificationModule(pl.LightningModule):
         self.log_dict({f"{stage}/{key}": value for key, value in results.items()}, sync_dist=False)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if isinstance(batch, UnreadableBatch):  # (fit stops after the validation: callbacks.DataErrorCheckpoint)
+            return
         self._evaluation_step(batch, self.val_scores)
 
     def on_validation_epoch_end(self) -> None:

@@ -220,6 +220,32 @@ def test_gsf_fit_stopped_by_an_unreadable_sample_saves_last_and_resumes_once_men
     assert _saved_step(checkpoint) == 2
 
 
+def test_gsf_fit_stopped_by_an_unreadable_validation_sample_saves_the_epoch_and_validates_it_again(tmp_path, dataset):
+    """A validation sample whose frames are corrupt: the validation after the epoch goes on,
+    then ``gsf fit`` saves the trained epoch (no best checkpoint is chosen on the partial
+    metrics) and stops; mended, ``--ckpt_path last`` validates the epoch again, in full."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    config = _config(tmp_path, data)
+    options = ["--config", str(config), "--trainer.num_sanity_val_steps", "0"]
+    sample = EpicKitchensDataModule(root=data).samples("val")[0]
+    pristine = {frame: frame.read_bytes() for frame in Path(sample.source).iterdir()
+                if sample.start <= int(re.sub(r"\D", "", frame.name)) <= sample.stop + 1}
+    for frame in pristine:
+        frame.write_bytes(b"not a JPEG")
+
+    with pytest.raises(SampleReadError, match="1 validation batch.es. cannot be read, so the run stops before scoring"):
+        run(["fit", *options])
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert _saved_step(checkpoints / "last.ckpt") == 2 and not list(checkpoints.glob("best-*.ckpt"))
+
+    for frame, content in pristine.items():
+        frame.write_bytes(content)
+    metrics = run(["fit", *options, "--ckpt_path", "last"]).trainer.callback_metrics
+    assert "val/all_action_accuracy_at_1" in metrics and len(list(checkpoints.glob("best-*.ckpt"))) == 1
+    assert _saved_step(checkpoints / "last.ckpt") == 2
+
+
 def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):
     """Under DDP the other processes end with Lightning's status 0: a launcher that kills the
     remaining processes once one fails must not kill rank 0 while it flushes its loggers."""

@@ -35,6 +35,7 @@ from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, Exa
 from lightning_gsf.cli import EXIT_STOPPED_BY_SIGTERM
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import (
+    EvaluationDataLoader,
     ResumableDataLoader,
     ResumableDistributedSampler,
     UnpaddedDistributedSampler,
@@ -98,20 +99,28 @@ class DropoutNet(pl.LightningModule):
 class ValidatedDropoutNet(DropoutNet):
     """The same with a validation set, scored after every epoch."""
 
+    def __init__(self, unreadable: tuple[int, int] | None = None, num_workers: int = 0,
+                 unreadable_in_validation: tuple[int, int] | None = None) -> None:
+        super().__init__(unreadable, num_workers)
+        self.unreadable_in_validation = unreadable_in_validation
+
     def validation_step(self, batch, batch_idx):
+        if isinstance(batch, UnreadableBatch):  # (as the real module does)
+            return
         inputs, labels, _ = batch
         if not self.trainer.sanity_checking:
             self.validated.append((self.current_epoch, batch_idx))
         # (synchronised across processes at the epoch's end, as the real module's metrics are)
         self.log("val_loss", nn.functional.cross_entropy(self.net(inputs), labels), sync_dist=True)
 
+    def on_validation_epoch_start(self):
+        self.trainer.val_dataloaders.dataset.set_epoch(self.current_epoch)
+
     def val_dataloader(self):
-        dataset = FixedVectors(9)
-        if self.trainer.world_size == 1:
-            return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE)
-        # As the data modules evaluate under DDP: unpadded, so rank 0 has 5 samples (2 batches)
-        # and rank 1 has 4 (1 batch).
-        return torch.utils.data.DataLoader(dataset, batch_size=BATCH_SIZE, sampler=UnpaddedDistributedSampler(dataset))
+        # As the data modules evaluate: unpadded, so that under DDP rank 0 has 5 samples (2
+        # batches) and rank 1 has 4 (1 batch).
+        dataset = FixedVectors(9, unreadable=self.unreadable_in_validation)
+        return EvaluationDataLoader(dataset, batch_size=BATCH_SIZE, sampler=UnpaddedDistributedSampler(dataset))
 
 
 class WaitForSignalAt(pl.Callback):
@@ -179,7 +188,11 @@ def train(args: argparse.Namespace) -> None:
         enable_checkpointing=False,
     )
     unreadable = None if args.unreadable is None else tuple(args.unreadable)
-    model = (ValidatedDropoutNet if args.validate else DropoutNet)(unreadable, args.num_workers)
+    if args.validate:
+        in_validation = None if args.unreadable_in_validation is None else tuple(args.unreadable_in_validation)
+        model = ValidatedDropoutNet(unreadable, args.num_workers, in_validation)
+    else:
+        model = DropoutNet(unreadable, args.num_workers)
     trainer.fit(model, ckpt_path=args.ckpt_path)
     torch.save(model.seen, f"{args.out}.seen{trainer.global_rank}")  # (every rank's samples)
     if trainer.is_global_zero:
@@ -435,6 +448,35 @@ def test_sigterm_checkpoint_is_not_written_on_other_errors(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("devices", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_unreadable_validation_sample_saves_the_epoch_and_the_mended_run_validates_it_again(tmp_path, devices):
+    """A validation sample that cannot be read after epoch 1 (under DDP in rank 0's first batch
+    of two; rank 1 has one): every process finishes the validation, then all save the trained
+    epoch and stop before scoring it; resumed with the data mended, the run validates epoch 1
+    again from its first batch and ends with an uninterrupted run's weights. (Each rank keeps a
+    readable batch: Lightning syncs ``self.log(..., sync_dist=True)`` values only on the
+    processes that logged one.)"""
+    run_options = ["--max-epochs", "3", "--validate", "--devices", str(devices)]
+    steps_per_epoch = math.ceil(math.ceil(DATASET_SIZE / devices) / BATCH_SIZE)
+    reference = _run(tmp_path, "reference", *run_options)
+    failed = _finish(_run(tmp_path, "failed", *run_options, "--unreadable-in-validation", "1", "2"), returncode=1)
+    assert "sample 2 (vectors.csv, line 4): cannot be read" in failed
+    assert "1 validation batch(es) cannot be read, so the run stops before scoring epoch 1" in failed
+    checkpoint_path = tmp_path / "failed" / "checkpoints" / "last.ckpt"
+    assert f"saved a checkpoint at epoch 1, step {2 * steps_per_epoch} to {checkpoint_path}" in failed
+    assert torch.load(checkpoint_path, weights_only=True)["global_step"] == 2 * steps_per_epoch
+
+    _finish(_run(tmp_path, "failed", *run_options, "--ckpt-path", str(checkpoint_path)))
+    _finish(reference)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "failed.pt", weights_only=True)
+    batches = 3 if devices == 1 else 2  # (rank 0's)
+    assert actual["validated"] == [(epoch, batch) for epoch in (1, 2) for batch in range(batches)]
+    assert actual["step"] == expected["step"] == 3 * steps_per_epoch
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize(
     ("batch", "accumulate", "outcome"),
     [
@@ -459,17 +501,19 @@ def test_unreadable_sample_saves_nothing_where_no_clean_state_is_new(tmp_path, b
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_without_the_callback_an_unreadable_sample_raises_in_the_loader():
+def test_the_loader_raises_a_read_error_unless_told_to_hand_it_over():
     dataset = FixedVectors(unreadable=(0, 5))
     loader = ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, shuffle=False), batch_size=4)
     with pytest.raises(SampleReadError, match="sample 5 "):
         list(loader)
     loader.hand_over_read_errors = True
-    batches = list(loader)
-    assert len(batches) == 2 and isinstance(batches[1], UnreadableBatch)  # (and the iteration ends there)
-    assert "sample 5 " in str(batches[1].error)
-    loader.give_back_last_batch()
+    batches = iter(loader)
+    assert not isinstance(next(batches), UnreadableBatch)
+    unreadable = next(batches)
+    assert isinstance(unreadable, UnreadableBatch) and "sample 5 " in str(unreadable.error)
+    loader.give_back_last_batch()  # (what DataErrorCheckpoint does before it saves)
     assert loader.state_dict()["sampler"]["position"] == 4
+    assert [int(i) for batch in batches for i in batch[2]] == list(range(8, 23))  # (the iteration goes on)
 
 
 @contextlib.contextmanager
@@ -623,6 +667,8 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-file")
     parser.add_argument("--unreadable", type=int, nargs=2, metavar=("EPOCH", "INDEX"),
                         help="the training sample INDEX cannot be read in EPOCH")
+    parser.add_argument("--unreadable-in-validation", type=int, nargs=2, metavar=("EPOCH", "INDEX"),
+                        help="with --validate: the validation sample INDEX cannot be read in EPOCH")
     parser.add_argument("--num-workers", type=int, default=0)
     return parser.parse_args(argv)
 

@@ -59,7 +59,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
-from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
+from lightning_gsf.data.samplers import (
+    EvaluationDataLoader,
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    UnpaddedDistributedSampler,
+)
 from lightning_gsf.data.sampling import multi_clip_indices, train_sampler
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 from lightning_gsf.data.video import ClipReader
@@ -561,7 +566,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
 
     def _evaluation_loader(self, dataset: ClipDataset) -> DataLoader:
         sampler = UnpaddedDistributedSampler(dataset)
-        return DataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
+        return EvaluationDataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
 
     def _loader_options(self) -> dict[str, Any]:
         return {

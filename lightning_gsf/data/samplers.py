@@ -39,6 +39,7 @@ from lightning_gsf.data.errors import SampleReadError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EvaluationDataLoader",
     "ResumableDataLoader",
     "UnreadableBatch",
     "ResumableDistributedSampler",
@@ -203,6 +204,20 @@ class ResumableDistributedSampler(DistributedSampler):
         logger.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
 
 
+class EvaluationDataLoader(DataLoader):
+    """A plain ``DataLoader`` for evaluation that can hand over read errors: with
+    ``hand_over_read_errors`` (set by ``callbacks.DataErrorCheckpoint`` during ``fit``'s
+    validation) a batch that cannot be read comes as an :class:`UnreadableBatch` and the
+    iteration goes on, so that every process finishes the validation before they stop."""
+
+    def __init__(self, dataset: Any, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.hand_over_read_errors = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return _read_errors_handed_over(super().__iter__(), self)
+
+
 class UnpaddedDistributedSampler(DistributedSampler):
     """Evaluation sampler: process ``rank`` takes indices ``rank, rank + num_replicas, ...``, in order.
 
@@ -227,6 +242,22 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+def _read_errors_handed_over(batches: Iterator[Any], loader: Any) -> Iterator[Any]:
+    """``batches``, with a batch that raised ``SampleReadError`` as an :class:`UnreadableBatch`
+    while ``loader.hand_over_read_errors`` is set. (A ``DataLoader``'s iterator goes on after
+    an error, with its workers or without.)"""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except SampleReadError as error:
+            if not loader.hand_over_read_errors:
+                raise
+            batch = UnreadableBatch(error)
+        yield batch
 
 
 class UnreadableBatch:
@@ -258,9 +289,9 @@ class ResumableDataLoader(DataLoader):
 
     With ``hand_over_read_errors`` (set by ``callbacks.DataErrorCheckpoint``), a batch whose
     samples cannot be read (``SampleReadError``, raised in the loader or in a worker) is handed
-    to the loop as an :class:`UnreadableBatch` instead of raising there, and ends the
-    iteration. The training loop can then :meth:`give_back_last_batch` on every process and
-    save at a clean point, before the batch: the resumed run starts with it.
+    to the loop as an :class:`UnreadableBatch` instead of raising there. The training loop can
+    then :meth:`give_back_last_batch` on every process and save at a clean point, before the
+    batch: the resumed run starts with it.
     """
 
     def __init__(self, dataset: Any, *, sampler: ResumableDistributedSampler, **kwargs: Any) -> None:
@@ -279,18 +310,7 @@ class ResumableDataLoader(DataLoader):
 
     def _counting_iterator(self) -> Iterator[Any]:
         self._batches_handed_out = 0
-        batches = super().__iter__()
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except SampleReadError as error:
-                if not self.hand_over_read_errors:
-                    raise
-                self._batches_handed_out += 1
-                yield UnreadableBatch(error)
-                return
+        for batch in _read_errors_handed_over(super().__iter__(), self):
             # Counted before the hand-over: once the loop holds the batch, it is consumed.
             self._batches_handed_out += 1
             yield batch
