@@ -129,7 +129,29 @@ def resumes_mid_validation(trainer: pl.Trainer) -> bool:
     return hasattr(trainer.fit_loop.epoch_loop.val_loop, "restarted_mid_evaluation")
 
 
-class PreemptionCheckpoint(pl.Callback):
+class _StopCheckpoint(pl.Callback):
+    """A callback that saves ``<dirpath>/<filename>.ckpt`` when the run has to stop; without
+    ``dirpath``, in the ``ModelCheckpoint``'s directory, else ``<default_root_dir>/checkpoints``."""
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
+        if not filename:
+            raise ValueError(f"{type(self).__name__} needs a non-empty filename")
+        self.dirpath = None if dirpath is None else Path(dirpath)
+        self.filename = filename
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        """Where this callback's checkpoint of ``trainer`` goes."""
+        folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+        if self.dirpath is not None:
+            directory = self.dirpath
+        elif folders:
+            directory = Path(folders[0])
+        else:
+            directory = Path(trainer.default_root_dir) / "checkpoints"
+        return directory / f"{self.filename}.ckpt"
+
+
+class PreemptionCheckpoint(_StopCheckpoint):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
@@ -164,6 +186,7 @@ class PreemptionCheckpoint(pl.Callback):
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
+    (:class:`DataErrorCheckpoint` saves for an unreadable batch, at a clean point before it.)
 
     Args:
         dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
@@ -172,17 +195,10 @@ class PreemptionCheckpoint(pl.Callback):
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
-        if not filename:
-            raise ValueError("PreemptionCheckpoint needs a non-empty filename")
-        self.dirpath = None if dirpath is None else Path(dirpath)
-        self.filename = filename
+        super().__init__(dirpath, filename)
         self._saving_mid_validation = False
         self._held_sigterm = False
         self._held_for_accumulation = False
-
-    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
-        """Where the preemption checkpoint of ``trainer`` goes."""
-        return _stop_checkpoint_path(trainer, self.dirpath, self.filename)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -265,20 +281,7 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _stop_checkpoint_path(trainer: pl.Trainer, dirpath: Path | None, filename: str) -> Path:
-    """``<dirpath>/<filename>.ckpt``; without ``dirpath``, in the ``ModelCheckpoint``'s
-    directory, else ``<default_root_dir>/checkpoints``."""
-    folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
-    if dirpath is not None:
-        directory = dirpath
-    elif folders:
-        directory = Path(folders[0])
-    else:
-        directory = Path(trainer.default_root_dir) / "checkpoints"
-    return directory / f"{filename}.ckpt"
-
-
-class DataErrorCheckpoint(pl.Callback):
+class DataErrorCheckpoint(_StopCheckpoint):
     """Save a checkpoint when ``fit`` meets data it cannot read, then stop with the error.
 
     An unreadable sample (a corrupt video, a broken frame: ``SampleReadError``, naming the
@@ -317,10 +320,7 @@ class DataErrorCheckpoint(pl.Callback):
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
-        if not filename:
-            raise ValueError("DataErrorCheckpoint needs a non-empty filename")
-        self.dirpath = None if dirpath is None else Path(dirpath)
-        self.filename = filename
+        super().__init__(dirpath, filename)
         self._trained = False
         self._unreadable_in_validation: list[SampleReadError] = []
         self._saving_mid_validation = False
@@ -409,7 +409,7 @@ class DataErrorCheckpoint(pl.Callback):
         been trained since the run started; what happened, for the error."""
         if not self._trained:
             return "no batch has been trained in this run, so no checkpoint was written"
-        path = _stop_checkpoint_path(trainer, self.dirpath, self.filename)
+        path = self.checkpoint_path(trainer)
         trainer.save_checkpoint(path)
         return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
                 f"data and resume with --ckpt_path {path}")

@@ -4,7 +4,7 @@ Lightning (2.x) saves a training data loader's position in a checkpoint only if 
 *loader itself* has ``state_dict``/``load_state_dict`` (``CombinedLoader._state_dicts``);
 the sampler is never asked. Only the loader knows how many batches it has handed to the
 training loop: the sampler's own iterator runs ahead of that by the worker prefetch. Hence
-three pieces:
+these pieces:
 
 - :class:`ResumableDistributedSampler`: the training order. The same permutation and padding
   as :class:`torch.utils.data.DistributedSampler` (seeded by ``seed + epoch``), but it can
@@ -14,6 +14,9 @@ three pieces:
   and saves ``(epoch, position)`` through its sampler. It is restored before the first
   batch of the resumed epoch (by Lightning, or by ``callbacks.ExactResume`` where Lightning
   drops the state: Lightning-AI/pytorch-lightning#20550).
+- :class:`EvaluationDataLoader`: a ``DataLoader`` that, like :class:`ResumableDataLoader`,
+  can hand a batch that cannot be read over as an :class:`UnreadableBatch` (for
+  ``callbacks.DataErrorCheckpoint``).
 - :class:`UnpaddedDistributedSampler`: evaluation. Each process takes every
   ``num_replicas``-th sample, with no padding, so no sample is scored twice and the
   metrics of N processes equal those of one.
@@ -41,9 +44,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "EvaluationDataLoader",
     "ResumableDataLoader",
-    "UnreadableBatch",
     "ResumableDistributedSampler",
     "UnpaddedDistributedSampler",
+    "UnreadableBatch",
     "process_group_layout",
 ]
 
@@ -261,9 +264,10 @@ def _read_errors_handed_over(batches: Iterator[Any], loader: Any) -> Iterator[An
 
 
 class UnreadableBatch:
-    """What :class:`ResumableDataLoader` hands over, with ``hand_over_read_errors``, in place
-    of a batch that could not be read: the ``SampleReadError`` (naming the sample, its file
-    and row), to be raised once the training loop has saved its state."""
+    """What :class:`ResumableDataLoader` and :class:`EvaluationDataLoader` hand over, with
+    ``hand_over_read_errors``, in place of a batch that could not be read: the
+    ``SampleReadError`` (naming the sample, its file and row), to be raised once the processes
+    have saved their state (``callbacks.DataErrorCheckpoint``)."""
 
     def __init__(self, error: SampleReadError) -> None:
         self.error = error
