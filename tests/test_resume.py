@@ -4,7 +4,9 @@ A training process is stopped with a real SIGTERM in the middle of an epoch. It 
 checkpoint (``PreemptionCheckpoint``), and training resumed from it must end with the same
 weights as an uninterrupted run of the same length: the loader continues with exactly the
 remaining samples (``ResumableDataLoader``), dropout draws the same numbers (``ExactResume``),
-and the optimiser, the schedule and the loops continue where they were (Lightning).
+and the optimiser, the schedule and the loops continue where they were (Lightning). A sample
+that cannot be read, in training or in validation, must likewise leave a checkpoint
+(``DataErrorCheckpoint``) from which the run, once the data reads again, ends the same.
 
 This file is also the training script the tests run (``python tests/test_resume.py ...``): a
 small model with dropout, batch norm, momentum SGD and a per-step schedule computed from
