@@ -50,7 +50,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_gsf.atomic_files import atomic_file
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import SampleReadError, original_message
 from lightning_gsf.data.samplers import EvaluationDataLoader, ResumableDataLoader, UnreadableBatch
 from lightning_gsf.fit_loop import install_step_limited_resume
 
@@ -274,13 +274,6 @@ class PreemptionCheckpoint(_StopCheckpoint):
             )
 
 
-def _last_line(error: BaseException) -> str:
-    """An error's message without the traceback that a ``DataLoader`` worker's error carries
-    (its last line is the original message)."""
-    lines = str(error).strip().splitlines()
-    return lines[-1] if lines else type(error).__name__
-
-
 class DataErrorCheckpoint(_StopCheckpoint):
     """Save a checkpoint when ``fit`` meets data it cannot read, then stop with the error.
 
@@ -373,7 +366,7 @@ class DataErrorCheckpoint(_StopCheckpoint):
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         if isinstance(batch, UnreadableBatch):
             log.error("rank %d: validation batch %d cannot be read; the validation goes on, then the run stops: %s",
-                      trainer.global_rank, batch_idx, _last_line(batch.error))
+                      trainer.global_rank, batch_idx, original_message(batch.error))
             self._unreadable_in_validation.append(batch.error)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -395,8 +388,9 @@ class DataErrorCheckpoint(_StopCheckpoint):
                 self._saving_mid_validation = False
             if outcome.startswith("saved"):
                 outcome += " (the resumed run validates this epoch again)"
-        raise SampleReadError(f"{len(failures)} validation batch(es) cannot be read, so the run stops before scoring "
-                              f"epoch {trainer.current_epoch}; {outcome}. {_listing_failures(failures)}") \
+        when = "in the sanity check" if trainer.sanity_checking else f"before scoring epoch {trainer.current_epoch}"
+        raise SampleReadError(f"{len(failures)} validation batch(es) cannot be read, so the run stops {when}; "
+                              f"{outcome}. {_listing_failures(failures)}") \
             from (errors[0] if errors else None)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
@@ -429,7 +423,7 @@ def _hand_over_read_errors(loaders: Any, hand_over: bool) -> None:
 def _failures_of_every_rank(trainer: pl.Trainer, errors: list[SampleReadError]) -> list[tuple[int, str]]:
     """``(rank, message)`` of every process's ``errors``; a collective under DDP (one small
     all-reduce when no process has any, as in nearly every call)."""
-    messages = [_last_line(error) for error in errors]
+    messages = [original_message(error) for error in errors]
     if trainer.world_size == 1:
         return [(0, message) for message in messages]
     count = torch.tensor(len(messages), device=trainer.strategy.root_device)

@@ -62,8 +62,15 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import __version__, gloo_exit, host_memory
-from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, ExactResume, PreemptionCheckpoint
+from lightning_gsf.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointMismatchError,
+    DataErrorCheckpoint,
+    ExactResume,
+    PreemptionCheckpoint,
+)
 from lightning_gsf.data.base import VideoDataModule
+from lightning_gsf.data.errors import AnnotationError, SampleReadError, original_message
 from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.module import VideoClassificationModule
@@ -78,6 +85,9 @@ EXIT_STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 
 #: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
+# The errors of Lightning's subcommands that are about the user's input and name it (the file
+# and row, the checkpoint's differing settings): ``gsf`` prints their message, not a traceback.
+INPUT_ERRORS = (AnnotationError, SampleReadError, CheckpointMismatchError)
 
 #: Settings of every ``gsf`` parser. ``allow_abbrev=False``: argparse would otherwise read a
 #: typo that is a prefix of a real option (``--model.temporal_modul``) as that option.
@@ -367,8 +377,9 @@ def main(args: Sequence[str] | None = None) -> None:
 
     Returns nothing, so that the console script's ``sys.exit(main())`` exits 0; :func:`run`
     returns the CLI object (trainer, model) for callers that want it. A tool (``gsf evaluate``,
-    ``import-original``, ...) that fails on its input (``ValueError``, ``OSError``) exits with
-    a one-line message instead of a traceback. A command stopped by
+    ``import-original``, ...) that fails on its input (``ValueError``, ``OSError``), and a
+    Lightning subcommand stopped by one of :data:`INPUT_ERRORS`, exit with a one-line message
+    instead of a traceback. A command stopped by
     SIGTERM raises ``SystemExit(EXIT_STOPPED_BY_SIGTERM)`` on global rank 0 (Lightning's
     ``SystemExit`` of status 0 on the others) once Lightning has run its callbacks: the
     checkpoint is saved by then.
@@ -378,11 +389,12 @@ def main(args: Sequence[str] | None = None) -> None:
     command = next(iter(sys.argv[1:] if args is None else args), None)
     try:
         run(args)
-    except (ValueError, OSError) as error:
-        # A tool's errors are about its input (a file it cannot read, an argument it cannot use)
-        # and name it: one line, as argparse gives, not a traceback.
-        if command in TOOLS:
-            raise SystemExit(f"gsf {command}: error: {error}") from None
+    except (ValueError, OSError, SampleReadError) as error:
+        # A tool's errors are about its input (a file it cannot read, an argument it cannot use),
+        # and so are the data errors and checkpoint mismatches of Lightning's subcommands; they
+        # name it: one line, as argparse gives, not a traceback.
+        if command in TOOLS or (command in LIGHTNING_SUBCOMMANDS and isinstance(error, INPUT_ERRORS)):
+            raise SystemExit(f"gsf {command}: error: {original_message(error)}") from None
         raise
     except SIGTERMException:
         # Every process has passed the checkpoint's barrier. Only rank 0 reports the stop: a

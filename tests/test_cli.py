@@ -28,7 +28,7 @@ from lightning_gsf import cli
 from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import SampleReadError, original_message
 from lightning_gsf.model import VideoClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -244,6 +244,46 @@ def test_gsf_fit_stopped_by_an_unreadable_validation_sample_saves_the_epoch_and_
     metrics = run(["fit", *options, "--ckpt_path", "last"]).trainer.callback_metrics
     assert "val/all_action_accuracy_at_1" in metrics and len(list(checkpoints.glob("best-*.ckpt"))) == 1
     assert _saved_step(checkpoints / "last.ckpt") == 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_subcommand_stopped_by_bad_data_ends_with_its_message_not_a_traceback(tmp_path, dataset, num_workers):
+    """``gsf fit`` on a clip that cannot be read (in the process or in a loader worker, whose
+    traceback PyTorch puts into the message) and on a malformed annotation row: one line naming
+    the file, as argparse gives (``run`` still raises, for programs)."""
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    config = _config(tmp_path, data)
+    for frame in (data / "P01" / "rgb_frames").rglob("*.jpg"):
+        frame.write_bytes(b"not a JPEG")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--data.init_args.num_workers", str(num_workers),
+              "--trainer.num_sanity_val_steps", "0"])  # fmt: skip
+    message = str(exit_info.value.code)
+    assert re.match(r"gsf fit: error: sample 'P01_\d+_\d+' \(\S+EPIC_100_train.csv, line \d+; ", message), message
+    assert "Traceback" not in message and "\n" not in message
+
+    train_csv = data / "annotations" / "EPIC_100_train.csv"
+    lines = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join([*lines[:2], "P01_01_9,P01,P01_01,not enough fields", *lines[2:]]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert re.match(r"gsf fit: error: \S+EPIC_100_train.csv, line 3\b", str(exit_info.value.code)), exit_info.value.code
+
+
+def test_the_original_message_of_a_loader_workers_error():
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise SampleReadError("sample 'x' (train.csv, line 2): cannot be read")
+
+    with pytest.raises(SampleReadError) as raised:
+        next(iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1)))
+    assert "Original Traceback" in str(raised.value)  # (what PyTorch re-raises)
+    assert original_message(raised.value) == "sample 'x' (train.csv, line 2): cannot be read"
+    assert original_message(SampleReadError("a\nb")) == "a\nb"
 
 
 def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):

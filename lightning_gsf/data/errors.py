@@ -12,9 +12,15 @@ Messages name the file, the row or frame, and what was expected, so the user can
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-__all__ = ["AnnotationError", "MissingMediaError", "SampleReadError"]
+__all__ = ["AnnotationError", "MissingMediaError", "SampleReadError", "original_message"]
+
+# How PyTorch's DataLoader re-raises a worker's error: its message holds the worker's traceback,
+# whose last line is "<module>.<Type>: <the original message>".
+_WORKER_ERROR = re.compile(r"\ACaught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+_QUALIFIED_TYPE = re.compile(r"\A[\w.]+: ")
 
 
 class AnnotationError(ValueError):
@@ -43,3 +49,13 @@ class MissingMediaError(SampleReadError):
         super().__init__(message)
         self.report_path = report_path
         self.count = count
+
+
+def original_message(error: BaseException) -> str:
+    """``error``'s message; for an error re-raised from a ``DataLoader`` worker, the original
+    message alone, without the worker's traceback that PyTorch puts before it."""
+    message = str(error)
+    if not _WORKER_ERROR.match(message):
+        return message
+    last_line = message.strip().splitlines()[-1]
+    return _QUALIFIED_TYPE.sub("", last_line)
