@@ -349,8 +349,8 @@ class DataErrorCheckpoint(_StopCheckpoint):
         failures = _failures_of_every_rank(trainer, [batch.error] if unreadable else [])
         if not failures:
             return
-        if (trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1) % trainer.accumulate_grad_batches != 0:
-            outcome = _NOT_SAVED_IN_A_WINDOW  # (ready counts this batch)
+        if not _starts_an_accumulation_window(trainer):
+            outcome = _NOT_SAVED_IN_A_WINDOW
         else:
             loader = trainer.train_dataloader
             if isinstance(loader, ResumableDataLoader):  # (the batch in hand, read or not, is the resumed run's first)
@@ -389,9 +389,9 @@ class DataErrorCheckpoint(_StopCheckpoint):
             if outcome.startswith("saved"):
                 outcome += " (the resumed run validates this epoch again)"
         when = "in the sanity check" if trainer.sanity_checking else f"before scoring epoch {trainer.current_epoch}"
-        raise SampleReadError(f"{len(failures)} validation batch(es) cannot be read, so the run stops {when}; "
-                              f"{outcome}. {_listing_failures(failures)}") \
-            from (errors[0] if errors else None)
+        error = SampleReadError(f"{len(failures)} validation batch(es) cannot be read, so the run stops {when}; "
+                                f"{outcome}. {_listing_failures(failures)}")
+        raise error from (errors[0] if errors else None)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -436,6 +436,13 @@ def _failures_of_every_rank(trainer: pl.Trainer, errors: list[SampleReadError]) 
 
 def _listing_failures(failures: list[tuple[int, str]]) -> str:
     return "; ".join(f"rank {rank}: {message}" for rank, message in failures)
+
+
+def _starts_an_accumulation_window(trainer: pl.Trainer) -> bool:
+    """Whether the training batch about to run (counted as ready at ``on_train_batch_start``)
+    is the first of its gradient-accumulation window: no gradients are pending."""
+    ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    return (ready - 1) % trainer.accumulate_grad_batches == 0
 
 
 def _inside_accumulation_window(trainer: pl.Trainer) -> bool:

@@ -30,8 +30,8 @@ Defaults that every run gets (each can be changed from a config):
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
   ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
 - reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
-  left unset), a ``last.ckpt`` saved on SIGTERM and before a training batch that cannot be
-  read, and the random state and loader position saved so a resumed run continues exactly.
+  left unset), a ``last.ckpt`` saved on SIGTERM and when ``fit`` meets a batch that cannot
+  be read, and the random state and loader position saved so a resumed run continues exactly.
 - host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
   training step does not fault its activations in again every step;
   ``LIGHTNING_GSF_MALLOC=default`` leaves glibc's settings alone.
