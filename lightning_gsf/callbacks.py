@@ -13,6 +13,8 @@
   a validation batch of ``fit``: then the
   resumed run validates that epoch again, from its first batch), and under DDP holds a
   SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
+  In a run of one process it does the same for the first Ctrl-C (SIGINT) of ``fit``'s training;
+  a second Ctrl-C stops at once, as Lightning does, without a checkpoint.
 - :class:`DataErrorCheckpoint` saves a checkpoint when ``fit`` meets a batch that cannot be
   read (a corrupt video, a broken frame): before a training batch, or at the end of a
   validation (whose epoch the resumed run validates again), on every process at once, then
@@ -33,8 +35,11 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+import signal
+import threading
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -63,6 +68,7 @@ __all__ = [
     "PreemptionCheckpoint",
     "ExactResume",
     "check_checkpoint_matches",
+    "stop_signal",
 ]
 
 
@@ -184,6 +190,17 @@ class PreemptionCheckpoint(_StopCheckpoint):
     the window's last batch: the gradients of its earlier batches live in no checkpoint, and a
     run resumed from its middle would step on part of a window.
 
+    Ctrl-C: in a run of one process, from the start of ``fit``'s training to its end, the
+    first Ctrl-C (SIGINT) is taken as a SIGTERM: the run stops at the same clean point, with
+    the checkpoint, and :func:`stop_signal` tells the two apart (``gsf`` exits with status 130,
+    not 143). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
+    without a checkpoint. Under DDP Ctrl-C is left as it was (it stops every process at once,
+    without a checkpoint): the processes agree on a stop only through Lightning's SIGTERM
+    handling, so send SIGTERM to stop them with one (``kill -TERM`` to the first process,
+    ``scancel``). The data loaders of :mod:`~lightning_gsf.data.samplers` start their worker
+    processes ignoring SIGINT, so that a Ctrl-C from the terminal, which reaches them too,
+    leaves them reading the batches that the stop still needs.
+
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
     (:class:`DataErrorCheckpoint` saves for an unreadable batch, at a clean point before it.)
@@ -192,13 +209,54 @@ class PreemptionCheckpoint(_StopCheckpoint):
         dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
             ``<default_root_dir>/checkpoints``.
         filename: file name without ``.ckpt``.
+        stop_on_ctrl_c: take the first Ctrl-C of a one-process ``fit`` as a SIGTERM.
     """
 
-    def __init__(self, dirpath: str | Path | None = None, filename: str = "last") -> None:
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "last",
+                 stop_on_ctrl_c: bool = True) -> None:
         super().__init__(dirpath, filename)
+        self.stop_on_ctrl_c = stop_on_ctrl_c
         self._saving_mid_validation = False
         self._held_sigterm = False
         self._held_for_accumulation = False
+        self._handler_replaced: Any = None  # (the SIGINT handler that ours replaced, while ours is on)
+        self._ctrl_c_received = False
+
+    # A Ctrl-C, from the start of training (after the sanity check) to its end.
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ctrl_c_received = False
+        if not self.stop_on_ctrl_c or trainer.world_size > 1:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # (Python runs signal handlers in the main thread only)
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return  # (a program that handles SIGINT itself keeps its handler)
+
+        def stop_after_this_batch(signum: int, frame: FrameType | None) -> None:
+            if self._ctrl_c_received:  # the second: stop at once
+                self._restore_sigint_handler()
+                signal.default_int_handler(signum, frame)
+            self._ctrl_c_received = True
+            trainer._signal_connector.received_sigterm = True  # (as Lightning's SIGTERM handler does)
+            log.warning("Ctrl-C: stopping after this batch, with a checkpoint; press Ctrl-C again to stop at once, "
+                        "without one")
+
+        self._handler_replaced = signal.signal(signal.SIGINT, stop_after_this_batch)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_sigint_handler()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore_sigint_handler()
+
+    def _restore_sigint_handler(self) -> None:
+        if self._handler_replaced is not None:
+            signal.signal(signal.SIGINT, self._handler_replaced)
+            self._handler_replaced = None
+
+    def _stop_name(self) -> str:
+        return "Ctrl-C" if self._ctrl_c_received else "SIGTERM"
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -213,8 +271,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
             trainer._signal_connector.received_sigterm = True
             self._held_for_accumulation = False
             if trainer.is_global_zero:
-                log.warning("SIGTERM inside a gradient-accumulation window: stopping at its end, step %d",
-                            trainer.global_step)
+                log.warning("%s inside a gradient-accumulation window: stopping at its end, step %d",
+                            self._stop_name(), trainer.global_step)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -242,7 +300,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
             trainer._signal_connector.received_sigterm = True
             message = "stopping at the next training batch"
         if trainer.is_global_zero:
-            log.warning("SIGTERM during validation: validation finished; %s", message)
+            log.warning("%s during validation: validation finished; %s", self._stop_name(), message)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -250,23 +308,27 @@ class PreemptionCheckpoint(_StopCheckpoint):
             restart_validation_on_resume(checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint_handler()
         if not isinstance(exception, SIGTERMException):
             return
+        if self._ctrl_c_received:
+            exception.gsf_stop_signal = signal.SIGINT  # (read by stop_signal)
         path = self.checkpoint_path(trainer)
         # Every rank gets here together (Lightning broadcasts the signal in training, and this
         # callback holds it in validation), as save_checkpoint's collectives need; only rank 0
         # writes.
         self._saving_mid_validation = trainer.state.fn == TrainerFn.FITTING and trainer.validating
         if self._saving_mid_validation and not resumes_mid_validation(trainer):
-            log.warning("SIGTERM during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
-                        "(Lightning 2.6 runs it again)", trainer.current_epoch)
+            log.warning("%s during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
+                        "(Lightning 2.6 runs it again)", self._stop_name(), trainer.current_epoch)
         try:
             trainer.save_checkpoint(path)
         finally:
             self._saving_mid_validation = False
         if trainer.is_global_zero:
             log.warning(
-                "SIGTERM: saved a checkpoint at epoch %d, step %d to %s; resume with --ckpt_path %s",
+                "%s: saved a checkpoint at epoch %d, step %d to %s; resume with --ckpt_path %s",
+                self._stop_name(),
                 trainer.current_epoch,
                 trainer.global_step,
                 path,
@@ -436,6 +498,12 @@ def _failures_of_every_rank(trainer: pl.Trainer, errors: list[SampleReadError]) 
 
 def _listing_failures(failures: list[tuple[int, str]]) -> str:
     return "; ".join(f"rank {rank}: {message}" for rank, message in failures)
+
+
+def stop_signal(stop: SIGTERMException) -> signal.Signals:
+    """The signal that stopped a run with ``stop``: SIGINT where :class:`PreemptionCheckpoint`
+    took a Ctrl-C as a SIGTERM, else SIGTERM."""
+    return getattr(stop, "gsf_stop_signal", signal.SIGTERM)
 
 
 def _starts_an_accumulation_window(trainer: pl.Trainer) -> bool:

@@ -38,7 +38,9 @@ Defaults that every run gets (each can be changed from a config):
 - CPU DDP (``gloo_exit.py``): every process gives gloo's worker threads the GIL before the
   interpreter finalizes, which otherwise aborts a finished run at exit now and then.
 - exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143, from
-  rank 0; see :func:`main`) when a SIGTERM stopped it, after its checkpoint was saved.
+  rank 0; see :func:`main`) when a SIGTERM stopped it, after its checkpoint was saved;
+  :data:`EXIT_STOPPED_BY_CTRL_C` (130) when a Ctrl-C did (one process; a second Ctrl-C stops
+  at once, status 1, as Lightning exits).
   (Lightning ends such a run with a bare ``SystemExit``, status 0, so ``gsf fit ... && gsf
   test ...``, or a SLURM job that depends on the training job with ``afterok``, would go on as
   if training had finished.)
@@ -68,6 +70,7 @@ from lightning_gsf.callbacks import (
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
+    stop_signal,
 )
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.data.errors import AnnotationError, SampleReadError, original_message
@@ -82,6 +85,10 @@ CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
 #: ``gsf``'s exit status when a SIGTERM stopped the command: the shell's status of a process that
 #: SIGTERM ended, 128 + 15. The run is unfinished (``--ckpt_path last`` resumes it).
 EXIT_STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
+#: ``gsf``'s exit status when a Ctrl-C stopped ``fit`` with a checkpoint: 128 + 2, the shell's
+#: status of a process that SIGINT ended; it tells a script that resubmits preempted runs (143)
+#: that a person stopped this one.
+EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 
 #: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
@@ -382,7 +389,8 @@ def main(args: Sequence[str] | None = None) -> None:
     instead of a traceback. A command stopped by
     SIGTERM raises ``SystemExit(EXIT_STOPPED_BY_SIGTERM)`` on global rank 0 (Lightning's
     ``SystemExit`` of status 0 on the others) once Lightning has run its callbacks: the
-    checkpoint is saved by then.
+    checkpoint is saved by then. One stopped so by a Ctrl-C raises
+    ``SystemExit(EXIT_STOPPED_BY_CTRL_C)``.
     """
     show_info_messages()
     gloo_exit.release_gloo_workers_at_exit()  # (CPU DDP: exit 0, not an abort, once the work is done)
@@ -396,13 +404,14 @@ def main(args: Sequence[str] | None = None) -> None:
         if command in TOOLS or (command in LIGHTNING_SUBCOMMANDS and isinstance(error, INPUT_ERRORS)):
             raise SystemExit(f"gsf {command}: error: {original_message(error)}") from None
         raise
-    except SIGTERMException:
+    except SIGTERMException as stop:
         # Every process has passed the checkpoint's barrier. Only rank 0 reports the stop: a
         # launcher that kills the other processes when one fails (srun --kill-on-bad-exit,
         # torchrun) must not cut short rank 0's last flush of the loggers; a job's status is
         # the worst of its processes'.
         if rank_zero_only.rank == 0:
-            raise SystemExit(EXIT_STOPPED_BY_SIGTERM) from None
+            by_ctrl_c = stop_signal(stop) == signal.SIGINT
+            raise SystemExit(EXIT_STOPPED_BY_CTRL_C if by_ctrl_c else EXIT_STOPPED_BY_SIGTERM) from None
         raise
 
 

@@ -1,7 +1,7 @@
 """Preemption and exact resumption with real processes.
 
-A training process is stopped with a real SIGTERM in the middle of an epoch. It must save a
-checkpoint (``PreemptionCheckpoint``), and training resumed from it must end with the same
+A training process is stopped with a real SIGTERM (or a Ctrl-C) in the middle of an epoch. It
+must save a checkpoint (``PreemptionCheckpoint``), and training resumed from it must end with the same
 weights as an uninterrupted run of the same length: the loader continues with exactly the
 remaining samples (``ResumableDataLoader``), dropout draws the same numbers (``ExactResume``),
 and the optimiser, the schedule and the loops continue where they were (Lightning). A sample
@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, ExactResume, PreemptionCheckpoint
-from lightning_gsf.cli import EXIT_STOPPED_BY_SIGTERM
+from lightning_gsf.cli import EXIT_STOPPED_BY_CTRL_C, EXIT_STOPPED_BY_SIGTERM
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import (
     EvaluationDataLoader,
@@ -52,13 +52,16 @@ DATASET_SIZE, BATCH_SIZE = 23, 4
 
 class FixedVectors(Dataset):
     """Item ``i`` is a fixed random vector and a label, both a function of ``i`` only; with
-    ``unreadable=(epoch, index)``, that item cannot be read in that epoch."""
+    ``unreadable=(epoch, index)``, that item cannot be read in that epoch; reading an item
+    takes ``seconds_per_item``."""
 
-    def __init__(self, size: int = DATASET_SIZE, unreadable: tuple[int, int] | None = None) -> None:
+    def __init__(self, size: int = DATASET_SIZE, unreadable: tuple[int, int] | None = None,
+                 seconds_per_item: float = 0.0) -> None:
         generator = torch.Generator().manual_seed(1234)
         self.inputs = torch.randn(size, 6, generator=generator)
         self.labels = (self.inputs.sum(dim=1) > 0).long()
         self.unreadable = unreadable
+        self.seconds_per_item = seconds_per_item
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:  # (called by the sampler, in the workers' copies too)
@@ -70,13 +73,15 @@ class FixedVectors(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         if (self.epoch, index) == self.unreadable:
             raise SampleReadError(f"sample {index} (vectors.csv, line {index + 2}): cannot be read")
+        time.sleep(self.seconds_per_item)
         return self.inputs[index], self.labels[index], index
 
 
 class DropoutNet(pl.LightningModule):
-    def __init__(self, unreadable: tuple[int, int] | None = None, num_workers: int = 0) -> None:
+    def __init__(self, unreadable: tuple[int, int] | None = None, num_workers: int = 0,
+                 seconds_per_item: float = 0.0) -> None:
         super().__init__()
-        self.unreadable, self.num_workers = unreadable, num_workers
+        self.unreadable, self.num_workers, self.seconds_per_item = unreadable, num_workers, seconds_per_item
         self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
         self.seen: list[int] = []
         self.validated: list[tuple[int, int]] = []  # (epoch, batch) of every validation batch
@@ -87,7 +92,7 @@ class DropoutNet(pl.LightningModule):
         return nn.functional.cross_entropy(self.net(inputs), labels)
 
     def train_dataloader(self):
-        dataset = FixedVectors(unreadable=self.unreadable)
+        dataset = FixedVectors(unreadable=self.unreadable, seconds_per_item=self.seconds_per_item)
         return ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7), batch_size=BATCH_SIZE,
                                    num_workers=self.num_workers)
 
@@ -126,18 +131,23 @@ class ValidatedDropoutNet(DropoutNet):
 
 
 class WaitForSignalAt(pl.Callback):
-    """At ``step``, announce it in ``ready_file`` and wait for the parent's SIGTERM."""
+    """At ``step``, announce it in ``ready_file`` and wait for the parent's SIGTERM (or Ctrl-C);
+    with ``wait``, just announce it; with ``then_another``, once the signal has come, announce
+    that in ``<ready_file>.2`` and wait a minute (for a second Ctrl-C)."""
 
-    def __init__(self, step: int, ready_file: Path) -> None:
-        self.step, self.ready_file = step, ready_file
+    def __init__(self, step: int, ready_file: Path, wait: bool = True, then_another: bool = False) -> None:
+        self.step, self.ready_file, self.wait, self.then_another = step, ready_file, wait, then_another
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step != self.step:
             return
         self.ready_file.write_text(str(os.getpid()))
         deadline = time.monotonic() + 60
-        while not trainer.received_sigterm and time.monotonic() < deadline:
+        while self.wait and not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.01)
+        if self.then_another and trainer.received_sigterm:
+            Path(f"{self.ready_file}.2").write_text(str(os.getpid()))
+            time.sleep(60)
 
 
 class WaitForSignalInValidation(pl.Callback):
@@ -171,7 +181,9 @@ def train(args: argparse.Namespace) -> None:
     pl.seed_everything(0, workers=True)
     callbacks: list[pl.Callback] = []  # (the waits first: the signal arrives before the other hooks run)
     if args.wait_at_step is not None:
-        callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file)))
+        callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file), then_another=args.then_another))
+    if args.announce_step is not None:
+        callbacks.append(WaitForSignalAt(args.announce_step, Path(args.ready_file), wait=False))
     if args.wait_in_validation is not None:
         callbacks.append(WaitForSignalInValidation(*args.wait_in_validation, Path(args.ready_file)))
     callbacks += [PreemptionCheckpoint(), DataErrorCheckpoint(), ExactResume()]
@@ -194,7 +206,7 @@ def train(args: argparse.Namespace) -> None:
         in_validation = None if args.unreadable_in_validation is None else tuple(args.unreadable_in_validation)
         model = ValidatedDropoutNet(unreadable, args.num_workers, in_validation)
     else:
-        model = DropoutNet(unreadable, args.num_workers)
+        model = DropoutNet(unreadable, args.num_workers, args.seconds_per_item)
     trainer.fit(model, ckpt_path=args.ckpt_path)
     torch.save(model.seen, f"{args.out}.seen{trainer.global_rank}")  # (every rank's samples)
     if trainer.is_global_zero:
@@ -325,17 +337,96 @@ def test_resumed_mid_epoch_on_more_processes_the_epoch_trains_every_remaining_sa
     assert (seen[0], seen[1]) == ((remaining + order[:1])[0::2], (remaining + order[:1])[1::2])
 
 
-def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120, returncode: int = 0) -> str:
-    """SIGTERM to ``process`` once it has written ``ready``; its output once it has exited
-    with ``returncode`` (``timeout`` seconds for each). (Lightning's own exit after a SIGTERM is
-    status 0; ``gsf``'s is 143.)"""
+def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120, returncode: int = 0,
+                     signum: int = signal.SIGTERM, to_process_group: bool = False) -> str:
+    """``signum`` to ``process`` (or to its process group, as a terminal's Ctrl-C) once it has
+    written ``ready``; its output once it has exited with ``returncode`` (``timeout`` seconds for
+    each). (Lightning's own exit after a SIGTERM is status 0; ``gsf``'s is 143, 130 for a Ctrl-C.)"""
+    _wait_for(process, ready, timeout)
+    if to_process_group:
+        os.killpg(process.pid, signum)  # (the process leads its session: see _run)
+    else:
+        process.send_signal(signum)
+    return _finish(process, timeout=timeout, returncode=returncode)
+
+
+def _wait_for(process: subprocess.Popen, ready: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready.exists():
         assert process.poll() is None, process.communicate()[0]
-        assert time.monotonic() < deadline, "the training process never reached the point to stop at"
+        assert time.monotonic() < deadline, f"the training process never wrote {ready.name}"
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    return _finish(process, timeout=timeout, returncode=returncode)
+
+
+def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(tmp_path):
+    """A Ctrl-C from the terminal (SIGINT to the process group: the training process and its two
+    loader workers) while the training waits for slow batches: the run finishes the batch, saves
+    and stops; resumed, it ends with the uninterrupted run's weights. (A worker that the Ctrl-C
+    ended would fail the batch the stop still reads: no checkpoint.)"""
+    run_options = ["--max-epochs", "2", "--num-workers", "2", "--seconds-per-item", "0.1"]
+    reference = _run(tmp_path, "reference", "--max-epochs", "2")  # (same samples, no waiting)
+    ready = tmp_path / "ready"
+    stopped = _run(tmp_path, "stopped", *run_options, "--announce-step", "3", "--ready-file", str(ready))
+    output = _stop_when_ready(stopped, ready, signum=signal.SIGINT, to_process_group=True)
+    checkpoint_path = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert output.count("Ctrl-C: stopping after this batch") == 1, output  # (not the workers too)
+    assert "Ctrl-C: saved a checkpoint at epoch" in output and checkpoint_path.is_file(), output
+    assert not (tmp_path / "stopped.pt").exists(), "the stopped run must stop, not finish"
+    stopped_at_step = torch.load(checkpoint_path, weights_only=True)["global_step"]
+    steps_per_epoch = math.ceil(DATASET_SIZE / BATCH_SIZE)
+    assert 3 <= stopped_at_step < 2 * steps_per_epoch
+
+    _finish(_run(tmp_path, "stopped", *run_options, "--ckpt-path", str(checkpoint_path)))
+    _finish(reference)
+    expected = torch.load(tmp_path / "reference.pt", weights_only=True)
+    actual = torch.load(tmp_path / "stopped.pt", weights_only=True)
+    assert actual["step"] == expected["step"] == 2 * steps_per_epoch
+    epoch, steps_into_epoch = divmod(stopped_at_step, steps_per_epoch)
+    assert actual["seen"] == expected["seen"][epoch * DATASET_SIZE + steps_into_epoch * BATCH_SIZE :]
+    for name, tensor in expected["state_dict"].items():
+        torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path):
+    ready = tmp_path / "ready"
+    process = _run(tmp_path, "stopped", "--max-epochs", "2", "--wait-at-step", "3", "--ready-file", str(ready),
+                   "--then-another")
+    _wait_for(process, ready, timeout=120)
+    process.send_signal(signal.SIGINT)
+    _wait_for(process, Path(f"{ready}.2"), timeout=120)  # (the first was taken as a stop after the batch)
+    output = _stop_when_ready(process, ready, returncode=1, signum=signal.SIGINT)  # (Lightning's exit)
+    assert "Ctrl-C: stopping after this batch" in output and "Detected KeyboardInterrupt" in output
+    assert not (tmp_path / "stopped" / "checkpoints").exists(), output
+
+
+class RecordSigintHandler(pl.Callback):
+    """The SIGINT handler at the first training and validation batches of every fit."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, object] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.handlers.setdefault("training", signal.getsignal(signal.SIGINT))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.handlers.setdefault("sanity check" if trainer.sanity_checking else "validation",
+                                 signal.getsignal(signal.SIGINT))
+
+
+@pytest.mark.parametrize("stop_on_ctrl_c", [True, False])
+def test_ctrl_c_is_taken_as_a_stop_during_training_only(tmp_path, stop_on_ctrl_c):
+    record = RecordSigintHandler()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[record, PreemptionCheckpoint(stop_on_ctrl_c=stop_on_ctrl_c)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    trainer.fit(ValidatedDropoutNet())
+    assert record.handlers["sanity check"] is signal.default_int_handler  # (nothing trained to save yet)
+    if stop_on_ctrl_c:
+        assert record.handlers["training"] is record.handlers["validation"] is not signal.default_int_handler
+    else:
+        assert record.handlers["training"] is record.handlers["validation"] is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (put back after training)
 
 
 def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_path):
@@ -410,8 +501,13 @@ def _gsf_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_gsf_fit_preempted_by_sigterm_resumes_to_the_same_weights(tmp_path):
-    """The same check through ``gsf fit``: its default callbacks save on SIGTERM and resume exactly."""
+@pytest.mark.parametrize(("signum", "returncode"), [
+    pytest.param(signal.SIGTERM, EXIT_STOPPED_BY_SIGTERM, id="SIGTERM"),
+    pytest.param(signal.SIGINT, EXIT_STOPPED_BY_CTRL_C, id="Ctrl-C"),
+])
+def test_gsf_fit_stopped_by_a_signal_resumes_to_the_same_weights(tmp_path, signum, returncode):
+    """The same check through ``gsf fit``: its default callbacks save on SIGTERM (or a Ctrl-C,
+    exit status 130) and resume exactly."""
     from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
     data = tmp_path / "data"
@@ -423,7 +519,8 @@ def test_gsf_fit_preempted_by_sigterm_resumes_to_the_same_weights(tmp_path):
         data, tmp_path / "preempted", "--trainer.callbacks+=test_resume.WaitForSignalAt",
         f"--trainer.callbacks.step={stop_at_step}", f"--trainer.callbacks.ready_file={ready}",
     )  # fmt: skip
-    _stop_when_ready(preempted, ready, timeout=300, returncode=EXIT_STOPPED_BY_SIGTERM)
+    output = _stop_when_ready(preempted, ready, timeout=300, returncode=returncode, signum=signum)
+    assert f"{'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}: saved a checkpoint at epoch 1, step 5" in output
     last = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == stop_at_step
 
@@ -672,6 +769,10 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--unreadable-in-validation", type=int, nargs=2, metavar=("EPOCH", "INDEX"),
                         help="with --validate: the validation sample INDEX cannot be read in EPOCH")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--seconds-per-item", type=float, default=0.0, help="how long reading a training item takes")
+    parser.add_argument("--announce-step", type=int, help="write --ready-file at this step, and go on")
+    parser.add_argument("--then-another", action="store_true",
+                        help="with --wait-at-step: once signalled, write <ready-file>.2 and wait a minute")
     return parser.parse_args(argv)
 
 

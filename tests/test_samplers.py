@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import signal
 
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from lightning_gsf.data.samplers import ResumableDataLoader, ResumableDistributedSampler, UnpaddedDistributedSampler
+from lightning_gsf.data.samplers import (
+    EvaluationDataLoader,
+    ResumableDataLoader,
+    ResumableDistributedSampler,
+    UnpaddedDistributedSampler,
+)
 
 
 class Indices(torch.utils.data.Dataset):
@@ -199,3 +205,34 @@ def test_the_epoch_reaches_a_dataset_that_seeds_by_epoch():
     assert dataset.epoch == 4
     sampler.load_state_dict({**sampler.state_dict(), "epoch": 7})
     assert dataset.epoch == 7
+
+
+class SigintSetting(Indices):
+    """Item: whether the process that reads it ignores SIGINT."""
+
+    def __getitem__(self, index: int) -> bool:
+        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_loader_workers_ignore_sigint_and_the_main_process_keeps_its_handler(loader_class, context):
+    """A Ctrl-C in the terminal reaches the workers too; they must go on reading for the
+    training's clean stop (callbacks.PreemptionCheckpoint), whatever handler the main process has."""
+
+    def handler(signum, frame):  # (as PreemptionCheckpoint's, which forked workers would inherit)
+        raise AssertionError("not to be called")
+
+    dataset = SigintSetting(4)
+    options = {"batch_size": 1, "num_workers": 2, "multiprocessing_context": context}
+    if loader_class is ResumableDataLoader:
+        options["sampler"] = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        batches = list(loader_class(dataset, **options))
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [bool(batch) for batch in batches] == [True] * 4
+    options.update(num_workers=0, multiprocessing_context=None)
+    assert not any(list(loader_class(dataset, **options)))  # (no workers: the main process, untouched)

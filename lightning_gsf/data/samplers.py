@@ -21,6 +21,11 @@ these pieces:
   ``num_replicas``-th sample, with no padding, so no sample is scored twice and the
   metrics of N processes equal those of one.
 
+Both loaders start their worker processes ignoring SIGINT: a Ctrl-C in the terminal reaches
+the whole process group, and a worker that it ended would fail the batches that
+``callbacks.PreemptionCheckpoint``'s clean stop still reads. (The main process stops its
+workers, and they stop with it.)
+
 Both samplers subclass ``DistributedSampler`` on purpose: Lightning then keeps them instead
 of injecting its own (``use_distributed_sampler`` leaves a ``DistributedSampler`` alone) and
 calls ``set_epoch`` on them at the start of every epoch.
@@ -28,8 +33,11 @@ calls ``set_epoch`` on them at the start of every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -218,7 +226,9 @@ class EvaluationDataLoader(DataLoader):
         self.hand_over_read_errors = False
 
     def __iter__(self) -> Iterator[Any]:
-        return _read_errors_handed_over(super().__iter__(), self)
+        with _new_workers_ignore_sigint(self):
+            batches = super().__iter__()
+        return _read_errors_handed_over(batches, self)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -245,6 +255,22 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+@contextlib.contextmanager
+def _new_workers_ignore_sigint(loader: DataLoader) -> Iterator[None]:
+    """Worker processes that ``loader`` starts in this block ignore SIGINT (they inherit the
+    setting, forked or spawned). The main process's own handler is back after the block. (A
+    handler set outside Python, which Python could not put back, is left alone.)"""
+    handler = signal.getsignal(signal.SIGINT)
+    if loader.num_workers == 0 or handler is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def _read_errors_handed_over(batches: Iterator[Any], loader: Any) -> Iterator[Any]:
@@ -314,7 +340,9 @@ class ResumableDataLoader(DataLoader):
 
     def _counting_iterator(self) -> Iterator[Any]:
         self._batches_handed_out = 0
-        for batch in _read_errors_handed_over(super().__iter__(), self):
+        with _new_workers_ignore_sigint(self):
+            batches = super().__iter__()
+        for batch in _read_errors_handed_over(batches, self):
             # Counted before the hand-over: once the loop holds the batch, it is consumed.
             self._batches_handed_out += 1
             yield batch
