@@ -79,9 +79,10 @@ class FixedVectors(Dataset):
 
 class DropoutNet(pl.LightningModule):
     def __init__(self, unreadable: tuple[int, int] | None = None, num_workers: int = 0,
-                 seconds_per_item: float = 0.0) -> None:
+                 seconds_per_item: float = 0.0, multiprocessing_context: str | None = None) -> None:
         super().__init__()
         self.unreadable, self.num_workers, self.seconds_per_item = unreadable, num_workers, seconds_per_item
+        self.multiprocessing_context = multiprocessing_context
         self.net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 2))
         self.seen: list[int] = []
         self.validated: list[tuple[int, int]] = []  # (epoch, batch) of every validation batch
@@ -94,7 +95,7 @@ class DropoutNet(pl.LightningModule):
     def train_dataloader(self):
         dataset = FixedVectors(unreadable=self.unreadable, seconds_per_item=self.seconds_per_item)
         return ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7), batch_size=BATCH_SIZE,
-                                   num_workers=self.num_workers)
+                                   num_workers=self.num_workers, multiprocessing_context=self.multiprocessing_context)
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
@@ -206,7 +207,7 @@ def train(args: argparse.Namespace) -> None:
         in_validation = None if args.unreadable_in_validation is None else tuple(args.unreadable_in_validation)
         model = ValidatedDropoutNet(unreadable, args.num_workers, in_validation)
     else:
-        model = DropoutNet(unreadable, args.num_workers, args.seconds_per_item)
+        model = DropoutNet(unreadable, args.num_workers, args.seconds_per_item, args.multiprocessing_context)
     trainer.fit(model, ckpt_path=args.ckpt_path)
     torch.save(model.seen, f"{args.out}.seen{trainer.global_rank}")  # (every rank's samples)
     if trainer.is_global_zero:
@@ -358,12 +359,15 @@ def _wait_for(process: subprocess.Popen, ready: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(tmp_path, context):
     """A Ctrl-C from the terminal (SIGINT to the process group: the training process and its two
     loader workers) while the training waits for slow batches: the run finishes the batch, saves
-    and stops; resumed, it ends with the uninterrupted run's weights. (A worker that the Ctrl-C
-    ended would fail the batch the stop still reads: no checkpoint.)"""
-    run_options = ["--max-epochs", "2", "--num-workers", "2", "--seconds-per-item", "0.1"]
+    and stops; resumed, it ends with the uninterrupted run's weights. (Spawned workers that the
+    Ctrl-C ended would fail the batch the stop still reads: no checkpoint; forked ones would
+    inherit the training process's handler and announce the stop too.)"""
+    run_options = ["--max-epochs", "2", "--num-workers", "2", "--seconds-per-item", "0.1",
+                   "--multiprocessing-context", context]
     reference = _run(tmp_path, "reference", "--max-epochs", "2")  # (same samples, no waiting)
     ready = tmp_path / "ready"
     stopped = _run(tmp_path, "stopped", *run_options, "--announce-step", "3", "--ready-file", str(ready))
@@ -770,6 +774,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --validate: the validation sample INDEX cannot be read in EPOCH")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--seconds-per-item", type=float, default=0.0, help="how long reading a training item takes")
+    parser.add_argument("--multiprocessing-context", help="how the training loader starts its workers")
     parser.add_argument("--announce-step", type=int, help="write --ready-file at this step, and go on")
     parser.add_argument("--then-another", action="store_true",
                         help="with --wait-at-step: once signalled, write <ready-file>.2 and wait a minute")
