@@ -260,8 +260,9 @@ class UnpaddedDistributedSampler(DistributedSampler):
 @contextlib.contextmanager
 def _new_workers_ignore_sigint(loader: DataLoader) -> Iterator[None]:
     """Worker processes that ``loader`` starts in this block ignore SIGINT (they inherit the
-    setting, forked or spawned). The main process's own handler is back after the block. (A
-    handler set outside Python, which Python could not put back, is left alone.)"""
+    setting, forked or spawned). The main process's own handler is back after the block, so a
+    Ctrl-C in the milliseconds the workers take to start is lost. (A handler set outside
+    Python, which Python could not put back, is left alone.)"""
     handler = signal.getsignal(signal.SIGINT)
     if loader.num_workers == 0 or handler is None or threading.current_thread() is not threading.main_thread():
         yield
