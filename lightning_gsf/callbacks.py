@@ -247,9 +247,6 @@ class PreemptionCheckpoint(_StopCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_sigint_handler()
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._restore_sigint_handler()
-
     def _restore_sigint_handler(self) -> None:
         if self._handler_replaced is not None:
             signal.signal(signal.SIGINT, self._handler_replaced)

@@ -433,6 +433,24 @@ def test_ctrl_c_is_taken_as_a_stop_during_training_only(tmp_path, stop_on_ctrl_c
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (put back after training)
 
 
+class FailAtSecondBatch(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("a bug in the second batch")
+
+
+def test_the_sigint_handler_is_put_back_when_training_fails(tmp_path):
+    """(PreemptionCheckpoint puts it back in on_exception; Lightning's signal connector, at its
+    teardown, puts back the handlers it found too, so this holds either way.)"""
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                         callbacks=[FailAtSecondBatch(), PreemptionCheckpoint()])
+    with pytest.raises(RuntimeError, match="a bug in the second batch"):
+        trainer.fit(DropoutNet())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_sigterm_during_validation_then_resume_validates_that_epoch_again(tmp_path):
     """Stopped after the first of three validation batches of epoch 0, the resumed run scores
     all of epoch 0's validation again (no metric state survives a checkpoint), then trains
