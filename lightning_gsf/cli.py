@@ -40,7 +40,7 @@ Defaults that every run gets (each can be changed from a config):
 - exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143, from
   rank 0; see :func:`main`) when a SIGTERM stopped it, after its checkpoint was saved;
   :data:`EXIT_STOPPED_BY_CTRL_C` (130) when a Ctrl-C did (one process; a second Ctrl-C stops
-  at once, status 1, as Lightning exits).
+  at once, without a checkpoint: Lightning's exit, status 1, or, during the save, the signal's).
   (Lightning ends such a run with a bare ``SystemExit``, status 0, so ``gsf fit ... && gsf
   test ...``, or a SLURM job that depends on the training job with ``afterok``, would go on as
   if training had finished.)
