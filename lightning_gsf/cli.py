@@ -73,7 +73,7 @@ from lightning_gsf.callbacks import (
     stop_signal,
 )
 from lightning_gsf.data.base import VideoDataModule
-from lightning_gsf.data.errors import AnnotationError, SampleReadError, original_message
+from lightning_gsf.data.errors import AnnotationError, ResumeMismatchError, SampleReadError, original_message
 from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.module import VideoClassificationModule
@@ -94,7 +94,7 @@ EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
 # The errors of Lightning's subcommands that are about the user's input and name it (the file
 # and row, the checkpoint's differing settings): ``gsf`` prints their message, not a traceback.
-INPUT_ERRORS = (AnnotationError, SampleReadError, CheckpointMismatchError)
+INPUT_ERRORS = (AnnotationError, SampleReadError, CheckpointMismatchError, ResumeMismatchError)
 
 #: Settings of every ``gsf`` parser. ``allow_abbrev=False``: argparse would otherwise read a
 #: typo that is a prefix of a real option (``--model.temporal_modul``) as that option.

@@ -271,6 +271,22 @@ def test_a_subcommand_stopped_by_bad_data_ends_with_its_message_not_a_traceback(
     assert re.match(r"gsf fit: error: \S+EPIC_100_train.csv, line 3\b", str(exit_info.value.code)), exit_info.value.code
 
 
+def test_a_mid_epoch_resume_with_another_seed_ends_with_its_message_not_a_traceback(tmp_path, dataset):
+    """Resuming a mid-epoch checkpoint with another shuffling seed cannot continue the saved
+    order: ``gsf fit`` ends with one line naming the setting, and the checkpoint is untouched."""
+    config = _config(tmp_path, dataset)
+    run(["fit", "--config", str(config), "--trainer.max_steps", "1"])  # 2 batches an epoch: stops mid-epoch
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--trainer.max_steps", "2", "--data.init_args.seed", "7",
+              "--ckpt_path", "last"])  # fmt: skip
+    message = str(exit_info.value.code)
+    assert message.startswith("gsf fit: error: cannot resume the training order mid-epoch"), message
+    assert "seed: checkpoint 0, this run 7" in message and "\n" not in message
+    assert last.read_bytes() == saved
+
+
 def test_the_original_message_of_a_loader_workers_error():
     class Unreadable(torch.utils.data.Dataset):
         def __len__(self):

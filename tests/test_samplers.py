@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
+from lightning_gsf.data.errors import ResumeMismatchError
 from lightning_gsf.data.samplers import (
     EvaluationDataLoader,
     ResumableDataLoader,
@@ -156,7 +157,7 @@ def test_resume_with_changed_sampler_settings_names_the_difference(key, value):
     state["sampler"][key] = value
     (resumed,) = _loaders(12, 1, 2)
     resumed.load_state_dict(state)
-    with pytest.raises(ValueError, match=f"cannot resume the training order mid-epoch.*{key}: checkpoint"):
+    with pytest.raises(ResumeMismatchError, match=f"cannot resume the training order mid-epoch.*{key}: checkpoint"):
         next(iter(resumed))
     (next_epoch,) = _loaders(12, 1, 2)
     next_epoch.load_state_dict(state)

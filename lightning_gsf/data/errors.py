@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["AnnotationError", "MissingMediaError", "SampleReadError", "original_message"]
+__all__ = ["AnnotationError", "MissingMediaError", "ResumeMismatchError", "SampleReadError", "original_message"]
 
 # How PyTorch's DataLoader re-raises a worker's error: its message holds the worker's traceback,
 # whose last line is "<module>.<Type>: <the original message>".
@@ -49,6 +49,14 @@ class MissingMediaError(SampleReadError):
         super().__init__(message)
         self.report_path = report_path
         self.count = count
+
+
+class ResumeMismatchError(ValueError):
+    """A mid-epoch checkpoint's training order cannot go on under this run's data settings.
+
+    The message names the settings (seed, shuffling, dataset size) that differ from the
+    checkpoint's; an end-of-epoch checkpoint, or the original settings, resume.
+    """
 
 
 def original_message(error: BaseException) -> str:

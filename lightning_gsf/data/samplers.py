@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.errors import ResumeMismatchError, SampleReadError
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class ResumableDistributedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         start = self.position
         if start and self._unresumable:
-            raise ValueError(self._unresumable)
+            raise ResumeMismatchError(self._unresumable)
         self._unresumable = None
         self._iteration_start = start
         # The restored position applies once: the next iteration is a whole epoch.
@@ -194,9 +194,10 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`. If the seed, shuffling or dataset size differ
-        from the checkpoint's, the next iteration raises ``ValueError`` naming them, unless it
-        starts a new epoch (an end-of-epoch checkpoint: Lightning moves on to the next epoch,
-        whose order owes nothing to the saved one) or the saved position is an epoch's start."""
+        from the checkpoint's, the next iteration raises :class:`ResumeMismatchError` naming
+        them, unless it starts a new epoch (an end-of-epoch checkpoint: Lightning moves on to the
+        next epoch, whose order owes nothing to the saved one) or the saved position is an
+        epoch's start."""
         expected = {"seed": self.seed, "shuffle": self.shuffle, "dataset_size": len(self.dataset)}
         differences = [
             f"{key}: checkpoint {state.get(key)!r}, this run {value!r}"
