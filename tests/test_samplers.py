@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import itertools
 import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,8 +219,55 @@ class SigintSetting(Indices):
         return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+_initialised_worker = None
+
+
+def _note_worker(worker_id: int) -> None:
+    """A loader's own ``worker_init_fn``: notes its call in the worker process."""
+    global _initialised_worker
+    _initialised_worker = worker_id
+
+
+class WorkerInitialisation(Indices):
+    """Item: the ``worker_id`` that :func:`_note_worker` received in this process, or -1."""
+
+    def __getitem__(self, index: int) -> int:
+        return -1 if _initialised_worker is None else _initialised_worker
+
+
+@pytest.mark.slow
+def test_forkserver_workers_ignore_sigint_though_the_server_started_with_pythons_handler(tmp_path):
+    """A fork server started before the loader (by another library, or by an earlier loader
+    outside ``gsf``) hands its own SIGINT handler to every worker it forks: the workers must
+    still ignore SIGINT. (In a fresh process, so that this test's server is the first.)"""
+    script = tmp_path / "forkserver_workers.py"
+    script.write_text(textwrap.dedent("""
+        import signal, sys
+        from multiprocessing import forkserver
+        from lightning_gsf.data.samplers import EvaluationDataLoader, ResumableDataLoader, ResumableDistributedSampler
+
+        if __name__ == "__main__":  # (the fork server imports this module)
+            sys.path.insert(0, sys.argv[1])
+            from test_samplers import SigintSetting
+
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            forkserver.ensure_running()
+            dataset = SigintSetting(4)
+            options = {"batch_size": 1, "num_workers": 2, "multiprocessing_context": "forkserver"}
+            sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
+            for loader in (ResumableDataLoader(dataset, sampler=sampler, **options),
+                           EvaluationDataLoader(dataset, **options)):
+                print([bool(batch) for batch in loader])
+    """))
+    result = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[True, True, True, True]"] * 2, result.stdout
+
+
 @pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
-@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("context", ["fork", pytest.param("forkserver", marks=pytest.mark.slow),
+                                     pytest.param("spawn", marks=pytest.mark.slow)])
 def test_loader_workers_ignore_sigint_and_the_main_process_keeps_its_handler(loader_class, context):
     """A Ctrl-C in the terminal reaches the workers too; they must go on reading for the
     training's clean stop (callbacks.PreemptionCheckpoint), whatever handler the main process has."""
@@ -237,3 +288,12 @@ def test_loader_workers_ignore_sigint_and_the_main_process_keeps_its_handler(loa
     assert [bool(batch) for batch in batches] == [True] * 4
     options.update(num_workers=0, multiprocessing_context=None)
     assert not any(list(loader_class(dataset, **options)))  # (no workers: the main process, untouched)
+
+    # The loader's own worker_init_fn (Lightning's, with seed_everything(workers=True)) still runs.
+    dataset = WorkerInitialisation(4)
+    options.update(num_workers=2, multiprocessing_context=context, worker_init_fn=_note_worker)
+    if loader_class is ResumableDataLoader:
+        options["sampler"] = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
+    loader = loader_class(dataset, **options)
+    assert sorted(set(int(batch) for batch in loader)) == [0, 1]
+    assert loader.worker_init_fn is _note_worker

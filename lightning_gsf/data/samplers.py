@@ -38,7 +38,7 @@ import logging
 import math
 import signal
 import threading
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
@@ -260,19 +260,39 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 @contextlib.contextmanager
 def _new_workers_ignore_sigint(loader: DataLoader) -> Iterator[None]:
-    """Worker processes that ``loader`` starts in this block ignore SIGINT (they inherit the
-    setting, forked or spawned). The main process's own handler is back after the block, so a
-    Ctrl-C in the milliseconds the workers take to start is lost. (A handler set outside
-    Python, which Python could not put back, is left alone.)"""
-    handler = signal.getsignal(signal.SIGINT)
-    if loader.num_workers == 0 or handler is None or threading.current_thread() is not threading.main_thread():
+    """Worker processes that ``loader`` starts in this block ignore SIGINT: forked or spawned
+    ones inherit the setting from their start, and every worker, also one forked by a fork
+    server that was started with another handler, sets it in its ``worker_init_fn`` (before the
+    loader's own). The main process's own handler and ``worker_init_fn`` are back after the
+    block, so a Ctrl-C in the milliseconds the workers take to start is lost. (A handler set
+    outside Python, which Python could not put back, is left alone.)"""
+    if loader.num_workers == 0:
         yield
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_init_fn = loader.worker_init_fn  # (read now: Lightning may have set its own by now)
+    loader.worker_init_fn = _IgnoringSigint(worker_init_fn)
+    handler = signal.getsignal(signal.SIGINT)
+    settable = handler is not None and threading.current_thread() is threading.main_thread()
+    if settable:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        if settable:
+            signal.signal(signal.SIGINT, handler)
+        loader.worker_init_fn = worker_init_fn
+
+
+class _IgnoringSigint:
+    """A loader worker's ``worker_init_fn``: ignore SIGINT, then call ``then`` (if any)."""
+
+    def __init__(self, then: Callable[[int], None] | None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 def _read_errors_handed_over(batches: Iterator[Any], loader: Any) -> Iterator[Any]:
