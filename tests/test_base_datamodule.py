@@ -8,6 +8,9 @@ frames were read and whether the clip was flipped, whatever the crop and resize.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -249,6 +252,64 @@ def test_the_epoch_reaches_persistent_workers_through_the_sampler():
         for batch in loader:
             for index, clip in zip(batch["index"].tolist(), batch["clip"]):
                 assert torch.equal(clip, reference[index]["clip"]), (epoch, index)
+
+
+@pytest.mark.parametrize("method", [None, "fork", pytest.param("forkserver", marks=pytest.mark.slow),
+                                    pytest.param("spawn", marks=pytest.mark.slow)])
+def test_every_worker_start_method_gives_the_same_batches(method):
+    """``worker_start_method`` only changes how the workers start (``forkserver`` and ``spawn``
+    pickle the dataset to them): each batch holds the items this process computes."""
+    datamodule = toy(num_workers=2, worker_start_method=method, drop_last=False)
+    datamodule.setup("fit")
+    loaders = {"train": datamodule.train_dataloader(), "val": datamodule.val_dataloader()}
+    for role, loader in loaders.items():
+        context = loader.multiprocessing_context
+        assert (context is None) if method is None else (context.get_start_method() == method)
+        reference = datamodule.dataset(role, training=role == "train")
+        reference.set_epoch(0)
+        indices = []
+        for batch in loader:
+            for index, clip in zip(batch["index"].tolist(), batch["clip"]):
+                assert torch.equal(clip, reference[index]["clip"]), (role, index)
+                indices.append(index)
+        assert sorted(indices) == list(range(len(reference)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the fork server's memory map in /proc")
+def test_the_fork_server_starts_with_the_data_modules_imported(tmp_path):
+    """With ``forkserver`` the server imports PyTorch and the data modules once, so that each
+    worker it forks has them (Python 3.11 never preloads ``__main__``, its default). In a fresh
+    process, whose ``__main__`` imports nothing, so that this test's server is the first."""
+    script = tmp_path / "fork_server.py"
+    script.write_text(textwrap.dedent("""
+        if __name__ == "__main__":
+            import os, sys
+            from pathlib import Path
+            sys.path.insert(0, sys.argv[1])
+            from test_base_datamodule import toy
+
+            datamodule = toy(num_workers=1, worker_start_method="forkserver")
+            datamodule.setup("fit")
+            next(iter(datamodule.train_dataloader()))
+            for status in Path("/proc").glob("[0-9]*/status"):
+                if f"PPid:\\t{os.getpid()}\\n" in status.read_text():
+                    command = (status.parent / "cmdline").read_bytes().decode()
+                    if "forkserver" in command:
+                        print("fork server has libtorch:", "libtorch_cpu" in (status.parent / "maps").read_text())
+    """))
+    result = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["fork server has libtorch: True"], result.stdout
+
+
+def test_a_worker_start_method_is_a_known_name_and_without_workers_unused():
+    datamodule = toy(num_workers=0, worker_start_method="spawn")
+    datamodule.setup("fit")
+    assert datamodule.train_dataloader().multiprocessing_context is None  # (DataLoader refuses one without workers)
+    with pytest.raises(ValueError, match="worker_start_method must be one of .*'fork'.*got 'threads'"):
+        toy(worker_start_method="threads")
 
 
 def test_flipped_clips_get_their_labels_transformed():

@@ -287,6 +287,23 @@ def test_a_mid_epoch_resume_with_another_seed_ends_with_its_message_not_a_traceb
     assert last.read_bytes() == saved
 
 
+@pytest.mark.slow
+def test_fit_with_forkserver_workers_trains_the_same_weights_as_without_workers(tmp_path, dataset):
+    """``worker_start_method: forkserver`` (the remedy for fork's rare hangs under DDP) pickles
+    the real datasets, readers and transforms to its workers; training is unchanged by it."""
+    weights = {}
+    for name, options in (("in_process", ["--data.init_args.num_workers", "0"]),
+                          ("forkserver", ["--data.init_args.num_workers", "2",
+                                          "--data.init_args.worker_start_method", "forkserver"])):
+        (tmp_path / name).mkdir()
+        config = _config(tmp_path / name, dataset)
+        trainer = run(["fit", "--config", str(config), "--trainer.deterministic", "true", *options]).trainer
+        weights[name] = trainer.lightning_module.state_dict()
+        assert "val/all_action_accuracy_at_1" in trainer.callback_metrics
+    for key, value in weights["in_process"].items():
+        torch.testing.assert_close(weights["forkserver"][key], value, rtol=0, atol=0, msg=key)
+
+
 def test_the_original_message_of_a_loader_workers_error():
     class Unreadable(torch.utils.data.Dataset):
         def __len__(self):

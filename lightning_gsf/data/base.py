@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -348,6 +349,13 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         pin_memory: pin batches in page-locked memory for faster copies to a CUDA device
             (ignored when there is none).
         persistent_workers: keep the workers alive between epochs.
+        worker_start_method: how the loader workers start: ``"fork"``, ``"forkserver"`` or
+            ``"spawn"`` (:mod:`multiprocessing`'s start methods); ``None`` (default): the
+            platform's default (``fork`` on Linux). ``forkserver`` forks each worker from a
+            clean single-threaded server instead of from the training process, whose threads
+            (DDP's communication, the logger's writer) make ``fork`` hang on rare occasions;
+            it sets ``multiprocessing.set_forkserver_preload`` so that the server imports the
+            data modules once, before it starts.
         drop_last: drop the last, incomplete training batch.
     """
 
@@ -373,6 +381,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         skip_unreadable: bool = False,
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        worker_start_method: Literal["fork", "forkserver", "spawn"] | None = None,
         drop_last: bool = True,
     ) -> None:
         super().__init__()
@@ -385,6 +394,9 @@ class VideoDataModule(pl.LightningDataModule, ABC):
             if value not in SPLITS:
                 raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
         train_sampler(train_sampling)  # (checks the name now rather than when the first loader is built)
+        if worker_start_method is not None and worker_start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"worker_start_method must be one of {multiprocessing.get_all_start_methods()} "
+                             f"on this platform, or None, got {worker_start_method!r}")
         self.num_segments = num_segments
         self.train_sampling = train_sampling
         self.batch_size = batch_size
@@ -403,6 +415,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         self.skip_unreadable = skip_unreadable
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.worker_start_method = worker_start_method
         self.drop_last = drop_last
         self._samples: dict[str, list[ClipSample]] = {}
         self._datasets: dict[str, ClipDataset] = {}
@@ -569,9 +582,16 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         return EvaluationDataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
 
     def _loader_options(self) -> dict[str, Any]:
+        if self.worker_start_method == "forkserver" and self.num_workers > 0:
+            # The fork server (started by the first loader) imports the data modules once, so
+            # that the workers it forks start with them: a loader's workers then start as fast
+            # as forked ones, not in the seconds that importing PyTorch takes each of them.
+            multiprocessing.set_forkserver_preload(["__main__", __name__, type(self).__module__])
         return {
             "num_workers": self.num_workers,
             # Page-locked memory only speeds up copies to a CUDA device; without one it is waste.
             "pin_memory": self.pin_memory and torch.cuda.is_available(),
             "persistent_workers": self.persistent_workers and self.num_workers > 0,
+            # (a DataLoader without workers refuses a start method)
+            "multiprocessing_context": self.worker_start_method if self.num_workers > 0 else None,
         }
