@@ -62,6 +62,7 @@ from lightning_gsf.fit_loop import install_step_limited_resume
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EXIT_STOPPED_BY_CTRL_C",
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
     "DataErrorCheckpoint",
@@ -157,6 +158,12 @@ class _StopCheckpoint(pl.Callback):
         return directory / f"{self.filename}.ckpt"
 
 
+#: The exit status of a run that a Ctrl-C stopped with a checkpoint: 128 + 2, the shell's status
+#: of a process that SIGINT ended; it tells a script that resubmits preempted runs (143) that a
+#: person stopped this one.
+EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
+
+
 class PreemptionCheckpoint(_StopCheckpoint):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
@@ -193,7 +200,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
     Ctrl-C: in a run of one process, from the start of ``fit``'s training to its end, the
     first Ctrl-C (SIGINT) is taken as a SIGTERM: the run stops at the same clean point, with
     the checkpoint, and :func:`stop_signal` tells the two apart (``gsf`` exits with status 130,
-    not 143). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
+    not 143; so does a program that calls ``Trainer.fit`` itself and lets the exception, a
+    ``SystemExit``, end it). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
     without a checkpoint. Under DDP Ctrl-C is left as it was (it stops every process at once,
     without a checkpoint): the processes agree on a stop only through Lightning's SIGTERM
     handling, so send SIGTERM to stop them with one (``kill -TERM`` to the first process,
@@ -310,6 +318,9 @@ class PreemptionCheckpoint(_StopCheckpoint):
             return
         if self._ctrl_c_received:
             exception.gsf_stop_signal = signal.SIGINT  # (read by stop_signal)
+            # A program that calls Trainer.fit itself then exits as gsf does, not with 0 (the
+            # bare SystemExit of Lightning's SIGTERM stop): a person interrupted an unfinished run.
+            exception.code = EXIT_STOPPED_BY_CTRL_C
         path = self.checkpoint_path(trainer)
         # Every rank gets here together (Lightning broadcasts the signal in training, and this
         # callback holds it in validation), as save_checkpoint's collectives need; only rank 0

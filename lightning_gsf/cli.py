@@ -64,7 +64,8 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import __version__, gloo_exit, host_memory
-from lightning_gsf.callbacks import (
+from lightning_gsf.callbacks import (  # (EXIT_STOPPED_BY_CTRL_C: gsf's status after a Ctrl-C stopped fit)
+    EXIT_STOPPED_BY_CTRL_C,
     AtomicCheckpointIO,
     CheckpointMismatchError,
     DataErrorCheckpoint,
@@ -85,10 +86,6 @@ CHECKPOINT_MONITOR = f"val/{HEADLINE_METRIC}"
 #: ``gsf``'s exit status when a SIGTERM stopped the command: the shell's status of a process that
 #: SIGTERM ended, 128 + 15. The run is unfinished (``--ckpt_path last`` resumes it).
 EXIT_STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
-#: ``gsf``'s exit status when a Ctrl-C stopped ``fit`` with a checkpoint: 128 + 2, the shell's
-#: status of a process that SIGINT ended; it tells a script that resubmits preempted runs (143)
-#: that a person stopped this one.
-EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 
 #: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
