@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -233,6 +236,36 @@ class WorkerInitialisation(Indices):
 
     def __getitem__(self, index: int) -> int:
         return -1 if _initialised_worker is None else _initialised_worker
+
+
+class SigintWhileWorkersStart(ResumableDistributedSampler):
+    """Sends this process a SIGINT as the loader starts its workers (it asks for its first
+    indices then, before handing the iteration over): a Ctrl-C in that instant."""
+
+    def __iter__(self) -> Iterator[int]:
+        os.kill(os.getpid(), signal.SIGINT)
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
+def test_a_ctrl_c_while_the_workers_start_reaches_the_main_process_once(loader_class):
+    """The main process's handler is called for it (not lost while the workers start), once,
+    and the workers, which ignore it, read every batch."""
+    calls = []
+
+    def handler(signum, frame):
+        calls.append(signum)
+
+    dataset = SigintSetting(4)
+    sampler = SigintWhileWorkersStart(dataset, num_replicas=1, rank=0, shuffle=False)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        batches = list(loader_class(dataset, sampler=sampler, batch_size=1, num_workers=2))
+        time.sleep(0.1)  # (a signal taken by another thread reaches the main thread's handler in this time)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls == [signal.SIGINT]
+    assert [bool(batch) for batch in batches] == [True] * 4
 
 
 @pytest.mark.slow

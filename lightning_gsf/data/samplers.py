@@ -37,7 +37,6 @@ import contextlib
 import logging
 import math
 import signal
-import threading
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
@@ -260,37 +259,43 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 @contextlib.contextmanager
 def _new_workers_ignore_sigint(loader: DataLoader) -> Iterator[None]:
-    """Worker processes that ``loader`` starts in this block ignore SIGINT: forked or spawned
-    ones inherit the setting from their start, and every worker, also one forked by a fork
-    server that was started with another handler, sets it in its ``worker_init_fn`` (before the
-    loader's own). The main process's own handler and ``worker_init_fn`` are back after the
-    block, so a Ctrl-C in the milliseconds the workers take to start is lost. (A handler set
-    outside Python, which Python could not put back, is left alone.)"""
+    """Worker processes that ``loader`` starts in this block ignore SIGINT, and a SIGINT that
+    arrives meanwhile still reaches the main process's handler.
+
+    Every worker sets ``SIG_IGN`` in its ``worker_init_fn`` (before the loader's own, which is
+    back on the loader after the block). Until then it holds SIGINT blocked: the block runs with
+    SIGINT blocked in this thread, and a worker inherits that mask, forked or spawned (a fork
+    server started in the block holds it too, and hands it on). A SIGINT sent to the process
+    meanwhile goes to another of its threads or waits until the block ends: Python's handler
+    runs in the main thread either way. (Where there is no signal mask, on Windows, the
+    workers' ``worker_init_fn`` alone.)"""
     if loader.num_workers == 0:
         yield
         return
     worker_init_fn = loader.worker_init_fn  # (read now: Lightning may have set its own by now)
     loader.worker_init_fn = _IgnoringSigint(worker_init_fn)
-    handler = signal.getsignal(signal.SIGINT)
-    settable = handler is not None and threading.current_thread() is threading.main_thread()
-    if settable:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    masks = hasattr(signal, "pthread_sigmask")
+    if masks:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        if settable:
-            signal.signal(signal.SIGINT, handler)
+        if masks and signal.SIGINT not in blocked:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         loader.worker_init_fn = worker_init_fn
 
 
 class _IgnoringSigint:
-    """A loader worker's ``worker_init_fn``: ignore SIGINT, then call ``then`` (if any)."""
+    """A loader worker's ``worker_init_fn``: ignore SIGINT (and unblock it: a SIGINT that came
+    while the worker started is dropped), then call ``then`` (if any)."""
 
     def __init__(self, then: Callable[[int], None] | None) -> None:
         self.then = then
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if self.then is not None:
             self.then(worker_id)
 
