@@ -13,8 +13,8 @@
   a validation batch of ``fit``: then the
   resumed run validates that epoch again, from its first batch), and under DDP holds a
   SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
-  In a run of one process it does the same for the first Ctrl-C (SIGINT) of ``fit``'s training;
-  a second Ctrl-C stops at once, as Lightning does, without a checkpoint.
+  It does the same for the first Ctrl-C (SIGINT) of ``fit``'s training, on one process or
+  under DDP; a second Ctrl-C stops at once, as Lightning does, without a checkpoint.
 - :class:`DataErrorCheckpoint` saves a checkpoint when ``fit`` meets a batch that cannot be
   read (a corrupt video, a broken frame): before a training batch, or at the end of a
   validation (whose epoch the resumed run validates again), on every process at once, then
@@ -197,17 +197,18 @@ class PreemptionCheckpoint(_StopCheckpoint):
     the window's last batch: the gradients of its earlier batches live in no checkpoint, and a
     run resumed from its middle would step on part of a window.
 
-    Ctrl-C: in a run of one process, from the start of ``fit``'s training to its end, the
-    first Ctrl-C (SIGINT) is taken as a SIGTERM: the run stops at the same clean point, with
-    the checkpoint, and :func:`stop_signal` tells the two apart (``gsf`` exits with status 130,
-    not 143; so does a program that calls ``Trainer.fit`` itself and lets the exception, a
-    ``SystemExit``, end it). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
-    without a checkpoint. Under DDP Ctrl-C is left as it was (it stops every process at once,
-    without a checkpoint): the processes agree on a stop only through Lightning's SIGTERM
-    handling, so send SIGTERM to stop them with one (``kill -TERM`` to the first process,
-    ``scancel``). The data loaders of :mod:`~lightning_gsf.data.samplers` start their worker
-    processes ignoring SIGINT, so that a Ctrl-C from the terminal, which reaches them too,
-    leaves them reading the batches that the stop still needs.
+    Ctrl-C: from the start of ``fit``'s training to its end, the first Ctrl-C (SIGINT) is
+    taken as a SIGTERM: the run stops at the same clean point, with the checkpoint, and
+    :func:`stop_signal` tells the two apart (``gsf`` exits with status 130, not 143; so does a
+    program that calls ``Trainer.fit`` itself and lets the exception, a ``SystemExit``, end
+    it). Under DDP the terminal's Ctrl-C reaches every process of Lightning's launcher, and they
+    stop together, as for a SIGTERM: at the training batch where rank 0 has it (Lightning
+    broadcasts rank 0's flag before every training batch), or at the end of the validation it
+    came in. A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
+    without a checkpoint. The data loaders of :mod:`~lightning_gsf.data.samplers` start their
+    worker processes ignoring SIGINT, so that a Ctrl-C from the terminal, which reaches them
+    too, leaves them reading the batches that the stop still needs (and a Ctrl-C while they
+    start still reaches the training process).
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
@@ -217,7 +218,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
         dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
             ``<default_root_dir>/checkpoints``.
         filename: file name without ``.ckpt``.
-        stop_on_ctrl_c: take the first Ctrl-C of a one-process ``fit`` as a SIGTERM.
+        stop_on_ctrl_c: take the first Ctrl-C of ``fit``'s training as a SIGTERM.
     """
 
     def __init__(self, dirpath: str | Path | None = None, filename: str = "last",
@@ -234,7 +235,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._ctrl_c_received = False
-        if not self.stop_on_ctrl_c or trainer.world_size > 1:
+        if not self.stop_on_ctrl_c:
             return
         if threading.current_thread() is not threading.main_thread():
             return  # (Python runs signal handlers in the main thread only)
@@ -246,7 +247,10 @@ class PreemptionCheckpoint(_StopCheckpoint):
                 self._restore_sigint_handler()
                 signal.default_int_handler(signum, frame)
             self._ctrl_c_received = True
-            trainer._signal_connector.received_sigterm = True  # (as Lightning's SIGTERM handler does)
+            # As Lightning's SIGTERM handler does. Under DDP each training batch starts with
+            # rank 0's flag broadcast to every rank, so all stop at the same batch (and a
+            # validation's, held to its end, agree): the Ctrl-C may reach any of them, or all.
+            trainer._signal_connector.received_sigterm = True
             log.warning("Ctrl-C: stopping after this batch, with a checkpoint; press Ctrl-C again to stop at once, "
                         "without one")
 
@@ -320,7 +324,9 @@ class PreemptionCheckpoint(_StopCheckpoint):
             exception.gsf_stop_signal = signal.SIGINT  # (read by stop_signal)
             # A program that calls Trainer.fit itself then exits as gsf does, not with 0 (the
             # bare SystemExit of Lightning's SIGTERM stop): a person interrupted an unfinished run.
-            exception.code = EXIT_STOPPED_BY_CTRL_C
+            # (Under DDP only rank 0 reports it, as for a SIGTERM: see gsf's main.)
+            if trainer.is_global_zero:
+                exception.code = EXIT_STOPPED_BY_CTRL_C
         path = self.checkpoint_path(trainer)
         # Every rank gets here together (Lightning broadcasts the signal in training, and this
         # callback holds it in validation), as save_checkpoint's collectives need; only rank 0

@@ -39,7 +39,7 @@ Defaults that every run gets (each can be changed from a config):
   interpreter finalizes, which otherwise aborts a finished run at exit now and then.
 - exit status: 0 when the command ran to its end; :data:`EXIT_STOPPED_BY_SIGTERM` (143, from
   rank 0; see :func:`main`) when a SIGTERM stopped it, after its checkpoint was saved;
-  :data:`EXIT_STOPPED_BY_CTRL_C` (130) when a Ctrl-C did (one process; a second Ctrl-C stops
+  :data:`EXIT_STOPPED_BY_CTRL_C` (130, from rank 0) when a Ctrl-C did (a second Ctrl-C stops
   at once, without a checkpoint: Lightning's exit, status 1, or, during the save, the signal's).
   (Lightning ends such a run with a bare ``SystemExit``, status 0, so ``gsf fit ... && gsf
   test ...``, or a SLURM job that depends on the training job with ``afterok``, would go on as
@@ -387,7 +387,7 @@ def main(args: Sequence[str] | None = None) -> None:
     SIGTERM raises ``SystemExit(EXIT_STOPPED_BY_SIGTERM)`` on global rank 0 (Lightning's
     ``SystemExit`` of status 0 on the others) once Lightning has run its callbacks: the
     checkpoint is saved by then. One stopped so by a Ctrl-C raises
-    ``SystemExit(EXIT_STOPPED_BY_CTRL_C)``.
+    ``SystemExit(EXIT_STOPPED_BY_CTRL_C)`` there.
     """
     show_info_messages()
     gloo_exit.release_gloo_workers_at_exit()  # (CPU DDP: exit 0, not an abort, once the work is done)

@@ -360,26 +360,32 @@ def _wait_for(process: subprocess.Popen, ready: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
-def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(tmp_path, context):
-    """A Ctrl-C from the terminal (SIGINT to the process group: the training process and its two
-    loader workers) while the training waits for slow batches: the run finishes the batch, saves
-    and stops; resumed, it ends with the uninterrupted run's weights. (Spawned workers that the
-    Ctrl-C ended would fail the batch the stop still reads: no checkpoint; forked ones would
-    inherit the training process's handler and announce the stop too.)"""
+@pytest.mark.parametrize(("context", "devices"), [
+    ("fork", 1),
+    pytest.param("spawn", 1, marks=pytest.mark.slow),
+    pytest.param("fork", 2, marks=pytest.mark.slow, id="fork-DDP"),
+])
+def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(tmp_path, context, devices):
+    """A Ctrl-C from the terminal (SIGINT to the process group: the training processes and
+    their two loader workers each) while the training waits for slow batches: the run finishes
+    the batch, saves and stops; resumed, it ends with the uninterrupted run's weights.
+    (Spawned workers that the Ctrl-C ended would fail the batch the stop still reads: no
+    checkpoint; forked ones would inherit the training process's handler and announce the stop
+    too. Under DDP every process stops at the same batch, rank 0's.)"""
     run_options = ["--max-epochs", "2", "--num-workers", "2", "--seconds-per-item", "0.1",
-                   "--multiprocessing-context", context]
-    reference = _run(tmp_path, "reference", "--max-epochs", "2")  # (same samples, no waiting)
+                   "--multiprocessing-context", context, "--devices", str(devices)]
+    reference = _run(tmp_path, "reference", "--max-epochs", "2", "--devices", str(devices))  # (same samples)
     ready = tmp_path / "ready"
     stopped = _run(tmp_path, "stopped", *run_options, "--announce-step", "3", "--ready-file", str(ready))
     output = _stop_when_ready(stopped, ready, signum=signal.SIGINT, to_process_group=True,
                               returncode=EXIT_STOPPED_BY_CTRL_C)  # (Trainer.fit's exception: not 0)
     checkpoint_path = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
-    assert output.count("Ctrl-C: stopping after this batch") == 1, output  # (not the workers too)
+    assert output.count("Ctrl-C: stopping after this batch") == devices, output  # (not the workers too)
     assert "Ctrl-C: saved a checkpoint at epoch" in output and checkpoint_path.is_file(), output
     assert not (tmp_path / "stopped.pt").exists(), "the stopped run must stop, not finish"
     stopped_at_step = torch.load(checkpoint_path, weights_only=True)["global_step"]
-    steps_per_epoch = math.ceil(DATASET_SIZE / BATCH_SIZE)
+    samples_per_rank = math.ceil(DATASET_SIZE / devices)  # the sampler pads to equal shares
+    steps_per_epoch = math.ceil(samples_per_rank / BATCH_SIZE)
     assert 3 <= stopped_at_step < 2 * steps_per_epoch
 
     _finish(_run(tmp_path, "stopped", *run_options, "--ckpt-path", str(checkpoint_path)))
@@ -388,7 +394,7 @@ def test_ctrl_c_while_the_loader_workers_read_saves_and_the_run_resumes_exactly(
     actual = torch.load(tmp_path / "stopped.pt", weights_only=True)
     assert actual["step"] == expected["step"] == 2 * steps_per_epoch
     epoch, steps_into_epoch = divmod(stopped_at_step, steps_per_epoch)
-    assert actual["seen"] == expected["seen"][epoch * DATASET_SIZE + steps_into_epoch * BATCH_SIZE :]
+    assert actual["seen"] == expected["seen"][epoch * samples_per_rank + steps_into_epoch * BATCH_SIZE :]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(actual["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
 
