@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from torch.utils.data import DistributedSampler
 from lightning_gsf.data.errors import ResumeMismatchError
 from lightning_gsf.data.samplers import (
     EvaluationDataLoader,
+    _new_workers_ignore_stop_signals,
     ResumableDataLoader,
     ResumableDistributedSampler,
     UnpaddedDistributedSampler,
@@ -215,11 +217,11 @@ def test_the_epoch_reaches_a_dataset_that_seeds_by_epoch():
     assert dataset.epoch == 7
 
 
-class SigintSetting(Indices):
-    """Item: whether the process that reads it ignores SIGINT."""
+class StopSignalSetting(Indices):
+    """Item: whether the process that reads it ignores SIGINT and SIGTERM."""
 
     def __getitem__(self, index: int) -> bool:
-        return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        return all(signal.getsignal(signum) is signal.SIG_IGN for signum in (signal.SIGINT, signal.SIGTERM))
 
 
 _initialised_worker = None
@@ -238,41 +240,72 @@ class WorkerInitialisation(Indices):
         return -1 if _initialised_worker is None else _initialised_worker
 
 
-class SigintWhileWorkersStart(ResumableDistributedSampler):
-    """Sends this process a SIGINT as the loader starts its workers (it asks for its first
-    indices then, before handing the iteration over): a Ctrl-C in that instant."""
+class SignalWhileWorkersStart(ResumableDistributedSampler):
+    """Sends this process ``signum`` as the loader starts its workers (it asks for its first
+    indices then, before handing the iteration over): a Ctrl-C or SIGTERM in that instant."""
+
+    def __init__(self, dataset: Indices, signum: int) -> None:
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=False)
+        self.signum = signum
 
     def __iter__(self) -> Iterator[int]:
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), self.signum)
         return super().__iter__()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
-def test_a_ctrl_c_while_the_workers_start_reaches_the_main_process_once(loader_class):
-    """The main process's handler is called for it (not lost while the workers start), once,
-    and the workers, which ignore it, read every batch."""
+def test_a_stop_signal_while_the_workers_start_reaches_the_main_process_once(loader_class, signum):
+    """The main process's handler is called for it (not lost while the workers start, nor
+    run by a forked worker), once, and the workers, which ignore it, read every batch."""
     calls = []
 
     def handler(signum, frame):
-        calls.append(signum)
+        calls.append((signum, os.getpid()))
 
-    dataset = SigintSetting(4)
-    sampler = SigintWhileWorkersStart(dataset, num_replicas=1, rank=0, shuffle=False)
-    previous = signal.signal(signal.SIGINT, handler)
+    dataset = StopSignalSetting(4)
+    previous = signal.signal(signum, handler)
     try:
-        batches = list(loader_class(dataset, sampler=sampler, batch_size=1, num_workers=2))
+        batches = list(loader_class(dataset, sampler=SignalWhileWorkersStart(dataset, signum), batch_size=1,
+                                    num_workers=2))  # fmt: skip
         time.sleep(0.1)  # (a signal taken by another thread reaches the main thread's handler in this time)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    assert calls == [signal.SIGINT]
+        signal.signal(signum, previous)
+    assert calls == [(signum, os.getpid())]
     assert [bool(batch) for batch in batches] == [True] * 4
 
 
+class StuckAfterTheFirst(Indices):
+    """Item 0 is read; any other never is (its worker sleeps on, ignoring SIGTERM as all do)."""
+
+    def __getitem__(self, index: int) -> int:
+        while index:
+            time.sleep(1)
+        return index
+
+
 @pytest.mark.slow
-def test_forkserver_workers_ignore_sigint_though_the_server_started_with_pythons_handler(tmp_path):
+def test_a_worker_stuck_in_a_read_does_not_outlive_its_loader():
+    """PyTorch ends workers with a sentinel, then SIGTERM, which these ignore: one stuck in a
+    read is killed when the iteration shuts down (after PyTorch's two 5-second waits)."""
+    loader = EvaluationDataLoader(StuckAfterTheFirst(4), batch_size=1, num_workers=1)
+    with _new_workers_ignore_stop_signals(loader):  # (PyTorch's iterator, as the loader's own starts it)
+        iterator = loader._get_iterator()
+    assert int(next(iterator)) == 0
+    workers = list(iterator._workers)
+    iterator._shutdown_workers()
+    alive = [worker.is_alive() for worker in workers]
+    for worker in workers:  # (a failing test must not hang at exit: Python's own exit would wait for the worker)
+        worker.kill()
+    assert alive == [False]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_forkserver_workers_ignore_stop_signals_though_the_server_started_with_pythons_handlers(tmp_path):
     """A fork server started before the loader (by another library, or by an earlier loader
     outside ``gsf``) hands its own SIGINT handler to every worker it forks: the workers must
-    still ignore SIGINT. (In a fresh process, so that this test's server is the first.)"""
+    still ignore SIGINT and SIGTERM. (In a fresh process, so that this test's server is the first.)"""
     script = tmp_path / "forkserver_workers.py"
     script.write_text(textwrap.dedent("""
         import signal, sys
@@ -281,11 +314,11 @@ def test_forkserver_workers_ignore_sigint_though_the_server_started_with_pythons
 
         if __name__ == "__main__":  # (the fork server imports this module)
             sys.path.insert(0, sys.argv[1])
-            from test_samplers import SigintSetting
+            from test_samplers import StopSignalSetting
 
             assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
             forkserver.ensure_running()
-            dataset = SigintSetting(4)
+            dataset = StopSignalSetting(4)
             options = {"batch_size": 1, "num_workers": 2, "multiprocessing_context": "forkserver"}
             sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
             for loader in (ResumableDataLoader(dataset, sampler=sampler, **options),
@@ -301,23 +334,25 @@ def test_forkserver_workers_ignore_sigint_though_the_server_started_with_pythons
 @pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
 @pytest.mark.parametrize("context", ["fork", pytest.param("forkserver", marks=pytest.mark.slow),
                                      pytest.param("spawn", marks=pytest.mark.slow)])
-def test_loader_workers_ignore_sigint_and_the_main_process_keeps_its_handler(loader_class, context):
-    """A Ctrl-C in the terminal reaches the workers too; they must go on reading for the
-    training's clean stop (callbacks.PreemptionCheckpoint), whatever handler the main process has."""
+def test_loader_workers_ignore_stop_signals_and_the_main_process_keeps_its_handlers(loader_class, context):
+    """A Ctrl-C in the terminal (SLURM's SIGTERM) reaches the workers too; they must go on
+    reading for the training's clean stop (callbacks.PreemptionCheckpoint), whatever handlers
+    the main process has."""
 
     def handler(signum, frame):  # (as PreemptionCheckpoint's, which forked workers would inherit)
         raise AssertionError("not to be called")
 
-    dataset = SigintSetting(4)
+    dataset = StopSignalSetting(4)
     options = {"batch_size": 1, "num_workers": 2, "multiprocessing_context": context}
     if loader_class is ResumableDataLoader:
         options["sampler"] = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         batches = list(loader_class(dataset, **options))
-        assert signal.getsignal(signal.SIGINT) is handler
+        assert signal.getsignal(signal.SIGINT) is signal.getsignal(signal.SIGTERM) is handler
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
     assert [bool(batch) for batch in batches] == [True] * 4
     options.update(num_workers=0, multiprocessing_context=None)
     assert not any(list(loader_class(dataset, **options)))  # (no workers: the main process, untouched)

@@ -21,10 +21,10 @@ these pieces:
   ``num_replicas``-th sample, with no padding, so no sample is scored twice and the
   metrics of N processes equal those of one.
 
-Both loaders start their worker processes ignoring SIGINT: a Ctrl-C in the terminal reaches
-the whole process group, and a worker that it ended would fail the batches that
-``callbacks.PreemptionCheckpoint``'s clean stop still reads. (The main process stops its
-workers, and they stop with it.)
+Both loaders start their worker processes ignoring SIGINT and SIGTERM: a Ctrl-C in the
+terminal reaches the whole process group, SLURM signals every process of a job step, and a
+worker that the signal ended would fail the batches that ``callbacks.PreemptionCheckpoint``'s
+clean stop still reads. (The main process stops its workers, and they stop with it.)
 
 Both samplers subclass ``DistributedSampler`` on purpose: Lightning then keeps them instead
 of injecting its own (``use_distributed_sampler`` leaves a ``DistributedSampler`` alone) and
@@ -43,6 +43,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import _utils
+from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from lightning_gsf.data.errors import ResumeMismatchError, SampleReadError
 
@@ -215,7 +217,84 @@ class ResumableDistributedSampler(DistributedSampler):
         logger.info("training order resumes at epoch %d, sample %d of %d", self.epoch, self.position, len(self.dataset))
 
 
-class EvaluationDataLoader(DataLoader):
+#: The signals that stop a run cleanly (``callbacks.PreemptionCheckpoint``): a terminal's Ctrl-C
+#: and SLURM's SIGTERM reach every process of the job, the loader workers too, which must go on
+#: reading the batches the stop still needs.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def _new_workers_ignore_stop_signals(loader: DataLoader) -> Iterator[None]:
+    """Worker processes that ``loader`` starts in this block ignore :data:`STOP_SIGNALS`, and
+    one that arrives meanwhile still reaches the main process's handler.
+
+    Every worker sets ``SIG_IGN`` in its ``worker_init_fn`` (before the loader's own, which is
+    back on the loader after the block). Until then it holds the signals blocked: the block
+    runs with them blocked in this thread, and a worker inherits that mask, forked or spawned
+    (a fork server started in the block holds it too, and hands it on); a forked worker never
+    runs the main process's Python handlers. A signal sent to the process meanwhile goes to
+    another of its threads or waits until the block ends: Python's handler runs in the main
+    thread either way. (Where there is no signal mask, on Windows, the ``worker_init_fn``
+    alone.) The workers end as PyTorch ends them (a sentinel on their queue), and a worker that
+    does not is killed (:class:`_WorkersKilledAtShutdown`), since SIGTERM no longer ends it."""
+    if loader.num_workers == 0:
+        yield
+        return
+    worker_init_fn = loader.worker_init_fn  # (read now: Lightning may have set its own by now)
+    loader.worker_init_fn = _IgnoringStopSignals(worker_init_fn)
+    masks = hasattr(signal, "pthread_sigmask")
+    if masks:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        loader.worker_init_fn = worker_init_fn  # (first: a pending signal's handler may raise)
+        if masks:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS - blocked)
+
+
+class _IgnoringStopSignals:
+    """A loader worker's ``worker_init_fn``: ignore :data:`STOP_SIGNALS` (and unblock them: one
+    that came while the worker started is dropped), then call ``then`` (if any)."""
+
+    def __init__(self, then: Callable[[int], None] | None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if self.then is not None:
+            self.then(worker_id)
+
+
+class _WorkersKilledAtShutdown(_MultiProcessingDataLoaderIter):
+    """PyTorch's iterator over worker processes, whose shutdown kills (SIGKILL) a worker that
+    is still alive after PyTorch's own (a sentinel, a wait, then SIGTERM, which these workers
+    ignore): a worker stuck in a read does not outlive its loader."""
+
+    def _shutdown_workers(self) -> None:
+        super()._shutdown_workers()
+        for worker in getattr(self, "_workers", ()):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=_utils.MP_STATUS_CHECK_INTERVAL)
+
+
+class _StopSignalsShieldedLoader(DataLoader):
+    """A ``DataLoader`` whose workers ignore :data:`STOP_SIGNALS` (set up by
+    :func:`_new_workers_ignore_stop_signals` around the start of its workers) and are killed at
+    shutdown if they outlive PyTorch's own (:class:`_WorkersKilledAtShutdown`)."""
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        return _WorkersKilledAtShutdown(self)
+
+
+class EvaluationDataLoader(_StopSignalsShieldedLoader):
     """A plain ``DataLoader`` for evaluation that can hand over read errors: with
     ``hand_over_read_errors`` (set by ``callbacks.DataErrorCheckpoint`` during ``fit``'s
     validation) a batch that cannot be read comes as an :class:`UnreadableBatch` and the
@@ -226,7 +305,7 @@ class EvaluationDataLoader(DataLoader):
         self.hand_over_read_errors = False
 
     def __iter__(self) -> Iterator[Any]:
-        with _new_workers_ignore_sigint(self):
+        with _new_workers_ignore_stop_signals(self):
             batches = super().__iter__()
         return _read_errors_handed_over(batches, self)
 
@@ -255,49 +334,6 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-
-@contextlib.contextmanager
-def _new_workers_ignore_sigint(loader: DataLoader) -> Iterator[None]:
-    """Worker processes that ``loader`` starts in this block ignore SIGINT, and a SIGINT that
-    arrives meanwhile still reaches the main process's handler.
-
-    Every worker sets ``SIG_IGN`` in its ``worker_init_fn`` (before the loader's own, which is
-    back on the loader after the block). Until then it holds SIGINT blocked: the block runs with
-    SIGINT blocked in this thread, and a worker inherits that mask, forked or spawned (a fork
-    server started in the block holds it too, and hands it on). A SIGINT sent to the process
-    meanwhile goes to another of its threads or waits until the block ends: Python's handler
-    runs in the main thread either way. (Where there is no signal mask, on Windows, the
-    workers' ``worker_init_fn`` alone.)"""
-    if loader.num_workers == 0:
-        yield
-        return
-    worker_init_fn = loader.worker_init_fn  # (read now: Lightning may have set its own by now)
-    loader.worker_init_fn = _IgnoringSigint(worker_init_fn)
-    masks = hasattr(signal, "pthread_sigmask")
-    if masks:
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        if masks and signal.SIGINT not in blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        loader.worker_init_fn = worker_init_fn
-
-
-class _IgnoringSigint:
-    """A loader worker's ``worker_init_fn``: ignore SIGINT (and unblock it: a SIGINT that came
-    while the worker started is dropped), then call ``then`` (if any)."""
-
-    def __init__(self, then: Callable[[int], None] | None) -> None:
-        self.then = then
-
-    def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        if self.then is not None:
-            self.then(worker_id)
 
 
 def _read_errors_handed_over(batches: Iterator[Any], loader: Any) -> Iterator[Any]:
@@ -329,7 +365,7 @@ class UnreadableBatch:
         return f"UnreadableBatch({self.error!r})"
 
 
-class ResumableDataLoader(DataLoader):
+class ResumableDataLoader(_StopSignalsShieldedLoader):
     """A ``DataLoader`` over a :class:`ResumableDistributedSampler` whose position survives a checkpoint.
 
     It counts the batches it has handed out in the current iteration; :meth:`state_dict`
@@ -367,7 +403,7 @@ class ResumableDataLoader(DataLoader):
 
     def _counting_iterator(self) -> Iterator[Any]:
         self._batches_handed_out = 0
-        with _new_workers_ignore_sigint(self):
+        with _new_workers_ignore_stop_signals(self):
             batches = super().__iter__()
         for batch in _read_errors_handed_over(batches, self):
             # Counted before the hand-over: once the loop holds the batch, it is consumed.
