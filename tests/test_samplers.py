@@ -300,6 +300,29 @@ def test_a_worker_stuck_in_a_read_does_not_outlive_its_loader():
     assert alive == [False]
 
 
+@pytest.mark.parametrize("loader_class", [ResumableDataLoader, EvaluationDataLoader])
+def test_a_process_that_fails_while_its_workers_read_exits(tmp_path, loader_class):
+    """An error that ends the program mid-iteration leaves the loader's workers alive; at exit
+    ``multiprocessing`` sends them SIGTERM, which they ignore, and waits for them: the loader
+    must shut them down before that, or the program never exits."""
+    script = tmp_path / "fails_mid_iteration.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, sys.argv[1])
+        from lightning_gsf.data.samplers import {loader_class.__name__}, ResumableDistributedSampler
+        from test_samplers import Indices
+
+        dataset = Indices(8)
+        sampler = ResumableDistributedSampler(dataset, num_replicas=1, rank=0)
+        batches = iter({loader_class.__name__}(dataset, sampler=sampler, batch_size=1, num_workers=2))
+        next(batches)
+        raise RuntimeError("a bug in the training step")
+    """))
+    result = subprocess.run([sys.executable, str(script), str(Path(__file__).parent)], capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 1 and "a bug in the training step" in result.stderr, result.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
 def test_forkserver_workers_ignore_stop_signals_though_the_server_started_with_pythons_handlers(tmp_path):

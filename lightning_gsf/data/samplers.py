@@ -33,10 +33,12 @@ calls ``set_epoch`` on them at the start of every epoch.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
 import signal
+import weakref
 from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
@@ -272,7 +274,14 @@ class _IgnoringStopSignals:
 class _WorkersKilledAtShutdown(_MultiProcessingDataLoaderIter):
     """PyTorch's iterator over worker processes, whose shutdown kills (SIGKILL) a worker that
     is still alive after PyTorch's own (a sentinel, a wait, then SIGTERM, which these workers
-    ignore): a worker stuck in a read does not outlive its loader."""
+    ignore): a worker stuck in a read does not outlive its loader. Iterators still open when
+    the interpreter exits (one that an exception left behind) are shut down first, by
+    :func:`_shut_down_workers_at_exit`: ``multiprocessing``'s own exit would SIGTERM the
+    workers and wait for them without end."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        super().__init__(loader)
+        _OPEN_WORKER_ITERATORS.add(self)
 
     def _shutdown_workers(self) -> None:
         super()._shutdown_workers()
@@ -280,6 +289,15 @@ class _WorkersKilledAtShutdown(_MultiProcessingDataLoaderIter):
             if worker.is_alive():
                 worker.kill()
                 worker.join(timeout=_utils.MP_STATUS_CHECK_INTERVAL)
+
+
+_OPEN_WORKER_ITERATORS: weakref.WeakSet[_WorkersKilledAtShutdown] = weakref.WeakSet()
+
+
+@atexit.register  # (after multiprocessing's exit function, which atexit therefore runs later)
+def _shut_down_workers_at_exit() -> None:
+    for iterator in list(_OPEN_WORKER_ITERATORS):
+        iterator._shutdown_workers()
 
 
 class _StopSignalsShieldedLoader(DataLoader):
