@@ -7,12 +7,12 @@
   directory, that move is a copy, and a kill during it truncates the target.)
 - :class:`PreemptionCheckpoint` saves a checkpoint when the job is told to stop. SLURM (and
   most schedulers) send SIGTERM some time before SIGKILL. Lightning's signal connector
-  already catches SIGTERM, lets the current batch finish, agrees on it across DDP ranks in
-  training and raises ``SIGTERMException``; this callback adds the save, at that clean batch
-  boundary (a training batch that ends a gradient-accumulation window, or with one process
-  a validation batch of ``fit``: then the
-  resumed run validates that epoch again, from its first batch), and under DDP holds a
-  SIGTERM during validation until the validation ends (the ranks would otherwise deadlock).
+  already catches SIGTERM, lets the current batch finish and raises ``SIGTERMException``;
+  this callback adds the save, at that clean batch boundary (a training batch that ends a
+  gradient-accumulation window, or with one process a validation batch of ``fit``: then the
+  resumed run validates that epoch again, from its first batch), and under DDP makes the
+  processes agree on the signal at the end of every batch, and holds it during validation
+  until the validation ends (the ranks would otherwise deadlock).
   It does the same for the first Ctrl-C (SIGINT) of ``fit``'s training, on one process or
   under DDP; a second Ctrl-C stops at once, as Lightning does, without a checkpoint.
 - :class:`DataErrorCheckpoint` saves a checkpoint when ``fit`` meets a batch that cannot be
@@ -167,9 +167,9 @@ EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 class PreemptionCheckpoint(_StopCheckpoint):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
-    Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch (on
-    all DDP ranks at once), or during ``fit``'s validation after the current validation
-    batch of a single process (under DDP, see below); this callback then saves
+    Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch, or
+    during ``fit``'s validation after the current validation batch of a single process (under
+    DDP, see below); this callback then saves
     ``<dirpath>/<filename>.ckpt`` with the full training state (model, optimiser, loops, the
     data loader's position) and lets the process exit. Stopped
     during validation, the checkpoint says so in Lightning's terms (a validation batch
@@ -179,14 +179,19 @@ class PreemptionCheckpoint(_StopCheckpoint):
     it, the resumed run would skip that validation.) The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
     the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
 
-    Under DDP a SIGTERM during validation is held until the validation ends: Lightning raises
-    it per process, and never on a process's last validation batch, so one process would wait
-    in the checkpoint's collectives while another waits in the metrics' (processes have
-    different numbers of validation batches), both forever. Here every process finishes the
-    validation, the processes agree whether any got the signal, and the next training batch
-    stops them all together (or training ends, if that was the last validation). The signal
-    is held from this callback's ``on_validation_batch_end`` on; one arriving in the few
-    instructions between that hook and Lightning's check still stops a single process.
+    Under DDP, from the start of training to its end, this callback's handler replaces
+    Lightning's for SIGTERM: the signal may reach one process or all, at different moments
+    (SLURM signals every process of a job step), and Lightning's handler, which broadcasts
+    inside the handler and sets only its own process's flag, checked by each process on its
+    own, let processes stop at different batches and wait for each other in mismatched
+    collectives (Lightning-AI/pytorch-lightning#20806). Here a process only notes the signal;
+    at the end of every training batch the processes agree (an all-reduce) whether any has it,
+    and all stop after that batch. During validation the signal waits for its end, where they
+    agree again, and the next training batch stops them all together (or training ends, if
+    that was the last validation): Lightning would stop each process mid-validation on its
+    own, and never on its last validation batch, so one would wait in the checkpoint's
+    collectives while another waits in the metrics' (processes have different numbers of
+    validation batches), both forever.
 
     It is a plain ``Callback``, not a Lightning ``Checkpoint``: those count as the run's
     checkpoint callback, and ``trainer.checkpoint_callback`` (``ckpt_path="best"``) must stay
@@ -201,14 +206,12 @@ class PreemptionCheckpoint(_StopCheckpoint):
     taken as a SIGTERM: the run stops at the same clean point, with the checkpoint, and
     :func:`stop_signal` tells the two apart (``gsf`` exits with status 130, not 143; so does a
     program that calls ``Trainer.fit`` itself and lets the exception, a ``SystemExit``, end
-    it). Under DDP the terminal's Ctrl-C reaches every process of Lightning's launcher, and they
-    stop together, as for a SIGTERM: at the training batch where rank 0 has it (Lightning
-    broadcasts rank 0's flag before every training batch), or at the end of the validation it
-    came in. A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning stops
-    without a checkpoint. The data loaders of :mod:`~lightning_gsf.data.samplers` start their
-    worker processes ignoring SIGINT, so that a Ctrl-C from the terminal, which reaches them
-    too, leaves them reading the batches that the stop still needs (and a Ctrl-C while they
-    start still reaches the training process).
+    it). Under DDP the processes agree on a Ctrl-C as on a SIGTERM (SIGTERM outranks it, where
+    both came). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning
+    stops without a checkpoint. The data loaders of :mod:`~lightning_gsf.data.samplers` start
+    their worker processes ignoring SIGINT and SIGTERM, so that a Ctrl-C from the terminal
+    or SLURM's SIGTERM, which reach them too, leaves them reading the batches that the stop
+    still needs (and a signal while they start still reaches the training process).
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
@@ -228,50 +231,109 @@ class PreemptionCheckpoint(_StopCheckpoint):
         self._saving_mid_validation = False
         self._held_sigterm = False
         self._held_for_accumulation = False
-        self._handler_replaced: Any = None  # (the SIGINT handler that ours replaced, while ours is on)
+        self._handlers_replaced: dict[int, Any] = {}  # (the handlers that ours replaced, while ours are on)
         self._ctrl_c_received = False
+        self._pending_signal = 0  # (under DDP: the stop signal this process received, not yet agreed on)
+        self._stop_signal: int | None = None  # (the signal the run stops for)
 
-    # A Ctrl-C, from the start of training (after the sanity check) to its end.
+    # The signals, from the start of training (after the sanity check) to its end.
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._ctrl_c_received = False
-        if not self.stop_on_ctrl_c:
-            return
+        self._pending_signal = 0
+        self._stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             return  # (Python runs signal handlers in the main thread only)
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        if trainer.world_size > 1:
+            self._take_over_sigterm(trainer)
+        if not self.stop_on_ctrl_c or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return  # (a program that handles SIGINT itself keeps its handler)
 
         def stop_after_this_batch(signum: int, frame: FrameType | None) -> None:
             if self._ctrl_c_received:  # the second: stop at once
-                self._restore_sigint_handler()
+                self._restore_signal_handlers()
                 signal.default_int_handler(signum, frame)
             self._ctrl_c_received = True
-            # As Lightning's SIGTERM handler does. Under DDP each training batch starts with
-            # rank 0's flag broadcast to every rank, so all stop at the same batch (and a
-            # validation's, held to its end, agree): the Ctrl-C may reach any of them, or all.
-            trainer._signal_connector.received_sigterm = True
+            self._note_stop_signal(trainer, signal.SIGINT)
             log.warning("Ctrl-C: stopping after this batch, with a checkpoint; press Ctrl-C again to stop at once, "
                         "without one")
 
-        self._handler_replaced = signal.signal(signal.SIGINT, stop_after_this_batch)
+        self._handlers_replaced[signal.SIGINT] = signal.signal(signal.SIGINT, stop_after_this_batch)
+
+    def _take_over_sigterm(self, trainer: pl.Trainer) -> None:
+        """Under DDP, replace Lightning's SIGTERM handler for the training: it runs a broadcast
+        inside the handler and sets the flag of its own process only, which Lightning checks on
+        each process at the end of every batch, so processes that received the signal at
+        different moments stopped at different batches and waited for each other in mismatched
+        collectives (Lightning-AI/pytorch-lightning#20806; here a SIGTERM to every process, as
+        SLURM sends it, hung 4 runs in 4). Ours only notes the signal; :meth:`_agree_on_a_stop`
+        shares it. The handlers Lightning composed with its own (a program's, SLURM's requeue
+        message) still run. A handler that is not Lightning's is left alone."""
+        replaced = signal.getsignal(signal.SIGTERM)
+        notifier = trainer._signal_connector._sigterm_notifier_fn
+        composed = getattr(replaced, "signal_handlers", None)
+        if not isinstance(composed, list) or notifier not in composed:
+            return
+        others = [handler for handler in composed if handler != notifier]
+
+        def stop_after_this_batch(signum: int, frame: FrameType | None) -> None:
+            self._note_stop_signal(trainer, signal.SIGTERM)
+            log.info("rank %d received SIGTERM: the processes stop together after a batch, with a checkpoint",
+                     trainer.global_rank)
+            for handler in others:
+                handler = signal.getsignal(handler) if isinstance(handler, int) else handler
+                if callable(handler):
+                    handler(signum, frame)
+
+        self._handlers_replaced[signal.SIGTERM] = signal.signal(signal.SIGTERM, stop_after_this_batch)
+
+    def _note_stop_signal(self, trainer: pl.Trainer, signum: int) -> None:
+        """(In a signal handler.) With one process, set Lightning's flag, as its SIGTERM handler
+        does; under DDP only note the signal (no collective may run in a handler):
+        :meth:`_agree_on_a_stop` shares it. SIGTERM outranks a Ctrl-C: a preempted run reports
+        143, for its resubmission."""
+        if trainer.world_size > 1:
+            self._pending_signal = max(self._pending_signal, signum)
+        else:
+            self._stop_signal = signum
+            trainer._signal_connector.received_sigterm = True
+
+    def _agree_on_a_stop(self, trainer: pl.Trainer, received_otherwise: bool = False) -> bool:
+        """(DDP; every process calls it at the same point.) Whether any process received a stop
+        signal, the strongest of them now this run's: an all-reduce (max) of each process's
+        :meth:`_note_stop_signal`, or SIGTERM where ``received_otherwise`` (Lightning's flag). It
+        sets Lightning's flag on every process alike, so that they stop at the same batch. (One
+        small all-reduce a training batch, beside Lightning's own broadcast of its flag.)"""
+        pending = max(self._pending_signal, signal.SIGTERM if received_otherwise else 0)
+        local = torch.tensor([int(pending)], dtype=torch.int32, device=trainer.strategy.root_device)
+        agreed = int(trainer.strategy.reduce(local, reduce_op="max").item())
+        trainer._signal_connector.received_sigterm = bool(agreed)
+        if agreed:
+            self._stop_signal = agreed
+        return bool(agreed)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore_sigint_handler()
+        self._restore_signal_handlers()
 
-    def _restore_sigint_handler(self) -> None:
-        if self._handler_replaced is not None:
-            signal.signal(signal.SIGINT, self._handler_replaced)
-            self._handler_replaced = None
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._handlers_replaced.items():
+            signal.signal(signum, handler)
+        self._handlers_replaced = {}
+
+    def _stopped_by(self) -> int:
+        return self._stop_signal or signal.SIGTERM
 
     def _stop_name(self) -> str:
-        return "Ctrl-C" if self._ctrl_c_received else "SIGTERM"
+        return "Ctrl-C" if self._stopped_by() == signal.SIGINT else "SIGTERM"
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         # Inside an accumulation window (no optimiser step after this batch) the gradients of
         # its batches so far are in no checkpoint: hold the signal to the window's last batch.
         # (Every rank's windows end at the same batch; Lightning checks the flag after this hook.)
+        agreeing = trainer.world_size > 1 and self._stop_signal is None
+        if trainer.world_size > 1:
+            self._agree_on_a_stop(trainer, trainer.received_sigterm or self._held_for_accumulation)
         accumulating = _inside_accumulation_window(trainer)
         if accumulating and trainer.received_sigterm:
             trainer._signal_connector.received_sigterm = False
@@ -282,6 +344,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
             if trainer.is_global_zero:
                 log.warning("%s inside a gradient-accumulation window: stopping at its end, step %d",
                             self._stop_name(), trainer.global_step)
+        elif agreeing and trainer.received_sigterm and trainer.is_global_zero:
+            log.warning("%s: every process stops after this batch, with a checkpoint", self._stop_name())
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -292,8 +356,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if _holds_sigterm_in_validation(trainer):
-            received = trainer.strategy.reduce_boolean_decision(self._held_sigterm or trainer.received_sigterm,
-                                                                all=False)
+            received = self._agree_on_a_stop(trainer, self._held_sigterm or trainer.received_sigterm)
         elif _inside_accumulation_window(trainer):
             received = self._held_sigterm or trainer.received_sigterm
         else:
@@ -317,10 +380,10 @@ class PreemptionCheckpoint(_StopCheckpoint):
             restart_validation_on_resume(checkpoint)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint_handler()
+        self._restore_signal_handlers()
         if not isinstance(exception, SIGTERMException):
             return
-        if self._ctrl_c_received:
+        if self._stopped_by() == signal.SIGINT:
             exception.gsf_stop_signal = signal.SIGINT  # (read by stop_signal)
             # A program that calls Trainer.fit itself then exits as gsf does, not with 0 (the
             # bare SystemExit of Lightning's SIGTERM stop): a person interrupted an unfinished run.

@@ -10,8 +10,10 @@
 #
 # torchrun starts the processes and sets RANK/LOCAL_RANK/WORLD_SIZE; Lightning detects it
 # (TorchElasticEnvironment) and must be told the same layout: trainer.devices = NPROC and
-# trainer.num_nodes = NNODES. Resuming: add `--ckpt_path last`. torchrun forwards SIGTERM to
-# the processes, which then save checkpoints/last.ckpt before they exit.
+# trainer.num_nodes = NNODES. Resuming: add `--ckpt_path last`. torchrun passes a SIGTERM (or
+# a Ctrl-C) on to the processes, which then save checkpoints/last.ckpt before they exit; it
+# kills them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (its default, 30 s, can fall in the
+# middle of a validation or of the checkpoint write; here 180 s unless set).
 
 set -euo pipefail
 
@@ -23,6 +25,7 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-180}
 
 exec torchrun \
     --nproc_per_node "$NPROC" \

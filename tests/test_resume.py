@@ -136,16 +136,17 @@ class WaitForSignalAt(pl.Callback):
     with ``wait``, just announce it; with ``then_another``, once the signal has come, announce
     that in ``<ready_file>.2`` and wait a minute (for a second Ctrl-C)."""
 
-    def __init__(self, step: int, ready_file: Path, wait: bool = True, then_another: bool = False) -> None:
-        self.step, self.ready_file, self.wait, self.then_another = step, ready_file, wait, then_another
+    def __init__(self, step: int, ready_file: Path, wait: bool = True, then_another: bool = False,
+                 rank: int | None = None) -> None:
+        self.step, self.ready_file, self.wait, self.then_another = step, Path(ready_file), wait, then_another
+        self.rank = rank
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or self.rank not in (None, trainer.global_rank):
             return
         self.ready_file.write_text(str(os.getpid()))
-        deadline = time.monotonic() + 60
-        while self.wait and not trainer.received_sigterm and time.monotonic() < deadline:
-            time.sleep(0.01)
+        if self.wait:
+            _wait_for_the_signal(trainer, self.ready_file)
         if self.then_another and trainer.received_sigterm:
             Path(f"{self.ready_file}.2").write_text(str(os.getpid()))
             time.sleep(60)
@@ -160,11 +161,18 @@ class WaitForSignalInValidation(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if trainer.sanity_checking or (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
             return
-        if trainer.is_global_zero:  # (under DDP the other ranks wait too; Lightning passes the signal on)
+        if trainer.is_global_zero:  # (under DDP the other ranks wait too)
             self.ready_file.write_text(str(os.getpid()))
-        deadline = time.monotonic() + 60
-        while not trainer.received_sigterm and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_for_the_signal(trainer, self.ready_file)
+
+
+def _wait_for_the_signal(trainer: pl.Trainer, ready_file: Path) -> None:
+    """Wait (a minute at most) until the test has sent its signal (``<ready_file>.sent``), which
+    Python has handled by the time this wait next looks, or Lightning's flag says it came."""
+    sent = Path(f"{ready_file}.sent")
+    deadline = time.monotonic() + 60
+    while not (sent.exists() or trainer.received_sigterm) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 class SaveFinalWeights(pl.Callback):
@@ -182,7 +190,8 @@ def train(args: argparse.Namespace) -> None:
     pl.seed_everything(0, workers=True)
     callbacks: list[pl.Callback] = []  # (the waits first: the signal arrives before the other hooks run)
     if args.wait_at_step is not None:
-        callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file), then_another=args.then_another))
+        callbacks.append(WaitForSignalAt(args.wait_at_step, Path(args.ready_file), then_another=args.then_another,
+                                         rank=args.wait_rank))
     if args.announce_step is not None:
         callbacks.append(WaitForSignalAt(args.announce_step, Path(args.ready_file), wait=False))
     if args.wait_in_validation is not None:
@@ -235,24 +244,32 @@ def _finish(process: subprocess.Popen, timeout: float = 120, returncode: int = 0
 
 
 @pytest.mark.parametrize(
-    ("stop_at_step", "devices"),
+    ("stop_at_step", "devices", "signalled"),
     [
-        (8, 1),  # in the middle of the second epoch, after a whole one
-        pytest.param(2, 1, marks=pytest.mark.slow),  # in the first epoch
-        pytest.param(4, 2, marks=pytest.mark.slow),  # DDP, two CPU processes: second epoch
+        (8, 1, "rank 0"),  # in the middle of the second epoch, after a whole one
+        pytest.param(2, 1, "rank 0", marks=pytest.mark.slow),  # in the first epoch
+        # DDP, two CPU processes, second epoch. Rank 1 alone, or every process (as SLURM signals
+        # a job step), while rank 1 lags behind rank 0 (Lightning's own handling let rank 0 go on
+        # into the next batch's collectives): before the processes agreed on the signal at the
+        # end of each batch, both hung.
+        pytest.param(4, 2, "rank 0", marks=pytest.mark.slow),
+        pytest.param(4, 2, "rank 1", marks=pytest.mark.slow),
+        pytest.param(4, 2, "every process", marks=pytest.mark.slow),
     ],
 )
-def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_at_step, devices):
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, stop_at_step, devices, signalled):
     run_options = ["--max-epochs", "2", "--devices", str(devices)]
     samples_per_rank = math.ceil(DATASET_SIZE / devices)  # the sampler pads to equal shares
     steps_per_epoch = math.ceil(samples_per_rank / BATCH_SIZE)
     reference = _run(tmp_path, "reference", *run_options)
 
     ready = tmp_path / "ready"
+    waiting = [] if signalled == "rank 0" else ["--wait-rank", "1"]  # (rank 0: every rank waits at the step)
     preempted = _run(
-        tmp_path, "preempted", *run_options, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready)
+        tmp_path, "preempted", *run_options, "--wait-at-step", str(stop_at_step), "--ready-file", str(ready), *waiting
     )
-    output = _stop_when_ready(preempted, ready)  # (to rank 0; Lightning passes it on to the other ranks)
+    output = _stop_when_ready(preempted, ready, to_process_in_ready=signalled == "rank 1",
+                              to_process_group=signalled == "every process")
     checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
     assert checkpoint_path.is_file(), output
     assert not (tmp_path / "preempted.pt").exists(), "the preempted run must stop, not finish"
@@ -339,16 +356,21 @@ def test_resumed_mid_epoch_on_more_processes_the_epoch_trains_every_remaining_sa
 
 
 def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120, returncode: int = 0,
-                     signum: int = signal.SIGTERM, to_process_group: bool = False) -> str:
-    """``signum`` to ``process`` (or to its process group, as a terminal's Ctrl-C) once it has
-    written ``ready``; its output once it has exited with ``returncode`` (``timeout`` seconds for
+                     signum: int = signal.SIGTERM, to_process_group: bool = False,
+                     to_process_in_ready: bool = False) -> str:
+    """``signum`` to ``process`` (or to its process group, as a terminal's Ctrl-C or SLURM, or
+    to the process whose pid is in ``ready``) once it has written ``ready``, then
+    ``<ready>.sent``; its output once it has exited with ``returncode`` (``timeout`` seconds for
     each). (Lightning's own exit after a SIGTERM is status 0, ``gsf``'s 143; after a Ctrl-C that
     PreemptionCheckpoint took as a stop, both exit with 130.)"""
     _wait_for(process, ready, timeout)
     if to_process_group:
         os.killpg(process.pid, signum)  # (the process leads its session: see _run)
+    elif to_process_in_ready:
+        os.kill(int(ready.read_text()), signum)
     else:
         process.send_signal(signum)
+    Path(f"{ready}.sent").write_text("")
     return _finish(process, timeout=timeout, returncode=returncode)
 
 
@@ -802,6 +824,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds-per-item", type=float, default=0.0, help="how long reading a training item takes")
     parser.add_argument("--multiprocessing-context", help="how the training loader starts its workers")
     parser.add_argument("--announce-step", type=int, help="write --ready-file at this step, and go on")
+    parser.add_argument("--wait-rank", type=int, help="with --wait-at-step: only this rank announces and waits")
     parser.add_argument("--then-another", action="store_true",
                         help="with --wait-at-step: once signalled, write <ready-file>.2 and wait a minute")
     return parser.parse_args(argv)
