@@ -304,6 +304,15 @@ def test_the_fork_server_starts_with_the_data_modules_imported(tmp_path):
     assert result.stdout.splitlines() == ["fork server has libtorch: True"], result.stdout
 
 
+def test_the_fork_server_preload_keeps_the_programs_own_modules(monkeypatch):
+    import multiprocessing.forkserver
+
+    monkeypatch.setattr(multiprocessing.forkserver._forkserver, "_preload_modules", ["__main__", "json"])
+    toy(num_workers=1, worker_start_method="forkserver")._loader_options()
+    assert multiprocessing.forkserver._forkserver._preload_modules == [
+        "__main__", "json", "lightning_gsf.data.base", ToyDataModule.__module__]
+
+
 def test_a_worker_start_method_is_a_known_name_and_without_workers_unused():
     datamodule = toy(num_workers=0, worker_start_method="spawn")
     datamodule.setup("fit")

@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -351,11 +352,12 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         persistent_workers: keep the workers alive between epochs.
         worker_start_method: how the loader workers start: ``"fork"``, ``"forkserver"`` or
             ``"spawn"`` (:mod:`multiprocessing`'s start methods); ``None`` (default): the
-            platform's default (``fork`` on Linux). ``forkserver`` forks each worker from a
+            platform's default (on Linux ``fork``, from Python 3.14 on ``forkserver``).
+            ``forkserver`` forks each worker from a
             clean single-threaded server instead of from the training process, whose threads
             (DDP's communication, the logger's writer) make ``fork`` hang on rare occasions;
-            it sets ``multiprocessing.set_forkserver_preload`` so that the server imports the
-            data modules once, before it starts.
+            it adds the data modules to ``multiprocessing.set_forkserver_preload`` so that the
+            server imports them once, before it starts.
         drop_last: drop the last, incomplete training batch.
     """
 
@@ -582,11 +584,16 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         return EvaluationDataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
 
     def _loader_options(self) -> dict[str, Any]:
-        if self.worker_start_method == "forkserver" and self.num_workers > 0:
+        start_method = multiprocessing.get_context(self.worker_start_method).get_start_method()
+        if start_method == "forkserver" and self.num_workers > 0:
             # The fork server (started by the first loader) imports the data modules once, so
             # that the workers it forks start with them: a loader's workers then start as fast
             # as forked ones, not in the seconds that importing PyTorch takes each of them.
-            multiprocessing.set_forkserver_preload(["__main__", __name__, type(self).__module__])
+            # (Added to the program's own list, which multiprocessing does not make public.)
+            preloaded = getattr(getattr(multiprocessing.forkserver, "_forkserver", None), "_preload_modules", None)
+            modules = list(preloaded or ["__main__"])
+            multiprocessing.set_forkserver_preload(modules + [m for m in (__name__, type(self).__module__)
+                                                              if m not in modules])
         return {
             "num_workers": self.num_workers,
             # Page-locked memory only speeds up copies to a CUDA device; without one it is waste.

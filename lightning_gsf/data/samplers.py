@@ -237,7 +237,8 @@ def _new_workers_ignore_stop_signals(loader: DataLoader) -> Iterator[None]:
     runs the main process's Python handlers. A signal sent to the process meanwhile goes to
     another of its threads or waits until the block ends: Python's handler runs in the main
     thread either way. (Where there is no signal mask, on Windows, the ``worker_init_fn``
-    alone.) The workers end as PyTorch ends them (a sentinel on their queue), and a worker that
+    alone. A fork server that the block starts keeps the signals blocked, and so do the other
+    processes it forks later: the program's own, if it uses that start method too.) The workers end as PyTorch ends them (a sentinel on their queue), and a worker that
     does not is killed (:class:`_WorkersKilledAtShutdown`), since SIGTERM no longer ends it."""
     if loader.num_workers == 0:
         yield
