@@ -266,7 +266,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
         each process at the end of every batch, so processes that received the signal at
         different moments stopped at different batches and waited for each other in mismatched
         collectives (Lightning-AI/pytorch-lightning#20806; here a SIGTERM to every process, as
-        SLURM sends it, hung 4 runs in 4). Ours only notes the signal; :meth:`_agree_on_a_stop`
+        SLURM sends it, or to rank 1 alone, hung 8 CPU runs in 8). Ours only notes the signal; :meth:`_agree_on_a_stop`
         shares it. The handlers Lightning composed with its own (a program's, SLURM's requeue
         message) still run. A handler that is not Lightning's is left alone."""
         replaced = signal.getsignal(signal.SIGTERM)
@@ -290,8 +290,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
     def _note_stop_signal(self, trainer: pl.Trainer, signum: int) -> None:
         """(In a signal handler.) With one process, set Lightning's flag, as its SIGTERM handler
         does; under DDP only note the signal (no collective may run in a handler):
-        :meth:`_agree_on_a_stop` shares it. SIGTERM outranks a Ctrl-C: a preempted run reports
-        143, for its resubmission."""
+        :meth:`_agree_on_a_stop` shares it, SIGTERM outranking a Ctrl-C (a run both stopped is
+        preempted: 143, for its resubmission)."""
         if trainer.world_size > 1:
             self._pending_signal = max(self._pending_signal, signum)
         else:

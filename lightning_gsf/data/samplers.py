@@ -238,8 +238,9 @@ def _new_workers_ignore_stop_signals(loader: DataLoader) -> Iterator[None]:
     another of its threads or waits until the block ends: Python's handler runs in the main
     thread either way. (Where there is no signal mask, on Windows, the ``worker_init_fn``
     alone. A fork server that the block starts keeps the signals blocked, and so do the other
-    processes it forks later: the program's own, if it uses that start method too.) The workers end as PyTorch ends them (a sentinel on their queue), and a worker that
-    does not is killed (:class:`_WorkersKilledAtShutdown`), since SIGTERM no longer ends it."""
+    processes it forks later: the program's own, if it uses that start method too.) The
+    workers end as PyTorch ends them (a sentinel on their queue), and a worker that does not
+    is killed (:class:`_WorkersKilledAtShutdown`), since SIGTERM no longer ends it."""
     if loader.num_workers == 0:
         yield
         return
@@ -295,7 +296,7 @@ class _WorkersKilledAtShutdown(_MultiProcessingDataLoaderIter):
 _OPEN_WORKER_ITERATORS: weakref.WeakSet[_WorkersKilledAtShutdown] = weakref.WeakSet()
 
 
-@atexit.register  # (after multiprocessing's exit function, which atexit therefore runs later)
+@atexit.register  # (registered after multiprocessing's exit function: atexit runs this one first)
 def _shut_down_workers_at_exit() -> None:
     for iterator in list(_OPEN_WORKER_ITERATORS):
         iterator._shutdown_workers()
