@@ -229,7 +229,22 @@ def _run(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
     command += extra
     # (a session of its own, so that a run that hangs is killed with the processes it started)
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """(In the child, before it starts.) SIGINT's default action, as a command started from a
+    terminal has it: a test run started in the background (``cmd &`` in a script) ignores
+    SIGINT, and a Python started so keeps ignoring it, with no Ctrl-C handler to test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def sigint_as_in_a_terminal():
+    """Python's own SIGINT handler in this process for the test (see :func:`_sigint_as_in_a_terminal`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _finish(process: subprocess.Popen, timeout: float = 120, returncode: int = 0) -> str:
@@ -448,7 +463,7 @@ class RecordSigintHandler(pl.Callback):
 
 
 @pytest.mark.parametrize("stop_on_ctrl_c", [True, False])
-def test_ctrl_c_is_taken_as_a_stop_during_training_only(tmp_path, stop_on_ctrl_c):
+def test_ctrl_c_is_taken_as_a_stop_during_training_only(tmp_path, stop_on_ctrl_c, sigint_as_in_a_terminal):
     record = RecordSigintHandler()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
@@ -469,7 +484,7 @@ class FailAtSecondBatch(pl.Callback):
             raise RuntimeError("a bug in the second batch")
 
 
-def test_the_sigint_handler_is_put_back_when_training_fails(tmp_path):
+def test_the_sigint_handler_is_put_back_when_training_fails(tmp_path, sigint_as_in_a_terminal):
     """(PreemptionCheckpoint puts it back in on_exception; Lightning's signal connector, at its
     teardown, puts back the handlers it found too, so this holds either way.)"""
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
@@ -549,7 +564,7 @@ def _gsf_fit(data_root: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     command += ["--trainer.callbacks+=test_resume.SaveFinalWeights", f"--trainer.callbacks.path={run_dir}.pt"]
     environment = {**os.environ, "PYTHONPATH": str(SCRIPT.parent), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
 
 
 @pytest.mark.slow

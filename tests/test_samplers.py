@@ -339,7 +339,7 @@ def test_forkserver_workers_ignore_stop_signals_though_the_server_started_with_p
             sys.path.insert(0, sys.argv[1])
             from test_samplers import StopSignalSetting
 
-            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # (as a terminal's command has it)
             forkserver.ensure_running()
             dataset = StopSignalSetting(4)
             options = {"batch_size": 1, "num_workers": 2, "multiprocessing_context": "forkserver"}
