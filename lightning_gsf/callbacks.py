@@ -328,12 +328,13 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        first_agreement = False
+        if trainer.world_size > 1:
+            first_agreement = self._stop_signal is None
+            self._agree_on_a_stop(trainer, trainer.received_sigterm or self._held_for_accumulation)
         # Inside an accumulation window (no optimiser step after this batch) the gradients of
         # its batches so far are in no checkpoint: hold the signal to the window's last batch.
         # (Every rank's windows end at the same batch; Lightning checks the flag after this hook.)
-        agreeing = trainer.world_size > 1 and self._stop_signal is None
-        if trainer.world_size > 1:
-            self._agree_on_a_stop(trainer, trainer.received_sigterm or self._held_for_accumulation)
         accumulating = _inside_accumulation_window(trainer)
         if accumulating and trainer.received_sigterm:
             trainer._signal_connector.received_sigterm = False
@@ -344,7 +345,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
             if trainer.is_global_zero:
                 log.warning("%s inside a gradient-accumulation window: stopping at its end, step %d",
                             self._stop_name(), trainer.global_step)
-        elif agreeing and trainer.received_sigterm and trainer.is_global_zero:
+        elif first_agreement and trainer.received_sigterm and trainer.is_global_zero:
             log.warning("%s: every process stops after this batch, with a checkpoint", self._stop_name())
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -391,8 +392,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
             if trainer.is_global_zero:
                 exception.code = EXIT_STOPPED_BY_CTRL_C
         path = self.checkpoint_path(trainer)
-        # Every rank gets here together (Lightning broadcasts the signal in training, and this
-        # callback holds it in validation), as save_checkpoint's collectives need; only rank 0
+        # Every rank gets here together (under DDP the ranks agree on the signal at the end of
+        # every training batch and of a validation), as save_checkpoint's collectives need; only rank 0
         # writes.
         self._saving_mid_validation = trainer.state.fn == TrainerFn.FITTING and trainer.validating
         if self._saving_mid_validation and not resumes_mid_validation(trainer):

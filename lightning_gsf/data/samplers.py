@@ -307,6 +307,10 @@ class _StopSignalsShieldedLoader(DataLoader):
     :func:`_new_workers_ignore_stop_signals` around the start of its workers) and are killed at
     shutdown if they outlive PyTorch's own (:class:`_WorkersKilledAtShutdown`)."""
 
+    def __iter__(self) -> Iterator[Any]:
+        with _new_workers_ignore_stop_signals(self):
+            return super().__iter__()
+
     def _get_iterator(self) -> Any:
         if self.num_workers == 0:
             return super()._get_iterator()
@@ -325,9 +329,7 @@ class EvaluationDataLoader(_StopSignalsShieldedLoader):
         self.hand_over_read_errors = False
 
     def __iter__(self) -> Iterator[Any]:
-        with _new_workers_ignore_stop_signals(self):
-            batches = super().__iter__()
-        return _read_errors_handed_over(batches, self)
+        return _read_errors_handed_over(super().__iter__(), self)
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -423,9 +425,7 @@ class ResumableDataLoader(_StopSignalsShieldedLoader):
 
     def _counting_iterator(self) -> Iterator[Any]:
         self._batches_handed_out = 0
-        with _new_workers_ignore_stop_signals(self):
-            batches = super().__iter__()
-        for batch in _read_errors_handed_over(batches, self):
+        for batch in _read_errors_handed_over(super().__iter__(), self):
             # Counted before the hand-over: once the loop holds the batch, it is consumed.
             self._batches_handed_out += 1
             yield batch
