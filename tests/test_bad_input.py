@@ -15,6 +15,7 @@ copy of its format); a kind of bad input is one entry of the corruption tables. 
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -481,6 +482,31 @@ def test_a_stray_quote_names_the_line_it_is_on(tmp_path, source, message):
     with pytest.raises(AnnotationError, match=rf"^{path}, {message}") as error:
         read(path)
     assert len(str(error.value)) < 1000  # (not the swallowed rows)
+
+
+@pytest.mark.parametrize(
+    ("source", "repeated"),
+    [("epic100/EPIC_100_validation.csv", "verb_class"), ("epic100/EPIC_100_video_info.csv", "fps"),
+     ("epic100/EPIC_100_verb_classes.csv", "key"), ("kinetics400/kinetics-400_val.excerpt.csv", "label")],
+)
+def test_a_header_naming_a_column_twice_is_refused(tmp_path, source, repeated):
+    """A column named twice in a CSV header: a row would keep only the later column's value (a
+    verb class or a frame rate read from the wrong column, silently); the error names the file,
+    the header's line and the column."""
+    from lightning_gsf.data import epic, kinetics
+
+    header, *rows = (SHARED_DATA / source).read_text().splitlines()
+    index = header.split(",").index(repeated)
+    path = tmp_path / Path(source).name
+    # (each row repeats its own value, so only the header is at fault)
+    path.write_text("\n".join([f"{header},{repeated}"] + [f"{row},{next(csv.reader([row]))[index]}" for row in rows[:20]])
+                    + "\n")
+    read = {"validation": epic.read_actions, "video_info": epic.read_video_info, "verb_classes": epic.read_classes,
+            "kinetics": kinetics.read_csv}[next(k for k in ("validation", "video_info", "verb_classes", "kinetics")
+                                                if k in source)]
+    with pytest.raises(AnnotationError, match=rf"^{path}, line 1: the header names column\(s\) '{repeated}' more than "
+                                              "once$"):
+        read(path)
 
 
 def test_a_misspelled_kinetics_train_label_is_named(tmp_path):

@@ -80,7 +80,7 @@ def read_headed_csv(path: Path) -> tuple[list[str], Iterator[CsvRow]]:
     over several lines then names the line where it went wrong, not the line where the
     ``csv`` module stopped. A row the ``csv`` module cannot read (a stray quote that swallows
     the rest of the file past its field size limit) is an :class:`AnnotationError` naming
-    that line."""
+    that line, and so is a header that names a column twice."""
     lines = _CountedLines(text_stream(path))
     reader = csv.reader(lines)
 
@@ -99,6 +99,10 @@ def read_headed_csv(path: Path) -> tuple[list[str], Iterator[CsvRow]]:
 
     first = next_row()
     header = first[1] if first else []
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:  # (a row would keep only the later column's value)
+        raise AnnotationError(f"{path}, line {first[0]}: the header names column(s) {', '.join(map(repr, repeated))} "
+                              "more than once")
 
     def rows() -> Iterator[CsvRow]:
         while (row := next_row()) is not None:
