@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,21 @@ def test_a_frame_folder_of_other_names_names_the_template(tmp_path: Path) -> Non
         (tmp_path / f"{number:06d}.jpg").write_bytes(b"")
     with pytest.raises(SampleReadError, match=r"none of its 2 files is named as the frame template '\{:05d\}.jpg' "
                                               r"names frames \(00001.jpg, ...\), e.g. '000001.jpg': another frame_template\?"):
+        count_frame_files(tmp_path, "{:05d}.jpg", first_index=1)
+
+
+@pytest.mark.parametrize("other", ["{:05d}.png", "{:05d}.JPG", "{:05d}"])
+def test_a_frame_folder_in_two_formats_is_an_error_not_a_shorter_video(tmp_path: Path, other: str) -> None:
+    """Frames 1-5 as the template names them and 6-10 in another format or letter case: not a
+    five-frame video (the run of the template's names) but an error naming the folder and a
+    file of the other format."""
+    for number in range(1, 6):
+        (tmp_path / f"{number:05d}.jpg").write_bytes(b"")
+    for number in range(6, 11):
+        (tmp_path / other.format(number)).write_bytes(b"")
+    with pytest.raises(SampleReadError, match=rf"^{tmp_path}: 5 of its files are frames named otherwise than the frame "
+                                              rf"template '\{{:05d\}}.jpg' names them \(another format or letter "
+                                              rf"case\), e.g. '{re.escape(other.format(6))}' beside '00001.jpg'"):
         count_frame_files(tmp_path, "{:05d}.jpg", first_index=1)
 
 

@@ -127,8 +127,10 @@ def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
 
     A gap (a missing frame with later ones present) or frames numbered below ``first_index``
     raise :class:`SampleReadError` naming the folder and the frame, rather than cut the video
-    short, and so do files none of which the template names (another dataset's naming); the
-    parse reports it with the other unreadable media. One directory listing, no stat per file.
+    short, and so do files none of which the template names (another dataset's naming) and
+    frames in two formats (``00001.jpg`` ... beside ``00006.png`` ...: the video would end at
+    the last of the first run); the parse reports it with the other unreadable media. One
+    directory listing, no stat per file.
     """
     names = os.listdir(folder)
     numbers = sorted(frame_numbers(names, template))
@@ -136,6 +138,12 @@ def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
         raise SampleReadError(
             f"{folder}: none of its {len(files)} files is named as the frame template {template!r} names frames "
             f"({template.format(first_index)}, ...), e.g. {files[0]!r}: another frame_template?"
+        )
+    if numbers and (others := _frames_spelled_otherwise(names, template, numbers)):
+        raise SampleReadError(
+            f"{folder}: {len(others)} of its files are frames named otherwise than the frame template {template!r} "
+            f"names them (another format or letter case), e.g. {others[0]!r} beside {template.format(numbers[0])!r}: "
+            "one format per folder"
         )
     count = 0
     for number in numbers:
@@ -151,6 +159,19 @@ def count_frame_files(folder: Path, template: str, first_index: int = 1) -> int:
             )
         count += 1
     return count
+
+
+def _frames_spelled_otherwise(names: Iterable[str], template: str, numbers: Iterable[int]) -> list[str]:
+    """The ``names``, sorted, that ``template`` would name but for their extension or letter case
+    (``00006.png``, ``00006.JPG`` for ``{:05d}.jpg``), where ``numbers`` are those it names as
+    they are; another padding of the number (``6.jpg``) is not a frame of the template's and is
+    not counted here either."""
+    def stem(name: str) -> str:
+        return os.path.splitext(name)[0].casefold()
+
+    spelled = {template.format(number) for number in numbers}
+    template_stem = stem(template)
+    return sorted(name for name in names if name not in spelled and frame_numbers([stem(name)], template_stem))
 
 
 def frame_numbers(names: Iterable[str], template: str) -> list[int]:
