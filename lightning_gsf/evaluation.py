@@ -194,7 +194,8 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
     if isinstance(loaded, list):  # list format: one dict per sample
         if not loaded or not all(isinstance(row, Mapping) and set(keys) <= set(row) for row in loaded):
             raise ValueError(f"{path}: a list-format results file needs a {keys} dict per sample")
-        loaded = {key: [row[key] for row in loaded] for key in keys}
+        loaded = {RESULTS_ID_KEY: [row[RESULTS_ID_KEY] for row in loaded],
+                  **{f"{head}_output": _stacked_rows(loaded, head, path) for head in EPIC_HEADS}}
     if not isinstance(loaded, Mapping) or not set(keys) <= set(loaded):
         raise ValueError(f"{path}: expected a results dict with the keys {keys}")
     ids = [str(sample_id) for sample_id in np.asarray(loaded[RESULTS_ID_KEY]).reshape(-1).tolist()]
@@ -216,6 +217,27 @@ def read_results(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: the narration ids are not unique")
     return ids, scores
+
+
+def _stacked_rows(rows: Sequence[Mapping[str, Any]], head: str, path: Path) -> np.ndarray:
+    """The ``(N, K)`` ``<head>_output`` of a list-format results file's rows, each row's scores
+    one vector of ``K`` (bf16 tensors as float32); a row that is not names the file, the entry
+    (numbered from 0) and its narration id."""
+    key, arrays = f"{head}_output", []
+    for index, row in enumerate(rows):
+        value = row[key]
+        if isinstance(value, torch.Tensor) and value.dtype == torch.bfloat16:
+            value = value.float()  # (NumPy has no bf16)
+        where = f"{path}: entry {index} (narration id {row[RESULTS_ID_KEY]!r})"
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: {key} is not an array of scores ({error})") from None
+        expected = f"({arrays[0].shape[0]},)" if arrays else "one score per class"
+        if array.ndim != 1 or (arrays and array.shape != arrays[0].shape):
+            raise ValueError(f"{where}: {key} must be {expected} as in entry 0, got shape {array.shape}")
+        arrays.append(array)
+    return np.stack(arrays)
 
 
 def read_predictions(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:

@@ -210,6 +210,11 @@ def test_results_files_read_back(tmp_path, layout):
         ({"verb_output": np.zeros((2, 3)), "noun_output": np.zeros((2, 5)), "narration_id": np.array(["a", "a"])},
          "not unique"),
         ([{"verb_output": np.zeros(3), "narration_id": "a"}], "dict per sample"),
+        ([{"verb_output": np.zeros(3), "noun_output": np.zeros(5), "narration_id": "a"},
+          {"verb_output": np.zeros(3), "noun_output": np.zeros(4), "narration_id": "b"}],
+         r"entry 1 \(narration id 'b'\): noun_output must be \(5,\) as in entry 0, got shape \(4,\)"),
+        ([{"verb_output": np.zeros((1, 3)), "noun_output": np.zeros(5), "narration_id": "a"}],
+         r"entry 0 \(narration id 'a'\): verb_output must be one score per class as in entry 0, got shape \(1, 3\)"),
     ],
 )
 def test_malformed_results_file_is_rejected_naming_it(tmp_path, content, message):
@@ -393,6 +398,9 @@ def test_results_file_scores_keep_their_dtype(tmp_path):
     torch.save({"verb_output": torch.zeros(1, 3, dtype=torch.bfloat16), "noun_output": torch.zeros(1, 4),
                 "narration_id": ["a"]}, tensors)
     assert read_predictions(tensors)[1]["verb"].dtype == torch.float32
+    torch.save([{"verb_output": torch.zeros(3, dtype=torch.bfloat16), "noun_output": torch.zeros(4, dtype=torch.bfloat16),
+                 "narration_id": "a"}], tensors)  # (the list format, a row at a time)
+    assert [scores.dtype for scores in read_predictions(tensors)[1].values()] == [torch.float32] * 2
 
 
 def test_results_table_has_a_row_per_subset():
