@@ -206,6 +206,11 @@ def test_the_valid_example_parses(tmp_path):
         (with_field(1, "stop_frame", "12"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): frames 26..12; expected 1 <= start_frame <= stop_frame"),
         (with_field(0, "start_frame", "0"), EPIC_ACTION_COLUMNS, r"line 2 .*frames 0..20"),
         (with_field(0, "verb_class", "take"), EPIC_ACTION_COLUMNS, r"column 'verb_class' is 'take'; expected an integer"),
+        # (numbers Python reads, no annotation file means: 1_3 is 13 to int(), ١٣ too)
+        (with_field(0, "start_frame", "1_3"), EPIC_ACTION_COLUMNS, r"column 'start_frame' is '1_3'; expected an integer"),
+        (with_field(0, "verb_class", "\u0661"), EPIC_ACTION_COLUMNS, r"column 'verb_class' is '\u0661'; expected an integer"),
+        (with_field(0, "start_timestamp", "00:00:0\u0660.20"), EPIC_ACTION_COLUMNS, r"column 'start_timestamp' is .*; expected a timestamp"),
+        (with_field(0, "all_noun_classes", "[0x1]"), EPIC_ACTION_COLUMNS, r"column 'all_noun_classes' is '\[0x1\]'; expected a list of int"),
         (with_field(0, "all_noun_classes", "[1"), EPIC_ACTION_COLUMNS, r"column 'all_noun_classes' is '\[1'; expected a list of int"),
         (with_field(0, "all_nouns", "['cup', 'tap']"), EPIC_ACTION_COLUMNS, r"expected two lists of the same, non-zero length"),
         (with_field(1, "narration_id", "P01_01_0"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_0\): narration_id repeats line 2"),
@@ -216,7 +221,7 @@ def test_the_valid_example_parses(tmp_path):
         (GOOD_ROWS, tuple(c + " " if c == "verb_class" else c for c in EPIC_ACTION_COLUMNS), r"header: missing column\(s\) \['verb_class'\]; .* found \[.*'verb_class '"),
     ],
     ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
-         "frame-zero", "bad-class", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
+         "frame-zero", "bad-class", "underscored-frame", "arabic-indic-class", "arabic-indic-timestamp", "hex-list", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
          "noun-class-not-first", "misnamed-label-column"],
 )  # fmt: skip
 def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, message):

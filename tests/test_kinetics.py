@@ -68,6 +68,8 @@ def test_relative_path_templates(template: str, expected: str) -> None:
         ("youtube_id,time_start,time_end,split\nabc,1,11,val\n", r"line 1: header .* lacks the columns \['label'\]"),
         ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1,11,val\nabseiling,abd,one,11,val\n",
          r"line 3: expected a whole number of seconds in 'time_start'"),
+        ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1_0,11,val\n",
+         r"line 2: expected a whole number of seconds in 'time_start', got '1_0'"),
         ("label,youtube_id,time_start,time_end,split\n\"air drumming\",abc,1,11\n", r"line 2: expected 5 fields"),
         ("label,youtube_id,time_start,time_end,split\nabseiling,abc,11,1,val\n", r"line 2: expected 0 <= time_start < time_end"),
         # (an empty split made the path "/abc_...mp4", outside the dataset root)

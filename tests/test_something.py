@@ -141,6 +141,14 @@ def test_ssv2_split_errors_name_file_and_entry(tmp_path: Path, entries: list, me
         ssv2.read_split(path, {"Holding something": 0})
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "\u0661"])  # (str.isdigit is True for both; int() fails on the first)
+def test_ssv2_label_map_takes_ascii_digits_only(tmp_path: Path, index: str) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"Holding something": "0", "Closing something": index}))
+    with pytest.raises(AnnotationError, match=r"class 'Closing something': expected the index as a string of digits"):
+        ssv2.read_label_map(path)
+
+
 def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
     path = tmp_path / "labels.json"
     path.write_text(json.dumps({"Holding something": "0", "Closing something": "2"}))

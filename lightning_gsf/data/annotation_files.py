@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 
 from lightning_gsf.data.errors import AnnotationError
 
-__all__ = ["CsvRow", "check_class_count", "read_class_name_lines", "read_headed_csv", "read_json", "read_text",
-           "text_stream"]
+__all__ = ["CsvRow", "check_class_count", "parse_integer", "parse_number", "read_class_name_lines", "read_headed_csv",
+           "read_json", "read_text", "text_stream"]
 
 
 def read_text(path: Path) -> str:
@@ -33,6 +34,28 @@ def read_text(path: Path) -> str:
         raise AnnotationError(
             f"{path}, line {line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
         ) from None
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_integer(text: str) -> int:
+    """``text`` (surrounding blanks aside) as a decimal integer in ASCII digits, else ``ValueError``:
+    Python's ``int`` also reads ``1_13`` as 113 and other scripts' digits, which no annotation
+    file means."""
+    if not _INTEGER.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a decimal integer")
+    return int(text)
+
+
+def parse_number(text: str) -> float:
+    """``text`` (surrounding blanks aside) as a decimal number in ASCII digits (``25``, ``59.94``,
+    ``1e3``), else ``ValueError``: not ``1_0``, other scripts' digits, ``nan`` or ``inf``,
+    which Python's ``float`` reads."""
+    if not _NUMBER.fullmatch(text.strip()):
+        raise ValueError(f"{text!r} is not a decimal number")
+    return float(text)
 
 
 def text_stream(path: Path) -> io.StringIO:

@@ -45,7 +45,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from lightning_gsf.data.annotation_files import read_headed_csv
+from lightning_gsf.data.annotation_files import parse_integer, parse_number, read_headed_csv
 from lightning_gsf.data.base import ClipSample, VideoDataModule
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.sources import (
@@ -109,8 +109,10 @@ EPIC_VIDEO_INFO_COLUMNS = ("video_id", "duration", "fps", "resolution")
 # 0.013 s); within this margin the segment is clipped to the video, beyond it is an error.
 _END_TOLERANCE_SECONDS = 0.05
 
-_TIMESTAMP = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
-_RESOLUTION = re.compile(r"(\d+)x(\d+)")
+# (re.ASCII: \d is 0-9 only, not every script's digits)
+_TIMESTAMP = re.compile(r"(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)", re.ASCII)
+_RESOLUTION = re.compile(r"(\d+)x(\d+)", re.ASCII)
+_INTEGER_LIST = re.compile(r"\[\s*(?:[+-]?\d+\s*,\s*)*(?:[+-]?\d+\s*,?\s*)?\]", re.ASCII)
 
 _T = TypeVar("_T")
 
@@ -214,10 +216,10 @@ class _Row:
             raise self.error(f"column {column!r} is {value!r}; expected {expected}") from None
 
     def integer(self, column: str) -> int:
-        return self._parsed(column, int, "an integer")
+        return self._parsed(column, parse_integer, "an integer")
 
     def real(self, column: str) -> float:
-        number = self._parsed(column, float, "a number")
+        number = self._parsed(column, parse_number, "a number")
         if not math.isfinite(number):
             raise self.error(f"column {column!r} is {self.values[column].strip()!r}; expected a finite number")
         return number
@@ -234,7 +236,8 @@ class _Row:
             items = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             items = None
-        if not isinstance(items, list) or not all(isinstance(item, item_type) for item in items):
+        decimal = item_type is not int or _INTEGER_LIST.fullmatch(value)  # (not [1_0], [0x1] that literal_eval reads)
+        if not (decimal and isinstance(items, list) and all(isinstance(item, item_type) for item in items)):
             raise self.error(f"column {column!r} is {value!r}; expected a list of {item_type.__name__}, e.g. [3]")
         return tuple(items)
 

@@ -26,7 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from lightning_gsf.data.annotation_files import check_class_count, read_class_name_lines, read_headed_csv
+from lightning_gsf.data.annotation_files import (check_class_count, parse_integer, parse_number,
+                                                  read_class_name_lines, read_headed_csv)
 from lightning_gsf.data.errors import AnnotationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
@@ -98,11 +99,11 @@ def read_label_map(path: Path) -> list[str]:
 
 def _parse_second(value: str, column: str, where: str) -> int:
     try:
-        return int(value)
+        return parse_integer(value)
     except ValueError:
         # Some copies write whole seconds as floats ("17.0").
         try:
-            seconds = float(value)
+            seconds = parse_number(value)
         except ValueError:
             seconds = float("nan")
         if not seconds.is_integer():

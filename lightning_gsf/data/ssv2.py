@@ -37,7 +37,7 @@ def read_label_map(path: Path) -> dict[str, int]:
     """``labels.json`` as ``{class name: index}``, checked to number the classes 0..K-1 once each."""
     class_to_index: dict[str, int] = {}
     for name, value in read_json(path, dict).items():
-        if not (isinstance(value, str) and value.isdigit()):
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
             raise AnnotationError(f"{path}, class {name!r}: expected the index as a string of digits, got {value!r}")
         class_to_index[name] = int(value)
     if sorted(class_to_index.values()) != list(range(len(class_to_index))):
