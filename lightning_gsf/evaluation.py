@@ -425,6 +425,11 @@ def evaluate_scores(
         subsets[TAIL_NOUN] = torch.tensor([n in tail_nouns for n in labels["noun"].tolist()])
     if unseen_participants is not None:
         subsets[UNSEEN] = torch.tensor([row[0] in unseen_participants for row in rows])
+    members = {TAIL_VERB: "has a tail verb", TAIL_NOUN: "has a tail noun", UNSEEN: "is of an unseen participant"}
+    for subset, mask in subsets.items():
+        if not mask.any():  # (its rows are left out of the results, as the official evaluator warns)
+            log.warning("%s: none of the %d predicted samples %s: no %s accuracies (another split's subset file?)",
+                        source, len(ids), members[subset], subset.replace("_", " "))
     check_evaluation_inputs(scores, labels, subsets)
     results = accuracies_from_hits(official_hits(scores["verb"], scores["noun"], labels["verb"], labels["noun"]),
                                    subsets)

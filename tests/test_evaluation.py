@@ -501,3 +501,21 @@ def test_evaluating_a_subset_names_the_samples_left_out(tmp_path, caplog):
         results = evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
     assert "preds: 1 of 3 annotated samples have no prediction, e.g. ['P01_1_2']; the accuracies are over the 2" in caplog.text
     assert results["all_action_accuracy_at_1"] == 100.0
+
+
+def test_a_subset_that_no_predicted_sample_is_in_is_warned_of(tmp_path, caplog):
+    """A subset file that matches no predicted sample (the test split's unseen participants
+    given with validation annotations) leaves its rows out of the results, with a warning
+    that says so, not silently."""
+    rows = [["P01_1_0", "P01", "0", "1"], ["P01_1_1", "P01", "1", "2"]]
+    path = tmp_path / "labels.csv"
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows))
+    scores = {"verb": torch.eye(3)[:2] * 5, "noun": torch.eye(3)[[1, 2]] * 5}
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        results = evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds",
+                                  tail_verbs={1}, tail_nouns={7}, unseen_participants={"P99"})
+    assert "preds: none of the 2 predicted samples is of an unseen participant: no unseen accuracies" in caplog.text
+    assert "preds: none of the 2 predicted samples has a tail noun: no tail noun accuracies" in caplog.text
+    assert "tail verb" not in caplog.text
+    assert not [key for key in results if key.startswith("unseen")]
+    assert results["tail_verb_accuracy_at_1"] == 100.0 and "tail_noun_accuracy_at_1" not in results
