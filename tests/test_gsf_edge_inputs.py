@@ -29,6 +29,32 @@ def test_a_half_precision_module_normalises_with_float32_statistics(dtype, train
     torch.testing.assert_close(module.bn.running_mean, reference.bn.running_mean, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", ["forward", "forward_torch"])
+def test_a_half_precision_module_trains(dtype, path):
+    """fp16 / bf16 module and map (``precision="16-true"``, or bf16 where the C++ kernels do not
+    build): the backward gives the float32 spec's gradients within the dtype's rounding; it
+    raised in the batch norm's backward, given half-precision BN weights beside float32
+    statistics. (The reference runs in float32 on the same rounded input and parameters.)"""
+    module = make_gsf(16, 2, 1.0, seed=0).train().to(dtype)
+    reference = copy.deepcopy(module).float()
+    x = make_input(2, 2, 16, 5, seed=0)
+    leaf, leaf_reference = x.to(dtype).requires_grad_(), x.to(dtype).float().requires_grad_()
+    out = getattr(module, path)(leaf * 1)
+    expected = reference.forward_reference(leaf_reference * 1)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out.float() * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    assert leaf.grad.dtype == dtype
+    torch.testing.assert_close(leaf.grad.float(), leaf_reference.grad, rtol=5e-2, atol=5e-2)
+    for (name, parameter), reference_parameter in zip(module.named_parameters(), reference.parameters()):
+        assert parameter.grad.dtype == dtype, name
+        # (a bias's gradient sums terms of either sign: its rounding error is the terms', ~1 here)
+        scale = max(reference_parameter.grad.abs().max().item(), 1.0)
+        torch.testing.assert_close(parameter.grad.float(), reference_parameter.grad, rtol=0, atol=3e-2 * scale,
+                                   msg=name)
+
+
 @pytest.mark.parametrize("view", ["channel_slice", "frame_slice", "transposed"])
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_in_place_on_a_view_with_autograd_writes_out_of_place(path, view):
