@@ -1028,9 +1028,9 @@ class _NormReluTaps(torch.autograd.Function):
         grad_taps_weight = torch.matmul(grad_products, flat.transpose(-1, -2)).sum(dim=0)
         grad_activated = torch.matmul(taps_weight.to(dtype).transpose(-1, -2), grad_products)
         grad_normed = torch.ops.aten.threshold_backward(grad_activated.view(nt, p, h, w), activated, 0)
-        # (a half-precision input takes float32 statistics only beside a float32 weight)
+        # (a half-precision input takes float32 statistics only beside a weight of their dtype)
         grad_v, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad_normed, v, weight.float(), mean, var, mean, invstd, ctx.batch_statistics, ctx.eps,
+            grad_normed, v, weight.to(mean.dtype), mean, var, mean, invstd, ctx.batch_statistics, ctx.eps,
             [True, True, True],
         )
         return (grad_v, grad_weight.to(weight.dtype), grad_bias.to(bias.dtype), None, None,
