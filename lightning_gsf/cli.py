@@ -74,7 +74,8 @@ from lightning_gsf.callbacks import (  # (EXIT_STOPPED_BY_CTRL_C: gsf's status a
     stop_signal,
 )
 from lightning_gsf.data.base import VideoDataModule
-from lightning_gsf.data.errors import AnnotationError, ResumeMismatchError, SampleReadError, original_message
+from lightning_gsf.data.errors import (AnnotationError, ConfigurationError, ResumeMismatchError, SampleReadError,
+                                       original_message)
 from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.module import VideoClassificationModule
@@ -90,8 +91,10 @@ EXIT_STOPPED_BY_SIGTERM = 128 + signal.SIGTERM
 #: LightningCLI's subcommands; each gets its own parser, and each parser the settings below.
 LIGHTNING_SUBCOMMANDS = tuple(LightningCLI.subcommands())
 # The errors of Lightning's subcommands that are about the user's input and name it (the file
-# and row, the checkpoint's differing settings): ``gsf`` prints their message, not a traceback.
-INPUT_ERRORS = (AnnotationError, SampleReadError, CheckpointMismatchError, ResumeMismatchError)
+# and row, the checkpoint's differing settings, a setting that cannot work, a path that names no
+# file): ``gsf`` prints their message, not a traceback.
+INPUT_ERRORS = (AnnotationError, SampleReadError, CheckpointMismatchError, ResumeMismatchError, ConfigurationError,
+                FileNotFoundError, IsADirectoryError)
 
 #: Settings of every ``gsf`` parser. ``allow_abbrev=False``: argparse would otherwise read a
 #: typo that is a prefix of a real option (``--model.temporal_modul``) as that option.
@@ -256,7 +259,7 @@ class GSFCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") == "best":
             folder = Path(checkpoint_dir(config.get("trainer", {}).get("default_root_dir")))
             found = sorted(str(path) for path in folder.glob("best-*.ckpt"))
-            raise ValueError(
+            raise ConfigurationError(
                 f"--ckpt_path best names the best checkpoint of a fit run in the same process, and gsf {self.subcommand} "
                 f"is a process of its own: pass the checkpoint's file ({', '.join(found) or f'none in {folder}'})"
             )
@@ -282,7 +285,7 @@ class GSFCLI(LightningCLI):
         last = folder / "last.ckpt"
         if self.subcommand in ("validate", "test", "predict") and ckpt_path == "last" and not last.is_file():
             found = sorted(str(path) for path in folder.glob("*.ckpt"))
-            raise ValueError(f"--ckpt_path last: no last.ckpt in {folder} (trainer.default_root_dir "
+            raise ConfigurationError(f"--ckpt_path last: no last.ckpt in {folder} (trainer.default_root_dir "
                              f"{config.get('trainer', {}).get('default_root_dir')!r}); checkpoints there: "
                              f"{', '.join(found) or 'none'}")
         if self.subcommand == "fit" and ckpt_path == "last" and not last.is_file():
@@ -292,7 +295,7 @@ class GSFCLI(LightningCLI):
             # last_checkpoint does the work of)
             config["ckpt_path"] = None
         if self.subcommand == "fit" and not ckpt_path and last.is_file():
-            raise ValueError(f"{last} is a previous run's, and this run would overwrite it: resume that run with "
+            raise ConfigurationError(f"{last} is a previous run's, and this run would overwrite it: resume that run with "
                              f"--ckpt_path last, or give this one another --trainer.default_root_dir (or remove "
                              f"{folder})")
 
@@ -376,6 +379,15 @@ def show_info_messages() -> None:
     logging.getLogger("lightning_gsf").setLevel(logging.INFO)
 
 
+def _input_error(error: BaseException) -> BaseException | None:
+    """The first of :data:`INPUT_ERRORS` along ``error``'s chain of causes, or None: jsonargparse
+    wraps an error raised while it builds a ``class_path`` component (the data module's
+    settings, say) in a ``ValueError`` of its own, raised from it."""
+    while error is not None and not isinstance(error, INPUT_ERRORS):
+        error = error.__cause__
+    return error
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``gsf``; ``args`` replaces ``sys.argv[1:]`` (tests pass a list).
 
@@ -398,8 +410,9 @@ def main(args: Sequence[str] | None = None) -> None:
         # A tool's errors are about its input (a file it cannot read, an argument it cannot use),
         # and so are the data errors and checkpoint mismatches of Lightning's subcommands; they
         # name it: one line, as argparse gives, not a traceback.
-        if command in TOOLS or (command in LIGHTNING_SUBCOMMANDS and isinstance(error, INPUT_ERRORS)):
-            raise SystemExit(f"gsf {command}: error: {original_message(error)}") from None
+        cause = _input_error(error) if command in LIGHTNING_SUBCOMMANDS else error if command in TOOLS else None
+        if cause is not None:
+            raise SystemExit(f"gsf {command}: error: {original_message(cause)}") from None
         raise
     except SIGTERMException as stop:
         # Every process has passed the checkpoint's barrier. Only rank 0 reports the stop: a

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lightning_gsf.backbones import DEFAULT_NORMALIZATION, build_backbone, check_backbone_name
+from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.gsf import autocast_enabled
 from lightning_gsf.normalization import get_normalization, normalize
 
@@ -56,9 +57,9 @@ class VideoClassifier(nn.Module):
         check_backbone_name(backbone)
         heads = {"class": num_classes} if isinstance(num_classes, int) else dict(num_classes)
         if not heads or any(not isinstance(k, int) or k < 1 for k in heads.values()):
-            raise ValueError(f"num_classes must map head names to positive class counts, got {num_classes!r}")
+            raise ConfigurationError(f"num_classes must map head names to positive class counts, got {num_classes!r}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigurationError(f"dropout must be in [0, 1), got {dropout}")
         self.normalization = normalization or DEFAULT_NORMALIZATION[backbone]
         get_normalization(self.normalization)  # fail now, not at the first batch
         self.num_segments = num_segments

@@ -46,6 +46,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_gsf.backbones import DEFAULT_GSF_RATIO, DEFAULT_NORMALIZATION
 from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
+from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.data.samplers import UnreadableBatch
 from lightning_gsf.gsf import GSF
 from lightning_gsf.metrics import ClassificationScores, classification_loss
@@ -169,10 +170,10 @@ class VideoClassificationModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if not 0.0 <= warmup_start_factor <= 1.0:
-            raise ValueError(f"warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
+            raise ConfigurationError(f"warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
         unknown = set(loss_weights or {}) - set(num_classes)
         if unknown:
-            raise ValueError(f"loss_weights names heads {sorted(unknown)} that num_classes {dict(num_classes)} lacks")
+            raise ConfigurationError(f"loss_weights names heads {sorted(unknown)} that num_classes {dict(num_classes)} lacks")
         self.loss_weights = {head: float((loss_weights or {}).get(head, 1.0)) for head in num_classes}
         self.model = VideoClassifier(
             backbone=backbone,
@@ -374,7 +375,7 @@ class VideoClassificationModule(pl.LightningModule):
         optimizer = torch.optim.SGD(self.parameter_groups(), lr=self.hparams.lr, momentum=self.hparams.momentum)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ValueError("the learning-rate schedule (cosine to the end of training) needs the training's length: "
+            raise ConfigurationError("the learning-rate schedule (cosine to the end of training) needs the training's length: "
                              "set trainer.max_epochs or trainer.max_steps")
         total_steps = int(total)
         batches = self.trainer.num_training_batches
@@ -385,7 +386,7 @@ class VideoClassificationModule(pl.LightningModule):
             batches = self.trainer.num_training_batches
         if not math.isfinite(batches):
             if self.hparams.warmup_epochs:
-                raise ValueError("the warm-up is in epochs, and the train loader has no length (an iterable "
+                raise ConfigurationError("the warm-up is in epochs, and the train loader has no length (an iterable "
                                  "dataset?): set model.warmup_epochs to 0")
             batches = total_steps * self.trainer.accumulate_grad_batches  # (the run as one epoch; no warm-up)
         steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))

@@ -271,6 +271,38 @@ def test_a_subcommand_stopped_by_bad_data_ends_with_its_message_not_a_traceback(
     assert re.match(r"gsf fit: error: \S+EPIC_100_train.csv, line 3\b", str(exit_info.value.code)), exit_info.value.code
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "--data.init_args.root", "{tmp}/nowhere"], r"annotation file \S+nowhere/annotations/EPIC_100_\w+.csv does not exist"),
+        (["fit", "--data.init_args.annotations_dir", "{tmp}"], r"annotation file \S+/EPIC_100_\w+.csv does not exist"),
+        (["fit", "--data.init_args.batch_size", "1000"], r"the train split has \d+ samples: fewer than one batch of 1000"),
+        # (jsonargparse wraps an error of the data module's class_path component in its own)
+        (["fit", "--data.init_args.num_workers", "-1"], r"num_workers must be >= 0, got -1$"),
+        (["fit", "--model.backbone", "resnet19"], r"unknown backbone 'resnet19'"),
+        (["fit", "--model.gsf_ratio", "0.33"], r"cannot insert GSF after layer1.0.conv2: GSF cannot split 64 channels"),
+        (["fit", "--model.pretrained", "{tmp}/weights.pth"], r"pretrained weights file \S+weights.pth does not exist"),
+        (["fit", "--model.pretrained", "{tmp}"], r"pretrained weights \S+ is a folder"),
+        (["fit", "--trainer.max_epochs", "-1"], r"the learning-rate schedule .* needs the training's length"),
+        (["validate", "--ckpt_path", "{tmp}/nope.ckpt"], r"Checkpoint file not found: \S+nope.ckpt"),
+        (["validate", "--ckpt_path", "last"], r"--ckpt_path last: no last.ckpt in "),
+        (["test", "--ckpt_path", "best"], r"--ckpt_path best names the best checkpoint of a fit run in the same process"),
+    ],
+    ids=["data_root", "annotations_dir", "batch_size", "num_workers", "backbone", "gsf_ratio", "missing_weights",
+         "weights_folder", "no_length", "missing_checkpoint", "no_last", "best"],
+)
+def test_a_subcommand_stopped_by_a_setting_ends_with_its_message_not_a_traceback(tmp_path, dataset, argv, message):
+    """A setting that cannot work (a path that names nothing, an option's value, a checkpoint
+    choice) ends ``gsf fit/validate/test`` with one line naming it, as a bad annotation row does."""
+    config = _config(tmp_path, dataset)
+    argv = [argv[0], "--config", str(config), *(argument.format(tmp=tmp_path) for argument in argv[1:])]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    text = str(exit_info.value.code)
+    assert re.match(rf"gsf {argv[0]}: error: ", text) and re.search(message, text), text
+    assert "Traceback" not in text and "\n" not in text
+
+
 def test_a_mid_epoch_resume_with_another_seed_ends_with_its_message_not_a_traceback(tmp_path, dataset):
     """Resuming a mid-epoch checkpoint with another shuffling seed cannot continue the saved
     order: ``gsf fit`` ends with one line naming the setting, and the checkpoint is untouched."""

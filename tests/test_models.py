@@ -14,6 +14,7 @@ from lightning_gsf.backbones import BACKBONES, build_backbone
 from lightning_gsf.backbones import weights as weights_module
 from lightning_gsf.backbones.insertion import TEMPORAL_MODULES
 from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, saved_activation_bytes
+from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.gsf import GSF
 from lightning_gsf.model import VideoClassifier
 from lightning_gsf.normalization import normalize
@@ -559,7 +560,7 @@ def test_torchvision_weights_that_cannot_be_fetched_say_where_the_file_goes(monk
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
     monkeypatch.setattr(type(weights), "get_state_dict", offline)
-    with pytest.raises(RuntimeError, match=r"ResNet18_Weights.IMAGENET1K_V1 could not be loaded .*offline, put "
+    with pytest.raises(ConfigurationError, match=r"ResNet18_Weights.IMAGENET1K_V1 could not be loaded .*offline, put "
                                            r"resnet18-f37072fd.pth in .*checkpoints"):
         weights_module.fetch_torchvision_weights(weights)
 

@@ -27,6 +27,7 @@ from lightning_gsf.backbones.inception_v3 import tf_inception_v3, torchvision_in
 from lightning_gsf.backbones.insertion import TEMPORAL_MODULES, insert_temporal_modules
 from lightning_gsf.backbones.resnet import RESNETS, torchvision_resnet
 from lightning_gsf.backbones.weights import load_imagenet_weights, pretrained_state_dict
+from lightning_gsf.data.errors import ConfigurationError
 
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     **{name: (lambda name=name: torchvision_resnet(name)) for name in RESNETS},
@@ -47,7 +48,7 @@ DEFAULT_NORMALIZATION = {
 
 def check_backbone_name(name: str) -> None:
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
+        raise ConfigurationError(f"unknown backbone {name!r}; expected one of {BACKBONES}")
 
 
 def build_backbone(
@@ -70,9 +71,9 @@ def build_backbone(
     """
     check_backbone_name(name)
     if temporal_module not in TEMPORAL_MODULES:
-        raise ValueError(f"unknown temporal module {temporal_module!r}; expected one of {TEMPORAL_MODULES}")
+        raise ConfigurationError(f"unknown temporal module {temporal_module!r}; expected one of {TEMPORAL_MODULES}")
     if num_segments < 1:
-        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        raise ConfigurationError(f"num_segments must be >= 1, got {num_segments}")
     ratio = DEFAULT_GSF_RATIO[name] if gsf_ratio is None else gsf_ratio
     backbone = ARCHITECTURES[name]()
     if weights is not None:

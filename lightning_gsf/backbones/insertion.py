@@ -33,6 +33,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from lightning_gsf.backbones.inception_net import InceptionNet
 from lightning_gsf.backbones.inception_v3 import TORCHVISION_TEMPORAL_SITES
+from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.gsf import GSF, gsf_channels
 from lightning_gsf.temporal import TemporalShift
 
@@ -182,14 +183,14 @@ def _check_gsf_ratio(sites: list[tuple[str, int, _Install]], gsf_ratio: float) -
         except ValueError as err:
             fitting = _percent_ratios_that_fit([channels for _, channels, _ in sites])
             listed = ", ".join(f"{percent / 100:g}" for percent in fitting) or "none"
-            raise ValueError(f"cannot insert GSF after {site}: {err}. The ratios of whole percent that fit "
+            raise ConfigurationError(f"cannot insert GSF after {site}: {err}. The ratios of whole percent that fit "
                              f"every site of this backbone: {listed}") from err
 
 
 def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int, gsf_ratio: float) -> nn.Module:
     """Insert ``kind`` (``"gsf"``, ``"tsm"`` or ``"none"``) into ``backbone`` in place; return it."""
     if kind not in TEMPORAL_MODULES:
-        raise ValueError(f"unknown temporal module {kind!r}; expected one of {TEMPORAL_MODULES}")
+        raise ConfigurationError(f"unknown temporal module {kind!r}; expected one of {TEMPORAL_MODULES}")
     if kind == "none":
         return backbone
     sites = _temporal_sites(backbone)

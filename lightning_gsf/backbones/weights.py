@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum, get_model_weights, get_weight
 
+from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.gsf import GSF
 from lightning_gsf.temporal import TemporalShift
 
@@ -42,20 +43,20 @@ def resolve_torchvision_weights(backbone: str, name: str) -> WeightsEnum:
     """The torchvision weights enum member called ``name`` for ``backbone``."""
     builder = TORCHVISION_BUILDERS.get(backbone)
     if builder is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"backbone {backbone!r} has no torchvision weights; pass pretrained= a local state-dict file"
         )
     if "." in name:  # fully qualified, e.g. "ResNet50_Weights.IMAGENET1K_V2"
         weights = get_weight(name)
         if weights not in get_model_weights(builder):
-            raise ValueError(f"weights {name!r} are not {builder} weights")
+            raise ConfigurationError(f"weights {name!r} are not {builder} weights")
         return weights
     enum = get_model_weights(builder)
     try:
         return enum[name]
     except KeyError:
         choices = list(dict.fromkeys(["DEFAULT", *enum.__members__]))
-        raise ValueError(f"unknown {builder} weights {name!r}; expected a file or one of {choices}") from None
+        raise ConfigurationError(f"unknown {builder} weights {name!r}; expected a file or one of {choices}") from None
 
 
 def fetch_torchvision_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
@@ -64,7 +65,7 @@ def fetch_torchvision_weights(weights: WeightsEnum) -> dict[str, torch.Tensor]:
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:  # no network, a corrupt cache file
-        raise RuntimeError(
+        raise ConfigurationError(
             f"torchvision weights {weights} could not be loaded ({type(error).__name__}: {error}); offline, put "
             f"{weights.url.rsplit('/', 1)[-1]} in {Path(torch.hub.get_dir()) / 'checkpoints'} (a corrupt one there: "
             f"delete it), or pass pretrained= a local file"
@@ -76,12 +77,12 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # truncated, not a torch file, or objects
-        raise ValueError(f"{path}: not a readable weights file, truncated or corrupt? ({type(error).__name__}: "
+        raise ConfigurationError(f"{path}: not a readable weights file, truncated or corrupt? ({type(error).__name__}: "
                          f"{error})") from None
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: expected a state dict (names -> tensors)")
+        raise ConfigurationError(f"{path}: expected a state dict (names -> tensors)")
     return dict(loaded)
 
 
@@ -123,7 +124,7 @@ def load_imagenet_weights(backbone: nn.Module, state_dict: Mapping[str, torch.Te
     required = {key for key in set(own) - temporal_module_keys(backbone) if not key.endswith(".num_batches_tracked")}
     problems = describe_state_dict_mismatch(loaded, own, required=required)
     if problems:
-        raise ValueError(f"{source} does not fit the backbone: {problems}")
+        raise ConfigurationError(f"{source} does not fit the backbone: {problems}")
     backbone.load_state_dict(loaded, strict=False)
 
 

@@ -26,7 +26,11 @@ def read_text(path: Path) -> str:
     """The text of an annotation file, UTF-8 with or without a byte-order mark (which
     spreadsheet exports and some editors write; it must not become part of the first field);
     a file in another encoding is an :class:`AnnotationError` naming the file and the line."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file {path} does not exist (data.init_args.annotations_dir names the "
+                                "folder of the annotation files)") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -60,7 +60,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, ConfigurationError, SampleReadError
 from lightning_gsf.data.samplers import (
     EvaluationDataLoader,
     ResumableDataLoader,
@@ -389,15 +389,15 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         super().__init__()
         for name, value in (("num_segments", num_segments), ("batch_size", batch_size)):
             if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                raise ConfigurationError(f"{name} must be >= 1, got {value}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise ConfigurationError(f"num_workers must be >= 0, got {num_workers}")
         for name, value in (("test_split", test_split), ("predict_split", predict_split)):
             if value not in SPLITS:
-                raise ValueError(f"{name} must be one of {SPLITS}, got {value!r}")
+                raise ConfigurationError(f"{name} must be one of {SPLITS}, got {value!r}")
         train_sampler(train_sampling)  # (checks the name now rather than when the first loader is built)
         if worker_start_method is not None and worker_start_method not in multiprocessing.get_all_start_methods():
-            raise ValueError(f"worker_start_method must be one of {multiprocessing.get_all_start_methods()} "
+            raise ConfigurationError(f"worker_start_method must be one of {multiprocessing.get_all_start_methods()} "
                              f"on this platform, or None, got {worker_start_method!r}")
         self.num_segments = num_segments
         self.train_sampling = train_sampling
@@ -557,7 +557,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         if self.drop_last and sampler.num_samples < self.batch_size:
             # (Lightning would only say "No training batches" and stop)
             shares = f", {sampler.num_samples} for each of {sampler.num_replicas} processes" if sampler.num_replicas > 1 else ""
-            raise ValueError(
+            raise ConfigurationError(
                 f"the train split has {len(dataset)} samples{shares}: fewer than one batch of {self.batch_size}, "
                 "and drop_last drops it; lower batch_size or set drop_last: false"
             )

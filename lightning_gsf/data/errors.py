@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["AnnotationError", "MissingMediaError", "ResumeMismatchError", "SampleReadError", "original_message"]
+__all__ = ["AnnotationError", "ConfigurationError", "MissingMediaError", "ResumeMismatchError", "SampleReadError",
+           "original_message"]
 
 # How PyTorch's DataLoader re-raises a worker's error: its message holds the worker's traceback,
 # whose last line is "<module>.<Type>: <the original message>".
@@ -49,6 +50,14 @@ class MissingMediaError(SampleReadError):
         super().__init__(message)
         self.report_path = report_path
         self.count = count
+
+
+class ConfigurationError(ValueError):
+    """A setting that cannot work: an option's value, a checkpoint or weights file it names, a
+    batch larger than the split.
+
+    The message names the setting and how to mend it; ``gsf`` prints it as one line.
+    """
 
 
 class ResumeMismatchError(ValueError):
