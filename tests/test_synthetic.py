@@ -67,6 +67,8 @@ def test_annotations_parse_and_match_the_requested_sizes(tiny):
     assert read_participant_ids(folder / "EPIC_100_unseen_participant_ids_validation.csv") == {"P05"}
     assert read_participant_ids(folder / "EPIC_100_unseen_participant_ids_test.csv") == {"P06"}
     assert not {a.participant_id for a in train} & {"P05", "P06"}
+    # (each split's first video is its unseen participant's: the unseen subset is never empty)
+    assert "P05" in {a.participant_id for a in val} and "P06" in {a.participant_id for a in test}
     counts = Counter(a.verb_class for a in train)
     assert read_tail_classes(folder / "EPIC_100_tail_verbs.csv", "verb") == set(tail_classes(counts, len(VERBS)))
     for action in train + val + test:
@@ -167,6 +169,15 @@ def test_main_writes_the_dataset_and_refuses_to_overwrite(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         synthetic.main(argv)
     synthetic.main([*argv, "--overwrite"])
+
+
+def test_a_split_of_one_action_is_the_unseen_participant_s(tmp_path):
+    """The smallest validation and test splits still have their unseen participant (with the
+    participants in turn, a split needed five videos to reach it)."""
+    dataset = synthetic.generate_synthetic_dataset(tmp_path, num_train=3, num_val=1, num_test=1, size=32,
+                                                   frames=False, videos=False)
+    for file, unseen in (("EPIC_100_validation.csv", "P05"), ("EPIC_100_test_timestamps.csv", "P06")):
+        assert [a.participant_id for a in read_actions(dataset.annotations_dir / file)] == [unseen]
 
 
 @pytest.mark.parametrize(

@@ -650,7 +650,8 @@ def generate_synthetic_dataset(
     video_numbers: Counter = Counter()
     total_frames = 0
     for split, wanted in (("train", num_train), ("val", num_val), ("test", num_test)):
-        participants = seen if split == "train" else seen + [unseen[split]]
+        # (the unseen participant first: a split of one video still has the unseen subset)
+        participants = seen if split == "train" else [unseen[split], *seen]
         all_videos[split] = []
         remaining = wanted
         for video_id, participant, rng in _videos_of_split(split, settings, participants, video_numbers):
