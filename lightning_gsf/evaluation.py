@@ -597,7 +597,9 @@ def default_results_path(submission: Path) -> Path:
 
 class SubmissionWriter(BasePredictionWriter):
     """Writes ``gsf predict`` outputs as a submission zip (the EPIC-KITCHENS-100 format) and,
-    for verb and noun heads, the official results file beside it.
+    for verb and noun heads, the official results file beside it. Other heads (the one
+    ``class`` head of the other datasets) are written in the same layout, with a warning that
+    no challenge takes that file.
 
     Every process hands its predictions to process 0, which de-duplicates them by dataset
     index and writes the files. Works for any heads; for EPIC (verb, noun) the zip is the
@@ -646,3 +648,7 @@ class SubmissionWriter(BasePredictionWriter):
             self.written_results = write_results(scores, ids, results)
         elif self.results:
             raise ValueError(f"the results file holds verb and noun scores; these predictions have {sorted(scores)}")
+        else:  # (Something-Something, Kinetics, Diving48: no challenge takes this file)
+            log.warning("the predictions have the head(s) %s, not EPIC-KITCHENS' verb and noun: %s holds each "
+                        "sample's raw scores in the EPIC-KITCHENS submission layout (results -> sample id -> head -> "
+                        "class number -> score), to read, not to upload to a challenge", sorted(scores), self.written)

@@ -519,3 +519,25 @@ def test_a_subset_that_no_predicted_sample_is_in_is_warned_of(tmp_path, caplog):
     assert "tail verb" not in caplog.text
     assert not [key for key in results if key.startswith("unseen")]
     assert results["tail_verb_accuracy_at_1"] == 100.0 and "tail_noun_accuracy_at_1" not in results
+
+
+def test_predictions_of_another_dataset_are_written_with_a_warning(tmp_path, caplog):
+    """A ``class`` head (Something-Something, Kinetics, Diving48): its scores in the
+    submission's layout, no results file, and a warning that no challenge takes the file."""
+    from types import SimpleNamespace
+
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    samples = [SimpleNamespace(id="74225"), SimpleNamespace(id="116154")]
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
+                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    writer = SubmissionWriter()
+    batch = {"id": ["74225", "116154"], "index": torch.tensor([0, 1]), "scores": {"class": torch.eye(174)[[5, 7]]}}
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        writer.write_on_epoch_end(trainer, None, [batch], None)
+    with zipfile.ZipFile(writer.written) as archive:
+        results = json.loads(archive.read("test.json"))["results"]
+    assert [max(results[i]["class"], key=results[i]["class"].get) for i in ("74225", "116154")] == ["5", "7"]
+    assert writer.written_results is None and not (tmp_path / "results.pkl").exists()
+    assert "the predictions have the head(s) ['class'], not EPIC-KITCHENS' verb and noun" in caplog.text
+    assert "not to upload to a challenge" in caplog.text
