@@ -286,8 +286,8 @@ class GSFCLI(LightningCLI):
         if self.subcommand in ("validate", "test", "predict") and ckpt_path == "last" and not last.is_file():
             found = sorted(str(path) for path in folder.glob("*.ckpt"))
             raise ConfigurationError(f"--ckpt_path last: no last.ckpt in {folder} (trainer.default_root_dir "
-                             f"{config.get('trainer', {}).get('default_root_dir')!r}); checkpoints there: "
-                             f"{', '.join(found) or 'none'}")
+                                     f"{config.get('trainer', {}).get('default_root_dir')!r}); checkpoints there: "
+                                     f"{', '.join(found) or 'none'}")
         if self.subcommand == "fit" and ckpt_path == "last" and not last.is_file():
             if rank_zero_only.rank == 0:
                 log.warning("--ckpt_path last: no last.ckpt in %s yet, so this run starts from scratch", folder)
@@ -295,9 +295,9 @@ class GSFCLI(LightningCLI):
             # last_checkpoint does the work of)
             config["ckpt_path"] = None
         if self.subcommand == "fit" and not ckpt_path and last.is_file():
-            raise ConfigurationError(f"{last} is a previous run's, and this run would overwrite it: resume that run with "
-                             f"--ckpt_path last, or give this one another --trainer.default_root_dir (or remove "
-                             f"{folder})")
+            raise ConfigurationError(f"{last} is a previous run's, and this run would overwrite it: resume that run "
+                                     f"with --ckpt_path last, or give this one another --trainer.default_root_dir (or "
+                                     f"remove {folder})")
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})

@@ -173,7 +173,8 @@ class VideoClassificationModule(pl.LightningModule):
             raise ConfigurationError(f"warmup_start_factor must be in [0, 1], got {warmup_start_factor}")
         unknown = set(loss_weights or {}) - set(num_classes)
         if unknown:
-            raise ConfigurationError(f"loss_weights names heads {sorted(unknown)} that num_classes {dict(num_classes)} lacks")
+            raise ConfigurationError(f"loss_weights names heads {sorted(unknown)} that num_classes "
+                                     f"{dict(num_classes)} lacks")
         self.loss_weights = {head: float((loss_weights or {}).get(head, 1.0)) for head in num_classes}
         self.model = VideoClassifier(
             backbone=backbone,
@@ -375,8 +376,8 @@ class VideoClassificationModule(pl.LightningModule):
         optimizer = torch.optim.SGD(self.parameter_groups(), lr=self.hparams.lr, momentum=self.hparams.momentum)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ConfigurationError("the learning-rate schedule (cosine to the end of training) needs the training's length: "
-                             "set trainer.max_epochs or trainer.max_steps")
+            raise ConfigurationError("the learning-rate schedule (cosine to the end of training) needs the training's "
+                                     "length: set trainer.max_epochs or trainer.max_steps")
         total_steps = int(total)
         batches = self.trainer.num_training_batches
         if not math.isfinite(batches):
@@ -386,8 +387,8 @@ class VideoClassificationModule(pl.LightningModule):
             batches = self.trainer.num_training_batches
         if not math.isfinite(batches):
             if self.hparams.warmup_epochs:
-                raise ConfigurationError("the warm-up is in epochs, and the train loader has no length (an iterable "
-                                 "dataset?): set model.warmup_epochs to 0")
+                raise ConfigurationError("the warm-up is in epochs, and the train loader has no length (an "
+                                         "iterable dataset?): set model.warmup_epochs to 0")
             batches = total_steps * self.trainer.accumulate_grad_batches  # (the run as one epoch; no warm-up)
         steps_per_epoch = max(1, math.ceil(batches / self.trainer.accumulate_grad_batches))
         if total_steps == self.trainer.max_steps and self._saved_steps_per_epoch:
@@ -397,6 +398,10 @@ class VideoClassificationModule(pl.LightningModule):
         self._steps_per_epoch = steps_per_epoch
         warmup_steps = round(self.hparams.warmup_epochs * steps_per_epoch)
         log.info("lr schedule: %d warm-up steps, cosine to step %d", warmup_steps, total_steps)
+        if warmup_steps >= total_steps > 0:
+            log.warning("the warm-up (%d steps, model.warmup_epochs %g) is as long as the training or longer "
+                        "(%d steps): the learning rate never reaches model.lr %g", warmup_steps,
+                        self.hparams.warmup_epochs, total_steps, self.hparams.lr)
         start_factor = self.hparams.warmup_start_factor
         scheduler = LambdaLR(optimizer, lambda step: warmup_cosine_factor(step, warmup_steps, total_steps, start_factor))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

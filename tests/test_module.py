@@ -148,6 +148,19 @@ def test_scheduler_warms_up_per_step_over_warmup_epochs(batches, accumulate, war
     assert lrs[warmup:] == pytest.approx(decay)
 
 
+@pytest.mark.parametrize(("warmup_epochs", "warned"), [(5, True), (4.9, False)])
+def test_a_warm_up_as_long_as_the_training_is_warned_of(caplog, warmup_epochs, warned):
+    """A short run of a real config (one epoch of ten warm-up epochs): the learning rate never
+    reaches model.lr, and the log says so, rather than train at a fraction of it unawares."""
+    policy = _module(lr=0.04, warmup_epochs=warmup_epochs)
+    policy._trainer = SimpleNamespace(estimated_stepping_batches=50, num_training_batches=10,
+                                      accumulate_grad_batches=1, max_steps=-1)
+    with caplog.at_level("WARNING", logger="lightning_gsf.module"):
+        policy.configure_optimizers()
+    expected = "the warm-up (50 steps, model.warmup_epochs 5) is as long as the training or longer (50 steps)"
+    assert (expected in caplog.text) == warned, caplog.text
+
+
 def test_partial_bn_freezes_all_backbone_norms_but_the_first():
     frozen = _module(freeze_bn=True)
     backbone = frozen.model.base_model
