@@ -279,6 +279,7 @@ def test_a_subcommand_stopped_by_bad_data_ends_with_its_message_not_a_traceback(
         (["fit", "--data.init_args.batch_size", "1000"], r"the train split has \d+ samples: fewer than one batch of 1000"),
         # (jsonargparse wraps an error of the data module's class_path component in its own)
         (["fit", "--data.init_args.num_workers", "-1"], r"num_workers must be >= 0, got -1$"),
+        (["fit", "--data.init_args.frame_template", "{{}}_{{}}.jpg"], r"frame_template '\{\}_\{\}.jpg' must format one"),
         (["fit", "--model.backbone", "resnet19"], r"unknown backbone 'resnet19'"),
         (["fit", "--model.gsf_ratio", "0.33"], r"cannot insert GSF after layer1.0.conv2: GSF cannot split 64 channels"),
         (["fit", "--model.pretrained", "{tmp}/weights.pth"], r"pretrained weights file \S+weights.pth does not exist"),
@@ -288,8 +289,8 @@ def test_a_subcommand_stopped_by_bad_data_ends_with_its_message_not_a_traceback(
         (["validate", "--ckpt_path", "last"], r"--ckpt_path last: no last.ckpt in "),
         (["test", "--ckpt_path", "best"], r"--ckpt_path best names the best checkpoint of a fit run in the same process"),
     ],
-    ids=["data_root", "annotations_dir", "batch_size", "num_workers", "backbone", "gsf_ratio", "missing_weights",
-         "weights_folder", "no_length", "missing_checkpoint", "no_last", "best"],
+    ids=["data_root", "annotations_dir", "batch_size", "num_workers", "frame_template", "backbone", "gsf_ratio",
+         "missing_weights", "weights_folder", "no_length", "missing_checkpoint", "no_last", "best"],
 )
 def test_a_subcommand_stopped_by_a_setting_ends_with_its_message_not_a_traceback(tmp_path, dataset, argv, message):
     """A setting that cannot work (a path that names nothing, an option's value, a checkpoint

@@ -28,7 +28,7 @@ from typing import Any
 
 from lightning_gsf.data.annotation_files import (check_class_count, parse_integer, parse_number,
                                                   read_class_name_lines, read_headed_csv)
-from lightning_gsf.data.errors import AnnotationError
+from lightning_gsf.data.errors import AnnotationError, ConfigurationError
 from lightning_gsf.data.sources import MediaKind, SampleCandidate, WholeVideoDataModule
 
 __all__ = [
@@ -202,8 +202,9 @@ class Kinetics400DataModule(WholeVideoDataModule):
         if path_template is None:
             path_template = FRAMES_TEMPLATE if layout == "frames" else VIDEO_TEMPLATE_BY_CLASS
         elif layout == "frames" and path_template.lower().endswith(_VIDEO_SUFFIXES):
-            raise ValueError(f"path_template {path_template!r} names a video file, but layout is 'frames': give the "
-                             f"clips' frame folders, e.g. {FRAMES_TEMPLATE!r} (or leave path_template out)")
+            raise ConfigurationError(f"path_template {path_template!r} names a video file, but layout is 'frames': "
+                                     f"give the clips' frame folders, e.g. {FRAMES_TEMPLATE!r} (or leave "
+                                     "path_template out)")
         self.path_template = path_template
 
     @cached_property

@@ -26,9 +26,11 @@ special case. Indices are therefore always sorted and inside ``[start, stop)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from collections.abc import Callable
+from lightning_gsf.data.errors import ConfigurationError
 
 __all__ = [
     "TRAIN_SAMPLERS", "eval_indices", "multi_clip_indices", "release_train_indices", "train_indices", "train_sampler",
@@ -87,7 +89,7 @@ TRAIN_SAMPLERS: dict[str, Callable[[int, int, int, torch.Generator], list[int]]]
 def train_sampler(name: str) -> Callable[[int, int, int, torch.Generator], list[int]]:
     """The training sampler a config names (``data.train_sampling``); an unknown name is an error."""
     if name not in TRAIN_SAMPLERS:
-        raise ValueError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {name!r}")
+        raise ConfigurationError(f"train_sampling must be one of {sorted(TRAIN_SAMPLERS)}, got {name!r}")
     return TRAIN_SAMPLERS[name]
 
 

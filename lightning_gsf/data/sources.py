@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from lightning_gsf.atomic_files import atomic_file
 from lightning_gsf.data.base import ClipSample, VideoDataModule
-from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, ConfigurationError, MissingMediaError, SampleReadError
 from lightning_gsf.data.video import ClipReader, FrameFolderReader, VideoFileReader, count_video_frames
 
 __all__ = [
@@ -71,11 +71,11 @@ class MediaLayout:
 
     def __post_init__(self) -> None:
         if self.kind not in ("video", "frames"):
-            raise ValueError(f"layout must be 'video' or 'frames', got {self.kind!r}")
+            raise ConfigurationError(f"layout must be 'video' or 'frames', got {self.kind!r}")
         try:
             self.frame_template.format(self.first_index)
         except (IndexError, KeyError, ValueError) as error:
-            raise ValueError(
+            raise ConfigurationError(
                 f"frame_template {self.frame_template!r} must format one frame number, e.g. '{{:05d}}.jpg' ({error})"
             ) from error
 
@@ -429,7 +429,7 @@ class WholeVideoDataModule(VideoDataModule):
     ) -> None:
         super().__init__(**kwargs)
         if missing_videos not in ("error", "drop"):
-            raise ValueError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
+            raise ConfigurationError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir)
         self.media_layout = MediaLayout(layout, frame_template, first_frame_index,
