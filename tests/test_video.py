@@ -406,6 +406,27 @@ def test_a_truncated_mp4_with_its_index_first_is_not_counted_by_its_header(tmp_p
     assert re.search(rf"cut.mp4: {frames} frames demuxed, where its duration implies {NUM_FRAMES}: truncated", caplog.text)
 
 
+@pytest.mark.parametrize("bframes", ["0", "3"])
+@pytest.mark.parametrize("fraction", [7, 8, 9])  # (tenths kept: less, and no frame is whole)
+def test_a_truncated_mp4_reads_every_frame_it_counts(tmp_path: Path, bframes: str, fraction: int) -> None:
+    """A download cut short ends in a packet cut in two, which the demuxer flags corrupt: the
+    count leaves it out, and a read that reaches the end skips it and still returns the frames
+    decoded before it, those the decoder holds back for B-frames included (the count took the
+    cut packet's timestamp, and decoding stopped at the packet: every sample that reached the
+    end failed)."""
+    whole = write_video(tmp_path / "whole.mp4", "libx264", options={"bf": bframes},
+                        container_options={"movflags": "faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * fraction // 10])
+    count = count_video_frames(cut)
+    assert 0 < count < NUM_FRAMES
+    reader = VideoFileReader()
+    assert identify(reader.read(cut, list(range(count)))) == list(range(count))
+    assert identify(reader.read(cut, [count - 1])) == [count - 1]  # (after a seek)
+    with pytest.raises(SampleReadError, match=rf"cut.mp4: frame {count} requested but decoding ended"):
+        reader.read(cut, [count])
+
+
 def remux(source: Path, path: Path, change: Callable[[int, av.Packet], None]) -> Path:
     """``source``'s video packets in a new file of ``path``'s format, ``change(k, packet)``
     applied to the k-th packet first."""

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -240,7 +240,7 @@ def _decode_until(
     decoded = _Decoded()
     shown: torch.Tensor | av.VideoFrame | None = None  # the frame on screen, converted when first wanted
     next_wanted = 0
-    for position, frame in enumerate(container.decode(stream)):
+    for position, frame in enumerate(_decoded_frames(container, stream)):
         index = position if timing.by_output_order else timing.index_of(frame)
         if decoded.first_seen is None:
             decoded.first_seen = index
@@ -267,6 +267,24 @@ def _decode_until(
         if next_wanted == len(wanted):
             break
     return decoded
+
+
+def _decoded_frames(container: av.container.InputContainer,
+                    stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """``container.decode(stream)``, except that the last packet is not decoded where the
+    demuxer flags it corrupt (a download cut short ends in a packet cut in two): the decoder
+    refused it with an error that ended the read, losing the frames decoded before it and those
+    held back for B-frames, which the demuxer's final empty packet flushes out instead. (A
+    corrupt packet elsewhere is decoded as FFmpeg decodes it.)"""
+    held: av.Packet | None = None
+    for packet in container.demux(stream):
+        if held is not None and not (held.is_corrupt and packet.size == 0):
+            yield from held.decode()
+        elif held is not None:
+            logger.debug("%s: the last packet is cut short (pts %s); not decoded", container.name, held.pts)
+        held = packet
+    if held is not None:
+        yield from held.decode()
 
 
 # A frame that stands in for one more than this long after it (no frame decoded in between)
@@ -312,7 +330,7 @@ def _first_shown_pts(container: av.container.InputContainer, stream: av.video.st
     status = source.stat()
     key = (str(source), status.st_mtime_ns, status.st_size)
     if key not in _FIRST_PTS:
-        first = next(iter(container.decode(stream)), None)
+        first = next(_decoded_frames(container, stream), None)
         container.seek(0)
         if len(_FIRST_PTS) >= _FIRST_PTS_KEPT:
             _FIRST_PTS.pop(next(iter(_FIRST_PTS)))
@@ -451,11 +469,12 @@ def _demuxed_frame_count(container: av.container.InputContainer,
                          stream: av.video.stream.VideoStream) -> tuple[int, int]:
     """The frame count by demuxing (reading packets without decoding them): one more than the
     last frame's index, as the reader computes indices; packets marked to be discarded (frames
-    an MP4 edit list hides) are left out. In AVI with B-frames, the number of packets. Also
+    an MP4 edit list hides) or corrupt (the cut last packet of a truncated file, which the
+    reader skips) are left out. In AVI with B-frames, the number of packets. Also
     returns the frames the first one comes after (its timestamp in frames, 0 when at or before 0)."""
     packets, first, last = 0, None, None  # (packets are counted, not kept: their data can be gigabytes)
     for packet in container.demux(stream):
-        if packet.size == 0 or packet.is_discard:
+        if packet.size == 0 or packet.is_discard or packet.is_corrupt:  # (a truncated file's cut last packet)
             continue
         packets += 1
         if packet.pts is not None:
