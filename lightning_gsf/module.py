@@ -256,31 +256,50 @@ class VideoClassificationModule(pl.LightningModule):
             checkpoint[STEPS_PER_EPOCH_KEY] = self._steps_per_epoch
 
     def on_train_start(self) -> None:
-        self._rescale_schedule_to_this_run()
+        self._go_on_with_this_runs_schedule()
 
-    def _rescale_schedule_to_this_run(self) -> None:
-        """The learning-rate schedule counts optimiser steps. A run resumed with another number
-        of steps per epoch (other GPUs, batch size or accumulation) would read the saved count
-        in its own steps, away from the saved point in the schedule (on twice the GPUs, twice
-        as far): the count is rescaled to this run's steps, so the schedule goes on from the
-        same fraction of training. (``trainer.global_step``, and with it ``max_steps``, counts
-        on as before: optimiser steps taken. So a schedule that ends at ``max_steps`` is already
-        at the same fraction: :meth:`configure_optimizers` keeps the saved steps per epoch for
-        it, and nothing is rescaled.)"""
+    def _go_on_with_this_runs_schedule(self) -> None:
+        """Before the first optimiser step, the optimiser takes this run's settings and the
+        learning rate its place on this run's schedule. A resumed optimiser and schedule hold the
+        checkpoint's ``lr``, ``momentum`` and ``weight_decay`` (this run's, ``--model.lr 0.02``
+        say, were ignored, though recorded as the run's hyperparameters) and the learning rate
+        of the saved step on the saved schedule: 0 at the end of a finished one, whose training
+        this run extends (``max_steps`` or ``max_epochs`` raised), for its first step. (Unchanged
+        settings give the same learning rate, to the bit: an exact resume stays exact.)
+
+        The schedule counts optimiser steps. A run resumed with another number of steps per
+        epoch (other GPUs, batch size or accumulation) would read the saved count in its own
+        steps, away from the saved point in the schedule (on twice the GPUs, twice as far): the
+        count is rescaled to this run's steps, so the schedule goes on from the same fraction of
+        training. (``trainer.global_step``, and with it ``max_steps``, counts on as before:
+        optimiser steps taken. So a schedule that ends at ``max_steps`` is already at the same
+        fraction: :meth:`configure_optimizers` keeps the saved steps per epoch for it, and
+        nothing is rescaled.)"""
         saved, current = self._saved_steps_per_epoch, self._steps_per_epoch
         self._saved_steps_per_epoch = None
-        schedulers = self.trainer.lr_scheduler_configs
-        if not saved or not current or saved == current or not schedulers:
+        schedulers, optimizers = self.trainer.lr_scheduler_configs, self.trainer.optimizers
+        if not schedulers or not optimizers:
             return
-        scheduler = schedulers[0].scheduler
-        step = round(scheduler.last_epoch * current / saved)
-        log.info("resumed with %d optimiser steps per epoch where the checkpoint had %d: the learning-rate "
-                 "schedule goes on from step %d of this run (step %d of the saved one)", current, saved, step,
-                 scheduler.last_epoch)
+        optimizer, scheduler = optimizers[0], schedulers[0].scheduler
+        kept = [(group.get("initial_lr"), group["momentum"], group["weight_decay"]) for group in optimizer.param_groups]
+        for group, settings in zip(optimizer.param_groups, self.parameter_groups()):
+            group.update(initial_lr=self.hparams.lr, momentum=self.hparams.momentum,
+                         weight_decay=settings["weight_decay"])
+        scheduler.base_lrs = [self.hparams.lr] * len(optimizer.param_groups)
+        now = [(group["initial_lr"], group["momentum"], group["weight_decay"]) for group in optimizer.param_groups]
+        if self.trainer.ckpt_path and kept != now:
+            log.info("resumed with this run's optimiser settings (lr, momentum, weight decay of each group) %s where "
+                     "the checkpoint had %s", now, kept)
+        step = scheduler.last_epoch
+        if saved and current and saved != current:
+            step = round(scheduler.last_epoch * current / saved)
+            log.info("resumed with %d optimiser steps per epoch where the checkpoint had %d: the learning-rate "
+                     "schedule goes on from step %d of this run (step %d of the saved one)", current, saved, step,
+                     scheduler.last_epoch)
         scheduler.last_epoch = step - 1
         with warnings.catch_warnings():  # (stepping the schedule before this run's first optimiser step, knowingly)
             warnings.simplefilter("ignore", UserWarning)
-            scheduler.step()  # to ``step``, the learning rates set as the schedule sets them
+            scheduler.step()  # to ``step``, the learning rates set as this run's schedule sets them
 
     def _check_optimizer_groups(self, checkpoint: Mapping[str, Any], source: str | None) -> None:
         """A resumed optimiser needs this run's parameter groups: checkpoints written before

@@ -449,3 +449,23 @@ def test_a_schedule_to_max_steps_resumes_where_it_was_with_other_steps_per_epoch
     assert trainer.global_step == 20
     assert resumed.lrs == pytest.approx(uninterrupted.lrs[10:])
 
+
+
+def test_a_resumed_run_trains_at_this_run_s_learning_rates_from_its_first_step(tmp_path):
+    """A finished schedule resumed to train on (max_steps raised) takes its first step at the new
+    schedule's learning rate, not at the saved one, 0 at the end of the old schedule; and
+    ``model.lr`` / ``momentum`` / ``weight_decay`` given to the resumed run are the ones it
+    trains with (the checkpoint's were kept, while the run recorded the new ones)."""
+    class SaveAtEnd(pl.Callback):
+        def on_train_end(self, trainer, *args) -> None:
+            trainer.save_checkpoint(tmp_path / "end.ckpt")
+
+    _fit(_module(temporal_module="none", lr=1.0, warmup_epochs=0.2), callbacks=[SaveAtEnd()], max_steps=8)
+    for lr, momentum, weight_decay in ((1.0, 0.9, 5e-4), (0.5, 0.8, 1e-3)):
+        resumed = _LearningRates()
+        trainer = _fit(_module(temporal_module="none", lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               warmup_epochs=0.2), callbacks=[resumed], max_steps=12, ckpt_path=tmp_path / "end.ckpt")
+        assert trainer.global_step == 12
+        assert resumed.lrs == pytest.approx([lr * warmup_cosine_factor(s, 2, 12) for s in range(8, 12)])
+        group = trainer.optimizers[0].param_groups[0]
+        assert (group["initial_lr"], group["momentum"], group["weight_decay"]) == (lr, momentum, weight_decay)
