@@ -49,7 +49,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -357,7 +357,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if _holds_sigterm_in_validation(trainer):
-            received = self._agree_on_a_stop(trainer, self._held_sigterm or trainer.received_sigterm)
+            held = self._held_sigterm or trainer.received_sigterm
+            received = self._agree_on_a_stop(trainer, held) if trainer.world_size > 1 else held
         elif _inside_accumulation_window(trainer):
             received = self._held_sigterm or trainer.received_sigterm
         else:
@@ -598,8 +599,12 @@ def _inside_accumulation_window(trainer: pl.Trainer) -> bool:
 
 
 def _holds_sigterm_in_validation(trainer: pl.Trainer) -> bool:
-    """Whether a SIGTERM during validation waits for its end: in ``fit`` with several processes."""
-    return trainer.world_size > 1 and trainer.state.fn == TrainerFn.FITTING
+    """Whether a SIGTERM (or Ctrl-C) during validation waits for its end: in ``fit`` with several
+    processes (which meet only there), or with an average of the weights (an EMA), which the
+    module holds during validation while the callback holds the training weights: saved then,
+    the checkpoint would hold the two swapped."""
+    averaging = any(isinstance(callback, WeightAveraging) for callback in trainer.callbacks)
+    return trainer.state.fn == TrainerFn.FITTING and (trainer.world_size > 1 or averaging)
 
 
 # --- random state ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_gsf.callbacks import (
@@ -220,6 +221,35 @@ def test_gsf_fit_with_an_ema_of_the_weights_saves_and_resumes_it(tmp_path, monke
     run = fit_tiny_synthetic_epic(tmp_path, *ema, "--trainer.max_epochs=3", "--ckpt_path=last")
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (resumed["epoch"], resumed["global_step"]) == (2, 3)
+
+
+def test_a_stop_during_validation_with_an_ema_saves_the_training_weights_as_such(tmp_path):
+    """With an EMA of the weights the module holds the averaged weights during validation, and
+    the training weights wait in the callback: a SIGTERM (or Ctrl-C) there waits for the
+    validation's end, and the checkpoint holds the training weights as ``current_model_state``
+    and the averaged ones as ``state_dict``. (Saved mid-validation, the two were swapped: the
+    resumed run trained on from the averaged weights.)"""
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    class StopInValidation(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.trained = {name: value.clone() for name, value in pl_module.state_dict().items()}
+
+        def on_validation_batch_start(self, trainer, *args) -> None:
+            if trainer.current_epoch == 1 and not trainer.sanity_checking:
+                trainer._signal_connector.received_sigterm = True  # (as Lightning's SIGTERM handler, mid-batch)
+
+    stop = StopInValidation()
+    trainer = pl.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_epochs=3, limit_train_batches=2,
+                         limit_val_batches=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[EMAWeightAveraging(decay=0.5), PreemptionCheckpoint(), stop])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(BoringModel())
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 4  # (no training step after the weights recorded, the validation's)
+    for name, value in stop.trained.items():
+        assert torch.equal(saved["current_model_state"][name], value), name
+        assert not torch.equal(saved["state_dict"][name], value), name
 
 
 @pytest.mark.parametrize(
