@@ -281,12 +281,15 @@ class VideoClassificationModule(pl.LightningModule):
         if not schedulers or not optimizers:
             return
         optimizer, scheduler = optimizers[0], schedulers[0].scheduler
-        kept = [(group.get("initial_lr"), group["momentum"], group["weight_decay"]) for group in optimizer.param_groups]
+        def settings_of(group: dict[str, Any]) -> tuple[Any, ...]:
+            return group.get("initial_lr"), group.get("momentum"), group.get("weight_decay")
+
+        kept = [settings_of(group) for group in optimizer.param_groups]
         for group, settings in zip(optimizer.param_groups, self.parameter_groups()):
             group.update(initial_lr=self.hparams.lr, momentum=self.hparams.momentum,
                          weight_decay=settings["weight_decay"])
         scheduler.base_lrs = [self.hparams.lr] * len(optimizer.param_groups)
-        now = [(group["initial_lr"], group["momentum"], group["weight_decay"]) for group in optimizer.param_groups]
+        now = [settings_of(group) for group in optimizer.param_groups]
         if self.trainer.ckpt_path and kept != now:
             log.info("resumed with this run's optimiser settings (lr, momentum, weight decay of each group) %s where "
                      "the checkpoint had %s", now, kept)
