@@ -183,8 +183,8 @@ def _check_gsf_ratio(sites: list[tuple[str, int, _Install]], gsf_ratio: float) -
         except ValueError as err:
             fitting = _percent_ratios_that_fit([channels for _, channels, _ in sites])
             listed = ", ".join(f"{percent / 100:g}" for percent in fitting) or "none"
-            raise ConfigurationError(f"cannot insert GSF after {site}: {err}. The ratios of whole percent that fit "
-                             f"every site of this backbone: {listed}") from err
+            raise ConfigurationError(f"cannot insert GSF after {site}: {err}. The ratios of whole percent that "
+                                     f"fit every site of this backbone: {listed}") from err
 
 
 def insert_temporal_modules(backbone: nn.Module, kind: str, *, num_segments: int, gsf_ratio: float) -> nn.Module:

@@ -77,8 +77,8 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as error:  # truncated, not a torch file, or objects
-        raise ConfigurationError(f"{path}: not a readable weights file, truncated or corrupt? ({type(error).__name__}: "
-                         f"{error})") from None
+        raise ConfigurationError(f"{path}: not a readable weights file, truncated or corrupt? "
+                                 f"({type(error).__name__}: {error})") from None
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

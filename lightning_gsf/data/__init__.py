@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from lightning_gsf.data.base import ClipDataset, ClipSample, VideoDataModule
     from lightning_gsf.data.diving48 import Diving48DataModule
     from lightning_gsf.data.epic import EpicKitchensDataModule
-    from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
+    from lightning_gsf.data.errors import AnnotationError, ConfigurationError, MissingMediaError, SampleReadError
     from lightning_gsf.data.kinetics import Kinetics400DataModule
     from lightning_gsf.data.sampling import (
         TRAIN_SAMPLERS,
@@ -62,6 +62,7 @@ _SOURCES = {
     "AnnotationError": "errors",
     "SampleReadError": "errors",
     "MissingMediaError": "errors",
+    "ConfigurationError": "errors",
 }
 
 __all__ = sorted(_SOURCES)

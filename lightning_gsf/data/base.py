@@ -398,7 +398,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         train_sampler(train_sampling)  # (checks the name now rather than when the first loader is built)
         if worker_start_method is not None and worker_start_method not in multiprocessing.get_all_start_methods():
             raise ConfigurationError(f"worker_start_method must be one of {multiprocessing.get_all_start_methods()} "
-                             f"on this platform, or None, got {worker_start_method!r}")
+                                     f"on this platform, or None, got {worker_start_method!r}")
         self.num_segments = num_segments
         self.train_sampling = train_sampling
         self.batch_size = batch_size
