@@ -29,8 +29,8 @@ weights_only=False)`` on torch >= 2.6 to read its NumPy arrays, so it is not wri
 
 ``gsf evaluate`` scores a submission, or a results file (dict or list format), against a
 labelled annotation CSV as the official ``evaluate.py`` does: classes and actions ranked by
-its steps (:mod:`lightning_gsf.official_ranking`, NumPy, in the file's dtype; ties and
-underflows included), subsets and keys by the functions of the epoch metrics
+its steps (:mod:`lightning_gsf.official_ranking`, NumPy, in the file's dtype, float64 for a
+submission's JSON numbers; ties and underflows included), subsets and keys by the functions of the epoch metrics
 (:func:`lightning_gsf.metrics.accuracies_from_hits`).
 """
 
@@ -313,7 +313,9 @@ def submission_scores(
             except (TypeError, ValueError):
                 raise ValueError(f"{source}: entry {sample_id!r} has a {head} score that is not a number") from None
     _warn_of_unused_entries(results, heads, source)
-    return ids, {head: torch.tensor(values) for head, values in rows.items()}
+    # (in float64, as JSON numbers are read: scores that differ only past float32's precision
+    # keep their order, as the official evaluator, ranking NumPy arrays of the file's numbers, keeps it)
+    return ids, {head: torch.tensor(values, dtype=torch.float64) for head, values in rows.items()}
 
 
 def _warn_of_unused_entries(results: Mapping[str, Any], heads: Sequence[str], source: str) -> None:

@@ -75,8 +75,8 @@ def test_submission_round_trip(tmp_path, suffix):
     path = write_submission(make_submission(scores, ids), tmp_path / f"out{suffix}")
     read_ids, read_scores = submission_scores(read_submission(path))
     assert read_ids == ids
-    for head in scores:
-        torch.testing.assert_close(read_scores[head], scores[head])
+    for head in scores:  # (float32 scores written, read as JSON numbers are: doubles of the same values)
+        torch.testing.assert_close(read_scores[head], scores[head].double(), rtol=0, atol=0)
 
 
 def test_scores_a_submission_holds_besides_verb_and_noun_are_named_as_unused(caplog):
@@ -92,7 +92,7 @@ def test_scores_a_submission_holds_besides_verb_and_noun_are_named_as_unused(cap
     with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
         ids, read = submission_scores(submission, source="ranked.zip")
     assert "ranked.zip: scores under 'action' in 2 of 3 entries are not used; only verb and noun are read" in caplog.text
-    torch.testing.assert_close(read["verb"], scores["verb"])
+    torch.testing.assert_close(read["verb"], scores["verb"].double(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("counts,warns", [((NUM_VERBS, NUM_NOUNS), False), ((5, 7), True), ((NUM_VERBS, 299), True)])
@@ -282,6 +282,25 @@ def test_gsf_evaluate_round_trip_on_the_validation_csv(tmp_path, shared_data, va
     }
     # Every other verb and every third noun was boosted to the top.
     assert results["all_verb_accuracy_at_1"] >= 50.0
+
+
+def test_submission_scores_are_ranked_in_the_precision_of_their_json_numbers(tmp_path, shared_data, validation):
+    """A submission's JSON numbers are doubles: a true class ahead of the next by 1e-9 (lost in
+    float32, where the two tie) ranks first, as it does in the official evaluator's NumPy arrays."""
+    ids = list(validation)[:50]
+    submission = make_submission({"verb": torch.zeros(len(ids), NUM_VERBS), "noun": torch.zeros(len(ids), NUM_NOUNS)},
+                                 ids)
+    for sample_id in ids:
+        verb, noun = validation[sample_id][1:3]
+        runner_up = (verb + 1) % NUM_VERBS
+        submission["results"][sample_id]["verb"][str(verb)] = 1.0 + 1e-9
+        submission["results"][sample_id]["verb"][str(runner_up)] = 1.0
+        submission["results"][sample_id]["noun"][str(noun)] = 1.0
+    path = write_submission(submission, tmp_path / "submission.json")
+    assert submission_scores(read_submission(path))[1]["verb"].dtype == torch.float64
+    results = evaluate_main([str(path), str(shared_data / "epic100" / "EPIC_100_validation.csv")])
+    assert results["all_verb_accuracy_at_1"] == 100.0
+    assert results["all_noun_accuracy_at_1"] == 100.0
 
 
 def test_evaluate_rejects_unknown_ids(tmp_path, shared_data):

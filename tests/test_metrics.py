@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,17 @@ def test_single_head_accuracies_and_headline():
     scores = {"class": torch.tensor([[2.0, 1.0], [2.0, 1.0]])}
     result = compute_accuracies(scores, {"class": torch.tensor([0, 1])})
     assert result == {"all_class_accuracy_at_1": 50.0, "all_class_accuracy_at_5": 100.0, HEADLINE_METRIC: 50.0}
+
+
+@pytest.mark.parametrize("hits,total", [(1, 3), (2, 3), (7, 22), (1, 7), (5, 49), (1234, 9668)])
+def test_percentages_equal_numpys_mean_times_100_to_the_bit(hits, total):
+    """The official evaluator's percentage is NumPy's ``hits.mean() * 100``; 100 * hits / total
+    differs in the last bit for 1 of 3 (33.333333333333336 against 33.33333333333333)."""
+    flags = np.zeros(total, dtype=bool)
+    flags[:hits] = True
+    scores = {"class": torch.where(torch.from_numpy(flags)[:, None], torch.tensor([2.0, 1.0]), torch.tensor([1.0, 2.0]))}
+    result = compute_accuracies(scores, {"class": torch.zeros(total, dtype=torch.long)})
+    assert result["all_class_accuracy_at_1"] == float(flags.mean() * 100)
 
 
 def test_empty_subset_is_omitted():
