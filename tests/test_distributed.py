@@ -178,3 +178,24 @@ def test_ddp_predictions_equal_one_process_on_the_same_checkpoint(tiny_epic, tor
         assert results[2][key].shape[0] == NUM_VAL
         torch.testing.assert_close(torch.from_numpy(results[2][key]), torch.from_numpy(results[1][key]),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit,refused", [("0.5", True), ("1", False)])
+def test_a_fraction_of_batches_that_leaves_a_process_none_is_refused_by_every_process(tiny_epic, torchrun_checkpoint,
+                                                                                      tmp_path, limit, refused):
+    """7 samples in batches of 3 split unpadded as 2 batches and 1: half of each leaves process 1
+    none. Lightning would stop that process alone while process 0 waited for it in the metric
+    sync; both now stop with the same one-line error. An integer limit evaluates."""
+    command = gsf("validate", *gsf_arguments(tiny_epic, tmp_path, devices=2), f"--ckpt_path={torchrun_checkpoint}",
+                  "--data.init_args.eval_batch_size=3", f"--trainer.limit_val_batches={limit}")
+    if not refused:
+        run(command)
+        assert logged_metrics(tmp_path)["val/loss"] > 0
+        return
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    message = ("trainer.limit_val_batches=0.5 leaves the process with the fewest val batches (1 of 3; the 2 processes "
+               "hold 2, 1) none to evaluate")
+    assert result.stderr.count(message) == 2, result.stderr[-3000:]  # (once from each process)
+    assert "Traceback" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]

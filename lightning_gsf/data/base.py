@@ -566,22 +566,43 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self._built("val"))
+        return self._evaluation_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self._built("test"))
+        return self._evaluation_loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self._built("predict"))
+        return self._evaluation_loader("predict")
 
     def _built(self, role: str) -> ClipDataset:
         if role not in self._datasets:
             raise RuntimeError(f"the {role} dataset is not built; call setup() before asking for its loader")
         return self._datasets[role]
 
-    def _evaluation_loader(self, dataset: ClipDataset) -> DataLoader:
+    def _evaluation_loader(self, role: str) -> DataLoader:
+        dataset = self._built(role)
         sampler = UnpaddedDistributedSampler(dataset)
+        self._check_every_process_keeps_a_batch(role, sampler)
         return EvaluationDataLoader(dataset, sampler=sampler, batch_size=self.eval_batch_size, **self._loader_options())
+
+    def _check_every_process_keeps_a_batch(self, role: str, sampler: UnpaddedDistributedSampler) -> None:
+        """Refuse, in every process alike, a fractional ``limit_<role>_batches`` that leaves some
+        process no batch. The evaluation sampler does not pad, so processes may hold a batch
+        more or less than each other, and Lightning takes the fraction of each process's own
+        count: the process left with none would stop with Lightning's error while the others
+        wait for it in the epoch-end metric sync (a broken connection, or a hang)."""
+        limit = getattr(self.trainer, f"limit_{role}_batches", None)
+        if sampler.num_replicas < 2 or not isinstance(limit, float) or not 0.0 < limit < 1.0:
+            return
+        samples = [len(range(rank, len(sampler.dataset), sampler.num_replicas)) for rank in range(sampler.num_replicas)]
+        batches = [math.ceil(count / self.eval_batch_size) for count in samples]
+        if min(int(count * limit) for count in batches) == 0:
+            raise ConfigurationError(
+                f"trainer.limit_{role}_batches={limit} leaves the process with the fewest {role} batches "
+                f"({min(batches)} of {self.eval_batch_size}; the {sampler.num_replicas} processes hold "
+                f"{', '.join(map(str, batches))}) none to evaluate; give a number of batches (an integer, "
+                "e.g. 1) or a larger fraction"
+            )
 
     def _loader_options(self) -> dict[str, Any]:
         start_method = multiprocessing.get_context(self.worker_start_method).get_start_method()
