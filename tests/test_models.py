@@ -241,6 +241,18 @@ def test_caffe_style_inceptions_name_the_input_sides_they_take(backbone: str, mo
             net(torch.empty(1, 3, height, width, device="meta"))
 
 
+@pytest.mark.parametrize("temporal_module", ["gsf", "tsm", "none"])
+def test_torchvision_inception_v3_names_the_smallest_side_it_takes(temporal_module: str) -> None:
+    """From 75 pixels up every side runs; below, a ValueError says so (not a convolution's
+    complaint from deep inside the network)."""
+    net = build_backbone("inception_v3", temporal_module=temporal_module, num_segments=1).eval()
+    for height, width in [(75, 75), (75, 76), (101, 80)]:
+        assert net(torch.rand(1, 3, height, width)).shape == (1, 2048)
+    for height, width in [(74, 75), (75, 64), (32, 32)]:
+        with pytest.raises(ValueError, match=rf"at least 75 pixels; got {height}x{width}"):
+            net(torch.rand(1, 3, height, width))
+
+
 @pytest.mark.parametrize(("backbone", "temporal_module"), _forward_backward_cases())
 def test_forward_backward(backbone: str, temporal_module: str) -> None:
     torch.manual_seed(0)

@@ -27,6 +27,7 @@ Both carry GSF on the same convolutions (``shared/spec/gsf.md``): the 1x1 branch
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models.inception import Inception3
 
@@ -44,6 +45,23 @@ TORCHVISION_TEMPORAL_SITES = (
 )
 
 
+# torchvision's network takes any height and width from this many pixels up (its pools and
+# strided convolutions all round down, so no two branches disagree in size).
+TORCHVISION_SMALLEST_SIDE = 75
+
+
+class TorchvisionInception3(Inception3):
+    """torchvision's ``Inception3`` that names the smallest input side it takes, rather than
+    failing deep inside with a convolution's kernel larger than its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if min(height, width) < TORCHVISION_SMALLEST_SIDE:
+            raise ValueError(f"torchvision's InceptionV3 takes heights and widths of at least "
+                             f"{TORCHVISION_SMALLEST_SIDE} pixels; got {height}x{width} (the data's input_size)")
+        return super().forward(x)
+
+
 def torchvision_inception_v3() -> Inception3:
     """torchvision's InceptionV3 as a feature extractor: ``(N, 3, 299, 299) -> (N, 2048)``.
 
@@ -53,7 +71,7 @@ def torchvision_inception_v3() -> Inception3:
     for its ImageNet weights: those were ported from TensorFlow and expect inputs scaled to
     [-1, 1], which the transform computes from ImageNet-normalised inputs (``"imagenet"``).
     """
-    net = Inception3(aux_logits=False, transform_input=True, init_weights=True, dropout=0.0)
+    net = TorchvisionInception3(aux_logits=False, transform_input=True, init_weights=True, dropout=0.0)
     net.dropout = nn.Identity()
     net.fc = nn.Identity()
     net.feature_dim = 2048
