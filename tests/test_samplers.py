@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from lightning_gsf.data.errors import ResumeMismatchError
+from lightning_gsf.data.errors import ConfigurationError, ResumeMismatchError
 from lightning_gsf.data.samplers import (
     EvaluationDataLoader,
     _new_workers_ignore_stop_signals,
@@ -185,7 +185,7 @@ def test_unpadded_sampler_scores_every_sample_exactly_once(size, num_replicas):
 
 def test_unpadded_sampler_refuses_processes_without_samples():
     # A process with no batch would skip the epoch-end metric sync and hang the others.
-    with pytest.raises(ValueError, match="2 samples, fewer than the 4 processes"):
+    with pytest.raises(ConfigurationError, match="2 samples, fewer than the 4 processes"):  # (gsf: one line)
         UnpaddedDistributedSampler(Indices(2), num_replicas=4, rank=3)
 
 

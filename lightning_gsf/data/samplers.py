@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import _utils
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-from lightning_gsf.data.errors import ResumeMismatchError, SampleReadError
+from lightning_gsf.data.errors import ConfigurationError, ResumeMismatchError, SampleReadError
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class UnpaddedDistributedSampler(DistributedSampler):
         if num_replicas > 1 and len(dataset) < num_replicas:
             # A process without a single batch would skip the epoch-end metric sync that the
             # others wait in: refuse here instead of hanging there.
-            raise ValueError(
+            raise ConfigurationError(
                 f"the evaluation split has {len(dataset)} samples, fewer than the {num_replicas} "
                 "processes; evaluate it with fewer devices"
             )
