@@ -123,10 +123,13 @@ def test_datamodule_samples_from_the_real_validation_file(epic, tmp_path):
     assert first.source == tmp_path / "P01" / "rgb_frames" / "P01_11"
     assert first.metadata == {"participant_id": "P01", "video_id": "P01_11"}
     tail_verbs = read_tail_classes(epic / "EPIC_100_tail_verbs.csv", "verb")
+    tail_nouns = read_tail_classes(epic / "EPIC_100_tail_nouns.csv", "noun")
     for sample in samples:
         assert sample.subsets["unseen"] == (sample.metadata["participant_id"] in {"P18", "P32"})
         assert sample.subsets["tail_verb"] == (sample.labels["verb"] in tail_verbs)
+        assert sample.subsets["tail_noun"] == (sample.labels["noun"] in tail_nouns)
     assert sum(sample.subsets["unseen"] for sample in samples) == 1065
+    assert {sample.subsets["tail_noun"] for sample in samples} == {True, False}
     test = frames.samples("test")
     assert test[0].labels is None and set(test[0].subsets) == {"unseen"}
     assert (test[0].start, test[0].stop) == (142, 193)
@@ -194,6 +197,33 @@ def test_the_valid_example_parses(tmp_path):
     assert len(read_actions(path)) == 2
 
 
+# (a 2.0 s video at 25 fps: 50 frames; the end tolerance lets a segment end 0.05 s past it)
+@pytest.mark.parametrize(
+    ("start_time", "stop_time", "frames"),
+    [
+        ("00:00:01.00", "00:00:01.00", (25, 26)),  # an instant: one frame, not an empty segment
+        ("00:00:01.01", "00:00:01.02", (25, 26)),  # both round to frame 25
+        ("00:00:01.98", "00:00:02.00", (49, 50)),  # up to the last frame
+        ("00:00:02.02", "00:00:02.04", (49, 50)),  # starts past the end, within the tolerance: the last frame
+        ("00:00:00.00", "00:00:02.00", (0, 50)),  # the whole video
+    ],
+)
+def test_the_video_layout_turns_every_segment_into_at_least_one_frame(tmp_path, start_time, stop_time, frames):
+    write_annotations(tmp_path, with_field(1, "start_timestamp", start_time, stop_timestamp=stop_time))
+    samples = datamodule(stub_media(tmp_path, tmp_path / "annotations", "video"), layout="video").samples("val")
+    assert (samples[1].start, samples[1].stop) == frames
+
+
+def test_a_single_frame_action_parses(tmp_path):
+    """start_frame == stop_frame is one frame (the columns are inclusive), and an instant in time."""
+    path = write_annotations(tmp_path, with_field(1, "start_frame", "30", stop_frame="30", start_timestamp="00:00:01.20",
+                                                  stop_timestamp="00:00:01.20"))
+    action = read_actions(path)[1]
+    assert (action.start_frame, action.stop_frame, action.start_timestamp, action.stop_timestamp) == (30, 30, 1.2, 1.2)
+    samples = datamodule(stub_media(tmp_path, tmp_path / "annotations"), annotations_dir=tmp_path / "annotations")
+    assert [(s.start, s.stop) for s in samples.samples("val")][1] == (29, 30)
+
+
 @pytest.mark.parametrize(
     ("rows", "columns", "message"),
     [
@@ -204,6 +234,7 @@ def test_the_valid_example_parses(tmp_path):
         (with_field(0, "stop_timestamp", ""), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): column 'stop_timestamp' is empty"),
         (with_field(0, "start_frame", "6a"), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): column 'start_frame' is '6a'; expected an integer"),
         (with_field(1, "stop_frame", "12"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): frames 26..12; expected 1 <= start_frame <= stop_frame"),
+        (with_field(1, "stop_timestamp", "00:00:00.90"), EPIC_ACTION_COLUMNS, r"line 3 \(narration_id P01_01_1\): stop_timestamp 0.90 s is before start_timestamp 1.00 s"),
         (with_field(0, "start_frame", "0"), EPIC_ACTION_COLUMNS, r"line 2 .*frames 0..20"),
         (with_field(0, "verb_class", "take"), EPIC_ACTION_COLUMNS, r"column 'verb_class' is 'take'; expected an integer"),
         # (numbers Python reads, no annotation file means: 1_3 is 13 to int(), ١٣ too)
@@ -221,6 +252,7 @@ def test_the_valid_example_parses(tmp_path):
         (GOOD_ROWS, tuple(c + " " if c == "verb_class" else c for c in EPIC_ACTION_COLUMNS), r"header: missing column\(s\) \['verb_class'\]; .* found \[.*'verb_class '"),
     ],
     ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
+         "stop-time-before-start",
          "frame-zero", "bad-class", "underscored-frame", "arabic-indic-class", "arabic-indic-timestamp", "hex-list", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
          "noun-class-not-first", "misnamed-label-column"],
 )  # fmt: skip
