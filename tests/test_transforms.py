@@ -44,9 +44,22 @@ def test_multi_scale_crop_sizes_pinned() -> None:
     ]  # fmt: skip
 
 
-def test_multi_scale_crop_sizes_snap_to_the_input_size() -> None:
-    # int(226 * 1.0) = 226 is within 3 pixels of 224, so the crop is taken at 224 directly.
-    assert multi_scale_crop_sizes(226, 300, 224, (1.0,)) == [(224, 224)]
+@pytest.mark.parametrize(("short_side", "size"), [(220, 220), (221, 221), (222, 224), (224, 224), (226, 224), (227, 227)])
+def test_multi_scale_crop_sizes_snap_to_the_input_size(short_side: int, size: int) -> None:
+    # int(226 * 1.0) = 226 is within 3 pixels of 224 (fewer than 3 apart, as TSN's test), so the
+    # crop is taken at 224 directly; 221 and 227 are 3 apart and kept.
+    assert multi_scale_crop_sizes(short_side, 300, 224, (1.0,)) == [(size, size)]
+
+
+@pytest.mark.parametrize("short_side", [222, 223])
+def test_a_crop_snapped_past_the_frame_stays_inside_it(short_side: int) -> None:
+    """A 222 or 223 px short side snaps its full-size crop up to 224: the crop is cut to the frame,
+    not padded with black beyond it (every crop of a uniform clip is that uniform value)."""
+    transform = TrainClipTransform(input_size=224, scales=(1.0,), flip=False)
+    clip = torch.full((2, 3, short_side, 300), 200, dtype=torch.uint8)
+    for seed in range(12):  # (every crop position)
+        out, _ = transform(clip, _generator(seed))
+        assert out.shape == (2, 3, 224, 224) and bool((out == 200).all()), seed
 
 
 def test_crop_positions_pinned() -> None:

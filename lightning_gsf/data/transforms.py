@@ -127,7 +127,9 @@ class TrainClipTransform:
         height, width = clip.shape[-2:]
         crop_sizes = multi_scale_crop_sizes(height, width, self.input_size, self.scales)
         crop_height, crop_width = crop_sizes[_draw(len(crop_sizes), generator)]
-        # A size snapped up to input_size exceeds a frame side just short of it (222 or 223 px at 224).
+        # A size snapped up to input_size exceeds a frame side just short of it (222 or 223 px at
+        # 224): cut to the frame. (The release crops past the frame's edge there, at negative
+        # offsets, and PIL fills the outside with black: a deliberate difference.)
         crop_height, crop_width = min(crop_height, height), min(crop_width, width)
         positions = crop_positions(height, width, crop_height, crop_width, self.more_positions)
         top, left = positions[_draw(len(positions), generator)]
