@@ -366,6 +366,21 @@ def test_other_calls_get_a_shifted_copy(mode):
     assert calls == {"hook": ["hook"], "subclass": ["forward"]}.get(mode, [])
 
 
+@pytest.mark.parametrize("why", ["no kernels", "create_graph"])
+def test_the_copy_backward_is_the_shifts_adjoint(monkeypatch, why):
+    """Where the backward can neither reuse the incoming gradient (held by its caller) nor run a
+    kernel (none built, or a graph of the backward wanted), it copies: the shift's adjoint,
+    <shift(x), g> = <x, shift^T(g)>, and gradcheck's Jacobian."""
+    if why == "no kernels":
+        monkeypatch.setattr(temporal, "_shift_kernels", lambda x, fold: None)
+    x = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(temporal_shift(x, 3), x, g, create_graph=why == "create_graph")
+    torch.testing.assert_close((x * grad).sum(), (temporal_shift(x.detach(), 3) * g).sum(), rtol=1e-12, atol=0)
+    if why == "no kernels":
+        torch.autograd.gradcheck(lambda v: temporal_shift(v, 3), (x,))
+
+
 def test_double_backward_through_the_shift():
     """The backward's copy path is differentiable again (gradient penalties, gradgradcheck)."""
     x = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64, requires_grad=True)
