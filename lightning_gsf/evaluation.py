@@ -308,10 +308,11 @@ def submission_scores(
                     f"{source}: entry {sample_id!r} must map {head} classes '0'..'{num_classes[head] - 1}' "
                     f"to scores, found {_describe_keys(entry, head, expected)}"
                 )
-            try:
-                rows[head].append([float(head_scores[c]) for c in expected])
-            except (TypeError, ValueError):
-                raise ValueError(f"{source}: entry {sample_id!r} has a {head} score that is not a number") from None
+            values = [head_scores[c] for c in expected]
+            if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+                # (a JSON string or boolean, which float() would read, is no score)
+                raise ValueError(f"{source}: entry {sample_id!r} has a {head} score that is not a number")
+            rows[head].append(values)
     _warn_of_unused_entries(results, heads, source)
     # (in float64, as JSON numbers are read: scores that differ only past float32's precision
     # keep their order, as the official evaluator, ranking NumPy arrays of the file's numbers, keeps it)

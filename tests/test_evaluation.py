@@ -123,6 +123,10 @@ def test_submission_of_other_class_counts_than_epic_warns(caplog, counts, warns)
         (lambda s: s["results"].update(b=[1, 2]), "entry 'b' .* found a JSON list instead of an object"),
         (lambda s: s["results"]["a"].update(verb=3), "entry 'a' .* found a JSON int as 'verb'"),
         (lambda s: s["results"]["b"]["noun"].update({"7": "high"}), "entry 'b' has a noun score that is not a number"),
+        (lambda s: s["results"]["b"]["noun"].update({"7": "1.5"}), "entry 'b' has a noun score that is not a number"),
+        (lambda s: s["results"]["b"]["noun"].update({"7": True}), "entry 'b' has a noun score that is not a number"),
+        (lambda s: s["results"]["b"]["verb"].update({"97": 0.5}),
+         "entry 'b' must map verb classes '0'..'96' to scores, found unexpected keys '97'$"),
     ],
 )
 def test_malformed_submission_is_rejected(mutate, message):
@@ -464,6 +468,29 @@ def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped)
         assert "1 of the 4 samples have no prediction" in caplog.text and "P01_01_2" in caplog.text
     else:
         assert not caplog.records
+
+
+@pytest.mark.parametrize("loaders", [1, 2])
+def test_the_submission_takes_one_predict_dataloader(tmp_path, loaders):
+    """Dataset indices restart in every loader: merging two loaders' predictions by index would
+    drop rows, so two are refused before anything is written (one, as a list, is written)."""
+    from types import SimpleNamespace
+
+    from lightning_gsf.evaluation import SubmissionWriter
+
+    samples = [SimpleNamespace(id=f"P01_01_{i}") for i in range(2)]
+    batch = {"id": [s.id for s in samples], "index": torch.arange(2),
+             "scores": {"verb": torch.zeros(2, NUM_VERBS), "noun": torch.zeros(2, NUM_NOUNS)}}
+    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
+                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    writer = SubmissionWriter()
+    if loaders == 1:
+        writer.write_on_epoch_end(trainer, None, [[batch]], None)
+        assert writer.written is not None and writer.written.is_file()
+        return
+    with pytest.raises(ValueError, match="the submission takes one predict dataloader, got 2"):
+        writer.write_on_epoch_end(trainer, None, [[batch], [batch]], None)
+    assert not list(tmp_path.iterdir())
 
 
 def test_predictions_written_to_one_folder_under_two_names_keep_both_results_files(tmp_path):

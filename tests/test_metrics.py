@@ -126,6 +126,14 @@ def test_percentages_equal_numpys_mean_times_100_to_the_bit(hits, total):
     assert result["all_class_accuracy_at_1"] == float(flags.mean() * 100)
 
 
+def test_headline_of_several_heads_without_an_action_is_their_mean_top1():
+    """Heads other than verb + noun have no action accuracy: the headline is the mean of their top-1."""
+    scores = {"scene": torch.tensor([[2.0, 1.0], [2.0, 1.0]]), "object": torch.tensor([[2.0, 1.0, 0.0]] * 2)}
+    result = compute_accuracies(scores, {"scene": torch.tensor([0, 1]), "object": torch.tensor([0, 0])})
+    assert (result["all_scene_accuracy_at_1"], result["all_object_accuracy_at_1"]) == (50.0, 100.0)
+    assert result[HEADLINE_METRIC] == 75.0 and not any("action" in key for key in result)
+
+
 def test_empty_subset_is_omitted():
     scores, labels, subsets = _epic_example()
     subsets["unseen"] = torch.zeros(4, dtype=torch.bool)
