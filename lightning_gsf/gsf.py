@@ -211,7 +211,7 @@ class GSF(nn.Module):
             raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
         if not cpu_kernels.takes(x):
             raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
-        if not (x.is_contiguous() or _is_channels_last(x)):
+        if not _dense_for_the_kernels(x):
             return self.forward_torch(x)  # the kernels address dense NCHW or channels-last maps
         if not torch.is_grad_enabled():
             return self._forward_without_autograd(x, ops)
@@ -266,7 +266,7 @@ class GSF(nn.Module):
         running statistics (:func:`_uses_batch_statistics`); outside ``torch.compile``."""
         bn = self._modules["bn"]
         return (not _uses_batch_statistics(bn) and not torch.compiler.is_compiling()
-                and cpu_kernels.usable(x) and (x.is_contiguous() or _is_channels_last(x)))
+                and cpu_kernels.usable(x) and _dense_for_the_kernels(x))
 
     def _infer_in_cpu_kernels(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         """GSF without autograd in one C++ call (``infer``) on a checked input, normalising
@@ -453,7 +453,9 @@ class GSF(nn.Module):
         if not (bn.training and bn.track_running_stats):
             return
         bn.num_batches_tracked.add_(1)
-        factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+        # (momentum None, a cumulative average: the factor in the statistics' dtype, as
+        # BatchNorm's Python float, not the int64 count's true division in float32)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.to(bn.running_var.dtype)
         bn.running_mean.mul_(1 - factor).add_(mean * factor)
         bn.running_var.mul_(1 - factor).add_(var * (factor * count / (count - 1)))
 
@@ -794,6 +796,14 @@ def _elements_apart(x: torch.Tensor) -> bool:
 
 def _is_channels_last(x: torch.Tensor) -> bool:
     return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _dense_for_the_kernels(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a dense NCHW or channels-last map with the strides the C++ kernels
+    address. (torch calls a map contiguous whatever the stride of a size-1 dimension: a
+    ``(N*T, C, H, 1)`` map transposed from ``(N*T, C, 1, H)`` is contiguous, its width
+    stride ``H``, which the kernels do not take.)"""
+    return (x.is_contiguous() or _is_channels_last(x)) and cpu_kernels.addressable(x)
 
 
 def _pixels_by_channels(v: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -761,3 +761,17 @@ def check_path_keeps_batch_norm_semantics(path: str, bn_mode: str) -> None:
 @pytest.mark.parametrize("path", ["forward", "forward_torch"], ids=["cpu_kernels", "torch_ops"])
 def test_cpu_paths_keep_batch_norm_semantics(path, bn_mode):
     check_path_keeps_batch_norm_semantics(path, bn_mode)
+
+
+def test_the_cumulative_average_of_a_float64_module_is_batch_norms_to_the_last_bits():
+    """momentum None in float64: the update factor 1 / count in float64, as BatchNorm's Python
+    float (1 / count as an int64 tensor's true division is float32: 1e-8 off)."""
+    module = make_gsf(16, 4, 0.5, seed=4).double().train()
+    module.bn.momentum = None
+    module.bn.num_batches_tracked.fill_(2)
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=4).double()
+    module(x.clone()), reference.forward_reference(x.clone())
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(module.bn, name), getattr(reference.bn, name), rtol=1e-14, atol=1e-15,
+                                   msg=name)

@@ -129,3 +129,32 @@ def test_eval_without_tracking_but_with_running_statistics_uses_them(path):
     torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(module(x.clone()), reference.forward_reference(x.clone()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval", "eval_no_grad"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_a_one_pixel_wide_map_with_a_loose_stride_over_its_width(path, mode):
+    """A (N*T, C, H, 1) map transposed from (N*T, C, 1, H): torch calls it contiguous (the stride
+    of a size-1 dimension does not count), but its width stride is H, not 1. The C++ kernels
+    had refused it ("pixels or channels must be contiguous"); now the paths that cannot address
+    it pass it on, with the spec's values and gradients."""
+    module = make_gsf(8, 2, 1.0, seed=3).train(mode == "train")
+    reference = copy.deepcopy(module)
+    base = make_input(2, 2, 8, 5, seed=3)[..., :1, :].contiguous()  # (4, 8, 1, 5)
+    assert base.transpose(2, 3).is_contiguous() and base.transpose(2, 3).stride(3) == 5
+    leaf, leaf_reference = base.clone().requires_grad_(), base.clone().requires_grad_()
+    if mode == "eval_no_grad":
+        with torch.no_grad():
+            out, expected = getattr(module, path)(leaf.transpose(2, 3)), reference.forward_reference(leaf.transpose(2, 3))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        return
+    out = getattr(module, path)(leaf.transpose(2, 3) * 1.0)
+    expected = reference.forward_reference(leaf_reference.transpose(2, 3) * 1.0)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
+    for name, parameter in module.named_parameters():
+        torch.testing.assert_close(parameter.grad, dict(reference.named_parameters())[name].grad,
+                                   rtol=1e-4, atol=1e-5, msg=name)
