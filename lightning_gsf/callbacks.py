@@ -32,12 +32,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import random
 import signal
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -524,7 +525,8 @@ class DataErrorCheckpoint(_StopCheckpoint):
         else:
             self._saving_mid_validation = True
             try:
-                outcome = self._save(trainer)
+                with _training_weights_in_the_module(trainer, pl_module, after=self):
+                    outcome = self._save(trainer)
             finally:
                 self._saving_mid_validation = False
             if outcome.startswith("saved"):
@@ -548,6 +550,26 @@ class DataErrorCheckpoint(_StopCheckpoint):
         trainer.save_checkpoint(path)
         return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
                 f"data and resume with --ckpt_path {path}")
+
+
+@contextlib.contextmanager
+def _training_weights_in_the_module(trainer: pl.Trainer, pl_module: pl.LightningModule,
+                                    after: pl.Callback) -> Iterator[None]:
+    """During a validation's ``on_validation_epoch_end``: the training weights in the module
+    for the block. A weight-averaging callback (an EMA) swaps the averaged weights into the
+    module for the validation and back in its own ``on_validation_epoch_end``; those hooks run
+    in the callbacks' order, so one listed after ``after`` still has the averaged weights in the
+    module, and a checkpoint saved now would hold the two sets swapped. Such callbacks swap
+    back for the block (their own end-of-validation hook) and in again after it."""
+    callbacks = trainer.callbacks
+    pending = [callback for callback in callbacks[callbacks.index(after) + 1:] if isinstance(callback, WeightAveraging)]
+    for callback in reversed(pending):
+        callback.on_validation_epoch_end(trainer, pl_module)
+    try:
+        yield
+    finally:
+        for callback in pending:
+            callback.on_validation_epoch_start(trainer, pl_module)
 
 
 _NOT_SAVED_IN_A_WINDOW = ("no checkpoint was written: the batch is inside a gradient-accumulation window, whose "

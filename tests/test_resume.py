@@ -667,6 +667,36 @@ def test_unreadable_sample_saves_nothing_where_no_clean_state_is_new(tmp_path, b
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("order", ["ema_first", "ema_last"])
+def test_an_unreadable_validation_batch_with_an_ema_saves_the_training_weights_as_such(tmp_path, order):
+    """With an EMA of the weights the module holds the averaged weights during validation. The
+    save at the end of a validation that met an unreadable batch holds the training weights as
+    ``current_model_state`` and the averaged ones as ``state_dict``, whichever of the two
+    callbacks comes first (with the EMA listed after, they were saved swapped)."""
+    from pytorch_lightning.callbacks import EMAWeightAveraging
+
+    class RecordTrained(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.trained = {name: value.clone() for name, value in pl_module.state_dict().items()}
+
+    record = RecordTrained()
+    pair = [DataErrorCheckpoint(), EMAWeightAveraging(decay=0.5)]
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path, max_epochs=3, callbacks=[*(pair[::-1] if order == "ema_first" else pair), record],
+        logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
+    model = ValidatedDropoutNet(unreadable_in_validation=(1, 2))
+    with pytest.raises(SampleReadError, match="validation batch"):
+        trainer.fit(model)
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1
+    for name, value in record.trained.items():
+        assert torch.equal(saved["current_model_state"][name], value), name
+        if name.endswith("weight"):
+            assert not torch.equal(saved["state_dict"][name], value), name
+
+
 def test_the_loader_raises_a_read_error_unless_told_to_hand_it_over():
     dataset = FixedVectors(unreadable=(0, 5))
     loader = ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, shuffle=False), batch_size=4)
