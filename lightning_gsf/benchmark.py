@@ -91,8 +91,8 @@ COLUMNS = (
     "backbone", "temporal_module", "num_segments", "input_size", "batch_size", "dtype",
     "channels_last", "compile", "compile_mode", "device", "device_name", "threads", "timer", "malloc", "gsf_ratio",
     "repeats", "warmup", "seed",
-    "params_m", "gflops_per_clip", "activation_mb",
-    "cuda_peak_mb", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
+    "params_m", "gflops_per_clip", "activation_mib",
+    "cuda_peak_mib", "train_clips_s", "infer_clips_s", "params_vs_tsn", "gflops_vs_tsn",
     "activation_vs_tsn", "cuda_peak_vs_tsn", "train_time_vs_tsn", "train_time_iqr", "infer_time_vs_tsn",
     "infer_time_iqr",
 )
@@ -119,6 +119,10 @@ class BenchmarkConfig:
     malloc: str = "retain"  # see lightning_gsf.host_memory
 
     def __post_init__(self) -> None:
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError) as error:  # (torch's message names what it expected)
+            raise ValueError(f"device {self.device!r} is no device: {error}") from None
         unknown = set(self.temporal_modules) - set(VARIANTS)
         if unknown:
             raise ValueError(f"unknown temporal modules {sorted(unknown)}; expected some of {VARIANTS}")
@@ -148,6 +152,8 @@ class BenchmarkConfig:
             raise ValueError(f"malloc must be one of {host_memory.MODES}, got {self.malloc!r}")
         if min(self.num_segments, self.input_size, self.batch_size, self.repeats) < 1:
             raise ValueError("num_segments, input_size, batch_size and repeats must be >= 1")
+        if device.type == "cuda" and not torch.cuda.is_available():  # (else a traceback from the first copy)
+            raise ValueError(f"device {self.device!r}: no CUDA device is available here")
 
     @property
     def cuda_graphs(self) -> bool:
@@ -424,8 +430,8 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
             "params_m": count_parameters(model) / 1e6,
             "gflops_per_clip": gflops_per_clip(model, clips, config),
             # (of the eager model: under the compiler the saved tensors are its choice, unseen here)
-            "activation_mb": None if config.compile else saved_activation_bytes(model, clips, labels, config) / 2**20,
-            "cuda_peak_mb": None if peak is None else peak / 2**20,
+            "activation_mib": None if config.compile else saved_activation_bytes(model, clips, labels, config) / 2**20,
+            "cuda_peak_mib": None if peak is None else peak / 2**20,
         }
     timer = TIMERS[config.timer]
     train_times = time_round_robin({v: s.train for v, s in steps.items()}, config.repeats,
@@ -437,7 +443,7 @@ def benchmark_backbone(backbone: str, config: BenchmarkConfig, malloc: str) -> l
         row["train_clips_s"] = config.batch_size / statistics.median(train_times[variant])
         row["infer_clips_s"] = config.batch_size / statistics.median(infer_times[variant])
         for column in ("params", "gflops", "activation", "cuda_peak"):
-            unit = {"params": "params_m", "gflops": "gflops_per_clip"}.get(column, f"{column}_mb")
+            unit = {"params": "params_m", "gflops": "gflops_per_clip"}.get(column, f"{column}_mib")
             row[f"{column}_vs_tsn"] = _ratio(row[unit], base[unit])  # type: ignore[arg-type]
         row["train_time_vs_tsn"] = _median_ratio(train_times[variant], train_times[BASELINE])
         row["infer_time_vs_tsn"] = _median_ratio(infer_times[variant], infer_times[BASELINE])
@@ -580,4 +586,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as error:  # (a setting it cannot use: one line, as gsf benchmark prints it)
+        raise SystemExit(f"{build_parser().prog}: error: {error}") from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -45,8 +47,8 @@ def test_rows_have_every_column_and_tsn_first(tiny_run, capsys):
         assert set(row) == set(COLUMNS)
         assert row["backbone"] == "resnet18" and row["num_segments"] == 2 and row["input_size"] == 32
         assert row["train_clips_s"] > 0 and row["infer_clips_s"] > 0
-        assert row["activation_mb"] > 0 and row["gflops_per_clip"] > 0
-        assert row["cuda_peak_mb"] is None  # CPU run
+        assert row["activation_mib"] > 0 and row["gflops_per_clip"] > 0
+        assert row["cuda_peak_mib"] is None  # CPU run
         assert row["compile"] is False and row["compile_mode"] is None  # (eager: no mode)
         assert row["malloc"] == ("retain" if host_memory.is_glibc() else "default")  # (glibc only)
         assert row["device_name"] == benchmark.cpu_model() != ""  # the machine, named in every row
@@ -132,7 +134,7 @@ def test_costs_relative_to_tsn_are_what_the_modules_imply(tiny_run):
     assert by_module["gsf"]["params_m"] == by_module["gsf_reference"]["params_m"]
     assert by_module["gsf"]["gflops_vs_tsn"] > 1.0
     # The fast path saves less for backward than the literal one.
-    assert by_module["gsf"]["activation_mb"] < by_module["gsf_reference"]["activation_mb"]
+    assert by_module["gsf"]["activation_mib"] < by_module["gsf_reference"]["activation_mib"]
 
 
 def test_the_control_is_a_second_tsn(tiny_run):
@@ -163,8 +165,8 @@ def test_csv_holds_the_same_rows(tiny_run):
         written = list(reader)
     assert [r["temporal_module"] for r in written] == [r["temporal_module"] for r in rows]
     for row, original in zip(written, rows):
-        assert float(row["activation_mb"]) == pytest.approx(original["activation_mb"])
-        assert row["cuda_peak_mb"] == ""
+        assert float(row["activation_mib"]) == pytest.approx(original["activation_mib"])
+        assert row["cuda_peak_mib"] == ""
 
 
 @pytest.mark.parametrize("variant,method", [("gsf_reference", "forward_reference"),
@@ -337,11 +339,23 @@ def test_activation_bytes_count_each_storage_whole_and_once(network):
     [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
      ("temporal_modules", ("gsf", "tsm", "gsf"), r"temporal modules \['gsf'\] listed twice; .* none_control"),
      ("repeats", 0, ">= 1"), ("malloc", "tcmalloc", "malloc must be one of"),
-     ("compile_mode", "fastest", "compile_mode must be one of"), ("compile_mode", "reduce-overhead", "needs compile")],
+     ("compile_mode", "fastest", "compile_mode must be one of"), ("compile_mode", "reduce-overhead", "needs compile"),
+     ("device", "cudax", "device 'cudax' is no device: "), ("device", "cuda:x", "device 'cuda:x' is no device: ")],
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
         BenchmarkConfig(**{field: value})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without a CUDA device")
+@pytest.mark.parametrize("entry", [["gsf", "benchmark"], ["python", "-m", "lightning_gsf.benchmark"]])
+def test_a_cuda_device_where_there_is_none_is_one_line(entry):
+    """(It was a traceback from the first copy to the device.)"""
+    command = [sys.executable, "-m", "lightning_gsf.cli", "benchmark"] if entry[0] == "gsf" else \
+        [sys.executable, "-m", "lightning_gsf.benchmark"]
+    result = subprocess.run([*command, *TINY, "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == ["gsf benchmark: error: device 'cuda': no CUDA device is available here"]
 
 
 @pytest.mark.parametrize("mode,graphed", [("default", False), ("reduce-overhead", True), ("max-autotune", True),
