@@ -373,8 +373,10 @@ def test_compile_mode_reaches_the_compiler_and_cuda_graphs_hear_of_each_step(mod
     monkeypatch.setattr(benchmark.torch, "compile", lambda model, **kwargs: compiled.append(kwargs) or model)
     monkeypatch.setattr(benchmark.torch.compiler, "cudagraph_mark_step_begin", lambda: steps_begun.append(1))
     # (the graph modes need a CUDA device: the model and clips stay on the CPU, stand-ins)
-    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, compile=True, compile_mode=mode,
-                             device="cuda" if graphed else "cpu", warmup=benchmark.CUDA_GRAPH_WARMUP)
+    with monkeypatch.context() as cuda_here:
+        cuda_here.setattr(benchmark.torch.cuda, "is_available", lambda: True)
+        config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1, compile=True, compile_mode=mode,
+                                 device="cuda" if graphed else "cpu", warmup=benchmark.CUDA_GRAPH_WARMUP)
     eager = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1)
     steps = benchmark.make_steps(build_model("resnet18", "none", eager), *make_batch(eager), config)
     steps.train()
