@@ -50,7 +50,7 @@ import torch.distributed as dist
 from fsspec.implementations.local import LocalFileSystem
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_fabric.utilities.cloud_io import get_filesystem
-from pytorch_lightning.callbacks import ModelCheckpoint, WeightAveraging
+from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor, WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -402,7 +402,8 @@ class PreemptionCheckpoint(_StopCheckpoint):
             log.warning("%s during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
                         "(Lightning 2.6 runs it again)", self._stop_name(), trainer.current_epoch)
         try:
-            trainer.save_checkpoint(path)
+            # (the full state; weights_only given, so that Lightning logs no note of its default)
+            trainer.save_checkpoint(path, weights_only=False)
         finally:
             self._saving_mid_validation = False
         if trainer.is_global_zero:
@@ -547,7 +548,8 @@ class DataErrorCheckpoint(_StopCheckpoint):
         if not self._trained:
             return "no batch has been trained in this run, so no checkpoint was written"
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        # (the full state; weights_only given, so that Lightning logs no note of its default)
+        trainer.save_checkpoint(path, weights_only=False)
         return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
                 f"data and resume with --ckpt_path {path}")
 
@@ -654,6 +656,26 @@ def _set_random_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(python_state), python_gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def clips_in(batch: Mapping[str, Any]) -> int:
+    """The clips in a loader's batch (its clips' first dimension)."""
+    return batch["clip"].shape[0]
+
+
+class ClipThroughputMonitor(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` counting clips (``<stage>/samples``,
+    ``<stage>/device/samples_per_sec``), with a validation batch that could not be read (an
+    :class:`~lightning_gsf.data.samplers.UnreadableBatch`, which ``fit``'s validation goes on
+    past, see :class:`DataErrorCheckpoint`) left out of the count."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(batch_size_fn=clips_in, **kwargs)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                *args: Any, **kwargs: Any) -> None:
+        if not isinstance(batch, UnreadableBatch):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
 
 
 class ExactResume(pl.Callback):

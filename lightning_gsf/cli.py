@@ -28,7 +28,10 @@ Defaults that every run gets (each can be changed from a config):
   so ``save_last`` alone would resume from the best epoch, not the latest.)
 - ``submission``: the prediction writer; ``gsf predict`` writes ``<default_root_dir>/submission.zip`` (and ``results.pkl``).
 - loggers: TensorBoard and CSV under ``<default_root_dir>/{tensorboard,csv}`` when
-  ``trainer.logger`` is left unset; a rich progress bar and a learning-rate monitor.
+  ``trainer.logger`` is left unset; a rich progress bar, a learning-rate monitor and
+  Lightning's ``ThroughputMonitor`` (``train/time``, ``train/samples`` and, once
+  :data:`THROUGHPUT_WINDOW` batches have run, ``train/device/samples_per_sec``: clips a second;
+  the same under ``validate/``, ``test/`` and ``predict/``).
 - reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
   left unset), a ``last.ckpt`` saved on SIGTERM and when ``fit`` meets a batch that cannot
   be read, and the random state and loader position saved so a resumed run continues exactly.
@@ -53,6 +56,7 @@ import difflib
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ from lightning_gsf.callbacks import (  # (EXIT_STOPPED_BY_CTRL_C: gsf's status a
     EXIT_STOPPED_BY_CTRL_C,
     AtomicCheckpointIO,
     CheckpointMismatchError,
+    ClipThroughputMonitor,
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
@@ -313,11 +318,16 @@ class GSFCLI(LightningCLI):
         if "callbacks" not in kwargs:
             if loggers:  # LearningRateMonitor refuses a trainer without one (logger false or [])
                 callbacks.append(LearningRateMonitor(logging_interval="step"))
+                callbacks.append(ClipThroughputMonitor(window_size=THROUGHPUT_WINDOW, separator="/"))
             has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
             if trainer_config.get("enable_progress_bar") is not False and not has_bar:
                 callbacks.append(RichProgressBar())
             kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
+
+
+# The batches the logged clips a second are measured over (the last ones before each log).
+THROUGHPUT_WINDOW = 20
 
 
 def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
@@ -353,6 +363,21 @@ def run(args: Sequence[str] | None = None) -> GSFCLI | Any:
         },
         args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
     )
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's "Tip" lines advertising its cloud services: a line or two on every
+    command that say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip:")
+
+
+for _name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_NoAdverts())
+# Lightning 2.6's own pytree helper uses an API that torch deprecates: a warning on every
+# command, about Lightning's code, not the run's.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class _FirstProcessInfo(logging.Filter):

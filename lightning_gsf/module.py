@@ -176,6 +176,10 @@ class VideoClassificationModule(pl.LightningModule):
             raise ConfigurationError(f"loss_weights names heads {sorted(unknown)} that num_classes "
                                      f"{dict(num_classes)} lacks")
         self.loss_weights = {head: float((loss_weights or {}).get(head, 1.0)) for head in num_classes}
+        # Read by Lightning's ThroughputMonitor (gsf adds one where a logger is on); None: no
+        # FLOPs a second are logged. FlopCounterMode does not see GSF's C++ and Triton
+        # kernels; ``gsf benchmark`` counts GSF's FLOPs through its reference computation.
+        self.flops_per_batch: int | None = None
         self.model = VideoClassifier(
             backbone=backbone,
             temporal_module=temporal_module,

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -20,7 +21,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -626,3 +627,35 @@ def test_an_unknown_subcommand_lists_every_subcommand_and_the_closest():
                                          r"fit, validate, test, predict, synth, import-original, export-original, "
                                          r"evaluate, benchmark\)"):
         run(["evalute", "x", "y"])
+
+
+def test_fit_logs_throughput_in_clips(tmp_path, dataset, monkeypatch):
+    """Lightning's ThroughputMonitor, counting clips (the batch's first dimension): elapsed time
+    and clips so far at every logged step, and clips a second once its window of batches ran."""
+    from lightning_gsf import cli
+
+    monkeypatch.setattr(cli, "THROUGHPUT_WINDOW", 2)  # (two training batches in this run)
+    config = _config(tmp_path, dataset)
+    trainer = run(["fit", "--config", str(config)]).trainer
+    (monitor,) = (c for c in trainer.callbacks if isinstance(c, ThroughputMonitor))
+    with (tmp_path / "run" / "csv" / "version_0" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    samples = [float(row["train/samples"]) for row in rows if row.get("train/samples")]
+    assert samples == [4.0, 8.0]  # (batches of 4 clips, logged every step)
+    rates = [float(row["train/device/samples_per_sec"]) for row in rows if row.get("train/device/samples_per_sec")]
+    times = [float(row["train/time"]) for row in rows if row.get("train/time")]
+    assert len(rates) == 1 and rates[0] == pytest.approx(4 / (times[1] - times[0]))
+    assert [float(row["validate/samples"]) for row in rows if row.get("validate/samples")][-1] == 6.0
+    assert monitor.batch_size_fn({"clip": torch.zeros(3, 2, 3, 4, 4)}) == 3
+
+
+def test_a_fit_prints_no_advert_and_no_warning_about_lightnings_own_code(tmp_path, dataset):
+    """Lightning's "Tip" lines (its cloud services) and its pytree helper's deprecation warning
+    came on every command; the run's own lines stay."""
+    config = _config(tmp_path, dataset)
+    result = subprocess.run([sys.executable, "-m", "lightning_gsf.cli", "fit", "--config", str(config)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Tip:" not in output and "LeafSpec" not in output, output[-3000:]
+    assert "lr schedule:" in output  # (the project's information lines are still printed)
