@@ -195,7 +195,7 @@ def test_a_fraction_of_batches_that_leaves_a_process_none_is_refused_by_every_pr
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 1, result.stderr[-3000:]
-    message = ("trainer.limit_val_batches=0.5 leaves the process with the fewest val batches (1 of 3; the 2 processes "
-               "hold 2, 1) none to evaluate")
+    message = ("trainer.limit_val_batches=0.5 leaves the process with the fewest val batches none to evaluate "
+               "(batches of 3 clips; the 2 processes hold 2, 1)")
     assert result.stderr.count(message) == 2, result.stderr[-3000:]  # (once from each process)
     assert "Traceback" not in result.stderr and "Connection closed" not in result.stderr, result.stderr[-3000:]

@@ -599,9 +599,9 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         if min(int(count * limit) for count in batches) == 0:
             raise ConfigurationError(
                 f"trainer.limit_{role}_batches={limit} leaves the process with the fewest {role} batches "
-                f"({min(batches)} of {self.eval_batch_size}; the {sampler.num_replicas} processes hold "
-                f"{', '.join(map(str, batches))}) none to evaluate; give a number of batches (an integer, "
-                "e.g. 1) or a larger fraction"
+                f"none to evaluate (batches of {self.eval_batch_size} clips; the {sampler.num_replicas} processes "
+                f"hold {', '.join(map(str, batches))}); give a number of batches (an integer, e.g. 1) or a larger "
+                "fraction"
             )
 
     def _loader_options(self) -> dict[str, Any]:
