@@ -30,8 +30,8 @@ weights_only=False)`` on torch >= 2.6 to read its NumPy arrays, so it is not wri
 ``gsf evaluate`` scores a submission, or a results file (dict or list format), against a
 labelled annotation CSV as the official ``evaluate.py`` does: classes and actions ranked by
 its steps (:mod:`lightning_gsf.official_ranking`, NumPy, in the file's dtype, float64 for a
-submission's JSON numbers; ties and underflows included), subsets and keys by the functions of the epoch metrics
-(:func:`lightning_gsf.metrics.accuracies_from_hits`).
+submission's JSON numbers; ties and underflows included), subsets and keys by the functions
+of the epoch metrics (:func:`lightning_gsf.metrics.accuracies_from_hits`).
 """
 
 from __future__ import annotations
