@@ -475,8 +475,12 @@ def test_export_picks_a_named_head(tmp_path: Path) -> None:
     module = VideoClassificationModule({"verb": 3, "noun": 4}, num_segments=T, backbone="resnet18", pretrained=None)
     path = tmp_path / "trained.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    info = export_original(path, tmp_path / "noun.pth.tar", head="noun")
-    assert info.num_classes == 4
+    for head, classes in (("verb", 3), ("noun", 4)):  # (the first head too, not only the last)
+        info = export_original(path, tmp_path / f"{head}.pth.tar", head=head)
+        assert info.num_classes == classes
+        written = torch.load(tmp_path / f"{head}.pth.tar", map_location="cpu", weights_only=True)["model_state_dict"]
+        for name in ("weight", "bias"):
+            assert torch.equal(written[f"module.new_fc.{name}"], module.state_dict()[f"model.heads.{head}.{name}"])
     with pytest.raises(ValueError, match=r"no head 'action'"):
         export_original(path, tmp_path / "x.pth.tar", head="action")
 

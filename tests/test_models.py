@@ -460,6 +460,26 @@ def test_bad_clips_are_rejected(kwargs: dict, shape: tuple, dtype: torch.dtype, 
         model(torch.zeros(shape, dtype=dtype))
 
 
+def test_dropout_acts_on_the_pooled_features_of_each_frame_in_training() -> None:
+    """As in the release (and TSN): dropout between the backbone's pooled features and the
+    heads, in training only; the clip's pixels reach the backbone untouched."""
+    model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes={"verb": 3, "noun": 5}, dropout=0.5).train()
+    seen = {}
+    model.dropout.register_forward_hook(lambda module, inputs, output: seen.update(dropout=(inputs[0], output)))
+    model.base_model.register_forward_hook(lambda module, inputs, output: seen.update(backbone=(inputs[0], output)))
+    clip = _clip("resnet18")
+    logits = model(clip)
+    features, dropped = seen["dropout"]
+    assert features is seen["backbone"][1] and features.shape == (2 * 2, model.base_model.feature_dim)
+    zeroed = dropped == 0
+    assert 0.3 < zeroed.float().mean() < 0.7 and torch.equal(dropped[~zeroed], 2 * features[~zeroed])
+    expected = model.heads["verb"](dropped).view(2, 2, -1).mean(dim=1)
+    torch.testing.assert_close(logits["verb"], expected)
+    model.eval()
+    model(clip)
+    assert torch.equal(seen["dropout"][0], seen["dropout"][1])  # (eval: no dropout)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -470,6 +490,8 @@ def test_bad_clips_are_rejected(kwargs: dict, shape: tuple, dtype: torch.dtype, 
         ({"num_classes": {"verb": 0}}, "positive class counts"),
         ({"normalization": "caffe"}, "unknown normalization 'caffe'"),
         ({"num_segments": 0}, "num_segments must be >= 1"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),  # (every feature zeroed: the heads' biases alone)
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\)"),
     ],
 )
 def test_bad_configurations_are_rejected(kwargs: dict, message: str) -> None:
@@ -505,10 +527,12 @@ def test_a_ratio_gsf_cannot_split_names_the_ratios_that_fit(backbone: str, bad_r
 # -- ImageNet weights ------------------------------------------------------------------------
 
 
-def test_pretrained_file_loads_into_the_backbone_layers(tmp_path) -> None:
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "under_state_dict"])
+def test_pretrained_file_loads_into_the_backbone_layers(tmp_path, wrapped: bool) -> None:
+    """A state dict saved bare, or under a ``state_dict`` entry (as many training scripts save it)."""
     source = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
-    torch.save(source.state_dict(), path)
+    torch.save({"state_dict": source.state_dict(), "epoch": 90} if wrapped else source.state_dict(), path)
     model = VideoClassifier("resnet18", "gsf", num_segments=2, num_classes=2, pretrained=path)
     own = model.base_model.state_dict()
     for key, value in source.state_dict().items():
@@ -533,6 +557,14 @@ def test_imagenet_weights_load_after_insertion_too() -> None:
     result = net.load_state_dict(torchvision.models.resnet18(weights=None).state_dict(), strict=False)
     assert set(result.unexpected_keys) == {"fc.weight", "fc.bias"}
     assert result.missing_keys and all(".gsf." in key for key in result.missing_keys)
+    # The weights' loader asks for every backbone tensor but GSF's, which keep their init.
+    from lightning_gsf.backbones.weights import load_imagenet_weights
+
+    gsf_before = {key: value.clone() for key, value in net.state_dict().items() if ".gsf." in key}
+    source = torchvision.models.resnet18(weights=None).state_dict()
+    load_imagenet_weights(net, source, "resnet18.pth")
+    assert torch.equal(net.state_dict()["layer4.1.conv2.weight"], source["layer4.1.conv2.weight"])
+    assert all(torch.equal(net.state_dict()[key], value) for key, value in gsf_before.items())
 
 
 @pytest.mark.parametrize("backbone", ["bninception", "inception_v3_tf"])

@@ -71,6 +71,31 @@ def test_loss_is_the_weighted_sum_of_head_losses():
     torch.testing.assert_close(total, per_head["verb"] + 0.5 * per_head["noun"])
 
 
+def test_validation_and_test_losses_are_the_training_loss():
+    """val/loss and test/loss are the training loss over their samples: the same loss weights
+    and label smoothing (with either left out, the checkpoint selection on val/loss would
+    follow another quantity)."""
+    weighted = _module(loss_weights={"verb": 2.0, "noun": 0.5}, label_smoothing=0.2)
+    generator = torch.Generator().manual_seed(5)
+    logits = {"verb": torch.randn(6, 3, generator=generator), "noun": torch.randn(6, 4, generator=generator)}
+    labels = {"verb": torch.tensor([0, 1, 2, 0, 1, 2]), "noun": torch.tensor([3, 2, 1, 0, 1, 2])}
+    expected, _ = weighted.compute_loss(logits, labels)
+    for scores in (weighted.val_scores, weighted.test_scores):
+        scores.update(logits, labels, torch.arange(6))
+        assert scores.compute()["loss"] == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_training_logs_the_loss_and_each_heads_loss():
+    model = _module(loss_weights={"noun": 0.5})
+    logged = {}
+    model.log = lambda name, value, **kwargs: logged.update({name: float(value)})
+    batch = {"clip": _clips(2), "labels": {"verb": torch.tensor([0, 2]), "noun": torch.tensor([1, 3])}}
+    loss = model.training_step(batch, 0)
+    assert set(logged) == {"train/loss", "train/loss_verb", "train/loss_noun"}
+    assert logged["train/loss"] == pytest.approx(loss.item())
+    assert logged["train/loss"] == pytest.approx(logged["train/loss_verb"] + 0.5 * logged["train/loss_noun"], rel=1e-6)
+
+
 def test_loss_weights_must_name_known_heads():
     with pytest.raises(ValueError, match="action"):
         _module(loss_weights={"action": 1.0})
