@@ -106,6 +106,8 @@ def test_mid_epoch_resume_yields_exactly_the_rest_of_the_epoch(size, num_replica
         loader.sampler.set_epoch(epoch)  # what Lightning does at the start of the resumed epoch
     after = [[int(i) for batch in loader for i in batch] for loader in resumed]
     assert [b + a for b, a in zip(before, after)] == full
+    # The restored position applies once: iterated again in the same epoch, a whole epoch.
+    assert [[int(i) for batch in loader for i in batch] for loader in resumed] == full
     # The following epoch is a whole, fresh one again.
     for loader, reference in zip(resumed, uninterrupted):
         loader.sampler.set_epoch(epoch + 1)
@@ -183,10 +185,30 @@ def test_unpadded_sampler_scores_every_sample_exactly_once(size, num_replicas):
     assert [len(sampler) for sampler in samplers] == [len(share) for share in shares]
 
 
-def test_unpadded_sampler_refuses_processes_without_samples():
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_unpadded_sampler_refuses_processes_without_samples(size):
     # A process with no batch would skip the epoch-end metric sync and hang the others.
-    with pytest.raises(ConfigurationError, match="2 samples, fewer than the 4 processes"):  # (gsf: one line)
-        UnpaddedDistributedSampler(Indices(2), num_replicas=4, rank=3)
+    with pytest.raises(ConfigurationError, match=f"{size} samples, fewer than the 4 processes"):  # (gsf: one line)
+        UnpaddedDistributedSampler(Indices(size), num_replicas=4, rank=0)
+    assert len(UnpaddedDistributedSampler(Indices(4), num_replicas=4, rank=3)) == 1
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("resumed_at", [0, 2])
+def test_batches_to_come_are_the_batches_the_next_iteration_yields(drop_last, resumed_at):
+    """13 samples in batches of 4: 3 batches with drop_last, 4 without; after 2 batches, the rest."""
+    def loader():
+        return ResumableDataLoader(Indices(13), sampler=ResumableDistributedSampler(Indices(13), seed=3),
+                                   batch_size=4, drop_last=drop_last)
+
+    first = loader()
+    iterator = iter(first)
+    for _ in range(resumed_at):
+        next(iterator)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    expected = resumed.batches_to_come()
+    assert expected == len(list(resumed)) == (3 if drop_last else 4) - resumed_at
 
 
 def test_samplers_default_to_one_process_without_a_process_group():
