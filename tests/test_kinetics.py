@@ -72,6 +72,10 @@ def test_relative_path_templates(template: str, expected: str) -> None:
          r"line 2: expected a whole number of seconds in 'time_start', got '1_0'"),
         ("label,youtube_id,time_start,time_end,split\n\"air drumming\",abc,1,11\n", r"line 2: expected 5 fields"),
         ("label,youtube_id,time_start,time_end,split\nabseiling,abc,11,1,val\n", r"line 2: expected 0 <= time_start < time_end"),
+        ("label,youtube_id,time_start,time_end,split\nabseiling,abc,11,11,val\n", r"line 2: expected 0 <= time_start < time_end"),
+        # ("17.0" is a whole second some copies write; 17.5 names no clip file)
+        ("label,youtube_id,time_start,time_end,split\nabseiling,abc,17.5,27,val\n",
+         r"line 2: expected a whole number of seconds in 'time_start', got '17.5'"),
         # (an empty split made the path "/abc_...mp4", outside the dataset root)
         ("label,youtube_id,time_start,time_end,split\nabseiling,abc,1,11, \n", r"line 2: empty youtube_id, split or label"),
     ],
@@ -227,6 +231,38 @@ def test_missing_videos_can_be_dropped_with_a_report(tmp_path: Path, k400_dir: P
     assert "1 of 4 annotated videos are missing" in caplog.text
     assert (tmp_path / "logs" / "missing_kinetics400_train.tsv").is_file()
     check_loaders(datamodule, expected, numbers)
+
+
+def test_a_label_map_listing_a_class_twice_is_refused(tmp_path: Path, k400_dir: Path) -> None:
+    names = (k400_dir / "label_map_k400.txt").read_text().splitlines()
+    path = tmp_path / "label_map.txt"
+    path.write_text("\n".join([*names, names[3]]) + "\n")
+    with pytest.raises(AnnotationError, match=rf"label_map.txt: class names listed more than once: \['{names[3]}'\]"):
+        kinetics.read_label_map(path)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_labelled_split_without_its_label_column_is_refused(tmp_path: Path, k400_dir: Path, split: str) -> None:
+    """Read as unlabelled, the split would train or score on nothing; the test split may lack it."""
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, kinetics.VIDEO_TEMPLATE_BY_CLASS)
+    path = arguments["annotations_dir"] / f"kinetics-400_{split}.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[name for name in rows[0] if name != "label"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(AnnotationError, match=rf"kinetics-400_{split}.csv, line 1: header .* lacks the columns \['label'\]"):
+        Kinetics400DataModule(**arguments).samples(split)
+
+
+def test_the_frame_count_cache_keeps_the_counts_of_other_splits(tmp_path: Path, k400_dir: Path) -> None:
+    """Counting a second split adds its counts to the cache's, not in their place."""
+    arguments, _, _ = _build_kinetics(tmp_path, k400_dir, "{split}/{label_underscored}/{clip_id}", layout="frames")
+    cache = tmp_path / "frame_counts.csv"
+    val = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("val")
+    train = Kinetics400DataModule(**arguments, frame_count_cache=cache).samples("train")
+    counted = {line.rsplit(",", 1)[0] for line in cache.read_text().splitlines()[1:]}
+    assert counted == {str(sample.source / "img_00001.jpg") for sample in [*val, *train]} and len(counted) == 6
 
 
 def test_unknown_label_names_file_and_line(tmp_path: Path, k400_dir: Path) -> None:
