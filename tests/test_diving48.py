@@ -53,6 +53,7 @@ def test_first_train_entry(diving_dir: Path) -> None:
         ({"vid_name": "a", "label": 48, "start_frame": 0, "end_frame": 30}, r"entry 1 \(a\): label 48 is outside"),
         ({"vid_name": "a", "label": 3, "start_frame": 30, "end_frame": 30}, r"entry 1 \(a\): expected 0 <= start_frame"),
         ({"vid_name": "a", "label": "3", "start_frame": 0, "end_frame": 30}, r"entry 1 \(a\): expected an integer 'label'"),
+        ({"vid_name": "a", "label": True, "start_frame": 0, "end_frame": 30}, r"entry 1 \(a\): expected an integer 'label', got True"),
         ({"label": 3, "start_frame": 0, "end_frame": 30}, r"entry 1: expected an object with a 'vid_name'"),
     ],
 )
@@ -63,6 +64,14 @@ def test_bad_entries_name_file_and_entry(tmp_path: Path, entry: dict, message: s
     with pytest.raises(AnnotationError, match=message) as error:
         diving48.read_split(path)
     assert str(path) in str(error.value)
+
+
+def test_a_vocabulary_listing_a_class_twice_is_refused(tmp_path: Path, diving_dir: Path) -> None:
+    vocabulary = json.loads((diving_dir / "Diving48_vocab.json").read_text())
+    path = tmp_path / "Diving48_vocab.json"
+    path.write_text(json.dumps([*vocabulary, vocabulary[5]]))
+    with pytest.raises(AnnotationError, match="Diving48_vocab.json: the vocabulary lists a class twice"):
+        diving48.read_vocabulary(path)
 
 
 # ---------------------------------------------------------------- DataModule on a tiny real-layout dataset
@@ -105,6 +114,18 @@ def test_datamodule_yields_labelled_batches(tmp_path: Path, diving_dir: Path, la
     # The annotation gives each video's frame range: [start_frame, end_frame).
     assert [(sample.start, sample.stop) for sample in datamodule.samples("train")] == [(0, 10), (0, 11), (0, 12)]
     assert [sample.id for sample in datamodule.samples("val")] == [sample.id for sample in datamodule.samples("test")]
+
+
+@pytest.mark.parametrize("layout", ["frames", "video"])
+def test_an_annotated_range_inside_the_video_is_the_sample(tmp_path: Path, diving_dir: Path, layout: str) -> None:
+    """[start_frame, end_frame) of the annotation, not the whole video, is what the clip samples."""
+    arguments, _, _ = _build_diving48(tmp_path, diving_dir, layout)
+    path = arguments["annotations_dir"] / "Diving48_V2_train.json"
+    entries = json.loads(path.read_text())
+    entries[0].update(start_frame=3, end_frame=8)  # (of its 10 frames)
+    path.write_text(json.dumps(entries))
+    samples = Diving48DataModule(**arguments).samples("train")
+    assert [(sample.start, sample.stop) for sample in samples] == [(3, 8), (0, 11), (0, 12)]
 
 
 def test_missing_frame_folder_is_an_error_naming_the_entry(tmp_path: Path, diving_dir: Path) -> None:
