@@ -541,3 +541,32 @@ def test_a_train_split_smaller_than_one_dropped_batch_is_an_error():
     kept = toy(batch_size=16, drop_last=False)
     kept.setup("fit")
     assert len(kept.train_dataloader()) == 1
+
+
+@pytest.mark.parametrize(
+    ("module_path", "split_files"),
+    [
+        ("lightning_gsf.data.epic.EpicKitchensDataModule",
+         ("EPIC_100_train.csv", "EPIC_100_validation.csv", "EPIC_100_test_timestamps.csv")),
+        ("lightning_gsf.data.ssv1.SomethingSomethingV1DataModule",
+         ("something-something-v1-train.csv", "something-something-v1-validation.csv", "something-something-v1-test.csv")),
+        ("lightning_gsf.data.ssv2.SomethingSomethingV2DataModule",
+         ("something-something-v2-train.json", "something-something-v2-validation.json",
+          "something-something-v2-test.json")),
+        ("lightning_gsf.data.kinetics.Kinetics400DataModule",
+         ("kinetics-400_train.csv", "kinetics-400_val.csv", "kinetics-400_test.csv")),
+        # (Diving48 publishes no validation split: its test split serves as both)
+        ("lightning_gsf.data.diving48.Diving48DataModule",
+         ("Diving48_V2_train.json", "Diving48_V2_test.json", "Diving48_V2_test.json")),
+    ],
+)
+def test_each_split_reads_the_datasets_own_file_by_default(module_path: str, split_files: tuple[str, str, str]) -> None:
+    """The annotation files' names as the datasets publish them, one per split: a default that
+    named another split's file would train or validate on the wrong samples without a word."""
+    import importlib
+
+    module_name, class_name = module_path.rsplit(".", 1)
+    datamodule_class = getattr(importlib.import_module(module_name), class_name)
+    arguments = {"root": "/nowhere"} if "epic" in module_name else {"root": "/nowhere", "annotations_dir": "/nowhere"}
+    datamodule = datamodule_class(**arguments)
+    assert (datamodule.split_files["train"], datamodule.split_files["val"], datamodule.split_files["test"]) == split_files

@@ -113,6 +113,7 @@ def test_class_name_from_template() -> None:
     ("content", "message"),
     [
         ("12;Holding something\n13;Flying something\n", r"line 2: unknown class 'Flying something'"),
+        ("12; Holding something \n13;Flying something\n", r"line 2: unknown class 'Flying something'"),  # (spaces kept off)
         ("12;Holding something\n13\n", r"line 2: expected '<video id>;<class name>'"),
         ("12;Holding something;extra\n", r"line 1: expected '<video id>;<class name>'"),
     ],
@@ -216,6 +217,15 @@ def test_ssv2_test_answers_label_the_test_split(tmp_path: Path, ssv2_dir: Path) 
     check_loaders(datamodule, expected, numbers)
 
 
+def test_ssv2_test_answers_missing_a_test_video_name_the_file_and_the_video(tmp_path: Path, ssv2_dir: Path) -> None:
+    arguments, _, _ = _build_ssv2(tmp_path, ssv2_dir, "frames")
+    (arguments["annotations_dir"] / "answers.csv").write_text("1420;Holding something\n")
+    datamodule = SomethingSomethingV2DataModule(**arguments, test_answers_file="answers.csv")
+    with pytest.raises(AnnotationError, match=r"answers.csv: no answer for 1 test videos of .*something-something-v2-test"
+                                              r".json, e.g. id 166429"):
+        datamodule.samples("test")
+
+
 def test_ssv1_datamodule_yields_labelled_batches(tmp_path: Path, shared_data: Path) -> None:
     """SSv1 in its layout: ``<root>/<id>/00001.jpg`` and ``id;class`` CSVs (ids here are made up,
     as no real v1 list is public; the class names are the real ones)."""
@@ -241,6 +251,9 @@ def test_ssv1_datamodule_yields_labelled_batches(tmp_path: Path, shared_data: Pa
     )
     assert expected["1"] == {"class": 93} and expected["4"] == {"class": 87}  # the v2 indices
     check_loaders(datamodule, expected, {video_id: int(video_id) for video_id in expected})
+    # Each split from its own file (the default names), not another split's.
+    assert {split: [sample.id for sample in datamodule.samples(split)] for split in ("train", "val", "test")} == {
+        "train": ["1", "2", "3"], "val": ["4", "5"], "test": ["6", "7"]}
 
 
 def test_flip_swaps_left_right_labels_exactly_when_the_clip_is_flipped(tmp_path: Path, ssv2_dir: Path) -> None:
