@@ -76,6 +76,21 @@ def test_annotations_parse_and_match_the_requested_sizes(tiny):
         assert action.narration_id.startswith(action.video_id + "_")
 
 
+def test_validation_and_test_clips_are_not_the_training_clips_again(tmp_path):
+    """Each split's videos draw from generators of their own (seed, split, position): with a
+    generator shared across splits, validation would repeat the training videos' actions and
+    frames, and its accuracy would measure memory."""
+    dataset = generate_synthetic_dataset(tmp_path / "data", seed=0, num_train=40, num_val=20, num_test=20, size=32,
+                                         videos=False, overwrite=True)
+    splits = {name: read_actions(dataset.annotations_dir / f"EPIC_100_{name}.csv")
+              for name in ("train", "validation", "test")}
+    key = lambda action: (action.verb_class, action.noun_class, action.start_frame, action.stop_frame)  # noqa: E731
+    train = {key(action) for action in splits["train"]}
+    for split in ("validation", "test"):
+        repeated = [action.narration_id for action in splits[split] if key(action) in train]
+        assert len(repeated) <= 2, (split, repeated)  # (chance coincidences of a few classes and frame numbers)
+
+
 def test_frame_numbers_timestamps_and_files_agree(tiny):
     info = read_video_info(tiny.annotations_dir / "EPIC_100_video_info.csv")
     actions = read_actions(tiny.annotations_dir / "EPIC_100_train.csv")

@@ -177,13 +177,16 @@ def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int
     assert torch.equal(VideoFileReader(threads=threads, thread_type=thread_type).read(video_path, indices), reference)
 
 
+@pytest.mark.parametrize("indices", [[5, 8], [5, 35]], ids=["past_every_wanted_frame", "between_wanted_frames"])
 def test_seek_overshoot_falls_back_to_decoding_from_the_start(
-    video_path: Path, monkeypatch: pytest.MonkeyPatch
+    video_path: Path, monkeypatch: pytest.MonkeyPatch, indices: list[int]
 ) -> None:
-    # Pretend the container's index is wrong: every seek asks for a timestamp 30 frames too late.
+    # Pretend the container's index is wrong: every seek asks for a timestamp 30 frames too late
+    # (landing past frame 5, and with [5, 35] before the last wanted frame: a seek that must still
+    # count as an overshoot, since frame 5 is behind it).
     original = video._StreamTiming.pts_of
     monkeypatch.setattr(video._StreamTiming, "pts_of", lambda self, index: original(self, index + 30))
-    assert identify(VideoFileReader().read(video_path, [5, 8])) == [5, 8]
+    assert identify(VideoFileReader().read(video_path, indices)) == indices
 
 
 @pytest.mark.parametrize("exact", [False, True], ids=["header", "demuxed"])
@@ -577,14 +580,19 @@ def test_an_overshooting_seek_steps_back_before_decoding_from_the_start(
     assert [(p.first_seen, p.last_seen) for p in passes] == [(30, None), (10, 28)]
 
 
+@pytest.mark.parametrize(("renumber", "indices"), [(lambda index: 9 - index % 10, [9, 12]),
+                                                   (lambda index: {3: 4, 4: 3}.get(index, index), [2, 12])],
+                         ids=["far_back", "one_back"])
 def test_timestamps_that_go_backwards_are_an_error_naming_the_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renumber, indices: list[int]
 ) -> None:
+    """Frames shown out of order, far back or by a single frame (0, 1, 2, 4, 3): an error, not a
+    frame taken for another (a repeated number, a duplicate frame, is skipped instead)."""
     path = write_video(tmp_path / "clip.mp4", "libx264")
     original = video._StreamTiming.index_of
-    monkeypatch.setattr(video._StreamTiming, "index_of", lambda self, frame: 9 - original(self, frame) % 10)
+    monkeypatch.setattr(video._StreamTiming, "index_of", lambda self, frame: renumber(original(self, frame)))
     with _raises_naming(path, "timestamps go backwards"):
-        VideoFileReader(seek=False).read(path, [9, 12])
+        VideoFileReader(seek=False).read(path, indices)
 
 
 @pytest.mark.parametrize(("codec", "options", "by_output_order"), [
