@@ -42,14 +42,33 @@ def test_written_files_get_the_permissions_of_a_new_file(tmp_path: Path, umask: 
     assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"epoch": 1}
 
 
-def test_an_error_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [RuntimeError, KeyboardInterrupt], ids=["error", "ctrl_c"])
+def test_an_error_keeps_the_old_file_and_leaves_no_temporary_one(tmp_path: Path, stop: type[BaseException]) -> None:
     target = tmp_path / "counts.csv"
     target.write_text("old")
-    with pytest.raises(RuntimeError, match="stopped"), atomic_file(target, "w", newline="") as file:
+    with pytest.raises(stop, match="stopped"), atomic_file(target, "w", newline="") as file:
         file.write("half")
-        raise RuntimeError("stopped")
+        raise stop("stopped")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["counts.csv"]
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_the_temporary_file_is_beside_the_target_and_durable_writes_are_synced(tmp_path: Path, monkeypatch,
+                                                                              durable: bool) -> None:
+    """Beside the target, so that the rename stays on one filesystem (a $TMPDIR elsewhere would
+    make it a copy, or fail with EXDEV); with ``durable``, the data and then the folder synced."""
+    renamed, synced = [], []
+    replace, fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda source, target: renamed.append((Path(source), Path(target)))
+                        or replace(source, target))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    target = tmp_path / "folder" / "last.ckpt"
+    with atomic_file(target, durable=durable) as file:
+        file.write(b"data")
+    ((source, destination),) = renamed
+    assert destination == target and source.parent == target.parent and source.name.startswith(".last.ckpt.")
+    assert synced == ([str(source), str(target.parent)] if durable else [])
 
 
 def test_text_mode_and_folders_made_on_the_way(tmp_path: Path) -> None:
