@@ -171,6 +171,24 @@ def test_effective_values_are_compared(caplog):
     with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
         check_checkpoint_matches(Tiny(), checkpoint)
     assert "width: checkpoint None, this run 4" in caplog.text
+    # The other way round (an import-original checkpoint records the value, the run leaves None).
+    caplog.clear()
+    model, checkpoint = Tiny(), _checkpoint(Tiny())
+    model.hparams["width"] = None
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(model, checkpoint, effective=effective)
+    assert caplog.text == ""
+
+
+def test_the_starting_weights_are_not_compared(caplog):
+    """``pretrained`` names where training started, which the restored weights replace (gsf
+    ... --ckpt_path runs with pretrained None): no warning about it."""
+    model, checkpoint = Tiny(), _checkpoint(Tiny())
+    checkpoint["hyper_parameters"]["pretrained"] = "IMAGENET1K_V1"
+    model.hparams["pretrained"] = None
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(model, checkpoint)
+    assert caplog.text == ""
 
 
 def test_a_file_that_is_not_a_lightning_checkpoint_is_named():
@@ -256,10 +274,11 @@ def test_a_stop_during_validation_with_an_ema_saves_the_training_weights_as_such
     ("dirpath", "model_checkpoint_dir", "expected"),
     [
         ("explicit", None, "explicit/last.ckpt"),
+        ("explicit", "model_checkpoints", "explicit/last.ckpt"),  # (the callback's own folder wins)
         (None, "model_checkpoints", "model_checkpoints/last.ckpt"),
         (None, None, "root/checkpoints/last.ckpt"),
     ],
-    ids=["explicit", "model-checkpoint-folder", "default-root"],
+    ids=["explicit", "explicit-beside-a-model-checkpoint", "model-checkpoint-folder", "default-root"],
 )
 def test_preemption_checkpoint_goes_next_to_the_other_checkpoints(
     tmp_path, monkeypatch, dirpath, model_checkpoint_dir, expected

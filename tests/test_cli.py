@@ -96,6 +96,7 @@ def test_fit_validate_test_predict_and_evaluate(tmp_path, dataset):
     # The monitored checkpoint is the trainer's (--ckpt_path best); last.ckpt, the SIGTERM
     # checkpoint and --ckpt_path last share its folder.
     assert trainer.checkpoint_callback.monitor == CHECKPOINT_MONITOR
+    assert trainer.checkpoint_callback.mode == "max"  # (an accuracy: best-*.ckpt keeps the highest)
     folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)}
     assert folders == {checkpoints}
     (preemption,) = (c for c in trainer.callbacks if isinstance(c, PreemptionCheckpoint))
