@@ -430,6 +430,24 @@ def test_a_truncated_mp4_reads_every_frame_it_counts(tmp_path: Path, bframes: st
         reader.read(cut, [count])
 
 
+@pytest.mark.parametrize("missing", [1, 2, 3])
+def test_an_mp4_missing_its_last_frames_is_counted_without_them(tmp_path: Path, missing: int, caplog) -> None:
+    """Cut right before the packet of frame ``NUM_FRAMES - missing`` (no B-frames: packets in
+    display order), a ``faststart`` file still counts every frame in its header: the count is
+    of the frames in the file, and from 3 missing (more than rounding explains) it warns."""
+    whole = write_video(tmp_path / "whole.mp4", "libx264", options={"bf": "0"},
+                        container_options={"movflags": "faststart"})
+    with av.open(str(whole)) as container:
+        positions = [packet.pos for packet in container.demux(container.streams.video[0]) if packet.size]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: positions[NUM_FRAMES - missing]])
+    with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+        count = count_video_frames(cut)
+    assert count == NUM_FRAMES - missing
+    assert ("truncated?" in caplog.text) == (missing >= 3), caplog.text
+    assert identify(VideoFileReader().read(cut, [count - 1])) == [count - 1]
+
+
 def remux(source: Path, path: Path, change: Callable[[int, av.Packet], None]) -> Path:
     """``source``'s video packets in a new file of ``path``'s format, ``change(k, packet)``
     applied to the k-th packet first."""
