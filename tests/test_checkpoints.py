@@ -347,3 +347,10 @@ def test_a_checkpoint_that_cannot_be_read_is_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable checkpoint, truncated or corrupt\? \("):
         AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_storage_options_are_refused_not_ignored(tmp_path):
+    """(Lightning's remote writers take them; the local atomic writer has no use for them.)"""
+    with pytest.raises(TypeError, match=r"AtomicCheckpointIO does not take storage_options, got \{'acl': 'private'\}"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt", storage_options={"acl": "private"})
+    assert not (tmp_path / "last.ckpt").exists()
