@@ -158,6 +158,12 @@ class _StopCheckpoint(pl.Callback):
             directory = Path(trainer.default_root_dir) / "checkpoints"
         return directory / f"{self.filename}.ckpt"
 
+    @staticmethod
+    def _save_full_state(trainer: pl.Trainer, path: Path) -> None:
+        """``trainer.save_checkpoint``, on every process, of the full state (``weights_only``
+        given, so that Lightning logs no note of its default)."""
+        trainer.save_checkpoint(path, weights_only=False)
+
 
 #: The exit status of a run that a Ctrl-C stopped with a checkpoint: 128 + 2, the shell's status
 #: of a process that SIGINT ended; it tells a script that resubmits preempted runs (143) that a
@@ -402,8 +408,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
             log.warning("%s during validation: this Lightning resumes after it, so epoch %d goes unvalidated "
                         "(Lightning 2.6 runs it again)", self._stop_name(), trainer.current_epoch)
         try:
-            # (the full state; weights_only given, so that Lightning logs no note of its default)
-            trainer.save_checkpoint(path, weights_only=False)
+            self._save_full_state(trainer, path)
         finally:
             self._saving_mid_validation = False
         if trainer.is_global_zero:
@@ -548,8 +553,7 @@ class DataErrorCheckpoint(_StopCheckpoint):
         if not self._trained:
             return "no batch has been trained in this run, so no checkpoint was written"
         path = self.checkpoint_path(trainer)
-        # (the full state; weights_only given, so that Lightning logs no note of its default)
-        trainer.save_checkpoint(path, weights_only=False)
+        self._save_full_state(trainer, path)
         return (f"saved a checkpoint at epoch {trainer.current_epoch}, step {trainer.global_step} to {path}: mend the "
                 f"data and resume with --ckpt_path {path}")
 
@@ -631,6 +635,29 @@ def _holds_sigterm_in_validation(trainer: pl.Trainer) -> bool:
     return trainer.state.fn == TrainerFn.FITTING and (trainer.world_size > 1 or averaging)
 
 
+# --- throughput --------------------------------------------------------------------------------
+
+
+def clips_in(batch: Mapping[str, Any]) -> int:
+    """The clips in a loader's batch (its clips' first dimension)."""
+    return batch["clip"].shape[0]
+
+
+class ClipThroughputMonitor(ThroughputMonitor):
+    """Lightning's ``ThroughputMonitor`` counting clips (``<stage>/samples``,
+    ``<stage>/device/samples_per_sec``), with a validation batch that could not be read (an
+    :class:`~lightning_gsf.data.samplers.UnreadableBatch`, which ``fit``'s validation goes on
+    past, see :class:`DataErrorCheckpoint`) left out of the count."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(batch_size_fn=clips_in, **kwargs)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                                *args: Any, **kwargs: Any) -> None:
+        if not isinstance(batch, UnreadableBatch):
+            super().on_validation_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
+
+
 # --- random state ------------------------------------------------------------------------------
 
 
@@ -656,26 +683,6 @@ def _set_random_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(python_state), python_gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-def clips_in(batch: Mapping[str, Any]) -> int:
-    """The clips in a loader's batch (its clips' first dimension)."""
-    return batch["clip"].shape[0]
-
-
-class ClipThroughputMonitor(ThroughputMonitor):
-    """Lightning's ``ThroughputMonitor`` counting clips (``<stage>/samples``,
-    ``<stage>/device/samples_per_sec``), with a validation batch that could not be read (an
-    :class:`~lightning_gsf.data.samplers.UnreadableBatch`, which ``fit``'s validation goes on
-    past, see :class:`DataErrorCheckpoint`) left out of the count."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(batch_size_fn=clips_in, **kwargs)
-
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                *args: Any, **kwargs: Any) -> None:
-        if not isinstance(batch, UnreadableBatch):
-            super().on_validation_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
 
 
 class ExactResume(pl.Callback):

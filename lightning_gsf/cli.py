@@ -189,6 +189,9 @@ TOOLS: dict[str, Callable[[Sequence[str]], Any]] = {
     "benchmark": _benchmark,
 }
 
+# The batches the logged clips a second are measured over (the last ones before each log).
+THROUGHPUT_WINDOW = 20
+
 DESCRIPTION = (
     f"Gate-Shift-Fuse video recognition (lightning-gsf {__version__}). "
     "Lightning subcommands: fit, validate, test, predict. "
@@ -324,10 +327,6 @@ class GSFCLI(LightningCLI):
                 callbacks.append(RichProgressBar())
             kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
-
-
-# The batches the logged clips a second are measured over (the last ones before each log).
-THROUGHPUT_WINDOW = 20
 
 
 def run(args: Sequence[str] | None = None) -> GSFCLI | Any:

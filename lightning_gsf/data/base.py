@@ -594,8 +594,7 @@ class VideoDataModule(pl.LightningDataModule, ABC):
         limit = getattr(self.trainer, f"limit_{role}_batches", None)
         if sampler.num_replicas < 2 or not isinstance(limit, float) or not 0.0 < limit < 1.0:
             return
-        samples = [len(range(rank, len(sampler.dataset), sampler.num_replicas)) for rank in range(sampler.num_replicas)]
-        batches = [math.ceil(count / self.eval_batch_size) for count in samples]
+        batches = [math.ceil(count / self.eval_batch_size) for count in sampler.shares()]
         if min(int(count * limit) for count in batches) == 0:
             raise ConfigurationError(
                 f"trainer.limit_{role}_batches={limit} leaves the process with the fewest {role} batches "

@@ -351,8 +351,12 @@ class UnpaddedDistributedSampler(DistributedSampler):
                 "processes; evaluate it with fewer devices"
             )
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.num_samples = len(range(rank, len(dataset), num_replicas))
+        self.num_samples = self.shares()[rank]
         self.total_size = len(dataset)
+
+    def shares(self) -> list[int]:
+        """The samples each process takes, by rank (they differ by at most one)."""
+        return [len(range(rank, len(self.dataset), self.num_replicas)) for rank in range(self.num_replicas)]
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.rank, len(self.dataset), self.num_replicas))
