@@ -97,7 +97,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as error:
+        # (torch's legacy, pre-zip loader, reached with weights_only=False, fails on a corrupt
+        # file with an AssertionError or a ValueError of its own unpacking: neither names it)
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, AssertionError, ValueError) as error:
             raise ValueError(f"{path}: not a readable checkpoint, truncated or corrupt? "
                              f"({type(error).__name__}: {error})") from error
 

@@ -349,6 +349,38 @@ def test_a_checkpoint_that_cannot_be_read_is_named(tmp_path, content):
         AtomicCheckpointIO().load_checkpoint(path)
 
 
+
+def _legacy_checkpoint(path: Path, storage_record: tuple, storage_keys: list[str]) -> None:
+    """A file in torch's legacy (pre-zip) format: its header, an object holding one storage by
+    ``storage_record`` (a persistent id), and the keys of the storages said to follow."""
+    import pickle
+
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return storage_record if obj == "a storage" else None
+
+    with path.open("wb") as file:
+        for header in (MAGIC_NUMBER, PROTOCOL_VERSION, {}):
+            pickle.dump(header, file)
+        Pickler(file).dump({"weights": "a storage"})
+        pickle.dump(storage_keys, file)
+
+
+@pytest.mark.parametrize("weights_only", [None, False], ids=["default", "full_pickle"])
+@pytest.mark.parametrize("kind", ["unknown_storage", "short_record"])
+def test_a_corrupt_legacy_checkpoint_is_named(tmp_path, kind, weights_only):
+    # torch's legacy loader (reached with weights_only=False) fails on these with an
+    # AssertionError and a tuple-unpacking ValueError: neither names the file
+    path = tmp_path / "legacy.ckpt"
+    if kind == "unknown_storage":
+        _legacy_checkpoint(path, ("storage", torch.FloatStorage, "0", "cpu", 4, None), ["not-saved"])
+    else:
+        _legacy_checkpoint(path, ("storage", torch.FloatStorage, "0", "cpu"), ["0"])
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable checkpoint, truncated or corrupt\? \("):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=weights_only)
+
 def test_storage_options_are_refused_not_ignored(tmp_path):
     """(Lightning's remote writers take them; the local atomic writer has no use for them.)"""
     with pytest.raises(TypeError, match=r"AtomicCheckpointIO does not take storage_options, got \{'acl': 'private'\}"):
