@@ -370,6 +370,26 @@ def test_resumed_mid_epoch_on_more_processes_the_epoch_trains_every_remaining_sa
     assert (seen[0], seen[1]) == ((remaining + order[:1])[0::2], (remaining + order[:1])[1::2])
 
 
+
+@pytest.mark.slow
+def test_resumed_mid_epoch_on_fewer_processes_trains_the_rest_then_whole_epochs(tmp_path):
+    """Stopped at step 2 of two processes (16 of 23 samples), resumed on one: the epoch trains
+    the 7 remaining samples once (2 batches; Lightning's restored count of 2 batches was of the
+    two processes' shares, and becomes 4 of this layout's 6), then the next epoch every sample.
+    (A count one too high ended the epoch after one batch.)"""
+    ready = tmp_path / "ready"
+    preempted = _run(tmp_path, "preempted", "--max-epochs", "2", "--devices", "2", "--wait-at-step", "2",
+                     "--ready-file", str(ready))
+    _stop_when_ready(preempted, ready)
+    checkpoint_path = tmp_path / "preempted" / "checkpoints" / "last.ckpt"
+    _finish(_run(tmp_path, "preempted", "--max-epochs", "2", "--ckpt-path", str(checkpoint_path)))
+    actual = torch.load(tmp_path / "preempted.pt", weights_only=True)
+    sampler = ResumableDistributedSampler(FixedVectors(), seed=7, num_replicas=1, rank=0)
+    remaining = sampler.epoch_order()[2 * BATCH_SIZE * 2:]
+    sampler.set_epoch(1)
+    assert actual["seen"] == remaining + sampler.epoch_order()
+    assert actual["step"] == 2 + math.ceil(len(remaining) / BATCH_SIZE) + math.ceil(DATASET_SIZE / BATCH_SIZE)
+
 def _stop_when_ready(process: subprocess.Popen, ready: Path, timeout: float = 120, returncode: int = 0,
                      signum: int = signal.SIGTERM, to_process_group: bool = False,
                      to_process_in_ready: bool = False) -> str:
