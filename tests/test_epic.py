@@ -472,6 +472,82 @@ def test_benchmark_times_no_batch_a_worker_prepared_while_another_started(monkey
     assert result.clips == 8 and len(handed_out) == max(1, workers) + 4
 
 
+def test_benchmark_rates_are_clips_over_seconds():
+    from lightning_gsf.data.benchmark import Throughput
+
+    result = Throughput("frames", 0, clips=8, seconds=2.0, model_clips_per_second=2.0)
+    assert result.clips_per_second == 4.0 and result.vs_model == 2.0
+
+
+def test_benchmark_times_the_counted_batches_only(monkeypatch, synthetic_root):
+    """Neither the untimed first batch (the loader's start-up) nor the loader's end (worker
+    shutdown, where it runs out before ``num_batches``) is in the time."""
+    import types
+
+    from lightning_gsf.data import benchmark
+
+    clock = [0.0]
+
+    class Loader(list):
+        def __iter__(self):
+            for index, batch in enumerate(super().__iter__()):
+                clock[0] += 100.0 if index == 0 else 1.0
+                yield batch
+            clock[0] += 1000.0
+
+    monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
+    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader",
+                        lambda self: Loader([{"clip": torch.zeros(2, 1)}] * 5))
+    result = benchmark.measure(synthetic_root, "frames", 0, num_batches=10, batch_size=2)
+    assert (result.clips, result.seconds) == (8, 4.0)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_benchmark_refuses_a_loader_with_no_batch_left_to_time(monkeypatch, synthetic_root, workers):
+    from lightning_gsf.data import benchmark
+
+    batches = [{"clip": torch.zeros(2, 1)}] * max(1, workers)
+    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
+    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader", lambda self: batches)
+    with pytest.raises(ValueError, match="too few training clips"):
+        benchmark.measure(synthetic_root, "frames", workers, num_batches=4, batch_size=2)
+
+
+def test_benchmark_passes_its_options_to_every_measurement(monkeypatch, synthetic_root):
+    from lightning_gsf.data import benchmark
+
+    seen = []
+
+    def measure(root, layout, workers, **kwargs):
+        seen.append((root, layout, workers, kwargs))
+        return benchmark.Throughput(layout, workers, 2, 1.0)
+
+    monkeypatch.setattr(benchmark, "measure", measure)
+    benchmark.main(["--root", str(synthetic_root), "--layouts", "video", "--workers", "1", "--batches", "3",
+                    "--batch-size", "2", "--num-segments", "4", "--input-size", "48", "--video-threads", "2",
+                    "--randaugment", "--no-model"])
+    assert seen == [(synthetic_root, "video", 1, {"num_batches": 3, "batch_size": 2, "num_segments": 4,
+                                                  "input_size": 48, "video_threads": 2, "randaugment": True})]
+
+
+def test_benchmark_model_rate_is_the_batch_over_the_median_step_with_malloc_set(monkeypatch):
+    import types
+
+    from lightning_gsf import host_memory
+    from lightning_gsf.data import benchmark
+
+    calls = []
+    monkeypatch.setenv(host_memory.ENVIRONMENT_VARIABLE, "default")
+    monkeypatch.setattr(benchmark.host_memory, "configure", lambda mode: calls.append(("malloc", mode)))
+    monkeypatch.setattr(benchmark.model_benchmark, "make_batch", lambda config: (None, None))
+    monkeypatch.setattr(benchmark.model_benchmark, "build_model", lambda *args: None)
+    monkeypatch.setattr(benchmark.model_benchmark, "make_steps", lambda *args: types.SimpleNamespace(train=None))
+    monkeypatch.setattr(benchmark.model_benchmark, "time_round_robin",
+                        lambda steps, repeats, *args: calls.append(("timed", repeats)) or {"train": [0.5, 4.0, 1.0]})
+    rate = benchmark.measure_model("resnet18", "gsf", batch_size=4, num_segments=2, input_size=32, repeats=3)
+    assert rate == 4.0 and calls == [("malloc", "default"), ("timed", 3)]
+
 @pytest.mark.parametrize("layout", ["frames", "video"])
 def test_a_missing_video_is_found_when_the_split_is_parsed(synthetic_root, tmp_path, layout):
     """Before any sample is read: the parse names the CSV row and the missing folder or file,

@@ -82,3 +82,42 @@ def test_lightning_subcommands_apply_the_environment_mode(monkeypatch, mode):
     with pytest.raises(SystemExit):
         cli.run(["fit", "--help"])
     assert applied == [mode]
+
+
+def test_glibc_is_recognised_only_on_linux_with_glibc(monkeypatch):
+    monkeypatch.setattr(host_memory.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
+    assert host_memory.is_glibc()
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda *a, **k: ("", ""))  # musl
+    assert not host_memory.is_glibc() and host_memory.retain_freed_memory() is False
+    monkeypatch.setattr(host_memory.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda *a, **k: ("glibc", "2.36"))
+    assert not host_memory.is_glibc()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_mode_is_the_default_retain(monkeypatch, value):
+    monkeypatch.setenv(host_memory.ENVIRONMENT_VARIABLE, value)
+    assert host_memory.mode_from_environment() == "retain"
+
+
+class _Libc:
+    """mallopt that refuses one parameter (returns 0, as glibc does)."""
+
+    def __init__(self, refused):
+        self.refused, self.calls = refused, []
+
+    def mallopt(self, parameter, value):
+        self.calls.append(parameter)
+        return 0 if parameter == self.refused else 1
+
+
+@pytest.mark.parametrize(("refused", "retained", "calls"), [
+    (None, True, [host_memory._M_MMAP_THRESHOLD, host_memory._M_TRIM_THRESHOLD]),
+    (host_memory._M_MMAP_THRESHOLD, False, [host_memory._M_MMAP_THRESHOLD]),
+    (host_memory._M_TRIM_THRESHOLD, False, [host_memory._M_MMAP_THRESHOLD, host_memory._M_TRIM_THRESHOLD]),
+], ids=["both_set", "mmap_refused", "trim_refused"])
+def test_a_refused_setting_is_not_reported_as_retained(monkeypatch, refused, retained, calls):
+    libc = _Libc(refused)
+    monkeypatch.setattr(host_memory, "_glibc", lambda: libc)
+    assert host_memory.retain_freed_memory() is retained and libc.calls == calls

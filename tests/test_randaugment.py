@@ -464,3 +464,41 @@ def test_bad_clips_raise(clip: torch.Tensor, match: str) -> None:
 def test_bad_settings_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         ClipRandAugment(**kwargs)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_clip_augment_applies_the_sampled_ops_in_order_with_its_fill(seed: int) -> None:
+    # every drawn operation counts (not only the last), in the drawn order, with the user's fill
+    fill = (0, 255, 0)
+    augment = ClipRandAugment(num_ops=3, probability=1.0, fill=fill)
+    clip = torch.cat([random_clip(1, seed=seed), smooth_clip()])
+    expected = clip
+    for op in augment.sample(_generator(seed)):
+        expected = apply_op(op.name, expected, op.argument, op.interpolation, fill)
+    assert torch.equal(augment(clip, _generator(seed)), expected)
+
+
+def test_interpolation_is_bilinear_or_bicubic_with_equal_odds() -> None:
+    augment = ClipRandAugment(num_ops=1, probability=1.0)
+    generator = _generator(0)
+    picks = [augment.sample(generator)[0].interpolation for _ in range(1000)]
+    assert set(picks) == {"bilinear", "bicubic"} and 400 < picks.count("bicubic") < 600
+
+
+def test_zero_ops_is_allowed_and_leaves_the_clip_alone() -> None:
+    clip = random_clip(2)
+    augment = ClipRandAugment(num_ops=0, probability=1.0)
+    assert augment.sample(_generator(0)) == []
+    assert torch.equal(augment(clip, _generator(0)), clip)
+
+
+@pytest.mark.parametrize("magnitude", [float("nan"), float("inf")])
+def test_a_magnitude_that_is_not_finite_is_refused(magnitude: float) -> None:
+    with pytest.raises(ValueError, match="magnitude must be finite"):
+        ClipRandAugment(magnitude=magnitude)
+
+
+@pytest.mark.parametrize("name", ["Rotate", "Invert"])
+def test_an_unknown_interpolation_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        apply_op(name, random_clip(1), op_argument(name, 9.0), "nearest", FILL)
