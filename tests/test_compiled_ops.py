@@ -437,3 +437,54 @@ def test_a_compiled_resnet_trains_and_infers_as_the_eager_one(temporal_module):
             names = [event.name for event in profile.events()]
             assert [names.count(f"{compiled_ops.NAMESPACE}::{op}") for op in ops] == [8] * len(ops)
     assert torch.isfinite(loss) and all(torch.isfinite(param.grad).all() for param in model.parameters())
+
+
+def test_the_backward_op_takes_a_saved_copy_the_kernels_do_not_address():
+    # the compiler may hand back the saved copy of v in a layout the kernels cannot address
+    module = make_gsf(16, 2, 0.5, seed=12)
+    x = make_input(2, 2, 16, 4, seed=12)
+    p = module.processed
+    operands = list(gsf_operands(module, x).values())
+    mean, invstd = torch.randn(p, generator=torch.Generator().manual_seed(1)), torch.rand(p) + 0.5
+    copy, gate, weights, means = compiled_ops.forward_(x.clone(), mean, invstd, *operands, p, 2)
+    odd_copy = copy.transpose(2, 3).contiguous().transpose(2, 3)
+    assert not cpu_kernels.addressable(odd_copy)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    expected_grad, odd_grad = grad.clone(), grad.clone()
+    expected = compiled_ops.backward_(expected_grad, copy, gate, weights, means, mean, invstd, *operands[:3],
+                                      operands[4], 2, True)
+    actual = compiled_ops.backward_(odd_grad, odd_copy, gate, weights, means, mean, invstd, *operands[:3],
+                                    operands[4], 2, True)
+    torch.testing.assert_close(odd_grad, expected_grad, rtol=0, atol=0)
+    for grad_actual, grad_expected in zip(actual, expected):
+        torch.testing.assert_close(grad_actual, grad_expected, rtol=0, atol=0)
+
+
+def test_the_backward_op_passes_opcheck_with_non_contiguous_parameters():
+    module = make_gsf(16, 3, 0.5, seed=0)
+    x = make_input(2, 3, 16, 4, seed=0)
+    p = module.processed
+    mean = torch.randn(p, generator=torch.Generator().manual_seed(1))
+    invstd = torch.rand(p, generator=torch.Generator().manual_seed(2)) + 0.5
+    operands = gsf_operands(module, x)
+    saved = compiled_ops.forward_(x.clone(), mean, invstd, *operands.values(), p, 3)
+    conv_weight, fusion_weight = (operands[name].transpose(0, 1).contiguous().transpose(0, 1)
+                                  for name in ("conv_weight", "fusion_weight"))
+    assert not conv_weight.is_contiguous() and not fusion_weight.is_contiguous()
+    torch.library.opcheck(compiled_ops.backward_,
+                          (torch.randn_like(x), *saved, mean, invstd, operands["bn_weight"], operands["bn_bias"],
+                           conv_weight, fusion_weight, 3, True))
+
+
+def test_called_outside_the_compiler_in_place_the_input_carries_the_output():
+    # without marking the input dirty, a loss on it got a silently wrong gradient
+    module, reference = make_gsf(16, 2, 0.5, seed=4), make_gsf(16, 2, 0.5, seed=4)
+    module.inplace = True
+    x = make_input(2, 2, 16, 4, seed=4).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y = x * 1.0
+    assert module.forward_compiled_ops(y) is y
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    reference.forward_reference(x_ref * 1.0).backward(upstream)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)

@@ -99,3 +99,47 @@ def test_reuse_holds_after_a_failed_compile():
     assert result.returncode == 0, result.stderr[-2000:]
     decisions = result.stdout.strip().splitlines()[-1]
     assert decisions == "[True, True]", decisions
+
+
+def test_a_gradient_whose_memory_a_hook_keeps_is_not_written_over():
+    from lightning_gsf import temporal
+
+    x = torch.randn(8, 16, 3, 5, requires_grad=True)
+    weights = torch.randn(x.shape)
+    kept = []
+    y = temporal.temporal_shift(x * 1.0, 4)
+    y.register_hook(lambda grad: kept.append(grad.detach()))
+    (y * weights).sum().backward()
+    assert torch.equal(kept[0], weights)
+
+
+def test_the_probe_is_measured_with_autograd_off_too(monkeypatch):
+    monkeypatch.setattr(gradient_reuse, "_PROBES", {})
+    with torch.no_grad():
+        gradient_reuse.prepare()
+    assert gradient_reuse._PROBES[gradient_reuse._call_references()] is not None
+
+
+def test_without_the_use_counts_nothing_is_written_over(monkeypatch):
+    from lightning_gsf import temporal
+
+    monkeypatch.setattr(gradient_reuse, "COUNTS_USABLE", False)
+    monkeypatch.setattr(gradient_reuse, "_PROBES", {})
+    x = torch.randn(8, 16, 3, 5, requires_grad=True)
+    kept = []
+    y = temporal.temporal_shift(x * 1.0, 4)
+    y.register_hook(lambda grad: kept.append((grad, grad.clone())))
+    (y * torch.randn(x.shape)).sum().backward()
+    held, value = kept[0]
+    assert torch.equal(held, value)
+
+
+@pytest.mark.parametrize("on_cuda", [False, True])
+def test_cuda_gradients_apply_only_when_switched_on(monkeypatch, on_cuda):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setattr(gradient_reuse, "ON_CUDA", on_cuda)
+    with FakeTensorMode():  # (a CUDA tensor's metadata, without a GPU)
+        grad = torch.empty(2, 3, 4, 4, device="cuda")
+    assert gradient_reuse.applies_to(grad) == on_cuda
+    assert (gradient_reuse.counts_on_entry(grad) is not None) == on_cuda

@@ -182,6 +182,19 @@ def compiled_kernels():
     assert compiled_ops.kernels_built(), "the C++ CPU kernels failed to build (see the log)"
 
 
+def test_compiled_shift_takes_the_kernel_where_two_folds_fill_the_channels(compiled_kernels):
+    x = torch.randn(4, 8, 2, 3)
+    out, graphs = compiled_graphs(TemporalShift(num_segments=2, fold_div=2), x)
+    assert f"{compiled_ops.NAMESPACE}.temporal_shift" in graphs[0]
+    assert torch.equal(out, naive_shift(x, 2, 2))
+
+
+def test_shift_ops_pass_opcheck_on_a_map_in_neither_layout(compiled_kernels):
+    x = torch.randn(2 * 3, 16, 4, 3).transpose(2, 3).requires_grad_()
+    torch.library.opcheck(compiled_ops.temporal_shift, (x, 3, 2))
+    torch.library.opcheck(compiled_ops.temporal_shift_backward, (torch.randn(x.shape), x.detach(), 3, 2))
+
+
 @LAYOUTS
 def test_shift_ops_pass_opcheck(channels_last, compiled_kernels):
     """Schema, fake implementations against the real ones, autograd registration."""
