@@ -555,3 +555,101 @@ def test_export_of_a_gsf_resnet_the_release_cannot_build_warns(tmp_path: Path, c
         "checkpoint"]
     assert _resume_as_the_release_does(tmp_path / "exported.pth.tar") == (0, 0.0)
 
+
+
+def test_files_that_do_not_fit_are_refused_with_the_reason(tmp_path: Path, resnet18_checkpoint) -> None:
+    _, checkpoint = resnet18_checkpoint
+    state = {k.removeprefix("module."): v for k, v in checkpoint["model_state_dict"].items()}
+    model = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes=CLASSES)
+    tsn = VideoClassifier("resnet18", "none", num_segments=T, num_classes=CLASSES)
+    epic = VideoClassifier("resnet18", "gsf", num_segments=T, num_classes={"verb": CLASSES, "noun": 4})
+    mixed = {**state, "base_model.layer4.1.gsf.conv3D.weight": torch.zeros(2, 128, 3, 3, 3)}  # one at ratio 0.5
+    no_conv = {k: v for k, v in state.items() if k != "base_model.layer3.1.conv2.weight"}
+    for model_, source, message in [
+        (model, mixed, r"no single GSF ratio .* base_model.layer4.1.gsf: 256/512"),
+        (model, no_conv, "channels of GSF module base_model.layer3.1.gsf: no base_model.layer3.1.conv2.weight"),
+        (model, _original_checkpoint_of(tsn), "has no GSF modules, .* build it with temporal_module='none'"),
+        (epic, checkpoint, r"one classifier; the model has heads \['verb', 'noun'\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load_original_checkpoint(model_, source)
+    # 4 of 8 and 16 of 20 channels: each ratio splits the other's channels invalidly (gsf_channels raises)
+    tiny = {"base_model.layer1.0.conv2.weight": torch.zeros(8, 8, 3, 3),
+            "base_model.layer1.0.gsf.conv3D.weight": torch.zeros(2, 2, 3, 3, 3),
+            "base_model.layer2.0.conv2.weight": torch.zeros(20, 20, 3, 3),
+            "base_model.layer2.0.gsf.conv3D.weight": torch.zeros(2, 8, 3, 3, 3)}
+    with pytest.raises(ValueError, match=r"no single GSF ratio .*layer1.0.gsf: 4/8, base_model.layer2.0.gsf: 16/20"):
+        infer_gsf_ratio(tiny)
+    path = tmp_path / "original.pth.tar"
+    torch.save({"model_state_dict": {k: v for k, v in state.items() if not k.startswith("new_fc.")}}, path)
+    with pytest.raises(ValueError, match="no classifier 'module.new_fc.weight'"):
+        import_original(path, tmp_path / "x.ckpt", num_segments=T)
+    torch.save(checkpoint, path)  # the release's own file, given to export by mistake
+    with pytest.raises(ValueError, match="not a Lightning checkpoint"):
+        export_original(path, tmp_path / "x.pth.tar")
+
+
+def _saved_module(tmp_path: Path, extra: dict | None = None, **settings):
+    from lightning_gsf.module import VideoClassificationModule
+
+    torch.manual_seed(0)
+    module = VideoClassificationModule(**{"num_classes": {"class": CLASSES}, "num_segments": T,
+                                          "backbone": "resnet18", "pretrained": None, **settings}).eval()
+    _randomise_statistics(module.model, seed=7)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), **(extra or {})}, path)
+    return module, path
+
+
+def test_export_of_inception_v3_tf_tsn_and_other_normalisations(tmp_path: Path, caplog) -> None:
+    module, path = _saved_module(tmp_path, backbone="inception_v3_tf")
+    export_original(path, tmp_path / "out.pth.tar")
+    written = torch.load(tmp_path / "out.pth.tar", map_location="cpu", weights_only=True)
+    assert written["arch"] == "inceptionv3"  # the release's --arch
+    assert sorted(written["model_state_dict"]) == sorted(
+        "module." + key.replace("heads.class.", "new_fc.") for key in module.model.state_dict())
+    module, path = _saved_module(tmp_path, temporal_module="none")  # TSN
+    assert export_original(path, tmp_path / "tsn.pth.tar").gsf_ratio is None
+    model = VideoClassifier("resnet18", "none", num_segments=T, num_classes=CLASSES).eval()
+    load_original_checkpoint(model, tmp_path / "tsn.pth.tar")
+    with torch.no_grad():
+        torch.testing.assert_close(model(_clip("resnet18"))["class"], module(_clip("resnet18"))["class"])
+    _, path = _saved_module(tmp_path, backbone="bninception", normalization="imagenet")
+    with caplog.at_level("WARNING", logger="lightning_gsf.convert"):
+        assert export_original(path, tmp_path / "bni.pth.tar").normalization == "imagenet"
+    assert "trained with imagenet normalisation; the release's code feeds bgr255" in caplog.text
+
+
+def test_export_writes_the_named_head_alone_and_refuses_unplaced_tensors(tmp_path: Path) -> None:
+    # head "verb" must not also take "verb_action"'s tensors; one head's export of a model
+    # monitored on another score writes no top-1
+    monitor = {"monitor": "val/accuracy_at_1", "best_model_score": torch.tensor(61.5),
+               "current_score": torch.tensor(60.0)}
+    module, path = _saved_module(tmp_path, {"callbacks": {"ModelCheckpoint": monitor}},
+                                 num_classes={"verb": 3, "verb_action": 5})
+    assert export_original(path, tmp_path / "verb.pth.tar", head="verb").num_classes == 3
+    written = torch.load(tmp_path / "verb.pth.tar", map_location="cpu", weights_only=True)
+    assert torch.equal(written["model_state_dict"]["module.new_fc.weight"], module.model.heads["verb"].weight)
+    assert (written["best_prec1"], written["current_prec1"]) == (0.0, 0.0)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved["state_dict"]["model.projection.weight"] = torch.zeros(4, 4)
+    torch.save(saved, path)
+    with pytest.raises(ValueError, match=r"no place for: \['projection.weight'\]"):
+        export_original(path, tmp_path / "x.pth.tar", head="verb")
+
+
+def test_release_entries_of_a_lightning_checkpoint() -> None:
+    from lightning_gsf.convert import release_entries
+
+    def entries(is_last_batch: bool = True, **extra) -> dict:
+        checkpoint = {"epoch": 3, "optimizer_states": [{"param_groups": [{"lr": 0.01}, {"lr": 0.001}]}],
+                      "loops": {"fit_loop": {"state_dict": {},
+                                             "epoch_loop.batch_progress": {"is_last_batch": is_last_batch}}}}
+        return release_entries({**checkpoint, **extra}, {}, "resnet50", single_head=True)
+
+    assert (entries()["epoch"], entries(False)["epoch"]) == (4, 3)  # a mid-epoch save: epoch 3 unfinished
+    assert entries()["lr"] == 0.001  # the last parameter group's
+    for extra in ({}, {"MixedPrecision": {}}):  # 32-bit, bf16-mixed (no scaler): a new scaler's state
+        scaler = entries(**extra)["scaler_state_dict"]
+        assert scaler == torch.amp.GradScaler("cpu").state_dict()
+        torch.amp.GradScaler("cpu").load_state_dict(scaler)  # (the release's --resume; {} is refused)

@@ -675,3 +675,27 @@ def test_the_whole_network_compiles_without_graph_breaks(temporal_module) -> Non
     model.eval()
     with torch.inference_mode():
         assert compiled(clips)["noun"].shape == (2, 4)
+
+
+def test_pretrained_files_beyond_torchvision_layouts(tmp_path, monkeypatch) -> None:
+    import argparse
+
+    source = build_backbone("bninception", temporal_module="none")  # Cadene's file: classifier last_linear
+    path = tmp_path / "bn_inception.pth"
+    torch.save({**source.state_dict(), "last_linear.weight": torch.zeros(1000, 1024),
+                "last_linear.bias": torch.zeros(1000)}, path)
+    net = build_backbone("bninception", temporal_module="gsf", num_segments=2, weights=path)
+    assert torch.equal(net.inception_5b_1x1.weight, source.inception_5b_1x1.weight)
+    resnet = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save({"state_dict": resnet, "args": argparse.Namespace(arch="resnet18")}, path)
+    with pytest.raises(ValueError, match=rf"^{path}: not a readable weights file"):  # never unpickled
+        build_backbone("resnet18", temporal_module="none", weights=path)
+    torch.save({"model": resnet, "epoch": 90}, path)
+    with pytest.raises(ValueError, match=r"expected a state dict \(names -> tensors\)"):
+        build_backbone("resnet18", temporal_module="none", weights=path)
+    monkeypatch.chdir(tmp_path)  # a missing file without a folder is no torchvision weights name
+    with pytest.raises(FileNotFoundError, match="pretrained weights file resnet18.pth does not exist"):
+        build_backbone("resnet18", temporal_module="none", weights="resnet18.pth")
+    own = {f"layer{i:02d}.weight": torch.zeros(1) for i in range(11)}
+    listed = ", ".join(f"layer{i:02d}.weight" for i in range(10))
+    assert weights_module.describe_state_dict_mismatch({}, own) == f"11 missing key(s): {listed}, ... (1 more)"
