@@ -451,6 +451,11 @@ def test_benchmark_refuses_a_root_that_is_not_there(tmp_path, capsys):
     assert f"--root {tmp_path / 'missing'}: no such dataset folder" in capsys.readouterr().err
 
 
+def _serve_training_batches(monkeypatch, loader) -> None:
+    """The datamodule's training loader replaced by ``loader`` (and its setup by nothing)."""
+    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
+    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader", lambda self: loader)
+
 @pytest.mark.parametrize("workers", [0, 1, 3])
 def test_benchmark_times_no_batch_a_worker_prepared_while_another_started(monkeypatch, synthetic_root, workers):
     """One untimed batch per worker (at least one): the batches the other workers made ready
@@ -466,8 +471,7 @@ def test_benchmark_times_no_batch_a_worker_prepared_while_another_started(monkey
                 yield batch
 
     batch = {"clip": torch.zeros(2, 1)}
-    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
-    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader", lambda self: Loader([batch] * 10))
+    _serve_training_batches(monkeypatch, Loader([batch] * 10))
     result = benchmark.measure(synthetic_root, "frames", workers, num_batches=4, batch_size=2)
     assert result.clips == 8 and len(handed_out) == max(1, workers) + 4
 
@@ -496,9 +500,7 @@ def test_benchmark_times_the_counted_batches_only(monkeypatch, synthetic_root):
             clock[0] += 1000.0
 
     monkeypatch.setattr(benchmark, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
-    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader",
-                        lambda self: Loader([{"clip": torch.zeros(2, 1)}] * 5))
+    _serve_training_batches(monkeypatch, Loader([{"clip": torch.zeros(2, 1)}] * 5))
     result = benchmark.measure(synthetic_root, "frames", 0, num_batches=10, batch_size=2)
     assert (result.clips, result.seconds) == (8, 4.0)
 
@@ -508,8 +510,7 @@ def test_benchmark_refuses_a_loader_with_no_batch_left_to_time(monkeypatch, synt
     from lightning_gsf.data import benchmark
 
     batches = [{"clip": torch.zeros(2, 1)}] * max(1, workers)
-    monkeypatch.setattr(EpicKitchensDataModule, "setup", lambda self, stage=None: None)
-    monkeypatch.setattr(EpicKitchensDataModule, "train_dataloader", lambda self: batches)
+    _serve_training_batches(monkeypatch, batches)
     with pytest.raises(ValueError, match="too few training clips"):
         benchmark.measure(synthetic_root, "frames", workers, num_batches=4, batch_size=2)
 
