@@ -312,8 +312,9 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
     """The AVX512-BF16 gate on inputs that bfloat16 holds exactly (relu(bn(v)) = v >= 0 in
     bfloat16, weights rounded to bfloat16 beforehand): every product is exact, so the gate
     matches the float64 one up to float32 sums; a wrong tap, pixel or channel pair would not.
-    Groups of one channel pair, 4 and 9 pairs. (Where the CPU lacks AVX512-BF16 the float32
-    path computes the same products from the same inputs, and must match the same way.)"""
+    Groups of one channel pair, 4 and 9 pairs. (Where the dot products are off, on Intel's CPUs
+    by default or where the CPU lacks AVX512-BF16, the float32 path computes the same products
+    from the same inputs, and must match the same way.)"""
     generator = torch.Generator().manual_seed(7)
     weight = (torch.randn(2, processed // 2, 3, 3, 3, generator=generator) * 0.2).bfloat16().float()
     bias = torch.randn(2, generator=generator)
@@ -354,20 +355,54 @@ def test_gate_is_the_same_in_both_layouts(kernels, size, processed, dtype):
     torch.testing.assert_close(means_last, means, rtol=1e-6, atol=1e-7)  # (sums in another order)
 
 
-def test_bf16_gate_without_dot_products_computes_in_float32(kernels):
-    """LIGHTNING_GSF_CPU_BF16_DOT=0 turns the AVX512-BF16 gate off (in a process of its own:
-    the choice is made once): relu(bn(v)) and the weights stay float32, as on CPUs without it."""
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, set[str]]:
+    """The CPU's vendor (``GenuineIntel``, ``AuthenticAMD``, ...) and feature flags, as Linux
+    reports them."""
+    fields = {}
+    for line in cpuinfo.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # (the first processor's)
+    return fields.get("vendor_id", ""), set(fields.get("flags", "").split())
+
+
+def dot_products_possible() -> bool:
+    """Whether this CPU and the kernels' build can run the bfloat16 gate in vdpbf16ps."""
+    return cpu_kernels.built_capability() == "AVX512" and "avx512_bf16" in cpu_identity()[1]
+
+
+def test_bf16_gate_takes_dot_products_by_default_except_on_intel(kernels, monkeypatch):
+    """vdpbf16ps did half the multiply-adds of the two AVX-512 FMA units on an Intel Xeon and
+    sped the gate up on an AMD EPYC: by default the bfloat16 gate takes it wherever the CPU has
+    it, except on Intel's."""
+    if "LIGHTNING_GSF_CPU_BF16_DOT" in os.environ:  # (the choice is made once, at the first call)
+        pytest.fail("run the tests without LIGHTNING_GSF_CPU_BF16_DOT set: it overrides the default checked here")
+    vendor, _ = cpu_identity()
+    assert kernels.bf16_dot_products() == (dot_products_possible() and vendor != "GenuineIntel")
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_bf16_gate_dot_products_setting_overrides_the_default(kernels, setting):
+    """LIGHTNING_GSF_CPU_BF16_DOT=0 keeps relu(bn(v)) and the weights float32 (as on CPUs without
+    AVX512-BF16); 1 rounds them to bfloat16 for vdpbf16ps wherever the CPU has it (elsewhere the
+    float32 path runs). Either way the gate passes its checks: against the PyTorch ops (an error
+    bound for the rounded inputs), exact products, the same bits in both layouts. In a process of
+    its own: the choice is made once."""
+    expected = setting == "1" and dot_products_possible()
     script = (
         "import torch\n"
         "from lightning_gsf import cpu_kernels\n"
-        "from test_gsf_cpu_kernels import check_gate\n"
+        "import test_gsf_cpu_kernels as t\n"
         "ops = cpu_kernels.cpu_kernels()\n"
-        "assert not ops.bf16_dot_products()\n"
-        "check_gate(ops, (9, 33), 2, False, torch.bfloat16, 1, processed=16)\n"
-        "check_gate(ops, (10, 10), 2, True, torch.bfloat16, 1, processed=20)\n"
-        "print('float32')\n"
+        f"assert ops.bf16_dot_products() is {expected}\n"
+        "for size, segments, channels_last, threads, processed in [((9, 33), 2, False, 1, 16), ((10, 10), 2, True, 1, 20),"
+        " ((6, 5), 5, False, 3, 16), ((21, 20), 1, True, 8, 36)]:\n"
+        "    t.check_gate(ops, size, segments, channels_last, torch.bfloat16, threads, processed)\n"
+        "for channels_last in (False, True):\n"
+        "    t.test_bf16_gate_dot_products_sum_exact_products(ops, (9, 33), 36, channels_last)\n"
+        "t.test_gate_is_the_same_in_both_layouts(ops, (9, 33), 100, torch.bfloat16)\n"
+        "print('checked')\n"
     )
-    assert "float32" in run_with_the_tests(script, LIGHTNING_GSF_CPU_BF16_DOT="0")
+    assert "checked" in run_with_the_tests(script, LIGHTNING_GSF_CPU_BF16_DOT=setting)
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])

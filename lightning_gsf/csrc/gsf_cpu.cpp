@@ -1016,8 +1016,17 @@ void taps_of_block(const float* planes, int64_t plane, int64_t row, const float*
 // relu(bn(v)) and the weights are rounded to bfloat16 first, as autocast rounds a convolution's
 // inputs; the products are summed in float32. The build's ISA level (x86-64-v4) does not
 // include the extension, so these functions are compiled for it alone and chosen at run time
-// (bf16_dot_products), which LIGHTNING_GSF_CPU_BF16_DOT=0 in the environment turns off. The
-// pairing below is plain C++; only the kernel and the check need the extension.
+// (bf16_dot_products). The pairing below is plain C++; only the kernel and the check need the
+// extension.
+//
+// They pay only where vdpbf16ps does more multiply-adds a cycle than the FMAs: on the AMD
+// EPYC where they were added (the ResNet-50 gate 4.44 -> 2.77 ms a clip, 2026-11-26). On an
+// Intel Xeon with AVX512-BF16, AMX and two AVX-512 FMA units it did 56 G multiply-adds/s in a
+// register-only loop, the FMAs 113 G, and bf16 inference's GSF calls took 8.6-9.3 ms a clip
+// with it, 7.6-8.7 without (12 / 10 channels-last; scripts/compare_cpu_kernels.py,
+// 2026-11-29). So on Intel's CPUs the bfloat16 gate takes the float32 FMAs by default.
+// LIGHTNING_GSF_CPU_BF16_DOT in the environment overrides that: 0 never, any other value
+// wherever the CPU has AVX512-BF16.
 
 // Two floats as one 32-bit lane of bfloat16 pairs: low half `even`, high half `odd`.
 inline uint32_t bf16_pair(float even, float odd) {
@@ -1053,13 +1062,14 @@ std::vector<uint32_t> pair_weights(const float* weight, int64_t half) {
 #define GSF_BF16_DOT 1
 
 bool bf16_dot_products() {
-  static const bool available = [] {
-    const char* setting = std::getenv("LIGHTNING_GSF_CPU_BF16_DOT");
-    const bool allowed = setting == nullptr || std::strcmp(setting, "0") != 0;
+  static const bool chosen = [] {
     __builtin_cpu_init();
-    return allowed && __builtin_cpu_supports("avx512bf16");
+    if (!__builtin_cpu_supports("avx512bf16")) return false;
+    const char* setting = std::getenv("LIGHTNING_GSF_CPU_BF16_DOT");
+    if (setting != nullptr) return std::strcmp(setting, "0") != 0;
+    return !__builtin_cpu_is("intel");
   }();
-  return available;
+  return chosen;
 }
 
 // taps_of_block over channel pairs: the same sums, each vdpbf16ps adding a pair's two products.
