@@ -74,6 +74,7 @@ class MediaLayout:
             raise ConfigurationError(f"layout must be 'video' or 'frames', got {self.kind!r}")
         try:
             self.frame_template.format(self.first_index)
+            frame_numbers([], self.frame_template)  # (one number field: "{0:05d}_{0:05d}" formats, names no frame)
         except (IndexError, KeyError, ValueError) as error:
             raise ConfigurationError(
                 f"frame_template {self.frame_template!r} must format one frame number, e.g. '{{:05d}}.jpg' ({error})"
@@ -177,9 +178,9 @@ def _frames_spelled_otherwise(names: Iterable[str], template: str, numbers: Iter
 def frame_numbers(names: Iterable[str], template: str) -> list[int]:
     """The frame numbers of the ``names`` that ``template`` (one integer field between a literal
     prefix and suffix, such as ``frame_{:010d}.jpg``) formats; other names are ignored."""
-    (prefix, _, _, _), *rest = string.Formatter().parse(template)
+    (prefix, field, _, _), *rest = string.Formatter().parse(template)
     suffix = rest[0][0] if rest else ""
-    if rest[1:] or (rest and rest[0][1] is not None):
+    if field is None or rest[1:] or (rest and rest[0][1] is not None):
         raise ValueError(f"frame template {template!r} must hold one number field")
     pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
     numbers = []
