@@ -52,6 +52,8 @@ def action_ranking(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int 
     if verb_scores.ndim != 2 or noun_scores.ndim != 2 or len(verb_scores) != len(noun_scores):
         raise ValueError(f"expected verb and noun scores (N, V) and (N, K), got {verb_scores.shape} and "
                          f"{noun_scores.shape}")
+    if not len(verb_scores):  # (no samples: nothing to take a softmax over)
+        return np.zeros((0, min(top_n, verb_scores.shape[1] * noun_scores.shape[1])), dtype=np.int64)
     rows = np.arange(len(verb_scores))[:, None]
     verbs = class_ranking(verb_scores)[:, :top_n]
     nouns = class_ranking(noun_scores)[:, :top_n]
@@ -64,7 +66,7 @@ def action_ranking(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int 
     best_probs = pair_probs[rows, best]
     # ranked once more one sample at a time, as the evaluator ranks its per-sample dicts
     ranked = [sample_actions[np.argsort(probs)[::-1]] for sample_actions, probs in zip(actions, best_probs)]
-    return np.stack(ranked) if ranked else actions
+    return np.stack(ranked)
 
 
 def topk_hits(ranking: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from lightning_gsf.evaluation import (
 )
 from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
 from lightning_gsf.metrics import compute_accuracies
+from lightning_gsf.official_ranking import action_id, action_ranking
 
 NUM_VERBS, NUM_NOUNS = 97, 300
 
@@ -587,3 +588,27 @@ def test_predictions_of_another_dataset_are_written_with_a_warning(tmp_path, cap
     assert writer.written_results is None and not (tmp_path / "results.pkl").exists()
     assert "the predictions have the head(s) ['class'], not EPIC-KITCHENS' verb and noun" in caplog.text
     assert "not to upload to a challenge" in caplog.text
+
+
+# -- the official ranking's own contract (lightning_gsf.official_ranking) ----------------------
+
+
+def test_action_ranking_keeps_top_n_verbs_and_nouns_and_names_actions_verb_times_1000_plus_noun():
+    """With ``top_n`` smaller than the verb count, the second-best verb still pairs with the best
+    noun; an action's id is ``verb * 1000 + noun``, as in the official evaluator."""
+    verb = np.array([[3.0, 2.9, 0.0]], dtype=np.float32)
+    noun = np.array([[0.0, 5.0, 0.0]], dtype=np.float32)
+    assert action_ranking(verb, noun, top_n=2).tolist() == [[1, 1001]]
+    assert action_id(np.array([2, 96]), np.array([7, 299])).tolist() == [2007, 96299]
+
+
+@pytest.mark.parametrize(("verbs", "nouns", "top_n", "width"), [(97, 300, 100, 100), (3, 4, 100, 12)])
+def test_action_ranking_of_no_samples_is_empty(verbs, nouns, top_n, width):
+    ranking = action_ranking(np.zeros((0, verbs), dtype=np.float32), np.zeros((0, nouns), dtype=np.float32), top_n)
+    assert ranking.shape == (0, width) and ranking.dtype == np.int64
+
+
+@pytest.mark.parametrize(("verb_shape", "noun_shape"), [((3, 5), (1, 4)), ((5,), (5,)), ((2, 5), (2, 4, 1))])
+def test_action_ranking_rejects_scores_that_are_not_two_arrays_of_one_length(verb_shape, noun_shape):
+    with pytest.raises(ValueError, match=r"expected verb and noun scores \(N, V\) and \(N, K\)"):
+        action_ranking(np.zeros(verb_shape, dtype=np.float32), np.zeros(noun_shape, dtype=np.float32))
