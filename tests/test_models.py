@@ -8,11 +8,18 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.inception import BasicConv2d
 
 from lightning_gsf import temporal
 from lightning_gsf.backbones import BACKBONES, build_backbone
 from lightning_gsf.backbones import weights as weights_module
-from lightning_gsf.backbones.insertion import TEMPORAL_MODULES
+from lightning_gsf.backbones.insertion import (
+    TEMPORAL_MODULES,
+    TemporalBasicBlock,
+    TemporalBasicConv2d,
+    TemporalBottleneck,
+    insert_temporal_modules,
+)
 from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, saved_activation_bytes
 from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.gsf import GSF
@@ -699,3 +706,64 @@ def test_pretrained_files_beyond_torchvision_layouts(tmp_path, monkeypatch) -> N
     own = {f"layer{i:02d}.weight": torch.zeros(1) for i in range(11)}
     listed = ", ".join(f"layer{i:02d}.weight" for i in range(10))
     assert weights_module.describe_state_dict_mismatch({}, own) == f"11 missing key(s): {listed}, ... (1 more)"
+
+
+# -- the insertion's wrappers and rules, on their own ------------------------------------------
+
+
+def _small_units() -> dict[str, nn.Module]:
+    """A Bottleneck with a strided downsample, a BasicBlock and an Inception BasicConv2d, small."""
+    downsample = nn.Sequential(nn.Conv2d(32, 32, 1, stride=2, bias=False), nn.BatchNorm2d(32))
+    return {
+        "bottleneck": torchvision.models.resnet.Bottleneck(32, 8, stride=2, downsample=downsample),
+        "basic_block": torchvision.models.resnet.BasicBlock(32, 32),
+        "basic_conv": BasicConv2d(32, 16, kernel_size=3, padding=1),
+    }
+
+
+@pytest.mark.parametrize(("unit", "wrapper"), [("bottleneck", TemporalBottleneck), ("basic_block", TemporalBasicBlock),
+                                               ("basic_conv", TemporalBasicConv2d)])
+def test_a_wrapped_unit_without_temporal_modules_computes_what_torchvision_s_computes(unit, wrapper) -> None:
+    """Every ReLU, BN and the identity path stay where torchvision puts them: to the bit."""
+    torch.manual_seed(0)
+    block = _small_units()[unit].eval()
+    x = torch.randn(4, 32, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = block(x.clone())
+        actual = wrapper(block)(x.clone())
+    assert (expected < 0).sum() == 0 and (actual == 0).any()  # (a ReLU's output: zeros, nothing negative)
+    assert torch.equal(actual, expected)
+
+
+def test_a_wrapped_inception_unit_shifts_its_conv_s_input_and_fuses_its_output_before_the_bn() -> None:
+    torch.manual_seed(0)
+    unit = _small_units()["basic_conv"].eval()
+    shift, gsf = TemporalShift(2), GSF(16, 2, 1.0).eval()
+    x = torch.randn(4, 32, 8, 8, generator=torch.Generator().manual_seed(1))
+    original = x.clone()
+    with torch.no_grad():
+        expected = torch.relu(unit.bn(gsf(unit.conv(shift(x.clone())))))
+        actual = TemporalBasicConv2d(unit, shift, gsf)(x)
+    assert torch.equal(actual, expected) and torch.equal(x, original)
+
+
+def test_insertion_names_a_block_or_backbone_it_has_no_rule_for() -> None:
+    with torch.device("meta"):
+        net = torchvision.models.resnet18(weights=None)
+    net.layer2[1] = nn.Identity()
+    with pytest.raises(TypeError, match="layer2.1: no temporal insertion rule for Identity"):
+        insert_temporal_modules(net, "gsf", num_segments=2, gsf_ratio=0.25)
+    assert type(net.layer1[0]) is torchvision.models.resnet.BasicBlock  # (nothing inserted before the error)
+    with pytest.raises(TypeError, match="no temporal insertion rule for a Sequential backbone"):
+        insert_temporal_modules(nn.Sequential(nn.Conv2d(3, 8, 3)), "tsm", num_segments=2, gsf_ratio=0.25)
+
+
+def test_a_ratio_gsf_cannot_split_or_an_unknown_module_is_a_configuration_error() -> None:
+    """(A ConfigurationError, which ``gsf`` prints as one line, not a traceback.)"""
+    with torch.device("meta"):
+        with pytest.raises(ConfigurationError, match="cannot insert GSF after layer1.0.conv2"):
+            build_backbone("resnet18", temporal_module="gsf", num_segments=2, gsf_ratio=0.1)
+        net = torchvision.models.resnet18(weights=None)
+    with pytest.raises(ConfigurationError, match="unknown temporal module 'nonlocal'"):
+        insert_temporal_modules(net, "nonlocal", num_segments=2, gsf_ratio=0.25)
+    assert not any(isinstance(m, (GSF, TemporalShift)) for m in net.modules())
