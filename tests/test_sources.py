@@ -26,6 +26,8 @@ from media_writers import decode_frame_numbers, write_frame_folder
 
 
 def _frames(folder: Path, count: int, template: str = "{:05d}.jpg") -> Path:
+    """``folder`` with ``count`` empty files named as frames 1, 2, ...: counting and locating read
+    names only (media_writers.write_frame_folder writes decodable JPEGs where frames are read)."""
     folder.mkdir(parents=True, exist_ok=True)
     for number in range(1, count + 1):
         (folder / template.format(number)).write_bytes(b"")
