@@ -18,6 +18,7 @@ from lightning_gsf.backbones.insertion import (
     TemporalBasicBlock,
     TemporalBasicConv2d,
     TemporalBottleneck,
+    _percent_ratios_that_fit,
     insert_temporal_modules,
 )
 from lightning_gsf.benchmark import BenchmarkConfig, autocast_context, saved_activation_bytes
@@ -301,6 +302,30 @@ def test_tsm_inference_in_place_gives_the_copy_s_logits(backbone: str, monkeypat
     assert torch.equal(actual, expected) and torch.equal(frames, clip)
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "bninception", "inception_v3"])
+def test_inference_fuses_over_each_gsf_s_conv_output(backbone: str) -> None:
+    """Insertion builds every GSF with ``inplace``: in inference each writes its output over its
+    conv's output (which only GSF reads), with the same logits, to the bit, as fresh outputs."""
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone, "gsf", num_segments=2, num_classes=4).eval()
+    modules = [module for module in model.modules() if isinstance(module, GSF)]
+    overwritten = []
+    hooks = [module.register_forward_hook(
+        lambda module, args, out: overwritten.append(out.data_ptr() == args[0].data_ptr())) for module in modules]
+    clip = _clip(backbone)
+    with torch.inference_mode():
+        actual = model(clip)["class"]
+        assert len(overwritten) == len(modules) and all(overwritten)
+        for module in modules:
+            module.inplace = False
+        overwritten.clear()
+        expected = model(clip)["class"]
+        assert len(overwritten) == len(modules) and not any(overwritten)
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(actual, expected)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bf16"])
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "bninception", "inception_v3"])
 def test_tsm_training_convolves_the_shift_in_place(backbone: str, dtype: str, monkeypatch) -> None:
@@ -529,6 +554,13 @@ def test_a_ratio_gsf_cannot_split_names_the_ratios_that_fit(backbone: str, bad_r
                 VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2, gsf_ratio=percent / 100)
         for ratio in fitting:
             VideoClassifier(backbone, "gsf", num_segments=2, num_classes=2, gsf_ratio=ratio)
+
+
+def test_the_listed_ratios_start_at_one_percent() -> None:
+    """Every whole percent is tried, from 1 % to 100 %: at p %, 400 and 800 channels give 4p and
+    8p processed channels, multiples of 4, so all fit; 200 channels fit at even percents only."""
+    assert _percent_ratios_that_fit([400, 800]) == list(range(1, 101))
+    assert _percent_ratios_that_fit([400, 200]) == list(range(2, 101, 2))
 
 
 # -- ImageNet weights ------------------------------------------------------------------------
