@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
-import re
+import pickle
 import random
+import re
+import tarfile
 import subprocess
 import sys
 from pathlib import Path
@@ -349,12 +352,9 @@ def test_a_checkpoint_that_cannot_be_read_is_named(tmp_path, content):
         AtomicCheckpointIO().load_checkpoint(path)
 
 
-
 def _legacy_checkpoint(path: Path, storage_record: tuple, storage_keys: list[str]) -> None:
     """A file in torch's legacy (pre-zip) format: its header, an object holding one storage by
     ``storage_record`` (a persistent id), and the keys of the storages said to follow."""
-    import pickle
-
     from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
 
     class Pickler(pickle.Pickler):
@@ -380,6 +380,23 @@ def test_a_corrupt_legacy_checkpoint_is_named(tmp_path, kind, weights_only):
         _legacy_checkpoint(path, ("storage", torch.FloatStorage, "0", "cpu"), ["0"])
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable checkpoint, truncated or corrupt\? \("):
         AtomicCheckpointIO().load_checkpoint(path, weights_only=weights_only)
+
+
+def test_a_legacy_tar_checkpoint_naming_a_missing_storage_is_named(tmp_path):
+    """torch's oldest format, a tar of pickles: a tensor whose storage the file does not hold
+    fails in torch's loader with a bare KeyError."""
+    path = tmp_path / "legacy.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, objects in (("storages", (0, [])), ("tensors", (1, ("t0", "not-saved", None))),
+                              ("pickle", ({"state_dict": {}},))):
+            data = b"".join(pickle.dumps(obj) for obj in objects)
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: not a readable checkpoint, truncated or "
+                                         r"corrupt\? \(KeyError: 'not-saved'\)"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+
 
 def test_storage_options_are_refused_not_ignored(tmp_path):
     """(Lightning's remote writers take them; the local atomic writer has no use for them.)"""
