@@ -877,6 +877,18 @@ def test_cpu_training_shift_takes_the_cpp_kernels(channels_last, dtype, monkeypa
 
 
 @pytest.mark.parametrize("kernel_set", ["triton", "cpp"])
+def test_shift_kernels_cover_maps_of_several_pixel_tiles(kernel_set):
+    """Maps of more pixels than one of Triton's tiles (9 x 11 = 99, four tiles of 32; the property
+    test below draws at most 36): ``shift`` writes and ``unshift_`` moves every pixel."""
+    shift_kernels = shift_kernel_set(kernel_set)
+    x = torch.randn(2 * 3, 20, 9, 11, generator=torch.Generator().manual_seed(0))
+    for backwards_first in (True, False):
+        assert torch.equal(shift_kernels.shift(x, 3, 5, backwards_first), temporal._shift_copy(x, 3, 5, backwards_first))
+    expected = temporal._unshift_in_place(x.clone(), 3, 5)
+    assert torch.equal(shift_kernels.unshift_(x.clone(), 3, 5), expected)
+
+
+@pytest.mark.parametrize("kernel_set", ["triton", "cpp"])
 @settings(max_examples=25, deadline=None)
 @given(
     clips=st.integers(0, 2), num_segments=st.integers(1, 5), channels=st.integers(1, 40), folds=st.data(),
