@@ -43,6 +43,7 @@ from lightning_gsf.data.samplers import (
     UnpaddedDistributedSampler,
     UnreadableBatch,
 )
+from lightning_gsf.fit_loop import install_step_limited_resume
 from lightning_gsf.gloo_exit import release_gloo_workers_at_exit
 
 SCRIPT = Path(__file__).resolve()
@@ -844,16 +845,19 @@ class RecordBatches(pl.Callback):
         ({"max_epochs": 2, "max_steps": 100}, 12),  # the end of a fit limited by epochs
         ({"max_epochs": 3, "max_steps": 12}, 12),  # max_steps at an epoch's last batch
         ({"max_epochs": 3, "max_steps": 9}, 9),  # max_steps in the middle of the second epoch
+        ({"max_epochs": 3, "max_steps": 7}, 7),  # max_steps after the second epoch's first batch
     ],
-    ids=["epochs", "steps-at-epoch-end", "steps-mid-epoch"],
+    ids=["epochs", "steps-at-epoch-end", "steps-mid-epoch", "steps-one-into-epoch"],
 )
 def test_a_run_limited_by_max_steps_resumes_every_remaining_batch(tmp_path, first_run, stopped_at_step, validate):
     """Resumed from ``last.ckpt`` with ``max_steps`` set, a run trains the batches an
     uninterrupted one trains after that point, in the same epochs (Lightning 2.6 alone trains
     one batch or none of the next epoch, or counts an epoch cut by ``max_steps`` twice;
-    ``lightning_gsf.fit_loop``)."""
+    ``lightning_gsf.fit_loop``), and ends with the epoch counts (current and total, saved in
+    every later checkpoint) of the uninterrupted run."""
 
-    def fit(name: str, max_epochs: int, max_steps: int, ckpt_path: Path | None = None) -> tuple[DropoutNet, RecordBatches]:
+    def fit(name: str, max_epochs: int, max_steps: int,
+            ckpt_path: Path | None = None) -> tuple[DropoutNet, RecordBatches, dict]:
         torch.manual_seed(0)
         model, record = (ValidatedDropoutNet() if validate else DropoutNet()), RecordBatches()
         checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, save_last=True, save_top_k=0)
@@ -861,15 +865,33 @@ def test_a_run_limited_by_max_steps_resumes_every_remaining_batch(tmp_path, firs
                              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                              callbacks=[record, checkpoint, ExactResume()])
         trainer.fit(model, ckpt_path=ckpt_path)
-        return model, record
+        return model, record, trainer.fit_loop.epoch_progress.state_dict()
 
-    uninterrupted, all_batches = fit("uninterrupted", max_epochs=3, max_steps=100)
+    uninterrupted, all_batches, epoch_counts = fit("uninterrupted", max_epochs=3, max_steps=100)
     assert len(all_batches.batches) == 18  # (3 epochs of 6 batches)
     fit("stopped", **first_run)
-    resumed, rest = fit("resumed", max_epochs=3, max_steps=100, ckpt_path=tmp_path / "stopped" / "last.ckpt")
+    resumed, rest, resumed_epoch_counts = fit("resumed", max_epochs=3, max_steps=100,
+                                              ckpt_path=tmp_path / "stopped" / "last.ckpt")
     assert rest.batches == all_batches.batches[stopped_at_step:]
     epochs, batches = divmod(stopped_at_step, 6)
     assert resumed.seen == uninterrupted.seen[epochs * DATASET_SIZE + batches * BATCH_SIZE :]
+    assert resumed_epoch_counts == epoch_counts
+
+
+def test_clearing_the_restart_flag_leaves_the_epoch_counts_alone():
+    """Only a restart mends the counts of an epoch that ``max_steps`` cut short: setting the fit
+    loop's ``restarting`` to False changes none of them."""
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, max_steps=9, logger=False)
+    install_step_limited_resume(trainer)
+    loop = trainer.fit_loop
+    for counts in (loop.epoch_progress.current, loop.epoch_progress.total):
+        counts.ready = counts.started = counts.processed = counts.completed = 2
+    loop.epoch_loop.batch_progress.current.completed = 3  # (not the epoch's last batch)
+    loop.restarting = False
+    assert loop.epoch_progress.current.processed == loop.epoch_progress.total.processed == 2
+    loop.restarting = True
+    assert loop.restarting
+    assert loop.epoch_progress.current.processed == loop.epoch_progress.total.processed == 1
 
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
