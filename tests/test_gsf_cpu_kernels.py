@@ -183,6 +183,25 @@ def test_the_kernels_address_only_uniform_pixel_strides():
     assert not cpu_kernels.addressable(x[:, :4, :, ::2])
 
 
+def test_the_kernels_address_single_rows_and_maps_only_together():
+    """A map of one row has one pixel stride whatever its H stride; maps are addressed together
+    only when every one of them is."""
+    one_row = torch.randn(4, 8, 6, 1).permute(0, 1, 3, 2)  # (4, 8, 1, 6), H's stride 1
+    assert cpu_kernels.addressable(one_row)
+    x, cropped = torch.randn(4, 8, 5, 6), torch.randn(4, 8, 5, 8)[..., :6]  # (rows not adjacent)
+    assert cpu_kernels.addressable(x) and not cpu_kernels.addressable(cropped)
+    assert not cpu_kernels.addressable(x, cropped) and not cpu_kernels.addressable(cropped, x)
+
+
+def test_capabilities_without_build_flags_build_the_baseline(monkeypatch):
+    """torch's capabilities other than AVX2 / AVX-512 (ARM's SVE, POWER's VSX, ...) name and
+    build the baseline."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SVE256")
+    assert cpu_kernels.cpu_capability() == "DEFAULT"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert cpu_kernels.cpu_capability() == "AVX2"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bf16"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("processed", [8, 12])
