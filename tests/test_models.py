@@ -799,3 +799,51 @@ def test_a_ratio_gsf_cannot_split_or_an_unknown_module_is_a_configuration_error(
     with pytest.raises(ConfigurationError, match="unknown temporal module 'nonlocal'"):
         insert_temporal_modules(net, "nonlocal", num_segments=2, gsf_ratio=0.25)
     assert not any(isinstance(m, (GSF, TemporalShift)) for m in net.modules())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "vgg16"}, "unknown backbone 'vgg16'"),
+        ({"num_segments": 0}, "num_segments must be >= 1, got 0"),
+        ({"gsf_ratio": 0.0}, "cannot insert GSF"),  # (refused, not taken for the default ratio)
+    ],
+)
+def test_build_backbone_refuses_bad_arguments_itself(kwargs: dict, message: str) -> None:
+    """``build_backbone``'s own checks (``VideoClassifier`` checks some of these before it)."""
+    arguments = {"name": "bninception", "temporal_module": "gsf", "num_segments": 2, **kwargs}
+    with torch.device("meta"), pytest.raises(ConfigurationError, match=message):
+        build_backbone(**arguments)
+
+
+@pytest.mark.parametrize("temporal_module", ["tsm", "none"])
+def test_a_backbone_without_gsf_has_no_gsf_ratio(temporal_module: str) -> None:
+    with torch.device("meta"):
+        net = build_backbone("bninception", temporal_module=temporal_module, num_segments=2, gsf_ratio=0.5)
+    assert (net.temporal_module, net.gsf_ratio) == (temporal_module, None)
+
+
+@pytest.mark.parametrize(("backbone", "size"), [("bninception", 224), ("inception_v3_tf", 229)])
+def test_caffe_style_inceptions_run_each_layer_once_per_forward(backbone: str, size: int) -> None:
+    """Branches that share their first layers (Mixed_7b/7c's tower forks into a 3x1 and a 1x3
+    conv) compute them once, as the release does: each BatchNorm counts one batch a step."""
+    with torch.device("meta"):
+        net = build_backbone(backbone, temporal_module="none")
+    layers = {name: module for name, module in net.named_modules() if isinstance(module, (nn.Conv2d, nn.BatchNorm2d))}
+    calls = dict.fromkeys(layers, 0)
+    for name, module in layers.items():
+        module.register_forward_hook(lambda module, args, out, name=name: calls.update({name: calls[name] + 1}))
+    net(torch.empty(1, 3, size, size, device="meta"))
+    assert set(calls.values()) == {1}
+
+
+def test_untrained_backbones_start_from_their_initialisations() -> None:
+    """Without pretrained weights: the Caffe-style Inceptions' convs He-initialised for their
+    fan-out with zero biases; torchvision's InceptionV3 its own N(0, 0.1) (cut at +-2)."""
+    torch.manual_seed(0)
+    net = build_backbone("bninception", temporal_module="none")
+    weight = net.inception_5b_3x3.weight  # (320, 192, 3, 3): fan-out 2880, fan-in 1728
+    assert abs(weight.std().item() / (2 / (320 * 9)) ** 0.5 - 1) < 0.05
+    assert not any(module.bias.any() for module in net.modules() if isinstance(module, nn.Conv2d))
+    weight = build_backbone("inception_v3", temporal_module="none").Mixed_7c.branch1x1.conv.weight
+    assert 0.095 < weight.std().item() < 0.105
