@@ -210,6 +210,31 @@ def check_path_takes_an_empty_batch(path, grad):
         assert x.grad.shape == x.shape
 
 
+def check_path_passes_no_gradient_through_the_relu_at_zero(path):
+    """``GSF.<path>`` with a batch norm of zero weight and bias, whose output is exactly 0: ReLU's
+    gradient there is 0, as PyTorch's, so the batch norm's and the input's gradients are the
+    reference's (random parameters never give such a tie)."""
+    module = make_gsf(16, 4, 0.5, seed=3).train()
+    with torch.no_grad():
+        module.bn.weight.zero_()
+        module.bn.bias.zero_()
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=3)
+    inp, inp_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = getattr(module, path)(inp * 1.0), reference.forward_reference(inp_reference * 1.0)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    (out * upstream).sum().backward()
+    (expected * upstream).sum().backward()
+    for actual, wanted in ((module.bn.weight.grad, reference.bn.weight.grad),
+                           (module.bn.bias.grad, reference.bn.bias.grad), (inp.grad, inp_reference.grad)):
+        torch.testing.assert_close(actual, wanted, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["forward_torch", "forward_compilable"])
+def test_no_gradient_through_the_relu_at_zero(path):
+    check_path_passes_no_gradient_through_the_relu_at_zero(path)
+
+
 CASES = [
     # (channels, num_segments, ratio, batch, size)
     (16, 4, 0.25, 2, 5),

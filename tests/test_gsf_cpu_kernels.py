@@ -27,7 +27,8 @@ from lightning_gsf import cpu_kernels
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
-from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec, check_path_takes_an_empty_batch,
+from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec,
+                      check_path_passes_no_gradient_through_the_relu_at_zero, check_path_takes_an_empty_batch,
                       make_gsf, make_input, naive_gsf, split_with)
 
 
@@ -1129,3 +1130,7 @@ def test_kernels_reject_bad_operands_clearly(kernels):
         kernels.blend(x, gate, weights, torch.empty_like(x), 3)
     with pytest.raises(RuntimeError, match=r"gate \(N\*T, 2, H, W\) must be a contiguous float32"):
         kernels.blend(x, gate[:, :2], weights, torch.empty_like(x), 4)
+
+
+def test_cpu_path_passes_no_gradient_through_the_relu_at_zero(kernels):
+    check_path_passes_no_gradient_through_the_relu_at_zero("forward_cpu")

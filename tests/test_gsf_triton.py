@@ -24,6 +24,7 @@ from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
 from conftest import interprets_triton
 from test_gsf import (BN_MODES, CASES, assert_close_to_float64, check_path_keeps_batch_norm_semantics,
+                      check_path_passes_no_gradient_through_the_relu_at_zero,
                       check_path_matches_naive_spec, check_path_takes_an_empty_batch, make_gsf, make_input, naive_gsf,
                       split_with)
 
@@ -477,3 +478,7 @@ def test_the_suite_compiles_triton_only_where_it_runs_the_gpu_tests(markexpr, cu
     suite interprets the kernels even on a GPU machine; a run that selects the ``gpu`` tests
     there compiles them."""
     assert interprets_triton(markexpr, cuda_available) is not compiles
+
+
+def test_triton_path_passes_no_gradient_through_the_relu_at_zero():
+    check_path_passes_no_gradient_through_the_relu_at_zero("forward_triton")
