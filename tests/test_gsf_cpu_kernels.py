@@ -195,8 +195,8 @@ def test_the_kernels_address_single_rows_and_maps_only_together():
 
 
 def test_capabilities_without_build_flags_build_the_baseline(monkeypatch):
-    """torch's capabilities other than AVX2 / AVX-512 (ARM's SVE, POWER's VSX, ...) name and
-    build the baseline."""
+    """torch's capabilities other than AVX2 / AVX-512 (ARM's SVE, POWER's VSX, ...) are built as
+    the baseline, DEFAULT (the build's name and flags follow from it); AVX2 keeps its own."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SVE256")
     assert cpu_kernels.cpu_capability() == "DEFAULT"
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
