@@ -7,9 +7,9 @@ import logging
 import pickle
 import random
 import re
-import tarfile
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 

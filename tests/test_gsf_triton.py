@@ -24,9 +24,8 @@ from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF
 from conftest import interprets_triton
 from test_gsf import (BN_MODES, CASES, assert_close_to_float64, check_path_keeps_batch_norm_semantics,
-                      check_path_passes_no_gradient_through_the_relu_at_zero,
-                      check_path_matches_naive_spec, check_path_takes_an_empty_batch, make_gsf, make_input, naive_gsf,
-                      split_with)
+                      check_path_matches_naive_spec, check_path_passes_no_gradient_through_the_relu_at_zero,
+                      check_path_takes_an_empty_batch, make_gsf, make_input, naive_gsf, split_with)
 
 @pytest.mark.parametrize("inplace", [False, True], ids=["out_of_place", "inplace"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

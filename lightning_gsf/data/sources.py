@@ -74,7 +74,7 @@ class MediaLayout:
             raise ConfigurationError(f"layout must be 'video' or 'frames', got {self.kind!r}")
         try:
             self.frame_template.format(self.first_index)
-            frame_numbers([], self.frame_template)  # (one number field: "{0:05d}_{0:05d}" formats, names no frame)
+            frame_number_pattern(self.frame_template)  # ("{0:05d}_{0:05d}" formats, but holds two fields)
         except (IndexError, KeyError, ValueError) as error:
             raise ConfigurationError(
                 f"frame_template {self.frame_template!r} must format one frame number, e.g. '{{:05d}}.jpg' ({error})"
@@ -175,14 +175,21 @@ def _frames_spelled_otherwise(names: Iterable[str], template: str, numbers: Iter
     return sorted(name for name in names if name not in spelled and frame_numbers([stem(name)], template_stem))
 
 
-def frame_numbers(names: Iterable[str], template: str) -> list[int]:
-    """The frame numbers of the ``names`` that ``template`` (one integer field between a literal
-    prefix and suffix, such as ``frame_{:010d}.jpg``) formats; other names are ignored."""
+def frame_number_pattern(template: str) -> re.Pattern[str]:
+    """A pattern whose one group is the digits of a name that ``template`` (one number field
+    between a literal prefix and suffix, such as ``frame_{:010d}.jpg``) could format; a
+    ValueError for a template of no or several fields."""
     (prefix, field, _, _), *rest = string.Formatter().parse(template)
     suffix = rest[0][0] if rest else ""
     if field is None or rest[1:] or (rest and rest[0][1] is not None):
         raise ValueError(f"frame template {template!r} must hold one number field")
-    pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
+    return re.compile(re.escape(prefix) + r"(\d+)" + re.escape(suffix))
+
+
+def frame_numbers(names: Iterable[str], template: str) -> list[int]:
+    """The frame numbers of the ``names`` that ``template`` formats (see
+    :func:`frame_number_pattern`); other names are ignored."""
+    pattern = frame_number_pattern(template)
     numbers = []
     for name in names:
         match = pattern.fullmatch(name)
