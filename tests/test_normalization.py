@@ -26,11 +26,20 @@ def test_imagenet_keeps_rgb_and_scales_to_unit_range() -> None:
     torch.testing.assert_close(normalize(clip, "imagenet").flatten(), expected)
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 6), (4, 3, 5, 6), (2, 4, 3, 5, 6)], ids=["frame", "clip", "batch"])
 @pytest.mark.parametrize("name", sorted(NORMALIZATIONS))
-def test_shapes_and_dtype_are_kept(name: str) -> None:
-    clip = torch.randint(0, 256, (2, 4, 3, 5, 6), dtype=torch.uint8)
+def test_shapes_and_dtype_are_kept(name: str, shape: tuple[int, ...]) -> None:
+    clip = torch.randint(0, 256, shape, dtype=torch.uint8)
     out = normalize(clip, name, dtype=torch.bfloat16)
     assert out.shape == clip.shape and out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", sorted(NORMALIZATIONS))
+def test_the_output_stays_on_the_clips_device(name: str) -> None:
+    # The constants are made on the clip's device (the model normalises on the accelerator);
+    # "meta" stands in for an accelerator on a CPU-only machine.
+    clip = torch.zeros(2, 3, 4, 4, dtype=torch.uint8, device="meta")
+    assert normalize(clip, name).device == clip.device
 
 
 def test_bad_inputs_are_named() -> None:

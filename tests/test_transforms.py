@@ -42,6 +42,11 @@ def test_multi_scale_crop_sizes_pinned() -> None:
         (240, 240), (240, 210), (210, 240), (210, 210), (210, 180),
         (180, 210), (180, 180), (180, 158), (158, 180), (158, 158),
     ]  # fmt: skip
+    # Short side 256 (the usual pre-resize): 256 * 0.66 = 168.96 is cut to 168, as TSN's int().
+    assert multi_scale_crop_sizes(256, 340, 224, TSN_SCALES) == [
+        (256, 256), (256, 224), (224, 256), (224, 224), (224, 192),
+        (192, 224), (192, 192), (192, 168), (168, 192), (168, 168),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("short_side", "size"), [(220, 220), (221, 221), (222, 224), (224, 224), (226, 224), (227, 227)])
@@ -51,12 +56,15 @@ def test_multi_scale_crop_sizes_snap_to_the_input_size(short_side: int, size: in
     assert multi_scale_crop_sizes(short_side, 300, 224, (1.0,)) == [(size, size)]
 
 
+@pytest.mark.parametrize("portrait", [False, True], ids=["landscape", "portrait"])
 @pytest.mark.parametrize("short_side", [222, 223])
-def test_a_crop_snapped_past_the_frame_stays_inside_it(short_side: int) -> None:
+def test_a_crop_snapped_past_the_frame_stays_inside_it(short_side: int, portrait: bool) -> None:
     """A 222 or 223 px short side snaps its full-size crop up to 224: the crop is cut to the frame,
-    not padded with black beyond it (every crop of a uniform clip is that uniform value)."""
+    not padded with black beyond it (every crop of a uniform clip is that uniform value), whether
+    the short side is the height or the width."""
     transform = TrainClipTransform(input_size=224, scales=(1.0,), flip=False)
-    clip = torch.full((2, 3, short_side, 300), 200, dtype=torch.uint8)
+    size = (300, short_side) if portrait else (short_side, 300)
+    clip = torch.full((2, 3, *size), 200, dtype=torch.uint8)
     for seed in range(12):  # (every crop position)
         out, _ = transform(clip, _generator(seed))
         assert out.shape == (2, 3, 224, 224) and bool((out == 200).all()), seed
@@ -71,6 +79,14 @@ def test_crop_positions_pinned() -> None:
         (6, 0), (6, 32), (0, 16), (12, 16),  # middles of the edges
         (3, 8), (3, 24), (9, 8), (9, 24),  # quarter points
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("slack", range(9))
+def test_crop_positions_stay_inside_the_frame(slack: int) -> None:
+    # Whatever the slack (frame side minus crop side), the far corner is at 4 * (slack // 4) <= slack.
+    positions = crop_positions(26 + slack, 30 + slack, 26, 30)
+    assert all(0 <= top <= slack and 0 <= left <= slack for top, left in positions)
+    assert positions[4] == (4 * (slack // 4), 4 * (slack // 4))
 
 
 @pytest.mark.parametrize(
@@ -120,6 +136,15 @@ def test_multi_scale_crop_pinned(
     crops = _record_crops(monkeypatch)
     out, flipped = TrainClipTransform(input_size=48, scales=(1.0, 0.75, 0.5))(random_clip(1, 64, 80), _generator(seed))
     assert crops == [expected_crop] and flipped == expected_flip and out.shape == (1, 3, 48, 48)
+
+
+def test_train_crop_is_resized_with_antialiasing() -> None:
+    # Seed 1 takes the 64 x 64 crop at (0, 4) unflipped (above); it is shrunk to 48 x 48
+    # antialiased, as the evaluation resize (and the release's PIL resize).
+    clip = random_clip(1, 64, 80)
+    out, flipped = TrainClipTransform(input_size=48, scales=(1.0, 0.75, 0.5))(clip, _generator(1))
+    assert not flipped
+    assert torch.equal(out, F.resize(clip[..., 0:64, 4:68], [48, 48], antialias=True))
 
 
 @pytest.mark.parametrize("more_positions", [True, False], ids=["13-positions", "5-positions"])
@@ -247,18 +272,23 @@ def test_eval_output_shape(num_crops: int, height: int, width: int) -> None:
     assert out.shape == (num_crops, 4, 3, 32, 32) and out.dtype == torch.uint8
 
 
+TRAIN_ARGUMENTS = "expected input_size >= 1 and scales in"
+
+
 @pytest.mark.parametrize(
-    "make",
+    ("make", "message"),
     [
-        lambda: EvalClipTransform(num_crops=2),
-        lambda: EvalClipTransform(input_size=224, resize_size=200),
-        lambda: TrainClipTransform(scales=()),
-        lambda: TrainClipTransform(scales=(1.0, 1.5)),
+        (lambda: EvalClipTransform(num_crops=2), "num_crops must be 1 or 3"),
+        (lambda: EvalClipTransform(input_size=224, resize_size=200), "must be >= input_size"),
+        (lambda: TrainClipTransform(scales=()), TRAIN_ARGUMENTS),
+        (lambda: TrainClipTransform(scales=(1.0, 1.5)), TRAIN_ARGUMENTS),
+        (lambda: TrainClipTransform(scales=(1.0, 0.0)), TRAIN_ARGUMENTS),
+        (lambda: TrainClipTransform(input_size=0), TRAIN_ARGUMENTS),
     ],
-    ids=["two-crops", "resize-below-crop", "no-scales", "scale-above-one"],
+    ids=["two-crops", "resize-below-crop", "no-scales", "scale-above-one", "zero-scale", "zero-input-size"],
 )
-def test_invalid_arguments(make) -> None:
-    with pytest.raises(ValueError):
+def test_invalid_arguments(make, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         make()
 
 
@@ -266,12 +296,13 @@ def test_invalid_arguments(make) -> None:
     "clip",
     [
         torch.zeros(3, 64, 64, dtype=torch.uint8),  # no time axis
+        torch.zeros(4, 3, 64, dtype=torch.uint8),  # no height axis (the channel axis holds 3)
         torch.zeros(4, 64, 80, 3, dtype=torch.uint8),  # channels last
         torch.zeros(4, 1, 64, 80, dtype=torch.uint8),  # grey
         torch.zeros(4, 4, 64, 80, dtype=torch.uint8),  # RGBA
         torch.zeros(4, 3, 64, 80),  # float: the model would take it as normalised already
     ],
-    ids=["3d", "channels-last", "grey", "rgba", "float"],
+    ids=["3d", "no-height", "channels-last", "grey", "rgba", "float"],
 )
 @pytest.mark.parametrize("randaugment", [False, True])
 def test_clips_must_be_uint8_rgb_t_c_h_w(clip: torch.Tensor, randaugment: bool) -> None:
