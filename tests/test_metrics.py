@@ -35,7 +35,9 @@ def test_top_actions_ranks_by_product_of_probabilities():
     assert hits.tolist() == [False]
 
 
-@pytest.mark.parametrize("num_verbs,num_nouns,k", [(7, 11, 5), (97, 300, 5), (3, 2, 5), (4, 9, 1)])
+@pytest.mark.parametrize(
+    "num_verbs,num_nouns,k", [(7, 11, 5), (97, 300, 5), (3, 2, 5), (4, 9, 1), (3, 11, 5), (11, 3, 5), (1, 4, 5)]
+)
 def test_top_actions_matches_the_full_pair_matrix(num_verbs, num_nouns, k):
     generator = torch.Generator().manual_seed(num_verbs * num_nouns + k)
     verb = torch.randn(16, num_verbs, generator=generator) * 3
@@ -109,6 +111,16 @@ def test_subsets_of_a_correct_action_hand_computed():
     assert result["unseen_noun_accuracy_at_1"] == pytest.approx(200 / 3)
 
 
+def test_tail_accuracies_without_tail_nouns():
+    """No tail noun among the samples (or no tail-noun file): the tail verb and tail action
+    accuracies are still given, over the tail-verb samples 1 and 3, and no tail noun one."""
+    scores, labels, subsets = _epic_example()
+    del subsets["tail_noun"]
+    result = compute_accuracies(scores, labels, subsets)
+    assert (result["tail_verb_accuracy_at_1"], result["tail_action_accuracy_at_1"]) == (50.0, 0.0)
+    assert "tail_noun_accuracy_at_1" not in result
+
+
 def test_single_head_accuracies_and_headline():
     scores = {"class": torch.tensor([[2.0, 1.0], [2.0, 1.0]])}
     result = compute_accuracies(scores, {"class": torch.tensor([0, 1])})
@@ -148,11 +160,21 @@ def test_empty_subset_is_omitted():
         ({"verb": torch.zeros(2, 3)}, {"noun": torch.zeros(2, dtype=torch.long)}, "heads"),
         ({"verb": torch.zeros(2, 3)}, {"verb": torch.zeros(3, dtype=torch.long)}, "number of samples"),
         ({"verb": torch.zeros(0, 3)}, {"verb": torch.zeros(0, dtype=torch.long)}, "at least one"),
+        # (-1 would flatten into an action id naming another pair)
+        ({"verb": torch.zeros(2, 3)}, {"verb": torch.tensor([0, -1])},
+         r"1 verb labels are outside the 3 scored classes, the first -1 \(sample 1\)"),
     ],
 )
 def test_compute_accuracies_rejects_inconsistent_inputs(scores, labels, message):
     with pytest.raises(ValueError, match=message):
         compute_accuracies(scores, labels)
+
+
+def test_compute_accuracies_rejects_subsets_of_another_length():
+    scores, labels, subsets = _epic_example()
+    subsets["unseen"] = subsets["unseen"][:3]
+    with pytest.raises(ValueError, match=r"disagree on the number of samples: .*'subset unseen': 3"):
+        compute_accuracies(scores, labels, subsets)
 
 
 @pytest.mark.parametrize(
