@@ -250,12 +250,12 @@ def read_predictions(path: str | Path) -> tuple[list[str], dict[str, Tensor]]:
 
 
 def write_submission(submission: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``),
+    """Write ``submission`` as a zip holding ``test.json`` (or as plain JSON for ``*.json``, any case),
     atomically: a crash leaves the previous file or none, never a truncated one."""
     path = Path(path)
     text = json.dumps(submission)
     with _replaced_atomically(path) as partial:
-        if path.suffix == ".json":
+        if path.suffix.lower() == ".json":
             partial.write_text(text)
         else:
             with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -643,14 +643,15 @@ class SubmissionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         ids, scores = merge_predictions(batches)
+        epic = set(scores) == set(EPIC_HEADS)
+        if self.results and not epic:  # (before anything is written)
+            raise ValueError(f"the results file holds verb and noun scores; these predictions have {sorted(scores)}")
         output = Path(self.output) if self.output else Path(trainer.default_root_dir) / "submission.zip"
         _warn_of_samples_without_prediction(trainer.predict_dataloaders, ids, output)
         self.written = write_submission(make_submission(scores, ids, **self.sls), output)
-        if set(scores) == set(EPIC_HEADS):
+        if epic:
             results = Path(self.results) if self.results else default_results_path(output)
             self.written_results = write_results(scores, ids, results)
-        elif self.results:
-            raise ValueError(f"the results file holds verb and noun scores; these predictions have {sorted(scores)}")
         else:  # (Something-Something, Kinetics, Diving48: no challenge takes this file)
             log.warning("the predictions have the head(s) %s, not EPIC-KITCHENS' verb and noun: %s holds each "
                         "sample's raw scores in the EPIC-KITCHENS submission layout (results -> sample id -> head -> "

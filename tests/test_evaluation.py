@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import pickle
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from lightning_gsf.evaluation import (
+    SubmissionWriter,
     evaluate_main,
     evaluate_scores,
     make_submission,
@@ -47,6 +49,18 @@ def _scores_for(annotations, ids, seed=0):
         if row % 3 == 0:
             noun[row, annotations[sample_id][2]] += 5
     return {"verb": verb, "noun": noun}
+
+
+def _predict_trainer(tmp_path, samples, world_size=1, is_global_zero=True):
+    """What :class:`SubmissionWriter` reads of a ``gsf predict`` trainer."""
+    return SimpleNamespace(world_size=world_size, is_global_zero=is_global_zero, default_root_dir=str(tmp_path),
+                           predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+
+
+def _predictions(ids, index, heads=("verb", "noun")):
+    """One batch of ``predict_step`` outputs (zero scores)."""
+    sizes = {"verb": NUM_VERBS, "noun": NUM_NOUNS, "class": 5}
+    return {"id": list(ids), "index": torch.tensor(index), "scores": {h: torch.zeros(len(ids), sizes[h]) for h in heads}}
 
 
 def test_submission_schema(tmp_path):
@@ -150,8 +164,6 @@ def test_non_finite_scores_are_rejected_naming_the_sample(tmp_path, value):
 
 @pytest.mark.parametrize("levels", [{"sls_pt": 6}, {"sls_tl": -1}, {"sls_td": 2.5}, {"sls_pt": True}])
 def test_supervision_levels_are_0_to_5(levels):
-    from lightning_gsf.evaluation import SubmissionWriter
-
     name = next(iter(levels))
     with pytest.raises(ValueError, match=f"{name} must be a supervision level from 0 to 5"):
         make_submission({"verb": torch.zeros(1, 3)}, ["a"], **levels)
@@ -162,6 +174,31 @@ def test_supervision_levels_are_0_to_5(levels):
 def test_duplicate_ids_are_rejected():
     with pytest.raises(ValueError, match="unique"):
         make_submission({"verb": torch.zeros(2, 3)}, ["a", "a"])
+
+
+def test_scores_of_another_number_of_samples_than_ids_are_rejected(tmp_path):
+    scores = {"verb": torch.zeros(3, NUM_VERBS), "noun": torch.zeros(3, NUM_NOUNS)}
+    with pytest.raises(ValueError, match=r"expected verb scores of shape \(2, num_classes\), got \(3, 97\)"):
+        make_submission(scores, ["a", "b"])
+    with pytest.raises(ValueError, match=r"expected verb scores of shape \(2, num_classes\)"):
+        write_results(scores, ["a", "b"], tmp_path / "results.pkl")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("name", "is_zip"), [("submission", True), ("submission.ZIP", True), ("submission.json", False),
+                                             ("submission.JSON", False)])
+def test_a_submission_is_a_zip_unless_named_json(tmp_path, name, is_zip):
+    path = write_submission(make_submission({"verb": torch.zeros(1, 3)}, ["a"]), tmp_path / name)
+    assert zipfile.is_zipfile(path) == is_zip
+    assert list(read_submission(path)["results"]) == ["a"]
+
+
+def test_a_zip_without_test_json_is_named(tmp_path):
+    path = tmp_path / "sub.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("results.json", "{}")
+    with pytest.raises(ValueError, match=r"sub.zip: expected a member named test.json, found \['results.json'\]"):
+        read_submission(path)
 
 
 def test_results_file_is_the_official_dict_format(tmp_path):
@@ -179,6 +216,30 @@ def test_results_file_is_the_official_dict_format(tmp_path):
     assert loaded["narration_id"].tolist() == ids
     np.testing.assert_array_equal(loaded["noun_output"], scores["noun"].numpy())
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_half_precision_scores_are_written_as_float32(tmp_path):
+    """(Predictions of a mixed-precision run: the official format holds float32.)"""
+    scores = {"verb": torch.randn(2, NUM_VERBS).half(), "noun": torch.randn(2, NUM_NOUNS).bfloat16()}
+    with write_results(scores, ["a", "b"], tmp_path / "results.pkl").open("rb") as handle:
+        loaded = pickle.load(handle)
+    assert loaded["verb_output"].dtype == np.float32 and loaded["noun_output"].dtype == np.float32
+    np.testing.assert_array_equal(loaded["verb_output"], scores["verb"].float().numpy())
+
+
+def test_a_failed_write_leaves_the_previous_results_file(tmp_path, monkeypatch):
+    scores = {"verb": torch.zeros(1, NUM_VERBS), "noun": torch.zeros(1, NUM_NOUNS)}
+    path = write_results(scores, ["a"], tmp_path / "results.pkl")
+    before = path.read_bytes()
+
+    def crash(obj, handle, protocol=None):
+        handle.write(b"trunc")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pickle, "dump", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_results(scores, ["a"], path)
+    assert path.read_bytes() == before
 
 
 def _list_format(scores, ids, as_tensors):
@@ -215,6 +276,7 @@ def test_results_files_read_back(tmp_path, layout):
         ({"verb_output": np.zeros((2, 3)), "noun_output": np.zeros((2, 5)), "narration_id": np.array(["a", "a"])},
          "not unique"),
         ([{"verb_output": np.zeros(3), "narration_id": "a"}], "dict per sample"),
+        ([], "dict per sample"),
         ([{"verb_output": np.zeros(3), "noun_output": np.zeros(5), "narration_id": "a"},
           {"verb_output": np.zeros(3), "noun_output": np.zeros(4), "narration_id": "b"}],
          r"entry 1 \(narration id 'b'\): noun_output must be \(5,\) as in entry 0, got shape \(4,\)"),
@@ -386,22 +448,24 @@ def test_repeated_or_short_annotation_rows_are_named(tmp_path, rows, message):
         read_labelled_annotations(path)
 
 
+@pytest.mark.parametrize("label", [3, -1])
 @pytest.mark.parametrize("head,column", [("verb", 2), ("noun", 3)])
-def test_evaluate_rejects_labels_outside_the_scored_classes(tmp_path, head, column):
-    """A label past the scored classes (annotations of another class list, say) is named by
-    file, line and sample: scored anyway, an out-of-range noun's action id could equal
+def test_evaluate_rejects_labels_outside_the_scored_classes(tmp_path, head, column, label):
+    """A label past the scored classes (annotations of another class list, say) or below them is
+    named by file, line and sample: scored anyway, an out-of-range noun's action id could equal
     another pair's and count a wrong answer as right."""
     rows = [["P01_1_0", "P01", "0", "1"], ["P01_1_1", "P01", "1", "2"]]
-    rows[1][column] = "3"
+    rows[1][column] = str(label)
     path = tmp_path / "labels.csv"
     path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows))
     scores = {"verb": torch.randn(2, 3), "noun": torch.randn(2, 3)}
-    with pytest.raises(ValueError, match=rf"labels.csv, line 3: {head}_class 3 of P01_1_1 is outside the 3 {head} "
-                                         rf"classes that preds scores; expected 0..2"):
+    with pytest.raises(ValueError, match=rf"labels.csv, line 3: {head}_class {label} of P01_1_1 is outside the 3 "
+                                         rf"{head} classes that preds scores; expected 0..2"):
         evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
     labels = {"verb": torch.tensor([0, 1]), "noun": torch.tensor([1, 2])}
-    labels[head][1] = 3
-    with pytest.raises(ValueError, match=rf"1 {head} labels are outside the 3 scored classes, the first 3 \(sample 1\)"):
+    labels[head][1] = label
+    with pytest.raises(ValueError, match=rf"1 {head} labels are outside the 3 scored classes, the first {label} "
+                                         rf"\(sample 1\)"):
         compute_accuracies(scores, labels)
 
 
@@ -431,6 +495,8 @@ def test_results_table_has_a_row_per_subset():
     table = results_table({"all_verb_accuracy_at_1": 1.0, "all_verb_accuracy_at_5": 2.0, "tail_verb_accuracy_at_1": 3.0})
     assert [column.header for column in table.columns] == ["subset", "verb@1", "verb@5"]
     assert table.row_count == 2
+    table = results_table({f"all_{task}_accuracy_at_{k}": 1.0 for task in ("verb", "noun") for k in (1, 5)})
+    assert [column.header for column in table.columns] == ["subset", "verb@1", "noun@1", "verb@5", "noun@5"]
 
 
 def test_merge_predictions_drops_sampler_padding():
@@ -449,17 +515,12 @@ def test_merge_predictions_drops_sampler_padding():
 def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped):
     """With ``skip_unreadable`` an unreadable sample is replaced by the next one, whose copy the
     merge drops: its id is then absent from the submission, which says so."""
-    from types import SimpleNamespace
-
-    from lightning_gsf.evaluation import SubmissionWriter
-
     samples = [SimpleNamespace(id=f"P01_01_{i}") for i in range(4)]
     kept = [i for i in range(4) if i != 2] if skipped else list(range(4))
     index = torch.tensor([i + 1 if i == 2 and skipped else i for i in range(4)])  # 2 replaced by 3
     batch = {"id": [samples[i].id for i in index.tolist()], "index": index,
              "scores": {"verb": torch.zeros(4, NUM_VERBS), "noun": torch.zeros(4, NUM_NOUNS)}}
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
-                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter()
     with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
         writer.write_on_epoch_end(trainer, None, [batch], None)
@@ -475,15 +536,10 @@ def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped)
 def test_the_submission_takes_one_predict_dataloader(tmp_path, loaders):
     """Dataset indices restart in every loader: merging two loaders' predictions by index would
     drop rows, so two are refused before anything is written (one, as a list, is written)."""
-    from types import SimpleNamespace
-
-    from lightning_gsf.evaluation import SubmissionWriter
-
     samples = [SimpleNamespace(id=f"P01_01_{i}") for i in range(2)]
     batch = {"id": [s.id for s in samples], "index": torch.arange(2),
              "scores": {"verb": torch.zeros(2, NUM_VERBS), "noun": torch.zeros(2, NUM_NOUNS)}}
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
-                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter()
     if loaders == 1:
         writer.write_on_epoch_end(trainer, None, [[batch]], None)
@@ -494,16 +550,46 @@ def test_the_submission_takes_one_predict_dataloader(tmp_path, loaders):
     assert not list(tmp_path.iterdir())
 
 
+def test_only_process_zero_writes_the_submission(tmp_path, monkeypatch):
+    def all_gather_object(gathered, mine):  # (process 1 of two: its predictions reach process 0 this way)
+        gathered[:] = [[_predictions(["b"], [1])], mine]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    writer = SubmissionWriter()
+    trainer = _predict_trainer(tmp_path, [SimpleNamespace(id="a")], world_size=2, is_global_zero=False)
+    writer.write_on_epoch_end(trainer, None, [_predictions(["a"], [0])], None)
+    assert writer.written is None and not list(tmp_path.iterdir())
+
+
+def test_every_process_predictions_reach_the_submission(tmp_path, monkeypatch):
+    """Process 0 of two merges both processes' predictions (the second's padded with a repeat of sample 0)."""
+    other_process = [_predictions(["b", "a"], [1, 0])]
+
+    def all_gather_object(gathered, mine):
+        gathered[:] = [mine, other_process]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    writer = SubmissionWriter()
+    trainer = _predict_trainer(tmp_path, [SimpleNamespace(id=i) for i in "abc"], world_size=2)
+    writer.write_on_epoch_end(trainer, None, [_predictions(["a", "c"], [0, 2])], None)
+    with zipfile.ZipFile(writer.written) as archive:
+        assert sorted(json.loads(archive.read("test.json"))["results"]) == ["a", "b", "c"]
+    assert read_results(writer.written_results)[0] == ["a", "b", "c"]
+
+
+def test_a_results_file_asked_of_other_heads_is_refused_before_anything_is_written(tmp_path):
+    writer = SubmissionWriter(results=str(tmp_path / "results.pkl"))
+    with pytest.raises(ValueError, match=r"results file holds verb and noun scores; these predictions have \['class'\]"):
+        writer.write_on_epoch_end(_predict_trainer(tmp_path, [SimpleNamespace(id="a")]), None,
+                                  [_predictions(["a"], [0], heads=("class",))], None)
+    assert writer.written is None and not list(tmp_path.iterdir())
+
+
 def test_predictions_written_to_one_folder_under_two_names_keep_both_results_files(tmp_path):
     """``results.pkl`` beside the default ``submission.zip``; ``<name>_results.pkl`` beside any
     other name, so that a second ``gsf predict`` into the folder does not overwrite the first's."""
-    from types import SimpleNamespace
-
-    from lightning_gsf.evaluation import SubmissionWriter
-
     samples = [SimpleNamespace(id="P01_11_0")]
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
-                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    trainer = _predict_trainer(tmp_path, samples)
     written = {}
     for output, verb in ((None, 1), (tmp_path / "val.zip", 2), (tmp_path / "test.json", 3)):
         scores = {"verb": torch.eye(NUM_VERBS)[[verb]], "noun": torch.zeros(1, NUM_NOUNS)}
@@ -519,17 +605,12 @@ def test_predictions_written_to_one_folder_under_two_names_keep_both_results_fil
 
 def test_declared_supervision_levels_reach_the_submission(tmp_path):
     """Distinct levels, so that a swap of two fields or a writer that ignores them shows."""
-    from types import SimpleNamespace
-
-    from lightning_gsf.evaluation import SubmissionWriter
-
     scores = {"verb": torch.zeros(1, NUM_VERBS), "noun": torch.zeros(1, NUM_NOUNS)}
     submission = make_submission(scores, ["P01_11_0"], sls_pt=2, sls_tl=4, sls_td=5)
     assert {key: submission[key] for key in ("sls_pt", "sls_tl", "sls_td")} == {"sls_pt": 2, "sls_tl": 4, "sls_td": 5}
 
     samples = [SimpleNamespace(id="P01_11_0")]
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
-                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter(sls_pt=0, sls_tl=2, sls_td=4)  # (as --submission.sls_pt 0 ... on the command line)
     writer.write_on_epoch_end(trainer, None, [{"id": ["P01_11_0"], "index": torch.tensor([0]), "scores": scores}], None)
     with zipfile.ZipFile(writer.written) as archive:
@@ -548,6 +629,11 @@ def test_evaluating_a_subset_names_the_samples_left_out(tmp_path, caplog):
         results = evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
     assert "preds: 1 of 3 annotated samples have no prediction, e.g. ['P01_1_2']; the accuracies are over the 2" in caplog.text
     assert results["all_action_accuracy_at_1"] == 100.0
+    caplog.clear()  # (every annotated sample predicted: no warning)
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows[:2]))
+    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+        evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
+    assert not caplog.records
 
 
 def test_a_subset_that_no_predicted_sample_is_in_is_warned_of(tmp_path, caplog):
@@ -571,13 +657,8 @@ def test_a_subset_that_no_predicted_sample_is_in_is_warned_of(tmp_path, caplog):
 def test_predictions_of_another_dataset_are_written_with_a_warning(tmp_path, caplog):
     """A ``class`` head (Something-Something, Kinetics, Diving48): its scores in the
     submission's layout, no results file, and a warning that no challenge takes the file."""
-    from types import SimpleNamespace
-
-    from lightning_gsf.evaluation import SubmissionWriter
-
     samples = [SimpleNamespace(id="74225"), SimpleNamespace(id="116154")]
-    trainer = SimpleNamespace(world_size=1, is_global_zero=True, default_root_dir=str(tmp_path),
-                              predict_dataloaders=SimpleNamespace(dataset=SimpleNamespace(samples=samples)))
+    trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter()
     batch = {"id": ["74225", "116154"], "index": torch.tensor([0, 1]), "scores": {"class": torch.eye(174)[[5, 7]]}}
     with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
