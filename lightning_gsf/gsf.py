@@ -312,6 +312,10 @@ class GSF(nn.Module):
         else:
             bn = self.bn
             mean = _as_dtype(bn.running_mean, torch.float32)
+            if torch.is_grad_enabled() and mean is bn.running_mean:
+                # (saved for backward: a copy, as forward_torch saves, which a training call before
+                # the backward does not change; the buffer itself would fail the backward)
+                mean = mean.clone()
             invstd = torch.rsqrt(_as_dtype(bn.running_var, torch.float32) + bn.eps)
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)

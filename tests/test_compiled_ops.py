@@ -170,6 +170,21 @@ def test_inference_ops_pass_opcheck(channels_last, dtype, op_name):
     torch.library.opcheck(getattr(compiled_ops, op_name), args)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_out_of_place_the_compiled_ops_leave_the_input_alone(training):
+    """``forward_compiled_ops`` (what ``torch.compile`` runs on the CPU) of a module that is not
+    in place returns a new tensor and leaves the caller's map as it was."""
+    module = make_gsf(8, 2, 1.0, seed=0).train(training)
+    x = make_input(1, 2, 8, 3, seed=0).requires_grad_()
+    conv_output = x * 1.0
+    before = conv_output.detach().clone()
+    out = module.forward_compiled_ops(conv_output)
+    assert out.data_ptr() != conv_output.data_ptr()
+    assert torch.equal(conv_output.detach(), before)
+    torch.testing.assert_close(out, make_gsf(8, 2, 1.0, seed=0).train(training).forward_reference(before),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_the_inference_op_counts_its_write_and_has_no_backward():
     """Autograd sees ``infer_``'s write over its input (a tensor it saved, so overwritten,
     makes backward fail loudly), and either inference op refuses inputs that require grad

@@ -19,7 +19,7 @@ from torch import nn
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lightning_gsf import compiled_ops
+from lightning_gsf import compiled_ops, cpu_kernels
 from lightning_gsf import gsf as gsf_module
 from lightning_gsf.gsf import GSF, gsf_channels
 
@@ -624,6 +624,18 @@ def test_channels_last_input_gives_the_same_result(training, inplace):
     torch.testing.assert_close(x_cl.grad, x.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compilable_formulation_keeps_a_channels_last_layout(training):
+    """At ratio 1 (the Inceptions') no unprocessed channels are concatenated to give the output
+    its layout: a channels-last map still comes out channels-last."""
+    module = make_gsf(8, 4, 1.0, seed=0).train(training)
+    x = make_input(2, 4, 8, 6, seed=0)
+    expected = make_gsf(8, 4, 1.0, seed=0).train(training).forward_reference(x)
+    out = module.forward_compilable(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("path", ["forward", "forward_compilable"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_output_keeps_the_input_dtype_under_autocast(training, path):
@@ -739,11 +751,15 @@ def test_fast_paths_refuse_a_second_order_gradient(path):
         grad.square().sum().backward()
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu_kernels", "torch_ops"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_a_float32_input_under_autocast_runs_in_float32(training):
+def test_a_float32_input_under_autocast_runs_in_float32(training, kernels, monkeypatch):
     """Called on a float32 tensor inside bf16 autocast (not a conv's bf16 output), GSF keeps
     float32: the same numbers and gradients as without autocast (its backward used to meet
-    float32 and bf16 operands and fail)."""
+    float32 and bf16 operands and fail), with or without the C++ kernels (the PyTorch ops'
+    matmuls would otherwise run in bf16)."""
+    if not kernels:
+        monkeypatch.setattr(cpu_kernels, "usable", lambda x: False)
     module = make_gsf(16, 4, 0.5, seed=0).train(training)
     reference = make_gsf(16, 4, 0.5, seed=0).train(training)
     x = make_input(2, 4, 16, 5, seed=0).requires_grad_()

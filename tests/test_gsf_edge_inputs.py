@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from test_gsf import make_gsf, make_input
 
@@ -79,6 +80,21 @@ def test_in_place_on_a_view_with_autograd_writes_out_of_place(path, view):
     torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_in_place_inference_on_a_view_writes_into_the_view(path):
+    """Only a view *while autograd records* is written out of place: under ``no_grad`` the
+    view's memory (its base's) takes the output."""
+    module = make_gsf(16, 4, 0.25, seed=0).eval()
+    module.inplace = True
+    base = make_input(3, 4, 16, 5, seed=0)
+    expected = module.forward_reference(base[:8].clone())
+    with torch.no_grad():
+        view = base[:8]
+        out = getattr(module, path)(view)
+    assert out.data_ptr() == view.data_ptr()
+    torch.testing.assert_close(base[:8], expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("path", FAST_PATHS)
 def test_in_place_on_an_expanded_map_writes_out_of_place(path, training):
@@ -129,6 +145,41 @@ def test_eval_without_tracking_but_with_running_statistics_uses_them(path):
     torch.testing.assert_close(leaf.grad, leaf_reference.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(module(x.clone()), reference.forward_reference(x.clone()), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_eval_without_running_statistics_uses_batch_statistics(path, grad):
+    """A batch norm built without running statistics (``track_running_stats=False``) normalises
+    with the batch's statistics in eval mode too, as BatchNorm3d does."""
+    module = make_gsf(16, 4, 0.5, seed=0)
+    module.bn = nn.BatchNorm3d(module.processed, track_running_stats=False)
+    module.eval()
+    reference = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=0)
+    with torch.set_grad_enabled(grad):
+        out = getattr(module, path)(x.clone())
+    torch.testing.assert_close(out, reference.forward_reference(x.clone()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_an_eval_backward_keeps_the_statistics_of_its_forward(path):
+    """An eval forward recorded by autograd, then a training call (which updates the running
+    statistics in place) before its backward: the backward differentiates the forward that
+    ran, with the statistics it normalised by (the kernel paths had saved the buffer itself
+    and raised autograd's in-place error)."""
+    module = make_gsf(16, 4, 0.5, seed=0).eval()
+    clean = copy.deepcopy(module)
+    x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
+    x_clean = x.detach().clone().requires_grad_()
+    out = getattr(module, path)(x * 1.0)
+    with torch.no_grad():
+        getattr(module.train(), path)(make_input(2, 4, 16, 5, seed=1))
+    assert not torch.equal(module.bn.running_mean, clean.bn.running_mean)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * upstream).sum().backward()
+    (clean.forward_reference(x_clean * 1.0) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_clean.grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval", "eval_no_grad"])
