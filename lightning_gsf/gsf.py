@@ -359,8 +359,9 @@ class GSF(nn.Module):
         if batch_statistics:
             mean, var = _batch_statistics(x[:, :p].detach())
             self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
-        else:
-            mean, var = self.bn.running_mean.float(), self.bn.running_var.float()
+        else:  # (a copy of the running mean where it is saved for backward: see _forward_with_kernels)
+            mean = self.bn.running_mean.to(torch.float32, copy=torch.is_grad_enabled())
+            var = self.bn.running_var.float()
         if not torch.is_grad_enabled():
             parameters = self._inference_parameters()
             if self._writes_in_place(x):

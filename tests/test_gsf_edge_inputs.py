@@ -162,7 +162,7 @@ def test_eval_without_running_statistics_uses_batch_statistics(path, grad):
     torch.testing.assert_close(out, reference.forward_reference(x.clone()), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", FAST_PATHS)
+@pytest.mark.parametrize("path", [*FAST_PATHS, "forward_compiled_ops"])
 def test_an_eval_backward_keeps_the_statistics_of_its_forward(path):
     """An eval forward recorded by autograd, then a training call (which updates the running
     statistics in place) before its backward: the backward differentiates the forward that
