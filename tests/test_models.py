@@ -481,6 +481,8 @@ def test_defaults_per_backbone(backbone: str, ratio: float, normalization: str) 
     ("kwargs", "shape", "dtype", "message"),
     [
         ({}, (2, 3, 3, 32, 32), torch.uint8, "num_segments=2 frames, got 3"),
+        # (two 1-frame clips would otherwise pass as one 2-frame clip: GSF and TSM mixing samples)
+        ({}, (2, 1, 3, 32, 32), torch.uint8, "num_segments=2 frames, got 1"),
         ({}, (2, 3, 32, 32), torch.uint8, r"expected clips \(B, T, 3, H, W\)"),
         ({}, (2, 2, 4, 32, 32), torch.uint8, r"expected clips \(B, T, 3, H, W\)"),
         ({}, (2, 2, 3, 32, 32), torch.int64, "uint8 .* or float"),

@@ -13,7 +13,8 @@ from torch import nn
 
 from lightning_gsf.gsf import GSF
 from lightning_gsf.callbacks import CheckpointMismatchError
-from lightning_gsf.module import VideoClassificationModule, partial_batchnorms, warmup_cosine_factor
+from lightning_gsf.data.samplers import UnreadableBatch
+from lightning_gsf.module import VideoClassificationModule, effective_hparams, partial_batchnorms, warmup_cosine_factor
 
 NUM_CLASSES = {"verb": 3, "noun": 4}
 NUM_SEGMENTS = 2
@@ -128,6 +129,13 @@ def test_no_weight_decay_on_biases_and_norms_when_asked():
     assert "model.heads.verb.weight" in decayed
 
 
+def test_a_fit_without_decay_on_biases_and_norms_keeps_them_undecayed():
+    """The groups' weight decay holds in the optimiser a fit trains with (on_train_start sets
+    each group's settings, a fresh run's too)."""
+    trainer = _fit(_module(temporal_module="none", decay_biases_and_norms=False, weight_decay=1e-3), max_steps=1)
+    assert [group["weight_decay"] for group in trainer.optimizers[0].param_groups] == [1e-3, 0.0]
+
+
 @pytest.mark.parametrize(
     "step,expected",
     [(0, 0.1), (1, 0.325), (3, 0.775), (4, 1.0), (7, 0.5), (10, 0.0), (12, 0.0)],
@@ -171,6 +179,60 @@ def test_scheduler_warms_up_per_step_over_warmup_epochs(batches, accumulate, war
     assert lrs[:warmup] == pytest.approx([0.04 * (0.1 + 0.9 * s / warmup) for s in range(warmup)])
     decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (total - warmup))) for s in range(total - warmup)]
     assert lrs[warmup:] == pytest.approx(decay)
+
+
+def _schedule(policy, trainer) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """``policy``'s optimiser and schedule as ``trainer`` (the attributes configure_optimizers reads) sets them."""
+    policy._trainer = trainer
+    config = policy.configure_optimizers()
+    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+def _learning_rates(optimizer, scheduler, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 1.0])
+def test_the_warm_up_starts_at_warmup_start_factor(factor):
+    optimizer, scheduler = _schedule(_module(lr=0.04, warmup_epochs=2, warmup_start_factor=factor),
+                                     SimpleNamespace(estimated_stepping_batches=10, num_training_batches=2,
+                                                     accumulate_grad_batches=1, max_steps=-1))
+    lrs = _learning_rates(optimizer, scheduler, 10)
+    assert lrs[:4] == pytest.approx([0.04 * (factor + (1 - factor) * s / 4) for s in range(4)])
+    assert lrs[4:] == pytest.approx([0.04 * 0.5 * (1 + math.cos(math.pi * s / 6)) for s in range(6)])
+
+
+def test_a_loader_without_length_needs_no_warm_up_and_schedules_the_run_as_one_epoch():
+    """An iterable dataset's loader: a warm-up (in epochs) is refused; without one the run is one
+    epoch of ``max_steps`` optimiser steps (the steps per epoch a checkpoint records)."""
+    trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=float("inf"),
+                              accumulate_grad_batches=2, max_steps=12, fit_loop=SimpleNamespace(setup_data=lambda: None))
+    with pytest.raises(ValueError, match="set model.warmup_epochs to 0"):
+        _schedule(_module(warmup_epochs=1), trainer)
+    policy = _module(lr=0.04, warmup_epochs=0)
+    optimizer, scheduler = _schedule(policy, trainer)
+    assert policy._steps_per_epoch == 12
+    assert _learning_rates(optimizer, scheduler, 12) == pytest.approx(
+        [0.04 * 0.5 * (1 + math.cos(math.pi * s / 12)) for s in range(12)])
+
+
+def test_a_resume_on_other_steps_per_epoch_goes_on_from_the_nearest_step():
+    """4 steps saved at 3 an epoch, resumed at 2 an epoch: 4 x 2 / 3 = 2.67 rounds to step 3."""
+    policy = _module(lr=1.0, warmup_epochs=0)
+    optimizer, scheduler = _schedule(policy, SimpleNamespace(estimated_stepping_batches=20, num_training_batches=2,
+                                                             accumulate_grad_batches=1, max_steps=-1))
+    _learning_rates(optimizer, scheduler, 4)
+    policy._saved_steps_per_epoch, policy._steps_per_epoch = 3, 2
+    policy._trainer = SimpleNamespace(lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)],
+                                      optimizers=[optimizer], ckpt_path="x.ckpt")
+    policy._go_on_with_this_runs_schedule()
+    assert scheduler.last_epoch == 3
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(warmup_cosine_factor(3, 0, 20))
 
 
 @pytest.mark.parametrize(("warmup_epochs", "warned"), [(5, True), (4.9, False)])
@@ -251,6 +313,49 @@ def _validate(module, monkeypatch, clips, labels) -> dict[str, float]:
                                     "labels": {head: values[rows] for head, values in labels.items()}}, 0)
     module.on_validation_epoch_end()
     return logged
+
+
+def _record_logs(module, monkeypatch) -> dict[str, tuple[float, bool | None]]:
+    """What the module logs: name -> (value, prog_bar)."""
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.__setitem__(
+        name, (value, kwargs.get("prog_bar"))), raising=False)
+    monkeypatch.setattr(module, "log_dict", lambda values, **kwargs: logged.update(
+        {name: (value, None) for name, value in values.items()}), raising=False)
+    return logged
+
+
+def test_each_stage_logs_its_own_loss_and_accuracies(monkeypatch):
+    """test/ metrics from the test steps alone, val/ ones from the validation steps; val/loss on
+    the progress bar."""
+    module = _module().eval()
+    logged = _record_logs(module, monkeypatch)
+    batch = {"clip": _clips(4, seed=1), "index": torch.arange(4),
+             "labels": {"verb": torch.tensor([0, 2, 1, 1]), "noun": torch.tensor([3, 0, 2, 1])}}
+    with torch.no_grad():
+        module.test_step(batch, 0)
+    module.on_validation_epoch_end()
+    assert logged == {}
+    module.on_test_epoch_end()
+    assert logged["test/loss"][1] is False and "test/all_verb_accuracy_at_1" in logged
+    assert not any(name.startswith("val/") for name in logged)
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+    module.on_validation_epoch_end()
+    assert logged["val/loss"][1] is True and "val/all_verb_accuracy_at_1" in logged
+
+
+def test_unlabelled_and_unreadable_evaluation_batches_are_skipped(monkeypatch):
+    """An unlabelled split (EPIC's test set) measures nothing; an unreadable batch (stopped after
+    the validation by callbacks.DataErrorCheckpoint) is not scored."""
+    module = _module().eval()
+    logged = _record_logs(module, monkeypatch)
+    with torch.no_grad():
+        module.test_step({"clip": _clips(2), "index": torch.arange(2)}, 0)
+        module.validation_step(UnreadableBatch(RuntimeError("sample 5 unreadable")), 0)
+    module.on_test_epoch_end()
+    module.on_validation_epoch_end()
+    assert logged == {}
 
 
 def test_each_validation_scores_only_its_own_predictions(monkeypatch):
@@ -340,8 +445,8 @@ def test_compile_option_with_inductor_trains_like_eager():
         torch.testing.assert_close(compiled_param.grad, param.grad, rtol=1e-7, atol=1e-10, msg=name)
 
 
-@pytest.mark.parametrize(("saved_groups", "decay_biases_and_norms"), [(2, True), (1, False)])
-def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, decay_biases_and_norms):
+@pytest.mark.parametrize(("saved_groups", "decay_biases_and_norms", "advice"), [(2, True, "false"), (1, False, "true")])
+def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, decay_biases_and_norms, advice):
     """A checkpoint from before weight decay covered every parameter (two groups) resumes
     with decay_biases_and_norms false; the mismatch is named instead of failing in the load."""
     module = _module(decay_biases_and_norms=decay_biases_and_norms)
@@ -352,10 +457,32 @@ def test_resuming_an_optimizer_of_other_groups_names_the_setting(saved_groups, d
         module._trainer = SimpleNamespace(state=SimpleNamespace(fn=fn), ckpt_path="x.ckpt")
         module.on_load_checkpoint(checkpoint)
     module._trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), ckpt_path="x.ckpt")
-    with pytest.raises(CheckpointMismatchError, match=rf"{saved_groups} parameter groups.*decay_biases_and_norms"):
+    with pytest.raises(CheckpointMismatchError, match=rf"{saved_groups} parameter groups.*set "
+                                                      rf"model.decay_biases_and_norms to {advice} to resume it"):
         module.on_load_checkpoint(checkpoint)
     checkpoint["optimizer_states"][0]["param_groups"] = [{"params": []}] * len(module.parameter_groups())
     module.on_load_checkpoint(checkpoint)  # the same groups: fine
+
+
+def test_load_from_checkpoint_does_not_read_the_starting_weights_again(tmp_path):
+    """The checkpoint holds every weight: the ImageNet file it started from may be gone."""
+    module = _module(temporal_module="none")
+    hparams = {**module.hparams, "pretrained": str(tmp_path / "gone.pth")}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams,
+                "pytorch-lightning_version": pl.__version__}, tmp_path / "run.ckpt")
+    loaded = VideoClassificationModule.load_from_checkpoint(tmp_path / "run.ckpt", map_location="cpu")
+    assert loaded.hparams.pretrained is None
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_effective_hparams_resolve_only_what_none_leaves_to_the_backbone():
+    left = {"backbone": "resnet50", "gsf_ratio": None, "normalization": None, "lr": 0.01}
+    assert effective_hparams(left) == {"backbone": "resnet50", "gsf_ratio": 0.25, "normalization": "imagenet",
+                                       "lr": 0.01}
+    explicit = {"backbone": "resnet50", "gsf_ratio": 0.5, "normalization": "bgr255"}
+    assert effective_hparams(explicit) == explicit
+    assert effective_hparams({"backbone": "bninception", "gsf_ratio": None})["gsf_ratio"] == 1.0
 
 
 @pytest.mark.parametrize("factor", [-0.1, 1.5])
