@@ -60,7 +60,8 @@ def _predict_trainer(tmp_path, samples, world_size=1, is_global_zero=True):
 def _predictions(ids, index, heads=("verb", "noun")):
     """One batch of ``predict_step`` outputs (zero scores)."""
     sizes = {"verb": NUM_VERBS, "noun": NUM_NOUNS, "class": 5}
-    return {"id": list(ids), "index": torch.tensor(index), "scores": {h: torch.zeros(len(ids), sizes[h]) for h in heads}}
+    scores = {head: torch.zeros(len(ids), sizes[head]) for head in heads}
+    return {"id": list(ids), "index": torch.tensor(index), "scores": scores}
 
 
 def test_submission_schema(tmp_path):
@@ -185,8 +186,8 @@ def test_scores_of_another_number_of_samples_than_ids_are_rejected(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize(("name", "is_zip"), [("submission", True), ("submission.ZIP", True), ("submission.json", False),
-                                             ("submission.JSON", False)])
+@pytest.mark.parametrize(("name", "is_zip"), [("submission", True), ("submission.ZIP", True),
+                                             ("submission.json", False), ("submission.JSON", False)])
 def test_a_submission_is_a_zip_unless_named_json(tmp_path, name, is_zip):
     path = write_submission(make_submission({"verb": torch.zeros(1, 3)}, ["a"]), tmp_path / name)
     assert zipfile.is_zipfile(path) == is_zip
@@ -579,7 +580,8 @@ def test_every_process_predictions_reach_the_submission(tmp_path, monkeypatch):
 
 def test_a_results_file_asked_of_other_heads_is_refused_before_anything_is_written(tmp_path):
     writer = SubmissionWriter(results=str(tmp_path / "results.pkl"))
-    with pytest.raises(ValueError, match=r"results file holds verb and noun scores; these predictions have \['class'\]"):
+    with pytest.raises(ValueError, match=r"the results file holds verb and noun scores; these predictions have "
+                                         r"\['class'\]"):
         writer.write_on_epoch_end(_predict_trainer(tmp_path, [SimpleNamespace(id="a")]), None,
                                   [_predictions(["a"], [0], heads=("class",))], None)
     assert writer.written is None and not list(tmp_path.iterdir())
@@ -630,7 +632,8 @@ def test_evaluating_a_subset_names_the_samples_left_out(tmp_path, caplog):
     assert "preds: 1 of 3 annotated samples have no prediction, e.g. ['P01_1_2']; the accuracies are over the 2" in caplog.text
     assert results["all_action_accuracy_at_1"] == 100.0
     caplog.clear()  # (every annotated sample predicted: no warning)
-    path.write_text("narration_id,participant_id,verb_class,noun_class\n" + "".join(",".join(r) + "\n" for r in rows[:2]))
+    path.write_text("narration_id,participant_id,verb_class,noun_class\n"
+                    + "".join(",".join(row) + "\n" for row in rows[:2]))
     with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
         evaluate_scores(["P01_1_0", "P01_1_1"], scores, read_labelled_annotations(path), source="preds")
     assert not caplog.records

@@ -211,7 +211,8 @@ def test_a_loader_without_length_needs_no_warm_up_and_schedules_the_run_as_one_e
     """An iterable dataset's loader: a warm-up (in epochs) is refused; without one the run is one
     epoch of ``max_steps`` optimiser steps (the steps per epoch a checkpoint records)."""
     trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=float("inf"),
-                              accumulate_grad_batches=2, max_steps=12, fit_loop=SimpleNamespace(setup_data=lambda: None))
+                              accumulate_grad_batches=2, max_steps=12,
+                              fit_loop=SimpleNamespace(setup_data=lambda: None))
     with pytest.raises(ValueError, match="set model.warmup_epochs to 0"):
         _schedule(_module(warmup_epochs=1), trainer)
     policy = _module(lr=0.04, warmup_epochs=0)
