@@ -14,7 +14,9 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from lightning_gsf.data.base import ClipDataset, ClipSample, VideoDataModule, sample_seed
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data.samplers import UnpaddedDistributedSampler
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 
 HEIGHT, WIDTH = 40, 52
@@ -570,3 +573,104 @@ def test_each_split_reads_the_datasets_own_file_by_default(module_path: str, spl
     arguments = {"root": "/nowhere"} if "epic" in module_name else {"root": "/nowhere", "annotations_dir": "/nowhere"}
     datamodule = datamodule_class(**arguments)
     assert (datamodule.split_files["train"], datamodule.split_files["val"], datamodule.split_files["test"]) == split_files
+
+
+def test_sample_seed_refuses_negative_inputs():
+    for args in ((-1, 0, 0), (0, -1, 0), (0, 0, -1)):
+        with pytest.raises(ValueError, match="seed, epoch and index must be >= 0"):
+            sample_seed(*args)
+
+
+def test_sample_seed_is_numpys_seed_sequence_of_seed_epoch_and_index():
+    """The documented recipe, pinned: a run resumed on a newer version must draw the same clips."""
+    for seed, epoch, index in [(0, 0, 0), (7, 1, 3), (7, 3, 1), (123, 45, 6789)]:
+        state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+        assert sample_seed(seed, epoch, index) == int(state) >> 1
+
+
+def test_dataset_refuses_no_clips_and_multi_clip_training_items():
+    with pytest.raises(ValueError, match="num_segments and num_clips must be >= 1"):
+        ClipDataset(make_samples(), IndexFrames(), num_segments=4, eval_transform=EvalClipTransform(32, 36),
+                    num_clips=0)
+    with pytest.raises(ValueError, match="training items hold one clip"):
+        ClipDataset(make_samples(), IndexFrames(), num_segments=4, train_transform=TrainClipTransform(32), num_clips=2)
+
+
+def test_test_and_predict_read_their_split_with_the_test_views():
+    datamodule = toy(test_split="val", predict_split="val", test_clips=2, test_crops=3)
+    datamodule.setup()
+    for loader in (datamodule.test_dataloader(), datamodule.predict_dataloader()):
+        batch = next(iter(loader))
+        assert all(sample_id.startswith("val_") for sample_id in batch["id"])
+        assert batch["clip"].shape == (4, 6, 4, 3, 32, 32)
+    assert next(iter(datamodule.val_dataloader()))["clip"].shape == (4, 1, 4, 3, 32, 32)
+
+
+def test_a_second_setup_keeps_the_datasets_and_their_skip_counts():
+    datamodule = toy(unreadable=[1], skip_unreadable=True)
+    datamodule.setup("fit")
+    list(datamodule.val_dataloader())
+    assert datamodule.skipped_samples == {"train": 0, "val": 1}
+    datamodule.setup("validate")  # (trainer.validate after trainer.fit)
+    assert datamodule.skipped_samples == {"train": 0, "val": 1}
+
+
+def test_predicting_on_an_unlabelled_split_is_not_warned_about(caplog):
+    datamodule = toy()
+    with caplog.at_level(logging.WARNING):
+        datamodule.setup("predict")
+    assert "has no labels" not in caplog.text
+
+
+def test_teardown_logs_the_skip_count_of_the_roles_that_skipped_samples(caplog):
+    datamodule = toy(unreadable=[1], skip_unreadable=True)
+    datamodule.setup("fit")
+    list(datamodule.val_dataloader())
+    caplog.clear()  # (the skip's own warning)
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.base"):
+        datamodule.teardown("fit")
+    assert [record.getMessage() for record in caplog.records] == [
+        "skip_unreadable: 1 unreadable val samples were skipped"]
+
+
+def test_the_training_loader_shuffles_by_the_data_seed_and_the_epoch():
+    def order(seed: int, epoch: int) -> list[int]:
+        datamodule = toy(seed=seed, drop_last=False)
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        return [index for batch in loader for index in batch["index"].tolist()]
+
+    first = order(1, 0)
+    assert sorted(first) == list(range(10)) and first != list(range(10))
+    assert order(1, 0) == first
+    assert order(1, 1) != first
+    assert order(2, 0) != first
+
+
+def test_a_fraction_of_evaluation_batches_must_leave_every_process_one():
+    """7 samples in batches of 3 split unpadded as 2 batches and 1: half of each leaves process 1 none."""
+    datamodule = toy(eval_batch_size=3)
+    sampler = UnpaddedDistributedSampler(list(range(7)), num_replicas=2, rank=0)
+    datamodule.trainer = SimpleNamespace(limit_val_batches=0.5)
+    with pytest.raises(ValueError, match=r"limit_val_batches=0.5 leaves .*the 2 processes hold 2, 1\)"):
+        datamodule._check_every_process_keeps_a_batch("val", sampler)
+    datamodule.trainer = SimpleNamespace(limit_val_batches=1)
+    datamodule._check_every_process_keeps_a_batch("val", sampler)
+
+
+def test_memory_is_pinned_only_for_a_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert toy(pin_memory=True)._loader_options()["pin_memory"] is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert toy(pin_memory=True)._loader_options()["pin_memory"] is True
+    assert toy(pin_memory=False)._loader_options()["pin_memory"] is False
+
+
+def test_persistent_workers_without_workers_is_ignored():
+    """(DataLoader refuses persistent_workers without workers.)"""
+    datamodule = toy(num_workers=0, persistent_workers=True)
+    datamodule.setup("fit")
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert not loader.persistent_workers
+        assert next(iter(loader))["clip"].shape[0] == 4
