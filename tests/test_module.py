@@ -153,6 +153,22 @@ def test_warmup_per_epoch_is_the_release_schedule():
     assert factors[10] == 1.0 and factors[35] == pytest.approx(0.5)
 
 
+def _schedule(policy, trainer) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """``policy``'s optimiser and schedule as ``trainer`` (the attributes configure_optimizers reads) sets them."""
+    policy._trainer = trainer
+    config = policy.configure_optimizers()
+    return config["optimizer"], config["lr_scheduler"]["scheduler"]
+
+
+def _learning_rates(optimizer, scheduler, steps: int) -> list[float]:
+    lrs = []
+    for _ in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
 @pytest.mark.parametrize(
     ("batches", "accumulate", "warmup_epochs", "warmup"),
     [
@@ -171,30 +187,10 @@ def test_scheduler_warms_up_per_step_over_warmup_epochs(batches, accumulate, war
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["momentum"] == 0.9
-    lrs = []
-    for _ in range(total):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
+    lrs = _learning_rates(optimizer, scheduler, total)
     assert lrs[:warmup] == pytest.approx([0.04 * (0.1 + 0.9 * s / warmup) for s in range(warmup)])
     decay = [0.04 * 0.5 * (1 + math.cos(math.pi * s / (total - warmup))) for s in range(total - warmup)]
     assert lrs[warmup:] == pytest.approx(decay)
-
-
-def _schedule(policy, trainer) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """``policy``'s optimiser and schedule as ``trainer`` (the attributes configure_optimizers reads) sets them."""
-    policy._trainer = trainer
-    config = policy.configure_optimizers()
-    return config["optimizer"], config["lr_scheduler"]["scheduler"]
-
-
-def _learning_rates(optimizer, scheduler, steps: int) -> list[float]:
-    lrs = []
-    for _ in range(steps):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return lrs
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.5, 1.0])
