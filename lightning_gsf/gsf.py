@@ -311,11 +311,7 @@ class GSF(nn.Module):
             mean, invstd = self._batch_statistics_through(kernels, x[:, :p])
         else:
             bn = self.bn
-            mean = _as_dtype(bn.running_mean, torch.float32)
-            if torch.is_grad_enabled() and mean is bn.running_mean:
-                # (saved for backward: a copy, as forward_torch saves, which a training call before
-                # the backward does not change; the buffer itself would fail the backward)
-                mean = mean.clone()
+            mean = _float32_running_mean(bn)
             invstd = torch.rsqrt(_as_dtype(bn.running_var, torch.float32) + bn.eps)
         parameters = (self.bn.weight, self.bn.bias, self.conv3D.weight, self.conv3D.bias, *self._fusion_parameters())
         inplace = self._writes_in_place(x)
@@ -359,9 +355,8 @@ class GSF(nn.Module):
         if batch_statistics:
             mean, var = _batch_statistics(x[:, :p].detach())
             self._update_running_statistics(mean, var, count=x.numel() // x.shape[1])
-        else:  # (a copy of the running mean where it is saved for backward: see _forward_with_kernels)
-            mean = self.bn.running_mean.to(torch.float32, copy=torch.is_grad_enabled())
-            var = self.bn.running_var.float()
+        else:
+            mean, var = _float32_running_mean(self.bn), self.bn.running_var.float()
         if not torch.is_grad_enabled():
             parameters = self._inference_parameters()
             if self._writes_in_place(x):
@@ -744,6 +739,16 @@ def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t`` in ``dtype``: ``t`` itself where it is, with no operation dispatched (the kernel
     paths' glue runs per GSF and step; each dispatch costs the host microseconds)."""
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def _float32_running_mean(bn: nn.Module) -> torch.Tensor:
+    """The batch norm's running mean in float32 for the kernel paths: a copy where autograd
+    records, since the backward saves it and a training call before the backward updates the
+    buffer in place (as :meth:`GSF.forward_torch` saves a copy); else the buffer itself where
+    it is float32."""
+    if torch.is_grad_enabled():
+        return bn.running_mean.to(torch.float32, copy=True)
+    return _as_dtype(bn.running_mean, torch.float32)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:
