@@ -921,3 +921,49 @@ def test_shift_kernels_equal_the_slice_copies(kernel_set, clips, num_segments, c
         in_place, after = wider[:, :channels], wider[:, channels:].clone()
         assert shift_kernels.unshift_(in_place, num_segments, fold) is in_place
         assert torch.equal(in_place, expected) and torch.equal(wider[:, channels:], after)
+
+
+def test_an_inference_tensor_read_by_a_training_convolution_gets_a_shifted_copy():
+    """A map made in inference mode (a cached batch, say) read by a convolution that trains,
+    outside inference mode: autograd cannot save an inference tensor, so the convolution
+    reads a shifted copy, as PyTorch's own ops would, rather than ``x`` shifted in place."""
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    with torch.inference_mode():
+        x = torch.randn(2 * 3, 16, 4, 5)
+    original = x.clone()
+    out = temporal.call_with_shifted(x, conv, 3)
+    out.sum().backward()
+    assert torch.allclose(out, conv(naive_shift(original, 3, 8)), atol=1e-6)
+    assert conv.weight.grad is not None
+    assert torch.equal(x, original)
+
+
+def test_call_with_shifted_rejects_partial_clips_as_temporal_shift_does():
+    """7 frames are not clips of 3: the in-place paths (training convolution, inference) say
+    so with temporal_shift's ValueError, not the C++ kernel's RuntimeError."""
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    x = torch.randn(7, 16, 4, 5)
+    assert temporal.convolves_in_place(x, conv)
+    with pytest.raises(ValueError, match="not a multiple of num_segments=3"):
+        temporal.call_with_shifted(x, conv, 3)
+    with torch.inference_mode():
+        y = torch.randn(7, 16, 4, 5)
+        assert temporal.shifts_in_place(y)
+        with pytest.raises(ValueError, match="not a multiple of num_segments=3"):
+            temporal.call_with_shifted(y, conv, 3)
+
+
+def test_compiled_convolution_with_a_bias_under_autocast_of_a_bf16_map(compiled_kernels):
+    """A bf16 map read by a float32 convolution with a bias, under bf16 autocast: the compiled
+    graph's shifted convolution gets the weight and the bias in bf16, as autocast's convolution
+    does, and gives eager's values (ResNet's TSM convolutions have no bias)."""
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=True)
+    with torch.no_grad():
+        conv.bias.uniform_(-1, 1)
+    x = torch.randn(2 * 3, 16, 4, 5).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, graphs = compiled_graphs(ShiftedConvolutionBlock(conv), x)
+        expected = conv(naive_shift(x, 3, 8)) + x
+    assert "shifted_convolution" in graphs[0]
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert torch.equal(out, expected)

@@ -598,6 +598,27 @@ def test_an_overshooting_seek_steps_back_before_decoding_from_the_start(
     assert [(p.first_seen, p.last_seen) for p in passes] == [(30, None), (10, 28)]
 
 
+def test_seeks_that_keep_overshooting_step_back_further_each_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every seek aims 20 frames late (key frame 40 for frames 35 and 25): the reader steps
+    back 10, then 40 frames (past the start), then decodes from the start, rather than
+    retrying the same target forever (a hung loader worker)."""
+    path = write_video(tmp_path / "clip.mp4", "libx264", num_frames=60, options={"bf": "0"})
+    original = video._StreamTiming.pts_of
+    asked: list[int] = []
+
+    def pts_of_far_too_late(self: video._StreamTiming, index: int) -> int:
+        asked.append(index)
+        assert len(asked) <= 5, f"the seeks do not step further back: {asked}"
+        return original(self, index + 20)
+
+    monkeypatch.setattr(video._StreamTiming, "pts_of", pts_of_far_too_late)
+    monkeypatch.setattr(video, "_SEEK_BACK_FRAMES", 10)
+    assert identify(VideoFileReader().read(path, [35, 37])) == [35, 37]
+    assert asked == [35, 25]
+
+
 @pytest.mark.parametrize(("renumber", "indices"), [(lambda index: 9 - index % 10, [9, 12]),
                                                    (lambda index: {3: 4, 4: 3}.get(index, index), [2, 12])],
                          ids=["far_back", "one_back"])
