@@ -76,3 +76,12 @@ def test_text_mode_and_folders_made_on_the_way(tmp_path: Path) -> None:
     with atomic_file(target, "w", newline="", durable=True) as file:
         file.write("a\tb\r\n")
     assert target.read_bytes() == b"a\tb\r\n"
+
+
+def test_checkpoints_are_synced_to_disk(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint is fsynced, and so is its folder after the rename: a power cut does not
+    leave a renamed but empty ``last.ckpt``."""
+    synced, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
+    assert len(synced) == 2 and synced[1] == str(tmp_path)

@@ -7,6 +7,7 @@ import logging
 import pickle
 import random
 import re
+import signal
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ThroughputMonitor
 from pytorch_lightning.demos.boring_classes import BoringModel
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -25,10 +26,14 @@ from torch import nn
 from lightning_gsf.callbacks import (
     AtomicCheckpointIO,
     CheckpointMismatchError,
+    ClipThroughputMonitor,
     ExactResume,
     PreemptionCheckpoint,
     check_checkpoint_matches,
+    stop_signal,
 )
+from lightning_gsf.data.errors import SampleReadError
+from lightning_gsf.data.samplers import UnreadableBatch
 from media_writers import fit_tiny_synthetic_epic
 
 OLD = {"state_dict": {"weight": torch.ones(3)}, "epoch": 1}
@@ -403,3 +408,77 @@ def test_storage_options_are_refused_not_ignored(tmp_path):
     with pytest.raises(TypeError, match=r"AtomicCheckpointIO does not take storage_options, got \{'acl': 'private'\}"):
         AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt", storage_options={"acl": "private"})
     assert not (tmp_path / "last.ckpt").exists()
+
+
+def test_private_hyper_parameters_are_not_compared(caplog):
+    """Names with a leading underscore (LightningCLI's ``_instantiator``) are bookkeeping, not
+    settings: a checkpoint that has one the model lacks gives no warning."""
+    checkpoint = _checkpoint(Tiny())
+    checkpoint["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        check_checkpoint_matches(Tiny(), checkpoint)
+    assert caplog.text == ""
+
+
+def test_a_checkpoint_with_tensors_the_model_lacks_is_refused():
+    """A tensor the model has no place for is an error naming it, not silently dropped."""
+    checkpoint = _checkpoint(Tiny())
+    checkpoint["state_dict"]["extra.weight"] = torch.zeros(2)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"1 tensors of the checkpoint are not in the model: extra\.weight"):
+        check_checkpoint_matches(Tiny(), checkpoint)
+
+
+def test_long_lists_of_tensors_are_cut_short_with_a_count():
+    """Eight missing tensors: the first five named, then how many more."""
+    model = nn.Sequential(*[nn.Linear(2, 2) for _ in range(4)])
+    with pytest.raises(CheckpointMismatchError, match=r"8 tensors of the model are not in the checkpoint: "
+                                                      r"0\.bias, 0\.weight, 1\.bias, 1\.weight, 2\.bias and 3 more\."):
+        check_checkpoint_matches(model, {"state_dict": {}})
+
+
+def test_exact_resume_restores_a_pending_gaussian_draw():
+    """Python's and NumPy's normal generators hold the second value of their last pair: a
+    resume restores it, so the next normal draws are the interrupted run's."""
+    random.gauss(0, 1), np.random.standard_normal()
+    callback = ExactResume()
+    saved = callback.state_dict()
+    expected = [random.gauss(0, 1), float(np.random.standard_normal())]
+    callback.load_state_dict(saved)
+    random.gauss(0, 1), np.random.standard_normal()
+    callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 0)
+    assert [random.gauss(0, 1), float(np.random.standard_normal())] == expected
+
+
+def test_exact_resume_gives_each_rank_its_own_random_state():
+    """Rank 1 resumes rank 1's generators, not rank 0's (every rank would draw rank 0's
+    dropout masks)."""
+    callback = ExactResume()
+    rank0 = callback.state_dict()["random_state_per_rank"][0]
+    _draws()
+    rank1 = callback.state_dict()["random_state_per_rank"][0]
+    expected = _draws()
+    callback.load_state_dict({"random_state_per_rank": [rank0, rank1], "train_loader": None})
+    callback.on_train_batch_start(SimpleNamespace(world_size=2, global_rank=1), None, None, 0)
+    assert _draws() == expected
+
+
+def test_the_clip_throughput_leaves_out_an_unreadable_validation_batch(monkeypatch):
+    """An unreadable validation batch (``skip_unreadable``) has no clips to count: the
+    throughput monitor passes only readable batches on."""
+    counted = []
+    monkeypatch.setattr(ThroughputMonitor, "on_validation_batch_end",
+                        lambda self, trainer, module, outputs, batch, *args, **kwargs: counted.append(batch))
+    monitor, readable = ClipThroughputMonitor(), {"clip": torch.zeros(2, 3)}
+    monitor.on_validation_batch_end(None, None, None, UnreadableBatch(SampleReadError("sample 5: cannot be read")), 0)
+    monitor.on_validation_batch_end(None, None, None, readable, 1)
+    assert len(counted) == 1 and counted[0] is readable
+
+
+def test_stop_signal_tells_a_ctrl_c_from_a_sigterm():
+    """Lightning raises SIGTERMException for both; the signal recorded on it decides `gsf`'s
+    exit status (130 for Ctrl-C, 143 for SIGTERM)."""
+    stop = SIGTERMException()
+    assert stop_signal(stop) == signal.SIGTERM
+    stop.gsf_stop_signal = signal.SIGINT
+    assert stop_signal(stop) == signal.SIGINT

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -33,7 +34,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from lightning_gsf.callbacks import AtomicCheckpointIO, DataErrorCheckpoint, ExactResume, PreemptionCheckpoint
+from lightning_gsf.callbacks import (
+    AtomicCheckpointIO,
+    DataErrorCheckpoint,
+    ExactResume,
+    PreemptionCheckpoint,
+    _count_batches_in_this_layout,
+    restart_validation_on_resume,
+)
 from lightning_gsf.cli import EXIT_STOPPED_BY_CTRL_C, EXIT_STOPPED_BY_SIGTERM
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import (
@@ -922,3 +930,89 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     release_gloo_workers_at_exit()  # (as ``gsf`` does: two-process runs would abort at exit now and then)
     train(_arguments())
+
+
+def _resumed_layout(position: int, ready: int, num_training_batches: int | None = None):
+    """A checkpoint's progress (``ready`` batches of the epoch) restored onto a loader of two
+    processes whose sampler resumes at ``position`` samples: the loader and the progress that
+    ``_count_batches_in_this_layout`` leaves."""
+    dataset = FixedVectors()
+    loader = ResumableDataLoader(dataset, sampler=ResumableDistributedSampler(dataset, seed=7, num_replicas=2, rank=0),
+                                 batch_size=BATCH_SIZE)
+    loader.sampler.position = position
+    progress = SimpleNamespace(ready=ready, started=ready, processed=ready, completed=ready)
+    trainer = SimpleNamespace(num_training_batches=num_training_batches or len(loader), fit_loop=SimpleNamespace(
+        epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(current=progress))))
+    _count_batches_in_this_layout(trainer, loader)
+    return loader, progress
+
+
+def test_resumed_one_batch_in_on_more_processes_no_batch_of_the_new_layout_counts_as_done():
+    """One process stopped after one batch (4 samples), resumed on two: the 4 samples are less
+    than one batch of the new layout (8 across both), so none of its batches counts as done
+    and the epoch runs all 3 (not 2, which would leave 8 samples untrained)."""
+    loader, progress = _resumed_layout(BATCH_SIZE, 1)
+    assert (len(loader), loader.batches_to_come()) == (3, 3)
+    assert vars(progress) == {"ready": 0, "started": 0, "processed": 0, "completed": 0}
+
+
+def test_with_limit_train_batches_the_restored_count_of_batches_stays_lightnings():
+    """With ``limit_train_batches`` the epoch is the limit's, not the loader's: the restored
+    count is left as Lightning has it."""
+    _, progress = _resumed_layout(2 * BATCH_SIZE, 2, num_training_batches=2)
+    assert vars(progress) == {"ready": 2, "started": 2, "processed": 2, "completed": 2}
+
+
+def test_a_programs_own_sigint_handler_is_kept(tmp_path):
+    """A program that set its own SIGINT handler keeps it in training and validation, and
+    after the fit: only Python's default handler is taken over."""
+    def own_handler(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGINT, own_handler)
+    try:
+        record = RecordSigintHandler()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                             callbacks=[record, PreemptionCheckpoint()])
+        trainer.fit(ValidatedDropoutNet())
+        assert record.handlers["training"] is record.handlers["validation"] is own_handler
+        assert signal.getsignal(signal.SIGINT) is own_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_an_unreadable_sample_stops_trainer_validate_with_its_error(tmp_path):
+    """Outside a fit (``validate``) there is nothing to save: the unreadable sample's error
+    stops the run, rather than a score of the set without that batch."""
+    trainer = pl.Trainer(accelerator="cpu", default_root_dir=tmp_path, callbacks=[DataErrorCheckpoint()], logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(SampleReadError, match="sample 5 "):
+        trainer.validate(ValidatedDropoutNet(unreadable_in_validation=(0, 5)))
+
+
+def test_an_unreadable_validation_sample_inside_an_accumulation_window_saves_nothing(tmp_path):
+    """Validation after the first batch of a two-batch accumulation window: a checkpoint there
+    would lose the window's gradients, so none is written and the error says why."""
+    trainer = pl.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, accumulate_grad_batches=2,
+                         val_check_interval=1, num_sanity_val_steps=0, callbacks=[DataErrorCheckpoint(), ExactResume()],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    with pytest.raises(SampleReadError, match="no checkpoint was written: the batch is inside a gradient-accumulation"):
+        trainer.fit(ValidatedDropoutNet(unreadable_in_validation=(0, 2)))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("callback", [PreemptionCheckpoint, DataErrorCheckpoint])
+def test_a_stop_checkpoint_needs_a_file_name(callback):
+    with pytest.raises(ValueError, match="needs a non-empty filename"):
+        callback(filename="")
+
+
+def test_a_restarted_validation_keeps_the_epochs_earlier_validations_in_the_total():
+    """A checkpoint saved at a validation's unreadable batch: the validation restarts on
+    resume (current progress 1 ready, 0 done), and the total keeps the epoch's earlier
+    validations (7 - 2 = 5 done, plus the restarted one ready)."""
+    progress = {"current": dict.fromkeys(("ready", "started", "processed", "completed"), 2),
+                "total": dict.fromkeys(("ready", "started", "processed", "completed"), 7), "is_last_batch": True}
+    restart_validation_on_resume({"loops": {"fit_loop": {"epoch_loop.val_loop.batch_progress": progress}}})
+    assert progress == {"current": {"ready": 1, "started": 1, "processed": 0, "completed": 0},
+                        "total": {"ready": 6, "started": 6, "processed": 5, "completed": 5}, "is_last_batch": False}
