@@ -24,7 +24,7 @@ from lightning_gsf.data.epic import (
     read_tail_classes,
     read_video_info,
 )
-from lightning_gsf.data.errors import AnnotationError, MissingMediaError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, ConfigurationError, MissingMediaError, SampleReadError
 from lightning_gsf.data.sources import MediaLayout
 from lightning_gsf.data.synthetic import generate_synthetic_dataset
 
@@ -250,11 +250,19 @@ def test_a_single_frame_action_parses(tmp_path):
         (with_field(0, "noun_class", "0"), EPIC_ACTION_COLUMNS, r"line 2 \(narration_id P01_01_0\): noun_class 0 is not the first of all_noun_classes \[1\]"),
         # (a label column misnamed: an error, not a file read as unlabelled, whose labels would be lost)
         (GOOD_ROWS, tuple(c + " " if c == "verb_class" else c for c in EPIC_ACTION_COLUMNS), r"header: missing column\(s\) \['verb_class'\]; .* found \[.*'verb_class '"),
+        # (a long narration_id is cut to 60 characters in the message)
+        (with_field(1, "narration_id", "P01_01_" + "9" * 80, stop_frame="12"), EPIC_ACTION_COLUMNS, r"\(narration_id P01_01_9{53} \.\.\.\): frames 26..12"),
+        (with_field(0, "all_nouns", "[1]"), EPIC_ACTION_COLUMNS, r"column 'all_nouns' is '\[1\]'; expected a list of str"),
+        (with_field(0, "all_nouns", "[]", all_noun_classes="[]"), EPIC_ACTION_COLUMNS, r"line 2 .*expected two lists of the same, non-zero length"),
+        # (ids share prefixes: P01_10 and P01_101 are both real videos)
+        (with_field(1, "video_id", "P011_01", narration_id="P011_01_1"), EPIC_ACTION_COLUMNS, r"line 3 .*video_id P011_01 is not a video of participant P01"),
+        (with_field(1, "narration_id", "P01_011_1"), EPIC_ACTION_COLUMNS, r"line 3 .*narration_id P01_011_1 is not a narration of video P01_01"),
     ],
     ids=["missing-column", "short-row", "long-row", "bad-timestamp", "empty-timestamp", "bad-frame", "stop-before-start",
          "stop-time-before-start",
          "frame-zero", "bad-class", "underscored-frame", "arabic-indic-class", "arabic-indic-timestamp", "hex-list", "bad-list", "list-lengths", "duplicate-id", "other-participant", "other-video",
-         "noun-class-not-first", "misnamed-label-column"],
+         "noun-class-not-first", "misnamed-label-column", "long-id", "str-list", "empty-lists", "prefix-participant",
+         "prefix-video"],
 )  # fmt: skip
 def test_bad_rows_name_the_file_line_and_narration_id(tmp_path, rows, columns, message):
     path = write_annotations(tmp_path, rows, columns)
@@ -276,10 +284,12 @@ def test_a_labelled_file_with_blank_lines_before_its_header_keeps_its_labels(tmp
         (with_field(1, "verb_class", "2"), "frames", r"line 3 \(narration_id P01_01_1\): verb_class 2 is outside the 2 classes of EPIC_100_verb_classes.csv"),
         (with_field(0, "noun_class", "-1", all_noun_classes="[-1]"), "frames", r"line 2 \(narration_id P01_01_0\): noun_class -1 is outside the 2 classes"),
         (with_field(1, "all_nouns", "['cup', 'tap']", all_noun_classes="[1, 4200]"), "frames", r"line 3 \(narration_id P01_01_1\): all_noun_classes \[1, 4200\] holds \[4200\], outside the 2 classes of EPIC_100_noun_classes.csv"),
+        (with_field(1, "all_nouns", "['cup', 'tap']", all_noun_classes="[1, 2]"), "frames", r"line 3 \(narration_id P01_01_1\): all_noun_classes \[1, 2\] holds \[2\]"),
         (with_field(1, "stop_timestamp", "00:00:02.30"), "video", r"line 3 \(narration_id P01_01_1\): the segment ends at 2.30 s, past the end of video P01_01 \(2.00 s, 50 frames"),
         (with_field(1, "video_id", "P01_02", narration_id="P01_02_1"), "video", r"line 3 \(narration_id P01_02_1\): video P01_02 is not in EPIC_100_video_info.csv"),
     ],
-    ids=["verb-class", "noun-class", "secondary-noun-class", "past-the-end", "unknown-video"],
+    ids=["verb-class", "noun-class", "secondary-noun-class", "secondary-noun-one-past", "past-the-end",
+         "unknown-video"],
 )  # fmt: skip
 def test_bad_segments_are_refused_by_the_datamodule(tmp_path, rows, layout, message):
     path = write_annotations(tmp_path, rows)
@@ -641,3 +651,75 @@ def test_decoder_threads_default_to_one_per_worker(tmp_path, video_threads, num_
     dm = datamodule(tmp_path, layout="video", video_threads=video_threads, num_workers=num_workers)
     assert dm.media_layout.video_threads == threads
     assert dm.build_reader().threads == threads
+
+
+def test_timestamp_fields_and_formatting_are_checked():
+    """Minutes and seconds stop at 59; a negative time cannot be written; writing rounds to
+    the hundredth (0.29 is 0.28999... as a float)."""
+    for text in ("00:60:00.00", "00:00:60.00"):
+        with pytest.raises(ValueError, match="not a timestamp"):
+            parse_timestamp(text)
+    with pytest.raises(ValueError, match=">= 0"):
+        format_timestamp(-0.5)
+    assert format_timestamp(0.29) == "00:00:00.29"
+
+
+def test_fields_are_stripped_and_an_empty_narration_is_none(tmp_path):
+    path = write_annotations(tmp_path, with_field(0, "video_id", " P01_01 ", verb=" take ", narration=""))
+    action = read_actions(path)[0]
+    assert (action.video_id, action.verb, action.narration) == ("P01_01", "take", None)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("P01_01,2.0,1e999,32x24", r"column 'fps' is '1e999'; expected a finite number"),
+    ("P01_01,2.0,25.0,32x24p", r"resolution '32x24p'; expected WIDTHxHEIGHT"),
+    ("P01_01,0,25.0,32x24", r"duration 0.0 s at 25.0 fps; expected both > 0"),
+], ids=["infinite-fps", "resolution-suffix", "zero-duration"])
+def test_bad_video_info_rows_are_refused(tmp_path, row, message):
+    info = tmp_path / "EPIC_100_video_info.csv"
+    info.write_text(f"video_id,duration,fps,resolution\n{row}\n")
+    with pytest.raises(AnnotationError, match=rf"line 2: {message}"):
+        read_video_info(info)
+
+
+def test_a_missing_or_empty_class_file_is_refused(tmp_path):
+    path = tmp_path / "EPIC_100_verb_classes.csv"
+    with pytest.raises(FileNotFoundError, match=r"EPIC_100_verb_classes.csv does not exist \(set data.init_args.root"):
+        read_classes(path)
+    path.write_text("id,key,instances,category\n")
+    with pytest.raises(AnnotationError, match=r"EPIC_100_verb_classes.csv: no classes"):
+        read_classes(path)
+
+
+def test_a_misspelled_missing_videos_policy_is_refused(tmp_path):
+    with pytest.raises(ConfigurationError, match="missing_videos must be 'error' or 'drop', got 'Drop'"):
+        datamodule(tmp_path, missing_videos="Drop")
+
+
+def test_the_tail_class_files_can_be_left_out(tmp_path):
+    """``tail_*_file=None``: no tail subsets, only the unseen participant's."""
+    write_annotations(tmp_path, GOOD_ROWS)
+    dm = datamodule(stub_media(tmp_path, tmp_path / "annotations"), tail_verbs_file=None, tail_nouns_file=None)
+    assert [set(s.subsets) for s in dm.samples("val")] == [{"unseen"}, {"unseen"}]
+
+
+def test_a_tail_class_one_past_the_class_list_is_refused(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    (tmp_path / "annotations" / "EPIC_100_tail_nouns.csv").write_text("noun\n0\n2\n")  # (ids 0..1)
+    with pytest.raises(AnnotationError, match=r"noun classes \[2\] are not among the 2 noun classes"):
+        datamodule(stub_media(tmp_path, tmp_path / "annotations")).samples("val")
+
+
+def test_only_segments_past_the_last_frame_are_warned_about(tmp_path, caplog):
+    """20 extracted frames: a segment ending at frame 20 fits exactly (no warning), one
+    ending at 40 is read up to frame 20, with a warning naming its line."""
+    write_annotations(tmp_path, with_field(1, "start_frame", "15"))  # frames 6..20 and 15..40
+    folder = tmp_path / "P01" / "rgb_frames" / "P01_01"
+    folder.mkdir(parents=True)
+    for n in range(1, 21):
+        (folder / f"frame_{n:010d}.jpg").touch()
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.data.sources"):
+        samples = datamodule(tmp_path).samples("val")
+    assert [(s.start, s.stop) for s in samples] == [(5, 20), (14, 20)]
+    assert "1 annotated frame ranges run past their extracted frames, by up to 20 frames" in caplog.text
+    assert "line 3: frames up to 40 annotated, 20 in" in caplog.text

@@ -995,7 +995,8 @@ def test_an_unreadable_validation_sample_inside_an_accumulation_window_saves_not
     would lose the window's gradients, so none is written and the error says why."""
     trainer = pl.Trainer(accelerator="cpu", default_root_dir=tmp_path, max_epochs=1, accumulate_grad_batches=2,
                          val_check_interval=1, num_sanity_val_steps=0, callbacks=[DataErrorCheckpoint(), ExactResume()],
-                         logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
     with pytest.raises(SampleReadError, match="no checkpoint was written: the batch is inside a gradient-accumulation"):
         trainer.fit(ValidatedDropoutNet(unreadable_in_validation=(0, 2)))
     assert not (tmp_path / "checkpoints").exists()
