@@ -3,6 +3,7 @@ and an imported original-release checkpoint through ``gsf validate``."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -21,16 +22,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import cli
-from lightning_gsf.callbacks import CheckpointMismatchError, PreemptionCheckpoint
+from lightning_gsf.callbacks import AtomicCheckpointIO, CheckpointMismatchError, PreemptionCheckpoint
 from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.data.errors import SampleReadError, original_message
 from lightning_gsf.model import VideoClassifier
+from lightning_gsf.module import VideoClassificationModule
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -660,3 +662,116 @@ def test_a_fit_prints_no_advert_and_no_warning_about_lightnings_own_code(tmp_pat
     output = result.stdout + result.stderr
     assert "Tip:" not in output and "LeafSpec" not in output, output[-3000:]
     assert "lr schedule:" in output  # (the project's information lines are still printed)
+
+
+def test_a_resumed_run_leaves_one_last_checkpoint(tmp_path, dataset):
+    """A run resumed from a ``last.ckpt`` saved before any validation: the monitored
+    checkpoint (whose version counter is on) does not also write a ``last-v1.ckpt``."""
+    config = _config(tmp_path, dataset)
+    run(["fit", "--config", str(config), "--trainer.max_steps", "1"])  # (mid-epoch, not validated)
+    run(["fit", "--config", str(config), "--ckpt_path", "last"])
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert [n for n in names if not n.startswith("best-")] == ["last.ckpt"], names
+
+
+def test_ckpt_path_best_in_predict_names_the_best_files(tmp_path, dataset):
+    config = _config(tmp_path, dataset)
+    with pytest.raises(ValueError, match=r"--ckpt_path best .* pass the checkpoint's file \(none in .*checkpoints\)"):
+        run(["predict", "--config", str(config), "--ckpt_path", "best"])
+
+
+def test_ckpt_path_last_error_lists_the_checkpoints_there(tmp_path, dataset):
+    """No ``last.ckpt``: the error lists every checkpoint in the folder, not only the best ones."""
+    config = _config(tmp_path, dataset)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epoch=3.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"; checkpoints there: \S+epoch=3\.ckpt$"):
+        run(["validate", "--config", str(config), "--ckpt_path", "last"])
+
+
+def test_fit_without_default_root_dir_writes_in_the_working_directory(tmp_path, dataset, monkeypatch):
+    config = _config(tmp_path, dataset)
+    monkeypatch.chdir(tmp_path)
+    run(["fit", "--config", str(config), "--trainer.default_root_dir=null", "--trainer.max_steps=1",
+         "--trainer.limit_val_batches=0"])
+    assert (tmp_path / "csv" / "version_0").is_dir() and (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_logger_true_gives_the_projects_loggers_and_checkpoints_are_atomic(tmp_path, dataset):
+    """``--trainer.logger=true`` means our TensorBoard and CSV loggers, not Lightning's
+    ``lightning_logs``; the checkpoints go through AtomicCheckpointIO."""
+    config = _config(tmp_path, dataset)
+    fitted = run(["fit", "--config", str(config), "--trainer.logger=true", "--trainer.max_steps=1",
+                  "--trainer.limit_val_batches=0"])
+    root = tmp_path / "run"
+    assert (root / "csv" / "version_0").is_dir() and (root / "tensorboard" / "version_0").is_dir()
+    assert isinstance(fitted.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_configured_progress_bar_replaces_the_rich_one(tmp_path, dataset):
+    """A progress bar in ``trainer.callbacks`` is the run's (two bars would stop the run)."""
+    config = _config(tmp_path, dataset)
+    fitted = run(["fit", "--config", str(config), "--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar",
+                  "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false"])
+    assert type(fitted.trainer.progress_bar_callback) is TQDMProgressBar
+
+
+def test_gsf_help_describes_the_subcommands_and_tools(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--help"])
+    assert exit_info.value.code == 0 and "Tools (each with its own --help)" in capsys.readouterr().out
+
+
+def test_resuming_a_run_without_a_logger(tmp_path, dataset):
+    """Without a logger the config is saved in ``default_root_dir``; a resume overwrites it
+    rather than stopping on the existing ``config.yaml``."""
+    config = _config(tmp_path, dataset)
+    common = ["fit", "--config", str(config), "--trainer.logger=false", "--trainer.limit_val_batches=0"]
+    run([*common, "--trainer.max_steps=1"])
+    assert run([*common, "--trainer.max_steps=2", "--ckpt_path", "last"]).trainer.global_step == 2
+
+
+def test_a_ctrl_c_stop_exits_130(monkeypatch):
+    def stopped(args):
+        stop = SIGTERMException()
+        stop.gsf_stop_signal = signal.SIGINT  # (as PreemptionCheckpoint.on_exception marks it)
+        raise stop
+    monkeypatch.setattr(cli, "run", stopped)
+    monkeypatch.setattr(cli.gloo_exit, "release_gloo_workers_at_exit", lambda: None)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit"])
+    assert exit_info.value.code == cli.EXIT_STOPPED_BY_CTRL_C == 130
+
+
+def _release_file(path: Path, **extra) -> None:
+    """A checkpoint in the original release's layout (``module.*``, ``module.new_fc.*``)."""
+    original = VideoClassifier("resnet18", "gsf", NUM_SEGMENTS, {"class": 3}, dropout=0.5)
+    state = {("module.new_fc." + k.removeprefix("heads.class.")) if k.startswith("heads.") else f"module.{k}": v
+             for k, v in original.state_dict().items()}
+    torch.save({"epoch": 10, "state_dict": state, **extra}, path)
+
+
+def test_import_original_keeps_the_release_dropout(tmp_path):
+    _release_file(tmp_path / "o.pth.tar")
+    main(["import-original", str(tmp_path / "o.pth.tar"), str(tmp_path / "i.ckpt"), "--num_segments",
+          str(NUM_SEGMENTS)])
+    assert torch.load(tmp_path / "i.ckpt", weights_only=False)["hyper_parameters"]["dropout"] == 0.5
+
+
+def test_import_original_passes_trust_pickle(tmp_path):
+    """A release file holding a pickled object (the release saves its ``args``) loads with
+    ``--trust-pickle``."""
+    _release_file(tmp_path / "o.pth.tar", args=argparse.Namespace(arch="resnet18"))
+    main(["import-original", str(tmp_path / "o.pth.tar"), str(tmp_path / "i.ckpt"), "--num_segments",
+          str(NUM_SEGMENTS), "--trust-pickle"])
+    assert (tmp_path / "i.ckpt").is_file()
+
+
+def test_export_original_passes_the_head(tmp_path):
+    module = VideoClassificationModule({"verb": 3, "noun": 4}, num_segments=NUM_SEGMENTS, backbone="resnet18",
+                                       pretrained=None)
+    path = tmp_path / "trained.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    assert run(["export-original", str(path), str(tmp_path / "noun.pth.tar"), "--head", "noun"]).num_classes == 4
