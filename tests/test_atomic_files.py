@@ -85,3 +85,12 @@ def test_checkpoints_are_synced_to_disk(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or fsync(fd))
     AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
     assert len(synced) == 2 and synced[1] == str(tmp_path)
+
+
+def test_durable_writes_reach_the_file_before_it_is_synced(tmp_path: Path, monkeypatch) -> None:
+    """fsync of a file whose data still sits in Python's buffer syncs an empty file."""
+    sizes, fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: sizes.append(os.fstat(fd).st_size) or fsync(fd))
+    with atomic_file(tmp_path / "last.ckpt", durable=True) as file:
+        file.write(b"data")
+    assert sizes[0] == 4

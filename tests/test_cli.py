@@ -356,6 +356,18 @@ def test_the_original_message_of_a_loader_workers_error():
     assert original_message(SampleReadError("a\nb")) == "a\nb"
 
 
+def test_the_original_message_keeps_the_colons_of_a_file_name():
+    """Only the exception's type name is cut from the start of the line, not every
+    ``name: `` inside the message."""
+    message = "/data/ssv2/train.json: entry 4 (id 12): cannot be read"
+    worker_error = SampleReadError(
+        "Caught SampleReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "worker.py", line 1, in <module>\n'
+        f"lightning_gsf.data.errors.SampleReadError: {message}\n"
+    )
+    assert original_message(worker_error) == message
+
+
 def test_only_rank_0_reports_a_sigterm_stop(monkeypatch):
     """Under DDP the other processes end with Lightning's status 0: a launcher that kills the
     remaining processes once one fails must not kill rank 0 while it flushes its loggers."""

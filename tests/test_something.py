@@ -439,3 +439,48 @@ def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(
     assert "list.json, entry 0: frames up to 8 annotated, 5 in" in caplog.text
     report = (tmp_path / "missing.tsv").read_text().splitlines()
     assert report[1].split("\t")[2] == "no frames in [6, 5)"
+
+
+def test_ssv1_video_layout_finds_mp4_files_or_the_given_suffix(tmp_path: Path, shared_data: Path) -> None:
+    """Something-Something v1 from video files: ``<id>.mp4`` by default, or ``video_suffix``'s."""
+    names = read_class_names(shared_data / "ssv1" / "mmaction2_sthv1_label_map.txt")
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "something-something-v1-labels.csv").write_text("\n".join(names) + "\n")
+    for split in ("train", "validation"):
+        (annotations / f"something-something-v1-{split}.csv").write_text("1;Holding something\n")
+    (annotations / "something-something-v1-test.csv").write_text("1\n")
+    write_video(tmp_path / "videos" / "1.mp4", 1, 9)
+    write_video(tmp_path / "videos" / "1.avi", 1, 7)
+    for suffix, frames in ((None, 9), (".avi", 7)):
+        datamodule = SomethingSomethingV1DataModule(
+            root=tmp_path / "videos", annotations_dir=annotations, layout="video",
+            missing_report_dir=tmp_path, **({} if suffix is None else {"video_suffix": suffix}), **TINY_DATA_SETTINGS,
+        )
+        (sample,) = datamodule.samples("train")
+        assert (sample.id, sample.num_frames) == ("1", frames)
+
+
+def test_ssv2_label_map_rejects_a_repeated_index(tmp_path: Path) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"Holding something": "0", "Closing something": "0"}))
+    with pytest.raises(AnnotationError, match="indices 0..1, each exactly once"):
+        ssv2.read_label_map(path)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"id": "", "template": "Holding [something]"}, r"entry 0: expected an object with an 'id'"),
+    ({"id": "3", "template": 5}, r"entry 0 \(id 3\): expected a 'template' string, got 5"),
+], ids=["empty-id", "template-not-a-string"])
+def test_ssv2_split_rejects_an_empty_id_and_a_non_string_template(tmp_path: Path, entry: dict, message: str) -> None:
+    path = tmp_path / "something-something-v2-train.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(AnnotationError, match=message):
+        ssv2.read_split(path, {"Holding something": 0})
+
+
+def test_ssv2_split_takes_integer_ids_as_strings(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v2-train.json"
+    path.write_text(json.dumps([{"id": 151151, "template": "Holding [something]"}]))
+    assert ssv2.read_split(path, {"Holding something": 0}) == [("151151", 0)]
+    assert ssv2.read_split(path, None) == [("151151", None)]
