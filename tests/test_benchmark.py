@@ -406,3 +406,107 @@ def test_compiled_run_measures_gsf_and_tsn():
     rows = main([*TINY, "--temporal-modules", "gsf", "--compile"])
     assert [row["temporal_module"] for row in rows] == ["none", "gsf"]
     assert all(row["compile"] and row["train_clips_s"] > 0 and row["infer_clips_s"] > 0 for row in rows)
+
+
+class _Tiny(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, hidden), nn.Linear(hidden, benchmark.NUM_CLASSES)
+
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"class": self.b(self.a(clips.mean(dim=(1, 3, 4))))}
+
+
+def _rows_with_known_times(monkeypatch, **config):
+    """Two linear stand-ins (TSN: 4 hidden units, GSF: 8), known step times and activation bytes."""
+    monkeypatch.setattr(benchmark, "build_model", lambda backbone, variant, config: _Tiny(8 if variant == "gsf" else 4))
+    monkeypatch.setattr(benchmark, "saved_activation_bytes",
+                        lambda model, *args: 2**20 * (model.a.out_features // 2 + 1))
+    train = {"none": [2.0, 4.0, 8.0, 4.0, 2.0], "gsf": [6.0, 4.0, 16.0, 12.0, 4.0]}  # (ratios 3, 1, 2, 3, 2)
+    infer = {"none": [1.0] * 5, "gsf": [5.0, 4.0, 4.0, 2.0, 1.0]}
+    calls = iter([train, infer])
+    monkeypatch.setattr(benchmark, "time_round_robin", lambda steps, *args: next(calls))
+    config = BenchmarkConfig(temporal_modules=("gsf",), num_segments=2, input_size=4, batch_size=2, **config)
+    return benchmark.benchmark_backbone("tiny", config, "default")
+
+
+def test_row_figures_follow_from_the_measurements(monkeypatch):
+    """Every column from known parameters, FLOPs, bytes and times: clips/s is the batch over
+    the median time, the ratios and their IQR are of the rounds' own ratios."""
+    tsn, gsf = _rows_with_known_times(monkeypatch)
+    assert (tsn["params_m"] * 1e6, gsf["params_vs_tsn"]) == (pytest.approx(886), pytest.approx(1598 / 886))
+    assert (tsn["gflops_per_clip"] * 1e9, gsf["gflops_vs_tsn"]) == (pytest.approx(2 * (12 + 4 * 174)),
+                                                                   pytest.approx(2.0))
+    assert (tsn["activation_mib"], gsf["activation_mib"], gsf["activation_vs_tsn"]) == (3.0, 5.0, pytest.approx(5 / 3))
+    assert (tsn["train_clips_s"], gsf["train_clips_s"]) == (0.5, pytest.approx(2 / 6))
+    assert (tsn["infer_clips_s"], gsf["infer_clips_s"]) == (2.0, 0.5)
+    assert (gsf["train_time_vs_tsn"], gsf["train_time_iqr"]) == (2.0, 1.0)
+    assert (gsf["infer_time_vs_tsn"], gsf["infer_time_iqr"]) == (4.0, 2.0)
+    assert tsn["threads"] == torch.get_num_threads()
+
+
+def test_compiled_rows_have_no_activation_memory(monkeypatch):
+    monkeypatch.setattr(benchmark.torch, "compile", lambda model, **kwargs: model)
+    rows = _rows_with_known_times(monkeypatch, compile=True)
+    assert all(row["activation_mib"] is None and row["activation_vs_tsn"] is None for row in rows)
+
+
+def test_tsn_is_measured_once_wherever_it_is_listed():
+    assert BenchmarkConfig(temporal_modules=("none", "tsm")).variants == ("none", "tsm")
+
+
+def test_the_process_timer_refuses_several_default_threads_and_cuda(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    with pytest.raises(ValueError, match="process timer adds up"):
+        BenchmarkConfig(timer="process")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="only measures CPU devices"):
+        BenchmarkConfig(timer="process", threads=1, device="cuda")
+
+
+@pytest.mark.parametrize("field", ["num_segments", "input_size", "batch_size"])
+def test_config_rejects_empty_sizes(field):
+    with pytest.raises(ValueError, match=">= 1"):
+        BenchmarkConfig(**{field: 0})
+
+
+def test_command_line_reaches_the_config(monkeypatch):
+    configs = []
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda config: configs.append(config) or [])
+    main(["--gsf-ratio", "0.25", "--channels-last", "--seed", "3", "--malloc", "default"])
+    assert (configs[0].gsf_ratio, configs[0].channels_last, configs[0].seed) == (0.25, True, 3)
+
+
+def test_flop_count_gives_gsf_its_own_forward_back():
+    """Counted on the literal spec, then timed on GSF's own (fast) forward."""
+    config = BenchmarkConfig(num_segments=2, input_size=32, batch_size=1)
+    model = build_model("resnet18", "gsf", config)
+    count_flops(model, make_batch(config)[0], config)
+    gsf_modules = [m for m in model.modules() if isinstance(m, GSF)]
+    assert gsf_modules and all(m.forward.__func__ is GSF.forward for m in gsf_modules)
+
+
+class _SavesALinearOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(48, 96)
+
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.fc(clips.flatten(1))  # (a new storage of 2 x 96 floats, saved by x * x)
+        return {"class": (x * x).sum(1, keepdim=True)}
+
+
+def test_a_layer_output_is_an_activation_not_a_weight_copy():
+    """Only casts of parameters are left out of the count, not every tensor whose graph
+    starts at a parameter (a Linear's output)."""
+    config = BenchmarkConfig(num_segments=1, input_size=4, batch_size=2)
+    clips, labels = torch.randn(2, 1, 3, 4, 4), torch.zeros(2, dtype=torch.long)
+    counted = saved_activation_bytes(_SavesALinearOutput(), clips, labels, config)
+    assert counted >= 2 * 96 * 4
+
+
+def test_activation_memory_is_that_of_a_training_forward():
+    model = _RecordsItsMode().eval()  # (as count_flops leaves it)
+    config = BenchmarkConfig(num_segments=2, input_size=4, batch_size=2)
+    saved_activation_bytes(model, torch.randn(2, 2, 3, 4, 4), torch.tensor([0, 1]), config)
+    assert model.calls == [(True, True, False)]
