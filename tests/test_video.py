@@ -177,6 +177,11 @@ def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int
     assert torch.equal(VideoFileReader(threads=threads, thread_type=thread_type).read(video_path, indices), reference)
 
 
+def test_a_negative_thread_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="threads must be >= 0, got -1"):
+        VideoFileReader(threads=-1)
+
+
 @pytest.mark.parametrize("indices", [[5, 8], [5, 35]], ids=["past_every_wanted_frame", "between_wanted_frames"])
 def test_seek_overshoot_falls_back_to_decoding_from_the_start(
     video_path: Path, monkeypatch: pytest.MonkeyPatch, indices: list[int]
