@@ -33,6 +33,7 @@ from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.data.errors import SampleReadError, original_message
 from lightning_gsf.model import VideoClassifier
 from lightning_gsf.module import VideoClassificationModule
+from test_convert import _original_checkpoint_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -512,8 +513,6 @@ def test_a_restored_checkpoint_does_not_need_the_imagenet_weights(tmp_path, data
     """``pretrained`` is the starting point of training: fitted from a weights file that is then
     gone (another machine, an offline node), the checkpoint still validates, resumes and loads
     with ``load_from_checkpoint``; without a checkpoint to restore the file is still read."""
-    from lightning_gsf.module import VideoClassificationModule
-
     weights = tmp_path / "resnet18_imagenet.pth"
     torch.manual_seed(1)
     imagenet = VideoClassifier("resnet18", "none", NUM_SEGMENTS, {"class": 2}).base_model.state_dict()
@@ -758,11 +757,9 @@ def test_a_ctrl_c_stop_exits_130(monkeypatch):
 
 
 def _release_file(path: Path, **extra) -> None:
-    """A checkpoint in the original release's layout (``module.*``, ``module.new_fc.*``)."""
+    """A checkpoint in the original release's layout, with ``extra`` entries."""
     original = VideoClassifier("resnet18", "gsf", NUM_SEGMENTS, {"class": 3}, dropout=0.5)
-    state = {("module.new_fc." + k.removeprefix("heads.class.")) if k.startswith("heads.") else f"module.{k}": v
-             for k, v in original.state_dict().items()}
-    torch.save({"epoch": 10, "state_dict": state, **extra}, path)
+    torch.save({**_original_checkpoint_of(original), **extra}, path)
 
 
 def test_import_original_keeps_the_release_dropout(tmp_path):

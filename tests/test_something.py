@@ -133,7 +133,10 @@ def test_id_class_csv_errors_name_file_and_line(tmp_path: Path, content: str, me
          r"entry 1 \(id 2\): template 'Flying \[something\]' names no class"),
         ([{"label": "x", "template": "Holding [something]"}], r"entry 0: expected an object with an 'id'"),
         ([{"id": "3", "label": "holding a cup"}], r"entry 0 \(id 3\): expected a 'template' string"),
+        ([{"id": "", "template": "Holding [something]"}], r"entry 0: expected an object with an 'id'"),
+        ([{"id": "3", "template": 5}], r"entry 0 \(id 3\): expected a 'template' string, got 5"),
     ],
+    ids=["unknown-class", "no-id", "no-template", "empty-id", "template-not-a-string"],
 )
 def test_ssv2_split_errors_name_file_and_entry(tmp_path: Path, entries: list, message: str) -> None:
     path = tmp_path / "something-something-v2-train.json"
@@ -150,11 +153,19 @@ def test_ssv2_label_map_takes_ascii_digits_only(tmp_path: Path, index: str) -> N
         ssv2.read_label_map(path)
 
 
-def test_ssv2_label_map_rejects_gaps(tmp_path: Path) -> None:
+@pytest.mark.parametrize("second", ["2", "0"], ids=["gap", "repeated"])
+def test_ssv2_label_map_rejects_gaps_and_repeats(tmp_path: Path, second: str) -> None:
     path = tmp_path / "labels.json"
-    path.write_text(json.dumps({"Holding something": "0", "Closing something": "2"}))
-    with pytest.raises(AnnotationError, match="indices 0..1"):
+    path.write_text(json.dumps({"Holding something": "0", "Closing something": second}))
+    with pytest.raises(AnnotationError, match="indices 0..1, each exactly once"):
         ssv2.read_label_map(path)
+
+
+def test_ssv2_split_takes_integer_ids_as_strings(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v2-train.json"
+    path.write_text(json.dumps([{"id": 151151, "template": "Holding [something]"}]))
+    assert ssv2.read_split(path, {"Holding something": 0}) == [("151151", 0)]
+    assert ssv2.read_split(path, None) == [("151151", None)]
 
 
 # ---------------------------------------------------------------- DataModules on tiny real-layout datasets
@@ -226,23 +237,30 @@ def test_ssv2_test_answers_missing_a_test_video_name_the_file_and_the_video(tmp_
         datamodule.samples("test")
 
 
+def _write_ssv1_annotations(annotations: Path, names: list[str], rows: dict[str, list[tuple[str, str | None]]]) -> Path:
+    """SSv1's labels file (the real class names) and one ``id;class`` CSV per split (``id``
+    alone where the class is None) in ``annotations``."""
+    annotations.mkdir()
+    (annotations / "something-something-v1-labels.csv").write_text("\n".join(names) + "\n")
+    for split, split_rows in rows.items():
+        lines = [video_id if name is None else f"{video_id};{name}" for video_id, name in split_rows]
+        (annotations / f"something-something-v1-{split}.csv").write_text("\n".join(lines) + "\n")
+    return annotations
+
+
 def test_ssv1_datamodule_yields_labelled_batches(tmp_path: Path, shared_data: Path) -> None:
     """SSv1 in its layout: ``<root>/<id>/00001.jpg`` and ``id;class`` CSVs (ids here are made up,
     as no real v1 list is public; the class names are the real ones)."""
     names = read_class_names(shared_data / "ssv1" / "mmaction2_sthv1_label_map.txt")
     index = sorted_class_index(names, "labels")
-    annotations = tmp_path / "annotations"
-    annotations.mkdir()
-    (annotations / "something-something-v1-labels.csv").write_text("\n".join(names) + "\n")
     rows = {
         "train": [("1", "Pushing something from left to right"), ("2", "Holding something"), ("3", "Closing something")],
         "validation": [("4", "Pulling something from right to left"), ("5", "Opening something")],
         "test": [("6", None), ("7", None)],
     }
+    annotations = _write_ssv1_annotations(tmp_path / "annotations", names, rows)
     expected: dict[str, dict[str, int] | None] = {}
-    for split, split_rows in rows.items():
-        lines = [video_id if name is None else f"{video_id};{name}" for video_id, name in split_rows]
-        (annotations / f"something-something-v1-{split}.csv").write_text("\n".join(lines) + "\n")
+    for split_rows in rows.values():
         for video_id, name in split_rows:
             write_frame_folder(tmp_path / "frames" / video_id, int(video_id), 9, "{:05d}.jpg")
             expected[video_id] = None if name is None else {"class": index[name]}
@@ -444,12 +462,8 @@ def test_an_annotated_range_past_the_extracted_frames_is_read_to_the_last_frame(
 def test_ssv1_video_layout_finds_mp4_files_or_the_given_suffix(tmp_path: Path, shared_data: Path) -> None:
     """Something-Something v1 from video files: ``<id>.mp4`` by default, or ``video_suffix``'s."""
     names = read_class_names(shared_data / "ssv1" / "mmaction2_sthv1_label_map.txt")
-    annotations = tmp_path / "annotations"
-    annotations.mkdir()
-    (annotations / "something-something-v1-labels.csv").write_text("\n".join(names) + "\n")
-    for split in ("train", "validation"):
-        (annotations / f"something-something-v1-{split}.csv").write_text("1;Holding something\n")
-    (annotations / "something-something-v1-test.csv").write_text("1\n")
+    rows = {"train": [("1", "Holding something")], "validation": [("1", "Holding something")], "test": [("1", None)]}
+    annotations = _write_ssv1_annotations(tmp_path / "annotations", names, rows)
     write_video(tmp_path / "videos" / "1.mp4", 1, 9)
     write_video(tmp_path / "videos" / "1.avi", 1, 7)
     for suffix, frames in ((None, 9), (".avi", 7)):
@@ -459,28 +473,3 @@ def test_ssv1_video_layout_finds_mp4_files_or_the_given_suffix(tmp_path: Path, s
         )
         (sample,) = datamodule.samples("train")
         assert (sample.id, sample.num_frames) == ("1", frames)
-
-
-def test_ssv2_label_map_rejects_a_repeated_index(tmp_path: Path) -> None:
-    path = tmp_path / "labels.json"
-    path.write_text(json.dumps({"Holding something": "0", "Closing something": "0"}))
-    with pytest.raises(AnnotationError, match="indices 0..1, each exactly once"):
-        ssv2.read_label_map(path)
-
-
-@pytest.mark.parametrize(("entry", "message"), [
-    ({"id": "", "template": "Holding [something]"}, r"entry 0: expected an object with an 'id'"),
-    ({"id": "3", "template": 5}, r"entry 0 \(id 3\): expected a 'template' string, got 5"),
-], ids=["empty-id", "template-not-a-string"])
-def test_ssv2_split_rejects_an_empty_id_and_a_non_string_template(tmp_path: Path, entry: dict, message: str) -> None:
-    path = tmp_path / "something-something-v2-train.json"
-    path.write_text(json.dumps([entry]))
-    with pytest.raises(AnnotationError, match=message):
-        ssv2.read_split(path, {"Holding something": 0})
-
-
-def test_ssv2_split_takes_integer_ids_as_strings(tmp_path: Path) -> None:
-    path = tmp_path / "something-something-v2-train.json"
-    path.write_text(json.dumps([{"id": 151151, "template": "Holding [something]"}]))
-    assert ssv2.read_split(path, {"Holding something": 0}) == [("151151", 0)]
-    assert ssv2.read_split(path, None) == [("151151", None)]
