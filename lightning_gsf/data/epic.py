@@ -47,11 +47,12 @@ from typing import Literal, TypeVar
 
 from lightning_gsf.data.annotation_files import parse_integer, parse_number, read_headed_csv
 from lightning_gsf.data.base import ClipSample, VideoDataModule
-from lightning_gsf.data.errors import AnnotationError, ConfigurationError, SampleReadError
+from lightning_gsf.data.errors import AnnotationError, SampleReadError
 from lightning_gsf.data.sources import (
     MediaLayout,
     MissingPolicy,
     SampleCandidate,
+    checked_missing_policy,
     decoder_threads,
     missing_report_path,
     report_missing_media,
@@ -472,9 +473,7 @@ class EpicKitchensDataModule(VideoDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if missing_videos not in ("error", "drop"):
-            raise ConfigurationError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
-        self.missing_videos: MissingPolicy = missing_videos
+        self.missing_videos = checked_missing_policy(missing_videos)
         self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
         self.media_layout = MediaLayout(layout, frame_template, first_index=1,
                                         video_threads=decoder_threads(video_threads, self.num_workers))

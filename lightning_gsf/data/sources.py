@@ -38,6 +38,7 @@ __all__ = [
     "MissingPolicy",
     "SampleCandidate",
     "WholeVideoDataModule",
+    "checked_missing_policy",
     "count_frame_files",
     "locate_samples",
 ]
@@ -46,6 +47,14 @@ logger = logging.getLogger(__name__)
 
 MediaKind = Literal["video", "frames"]
 MissingPolicy = Literal["error", "drop"]
+
+
+def checked_missing_policy(value: str) -> MissingPolicy:
+    """``value`` if it is a policy for missing media (``"error"`` or ``"drop"``); a ConfigurationError otherwise."""
+    if value not in ("error", "drop"):
+        raise ConfigurationError(f"missing_videos must be 'error' or 'drop', got {value!r}")
+    return value
+
 
 # How many missing sources an error message lists before pointing to the report file.
 _LISTED_IN_ERROR = 5
@@ -436,13 +445,11 @@ class WholeVideoDataModule(VideoDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if missing_videos not in ("error", "drop"):
-            raise ConfigurationError(f"missing_videos must be 'error' or 'drop', got {missing_videos!r}")
         self.root = Path(root)
         self.annotations_dir = Path(annotations_dir)
         self.media_layout = MediaLayout(layout, frame_template, first_frame_index,
                                         decoder_threads(video_threads, self.num_workers))
-        self.missing_videos: MissingPolicy = missing_videos
+        self.missing_videos = checked_missing_policy(missing_videos)
         self.missing_report_dir = Path(missing_report_dir) if missing_report_dir is not None else None
         self.frame_count_cache = Path(frame_count_cache) if frame_count_cache is not None else None
 
