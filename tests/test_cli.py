@@ -504,6 +504,11 @@ def test_a_checkpoint_named_by_its_path_keeps_the_runs_model_settings(tmp_path, 
     for ckpt_path in (str(last), "last"):
         with pytest.raises(CheckpointMismatchError, match="backbone: checkpoint 'resnet18', this run 'resnet34'"):
             run(["validate", "--config", str(config), "--model.backbone", "resnet34", "--ckpt_path", ckpt_path])
+    with pytest.raises(SystemExit) as exit_info:  # gsf itself: that message in one line, no traceback
+        main(["validate", "--config", str(config), "--model.backbone", "resnet34", "--ckpt_path", "last"])
+    message = str(exit_info.value.code)
+    assert message.startswith(f"gsf validate: error: checkpoint {last} was saved from a different model"), message
+    assert "backbone: checkpoint 'resnet18', this run 'resnet34'" in message and "\n" not in message
     resumed = run(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--model.lr", "0.5",
                    "--ckpt_path", str(last)])
     assert resumed.model.hparams.lr == 0.5 and resumed.trainer.current_epoch == 2
