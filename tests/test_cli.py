@@ -436,6 +436,18 @@ def test_an_abbreviated_option_is_an_error(tmp_path, dataset, capsys, subcommand
     assert misspelt_name in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--optimizer=Adam", "--lr_scheduler=StepLR"])
+def test_lightnings_optimizer_options_are_not_offered(tmp_path, dataset, capsys, option):
+    """The module makes its optimizer and learning-rate schedule from its own settings
+    (``--model.lr``, ``--model.warmup_epochs``, ...): LightningCLI's ``--optimizer`` and
+    ``--lr_scheduler``, which would replace them, are unknown options rather than a second way."""
+    config = _config(tmp_path, dataset)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), option, "--print_config"])
+    assert exit_info.value.code == 2
+    assert option.split("=")[0] in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("seed", [5, 11])
 def test_seed_everything_seeds_the_data(tmp_path, dataset, seed):
     """``--seed_everything`` reaches the data module's shuffling and augmentation."""
