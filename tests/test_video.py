@@ -171,10 +171,20 @@ def key_frames(path: Path) -> list[int]:
 
 
 @pytest.mark.parametrize(("threads", "thread_type"), [(1, "NONE"), (2, "FRAME"), (2, "SLICE"), (0, "AUTO")])
-def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int, thread_type: str) -> None:
+def test_decoder_threading_does_not_change_frames(video_path: Path, threads: int, thread_type: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     indices = [2, 13, 14, 30]
     reference = VideoFileReader(threads=1, thread_type="NONE").read(video_path, indices)
+    decoder_settings = []  # (the stream's, as its timing is read: before the first frame is decoded)
+    timing_of = video._StreamTiming.of
+
+    def recording_timing_of(container, stream, source):
+        decoder_settings.append((stream.thread_count, stream.thread_type.name))
+        return timing_of(container, stream, source)
+
+    monkeypatch.setattr(video._StreamTiming, "of", recording_timing_of)
     assert torch.equal(VideoFileReader(threads=threads, thread_type=thread_type).read(video_path, indices), reference)
+    assert decoder_settings == [(threads, thread_type)]
 
 
 def test_a_negative_thread_count_is_refused() -> None:
