@@ -463,6 +463,32 @@ def test_an_mp4_missing_its_last_frames_is_counted_without_them(tmp_path: Path, 
     assert identify(VideoFileReader().read(cut, [count - 1])) == [count - 1]
 
 
+def test_a_matroska_video_whose_sound_runs_longer_is_not_taken_for_truncated(tmp_path: Path, caplog) -> None:
+    """Matroska gives no stream durations, only the container's, the longest track's: a clip
+    whose sound goes on after its last frame (a Kinetics download) does not look cut short."""
+    path = tmp_path / "with_sound.mkv"
+    with av.open(str(path), "w") as container:
+        picture = container.add_stream("mpeg4", rate=FPS)
+        picture.width, picture.height, picture.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        sound = container.add_stream("pcm_s16le", rate=8000)
+        sound.layout = "mono"
+        for index in range(NUM_FRAMES):
+            frame = av.VideoFrame.from_ndarray(frame_pixels(index), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, FPS)
+            container.mux(picture.encode(frame))
+        container.mux(picture.encode())
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 3 * 8000), np.int16), format="s16", layout="mono")
+        samples.sample_rate, samples.pts = 8000, 0
+        container.mux(sound.encode(samples))
+        container.mux(sound.encode())
+    with av.open(str(path)) as container:
+        assert container.duration / av.time_base > 2 * NUM_FRAMES / FPS  # (three seconds of sound)
+    with caplog.at_level("WARNING", logger="lightning_gsf.data.video"):
+        assert count_video_frames(path) == NUM_FRAMES
+    assert caplog.text == ""
+    assert identify(VideoFileReader().read(path, [0, NUM_FRAMES - 1])) == [0, NUM_FRAMES - 1]
+
+
 def remux(source: Path, path: Path, change: Callable[[int, av.Packet], None]) -> Path:
     """``source``'s video packets in a new file of ``path``'s format, ``change(k, packet)``
     applied to the k-th packet first."""
