@@ -551,14 +551,25 @@ def test_a_long_run_without_frames_is_read_with_one_warning(tmp_path: Path, capl
         "a damaged stretch of the video? (check the file, or re-encode it; said once per file)"]
 
 
-def test_a_short_matroska_file_without_a_start_time(tmp_path: Path) -> None:
+def test_a_short_matroska_file_without_a_start_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """FFmpeg gives a few-frame H.264 Matroska file that starts late no start time: its first
-    frame's timestamp is found by decoding it (the frames used to be unreachable)."""
-    path = write_video(tmp_path / "short.mkv", "libx264", first_pts=15, num_frames=5,
-                       options={"bf": "0", "tune": "zerolatency"})
-    with av.open(str(path)) as container:
-        assert container.streams.video[0].start_time is None  # (the case this test is about)
-    assert identify(VideoFileReader().read(path, [0, 2, 4])) == [0, 2, 4]
+    frame's timestamp is found by decoding it (the frames used to be unreachable). That is done
+    once per file and process, kept by path, modification time and size, for so many files: a
+    file written again under the same name is timed again, and the oldest file is forgotten."""
+    monkeypatch.setattr(video, "_FIRST_PTS_KEPT", 2)
+    monkeypatch.setattr(video, "_FIRST_PTS", {})
+    path = tmp_path / "short.mkv"
+    for first_pts, num_frames in [(15, 5), (40, 6)]:
+        write_video(path, "libx264", first_pts=first_pts, num_frames=num_frames,
+                    options={"bf": "0", "tune": "zerolatency"})
+        with av.open(str(path)) as container:
+            assert container.streams.video[0].start_time is None  # (the case this test is about)
+        assert identify(VideoFileReader().read(path, [0, 2, 4])) == [0, 2, 4]
+    second_writing = (str(path), path.stat().st_mtime_ns, path.stat().st_size)
+    other = write_video(tmp_path / "other.mkv", "libx264", first_pts=9, num_frames=5,
+                        options={"bf": "0", "tune": "zerolatency"})
+    assert identify(VideoFileReader().read(other, [1])) == [1]
+    assert list(video._FIRST_PTS) == [second_writing, (str(other), other.stat().st_mtime_ns, other.stat().st_size)]
 
 
 @pytest.mark.parametrize("suffix", ["mkv", "webm"])
