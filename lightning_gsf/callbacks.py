@@ -188,8 +188,9 @@ class PreemptionCheckpoint(_StopCheckpoint):
     it, the resumed run would skip that validation.) The default name, ``last``, makes ``--ckpt_path last`` resume from it: it is
     the newest "last" checkpoint of the ``ModelCheckpoint`` directory.
 
-    Under DDP, from the start of training to its end, this callback's handler replaces
-    Lightning's for SIGTERM: the signal may reach one process or all, at different moments
+    From the start of training to its end, this callback's handler replaces Lightning's for
+    SIGTERM (with one process it does what Lightning's does, and keeps the signal's name beside
+    a Ctrl-C's). Under DDP the signal may reach one process or all, at different moments
     (SLURM signals every process of a job step), and Lightning's handler, which broadcasts
     inside the handler and sets only its own process's flag, checked by each process on its
     own, let processes stop at different batches and wait for each other in mismatched
@@ -215,9 +216,10 @@ class PreemptionCheckpoint(_StopCheckpoint):
     taken as a SIGTERM: the run stops at the same clean point, with the checkpoint, and
     :func:`stop_signal` tells the two apart (``gsf`` exits with status 130, not 143; so does a
     program that calls ``Trainer.fit`` itself and lets the exception, a ``SystemExit``, end
-    it). Under DDP the processes agree on a Ctrl-C as on a SIGTERM (SIGTERM outranks it, where
-    both came). A second Ctrl-C raises ``KeyboardInterrupt`` at once, as before: Lightning
-    stops without a checkpoint. The data loaders of :mod:`~lightning_gsf.data.samplers` start
+    it). Under DDP the processes agree on a Ctrl-C as on a SIGTERM. A run that received both,
+    in either order, was preempted: SIGTERM outranks the Ctrl-C (status 143). A second Ctrl-C
+    raises ``KeyboardInterrupt`` at once, as before: Lightning stops without a checkpoint. The
+    data loaders of :mod:`~lightning_gsf.data.samplers` start
     their worker processes ignoring SIGINT and SIGTERM, so that a Ctrl-C from the terminal
     or SLURM's SIGTERM, which reach them too, leaves them reading the batches that the stop
     still needs (and a signal while they start still reaches the training process).
@@ -253,8 +255,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
         self._stop_signal = None
         if threading.current_thread() is not threading.main_thread():
             return  # (Python runs signal handlers in the main thread only)
-        if trainer.world_size > 1:
-            self._take_over_sigterm(trainer)
+        self._take_over_sigterm(trainer)
         if not self.stop_on_ctrl_c or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             return  # (a program that handles SIGINT itself keeps its handler)
 
@@ -270,7 +271,9 @@ class PreemptionCheckpoint(_StopCheckpoint):
         self._handlers_replaced[signal.SIGINT] = signal.signal(signal.SIGINT, stop_after_this_batch)
 
     def _take_over_sigterm(self, trainer: pl.Trainer) -> None:
-        """Under DDP, replace Lightning's SIGTERM handler for the training: it runs a broadcast
+        """Replace Lightning's SIGTERM handler for the training. With one process ours sets
+        Lightning's flag as its handler does, and notes the signal, which a Ctrl-C received
+        before it would otherwise name. Under DDP Lightning's runs a broadcast
         inside the handler and sets the flag of its own process only, which Lightning checks on
         each process at the end of every batch, so processes that received the signal at
         different moments stopped at different batches and waited for each other in mismatched
@@ -287,8 +290,11 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
         def stop_after_this_batch(signum: int, frame: FrameType | None) -> None:
             self._note_stop_signal(trainer, signal.SIGTERM)
-            log.info("rank %d received SIGTERM: the processes stop together after a batch, with a checkpoint",
-                     trainer.global_rank)
+            if trainer.world_size > 1:
+                log.info("rank %d received SIGTERM: the processes stop together after a batch, with a checkpoint",
+                         trainer.global_rank)
+            else:
+                log.info("received SIGTERM: stopping after this batch, with a checkpoint")
             for handler in others:
                 handler = signal.getsignal(handler) if isinstance(handler, int) else handler
                 if callable(handler):
@@ -299,21 +305,23 @@ class PreemptionCheckpoint(_StopCheckpoint):
     def _note_stop_signal(self, trainer: pl.Trainer, signum: int) -> None:
         """(In a signal handler.) With one process, set Lightning's flag, as its SIGTERM handler
         does; under DDP only note the signal (no collective may run in a handler):
-        :meth:`_agree_on_a_stop` shares it, SIGTERM outranking a Ctrl-C (a run both stopped is
-        preempted: 143, for its resubmission)."""
+        :meth:`_agree_on_a_stop` shares it. Either way SIGTERM outranks a Ctrl-C, whichever
+        came first (a run both stopped is preempted: 143, for its resubmission)."""
         if trainer.world_size > 1:
             self._pending_signal = max(self._pending_signal, signum)
         else:
-            self._stop_signal = signum
+            self._stop_signal = max(self._stop_signal or 0, signum)
             trainer._signal_connector.received_sigterm = True
 
     def _agree_on_a_stop(self, trainer: pl.Trainer, received_otherwise: bool = False) -> bool:
         """(DDP; every process calls it at the same point.) Whether any process received a stop
         signal, the strongest of them now this run's: an all-reduce (max) of each process's
-        :meth:`_note_stop_signal`, or SIGTERM where ``received_otherwise`` (Lightning's flag). It
+        :meth:`_note_stop_signal` and, where ``received_otherwise``, of the stop agreed on before
+        and held (a Ctrl-C held to the end of an accumulation window stays one), else SIGTERM
+        (Lightning's flag, set by its own handler before this one's took over). It
         sets Lightning's flag on every process alike, so that they stop at the same batch. (One
         small all-reduce a training batch, beside Lightning's own broadcast of its flag.)"""
-        pending = max(self._pending_signal, signal.SIGTERM if received_otherwise else 0)
+        pending = max(self._pending_signal, (self._stop_signal or signal.SIGTERM) if received_otherwise else 0)
         local = torch.tensor([int(pending)], dtype=torch.int32, device=trainer.strategy.root_device)
         agreed = int(trainer.strategy.reduce(local, reduce_op="max").item())
         trainer._signal_connector.received_sigterm = bool(agreed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import queue
 import random
 import re
 import signal
@@ -312,6 +313,43 @@ def test_exact_resume_restores_this_ranks_random_state_at_the_first_batch():
     assert _draws() == expected
     callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 1)  # only once
     assert _draws() != expected
+
+
+def _resume_random_state_on(rank: int, store: str, results) -> None:
+    """(In a forked process: rank ``rank`` of two, over gloo.) Whether ExactResume gives this
+    rank its own random state back from a checkpoint that rank 0 wrote."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)  # (the ranks' random states differ)
+        callback = ExactResume()
+        saved = [callback.state_dict()]
+        expected = _draws()
+        torch.distributed.broadcast_object_list(saved, src=0)  # (rank 0 writes the checkpoint; every rank loads it)
+        callback.load_state_dict(saved[0])
+        _draws()
+        callback.on_train_batch_start(SimpleNamespace(world_size=2, global_rank=rank), None, None, 0)
+        results.put((rank, _draws() == expected))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_exact_resume_saves_every_ranks_own_random_state_under_ddp(tmp_path):
+    """Two processes with their own random states: the checkpoint holds both, and each rank
+    resumes its own (a checkpoint of rank 0's state alone gave rank 1 rank 0's draws)."""
+    context = torch.multiprocessing.get_context("fork")
+    results = context.Queue()
+    processes = [context.Process(target=_resume_random_state_on, args=(rank, str(tmp_path / "store"), results))
+                 for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    try:
+        assert sorted(results.get(timeout=60) for _ in processes) == [(0, True), (1, True)]
+    except queue.Empty:
+        raise AssertionError("a process gave no result within 60 s") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            process.kill()
 
 
 def test_exact_resume_on_another_world_size_keeps_fresh_random_state_and_says_so(caplog):

@@ -25,12 +25,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.connectors.signal_connector import _HandlersCompose
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -1017,3 +1020,137 @@ def test_a_restarted_validation_keeps_the_epochs_earlier_validations_in_the_tota
     restart_validation_on_resume({"loops": {"fit_loop": {"epoch_loop.val_loop.batch_progress": progress}}})
     assert progress == {"current": {"ready": 1, "started": 1, "processed": 0, "completed": 0},
                         "total": {"ready": 6, "started": 6, "processed": 5, "completed": 5}, "is_last_batch": False}
+
+
+# The signal and DDP paths of the stop callbacks with a stand-in trainer: one process plays one
+# rank, its all-reduce adding the other rank's value (the two-process runs above cannot see
+# which rank said what, nor a signal's name in every order).
+
+
+class TwoProcessTrainer:
+    """Rank ``rank`` of a two-process fit (or the one process, ``world_size=1``); its all-reduce
+    adds ``other`` (the other rank's value)."""
+
+    accumulate_grad_batches, sanity_checking, current_epoch, global_step = 1, False, 1, 3
+    train_dataloader = val_dataloaders = None
+
+    def __init__(self, rank: int = 0, other: int = 0, world_size: int = 2) -> None:
+        self.world_size, self.global_rank, self.is_global_zero, self.callbacks = world_size, rank, rank == 0, []
+        self._signal_connector = SimpleNamespace(received_sigterm=False)
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"),
+                                        reduce=lambda tensor, reduce_op: tensor + other)
+        self.state = SimpleNamespace(fn=TrainerFn.FITTING)
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(
+            _should_accumulate=lambda: False, batch_progress=SimpleNamespace(current=SimpleNamespace(ready=1))))
+
+    @property
+    def received_sigterm(self) -> bool:
+        return self._signal_connector.received_sigterm
+
+
+@contextlib.contextmanager
+def _lightnings_sigterm_handler(trainer: TwoProcessTrainer,
+                                *others: Callable[[int, object], None]) -> Iterator[None]:
+    """As Lightning sets SIGTERM up: its notifier (which sets its flag) composed with ``others``."""
+    def notifier(signum: int, frame: object) -> None:
+        trainer._signal_connector.received_sigterm = True
+
+    trainer._signal_connector._sigterm_notifier_fn = notifier
+    previous = signal.signal(signal.SIGTERM, _HandlersCompose([*others, notifier]))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+@pytest.mark.parametrize("order", [(signal.SIGTERM, signal.SIGINT), (signal.SIGINT, signal.SIGTERM)],
+                         ids=["sigterm_first", "ctrl_c_first"])
+def test_a_sigterm_outranks_a_ctrl_c_in_either_order(world_size, order, sigint_as_in_a_terminal):
+    """A run preempted after a Ctrl-C (or the other way round) ends as preempted (143), so that
+    it is resubmitted. (With one process a SIGTERM after the Ctrl-C was Lightning's alone and
+    left the run named by the Ctrl-C.)"""
+    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer(world_size=world_size)
+    with _lightnings_sigterm_handler(trainer):
+        callback.on_train_start(trainer, None)
+        try:
+            for signum in order:
+                os.kill(os.getpid(), signum)
+            callback.on_train_batch_end(trainer, None, None, None, 0)
+        finally:
+            callback.on_train_end(trainer, None)
+    assert trainer.received_sigterm and callback._stop_name() == "SIGTERM"
+
+
+def test_under_ddp_a_ctrl_c_held_to_the_end_of_an_accumulation_window_stays_a_ctrl_c(caplog):
+    """(It was agreed on as a Ctrl-C, then taken for a SIGTERM at the window's end: exit 143.)"""
+    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    accumulating = iter([True, False])
+    trainer.fit_loop.epoch_loop._should_accumulate = lambda: next(accumulating)
+    callback._note_stop_signal(trainer, signal.SIGINT)
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert not trainer.received_sigterm
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        callback.on_train_batch_end(trainer, None, None, None, 1)
+    assert trainer.received_sigterm and callback._stop_name() == "Ctrl-C"
+    assert "Ctrl-C inside a gradient-accumulation window: stopping at its end, step 3" in caplog.text
+
+
+def test_under_ddp_lightnings_own_sigterm_flag_in_a_validation_is_agreed_on():
+    """Lightning's flag, set by its own handler before the callback's took over (in the sanity
+    check), is held to the validation's end, then agreed on as a SIGTERM."""
+    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    trainer._signal_connector.received_sigterm = True
+    callback.on_validation_batch_end(trainer, None, None, None, 0)
+    assert not trainer.received_sigterm
+    callback.on_validation_end(trainer, None)
+    assert trainer.received_sigterm and callback._stop_name() == "SIGTERM"
+
+
+def test_under_ddp_rank_0_announces_the_agreed_stop_once(caplog):
+    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+        assert caplog.text == ""
+        callback._note_stop_signal(trainer, signal.SIGTERM)
+        callback.on_train_batch_end(trainer, None, None, None, 1)
+    assert "SIGTERM: every process stops after this batch, with a checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_sigterm_is_noted_and_the_programs_own_handler_still_runs(world_size):
+    """The callback's handler replaces Lightning's (under DDP a broadcast in a signal handler)
+    and keeps the handlers Lightning composed with it (a program's, SLURM's requeue message).
+    One process stops after the batch at once; under DDP the processes agree at its end."""
+    called, trainer = [], TwoProcessTrainer(world_size=world_size)
+    callback = PreemptionCheckpoint(stop_on_ctrl_c=False)
+    with _lightnings_sigterm_handler(trainer, lambda signum, frame: called.append("program")):
+        callback.on_train_start(trainer, None)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert called == ["program"] and trainer.received_sigterm == (world_size == 1)
+            callback.on_train_batch_end(trainer, None, None, None, 0)
+            assert trainer.received_sigterm and callback._stop_name() == "SIGTERM"
+        finally:
+            callback.on_train_end(trainer, None)
+        assert signal.getsignal(signal.SIGTERM).signal_handlers[-1] is trainer._signal_connector._sigterm_notifier_fn
+
+
+def _gathering(monkeypatch: pytest.MonkeyPatch, every_ranks_messages: list[list[str]]) -> None:
+    """``all_gather_object`` as if the ranks had ``every_ranks_messages``."""
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda into, mine: into.__setitem__(slice(None), every_ranks_messages))
+
+
+def test_under_ddp_the_rank_that_read_its_batch_names_the_others_unreadable_sample(monkeypatch):
+    _gathering(monkeypatch, [[], ["sample 5 (vectors.csv, line 7): cannot be read"]])
+    with pytest.raises(SampleReadError, match=r"another process could not .*\. rank 1: sample 5 \(vectors.csv"):
+        DataErrorCheckpoint().on_train_batch_start(TwoProcessTrainer(rank=0, other=1), None, ("a batch",), 0)
+
+
+def test_under_ddp_every_rank_counts_the_unreadable_validation_batches_of_all(monkeypatch):
+    callback, trainer = DataErrorCheckpoint(), TwoProcessTrainer(rank=1, other=1)
+    trainer.callbacks = [callback]
+    _gathering(monkeypatch, [["sample 2 (vectors.csv, line 4): cannot be read"], []])
+    with pytest.raises(SampleReadError, match=r"^1 validation batch\(es\) cannot be read, .* rank 0: sample 2 "):
+        callback.on_validation_epoch_end(trainer, None)
