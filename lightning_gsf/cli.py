@@ -326,6 +326,12 @@ class GSFCLI(LightningCLI):
             if trainer_config.get("enable_progress_bar") is not False and not has_bar:
                 callbacks.append(RichProgressBar())
             kwargs["callbacks"] = callbacks
+            # A callback of gsf's defaults given in the config replaces the default (its settings,
+            # PreemptionCheckpoint(stop_on_ctrl_c=false) say, would otherwise run beside the default's).
+            self.trainer_defaults["callbacks"] = [
+                default for default in self.trainer_defaults["callbacks"]
+                if not any(isinstance(callback, type(default)) for callback in callbacks)
+            ]
         return super().instantiate_trainer(**kwargs)
 
 

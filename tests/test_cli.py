@@ -27,7 +27,13 @@ from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import cli
-from lightning_gsf.callbacks import AtomicCheckpointIO, CheckpointMismatchError, PreemptionCheckpoint
+from lightning_gsf.callbacks import (
+    AtomicCheckpointIO,
+    CheckpointMismatchError,
+    DataErrorCheckpoint,
+    ExactResume,
+    PreemptionCheckpoint,
+)
 from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.data.errors import SampleReadError, original_message
@@ -743,6 +749,26 @@ def test_a_configured_progress_bar_replaces_the_rich_one(tmp_path, dataset):
     fitted = run(["fit", "--config", str(config), "--trainer.callbacks+=pytorch_lightning.callbacks.TQDMProgressBar",
                   "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false"])
     assert type(fitted.trainer.progress_bar_callback) is TQDMProgressBar
+
+
+@pytest.mark.parametrize(("kind", "settings"), [
+    (PreemptionCheckpoint, {"stop_on_ctrl_c": False, "filename": "stopped"}),
+    (DataErrorCheckpoint, {"filename": "unreadable"}),
+    (ExactResume, {}),
+])
+def test_a_configured_stop_or_resume_callback_replaces_gsfs_default(tmp_path, dataset, kind, settings):
+    """One of gsf's default callbacks given in ``trainer.callbacks``, with settings of its own,
+    is the run's only one of its kind (a second PreemptionCheckpoint kept the default's Ctrl-C
+    handling; two ExactResume are refused by Lightning)."""
+    config = _config(tmp_path, dataset)
+    options = [f"--trainer.callbacks.{name}={value}" for name, value in settings.items()]
+    fitted = run(["fit", "--config", str(config), f"--trainer.callbacks+={kind.__module__}.{kind.__name__}", *options,
+                  "--trainer.max_steps=1", "--trainer.limit_val_batches=0", "--trainer.logger=false"])
+    of_the_kind = [callback for callback in fitted.trainer.callbacks if isinstance(callback, kind)]
+    assert len(of_the_kind) == 1
+    assert all(getattr(of_the_kind[0], name) == value for name, value in settings.items())
+    defaults = (PreemptionCheckpoint, DataErrorCheckpoint, ExactResume)
+    assert all(sum(isinstance(c, default) for c in fitted.trainer.callbacks) == 1 for default in defaults)
 
 
 def test_gsf_help_describes_the_subcommands_and_tools(capsys):
