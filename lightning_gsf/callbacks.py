@@ -219,10 +219,10 @@ class PreemptionCheckpoint(_StopCheckpoint):
     it). Under DDP the processes agree on a Ctrl-C as on a SIGTERM. A run that received both,
     in either order, was preempted: SIGTERM outranks the Ctrl-C (status 143). A second Ctrl-C
     raises ``KeyboardInterrupt`` at once, as before: Lightning stops without a checkpoint. The
-    data loaders of :mod:`~lightning_gsf.data.samplers` start
-    their worker processes ignoring SIGINT and SIGTERM, so that a Ctrl-C from the terminal
-    or SLURM's SIGTERM, which reach them too, leaves them reading the batches that the stop
-    still needs (and a signal while they start still reaches the training process).
+    data loaders of :mod:`~lightning_gsf.data.samplers` start their worker processes ignoring
+    SIGINT and SIGTERM, so that a Ctrl-C from the terminal or SLURM's SIGTERM, which reach them
+    too, leaves them reading the batches that the stop still needs (and a signal while they
+    start still reaches the training process).
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.

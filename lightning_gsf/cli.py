@@ -329,7 +329,7 @@ class GSFCLI(LightningCLI):
             # A callback of gsf's defaults given in the config replaces the default (its settings,
             # PreemptionCheckpoint(stop_on_ctrl_c=false) say, would otherwise run beside the default's).
             self.trainer_defaults["callbacks"] = [
-                default for default in self.trainer_defaults["callbacks"]
+                default for default in self.trainer_defaults.get("callbacks", [])
                 if not any(isinstance(callback, type(default)) for callback in callbacks)
             ]
         return super().instantiate_trainer(**kwargs)
