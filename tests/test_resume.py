@@ -1027,9 +1027,9 @@ def test_a_restarted_validation_keeps_the_epochs_earlier_validations_in_the_tota
 # which rank said what, nor a signal's name in every order).
 
 
-class TwoProcessTrainer:
+class StandInTrainer:
     """Rank ``rank`` of a two-process fit (or the one process, ``world_size=1``); its all-reduce
-    adds ``other`` (the other rank's value)."""
+    adds ``other``, the other rank's value (0: the max is this rank's)."""
 
     accumulate_grad_batches, sanity_checking, current_epoch, global_step = 1, False, 1, 3
     train_dataloader = val_dataloaders = None
@@ -1049,7 +1049,7 @@ class TwoProcessTrainer:
 
 
 @contextlib.contextmanager
-def _lightnings_sigterm_handler(trainer: TwoProcessTrainer,
+def _lightnings_sigterm_handler(trainer: StandInTrainer,
                                 *others: Callable[[int, object], None]) -> Iterator[None]:
     """As Lightning sets SIGTERM up: its notifier (which sets its flag) composed with ``others``."""
     def notifier(signum: int, frame: object) -> None:
@@ -1070,7 +1070,7 @@ def test_a_sigterm_outranks_a_ctrl_c_in_either_order(world_size, order, sigint_a
     """A run preempted after a Ctrl-C (or the other way round) ends as preempted (143), so that
     it is resubmitted. (With one process a SIGTERM after the Ctrl-C was Lightning's alone and
     left the run named by the Ctrl-C.)"""
-    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer(world_size=world_size)
+    callback, trainer = PreemptionCheckpoint(), StandInTrainer(world_size=world_size)
     with _lightnings_sigterm_handler(trainer):
         callback.on_train_start(trainer, None)
         try:
@@ -1084,7 +1084,7 @@ def test_a_sigterm_outranks_a_ctrl_c_in_either_order(world_size, order, sigint_a
 
 def test_under_ddp_a_ctrl_c_held_to_the_end_of_an_accumulation_window_stays_a_ctrl_c(caplog):
     """(It was agreed on as a Ctrl-C, then taken for a SIGTERM at the window's end: exit 143.)"""
-    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    callback, trainer = PreemptionCheckpoint(), StandInTrainer()
     accumulating = iter([True, False])
     trainer.fit_loop.epoch_loop._should_accumulate = lambda: next(accumulating)
     callback._note_stop_signal(trainer, signal.SIGINT)
@@ -1099,7 +1099,7 @@ def test_under_ddp_a_ctrl_c_held_to_the_end_of_an_accumulation_window_stays_a_ct
 def test_under_ddp_lightnings_own_sigterm_flag_in_a_validation_is_agreed_on():
     """Lightning's flag, set by its own handler before the callback's took over (in the sanity
     check), is held to the validation's end, then agreed on as a SIGTERM."""
-    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    callback, trainer = PreemptionCheckpoint(), StandInTrainer()
     trainer._signal_connector.received_sigterm = True
     callback.on_validation_batch_end(trainer, None, None, None, 0)
     assert not trainer.received_sigterm
@@ -1108,7 +1108,7 @@ def test_under_ddp_lightnings_own_sigterm_flag_in_a_validation_is_agreed_on():
 
 
 def test_under_ddp_rank_0_announces_the_agreed_stop_once(caplog):
-    callback, trainer = PreemptionCheckpoint(), TwoProcessTrainer()
+    callback, trainer = PreemptionCheckpoint(), StandInTrainer()
     with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
         callback.on_train_batch_end(trainer, None, None, None, 0)
         assert caplog.text == ""
@@ -1122,7 +1122,7 @@ def test_a_sigterm_is_noted_and_the_programs_own_handler_still_runs(world_size):
     """The callback's handler replaces Lightning's (under DDP a broadcast in a signal handler)
     and keeps the handlers Lightning composed with it (a program's, SLURM's requeue message).
     One process stops after the batch at once; under DDP the processes agree at its end."""
-    called, trainer = [], TwoProcessTrainer(world_size=world_size)
+    called, trainer = [], StandInTrainer(world_size=world_size)
     callback = PreemptionCheckpoint(stop_on_ctrl_c=False)
     with _lightnings_sigterm_handler(trainer, lambda signum, frame: called.append("program")):
         callback.on_train_start(trainer, None)
@@ -1145,11 +1145,11 @@ def _gathering(monkeypatch: pytest.MonkeyPatch, every_ranks_messages: list[list[
 def test_under_ddp_the_rank_that_read_its_batch_names_the_others_unreadable_sample(monkeypatch):
     _gathering(monkeypatch, [[], ["sample 5 (vectors.csv, line 7): cannot be read"]])
     with pytest.raises(SampleReadError, match=r"another process could not .*\. rank 1: sample 5 \(vectors.csv"):
-        DataErrorCheckpoint().on_train_batch_start(TwoProcessTrainer(rank=0, other=1), None, ("a batch",), 0)
+        DataErrorCheckpoint().on_train_batch_start(StandInTrainer(rank=0, other=1), None, ("a batch",), 0)
 
 
 def test_under_ddp_every_rank_counts_the_unreadable_validation_batches_of_all(monkeypatch):
-    callback, trainer = DataErrorCheckpoint(), TwoProcessTrainer(rank=1, other=1)
+    callback, trainer = DataErrorCheckpoint(), StandInTrainer(rank=1, other=1)
     trainer.callbacks = [callback]
     _gathering(monkeypatch, [["sample 2 (vectors.csv, line 4): cannot be read"], []])
     with pytest.raises(SampleReadError, match=r"^1 validation batch\(es\) cannot be read, .* rank 0: sample 2 "):
