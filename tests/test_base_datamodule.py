@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from lightning_gsf.data.base import ClipDataset, ClipSample, VideoDataModule, sample_seed
 from lightning_gsf.data.errors import AnnotationError, SampleReadError
+from lightning_gsf.data import samplers
 from lightning_gsf.data.samplers import UnpaddedDistributedSampler
 from lightning_gsf.data.transforms import EvalClipTransform, TrainClipTransform
 
@@ -546,6 +547,17 @@ def test_a_train_split_smaller_than_one_dropped_batch_is_an_error():
     assert len(kept.train_dataloader()) == 1
 
 
+def test_a_train_split_smaller_than_one_dropped_batch_per_process_is_an_error(monkeypatch):
+    """Under DDP each process holds its share: 10 samples on 2 processes are 5 each, fewer than
+    one batch of 8 (though the split itself is not), and drop_last would leave no batch."""
+    monkeypatch.setattr(samplers, "process_group_layout", lambda num_replicas=None, rank=None: (2, 0))
+    datamodule = toy(batch_size=8)
+    datamodule.setup("fit")
+    with pytest.raises(ValueError, match="the train split has 10 samples, 5 for each of 2 processes: fewer than "
+                                         "one batch of 8, and drop_last"):
+        datamodule.train_dataloader()
+
+
 @pytest.mark.parametrize(
     ("module_path", "split_files"),
     [
@@ -648,15 +660,18 @@ def test_the_training_loader_shuffles_by_the_data_seed_and_the_epoch():
     assert order(2, 0) != first
 
 
-def test_a_fraction_of_evaluation_batches_must_leave_every_process_one():
-    """7 samples in batches of 3 split unpadded as 2 batches and 1: half of each leaves process 1 none."""
+@pytest.mark.parametrize("role", ["val", "test", "predict"])
+def test_a_fraction_of_evaluation_batches_must_leave_every_process_one(role):
+    """7 samples in batches of 3 split unpadded as 2 batches and 1: half of each leaves process 1
+    none. Each evaluation's own limit counts (``limit_test_batches`` for the test split)."""
     datamodule = toy(eval_batch_size=3)
     sampler = UnpaddedDistributedSampler(list(range(7)), num_replicas=2, rank=0)
-    datamodule.trainer = SimpleNamespace(limit_val_batches=0.5)
-    with pytest.raises(ValueError, match=r"limit_val_batches=0.5 leaves .*the 2 processes hold 2, 1\)"):
-        datamodule._check_every_process_keeps_a_batch("val", sampler)
-    datamodule.trainer = SimpleNamespace(limit_val_batches=1)
-    datamodule._check_every_process_keeps_a_batch("val", sampler)
+    others = {f"limit_{other}_batches": 1.0 for other in ("val", "test", "predict") if other != role}
+    datamodule.trainer = SimpleNamespace(**{f"limit_{role}_batches": 0.5}, **others)
+    with pytest.raises(ValueError, match=rf"limit_{role}_batches=0.5 leaves .*the 2 processes hold 2, 1\)"):
+        datamodule._check_every_process_keeps_a_batch(role, sampler)
+    datamodule.trainer = SimpleNamespace(**{f"limit_{role}_batches": 1}, **others)
+    datamodule._check_every_process_keeps_a_batch(role, sampler)
 
 
 def test_memory_is_pinned_only_for_a_cuda_device(monkeypatch):

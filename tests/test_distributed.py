@@ -104,9 +104,13 @@ def test_torchrun_trains_with_two_processes(torchrun_checkpoint):
 
 
 def test_ddp_validation_equals_one_process_on_the_same_checkpoint(tiny_epic, torchrun_checkpoint, tmp_path):
+    """7 validation samples in batches of 3: process 0 holds 2 batches, process 1 one. Every
+    metric state is gathered as one tensor a process (a state gathered batch by batch would
+    take as many collectives on every process, and broke the connection here)."""
     runs = {devices: tmp_path / f"validate_{devices}" for devices in (1, 2)}
     commands = [
-        gsf("validate", *gsf_arguments(tiny_epic, run_dir, devices), f"--ckpt_path={torchrun_checkpoint}")
+        gsf("validate", *gsf_arguments(tiny_epic, run_dir, devices), f"--ckpt_path={torchrun_checkpoint}",
+            "--data.init_args.eval_batch_size=3")
         for devices, run_dir in runs.items()
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -104,6 +104,8 @@ def test_mid_epoch_resume_yields_exactly_the_rest_of_the_epoch(size, num_replica
     for loader, state in zip(resumed, states):
         loader.load_state_dict(state)
         loader.sampler.set_epoch(epoch)  # what Lightning does at the start of the resumed epoch
+        # (a checkpoint before the first batch, a second stop during start-up, keeps the position)
+        assert loader.state_dict()["sampler"] == state["sampler"]
     after = [[int(i) for batch in loader for i in batch] for loader in resumed]
     assert [b + a for b, a in zip(before, after)] == full
     # The restored position applies once: iterated again in the same epoch, a whole epoch.
