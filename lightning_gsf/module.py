@@ -217,6 +217,16 @@ class VideoClassificationModule(pl.LightningModule):
         kwargs.setdefault("pretrained", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    def setup(self, stage: str) -> None:
+        # A clip of the data module's size for Lightning's model summary, which then counts the
+        # FLOPs of a clip in its table ("Total FLOPs: 0" without one). GSF's C++ and Triton
+        # kernels are not counted (``gsf benchmark`` counts GSF's reference computation). Not
+        # under torch.compile, which would compile the summary's batch of one for nothing.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        input_size = getattr(datamodule, "input_size", None)
+        if input_size and not self.hparams.compile:
+            self.example_input_array = torch.zeros(1, self.hparams.num_segments, 3, input_size, input_size)
+
     def configure_model(self) -> None:
         # Lightning calls this at every stage's start: compile once. nn.Module.compile wraps
         # the call in place, so the state-dict names stay those of the eager model.

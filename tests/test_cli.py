@@ -24,6 +24,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ThroughputMonitor, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.model_summary.model_summary import get_human_readable_count
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf import cli
@@ -769,6 +770,24 @@ def test_a_configured_stop_or_resume_callback_replaces_gsfs_default(tmp_path, da
     assert all(getattr(of_the_kind[0], name) == value for name, value in settings.items())
     defaults = (PreemptionCheckpoint, DataErrorCheckpoint, ExactResume)
     assert all(sum(isinstance(c, default) for c in fitted.trainer.callbacks) == 1 for default in defaults)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_model_summary_counts_the_flops_of_a_clip(tmp_path, dataset, capsys, compiled):
+    """Lightning's model summary counts the FLOPs of an example clip of the data's size (it
+    printed "Total FLOPs: 0"); not under torch.compile, which would compile that clip."""
+    config = _config(tmp_path, dataset)
+    fitted = run(["fit", "--config", str(config), "--trainer.enable_model_summary=true", "--trainer.max_steps=1",
+                  "--trainer.limit_val_batches=0", "--trainer.logger=false",
+                  *(["--model.compile", "{backend: eager}"] if compiled else [])])
+    total = re.search(r"Total FLOPs: *(.+?) *$", capsys.readouterr().out, flags=re.MULTILINE)
+    if compiled:
+        assert fitted.model.example_input_array is None and (total is None or total[1] == "0")
+        return
+    assert fitted.model.example_input_array.shape == (1, NUM_SEGMENTS, 3, 32, 32)
+    with torch.utils.flop_counter.FlopCounterMode(display=False) as counter, torch.no_grad():
+        fitted.model.eval()(fitted.model.example_input_array)
+    assert counter.get_total_flops() > 10**6 and total[1] == get_human_readable_count(counter.get_total_flops())
 
 
 def test_gsf_help_describes_the_subcommands_and_tools(capsys):
