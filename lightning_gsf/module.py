@@ -222,8 +222,7 @@ class VideoClassificationModule(pl.LightningModule):
         # FLOPs of a clip in its table ("Total FLOPs: 0" without one). GSF's C++ and Triton
         # kernels are not counted (``gsf benchmark`` counts GSF's reference computation). Not
         # under torch.compile, which would compile the summary's batch of one for nothing.
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        input_size = getattr(datamodule, "input_size", None)
+        input_size = getattr(getattr(self._trainer, "datamodule", None), "input_size", None)
         if input_size and not self.hparams.compile:
             self.example_input_array = torch.zeros(1, self.hparams.num_segments, 3, input_size, input_size)
 
