@@ -103,14 +103,26 @@ def test_torchrun_trains_with_two_processes(torchrun_checkpoint):
     assert (sampler_state["epoch"], sampler_state["position"]) == (0, 8)
 
 
-def test_ddp_validation_equals_one_process_on_the_same_checkpoint(tiny_epic, torchrun_checkpoint, tmp_path):
-    """7 validation samples in batches of 3: process 0 holds 2 batches, process 1 one. Every
-    metric state is gathered as one tensor a process (a state gathered batch by batch would
-    take as many collectives on every process, and broke the connection here)."""
-    runs = {devices: tmp_path / f"validate_{devices}" for devices in (1, 2)}
+EVALUATIONS = {
+    "validate": ("val", ()),
+    # the test loop on the labelled validation split, each sample as 2 clips x 3 crops = 6 views
+    "test": ("test", ("--data.init_args.test_split=val", "--data.init_args.test_clips=2",
+                      "--data.init_args.test_crops=3")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("subcommand", EVALUATIONS)
+def test_ddp_evaluation_equals_one_process_on_the_same_checkpoint(tiny_epic, torchrun_checkpoint, tmp_path,
+                                                                  subcommand):
+    """7 samples in batches of 3: process 0 holds 2 batches, process 1 one. Every metric state
+    is gathered as one tensor a process (a state gathered batch by batch would take as many
+    collectives on every process, and broke the connection here). ``gsf test`` scores each
+    sample's views on one process and averages them there."""
+    stage, extra = EVALUATIONS[subcommand]
+    runs = {devices: tmp_path / f"{subcommand}_{devices}" for devices in (1, 2)}
     commands = [
-        gsf("validate", *gsf_arguments(tiny_epic, run_dir, devices), f"--ckpt_path={torchrun_checkpoint}",
-            "--data.init_args.eval_batch_size=3")
+        gsf(subcommand, *gsf_arguments(tiny_epic, run_dir, devices), f"--ckpt_path={torchrun_checkpoint}",
+            "--data.init_args.eval_batch_size=3", *extra)
         for devices, run_dir in runs.items()
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -119,10 +131,11 @@ def test_ddp_validation_equals_one_process_on_the_same_checkpoint(tiny_epic, tor
     assert "sync_dist=True" not in outputs[1]
     single, distributed = (logged_metrics(runs[devices]) for devices in (1, 2))
     accuracies = sorted(key for key in single if "accuracy" in key)
-    assert accuracies and sorted(key for key in distributed if "accuracy" in key) == accuracies
+    assert accuracies and all(key.startswith(f"{stage}/") for key in accuracies)
+    assert sorted(key for key in distributed if "accuracy" in key) == accuracies
     for key in accuracies:
         assert distributed[key] == single[key], key  # exact: every sample counted once
-    assert distributed["val/loss"] == pytest.approx(single["val/loss"], rel=1e-5)
+    assert distributed[f"{stage}/loss"] == pytest.approx(single[f"{stage}/loss"], rel=1e-5)
 
 
 def test_sync_batchnorm_converts_every_norm_and_keeps_names_and_partial_bn():
