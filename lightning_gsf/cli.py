@@ -32,7 +32,7 @@ Defaults that every run gets (each can be changed from a config):
   Lightning's ``ThroughputMonitor`` (``train/time``, ``train/samples`` and, once
   :data:`THROUGHPUT_WINDOW` batches have run, ``train/device/samples_per_sec``: clips a second;
   the same under ``validate/``, ``test/`` and ``predict/``).
-- reliability (``callbacks.py``): checkpoints written atomically (when ``trainer.plugins`` is
+- reliability (``callbacks/``): checkpoints written atomically (when ``trainer.plugins`` is
   left unset), a ``last.ckpt`` saved on SIGTERM and when ``fit`` meets a batch that cannot
   be read, and the random state and loader position saved so a resumed run continues exactly.
 - host memory (``host_memory.py``): glibc's malloc keeps freed blocks for reuse, so a CPU
@@ -71,13 +71,13 @@ from lightning_gsf import __version__, gloo_exit, host_memory
 from lightning_gsf.callbacks import (  # (EXIT_STOPPED_BY_CTRL_C: gsf's status after a Ctrl-C stopped fit)
     EXIT_STOPPED_BY_CTRL_C,
     AtomicCheckpointIO,
-    CheckpointMismatchError,
     ClipThroughputMonitor,
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
     stop_signal,
 )
+from lightning_gsf.checkpoint_matching import CheckpointMismatchError
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.data.errors import (AnnotationError, ConfigurationError, ResumeMismatchError, SampleReadError,
                                        original_message)

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from lightning_gsf.backbones import DEFAULT_GSF_RATIO, DEFAULT_NORMALIZATION
-from lightning_gsf.callbacks import CheckpointMismatchError, check_checkpoint_matches
+from lightning_gsf.checkpoint_matching import CheckpointMismatchError, check_checkpoint_matches
 from lightning_gsf.data.errors import ConfigurationError
 from lightning_gsf.data.samplers import UnreadableBatch
 from lightning_gsf.gsf import GSF

@@ -26,13 +26,12 @@ from torch import nn
 
 from lightning_gsf.callbacks import (
     AtomicCheckpointIO,
-    CheckpointMismatchError,
     ClipThroughputMonitor,
     ExactResume,
     PreemptionCheckpoint,
-    check_checkpoint_matches,
     stop_signal,
 )
+from lightning_gsf.checkpoint_matching import CheckpointMismatchError, check_checkpoint_matches
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import UnreadableBatch
 from media_writers import fit_tiny_synthetic_epic
@@ -147,7 +146,7 @@ def test_other_structure_names_missing_and_unexpected_tensors():
 
 
 def test_hyper_parameters_that_leave_shapes_alone_only_warn(caplog):
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(lr=0.01), _checkpoint(Tiny(lr=0.1)))
     assert "lr: checkpoint 0.1, this run 0.01" in caplog.text
 
@@ -158,11 +157,11 @@ def test_settings_the_checkpoint_does_not_record_are_not_compared(caplog):
     run lacks still is."""
     checkpoint = _checkpoint(Tiny())
     del checkpoint["hyper_parameters"]["lr"]
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(lr=0.01), checkpoint)
     assert caplog.text == ""
     checkpoint["hyper_parameters"]["schedule"] = "cosine"
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(lr=0.01), checkpoint)
     assert "(schedule: checkpoint 'cosine', this run '<absent>')" in caplog.text
 
@@ -174,17 +173,17 @@ def test_effective_values_are_compared(caplog):
 
     checkpoint = _checkpoint(Tiny())
     checkpoint["hyper_parameters"]["width"] = None
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(), checkpoint, effective=effective)
     assert caplog.text == ""
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(), checkpoint)
     assert "width: checkpoint None, this run 4" in caplog.text
     # The other way round (an import-original checkpoint records the value, the run leaves None).
     caplog.clear()
     model, checkpoint = Tiny(), _checkpoint(Tiny())
     model.hparams["width"] = None
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(model, checkpoint, effective=effective)
     assert caplog.text == ""
 
@@ -195,7 +194,7 @@ def test_the_starting_weights_are_not_compared(caplog):
     model, checkpoint = Tiny(), _checkpoint(Tiny())
     checkpoint["hyper_parameters"]["pretrained"] = "IMAGENET1K_V1"
     model.hparams["pretrained"] = None
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(model, checkpoint)
     assert caplog.text == ""
 
@@ -357,7 +356,7 @@ def test_exact_resume_on_another_world_size_keeps_fresh_random_state_and_says_so
     state = callback.state_dict()
     callback.load_state_dict({**state, "random_state_per_rank": state["random_state_per_rank"] * 2})
     before = torch.get_rng_state()
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks.exact_resume"):
         callback.on_train_batch_start(SimpleNamespace(world_size=1, global_rank=0), None, None, 0)
     assert torch.equal(torch.get_rng_state(), before)
     assert "random state of 2 processes, this run has 1" in caplog.text
@@ -453,7 +452,7 @@ def test_private_hyper_parameters_are_not_compared(caplog):
     settings: a checkpoint that has one the model lacks gives no warning."""
     checkpoint = _checkpoint(Tiny())
     checkpoint["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
         check_checkpoint_matches(Tiny(), checkpoint)
     assert caplog.text == ""
 

@@ -30,11 +30,11 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from lightning_gsf import cli
 from lightning_gsf.callbacks import (
     AtomicCheckpointIO,
-    CheckpointMismatchError,
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
 )
+from lightning_gsf.checkpoint_matching import CheckpointMismatchError
 from lightning_gsf.cli import CHECKPOINT_MONITOR, EXIT_STOPPED_BY_SIGTERM, main, run, show_info_messages
 from lightning_gsf.data.epic import EpicKitchensDataModule
 from lightning_gsf.data.errors import SampleReadError, original_message

@@ -287,7 +287,7 @@ def test_an_imported_checkpoint_matches_a_run_that_leaves_the_defaults_unset(tmp
         module = VideoClassificationModule({"class": CLASSES}, num_segments=T, backbone="resnet18",
                                            temporal_module="gsf", dropout=dropout)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+        with caplog.at_level(logging.WARNING, logger="lightning_gsf.checkpoint_matching"):
             module.on_load_checkpoint(checkpoint)
         if dropout == 0.5:
             assert "hyper-parameters" not in caplog.text

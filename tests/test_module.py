@@ -12,7 +12,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from lightning_gsf.gsf import GSF
-from lightning_gsf.callbacks import CheckpointMismatchError
+from lightning_gsf.checkpoint_matching import CheckpointMismatchError
 from lightning_gsf.data.samplers import UnreadableBatch
 from lightning_gsf.module import VideoClassificationModule, effective_hparams, partial_batchnorms, warmup_cosine_factor
 

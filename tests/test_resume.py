@@ -42,9 +42,9 @@ from lightning_gsf.callbacks import (
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
-    _count_batches_in_this_layout,
-    restart_validation_on_resume,
 )
+from lightning_gsf.callbacks.exact_resume import _count_batches_in_this_layout
+from lightning_gsf.callbacks.stopping import restart_validation_on_resume
 from lightning_gsf.cli import EXIT_STOPPED_BY_CTRL_C, EXIT_STOPPED_BY_SIGTERM
 from lightning_gsf.data.errors import SampleReadError
 from lightning_gsf.data.samplers import (
@@ -693,7 +693,7 @@ def test_unreadable_sample_saves_nothing_where_no_clean_state_is_new(tmp_path, b
         enable_model_summary=False, enable_checkpointing=False,
     )
     with pytest.raises(SampleReadError, match=f"sample {unreadable[1]} "):
-        with _log_records("lightning_gsf.callbacks") as records:
+        with _log_records("lightning_gsf.callbacks.data_errors") as records:
             trainer.fit(DropoutNet(unreadable))
     assert any(outcome in record for record in records), records
     assert not (tmp_path / "checkpoints").exists()
@@ -1090,7 +1090,7 @@ def test_under_ddp_a_ctrl_c_held_to_the_end_of_an_accumulation_window_stays_a_ct
     callback._note_stop_signal(trainer, signal.SIGINT)
     callback.on_train_batch_end(trainer, None, None, None, 0)
     assert not trainer.received_sigterm
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks.preemption"):
         callback.on_train_batch_end(trainer, None, None, None, 1)
     assert trainer.received_sigterm and callback._stop_name() == "Ctrl-C"
     assert "Ctrl-C inside a gradient-accumulation window: stopping at its end, step 3" in caplog.text
@@ -1109,7 +1109,7 @@ def test_under_ddp_lightnings_own_sigterm_flag_in_a_validation_is_agreed_on():
 
 def test_under_ddp_rank_0_announces_the_agreed_stop_once(caplog):
     callback, trainer = PreemptionCheckpoint(), StandInTrainer()
-    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="lightning_gsf.callbacks.preemption"):
         callback.on_train_batch_end(trainer, None, None, None, 0)
         assert caplog.text == ""
         callback._note_stop_signal(trainer, signal.SIGTERM)
