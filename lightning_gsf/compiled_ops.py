@@ -19,7 +19,7 @@ in plain ops (batch statistics, the running statistics' update, the fusion param
   that reads it, without the shifted copy (the input shifted in its own memory and restored).
 
 The training ops' Python bodies run eagerly when the compiled graph runs; they import
-:mod:`lightning_gsf.gsf` then (it imports this module).
+:mod:`lightning_gsf.gsf_fast` then (it imports this module).
 """
 
 from __future__ import annotations
@@ -119,12 +119,12 @@ def forward_(x: Tensor, mean: Tensor, invstd: Tensor, bn_weight: Tensor, bn_bias
     """GSF's output written over ``x``, returning what its backward needs: ``(v's copy, gate,
     weights, means)`` (see ``_kernel_forward``), given the batch norm's ``mean`` and
     ``invstd`` (float32)."""
-    from lightning_gsf import gsf
+    from lightning_gsf import gsf_fast
 
     work = x if cpu_kernels.addressable(x) else x.contiguous()  # (a layout the kernels do not address)
     with torch.autocast("cpu", enabled=False):
-        _, copy, gate, weights, (means,) = gsf._kernel_forward(
-            gsf._CppKernels(_ops()), work, mean.contiguous(), invstd.contiguous(), processed, num_segments, True,
+        _, copy, gate, weights, (means,) = gsf_fast._kernel_forward(
+            gsf_fast._CppKernels(_ops()), work, mean.contiguous(), invstd.contiguous(), processed, num_segments, True,
             True, bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight, fusion_bias,
             channels_last=_channels_last(work))
     if work is not x:
@@ -151,7 +151,7 @@ def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means:
     ``grad_out`` (whose last ``C - P`` channels are already the input's), returning the
     gradients of ``(bn_weight, bn_bias, conv_weight, conv_bias, fusion_weight,
     fusion_bias)``; ``v`` is the copy (in ``x``'s layout)."""
-    from lightning_gsf import gsf
+    from lightning_gsf import gsf_fast
 
     # The compiler may hand the saved tensors over in layouts of its choosing (seen: the
     # weights in a compiled ResNet-50): small ones are made contiguous, v a map the kernels
@@ -162,9 +162,9 @@ def backward_(grad_out: Tensor, v: Tensor, gate: Tensor, weights: Tensor, means:
     p = v.shape[1]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     over = grad_out.is_contiguous(memory_format=memory_format) and _channels_last(grad_out) == channels_last
-    grad_x = grad_out if over else gsf._output_after(grad_out[:, p:], p, channels_last)
+    grad_x = grad_out if over else gsf_fast._output_after(grad_out[:, p:], p, channels_last)
     with torch.autocast("cpu", enabled=False):
-        grads = gsf._CppKernels(_ops()).backward(
+        grads = gsf_fast._CppKernels(_ops()).backward(
             grad_out, grad_x, v, gate.contiguous(), weights.contiguous(), mean.contiguous(), invstd.contiguous(),
             bn_weight, bn_bias, conv_weight, fusion_weight, (means.contiguous(),), num_segments, batch_statistics,
             channels_last)

@@ -621,11 +621,11 @@ def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate
              mean: torch.Tensor, invstd: torch.Tensor, bn_weight: torch.Tensor, bn_bias: torch.Tensor,
              conv_weight: torch.Tensor, fusion_weight: torch.Tensor, fusion_saved: tuple, num_segments: int,
              batch_statistics: bool, channels_last: bool) -> tuple[torch.Tensor, ...]:
-    """GSF's training backward with these kernels: ``gsf._kernel_backward``'s steps, except
+    """GSF's training backward with these kernels: ``gsf_fast._kernel_backward``'s steps, except
     that the gradient at the batch norm's output is not stored by :func:`gate_backward` and
     read back, but recomputed by :func:`input_gradient` where it is summed (a float32 map
     neither written nor read)."""
-    from lightning_gsf import gsf
+    from lightning_gsf import gsf_fast
 
     t = num_segments
     nt, p, h, w = v.shape
@@ -634,11 +634,11 @@ def backward(grad_out: torch.Tensor, grad_x: torch.Tensor, v: torch.Tensor, gate
         grad_weights, grad_gate, v, gate, weights, fusion_saved, fusion_weight, t, channels_last)
     grad_conv_weight, sum_grad, sum_grad_xhat = gate_backward(v, mean, invstd, bn_weight, bn_bias, conv_weight,
                                                               grad_z, t)
-    coef, centre, slope = gsf._batch_norm_backward_terms(bn_weight, invstd, sum_grad, sum_grad_xhat, nt * h * w,
+    coef, centre, slope = gsf_fast._batch_norm_backward_terms(bn_weight, invstd, sum_grad, sum_grad_xhat, nt * h * w,
                                                          batch_statistics)
     input_gradient(v, grad_v, grad_z, grad_means, gate, mean, invstd, bn_weight, bn_bias, conv_weight, coef, centre,
                    slope, grad_x[:, :p], t)
-    return gsf._parameter_gradients(sum_grad_xhat, sum_grad, grad_conv_weight, grad_z, grad_fusion_weight,
+    return gsf_fast._parameter_gradients(sum_grad_xhat, sum_grad, grad_conv_weight, grad_z, grad_fusion_weight,
                                     grad_fusion_bias, bn_weight, bn_bias, conv_weight, fusion_weight)
 
 

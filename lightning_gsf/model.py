@@ -19,7 +19,7 @@ from torch import nn
 
 from lightning_gsf.backbones import DEFAULT_NORMALIZATION, build_backbone, check_backbone_name
 from lightning_gsf.data.errors import ConfigurationError
-from lightning_gsf.gsf import autocast_enabled
+from lightning_gsf.gsf_fast import autocast_enabled
 from lightning_gsf.normalization import get_normalization, normalize
 
 

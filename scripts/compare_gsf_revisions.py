@@ -6,9 +6,10 @@ This script builds three networks with the same weights (TSN, GSF as of ``--revi
 as checked out), alternates their steps round-robin in one process, and prints each GSF's
 median per-round ratio to TSN and the median per-round difference between the two GSFs.
 
-The old GSF is ``lightning_gsf/gsf.py`` read with ``git show REVISION:...`` and loaded as a
-separate module; each GSF module of the second network gets that class (the parameter and
-buffer names have not changed, so the weights are shared as they are). The rest of the
+The old GSF is ``lightning_gsf/gsf.py`` (and ``gsf_fast.py``, its fast paths, where the
+revision has it) read with ``git show REVISION:...`` and loaded as a separate module; each GSF
+module of the second network gets that class (the parameter and buffer names have not
+changed, so the weights are shared as they are). The rest of the
 package, the C++ CPU kernels included, is the checkout's: a revision whose ``gsf.py`` calls
 those kernels with another signature fails with the op's schema error (revisions from before
 the kernels, such as 4fadd80, run on PyTorch operations alone).
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -37,17 +39,32 @@ from lightning_gsf.gsf import GSF
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gsf_class_at(revision: str) -> type:
-    """The ``GSF`` class of ``lightning_gsf/gsf.py`` at ``revision``."""
-    source = subprocess.run(["git", "show", f"{revision}:lightning_gsf/gsf.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "gsf_at_revision.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("gsf_at_revision", path)
+def module_at(revision: str, name: str) -> ModuleType | None:
+    """``lightning_gsf/<name>.py`` at ``revision``, loaded as a module of its own (None where the
+    revision has no such file)."""
+    shown = subprocess.run(["git", "show", f"{revision}:lightning_gsf/{name}.py"], cwd=ROOT, capture_output=True,
+                           text=True)
+    if shown.returncode:
+        return None
+    path = Path(tempfile.mkdtemp()) / f"{name}_at_revision.py"
+    path.write_text(shown.stdout)
+    spec = importlib.util.spec_from_file_location(f"{name}_at_revision", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    return module.GSF
+    return module
+
+
+def gsf_class_at(revision: str) -> type:
+    """The ``GSF`` class of ``lightning_gsf/gsf.py`` at ``revision``, with the fast paths of
+    that revision's ``gsf_fast.py`` where it has one (before it, they were in ``gsf.py``)."""
+    gsf = module_at(revision, "gsf")
+    if gsf is None:
+        raise SystemExit(f"{revision} has no lightning_gsf/gsf.py")
+    fast = module_at(revision, "gsf_fast")
+    if fast is not None:
+        gsf.gsf_fast = fast  # (gsf.py calls its fast paths through this module name)
+    return gsf.GSF
 
 
 def main(argv: list[str] | None = None) -> None:

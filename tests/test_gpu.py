@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
-from lightning_gsf import gsf as gsf_module
+from lightning_gsf import gsf_fast
 from lightning_gsf.cli import main
 from lightning_gsf.gsf import GSF
 from lightning_gsf.model import VideoClassifier
@@ -87,7 +87,7 @@ def test_triton_gsf_equals_reference_on_cuda(cuda, float32_arithmetic, monkeypat
     statistics, on a ResNet stage-2-like map (64 processed channels: several channel tiles;
     28x28: several pixel tiles), with the gate conv's products in three TF32 products (the
     default) and in float32 FMAs."""
-    monkeypatch.setattr(gsf_module._triton_kernels(), "DOT_PRECISION", dot_precision)
+    monkeypatch.setattr(gsf_fast._triton_kernels(), "DOT_PRECISION", dot_precision)
     torch.manual_seed(0)
     module = GSF(256, num_segments=8, ratio=0.25, inplace=inplace).to(cuda).train(training)
     with torch.no_grad():
@@ -139,7 +139,7 @@ def test_triton_gsf_equals_reference_on_cuda_whatever_the_cuts_and_layout(cuda, 
     program per tile (64 channels per group: four channel tiles; 14x14 maps: seven pixel
     tiles), on NCHW and channels-last maps (pixels addressed as one run) and on a crop
     (rows not adjacent): values and gradients."""
-    monkeypatch.setattr(gsf_module._triton_kernels(), "MIN_PROGRAMS", min_programs)
+    monkeypatch.setattr(gsf_fast._triton_kernels(), "MIN_PROGRAMS", min_programs)
     torch.manual_seed(2)
     module = GSF(512, num_segments=8, ratio=0.25).to(cuda).train()
     x = torch.randn(16, 512, 16, 17, device=cuda)

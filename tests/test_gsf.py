@@ -2,7 +2,7 @@
 
 ``naive_gsf`` below is written from the spec alone, with explicit loops over channels, groups
 and time for the batch norm, the gate's temporal taps, the shift, the fusion conv and the
-interleave, so it shares no code (and no tensor trick) with ``lightning_gsf.gsf``. Both
+interleave, so it shares no code (and no tensor trick) with ``lightning_gsf.gsf`` or ``gsf_fast``. Both
 ``GSF.forward`` (the fast path) and ``GSF.forward_reference`` must match it in values,
 gradients and batch-norm running statistics.
 """
@@ -20,7 +20,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lightning_gsf import compiled_ops, cpu_kernels
-from lightning_gsf import gsf as gsf_module
+from lightning_gsf import gsf_fast
 from lightning_gsf.gsf import GSF, gsf_channels
 
 EPS = 1e-5
@@ -251,7 +251,7 @@ def taps_by(request, monkeypatch) -> str:
     """Run a test with the gate taps summed / spread by ``F.fold`` / ``F.unfold`` or by the
     slice versions, whatever the map size (the fast path picks by size)."""
     threshold = 10**9 if request.param == "fold" else 0
-    monkeypatch.setattr(gsf_module, "_SLICE_FOLD_MIN_PIXELS", threshold)
+    monkeypatch.setattr(gsf_fast, "_SLICE_FOLD_MIN_PIXELS", threshold)
     return request.param
 
 
@@ -339,17 +339,17 @@ def test_fast_equals_reference_float32(channels, num_segments, ratio, batch, siz
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_slice_fold_and_unfold_equal_torch(height, width, dtype, monkeypatch):
     """The slice versions of the gate's fold / unfold against ``F.fold`` / ``F.unfold``."""
-    monkeypatch.setattr(gsf_module, "_SLICE_FOLD_MIN_PIXELS", 0)
+    monkeypatch.setattr(gsf_fast, "_SLICE_FOLD_MIN_PIXELS", 0)
     generator = torch.Generator().manual_seed(height * 100 + width)
     products = torch.randn(3, 54, height * width, generator=generator).to(dtype)
     expected = F.fold(products.float(), (height, width), kernel_size=3, padding=1)
-    folded = gsf_module._fold_taps(products, height, width)
+    folded = gsf_fast._fold_taps(products, height, width)
     assert folded.dtype == dtype and folded.shape == (3, 6, height, width)
     tolerance = {"rtol": 2e-2, "atol": 5e-2} if dtype == torch.bfloat16 else {}
     torch.testing.assert_close(folded.float(), expected, **tolerance)
     grad_taps = torch.randn(3, 6, height, width, generator=generator).to(dtype)
     # unfold only moves values: exactly equal
-    assert torch.equal(gsf_module._unfold_taps(grad_taps, height, width),
+    assert torch.equal(gsf_fast._unfold_taps(grad_taps, height, width),
                        F.unfold(grad_taps, kernel_size=3, padding=1))
 
 
@@ -365,7 +365,7 @@ def test_batch_norm_is_called_with_a_positive_eps(training, monkeypatch):
         return batch_norm(*args, **kwargs)
 
     calls = []
-    monkeypatch.setattr(gsf_module.F, "batch_norm", lambda *a, **k: calls.append(1) or checked_batch_norm(*a, **k))
+    monkeypatch.setattr(gsf_fast.F, "batch_norm", lambda *a, **k: calls.append(1) or checked_batch_norm(*a, **k))
     module = make_gsf(16, 4, 0.25, seed=0).train(training)
     x = make_input(2, 4, 16, 5, seed=0).requires_grad_()
     module.forward_torch(x * 1.0).sum().backward()  # (the PyTorch-ops path: the CPU kernels call no F.batch_norm)
@@ -384,8 +384,8 @@ def test_without_autograd_equals_reference_on_large_maps(training, no_grad, inpl
     def refuse(*args):
         raise AssertionError("an autograd.Function ran without autograd")
 
-    for function in (gsf_module._NormReluTaps, gsf_module._GateShiftFuse, gsf_module._SplitChannels,
-                     gsf_module._FusionWeights):
+    for function in (gsf_fast._NormReluTaps, gsf_fast._GateShiftFuse, gsf_fast._SplitChannels,
+                     gsf_fast._FusionWeights):
         monkeypatch.setattr(function, "apply", refuse)
     fast = make_gsf(32, 3, 0.25, seed=4).train(training)
     fast.inplace = inplace

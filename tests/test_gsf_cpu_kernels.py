@@ -1,6 +1,6 @@
 """GSF's C++ CPU kernels (``GSF.forward_cpu``, the CPU default in float32, and in bf16 on AVX2 / AVX-512).
 
-Each kernel against its PyTorch-ops twin in ``lightning_gsf.gsf`` (the blend and its backward,
+Each kernel against its PyTorch-ops twin in ``lightning_gsf.gsf_fast`` (the blend and its backward,
 ``relu(bn(v))``, the gate, the fusion weights) over layouts, slices and dtypes; then the whole
 path against the literal spec of ``tests/test_gsf.py``; then dispatch and fallbacks. The
 kernels are built here (the suite fails, not skips, where they cannot be).
@@ -24,7 +24,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lightning_gsf import cpu_kernels
-from lightning_gsf import gsf as gsf_module
+from lightning_gsf import gsf_fast
 from lightning_gsf.gsf import GSF
 from gradient_holders import HOLDERS, between_spies, check_holders_kept_their_values, holding_consumer
 from test_gsf import (CASES, assert_close_to_float64, check_path_matches_naive_spec,
@@ -46,7 +46,7 @@ def fusion_kernels(request, kernels):
     interpreter on the CPU)."""
     if request.param == "cpp":
         return kernels
-    triton_kernels = gsf_module._triton_kernels()
+    triton_kernels = gsf_fast._triton_kernels()
     assert triton_kernels is not None, "the Triton kernels need Triton (pip install triton)"
     return triton_kernels
 
@@ -94,7 +94,7 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
     x, gate, weights = blend_operands(batch, num_segments, processed, channels, size, channels_last, dtype)
     v = x[:, :processed]
     expected, actual = torch.zeros_like(x), torch.zeros_like(x)
-    gsf_module._write_fused(expected[:, :processed], v, gate, weights, num_segments, channels_last)
+    gsf_fast._write_fused(expected[:, :processed], v, gate, weights, num_segments, channels_last)
     kernels.blend(v, gate.float().contiguous(), weights.float().contiguous(), actual[:, :processed], num_segments)
     torch.testing.assert_close(actual, expected, **DTYPE_TOLERANCE[dtype])
 
@@ -102,8 +102,8 @@ def test_blend_equals_torch_ops(kernels, batch, num_segments, processed, channel
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     if channels_last:
         grad_out = grad_out.contiguous(memory_format=torch.channels_last)
-    expected = gsf_module._GateShiftFuse.backward(BlendContext(saved_v, gate, weights, num_segments), grad_out)
-    actual = gsf_module._CppKernels(kernels).blend_backward(
+    expected = gsf_fast._GateShiftFuse.backward(BlendContext(saved_v, gate, weights, num_segments), grad_out)
+    actual = gsf_fast._CppKernels(kernels).blend_backward(
         grad_out[:, :processed], saved_v, gate.float().view(-1, 2, size[0] * size[1]), weights, num_segments)
     for name, a, e in zip(("v", "gate", "weights"), actual, expected[:3]):
         torch.testing.assert_close(a.to(e.dtype).view(e.shape), e, **DTYPE_TOLERANCE[dtype], msg=name)
@@ -227,13 +227,13 @@ def gate_by_torch_ops(v, scale, shift, module, num_segments, magnitudes=False):
     pixel's sum of the products' magnitudes (no bias, no tanh), which bounds rounding errors."""
     nt, p, h, w = v.shape
     activated = torch.relu(v.double() * scale.double().view(1, p, 1, 1) + shift.double().view(1, p, 1, 1))
-    taps_weight = module._taps_weight().double()
+    taps_weight = gsf_fast._taps_weight(module.conv3D.weight).double()
     bias = module.conv3D.bias.double()
     if magnitudes:
         taps_weight, bias = taps_weight.abs(), torch.zeros_like(bias)
     products = torch.matmul(taps_weight, activated.reshape(nt, 2, p // 2, h * w))
-    taps = gsf_module._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // num_segments, num_segments, 2, 3, h, w)
-    pre_activation = gsf_module._sum_temporal_taps(taps, bias).view(nt, 2, h, w)
+    taps = gsf_fast._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // num_segments, num_segments, 2, 3, h, w)
+    pre_activation = gsf_fast._sum_temporal_taps(taps, bias).view(nt, 2, h, w)
     return pre_activation if magnitudes else torch.tanh(pre_activation)
 
 
@@ -283,7 +283,7 @@ def test_gate_carries_a_nan_where_the_torch_ops_do(kernels, size, pixel, dtype, 
     expected = gate_by_torch_ops(v, scale, shift, module, 3)
     assert torch.isnan(expected).any()
     assert torch.equal(torch.isnan(actual), torch.isnan(expected))
-    spatial, _ = gsf_module._spatial_means(v.double(), expected, channels_last)  # as check_gate reads them
+    spatial, _ = gsf_fast._spatial_means(v.double(), expected, channels_last)  # as check_gate reads them
     expected_means = torch.stack([spatial[:, 0], torch.cat([spatial[:, 1, :8], spatial[:, 2, 8:]], dim=1)], dim=1)
     assert torch.isnan(means[1, 0, 2])
     assert torch.equal(torch.isnan(means), torch.isnan(expected_means))
@@ -319,7 +319,7 @@ def check_gate(kernels, size, num_segments, channels_last, dtype, threads, proce
         torch.testing.assert_close(actual.double(), expected, rtol=0, atol=1e-5)  # float32 sums of 216 products
     torch.testing.assert_close(without_means, actual, rtol=0, atol=0)
     # the spatial means of v and of each group's gated v, as _spatial_means gives them
-    expected_means, _ = gsf_module._spatial_means(v.double(), actual.double(), channels_last)
+    expected_means, _ = gsf_fast._spatial_means(v.double(), actual.double(), channels_last)
     own_gate = torch.cat([expected_means[:, 1, :processed // 2], expected_means[:, 2, processed // 2:]], dim=1)
     torch.testing.assert_close(means.double(), torch.stack([expected_means[:, 0], own_gate], dim=1),
                                rtol=1e-5, atol=1e-6)
@@ -342,11 +342,11 @@ def test_bf16_gate_dot_products_sum_exact_products(kernels, size, processed, cha
     v = x[:, :processed].abs()  # (exact in bfloat16)
     ones, zeros = torch.ones(processed), torch.zeros(processed)
     actual = kernels.gate(v, ones, zeros, weight, bias, 2)
-    taps_weight = gsf_module._taps_weight(weight).double()
+    taps_weight = gsf_fast._taps_weight(weight).double()
     nt, p, h, w = v.shape
     products = torch.matmul(taps_weight, v.double().reshape(nt, 2, p // 2, h * w))
-    taps = gsf_module._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // 2, 2, 2, 3, h, w)
-    expected = torch.tanh(gsf_module._sum_temporal_taps(taps, bias.double())).view(nt, 2, h, w)
+    taps = gsf_fast._fold_taps(products.view(nt, 54, h * w), h, w).view(nt // 2, 2, 2, 3, h, w)
+    expected = torch.tanh(gsf_fast._sum_temporal_taps(taps, bias.double())).view(nt, 2, h, w)
     torch.testing.assert_close(actual.double(), expected, rtol=0, atol=2e-5)
 
 
@@ -466,10 +466,10 @@ def test_gate_tanh_is_within_2e7_of_tanh(kernels):
 def test_fusion_weights_equal_torch_ops(fusion_kernels, num_segments, processed, channels_last):
     module = make_gsf(processed, num_segments, 1.0, seed=6)
     x, gate, _ = blend_operands(2, num_segments, processed, processed, (4, 3), channels_last, torch.float32)
-    weight, bias = module._fusion_parameters()
+    weight, bias = gsf_fast.fusion_parameters(module)
     with torch.no_grad():
-        expected, _, _ = gsf_module._fusion_weights(x, gate, weight, bias, num_segments, channels_last)
-        means, _ = gsf_module._spatial_means(x, gate, channels_last)  # (NT, [v, g_1 v, g_2 v], P)
+        expected, _, _ = gsf_fast._fusion_weights(x, gate, weight, bias, num_segments, channels_last)
+        means, _ = gsf_fast._spatial_means(x, gate, channels_last)  # (NT, [v, g_1 v, g_2 v], P)
         half = processed // 2
         own_gate = torch.cat([means[:, 1, :half], means[:, 2, half:]], dim=1)  # the gate op's (NT, 2, P)
         actual = fusion_kernels.fusion_weights(torch.stack([means[:, 0], own_gate], dim=1), weight.contiguous(),
@@ -600,13 +600,13 @@ def test_backward_in_one_call_equals_the_steps(kernels, channels_last, dtype, ba
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     p = module.processed
-    mean, var = gsf_module._batch_statistics(x[:, :p])
+    mean, var = gsf_fast._batch_statistics(x[:, :p])
     invstd = torch.rsqrt(var + module.bn.eps)
-    weight, bias = module._fusion_parameters()
+    weight, bias = gsf_fast.fusion_parameters(module)
     parameters = [t.detach() for t in (module.bn.weight, module.bn.bias, module.conv3D.weight, module.conv3D.bias,
                                        weight, bias)]
-    cpp = gsf_module._CppKernels(kernels)
-    _, v, gate, weights, saved = gsf_module._kernel_forward(cpp, x, mean, invstd, p, 3, False, True, *parameters)
+    cpp = gsf_fast._CppKernels(kernels)
+    _, v, gate, weights, saved = gsf_fast._kernel_forward(cpp, x, mean, invstd, p, 3, False, True, *parameters)
     if grad_layout == "expanded":
         grad_out = torch.ones((), dtype=dtype).expand(x.shape)
     else:
@@ -614,7 +614,7 @@ def test_backward_in_one_call_equals_the_steps(kernels, channels_last, dtype, ba
         if channels_last == (grad_layout == "dense"):
             grad_out = grad_out.contiguous(memory_format=torch.channels_last)
     results = []
-    for backward in (cpp.backward, functools.partial(gsf_module._kernel_backward, cpp)):
+    for backward in (cpp.backward, functools.partial(gsf_fast._kernel_backward, cpp)):
         grad_x = torch.zeros_like(x)
         grads = backward(grad_out, grad_x, v, gate, weights, mean, invstd, *parameters[:3], parameters[4], saved, 3,
                          batch_statistics, channels_last)
@@ -731,7 +731,7 @@ def test_gate_backward_equals_unfold_of_temporal_taps(kernels, size, num_segment
     grad_taps[:, :, :, 1] = z
     grad_taps[:, :-1, :, 0] = z[:, 1:]
     grad_taps[:, 1:, :, 2] = z[:, :-1]
-    expected = gsf_module._unfold_taps(grad_taps.reshape(2 * num_segments, 6, h, w), h, w)
+    expected = gsf_fast._unfold_taps(grad_taps.reshape(2 * num_segments, 6, h, w), h, w)
     torch.testing.assert_close(actual.reshape(2 * num_segments, 54, h * w), expected, rtol=0, atol=0)
 
 
@@ -754,7 +754,7 @@ def test_norm_relu_backward_and_input_gradient_equal_torch_ops(kernels, channels
         x = x.contiguous(memory_format=torch.channels_last)
     v = x[:, :p]
     weight, bias = torch.randn(p, generator=generator), torch.randn(p, generator=generator)
-    mean, var = gsf_module._batch_statistics(v)
+    mean, var = gsf_fast._batch_statistics(v)
     invstd = torch.rsqrt(var + 1e-5)
     scale, shift = weight * invstd, bias - mean * weight * invstd
     grad_activated = torch.randn(nt, p, h, w, generator=generator)
@@ -953,16 +953,23 @@ def test_forward_takes_the_kernels_for_float32_and_vectorised_bf16(kernels, monk
     assert calls == [path]
 
 
-def record_paths(monkeypatch, names=("forward_cpu", "forward_torch", "_infer_in_cpu_kernels")) -> list[str]:
-    """The names of GSF's paths as they are called, in order (each still runs)."""
+def record_paths(monkeypatch) -> list[str]:
+    """The names of GSF's paths as they are called, in order (each still runs): its methods
+    ``forward_cpu`` and ``forward_torch``, and ``infer_in_cpu_kernels``, the one-call inference."""
     calls = []
-    for name in names:
-        method = getattr(GSF, name)
-        def recorded(self, *args, name=name, method=method):
-            calls.append(name)
-            return method(self, *args)
 
-        monkeypatch.setattr(GSF, name, recorded)
+    def record(owner, name):
+        function = getattr(owner, name)
+
+        def recorded(module, *args):
+            calls.append(name)
+            return function(module, *args)
+
+        monkeypatch.setattr(owner, name, recorded)
+
+    for name in ("forward_cpu", "forward_torch"):
+        record(GSF, name)
+    record(gsf_fast, "infer_in_cpu_kernels")
     return calls
 
 
@@ -996,7 +1003,7 @@ def test_inference_is_one_kernel_call_where_the_kernels_take_it(kernels, monkeyp
     calls = record_paths(monkeypatch)
     with torch.inference_mode():
         out = module(x.clone())
-    assert calls[0] == ("_infer_in_cpu_kernels" if one_call else "forward_cpu" if kernels_take else "forward_torch")
+    assert calls[0] == ("infer_in_cpu_kernels" if one_call else "forward_cpu" if kernels_take else "forward_torch")
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
 
@@ -1030,7 +1037,7 @@ def test_inference_reads_a_parametrised_weight(kernels, monkeypatch):
     calls = record_paths(monkeypatch)
     with torch.inference_mode():
         out, expected = module(x.clone()), plain(x.clone())
-    assert calls == ["_infer_in_cpu_kernels"] * 2
+    assert calls == ["infer_in_cpu_kernels"] * 2
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
@@ -1057,7 +1064,7 @@ def test_inference_reads_fusion_weights_in_any_layout_without_copies(kernels, mo
     copies = [event.name for event in profile.events() if event.name in ("aten::clone", "aten::copy_", "aten::to")]
     with torch.inference_mode():
         expected = plain(x.clone())
-    assert calls[0] == "_infer_in_cpu_kernels"
+    assert calls[0] == "infer_in_cpu_kernels"
     assert copies == []
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
@@ -1068,7 +1075,7 @@ def test_infer_takes_fusion_weights_of_any_shape_with_their_values(kernels):
     same as the (1, 2, 3, 3) float32 weight."""
     module = make_gsf(16, 4, 0.25, seed=6).eval()
     x = make_input(1, 4, 16, 5, seed=6)
-    parameters = list(module._inference_parameters())
+    parameters = list(gsf_fast.inference_parameters(module))
     head = (module.processed, module.num_segments, module.bn.running_mean, module.bn.running_var, module.bn.eps)
     weight = parameters[4]
     for given, as_float32 in ((weight.reshape(1, 1, 1, 1, 1, 1, 1, 2, 9), weight),
@@ -1088,8 +1095,8 @@ def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernel
     module.float()
     x = make_input(1, 4, 16, 5, seed=1).transpose(2, 3)  # pixels with two strides
     calls = []
-    forward_torch = GSF.forward_torch
-    monkeypatch.setattr(GSF, "forward_torch", lambda self, x: calls.append(1) or forward_torch(self, x))
+    forward_torch = gsf_fast.forward_torch
+    monkeypatch.setattr(gsf_fast, "forward_torch", lambda gsf, x: calls.append(1) or forward_torch(gsf, x))
     out = module.forward_cpu(x)
     assert calls == [1]
     torch.testing.assert_close(out, module.forward_reference(x), rtol=1e-5, atol=1e-5)

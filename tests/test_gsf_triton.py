@@ -20,7 +20,7 @@ import triton.language as tl
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from lightning_gsf import gsf as gsf_module
+from lightning_gsf import gsf_fast
 from lightning_gsf.gsf import GSF
 from conftest import interprets_triton
 from test_gsf import (BN_MODES, CASES, assert_close_to_float64, check_path_keeps_batch_norm_semantics,
@@ -44,7 +44,7 @@ def test_gate_backward_fits_the_gpus_shared_memory(monkeypatch, capability, shar
     of Triton's defaults from 128 KiB (A100, H100, H200), two stages from 96 KiB (the 99 KiB
     of RTX 30 / 40, A10, L4: three would need 100.5 KiB), 64-pixel tiles below; GPUs without
     TF32 (T4: 64 KiB) need only 26 KiB at the defaults."""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     properties = types.SimpleNamespace(shared_memory_per_block_optin=shared_kib * 1024)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -71,7 +71,7 @@ def cached_for_a_fake_gpu(choice):
 def test_triton_path_with_the_gate_backward_in_64_pixel_tiles(monkeypatch, training):
     """On a GPU with less shared memory the gate backward takes 64-pixel tiles while the other
     kernels keep 128 (24 x 24 maps: 576 pixels): the same numbers and gradients."""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     monkeypatch.setattr(kernels, "_gate_backward_launch", lambda device: (64, 2))
     tiles, original_split = [], kernels._channel_split
     monkeypatch.setattr(kernels, "_channel_split", lambda *args: tiles.append(original_split(*args)[0]) or
@@ -86,7 +86,7 @@ def test_triton_path_with_float32_products(monkeypatch, training):
     without TF32 tensor cores) rather than the default three TF32 products. Under the
     interpreter both multiply alike, so this checks the plumbing; the GPU tests compare the
     two precisions' numbers."""
-    monkeypatch.setattr(gsf_module._triton_kernels(), "DOT_PRECISION", "ieee")
+    monkeypatch.setattr(gsf_fast._triton_kernels(), "DOT_PRECISION", "ieee")
     check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 13, training)
 
 
@@ -95,7 +95,7 @@ def test_triton_path_with_float32_products(monkeypatch, training):
 def test_gate_products_in_tf32x3_only_where_the_gpu_has_it(monkeypatch, hip, capability, expected):
     """NVIDIA GPUs of compute capability 8.0 and later multiply in three TF32 products, older
     ones and ROCm (whose Triton backend has no "tf32x3") in float32 FMAs."""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     monkeypatch.setattr(torch.version, "hip", hip)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert ("tf32x3" if cached_for_a_fake_gpu(kernels._has_tf32) else "ieee") == expected
@@ -114,7 +114,7 @@ def test_triton_path_takes_parameters_in_any_dtype_and_layout(memory):
     else:
         from lightning_gsf.benchmark import to_channels_last
         to_channels_last(module)
-        assert not module._fusion_parameters()[0].is_contiguous()
+        assert not gsf_fast.fusion_parameters(module)[0].is_contiguous()
     reference = copy.deepcopy(module)
     inp, inp_reference = x.clone().requires_grad_(), x.clone().requires_grad_()
     out, expected = module.forward_triton(inp * 1), reference.forward_reference(inp_reference * 1)
@@ -139,7 +139,7 @@ def test_triton_path_on_several_tiles(training, inplace, channels_last):
     input itself when in place)."""
     module = check_path_matches_naive_spec("forward_triton", 80, 2, 0.9, 2, 13, training, inplace,
                                            channels_last=channels_last)
-    assert module.processed // 2 > 2 * gsf_module._triton_kernels().BLOCK_CHANNELS
+    assert module.processed // 2 > 2 * gsf_fast._triton_kernels().BLOCK_CHANNELS
 
 
 @pytest.mark.parametrize("min_programs", [0, 40, 10**6], ids=["uncut", "cut_in_uneven_runs", "cut_per_block"])
@@ -150,7 +150,7 @@ def test_triton_path_with_loops_cut_across_programs(monkeypatch, training, min_p
     runs of unequal length (the last shorter), or one program per tile; partial sums added
     after: the same numbers and gradients. (14x14 maps: seven 32-pixel tiles; groups of 36
     channels: three channel tiles.)"""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     monkeypatch.setattr(kernels, "MIN_PROGRAMS", min_programs)
     cuts = []
     original_split = kernels._split
@@ -171,7 +171,7 @@ def test_triton_path_with_loops_cut_across_programs(monkeypatch, training, min_p
 def test_split_covers_the_loop_in_whole_blocks(programs, blocks, block, min_programs):
     """``_split``: runs of whole blocks that cover the loop exactly once, none empty, and
     enough programs where the loop has enough blocks (no cut at all for 0)."""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     original, kernels.MIN_PROGRAMS = kernels.MIN_PROGRAMS, min_programs
     try:
         splits, items = kernels._split(programs, blocks, block)
@@ -206,7 +206,7 @@ def test_triton_path_on_maps_whose_rows_are_not_adjacent(channels_last, inplace)
         big = big.contiguous(memory_format=torch.channels_last)
     leaf, leaf_reference = big.clone().requires_grad_(), big.clone().requires_grad_()
     inp = (leaf * 1.0)[..., 1:-1, 2:-1]
-    assert not gsf_module._triton_kernels()._flat_pixels(inp)
+    assert not gsf_fast._triton_kernels()._flat_pixels(inp)
     out, expected = module.forward_triton(inp), reference.forward_reference((leaf_reference * 1.0)[..., 1:-1, 2:-1])
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     upstream = torch.randn(out.shape, generator=generator)
@@ -293,7 +293,7 @@ def test_gated_means_are_the_fusion_descriptors_means(size, dtype, channels_last
         x = x.contiguous(memory_format=torch.channels_last)
     v = x[:, :p]
     gate = torch.rand(nt, 2, h * w, generator=generator) * 2 - 1
-    means = gsf_module._triton_kernels().gated_means(v, gate)
+    means = gsf_fast._triton_kernels().gated_means(v, gate)
     values = v.double().reshape(nt, 2, p // 2, h * w)
     expected_gated = (values * gate.double().view(nt, 2, 1, h * w)).mean(dim=-1).reshape(nt, p)
     torch.testing.assert_close(means[:, 0].double(), values.mean(dim=-1).reshape(nt, p), rtol=1e-5, atol=1e-6)
@@ -327,7 +327,7 @@ def test_batch_norm_statistics_equal_float64_and_batch_norm(frames, channels_las
     torch.nn.init.uniform_(batch_norm.running_mean, generator=generator)  # (not the global generator: the same
     # values whatever ran before in the process)
     running_mean, running_var = batch_norm.running_mean.clone(), batch_norm.running_var.clone()
-    mean, invstd = gsf_module._triton_kernels().batch_norm_statistics(v, batch_norm.eps, running_mean, running_var,
+    mean, invstd = gsf_fast._triton_kernels().batch_norm_statistics(v, batch_norm.eps, running_mean, running_var,
                                                                      0.2)
     batch_norm(v)
     expected_var = v.double().var(dim=(0, 2, 3), unbiased=False)
@@ -345,7 +345,7 @@ class RecordedLaunches:
 
     def __init__(self, monkeypatch):
         self.names = []
-        kernels = gsf_module._triton_kernels()
+        kernels = gsf_fast._triton_kernels()
         for name in dir(kernels):
             if name.startswith("_") and name.endswith("_kernel") and hasattr(getattr(kernels, name), "__getitem__"):
                 monkeypatch.setattr(kernels, name, _Launcher(self.names, name[1:-len("_kernel")]))
@@ -444,7 +444,7 @@ def test_forward_uses_triton_only_for_cuda_tensors(monkeypatch):
 
 
 def test_without_triton_the_triton_path_says_so(monkeypatch):
-    monkeypatch.setattr(gsf_module, "_triton_kernels", lambda: None)
+    monkeypatch.setattr(gsf_fast, "_triton_kernels", lambda: None)
     module = make_gsf(16, 4, 0.25, seed=0)
     with pytest.raises(RuntimeError, match="needs Triton"):
         module.forward_triton(make_input(1, 4, 16, 3, seed=0))

@@ -17,7 +17,7 @@ import functools
 import pytest
 import torch
 
-from lightning_gsf import gsf as gsf_module
+from lightning_gsf import gsf_fast
 from lightning_gsf import temporal
 from test_gsf import check_path_matches_naive_spec
 from test_temporal import naive_shift
@@ -94,7 +94,7 @@ def test_gsf_paths_write_every_value_they_read(poisoned_allocations, path, chann
 def test_triton_partial_sums_are_all_written(monkeypatch, poisoned_allocations, training, min_programs):
     """Loops cut across programs (statistics, spatial means, the channel loops of the gate's
     products and of the backward): each program's partial sum is written before it is added."""
-    kernels = gsf_module._triton_kernels()
+    kernels = gsf_fast._triton_kernels()
     monkeypatch.setattr(kernels, "MIN_PROGRAMS", min_programs)
     splits, original_split = [], kernels._split
     monkeypatch.setattr(kernels, "_split", lambda *args: splits.append(original_split(*args)[0]) or

@@ -1,7 +1,7 @@
 // GSF's CPU kernels: each pass over the processed channels as one loop, forward and backward.
 //
 // Built on first use by lightning_gsf/cpu_kernels.py (torch.utils.cpp_extension) and called as
-// torch.ops.lightning_gsf.*. Each kernel has a PyTorch-ops twin in lightning_gsf/gsf.py (named
+// torch.ops.lightning_gsf.*. Each kernel has a PyTorch-ops twin in lightning_gsf/gsf_fast.py (named
 // at the kernel) and computes the same numbers, in float32 arithmetic, for float32 and bfloat16
 // feature maps. The small per-pixel and per-channel tensors (gate, fusion weights, statistics,
 // their gradients) are float32.
