@@ -11,6 +11,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CheckpointMismatchError", "check_checkpoint_matches"]
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's weights do not fit the model built from this run's configuration."""

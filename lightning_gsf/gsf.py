@@ -107,7 +107,7 @@ class GSF(nn.Module):
         inplace = ", inplace=True" if self.inplace else ""
         return f"channels={self.channels}, processed={self.processed}, num_segments={self.num_segments}{inplace}"
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
             raise ValueError(
                 f"GSF expects (N*T, {self.channels}, H, W), got {tuple(x.shape)}"
@@ -119,7 +119,7 @@ class GSF(nn.Module):
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
         """The computation of ``shared/spec/gsf.md``, written for reading, not for speed."""
-        self._check_input(x)
+        self.check_input(x)
         nt, _, h, w = x.shape
         t, p = self.num_segments, self.processed
         n, half = nt // t, p // 2
@@ -159,7 +159,7 @@ class GSF(nn.Module):
         if not torch.is_grad_enabled() and gsf_fast.infers_in_one_call(self, x):
             # CPU inference, the common case, decided first and with little Python: every GSF of
             # a network pays this per call (the longer way cost ResNet-50 ~1 % of its inference).
-            self._check_input(x)
+            self.check_input(x)
             return gsf_fast.infer_with_running_statistics(self, x)
         if isinstance(self.bn, nn.SyncBatchNorm) and self.bn.training:
             # Synchronised statistics span every process; only nn.SyncBatchNorm computes them.

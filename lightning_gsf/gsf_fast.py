@@ -39,7 +39,7 @@ def forward_torch(gsf: GSF, x: torch.Tensor) -> torch.Tensor:
     processed channels (plus a few per-frame maps), so GSF adds little activation memory
     to a training step. Without autograd (inference) it takes
     :func:`_forward_without_autograd`, which saves nothing and makes fewer passes."""
-    gsf._check_input(x)
+    gsf.check_input(x)
     if not torch.is_grad_enabled():
         return _forward_without_autograd(gsf, x, cpu_ops=None)
 
@@ -77,14 +77,14 @@ def forward_cpu(gsf: GSF, x: torch.Tensor) -> torch.Tensor:
     takes the same steps as :func:`forward_triton`, inference those of
     :func:`_forward_without_autograd`; it saves for backward what :func:`forward_torch`
     saves. Inputs in neither NCHW nor channels-last memory go to :func:`forward_torch`."""
-    gsf._check_input(x)
+    gsf.check_input(x)
     ops = cpu_kernels.cpu_kernels()
     if ops is None:
         raise RuntimeError("GSF.forward_cpu needs the C++ CPU kernels, which failed to build (see the log)")
     if not cpu_kernels.takes(x):
         raise ValueError(f"GSF.forward_cpu takes float32 or bfloat16 CPU tensors, got {x.dtype} on {x.device}")
     if not _dense_for_the_kernels(x):
-        return forward_torch(gsf, x)  # the kernels address dense NCHW or channels-last maps
+        return gsf.forward_torch(x)  # the kernels address dense NCHW or channels-last maps
     if not torch.is_grad_enabled():
         return _forward_without_autograd(gsf, x, ops)
     return _forward_with_kernels(gsf, x, _CppKernels(ops))
@@ -180,7 +180,7 @@ def forward_triton(gsf: GSF, x: torch.Tensor) -> torch.Tensor:
     """The fast path in Triton kernels (:mod:`lightning_gsf.gsf_kernels`), for CUDA
     tensors: one kernel per pass over the feature map, float32 arithmetic, any memory
     layout. Saves for backward what :func:`forward_torch` saves."""
-    gsf._check_input(x)
+    gsf.check_input(x)
     kernels = _triton_kernels()
     if kernels is None:
         raise RuntimeError("GSF.forward_triton needs Triton (pip install triton)")
@@ -236,7 +236,7 @@ def forward_compiled_ops(gsf: GSF, x: torch.Tensor) -> torch.Tensor:
     one opaque node per GSF (and one for its backward), the batch statistics and their
     running averages in plain ops around it. In place as in eager mode (on a copy where
     the module is not in place)."""
-    gsf._check_input(x)
+    gsf.check_input(x)
     p, t = gsf.processed, gsf.num_segments
     batch_statistics = check_batch_statistics(gsf, x)
     if batch_statistics:
@@ -262,7 +262,7 @@ def forward_compilable(gsf: GSF, x: torch.Tensor) -> torch.Tensor:
     (``forward`` runs it under the compiler where the C++ kernels do not take the input:
     on CUDA, say): the hand-written backward and in-place slice writes of the eager fast
     path compile into slow, heavily masked kernels."""
-    gsf._check_input(x)
+    gsf.check_input(x)
     nt, _, h, w = x.shape
     t, p = gsf.num_segments, gsf.processed
     n, half = nt // t, p // 2

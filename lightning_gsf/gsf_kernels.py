@@ -32,7 +32,7 @@ gate's backward) cuts that loop across more programs where its grid has fewer th
 :data:`MIN_PROGRAMS` (stage 1's few large maps, stage 4's many channels), the partial sums
 added after.
 
-Index conventions are those of :mod:`lightning_gsf.gsf`: ``v`` is ``(N*T, P, H, W)``, groups
+Index conventions are those of :mod:`lightning_gsf.gsf_fast`: ``v`` is ``(N*T, P, H, W)``, groups
 of ``P/2`` channels, the gate ``(N*T, 2, H*W)``, the means ``(N*T, 2, P)`` and the fusion weights
 ``(N*T, 2, P/2)`` as dense float32 tensors. Importing this module needs Triton; the kernels run on
 CUDA tensors, or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1`` set before

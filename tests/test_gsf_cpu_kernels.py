@@ -1095,8 +1095,8 @@ def test_cpu_path_refuses_other_dtypes_and_hands_odd_layouts_to_torch_ops(kernel
     module.float()
     x = make_input(1, 4, 16, 5, seed=1).transpose(2, 3)  # pixels with two strides
     calls = []
-    forward_torch = gsf_fast.forward_torch
-    monkeypatch.setattr(gsf_fast, "forward_torch", lambda gsf, x: calls.append(1) or forward_torch(gsf, x))
+    forward_torch = GSF.forward_torch
+    monkeypatch.setattr(GSF, "forward_torch", lambda self, x: calls.append(1) or forward_torch(self, x))
     out = module.forward_cpu(x)
     assert calls == [1]
     torch.testing.assert_close(out, module.forward_reference(x), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""Reliability on clusters: atomic checkpoints, a checkpoint on preemption, exact resumption.
+"""Callbacks for runs on clusters: atomic checkpoints, a checkpoint on preemption or on a data error,
+exact resumption, and the clip throughput.
 
 - :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the *same directory*
   and renames it over the target, so a job killed while saving leaves the previous

@@ -16,9 +16,9 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from lightning_gsf.callbacks.stopping import (
-    _inside_accumulation_window,
-    _starts_an_accumulation_window,
-    _StopCheckpoint,
+    inside_accumulation_window,
+    starts_an_accumulation_window,
+    StopCheckpoint,
     restart_validation_on_resume,
 )
 from lightning_gsf.data.errors import SampleReadError, original_message
@@ -27,7 +27,7 @@ from lightning_gsf.data.samplers import EvaluationDataLoader, ResumableDataLoade
 log = logging.getLogger(__name__)
 
 
-class DataErrorCheckpoint(_StopCheckpoint):
+class DataErrorCheckpoint(StopCheckpoint):
     """Save a checkpoint when ``fit`` meets data it cannot read, then stop with the error.
 
     An unreadable sample (a corrupt video, a broken frame: ``SampleReadError``, naming the
@@ -37,7 +37,7 @@ class DataErrorCheckpoint(_StopCheckpoint):
     :class:`~lightning_gsf.data.samplers.EvaluationDataLoader` for validation) hand the error
     over as an :class:`~lightning_gsf.data.samplers.UnreadableBatch`, and the processes stop
     together at a clean point, all saving ``<dirpath>/<filename>.ckpt`` (the file of
-    :class:`PreemptionCheckpoint`: ``--ckpt_path last`` resumes from it), each raising the
+    :class:`~lightning_gsf.callbacks.PreemptionCheckpoint`: ``--ckpt_path last`` resumes from it), each raising the
     error, or one quoting the failed processes' errors:
 
     - **A training batch**: at its start, before any forward pass, every process learns
@@ -102,7 +102,7 @@ class DataErrorCheckpoint(_StopCheckpoint):
         failures = _failures_of_every_rank(trainer, [batch.error] if unreadable else [])
         if not failures:
             return
-        if not _starts_an_accumulation_window(trainer):
+        if not starts_an_accumulation_window(trainer):
             outcome = _NOT_SAVED_IN_A_WINDOW
         else:
             loader = trainer.train_dataloader
@@ -131,7 +131,7 @@ class DataErrorCheckpoint(_StopCheckpoint):
         failures = _failures_of_every_rank(trainer, errors)
         if not failures:
             return
-        if _inside_accumulation_window(trainer):  # (val_check_interval inside a window)
+        if inside_accumulation_window(trainer):  # (val_check_interval inside a window)
             outcome = _NOT_SAVED_IN_A_WINDOW
         else:
             self._saving_mid_validation = True

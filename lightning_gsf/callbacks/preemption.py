@@ -18,8 +18,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lightning_gsf.callbacks.stopping import (
-    _inside_accumulation_window,
-    _StopCheckpoint,
+    inside_accumulation_window,
+    StopCheckpoint,
     restart_validation_on_resume,
     resumes_mid_validation,
 )
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 EXIT_STOPPED_BY_CTRL_C = 128 + signal.SIGINT
 
 
-class PreemptionCheckpoint(_StopCheckpoint):
+class PreemptionCheckpoint(StopCheckpoint):
     """Save a checkpoint when the job receives SIGTERM (preemption, ``scancel``, a time limit).
 
     Lightning turns SIGTERM into ``SIGTERMException`` after the current training batch, or
@@ -87,7 +87,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     Other exceptions are *not* saved: an error can strike in the middle of an optimiser step,
     and a checkpoint of that state would resume something no uninterrupted run ever saw.
-    (:class:`DataErrorCheckpoint` saves for an unreadable batch, at a clean point before it.)
+    (:class:`~lightning_gsf.callbacks.DataErrorCheckpoint` saves for an unreadable batch, at a clean point before it.)
 
     Args:
         dirpath: where to save; default: the ``ModelCheckpoint``'s directory, else
@@ -213,7 +213,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
         # Inside an accumulation window (no optimiser step after this batch) the gradients of
         # its batches so far are in no checkpoint: hold the signal to the window's last batch.
         # (Every rank's windows end at the same batch; Lightning checks the flag after this hook.)
-        accumulating = _inside_accumulation_window(trainer)
+        accumulating = inside_accumulation_window(trainer)
         if accumulating and trainer.received_sigterm:
             trainer._signal_connector.received_sigterm = False
             self._held_for_accumulation = True
@@ -228,7 +228,7 @@ class PreemptionCheckpoint(_StopCheckpoint):
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:
-        if (_holds_sigterm_in_validation(trainer) or _inside_accumulation_window(trainer)) and trainer.received_sigterm:
+        if (_holds_sigterm_in_validation(trainer) or inside_accumulation_window(trainer)) and trainer.received_sigterm:
             # (Lightning's flag, which its evaluation loop checks right after this hook)
             trainer._signal_connector.received_sigterm = False
             self._held_sigterm = True
@@ -237,14 +237,14 @@ class PreemptionCheckpoint(_StopCheckpoint):
         if _holds_sigterm_in_validation(trainer):
             held = self._held_sigterm or trainer.received_sigterm
             received = self._agree_on_a_stop(trainer, held) if trainer.world_size > 1 else held
-        elif _inside_accumulation_window(trainer):
+        elif inside_accumulation_window(trainer):
             received = self._held_sigterm or trainer.received_sigterm
         else:
             return
         self._held_sigterm = False
         if not received:
             return
-        if _inside_accumulation_window(trainer):  # (a validation between two batches of a window)
+        if inside_accumulation_window(trainer):  # (a validation between two batches of a window)
             trainer._signal_connector.received_sigterm = False
             self._held_for_accumulation = True
             message = "stopping at the end of the gradient-accumulation window it is in"

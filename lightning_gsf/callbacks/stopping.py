@@ -3,7 +3,7 @@ validation marked to run again on resume, and where a gradient-accumulation wind
 
 :class:`~lightning_gsf.callbacks.preemption.PreemptionCheckpoint` (a SIGTERM or a Ctrl-C) and
 :class:`~lightning_gsf.callbacks.data_errors.DataErrorCheckpoint` (an unreadable batch) build on
-:class:`_StopCheckpoint`.
+:class:`StopCheckpoint`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def resumes_mid_validation(trainer: pl.Trainer) -> bool:
     return hasattr(trainer.fit_loop.epoch_loop.val_loop, "restarted_mid_evaluation")
 
 
-class _StopCheckpoint(pl.Callback):
+class StopCheckpoint(pl.Callback):
     """A callback that saves ``<dirpath>/<filename>.ckpt`` when the run has to stop; without
     ``dirpath``, in the ``ModelCheckpoint``'s directory, else ``<default_root_dir>/checkpoints``."""
 
@@ -65,14 +65,14 @@ class _StopCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)
 
 
-def _starts_an_accumulation_window(trainer: pl.Trainer) -> bool:
+def starts_an_accumulation_window(trainer: pl.Trainer) -> bool:
     """Whether the training batch about to run (counted as ready at ``on_train_batch_start``)
     is the first of its gradient-accumulation window: no gradients are pending."""
     ready = trainer.fit_loop.epoch_loop.batch_progress.current.ready
     return (ready - 1) % trainer.accumulate_grad_batches == 0
 
 
-def _inside_accumulation_window(trainer: pl.Trainer) -> bool:
+def inside_accumulation_window(trainer: pl.Trainer) -> bool:
     """Whether ``fit``'s last training batch left its gradient-accumulation window open (no
     optimiser step after it), so that stopping now would lose the window's gradients."""
     return trainer.state.fn == TrainerFn.FITTING and trainer.fit_loop.epoch_loop._should_accumulate()

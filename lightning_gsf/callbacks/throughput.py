@@ -20,7 +20,7 @@ class ClipThroughputMonitor(ThroughputMonitor):
     """Lightning's ``ThroughputMonitor`` counting clips (``<stage>/samples``,
     ``<stage>/device/samples_per_sec``), with a validation batch that could not be read (an
     :class:`~lightning_gsf.data.samplers.UnreadableBatch`, which ``fit``'s validation goes on
-    past, see :class:`DataErrorCheckpoint`) left out of the count."""
+    past, see :class:`~lightning_gsf.callbacks.DataErrorCheckpoint`) left out of the count."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(batch_size_fn=clips_in, **kwargs)
