@@ -73,5 +73,26 @@ def test_gsf_registers_the_exit_handler_before_it_runs_a_command(monkeypatch):
     assert events == ["registered", ("run", ["fit"])]
 
 
+def test_the_exit_handler_does_nothing_in_a_process_without_a_group(monkeypatch):
+    slept = []
+    monkeypatch.setattr(gloo_exit.time, "sleep", slept.append)
+    assert not gloo_exit.dist.is_initialized()
+    gloo_exit._release_gloo_workers()  # (dist.get_backend() raises in a process without a group)
+    assert slept == []
+
+
+def test_the_exit_handler_is_registered_once_a_process(monkeypatch):
+    registered = []
+    monkeypatch.setattr(gloo_exit.atexit, "register", registered.append)
+    clear = getattr(gloo_exit.release_gloo_workers_at_exit, "cache_clear", lambda: None)
+    clear()
+    try:
+        gloo_exit.release_gloo_workers_at_exit()
+        gloo_exit.release_gloo_workers_at_exit()
+    finally:
+        clear()
+    assert registered == [gloo_exit._release_gloo_workers]
+
+
 if __name__ == "__main__":
     _exercise(int(sys.argv[1]), Path(sys.argv[2]), release="--no-release" not in sys.argv[3:])

@@ -522,6 +522,7 @@ def test_dropout_acts_on_the_pooled_features_of_each_frame_in_training() -> None
         ({"gsf_ratio": 0.1}, r"cannot insert GSF after layer1.0.conv2: GSF cannot split 64 channels"),
         ({"gsf_ratio": 1.5}, r"GSF ratio must be in \(0, 1\]"),
         ({"num_classes": {"verb": 0}}, "positive class counts"),
+        ({"num_classes": {}}, "positive class counts"),  # (no head: the first forward would fail)
         ({"normalization": "caffe"}, "unknown normalization 'caffe'"),
         ({"num_segments": 0}, "num_segments must be >= 1"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),  # (every feature zeroed: the heads' biases alone)
@@ -849,3 +850,41 @@ def test_untrained_backbones_start_from_their_initialisations() -> None:
     assert not any(module.bias.any() for module in net.modules() if isinstance(module, nn.Conv2d))
     weight = build_backbone("inception_v3", temporal_module="none").Mixed_7c.branch1x1.conv.weight
     assert 0.095 < weight.std().item() < 0.105
+
+
+def test_bninception_pools_as_the_released_network(monkeypatch) -> None:
+    """Max or average at each pooling site: another kind keeps every shape and parameter, and
+    the released weights would compute other features."""
+    kinds = []
+    max_pool, avg_pool = nn.functional.max_pool2d, nn.functional.avg_pool2d
+    monkeypatch.setattr(nn.functional, "max_pool2d", lambda *a, **k: kinds.append("max") or max_pool(*a, **k))
+    monkeypatch.setattr(nn.functional, "avg_pool2d", lambda *a, **k: kinds.append("avg") or avg_pool(*a, **k))
+    with torch.device("meta"):
+        net = build_backbone("bninception", temporal_module="none")
+    net(torch.empty(1, 3, 224, 224, device="meta"))
+    #                 stem pools    3a     3b     3c     4a     4b     4c     4d     4e     5a     5b
+    assert kinds == ["max", "max", "avg", "avg", "max", "avg", "avg", "avg", "avg", "max", "avg", "max"]
+
+
+def test_inception_blocks_concatenate_their_branches_in_order_and_average_the_last_map() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("bninception", temporal_module="none").eval()
+    seen = {}
+    units = ["inception_3a_1x1", "inception_3a_3x3", "inception_3a_double_3x3_2", "inception_3a_pool_proj"]
+    for unit in units:  # (the ReLU runs in place on the BatchNorm's output)
+        getattr(net, unit + "_bn").register_forward_hook(lambda module, args, out, unit=unit: seen.update({unit: out}))
+    net.inception_3b_1x1.register_forward_pre_hook(lambda module, args: seen.update(block_3a=args[0]))
+    net.global_pool.register_forward_hook(lambda module, args, out: seen.update(last_map=args[0]))
+    with torch.no_grad():
+        features = net(torch.randn(1, 3, 95, 95))
+    assert seen["last_map"].shape[-2:] == (3, 3)
+    torch.testing.assert_close(seen["block_3a"], torch.cat([seen[unit] for unit in units], dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(features, seen["last_map"].mean(dim=(2, 3)))
+
+
+def test_float_clips_of_a_half_precision_model_are_taken() -> None:
+    """An already normalised bf16 clip for a ``bf16-true`` model (not only uint8 or float32)."""
+    model = VideoClassifier("resnet18", "none", num_segments=2, num_classes=3).eval().to(torch.bfloat16)
+    clip = normalize(_clip("resnet18"), "imagenet", dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert model(clip)["class"].dtype == torch.bfloat16

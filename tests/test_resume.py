@@ -1154,3 +1154,15 @@ def test_under_ddp_every_rank_counts_the_unreadable_validation_batches_of_all(mo
     _gathering(monkeypatch, [["sample 2 (vectors.csv, line 4): cannot be read"], []])
     with pytest.raises(SampleReadError, match=r"^1 validation batch\(es\) cannot be read, .* rank 0: sample 2 "):
         callback.on_validation_epoch_end(trainer, None)
+
+
+def test_a_customised_fit_loop_is_left_alone():
+    from pytorch_lightning.loops.fit_loop import _FitLoop
+
+    class CustomisedFitLoop(_FitLoop):
+        pass
+
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, max_steps=9, logger=False)
+    trainer.fit_loop.__class__ = CustomisedFitLoop
+    install_step_limited_resume(trainer)
+    assert type(trainer.fit_loop) is CustomisedFitLoop
