@@ -1,4 +1,5 @@
-"""Lightning's fit loop, resuming a run limited by ``max_steps`` as one limited by epochs.
+"""Lightning's fit loop, resuming a run limited by ``max_steps`` as one limited by epochs, and
+any run from a checkpoint of an epoch's last batch with the next epoch counted.
 
 Lightning 2.6 treats every resume of a run with ``max_steps`` as a restart inside the saved
 epoch (``_FitLoop.restarting``), which is right only when the run stopped inside one. Two
@@ -16,21 +17,30 @@ an epoch, no gsf code involved):
 
 :class:`StepLimitedResumeFitLoop` resumes the first case as Lightning resumes an epoch-limited
 run (the saved epoch is over; the next starts afresh) and the second as a restart in the
-middle of the cut epoch (it is finished, then counted once). Everything else is Lightning's.
+middle of the cut epoch (it is finished, then counted once).
+
+A third case goes wrong with or without ``max_steps``: **a checkpoint of an epoch's last batch
+saved before the epoch ended** (``ModelCheckpoint(every_n_train_steps=...)`` falling on that
+batch). Lightning counts that epoch as over when it resumes, then runs the next as the
+rest of it: without counting it ready and started, nor calling its start hooks. The resumed
+run trains the right batches, but its counts are one epoch apart, and a resume of its own
+``last.ckpt`` trained one batch of the next epoch instead of all. The loop starts the next
+epoch as a new one. Everything else is Lightning's.
+
 :class:`~lightning_gsf.callbacks.ExactResume` installs it.
 """
 
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.loops.fit_loop import _FitLoop
+from pytorch_lightning.loops.fit_loop import RestartStage, _FitLoop
 from pytorch_lightning.loops.loop import _Loop
 
 __all__ = ["StepLimitedResumeFitLoop", "install_step_limited_resume"]
 
 
 class StepLimitedResumeFitLoop(_FitLoop):
-    """``_FitLoop`` with the two resumes above mended (see the module's docstring)."""
+    """``_FitLoop`` with the three resumes above mended (see the module's docstring)."""
 
     @property
     def restarting(self) -> bool:
@@ -52,6 +62,14 @@ class StepLimitedResumeFitLoop(_FitLoop):
                     counts.completed = min(counts.completed, counts.processed)
         _FitLoop.restarting.fset(self, restarting)
 
+    def reset(self) -> None:
+        super().reset()
+        if (self.restarted_mid_epoch and self.epoch_loop.restarted_on_train_batch_end
+                and self.epoch_loop.batch_progress.is_last_batch):
+            # A checkpoint of an epoch's last batch, saved before the epoch ended: Lightning's
+            # reset has just counted that epoch processed and completed, and the next epoch is a
+            # new one (counted ready and started, its start hooks called), not the rest of it.
+            self._restart_stage = RestartStage.NONE
 
 def install_step_limited_resume(trainer: pl.Trainer) -> None:
     """Make ``trainer``'s fit loop a :class:`StepLimitedResumeFitLoop`, keeping all its state.

@@ -1166,3 +1166,31 @@ def test_a_customised_fit_loop_is_left_alone():
     trainer.fit_loop.__class__ = CustomisedFitLoop
     install_step_limited_resume(trainer)
     assert type(trainer.fit_loop) is CustomisedFitLoop
+
+
+@pytest.mark.parametrize("max_steps", [100, -1], ids=["max_steps", "epochs"])
+def test_a_resume_from_an_epoch_s_last_batch_checkpoint_can_itself_be_resumed(tmp_path, max_steps):
+    """A checkpoint of an epoch's last batch, saved before the epoch ended (here every 6 steps,
+    6 batches an epoch). Lightning 2.6 resumed
+    it with the next epoch's ready and started counts missing, so a later resume of that run's
+    own ``last.ckpt`` trained one batch of the next epoch instead of six (a helper's find)."""
+
+    def fit(max_epochs, callbacks=(), ckpt_path=None):
+        torch.manual_seed(0)
+        record = RecordBatches()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, max_steps=max_steps, logger=False,
+                             default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[record, ExactResume(), *callbacks])
+        trainer.fit(DropoutNet(), ckpt_path=ckpt_path)
+        return record.batches, trainer.fit_loop.epoch_progress.state_dict()
+
+    every_epoch = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1,
+                                               filename="{step}")
+    full, counts = fit(4, [every_epoch])
+    last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "r", save_last=True, save_top_k=0)
+    first, first_counts = fit(3, [last], tmp_path / "step=6.ckpt")
+    assert first == full[6:18]
+    assert first_counts["current"] == dict.fromkeys(("ready", "started", "processed", "completed"), 3)
+    second, resumed_counts = fit(4, ckpt_path=tmp_path / "r" / "last.ckpt")
+    assert second == full[18:]
+    assert resumed_counts == counts
