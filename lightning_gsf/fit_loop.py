@@ -33,8 +33,13 @@ epoch as a new one. Everything else is Lightning's.
 from __future__ import annotations
 
 import pytorch_lightning as pl
-from pytorch_lightning.loops.fit_loop import RestartStage, _FitLoop
+from pytorch_lightning.loops.fit_loop import _FitLoop
 from pytorch_lightning.loops.loop import _Loop
+
+try:  # (Lightning 2.6 has restart stages; an older one this package accepts may not)
+    from pytorch_lightning.loops.fit_loop import RestartStage
+except ImportError:  # pragma: no cover
+    RestartStage = None
 
 __all__ = ["StepLimitedResumeFitLoop", "install_step_limited_resume"]
 
@@ -64,12 +69,13 @@ class StepLimitedResumeFitLoop(_FitLoop):
 
     def reset(self) -> None:
         super().reset()
-        if (self.restarted_mid_epoch and self.epoch_loop.restarted_on_train_batch_end
+        if (RestartStage is not None and self.restarted_mid_epoch and self.epoch_loop.restarted_on_train_batch_end
                 and self.epoch_loop.batch_progress.is_last_batch):
             # A checkpoint of an epoch's last batch, saved before the epoch ended: Lightning's
             # reset has just counted that epoch processed and completed, and the next epoch is a
             # new one (counted ready and started, its start hooks called), not the rest of it.
             self._restart_stage = RestartStage.NONE
+
 
 def install_step_limited_resume(trainer: pl.Trainer) -> None:
     """Make ``trainer``'s fit loop a :class:`StepLimitedResumeFitLoop`, keeping all its state.
