@@ -9,8 +9,8 @@ median per-round ratio to TSN and the median per-round difference between the tw
 The old GSF is ``lightning_gsf/gsf.py`` (and ``gsf_fast.py``, its fast paths, where the
 revision has it) read with ``git show REVISION:...`` and loaded as a separate module; each GSF
 module of the second network gets that class (the parameter and buffer names have not
-changed, so the weights are shared as they are). The rest of the
-package, the C++ CPU kernels included, is the checkout's: a revision whose ``gsf.py`` (or ``gsf_fast.py``) calls
+changed, so the weights are shared as they are). The rest of the package, the C++ CPU
+kernels included, is the checkout's: a revision whose ``gsf.py`` (or ``gsf_fast.py``) calls
 those kernels with another signature fails with the op's schema error (revisions from before
 the kernels, such as 4fadd80, run on PyTorch operations alone).
 
