@@ -1194,3 +1194,48 @@ def test_a_resume_from_an_epoch_s_last_batch_checkpoint_can_itself_be_resumed(tm
     second, resumed_counts = fit(4, ckpt_path=tmp_path / "r" / "last.ckpt")
     assert second == full[18:]
     assert resumed_counts == counts
+
+
+class SigtermAtBatch(pl.Callback):
+    """Send this process SIGTERM as training batch ``batch_idx`` of epoch 0 starts."""
+
+    def __init__(self, batch_idx: int) -> None:
+        self.batch_idx = batch_idx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.batch_idx:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["no-validation", "validation"])
+def test_a_sigterm_in_an_epoch_s_last_batch_resumes_exactly_and_so_does_the_resumed_run(tmp_path, validate):
+    """A SIGTERM in epoch 0's last batch (of 6), with ``max_steps`` set: the run stops after
+    that epoch (or in its validation, which it then scores again on resume). Resumed to 3
+    epochs, it trains epochs 1 and 2; its own ``last.ckpt``, resumed to 4, trains epoch 3.
+    (With Lightning's fit loop, the first resume trained the 7th batch of a 6-batch epoch, or
+    the second resume trained nothing.)"""
+
+    def fit(name, max_epochs, callbacks=(), ckpt_path=None):
+        torch.manual_seed(0)
+        model, record = (ValidatedDropoutNet() if validate else DropoutNet()), RecordBatches()
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, max_steps=100, logger=False,
+                             default_root_dir=tmp_path / name, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, callbacks=[record, ExactResume(), PreemptionCheckpoint(), *callbacks])
+        trainer.fit(model, ckpt_path=ckpt_path)
+        return model, record.batches, trainer.fit_loop.epoch_progress.state_dict()
+
+    uninterrupted, all_batches, epoch_counts = fit("uninterrupted", 4)
+    with pytest.raises(SystemExit):
+        fit("stopped", 4, [SigtermAtBatch(5)])
+    stopped = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(stopped, weights_only=True)["global_step"] == 6
+    keep_last = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "resumed", save_last=True, save_top_k=0)
+    resumed, batches, counts = fit("resumed", 3, [keep_last], stopped)
+    assert batches == all_batches[6:18]
+    assert counts["current"] == dict.fromkeys(("ready", "started", "processed", "completed"), 3)
+    if validate:
+        assert resumed.validated == [(epoch, batch) for epoch in range(3) for batch in range(3)]
+    resumed_again, batches, counts = fit("resumed_again", 4, ckpt_path=tmp_path / "resumed" / "last.ckpt")
+    assert batches == all_batches[18:]
+    assert counts == epoch_counts
+    assert resumed.seen + resumed_again.seen == uninterrupted.seen[DATASET_SIZE:]
