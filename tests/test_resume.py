@@ -1220,7 +1220,8 @@ def test_a_sigterm_in_an_epoch_s_last_batch_resumes_exactly_and_so_does_the_resu
         model, record = (ValidatedDropoutNet() if validate else DropoutNet()), RecordBatches()
         trainer = pl.Trainer(accelerator="cpu", max_epochs=max_epochs, max_steps=100, logger=False,
                              default_root_dir=tmp_path / name, enable_progress_bar=False, enable_model_summary=False,
-                             num_sanity_val_steps=0, callbacks=[record, ExactResume(), PreemptionCheckpoint(), *callbacks])
+                             num_sanity_val_steps=0,
+                             callbacks=[record, ExactResume(), PreemptionCheckpoint(), *callbacks])
         trainer.fit(model, ckpt_path=ckpt_path)
         return model, record.batches, trainer.fit_loop.epoch_progress.state_dict()
 
