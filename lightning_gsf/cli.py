@@ -75,13 +75,13 @@ from lightning_gsf.callbacks import (  # (EXIT_STOPPED_BY_CTRL_C: gsf's status a
     DataErrorCheckpoint,
     ExactResume,
     PreemptionCheckpoint,
+    SubmissionWriter,
     stop_signal,
 )
 from lightning_gsf.checkpoint_matching import CheckpointMismatchError
 from lightning_gsf.data.base import VideoDataModule
 from lightning_gsf.data.errors import (AnnotationError, ConfigurationError, ResumeMismatchError, SampleReadError,
                                        original_message)
-from lightning_gsf.evaluation import SubmissionWriter
 from lightning_gsf.metrics import HEADLINE_METRIC
 from lightning_gsf.module import VideoClassificationModule
 

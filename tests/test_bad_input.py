@@ -556,7 +556,7 @@ def test_a_class_list_of_another_length_is_refused(tmp_path, dataset, listed):
 
 def test_a_truncated_submission_or_checkpoint_is_named(tmp_path):
     from lightning_gsf.convert import read_original_state_dict
-    from lightning_gsf.evaluation import read_submission
+    from lightning_gsf.submission import read_submission
 
     submission = tmp_path / "submission.json"
     submission.write_text('{"version": "0.2", "results": {"a": {"verb": {"0": 1.')

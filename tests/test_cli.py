@@ -581,10 +581,10 @@ def test_gsf_prints_the_projects_information_messages(unconfigured_logging, monk
     not show by default; now the first process prints them, every process its warnings."""
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
     show_info_messages()
-    logging.getLogger("lightning_gsf.evaluation").info("wrote 4 predictions to %s", "submission.zip")
+    logging.getLogger("lightning_gsf.submission").info("wrote 4 predictions to %s", "submission.zip")
     monkeypatch.setattr(rank_zero_only, "rank", 1)  # (as Lightning sets it: RANK, SLURM_PROCID, the Trainer)
-    logging.getLogger("lightning_gsf.evaluation").info("rank 1 information")
-    logging.getLogger("lightning_gsf.evaluation").warning("rank 1 warning")
+    logging.getLogger("lightning_gsf.submission").info("rank 1 information")
+    logging.getLogger("lightning_gsf.submission").warning("rank 1 warning")
     assert capsys.readouterr().err.splitlines() == ["wrote 4 predictions to submission.zip", "rank 1 warning"]
 
 

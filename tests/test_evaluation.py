@@ -11,24 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gsf.evaluation import (
-    SubmissionWriter,
-    evaluate_main,
-    evaluate_scores,
+from lightning_gsf.callbacks import SubmissionWriter
+from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
+from lightning_gsf.evaluation import evaluate_main, evaluate_scores, read_labelled_annotations, results_table, split_of
+from lightning_gsf.metrics import compute_accuracies
+from lightning_gsf.official_ranking import action_id, action_ranking
+from lightning_gsf.submission import (
     make_submission,
-    read_labelled_annotations,
     read_predictions,
     read_results,
     read_submission,
-    results_table,
-    split_of,
     submission_scores,
     write_results,
     write_submission,
 )
-from lightning_gsf.data.epic import read_participant_ids, read_tail_classes
-from lightning_gsf.metrics import compute_accuracies
-from lightning_gsf.official_ranking import action_id, action_ranking
 
 NUM_VERBS, NUM_NOUNS = 97, 300
 
@@ -100,12 +96,12 @@ def test_scores_a_submission_holds_besides_verb_and_noun_are_named_as_unused(cap
     from the verb and noun scores (as the official evaluate.py does) and says so."""
     scores = {"verb": torch.randn(3, NUM_VERBS), "noun": torch.randn(3, NUM_NOUNS)}
     submission = make_submission(scores, ["a", "b", "c"])
-    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.submission"):
         submission_scores(submission, source="plain.zip")
     assert "not used" not in caplog.text
     for entry in list(submission["results"].values())[:2]:
         entry["action"] = {"3,5": 0.9}
-    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.submission"):
         ids, read = submission_scores(submission, source="ranked.zip")
     assert "ranked.zip: scores under 'action' in 2 of 3 entries are not used; only verb and noun are read" in caplog.text
     torch.testing.assert_close(read["verb"], scores["verb"].double(), rtol=0, atol=0)
@@ -116,7 +112,7 @@ def test_submission_of_other_class_counts_than_epic_warns(caplog, counts, warns)
     """The challenge's create_submission.py refuses verb and noun scores of other counts than
     97 and 300; a synthetic dataset's submission is still written, with a warning."""
     scores = {"verb": torch.zeros(1, counts[0]), "noun": torch.zeros(1, counts[1])}
-    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.submission"):
         submission = make_submission(scores, ["a"])
     assert len(submission["results"]["a"]["noun"]) == counts[1]
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -502,7 +498,7 @@ def test_results_table_has_a_row_per_subset():
 
 def test_merge_predictions_drops_sampler_padding():
     """Batches from two ranks, the second padded with a repeat of sample 0."""
-    from lightning_gsf.evaluation import merge_predictions
+    from lightning_gsf.callbacks.submission_writer import merge_predictions
 
     scores = torch.arange(5, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
     rank0 = {"id": ["n0", "n2", "n4"], "index": torch.tensor([0, 2, 4]), "scores": {"verb": scores[[0, 2, 4]]}}
@@ -523,7 +519,7 @@ def test_a_submission_missing_samples_is_warned_about(tmp_path, caplog, skipped)
              "scores": {"verb": torch.zeros(4, NUM_VERBS), "noun": torch.zeros(4, NUM_NOUNS)}}
     trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter()
-    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.callbacks.submission_writer"):
         writer.write_on_epoch_end(trainer, None, [batch], None)
     with zipfile.ZipFile(writer.written) as archive:
         assert sorted(json.loads(archive.read("test.json"))["results"]) == [samples[i].id for i in kept]
@@ -664,7 +660,7 @@ def test_predictions_of_another_dataset_are_written_with_a_warning(tmp_path, cap
     trainer = _predict_trainer(tmp_path, samples)
     writer = SubmissionWriter()
     batch = {"id": ["74225", "116154"], "index": torch.tensor([0, 1]), "scores": {"class": torch.eye(174)[[5, 7]]}}
-    with caplog.at_level("WARNING", logger="lightning_gsf.evaluation"):
+    with caplog.at_level("WARNING", logger="lightning_gsf.callbacks.submission_writer"):
         writer.write_on_epoch_end(trainer, None, [batch], None)
     with zipfile.ZipFile(writer.written) as archive:
         results = json.loads(archive.read("test.json"))["results"]

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_gsf.evaluation import evaluate_main, make_submission, write_results, write_submission
+from lightning_gsf.evaluation import evaluate_main
+from lightning_gsf.submission import make_submission, write_results, write_submission
 
 NUM_VERBS, NUM_NOUNS = 97, 300
 ACTION_MULTIPLIER = 1000

@@ -1,5 +1,5 @@
 """Callbacks for runs on clusters: atomic checkpoints, a checkpoint on preemption or on a data error,
-exact resumption, and the clip throughput.
+exact resumption, and the clip throughput; and the writer of ``gsf predict``'s submission.
 
 - :class:`AtomicCheckpointIO` writes a checkpoint to a temporary file in the *same directory*
   and renames it over the target, so a job killed while saving leaves the previous
@@ -26,9 +26,11 @@ exact resumption, and the clip throughput.
   :class:`~lightning_gsf.data.samplers.ResumableDataLoader` is restored. A deterministic run
   resumed mid-epoch then ends with the same weights.
 - :class:`ClipThroughputMonitor` is Lightning's ``ThroughputMonitor`` counting clips.
+- :class:`SubmissionWriter` writes ``gsf predict``'s outputs as an EPIC-KITCHENS-100 submission
+  and the official results file (:mod:`lightning_gsf.submission`), gathered from every process.
 
-One module each: ``checkpoint_io``, ``preemption``, ``data_errors``, ``exact_resume`` and
-``throughput``; ``stopping`` holds what the two stopping callbacks share. (Why a checkpoint does
+One module each: ``checkpoint_io``, ``preemption``, ``data_errors``, ``exact_resume``,
+``throughput`` and ``submission_writer``; ``stopping`` holds what the two stopping callbacks share. (Why a checkpoint does
 not fit a model is :mod:`lightning_gsf.checkpoint_matching`'s.)
 """
 
@@ -36,6 +38,7 @@ from lightning_gsf.callbacks.checkpoint_io import AtomicCheckpointIO
 from lightning_gsf.callbacks.data_errors import DataErrorCheckpoint
 from lightning_gsf.callbacks.exact_resume import ExactResume
 from lightning_gsf.callbacks.preemption import EXIT_STOPPED_BY_CTRL_C, PreemptionCheckpoint, stop_signal
+from lightning_gsf.callbacks.submission_writer import SubmissionWriter
 from lightning_gsf.callbacks.throughput import ClipThroughputMonitor
 
 __all__ = [
@@ -45,5 +48,6 @@ __all__ = [
     "DataErrorCheckpoint",
     "ExactResume",
     "PreemptionCheckpoint",
+    "SubmissionWriter",
     "stop_signal",
 ]
