@@ -30,8 +30,8 @@ exact resumption, and the clip throughput; and the writer of ``gsf predict``'s s
   and the official results file (:mod:`lightning_gsf.submission`), gathered from every process.
 
 One module each: ``checkpoint_io``, ``preemption``, ``data_errors``, ``exact_resume``,
-``throughput`` and ``submission_writer``; ``stopping`` holds what the two stopping callbacks share. (Why a checkpoint does
-not fit a model is :mod:`lightning_gsf.checkpoint_matching`'s.)
+``throughput`` and ``submission_writer``; ``stopping`` holds what the two stopping callbacks
+share. (Why a checkpoint does not fit a model is :mod:`lightning_gsf.checkpoint_matching`'s.)
 """
 
 from lightning_gsf.callbacks.checkpoint_io import AtomicCheckpointIO
