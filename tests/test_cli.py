@@ -846,3 +846,18 @@ def test_export_original_passes_the_head(tmp_path):
     path = tmp_path / "trained.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     assert run(["export-original", str(path), str(tmp_path / "noun.pth.tar"), "--head", "noun"]).num_classes == 4
+
+
+def test_input_errors_are_found_along_the_whole_chain_of_causes_and_only_there(monkeypatch):
+    """An input error two causes down is a one-line message; a bug's error, whose chain holds
+    none, keeps its traceback."""
+    inner = SampleReadError("sample 'x': cannot be read")
+    middle, outer, bug = ValueError("wrapped"), ValueError("wrapped again"), ValueError("a bug")
+    middle.__cause__, outer.__cause__, bug.__cause__ = inner, middle, KeyError("k")
+    monkeypatch.setattr(cli.gloo_exit, "release_gloo_workers_at_exit", lambda: None)
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(outer))
+    with pytest.raises(SystemExit, match=r"^gsf fit: error: sample 'x': cannot be read$"):
+        main(["fit"])
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(bug))
+    with pytest.raises(ValueError, match="a bug"):  # not an input error: its traceback
+        main(["fit"])

@@ -203,3 +203,34 @@ def test_a_split_of_one_action_is_the_unseen_participant_s(tmp_path):
 def test_bad_settings_are_refused(tmp_path, options):
     with pytest.raises(ValueError, match="expected"):
         generate_synthetic_dataset(tmp_path, **{**TINY, **options})
+
+
+@pytest.mark.parametrize("pair", [0, 1, 2, 3], ids=["move-right", "move-down", "appear", "grow"])
+def test_a_verb_does_what_its_name_says(pair):
+    """Each verb moves, shows or grows its object as named, and its reverse does the opposite
+    (the mirror-image test alone would pass with every pair's labels swapped)."""
+    for seed in range(3):
+        for direction, sign in ((0, 1), (1, -1)):  # the reverse verb: the opposite change
+            cover = _object_frames(2 * pair + direction, noun=seed, seed=seed).sum(dim=1)  # (n, H, W)
+            value = mass = cover.sum(dim=(1, 2))
+            if pair < 2:  # the centre of mass along x (move-right) or y (move-down)
+                positions = torch.arange(cover.shape[2 - pair], dtype=torch.float32)
+                value = (cover.sum(dim=1 + pair) * positions).sum(dim=1) / mass
+            assert sign * (value[-1] - value[0]) > 0, (VERBS[2 * pair + direction][0], seed)
+
+
+def test_segment_lengths_and_actions_per_video_include_their_upper_bounds(tmp_path):
+    settings = {**TINY, "num_train": 9, "min_frames": 6, "max_frames": 6, "actions_per_video": (3, 3)}
+    data = generate_synthetic_dataset(tmp_path, **settings, frames=False, videos=False)
+    actions = read_actions(data.annotations_dir / "EPIC_100_train.csv")
+    assert {action.stop_frame - action.start_frame + 1 for action in actions} == {6}
+    assert sorted(Counter(action.video_id for action in actions).values()) == [3, 3, 3]
+
+
+def test_main_without_frames_writes_the_videos_only(tmp_path):
+    """``gsf synth --no-frames``: videos, no frame folders."""
+    out = tmp_path / "videos_only"
+    result = synthetic.main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--num-test", "1",
+                             "--size", "32", "--no-frames"])
+    assert result.num_actions == {"train": 2, "val": 1, "test": 1} and result.codec is not None
+    assert list(out.glob("*/videos/*.MP4")) and not list(out.glob("*/rgb_frames"))

@@ -708,3 +708,74 @@ def test_dropped_frames_in_avi_are_the_frames_on_screen(tmp_path: Path) -> None:
     assert count_video_frames(path) == count_video_frames(path, exact=True) == slots
     on_screen = [max(k for k, pts in enumerate(timestamps) if pts <= i) for i in range(slots)]
     assert identify(VideoFileReader().read(path, list(range(slots)))) == on_screen
+
+
+def test_a_repeated_frame_number_is_skipped_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame whose timestamp gives the previous frame's number (a brief rate above the nominal
+    one) is skipped; only a number below the last one seen is timestamps going backwards."""
+    path = write_video(tmp_path / "clip.mp4", "libx264")
+    original = video._StreamTiming.index_of
+
+    def frame_4_numbered_3(self, frame):
+        index = original(self, frame)
+        return 3 if index == 4 else index
+
+    monkeypatch.setattr(video._StreamTiming, "index_of", frame_4_numbered_3)
+    assert identify(VideoFileReader(seek=False).read(path, [2, 3, 4, 5, 39])) == [2, 3, 3, 5, 39]
+
+
+def test_the_end_check_reads_at_most_4_end_frames_of_packets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seek for the last frames that lands far back (an inexact index; here the file's start)
+    reads a bounded number of packets, not the rest of a long video."""
+    monkeypatch.setattr(video, "_END_FRAMES", 4)
+    path = write_video(tmp_path / "long.mp4", "libx264", num_frames=60, options={"bf": "0"})
+    demuxed = []
+
+    class SeeksToTheStart:  # (a container whose index is inexact)
+        def __init__(self, container):
+            self.container = container
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def seek(self, offset, **kwargs):
+            self.container.seek(0)
+
+        def demux(self, *streams):
+            for packet in self.container.demux(*streams):
+                demuxed.append(packet)
+                yield packet
+
+    with av.open(str(path)) as container:
+        assert not video._last_frame_is_in_the_file(SeeksToTheStart(container), container.streams.video[0])
+    assert len(demuxed) == 4 * 4 + 1
+
+
+def test_a_corrupt_packet_before_the_last_is_decoded(tmp_path: Path) -> None:
+    """A packet flagged corrupt in the middle of a file is decoded (dropping it would lose the
+    frames that depend on it: 31 of 40 came back)."""
+    path = write_video(tmp_path / "clip.mp4", "libx264", options={"bf": "0"})
+
+    class Corrupt:
+        is_corrupt = True
+
+        def __init__(self, packet):
+            self.packet = packet
+
+        def __getattr__(self, name):
+            return getattr(self.packet, name)
+
+    class TwentiethPacketCorrupt:
+        def __init__(self, container):
+            self.container = container
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def demux(self, *streams):
+            for number, packet in enumerate(self.container.demux(*streams)):
+                yield Corrupt(packet) if number == 20 else packet
+
+    with av.open(str(path)) as container:
+        frames = list(video._decoded_frames(TwentiethPacketCorrupt(container), container.streams.video[0]))
+    assert len(frames) == NUM_FRAMES
