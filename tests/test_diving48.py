@@ -143,3 +143,38 @@ def test_config_trains_one_epoch(tmp_path: Path, diving_dir: Path) -> None:
     arguments, _, _ = _build_diving48(tmp_path, diving_dir, "frames")
     fit_one_epoch_with_config("configs/diving48/gsf_resnet50_8f.yaml", arguments, tmp_path / "runs")
     assert list((tmp_path / "runs").rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("entry", [["Back", "15som", "05Twis", "FREE", "extra"], ["Back", 15, "05Twis", "FREE"]],
+                         ids=["five-parts", "a-number"])
+def test_a_vocabulary_entry_of_other_than_four_words_is_refused(tmp_path: Path, diving_dir: Path, entry) -> None:
+    path = tmp_path / "Diving48_vocab.json"
+    path.write_text(json.dumps([*json.loads((diving_dir / "Diving48_vocab.json").read_text()), entry]))
+    with pytest.raises(AnnotationError, match="entry 48: expected"):
+        diving48.read_vocabulary(path)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"vid_name": "", "label": 3, "start_frame": 0, "end_frame": 30}, r"entry 1: expected an object with a 'vid_name'"),
+    ({"vid_name": "a", "label": -1, "start_frame": 0, "end_frame": 30}, r"entry 1 \(a\): label -1 is outside"),
+    ({"vid_name": "a", "label": 3, "start_frame": -2, "end_frame": 30}, r"entry 1 \(a\): expected 0 <= start_frame")],
+    ids=["empty-name", "negative-label", "negative-start"])
+def test_a_split_entry_with_an_empty_name_or_a_negative_number_is_refused(tmp_path: Path, entry: dict,
+                                                                          message: str) -> None:
+    path = tmp_path / "Diving48_V2_train.json"
+    path.write_text(json.dumps([{"vid_name": "ok", "label": 0, "start_frame": 0, "end_frame": 30}, entry]))
+    with pytest.raises(AnnotationError, match=message):
+        diving48.read_split(path)
+
+
+def test_a_vocabulary_of_47_classes_is_refused(tmp_path: Path, diving_dir: Path) -> None:
+    vocabulary = json.loads((diving_dir / "Diving48_vocab.json").read_text())
+    (tmp_path / "Diving48_vocab.json").write_text(json.dumps(vocabulary[:47]))
+    with pytest.raises(AnnotationError, match=r"Diving48_vocab.json: 47 classes, where Diving48 has 48"):
+        Diving48DataModule(root=tmp_path, annotations_dir=tmp_path).class_names
+
+
+def test_videos_take_the_video_suffix(tmp_path: Path, diving_dir: Path) -> None:
+    datamodule = Diving48DataModule(root=tmp_path / "rgb", annotations_dir=diving_dir, layout="video",
+                                    video_suffix=".mkv", train_file="Diving48_V2_train.excerpt.json")
+    assert datamodule.candidates("train")[0].source == tmp_path / "rgb" / "-mmq0PT-u8k_00155.mkv"

@@ -331,3 +331,46 @@ def test_decoder_threads_default_to_one_per_worker(tmp_path: Path, video_threads
     datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, video_threads=video_threads,
                                        num_workers=num_workers)
     assert datamodule.build_reader().threads == threads
+
+
+CSV_HEADER = "label,youtube_id,time_start,time_end,split\n"
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    (" ,abc,1,11,val\n", r"line 2: empty youtube_id, split or label"),
+    ("abseiling,abc,-1,9,val\n", r"line 2: expected 0 <= time_start < time_end, got -1, 9")])
+def test_a_row_with_an_empty_label_or_a_negative_start_is_refused_by_line(tmp_path: Path, row: str,
+                                                                          message: str) -> None:
+    path = tmp_path / "kinetics-400_train.csv"
+    path.write_text(CSV_HEADER + row)
+    with pytest.raises(AnnotationError, match=message):
+        kinetics.read_csv(path, labelled=True)
+
+
+def test_blanks_around_a_youtube_id_are_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "kinetics-400_val.csv"
+    path.write_text(CSV_HEADER + "abseiling, abc ,1,11,val\n")
+    assert kinetics.read_csv(path)[0].clip_id == "abc_000001_000011"
+
+
+def test_the_frames_layout_refuses_an_upper_case_video_suffix(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="names a video file, but layout is 'frames'"):
+        Kinetics400DataModule(root=tmp_path, annotations_dir=tmp_path, layout="frames",
+                              path_template="{split}/{clip_id}.MP4")
+
+
+def test_a_train_csv_of_401_labels_is_refused(tmp_path: Path, k400_dir: Path) -> None:
+    folder = tmp_path / "annotations_all"
+    folder.mkdir()
+    (folder / "kinetics-400_train.csv").write_text(
+        (k400_dir / "kinetics-400_val.excerpt.csv").read_text() + "\"zumba dancing\",abcdefghijk,1,11,val,0\n")
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=folder, class_names_file=None)
+    with pytest.raises(AnnotationError, match=r"401 labels, where Kinetics-400 has 400 classes; the rarest: "
+                                              r"'abseiling' \(1 row, first on line 2\)"):
+        datamodule.num_classes
+
+
+def test_a_clip_keeps_its_youtube_id_start_and_end(tmp_path: Path, k400_dir: Path) -> None:
+    datamodule = Kinetics400DataModule(root=tmp_path, annotations_dir=k400_dir, val_file="kinetics-400_val.excerpt.csv",
+                                       class_names_file="label_map_k400.txt")
+    assert datamodule.candidates("val")[0].metadata == {"youtube_id": "0wR5jVB-WPk", "time_start": 417, "time_end": 427}

@@ -967,3 +967,54 @@ def test_compiled_convolution_with_a_bias_under_autocast_of_a_bf16_map(compiled_
     assert "shifted_convolution" in graphs[0]
     assert out.dtype == expected.dtype == torch.bfloat16
     assert torch.equal(out, expected)
+
+
+def test_a_five_dimensional_map_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"expects \(N\*T, C, H, W\), got shape \(4, 16, 3, 3, 1\)"):
+        temporal_shift(torch.randn(4, 16, 3, 3, 1), 4)
+
+
+def test_the_shift_around_a_convolution_refuses_a_three_dimensional_map_by_name_in_inference():
+    with torch.inference_mode():
+        x = torch.randn(2 * 3, 16, 4)
+        assert not temporal.shifts_in_place(x)
+        with pytest.raises(ValueError, match=r"\(N\*T, C, H, W\)"):
+            TemporalShift(3).call_with_shifted(x, lambda shifted: shifted.sum())
+
+
+def test_a_convolution_with_a_backward_pre_hook_is_called_as_a_module():
+    """(Not through the in-place shift around it, which would skip the hook.)"""
+    conv = nn.Conv2d(16, 8, 3, padding=1)
+    calls = []
+    conv.register_full_backward_pre_hook(lambda module, grad_output: calls.append(grad_output[0].shape))
+    x = torch.randn(2 * 3, 16, 4, 5, requires_grad=True)
+    assert not temporal.convolves_in_place(x, conv)
+    TemporalShift(3).call_with_shifted(x, conv).sum().backward()
+    assert calls == [torch.Size([6, 8, 4, 5])]
+
+
+def test_a_global_forward_hook_sees_the_shift_and_the_convolution_called():
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(type(module).__name__))
+    try:
+        TemporalShift(3).call_with_shifted(torch.randn(2 * 3, 16, 4, 5, requires_grad=True), nn.Conv2d(16, 8, 1))
+    finally:
+        handle.remove()
+    assert seen == ["TemporalShift", "Conv2d"]
+
+
+def test_the_printed_shift_names_its_segments_and_fold_div():
+    assert repr(TemporalShift(8, fold_div=4)) == "TemporalShift(num_segments=8, fold_div=4)"
+
+
+def test_a_compiled_shift_around_a_convolution_refuses_partial_clips_as_temporal_shift_does():
+    conv, shift = nn.Conv2d(16, 8, 3, padding=1), TemporalShift(3)
+    compiled = torch.compile(lambda v: shift.call_with_shifted(v, conv), backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    try:
+        refused = (ValueError, torch._dynamo.exc.TorchDynamoException)  # (how dynamo passes it on varies)
+        with pytest.raises(refused, match="not a multiple of num_segments=3"):
+            compiled(torch.randn(7, 16, 4, 5))
+    finally:
+        torch._dynamo.reset()
