@@ -689,3 +689,23 @@ def test_persistent_workers_without_workers_is_ignored():
     for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
         assert not loader.persistent_workers
         assert next(iter(loader))["clip"].shape[0] == 4
+
+
+def test_an_empty_split_names_its_annotation_file_under_annotations_dir():
+    datamodule = OddSplits(num_segments=4, batch_size=4, num_workers=0, input_size=32, resize_size=36)
+    datamodule.annotations_dir = Path("/data/annotations")
+    datamodule.split_files = {"train": "train.csv", "val": "val.csv", "test": "test.csv"}
+    with pytest.raises(AnnotationError, match=r"the val split has no samples \(/data/annotations/val\.csv\)"):
+        datamodule.setup("validate")
+
+
+@pytest.mark.parametrize("argument", ["val_crops", "test_crops"])
+def test_evaluation_crops_are_checked_when_the_datamodule_is_made(argument):
+    """(At config time, not at ``setup`` or a loader's first batch, perhaps after training.)"""
+    with pytest.raises(ValueError, match="num_crops must be 1 or 3"):
+        toy(**{argument: 2})
+
+
+def test_training_scales_are_checked_when_the_datamodule_is_made():
+    with pytest.raises(ValueError, match="expected input_size >= 1 and scales in"):
+        toy(scales=(1.0, 1.5))

@@ -329,3 +329,11 @@ def test_train_transform_properties(height: int, width: int, input_size: int, se
     assert out.shape == (2, 3, input_size, input_size) and out.dtype == torch.uint8
     again, flipped_again = transform(clip, _generator(seed))
     assert torch.equal(out, again) and flipped == flipped_again
+
+
+def test_a_resize_size_equal_to_the_input_size_is_a_plain_centre_crop():
+    """(The short side resized to the crop's size, then the centre cropped: a common evaluation.)"""
+    clip = torch.randint(0, 256, (2, 3, 40, 60), dtype=torch.uint8)
+    views = EvalClipTransform(input_size=40, resize_size=40, num_crops=1)(clip)
+    assert views.shape == (1, 2, 3, 40, 40)
+    assert torch.equal(views[0], clip[..., 10:50])
