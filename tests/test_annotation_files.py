@@ -92,3 +92,17 @@ def test_a_json_file_that_does_not_parse_names_the_file(tmp_path: Path) -> None:
     path.write_text('[{"id": "1"}')
     with pytest.raises(AnnotationError, match=rf"^{path}: not valid JSON \("):
         read_json(path, list)
+
+
+def test_a_row_over_two_lines_names_both(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text('a,b\n1,"x\ny"\n3,4\n')
+    _, rows = read_headed_csv(path)
+    assert [row.lines for row in rows] == ["lines 2-3", "line 4"]
+
+
+def test_an_empty_csv_file_has_no_header_and_no_rows(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("\n\n")
+    header, rows = read_headed_csv(path)
+    assert header == [] and list(rows) == []

@@ -473,3 +473,63 @@ def test_ssv1_video_layout_finds_mp4_files_or_the_given_suffix(tmp_path: Path, s
         )
         (sample,) = datamodule.samples("train")
         assert (sample.id, sample.num_frames) == ("1", frames)
+
+
+def test_a_class_name_listed_twice_is_refused() -> None:
+    """(174 lines with a name twice would pass the count, and the indices would skip a number.)"""
+    with pytest.raises(AnnotationError, match=r"^labels.csv: class name 'Holding something' is listed twice$"):
+        sorted_class_index(["Holding something", "Closing something", "Holding something"], "labels.csv")
+
+
+def test_blank_lines_in_an_id_class_csv_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-train.csv"
+    path.write_text("12;Holding something\n\n  \n13;Holding something\n\n")
+    assert read_id_class_csv(path, {"Holding something": 0}) == [("12", 0), ("13", 0)]
+    path.write_text("12\n\n13\n\n")
+    assert read_id_class_csv(path, None) == [("12", None), ("13", None)]
+
+
+def test_a_labelled_line_in_the_test_list_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-test.csv"
+    path.write_text("12\n13;Holding something\n")
+    with pytest.raises(AnnotationError, match=r"line 2: expected a video id alone, got '13;Holding something'"):
+        read_id_class_csv(path, None)
+
+
+def test_an_empty_video_id_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-train.csv"
+    path.write_text("12;Holding something\n ;Holding something\n")
+    with pytest.raises(AnnotationError, match=r"line 2: expected '<video id>;<class name>'"):
+        read_id_class_csv(path, {"Holding something": 0})
+
+
+def test_spaces_around_a_video_id_are_not_part_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v1-train.csv"
+    path.write_text(" 12 ;Holding something\n")
+    assert read_id_class_csv(path, {"Holding something": 0}) == [("12", 0)]
+    path.write_text(" 12 \n")
+    assert read_id_class_csv(path, None) == [("12", None)]
+
+
+@pytest.mark.parametrize("entry", ["74225", 74225, ["74225"]])
+def test_ssv2_entry_that_is_not_an_object_is_refused(tmp_path: Path, entry) -> None:
+    path = tmp_path / "something-something-v2-train.json"
+    path.write_text(json.dumps([entry]))
+    with pytest.raises(AnnotationError, match=r"entry 0: expected an object with an 'id'"):
+        ssv2.read_split(path, {"Holding something": 0})
+
+
+def test_ssv2_label_map_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(["Holding something"]))
+    expected = rf"^{re.escape(str(path))}: expected a JSON dict at the top level, got list$"
+    with pytest.raises(AnnotationError, match=expected):
+        ssv2.read_label_map(path)
+
+
+def test_ssv2_label_index_that_is_a_json_number_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"Holding something": 0}))
+    with pytest.raises(AnnotationError,
+                       match=r"class 'Holding something': expected the index as a string of digits, got 0"):
+        ssv2.read_label_map(path)
