@@ -533,3 +533,19 @@ def test_ssv2_label_index_that_is_a_json_number_is_refused(tmp_path: Path) -> No
     with pytest.raises(AnnotationError,
                        match=r"class 'Holding something': expected the index as a string of digits, got 0"):
         ssv2.read_label_map(path)
+
+
+@pytest.mark.parametrize("video_id", [True, " ", ""], ids=["true", "blank", "empty"])
+def test_ssv2_entry_whose_id_is_true_or_blank_is_refused(tmp_path: Path, video_id) -> None:
+    """(A JSON ``true`` was read as the id ``'True'``, and a blank id was kept, where the v1 lists
+    refuse one: both surfaced later as a missing video.)"""
+    path = tmp_path / "something-something-v2-validation.json"
+    path.write_text(json.dumps([{"id": "74225"}, {"id": video_id}]))
+    with pytest.raises(AnnotationError, match=r"entry 1: expected an object with an 'id'"):
+        ssv2.read_split(path, None)
+
+
+def test_ssv2_ids_are_read_without_the_blanks_around_them(tmp_path: Path) -> None:
+    path = tmp_path / "something-something-v2-validation.json"
+    path.write_text(json.dumps([{"id": " 74225 "}, {"id": 116154}]))
+    assert ssv2.read_split(path, None) == [("74225", None), ("116154", None)]
