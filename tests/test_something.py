@@ -489,18 +489,20 @@ def test_blank_lines_in_an_id_class_csv_are_skipped(tmp_path: Path) -> None:
     assert read_id_class_csv(path, None) == [("12", None), ("13", None)]
 
 
-def test_a_labelled_line_in_the_test_list_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "something-something-v1-test.csv"
-    path.write_text("12\n13;Holding something\n")
-    with pytest.raises(AnnotationError, match=r"line 2: expected a video id alone, got '13;Holding something'"):
-        read_id_class_csv(path, None)
-
-
-def test_an_empty_video_id_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "something-something-v1-train.csv"
-    path.write_text("12;Holding something\n ;Holding something\n")
-    with pytest.raises(AnnotationError, match=r"line 2: expected '<video id>;<class name>'"):
-        read_id_class_csv(path, {"Holding something": 0})
+@pytest.mark.parametrize(
+    ("text", "class_to_index", "message"),
+    [
+        ("12\n13;Holding something\n", None, r"line 2: expected a video id alone, got '13;Holding something'"),
+        ("12;Holding something\n ;Holding something\n", {"Holding something": 0},
+         r"line 2: expected '<video id>;<class name>'"),
+    ],
+    ids=["a-labelled-line-in-the-test-list", "an-empty-video-id"],
+)
+def test_a_line_of_the_wrong_form_is_refused(tmp_path: Path, text, class_to_index, message) -> None:
+    path = tmp_path / "something-something-v1-list.csv"
+    path.write_text(text)
+    with pytest.raises(AnnotationError, match=message):
+        read_id_class_csv(path, class_to_index)
 
 
 def test_spaces_around_a_video_id_are_not_part_of_it(tmp_path: Path) -> None:
