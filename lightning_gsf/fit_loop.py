@@ -58,6 +58,9 @@ class StepLimitedResumeFitLoop(_FitLoop):
             epochs, batches = self.epoch_progress, self.epoch_loop.batch_progress
             epoch_ended = epochs.current.ready == epochs.current.started == epochs.current.processed > 0
             if epoch_ended and batches.is_last_batch:
+                # (Without this, the branch below would take the epoch for one cut short and
+                # ``reset`` would then start the next anew: the same batches and counts by a
+                # longer way. This says what the state is: the epoch is over.)
                 _Loop.restarting.fset(self, False)  # as _FitLoop decides for an epoch-limited run
                 return
             if epoch_ended and batches.current.completed > 0:

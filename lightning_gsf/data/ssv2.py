@@ -55,12 +55,12 @@ def read_split(path: Path, class_to_index: Mapping[str, int] | None) -> list[tup
     first_entry: dict[str, int] = {}
     for position, entry in enumerate(read_json(path, list)):
         where = f"{path}, entry {position}"
-        video_id = entry.get("id") if isinstance(entry, dict) else None
+        given_id = entry.get("id") if isinstance(entry, dict) else None
         # (a JSON true is no id, though Python counts it an int; blanks around one are not part of it,
         # as the Something-Something v1 lists read)
-        if isinstance(video_id, bool) or not isinstance(video_id, str | int) or not str(video_id).strip():
+        if isinstance(given_id, bool) or not isinstance(given_id, str | int) or not str(given_id).strip():
             raise AnnotationError(f"{where}: expected an object with an 'id', got {entry!r}")
-        video_id = str(video_id).strip()
+        video_id = str(given_id).strip()
         if video_id in first_entry:
             raise AnnotationError(f"{where}: video id {video_id!r} repeats entry {first_entry[video_id]}")
         first_entry[video_id] = position
