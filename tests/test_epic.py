@@ -723,3 +723,77 @@ def test_only_segments_past_the_last_frame_are_warned_about(tmp_path, caplog):
     assert [(s.start, s.stop) for s in samples] == [(5, 20), (14, 20)]
     assert "1 annotated frame ranges run past their extracted frames, by up to 20 frames" in caplog.text
     assert "line 3: frames up to 40 annotated, 20 in" in caplog.text
+
+
+def test_a_blank_narration_timestamp_is_none(tmp_path):
+    """A narration_timestamp of spaces is empty, as an empty narration is: None, not an error."""
+    path = write_annotations(tmp_path, with_field(0, "narration_timestamp", "  "))
+    assert read_actions(path)[0].narration_timestamp is None
+
+
+def test_time_zero_is_formatted():
+    """The first action of a video may start at 0 s (the real files have many)."""
+    assert format_timestamp(0) == "00:00:00.00"
+    assert format_timestamp(0.0, decimals=3) == "00:00:00.000"
+
+
+def test_a_video_info_row_of_zero_fps_is_refused(tmp_path):
+    info = tmp_path / "EPIC_100_video_info.csv"
+    info.write_text("video_id,duration,fps,resolution\nP01_01,2.0,0,32x24\n")
+    with pytest.raises(AnnotationError, match=r"line 2: duration 2.0 s at 0.0 fps; expected both > 0"):
+        read_video_info(info)
+
+
+def test_a_narration_id_of_sixty_characters_is_named_in_full(tmp_path):
+    narration_id = "P01_01_" + "9" * 53  # 60 characters: shown whole, not cut
+    path = write_annotations(tmp_path, with_field(1, "narration_id", narration_id, stop_frame="12"))
+    with pytest.raises(AnnotationError, match=rf"\(narration_id {narration_id}\): frames 26..12"):
+        read_actions(path)
+
+
+def test_a_short_narration_id_over_two_lines_is_named_on_one_line(tmp_path):
+    """A quoted narration_id holding a line break (a stray quote): the message shows its first line only."""
+    path = write_annotations(tmp_path, with_field(0, "stop_frame", "3"))
+    path.write_text(path.read_text().replace("\nP01_01_0,", '\n"P01_01_0\n",', 1))
+    with pytest.raises(AnnotationError, match=r"lines 2-3 \(narration_id P01_01_0 \.\.\.\): frames 6..3") as error:
+        read_actions(path)
+    assert "\n" not in str(error.value)
+
+
+def test_a_negative_tail_class_is_refused(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    (tmp_path / "annotations" / "EPIC_100_tail_verbs.csv").write_text("verb\n1\n-1\n")
+    with pytest.raises(AnnotationError, match=r"verb classes \[-1\] are not among the 2 verb classes"):
+        datamodule(stub_media(tmp_path, tmp_path / "annotations")).samples("val")
+
+
+def test_a_negative_secondary_noun_class_is_refused(tmp_path):
+    write_annotations(tmp_path, with_field(1, "all_nouns", "['cup', 'tap']", all_noun_classes="[1, -1]"))
+    with pytest.raises(AnnotationError,
+                       match=r"line 3 \(narration_id P01_01_1\): all_noun_classes \[1, -1\] holds \[-1\]"):
+        datamodule(stub_media(tmp_path, tmp_path / "annotations")).samples("val")
+
+
+def test_unseen_participant_ids_are_stripped(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)
+    (tmp_path / "annotations" / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\n P01 \n")
+    samples = datamodule(stub_media(tmp_path, tmp_path / "annotations")).samples("val")
+    assert [s.subsets["unseen"] for s in samples] == [True, True]
+
+
+def test_each_sample_names_its_annotation_row(tmp_path):
+    """The row goes into the messages of a sample that cannot be read."""
+    path = write_annotations(tmp_path, GOOD_ROWS)
+    samples = datamodule(stub_media(tmp_path, tmp_path / "annotations")).samples("val")
+    assert [s.where for s in samples] == [f"{path}, line 2", f"{path}, line 3"]
+
+
+def test_a_short_frame_folder_is_reported_with_its_first_segment_past_the_frames(tmp_path):
+    write_annotations(tmp_path, GOOD_ROWS)  # frames 6..20 and 26..40 of P01_01
+    folder = tmp_path / "P01" / "rgb_frames" / "P01_01"
+    folder.mkdir(parents=True)
+    for n in range(1, 6):
+        (folder / f"frame_{n:010d}.jpg").touch()
+    with pytest.raises(MissingMediaError, match=r"its 5 extracted frames end before 2 of its segments start "
+                                                r"\(line 2: frames 6\.\.20\)"):
+        datamodule(tmp_path).samples("val")
