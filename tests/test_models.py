@@ -888,3 +888,52 @@ def test_float_clips_of_a_half_precision_model_are_taken() -> None:
     clip = normalize(_clip("resnet18"), "imagenet", dtype=torch.bfloat16)
     with torch.no_grad():
         assert model(clip)["class"].dtype == torch.bfloat16
+
+
+def test_an_unknown_temporal_module_is_refused_before_the_weights_are_read(tmp_path) -> None:
+    with torch.device("meta"), pytest.raises(ConfigurationError, match="unknown temporal module 'nonlocal'"):
+        build_backbone("resnet18", temporal_module="nonlocal", weights=tmp_path / "missing.pth")
+
+
+def test_the_tensorflow_converted_classifier_is_dropped_from_a_weights_file(tmp_path) -> None:
+    source = build_backbone("inception_v3_tf", temporal_module="none")
+    state = {k: v for k, v in source.state_dict().items() if not k.endswith(".num_batches_tracked")}
+    state["top_cls_fc.weight"], state["top_cls_fc.bias"] = torch.zeros(1001, 2048), torch.zeros(1001)
+    path = tmp_path / "inception_v3_tf.pth"
+    torch.save(state, path)
+    build_backbone("inception_v3_tf", temporal_module="none", weights=path)
+
+
+def test_unknown_torchvision_weight_names_list_default_among_the_choices() -> None:
+    with pytest.raises(ConfigurationError, match=r"one of \['DEFAULT', 'IMAGENET1K_V1'"):
+        weights_module.resolve_torchvision_weights("resnet18", "IMAGENET22K")
+
+
+def test_torchvision_weights_are_fetched_hash_checked(monkeypatch) -> None:
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    calls = []
+    monkeypatch.setattr(type(weights), "get_state_dict", lambda self, **kwargs: calls.append(kwargs) or {})
+    weights_module.fetch_torchvision_weights(weights)
+    assert calls == [{"progress": True, "check_hash": True}]
+
+
+def test_torchvision_weights_with_a_bad_hash_in_the_cache_are_a_configuration_error(monkeypatch) -> None:
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+
+    def corrupt(*args, **kwargs):
+        raise RuntimeError('invalid hash value (expected "f37072fd", got "00000000")')
+
+    monkeypatch.setattr(type(weights), "get_state_dict", corrupt)
+    with pytest.raises(ConfigurationError, match="could not be loaded .*corrupt one there: delete it"):
+        weights_module.fetch_torchvision_weights(weights)
+
+
+def test_a_missing_weights_path_in_a_folder_is_a_missing_file_whatever_its_suffix(tmp_path) -> None:
+    with torch.device("meta"), pytest.raises(FileNotFoundError, match="does not exist"):
+        build_backbone("resnet18", temporal_module="none", weights=tmp_path / "resnet18.weights")
+
+
+def test_a_mismatch_of_exactly_the_limit_lists_every_key_without_a_remainder() -> None:
+    own = {f"layer{i:02d}.weight": torch.zeros(1) for i in range(10)}
+    listed = ", ".join(f"layer{i:02d}.weight" for i in range(10))
+    assert weights_module.describe_state_dict_mismatch({}, own) == f"10 missing key(s): {listed}"
