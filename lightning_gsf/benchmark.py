@@ -133,6 +133,8 @@ class BenchmarkConfig:
             raise ValueError(f"dtype must be float32 or bf16, got {self.dtype!r}")
         if self.timer not in TIMERS:
             raise ValueError(f"timer must be one of {tuple(TIMERS)}, got {self.timer!r}")
+        if self.threads is not None and self.threads < 1:  # (else torch.set_num_threads' traceback, in the run)
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.timer == "process" and torch.device(self.device).type != "cpu":
             raise ValueError("the process (CPU time) timer only measures CPU devices; use --timer wall")
         if self.timer == "process" and (self.threads or torch.get_num_threads()) > 1:

@@ -358,7 +358,8 @@ def test_a_layer_output_is_an_activation_not_a_weight_copy():
     [("temporal_modules", ("gsm",), "unknown temporal modules"), ("dtype", "fp16", "dtype"),
      ("temporal_modules", ("gsf", "tsm", "gsf"), r"temporal modules \['gsf'\] listed twice; .* none_control"),
      ("repeats", 0, ">= 1"), ("num_segments", 0, ">= 1"), ("input_size", 0, ">= 1"), ("batch_size", 0, ">= 1"),
-     ("malloc", "tcmalloc", "malloc must be one of"),
+     ("malloc", "tcmalloc", "malloc must be one of"), ("timer", "cpu", "timer must be one of"),
+     ("threads", 0, r"threads must be >= 1, got 0"), ("threads", -2, r"threads must be >= 1, got -2"),
      ("compile_mode", "fastest", "compile_mode must be one of"), ("compile_mode", "reduce-overhead", "needs compile"),
      ("device", "cudax", "device 'cudax' is no device: "), ("device", "cuda:x", "device 'cuda:x' is no device: ")],
 )
@@ -505,3 +506,11 @@ def test_activation_memory_is_that_of_a_training_forward():
     config = BenchmarkConfig(num_segments=2, input_size=4, batch_size=2)
     saved_activation_bytes(model, torch.randn(2, 2, 3, 4, 4), torch.tensor([0, 1]), config)
     assert model.calls == [(True, True, False)]
+
+
+def test_zero_threads_is_one_line_before_anything_runs(monkeypatch):
+    """(It was torch.set_num_threads' traceback, from inside the run.)"""
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda config: pytest.fail("the run started"))
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        main(["--threads", "0"])
+
