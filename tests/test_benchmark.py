@@ -514,3 +514,88 @@ def test_zero_threads_is_one_line_before_anything_runs(monkeypatch):
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         main(["--threads", "0"])
 
+
+def test_build_model_gives_gsf_the_configured_ratio():
+    config = BenchmarkConfig(backbones=("resnet18",), num_segments=2, input_size=32, batch_size=1, gsf_ratio=0.5)
+    gsf_modules = [m for m in build_model("resnet18", "gsf", config).modules() if isinstance(m, GSF)]
+    assert gsf_modules and all(m.ratio == 0.5 for m in gsf_modules)
+
+
+def test_a_cost_ratio_to_a_missing_or_zero_baseline_is_none():
+    assert benchmark._ratio(3.0, 2.0) == 1.5 and benchmark._ratio(None, 2.0) is None
+    assert benchmark._ratio(3.0, None) is None and benchmark._ratio(3.0, 0.0) is None
+
+
+def test_the_table_names_the_configuration_once_and_aligns_each_column_right():
+    row = {c: None for c in COLUMNS}
+    row.update(backbone="resnet18", temporal_module="none", num_segments=8, input_size=160, batch_size=2,
+               threads=1, timer="wall", dtype="float32", channels_last=False, compile=False, device="cpu",
+               device_name="Test CPU", repeats=5, warmup=1, seed=0, malloc="retain", params_m=24.5,
+               gflops_per_clip=123.456, train_clips_s=1.23456)
+    header, names, *cells = benchmark.format_table([row, dict(row, temporal_module="gsf")]).splitlines()
+    assert header == ("T=8 size=160 batch=2 threads=1 timer=wall dtype=float32 channels_last=False compile=False "
+                      "compile_mode=- device=cpu (Test CPU) gsf_ratio=- repeats=5 warmup=1 seed=0")
+    assert names.split()[:3] == ["backbone", "temporal_module", "malloc"] and "device_name" not in names.split()
+    first = dict(zip(names.split(), cells[0].split()))
+    assert (first["params_m"], first["gflops_per_clip"], first["train_clips_s"]) == ("24.500", "123.5", "1.235")
+    assert first["cuda_peak_mib"] == "-" and len(cells) == 2
+    right_edge = names.index("temporal_module") + len("temporal_module")
+    assert cells[0].index(" none ") + len(" none") == right_edge == cells[1].index(" gsf ") + len(" gsf")
+
+
+def test_command_line_defaults_are_the_configs_and_malloc_overrides_the_environment(monkeypatch):
+    configs = []
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda config: configs.append(config) or [])
+    monkeypatch.setenv(host_memory.ENVIRONMENT_VARIABLE, "retain")
+    main([])
+    main(["--malloc", "default"])
+    assert configs == [BenchmarkConfig(malloc="retain"), BenchmarkConfig(malloc="default")]
+
+
+def test_run_benchmark_applies_the_malloc_mode_and_rows_name_the_mode_in_effect(monkeypatch):
+    applied = []
+    monkeypatch.setattr(benchmark.host_memory, "configure", lambda mode: applied.append(mode) or False)  # (refused)
+    monkeypatch.setattr(benchmark, "benchmark_backbone", lambda backbone, config, malloc: [{"malloc": malloc}])
+    assert benchmark.run_benchmark(BenchmarkConfig(malloc="retain")) == [{"malloc": "default"}]
+    assert applied == ["retain"]
+
+
+def test_a_cuda_rows_machine_is_the_cards_name(monkeypatch):
+    monkeypatch.setattr(benchmark.torch.cuda, "get_device_name", lambda device: f"card of {device}")
+    assert benchmark.device_name("cuda:1") == "card of cuda:1"
+    assert benchmark.device_name("cpu") == benchmark.cpu_model()
+
+
+def test_the_batch_is_the_seeds():
+    config = BenchmarkConfig(num_segments=1, input_size=4, batch_size=8, seed=3)
+    (clips, labels), (again, labels_again) = make_batch(config), make_batch(config)
+    assert torch.equal(clips, again) and torch.equal(labels, labels_again)
+
+
+class _SavesACastActivation(nn.Module):
+    def forward(self, clips: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (clips.flatten(1) * 2).double()  # a cast of an activation (not of a weight), saved by x * x
+        return {"class": (x * x).sum(1, keepdim=True).float()}
+
+
+def test_a_cast_activation_is_an_activation():
+    config = BenchmarkConfig(num_segments=1, input_size=4, batch_size=2)
+    clips, labels = torch.randn(2, 1, 3, 4, 4, requires_grad=True), torch.zeros(2, dtype=torch.long)
+    assert saved_activation_bytes(_SavesACastActivation(), clips, labels, config) >= 2 * 48 * 8
+
+
+def test_both_timings_take_the_configured_rounds_warm_up_and_timer(monkeypatch):
+    calls = []
+    monkeypatch.setattr(benchmark, "build_model", lambda backbone, variant, config: _Tiny(4))
+    monkeypatch.setattr(benchmark, "time_round_robin", lambda steps, *args: calls.append((list(steps), *args))
+                        or {variant: [1.0, 1.0, 1.0] for variant in steps})
+    config = BenchmarkConfig(temporal_modules=("gsf",), num_segments=2, input_size=4, batch_size=2, repeats=3,
+                             warmup=2, timer="process", threads=1)
+    benchmark.benchmark_backbone("tiny", config, "default")
+    assert calls == [(["none", "gsf"], 3, 2, "cpu", benchmark.TIMERS["process"])] * 2
+
+
+def test_without_cpuinfo_the_processor_is_named_before_the_architecture(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark.platform, "processor", lambda: "Intel64 Family 6 Model 85 Stepping 7")
+    monkeypatch.setattr(benchmark.platform, "machine", lambda: "AMD64")
+    assert benchmark.cpu_model(tmp_path / "missing") == "Intel64 Family 6 Model 85 Stepping 7"

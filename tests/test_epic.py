@@ -797,3 +797,53 @@ def test_a_short_frame_folder_is_reported_with_its_first_segment_past_the_frames
     with pytest.raises(MissingMediaError, match=r"its 5 extracted frames end before 2 of its segments start "
                                                 r"\(line 2: frames 6\.\.20\)"):
         datamodule(tmp_path).samples("val")
+
+
+def test_benchmark_loads_batches_as_training_does_at_the_given_size(monkeypatch, tmp_path):
+    from lightning_gsf.data import benchmark
+
+    built = []
+
+    class DataModule:
+        def __init__(self, root, **options):
+            built.append((root, options))
+
+        def setup(self, stage):
+            pass
+
+        def train_dataloader(self):
+            return [{"clip": torch.zeros(2, 1)}] * 3
+
+    monkeypatch.setattr(benchmark, "EpicKitchensDataModule", DataModule)
+    benchmark.measure(tmp_path, "video", 0, num_batches=1, batch_size=2, num_segments=4, input_size=48,
+                      video_threads=2, randaugment=True)
+    assert built == [(tmp_path, {"layout": "video", "num_segments": 4, "batch_size": 2, "num_workers": 0,
+                                 "input_size": 48, "resize_size": 48, "video_threads": 2, "randaugment": True,
+                                 "pin_memory": False, "drop_last": True})]
+
+
+def test_benchmark_model_rate_follows_one_untimed_step(monkeypatch):
+    import types
+
+    from lightning_gsf.data import benchmark
+
+    calls = []
+    monkeypatch.setattr(benchmark.host_memory, "configure", lambda mode: None)
+    monkeypatch.setattr(benchmark.model_benchmark, "make_batch", lambda config: (None, None))
+    monkeypatch.setattr(benchmark.model_benchmark, "build_model", lambda *args: None)
+    monkeypatch.setattr(benchmark.model_benchmark, "make_steps", lambda *args: types.SimpleNamespace(train=None))
+    monkeypatch.setattr(benchmark.model_benchmark, "time_round_robin",
+                        lambda steps, repeats, warmup, device: calls.append((repeats, warmup)) or {"train": [1.0]})
+    benchmark.measure_model("resnet18", "gsf", batch_size=4, num_segments=2, input_size=32, repeats=3)
+    assert calls == [(3, 1)]
+
+
+def test_benchmark_without_root_times_a_generated_synthetic_set(monkeypatch):
+    from lightning_gsf.data import benchmark
+
+    generated, measured = [], []
+    monkeypatch.setattr(benchmark, "generate_synthetic_dataset", lambda root: generated.append(root) or root.mkdir())
+    monkeypatch.setattr(benchmark, "measure", lambda root, layout, workers, **kwargs: measured.append(root)
+                        or benchmark.Throughput(layout, workers, 2, 1.0))
+    benchmark.main(["--layouts", "frames", "--workers", "0", "--no-model"])
+    assert len(generated) == 1 and measured == generated and generated[0].name == "synthetic"
