@@ -508,8 +508,8 @@ def test_activation_memory_is_that_of_a_training_forward():
     assert model.calls == [(True, True, False)]
 
 
-def test_zero_threads_is_one_line_before_anything_runs(monkeypatch):
-    """(It was torch.set_num_threads' traceback, from inside the run.)"""
+def test_zero_threads_is_refused_before_anything_runs(monkeypatch):
+    """(It was torch.set_num_threads' traceback, from inside the run; `python -m` prints the error in one line.)"""
     monkeypatch.setattr(benchmark, "run_benchmark", lambda config: pytest.fail("the run started"))
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         main(["--threads", "0"])
